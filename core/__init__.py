@@ -1,0 +1,1 @@
+"""The shared domain of resetbot: settings, database, models, directory, scopes, passwords."""

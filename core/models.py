@@ -1,0 +1,204 @@
+"""resetbot's own tables (typed ORM) and the library's users table (configurable Core table)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from core.settings import DirectoryNames
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Scope(enum.StrEnum):
+    ALL = "all"
+    ALL_EXCEPT_SELECTED = "all_except_selected"
+    ALL_WITHOUT_ROLE = "all_without_role"
+    SELECTED_ONLY = "selected_only"
+
+    @property
+    def needs_selection(self) -> bool:
+        return self in (Scope.ALL_EXCEPT_SELECTED, Scope.SELECTED_ONLY)
+
+
+class Mode(enum.StrEnum):
+    GENERATED = "generated"  # a new random password per user, e-mailed
+    DEFAULT = "default"  # one password set for all, nobody e-mailed
+
+
+class TaskStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+
+
+class ItemState(enum.StrEnum):
+    PENDING = "pending"  # waiting to be claimed
+    CLAIMED = "claimed"  # leased by a worker: hashing, writing, mailing
+    RETRY_WAIT = "retry_wait"  # hash written, mail failed transiently, next attempt scheduled
+    RESET = "reset"  # default password set (final)
+    NOTIFIED = "notified"  # generated password e-mailed (final)
+    NO_EMAIL = "no_email"  # generated password set, no address: staff must tell them (final)
+    NOTIFY_FAILED = "notify_failed"  # password set, mail failed for good (final)
+    CANCELLED = "cancelled"  # never touched: the task was cancelled first (final)
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_ITEM_STATES
+
+
+FINAL_ITEM_STATES = frozenset(
+    {
+        ItemState.RESET,
+        ItemState.NOTIFIED,
+        ItemState.NO_EMAIL,
+        ItemState.NOTIFY_FAILED,
+        ItemState.CANCELLED,
+    }
+)
+#: Outcomes whose users staff must contact by hand.
+FOLLOW_UP_STATES = frozenset({ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED})
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class ResetTask(Base):
+    __tablename__ = "reset_tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    requester: Mapped[str] = mapped_column(String(64))  # Slack user id, or "cli:<login>"
+    requester_name: Mapped[str] = mapped_column(String(255), default="")
+    scope: Mapped[str] = mapped_column(String(32))
+    selection: Mapped[list[int]] = mapped_column(JSON, default=list)
+    mode: Mapped[str] = mapped_column(String(16))
+    require_change: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[str] = mapped_column(String(32), default=TaskStatus.QUEUED, index=True)
+    # The default password, sealed with RESET_SECRET_KEY; cleared when the task ends.
+    default_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    retry_of: Mapped[int | None] = mapped_column(ForeignKey("reset_tasks.id"), default=None)
+    slack_channel: Mapped[str | None] = mapped_column(String(32), default=None)
+    slack_thread_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    planned: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Highest user id written to reset_items so far, so an interrupted plan resumes.
+    plan_cursor: Mapped[int] = mapped_column(Integer, default=0)
+    reported_step: Mapped[int] = mapped_column(Integer, default=0)
+    summary_posted: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancelled_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    # 1 while running, else NULL: the unique index lets only one task run at a time.
+    active_slot: Mapped[int | None] = mapped_column(Integer, unique=True, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ResetItem(Base):
+    __tablename__ = "reset_items"
+    __table_args__ = (
+        UniqueConstraint("task_id", "user_id"),
+        Index("ix_reset_items_task_state", "task_id", "state"),
+        Index("ix_reset_items_task_chunk", "task_id", "chunk"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("reset_tasks.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(Integer)
+    chunk: Mapped[int] = mapped_column(Integer)
+    # Snapshot of who this was at plan time, for mails and the follow-up list.
+    username: Mapped[str] = mapped_column(String(255))
+    full_name: Mapped[str] = mapped_column(String(255), default="")
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    is_staff: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), default=ItemState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    leased_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PendingRequest(Base):
+    """What a preview waits on; consumed once, atomically, by the confirm."""
+
+    __tablename__ = "pending_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # opaque, unguessable
+    requester: Mapped[str] = mapped_column(String(64))
+    requester_name: Mapped[str] = mapped_column(String(255), default="")
+    scope: Mapped[str] = mapped_column(String(32))
+    selection: Mapped[list[int]] = mapped_column(JSON, default=list)
+    require_change: Mapped[bool] = mapped_column(Boolean, default=True)
+    default_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    slack_channel: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("reset_tasks.id"), default=None)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))  # request, refused, confirm, cancel, ...
+    task_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+def users_table(names: DirectoryNames, metadata: MetaData | None = None) -> Table:
+    """The library's users table: fixed column *keys*, database names as configured.
+
+    Code always says `users.c.username`; the SQL says whatever the library system calls it.
+    """
+    metadata = metadata if metadata is not None else MetaData()
+    c = names.column
+    return Table(
+        names.table,
+        metadata,
+        Column(c("id"), Integer, primary_key=True, key="id"),
+        Column(c("username"), String(255), nullable=False, unique=True, key="username"),
+        Column(c("full_name"), String(255), nullable=False, default="", key="full_name"),
+        Column(c("email"), String(320), nullable=True, key="email"),
+        Column(c("role"), String(64), nullable=True, key="role"),
+        Column(c("password_hash"), String(255), nullable=True, key="password_hash"),
+        Column(
+            c("password_changed_at"), DateTime(timezone=True), nullable=True,
+            key="password_changed_at",
+        ),
+        Column(
+            c("must_change_password"), Boolean, nullable=False, default=False,
+            key="must_change_password",
+        ),
+    )

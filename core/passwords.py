@@ -1,0 +1,125 @@
+"""Password policy, generation and hashing. Nothing here logs or raises with a password in it."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from functools import cache
+from importlib import resources
+
+from passlib.context import CryptContext
+
+from core.settings import PasswordPolicy, Settings
+
+BCRYPT_MAX_BYTES = 72
+SYMBOLS = "!#$%&*+-=?@^_~"
+# Characters people misread when copying from a mail: 0/O/o, 1/l/I/|, 5/S, 2/Z, 8/B.
+LOOK_ALIKES = frozenset("0Oo1lI|5S2Z8B")
+_CLASSES = {
+    "lowercase letter": string.ascii_lowercase,
+    "uppercase letter": string.ascii_uppercase,
+    "digit": string.digits,
+    "symbol": SYMBOLS,
+}
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    text = resources.files("core").joinpath("data/common-passwords.txt").read_text("utf-8")
+    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+
+
+def character_classes(password: str) -> int:
+    found = {
+        name
+        for name, chars in _CLASSES.items()
+        if any(ch in chars for ch in password)
+    }
+    # Anything outside ASCII letters and digits counts as a symbol (spaces, accents, emoji).
+    if any(not ch.isascii() or not ch.isalnum() for ch in password):
+        found.add("symbol")
+    return len(found)
+
+
+def policy_violations(
+    password: str,
+    policy: PasswordPolicy,
+    *,
+    username: str | None = None,
+    schemes: tuple[str, ...] = ("bcrypt",),
+) -> list[str]:
+    """Every reason `password` fails the policy, in plain words; empty when it passes."""
+    reasons: list[str] = []
+    if len(password) < policy.min_length:
+        reasons.append(f"It must be at least {policy.min_length} characters long.")
+    if character_classes(password) < policy.min_classes:
+        reasons.append(
+            f"It must mix at least {policy.min_classes} of: lowercase letters, "
+            "uppercase letters, digits, symbols."
+        )
+    if policy.forbid_username and username and username.lower() in password.lower():
+        reasons.append("It must not contain the username.")
+    if policy.forbid_common and _is_common(password):
+        reasons.append("It is too common: pick something people would not guess.")
+    if schemes and schemes[0] == "bcrypt" and len(password.encode()) > BCRYPT_MAX_BYTES:
+        reasons.append(f"It must be at most {BCRYPT_MAX_BYTES} bytes long (a bcrypt limit).")
+    if any(ch in password for ch in "\r\n\t\x00"):
+        reasons.append("It must not contain tabs, line breaks or control characters.")
+    if password != password.strip():
+        reasons.append("It must not start or end with a space.")
+    return reasons
+
+
+def _is_common(password: str) -> bool:
+    lowered = password.lower()
+    # People pad a common word with digits or a symbol to pass the classes rule: strip that too.
+    core_word = lowered.rstrip(string.digits + SYMBOLS).lstrip(string.digits + SYMBOLS)
+    common = common_passwords()
+    return lowered in common or core_word in common
+
+
+def default_password_violations(
+    password: str, settings: Settings, usernames: list[str] | None = None
+) -> list[str]:
+    """Policy check for a default password set for many users at once."""
+    reasons = policy_violations(password, settings.policy, schemes=settings.password_schemes)
+    if settings.policy.forbid_username and usernames:
+        lowered = password.lower()
+        if any(name and name.lower() in lowered for name in usernames):
+            reasons.append("It must not contain the username of a user it is set for.")
+    return reasons
+
+
+def generate_password(policy: PasswordPolicy, username: str | None = None) -> str:
+    """A random password from `secrets` that passes `policy`, without look-alike characters."""
+    alphabets = [
+        "".join(ch for ch in chars if ch not in LOOK_ALIKES) for chars in _CLASSES.values()
+    ]
+    every = "".join(alphabets)
+    length = max(policy.generated_length, policy.min_length)
+    while True:
+        chars = [secrets.choice(alphabet) for alphabet in alphabets]
+        chars += [secrets.choice(every) for _ in range(length - len(chars))]
+        secrets.SystemRandom().shuffle(chars)
+        candidate = "".join(chars)
+        if not policy_violations(candidate, policy, username=username):
+            return candidate
+
+
+class PasswordHasher:
+    """A passlib CryptContext built from settings; the first scheme hashes, all of them verify."""
+
+    def __init__(self, schemes: tuple[str, ...], rounds: int | None = None) -> None:
+        self.schemes = schemes
+        cost = {f"{schemes[0]}__rounds": rounds} if rounds is not None else {}
+        self._context = CryptContext(schemes=list(schemes), **cost)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PasswordHasher:
+        return cls(settings.password_schemes, settings.password_rounds)
+
+    def hash(self, password: str) -> str:
+        return str(self._context.hash(password))
+
+    def verify(self, password: str, password_hash: str) -> bool:
+        return bool(self._context.verify(password, password_hash))

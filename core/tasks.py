@@ -1,0 +1,310 @@
+"""Reset requests and tasks in the database: validate, preview, confirm once, cancel, retry.
+
+Both edges (the CLI and the Slack app) come through here; the jobs do the work afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, literal, select, update
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.directory import Directory, Preview
+from core.errors import ConflictError, InputError
+from core.models import (
+    FOLLOW_UP_STATES,
+    ItemState,
+    Mode,
+    PendingRequest,
+    ResetItem,
+    ResetTask,
+    Scope,
+    TaskStatus,
+    utcnow,
+)
+from core.passwords import policy_violations
+from core.sealing import seal
+from core.settings import Settings
+
+PENDING_TTL = timedelta(minutes=15)
+MAX_SELECTION = 1000
+
+
+@dataclass(frozen=True)
+class ResetRequest:
+    """What a person asked for, before anything changes."""
+
+    requester: str
+    scope: Scope
+    selection: tuple[int, ...] = ()
+    default_password: str | None = field(default=None, repr=False)
+    require_change: bool = True
+    requester_name: str = ""
+    slack_channel: str | None = None
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.DEFAULT if self.default_password else Mode.GENERATED
+
+
+def parse_scope(value: str | None) -> Scope:
+    try:
+        return Scope(value or "")
+    except ValueError:
+        raise InputError("Choose who to reset.", field="scope") from None
+
+
+def validate_request(
+    session: Session, settings: Settings, directory: Directory, request: ResetRequest
+) -> Preview:
+    """Check everything a person typed; raise InputError naming the field, or return the preview.
+
+    Problems are collected per field so one answer can show every reason at once.
+    """
+    problems: dict[str, list[str]] = {}
+    selection = request.selection
+    if len(selection) > MAX_SELECTION:
+        problems.setdefault("users", []).append(
+            f"Pick at most {MAX_SELECTION} users; for more, use a broader scope."
+        )
+    elif request.scope.needs_selection and not selection:
+        problems.setdefault("users", []).append("Pick at least one user for this scope.")
+    elif selection:
+        missing = directory.missing_ids(session, selection)
+        if missing:
+            problems.setdefault("users", []).append(
+                f"{len(missing)} of the picked users no longer exist in the directory."
+            )
+    if request.default_password:
+        reasons = policy_violations(
+            request.default_password, settings.policy, schemes=settings.password_schemes
+        )
+        if not reasons and settings.policy.forbid_username and "users" not in problems:
+            clashes = _usernames_in_password(session, directory, request)
+            if clashes:
+                reasons.append(
+                    f"It contains the username of {clashes} of the users it would be set for."
+                )
+        if reasons:
+            problems["password"] = reasons
+    if problems:
+        raise RequestInvalid(problems)
+    preview = directory.preview(session, request.scope, selection)
+    if preview.users == 0:
+        raise RequestInvalid({"scope": ["Nobody matches this scope: there is no one to reset."]})
+    return preview
+
+
+class RequestInvalid(InputError):
+    """Every problem with a request, by the field where it was typed."""
+
+    def __init__(self, problems: dict[str, list[str]]) -> None:
+        first_field = next(iter(problems))
+        super().__init__(" ".join(problems[first_field]), field=first_field)
+        self.problems = problems
+
+
+def _usernames_in_password(session: Session, directory: Directory, request: ResetRequest) -> int:
+    assert request.default_password is not None
+    c = directory.table.c
+    lowered = literal(request.default_password.lower())
+    query = (
+        select(func.count())
+        .select_from(directory.table)
+        .where(
+            directory.scope_condition(request.scope, request.selection),
+            func.length(c.username) > 0,
+            lowered.contains(func.lower(c.username)),
+        )
+    )
+    return int(session.execute(query).scalar_one())
+
+
+def create_pending(session: Session, settings: Settings, request: ResetRequest) -> PendingRequest:
+    """Park a validated request under an opaque id until its requester confirms it."""
+    pending = PendingRequest(
+        id=secrets.token_urlsafe(24),
+        requester=request.requester,
+        requester_name=request.requester_name,
+        scope=request.scope.value,
+        selection=list(request.selection),
+        require_change=request.require_change,
+        default_password_sealed=_sealed(settings, request.default_password),
+        slack_channel=request.slack_channel,
+        expires_at=utcnow() + PENDING_TTL,
+    )
+    session.add(pending)
+    audit.record(
+        session, request.requester, "request", scope=request.scope.value,
+        mode=request.mode.value, selected=len(request.selection),
+    )
+    return pending
+
+
+def consume_pending(session: Session, pending_id: str, requester: str) -> ResetTask:
+    """Turn a pending request into a queued task, exactly once, even if confirmed twice at once."""
+    pending = session.get(PendingRequest, pending_id)
+    if pending is None or pending.requester != requester:
+        raise ConflictError("This request is unknown or not yours. Start again.")
+    if pending.task_id is not None:
+        raise ConflictError(f"This request was already confirmed as task #{pending.task_id}.")
+    if _aware(pending.expires_at) < utcnow():
+        raise ConflictError("This request has expired. Start again.")
+    task = ResetTask(
+        requester=pending.requester,
+        requester_name=pending.requester_name,
+        scope=pending.scope,
+        selection=list(pending.selection),
+        mode=Mode.DEFAULT if pending.default_password_sealed else Mode.GENERATED,
+        require_change=pending.require_change,
+        default_password_sealed=pending.default_password_sealed,
+        slack_channel=pending.slack_channel,
+        status=TaskStatus.QUEUED,
+    )
+    session.add(task)
+    session.flush()
+    # The conditional update is the guard: of two concurrent confirms only one changes a row.
+    claimed = session.execute(
+        update(PendingRequest)
+        .where(PendingRequest.id == pending_id, PendingRequest.task_id.is_(None))
+        .values(task_id=task.id, default_password_sealed=None)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise ConflictError("This request was already confirmed.")
+    audit.record(session, requester, "confirm", task.id, scope=task.scope, mode=task.mode)
+    return task
+
+
+def create_task(session: Session, settings: Settings, request: ResetRequest) -> ResetTask:
+    """A queued task straight from a validated request (the CLI confirms in the terminal)."""
+    task = ResetTask(
+        requester=request.requester,
+        requester_name=request.requester_name,
+        scope=request.scope.value,
+        selection=list(request.selection),
+        mode=request.mode.value,
+        require_change=request.require_change,
+        default_password_sealed=_sealed(settings, request.default_password),
+        slack_channel=request.slack_channel,
+        status=TaskStatus.QUEUED,
+    )
+    session.add(task)
+    session.flush()
+    audit.record(session, request.requester, "confirm", task.id, scope=task.scope, mode=task.mode)
+    return task
+
+
+def _sealed(settings: Settings, password: str | None) -> str | None:
+    return seal(settings.reset_secret_key, password) if password else None
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything resetbot writes is UTC.
+    from datetime import UTC
+
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def request_cancel(session: Session, task_id: int, actor: str) -> ResetTask:
+    """Stop what has not started: pending users are cancelled, waiting mails given up.
+
+    Users already reset stay reset and are reported; the jobs finish the task.
+    """
+    task = session.get(ResetTask, task_id)
+    if task is None:
+        raise ConflictError(f"There is no task #{task_id}.")
+    if TaskStatus(task.status).is_final:
+        raise ConflictError(f"Task #{task_id} has already ended ({task.status}).")
+    task.cancel_requested = True
+    task.cancelled_by = actor
+    now = utcnow()
+    session.execute(
+        update(ResetItem)
+        .where(ResetItem.task_id == task_id, ResetItem.state == ItemState.PENDING)
+        .values(state=ItemState.CANCELLED, updated_at=now)
+    )
+    session.execute(
+        update(ResetItem)
+        .where(ResetItem.task_id == task_id, ResetItem.state == ItemState.RETRY_WAIT)
+        .values(
+            state=ItemState.NOTIFY_FAILED,
+            last_error="The task was cancelled before the mail could be sent again.",
+            next_attempt_at=None,
+            updated_at=now,
+        )
+    )
+    audit.record(session, actor, "cancel", task_id)
+    return task
+
+
+def state_counts(session: Session, task_id: int) -> dict[ItemState, int]:
+    """Users per state, straight from the database (never from a worker's memory)."""
+    query = (
+        select(ResetItem.state, func.count())
+        .where(ResetItem.task_id == task_id)
+        .group_by(ResetItem.state)
+    )
+    counts = dict.fromkeys(ItemState, 0)
+    for state, count in session.execute(query):
+        counts[ItemState(state)] = int(count)
+    return counts
+
+
+def follow_ups(session: Session, task_id: int) -> list[ResetItem]:
+    """Users staff must contact by hand: no address, or the mail never got through."""
+    query = (
+        select(ResetItem)
+        .where(ResetItem.task_id == task_id, ResetItem.state.in_(list(FOLLOW_UP_STATES)))
+        .order_by(ResetItem.username)
+    )
+    return list(session.scalars(query))
+
+
+def items(session: Session, task_id: int) -> Sequence[ResetItem]:
+    query = select(ResetItem).where(ResetItem.task_id == task_id).order_by(ResetItem.username)
+    return list(session.scalars(query))
+
+
+def create_retry_task(session: Session, task_id: int, requester: str, name: str = "") -> ResetTask:
+    """A new task mailing fresh passwords to the users whose notification failed in `task_id`."""
+    original = session.get(ResetTask, task_id)
+    if original is None:
+        raise ConflictError(f"There is no task #{task_id}.")
+    if not TaskStatus(original.status).is_final:
+        raise ConflictError(f"Task #{task_id} is still running; retry when it has ended.")
+    failed = list(
+        session.scalars(
+            select(ResetItem.user_id)
+            .where(ResetItem.task_id == task_id, ResetItem.state == ItemState.NOTIFY_FAILED)
+            .order_by(ResetItem.user_id)
+        )
+    )
+    if not failed:
+        raise ConflictError(f"Task #{task_id} has no failed notifications to retry.")
+    task = ResetTask(
+        requester=requester,
+        requester_name=name,
+        scope=Scope.SELECTED_ONLY.value,
+        selection=failed,
+        mode=Mode.GENERATED.value,
+        require_change=original.require_change,
+        slack_channel=original.slack_channel,
+        slack_thread_ts=None,
+        retry_of=task_id,
+        status=TaskStatus.QUEUED,
+    )
+    session.add(task)
+    session.flush()
+    audit.record(session, requester, "retry", task.id, retry_of=task_id, users=len(failed))
+    return task
+
+
+def recent_tasks(session: Session, limit: int = 20) -> list[ResetTask]:
+    query = select(ResetTask).order_by(ResetTask.id.desc()).limit(limit)
+    return list(session.scalars(query))

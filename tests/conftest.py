@@ -1,0 +1,121 @@
+"""Shared fixtures: real databases (SQLite file, PostgreSQL), real Redis, settings, sample users.
+
+Never FLUSHDB the shared Redis: tests (and other developers) share it. Each test gets its own
+queue name instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db import make_engine, make_sessionmaker
+from core.directory import Directory
+from core.schema import create_schema
+from core.settings import Settings
+
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'resetbot.db'}"
+        return
+    name = f"resetbot_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, queue_name: str) -> Settings:
+    """Settings for a test: cheap hashing so tests stay fast, short retry delays."""
+    return replace(
+        Settings.from_env({}, env_file=None),
+        database_url=database_url,
+        redis_url=REDIS_URL,
+        reset_queue=queue_name,
+        password_schemes=("pbkdf2_sha256",),
+        password_rounds=1000,
+        reset_secret_key="test-secret-key",
+        mail_retry_delays=(0, 0, 0),
+        chunk_size=10,
+        claim_batch=5,
+    )
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"resetbot-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def redis_conn(queue_name: str) -> Iterator[Redis]:
+    connection = Redis.from_url(REDIS_URL)
+    yield connection
+    # Remove only what this test's queue left behind.
+    for key in connection.scan_iter(match=f"*{queue_name}*"):
+        connection.delete(key)
+    connection.close()
+
+
+@pytest.fixture
+def directory(settings: Settings) -> Directory:
+    return Directory(settings.directory)
+
+
+@pytest.fixture
+def engine(settings: Settings, directory: Directory) -> Iterator[Engine]:
+    engine = make_engine(settings.database_url)
+    create_schema(engine, directory)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_sessionmaker(engine)
+
+
+SampleUser = tuple[int, str, str, str | None, str | None]
+SAMPLE_USERS: list[SampleUser] = [
+    # id, username, full name, email, role
+    (1, "alice", "Alice Archer", "alice@example.org", None),
+    (2, "bob", "Bob Binder", "bob@example.org", ""),
+    (3, "carol", "Carol Cataloguer", "carol@example.org", "librarian"),
+    (4, "dave", "Dave Dewey", None, None),
+    (5, "erin", "Erin Editor", "erin@example.org", "admin"),
+    (6, "frank", "Frank Folio", "", None),
+    (7, "grace", "Grace Gutenberg", "grace@example.org", None),
+]
+
+
+@pytest.fixture
+def sample_users(engine: Engine, directory: Directory) -> list[SampleUser]:
+    """Seven users: five patrons (two without e-mail) and two staff."""
+    with engine.begin() as connection:
+        connection.execute(
+            insert(directory.table),
+            [
+                {"id": i, "username": u, "full_name": n, "email": e, "role": r,
+                 "password_hash": "old-hash", "must_change_password": False}
+                for i, u, n, e, r in SAMPLE_USERS
+            ],
+        )
+    return SAMPLE_USERS
