@@ -20,6 +20,7 @@ from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.schema import create_schema
 from core.settings import Settings
+from tests.support.slack_standin import slack_standin as slack_standin
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
