@@ -1,0 +1,117 @@
+"""Everything a job needs, built once per worker process and handed to each job.
+
+Jobs take only JSON-serialisable ids as arguments; the worker sets the current context around
+every job, so the engine, the password hasher and the SMTP settings stay warm between jobs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import importlib.util
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from redis import Redis
+from rq import Queue
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db import make_engine, make_sessionmaker
+from core.directory import Directory
+from core.passwords import PasswordHasher
+from core.settings import Settings
+from jobs.mailer import SmtpFactory, connect_smtp
+from jobs.queueing import make_queue
+from jobs.reporting import NullReporter, Reporter
+
+_current: contextvars.ContextVar[WorkerContext] = contextvars.ContextVar("resetbot_worker_context")
+
+
+def _lease_owner() -> str:
+    """Who holds a lease: readable in the database, unique per worker process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    directory: Directory
+    hasher: PasswordHasher
+    redis: Redis[bytes]
+    queue: Queue
+    reporter: Reporter
+    #: Opens an authenticated SMTP connection; the seam for another transport.
+    smtp_factory: SmtpFactory = connect_smtp
+    #: Written into `ResetItem.leased_by` for the items this process claims.
+    owner: str = field(default_factory=_lease_owner)
+    owns_engine: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        redis: Redis[bytes],
+        *,
+        reporter: Reporter | None = None,
+        engine: Engine | None = None,
+        smtp_factory: SmtpFactory | None = None,
+        hasher: PasswordHasher | None = None,
+    ) -> WorkerContext:
+        owns_engine = engine is None
+        engine = engine if engine is not None else make_engine(settings.database_url)
+        context = cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            directory=Directory(settings.directory),
+            hasher=hasher if hasher is not None else PasswordHasher.from_settings(settings),
+            redis=redis,
+            queue=make_queue(settings, redis),
+            reporter=NullReporter(),
+            smtp_factory=smtp_factory if smtp_factory is not None else connect_smtp,
+            owns_engine=owns_engine,
+        )
+        context.reporter = reporter if reporter is not None else _default_reporter(context)
+        return context
+
+    def close(self) -> None:
+        if self.owns_engine:
+            self.engine.dispose()
+
+
+def _default_reporter(context: WorkerContext) -> Reporter:
+    """The Slack thread when a bot token is configured, else nothing."""
+    if not context.settings.slack_bot_token:
+        return NullReporter()
+    if importlib.util.find_spec("jobs.slack_reporter") is None:
+        return NullReporter()
+    # Imported only here: D's module needs slack_sdk, which a worker without Slack never loads.
+    slack_reporter = importlib.import_module("jobs.slack_reporter")
+    reporter: Reporter = slack_reporter.SlackReporter(context)
+    return reporter
+
+
+def current_context() -> WorkerContext:
+    """The context of the job running now; set by the worker (or `use_context` in tests)."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError(
+            "no resetbot WorkerContext is set: run jobs in a ResetWorker or inside use_context()"
+        ) from None
+
+
+@contextmanager
+def use_context(context: WorkerContext) -> Iterator[WorkerContext]:
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)

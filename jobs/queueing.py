@@ -1,0 +1,80 @@
+"""The queue and how work is put on it: JSON arguments only, ids that say which task they serve.
+
+Job ids carry the task id (`<queue>__t<task>__<kind>__<random>`), so the reaper can tell from
+Redis alone whether a task still has work queued, running or scheduled.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from core.settings import Settings
+
+# A chunk may hash slowly (bcrypt) and wait on a slow mail server; leases, not job timeouts,
+# are what recover a dead worker's work, so the timeout only stops a truly hung job.
+JOB_TIMEOUT = 3600
+FAILURE_TTL = 7 * 24 * 3600
+PLAN = "jobs.engine.plan_task"
+RUN_CHUNK = "jobs.engine.run_chunk"
+RETRY_MAILS = "jobs.engine.retry_mails"
+_KINDS = {PLAN: "plan", RUN_CHUNK: "chunk", RETRY_MAILS: "retry"}
+_TASK_IN_JOB_ID = re.compile(r"__t(\d+)__([a-z]+)__")
+
+
+def make_queue(settings: Settings, redis: Redis[bytes]) -> Queue:
+    return Queue(
+        settings.reset_queue,
+        connection=redis,
+        serializer=JSONSerializer,
+        default_timeout=JOB_TIMEOUT,
+    )
+
+
+def job_id(queue: Queue, function: str, task_id: int) -> str:
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", queue.name)
+    return f"{prefix}__t{task_id}__{_KINDS[function]}__{uuid.uuid4().hex[:12]}"
+
+
+def task_of_job(job_id_or_entry: str) -> tuple[int, str] | None:
+    """(task id, kind) for one of our job ids (or a registry entry that contains one)."""
+    found = _TASK_IN_JOB_ID.search(job_id_or_entry)
+    return (int(found.group(1)), found.group(2)) if found else None
+
+
+def _enqueue(queue: Queue, function: str, task_id: int, *args: object, delay: float = 0) -> None:
+    options: dict[str, object] = {
+        "job_id": job_id(queue, function, task_id),
+        "result_ttl": 0,  # jobs return nothing; the database holds every outcome
+        "failure_ttl": FAILURE_TTL,
+    }
+    if delay > 0:
+        queue.enqueue_in(timedelta(seconds=delay), function, task_id, *args, **options)
+    else:
+        queue.enqueue(function, task_id, *args, **options)
+
+
+def enqueue_task(queue: Queue, task_id: int) -> None:
+    """Start (or resume) a task: its planning job reads everything else from the database."""
+    _enqueue(queue, PLAN, task_id)
+
+
+def enqueue_plan_later(queue: Queue, task_id: int, delay_seconds: float) -> None:
+    _enqueue(queue, PLAN, task_id, delay=delay_seconds)
+
+
+def enqueue_chunk(queue: Queue, task_id: int, chunk: int) -> None:
+    _enqueue(queue, RUN_CHUNK, task_id, chunk)
+
+
+def enqueue_retry(
+    queue: Queue, task_id: int, item_ids: Sequence[int], delay_seconds: float
+) -> None:
+    """One job per chunk and round, carrying only item ids: the mail is rebuilt from the DB."""
+    _enqueue(queue, RETRY_MAILS, task_id, list(item_ids), delay=delay_seconds)

@@ -1,0 +1,87 @@
+"""Where a task's progress goes: the Slack thread, the terminal, or nowhere.
+
+The engine decides *when* to report (it throttles, so a task makes a bounded number of calls
+whatever its size); a reporter only decides *how*. Reporters receive ids and counts, never a
+password, and are called after the database work they describe has been committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    def task_started(self, task_id: int) -> None: ...
+
+    def task_progress(self, task_id: int, step: int, steps: int) -> None: ...
+
+    def task_waiting(self, task_id: int, blocking_task_id: int) -> None: ...
+
+    def retries_scheduled(
+        self, task_id: int, users: int, attempt: int, delay_seconds: int
+    ) -> None: ...
+
+    def task_finished(self, task_id: int) -> None: ...
+
+
+class NullReporter:
+    """Reports nothing: for workers with no Slack configured, and for tests."""
+
+    def task_started(self, task_id: int) -> None:
+        return None
+
+    def task_progress(self, task_id: int, step: int, steps: int) -> None:
+        return None
+
+    def task_waiting(self, task_id: int, blocking_task_id: int) -> None:
+        return None
+
+    def retries_scheduled(
+        self, task_id: int, users: int, attempt: int, delay_seconds: int
+    ) -> None:
+        return None
+
+    def task_finished(self, task_id: int) -> None:
+        return None
+
+
+class RecordingReporter:
+    """Keeps every call in order; tests use it to check what (and how often) was reported."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def task_started(self, task_id: int) -> None:
+        self.calls.append(("task_started", (task_id,)))
+
+    def task_progress(self, task_id: int, step: int, steps: int) -> None:
+        self.calls.append(("task_progress", (task_id, step, steps)))
+
+    def task_waiting(self, task_id: int, blocking_task_id: int) -> None:
+        self.calls.append(("task_waiting", (task_id, blocking_task_id)))
+
+    def retries_scheduled(
+        self, task_id: int, users: int, attempt: int, delay_seconds: int
+    ) -> None:
+        self.calls.append(("retries_scheduled", (task_id, users, attempt, delay_seconds)))
+
+    def task_finished(self, task_id: int) -> None:
+        self.calls.append(("task_finished", (task_id,)))
+
+    def named(self, name: str) -> list[tuple[int, ...]]:
+        return [args for called, args in self.calls if called == name]
+
+
+def report_safely(reporter: Reporter, method: str, *args: int) -> None:
+    """Call `reporter.<method>(*args)`; a failing reporter is logged, never fails the reset.
+
+    The database already holds the outcome being reported, so a Slack outage must not turn a
+    finished reset into a failed job (and a retried job would redo nothing but the report).
+    """
+    try:
+        getattr(reporter, method)(*args)
+    except Exception:  # any reporter bug: logged with its traceback, not hidden
+        logger.exception("reporter %s failed for task %s", method, args[0] if args else "?")

@@ -1,0 +1,121 @@
+"""The resetbot worker: an RQ SimpleWorker that carries a WorkerContext and runs the reaper.
+
+No fork per job: the database pool, the password hasher and the settings stay warm, and the
+context is set around each job so job functions need only JSON ids as arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from redis import Redis
+from rq import SimpleWorker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.worker import DequeueStrategy
+
+from core.settings import Settings
+from jobs.context import WorkerContext, use_context
+from jobs.reaper import reap
+
+logger = logging.getLogger(__name__)
+
+
+class ResetWorker(SimpleWorker):
+    """A worker on the reset queue; `reaper=True` also runs the periodic reaper in a thread."""
+
+    def __init__(self, context: WorkerContext, *, reaper: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("connection", context.redis)
+        kwargs.setdefault("serializer", context.queue.serializer)
+        super().__init__([context.queue], **kwargs)
+        self.context = context
+        self.run_reaper = reaper
+        self._reaper: ReaperThread | None = None
+
+    def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
+        with use_context(self.context):
+            return bool(super().perform_job(job, queue, execution))
+
+    def work(
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        with_scheduler: bool = False,
+        dequeue_strategy: DequeueStrategy = DequeueStrategy.DEFAULT,
+    ) -> bool:
+        """As RQ's `work`; a long-running (not burst) worker also reaps every reaper_interval."""
+        if self.run_reaper and not burst:
+            self._reaper = ReaperThread(self.context)
+            self._reaper.start()
+        try:
+            return super().work(
+                burst=burst,
+                logging_level=logging_level,
+                date_format=date_format,
+                log_format=log_format,
+                max_jobs=max_jobs,
+                max_idle_time=max_idle_time,
+                with_scheduler=with_scheduler,
+                dequeue_strategy=dequeue_strategy,
+            )
+        finally:
+            if self._reaper is not None:
+                self._reaper.stop()
+                self._reaper = None
+
+
+class ReaperThread(threading.Thread):
+    """Runs `reap` every `settings.reaper_interval` seconds until stopped."""
+
+    def __init__(self, context: WorkerContext) -> None:
+        super().__init__(name="resetbot-reaper", daemon=True)
+        self.context = context
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        interval = self.context.settings.reaper_interval
+        while not self._stop_event.wait(interval):
+            self.reap_once()
+
+    def reap_once(self) -> None:
+        try:
+            report = reap(self.context)
+        except Exception:  # a DB or Redis hiccup must not kill the thread: logged, tried again
+            logger.exception(
+                "the reaper failed; trying again in %s s", self.context.settings.reaper_interval
+            )
+            return
+        if report.changed:
+            logger.info("reaper: %s", report)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=self.context.settings.reaper_interval + 5)
+
+
+def run_worker(
+    settings: Settings,
+    redis: Redis[bytes],
+    *,
+    burst: bool = False,
+    with_scheduler: bool = True,
+    context: WorkerContext | None = None,
+) -> bool:
+    """What `resetbot worker` runs: a ResetWorker with RQ's scheduler (for mail retries)."""
+    own_context = context is None
+    context = context if context is not None else WorkerContext.build(settings, redis)
+    try:
+        if burst:
+            # A burst worker exits when the queue is empty; reap once first so work lost by a
+            # dead worker or an emptied Redis is put back on the queue for it.
+            reap(context)
+        worker = ResetWorker(context)
+        return worker.work(burst=burst, with_scheduler=with_scheduler)
+    finally:
+        if own_context:
+            context.close()
