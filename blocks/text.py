@@ -1,0 +1,245 @@
+"""Every sentence the Slack app says: help, status, refusals, labels. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from core.directory import DirectoryUser
+from core.models import ItemState, Mode, Scope, TaskStatus
+from core.progress import TaskSnapshot
+
+COMMAND = "/reset-passwords"
+#: Slack's limit for an option's text in a select menu.
+OPTION_TEXT_LIMIT = 75
+PROGRESS_WIDTH = 10
+STAFF_MARK = " · staff"
+_SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,30}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+SCOPE_LABELS: dict[Scope, str] = {
+    Scope.ALL: "Everyone",
+    Scope.ALL_EXCEPT_SELECTED: "Everyone except the users picked below",
+    Scope.ALL_WITHOUT_ROLE: "Patrons only (staff are left alone)",
+    Scope.SELECTED_ONLY: "Only the users picked below",
+}
+SCOPE_HELP: dict[Scope, str] = {
+    Scope.ALL: "Every account in the directory, staff included.",
+    Scope.ALL_EXCEPT_SELECTED: "Every account but the ones you pick: use it to spare a few.",
+    Scope.ALL_WITHOUT_ROLE: "Every account without a role; anyone with a role keeps theirs.",
+    Scope.SELECTED_ONLY: "Just the accounts you pick.",
+}
+STATUS_LABELS: dict[TaskStatus, str] = {
+    TaskStatus.QUEUED: "Queued",
+    TaskStatus.RUNNING: "Running",
+    TaskStatus.COMPLETED: "Completed",
+    TaskStatus.COMPLETED_WITH_ERRORS: "Completed with errors",
+    TaskStatus.CANCELLED: "Cancelled",
+    TaskStatus.FAILED: "Failed",
+}
+STATUS_EMOJI: dict[TaskStatus, str] = {
+    TaskStatus.QUEUED: ":hourglass_flowing_sand:",
+    TaskStatus.RUNNING: ":arrows_counterclockwise:",
+    TaskStatus.COMPLETED: ":white_check_mark:",
+    TaskStatus.COMPLETED_WITH_ERRORS: ":warning:",
+    TaskStatus.CANCELLED: ":no_entry_sign:",
+    TaskStatus.FAILED: ":x:",
+}
+OUTCOME_LABELS: dict[ItemState, str] = {
+    ItemState.PENDING: "waiting",
+    ItemState.CLAIMED: "in progress",
+    ItemState.RETRY_WAIT: "mail retry due",
+    ItemState.RESET: "reset",
+    ItemState.NOTIFIED: "e-mailed",
+    ItemState.NO_EMAIL: "no e-mail",
+    ItemState.NOTIFY_FAILED: "mail failed",
+    ItemState.CANCELLED: "cancelled",
+}
+
+DEFAULT_FIELD_HINT = (
+    "Leave blank to e-mail each user a new random password. Fill in to set this password "
+    "for all of them and send no e-mail. Slack shows what you type here: it cannot be hidden."
+)
+NOT_ALLOWED = (
+    "Sorry, you are not allowed to reset passwords. Ask whoever runs resetbot to add you to "
+    "RESET_ADMINS or to the admin user group."
+)
+NOBODY_ALLOWED_WARNING = (
+    "Neither RESET_ADMINS nor RESET_ADMIN_GROUP is set: nobody may reset passwords from Slack."
+)
+
+
+def escape(text: str) -> str:
+    """Make user text inert in mrkdwn: `<!channel>` in a name must not ping anybody."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def one_line(text: str) -> str:
+    """Control characters (CR, LF, tabs...) collapsed to spaces so a name cannot break layout."""
+    return _CONTROL.sub(" ", text).strip()
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def plural(count: int, singular: str, many: str | None = None) -> str:
+    word = singular if count == 1 else (many or singular + "s")
+    return f"{count:,} {word}"
+
+
+def scope_label(scope: str) -> str:
+    try:
+        return SCOPE_LABELS[Scope(scope)]
+    except ValueError:
+        return scope
+
+
+def scope_summary(scope: str, selected: int) -> str:
+    """The scope as a short phrase with the number of picked users where it matters."""
+    try:
+        parsed = Scope(scope)
+    except ValueError:
+        return scope
+    if parsed is Scope.ALL_EXCEPT_SELECTED:
+        return f"Everyone except {plural(selected, 'picked user')}"
+    if parsed is Scope.SELECTED_ONLY:
+        return f"Only {plural(selected, 'picked user')}"
+    return SCOPE_LABELS[parsed]
+
+
+def mode_label(mode: str) -> str:
+    if mode == Mode.DEFAULT:
+        return "One default password for all; nobody is e-mailed"
+    return "A new random password for each user, e-mailed"
+
+
+def status_label(status: TaskStatus) -> str:
+    return STATUS_LABELS[status]
+
+
+def progress_bar(fraction: float, width: int = PROGRESS_WIDTH) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "▓" * filled + "░" * (width - filled)
+
+
+def requester_mention(requester: str, name: str = "") -> str:
+    """`<@U123>` for a Slack user (shown as their name, no ping in these texts), else escaped."""
+    if _SLACK_USER_ID.match(requester):
+        return f"<@{requester}>"
+    return escape(one_line(name or requester))
+
+
+def slack_date(moment: datetime) -> str:
+    """A date Slack shows in each reader's own time zone, with a UTC fallback."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    fallback = aware.strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{int(aware.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def user_option_label(user: DirectoryUser) -> str:
+    """"Full Name (username)", staff marked, within Slack's 75 characters for an option."""
+    username = truncate(one_line(user.username), 40)
+    suffix = f" ({username})" + (STAFF_MARK if user.is_staff else "")
+    name = one_line(user.full_name)
+    if not name:
+        return truncate(username + (STAFF_MARK if user.is_staff else ""), OPTION_TEXT_LIMIT)
+    return truncate(name, OPTION_TEXT_LIMIT - len(suffix)) + suffix
+
+
+def thread_link(channel: str | None, ts: str | None) -> str | None:
+    """A permalink to a task's thread, built without an API call."""
+    if not channel or not ts:
+        return None
+    return f"https://slack.com/archives/{channel}/p{ts.replace('.', '')}"
+
+
+# ---- slash command answers ----------------------------------------------------------------------
+
+
+def help_text() -> str:
+    return (
+        "*Reset library passwords in bulk*\n"
+        f"• `{COMMAND}` opens a form: choose who, optionally one default password, then check "
+        "the preview and confirm. Nothing changes before you confirm.\n"
+        f"• `{COMMAND} status` lists recent resets; `{COMMAND} status 12` shows reset #12.\n"
+        f"• `{COMMAND} help` shows this.\n"
+        "Leave the password blank to e-mail every user a new random password; users without "
+        "an e-mail address are listed for you to contact. Fill it in to set that password for "
+        "all of them: nobody is e-mailed.\n"
+        "Progress appears as a thread in the channel where you typed the command."
+    )
+
+
+def unknown_subcommand(word: str) -> str:
+    return f"I don't know `{escape(truncate(one_line(word), 40))}`.\n\n" + help_text()
+
+
+def task_status_text(task: TaskSnapshot) -> str:
+    """One task in a few lines: what, who, how far, outcomes."""
+    lines = [
+        f"{STATUS_EMOJI[task.status]} *Reset #{task.id}: {status_label(task.status)}*",
+        f"{scope_label(task.scope)} · {mode_label(task.mode)} · requested by "
+        f"{requester_mention(task.requester, task.requester_name)} {slack_date(task.created_at)}",
+    ]
+    if task.planned or task.total:
+        lines.append(
+            f"`{progress_bar(task.fraction)}` {task.done:,} of {plural(task.total, 'user')} done"
+        )
+    else:
+        lines.append("Not started yet: a worker picks it up shortly.")
+    outcomes = outcome_summary(task.counts)
+    if outcomes:
+        lines.append(outcomes)
+    if task.cancel_requested and not task.status.is_final:
+        lines.append("Cancel requested: the users not yet reset are left alone.")
+    if task.error:
+        lines.append(f"Problem: {escape(one_line(task.error))}")
+    link = thread_link(task.slack_channel, task.slack_thread_ts)
+    if link:
+        lines.append(f"<{link}|Open the thread>")
+    return "\n".join(lines)
+
+
+def outcome_summary(counts: dict[ItemState, int]) -> str:
+    parts = [f"{OUTCOME_LABELS[state]} {count:,}" for state, count in counts.items() if count]
+    return " · ".join(parts)
+
+
+def recent_status_text(tasks: Sequence[TaskSnapshot]) -> str:
+    if not tasks:
+        return f"No resets yet. Type `{COMMAND}` to start one."
+    return "\n\n".join(task_status_text(task) for task in tasks)
+
+
+def no_such_task(task_id: str) -> str:
+    return f"There is no reset #{escape(truncate(one_line(task_id), 20))}."
+
+
+# ---- button feedback ----------------------------------------------------------------------------
+
+
+def cancel_requested(task_id: int) -> str:
+    return (
+        f"Cancelling reset #{task_id}: users not yet reset are left alone; those already reset "
+        "are reported in the thread."
+    )
+
+
+def retry_started(task_id: int, original_id: int, users: int) -> str:
+    return (
+        f"Started reset #{task_id}: new passwords for the {plural(users, 'user')} whose mail "
+        f"failed in reset #{original_id}."
+    )
+
+
+def queue_unavailable(task_id: int) -> str:
+    return (
+        f"Reset #{task_id} is saved but the job queue could not be reached; it starts as soon "
+        "as a worker sees it. Check Redis if it does not."
+    )
+
+
+def could_not_open_form() -> str:
+    return "Slack did not let me open the form. Please type the command again."

@@ -1,0 +1,262 @@
+"""Block Kit views of the Slack app: the reset modal, its preview, notices, App Home, options.
+
+The ids here are an interface (Slack sends them back, tests and docs name them): keep them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from blocks.text import (
+    DEFAULT_FIELD_HINT,
+    SCOPE_HELP,
+    SCOPE_LABELS,
+    STATUS_EMOJI,
+    escape,
+    mode_label,
+    one_line,
+    plural,
+    progress_bar,
+    requester_mention,
+    scope_label,
+    scope_summary,
+    slack_date,
+    status_label,
+    thread_link,
+    truncate,
+    user_option_label,
+)
+from core.directory import DirectoryUser, Preview
+from core.models import Mode, Scope
+from core.progress import TaskSnapshot
+
+Block = dict[str, Any]
+View = dict[str, Any]
+
+CALLBACK_RESET = "bulk_reset"
+CALLBACK_CONFIRM = "bulk_reset_confirm"
+CALLBACK_NOTICE = "resetbot_notice"
+# Input blocks: block_id and action_id are the same.
+SCOPE = "scope"
+USERS = "users"
+PASSWORD = "password"  # noqa: S105 - a block id, not a password
+REQUIRE_CHANGE = "require_change"
+REQUIRE_CHANGE_YES = "yes"
+ACTION_OPEN_MODAL = "open_reset_modal"
+ACTION_OPEN_THREAD = "open_thread"
+#: The longest default password the modal accepts; policy reasons come on top.
+PASSWORD_MAX_LENGTH = 128
+MIN_QUERY_LENGTH = 3
+HOME_TASKS = 15
+MAX_OPTIONS = 100
+
+
+def plain(text: str, limit: int = 3000) -> dict[str, Any]:
+    return {"type": "plain_text", "text": truncate(text, limit), "emoji": True}
+
+
+def mrkdwn(text: str, limit: int = 3000) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": truncate(text, limit)}
+
+
+def section(text: str) -> Block:
+    return {"type": "section", "text": mrkdwn(text)}
+
+
+def context(text: str) -> Block:
+    return {"type": "context", "elements": [mrkdwn(text)]}
+
+
+# ---- the reset modal ------------------------------------------------------------------------
+
+
+def reset_modal(channel: str | None = None) -> View:
+    """The form `/reset-passwords` opens. The channel travels along so the task reports there."""
+    scope_options = [
+        {"text": plain(SCOPE_LABELS[scope], 75), "value": scope.value,
+         "description": plain(SCOPE_HELP[scope], 75)}
+        for scope in Scope
+    ]
+    initial_scope = scope_options[list(Scope).index(Scope.SELECTED_ONLY)]
+    require_change = {"text": plain("Require a new password at next login", 75),
+                      "value": REQUIRE_CHANGE_YES}
+    return {
+        "type": "modal",
+        "callback_id": CALLBACK_RESET,
+        "private_metadata": json.dumps({"channel": channel}) if channel else "",
+        "title": plain("Reset passwords", 24),
+        "submit": plain("Preview", 24),
+        "close": plain("Cancel", 24),
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": SCOPE,
+                "label": plain("Who"),
+                "element": {"type": "radio_buttons", "action_id": SCOPE,
+                            "options": scope_options, "initial_option": initial_scope},
+            },
+            {
+                "type": "input",
+                "block_id": USERS,
+                "optional": True,
+                "label": plain("Users"),
+                "hint": plain("Needed for “Only the users picked” and “Everyone except”. "
+                              "Search by name, username or e-mail."),
+                "element": {"type": "multi_external_select", "action_id": USERS,
+                            "placeholder": plain("Type at least 3 letters", 150),
+                            "min_query_length": MIN_QUERY_LENGTH},
+            },
+            {
+                "type": "input",
+                "block_id": PASSWORD,
+                "optional": True,
+                "label": plain("Default password (optional)"),
+                "hint": plain(DEFAULT_FIELD_HINT),
+                "element": {"type": "plain_text_input", "action_id": PASSWORD,
+                            "max_length": PASSWORD_MAX_LENGTH,
+                            "placeholder": plain("Blank: e-mail each user a new password", 150)},
+            },
+            {
+                "type": "input",
+                "block_id": REQUIRE_CHANGE,
+                "optional": True,
+                "label": plain("At next login"),
+                "element": {"type": "checkboxes", "action_id": REQUIRE_CHANGE,
+                            "options": [require_change], "initial_options": [require_change]},
+            },
+        ],
+    }
+
+
+# ---- preview and notices ----------------------------------------------------------------------
+
+
+def confirm_button_text(mode: Mode, users: int) -> str:
+    """What the submit button will do, within Slack's 24 characters."""
+    if mode is Mode.DEFAULT:
+        return f"Set for {plural(users, 'user')}"
+    return f"Reset {users:,} & e-mail"
+
+
+def preview_modal(
+    pending_id: str,
+    preview: Preview,
+    *,
+    scope: Scope,
+    selected: int,
+    mode: Mode,
+    require_change: bool,
+) -> View:
+    """What a confirm would do; private_metadata holds only the opaque id of the waiting request."""
+    emailed = preview.emailable if mode is Mode.GENERATED else 0
+    if mode is Mode.GENERATED:
+        without_email = (f"{preview.without_email:,}: listed in the thread for you to "
+                         "contact" if preview.without_email else "0")
+    else:
+        without_email = "Not applicable: nobody is e-mailed"
+    fields = [
+        mrkdwn(f"*Users to reset*\n{preview.users:,}"),
+        mrkdwn(f"*E-mailed a new password*\n{emailed:,}"),
+        mrkdwn(f"*Without e-mail*\n{without_email}"),
+        mrkdwn(f"*Staff included*\n{preview.staff:,}"),
+        mrkdwn(f"*Mode*\n{mode_label(mode)}"),
+        mrkdwn(f"*New password at next login*\n{'Required' if require_change else 'Not required'}"),
+    ]
+    blocks: list[Block] = [
+        section(f"*{scope_summary(scope, selected)}*: {plural(preview.users, 'password')} "
+                "will be reset."),
+        {"type": "section", "fields": fields},
+    ]
+    if preview.staff:
+        blocks.append(section(f":warning: {plural(preview.staff, 'staff account')} "
+                              "included."))
+    if mode is Mode.DEFAULT:
+        blocks.append(section("Tell the users their new password yourself: resetbot never "
+                              "shows or sends it."))
+    blocks.append(context("Nothing has changed yet. This preview waits 15 minutes for you to "
+                          "confirm; progress then appears as a thread."))
+    return {
+        "type": "modal",
+        "callback_id": CALLBACK_CONFIRM,
+        "private_metadata": pending_id,
+        "title": plain("Confirm the reset", 24),
+        "submit": plain(confirm_button_text(mode, preview.users), 24),
+        "close": plain("Cancel", 24),
+        "blocks": blocks,
+    }
+
+
+def notice_modal(title: str, text: str) -> View:
+    """A modal that only says something (a refusal, an expired request): one button to close."""
+    return {
+        "type": "modal",
+        "callback_id": CALLBACK_NOTICE,
+        "title": plain(title, 24),
+        "close": plain("Close", 24),
+        "blocks": [section(text)],
+    }
+
+
+# ---- options ------------------------------------------------------------------------------------
+
+
+def user_options(users: Sequence[DirectoryUser]) -> list[dict[str, Any]]:
+    """Options for the user picker: value is the directory id, at most Slack's 100."""
+    return [
+        {"text": plain(user_option_label(user), 75), "value": str(user.id)}
+        for user in users[:MAX_OPTIONS]
+    ]
+
+
+# ---- App Home -----------------------------------------------------------------------------------
+
+
+def home_view(tasks: Sequence[TaskSnapshot], *, allowed: bool) -> View:
+    blocks: list[Block] = [
+        {"type": "header", "text": plain("Password resets", 150)},
+    ]
+    if not allowed:
+        blocks.append(section("You are not on the list of people who may reset passwords. "
+                              "Ask whoever runs resetbot to add you to RESET_ADMINS or to the "
+                              "admin user group."))
+        return {"type": "home", "blocks": blocks}
+    blocks.append({
+        "type": "section",
+        "text": mrkdwn("Reset many library passwords at once: pick who, preview, confirm."),
+        "accessory": {"type": "button", "action_id": ACTION_OPEN_MODAL, "style": "primary",
+                      "text": plain("New reset", 75)},
+    })
+    blocks.append({"type": "divider"})
+    if not tasks:
+        blocks.append(section("No resets yet."))
+    for task in tasks[:HOME_TASKS]:
+        blocks.append(_home_task(task))
+    return {"type": "home", "blocks": blocks}
+
+
+def _mode_word(mode: str) -> str:
+    return "default password" if mode == Mode.DEFAULT else "e-mailed"
+
+
+def _home_task(task: TaskSnapshot) -> Block:
+    counted = (f"`{progress_bar(task.fraction)}` {task.done:,} of {plural(task.total, 'user')}"
+               if task.planned or task.total else "not started yet")
+    text = (
+        f"{STATUS_EMOJI[task.status]} *#{task.id} {status_label(task.status)}* · "
+        f"{scope_label(task.scope)} · {_mode_word(task.mode)}\n"
+        f"{counted}\n"
+        f"Requested by {requester_mention(task.requester, task.requester_name)} "
+        f"{slack_date(task.created_at)}"
+    )
+    if task.retry_of:
+        text += f" · retry of #{task.retry_of}"
+    if task.error:
+        text += f"\n{escape(truncate(one_line(task.error), 200))}"
+    block: Block = {"type": "section", "text": mrkdwn(text)}
+    link = thread_link(task.slack_channel, task.slack_thread_ts)
+    if link:
+        block["accessory"] = {"type": "button", "action_id": f"{ACTION_OPEN_THREAD}_{task.id}",
+                              "text": plain("Open thread", 75), "url": link}
+    return block

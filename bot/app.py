@@ -1,0 +1,108 @@
+"""The Bolt app factory: nothing is built at import time, everything comes from Settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from rq import Queue
+from slack_bolt import App
+from slack_bolt.error import BoltError
+from slack_sdk import WebClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.auth import Admins
+from bot.deps import AppDeps
+from bot.listeners import register_all
+from core.directory import Directory
+from core.errors import ConfigError
+from core.settings import Settings
+from jobs.queueing import enqueue_task
+
+#: Listener threads: each request waiting for its ack holds one, plus work after an ack.
+LISTENER_THREADS = 16
+
+# Texts naming where to find credentials (none of them holds one).
+MISSING_BOT_CREDENTIAL = (
+    "SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...) from "
+    "api.slack.com/apps → your app → OAuth & Permissions"
+)
+MISSING_SIGNING_KEY = (
+    "SLACK_SIGNING_SECRET is not set: copy the Signing Secret from api.slack.com/apps → "
+    "your app → Basic Information → App Credentials (or set SLACK_APP_TOKEN for Socket Mode)"
+)
+BAD_APP_LEVEL_KEY = (
+    "SLACK_APP_TOKEN must be an app-level token (xapp-...): create one with the "
+    "connections:write scope at api.slack.com/apps → your app → Basic Information → "
+    "App-Level Tokens"
+)
+
+
+def check_slack_settings(settings: Settings) -> None:
+    """Raise ConfigError naming the first missing or wrong Slack credential."""
+    if not settings.slack_bot_token:
+        raise ConfigError(MISSING_BOT_CREDENTIAL)
+    if settings.slack_app_token:
+        if not settings.slack_app_token.startswith("xapp-"):
+            raise ConfigError(BAD_APP_LEVEL_KEY)
+    elif not settings.slack_signing_secret:
+        raise ConfigError(MISSING_SIGNING_KEY)
+
+
+def make_client(settings: Settings) -> WebClient:
+    check_slack_settings(settings)
+    return WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    sessions: sessionmaker[Session],
+    directory: Directory,
+    queue: Queue,
+    client: WebClient | None = None,
+    enqueue: Callable[[int], None] | None = None,
+    token_verification: bool = True,
+) -> App:
+    """A Bolt App with every resetbot listener, talking to the Web API at SLACK_API_URL.
+
+    `token_verification` calls auth.test once now, so a wrong token fails at start, not at the
+    first click.
+    """
+    check_slack_settings(settings)
+    client = client if client is not None else make_client(settings)
+    admins = Admins(settings, client)
+    admins.warn_if_nobody()
+    deps = AppDeps(
+        settings=settings,
+        sessions=sessions,
+        directory=directory,
+        admins=admins,
+        enqueue=enqueue if enqueue is not None else (lambda task_id: enqueue_task(queue, task_id)),
+    )
+    try:
+        app = App(
+            client=client,
+            # Socket Mode needs no signing secret; HTTP mode was checked to have one above.
+            signing_secret=settings.slack_signing_secret or "",
+            request_verification_enabled=True,
+            token_verification_enabled=token_verification,
+            logger=logging.getLogger("resetbot.bolt"),
+            name="resetbot",
+            listener_executor=ThreadPoolExecutor(
+                max_workers=LISTENER_THREADS, thread_name_prefix="resetbot-listener"
+            ),
+        )
+    except BoltError as error:
+        raise ConfigError(
+            f"SLACK_BOT_TOKEN was not accepted by the Slack API at {settings.slack_api_url} "
+            f"({error}): check it at api.slack.com/apps → your app → OAuth & Permissions"
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot reach the Slack API at {settings.slack_api_url} to check SLACK_BOT_TOKEN "
+            f"({type(error).__name__}): check SLACK_API_URL and the network"
+        ) from None
+    register_all(app, deps)
+    return app

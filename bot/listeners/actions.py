@@ -1,0 +1,136 @@
+"""Buttons: Cancel and Retry failed on a task's parent message, New reset on App Home.
+
+Each checks who pressed it (a button payload can be replayed by anyone), does the database work,
+acks, then tells the user what happened in an ephemeral line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from redis.exceptions import RedisError
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from blocks.text import NOT_ALLOWED, cancel_requested, queue_unavailable, retry_started
+from blocks.views import ACTION_OPEN_MODAL, ACTION_OPEN_THREAD, notice_modal
+from bot.deps import AppDeps
+from bot.listeners.command import open_modal, tell
+from bot.payloads import channel_id, task_id, user_id_of, user_name_of
+from core.errors import ConflictError, InputError
+from core.tasks import create_retry_task, request_cancel
+
+log = logging.getLogger("resetbot.slack")
+
+ACTION_CANCEL = "cancel_task"
+ACTION_RETRY = "retry_failed"
+
+
+def register(app: App, deps: AppDeps) -> None:
+    @app.action(ACTION_CANCEL)
+    def cancel(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        user = user_id_of(body)
+        where = channel_of(body)
+        if user is None or not deps.admins.allows(user):
+            deps.refuse(user, ACTION_CANCEL)
+            ack()
+            _tell(client, where, user, NOT_ALLOWED)
+            return
+        try:
+            wanted = task_id(first_action(body).get("value"))
+            with deps.sessions() as session:
+                request_cancel(session, wanted, user)
+                session.commit()
+        except (InputError, ConflictError) as refused:
+            ack()
+            _tell(client, where, user, str(refused))
+            return
+        ack()
+        _tell(client, where, user, cancel_requested(wanted))
+
+    @app.action(ACTION_RETRY)
+    def retry(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        user = user_id_of(body)
+        where = channel_of(body)
+        if user is None or not deps.admins.allows(user):
+            deps.refuse(user, ACTION_RETRY)
+            ack()
+            _tell(client, where, user, NOT_ALLOWED)
+            return
+        try:
+            original = task_id(first_action(body).get("value"))
+            with deps.sessions() as session:
+                task = create_retry_task(session, original, user, user_name_of(body))
+                session.commit()
+                new_id, users = task.id, len(task.selection)
+        except (InputError, ConflictError) as refused:
+            ack()
+            _tell(client, where, user, str(refused))
+            return
+        ack()
+        try:
+            deps.enqueue(new_id)
+        except RedisError as error:
+            log.error("could not enqueue task %s: %s", new_id, type(error).__name__)
+            _tell(client, where, user, queue_unavailable(new_id))
+            return
+        _tell(client, where, user, retry_started(new_id, original, users))
+
+    @app.action(ACTION_OPEN_MODAL)
+    def open_from_home(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        ack()
+        user = user_id_of(body)
+        if user is None or not deps.admins.allows(user):
+            deps.refuse(user, ACTION_OPEN_MODAL)
+            _notice(client, body.get("trigger_id"), NOT_ALLOWED)
+            return
+        # From App Home there is no channel: the task centre falls back to a DM.
+        open_modal(client, body.get("trigger_id"), None, user)
+
+    @app.action(re.compile(f"^{ACTION_OPEN_THREAD}"))
+    def open_thread(ack: Ack) -> None:
+        # A link button: Slack opens the URL itself, but still wants its click acknowledged.
+        ack()
+
+
+def register_fallback(app: App) -> None:
+    @app.action(re.compile(".*"))
+    def unknown_action(ack: Ack, body: dict[str, Any]) -> None:
+        log.warning("button with unknown action_id %r",
+                    str(first_action(body).get("action_id"))[:60])
+        ack()
+
+
+def first_action(body: dict[str, Any]) -> dict[str, Any]:
+    actions = body.get("actions")
+    first = actions[0] if isinstance(actions, list) and actions else None
+    return first if isinstance(first, dict) else {}
+
+
+def channel_of(body: dict[str, Any]) -> str | None:
+    channel = body.get("channel")
+    if isinstance(channel, dict):
+        return channel_id(channel.get("id"))
+    container = body.get("container")
+    if isinstance(container, dict):
+        return channel_id(container.get("channel_id"))
+    return None
+
+
+def _tell(client: WebClient, channel: str | None, user: str | None, text: str) -> None:
+    if channel and user:
+        tell(client, channel, user, text)
+    else:
+        log.info("no channel to answer %s in", user)
+
+
+def _notice(client: WebClient, trigger_id: object, text: str) -> None:
+    if not isinstance(trigger_id, str) or not trigger_id:
+        return
+    try:
+        client.views_open(trigger_id=trigger_id, view=notice_modal("Not allowed", text))
+    except (SlackApiError, SlackClientError, OSError) as error:
+        log.warning("views.open for a notice failed: %s", type(error).__name__)

@@ -1,0 +1,40 @@
+"""App Home: recent tasks with status, progress, requester and a link to each thread."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from blocks.views import HOME_TASKS, home_view
+from bot.deps import AppDeps
+from bot.payloads import user_id_of
+from core.progress import TaskSnapshot, snapshot
+from core.tasks import recent_tasks
+
+log = logging.getLogger("resetbot.slack")
+
+
+def register(app: App, deps: AppDeps) -> None:
+    @app.event("app_home_opened")
+    def publish_home(event: dict[str, Any], client: WebClient) -> None:
+        if event.get("tab", "home") != "home":
+            return
+        user = user_id_of(event)
+        if user is None:
+            return
+        allowed = deps.admins.allows(user)
+        tasks = recent_snapshots(deps) if allowed else []
+        try:
+            client.views_publish(user_id=user, view=home_view(tasks, allowed=allowed))
+        except (SlackApiError, SlackClientError, OSError) as error:
+            log.warning("views.publish for %s failed: %s", user, type(error).__name__)
+
+
+def recent_snapshots(deps: AppDeps) -> list[TaskSnapshot]:
+    with deps.sessions() as session:
+        found = (snapshot(session, task.id) for task in recent_tasks(session, HOME_TASKS))
+        return [task for task in found if task is not None]

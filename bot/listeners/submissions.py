@@ -1,0 +1,149 @@
+"""The modal's two submissions: the form (validate, preview) and the preview (confirm, enqueue).
+
+Both do their work before acking, because the ack carries the answer (errors, the preview, or
+closing the modal); both stay well within Slack's 3 seconds whatever the scope's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from redis.exceptions import RedisError
+from slack_bolt import Ack, App
+
+from blocks.text import NOT_ALLOWED, queue_unavailable, truncate
+from blocks.views import (
+    CALLBACK_CONFIRM,
+    CALLBACK_RESET,
+    PASSWORD,
+    SCOPE,
+    USERS,
+    notice_modal,
+    preview_modal,
+)
+from bot.deps import AppDeps
+from bot.payloads import (
+    FormInput,
+    channel_from_metadata,
+    pending_id,
+    read_reset_form,
+    user_id_of,
+    user_name_of,
+)
+from core.errors import ConfigError, ConflictError, InputError
+from core.tasks import RequestInvalid, consume_pending, create_pending, validate_request
+
+log = logging.getLogger("resetbot.slack")
+
+#: The input blocks of the reset modal; a problem about anything else is shown on `scope`.
+FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD})
+ERROR_TEXT_LIMIT = 2000
+UNKNOWN_REQUEST = "This request is unknown or has expired. Close this and start again."
+
+
+def register(app: App, deps: AppDeps) -> None:
+    @app.view(CALLBACK_RESET)
+    def submit_form(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        user = user_id_of(body)
+        if user is None or not deps.admins.allows(user):
+            deps.refuse(user, "submit")
+            ack(response_action="errors", errors={SCOPE: NOT_ALLOWED})
+            return
+        try:
+            form = read_reset_form(view)
+        except RequestInvalid as invalid:
+            ack(response_action="errors", errors=field_errors(invalid.problems))
+            return
+        answer = preview_or_errors(deps, form, user, user_name_of(body),
+                                   channel_from_metadata(view.get("private_metadata")))
+        ack(**answer)
+
+    @app.view(CALLBACK_CONFIRM)
+    def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        user = user_id_of(body)
+        if user is None or not deps.admins.allows(user):
+            deps.refuse(user, "confirm")
+            ack(response_action="update", view=notice_modal("Not allowed", NOT_ALLOWED))
+            return
+        waiting = pending_id(view.get("private_metadata"))
+        if waiting is None:
+            deps.refuse(user, "confirm", reason="no pending request in the view")
+            ack(response_action="update", view=notice_modal("Start again", UNKNOWN_REQUEST))
+            return
+        try:
+            task_id = confirm_pending(deps, waiting, user)
+        except ConflictError as conflict:
+            deps.refuse(user, "confirm", reason=str(conflict))
+            ack(response_action="update", view=notice_modal("Start again", str(conflict)))
+            return
+        try:
+            deps.enqueue(task_id)
+        except RedisError as error:
+            # The task is committed; the reaper or the next worker start picks it up.
+            log.error("could not enqueue task %s: %s", task_id, type(error).__name__)
+            ack(response_action="update",
+                view=notice_modal("Reset saved", queue_unavailable(task_id)))
+            return
+        ack(response_action="clear")
+
+
+def preview_or_errors(
+    deps: AppDeps, form: FormInput, user: str, name: str, channel: str | None
+) -> dict[str, Any]:
+    """The ack for a readable form: field errors, or the preview of a request parked for confirm."""
+    request = form.request(user, name, channel)
+    with deps.sessions() as session:
+        try:
+            preview = validate_request(session, deps.settings, deps.directory, request)
+            pending = create_pending(session, deps.settings, request)
+            session.commit()
+        except RequestInvalid as invalid:
+            return {"response_action": "errors", "errors": field_errors(invalid.problems)}
+        except InputError as invalid:
+            return {"response_action": "errors",
+                    "errors": field_errors({invalid.field or SCOPE: [str(invalid)]})}
+        except ConfigError as error:
+            # Only a default password needs sealing; say so on its field, details in the log.
+            log.error("cannot keep a default password: %s", error)
+            return {"response_action": "errors", "errors": {
+                PASSWORD: "resetbot cannot keep a default password (RESET_SECRET_KEY is not "
+                          "set up). Leave it blank, or ask whoever runs resetbot."}}
+        view = preview_modal(
+            pending.id, preview, scope=form.scope, selected=len(form.selection),
+            mode=request.mode, require_change=form.require_change,
+        )
+    return {"response_action": "update", "view": view}
+
+
+def confirm_pending(deps: AppDeps, waiting: str, user: str) -> int:
+    """Consume the pending request (once, atomically) into a committed, queued task."""
+    with deps.sessions() as session:
+        try:
+            task = consume_pending(session, waiting, user)
+            session.commit()
+        except ConflictError:
+            session.rollback()
+            raise
+        return task.id
+
+
+def field_errors(problems: dict[str, list[str]]) -> dict[str, str]:
+    """Slack's `errors`: one text per input block, every reason in it."""
+    errors: dict[str, list[str]] = {}
+    for field, reasons in problems.items():
+        block = field if field in FORM_BLOCKS else SCOPE
+        errors.setdefault(block, []).extend(reasons)
+    return {block: truncate(" ".join(reasons), ERROR_TEXT_LIMIT)
+            for block, reasons in errors.items()}
+
+
+def register_fallback(app: App) -> None:
+    @app.view(re.compile(".*"))
+    def unknown_view(ack: Ack, view: dict[str, Any]) -> None:
+        log.warning("view submission with unknown callback_id %r",
+                    truncate(str(view.get("callback_id")), 60))
+        ack(response_action="update", view=notice_modal(
+            "Start again", "resetbot does not know this form. Close it and type "
+                           "/reset-passwords again."))

@@ -1,0 +1,286 @@
+"""Reading what Slack sends, trusting none of it: shapes, view state, ids, channels.
+
+Anyone holding the signing secret (or replaying a request) can send any JSON; everything here
+turns bad input into a refusal naming the field, never into an exception that reaches Slack as
+a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from blocks.views import (
+    PASSWORD,
+    PASSWORD_MAX_LENGTH,
+    REQUIRE_CHANGE,
+    REQUIRE_CHANGE_YES,
+    SCOPE,
+    USERS,
+)
+from core.errors import InputError
+from core.models import Scope
+from core.tasks import MAX_SELECTION, RequestInvalid, ResetRequest
+
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,30}$")
+_DIRECTORY_ID = re.compile(r"^[0-9]{1,12}$")
+_TASK_ID = re.compile(r"^[0-9]{1,12}$")
+_PENDING_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+NAME_LIMIT = 255
+_SCOPES = frozenset(scope.value for scope in Scope)
+
+
+# ---- shape of a whole request ----------------------------------------------------------------
+
+_OPTIONAL_OBJECTS = ("view", "event", "message", "previous_message", "item", "container",
+                     "assistant_thread", "function_data", "state")
+_ID_HOLDERS = ("user", "team", "enterprise", "channel")
+
+
+def payload_problem(body: object) -> str | None:
+    """Why `body` is not something Slack would send (None when it looks sound).
+
+    Bolt reads these fields without checking their types; a wrong type there would be a 500.
+    """
+    if not isinstance(body, dict):
+        return "the payload is not an object"
+    for name in _ID_HOLDERS:
+        value = body.get(name)
+        if value is not None and not isinstance(value, str | dict):
+            return f"{name} must be an id or an object"
+        if isinstance(value, dict) and not isinstance(value.get("id", ""), str):
+            return f"{name}.id must be text"
+    for name in _OPTIONAL_OBJECTS:
+        if body.get(name) is not None and not isinstance(body[name], dict):
+            return f"{name} must be an object"
+    for name in ("authorizations", "response_urls", "actions"):
+        value = body.get(name)
+        if value is not None and not _list_of_objects(value):
+            return f"{name} must be a list of objects"
+    if "command" in body:
+        return _command_problem(body)
+    kind = body.get("type")
+    if kind is not None and not isinstance(kind, str):
+        return "type must be text"
+    if kind in ("view_submission", "view_closed"):
+        return _view_problem(body.get("view"))
+    if kind == "block_actions":
+        return _actions_problem(body)
+    if kind == "block_suggestion":
+        if not isinstance(body.get("action_id"), str):
+            return "action_id must be text"
+        return _text_fields_problem(body, ("block_id", "value"))
+    if kind == "event_callback":
+        return _event_problem(body.get("event"))
+    return None
+
+
+def _list_of_objects(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def _text_fields_problem(holder: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    for name in names:
+        if holder.get(name) is not None and not isinstance(holder[name], str):
+            return f"{name} must be text"
+    return None
+
+
+def _command_problem(body: Mapping[str, Any]) -> str | None:
+    return _text_fields_problem(
+        body, ("command", "text", "user_id", "user_name", "channel_id", "trigger_id")
+    )
+
+
+def _view_problem(view: object) -> str | None:
+    if not isinstance(view, dict):
+        return "view must be an object"
+    if not isinstance(view.get("callback_id"), str):
+        return "view.callback_id must be text"
+    problem = _text_fields_problem(view, ("callback_id", "private_metadata", "id", "hash"))
+    if problem:
+        return f"view.{problem}"
+    state = view.get("state")
+    if state is not None and not isinstance(state, dict):
+        return "view.state must be an object"
+    return None
+
+
+def _actions_problem(body: Mapping[str, Any]) -> str | None:
+    actions = body.get("actions")
+    if not actions:
+        return "actions must not be empty"
+    for action in actions:
+        if not isinstance(action.get("action_id"), str):
+            return "actions: action_id must be text"
+        problem = _text_fields_problem(action, ("block_id", "value"))
+        if problem:
+            return f"actions: {problem}"
+    return None
+
+
+def _event_problem(event: object) -> str | None:
+    if not isinstance(event, dict):
+        return "event must be an object"
+    if not isinstance(event.get("type"), str):
+        return "event.type must be text"
+    for name in ("user", "channel", "item"):
+        value = event.get(name)
+        if value is not None and not isinstance(value, str | dict):
+            return f"event.{name} must be an id or an object"
+    return None
+
+
+# ---- ids ------------------------------------------------------------------------------------
+
+
+def user_id_of(body: Mapping[str, Any]) -> str | None:
+    """The acting Slack user of a command, interaction or event."""
+    user = body.get("user")
+    candidate = user.get("id") if isinstance(user, dict) else user
+    if candidate is None:
+        candidate = body.get("user_id")
+    return candidate if isinstance(candidate, str) and _USER_ID.match(candidate) else None
+
+
+def user_name_of(body: Mapping[str, Any]) -> str:
+    user = body.get("user")
+    name: object = None
+    if isinstance(user, dict):
+        name = user.get("username") or user.get("name")
+    name = name or body.get("user_name")
+    return name[:NAME_LIMIT] if isinstance(name, str) else ""
+
+
+def channel_id(value: object) -> str | None:
+    """A Slack channel id as sent by Slack, or None for anything else."""
+    return value if isinstance(value, str) and _CHANNEL_ID.match(value) else None
+
+
+def channel_from_metadata(metadata: object) -> str | None:
+    """The channel the reset modal carries in its (not secret) private_metadata."""
+    if not isinstance(metadata, str) or not metadata:
+        return None
+    try:
+        parsed = json.loads(metadata)
+    except ValueError:
+        return None
+    return channel_id(parsed.get("channel")) if isinstance(parsed, dict) else None
+
+
+def pending_id(metadata: object) -> str | None:
+    return metadata if isinstance(metadata, str) and _PENDING_ID.match(metadata) else None
+
+
+def task_id(value: object) -> int:
+    if isinstance(value, str) and _TASK_ID.match(value.strip()):
+        return int(value)
+    raise InputError("That button does not name a reset.", field="task")
+
+
+# ---- the reset form ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FormInput:
+    """The reset modal's values, checked for shape (not yet against the directory)."""
+
+    scope: Scope
+    selection: tuple[int, ...]
+    default_password: str | None
+    require_change: bool
+
+    def request(self, requester: str, name: str, channel: str | None) -> ResetRequest:
+        return ResetRequest(
+            requester=requester,
+            scope=self.scope,
+            selection=self.selection,
+            default_password=self.default_password,
+            require_change=self.require_change,
+            requester_name=name,
+            slack_channel=channel,
+        )
+
+
+def read_reset_form(view: Mapping[str, Any]) -> FormInput:
+    """The modal's state, or RequestInvalid with every problem by block_id."""
+    state = view.get("state")
+    values = state.get("values") if isinstance(state, dict) else None
+    values = values if isinstance(values, dict) else {}
+    problems: dict[str, list[str]] = {}
+    scope = _read_scope(_element(values, SCOPE), problems)
+    selection = _read_selection(_element(values, USERS), problems)
+    password = _read_password(_element(values, PASSWORD), problems)
+    require_change = _read_require_change(_element(values, REQUIRE_CHANGE))
+    if problems or scope is None:
+        raise RequestInvalid(problems or {SCOPE: ["Choose who to reset."]})
+    return FormInput(scope, selection, password, require_change)
+
+
+def _element(values: Mapping[str, Any], block_id: str) -> Mapping[str, Any]:
+    block = values.get(block_id)
+    element = block.get(block_id) if isinstance(block, dict) else None
+    return element if isinstance(element, dict) else {}
+
+
+def _read_scope(element: Mapping[str, Any], problems: dict[str, list[str]]) -> Scope | None:
+    option = element.get("selected_option")
+    value = option.get("value") if isinstance(option, dict) else None
+    if isinstance(value, str) and value in _SCOPES:
+        return Scope(value)
+    problems.setdefault(SCOPE, []).append("Choose who to reset.")
+    return None
+
+
+def _read_selection(element: Mapping[str, Any], problems: dict[str, list[str]]) -> tuple[int, ...]:
+    options = element.get("selected_options")
+    if options is None:
+        return ()
+    if not isinstance(options, list):
+        problems.setdefault(USERS, []).append("The picked users could not be read; pick again.")
+        return ()
+    if len(options) > MAX_SELECTION:
+        problems.setdefault(USERS, []).append(
+            f"Pick at most {MAX_SELECTION:,} users; for more, use a broader scope."
+        )
+        return ()
+    ids: set[int] = set()
+    unreadable = 0
+    for option in options:
+        value = option.get("value") if isinstance(option, dict) else None
+        if isinstance(value, str) and _DIRECTORY_ID.match(value):
+            ids.add(int(value))
+        else:
+            unreadable += 1
+    if unreadable:
+        problems.setdefault(USERS, []).append(
+            f"{unreadable:,} of the picked users are not directory users; pick them again."
+        )
+    return tuple(sorted(ids))
+
+
+def _read_password(element: Mapping[str, Any], problems: dict[str, list[str]]) -> str | None:
+    value = element.get("value")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        problems.setdefault(PASSWORD, []).append("The password could not be read; type it again.")
+        return None
+    if len(value) > PASSWORD_MAX_LENGTH:
+        problems.setdefault(PASSWORD, []).append(
+            f"It must be at most {PASSWORD_MAX_LENGTH} characters long."
+        )
+        return None
+    return value
+
+
+def _read_require_change(element: Mapping[str, Any]) -> bool:
+    options = element.get("selected_options")
+    if not isinstance(options, list):
+        # Missing or unreadable state: keep the modal's default (checked), the safer choice.
+        return True
+    return any(isinstance(o, dict) and o.get("value") == REQUIRE_CHANGE_YES for o in options)

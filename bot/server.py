@@ -1,0 +1,178 @@
+"""`resetbot serve`: the Slack app over Socket Mode or HTTP (waitress), optionally with a worker.
+
+HTTP mode serves `/slack/events` (commands, interactivity, options) and `/healthz`; Socket Mode
+keeps `/healthz` on the port so a load balancer or systemd check works the same in both modes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
+from typing import Protocol
+
+from redis import Redis
+from slack_bolt import App
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from waitress.server import create_server
+
+from bot.app import check_slack_settings, create_app
+from bot.wsgi import EVENTS_PATH, HEALTH_PATH, WsgiApp, make_wsgi_app
+from core.db import make_engine, make_sessionmaker
+from core.directory import Directory
+from core.settings import Settings
+from jobs.connection import close_redis, connect_redis, redis_url
+from jobs.queueing import make_queue
+
+log = logging.getLogger("resetbot.serve")
+
+HTTP_THREADS = 8
+WORKER_STOP_SECONDS = 30.0
+
+
+@dataclass
+class Runtime:
+    """What the app process holds open while it serves."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    directory: Directory
+    redis: Redis[bytes]
+    app: App
+
+    def close(self) -> None:
+        self.engine.dispose()
+        close_redis(self.redis)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Database, Redis, queue and the Bolt app, all from one Settings."""
+    check_slack_settings(settings)
+    engine = make_engine(settings.database_url)
+    redis = connect_redis(settings)
+    try:
+        sessions = make_sessionmaker(engine)
+        directory = Directory(settings.directory)
+        app = create_app(settings, sessions=sessions, directory=directory,
+                         queue=make_queue(settings, redis))
+    except BaseException:
+        engine.dispose()
+        close_redis(redis)
+        raise
+    return Runtime(settings, engine, sessions, directory, redis, app)
+
+
+class HttpServer(Protocol):
+    """The part of a waitress server resetbot uses."""
+
+    effective_port: int
+
+    def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_http_server(wsgi_app: WsgiApp, *, host: str, port: int) -> HttpServer:
+    """A waitress server (production WSGI, threaded) bound now; `.run()` serves until closed."""
+    server: HttpServer = create_server(
+        wsgi_app,
+        host=host,
+        port=port,
+        threads=HTTP_THREADS,
+        ident="resetbot",
+        max_request_body_size=2_000_000,
+        clear_untrusted_proxy_headers=True,
+    )
+    return server
+
+
+def serve(
+    settings: Settings,
+    *,
+    port: int,
+    host: str = "0.0.0.0",  # noqa: S104 - Slack must reach it; the signature guards it
+    with_worker: bool = False,
+) -> None:
+    """Run the Slack app until interrupted; with_worker also runs a reset worker process."""
+    check_slack_settings(settings)
+    with ExitStack() as stack:
+        runtime = build_runtime(settings)
+        stack.callback(runtime.close)
+        if with_worker:
+            worker = start_worker_process(replace(settings, redis_url=redis_url(settings,
+                                                                              runtime.redis)))
+            stack.callback(stop_worker_process, worker)
+        if settings.slack_app_token:
+            wsgi_app = make_wsgi_app(None, signing_secret=None, sessions=runtime.sessions,
+                                     redis=runtime.redis)
+            stack.enter_context(SocketModeConnection(runtime.app, settings.slack_app_token))
+            log.info("connected to Slack over Socket Mode; health on %s:%s%s",
+                     host, port, HEALTH_PATH)
+        else:
+            wsgi_app = make_wsgi_app(runtime.app, signing_secret=settings.slack_signing_secret,
+                                     sessions=runtime.sessions, redis=runtime.redis)
+            log.info("serving Slack requests on http://%s:%s%s", host, port, EVENTS_PATH)
+        server = make_http_server(wsgi_app, host=host, port=port)
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            log.info("stopping")
+        finally:
+            server.close()
+
+
+class SocketModeConnection:
+    """Connect the app over Socket Mode for the duration of a `with` block."""
+
+    def __init__(self, app: App, app_token: str) -> None:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        self.handler = SocketModeHandler(app, app_token)
+
+    def __enter__(self) -> SocketModeConnection:
+        self.handler.connect()  # type: ignore[no-untyped-call]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handler.close()  # type: ignore[no-untyped-call]
+
+
+# ---- the worker beside the app ---------------------------------------------------------------
+
+
+def start_worker_process(settings: Settings) -> BaseProcess:
+    """A separate process (spawned, nothing inherited but settings) running a reset worker."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=run_worker_process, args=(settings,), name="resetbot-worker", daemon=False
+    )
+    process.start()
+    log.info("started a reset worker (pid %s)", process.pid)
+    return process
+
+
+def run_worker_process(settings: Settings) -> None:
+    from jobs.worker import run_worker
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    redis = connect_redis(settings)
+    try:
+        run_worker(settings, redis, burst=False, with_scheduler=True)
+    finally:
+        close_redis(redis)
+
+
+def stop_worker_process(process: BaseProcess) -> None:
+    """SIGTERM: RQ finishes the job in hand (warm shutdown); leases cover a kill after that."""
+    if process.is_alive():
+        process.terminate()
+    process.join(WORKER_STOP_SECONDS)
+    if process.is_alive():
+        log.warning("the worker did not stop within %.0f s; killing it", WORKER_STOP_SECONDS)
+        process.kill()
+        process.join(5)

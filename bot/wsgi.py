@@ -1,0 +1,187 @@
+"""The HTTP face of the app: `/slack/events` (Bolt's WSGI adapter behind a guard) and `/healthz`.
+
+The guard checks the signature itself before Bolt sees a request: a forged, stale or header-less
+request gets 401 without its body ever being logged (it may hold a typed default password), and
+a signed but malformed one gets 400, where Bolt would answer 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.request.internals import parse_body
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.payloads import payload_problem
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+log = logging.getLogger("resetbot.http")
+
+EVENTS_PATH = "/slack/events"
+HEALTH_PATH = "/healthz"
+#: Slack's largest payloads (a modal's state) are far smaller than this.
+MAX_BODY_BYTES = 1_000_000
+#: Slack's advice: refuse requests signed more than five minutes away from now.
+MAX_CLOCK_SKEW = 300
+
+WsgiApp = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
+
+
+class HealthCheck:
+    """Whether the database and Redis answer, for `/healthz`."""
+
+    def __init__(self, sessions: sessionmaker[Session], redis: Redis[bytes]) -> None:
+        self.sessions = sessions
+        self.redis = redis
+
+    def __call__(self) -> dict[str, str]:
+        return {"database": self._database(), "redis": self._redis()}
+
+    def _database(self) -> str:
+        try:
+            with self.sessions() as session:
+                session.execute(text("SELECT 1"))
+        except SQLAlchemyError as error:
+            log.warning("health: database unavailable: %s", type(error).__name__)
+            return "unavailable"
+        return "ok"
+
+    def _redis(self) -> str:
+        try:
+            self.redis.ping()
+        except (RedisError, OSError) as error:
+            log.warning("health: redis unavailable: %s", type(error).__name__)
+            return "unavailable"
+        return "ok"
+
+
+class ResetbotWsgi:
+    """Routes `/slack/events` to Bolt (signed requests only), `/healthz`, and 404 for the rest."""
+
+    def __init__(
+        self,
+        bolt_app: App | None,
+        *,
+        signing_secret: str | None,
+        health: Callable[[], dict[str, str]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if bolt_app is not None and not signing_secret:
+            raise ValueError("serving Slack events over HTTP needs the signing secret")
+        self._slack = SlackRequestHandler(bolt_app, path=EVENTS_PATH) if bolt_app else None
+        self._secret = (signing_secret or "").encode()
+        self._health = health
+        self._clock = clock
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == HEALTH_PATH:
+            if method not in ("GET", "HEAD"):
+                return _answer(start_response, 405, {"error": "use GET"}, [("Allow", "GET")])
+            checks = self._health()
+            healthy = all(value == "ok" for value in checks.values())
+            status = {"status": "ok" if healthy else "unavailable", **checks}
+            return _answer(start_response, 200 if healthy else 503, status)
+        if path == EVENTS_PATH and self._slack is not None:
+            if method != "POST":
+                return _answer(start_response, 405, {"error": "use POST"}, [("Allow", "POST")])
+            return self._slack_request(environ, start_response)
+        return _answer(start_response, 404, {"error": "not found"})
+
+    def _slack_request(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        assert self._slack is not None
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _answer(start_response, 400, {"error": "bad content length"})
+        if length < 0 or length > MAX_BODY_BYTES:
+            return _answer(start_response, 413, {"error": "request too large"})
+        raw = environ["wsgi.input"].read(length) if length else b""
+        if not self._signed(raw, environ):
+            log.info("refused a request without a valid Slack signature from %s",
+                     environ.get("REMOTE_ADDR", "?"))
+            return _answer(start_response, 401, {"error": "invalid request"})
+        problem = _malformed(raw, environ.get("CONTENT_TYPE"))
+        if problem:
+            log.warning("refused a signed but malformed request: %s", problem)
+            return _answer(start_response, 400, {"error": f"malformed request: {problem}"})
+        # Bolt reads the body again (and checks the signature again): hand it the same bytes.
+        environ["wsgi.input"] = io.BytesIO(raw)
+        environ["CONTENT_LENGTH"] = str(len(raw))
+        return self._slack(environ, start_response)
+
+    def _signed(self, raw: bytes, environ: WSGIEnvironment) -> bool:
+        """Slack's v0 signature: HMAC-SHA256 of `v0:{timestamp}:{body}`, within 5 minutes."""
+        timestamp = str(environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", ""))
+        signature = str(environ.get("HTTP_X_SLACK_SIGNATURE", ""))
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+            return False
+        if not (signature.isascii() and signature.startswith("v0=")):
+            return False
+        if abs(self._clock() - int(timestamp)) > MAX_CLOCK_SKEW:
+            return False
+        base = b"v0:" + timestamp.encode() + b":" + raw
+        expected = "v0=" + hmac.new(self._secret, base, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, signature)
+
+
+def _malformed(raw: bytes, content_type: object) -> str | None:
+    """Why Bolt could not take this body (None when it can), parsed as Bolt parses it."""
+    try:
+        body_text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the body is not UTF-8"
+    media = str(content_type).split(";")[0].strip() if content_type else None
+    try:
+        body = parse_body(body_text, media)
+    except ValueError:  # json.JSONDecodeError included
+        return "the payload is not valid JSON"
+    return payload_problem(body)
+
+
+def _answer(
+    start_response: StartResponse,
+    status: int,
+    body: dict[str, Any],
+    headers: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
+    data = json.dumps(body).encode()
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+              405: "Method Not Allowed", 413: "Payload Too Large",
+              503: "Service Unavailable"}[status]
+    start_response(f"{status} {reason}", [
+        ("Content-Type", "application/json; charset=utf-8"),
+        ("Content-Length", str(len(data))),
+        *(headers or []),
+    ])
+    return [data]
+
+
+def make_wsgi_app(
+    bolt_app: App | None,
+    *,
+    signing_secret: str | None,
+    sessions: sessionmaker[Session],
+    redis: Redis[bytes],
+) -> ResetbotWsgi:
+    """The WSGI app `serve` runs (and tests start): Slack events when `bolt_app` is given."""
+    return ResetbotWsgi(bolt_app, signing_secret=signing_secret,
+                        health=HealthCheck(sessions, redis))
