@@ -111,7 +111,25 @@ class ResetTask(Base):
     # Highest user id written to reset_items so far, so an interrupted plan resumes.
     plan_cursor: Mapped[int] = mapped_column(Integer, default=0)
     reported_step: Mapped[int] = mapped_column(Integer, default=0)
+    # Throttles for the reporter: waiting is said once, each mail retry round once.
+    reported_waiting: Mapped[bool] = mapped_column(Boolean, default=False)
+    reported_retry_round: Mapped[int] = mapped_column(Integer, default=0)
+    # Held by the job planning the task (and briefly by a reaper that re-enqueued planning), so a
+    # dead planner is noticed within a lease and two planners never interleave.
+    plan_lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    # When a reaper last put this task's lost work back on the queue: one reaper per interval.
+    rescued_at: Mapped[datetime | None] = mapped_column(default=None)
     summary_posted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The Slack thread's own bookkeeping, so a retried or late delivery says each thing once.
+    # A delivery claims the parent post (stale after a while, should its worker die mid-post).
+    slack_parent_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    slack_started_posted: Mapped[bool] = mapped_column(Boolean, default=False)
+    slack_milestone: Mapped[int] = mapped_column(Integer, default=0)  # quarters announced
+    slack_error_posted: Mapped[bool] = mapped_column(Boolean, default=False)
+    slack_csv_posted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Where the task was asked for when the bot could not post there (it reports in a DM).
+    slack_fallback_from: Mapped[str | None] = mapped_column(String(32), default=None)
+    slack_fallback_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     cancelled_by: Mapped[str | None] = mapped_column(String(64), default=None)
     # 1 while running, else NULL: the unique index lets only one task run at a time.
@@ -128,6 +146,9 @@ class ResetItem(Base):
         UniqueConstraint("task_id", "user_id"),
         Index("ix_reset_items_task_state", "task_id", "state"),
         Index("ix_reset_items_task_chunk", "task_id", "chunk"),
+        # The reaper's scans across tasks: expired leases, overdue retries.
+        Index("ix_reset_items_state_lease", "state", "lease_until"),
+        Index("ix_reset_items_state_next_attempt", "state", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

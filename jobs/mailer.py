@@ -68,11 +68,29 @@ def connect_smtp(settings: Settings) -> smtplib.SMTP:
             client.starttls(context=ssl.create_default_context())
             client.ehlo()
         if settings.smtp_username:
-            client.login(settings.smtp_username, settings.smtp_password or "")
+            _login(client, settings.smtp_username, settings.smtp_password or "")
     except BaseException:
         _close_quietly(client)
         raise
     return client
+
+
+def _login(client: smtplib.SMTP, username: str, password: str) -> None:
+    """Log in with one mechanism the server offers.
+
+    smtplib's `login` tries every mechanism in turn after a refusal; one clear 535 is enough to
+    know the credentials are wrong, and some servers drop or stall the connection on the next.
+    """
+    if not client.has_extn("auth"):
+        raise smtplib.SMTPNotSupportedError("the server offers no SMTP AUTH")
+    offered = client.esmtp_features["auth"].upper().split()
+    client.user, client.password = username, password
+    for mechanism in ("PLAIN", "LOGIN", "CRAM-MD5"):
+        if mechanism in offered:
+            method = getattr(client, "auth_" + mechanism.lower().replace("-", "_"))
+            client.auth(mechanism, method)
+            return
+    raise smtplib.SMTPNotSupportedError("the server offers no SMTP AUTH mechanism resetbot knows")
 
 
 def clean_display_name(name: str) -> str:
@@ -165,6 +183,9 @@ class Mailer:
         self.settings = settings
         self.factory = factory
         self._client: smtplib.SMTP | None = None
+        #: Why the server could not be reached; later sends fail fast instead of each waiting
+        #: for a timeout, until `reachable_again` is called.
+        self.unreachable: str | None = None
 
     def __enter__(self) -> Mailer:
         return self
@@ -178,8 +199,9 @@ class Mailer:
         self.close()
 
     def open(self) -> None:
-        """Connect if not connected. Raises MailSetupError, or OSError/SMTPException (transient)."""
-        if self._client is not None:
+        """Connect if not connected. Raises MailSetupError when the server can never be used;
+        a server that cannot be reached now is remembered in `unreachable`."""
+        if self._client is not None or self.unreachable is not None:
             return
         try:
             self._client = self.factory(self.settings)
@@ -190,14 +212,21 @@ class Mailer:
             ) from None
         except smtplib.SMTPNotSupportedError as error:
             raise MailSetupError(
-                f"The mail server does not support what SMTP_SECURITY asks for: {error}"[
-                    :MAX_REASON
-                ]
+                f"The mail server does not support SMTP_SECURITY={self.settings.smtp_security}"
+                f" ({error})"[:MAX_REASON]
             ) from None
         except ssl.SSLCertVerificationError as error:
             raise MailSetupError(
                 f"The mail server's TLS certificate was not accepted: {error.verify_message}"
             ) from None
+        except smtplib.SMTPResponseException as error:
+            self.unreachable = _reply(error.smtp_code, error.smtp_error)
+        except (smtplib.SMTPException, OSError) as error:
+            self.unreachable = _connection_reason(self.settings, error)
+
+    def reachable_again(self) -> None:
+        """Allow one new connection attempt (the next batch may find the server back)."""
+        self.unreachable = None
 
     def close(self) -> None:
         if self._client is not None:
@@ -210,9 +239,10 @@ class Mailer:
             message = build_message(self.settings, mail)
         except ValueError as error:
             return Delivery(Outcome.PERMANENT, f"Not sent: {error}.")
+        self.open()
+        if self._client is None:
+            return Delivery(Outcome.TRANSIENT, self.unreachable)
         try:
-            self.open()
-            assert self._client is not None
             refused = self._client.send_message(message)
         except smtplib.SMTPRecipientsRefused as error:
             code, reply = next(iter(error.recipients.values()))

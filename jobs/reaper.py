@@ -1,10 +1,38 @@
-"""The reaper: puts back work a dead worker or an emptied Redis lost. The database decides."""
+"""The reaper: puts back work that a dead worker or an emptied Redis lost. The database decides.
+
+Runs every `reaper_interval` seconds in every worker (and once before a burst worker starts):
+- items whose lease expired go back to `pending` and their chunk is enqueued again, so a
+  SIGKILLed worker costs one lease (seconds), not RQ's abandoned-job timeout;
+- a running task whose planner died is planned again from its `plan_cursor`;
+- a running task with no job of its own queued, running or scheduled in Redis gets its work
+  enqueued again from the database (pending chunks, waiting mail retries);
+- mail retries overdue by a grace period with no retry job are enqueued again;
+- a task whose users are all done but that never ended is finished;
+- the oldest queued task is woken when nothing runs and nothing would wake it.
+
+Every job is idempotent (conditional UPDATEs), so a duplicate costs a no-op; `rescued_at` keeps
+many workers' reapers from enqueuing the same rescue each interval.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
 from jobs.context import WorkerContext
+from jobs.engine import ACTIVE_ITEM_STATES, finish_if_done
+from jobs.queueing import enqueue_chunk, enqueue_retry, enqueue_task, task_of_job
+
+logger = logging.getLogger(__name__)
+
+#: How late a scheduled mail retry may be before the reaper assumes its job was lost.
+RETRY_GRACE = timedelta(seconds=60)
 
 
 @dataclass
@@ -28,5 +56,193 @@ class ReapReport:
         )
 
 
-def reap(context: WorkerContext) -> ReapReport:
-    return ReapReport()
+def reap(context: WorkerContext, now: datetime | None = None) -> ReapReport:
+    """One pass of the reaper; `now` lets tests look into the future instead of sleeping."""
+    now = now if now is not None else utcnow()
+    report = ReapReport()
+    _return_expired_leases(context, now, report)
+    jobs = task_jobs(context)
+    with context.sessions() as session:
+        running = list(
+            session.scalars(select(ResetTask).where(ResetTask.status == TaskStatus.RUNNING))
+        )
+        session.expunge_all()
+    for task in running:
+        _rescue_running(context, task, jobs.get(task.id, set()), now, report)
+    if not running:
+        _wake_queued(context, jobs, now, report)
+    return report
+
+
+def task_jobs(context: WorkerContext) -> dict[int, set[str]]:
+    """Kinds of job ('plan', 'chunk', 'retry') each task has queued, running or scheduled.
+
+    Read in one MULTI so a job moving between the queue and a registry is seen exactly once.
+    """
+    queue = context.queue
+    pipe = context.redis.pipeline(transaction=True)
+    pipe.lrange(queue.key, 0, -1)
+    pipe.lrange(queue.intermediate_queue_key, 0, -1)
+    pipe.zrange(queue.started_job_registry.key, 0, -1)
+    pipe.zrange(queue.scheduled_job_registry.key, 0, -1)
+    found: dict[int, set[str]] = defaultdict(set)
+    for entries in pipe.execute():
+        for entry in entries:
+            text = entry.decode() if isinstance(entry, bytes) else str(entry)
+            parsed = task_of_job(text)
+            if parsed is not None:
+                found[parsed[0]].add(parsed[1])
+    return dict(found)
+
+
+def _return_expired_leases(context: WorkerContext, now: datetime, report: ReapReport) -> None:
+    with context.sessions() as session:
+        rows = session.execute(
+            update(ResetItem)
+            .where(ResetItem.state == ItemState.CLAIMED, ResetItem.lease_until < now)
+            .values(state=ItemState.PENDING, leased_by=None, lease_until=None, updated_at=now)
+            .returning(ResetItem.task_id, ResetItem.chunk)
+            .execution_options(synchronize_session=False)
+        ).all()
+        session.commit()
+    chunks = sorted({(int(task_id), int(chunk)) for task_id, chunk in rows})
+    for task_id, chunk in chunks:
+        enqueue_chunk(context.queue, task_id, chunk)
+    if rows:
+        logger.warning("returned %s expired leases in %s chunks", len(rows), len(chunks))
+    report.leases_returned += len(rows)
+    report.chunks_enqueued += len(chunks)
+
+
+def _reserve_rescue(context: WorkerContext, task_id: int, now: datetime) -> bool:
+    """Only one reaper (of however many workers) rescues a task per interval."""
+    quiet_since = now - timedelta(seconds=max(context.settings.reaper_interval * 2, 1))
+    with context.sessions() as session:
+        won = session.execute(
+            update(ResetTask)
+            .where(
+                ResetTask.id == task_id,
+                (ResetTask.rescued_at.is_(None)) | (ResetTask.rescued_at < quiet_since),
+            )
+            .values(rescued_at=now)
+        )
+        session.commit()
+    return int(won.rowcount) == 1  # type: ignore[attr-defined]
+
+
+def _rescue_running(
+    context: WorkerContext, task: ResetTask, kinds: set[str], now: datetime, report: ReapReport
+) -> None:
+    if not task.planned:
+        lease = _aware(task.plan_lease_until)
+        if (lease is None or lease < now) and _reserve_rescue(context, task.id, now):
+            # The planner died (its job may still look "started" in Redis): plan again.
+            enqueue_task(context.queue, task.id)
+            report.plans_enqueued += 1
+        return
+    with context.sessions() as session:
+        active = _active_counts(session, task.id)
+    if not any(active.values()):
+        if finish_if_done(context, task.id):
+            report.tasks_finished += 1
+        return
+    if not kinds:
+        if _reserve_rescue(context, task.id, now):
+            _requeue_from_database(context, task.id, report)
+        return
+    if "retry" not in kinds and active[ItemState.RETRY_WAIT]:
+        overdue = _waiting_retries(context, task.id, before=now - RETRY_GRACE)
+        if overdue and _reserve_rescue(context, task.id, now):
+            _enqueue_retries(context, task.id, overdue, now, report)
+
+
+def _requeue_from_database(context: WorkerContext, task_id: int, report: ReapReport) -> None:
+    """Redis has nothing for this task: every piece of remaining work goes back on the queue."""
+    with context.sessions() as session:
+        chunks = list(
+            session.scalars(
+                select(ResetItem.chunk)
+                .where(ResetItem.task_id == task_id, ResetItem.state == ItemState.PENDING)
+                .distinct()
+                .order_by(ResetItem.chunk)
+            )
+        )
+    for chunk in chunks:
+        enqueue_chunk(context.queue, task_id, chunk)
+    report.chunks_enqueued += len(chunks)
+    waiting = _waiting_retries(context, task_id, before=None)
+    _enqueue_retries(context, task_id, waiting, utcnow(), report)
+    logger.warning(
+        "task %s had no work in Redis: enqueued %s chunks and %s retry jobs again",
+        task_id, len(chunks), len({chunk for _id, chunk, _due in waiting}),
+    )
+
+
+def _waiting_retries(
+    context: WorkerContext, task_id: int, before: datetime | None
+) -> list[tuple[int, int, datetime | None]]:
+    query = select(ResetItem.id, ResetItem.chunk, ResetItem.next_attempt_at).where(
+        ResetItem.task_id == task_id, ResetItem.state == ItemState.RETRY_WAIT
+    )
+    if before is not None:
+        query = query.where(ResetItem.next_attempt_at < before)
+    with context.sessions() as session:
+        return [(int(i), int(c), _aware(due)) for i, c, due in session.execute(query)]
+
+
+def _enqueue_retries(
+    context: WorkerContext,
+    task_id: int,
+    waiting: list[tuple[int, int, datetime | None]],
+    now: datetime,
+    report: ReapReport,
+) -> None:
+    """One retry job per chunk, due when its last item is due."""
+    by_chunk: dict[int, list[tuple[int, datetime | None]]] = defaultdict(list)
+    for item_id, chunk, due in waiting:
+        by_chunk[chunk].append((item_id, due))
+    for chunk in sorted(by_chunk):
+        entries = by_chunk[chunk]
+        latest = max((due for _id, due in entries if due is not None), default=now)
+        delay = max(0.0, (latest - now).total_seconds())
+        enqueue_retry(context.queue, task_id, [item_id for item_id, _due in entries], delay)
+        report.retries_enqueued += 1
+
+
+def _wake_queued(
+    context: WorkerContext, jobs: dict[int, set[str]], now: datetime, report: ReapReport
+) -> None:
+    """Nothing runs: if the oldest queued task has no job to start it, give it one."""
+    with context.sessions() as session:
+        oldest = session.scalar(
+            select(func.min(ResetTask.id)).where(ResetTask.status == TaskStatus.QUEUED)
+        )
+    if oldest is None or jobs.get(int(oldest)):
+        return
+    if _reserve_rescue(context, int(oldest), now):
+        enqueue_task(context.queue, int(oldest))
+        report.plans_enqueued += 1
+
+
+def _active_counts(session: Session, task_id: int) -> dict[ItemState, int]:
+    counts = dict.fromkeys(ACTIVE_ITEM_STATES, 0)
+    query = (
+        select(ResetItem.state, func.count())
+        .where(
+            ResetItem.task_id == task_id,
+            ResetItem.state.in_([state.value for state in ACTIVE_ITEM_STATES]),
+        )
+        .group_by(ResetItem.state)
+    )
+    for state, count in session.execute(query):
+        counts[ItemState(state)] = int(count)
+    return counts
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything resetbot writes is UTC.
+    from datetime import UTC
+
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
