@@ -1,0 +1,285 @@
+"""Faults resetbot must survive, injected against real services.
+
+Each test breaks something real (a worker process SIGKILLed, a redis-server restarted empty, the
+TCP path to PostgreSQL cut, an SMTP port with nothing listening) and then checks the outcome in
+the database, the mails aiosmtpd received and the calls the Slack stand-in recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from redis import Redis
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.directory import Directory
+from core.models import (
+    AuditEntry,
+    ItemState,
+    ResetItem,
+    ResetTask,
+    Scope,
+    TaskStatus,
+)
+from core.passwords import PasswordHasher
+from core.progress import TaskSnapshot, snapshot
+from core.settings import Settings
+from core.tasks import ResetRequest, create_task
+from jobs.queueing import enqueue_task, make_queue
+from tests.support.faults import (
+    PrivateRedis,
+    Workers,
+    settings_env,
+    tcp_proxy,
+    wait_until,
+)
+from tests.support.faults import private_redis as private_redis
+from tests.support.faults import workers as workers
+from tests.support.slack_standin import SlackStandIn
+from tests.support.slack_standin import slack_standin as slack_standin
+from tests.support.smtp import SmtpServer
+
+CHANNEL = "C0FAULTS"
+REQUESTER = "U0STAFF"
+postgres_only = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+class SlowSmtpServer(SmtpServer):
+    """aiosmtpd that takes `delay` seconds to accept each message: mails of a batch trickle in,
+    so a test can kill the worker between one user's mail and the next."""
+
+    def __init__(self, delay: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    def _deliver(self, envelope: Any) -> None:
+        super()._deliver(envelope)
+        time.sleep(self.delay)  # the fault: a slow mail server (blocks only its own loop)
+
+
+def add_users(
+    engine: Engine, directory: Directory, count: int, *, without_email: set[int] | frozenset[int]
+    = frozenset(), staff: set[int] | frozenset[int] = frozenset(),
+) -> dict[int, str | None]:
+    """Users 1..count (`userN`), e-mail `userN@example.org` unless listed; returns id → e-mail."""
+    emails = {i: None if i in without_email else f"user{i}@example.org"
+              for i in range(1, count + 1)}
+    with engine.begin() as connection:
+        connection.execute(insert(directory.table), [
+            {"id": i, "username": f"user{i}", "full_name": f"User Number{i}", "email": email,
+             "role": "librarian" if i in staff else None, "password_hash": "old-hash",
+             "must_change_password": False}
+            for i, email in emails.items()
+        ])
+    return emails
+
+
+def start_task(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis: Redis | None,
+    scope: Scope = Scope.ALL,
+    selection: tuple[int, ...] = (),
+    *,
+    default_password: str | None = None,
+    channel: str | None = None,
+) -> int:
+    with sessions.begin() as session:
+        task_id = create_task(session, settings, ResetRequest(
+            requester=REQUESTER, requester_name="Stella Staff", scope=scope,
+            selection=selection, default_password=default_password, slack_channel=channel,
+        )).id
+    if redis is not None:
+        enqueue_task(make_queue(settings, redis), task_id)
+    return task_id
+
+
+def current(sessions: sessionmaker[Session], task_id: int) -> TaskSnapshot:
+    with sessions() as session:
+        found = snapshot(session, task_id)
+    assert found is not None
+    return found
+
+
+def wait_final(
+    sessions: sessionmaker[Session], task_id: int, timeout: float, pool: Workers
+) -> TaskSnapshot:
+    try:
+        return wait_until(lambda: (s := current(sessions, task_id)).status.is_final and s,
+                          timeout, f"task {task_id} to end")
+    except AssertionError:
+        raise AssertionError(
+            f"{current(sessions, task_id)}\n{pool.logs()[-6000:]}"
+        ) from None
+
+
+def items(sessions: sessionmaker[Session], task_id: int) -> list[ResetItem]:
+    with sessions() as session:
+        return list(session.scalars(
+            select(ResetItem).where(ResetItem.task_id == task_id).order_by(ResetItem.user_id)
+        ))
+
+
+def hashes(sessions: sessionmaker[Session], directory: Directory) -> dict[int, str]:
+    c = directory.table.c
+    with sessions() as session:
+        return {row[0]: row[1] for row in session.execute(select(c.id, c.password_hash))}
+
+
+def audit_actions(sessions: sessionmaker[Session], task_id: int) -> Counter[str]:
+    with sessions() as session:
+        return Counter(session.scalars(
+            select(AuditEntry.action).where(AuditEntry.task_id == task_id)
+        ))
+
+
+def summaries(standin: SlackStandIn, task_id: int) -> list[str]:
+    """Texts of the end-of-task replies the Slack thread got for this task."""
+    return [m.text for m in standin.messages(CHANNEL) if m.text.startswith(f"Reset #{task_id} ")]
+
+
+@pytest.fixture
+def fast_hasher_settings(settings: Settings) -> Settings:
+    """Hashing that costs ~50 ms a user: slow enough to kill a worker mid-chunk."""
+    return replace(settings, password_rounds=50_000)
+
+
+# ---- the helpers themselves ----------------------------------------------------------------------
+
+
+@sqlite_only
+def test_a_worker_process_gets_exactly_the_settings_of_the_test(settings: Settings) -> None:
+    tuned = replace(settings, smtp_username="relay", smtp_password="pw", lease_seconds=7,
+                    reaper_interval=0.25, reset_admins=frozenset({"U1", "U2"}),
+                    slack_bot_token="xoxb-1", slack_api_url="http://127.0.0.1:1/api/")
+    assert Settings.from_env(settings_env(tuned), env_file=None) == tuned
+
+
+def test_the_private_redis_comes_back_empty_on_the_same_port(
+    private_redis: PrivateRedis,
+) -> None:
+    client = private_redis.client()
+    client.set("resetbot-probe", b"1")
+    port = private_redis.port
+
+    private_redis.restart()
+
+    assert private_redis.port == port
+    assert client.get("resetbot-probe") is None  # the client reconnects to an empty server
+    assert client.dbsize() == 0
+    client.close()
+
+
+def test_the_proxy_cuts_and_restores_real_connections(private_redis: PrivateRedis) -> None:
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.retry import Retry
+
+    with tcp_proxy("127.0.0.1", private_redis.port) as proxy:
+        once = {"socket_timeout": 2, "retry": Retry(NoBackoff(), 0)}  # no client-side retries
+        client: Redis = Redis(host="127.0.0.1", port=proxy.port, **once)
+        assert client.ping()
+        proxy.cut()
+        with pytest.raises(RedisConnectionError):
+            client.ping()
+        with pytest.raises(RedisConnectionError):
+            Redis(host="127.0.0.1", port=proxy.port, **once).ping()
+        proxy.restore()
+        assert client.ping()
+        assert proxy.refused >= 1
+        client.close()
+
+
+# ---- a worker SIGKILLed in the middle of a chunk -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_chunk_costs_one_lease_and_nobody_keeps_a_stale_mail(
+    fast_hasher_settings: Settings, engine: Engine, sessions: sessionmaker[Session],
+    directory: Directory, redis_conn: Redis, workers: Workers, slack_standin: SlackStandIn,
+) -> None:
+    # With the README's defaults (RESET_LEASE_SECONDS=30, RESET_REAPER_INTERVAL=5) the dead
+    # worker's claimed users come back at most lease + interval = 30 + 5 = 35 s after the kill
+    # (a lease is renewed every lease/3 while a batch runs, so it never reaches further ahead
+    # than 30 s); re-running one chunk is then chunk_size hashes (100 x ~0.25 s bcrypt = 25 s
+    # for one worker) plus its mails: 35 + 25 + mail << 120 s. This test shortens the lease to
+    # its minimum, 5 s, and the interval to 0.5 s only to stay quick; the mechanism is the same.
+    smtp = SlowSmtpServer(delay=0.25).start()
+    try:
+        no_email = {4, 13}
+        add_users(engine, directory, 24, without_email=no_email)
+        smtp.refuse("user9@example.org", code=550, times=99)  # one permanent failure
+        configured = replace(
+            smtp.settings(slack_standin.apply_to(fast_hasher_settings)),
+            chunk_size=8, claim_batch=4, lease_seconds=5, reaper_interval=0.5,
+        )
+        task_id = start_task(sessions, configured, redis_conn, channel=CHANNEL)
+        first = workers.start(configured)
+
+        def mailed_but_unrecorded() -> dict[str, str]:
+            """Users whose mail the server took while their item is still claimed."""
+            mailed = {m.to: m.password for m in smtp.messages}
+            return {item.email: mailed[item.email] for item in items(sessions, task_id)
+                    if item.state == ItemState.CLAIMED and item.email in mailed}
+
+        wait_until(mailed_but_unrecorded, 30, "a mail sent from a batch not yet recorded")
+        first.kill()
+        killed_at = time.monotonic()
+        # What the dead worker left: mails out, outcomes not written, leases still held.
+        stale = mailed_but_unrecorded()
+        assert stale, "the kill should land between a mail and its outcome"
+        at_death = Counter(item.state for item in items(sessions, task_id))
+        assert at_death[ItemState.CLAIMED] >= 1 and at_death[ItemState.PENDING] >= 1
+
+        workers.start(configured)
+        final = wait_final(sessions, task_id, 60, workers)
+        recovered_in = time.monotonic() - killed_at
+
+        assert final.status is TaskStatus.COMPLETED_WITH_ERRORS  # user9's mail is refused
+        assert recovered_in < 30, f"took {recovered_in:.1f} s after the kill"
+        done = items(sessions, task_id)
+        assert [item.user_id for item in done] == list(range(1, 25))  # one row per user
+        outcomes = {item.user_id: item.state for item in done}
+        assert {u for u, s in outcomes.items() if s == ItemState.NO_EMAIL} == no_email
+        assert {u for u, s in outcomes.items() if s == ItemState.NOTIFY_FAILED} == {9}
+        assert {u for u, s in outcomes.items() if s == ItemState.NOTIFIED} == (
+            set(range(1, 25)) - no_email - {9}
+        )
+        # The last mail each user got holds the password that now opens their account.
+        hasher = PasswordHasher.from_settings(configured)
+        stored = hashes(sessions, directory)
+        for user_id in set(range(1, 25)) - no_email - {9}:
+            mails = smtp.to(f"user{user_id}@example.org")
+            assert 1 <= len(mails) <= 2
+            assert hasher.verify(mails[-1].password, stored[user_id]), f"user{user_id}"
+        for address, old_password in stale.items():
+            mails = smtp.to(address)
+            assert len(mails) == 2, f"{address} got no mail with their current password"
+            user_id = int(address.removeprefix("user").split("@")[0])
+            assert not hasher.verify(old_password, stored[user_id])
+        # Reported once: one end in the audit trail, one summary and one CSV in the thread.
+        assert audit_actions(sessions, task_id)["finish"] == 1
+        wait_until(lambda: current(sessions, task_id) and _csv_posted(sessions, task_id), 20,
+                   "the follow-up CSV in the thread")
+        [summary] = summaries(slack_standin, task_id)
+        assert "e-mailed 21" in summary and "no e-mail 2" in summary and "mail failed 1" in summary
+        [upload] = slack_standin.files(CHANNEL)
+        listed = [line.split(",")[0] for line in upload.text.strip().splitlines()[1:]]
+        assert sorted(listed) == ["user13", "user4", "user9"]
+    finally:
+        smtp.stop()
+
+
+def _csv_posted(sessions: sessionmaker[Session], task_id: int) -> bool:
+    with sessions() as session:
+        task = session.get(ResetTask, task_id)
+        return bool(task and task.slack_csv_posted)
