@@ -790,6 +790,23 @@ class _Checker:
         self.blocks(view.get("blocks"), str(kind), "/view/blocks")
 
 
+def block_kit_problems(blocks: object, surface: str = "message") -> list[str]:
+    """What Slack would say about these blocks on a surface (message, modal, home); [] if fine.
+
+    The same checks the server runs, for unit tests of pure block builders.
+    """
+    checker = _Checker()
+    checker.blocks(blocks, surface)
+    return checker.problems
+
+
+def view_problems(view: object) -> list[str]:
+    """What views.open / views.publish would say about this view; [] if fine."""
+    checker = _Checker()
+    checker.view(view, ("modal", "home"))
+    return checker.problems
+
+
 def _check_message(params: Json) -> None:
     text, blocks = params.get("text"), params.get("blocks")
     if not text and not blocks and not params.get("attachments"):

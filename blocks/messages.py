@@ -1,0 +1,395 @@
+"""The task centre's messages: the parent message, its thread replies and the follow-up CSV.
+
+Pure functions: a TaskSnapshot (and a few plain values) in, Slack text and Block Kit out. Every
+piece of user-controlled text (names, usernames, error texts) is escaped for mrkdwn and capped,
+so `<!channel>` in a name pings nobody and a very long name cannot break a Block Kit limit.
+No password ever reaches these functions: they see counts, names and outcomes only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from blocks.text import (
+    OUTCOME_LABELS,
+    STATUS_EMOJI,
+    escape,
+    mode_label,
+    one_line,
+    plural,
+    progress_bar,
+    requester_mention,
+    scope_summary,
+    status_label,
+    truncate,
+)
+from core.csvsafe import to_csv
+from core.models import ItemState, Mode, TaskStatus
+from core.progress import TaskSnapshot
+
+Block = dict[str, Any]
+
+ACTION_CANCEL = "cancel_task"
+ACTION_RETRY_FAILED = "retry_failed"
+#: Longest piece of user text (a name, an error) shown in a message.
+NAME_LIMIT = 80
+ERROR_LIMIT = 500
+#: The follow-up CSV's columns; never a password.
+FOLLOW_UP_HEADER = ("username", "full_name", "email", "outcome", "attempts", "reason")
+#: Outcomes in the order the summary lists them.
+SUMMARY_ORDER = (
+    ItemState.RESET,
+    ItemState.NOTIFIED,
+    ItemState.NO_EMAIL,
+    ItemState.NOTIFY_FAILED,
+    ItemState.CANCELLED,
+)
+QUARTER_WORDS = {1: "A quarter done", 2: "Halfway", 3: "Three quarters done"}
+#: Why the bot could not post where the task was asked for, as Slack's error codes say.
+FALLBACK_REASONS = {
+    "not_in_channel": "I'm not a member of that channel",
+    "channel_not_found": "I can't see that conversation",
+    "is_archived": "that channel is archived",
+    "restricted_action": "that channel doesn't let me post",
+}
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """What chat.postMessage / chat.update take: notification text plus blocks."""
+
+    text: str
+    blocks: list[Block] = field(default_factory=list)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"text": self.text, "blocks": self.blocks}
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """One user staff must contact by hand (a row of the CSV). Holds no password."""
+
+    username: str
+    full_name: str
+    email: str | None
+    outcome: ItemState
+    attempts: int
+    last_error: str | None
+
+
+# ---- small pieces ---------------------------------------------------------------------------
+
+
+def _plain(text: str, limit: int) -> dict[str, Any]:
+    return {"type": "plain_text", "text": truncate(text, limit), "emoji": True}
+
+
+def _mrkdwn(text: str, limit: int = 3000) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": truncate(text, limit)}
+
+
+def _section(text: str) -> Block:
+    return {"type": "section", "text": _mrkdwn(text)}
+
+
+def _context(text: str) -> Block:
+    return {"type": "context", "elements": [_mrkdwn(text)]}
+
+
+def safe(text: str | None, limit: int = NAME_LIMIT) -> str:
+    """User-controlled text made inert for mrkdwn, on one line, capped at `limit` characters."""
+    return escape(truncate(one_line(text or ""), limit))
+
+
+def task_title(task: TaskSnapshot) -> str:
+    return f"Password reset #{task.id}"
+
+
+def who_asked(task: TaskSnapshot) -> str:
+    """A mention for a Slack user id, else the (escaped, capped) name the CLI recorded."""
+    return requester_mention(task.requester, truncate(task.requester_name, NAME_LIMIT))
+
+
+def progress_line(task: TaskSnapshot) -> str:
+    if not task.planned and not task.total:
+        return "Working out who is in scope…"
+    counted = f"{task.done:,} of {plural(task.total, 'user')} done"
+    if not task.planned:
+        counted += " so far (still listing users)"
+    return f"`{progress_bar(task.fraction)}` {round(task.fraction * 100)}% · {counted}"
+
+
+def outcome_line(task: TaskSnapshot) -> str:
+    parts = [
+        f"{OUTCOME_LABELS[state]}: {task.counts.get(state, 0):,}"
+        for state in SUMMARY_ORDER
+        if task.counts.get(state, 0)
+    ]
+    waiting = task.counts.get(ItemState.RETRY_WAIT, 0)
+    if waiting and not task.status.is_final:
+        parts.append(f"{OUTCOME_LABELS[ItemState.RETRY_WAIT]}: {waiting:,}")
+    return " · ".join(parts)
+
+
+def in_minutes(seconds: int) -> str:
+    if seconds < 60:
+        return "in a moment" if seconds <= 5 else f"in {seconds} seconds"
+    minutes = math.ceil(seconds / 60)
+    return f"in {plural(minutes, 'minute')}"
+
+
+def fallback_note(channel: str, reason: str | None) -> str:
+    """Why this task reports in a DM instead of where it was asked for."""
+    why = FALLBACK_REASONS.get(reason or "", "I couldn't post there")
+    place = f"<#{escape(channel)}>" if channel[:1] in ("C", "G") else "that conversation"
+    return (
+        f":information_source: I couldn't post in {place} ({why}), so I'm reporting this reset "
+        "to you here. Invite me to the channel to keep the next one there."
+    )
+
+
+# ---- the parent message -------------------------------------------------------------------------
+
+
+def parent_message(
+    task: TaskSnapshot,
+    *,
+    selected: int = 0,
+    fallback_from: str | None = None,
+    fallback_reason: str | None = None,
+) -> SlackMessage:
+    """The task's message in the channel, updated in place as the work advances."""
+    status = f"{STATUS_EMOJI[task.status]} *{status_label(task.status)}*"
+    if task.cancel_requested and not task.status.is_final:
+        status += " · cancel requested: users not yet reset are left alone"
+    details = [
+        f"{status}",
+        f"*Requested by* {who_asked(task)}",
+        f"*Who* {escape(scope_summary(task.scope, selected))}",
+        f"*How* {mode_label(task.mode)}",
+    ]
+    if task.mode == Mode.GENERATED or task.require_change:
+        change = "required" if task.require_change else "not required"
+        details.append(f"*New password at next login* {change}")
+    if task.retry_of:
+        details.append(f"*Retry of* reset #{task.retry_of}")
+    blocks: list[Block] = [
+        {"type": "header", "text": _plain(task_title(task), 150)},
+        _section("\n".join(details)),
+        _section(progress_line(task)),
+    ]
+    outcomes = outcome_line(task)
+    if outcomes:
+        blocks.append(_context(outcomes))
+    if task.error:
+        blocks.append(_section(f":warning: {safe(task.error, ERROR_LIMIT)}"))
+    if fallback_from:
+        blocks.append(_context(fallback_note(fallback_from, fallback_reason)))
+    buttons = parent_buttons(task)
+    if buttons:
+        blocks.append({"type": "actions", "block_id": f"task_{task.id}", "elements": buttons})
+    text = f"{task_title(task)}: {status_label(task.status)}"
+    if task.total:
+        text += f", {task.done:,} of {plural(task.total, 'user')} done"
+    return SlackMessage(text, blocks)
+
+
+def parent_buttons(task: TaskSnapshot) -> list[Block]:
+    """Cancel while it runs; Retry failed notifications once it has ended with failed mails."""
+    if not task.status.is_final:
+        if task.cancel_requested:
+            return []
+        return [cancel_button(task.id)]
+    if task.counts.get(ItemState.NOTIFY_FAILED, 0):
+        return [retry_failed_button(task.id, task.counts[ItemState.NOTIFY_FAILED])]
+    return []
+
+
+def cancel_button(task_id: int) -> Block:
+    return {
+        "type": "button",
+        "action_id": ACTION_CANCEL,
+        "value": str(task_id),
+        "style": "danger",
+        "text": _plain("Cancel", 75),
+        "confirm": {
+            "title": _plain(f"Stop reset #{task_id}?", 100),
+            "text": _mrkdwn(
+                "Users not yet reset are left alone. Those already reset keep their new "
+                "password and are listed in the summary.", 300
+            ),
+            "confirm": _plain("Stop it", 30),
+            "deny": _plain("Keep going", 30),
+        },
+    }
+
+
+def retry_failed_button(task_id: int, failed: int) -> Block:
+    return {
+        "type": "button",
+        "action_id": ACTION_RETRY_FAILED,
+        "value": str(task_id),
+        "style": "primary",
+        "text": _plain("Retry failed notifications", 75),
+        "confirm": {
+            "title": _plain("Retry the failed mails?", 100),
+            "text": _mrkdwn(
+                f"{plural(failed, 'user')} whose mail never arrived get a new random password, "
+                "e-mailed, in a new reset.", 300
+            ),
+            "confirm": _plain("Retry", 30),
+            "deny": _plain("Not now", 30),
+        },
+    }
+
+
+# ---- thread replies ----------------------------------------------------------------------------
+
+
+def started_reply(task: TaskSnapshot) -> SlackMessage:
+    if task.mode == Mode.DEFAULT:
+        what = "setting the default password; nobody is e-mailed"
+    else:
+        what = "setting a new random password for each user and e-mailing it"
+    if task.total:
+        text = f":arrow_forward: Started: {what}, for {plural(task.total, 'user')}."
+    else:
+        text = f":arrow_forward: Started: {what}. Progress shows in the message above."
+    return SlackMessage(text, [_section(text)])
+
+
+def waiting_reply(task: TaskSnapshot, blocking_task_id: int) -> SlackMessage:
+    text = (
+        f":hourglass_flowing_sand: Waiting: reset #{blocking_task_id} is still running, and "
+        f"only one reset runs at a time. Reset #{task.id} starts as soon as it ends."
+    )
+    return SlackMessage(text, [_section(text)])
+
+
+def milestone_reply(task: TaskSnapshot, quarter: int) -> SlackMessage:
+    words = QUARTER_WORDS.get(quarter, "Progress")
+    text = f"{words}: {task.done:,} of {plural(task.total, 'user')}."
+    return SlackMessage(text, [_section(text)])
+
+
+def retries_reply(
+    task: TaskSnapshot, users: int, attempt: int, max_attempts: int, delay_seconds: int
+) -> SlackMessage:
+    """One line for a whole retry round, however many users it holds."""
+    failed = plural(users, "notification")
+    text = (
+        f":e-mail: {failed} failed, retrying {in_minutes(delay_seconds)} "
+        f"(attempt {attempt} of {max_attempts}). Their new password is only sent once the "
+        "mail goes through."
+    )
+    return SlackMessage(text, [_section(text)])
+
+
+def task_error_reply(task: TaskSnapshot) -> SlackMessage:
+    """A problem with the whole task (say, the mail server refusing our login): said once."""
+    problem = safe(task.error, ERROR_LIMIT)
+    text = f":warning: Problem with reset #{task.id}: {problem}"
+    return SlackMessage(text, [_section(text)])
+
+
+def summary_reply(task: TaskSnapshot) -> SlackMessage:
+    """The end of the task: final status and the count of each outcome."""
+    heading = f"{STATUS_EMOJI[task.status]} *Reset #{task.id} {status_label(task.status).lower()}*"
+    lines = [heading + f" · {plural(task.total, 'user')}."]
+    fields = [
+        _mrkdwn(f"*{OUTCOME_LABELS[state].capitalize()}*\n{task.counts.get(state, 0):,}")
+        for state in SUMMARY_ORDER
+        if task.counts.get(state, 0) or state in _expected_outcomes(task)
+    ]
+    notes = _summary_notes(task)
+    blocks: list[Block] = [_section("\n".join(lines))]
+    if fields:
+        blocks.append({"type": "section", "fields": fields[:10]})
+    if notes:
+        blocks.append(_section("\n".join(notes)))
+    counts = ", ".join(
+        f"{OUTCOME_LABELS[state]} {task.counts.get(state, 0):,}" for state in SUMMARY_ORDER
+        if task.counts.get(state, 0)
+    )
+    text = f"Reset #{task.id} {status_label(task.status).lower()}"
+    if counts:
+        text += f": {counts}"
+    return SlackMessage(text, blocks)
+
+
+def _expected_outcomes(task: TaskSnapshot) -> tuple[ItemState, ...]:
+    if task.mode == Mode.DEFAULT:
+        return (ItemState.RESET,)
+    return (ItemState.NOTIFIED, ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED)
+
+
+def _summary_notes(task: TaskSnapshot) -> list[str]:
+    notes = []
+    if task.status is TaskStatus.CANCELLED or task.counts.get(ItemState.CANCELLED, 0):
+        notes.append(
+            f":no_entry_sign: Cancelled: {plural(task.counts.get(ItemState.CANCELLED, 0), 'user')} "
+            "left alone; those already reset keep their new password."
+        )
+    no_email = task.counts.get(ItemState.NO_EMAIL, 0)
+    if no_email:
+        notes.append(
+            f":bust_in_silhouette: {plural(no_email, 'user')} had no e-mail address: their "
+            "password was changed but nobody could tell them. Help them set a new one."
+        )
+    failed = task.counts.get(ItemState.NOTIFY_FAILED, 0)
+    if failed:
+        notes.append(
+            f":e-mail: {plural(failed, 'mail')} never got through. *Retry failed "
+            "notifications* above sends those users a fresh password."
+        )
+    if task.follow_up_count:
+        notes.append("The users to contact by hand are in the CSV below (it holds no passwords).")
+    if task.status is TaskStatus.FAILED:
+        notes.append(":x: The reset stopped early: the problem is described above.")
+    return notes
+
+
+# ---- the follow-up CSV ----------------------------------------------------------------------
+
+
+def follow_up_filename(task_id: int) -> str:
+    return f"reset-{task_id}-follow-up.csv"
+
+
+def follow_up_title(task: TaskSnapshot) -> str:
+    return f"Reset #{task.id}: users to contact by hand"
+
+
+def follow_up_comment(task: TaskSnapshot) -> str:
+    return (
+        f"{plural(task.follow_up_count, 'user')} to contact by hand: no e-mail address, or the "
+        "mail never got through. No passwords are in this file."
+    )
+
+
+def follow_up_reason(row: FollowUp) -> str:
+    if row.outcome is ItemState.NO_EMAIL:
+        return "No e-mail address on file"
+    detail = one_line(row.last_error or "")
+    return truncate(f"Mail failed: {detail}" if detail else "Mail failed", 300)
+
+
+def follow_up_csv(rows: Iterable[FollowUp]) -> str:
+    """username, full name, email, outcome, attempts, reason: spreadsheet-safe, no password."""
+    return to_csv(
+        FOLLOW_UP_HEADER,
+        (
+            (
+                one_line(row.username),
+                one_line(row.full_name),
+                one_line(row.email or ""),
+                OUTCOME_LABELS[row.outcome],
+                row.attempts,
+                follow_up_reason(row),
+            )
+            for row in rows
+        ),
+    )

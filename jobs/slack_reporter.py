@@ -1,0 +1,527 @@
+"""The task centre in Slack: a parent message updated in place, and a thread of replies.
+
+The engine calls a `SlackReporter` (throttled: at most once per progress step, once per retry
+round, once at the end). The reporter never talks to Slack itself: it enqueues a small delivery
+job with a long retry backoff, so a Slack outage delays messages and never the resets. A
+delivery renders the task as the database has it *now*, so a late one still tells the truth,
+and the bookkeeping columns on the task make every message idempotent: a retried delivery never
+posts a second parent, summary or CSV.
+
+Slack traffic per task is bounded by the engine's step count, not by the number of users.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any, cast
+
+from rq import Queue, Retry
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.builtin_interval_calculators import (
+    FixedValueRetryIntervalCalculator,
+)
+from slack_sdk.http_retry.handler import RetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
+from sqlalchemy import CursorResult, or_, select, update
+
+from blocks import messages
+from core.errors import ConfigError
+from core.models import FOLLOW_UP_STATES, ItemState, ResetItem, ResetTask, utcnow
+from core.progress import TaskSnapshot, snapshot
+from core.settings import Settings
+from jobs.context import WorkerContext, current_context
+
+logger = logging.getLogger(__name__)
+
+DELIVER = "jobs.slack_reporter.deliver"
+#: Seconds between a failed delivery's attempts: about three hours in all, to ride out an
+#: outage; the last value repeats.
+RETRY_INTERVALS: tuple[int, ...] = (5, 15, 30, 60, 120, 300, 600, 900, 900, 900, 900, 900,
+                                    1800, 1800, 1800)
+FAILURE_TTL = 7 * 24 * 3600
+#: A worker waits in-process for a 429 only this long; a longer Retry-After goes back to the
+#: queue as a scheduled retry, so the worker goes on resetting meanwhile.
+MAX_INLINE_RETRY_AFTER = 5
+INLINE_RETRY_PAUSE = 0.5
+#: After this, a parent-post claim is taken to belong to a dead worker and may be taken over.
+PARENT_CLAIM_TTL = timedelta(minutes=2)
+WEB_TIMEOUT = 15
+#: Slack's answers meaning the bot cannot post where the task was asked for.
+CHANNEL_UNREACHABLE = frozenset(
+    {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
+)
+#: Answers a retry cannot fix: logged once, the delivery dropped.
+HOPELESS = frozenset(
+    {
+        "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+        "missing_scope", "invalid_blocks", "invalid_arguments", "msg_too_long", "no_text",
+        "too_many_attachments",
+    }
+)
+_SLACK_USER = re.compile(r"^[UW][A-Z0-9]+$")
+
+
+class Event(StrEnum):
+    STARTED = "started"
+    PROGRESS = "progress"
+    WAITING = "waiting"
+    RETRIES = "retries"
+    FINISHED = "finished"
+
+
+class NotReady(Exception):
+    """Another delivery is posting the parent message, or the end is not committed yet:
+    RQ tries again later."""
+
+
+class ChannelMoved(Exception):
+    """The task's reports moved to a DM with the requester: start the delivery over there."""
+
+
+class Undeliverable(Exception):
+    """Neither the channel nor a DM with the requester takes our messages."""
+
+
+# ---- the reporter the engine calls -------------------------------------------------------------
+
+
+class SlackReporter:
+    """Turns the engine's reports into delivery jobs; tasks without a Slack channel are skipped.
+
+    `retry_intervals` is the delivery jobs' backoff (tests make it short).
+    """
+
+    def __init__(
+        self, context: WorkerContext, *, retry_intervals: Sequence[int] = RETRY_INTERVALS
+    ) -> None:
+        self.context = context
+        self.retry_intervals = tuple(retry_intervals)
+
+    def task_started(self, task_id: int) -> None:
+        self._send(task_id, Event.STARTED)
+
+    def task_progress(self, task_id: int, step: int, steps: int) -> None:
+        self._send(task_id, Event.PROGRESS, step, steps)
+
+    def task_waiting(self, task_id: int, blocking_task_id: int) -> None:
+        self._send(task_id, Event.WAITING, blocking_task_id)
+
+    def retries_scheduled(
+        self, task_id: int, users: int, attempt: int, delay_seconds: int
+    ) -> None:
+        self._send(task_id, Event.RETRIES, users, attempt, delay_seconds)
+
+    def task_finished(self, task_id: int) -> None:
+        self._send(task_id, Event.FINISHED)
+
+    def _send(self, task_id: int, event: Event, *args: int) -> None:
+        if not self._reports_to_slack(task_id):
+            return
+        enqueue_delivery(self.context.queue, task_id, event, *args,
+                         retry_intervals=self.retry_intervals)
+
+    def _reports_to_slack(self, task_id: int) -> bool:
+        with self.context.sessions() as session:
+            channel = session.scalar(
+                select(ResetTask.slack_channel).where(ResetTask.id == task_id)
+            )
+        return bool(channel) and bool(self.context.settings.slack_bot_token)
+
+
+def enqueue_delivery(
+    queue: Queue,
+    task_id: int,
+    event: Event,
+    *args: int,
+    retry_intervals: Sequence[int] = RETRY_INTERVALS,
+) -> None:
+    """Queue one delivery (JSON arguments only) with a backoff long enough for an outage."""
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", queue.name)
+    queue.enqueue(
+        DELIVER,
+        task_id,
+        event.value,
+        *args,
+        # Not the engine's `__t<id>__<kind>__` form: the reaper counts only reset work.
+        job_id=f"{prefix}__slack-{task_id}-{event.value}__{uuid.uuid4().hex[:12]}",
+        result_ttl=0,
+        failure_ttl=FAILURE_TTL,
+        # Ahead of the task's own chunk jobs, or progress would be told only at the end; the
+        # end goes behind whatever the task's last job reported just before it.
+        at_front=event is not Event.FINISHED,
+        retry=Retry(max=len(retry_intervals), interval=list(retry_intervals)),
+    )
+
+
+# ---- the delivery job ---------------------------------------------------------------------------
+
+
+def deliver(task_id: int, event: str, *args: int) -> None:
+    """RQ job: bring the task's Slack thread up to date for one reported event.
+
+    Raises (so RQ retries later) when Slack is unreachable, rate-limits for long, or another
+    delivery is still posting the parent message.
+    """
+    context = current_context()
+    Delivery(context, web_client(context.settings), task_id).run(Event(event), args)
+
+
+_clients: dict[tuple[str, str], WebClient] = {}
+_clients_lock = threading.Lock()
+
+
+def web_client(settings: Settings) -> WebClient:
+    """This process's WebClient for the configured bot token and API URL, built on first use."""
+    if not settings.slack_bot_token:
+        raise ConfigError(
+            "SLACK_BOT_TOKEN is not set: the worker cannot post progress to Slack "
+            "(find it under OAuth & Permissions in your Slack app's settings)"
+        )
+    key = (settings.slack_bot_token, settings.slack_api_url)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = WebClient(
+                token=settings.slack_bot_token,
+                base_url=settings.slack_api_url,
+                timeout=WEB_TIMEOUT,
+                retry_handlers=retry_handlers(),
+            )
+            _clients[key] = client
+        return client
+
+
+def retry_handlers() -> list[RetryHandler]:
+    """One short in-process retry; anything longer is the delivery job's scheduled retry.
+
+    A worker stuck waiting on Slack is a worker not resetting passwords.
+    """
+    pause = FixedValueRetryIntervalCalculator(fixed_internal=INLINE_RETRY_PAUSE)
+    return [
+        ShortRateLimitRetryHandler(max_retry_count=1),
+        ServerErrorRetryHandler(max_retry_count=1, interval_calculator=pause),
+        ConnectionErrorRetryHandler(max_retry_count=1, interval_calculator=pause),
+    ]
+
+
+class ShortRateLimitRetryHandler(RateLimitErrorRetryHandler):
+    """Slack's own 429 handler (it waits Retry-After), for waits short enough to sit out."""
+
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if not super()._can_retry(state=state, request=request, response=response, error=error):
+            return False
+        assert response is not None
+        return retry_after(response.headers) <= MAX_INLINE_RETRY_AFTER
+
+
+def retry_after(headers: dict[str, Any]) -> float:
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list) else value
+            try:
+                return float(raw)
+            except (TypeError, ValueError):
+                return float("inf")
+    return 1.0
+
+
+@dataclass(frozen=True)
+class ThreadState:
+    """A task as its Slack thread needs it: the snapshot and the thread's bookkeeping."""
+
+    task: TaskSnapshot
+    selected: int
+    fallback_from: str | None
+    fallback_reason: str | None
+    started_posted: bool
+    milestone: int
+    error_posted: bool
+    summary_posted: bool
+    csv_posted: bool
+
+    @property
+    def channel(self) -> str | None:
+        return self.task.slack_channel
+
+    @property
+    def thread_ts(self) -> str | None:
+        return self.task.slack_thread_ts
+
+    def parent(self) -> messages.SlackMessage:
+        return messages.parent_message(
+            self.task, selected=self.selected, fallback_from=self.fallback_from,
+            fallback_reason=self.fallback_reason,
+        )
+
+
+class Delivery:
+    """One delivery job's work for one task: every Slack call goes through here."""
+
+    def __init__(self, context: WorkerContext, client: WebClient, task_id: int) -> None:
+        self.context = context
+        self.client = client
+        self.task_id = task_id
+
+    def run(self, event: Event, args: Sequence[int]) -> None:
+        try:
+            for _ in range(3):  # at most: channel, then its DM fallback
+                try:
+                    self._run_once(event, args)
+                    return
+                except ChannelMoved:
+                    continue
+            raise Undeliverable(f"task {self.task_id}: could not settle on a Slack channel")
+        except SlackApiError as error:
+            code = str(error.response.get("error", ""))
+            if code in HOPELESS:
+                # Retrying cannot help (a bad token, a message Slack refuses): say it once.
+                logger.error("Slack refused a message for task %s: %s", self.task_id, code)
+                return
+            raise
+        except Undeliverable as error:
+            logger.warning("%s; the task goes on without Slack messages", error)
+
+    def _run_once(self, event: Event, args: Sequence[int]) -> None:
+        state = self.load()
+        if state is None or not state.channel:
+            return
+        if event is not Event.FINISHED and state.summary_posted:
+            return  # late: the thread has ended, and a reply now would follow its summary
+        state, fresh = self.ensure_parent(state)
+        if event is Event.FINISHED:
+            self.finish(state, fresh)
+            return
+        if not fresh and not state.task.status.is_final:
+            self.update_parent(state)  # once ended, the end's own delivery renders it
+        self.say_error_once(state)
+        if event is Event.STARTED:
+            return
+        if event is Event.PROGRESS:
+            self.say_milestone(state)
+        elif event is Event.WAITING:
+            self.reply(state, messages.waiting_reply(state.task, args[0]))
+        elif event is Event.RETRIES:
+            users, attempt, delay = args[0], args[1], args[2]
+            self.reply(state, messages.retries_reply(
+                state.task, users, attempt, self.context.settings.max_mail_attempts, delay))
+
+    # ---- reading and writing the task ----------------------------------------------------
+
+    def load(self) -> ThreadState | None:
+        with self.context.sessions() as session:
+            task = snapshot(session, self.task_id)
+            row = session.get(ResetTask, self.task_id)
+            if task is None or row is None:
+                return None
+            return ThreadState(
+                task=task,
+                selected=len(row.selection or []),
+                fallback_from=row.slack_fallback_from,
+                fallback_reason=row.slack_fallback_reason,
+                started_posted=row.slack_started_posted,
+                milestone=row.slack_milestone,
+                error_posted=row.slack_error_posted,
+                summary_posted=row.summary_posted,
+                csv_posted=row.slack_csv_posted,
+            )
+
+    def _set(self, *conditions: Any, **values: Any) -> bool:
+        """Conditionally update this task; True if this delivery's update won."""
+        with self.context.sessions.begin() as session:
+            result = session.execute(
+                update(ResetTask).where(ResetTask.id == self.task_id, *conditions).values(**values)
+            )
+            return cast("CursorResult[Any]", result).rowcount == 1
+
+    def once(
+        self, flag: Any, claimed: Any, released: Any, say: Callable[[], None]
+    ) -> None:
+        """Say something exactly once across deliveries: claim the flag, say it, or release."""
+        if not self._set(flag == released, **{flag.key: claimed}):
+            return
+        try:
+            say()
+        except BaseException:
+            self._set(**{flag.key: released})
+            raise
+
+    # ---- the parent message ----------------------------------------------------------------
+
+    def ensure_parent(self, state: ThreadState) -> tuple[ThreadState, bool]:
+        """Post the parent if nobody has (True: just posted, in its current form).
+
+        Raises NotReady while another delivery is posting it: never a second parent.
+        """
+        if state.thread_ts:
+            return state, False
+        now = utcnow()
+        claimed = self._set(
+            ResetTask.slack_thread_ts.is_(None),
+            ResetTask.slack_channel == state.channel,
+            or_(ResetTask.slack_parent_claimed_at.is_(None),
+                ResetTask.slack_parent_claimed_at < now - PARENT_CLAIM_TTL),
+            slack_parent_claimed_at=now,
+        )
+        if not claimed:
+            raise NotReady(f"task {self.task_id}: the parent message is being posted")
+        try:
+            posted = self.post(state, state.parent(), in_thread=False)
+        except BaseException:
+            self._set(slack_parent_claimed_at=None)
+            raise
+        self._set(slack_thread_ts=posted["ts"], slack_channel=posted["channel"])
+        state = self.load() or state
+        if not state.started_posted and not state.summary_posted:
+            self.once(ResetTask.slack_started_posted, True, False,
+                      lambda: self.reply(state, messages.started_reply(state.task)))
+        return state, True
+
+    def update_parent(self, state: ThreadState) -> None:
+        ts = state.thread_ts
+        assert ts is not None, "update_parent runs after ensure_parent"
+        self.call_in_channel(state, lambda channel: self.client.chat_update(
+            channel=channel, ts=ts, **state.parent().as_kwargs()))
+
+    # ---- replies -----------------------------------------------------------------------
+
+    def reply(self, state: ThreadState, message: messages.SlackMessage) -> None:
+        self.post(state, message, in_thread=True)
+
+    def post(self, state: ThreadState, message: messages.SlackMessage, *, in_thread: bool) -> Any:
+        thread_ts = state.thread_ts if in_thread else None
+        return self.call_in_channel(state, lambda channel: self.client.chat_postMessage(
+            channel=channel, thread_ts=thread_ts, unfurl_links=False, unfurl_media=False,
+            **message.as_kwargs()))
+
+    def say_milestone(self, state: ThreadState) -> None:
+        """A reply at each quarter reached; late or repeated deliveries say each one once."""
+        task = state.task
+        quarter = int(task.fraction * 4) if task.planned and task.total else 0
+        if not 1 <= quarter <= 3 or quarter <= state.milestone:
+            return
+        if self._set(ResetTask.slack_milestone < quarter, slack_milestone=quarter):
+            try:
+                self.reply(state, messages.milestone_reply(task, quarter))
+            except BaseException:
+                self._set(ResetTask.slack_milestone == quarter, slack_milestone=state.milestone)
+                raise
+
+    def say_error_once(self, state: ThreadState) -> None:
+        if state.task.error and not state.error_posted:
+            self.once(ResetTask.slack_error_posted, True, False,
+                      lambda: self.reply(state, messages.task_error_reply(state.task)))
+
+    # ---- the end ----------------------------------------------------------------------------
+
+    def finish(self, state: ThreadState, fresh: bool) -> None:
+        if not state.task.status.is_final:
+            # Reported before the end was committed: show what is true, try again later.
+            if not fresh:
+                self.update_parent(state)
+            raise NotReady(f"task {self.task_id} has not ended yet")
+        if not fresh:
+            self.update_parent(state)
+        self.say_error_once(state)
+        if not state.summary_posted:
+            self.once(ResetTask.summary_posted, True, False,
+                      lambda: self.reply(state, messages.summary_reply(state.task)))
+        if not state.csv_posted and state.task.follow_up_count:
+            self.once(ResetTask.slack_csv_posted, True, False, lambda: self.upload_csv(state))
+
+    def upload_csv(self, state: ThreadState) -> None:
+        content = messages.follow_up_csv(self.follow_ups())
+        self.call_in_channel(state, lambda channel: self.client.files_upload_v2(
+            channel=channel,
+            thread_ts=state.thread_ts,
+            filename=messages.follow_up_filename(self.task_id),
+            title=messages.follow_up_title(state.task),
+            initial_comment=messages.follow_up_comment(state.task),
+            content=content,
+        ))
+
+    def follow_ups(self) -> Iterator[messages.FollowUp]:
+        """The users to contact by hand, streamed: a big task's list is never all in memory."""
+        query = (
+            select(ResetItem.username, ResetItem.full_name, ResetItem.email, ResetItem.state,
+                   ResetItem.attempts, ResetItem.last_error)
+            .where(ResetItem.task_id == self.task_id,
+                   ResetItem.state.in_([s.value for s in FOLLOW_UP_STATES]))
+            .order_by(ResetItem.username)
+            .execution_options(yield_per=1000)
+        )
+        with self.context.sessions() as session:
+            for row in session.execute(query):
+                yield messages.FollowUp(
+                    username=row.username, full_name=row.full_name, email=row.email,
+                    outcome=ItemState(row.state), attempts=row.attempts,
+                    last_error=row.last_error,
+                )
+
+    # ---- where messages go ----------------------------------------------------------------
+
+    def call_in_channel(self, state: ThreadState, call: Callable[[str], Any]) -> Any:
+        """Run a Slack call in the task's channel; if the bot cannot post there, move to a DM."""
+        assert state.channel is not None
+        try:
+            return call(state.channel)
+        except SlackApiError as error:
+            code = str(error.response.get("error", ""))
+            if code not in CHANNEL_UNREACHABLE:
+                raise
+            self.move_to_dm(state, code)
+            raise ChannelMoved(code) from None
+
+    def move_to_dm(self, state: ThreadState, reason: str) -> None:
+        """From now on this task reports in a DM with its requester, saying why."""
+        requester = state.task.requester
+        if state.fallback_from is not None or not _SLACK_USER.match(requester):
+            self._set(ResetTask.slack_channel == state.channel, slack_channel=None)
+            raise Undeliverable(
+                f"task {self.task_id}: cannot post in {state.channel} ({reason}) and no DM "
+                "to fall back on"
+            )
+        try:
+            opened = self.client.conversations_open(users=requester)
+        except SlackApiError as error:
+            code = str(error.response.get("error", ""))
+            if code in ("user_not_found", "cannot_dm_bot", "user_disabled"):
+                self._set(ResetTask.slack_channel == state.channel, slack_channel=None)
+                raise Undeliverable(
+                    f"task {self.task_id}: cannot post in {state.channel} ({reason}) nor DM "
+                    f"its requester ({code})"
+                ) from None
+            raise
+        dm = str(opened["channel"]["id"])
+        self._set(
+            ResetTask.slack_channel == state.channel,
+            slack_channel=dm,
+            slack_fallback_from=state.channel,
+            slack_fallback_reason=reason,
+            slack_thread_ts=None,
+            slack_parent_claimed_at=None,
+        )
+        logger.info("task %s: cannot post in %s (%s); reporting to its requester in a DM",
+                    self.task_id, state.channel, reason)
+
