@@ -130,16 +130,6 @@ class ResetTask(Base):
     # Where the task was asked for when the bot could not post there (it reports in a DM).
     slack_fallback_from: Mapped[str | None] = mapped_column(String(32), default=None)
     slack_fallback_reason: Mapped[str | None] = mapped_column(String(64), default=None)
-    # The Slack thread's own bookkeeping, so a retried or late delivery says each thing once.
-    # A delivery claims the parent post (stale after a while, should its worker die mid-post).
-    slack_parent_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
-    slack_started_posted: Mapped[bool] = mapped_column(Boolean, default=False)
-    slack_milestone: Mapped[int] = mapped_column(Integer, default=0)  # quarters announced
-    slack_error_posted: Mapped[bool] = mapped_column(Boolean, default=False)
-    slack_csv_posted: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Where the task was asked for when the bot could not post there (it reports in a DM).
-    slack_fallback_from: Mapped[str | None] = mapped_column(String(32), default=None)
-    slack_fallback_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     cancelled_by: Mapped[str | None] = mapped_column(String(64), default=None)
     # 1 while running, else NULL: the unique index lets only one task run at a time.
