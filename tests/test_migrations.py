@@ -1,0 +1,181 @@
+"""Alembic migrations on SQLite and PostgreSQL: create everything, idempotent, match the models."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, insert, inspect, select, text
+from sqlalchemy.orm import Session
+
+from core.db import make_engine
+from core.directory import Directory
+from core.migrate import VERSION_TABLE, head_revision, schema_metadata, upgrade, upgrade_engine
+from core.models import Base, users_table
+from core.schema import create_schema
+from core.settings import DirectoryNames, Settings
+
+RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log"}
+
+
+@pytest.fixture
+def fresh_engine(settings: Settings) -> Any:
+    engine = make_engine(settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+def _schema_differences(engine: Engine, names: DirectoryNames) -> list[Any]:
+    def ours(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        # The search index lives outside the models: the FTS5 table (SQLite), the trigram
+        # index on an expression (PostgreSQL); the version table is Alembic's own.
+        if type_ == "table" and name is not None:
+            return not name.startswith(f"{names.table}_search") and name != VERSION_TABLE
+        return not (type_ == "index" and name is not None and name.endswith("_search_trgm"))
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"include_object": ours, "compare_type": True}
+        )
+        return list(compare_metadata(context, schema_metadata(names)))
+
+
+def _search_finds(engine: Engine, directory: Directory, term: str) -> list[str]:
+    with Session(engine) as session:
+        return [user.username for user in directory.search(session, term)]
+
+
+def test_upgrade_creates_every_table_and_the_search_index(
+    settings: Settings, fresh_engine: Engine
+) -> None:
+    assert upgrade(settings) == head_revision() == "0001"
+    tables = set(inspect(fresh_engine).get_table_names())
+    assert {*RESETBOT_TABLES, "users", VERSION_TABLE} <= tables
+    directory = Directory(settings.directory)
+    with fresh_engine.begin() as connection:
+        connection.execute(
+            insert(directory.table),
+            [{"username": "ann.walker", "full_name": "Ann Walker", "email": "aw@example.org",
+              "must_change_password": False}],
+        )
+    # "walk" is long enough for the trigram path on both databases.
+    assert _search_finds(fresh_engine, directory, "walk") == ["ann.walker"]
+    if fresh_engine.dialect.name == "sqlite":
+        assert "users_search" in tables
+    else:
+        indexes = {index["name"] for index in inspect(fresh_engine).get_indexes("users")}
+        assert "ix_users_search_trgm" in indexes
+
+
+def test_upgrade_is_idempotent_and_keeps_data(settings: Settings, fresh_engine: Engine) -> None:
+    upgrade(settings)
+    directory = Directory(settings.directory)
+    with fresh_engine.begin() as connection:
+        connection.execute(
+            insert(directory.table),
+            [{"username": "kept", "full_name": "Kept", "must_change_password": False}],
+        )
+    assert upgrade(settings) == "0001"
+    assert upgrade(settings) == "0001"
+    with fresh_engine.connect() as connection:
+        assert connection.execute(select(directory.table.c.username)).scalars().all() == ["kept"]
+        versions = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    assert versions == [("0001",)]
+
+
+def test_migrated_schema_matches_the_models(settings: Settings, fresh_engine: Engine) -> None:
+    upgrade(settings)
+    differences = _schema_differences(fresh_engine, settings.directory)
+    assert differences == [], (
+        "core/models.py and core/migrations/versions differ; add a revision for the change: "
+        f"{differences}"
+    )
+
+
+def test_configured_names_are_used_for_a_new_users_table(
+    settings: Settings, fresh_engine: Engine
+) -> None:
+    names = DirectoryNames(
+        table="patrons",
+        columns={**DirectoryNames().columns, "username": "login", "email": "mail_address"},
+    )
+    upgrade(replace(settings, directory=names))
+    columns = {column["name"] for column in inspect(fresh_engine).get_columns("patrons")}
+    assert {"login", "mail_address", "full_name"} <= columns
+    assert "users" not in inspect(fresh_engine).get_table_names()
+    assert _schema_differences(fresh_engine, names) == []
+    directory = Directory(names)
+    with fresh_engine.begin() as connection:
+        connection.execute(
+            insert(directory.table),
+            [{"username": "zed.q", "full_name": "Zed", "email": "zq@example.org",
+              "must_change_password": False}],
+        )
+    assert _search_finds(fresh_engine, directory, "ed.q") == ["zed.q"]
+
+
+def test_a_library_users_table_is_adopted_untouched(
+    settings: Settings, fresh_engine: Engine
+) -> None:
+    # The library system's own table, with a column resetbot knows nothing about.
+    with fresh_engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE TABLE users (id INTEGER PRIMARY KEY, username VARCHAR(255) NOT NULL "
+                "UNIQUE, full_name VARCHAR(255) NOT NULL, email VARCHAR(320), role VARCHAR(64), "
+                "password_hash VARCHAR(255), password_changed_at TIMESTAMP, "
+                "must_change_password BOOLEAN NOT NULL, branch VARCHAR(20))"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO users (id, username, full_name, must_change_password, branch) "
+                "VALUES (1, 'libuser', 'Lib User', false, 'north')"
+            )
+        )
+    upgrade(settings)
+    with fresh_engine.connect() as connection:
+        row = connection.execute(text("SELECT username, branch FROM users")).one()
+    assert tuple(row) == ("libuser", "north")
+    assert set(inspect(fresh_engine).get_table_names()) >= RESETBOT_TABLES
+    assert _search_finds(fresh_engine, Directory(settings.directory), "libus") == ["libuser"]
+
+
+def test_upgrade_adopts_a_schema_made_by_create_schema(
+    settings: Settings, fresh_engine: Engine
+) -> None:
+    directory = Directory(settings.directory)
+    create_schema(fresh_engine, directory)
+    assert upgrade_engine(fresh_engine, settings.directory) == "0001"
+    assert _schema_differences(fresh_engine, settings.directory) == []
+
+
+def test_downgrade_removes_resetbot_tables_but_not_users(
+    settings: Settings, fresh_engine: Engine
+) -> None:
+    from alembic import command
+
+    from core.migrate import alembic_config
+
+    upgrade(settings)
+    with fresh_engine.begin() as connection:
+        command.downgrade(alembic_config(connection, settings.directory), "base")
+    tables = set(inspect(fresh_engine).get_table_names())
+    assert not tables & RESETBOT_TABLES
+    assert "users" in tables
+    directory = Directory(settings.directory)
+    with fresh_engine.begin() as connection:  # no trigger left pointing at a dropped index
+        connection.execute(
+            insert(directory.table),
+            [{"username": "after", "full_name": "After", "must_change_password": False}],
+        )
+    assert upgrade(settings) == "0001"
+
+
+def test_schema_metadata_covers_every_model_table() -> None:
+    metadata = schema_metadata(DirectoryNames())
+    assert set(Base.metadata.tables) | {"users"} == set(metadata.tables)
+    assert users_table(DirectoryNames()).c.keys() == metadata.tables["users"].c.keys()
