@@ -206,6 +206,67 @@ def test_task_without_a_channel_is_not_reported(
     assert slack_standin.calls() == []
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_wrong_smtp_login_is_said_once_in_the_thread(
+    slack_settings: Settings, redis_conn: Redis, engine: Engine, slack_standin: SlackStandIn,
+    sample_users: list[Any],
+) -> None:
+    from dataclasses import replace
+
+    server = SmtpServer(username="resetbot", password="right-Secret-1").start()
+    try:
+        settings = replace(server.settings(slack_settings), smtp_password="wrong-Secret-2")
+        context = build_context(settings, redis_conn, engine)
+        task_id = start_task(context)
+        work(context)
+        context.close()
+    finally:
+        server.stop()
+
+    assert task_row(context.sessions, task_id).status == TaskStatus.FAILED
+    [parent] = parents(slack_standin, CHANNEL)
+    thread = [m.text for m in slack_standin.thread(CHANNEL, parent.ts)]
+    problems = [t for t in thread if t.startswith(":warning: Problem with reset")]
+    assert len(problems) == 1, thread  # once, not once per user
+    assert thread[-1].startswith(f"Reset #{task_id} failed")
+    assert "Failed" in parent.text
+    no_secret_reached_slack(slack_standin, ["wrong-Secret-2", "right-Secret-1"])
+
+
+def test_a_task_waiting_for_another_says_so_then_runs(
+    context: WorkerContext, slack_standin: SlackStandIn, sample_users: list[Any]
+) -> None:
+    first = start_task(context)
+    second = start_task(context, Scope.SELECTED_ONLY, selection=(1, 2))
+    work(context)
+
+    assert task_row(context.sessions, second).status == TaskStatus.COMPLETED
+    first_parent, second_parent = parents(slack_standin, CHANNEL)
+    assert first_parent.text.startswith(f"Password reset #{first}:")
+    waiting = [m.text for m in slack_standin.thread(CHANNEL, second_parent.ts)
+               if m.text.startswith(":hourglass_flowing_sand: Waiting")]
+    assert len(waiting) == 1
+    assert f"reset #{first} is still running" in waiting[0]
+    assert len(summary_replies(slack_standin.thread(CHANNEL, second_parent.ts), second)) == 1
+
+
+def test_a_cancelled_task_ends_its_thread_with_a_summary(
+    context: WorkerContext, slack_standin: SlackStandIn, sample_users: list[Any]
+) -> None:
+    task_id = start_task(context)
+    with context.sessions.begin() as session:
+        tasks.request_cancel(session, task_id, REQUESTER)
+    work(context)
+
+    assert task_row(context.sessions, task_id).status == TaskStatus.CANCELLED
+    [parent] = parents(slack_standin, CHANNEL)
+    assert "Cancelled" in parent.text
+    assert not [b for b in parent.blocks if b["type"] == "actions"]
+    [summary] = summary_replies(slack_standin.thread(CHANNEL, parent.ts), task_id)
+    assert summary.text.startswith(f"Reset #{task_id} cancelled")
+    assert slack_standin.files() == []
+
+
 # ---- where the thread goes ---------------------------------------------------------------------
 
 
