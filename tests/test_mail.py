@@ -1,0 +1,157 @@
+"""The password mail: content, escaping, header safety, and how SMTP replies are classified."""
+
+from __future__ import annotations
+
+import smtplib
+from dataclasses import replace
+
+import pytest
+
+from core.settings import Settings
+from jobs.mailer import (
+    Mailer,
+    MailSetupError,
+    Outcome,
+    PasswordMail,
+    build_message,
+    clean_display_name,
+    connect_smtp,
+)
+from tests.support.smtp import SmtpServer, free_port
+from tests.support.smtp import smtp_server as smtp_server
+
+SETTINGS = Settings(mail_from="Library <resetbot@library.example>",
+                    portal_url="https://portal.example/?a=1&b=<2>")
+
+
+def mail(**overrides: object) -> PasswordMail:
+    values: dict[str, object] = {
+        "full_name": "Alice Archer", "address": "alice@example.org", "username": "alice",
+        "password": "Tq7#kWm!xz9Rp4Ae", "require_change": True,
+    }
+    values.update(overrides)
+    return PasswordMail(**values)  # type: ignore[arg-type]
+
+
+def test_the_mail_holds_name_username_password_portal_and_the_change_line() -> None:
+    message = build_message(SETTINGS, mail())
+    plain = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html_part = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+
+    assert "Hello Alice Archer," in plain
+    assert "Username: alice" in plain
+    assert "New password: Tq7#kWm!xz9Rp4Ae" in plain
+    assert "https://portal.example/?a=1&b=<2>" in plain
+    assert "must change this password the next time you sign in" in plain
+    assert "<code>Tq7#kWm!xz9Rp4Ae</code>" in html_part
+    assert 'href="https://portal.example/?a=1&amp;b=&lt;2&gt;"' in html_part
+    assert message["To"] == "Alice Archer <alice@example.org>"
+    assert message["Subject"] == "Your library password has been reset"
+
+
+def test_no_change_line_when_the_password_need_not_be_changed() -> None:
+    message = build_message(SETTINGS, mail(require_change=False))
+    assert "must change" not in message.as_string()
+
+
+def test_html_escapes_every_value() -> None:
+    message = build_message(
+        SETTINGS, mail(full_name="<script>alert(1)</script>", password="a<b>&c\"d'e-Long1")
+    )
+    html_part = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "<script>" not in html_part
+    assert "&lt;script&gt;" in html_part
+    assert "a&lt;b&gt;&amp;c&quot;d&#x27;e-Long1" in html_part
+
+
+def test_a_name_with_line_breaks_cannot_inject_headers() -> None:
+    evil = "Mallory\r\nBcc: everyone@example.org\r\nSubject: pwned"
+    message = build_message(SETTINGS, mail(full_name=evil))
+    headers = message.as_bytes().split(b"\n\n", 1)[0].splitlines()
+
+    assert message["Bcc"] is None
+    assert [line for line in headers if line.startswith(b"Subject:")] == [
+        b"Subject: Your library password has been reset"
+    ]
+    assert not any(line.startswith(b"Bcc:") for line in headers)
+    assert clean_display_name(evil) == "Mallory Bcc: everyone@example.org Subject: pwned"
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["alice@example.org\r\nBcc: x@example.org", "alice@example.org\nRCPT TO:<x@y.org>",
+     "two words@example.org", "not-an-address", ""],
+)
+def test_an_address_that_could_inject_or_cannot_be_mailed_is_refused_for_good(
+    address: str, smtp_server: SmtpServer
+) -> None:
+    with Mailer(smtp_server.settings(SETTINGS), connect_smtp) as mailer:
+        delivery = mailer.send(mail(address=address))
+
+    assert delivery.outcome is Outcome.PERMANENT
+    assert delivery.reason is not None and "Tq7#" not in delivery.reason
+    assert smtp_server.messages == []
+
+
+def test_one_connection_carries_many_mails(smtp_server: SmtpServer) -> None:
+    connections = []
+
+    def counting_factory(settings: Settings) -> smtplib.SMTP:
+        connections.append(1)
+        return connect_smtp(settings)
+
+    with Mailer(smtp_server.settings(SETTINGS), counting_factory) as mailer:
+        outcomes = [
+            mailer.send(mail(address=f"user{n}@example.org", username=f"user{n}")).outcome
+            for n in range(5)
+        ]
+
+    assert outcomes == [Outcome.SENT] * 5
+    assert len(connections) == 1
+    assert len(smtp_server.messages) == 5
+
+
+def test_4xx_is_transient_and_5xx_permanent_with_the_servers_reason(
+    smtp_server: SmtpServer,
+) -> None:
+    smtp_server.refuse("busy@example.org", code=452, times=1, text="4.2.2 Mailbox full")
+    smtp_server.refuse("gone@example.org", code=550, times=1, text="5.1.1 User unknown")
+
+    with Mailer(smtp_server.settings(SETTINGS), connect_smtp) as mailer:
+        busy = mailer.send(mail(address="busy@example.org"))
+        gone = mailer.send(mail(address="gone@example.org"))
+        fine = mailer.send(mail(address="alice@example.org"))
+
+    assert (busy.outcome, busy.reason) == (Outcome.TRANSIENT, "452 4.2.2 Mailbox full")
+    assert (gone.outcome, gone.reason) == (Outcome.PERMANENT, "550 5.1.1 User unknown")
+    assert fine.outcome is Outcome.SENT
+
+
+def test_an_unreachable_server_is_transient_and_tried_once() -> None:
+    settings = replace(SETTINGS, smtp_host="127.0.0.1", smtp_port=free_port(), smtp_timeout=2)
+    attempts = []
+
+    def factory(settings: Settings) -> smtplib.SMTP:
+        attempts.append(1)
+        return connect_smtp(settings)
+
+    with Mailer(settings, factory) as mailer:
+        first = mailer.send(mail())
+        second = mailer.send(mail(address="bob@example.org"))
+
+    assert first.outcome is second.outcome is Outcome.TRANSIENT
+    assert first.reason is not None and "Could not reach the mail server" in first.reason
+    assert len(attempts) == 1  # the rest of the batch fails fast instead of timing out each
+
+
+def test_wrong_credentials_are_a_setup_error_not_a_per_user_failure() -> None:
+    server = SmtpServer(username="resetbot", password="right").start()
+    try:
+        settings = replace(server.settings(SETTINGS), smtp_password="wrong")
+        with Mailer(settings, connect_smtp) as mailer, pytest.raises(MailSetupError) as caught:
+            mailer.open()
+        assert "535" in str(caught.value)
+        assert "wrong" not in str(caught.value)
+        assert server.logins == [("resetbot", False)]
+    finally:
+        server.stop()
