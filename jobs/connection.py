@@ -51,7 +51,10 @@ def state_dir(settings: Settings, cwd: Path | None = None) -> Path:
 def connect_redis(settings: Settings) -> Redis[bytes]:
     """A client for REDIS_URL, or for the host's embedded Redis (started if not running)."""
     if settings.redis_url:
-        return Redis.from_url(settings.redis_url)
+        try:
+            return Redis.from_url(settings.redis_url)
+        except ValueError as error:
+            raise ConfigError(f"REDIS_URL: {error}") from None
     return _embedded_redis(state_dir(settings))
 
 

