@@ -1,0 +1,444 @@
+"""The benchmark's moving parts: a stack of loopback services, worker processes, one timed task.
+
+Workers are separate processes started from a clean working directory with an explicit
+environment, exactly as an operator would start them on any host (`resetbot worker`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from redis import Redis
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bench.measure import PeakRss
+from bench.services import (
+    SmtpSink,
+    postgres_database,
+    private_redis,
+    sqlite_database,
+    wait_until,
+)
+from bench.synth import populate
+from core.db import make_engine, make_sessionmaker
+from core.directory import Directory
+from core.models import FOLLOW_UP_STATES, ResetItem, ResetTask, Scope, TaskStatus
+from core.schema import create_schema
+from core.settings import Settings
+from core.tasks import ResetRequest, consume_pending, create_pending
+
+REPO = Path(__file__).resolve().parent.parent
+QUEUE = "resetbot-bench"
+SECRET_KEY = "bench-secret-key-not-for-production"
+BENCH_CHANNEL = "C0BENCH01"
+BENCH_ADMIN = "UBENCHADMIN"
+#: A default password that passes the default policy and contains no synthetic username.
+DEFAULT_PASSWORD = "Quiet-Harbour-7419"
+
+
+@dataclass
+class HashConfig:
+    scheme: str = "pbkdf2_sha256"
+    rounds: int | None = None  # None: passlib's default for the scheme
+
+    @property
+    def label(self) -> str:
+        return f"{self.scheme}" + (f"/{self.rounds}" if self.rounds else "/default")
+
+
+class Stack:
+    """Private Redis, SMTP sink and Slack stand-in for the whole run; databases come and go."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._exit = ExitStack()
+        self.redis_url = ""
+        self.smtp: SmtpSink | None = None
+        self.slack: Any = None  # tests.support.slack_standin.SlackStandIn when available
+
+    def __enter__(self) -> Stack:
+        self.redis_url = self._exit.enter_context(private_redis())
+        self.smtp = self._exit.enter_context(SmtpSink())
+        self.slack = _start_slack_standin()
+        if self.slack is not None:
+            self._exit.callback(self.slack.stop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit.close()
+
+    def redis(self) -> Redis[bytes]:
+        return Redis.from_url(self.redis_url)
+
+    def environment(
+        self, database_url: str, hashing: HashConfig, extra: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """What a worker (or the app) on another host would be given: settings as env vars."""
+        assert self.smtp is not None
+        env = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": self.redis_url,
+            "RESET_QUEUE": QUEUE,
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(self.smtp.port),
+            "SMTP_SECURITY": "none",
+            "MAIL_FROM": "resetbot@library.example.org",
+            "PORTAL_URL": "https://portal.library.example.org/",
+            "PASSWORD_SCHEMES": hashing.scheme,
+            "RESET_SECRET_KEY": SECRET_KEY,
+            "RESET_ADMINS": BENCH_ADMIN,
+        }
+        if hashing.rounds is not None:
+            env["PASSWORD_ROUNDS"] = str(hashing.rounds)
+        if self.slack is not None:
+            env["SLACK_BOT_TOKEN"] = self.slack.token
+            env["SLACK_API_URL"] = self.slack.api_url
+            env["SLACK_SIGNING_SECRET"] = "bench-signing-secret"
+        env.update(extra or {})
+        return env
+
+    def slack_counts(self, since: float = 0.0) -> dict[str, int]:
+        """Web API calls per method made at or after `since` (epoch seconds)."""
+        if self.slack is None:
+            return {}
+        counts: dict[str, int] = {}
+        for call in self.slack.calls():
+            if call.at >= since:
+                counts[call.method] = counts.get(call.method, 0) + 1
+        return counts
+
+    def last_slack_call_at(self) -> float | None:
+        if self.slack is None:
+            return None
+        calls = self.slack.calls()
+        return float(calls[-1].at) if calls else None
+
+
+def _start_slack_standin() -> Any:
+    try:
+        from tests.support.slack_standin import SlackStandIn
+    except ImportError:
+        return None
+    return SlackStandIn().start()
+
+
+def process_environment(env: dict[str, str]) -> dict[str, str]:
+    """The child's full environment: ours minus any resetbot settings, plus `env`."""
+    inherited = {
+        key: value for key, value in os.environ.items()
+        if key in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "TZ")
+    }
+    inherited["PYTHONPATH"] = str(REPO)
+    inherited["PYTHONUNBUFFERED"] = "1"
+    return {**inherited, **env}
+
+
+@dataclass
+class Database:
+    """A database with the schema and a synthetic directory of `size` users."""
+
+    url: str
+    engine: Engine
+    sessions: sessionmaker[Session]
+    directory: Directory
+    size: int
+    populate_seconds: float
+
+    @property
+    def kind(self) -> str:
+        return "postgresql" if self.engine.dialect.name == "postgresql" else "sqlite"
+
+    def forget_tasks(self) -> None:
+        """Drop the previous tasks' items so every timed task starts from the same table size."""
+        with self.sessions() as session:
+            session.execute(delete(ResetItem))
+            session.commit()
+
+
+@contextmanager
+def database(kind: str, size: int, settings: Settings) -> Iterator[Database]:
+    opener = postgres_database if kind == "postgresql" else sqlite_database
+    with opener() as url:
+        engine = make_engine(url)
+        directory = Directory(settings.directory)
+        try:
+            create_schema(engine, directory)
+            seconds = populate(engine, directory, size)
+            yield Database(url, engine, make_sessionmaker(engine), directory, size, seconds)
+        finally:
+            engine.dispose()
+
+
+@functools.cache
+def worker_command() -> list[str]:
+    """`resetbot worker` when the CLI has it, else the benchmark's own launcher."""
+    cli = Path(sys.executable).with_name("resetbot")
+    if cli.exists() and (REPO / "bot" / "cli.py").exists():
+        probe = subprocess.run(
+            [str(cli), "worker", "--help"], capture_output=True, timeout=60, check=False,
+            env=process_environment({}),
+        )
+        if probe.returncode == 0:
+            return [str(cli), "worker"]
+    return [sys.executable, "-m", "bench.worker_main"]
+
+
+class WorkerPool:
+    """N worker processes with the given environment; started, awaited, stopped."""
+
+    def __init__(self, count: int, env: dict[str, str], redis: Redis[bytes], logdir: Path,
+                 command: list[str] | None = None) -> None:
+        self.count = count
+        self.env = process_environment(env)
+        self.redis = redis
+        self.logdir = logdir
+        self.command = command or worker_command()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._cwd = tempfile.mkdtemp(prefix="bench-worker-")
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.poll() is None]
+
+    def __enter__(self) -> WorkerPool:
+        from rq import Worker
+
+        for index in range(self.count):
+            name = f"worker-{time.monotonic_ns()}-{index}.log"
+            log = open(self.logdir / name, "wb")
+            self.processes.append(
+                subprocess.Popen(
+                    self.command, env=self.env, cwd=self._cwd, stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            log.close()
+
+        def registered() -> bool:
+            dead = [p for p in self.processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a worker exited with {dead[0].returncode}; see {self.logdir}")
+            return len(Worker.all(connection=self.redis)) >= self.count
+
+        wait_until(registered, 60, what=f"{self.count} worker(s) to register")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for process in self.processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self._cwd, ignore_errors=True)
+
+    def cpu_seconds(self) -> float:
+        import psutil  # type: ignore[import-untyped]
+
+        total = 0.0
+        for pid in self.pids():
+            try:
+                times = psutil.Process(pid).cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+
+def measure_hash(env: dict[str, str], samples: int) -> dict[str, Any]:
+    """One hash's median time in a fresh process with the workers' settings."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.hashfloor", str(samples)],
+        env=process_environment(env), capture_output=True, check=True, timeout=600,
+        cwd=tempfile.gettempdir(),
+    )
+    result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+@dataclass
+class TaskRun:
+    task_id: int
+    users: int
+    mode: str
+    workers: int
+    confirm_seconds: float
+    wall_seconds: float
+    db_seconds: float
+    status: str
+    counts: dict[str, int]
+    slack_calls: dict[str, int]
+    mails: int
+    leased_by: dict[str, int] = field(default_factory=dict)
+    worker_cpu_seconds: float = 0.0
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def slack_total(self) -> int:
+        return sum(self.slack_calls.values())
+
+
+class ConfirmsTasks(Protocol):
+    name: str
+
+    def confirm(self, db: Database, request: ResetRequest) -> tuple[int, float, float]: ...
+
+
+class Confirmer:
+    """Creates and confirms a task as the Slack confirm does: park the request, consume it once,
+    enqueue its plan. The app-over-HTTP confirmer replaces this when the app is running."""
+
+    name = "core"
+
+    def __init__(self, settings: Settings, redis: Redis[bytes]) -> None:
+        self.settings = settings
+        self.redis = redis
+
+    def confirm(self, db: Database, request: ResetRequest) -> tuple[int, float, float]:
+        """(task id, wall-clock start, seconds until the confirm answered)."""
+        from jobs.queueing import enqueue_task, make_queue
+
+        settings = replace(self.settings, database_url=db.url)
+        with db.sessions() as session:
+            pending = create_pending(session, settings, request)
+            session.commit()
+            pending_id = pending.id
+        queue = make_queue(settings, self.redis)
+        started_wall = time.time()
+        started = time.perf_counter()
+        with db.sessions() as session:
+            task = consume_pending(session, pending_id, request.requester)
+            session.commit()
+            task_id = task.id
+        enqueue_task(queue, task_id)
+        return task_id, started_wall, time.perf_counter() - started
+
+
+def bench_request(mode: str, scope: Scope = Scope.ALL) -> ResetRequest:
+    return ResetRequest(
+        requester=BENCH_ADMIN,
+        requester_name="Bench Admin",
+        scope=scope,
+        default_password=DEFAULT_PASSWORD if mode == "default" else None,
+        require_change=True,
+        slack_channel=BENCH_CHANNEL,
+    )
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def run_task(
+    stack: Stack,
+    db: Database,
+    confirmer: ConfirmsTasks,
+    mode: str,
+    pool: WorkerPool,
+    *,
+    timeout: float,
+    rss: PeakRss | None = None,
+) -> TaskRun:
+    """One whole task, confirm to final summary, with the pool's workers doing everything."""
+    from sqlalchemy import func
+
+    db.forget_tasks()
+    assert stack.smtp is not None
+    stack.smtp.reset()
+    if stack.slack is not None:
+        stack.slack.clear_calls()
+    cpu_before = pool.cpu_seconds()
+    task_id, started_wall, confirm_seconds = confirmer.confirm(db, bench_request(mode))
+
+    reporting = stack.slack is not None
+
+    def finished() -> bool:
+        """Final in the database and, with Slack, the summary (and follow-up CSV) posted."""
+        with db.sessions() as session:
+            task = session.get(ResetTask, task_id)
+            if task is None or not TaskStatus(task.status).is_final:
+                return False
+            if not reporting:
+                return True
+            follow_ups = session.scalar(
+                select(func.count()).where(
+                    ResetItem.task_id == task_id,
+                    ResetItem.state.in_([s.value for s in FOLLOW_UP_STATES]),
+                )
+            )
+            return bool(task.summary_posted) and (bool(task.slack_csv_posted) or not follow_ups)
+
+    wait_until(finished, timeout, interval=0.1, what=f"task {task_id} to finish")
+    with db.sessions() as session:
+        task = session.get(ResetTask, task_id)
+        assert task is not None
+        finished_at = _epoch(task.finished_at) or time.time()
+        status, total = task.status, task.total
+    end = finished_at
+    if stack.slack is not None:
+        # The summary and CSV are marked posted around their calls: let the last call land,
+        # then take its time as the end.
+        _wait_quiet(stack, quiet=0.3, timeout=60)
+        last = stack.last_slack_call_at()
+        end = max(end, last or end)
+    cpu = pool.cpu_seconds() - cpu_before
+    with db.sessions() as session:
+        counts = dict(
+            session.execute(
+                select(ResetItem.state, func.count())
+                .where(ResetItem.task_id == task_id)
+                .group_by(ResetItem.state)
+            ).all()
+        )
+        leased = dict(
+            session.execute(
+                select(ResetItem.leased_by, func.count())
+                .where(ResetItem.task_id == task_id)
+                .group_by(ResetItem.leased_by)
+            ).all()
+        )
+    return TaskRun(
+        task_id=task_id,
+        users=int(total),
+        mode=mode,
+        workers=pool.count,
+        confirm_seconds=confirm_seconds,
+        wall_seconds=end - started_wall,
+        db_seconds=finished_at - started_wall,
+        status=str(status),
+        counts={str(k): int(v) for k, v in counts.items()},
+        slack_calls=stack.slack_counts(since=started_wall),
+        mails=stack.smtp.messages,
+        leased_by={str(k): int(v) for k, v in leased.items()},
+        worker_cpu_seconds=cpu,
+        peak_rss_mb=rss.peak_mb() if rss is not None else {},
+    )
+
+
+def _wait_quiet(stack: Stack, quiet: float, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last = stack.last_slack_call_at()
+        if last is None or time.time() - last >= quiet:
+            return
+        time.sleep(0.1)

@@ -1,0 +1,253 @@
+"""The benchmark's results: collected as plain dicts, summarised, checked against the targets,
+printed as a table and written as JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    limit: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+    note: str = ""
+
+
+@dataclass
+class Report:
+    options: dict[str, Any]
+    started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    throughput: list[Row] = field(default_factory=list)
+    slack_calls: list[Row] = field(default_factory=list)
+    latency: list[Row] = field(default_factory=list)
+    confirm: list[Row] = field(default_factory=list)
+    memory: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    # -- summaries -------------------------------------------------------------------------
+
+    def throughput_summary(self) -> list[Row]:
+        """Median over repeats per (size, scheme, mode, workers)."""
+        groups: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
+        for row in self.throughput:
+            key = (row["size"], row["scheme"], row["mode"], row["workers"], row["db"])
+            groups[key].append(row)
+        summary: list[Row] = []
+        for (size, scheme, mode, workers, db), rows in sorted(groups.items()):
+            wall = statistics.median(r["wall_s"] for r in rows)
+            floor = statistics.median(r["floor_s"] for r in rows)
+            summary.append({
+                "size": size, "scheme": scheme, "mode": mode, "workers": workers, "db": db,
+                "runs": len(rows),
+                "hash_ms": round(statistics.median(r["hash_median_s"] for r in rows) * 1000, 2),
+                "floor_s": round(floor, 2),
+                "wall_s": round(wall, 2),
+                "ratio": round(statistics.median(r["ratio"] for r in rows), 3),
+                "users_per_s": round(statistics.median(r["users_per_s"] for r in rows), 1),
+                "confirm_ms": round(statistics.median(r["confirm_s"] for r in rows) * 1000, 1),
+                "slack_calls": max(r["slack_total"] for r in rows),
+            })
+        return summary
+
+    def speedups(self) -> list[Row]:
+        """Wall time with 1 worker / with N, per repeat side by side, then the median."""
+        by_key: dict[tuple[Any, ...], dict[int, dict[int, float]]] = defaultdict(
+            lambda: defaultdict(dict)
+        )
+        for row in self.throughput:
+            key = (row["size"], row["scheme"], row["mode"], row["db"])
+            by_key[key][row["repeat"]][row["workers"]] = row["wall_s"]
+        result: list[Row] = []
+        for (size, scheme, mode, db), repeats in sorted(by_key.items()):
+            counts = sorted({w for walls in repeats.values() for w in walls})
+            if 1 not in counts:
+                continue
+            for workers in counts:
+                if workers == 1:
+                    continue
+                ratios = [
+                    walls[1] / walls[workers] for walls in repeats.values()
+                    if 1 in walls and workers in walls
+                ]
+                if ratios:
+                    result.append({
+                        "size": size, "scheme": scheme, "mode": mode, "db": db,
+                        "workers": workers, "speedup": round(statistics.median(ratios), 3),
+                        "per_repeat": [round(r, 3) for r in ratios],
+                    })
+        return result
+
+    def targets(self) -> list[Target]:
+        targets: list[Target] = []
+        summary = [r for r in self.throughput_summary() if r["scheme"].startswith("pbkdf2")]
+        biggest = max((r["size"] for r in summary), default=None)
+        for mode, limit, label in (("default", 1.10, "default-password"),
+                                   ("generated", 1.25, "e-mailed")):
+            rows = [r for r in summary if r["mode"] == mode and r["size"] == biggest]
+            if rows:
+                worst = max(rows, key=lambda r: r["ratio"])
+                measured = ", ".join(f"{r['workers']}w {r['ratio']:.3f}x" for r in rows)
+                targets.append(Target(
+                    f"{label} mode, {biggest:,} users: wall / floor", f"<= {limit:.2f}x",
+                    measured, worst["ratio"] <= limit,
+                ))
+        for row in self.speedups():
+            if row["scheme"].startswith("pbkdf2") and row["size"] == biggest:
+                targets.append(Target(
+                    f"{row['workers']} workers vs 1 ({row['mode']}, {row['size']:,} users)",
+                    ">= 1.80x", f"{row['speedup']:.2f}x", row["speedup"] >= 1.8,
+                ))
+        if self.slack_calls:
+            totals = {(r["size"], r["mode"]): r["total"] for r in self.slack_calls}
+            worst = max(totals.values())
+            by_mode: dict[str, set[int]] = defaultdict(set)
+            for (_size, mode), total in totals.items():
+                by_mode[mode].add(total)
+            flat = all(len(values) == 1 for values in by_mode.values())
+            measured = ", ".join(
+                f"{mode} {size:,}: {total}" for (size, mode), total in sorted(totals.items())
+            )
+            targets.append(Target(
+                "Slack Web API calls per task (same at every size)", "<= 30, flat",
+                measured, worst <= 30 and flat,
+            ))
+        for row in self.latency:
+            targets.append(Target(
+                f"search p99, {row['size']:,} users, {row['db']} ({row['via']})", "<= 50 ms",
+                f"{row['search']['p99_ms']} ms", row["search"]["p99_ms"] <= 50,
+            ))
+            targets.append(Target(
+                f"preview, {row['size']:,} users, {row['db']} ({row['via']})", "<= 300 ms",
+                f"p50 {row['preview']['p50_ms']} / max {row['preview']['max_ms']} ms",
+                row["preview"]["max_ms"] <= 300,
+            ))
+        for row in self.memory:
+            for role, mb in sorted(row["peak_rss_mb"].items()):
+                targets.append(Target(
+                    f"peak RSS {role}, {row['size']:,}-user task", "<= 150 MB", f"{mb} MB",
+                    mb <= 150, f"{row['scheme']} rounds={row['rounds']} (cheap, see notes)",
+                ))
+        for row in self.confirm:
+            targets.append(Target(
+                f"confirm ack, {row['size']:,} users, {row['db']} ({row['via']})", "<= 1 s",
+                f"{row['confirm_ms']} ms", row["confirm_ms"] <= 1000,
+            ))
+        return targets
+
+    # -- output ------------------------------------------------------------------------------
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "seconds": round(self.seconds, 1),
+            "machine": machine(),
+            "options": self.options,
+            "throughput": self.throughput,
+            "throughput_summary": self.throughput_summary(),
+            "speedups": self.speedups(),
+            "slack_calls": self.slack_calls,
+            "latency": self.latency,
+            "confirm": self.confirm,
+            "memory": self.memory,
+            "targets": [t.__dict__ for t in self.targets()],
+            "notes": self.notes,
+        }
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.as_json(), indent=2, default=str) + "\n")
+
+    def table(self) -> str:
+        lines: list[str] = []
+        summary = self.throughput_summary()
+        if summary:
+            lines.append("Task wall time, confirm to final summary (median of runs)")
+            lines.append(_row(["users", "scheme", "mode", "workers", "runs", "hash ms",
+                               "floor s", "wall s", "ratio", "users/s", "confirm ms",
+                               "slack"]))
+            for r in summary:
+                lines.append(_row([f"{r['size']:,}", r["scheme"], r["mode"], r["workers"],
+                                   r["runs"], r["hash_ms"], r["floor_s"], r["wall_s"],
+                                   f"{r['ratio']:.3f}", r["users_per_s"], r["confirm_ms"],
+                                   r["slack_calls"]]))
+        speedups = self.speedups()
+        if speedups:
+            lines.append("")
+            lines.append("Speed-up over 1 worker (side by side in each repeat)")
+            for s in speedups:
+                lines.append(f"  {s['size']:,} users {s['scheme']} {s['mode']}: "
+                             f"{s['workers']} workers {s['speedup']:.2f}x  {s['per_repeat']}")
+        if self.slack_calls:
+            lines.append("")
+            lines.append("Slack Web API calls per task, by method")
+            for r in self.slack_calls:
+                methods = ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items()))
+                lines.append(f"  {r['size']:,} users {r['mode']}: {r['total']}  ({methods})")
+        if self.latency:
+            lines.append("")
+            lines.append("Picker search (200 queries) and preview (submit -> update)")
+            lines.append(_row(["users", "db", "via", "search p50", "p99", "rare p99",
+                               "common p99", "preview p50", "max"]))
+            for r in self.latency:
+                s, p = r["search"], r["preview"]
+                lines.append(_row([f"{r['size']:,}", r["db"], r["via"], s["p50_ms"], s["p99_ms"],
+                                   s.get("rare", {}).get("p99_ms", "-"),
+                                   s.get("common", {}).get("p99_ms", "-"),
+                                   p["p50_ms"], p["max_ms"]]))
+        if self.memory:
+            lines.append("")
+            lines.append("Peak RSS during a whole task (MB)")
+            for r in self.memory:
+                lines.append(f"  {r['size']:,} users, {r['mode']}, {r['workers']} workers, "
+                             f"{r['scheme']} rounds={r['rounds']}, wall {r['wall_s']:.1f}s: "
+                             + ", ".join(f"{k} {v}" for k, v in sorted(r["peak_rss_mb"].items())))
+        if self.confirm:
+            lines.append("")
+            lines.append("Confirm answered (ms)")
+            for r in self.confirm:
+                lines.append(f"  {r['size']:,} users {r['db']} via {r['via']}: "
+                             f"{r['confirm_ms']} ms")
+        targets = self.targets()
+        if targets:
+            lines.append("")
+            lines.append("Targets")
+            for t in targets:
+                mark = {True: "MET ", False: "MISS", None: "----"}[t.met]
+                lines.append(f"  [{mark}] {t.name}: {t.measured} (target {t.limit})"
+                             + (f"  {t.note}" if t.note else ""))
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        return "\n".join(lines)
+
+
+def _row(cells: list[Any]) -> str:
+    widths = [8, 14, 9, 7, 4, 7, 7, 7, 6, 7, 10, 5]
+    out = []
+    for index, cell in enumerate(cells):
+        width = widths[index] if index < len(widths) else 8
+        out.append(str(cell).rjust(width))
+    return " ".join(out)
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_end": [round(x, 2) for x in load],
+    }

@@ -1,0 +1,350 @@
+"""The resetbot benchmark: `python -m bench.run [--quick]`. See bench/README.md.
+
+Phases, all in one run on loopback (private Redis, throw-away PostgreSQL databases, an SMTP
+sink, the Slack Web API stand-in, workers as separate processes):
+  throughput  whole tasks at each size up to --throughput-max, both modes, 1 and N workers,
+              against the hash floor measured beside them (pbkdf2_sha256, passlib's default cost)
+  slack       Web API calls per task at 1,000 users (and every throughput size)
+  bcrypt      the same at --bcrypt-users users with bcrypt at its default cost (12)
+  large       each size above --throughput-max, on SQLite and PostgreSQL: picker search and
+              preview latency, confirm latency, and a whole task with peak RSS sampled
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.harness import (
+    Confirmer,
+    ConfirmsTasks,
+    Database,
+    HashConfig,
+    Stack,
+    TaskRun,
+    WorkerPool,
+    bench_request,
+    database,
+    measure_hash,
+    run_task,
+    worker_command,
+)
+from bench.latency import preview_latency_core, preview_requests, search_latency_core
+from bench.measure import PeakRss
+from bench.report import Report
+from bench.slackapp import (
+    AppProcess,
+    HttpConfirmer,
+    app_available,
+    preview_latency_http,
+    search_latency_http,
+)
+from bench.synth import search_terms
+from core.settings import Settings
+
+MODES = ("default", "generated")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default=None,
+                        help="directory sizes, comma-separated (default 10000,100000)")
+    parser.add_argument("--workers", default=None, help="worker counts (default 1,2)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="repeats of each throughput configuration (default 3)")
+    parser.add_argument("--out", default="bench/results/latest.json", help="JSON output file")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, one repeat: a few minutes instead of ~25")
+    parser.add_argument("--throughput-max", type=int, default=None,
+                        help="largest size timed with full-cost hashing (default 10000)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="pbkdf2 rounds for throughput runs (default: passlib's)")
+    parser.add_argument("--bcrypt-users", type=int, default=None,
+                        help="users in the bcrypt-12 run (default 200; 0 skips it)")
+    parser.add_argument("--memory-rounds", type=int, default=1000,
+                        help="pbkdf2 rounds for the large task whose memory is sampled")
+    parser.add_argument("--slack-size", type=int, default=1000,
+                        help="extra small size for Slack call counts (0 skips)")
+    parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
+                        help="database for the throughput runs")
+    parser.add_argument("--phases", default="throughput,slack,bcrypt,large",
+                        help="which phases to run")
+    parser.add_argument("--queries", type=int, default=200,
+                        help="picker searches timed per database (default 200)")
+    parser.add_argument("--preview-rounds", type=int, default=5,
+                        help="rounds of the four preview submissions (default 5)")
+    parser.add_argument("--no-app", action="store_true",
+                        help="confirm through core instead of the Slack app over HTTP")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.sizes = _ints(args.sizes or ("2000,20000" if quick else "10000,100000"))
+    args.workers = _ints(args.workers or "1,2")
+    args.repeat = args.repeat or (1 if quick else 3)
+    args.throughput_max = args.throughput_max or (5000 if quick else 10000)
+    if args.bcrypt_users is None:
+        args.bcrypt_users = 20 if quick else 200
+    args.phases = set(args.phases.split(","))
+    return args
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, stack: Stack, workdir: Path) -> None:
+        self.args = args
+        self.stack = stack
+        self.workdir = workdir
+        self.redis = stack.redis()
+        self.command = worker_command()
+        self.base = replace(
+            Settings.from_env({}, env_file=None),
+            redis_url=stack.redis_url, reset_queue="resetbot-bench",
+            reset_secret_key="bench-secret-key-not-for-production",
+        )
+        self.report = Report(options={
+            key: sorted(value) if isinstance(value, set) else value
+            for key, value in vars(args).items()
+        })
+        self.report.notes.append("workers: " + " ".join(self.command))
+        self.use_app = app_available() and stack.slack is not None and not args.no_app
+        self.report.notes.append(
+            "tasks confirmed through the Slack app over signed HTTP" if self.use_app
+            else "tasks confirmed through core (Slack app not available)"
+        )
+        if stack.slack is None:
+            self.report.notes.append("Slack stand-in unavailable: no Slack calls counted")
+
+    def log(self, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    @contextmanager
+    def front(self, db: Database, hashing: HashConfig) -> Iterator[
+        tuple[ConfirmsTasks, AppProcess | None]
+    ]:
+        """How tasks get confirmed for this database: the real app over HTTP, else core."""
+        if not self.use_app:
+            yield Confirmer(self.base, self.redis), None
+            return
+        env = self.stack.environment(db.url, hashing)
+        with AppProcess(self.stack, env, self.workdir) as app:
+            yield HttpConfirmer(app), app
+
+    def empty_queue(self) -> None:
+        from jobs.queueing import make_queue
+
+        make_queue(self.base, self.redis).empty()  # type: ignore[no-untyped-call]
+
+    # -- one timed configuration -------------------------------------------------------------
+
+    def timed_task(
+        self, db: Database, hashing: HashConfig, mode: str, workers: int, repeat: int,
+        floor_samples: int, front: tuple[ConfirmsTasks, AppProcess | None],
+    ) -> dict[str, Any]:
+        env = self.stack.environment(db.url, hashing)
+        before = measure_hash(env, floor_samples)
+        confirmer, app = front
+        with WorkerPool(workers, env, self.redis, self.workdir, self.command) as pool:
+            roots = {"worker": pool.pids}
+            if app is not None:
+                roots["app"] = app.pids
+            rss = PeakRss(roots)
+            with rss:
+                run = run_task(self.stack, db, confirmer, mode, pool,
+                               timeout=db.size * before["median_s"] / workers * 4 + 180,
+                               rss=rss)
+            jobs = _jobs_per_worker(self.redis)
+        self._check(run, db.size)
+        after = measure_hash(env, floor_samples)
+        # The floor's hash time is measured just before and just after the task, side by side.
+        hash_median = (before["median_s"] + after["median_s"]) / 2
+        floor = db.size * hash_median / workers
+        row = {
+            "size": db.size, "db": db.kind, "scheme": hashing.scheme, "rounds": hashing.rounds,
+            "mode": mode, "workers": workers, "repeat": repeat,
+            "hash_median_s": hash_median, "floor_s": floor,
+            "hash_before_s": before["median_s"], "hash_after_s": after["median_s"],
+            "confirm_via": confirmer.name,
+            "wall_s": run.wall_seconds, "db_final_s": run.db_seconds,
+            "ratio": run.wall_seconds / floor,
+            "users_per_s": db.size / run.wall_seconds,
+            "confirm_s": run.confirm_seconds, "status": run.status, "counts": run.counts,
+            "slack_calls": run.slack_calls, "slack_total": run.slack_total, "mails": run.mails,
+            "worker_cpu_s": round(run.worker_cpu_seconds, 2),
+            "jobs_per_worker": jobs, "peak_rss_mb": run.peak_rss_mb,
+        }
+        self.log(f"  {db.size:,} {hashing.label} {mode} {workers}w: wall {run.wall_seconds:.2f}s"
+                 f" floor {floor:.2f}s ratio {row['ratio']:.3f} slack {run.slack_total}"
+                 f" cpu {run.worker_cpu_seconds:.1f}s")
+        return row
+
+    def _check(self, run: TaskRun, size: int) -> None:
+        """A benchmark of a task that went wrong measures nothing: say so loudly."""
+        done = sum(run.counts.values())
+        if run.status != "completed" or done != size:
+            raise RuntimeError(f"task {run.task_id} ended {run.status} with {run.counts}")
+
+    # -- phases -------------------------------------------------------------------------------
+
+    def throughput(self) -> None:
+        args = self.args
+        hashing = HashConfig("pbkdf2_sha256", args.rounds)
+        for size in [s for s in args.sizes if s <= args.throughput_max]:
+            with database(args.db, size, self.base) as db, self.front(db, hashing) as front:
+                self.log(f"throughput: {size:,} users on {db.kind} "
+                         f"(populated in {db.populate_seconds:.1f}s)")
+                for repeat in range(args.repeat):
+                    for mode in MODES:
+                        for workers in args.workers:
+                            row = self.timed_task(db, hashing, mode, workers, repeat, 60, front)
+                            self.report.throughput.append(row)
+                            if repeat == 0 and workers == args.workers[0]:
+                                self._slack_row(size, mode, row["slack_calls"])
+
+    def _slack_row(self, size: int, mode: str, methods: dict[str, int]) -> None:
+        if self.stack.slack is None:
+            return
+        self.report.slack_calls.append({
+            "size": size, "mode": mode, "methods": methods, "total": sum(methods.values()),
+        })
+
+    def slack(self) -> None:
+        size = self.args.slack_size
+        if not size or self.stack.slack is None:
+            return
+        if any(r["size"] == size for r in self.report.slack_calls):
+            return
+        hashing = HashConfig("pbkdf2_sha256", self.args.memory_rounds)
+        with database(self.args.db, size, self.base) as db, self.front(db, hashing) as front:
+            self.log(f"slack calls: {size:,} users (cheap hashing: calls do not depend on it)")
+            for mode in MODES:
+                row = self.timed_task(db, hashing, mode, 1, 0, 20, front)
+                self._slack_row(size, mode, row["slack_calls"])
+
+    def bcrypt(self) -> None:
+        size = self.args.bcrypt_users
+        if not size:
+            return
+        hashing = HashConfig("bcrypt", None)
+        with database(self.args.db, size, self.base) as db, self.front(db, hashing) as front:
+            self.log(f"bcrypt: {size:,} users")
+            for workers in self.args.workers:
+                row = self.timed_task(db, hashing, "default", workers, 0, 8, front)
+                self.report.throughput.append(row)
+
+    def large(self) -> None:
+        hashing = HashConfig("pbkdf2_sha256", self.args.memory_rounds)
+        for size in [s for s in self.args.sizes if s > self.args.throughput_max]:
+            for kind in ("sqlite", "postgresql"):
+                with database(kind, size, self.base) as db, self.front(db, hashing) as front:
+                    self.log(f"large: {size:,} users on {kind} "
+                             f"(populated in {db.populate_seconds:.1f}s)")
+                    self._latency(db, front)
+                    if kind == "postgresql":
+                        self._memory_task(db, hashing, front)
+                    else:
+                        self._confirm_only(db, front)
+
+    def _latency(self, db: Database, front: tuple[ConfirmsTasks, AppProcess | None]) -> None:
+        settings = replace(self.base, database_url=db.url)
+        terms = search_terms(db.size, total=self.args.queries)
+        search_latency_core(db.sessions, db.directory, terms[:20])  # warm the cache
+        measured = [("core", search_latency_core(db.sessions, db.directory, terms),
+                     preview_latency_core(db.sessions, settings, db.directory,
+                                          self.args.preview_rounds))]
+        confirmer, app = front
+        if app is not None and isinstance(confirmer, HttpConfirmer):
+            search_latency_http(app, terms[:20])
+            measured.append(("http", search_latency_http(app, terms),
+                             preview_latency_http(confirmer, preview_requests(),
+                                                  self.args.preview_rounds)))
+        for via, search, preview in measured:
+            self.report.latency.append({
+                "size": db.size, "db": db.kind, "via": via,
+                "search": search.summary(), "preview": preview.summary(),
+            })
+            self.log(f"  {via}: search p50 {search.summary()['p50_ms']} "
+                     f"p99 {search.summary()['p99_ms']} ms; "
+                     f"preview max {preview.summary()['max_ms']} ms")
+
+    def _confirm_only(self, db: Database, front: tuple[ConfirmsTasks, AppProcess | None]) -> None:
+        """The confirm's latency with no worker running: the task is dropped with the database."""
+        confirmer, _app = front
+        _task, _wall, seconds = confirmer.confirm(db, bench_request("generated"))
+        self.empty_queue()
+        self.report.confirm.append({
+            "size": db.size, "db": db.kind, "via": confirmer.name,
+            "confirm_ms": round(seconds * 1000, 1),
+        })
+
+    def _memory_task(self, db: Database, hashing: HashConfig,
+                     front: tuple[ConfirmsTasks, AppProcess | None]) -> None:
+        workers = max(self.args.workers)
+        env = self.stack.environment(db.url, hashing)
+        confirmer, app = front
+        with WorkerPool(workers, env, self.redis, self.workdir, self.command) as pool:
+            roots = {"worker": pool.pids}
+            if app is not None:
+                roots["app"] = app.pids
+            rss = PeakRss(roots)
+            with rss:
+                run = run_task(self.stack, db, confirmer, "generated", pool,
+                               timeout=3600, rss=rss)
+        self._check(run, db.size)
+        self.report.memory.append({
+            "size": db.size, "db": db.kind, "mode": "generated", "workers": workers,
+            "scheme": hashing.scheme, "rounds": hashing.rounds, "wall_s": run.wall_seconds,
+            "peak_rss_mb": run.peak_rss_mb, "rss_samples": rss.samples,
+            "slack_calls": run.slack_calls, "mails": run.mails,
+        })
+        self.report.confirm.append({
+            "size": db.size, "db": db.kind, "via": confirmer.name,
+            "confirm_ms": round(run.confirm_seconds * 1000, 1),
+        })
+        self._slack_row(db.size, "generated", run.slack_calls)
+        self.log(f"  memory: {run.peak_rss_mb} MB, wall {run.wall_seconds:.1f}s")
+
+
+def _jobs_per_worker(redis: Any) -> list[int]:
+    from rq import Worker
+
+    return sorted(int(w.successful_job_count) for w in Worker.all(connection=redis))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="resetbot-bench-"))
+    started = time.monotonic()
+    try:
+        with Stack(workdir) as stack:
+            bench = Bench(args, stack, workdir)
+            bench.log(f"bench: sizes {args.sizes}, workers {args.workers}, repeat {args.repeat};"
+                      f" logs in {workdir}")
+            for phase in ("throughput", "slack", "bcrypt", "large"):
+                if phase in args.phases:
+                    getattr(bench, phase)()
+            bench.report.seconds = time.monotonic() - started
+            out = Path(args.out)
+            bench.report.write(out)
+            print()
+            print(bench.report.table())
+            print(f"\nwritten: {out} ({bench.report.seconds / 60:.1f} min)")
+    except BaseException:
+        print(f"bench: failed; worker logs kept in {workdir}", file=sys.stderr)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

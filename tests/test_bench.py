@@ -1,0 +1,65 @@
+"""The benchmark runs end to end at a tiny size, so it cannot rot between real runs.
+
+Everything it starts is its own (a private redis-server, throw-away PostgreSQL databases, an SMTP
+sink, the Slack stand-in, worker and app processes) and is gone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.run import main
+from bench.synth import search_terms, synth_users
+
+
+def test_synthetic_directory_has_the_promised_mix() -> None:
+    users = list(synth_users(2000))
+    assert [u.id for u in users] == list(range(1, 2001))
+    assert len({u.username for u in users}) == 2000
+    without_email = sum(1 for u in users if not u.email) / len(users)
+    staff = sum(1 for u in users if u.role) / len(users)
+    assert 0.17 < without_email < 0.23
+    assert 0.27 < staff < 0.33
+    terms = search_terms(2000)
+    assert len(terms) == 200
+    assert {t.kind for t in terms} == {"rare", "common"}
+
+
+@pytest.mark.postgres
+def test_the_benchmark_runs_end_to_end_at_a_tiny_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    assert main([
+        "--sizes", "60,300", "--throughput-max", "60", "--workers", "1", "--repeat", "1",
+        "--rounds", "1000", "--bcrypt-users", "0", "--slack-size", "0",
+        "--queries", "20", "--preview-rounds", "1", "--out", str(out),
+    ]) == 0
+    printed = capsys.readouterr().out
+    assert "Targets" in printed
+    result = json.loads(out.read_text())
+
+    # Both modes ran as whole tasks through the workers, timed against a measured floor.
+    runs = result["throughput"]
+    assert {r["mode"] for r in runs} == {"default", "generated"}
+    for run in runs:
+        assert run["status"] == "completed"
+        assert sum(run["counts"].values()) == 60
+        assert run["hash_median_s"] > 0 and math.isfinite(run["ratio"]) and run["ratio"] > 0
+    generated = next(r for r in runs if r["mode"] == "generated")
+    assert generated["mails"] == generated["counts"].get("notified")
+    # The task centre talked to the Slack stand-in.
+    assert all(r["slack_total"] > 0 for r in runs)
+
+    # Search and preview latency on both databases; a 300-user task with memory sampled.
+    assert {(r["db"]) for r in result["latency"]} == {"sqlite", "postgresql"}
+    for row in result["latency"]:
+        assert row["search"]["n"] == 20 and row["search"]["p99_ms"] > 0
+    (memory,) = result["memory"]
+    assert memory["size"] == 300 and memory["peak_rss_mb"]["worker"] > 10
+    assert {r["db"] for r in result["confirm"]} == {"sqlite", "postgresql"}
+    assert result["targets"]
