@@ -7,10 +7,13 @@ context is set around each job so job functions need only JSON ids as arguments.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
+from types import FrameType
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.worker import DequeueStrategy
@@ -20,6 +23,9 @@ from jobs.context import WorkerContext, use_context
 from jobs.reaper import reap
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between pings while a worker that lost Redis waits for it to come back.
+REDIS_RECHECK_SECONDS = 1.0
 
 
 class ResetWorker(SimpleWorker):
@@ -32,6 +38,12 @@ class ResetWorker(SimpleWorker):
         self.context = context
         self.run_reaper = reaper
         self._reaper: ReaperThread | None = None
+        #: Set by SIGINT/SIGTERM (RQ's warm shutdown); any other end of `work` is an accident.
+        self.stop_requested = False
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
         with use_context(self.context):
@@ -114,8 +126,45 @@ def run_worker(
             # A burst worker exits when the queue is empty; reap once first so work lost by a
             # dead worker or an emptied Redis is put back on the queue for it.
             reap(context)
-        worker = ResetWorker(context)
-        return worker.work(burst=burst, with_scheduler=with_scheduler)
+        worked = False
+        while True:
+            worker = ResetWorker(context)
+            try:
+                worked = worker.work(burst=burst, with_scheduler=with_scheduler) or worked
+            except RedisError:
+                # RQ's own bookkeeping as it stops (registering its death) can fail the same way.
+                if burst or worker.stop_requested:
+                    raise
+            if burst or worker.stop_requested:
+                return worked
+            # RQ leaves its loop when Redis drops while it records a job's end. The database
+            # holds every outcome and the reaper re-enqueues what Redis lost, so a worker must
+            # carry on once Redis is back, not exit (with status 0, which no supervisor restarts).
+            logger.error("the worker lost Redis and stopped; starting again when Redis answers")
+            if not wait_for_redis(context.redis):
+                return worked
     finally:
         if own_context:
             context.close()
+
+
+def wait_for_redis(redis: Redis[bytes], interval: float = REDIS_RECHECK_SECONDS) -> bool:
+    """Ping until Redis answers (True) or SIGINT/SIGTERM asks to stop (False)."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.is_set():
+            try:
+                if redis.ping():
+                    return True
+            except (RedisError, OSError):
+                pass
+            stop.wait(interval)
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
