@@ -21,6 +21,7 @@ from core.directory import Directory
 from core.models import (
     AuditEntry,
     ItemState,
+    Mode,
     ResetItem,
     ResetTask,
     Scope,
@@ -43,6 +44,7 @@ from tests.support.faults import workers as workers
 from tests.support.slack_standin import SlackStandIn
 from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.smtp import SmtpServer
+from tests.support.smtp import smtp_server as smtp_server
 
 CHANNEL = "C0FAULTS"
 REQUESTER = "U0STAFF"
@@ -283,3 +285,84 @@ def _csv_posted(sessions: sessionmaker[Session], task_id: int) -> bool:
     with sessions() as session:
         task = session.get(ResetTask, task_id)
         return bool(task and task.slack_csv_posted)
+
+
+# ---- Redis restarted empty in the middle of a task ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("database_url", "mode"),
+    [("sqlite", Mode.GENERATED), ("sqlite", Mode.DEFAULT),
+     pytest.param("postgres", Mode.GENERATED, marks=pytest.mark.postgres)],
+    indirect=["database_url"],
+)
+def test_redis_restarted_empty_mid_task_resumes_from_the_database(
+    settings: Settings, engine: Engine, sessions: sessionmaker[Session],
+    directory: Directory, private_redis: PrivateRedis, workers: Workers,
+    smtp_server: SmtpServer, mode: Mode,
+) -> None:
+    users = range(1, 31)
+    add_users(engine, directory, len(users))
+    configured = replace(
+        smtp_server.settings(settings), redis_url=private_redis.url, password_rounds=20_000,
+        chunk_size=5, claim_batch=5, reaper_interval=0.5,
+    )
+    redis = private_redis.client()
+    password = "Lantern-Quay-4821!" if mode is Mode.DEFAULT else None
+    task_id = start_task(sessions, configured, redis, default_password=password)
+    worker = workers.start(configured)
+
+    def some_done_most_left() -> bool:
+        counts = current(sessions, task_id).counts
+        done = counts[ItemState.NOTIFIED] + counts[ItemState.RESET]
+        return done >= 5 and counts[ItemState.PENDING] >= 15
+
+    wait_until(some_done_most_left, 30, "the first chunks to finish")
+    queued_before = len(make_queue(configured, redis))
+    private_redis.restart()  # every queued chunk job is gone
+
+    final = wait_final(sessions, task_id, 60, workers)
+
+    assert queued_before > 0, "work was waiting in Redis when it was lost"
+    assert "had no work in Redis" in worker.log()  # the reaper re-enqueued from the database
+    assert worker.alive(), "the worker should ride out the Redis restart"
+    assert final.status is TaskStatus.COMPLETED
+    expected = ItemState.RESET if mode is Mode.DEFAULT else ItemState.NOTIFIED
+    assert final.counts[expected] == len(users) == final.done
+    stored = hashes(sessions, directory)
+    hasher = PasswordHasher.from_settings(configured)
+    if password is not None:
+        assert all(hasher.verify(password, stored[u]) for u in users)
+        assert smtp_server.messages == []
+    else:
+        for user_id in users:
+            mails = smtp_server.to(f"user{user_id}@example.org")
+            assert len(mails) == 1  # nobody was reset twice
+            assert hasher.verify(mails[0].password, stored[user_id])
+    redis.close()
+
+
+@sqlite_only
+def test_a_worker_waiting_for_redis_to_come_back_still_stops_when_asked(
+    settings: Settings, engine: Engine, sessions: sessionmaker[Session], directory: Directory,
+    private_redis: PrivateRedis, workers: Workers,
+) -> None:
+    add_users(engine, directory, 10)
+    configured = replace(settings, redis_url=private_redis.url, password_rounds=100_000,
+                         chunk_size=10, reaper_interval=0.5)
+    task_id = start_task(sessions, configured, private_redis.client(),
+                         default_password="Lantern-Quay-4821!")
+    worker = workers.start(configured)
+    wait_until(lambda: current(sessions, task_id).counts[ItemState.RESET] >= 1, 30,
+               "the chunk to be under way")
+    private_redis.stop()  # and it stays down
+    wait_until(lambda: "starting again when Redis answers" in worker.log(), 30,
+               "the worker to notice Redis is gone")
+    assert worker.alive()
+
+    worker.terminate()
+
+    wait_until(lambda: not worker.alive(), 10, "the worker to stop on SIGTERM")
+    assert worker.returncode == 0
+    # The chunk in hand was finished: the database has every user of it.
+    assert current(sessions, task_id).counts[ItemState.RESET] == 10

@@ -371,6 +371,15 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        return None if self._process is None else self._process.poll()
+
+    def terminate(self) -> None:
+        """SIGTERM to the worker alone: RQ's warm shutdown (finish the job in hand, then stop)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+
     def kill(self) -> None:
         """SIGKILL the worker and everything it started."""
         if self._process is None:
