@@ -245,8 +245,13 @@ def upsert_users(
         _stage(connection, staging, rows)
         updated = _update_changed(connection, directory, staging)
         created = _insert_new(connection, directory, staging)
-    finally:
-        staging.drop(connection)
+    except BaseException:
+        # PostgreSQL drops it with the transaction (ON COMMIT DROP); SQLite created it outside
+        # the transaction, on a connection that goes back to the pool.
+        if connection.dialect.name != "postgresql":
+            staging.drop(connection)
+        raise
+    staging.drop(connection)
     return ImportResult(created=created, updated=updated, unchanged=len(rows) - created - updated)
 
 
@@ -257,6 +262,7 @@ def _staging_table(directory: Directory) -> Table:
         MetaData(),
         *(Column(name, String(lengths[name]), nullable=name != "username") for name in HEADER),
         prefixes=["TEMPORARY"],
+        postgresql_on_commit="DROP",
     )
 
 

@@ -119,4 +119,13 @@ def sample_users(engine: Engine, directory: Directory) -> list[SampleUser]:
                 for i, u, n, e, r in SAMPLE_USERS
             ],
         )
+        if connection.dialect.name == "postgresql":
+            # Explicit ids leave the id sequence at 1: move it on, so later inserts work.
+            table, id_column = directory.names.table, directory.names.column("id")
+            connection.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', '{id_column}'), "
+                    f"(SELECT max({id_column}) FROM {table}))"
+                )
+            )
     return SAMPLE_USERS

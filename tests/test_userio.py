@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, insert, select, text
+from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.directory import Directory
@@ -29,21 +29,6 @@ from core.userio import (
 )
 
 CSV_HEADER = "username,full_name,email,role\r\n"
-
-
-@pytest.fixture
-def sample_users(sample_users: Any, engine: Engine, directory: Directory) -> Any:
-    """conftest's users, with PostgreSQL's id sequence moved past their explicit ids."""
-    if engine.dialect.name == "postgresql":
-        table, id_column = directory.names.table, directory.names.column("id")
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', '{id_column}'), "
-                    f"(SELECT max({id_column}) FROM {table}))"
-                )
-            )
-    return sample_users
 
 
 def _users(engine: Engine, directory: Directory) -> list[tuple[Any, ...]]:
