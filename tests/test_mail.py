@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import smtplib
 from dataclasses import replace
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 
 import pytest
 
@@ -13,9 +15,10 @@ from jobs.mailer import (
     MailSetupError,
     Outcome,
     PasswordMail,
-    build_message,
+    Sender,
     clean_display_name,
     connect_smtp,
+    render_message,
 )
 from tests.support.smtp import SmtpServer, free_port
 from tests.support.smtp import smtp_server as smtp_server
@@ -33,6 +36,15 @@ def mail(**overrides: object) -> PasswordMail:
     return PasswordMail(**values)  # type: ignore[arg-type]
 
 
+def build_message(settings: Settings, password_mail: PasswordMail) -> EmailMessage:
+    """The rendered mail as a mail client reads it."""
+    _to, data = render_message(settings, Sender.from_settings(settings), password_mail)
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))  # SMTP's line limit
+    parsed = message_from_bytes(data, policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
 def test_the_mail_holds_name_username_password_portal_and_the_change_line() -> None:
     message = build_message(SETTINGS, mail())
     plain = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
@@ -46,12 +58,24 @@ def test_the_mail_holds_name_username_password_portal_and_the_change_line() -> N
     assert "<code>Tq7#kWm!xz9Rp4Ae</code>" in html_part
     assert 'href="https://portal.example/?a=1&amp;b=&lt;2&gt;"' in html_part
     assert message["To"] == "Alice Archer <alice@example.org>"
+    assert message["From"] == "Library <resetbot@library.example>"
+    assert message["Message-ID"] and message["Date"]
     assert message["Subject"] == "Your library password has been reset"
+
+
+def test_a_name_with_accents_and_specials_is_encoded_not_mangled() -> None:
+    message = build_message(SETTINGS, mail(full_name='Zoë "Zed" Öztürk, Jr.'))
+    assert message["To"].addresses[0].display_name == 'Zoë "Zed" Öztürk, Jr.'
+    assert message["To"].addresses[0].addr_spec == "alice@example.org"
+    plain = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Hello Zoë \"Zed\" Öztürk, Jr.," in plain
 
 
 def test_no_change_line_when_the_password_need_not_be_changed() -> None:
     message = build_message(SETTINGS, mail(require_change=False))
-    assert "must change" not in message.as_string()
+    for subtype in ("plain", "html"):
+        body = message.get_body((subtype,)).get_content()  # type: ignore[union-attr]
+        assert "must change" not in body
 
 
 def test_html_escapes_every_value() -> None:
@@ -67,7 +91,8 @@ def test_html_escapes_every_value() -> None:
 def test_a_name_with_line_breaks_cannot_inject_headers() -> None:
     evil = "Mallory\r\nBcc: everyone@example.org\r\nSubject: pwned"
     message = build_message(SETTINGS, mail(full_name=evil))
-    headers = message.as_bytes().split(b"\n\n", 1)[0].splitlines()
+    _to, data = render_message(SETTINGS, Sender.from_settings(SETTINGS), mail(full_name=evil))
+    headers = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
 
     assert message["Bcc"] is None
     assert [line for line in headers if line.startswith(b"Subject:")] == [
@@ -142,6 +167,12 @@ def test_an_unreachable_server_is_transient_and_tried_once() -> None:
     assert first.outcome is second.outcome is Outcome.TRANSIENT
     assert first.reason is not None and "Could not reach the mail server" in first.reason
     assert len(attempts) == 1  # the rest of the batch fails fast instead of timing out each
+
+
+def test_a_bad_mail_from_is_a_setup_error() -> None:
+    settings = replace(SETTINGS, mail_from="Library\r\nBcc: x@example.org <a@b.org>")
+    with pytest.raises(MailSetupError, match="MAIL_FROM"):
+        Sender.from_settings(settings)
 
 
 def test_wrong_credentials_are_a_setup_error_not_a_per_user_failure() -> None:
