@@ -274,6 +274,26 @@ def measure_hash(env: dict[str, str], samples: int) -> dict[str, Any]:
     return result
 
 
+def measure_parallel_hash(env: dict[str, str], processes: int, samples: int) -> float:
+    """One hash's median time while `processes` worker-like processes hash at once.
+
+    With N workers the floor assumes N hashes run side by side as fast as one alone; this shows
+    how far the machine itself falls short of that (shared caches, turbo, the hypervisor).
+    """
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.hashfloor", str(samples)],
+            env=process_environment(env), stdout=subprocess.PIPE, cwd=tempfile.gettempdir(),
+        )
+        for _ in range(processes)
+    ]
+    medians = []
+    for process in started:
+        out, _ = process.communicate(timeout=600)
+        medians.append(float(json.loads(out.decode().strip().splitlines()[-1])["median_s"]))
+    return sum(medians) / len(medians)
+
+
 @dataclass
 class TaskRun:
     task_id: int

@@ -35,6 +35,8 @@ class Report:
     latency: list[Row] = field(default_factory=list)
     confirm: list[Row] = field(default_factory=list)
     memory: list[Row] = field(default_factory=list)
+    hash_scaling: list[Row] = field(default_factory=list)
+    schemes: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -159,6 +161,8 @@ class Report:
             "throughput": self.throughput,
             "throughput_summary": self.throughput_summary(),
             "speedups": self.speedups(),
+            "hash_scaling": self.hash_scaling,
+            "schemes": self.schemes,
             "slack_calls": self.slack_calls,
             "latency": self.latency,
             "confirm": self.confirm,
@@ -184,6 +188,19 @@ class Report:
                                    r["runs"], r["hash_ms"], r["floor_s"], r["wall_s"],
                                    f"{r['ratio']:.3f}", r["users_per_s"], r["confirm_ms"],
                                    r["slack_calls"]]))
+        if self.schemes:
+            lines.append("")
+            lines.append("One hash per scheme (passlib's default cost), one core")
+            for r in self.schemes:
+                lines.append(f"  {r['scheme']:>14}: {r['hash_ms']:8.2f} ms -> "
+                             f"{r['users_per_s_per_core']} users/s per core at most")
+        if self.hash_scaling:
+            base = self.hash_scaling[0]["hash_ms"]
+            lines.append("")
+            lines.append("Hashing alone, N processes at once (the machine's own scaling)")
+            for r in self.hash_scaling:
+                lines.append(f"  {r['scheme']}: {r['processes']} at once {r['hash_ms']} ms/hash"
+                             f" -> {r['processes'] * base / r['hash_ms']:.2f}x one process")
         speedups = self.speedups()
         if speedups:
             lines.append("")

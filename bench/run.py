@@ -34,6 +34,7 @@ from bench.harness import (
     bench_request,
     database,
     measure_hash,
+    measure_parallel_hash,
     run_task,
     worker_command,
 )
@@ -51,6 +52,8 @@ from bench.synth import search_terms
 from core.settings import Settings
 
 MODES = ("default", "generated")
+#: Schemes a library may configure, and how many hashes to time of each.
+SCHEMES = (("pbkdf2_sha256", 40), ("bcrypt", 8), ("argon2", 10))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="extra small size for Slack call counts (0 skips)")
     parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
                         help="database for the throughput runs")
-    parser.add_argument("--phases", default="throughput,slack,bcrypt,large",
+    parser.add_argument("--phases", default="schemes,throughput,slack,bcrypt,large",
                         help="which phases to run")
     parser.add_argument("--queries", type=int, default=200,
                         help="picker searches timed per database (default 200)")
@@ -203,6 +206,7 @@ class Bench:
             with database(args.db, size, self.base) as db, self.front(db, hashing) as front:
                 self.log(f"throughput: {size:,} users on {db.kind} "
                          f"(populated in {db.populate_seconds:.1f}s)")
+                self.hash_scaling(db, hashing)
                 for repeat in range(args.repeat):
                     for mode in MODES:
                         for workers in args.workers:
@@ -210,6 +214,32 @@ class Bench:
                             self.report.throughput.append(row)
                             if repeat == 0 and workers == args.workers[0]:
                                 self._slack_row(size, mode, row["slack_calls"])
+
+    def hash_scaling(self, db: Database, hashing: HashConfig) -> None:
+        """Hashing alone in 1 and in N processes at once: the machine's own parallel speed-up."""
+        env = self.stack.environment(db.url, hashing)
+        for workers in self.args.workers:
+            median = measure_parallel_hash(env, workers, 100)
+            self.report.hash_scaling.append({
+                "scheme": hashing.label, "processes": workers, "hash_ms": round(median * 1000, 3),
+            })
+        rows = self.report.hash_scaling
+        self.log("  hashing alone: " + ", ".join(
+            f"{r['processes']} at once {r['hash_ms']} ms" for r in rows))
+
+    def schemes(self) -> None:
+        """One hash's cost per scheme at passlib's default cost, for sizing (users/s per core)."""
+        self.log("schemes: one hash each, passlib's default cost")
+        with database(self.args.db, 10, self.base) as db:
+            for scheme, samples in SCHEMES:
+                env = self.stack.environment(db.url, HashConfig(scheme, None))
+                measured = measure_hash(env, samples)
+                self.report.schemes.append({
+                    "scheme": scheme, "hash_ms": round(measured["median_s"] * 1000, 2),
+                    "users_per_s_per_core": round(1 / measured["median_s"], 1),
+                    "samples": samples,
+                })
+                self.log(f"  {scheme}: {measured['median_s'] * 1000:.1f} ms")
 
     def _slack_row(self, size: int, mode: str, methods: dict[str, int]) -> None:
         if self.stack.slack is None:
@@ -330,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(args, stack, workdir)
             bench.log(f"bench: sizes {args.sizes}, workers {args.workers}, repeat {args.repeat};"
                       f" logs in {workdir}")
-            for phase in ("throughput", "slack", "bcrypt", "large"):
+            for phase in ("schemes", "throughput", "slack", "bcrypt", "large"):
                 if phase in args.phases:
                     getattr(bench, phase)()
             bench.report.seconds = time.monotonic() - started

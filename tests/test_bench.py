@@ -37,6 +37,7 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(
     assert main([
         "--sizes", "60,300", "--throughput-max", "60", "--workers", "1", "--repeat", "1",
         "--rounds", "1000", "--bcrypt-users", "0", "--slack-size", "0",
+        "--phases", "throughput,large",
         "--queries", "20", "--preview-rounds", "1", "--out", str(out),
     ]) == 0
     printed = capsys.readouterr().out
