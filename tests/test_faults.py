@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from redis import Redis
 from sqlalchemy import Engine, insert, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.directory import Directory
@@ -34,6 +35,7 @@ from core.tasks import ResetRequest, create_task
 from jobs.queueing import enqueue_task, make_queue
 from tests.support.faults import (
     PrivateRedis,
+    TcpProxy,
     Workers,
     settings_env,
     tcp_proxy,
@@ -366,3 +368,59 @@ def test_a_worker_waiting_for_redis_to_come_back_still_stops_when_asked(
     assert worker.returncode == 0
     # The chunk in hand was finished: the database has every user of it.
     assert current(sessions, task_id).counts[ItemState.RESET] == 10
+
+
+# ---- the database unreachable for a moment -----------------------------------------------------
+
+
+def through_proxy(database_url: str, proxy: TcpProxy) -> str:
+    url = make_url(database_url)
+    return url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+
+
+@postgres_only
+def test_the_database_unreachable_for_a_moment_the_task_finishes_once_it_is_back(
+    settings: Settings, database_url: str, engine: Engine, sessions: sessionmaker[Session],
+    directory: Directory, redis_conn: Redis, workers: Workers, smtp_server: SmtpServer,
+) -> None:
+    users = range(1, 41)
+    add_users(engine, directory, len(users))
+    direct = make_url(database_url)
+    with tcp_proxy(direct.host or "127.0.0.1", direct.port or 5432) as proxy:
+        configured = replace(
+            smtp_server.settings(settings), database_url=through_proxy(database_url, proxy),
+            password_rounds=20_000, chunk_size=5, claim_batch=5, lease_seconds=5,
+            reaper_interval=0.5,
+        )
+        # The test itself reads the database directly: only the worker's path is cut.
+        task_id = start_task(sessions, configured, redis_conn)
+        worker = workers.start(configured)
+        wait_until(lambda: current(sessions, task_id).done >= 5, 30, "the first users reset")
+
+        proxy.cut()
+        wait_until(lambda: "OperationalError" in worker.log(), 30,
+                   "the worker to run into the cut")
+        during = current(sessions, task_id)
+        seen_during_cut = [during]
+        # Keep the database away for a while, watching the task from outside.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            seen_during_cut.append(current(sessions, task_id))
+            time.sleep(0.1)
+        proxy.restore()
+
+        final = wait_final(sessions, task_id, 60, workers)
+
+    assert all(not s.status.is_final for s in seen_during_cut)  # nothing ends while cut off
+    assert during.counts[ItemState.PENDING] > 0, "the cut should land mid-task"
+    assert worker.alive()
+    assert final.status is TaskStatus.COMPLETED
+    assert final.counts[ItemState.NOTIFIED] == len(users) == final.done
+    assert final.counts[ItemState.PENDING] == final.counts[ItemState.CLAIMED] == 0
+    hasher = PasswordHasher.from_settings(configured)
+    stored = hashes(sessions, directory)
+    for user_id in users:
+        mails = smtp_server.to(f"user{user_id}@example.org")
+        assert mails, f"user{user_id} got no mail"
+        assert hasher.verify(mails[-1].password, stored[user_id]), f"user{user_id}"
+    assert audit_actions(sessions, task_id)["finish"] == 1
