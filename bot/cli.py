@@ -363,6 +363,12 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
             "stdin is not a terminal, so I cannot ask for confirmation: add --yes to reset "
             "without asking (nothing was changed)"
         )
+    scope = Scope(args.scope)
+    if args.user and not scope.needs_selection:
+        raise Refused(
+            f"--user picks users for selected_only or all_except_selected; scope {scope.value} "
+            "takes no selection (nothing was changed)"
+        )
     settings = cli.settings(with_secret_key=True)
     directory = Directory(settings.directory)
     with cli.database(settings) as sessions:
@@ -372,7 +378,7 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
         request = ResetRequest(
             requester=requester(),
             requester_name=login_name(),
-            scope=Scope(args.scope),
+            scope=scope,
             selection=selection,
             default_password=password,
             require_change=not args.no_require_change,

@@ -16,8 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -154,27 +152,32 @@ def run_demo(cli: Cli, directory: Path) -> int:
         cli.say(f"resetbot demo: everything runs on this machine, in {workdir}")
         cli.say(f"  bcrypt cost lowered to {DEMO_ROUNDS} for the demo (the default is 12).")
         cli.say("")
-        cli.say("1. Database: SQLite, schema created with Alembic")
-        _upgrade(settings)
-        cli.say(f"2. Directory: {USER_COUNT} sample users imported from {DEMO_CSV}")
-        _import_sample_users(settings, workdir, requester())
-        cli.say(f"3. Mail: a local SMTP server on 127.0.0.1:{sink.port} keeps every mail")
         redis = connect_redis(settings)
         try:
             url = redis_url(settings, redis)
-            cli.say(f"4. Queue: embedded Redis at {url}")
-            worker_env = _clean_environment()
-            worker_env.update(settings_environment(replace(settings, redis_url=url)))
-            with running_worker(worker_env, workdir) as pid:
-                cli.say(f"5. Worker: `resetbot worker` running as process {pid}"
+            cli.say(f"1. Queue: embedded Redis at {url}")
+            env = _clean_environment()
+            env.update(settings_environment(replace(settings, redis_url=url)))
+            # Started first: the worker process boots while the database is set up.
+            worker = DemoWorker(env, workdir)
+            try:
+                cli.say(f"2. Worker: `resetbot worker` started as process {worker.pid}"
                         f" (log: {workdir / WORKER_LOG})")
+                cli.say("3. Database: SQLite, schema created with Alembic")
+                _upgrade(settings)
+                cli.say(f"4. Directory: {USER_COUNT} sample users imported from {DEMO_CSV}")
+                _import_sample_users(settings, workdir, requester())
+                cli.say(f"5. Mail: a local SMTP server on 127.0.0.1:{sink.port} keeps every mail")
                 cli.say("")
                 final = _reset_everyone_without_a_role(cli, settings, redis)
+                worker.request_stop()  # it winds down while the results are shown
+                cli.say("")
+                _show_follow_ups(cli, settings, final.id)
+                _show_a_mail(cli, settings, sink.mails)
+            finally:
+                worker.stop()
         finally:
             close_redis(redis)
-        cli.say("")
-        _show_follow_ups(cli, settings, final.id)
-        _show_a_mail(cli, settings, sink.mails)
     cli.say("")
     cli.say(f"The demo took {time.monotonic() - started:.1f} s.")
     _next_steps(cli, workdir)
@@ -206,23 +209,28 @@ def _clean_environment() -> dict[str, str]:
     return {name: os.environ[name] for name in keep if name in os.environ}
 
 
-@contextmanager
-def running_worker(env: dict[str, str], workdir: Path) -> Iterator[int]:
-    """A real `resetbot worker` process; stopped with SIGTERM (RQ's warm shutdown) at the end."""
-    with (workdir / WORKER_LOG).open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "worker"],
-            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
+class DemoWorker:
+    """A real `resetbot worker` process, stopped with SIGTERM (RQ's warm shutdown)."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        with (workdir / WORKER_LOG).open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "worker"],
+                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        self.pid = self.process.pid
+
+    def request_stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.request_stop()
         try:
-            yield process.pid
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(WORKER_STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            self.process.wait(WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def _reset_everyone_without_a_role(

@@ -244,6 +244,16 @@ def test_a_default_password_containing_a_username_is_refused(
 
 
 @sqlite_only
+def test_users_given_to_a_scope_without_selection_are_refused(
+    run: Any, sessions: sessionmaker[Session], sample_users: Any
+) -> None:
+    result = run("reset", "--scope", "all", "--user", "bob", "--yes")
+    assert result.code == 1
+    assert "scope all takes no selection" in result.err
+    assert _task_count(sessions) == 0
+
+
+@sqlite_only
 def test_a_selected_scope_without_users_is_refused(
     run: Any, sessions: sessionmaker[Session], sample_users: Any
 ) -> None:
