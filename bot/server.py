@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from waitress.server import create_server
 
 from bot.app import check_slack_settings, create_app
-from bot.wsgi import EVENTS_PATH, HEALTH_PATH, WsgiApp, make_wsgi_app
+from bot.wsgi import (
+    EVENTS_PATH,
+    HEALTH_PATH,
+    MAX_BODY_BYTES,
+    WsgiApp,
+    make_wsgi_app,
+    redis_probe,
+)
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.settings import Settings
@@ -76,16 +83,24 @@ class HttpServer(Protocol):
     def close(self) -> None: ...
 
 
-def make_http_server(wsgi_app: WsgiApp, *, host: str, port: int) -> HttpServer:
-    """A waitress server (production WSGI, threaded) bound now; `.run()` serves until closed."""
+def make_http_server(
+    wsgi_app: WsgiApp, *, host: str, port: int, **adjustments: object
+) -> HttpServer:
+    """A waitress server (production WSGI, threaded) bound now; `.run()` serves until closed.
+
+    `adjustments` are further waitress settings (tests shorten the loop timeout).
+    """
     server: HttpServer = create_server(
         wsgi_app,
         host=host,
         port=port,
         threads=HTTP_THREADS,
         ident="resetbot",
-        max_request_body_size=2_000_000,
+        # Refuse oversized bodies before reading them, and keep the rest in memory.
+        max_request_body_size=MAX_BODY_BYTES,
+        inbuf_overflow=MAX_BODY_BYTES + 1,
         clear_untrusted_proxy_headers=True,
+        **adjustments,
     )
     return server
 
@@ -102,19 +117,21 @@ def serve(
     with ExitStack() as stack:
         runtime = build_runtime(settings)
         stack.callback(runtime.close)
+        probe = redis_probe(redis_url(settings, runtime.redis))
+        stack.callback(probe.close)
         if with_worker:
             worker = start_worker_process(replace(settings, redis_url=redis_url(settings,
                                                                               runtime.redis)))
             stack.callback(stop_worker_process, worker)
         if settings.slack_app_token:
             wsgi_app = make_wsgi_app(None, signing_secret=None, sessions=runtime.sessions,
-                                     redis=runtime.redis)
+                                     redis=probe)
             stack.enter_context(SocketModeConnection(runtime.app, settings.slack_app_token))
             log.info("connected to Slack over Socket Mode; health on %s:%s%s",
                      host, port, HEALTH_PATH)
         else:
             wsgi_app = make_wsgi_app(runtime.app, signing_secret=settings.slack_signing_secret,
-                                     sessions=runtime.sessions, redis=runtime.redis)
+                                     sessions=runtime.sessions, redis=probe)
             log.info("serving Slack requests on http://%s:%s%s", host, port, EVENTS_PATH)
         server = make_http_server(wsgi_app, host=host, port=port)
         try:

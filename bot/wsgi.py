@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.request.internals import parse_body
@@ -38,8 +40,16 @@ HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 1_000_000
 #: Slack's advice: refuse requests signed more than five minutes away from now.
 MAX_CLOCK_SKEW = 300
+#: A health check answers quickly or says "unavailable"; it does not wait out retries.
+PROBE_TIMEOUT = 2.0
 
 WsgiApp = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
+
+
+def redis_probe(url: str) -> Redis[bytes]:
+    """A client for health checks only: one try, short timeouts (the app's own client retries)."""
+    return Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_timeout=PROBE_TIMEOUT,
+                          socket_connect_timeout=PROBE_TIMEOUT)
 
 
 class HealthCheck:

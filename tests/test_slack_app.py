@@ -60,8 +60,7 @@ def mail_app(
     try:
         yield running
     finally:
-        running.server.close()
-        thread.join(timeout=5)
+        running.stop(thread)
 
 
 def run_worker(app: RunningApp, task_id: int) -> TaskSnapshot:
@@ -495,8 +494,7 @@ def test_an_admin_group_member_may_reset_and_the_group_is_cached(
         assert running.slack.options("alice", user="UGROUPIE").json()["options"]
         assert slack_standin.count("usergroups.users.list") == 1
     finally:
-        running.server.close()
-        thread.join(timeout=5)
+        running.stop(thread)
 
 
 @sqlite_only
@@ -516,5 +514,4 @@ def test_nobody_configured_means_nobody_may_reset(
         assert "not allowed" in refused["text"] and refused["response_type"] == "ephemeral"
         assert slack_standin.count("views.open") == 0
     finally:
-        running.server.close()
-        thread.join(timeout=5)
+        running.stop(thread)

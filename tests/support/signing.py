@@ -3,8 +3,8 @@
 `SignedSlack` builds the bodies Slack sends (slash commands form-encoded; interactivity as a form
 field `payload` holding JSON; events as JSON) and signs them with the signing secret
 (`v0:{timestamp}:{body}`, HMAC-SHA256, as slack_sdk's SignatureVerifier checks). The
-`slack_app` fixture starts the real app over real HTTP (waitress, through `bot.wsgi`), with the
-Slack Web API stand-in, real Redis and the test database.
+`slack_app` fixture starts the real app over real HTTP (the WSGI app of `bot.wsgi`, under a
+threaded wsgiref server), with the Slack Web API stand-in, real Redis and the test database.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import urlencode
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 from redis import Redis
@@ -28,7 +30,6 @@ from rq import Queue
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.app import create_app
-from bot.server import HttpServer, make_http_server
 from bot.wsgi import EVENTS_PATH, make_wsgi_app
 from core.directory import Directory
 from core.settings import Settings
@@ -229,7 +230,14 @@ class RunningApp:
     queue: Queue
     standin: SlackStandIn
     slack: SignedSlack
-    server: HttpServer
+    server: ThreadingWSGIServer
+
+    def stop(self, thread: threading.Thread) -> None:
+        assert thread.is_alive(), "the HTTP server stopped before the test ended"
+        self.server.shutdown()
+        self.server.server_close()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
 
     def open_modal(self, *, user: str = ADMIN, channel: str = CHANNEL) -> Json:
         """Type the command; return the modal the app opened (as the stand-in stored it)."""
@@ -240,6 +248,20 @@ class RunningApp:
         assert call.params["trigger_id"] == self.slack.trigger_ids[-1]
         view: Json = call.params["view"]
         return view
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """wsgiref, one thread per request (as waitress serves them concurrently), clean shutdown.
+
+    `resetbot serve` runs the same WSGI app under waitress; test_slack_app_serve.py covers that.
+    """
+
+    daemon_threads = True
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """The tests assert on responses; no access log on stderr."""
 
 
 def start_app(
@@ -255,10 +277,12 @@ def start_app(
                      **create_kwargs)
     wsgi = make_wsgi_app(app, signing_secret=settings.slack_signing_secret, sessions=sessions,
                          redis=redis)
-    server = make_http_server(wsgi, host="127.0.0.1", port=0)
-    thread = threading.Thread(target=server.run, name="resetbot-http", daemon=True)
+    server = make_server("127.0.0.1", 0, wsgi, server_class=ThreadingWSGIServer,
+                         handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="resetbot-http", daemon=True)
     thread.start()
-    slack = SignedSlack(f"http://127.0.0.1:{server.effective_port}")
+    slack = SignedSlack(f"http://127.0.0.1:{server.server_port}")
     running = RunningApp(settings, sessions, directory, redis, queue, standin, slack, server)
     return running, thread
 
@@ -288,5 +312,4 @@ def slack_app(
     try:
         yield running
     finally:
-        running.server.close()
-        thread.join(timeout=5)
+        running.stop(thread)
