@@ -424,3 +424,73 @@ def test_the_database_unreachable_for_a_moment_the_task_finishes_once_it_is_back
         assert mails, f"user{user_id} got no mail"
         assert hasher.verify(mails[-1].password, stored[user_id]), f"user{user_id}"
     assert audit_actions(sessions, task_id)["finish"] == 1
+
+
+# ---- two tasks over the same users at once -------------------------------------------------------
+
+
+def test_two_tasks_over_the_same_users_never_reset_anyone_at_the_same_time(
+    settings: Settings, engine: Engine, sessions: sessionmaker[Session], directory: Directory,
+    redis_conn: Redis, workers: Workers, slack_standin: SlackStandIn,
+) -> None:
+    import threading
+
+    add_users(engine, directory, 30)
+    configured = replace(slack_standin.apply_to(settings), password_rounds=20_000,
+                         chunk_size=5, claim_batch=5, reaper_interval=0.5)
+    first_password, second_password = "Harbour-Lantern-58!", "Quarry-Tulip-9314!"
+    # Both confirmed at once, both over users 11..20; two workers take both plans at once.
+    first = start_task(sessions, configured, None, Scope.ALL_EXCEPT_SELECTED,
+                       tuple(range(21, 31)), default_password=first_password, channel=CHANNEL)
+    second = start_task(sessions, configured, None, Scope.SELECTED_ONLY,
+                        tuple(range(11, 31)), default_password=second_password, channel=CHANNEL)
+    queue = make_queue(configured, redis_conn)
+    enqueue_task(queue, first)
+    enqueue_task(queue, second)
+    overlaps: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        """Both tasks running, or both holding claimed users, at any moment: an overlap."""
+        while not stop.is_set():
+            with sessions() as session:
+                running = session.scalars(select(ResetTask.id).where(
+                    ResetTask.status == TaskStatus.RUNNING)).all()
+                claiming = session.scalars(select(ResetItem.task_id).where(
+                    ResetItem.state == ItemState.CLAIMED).distinct()).all()
+            if len(running) > 1 or len(claiming) > 1:
+                overlaps.append(f"running={running} claiming={claiming}")
+            stop.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        workers.start(configured)
+        workers.start(configured)
+        one = wait_final(sessions, first, 60, workers)
+        two = wait_final(sessions, second, 60, workers)
+    finally:
+        stop.set()
+        watcher.join(5)
+
+    assert overlaps == []
+    assert one.status is two.status is TaskStatus.COMPLETED
+    assert (one.counts[ItemState.RESET], two.counts[ItemState.RESET]) == (20, 20)
+    with sessions() as session:
+        rows = {t: session.get(ResetTask, t) for t in (first, second)}
+    # Whichever plan job won the slot ran first; the other one waited for it to end.
+    earlier, later = sorted(rows.values(), key=lambda t: t.started_at)  # type: ignore[union-attr]
+    assert earlier.finished_at is not None and later.started_at is not None
+    assert later.started_at >= earlier.finished_at
+    passwords = {first: first_password, second: second_password}
+    hasher = PasswordHasher.from_settings(configured)
+    stored = hashes(sessions, directory)
+    assert all(hasher.verify(first_password, stored[u]) for u in range(1, 11))
+    assert all(hasher.verify(passwords[later.id], stored[u]) for u in range(11, 21))
+    assert all(hasher.verify(second_password, stored[u]) for u in range(21, 31))
+    # The waiting task's thread said, once, that it was waiting (and for which task).
+    waiting = wait_until(
+        lambda: [m.text for m in slack_standin.messages(CHANNEL)
+                 if m.text.startswith(":hourglass_flowing_sand: Waiting")], 20,
+        "the waiting message")
+    assert len(waiting) == 1 and f"reset #{earlier.id} is still running" in waiting[0]
