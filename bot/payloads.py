@@ -62,7 +62,9 @@ def payload_problem(body: object) -> str | None:
         if value is not None and not _list_of_objects(value):
             return f"{name} must be a list of objects"
     if "command" in body:
-        return _command_problem(body)
+        problem = _command_problem(body)
+        if problem:
+            return problem
     kind = body.get("type")
     if kind is not None and not isinstance(kind, str):
         return "type must be text"
