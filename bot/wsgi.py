@@ -164,7 +164,38 @@ def _malformed(raw: bytes, content_type: object) -> str | None:
         body = parse_body(body_text, media)
     except ValueError:  # json.JSONDecodeError included
         return "the payload is not valid JSON"
+    except RecursionError:  # `[[[[...` a few thousand deep: json gives up this way
+        return "the payload is nested too deeply"
+    if _holds_unstorable_text(body):
+        return "the payload holds a NUL character or an unpaired surrogate"
     return payload_problem(body)
+
+
+def _holds_unstorable_text(body: object) -> bool:
+    """NUL characters and unpaired surrogates: Slack never sends them, and PostgreSQL, SQLite
+    and every UTF-8 encoder refuse them, which would turn a search or a name into a 500."""
+    waiting = [body]
+    while waiting:
+        value = waiting.pop()
+        if isinstance(value, str):
+            if "\x00" in value or not _utf8_encodable(value):
+                return True
+        elif isinstance(value, dict):
+            waiting.extend(value.keys())
+            waiting.extend(value.values())
+        elif isinstance(value, list):
+            waiting.extend(value)
+    return False
+
+
+def _utf8_encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _answer(
