@@ -30,6 +30,9 @@ _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,30}$")
 _DIRECTORY_ID = re.compile(r"^[0-9]{1,12}$")
 _TASK_ID = re.compile(r"^[0-9]{1,12}$")
 _PENDING_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+#: The largest id an INTEGER column holds (PostgreSQL's int4); a bigger number names nothing,
+#: and PostgreSQL refuses it as a parameter (a 500) instead of finding no row.
+MAX_ID = 2**31 - 1
 NAME_LIMIT = 255
 _SCOPES = frozenset(scope.value for scope in Scope)
 
@@ -179,9 +182,18 @@ def pending_id(metadata: object) -> str | None:
 
 
 def task_id(value: object) -> int:
-    if isinstance(value, str) and _TASK_ID.match(value.strip()):
-        return int(value)
-    raise InputError("That button does not name a reset.", field="task")
+    found = numeric_id(value)
+    if found is None:
+        raise InputError("That button does not name a reset.", field="task")
+    return found
+
+
+def numeric_id(value: object) -> int | None:
+    """A task or directory id typed or sent as ASCII digits, within what the database holds."""
+    if not isinstance(value, str) or not _TASK_ID.match(value.strip()):
+        return None
+    number = int(value)
+    return number if number <= MAX_ID else None
 
 
 # ---- the reset form ---------------------------------------------------------------------------
@@ -254,7 +266,7 @@ def _read_selection(element: Mapping[str, Any], problems: dict[str, list[str]]) 
     unreadable = 0
     for option in options:
         value = option.get("value") if isinstance(option, dict) else None
-        if isinstance(value, str) and _DIRECTORY_ID.match(value):
+        if isinstance(value, str) and _DIRECTORY_ID.match(value) and int(value) <= MAX_ID:
             ids.add(int(value))
         else:
             unreadable += 1

@@ -21,7 +21,7 @@ from blocks.text import (
 )
 from blocks.views import reset_modal
 from bot.deps import AppDeps
-from bot.payloads import channel_id, user_id_of
+from bot.payloads import channel_id, numeric_id, user_id_of
 from core.progress import TaskSnapshot, snapshot
 from core.tasks import recent_tasks
 
@@ -50,8 +50,8 @@ def register(app: App, deps: AppDeps) -> None:
             ack(response_type="ephemeral", text=unknown_subcommand(words[0]))
             return
         ack()
-        channel = channel_id(body.get("channel_id"))
-        open_modal(client, body.get("trigger_id"), channel, user)
+        deps.later(open_modal, client, body.get("trigger_id"), channel_id(body.get("channel_id")),
+                   user)
 
 
 def open_modal(client: WebClient, trigger_id: object, channel: str | None,
@@ -86,7 +86,8 @@ def status_answer(deps: AppDeps, arguments: list[str]) -> str:
     with deps.sessions() as session:
         if arguments:
             wanted = arguments[0].lstrip("#")
-            task = snapshot(session, int(wanted)) if wanted.isdigit() and len(wanted) < 12 else None
+            number = numeric_id(wanted)
+            task = snapshot(session, number) if number is not None else None
             return task_status_text(task) if task else no_such_task(arguments[0])
         tasks = [snapshot(session, t.id) for t in recent_tasks(session, STATUS_RECENT)]
         return recent_status_text([t for t in tasks if isinstance(t, TaskSnapshot)])
