@@ -181,7 +181,7 @@ def _since(value: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a date (YYYY-MM-DD) or ISO time"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # -- what every command shares ------------------------------------------------------------------

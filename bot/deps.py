@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,6 +18,7 @@ from core.settings import Settings
 log = logging.getLogger("resetbot.slack")
 
 NOT_AN_ADMIN = "not an admin"
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,12 @@ class AppDeps:
     admins: Admins
     #: Puts a committed task on the job queue (jobs.queueing.enqueue_task bound to the queue).
     enqueue: Callable[[int], None]
+    #: Runs what follows an ack (Web API calls), so the ack itself leaves at once.
+    background: Executor
+
+    def later(self, work: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
+        """Run `work` after the ack, in the background; a failure is logged, not lost."""
+        self.background.submit(work, *args, **kwargs).add_done_callback(_log_failure)
 
     def refuse(self, actor: str | None, step: str, reason: str = NOT_AN_ADMIN,
                **detail: Any) -> None:
@@ -36,3 +44,9 @@ class AppDeps:
             audit.record(session, who, "refused", step=step, reason=reason, **detail)
             session.commit()
         log.warning("refused %s for %s: %s", step, who, reason)
+
+
+def _log_failure(done: Future[object]) -> None:
+    error = done.exception()
+    if error is not None:
+        log.error("work after an ack failed", exc_info=error)

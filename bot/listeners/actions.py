@@ -37,7 +37,7 @@ def register(app: App, deps: AppDeps) -> None:
         if user is None or not deps.admins.allows(user):
             deps.refuse(user, ACTION_CANCEL)
             ack()
-            _tell(client, where, user, NOT_ALLOWED)
+            deps.later(_tell, client, where, user, NOT_ALLOWED)
             return
         try:
             wanted = task_id(first_action(body).get("value"))
@@ -46,10 +46,10 @@ def register(app: App, deps: AppDeps) -> None:
                 session.commit()
         except (InputError, ConflictError) as refused:
             ack()
-            _tell(client, where, user, str(refused))
+            deps.later(_tell, client, where, user, str(refused))
             return
         ack()
-        _tell(client, where, user, cancel_requested(wanted))
+        deps.later(_tell, client, where, user, cancel_requested(wanted))
 
     @app.action(ACTION_RETRY)
     def retry(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
@@ -58,7 +58,7 @@ def register(app: App, deps: AppDeps) -> None:
         if user is None or not deps.admins.allows(user):
             deps.refuse(user, ACTION_RETRY)
             ack()
-            _tell(client, where, user, NOT_ALLOWED)
+            deps.later(_tell, client, where, user, NOT_ALLOWED)
             return
         try:
             original = task_id(first_action(body).get("value"))
@@ -68,27 +68,29 @@ def register(app: App, deps: AppDeps) -> None:
                 new_id, users = task.id, len(task.selection)
         except (InputError, ConflictError) as refused:
             ack()
-            _tell(client, where, user, str(refused))
+            deps.later(_tell, client, where, user, str(refused))
             return
-        ack()
         try:
             deps.enqueue(new_id)
         except RedisError as error:
             log.error("could not enqueue task %s: %s", new_id, type(error).__name__)
-            _tell(client, where, user, queue_unavailable(new_id))
+            ack()
+            deps.later(_tell, client, where, user, queue_unavailable(new_id))
             return
-        _tell(client, where, user, retry_started(new_id, original, users))
+        ack()
+        deps.later(_tell, client, where, user, retry_started(new_id, original, users))
 
     @app.action(ACTION_OPEN_MODAL)
     def open_from_home(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
-        ack()
         user = user_id_of(body)
         if user is None or not deps.admins.allows(user):
             deps.refuse(user, ACTION_OPEN_MODAL)
-            _notice(client, body.get("trigger_id"), NOT_ALLOWED)
+            ack()
+            deps.later(_notice, client, body.get("trigger_id"), NOT_ALLOWED)
             return
+        ack()
         # From App Home there is no channel: the task centre falls back to a DM.
-        open_modal(client, body.get("trigger_id"), None, user)
+        deps.later(open_modal, client, body.get("trigger_id"), None, user)
 
     @app.action(re.compile(f"^{ACTION_OPEN_THREAD}"))
     def open_thread(ack: Ack) -> None:

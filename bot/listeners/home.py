@@ -20,18 +20,22 @@ log = logging.getLogger("resetbot.slack")
 
 def register(app: App, deps: AppDeps) -> None:
     @app.event("app_home_opened")
-    def publish_home(event: dict[str, Any], client: WebClient) -> None:
+    def home_opened(event: dict[str, Any], client: WebClient) -> None:
+        # Bolt has acked the event already; the tab is built and published after that.
         if event.get("tab", "home") != "home":
             return
         user = user_id_of(event)
-        if user is None:
-            return
-        allowed = deps.admins.allows(user)
-        tasks = recent_snapshots(deps) if allowed else []
-        try:
-            client.views_publish(user_id=user, view=home_view(tasks, allowed=allowed))
-        except (SlackApiError, SlackClientError, OSError) as error:
-            log.warning("views.publish for %s failed: %s", user, type(error).__name__)
+        if user is not None:
+            deps.later(publish_home, deps, client, user)
+
+
+def publish_home(deps: AppDeps, client: WebClient, user: str) -> None:
+    allowed = deps.admins.allows(user)
+    tasks = recent_snapshots(deps) if allowed else []
+    try:
+        client.views_publish(user_id=user, view=home_view(tasks, allowed=allowed))
+    except (SlackApiError, SlackClientError, OSError) as error:
+        log.warning("views.publish for %s failed: %s", user, type(error).__name__)
 
 
 def recent_snapshots(deps: AppDeps) -> list[TaskSnapshot]:
