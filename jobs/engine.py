@@ -119,7 +119,7 @@ def _start_task(context: WorkerContext, task_id: int) -> bool | None:
         task = session.get(ResetTask, task_id)
         if task is None:
             logger.warning("task %s does not exist; nothing to plan", task_id)
-            return False
+            return None
         status = TaskStatus(task.status)
         if status is TaskStatus.RUNNING:
             return None if task.planned else False

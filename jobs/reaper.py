@@ -8,7 +8,8 @@ Runs every `reaper_interval` seconds in every worker (and once before a burst wo
   enqueued again from the database (pending chunks, waiting mail retries);
 - mail retries overdue by a grace period with no retry job are enqueued again;
 - a task whose users are all done but that never ended is finished;
-- the oldest queued task is woken when nothing runs and nothing would wake it.
+- the oldest queued task is woken when nothing runs and nothing would wake it;
+- an ended task whose Slack summary or CSV delivery was lost gets its end re-reported.
 
 Every job is idempotent (conditional UPDATEs), so a duplicate costs a no-op; `rescued_at` keeps
 many workers' reapers from enqueuing the same rescue each interval.
@@ -25,9 +26,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
-from jobs.context import WorkerContext
+from jobs.context import WorkerContext, use_context
 from jobs.engine import ACTIVE_ITEM_STATES, finish_if_done
 from jobs.queueing import enqueue_chunk, enqueue_retry, enqueue_task, task_of_job
+from jobs.slack_reporter import resend_lost_ends
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,12 @@ class ReapReport:
 
 def reap(context: WorkerContext, now: datetime | None = None) -> ReapReport:
     """One pass of the reaper; `now` lets tests look into the future instead of sleeping."""
-    now = now if now is not None else utcnow()
+    # Reporters it may call (a task it finishes) can rely on the context, as in a job.
+    with use_context(context):
+        return _reap(context, now if now is not None else utcnow())
+
+
+def _reap(context: WorkerContext, now: datetime) -> ReapReport:
     report = ReapReport()
     _return_expired_leases(context, now, report)
     jobs = task_jobs(context)
@@ -71,6 +78,8 @@ def reap(context: WorkerContext, now: datetime | None = None) -> ReapReport:
         _rescue_running(context, task, jobs.get(task.id, set()), now, report)
     if not running:
         _wake_queued(context, jobs, now, report)
+    # A task's end told to Slack by a delivery that Redis lost is told again.
+    resend_lost_ends(context)
     return report
 
 

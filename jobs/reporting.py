@@ -14,6 +14,18 @@ logger = logging.getLogger(__name__)
 
 
 class Reporter(Protocol):
+    """What the engine says about a task, and how often it says it (at most):
+
+    - `task_started`: once, when the task takes the running slot;
+    - `task_progress`: once per step (`step` of `steps`, from settings.progress_steps), whichever
+      worker first sees the users done cross it;
+    - `task_waiting`: once, when the task first finds another one running;
+    - `retries_scheduled`: once per retry round; `attempt` is the number of the mail attempt
+      coming up (2 to max_mail_attempts), `users` how many wait for it when it is said;
+    - `task_finished`: exactly once, after the final status is committed (also for a task
+      cancelled before it started, which never had `task_started`).
+    """
+
     def task_started(self, task_id: int) -> None: ...
 
     def task_progress(self, task_id: int, step: int, steps: int) -> None: ...

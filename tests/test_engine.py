@@ -544,3 +544,40 @@ def test_slack_traffic_stays_flat_whatever_the_size(
     assert len(rounds) == 1  # seven chunks, one round: said once
     assert rounds[0][2] == 2
     assert len(reporter.calls) <= 1 + 4 + 1 + 1
+
+
+def test_the_reaper_puts_back_a_lost_mail_retry(
+    mail_settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
+    directory: Directory, sample_users: list[object], smtp_server: SmtpServer,
+    hasher: PasswordHasher,
+) -> None:
+    from datetime import timedelta
+
+    from jobs.reaper import reap
+
+    settings = replace(mail_settings, mail_retry_delays=(600, 600, 600))
+    smtp_server.refuse("alice@example.org", code=450, times=1)
+    context = build_context(settings, redis_conn, engine)
+    task_id = submit(context, Scope.SELECTED_ONLY, (1,))
+    work(context)
+    registry = context.queue.scheduled_job_registry
+    assert registry.count == 1
+    # Redis lost the scheduled retry, and the retry is long overdue.
+    for job_id in registry.get_job_ids():
+        registry.remove(job_id, delete_job=True)
+    with sessions() as session:
+        session.execute(
+            update(ResetItem).where(ResetItem.task_id == task_id)
+            .values(next_attempt_at=utcnow() - timedelta(minutes=5))
+        )
+        session.commit()
+
+    report = reap(context)
+
+    assert report.retries_enqueued == 1
+    final = run_until_final(context, task_id)
+    assert final.status is TaskStatus.COMPLETED
+    alice = items_by_user(sessions, task_id)[1]
+    assert (alice.state, alice.attempts) == (ItemState.NOTIFIED, 2)
+    password = smtp_server.last_password("alice@example.org")
+    assert hasher.verify(password, user_rows(sessions, directory)[1].password_hash or "")
