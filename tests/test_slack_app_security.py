@@ -393,3 +393,45 @@ def test_healthz_is_503_when_redis_is_unreachable(sessions: sessionmaker[Session
                          lambda status, headers: statuses.append(status)))  # type: ignore[arg-type,return-value]
     assert statuses == ["503 Service Unavailable"]
     assert json.loads(body)["redis"] == "unavailable"
+
+
+# ---- outages and the Events API handshake ------------------------------------------------------
+
+
+@sqlite_only
+def test_a_confirm_while_redis_is_down_keeps_the_task_and_says_so(
+    settings: Settings, sessions: sessionmaker[Session], directory: Directory,
+    slack_standin: SlackStandIn, sample_users: list[Any],
+) -> None:
+    from tests.support.smtp import free_port
+
+    down = redis_probe(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    running, thread = start_app(app_settings(settings, slack_standin), sessions, directory, down,
+                                slack_standin)
+    try:
+        opened = running.open_modal()
+        preview = running.slack.submit(
+            submitted_view(opened, form_state("selected_only", (1,)))
+        ).json()["view"]
+        answer = running.slack.submit(preview)
+        assert answer.status == 200 and answer.elapsed < 3
+        body = answer.json()
+        assert body["response_action"] == "update"
+        with sessions() as session:
+            task = session.scalars(select(ResetTask)).one()
+        assert f"Reset #{task.id} is saved" in json.dumps(body["view"])
+        assert task.status == "queued"  # the reaper wakes the oldest queued task
+        assert running.slack.get("/healthz").json()["redis"] == "unavailable"
+    finally:
+        running.stop(thread)
+
+
+@sqlite_only
+def test_the_events_url_verification_handshake(slack_app: RunningApp) -> None:
+    challenge = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    body = json.dumps({"token": "t", "challenge": challenge, "type": "url_verification"}).encode()
+    answer = slack_app.slack.post(body, content_type="application/json")
+    assert answer.status == 200
+    assert answer.json() == {"challenge": challenge}
+    assert slack_app.slack.post(body, content_type="application/json",
+                                signed=False).status == 401
