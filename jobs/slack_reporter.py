@@ -41,7 +41,14 @@ from sqlalchemy import CursorResult, or_, select, update
 
 from blocks import messages
 from core.errors import ConfigError
-from core.models import FOLLOW_UP_STATES, ItemState, ResetItem, ResetTask, utcnow
+from core.models import (
+    FOLLOW_UP_STATES,
+    ItemState,
+    ResetItem,
+    ResetTask,
+    TaskStatus,
+    utcnow,
+)
 from core.progress import TaskSnapshot, snapshot
 from core.settings import Settings
 from jobs.context import WorkerContext, current_context
@@ -61,6 +68,9 @@ INLINE_RETRY_PAUSE = 0.5
 #: After this, a parent-post claim is taken to belong to a dead worker and may be taken over.
 PARENT_CLAIM_TTL = timedelta(minutes=2)
 WEB_TIMEOUT = 15
+#: The reaper re-sends a lost end at most this often per task, for this long after it ended.
+RESEND_EVERY_SECONDS = 300
+RESEND_WITHIN = timedelta(days=1)
 #: Slack's answers meaning the bot cannot post where the task was asked for.
 CHANNEL_UNREACHABLE = frozenset(
     {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
@@ -82,6 +92,10 @@ class Event(StrEnum):
     WAITING = "waiting"
     RETRIES = "retries"
     FINISHED = "finished"
+
+
+#: The job id of an end delivery (see `enqueue_delivery`), found in Redis by the reaper.
+_END_DELIVERY = re.compile(rf"__slack-(\d+)-{Event.FINISHED.value}__")
 
 
 class NotReady(Exception):
@@ -166,6 +180,62 @@ def enqueue_delivery(
         at_front=event is not Event.FINISHED,
         retry=Retry(max=len(retry_intervals), interval=list(retry_intervals)),
     )
+
+
+def resend_lost_ends(context: WorkerContext) -> int:
+    """Re-report the end of tasks whose end delivery Redis lost; returns how many.
+
+    Deliveries live only in Redis; if it restarts empty (or a delivery gave up after hours of
+    outage) before a task's summary or CSV was posted, nothing else would ever say it. The
+    reaper calls this: a task the database says has ended, whose thread has not, and that has
+    no end delivery queued, scheduled or running gets a new one (at most every few minutes).
+    """
+    reporter = context.reporter
+    if not isinstance(reporter, SlackReporter):
+        return 0
+    with context.sessions() as session:
+        untold = list(session.scalars(
+            select(ResetTask.id).where(
+                ResetTask.status.in_([s.value for s in TaskStatus if s.is_final]),
+                ResetTask.slack_channel.is_not(None),
+                or_(ResetTask.summary_posted.is_(False), ResetTask.slack_csv_posted.is_(False)),
+                ResetTask.finished_at >= utcnow() - RESEND_WITHIN,
+            )
+        ))
+    if not untold:
+        return 0
+    waiting = tasks_with_end_delivery(context)
+    resent = 0
+    for task_id in untold:
+        if task_id in waiting:
+            continue
+        throttle = f"{context.queue.name}:slack-resend:{task_id}"
+        if not context.redis.set(throttle, 1, nx=True, ex=RESEND_EVERY_SECONDS):
+            continue
+        enqueue_delivery(context.queue, task_id, Event.FINISHED,
+                         retry_intervals=reporter.retry_intervals)
+        resent += 1
+    if resent:
+        logger.warning("re-sent the end of %s task(s) to Slack: their delivery was lost", resent)
+    return resent
+
+
+def tasks_with_end_delivery(context: WorkerContext) -> set[int]:
+    """Tasks with an end delivery queued, running or scheduled in Redis."""
+    queue = context.queue
+    pipe = context.redis.pipeline(transaction=True)
+    pipe.lrange(queue.key, 0, -1)
+    pipe.lrange(queue.intermediate_queue_key, 0, -1)
+    pipe.zrange(queue.started_job_registry.key, 0, -1)
+    pipe.zrange(queue.scheduled_job_registry.key, 0, -1)
+    found: set[int] = set()
+    for entries in pipe.execute():
+        for entry in entries:
+            text = entry.decode() if isinstance(entry, bytes) else str(entry)
+            match = _END_DELIVERY.search(text)
+            if match:
+                found.add(int(match.group(1)))
+    return found
 
 
 # ---- the delivery job ---------------------------------------------------------------------------
@@ -449,6 +519,8 @@ class Delivery:
                       lambda: self.reply(state, messages.summary_reply(state.task)))
         if not state.csv_posted and state.task.follow_up_count:
             self.once(ResetTask.slack_csv_posted, True, False, lambda: self.upload_csv(state))
+        elif not state.csv_posted:
+            self._set(slack_csv_posted=True)  # nothing to upload: the end is fully told
 
     def upload_csv(self, state: ThreadState) -> None:
         content = messages.follow_up_csv(self.follow_ups())
