@@ -172,8 +172,9 @@ def help_text() -> str:
     )
 
 
-def unknown_subcommand(word: str) -> str:
-    return f"I don't know `{escape(truncate(one_line(word), 40))}`.\n\n" + help_text()
+def unknown_subcommand() -> str:
+    # What was typed is not repeated: someone may have typed a password after the command.
+    return "I don't know that subcommand.\n\n" + help_text()
 
 
 def task_status_text(task: TaskSnapshot) -> str:

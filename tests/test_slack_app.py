@@ -473,7 +473,9 @@ def test_help_and_status_answer_ephemerally(slack_app: RunningApp,
     one = slack_app.slack.command(f"status {task_id}").json()
     assert one["response_type"] == "ephemeral" and f"Reset #{task_id}" in one["text"]
     assert "There is no reset #999" in slack_app.slack.command("status 999").json()["text"]
-    assert "I don't know `frobnicate`" in slack_app.slack.command("frobnicate").json()["text"]
+    typed = "Sesame-Street-42!"
+    unknown = slack_app.slack.command(typed).json()
+    assert "I don't know that subcommand" in unknown["text"] and typed not in unknown["text"]
 
 
 # ---- who may use it ---------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def register(app: App, deps: AppDeps) -> None:
             ack(response_type="ephemeral", text=status_answer(deps, words[1:2]))
             return
         if subcommand:
-            ack(response_type="ephemeral", text=unknown_subcommand(words[0]))
+            ack(response_type="ephemeral", text=unknown_subcommand())
             return
         ack()
         deps.later(open_modal, client, body.get("trigger_id"), channel_id(body.get("channel_id")),
