@@ -58,10 +58,6 @@ def task_row(context: WorkerContext, task_id: int) -> ResetTask:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: Slack deliveries live only in Redis; when Redis loses them after the task "
-    "ended, nothing re-reports the end (the reaper looks at running tasks only), so the "
-    "summary never arrives. See /work/team/README-reliability.md"))
 def test_a_summary_waiting_in_redis_survives_redis_restarting_empty(
     context: WorkerContext, private_redis: PrivateRedis, slack_standin: SlackStandIn,
     smtp_server: SmtpServer, sample_users: list[Any],
