@@ -15,6 +15,7 @@ from typing import Protocol
 
 from redis import Redis
 from slack_bolt import App
+from slack_sdk.errors import SlackApiError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from waitress.server import create_server
@@ -30,6 +31,7 @@ from bot.wsgi import (
 )
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
+from core.errors import ConfigError
 from core.settings import Settings
 from jobs.connection import close_redis, connect_redis, redis_url
 from jobs.queueing import make_queue
@@ -151,7 +153,15 @@ class SocketModeConnection:
         self.handler = SocketModeHandler(app, app_token)
 
     def __enter__(self) -> SocketModeConnection:
-        self.handler.connect()  # type: ignore[no-untyped-call]
+        try:
+            self.handler.connect()  # type: ignore[no-untyped-call]
+        except SlackApiError as error:
+            self.handler.close()  # type: ignore[no-untyped-call]
+            raise ConfigError(
+                f"SLACK_APP_TOKEN was not accepted by Slack ({error.response.get('error')}): "
+                "check it at api.slack.com/apps → your app → Basic Information → App-Level "
+                "Tokens (scope connections:write)"
+            ) from None
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -194,3 +194,17 @@ def test_a_token_slack_refuses_fails_at_start(
     with pytest.raises(ConfigError, match=r"^SLACK_BOT_TOKEN was not accepted .*invalid_auth"):
         create_app(configured, sessions=sessions, directory=directory,
                    queue=make_queue(configured, Redis.from_url("redis://127.0.0.1:6379/0")))
+
+
+@sqlite_only
+def test_socket_mode_with_a_refused_app_token_is_one_clear_line(
+    settings: Settings, sample_users: list[Any], slack_standin: SlackStandIn,
+) -> None:
+    configured = replace(settings, slack_bot_token=slack_standin.token, slack_signing_secret=None,
+                         slack_app_token="xapp-1-A0-1-wrong", slack_api_url=slack_standin.api_url,
+                         reset_admins=frozenset({ADMIN}))
+    with pytest.raises(ConfigError, match=r"^SLACK_APP_TOKEN was not accepted by Slack "
+                                          r"\(invalid_auth\).*App-Level Tokens"):
+        serve(configured, port=free_port(), host="127.0.0.1")
+    [opened] = slack_standin.calls("apps.connections.open")
+    assert opened.headers["authorization"] == "Bearer xapp-1-A0-1-wrong"
