@@ -381,6 +381,37 @@ def deliver_until(
         standin.wait_for(lambda: False, timeout=0.2)
 
 
+def test_an_end_delivery_that_gave_up_is_re_sent_by_the_reaper(
+    slack_settings: Settings, redis_conn: Redis, engine: Engine, slack_standin: SlackStandIn,
+    sample_users: list[Any],
+) -> None:
+    from jobs.reaper import reap
+
+    context = build_context(slack_settings, redis_conn, engine, intervals=(0, 0))
+    slack_standin.rate_limit_next("*", retry_after=30, times=10_000)  # Slack is down
+    task_id = start_task(context)
+    work(context)
+    assert task_row(context.sessions, task_id).status == TaskStatus.COMPLETED
+    # Its deliveries used up their (immediate, in this test) retries and gave up: the same as
+    # lost, for nothing will run them again.
+    assert context.queue.count == 0
+    assert context.queue.scheduled_job_registry.get_job_ids() == []
+    given_up = context.queue.failed_job_registry.get_job_ids()
+    assert any("-finished__" in job_id for job_id in given_up)
+    assert slack_reporter.resend_lost_ends(context) == 1
+    assert slack_reporter.resend_lost_ends(context) == 0  # its new delivery is queued
+
+    slack_standin.clear_faults()
+    work(context)
+    [parent] = parents(slack_standin, CHANNEL)
+    assert len(summary_replies(slack_standin.thread(CHANNEL, parent.ts), task_id)) == 1
+    assert len(slack_standin.files(CHANNEL)) == 1
+    reap(context)  # told in full: nothing more to re-send
+    assert slack_reporter.resend_lost_ends(context) == 0
+    assert context.queue.count == 0
+    context.close()
+
+
 # ---- idempotence -------------------------------------------------------------------------------
 
 
