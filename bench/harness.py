@@ -184,17 +184,30 @@ def database(kind: str, size: int, settings: Settings) -> Iterator[Database]:
             engine.dispose()
 
 
+def cli_has(*words: str) -> bool:
+    """Whether the installed `resetbot` CLI knows `resetbot <words> --help` (asked in-process)."""
+    import contextlib
+    import io
+
+    if not Path(sys.executable).with_name("resetbot").exists():
+        return False
+    try:
+        from bot.cli import main as cli_main
+    except ImportError:
+        return False
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            cli_main([*words, "--help"])
+        except SystemExit as done:
+            return done.code in (0, None)
+    return False
+
+
 @functools.cache
 def worker_command() -> list[str]:
     """`resetbot worker` when the CLI has it, else the benchmark's own launcher."""
-    cli = Path(sys.executable).with_name("resetbot")
-    if cli.exists() and (REPO / "bot" / "cli.py").exists():
-        probe = subprocess.run(
-            [str(cli), "worker", "--help"], capture_output=True, timeout=60, check=False,
-            env=process_environment({}),
-        )
-        if probe.returncode == 0:
-            return [str(cli), "worker"]
+    if cli_has("worker"):
+        return [str(Path(sys.executable).with_name("resetbot")), "worker"]
     return [sys.executable, "-m", "bench.worker_main"]
 
 

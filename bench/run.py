@@ -85,6 +85,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="picker searches timed per database (default 200)")
     parser.add_argument("--preview-rounds", type=int, default=5,
                         help="rounds of the four preview submissions (default 5)")
+    parser.add_argument("--large-dbs", default="sqlite,postgresql",
+                        help="databases for the large-size phase (default both)")
+    parser.add_argument("--floor-samples", type=int, default=60,
+                        help="hashes timed for the floor before and after each task")
+    parser.add_argument("--worker-command", default=None,
+                        help="start workers with this command instead of `resetbot worker` "
+                             "(to compare a patched worker side by side)")
     parser.add_argument("--no-app", action="store_true",
                         help="confirm through core instead of the Slack app over HTTP")
     args = parser.parse_args(argv)
@@ -109,7 +116,9 @@ class Bench:
         self.stack = stack
         self.workdir = workdir
         self.redis = stack.redis()
-        self.command = worker_command()
+        self.command = (
+            args.worker_command.split() if args.worker_command else worker_command()
+        )
         self.base = replace(
             Settings.from_env({}, env_file=None),
             redis_url=stack.redis_url, reset_queue="resetbot-bench",
@@ -210,7 +219,8 @@ class Bench:
                 for repeat in range(args.repeat):
                     for mode in MODES:
                         for workers in args.workers:
-                            row = self.timed_task(db, hashing, mode, workers, repeat, 60, front)
+                            row = self.timed_task(db, hashing, mode, workers, repeat,
+                                                  args.floor_samples, front)
                             self.report.throughput.append(row)
                             if repeat == 0 and workers == args.workers[0]:
                                 self._slack_row(size, mode, row["slack_calls"])
@@ -275,7 +285,7 @@ class Bench:
     def large(self) -> None:
         hashing = HashConfig("pbkdf2_sha256", self.args.memory_rounds)
         for size in [s for s in self.args.sizes if s > self.args.throughput_max]:
-            for kind in ("sqlite", "postgresql"):
+            for kind in self.args.large_dbs.split(","):
                 with database(kind, size, self.base) as db, self.front(db, hashing) as front:
                     self.log(f"large: {size:,} users on {kind} "
                              f"(populated in {db.populate_seconds:.1f}s)")

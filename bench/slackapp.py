@@ -24,6 +24,7 @@ from bench.harness import (
     BENCH_CHANNEL,
     Database,
     Stack,
+    cli_has,
     process_environment,
 )
 from bench.latency import Latencies
@@ -51,13 +52,9 @@ def app_command(port: int) -> list[str]:
 
 @functools.cache
 def _app_command_template() -> tuple[str, ...]:
-    cli = Path(sys.executable).with_name("resetbot")
-    repo = Path(__file__).resolve().parent.parent
-    if cli.exists() and (repo / "bot" / "cli.py").exists():
-        probe = subprocess.run([str(cli), "serve", "--help"], capture_output=True, timeout=60,
-                               check=False, env=process_environment({}))
-        if probe.returncode == 0 and b"--port" in probe.stdout:
-            return (str(cli), "serve", "--port", "{port}", "--host", "127.0.0.1")
+    if cli_has("serve"):
+        cli = Path(sys.executable).with_name("resetbot")
+        return (str(cli), "serve", "--port", "{port}", "--host", "127.0.0.1")
     return (sys.executable, "-m", "bench.app_main", "{port}")
 
 

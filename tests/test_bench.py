@@ -37,7 +37,7 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(
     assert main([
         "--sizes", "60,300", "--throughput-max", "60", "--workers", "1", "--repeat", "1",
         "--rounds", "1000", "--bcrypt-users", "0", "--slack-size", "0",
-        "--phases", "throughput,large",
+        "--phases", "throughput,large", "--large-dbs", "postgresql", "--floor-samples", "10",
         "--queries", "20", "--preview-rounds", "1", "--out", str(out),
     ]) == 0
     printed = capsys.readouterr().out
@@ -56,11 +56,14 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(
     # The task centre talked to the Slack stand-in.
     assert all(r["slack_total"] > 0 for r in runs)
 
-    # Search and preview latency on both databases; a 300-user task with memory sampled.
-    assert {(r["db"]) for r in result["latency"]} == {"sqlite", "postgresql"}
+    # Search and preview latency, through the app and through core; a 300-user task with the
+    # memory of its worker and of the app sampled.
+    assert {r["via"] for r in result["latency"]} == {"core", "http"}
     for row in result["latency"]:
         assert row["search"]["n"] == 20 and row["search"]["p99_ms"] > 0
+        assert row["preview"]["n"] == 4
     (memory,) = result["memory"]
-    assert memory["size"] == 300 and memory["peak_rss_mb"]["worker"] > 10
-    assert {r["db"] for r in result["confirm"]} == {"sqlite", "postgresql"}
+    assert memory["size"] == 300
+    assert memory["peak_rss_mb"]["worker"] > 10 and memory["peak_rss_mb"]["app"] > 10
+    assert [r["via"] for r in result["confirm"]] == ["http"]
     assert result["targets"]
