@@ -42,6 +42,10 @@ _SCOPES = frozenset(scope.value for scope in Scope)
 _OPTIONAL_OBJECTS = ("view", "event", "message", "previous_message", "item", "container",
                      "assistant_thread", "function_data", "state")
 _ID_HOLDERS = ("user", "team", "enterprise", "channel")
+#: Bolt reads these whenever the key is present (`"view" in body`), even as null.
+_OBJECTS_IF_PRESENT = ("view", "event")
+#: Objects Bolt looks into for ids with the same code as the top level, to any depth.
+_NESTED_ID_SOURCES = ("event", "message", "previous_message", "item", "assistant_thread")
 
 
 def payload_problem(body: object) -> str | None:
@@ -51,18 +55,18 @@ def payload_problem(body: object) -> str | None:
     """
     if not isinstance(body, dict):
         return "the payload is not an object"
-    for name in _ID_HOLDERS:
-        value = body.get(name)
-        if value is not None and not isinstance(value, str | dict):
-            return f"{name} must be an id or an object"
-        if isinstance(value, dict) and not isinstance(value.get("id", ""), str):
-            return f"{name}.id must be text"
+    problem = _ids_problem(body)
+    if problem:
+        return problem
     for name in _OPTIONAL_OBJECTS:
-        if body.get(name) is not None and not isinstance(body[name], dict):
+        present = name in body if name in _OBJECTS_IF_PRESENT else body.get(name) is not None
+        if present and not isinstance(body[name], dict):
             return f"{name} must be an object"
     for name in ("authorizations", "response_urls", "actions"):
         value = body.get(name)
-        if value is not None and not _list_of_objects(value):
+        # Bolt takes `"response_urls" in body` as a list to read, even when it is null.
+        present = name in body if name == "response_urls" else value is not None
+        if present and not _list_of_objects(value):
             return f"{name} must be a list of objects"
     if "command" in body:
         problem = _command_problem(body)
@@ -81,6 +85,30 @@ def payload_problem(body: object) -> str | None:
         return _text_fields_problem(body, ("block_id", "value"))
     if kind == "event_callback":
         return _event_problem(body.get("event"))
+    return None
+
+
+def _ids_problem(body: Mapping[str, Any]) -> str | None:
+    """user/team/enterprise/channel must be an id or an object with a text id, and
+    authorizations a list of objects: at the top and wherever Bolt looks for ids with the same
+    code (nested events, messages, items, and the first authorization, to any depth)."""
+    waiting: list[tuple[str, Mapping[str, Any]]] = [("", body)]
+    while waiting:
+        path, holder = waiting.pop()
+        for name in _ID_HOLDERS:
+            value = holder.get(name)
+            if value is not None and not isinstance(value, str | dict):
+                return f"{path}{name} must be an id or an object"
+            if isinstance(value, dict) and not isinstance(value.get("id", ""), str):
+                return f"{path}{name}.id must be text"
+        authorizations = holder.get("authorizations")
+        if authorizations is not None:
+            if not _list_of_objects(authorizations):
+                return f"{path}authorizations must be a list of objects"
+            if authorizations:
+                waiting.append((f"{path}authorizations[0].", authorizations[0]))
+        waiting.extend((f"{path}{name}.", holder[name]) for name in _NESTED_ID_SOURCES
+                       if isinstance(holder.get(name), dict))
     return None
 
 
