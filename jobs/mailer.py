@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 
 SmtpFactory = Callable[[Settings], smtplib.SMTP]
 SUBJECT = "Your library password has been reset"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 and C1 controls and Unicode's line and paragraph separators: all of them can start a new
+# line in a header or in what a mail program shows.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 MAX_REASON = 300
 MAX_NAME = 120
 
@@ -188,16 +190,22 @@ def _quoted_printable(text: str) -> str:
 
 
 def _greeting_name(mail: PasswordMail) -> str:
-    return clean_display_name(mail.full_name) or mail.username
+    return clean_display_name(mail.full_name) or _one_line(mail.username)
+
+
+def _one_line(text: str) -> str:
+    """Text for a line of the plain body: a username with a line break in it must not add a
+    line of its own (say, a second "New password:" line)."""
+    return _CONTROL.sub(" ", text)
 
 
 def _plain_body(settings: Settings, mail: PasswordMail) -> str:
     lines = [
         f"Hello {_greeting_name(mail)},",
         "",
-        f"The password of your library account \"{mail.username}\" has been reset.",
+        f"The password of your library account \"{_one_line(mail.username)}\" has been reset.",
         "",
-        f"Username: {mail.username}",
+        f"Username: {_one_line(mail.username)}",
         f"New password: {mail.password}",
         "",
         f"Sign in at {settings.portal_url}",
