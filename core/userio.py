@@ -137,11 +137,13 @@ def parse_users_csv(text: str, limits: dict[str, int | None]) -> list[UserRow]:
     line, fields = header
     if tuple(field.strip() for field in fields) != HEADER:
         expected = ",".join(HEADER)
+        hint = "; separate the columns with commas" if ";" in ",".join(fields) else ""
         raise ImportRefused(
-            [RowProblem(line, f"the header must be {expected}, not {_shown(','.join(fields))}")]
+            [RowProblem(line, f"the header must be {expected}, not "
+                              f"{_shown(','.join(fields))}{hint}")]
         )
     for line, fields in records:
-        if not fields:  # a blank line
+        if not any(field.strip() for field in fields):  # a blank line, or one of empty cells
             continue
         row = _check_row(line, fields, limits, problems)
         if row is None:

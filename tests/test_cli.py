@@ -409,3 +409,14 @@ def test_an_unreachable_redis_is_one_clear_line(
     assert result.code == 1
     assert result.err.strip().splitlines()[-1].startswith("resetbot: Redis cannot be reached")
     assert _task_count(sessions) == 0, "no task may be created when the queue is unreachable"
+
+
+def test_since_dates_and_times_are_read_as_utc() -> None:
+    from datetime import UTC, datetime
+
+    from bot.cli import _since
+
+    assert _since("2026-01-01") == datetime(2026, 1, 1, tzinfo=UTC)
+    assert _since("2026-01-01T02:30+02:00") == datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
+    with pytest.raises(Exception, match="is not a date"):
+        _since("yesterday")

@@ -69,6 +69,7 @@ def test_import_creates_new_users_and_updates_known_ones_without_touching_passwo
         + "dave,Dave Dewey,dave@example.org,librarian\r\n"  # gains an address and a role
         + "zoe,Zoë Zeller,zoe@example.org,\r\n"  # new
         + "\r\n"  # a blank line is skipped
+        + ",,,\r\n"  # and so is a row of empty cells, as spreadsheets write them
     ).encode()
     result = _import(sessions, directory, data)
     assert (result.created, result.updated, result.unchanged) == (1, 2, 1)
@@ -139,9 +140,10 @@ def test_many_bad_rows_are_listed_up_to_a_cap(
         ("username,full_name,email,role\r\n".encode("utf-16"), "UTF-16"),
         (b"", "The file is empty"),
         (b"user,name,mail,role\r\n", "line 1: the header must be username,full_name,email,role"),
+        (b"username;full_name;email;role\r\n", "separate the columns with commas"),
         (b'username,full_name,email,role\r\nq,"bad"quote,,\r\n', "line 2: the CSV cannot be read"),
     ],
-    ids=["latin-1", "utf-16", "empty", "wrong-header", "broken-quote"],
+    ids=["latin-1", "utf-16", "empty", "wrong-header", "semicolons", "broken-quote"],
 )
 def test_unreadable_files_are_refused_clearly(
     engine: Engine, sessions: sessionmaker[Session], directory: Directory, sample_users: Any,
