@@ -29,7 +29,6 @@ from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
 from jobs.context import WorkerContext, use_context
 from jobs.engine import ACTIVE_ITEM_STATES, finish_if_done
 from jobs.queueing import enqueue_chunk, enqueue_retry, enqueue_task, task_of_job
-from jobs.slack_reporter import resend_lost_ends
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +77,12 @@ def _reap(context: WorkerContext, now: datetime) -> ReapReport:
         _rescue_running(context, task, jobs.get(task.id, set()), now, report)
     if not running:
         _wake_queued(context, jobs, now, report)
-    # A task's end told to Slack by a delivery that Redis lost is told again.
-    resend_lost_ends(context)
+    if context.settings.slack_bot_token:
+        # A task's end told to Slack by a delivery that Redis lost is told again. Imported here:
+        # a worker without Slack never loads slack_sdk.
+        from jobs.slack_reporter import resend_lost_ends
+
+        resend_lost_ends(context)
     return report
 
 
