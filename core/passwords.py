@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import unicodedata
 from functools import cache
 from importlib import resources
 
@@ -61,13 +62,21 @@ def policy_violations(
         reasons.append("It must not contain the username.")
     if policy.forbid_common and _is_common(password):
         reasons.append("It is too common: pick something people would not guess.")
-    if schemes and schemes[0] == "bcrypt" and len(password.encode()) > BCRYPT_MAX_BYTES:
+    size = len(password.encode("utf-8", "surrogatepass"))  # never raises, whatever the text
+    if schemes and schemes[0] == "bcrypt" and size > BCRYPT_MAX_BYTES:
         reasons.append(f"It must be at most {BCRYPT_MAX_BYTES} bytes long (a bcrypt limit).")
-    if any(ch in password for ch in "\r\n\t\x00"):
+    if any(_untypeable(ch) for ch in password):
         reasons.append("It must not contain tabs, line breaks or control characters.")
     if password != password.strip():
         reasons.append("It must not start or end with a space.")
     return reasons
+
+
+def _untypeable(ch: str) -> bool:
+    """Control characters (C0, DEL, C1), line/paragraph separators and unpaired surrogates (what
+    undecodable bytes on stdin become): nobody can type them at a sign-in prompt, a password
+    holding one locks its users out, and a surrogate cannot even be hashed."""
+    return unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029"
 
 
 def _is_common(password: str) -> bool:
