@@ -54,6 +54,7 @@ def register(app: App, deps: AppDeps) -> None:
         try:
             form = read_reset_form(view)
         except RequestInvalid as invalid:
+            refuse_invalid(deps, user, invalid.problems)
             ack(response_action="errors", errors=field_errors(invalid.problems))
             return
         answer = preview_or_errors(deps, form, user, user_name_of(body),
@@ -100,10 +101,14 @@ def preview_or_errors(
             pending = create_pending(session, deps.settings, request)
             session.commit()
         except RequestInvalid as invalid:
+            session.rollback()
+            refuse_invalid(deps, user, invalid.problems)
             return {"response_action": "errors", "errors": field_errors(invalid.problems)}
         except InputError as invalid:
-            return {"response_action": "errors",
-                    "errors": field_errors({invalid.field or SCOPE: [str(invalid)]})}
+            session.rollback()
+            problems = {invalid.field or SCOPE: [str(invalid)]}
+            refuse_invalid(deps, user, problems)
+            return {"response_action": "errors", "errors": field_errors(problems)}
         except ConfigError as error:
             # Only a default password needs sealing; say so on its field, details in the log.
             log.error("cannot keep a default password: %s", error)
@@ -115,6 +120,12 @@ def preview_or_errors(
             mode=request.mode, require_change=form.require_change,
         )
     return {"response_action": "update", "view": view}
+
+
+def refuse_invalid(deps: AppDeps, user: str, problems: dict[str, list[str]]) -> None:
+    """An invalid request is a refusal too (as in the CLI): audited with the fields at fault,
+    never their values (one of them may be a password)."""
+    deps.refuse(user, "submit", reason="invalid request", fields=sorted(problems))
 
 
 def confirm_pending(deps: AppDeps, waiting: str, user: str) -> int:
