@@ -37,6 +37,7 @@ from tests.support.faults import (
     PrivateRedis,
     TcpProxy,
     Workers,
+    redis_dump,
     settings_env,
     tcp_proxy,
     wait_until,
@@ -180,6 +181,21 @@ def test_the_private_redis_comes_back_empty_on_the_same_port(
     assert private_redis.port == port
     assert client.get("resetbot-probe") is None  # the client reconnects to an empty server
     assert client.dbsize() == 0
+    client.close()
+
+
+def test_the_redis_scan_reads_what_rq_compresses(private_redis: PrivateRedis) -> None:
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    client = private_redis.client()
+    marker = "Marker-Needle-5150-" * 4
+    job = Queue("scan-check", connection=client, serializer=JSONSerializer).enqueue(
+        "builtins.print", marker)
+    raw = client.hget(job.key, "data") or b""
+
+    assert marker.encode() not in raw  # RQ stores arguments zlib-compressed
+    assert marker.encode() in redis_dump(client)
     client.close()
 
 
@@ -424,6 +440,13 @@ def test_the_database_unreachable_for_a_moment_the_task_finishes_once_it_is_back
         assert mails, f"user{user_id} got no mail"
         assert hasher.verify(mails[-1].password, stored[user_id]), f"user{user_id}"
     assert audit_actions(sessions, task_id)["finish"] == 1
+    # The jobs that failed on the cut keep their tracebacks in Redis: no password in them.
+    failed = make_queue(configured, redis_conn).failed_job_registry
+    assert failed.count > 0
+    ours = redis_dump(redis_conn, match=f"*{configured.reset_queue}*")
+    assert b"OperationalError" in ours  # the tracebacks were read, decompressed
+    for mail in smtp_server.messages:
+        assert mail.password.encode() not in ours
 
 
 # ---- two tasks over the same users at once -------------------------------------------------------

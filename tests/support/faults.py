@@ -19,6 +19,8 @@ the `resetbot` console script is not installed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import os
 import shutil
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -435,30 +438,53 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
 # ---- looking everywhere for a secret -------------------------------------------------------------
 
 
-def redis_dump(redis: Redis[bytes]) -> bytes:
-    """Every key and every value of every type in this Redis, as one blob to search."""
+def redis_dump(redis: Redis[bytes], match: str | None = None) -> bytes:
+    """Every key and every value of every type in this Redis (or the keys matching `match`),
+    as one blob to search. RQ compresses a job's arguments and traceback with zlib (and results
+    as base64 of zlib): those are searched decompressed too, or a password in them would hide."""
     blob = bytearray()
-    for key in redis.scan_iter(count=1000):
+    for key in redis.scan_iter(match=match, count=1000):
         blob += b"\n" + key + b"\n"
-        kind = redis.type(key)  # type: ignore[no-untyped-call]
-        if kind == b"string":
-            blob += redis.get(key) or b""
-        elif kind == b"hash":
-            for name, value in redis.hgetall(key).items():
-                blob += name + b"=" + value + b"\n"
-        elif kind == b"list":
-            blob += b"\n".join(redis.lrange(key, 0, -1))
-        elif kind == b"set":
-            blob += b"\n".join(redis.smembers(key))
-        elif kind == b"zset":
-            blob += b"\n".join(member for member, _score in redis.zrange(key, 0, -1,
-                                                                          withscores=True))
-        elif kind == b"stream":
-            for entry_id, fields in redis.xrange(key):
-                blob += entry_id + b" " + b" ".join(k + b"=" + v for k, v in fields.items())
-        elif kind != b"none":  # a key that vanished between SCAN and TYPE is fine
-            raise AssertionError(f"redis key {key!r} has a type this scan cannot read: {kind!r}")
+        for value in _values(redis, key):
+            blob += readable(value) + b"\n"
     return bytes(blob)
+
+
+def _values(redis: Redis[bytes], key: bytes) -> list[bytes]:
+    kind = redis.type(key)  # type: ignore[no-untyped-call]
+    if kind == b"string":
+        return [redis.get(key) or b""]
+    if kind == b"hash":
+        return [part for pair in redis.hgetall(key).items() for part in pair]
+    if kind == b"list":
+        return list(redis.lrange(key, 0, -1))
+    if kind == b"set":
+        return list(redis.smembers(key))
+    if kind == b"zset":
+        return [member for member, _score in redis.zrange(key, 0, -1, withscores=True)]
+    if kind == b"stream":
+        return [part for entry_id, fields in redis.xrange(key)
+                for part in (entry_id, *(b for pair in fields.items() for b in pair))]
+    if kind == b"none":  # a key that expired between SCAN and TYPE
+        return []
+    raise AssertionError(f"redis key {key!r} has a type this scan cannot read: {kind!r}")
+
+
+def readable(value: bytes) -> bytes:
+    """The value, plus what it holds zlib-compressed or as base64 of zlib (RQ stores both)."""
+    found = [value]
+    for candidate in (value, _b64(value)):
+        if candidate:
+            with contextlib.suppress(zlib.error):
+                found.append(zlib.decompress(candidate))
+    return b"\n".join(found)
+
+
+def _b64(value: bytes) -> bytes | None:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def database_text(engine: Engine) -> dict[str, str]:
