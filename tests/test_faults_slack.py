@@ -8,6 +8,7 @@ come back.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,3 +85,44 @@ def test_a_summary_waiting_in_redis_survives_redis_restarting_empty(
     summaries = [m.text for m in slack_standin.messages(CHANNEL)
                  if m.text.startswith(f"Reset #{task_id} ")]
     assert len(summaries) == 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_confirm_while_redis_is_down_is_saved_answered_in_time_and_runs_later(
+    settings: Settings, sessions: Any, directory: Any, private_redis: PrivateRedis,
+    slack_standin: SlackStandIn, smtp_server: SmtpServer, sample_users: list[Any],
+) -> None:
+    from tests.support.signing import app_settings, form_state, start_app, submitted_view
+
+    configured = app_settings(smtp_server.settings(settings), slack_standin,
+                              redis_url=private_redis.url)
+    redis: Redis = private_redis.client()
+    app, thread = start_app(configured, sessions, directory, redis, slack_standin)
+    try:
+        preview = app.slack.submit(submitted_view(app.open_modal(),
+                                                  form_state("selected_only", (1, 2)))).json()
+        private_redis.stop()
+
+        answer = app.slack.submit(preview["view"])
+
+        assert answer.status == 200
+        assert answer.elapsed < 3, f"Slack gives up after 3 s; this took {answer.elapsed:.1f} s"
+        shown = json.dumps(answer.json())
+        assert "saved" in shown and "queue could not be reached" in shown
+        with sessions() as session:
+            [task] = session.query(ResetTask).all()
+            assert task.status == TaskStatus.QUEUED
+        private_redis.start()  # back, and empty: the task's job was never there
+        context = WorkerContext.build(configured, private_redis.client())
+        try:
+            def ran() -> bool:
+                run_worker(configured, context.redis, burst=True, context=context)
+                return task_row(context, task.id).status == TaskStatus.COMPLETED
+
+            wait_until(ran, 20, "the saved task to run")
+        finally:
+            context.close()
+        assert len(smtp_server.messages) == 2
+    finally:
+        app.stop(thread)
+        redis.close()
