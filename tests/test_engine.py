@@ -31,6 +31,8 @@ from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
 DEFAULT_PASSWORD = "Quiet-Harbour-73!"
+# For behaviour that does not depend on the database (mail, reporting): one database is enough.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 EVERYONE = {1, 2, 3, 4, 5, 6, 7}
 WITH_EMAIL = {1: "alice@example.org", 2: "bob@example.org", 3: "carol@example.org",
               5: "erin@example.org", 7: "grace@example.org"}
@@ -87,6 +89,7 @@ def test_each_scope_resets_exactly_its_users(
     assert set(items_by_user(sessions, task_id)) == expected
 
 
+@sqlite_only
 def test_default_mode_sends_no_mail_and_salts_each_hash(
     mail_settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory, sample_users: list[object], hasher: PasswordHasher,
@@ -195,6 +198,7 @@ def test_a_recipient_refused_four_times_fails_after_exactly_four_attempts(
     assert smtp_server.to("bob@example.org") == []
 
 
+@sqlite_only
 def test_a_permanent_refusal_is_not_retried(
     mail_settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     sample_users: list[object], smtp_server: SmtpServer,
@@ -212,6 +216,7 @@ def test_a_permanent_refusal_is_not_retried(
     assert smtp_server.rcpt_attempts["grace@example.org"] == 1
 
 
+@sqlite_only
 def test_scheduled_retries_run_through_rqs_scheduler(
     mail_settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     sample_users: list[object], smtp_server: SmtpServer,
@@ -259,6 +264,7 @@ def test_wrong_smtp_credentials_fail_the_task_once_and_reset_nobody(
         server.stop()
 
 
+@sqlite_only
 def test_right_smtp_credentials_send(
     settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     sample_users: list[object],
@@ -392,6 +398,7 @@ def test_cancel_stops_the_remaining_work(
     assert reporter.named("task_finished") == [(task_id,)]
 
 
+@sqlite_only
 def test_a_task_cancelled_before_it_starts_ends_cancelled(
     settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory, sample_users: list[object],
@@ -509,6 +516,7 @@ def test_the_reaper_replans_a_task_whose_planner_died(
     assert (final.status, final.total) == (TaskStatus.COMPLETED, 7)
 
 
+@sqlite_only
 def test_a_failing_reporter_does_not_fail_the_reset(
     settings: Settings, redis_conn: Redis, engine: Engine, sample_users: list[object],
 ) -> None:
@@ -525,6 +533,7 @@ def test_a_failing_reporter_does_not_fail_the_reset(
     assert run_until_final(context, task_id).status is TaskStatus.COMPLETED
 
 
+@sqlite_only
 def test_slack_traffic_stays_flat_whatever_the_size(
     mail_settings: Settings, redis_conn: Redis, engine: Engine, sample_users: list[object],
     smtp_server: SmtpServer,
@@ -546,6 +555,7 @@ def test_slack_traffic_stays_flat_whatever_the_size(
     assert len(reporter.calls) <= 1 + 4 + 1 + 1
 
 
+@sqlite_only
 def test_the_reaper_puts_back_a_lost_mail_retry(
     mail_settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory, sample_users: list[object], smtp_server: SmtpServer,
