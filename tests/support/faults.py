@@ -12,9 +12,6 @@
 
 Plus what a test needs to prove nothing leaked: every Redis key and value, type by type; every
 text cell of every table; and waiting on a condition with a deadline instead of sleeping.
-
-`python -m tests.support.faults worker` runs a worker from the environment, for a checkout where
-the `resetbot` console script is not installed.
 """
 
 from __future__ import annotations
@@ -271,58 +268,19 @@ def tcp_proxy(host: str, port: int) -> Iterator[TcpProxy]:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes `Settings.from_env` build exactly `settings` again."""
-    policy = settings.policy
-    env = {
-        "DATABASE_URL": settings.database_url,
-        "RESET_QUEUE": settings.reset_queue,
-        "SMTP_HOST": settings.smtp_host,
-        "SMTP_PORT": str(settings.smtp_port),
-        "SMTP_SECURITY": settings.smtp_security,
-        "SMTP_TIMEOUT": repr(settings.smtp_timeout),
-        "MAIL_FROM": settings.mail_from,
-        "PORTAL_URL": settings.portal_url,
-        "MAIL_RETRY_DELAYS": ",".join(str(d) for d in settings.mail_retry_delays),
-        "PASSWORD_SCHEMES": ",".join(settings.password_schemes),
-        "PASSWORD_MIN_LENGTH": str(policy.min_length),
-        "PASSWORD_MIN_CLASSES": str(policy.min_classes),
-        "PASSWORD_FORBID_USERNAME": str(policy.forbid_username).lower(),
-        "PASSWORD_FORBID_COMMON": str(policy.forbid_common).lower(),
-        "PASSWORD_GENERATED_LENGTH": str(policy.generated_length),
-        "RESET_SECRET_KEY": settings.reset_secret_key,
-        "USERS_TABLE": settings.directory.table,
-        "USERS_COLUMNS": ",".join(f"{k}={v}" for k, v in settings.directory.columns.items()),
-        "RESET_CHUNK_SIZE": str(settings.chunk_size),
-        "RESET_CLAIM_BATCH": str(settings.claim_batch),
-        "RESET_LEASE_SECONDS": str(settings.lease_seconds),
-        "RESET_REAPER_INTERVAL": repr(settings.reaper_interval),
-        "SLACK_API_URL": settings.slack_api_url,
-        "RESET_PROGRESS_STEPS": str(settings.progress_steps),
-    }
-    optional = {
-        "REDIS_URL": settings.redis_url,
-        "SMTP_USERNAME": settings.smtp_username,
-        "SMTP_PASSWORD": settings.smtp_password,
-        "PASSWORD_ROUNDS": (
-            None if settings.password_rounds is None else str(settings.password_rounds)
-        ),
-        "SLACK_BOT_TOKEN": settings.slack_bot_token,
-        "SLACK_SIGNING_SECRET": settings.slack_signing_secret,
-        "SLACK_APP_TOKEN": settings.slack_app_token,
-        "RESET_ADMINS": ",".join(sorted(settings.reset_admins)) or None,
-        "RESET_ADMIN_GROUP": settings.reset_admin_group,
-    }
-    env.update({name: value for name, value in optional.items() if value})
-    return env
+    """The environment that makes `Settings.from_env` build exactly `settings` again (B's
+    `resetbot` CLI helper; tests/test_faults.py checks the round trip)."""
+    from bot.cli import settings_environment
+
+    return settings_environment(settings)
 
 
 def resetbot_command() -> list[str]:
-    """`resetbot` as installed in this interpreter's environment, else this module's stand-in."""
+    """`resetbot` as installed beside this interpreter, or the same entry point without it."""
     script = Path(sys.executable).parent / "resetbot"
-    cli_ready = (REPO_ROOT / "bot" / "cli.py").is_file()
-    if script.is_file() and cli_ready:
+    if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "tests.support.faults"]
+    return [sys.executable, "-c", "import sys; from bot.cli import main; sys.exit(main())"]
 
 
 @dataclass
@@ -509,31 +467,3 @@ def text_columns(engine: Engine) -> dict[str, list[str]]:
         table.name: [c.name for c in table.columns if isinstance(c.type, String | Text | JSON)]
         for table in metadata.sorted_tables
     }
-
-
-# ---- the stand-in worker entry point -------------------------------------------------------------
-
-
-def _run_worker_from_env() -> int:
-    import logging
-
-    from jobs.worker import run_worker
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = Settings.from_env(env_file=None)
-    if not settings.redis_url:
-        print("tests.support.faults worker: REDIS_URL must be set", file=sys.stderr)
-        return 2
-    redis: Redis[bytes] = Redis.from_url(settings.redis_url)
-    try:
-        run_worker(settings, redis, burst=False, with_scheduler=True)
-    finally:
-        redis.close()
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] != ["worker"]:
-        print("usage: python -m tests.support.faults worker", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(_run_worker_from_env())
