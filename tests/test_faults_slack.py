@@ -92,6 +92,9 @@ def test_a_confirm_while_redis_is_down_is_saved_answered_in_time_and_runs_later(
     settings: Settings, sessions: Any, directory: Any, private_redis: PrivateRedis,
     slack_standin: SlackStandIn, smtp_server: SmtpServer, sample_users: list[Any],
 ) -> None:
+    """C's test_slack_app_security checks the answer with a client that never retries; this
+    one goes through a redis-server that really stops (the app's ordinary client, with its
+    retries) and on to the end: the saved task runs once Redis is back, empty."""
     from tests.support.signing import app_settings, form_state, start_app, submitted_view
 
     configured = app_settings(smtp_server.settings(settings), slack_standin,
