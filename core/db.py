@@ -13,6 +13,9 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     if database_url.startswith("postgresql://"):
         # psycopg 3 is the driver we ship; the bare scheme would ask for psycopg2.
         database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+    # Statement parameters can hold password hashes (and, in the policy check, a default
+    # password): keep them out of every exception text, log line and stored traceback.
+    kwargs.setdefault("hide_parameters", True)
     if database_url.startswith("sqlite"):
         # Several processes (app, workers) share one SQLite file: wait for locks, don't fail.
         kwargs.setdefault("connect_args", {"timeout": 30})

@@ -127,3 +127,17 @@ def test_confirm_consumes_a_pending_request_once(
         assert task.mode == "default"
     with sessions() as session, pytest.raises(ConflictError, match="already confirmed"):
         tasks.consume_pending(session, pending.id, "U1")
+
+
+def test_database_errors_never_show_statement_parameters(engine: object) -> None:
+    from sqlalchemy import Engine, text
+    from sqlalchemy.exc import DBAPIError
+
+    assert isinstance(engine, Engine)
+    with engine.connect() as connection, pytest.raises(DBAPIError) as raised:
+        connection.execute(
+            text("SELECT * FROM no_such_table WHERE secret = :secret"),
+            {"secret": "Sup3r-Secret-Value"},
+        )
+    assert "Sup3r-Secret-Value" not in str(raised.value)
+    assert "hidden due to hide_parameters" in str(raised.value)
