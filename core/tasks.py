@@ -139,11 +139,29 @@ def create_pending(session: Session, settings: Settings, request: ResetRequest) 
         expires_at=utcnow() + PENDING_TTL,
     )
     session.add(pending)
+    forget_expired_passwords(session)
     audit.record(
         session, request.requester, "request", scope=request.scope.value,
         mode=request.mode.value, selected=len(request.selection),
     )
     return pending
+
+
+def forget_expired_passwords(session: Session) -> int:
+    """Drop the sealed password of every preview nobody confirmed in time; returns how many.
+
+    An expired preview can never be confirmed, so its password has no reason to stay.
+    """
+    result = session.execute(
+        update(PendingRequest)
+        .where(
+            PendingRequest.expires_at < utcnow(),
+            PendingRequest.default_password_sealed.is_not(None),
+        )
+        .values(default_password_sealed=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def consume_pending(session: Session, pending_id: str, requester: str) -> ResetTask:

@@ -141,3 +141,25 @@ def test_database_errors_never_show_statement_parameters(engine: object) -> None
         )
     assert "Sup3r-Secret-Value" not in str(raised.value)
     assert "hidden due to hide_parameters" in str(raised.value)
+
+
+def test_an_expired_preview_forgets_its_password(
+    sessions: sessionmaker[Session], directory: Directory, settings: Settings,
+    sample_users: list[object],
+) -> None:
+    from datetime import timedelta
+
+    from core.models import PendingRequest, utcnow
+
+    request = tasks.ResetRequest(requester="U1", scope=Scope.SELECTED_ONLY, selection=(1,),
+                                 default_password="Tr4vel-Lantern-Quill")
+    with sessions() as session:
+        stale = tasks.create_pending(session, settings, request)
+        stale.expires_at = utcnow() - timedelta(seconds=1)
+        session.commit()
+        fresh = tasks.create_pending(session, settings, request)  # sweeps the stale one
+        session.commit()
+    with sessions() as session:
+        assert session.get(PendingRequest, stale.id).default_password_sealed is None
+        assert session.get(PendingRequest, fresh.id).default_password_sealed is not None
+        assert tasks.forget_expired_passwords(session) == 0
