@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
     OUTCOME_LABELS,
     STATUS_EMOJI,
@@ -29,8 +30,6 @@ from blocks.text import (
 from core.csvsafe import to_csv
 from core.models import ItemState, Mode, TaskStatus
 from core.progress import TaskSnapshot
-
-Block = dict[str, Any]
 
 ACTION_CANCEL = "cancel_task"
 ACTION_RETRY_FAILED = "retry_failed"
@@ -81,22 +80,6 @@ class FollowUp:
 
 
 # ---- small pieces ---------------------------------------------------------------------------
-
-
-def _plain(text: str, limit: int) -> dict[str, Any]:
-    return {"type": "plain_text", "text": truncate(text, limit), "emoji": True}
-
-
-def _mrkdwn(text: str, limit: int = 3000) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": truncate(text, limit)}
-
-
-def _section(text: str) -> Block:
-    return {"type": "section", "text": _mrkdwn(text)}
-
-
-def _context(text: str) -> Block:
-    return {"type": "context", "elements": [_mrkdwn(text)]}
 
 
 def safe(text: str | None, limit: int = NAME_LIMIT) -> str:
@@ -177,17 +160,17 @@ def parent_message(
     if task.retry_of:
         details.append(f"*Retry of* reset #{task.retry_of}")
     blocks: list[Block] = [
-        {"type": "header", "text": _plain(task_title(task), 150)},
-        _section("\n".join(details)),
-        _section(progress_line(task)),
+        {"type": "header", "text": plain(task_title(task), 150)},
+        section("\n".join(details)),
+        section(progress_line(task)),
     ]
     outcomes = outcome_line(task)
     if outcomes:
-        blocks.append(_context(outcomes))
+        blocks.append(context(outcomes))
     if task.error:
-        blocks.append(_section(f":warning: {safe(task.error, ERROR_LIMIT)}"))
+        blocks.append(section(f":warning: {safe(task.error, ERROR_LIMIT)}"))
     if fallback_from:
-        blocks.append(_context(fallback_note(fallback_from, fallback_reason)))
+        blocks.append(context(fallback_note(fallback_from, fallback_reason)))
     buttons = parent_buttons(task)
     if buttons:
         blocks.append({"type": "actions", "block_id": f"task_{task.id}", "elements": buttons})
@@ -214,15 +197,15 @@ def cancel_button(task_id: int) -> Block:
         "action_id": ACTION_CANCEL,
         "value": str(task_id),
         "style": "danger",
-        "text": _plain("Cancel", 75),
+        "text": plain("Cancel", 75),
         "confirm": {
-            "title": _plain(f"Stop reset #{task_id}?", 100),
-            "text": _mrkdwn(
+            "title": plain(f"Stop reset #{task_id}?", 100),
+            "text": mrkdwn(
                 "Users not yet reset are left alone. Those already reset keep their new "
                 "password and are listed in the summary.", 300
             ),
-            "confirm": _plain("Stop it", 30),
-            "deny": _plain("Keep going", 30),
+            "confirm": plain("Stop it", 30),
+            "deny": plain("Keep going", 30),
         },
     }
 
@@ -233,15 +216,15 @@ def retry_failed_button(task_id: int, failed: int) -> Block:
         "action_id": ACTION_RETRY_FAILED,
         "value": str(task_id),
         "style": "primary",
-        "text": _plain("Retry failed notifications", 75),
+        "text": plain("Retry failed notifications", 75),
         "confirm": {
-            "title": _plain("Retry the failed mails?", 100),
-            "text": _mrkdwn(
+            "title": plain("Retry the failed mails?", 100),
+            "text": mrkdwn(
                 f"{plural(failed, 'user')} whose mail never arrived get a new random password, "
                 "e-mailed, in a new reset.", 300
             ),
-            "confirm": _plain("Retry", 30),
-            "deny": _plain("Not now", 30),
+            "confirm": plain("Retry", 30),
+            "deny": plain("Not now", 30),
         },
     }
 
@@ -258,7 +241,7 @@ def started_reply(task: TaskSnapshot) -> SlackMessage:
         text = f":arrow_forward: Started: {what}, for {plural(task.total, 'user')}."
     else:
         text = f":arrow_forward: Started: {what}. Progress shows in the message above."
-    return SlackMessage(text, [_section(text)])
+    return SlackMessage(text, [section(text)])
 
 
 def waiting_reply(task: TaskSnapshot, blocking_task_id: int) -> SlackMessage:
@@ -266,13 +249,13 @@ def waiting_reply(task: TaskSnapshot, blocking_task_id: int) -> SlackMessage:
         f":hourglass_flowing_sand: Waiting: reset #{blocking_task_id} is still running, and "
         f"only one reset runs at a time. Reset #{task.id} starts as soon as it ends."
     )
-    return SlackMessage(text, [_section(text)])
+    return SlackMessage(text, [section(text)])
 
 
 def milestone_reply(task: TaskSnapshot, quarter: int) -> SlackMessage:
     words = QUARTER_WORDS.get(quarter, "Progress")
     text = f"{words}: {task.done:,} of {plural(task.total, 'user')}."
-    return SlackMessage(text, [_section(text)])
+    return SlackMessage(text, [section(text)])
 
 
 def retries_reply(
@@ -285,14 +268,14 @@ def retries_reply(
         f"(attempt {attempt} of {max_attempts}). Their new password is only sent once the "
         "mail goes through."
     )
-    return SlackMessage(text, [_section(text)])
+    return SlackMessage(text, [section(text)])
 
 
 def task_error_reply(task: TaskSnapshot) -> SlackMessage:
     """A problem with the whole task (say, the mail server refusing our login): said once."""
     problem = safe(task.error, ERROR_LIMIT)
     text = f":warning: Problem with reset #{task.id}: {problem}"
-    return SlackMessage(text, [_section(text)])
+    return SlackMessage(text, [section(text)])
 
 
 def summary_reply(task: TaskSnapshot) -> SlackMessage:
@@ -300,16 +283,16 @@ def summary_reply(task: TaskSnapshot) -> SlackMessage:
     heading = f"{STATUS_EMOJI[task.status]} *Reset #{task.id} {status_label(task.status).lower()}*"
     lines = [heading + f" · {plural(task.total, 'user')}."]
     fields = [
-        _mrkdwn(f"*{OUTCOME_LABELS[state].capitalize()}*\n{task.counts.get(state, 0):,}")
+        mrkdwn(f"*{OUTCOME_LABELS[state].capitalize()}*\n{task.counts.get(state, 0):,}")
         for state in SUMMARY_ORDER
         if task.counts.get(state, 0) or state in _expected_outcomes(task)
     ]
     notes = _summary_notes(task)
-    blocks: list[Block] = [_section("\n".join(lines))]
+    blocks: list[Block] = [section("\n".join(lines))]
     if fields:
         blocks.append({"type": "section", "fields": fields[:10]})
     if notes:
-        blocks.append(_section("\n".join(notes)))
+        blocks.append(section("\n".join(notes)))
     counts = ", ".join(
         f"{OUTCOME_LABELS[state]} {task.counts.get(state, 0):,}" for state in SUMMARY_ORDER
         if task.counts.get(state, 0)

@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
     DEFAULT_FIELD_HINT,
     SCOPE_HELP,
@@ -32,7 +33,6 @@ from core.directory import DirectoryUser, Preview
 from core.models import Mode, Scope
 from core.progress import TaskSnapshot
 
-Block = dict[str, Any]
 View = dict[str, Any]
 
 CALLBACK_RESET = "bulk_reset"
@@ -51,22 +51,6 @@ PASSWORD_MAX_LENGTH = 128
 MIN_QUERY_LENGTH = 3
 HOME_TASKS = 15
 MAX_OPTIONS = 100
-
-
-def plain(text: str, limit: int = 3000) -> dict[str, Any]:
-    return {"type": "plain_text", "text": truncate(text, limit), "emoji": True}
-
-
-def mrkdwn(text: str, limit: int = 3000) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": truncate(text, limit)}
-
-
-def section(text: str) -> Block:
-    return {"type": "section", "text": mrkdwn(text)}
-
-
-def context(text: str) -> Block:
-    return {"type": "context", "elements": [mrkdwn(text)]}
 
 
 # ---- the reset modal ------------------------------------------------------------------------
