@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -32,53 +33,11 @@ ACTION_RETRY = "retry_failed"
 def register(app: App, deps: AppDeps) -> None:
     @app.action(ACTION_CANCEL)
     def cancel(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
-        user = user_id_of(body)
-        where = channel_of(body)
-        if user is None or not deps.admins.allows(user):
-            deps.refuse(user, ACTION_CANCEL)
-            ack()
-            deps.later(_tell, client, where, user, NOT_ALLOWED)
-            return
-        try:
-            wanted = task_id(first_action(body).get("value"))
-            with deps.sessions() as session:
-                request_cancel(session, wanted, user)
-                session.commit()
-        except (InputError, ConflictError) as refused:
-            ack()
-            deps.later(_tell, client, where, user, str(refused))
-            return
-        ack()
-        deps.later(_tell, client, where, user, cancel_requested(wanted))
+        _answer_button(deps, ack, body, client, ACTION_CANCEL, _cancel)
 
     @app.action(ACTION_RETRY)
     def retry(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
-        user = user_id_of(body)
-        where = channel_of(body)
-        if user is None or not deps.admins.allows(user):
-            deps.refuse(user, ACTION_RETRY)
-            ack()
-            deps.later(_tell, client, where, user, NOT_ALLOWED)
-            return
-        try:
-            original = task_id(first_action(body).get("value"))
-            with deps.sessions() as session:
-                task = create_retry_task(session, original, user, user_name_of(body))
-                session.commit()
-                new_id, users = task.id, len(task.selection)
-        except (InputError, ConflictError) as refused:
-            ack()
-            deps.later(_tell, client, where, user, str(refused))
-            return
-        try:
-            deps.enqueue(new_id)
-        except RedisError as error:
-            log.error("could not enqueue task %s: %s", new_id, type(error).__name__)
-            ack()
-            deps.later(_tell, client, where, user, queue_unavailable(new_id))
-            return
-        ack()
-        deps.later(_tell, client, where, user, retry_started(new_id, original, users))
+        _answer_button(deps, ack, body, client, ACTION_RETRY, _retry)
 
     @app.action(ACTION_OPEN_MODAL)
     def open_from_home(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
@@ -96,6 +55,53 @@ def register(app: App, deps: AppDeps) -> None:
     def open_thread(ack: Ack) -> None:
         # A link button: Slack opens the URL itself, but still wants its click acknowledged.
         ack()
+
+
+ButtonWork = Callable[[AppDeps, str, dict[str, Any]], str]
+
+
+def _answer_button(
+    deps: AppDeps,
+    ack: Ack,
+    body: dict[str, Any],
+    client: WebClient,
+    action: str,
+    work: ButtonWork,
+) -> None:
+    """Check who pressed, do the work, ack, then tell them the outcome in an ephemeral line."""
+    user = user_id_of(body)
+    if user is None or not deps.admins.allows(user):
+        deps.refuse(user, action)
+        answer = NOT_ALLOWED
+    else:
+        try:
+            answer = work(deps, user, body)
+        except (InputError, ConflictError) as refused:
+            answer = str(refused)
+    ack()
+    deps.later(_tell, client, channel_of(body), user, answer)
+
+
+def _cancel(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
+    wanted = task_id(first_action(body).get("value"))
+    with deps.sessions() as session:
+        request_cancel(session, wanted, user)
+        session.commit()
+    return cancel_requested(wanted)
+
+
+def _retry(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
+    original = task_id(first_action(body).get("value"))
+    with deps.sessions() as session:
+        task = create_retry_task(session, original, user, user_name_of(body))
+        session.commit()
+        new_id, users = task.id, len(task.selection)
+    try:
+        deps.enqueue(new_id)
+    except RedisError as error:
+        log.error("could not enqueue task %s: %s", new_id, type(error).__name__)
+        return queue_unavailable(new_id)
+    return retry_started(new_id, original, users)
 
 
 def register_fallback(app: App) -> None:
