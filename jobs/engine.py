@@ -9,12 +9,14 @@ hash being committed and its mail being accepted; a retry makes a new one.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -382,6 +384,7 @@ class _Lease:
             with self.context.sessions() as session:
                 _renew(self.context, session, self.item_ids)
                 session.commit()
+            self.renewed = time.monotonic()
 
 
 def _renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> set[int]:
@@ -410,8 +413,30 @@ def _load_task(context: WorkerContext, task_id: int) -> _TaskView | None:
                          task.default_password_sealed)
 
 
+@dataclass
+class _Batch:
+    """A claimed batch after hashing: what the settling stage writes and mails."""
+
+    claimed: list[_Claimed]
+    hashes: list[tuple[_Claimed, str]]
+    #: Generated passwords of the users to mail, by item id: in memory only, dropped once sent.
+    passwords: dict[int, str] = field(repr=False)
+    lease: _Lease
+
+
+@dataclass
+class _Settled:
+    retries: dict[int, list[int]]
+    stop: bool = False
+
+
 def _work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> None:
-    """Claim, hash, write and mail batch after batch, then schedule retries and maybe finish."""
+    """Claim, hash, write and mail batch after batch, then schedule retries and maybe finish.
+
+    Two stages overlap: while a helper thread writes one batch's hashes and states and sends its
+    mails (waiting on the database and the mail server), this thread claims and hashes the next
+    (hashing releases the GIL). So I/O latency hides behind the hashing that dominates a reset.
+    """
     task = _load_task(context, task_id)
     if task is None:
         return
@@ -426,45 +451,80 @@ def _work_items(context: WorkerContext, task_id: int, conditions: Conditions) ->
             _fail_task(context, task_id, str(error))
             return
     retries: dict[int, list[int]] = defaultdict(list)
-    with Mailer(context.settings, context.smtp_factory) as mailer:
-        while not _should_stop(context, task_id):
-            claimed = _claim(context, conditions)
+    mailer_checked = False
+    in_flight: Future[_Settled] | None = None
+
+    def collect() -> bool:
+        """Wait for the batch being settled; False when the job must stop."""
+        nonlocal in_flight
+        if in_flight is None:
+            return True
+        settled = in_flight.result()  # re-raises the settling stage's error here
+        in_flight = None
+        for attempt, item_ids in settled.retries.items():
+            retries[attempt].extend(item_ids)
+        return not settled.stop
+
+    with Mailer(context.settings, context.smtp_factory) as mailer, ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix=f"resetbot-settle-{task_id}"
+    ) as settler:
+        while True:
+            claimed = _claim(context, task_id, conditions)
             if not claimed:
                 break
-            if not _process_batch(context, task, claimed, mailer, default_password, retries):
+            if not mailer_checked and task.mode is Mode.GENERATED and any(
+                item.email for item in claimed
+            ):
+                # Before any hash of a user to mail is written: with a mail server that cannot
+                # be used (wrong credentials), nobody is locked out.
+                if not collect():
+                    _release(context, claimed)
+                    break
+                try:
+                    mailer.open()
+                except MailSetupError as error:
+                    _fail_for_mail_setup(context, task.id, claimed, str(error))
+                    break
+                mailer_checked = True
+            batch = _hash_batch(context, claimed, default_password)
+            if not collect():
+                _release(context, claimed)
                 break
+            # The settling thread sees this job's context too (reporters may ask for it).
+            in_flight = settler.submit(
+                contextvars.copy_context().run, _settle_batch, context, task, batch, mailer
+            )
+        collect()
     default_password = None
     _schedule_retries(context, task_id, retries)
     _report_progress(context, task_id)
     finish_if_done(context, task_id)
 
 
-def _should_stop(context: WorkerContext, task_id: int) -> bool:
-    """Between batches: has the task been cancelled, or failed elsewhere?"""
-    with context.sessions() as session:
-        row = session.execute(
-            select(ResetTask.status, ResetTask.cancel_requested, ResetTask.error).where(
-                ResetTask.id == task_id
-            )
-        ).one_or_none()
-    if row is None:
-        return True
-    status, cancel_requested, error = row
-    return status != TaskStatus.RUNNING or bool(cancel_requested) or error is not None
-
-
-def _claim(context: WorkerContext, conditions: Conditions) -> list[_Claimed]:
+def _claim(context: WorkerContext, task_id: int, conditions: Conditions) -> list[_Claimed]:
     """Lease up to claim_batch matching items in one statement, safe with many workers.
 
-    PostgreSQL skips rows another worker is claiming right now; SQLite serialises writers.
+    Only while the task runs uncancelled and without error: the same statement is the check
+    between batches. PostgreSQL skips rows another worker is claiming right now; SQLite
+    serialises writers.
     """
     now = utcnow()
-    where = conditions(now)
+    where = [
+        *conditions(now),
+        select(ResetTask.id)
+        .where(
+            ResetTask.id == task_id,
+            ResetTask.status == TaskStatus.RUNNING,
+            ResetTask.cancel_requested.is_(False),
+            ResetTask.error.is_(None),
+        )
+        .exists(),
+    ]
     candidates = select(ResetItem.id).where(*where).order_by(ResetItem.id).limit(
         context.settings.claim_batch
     )
     if context.engine.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
+        candidates = candidates.with_for_update(of=ResetItem, skip_locked=True)
     with context.sessions() as session:
         rows = session.execute(
             update(ResetItem)
@@ -488,59 +548,73 @@ def _claim(context: WorkerContext, conditions: Conditions) -> list[_Claimed]:
     )
 
 
-def _process_batch(
-    context: WorkerContext,
-    task: _TaskView,
-    claimed: list[_Claimed],
-    mailer: Mailer,
-    default_password: str | None,
-    retries: dict[int, list[int]],
-) -> bool:
-    """Hash, write and (generated mode) mail one claimed batch. False: stop this job."""
-    settings = context.settings
-    mailing = task.mode is Mode.GENERATED and any(item.email for item in claimed)
-    if mailing:
-        mailer.reachable_again()
-        try:
-            # Before any hash is written: with wrong credentials nobody is locked out.
-            mailer.open()
-        except MailSetupError as error:
-            _fail_for_mail_setup(context, task.id, claimed, str(error))
-            return False
+def _release(context: WorkerContext, claimed: Sequence[_Claimed]) -> None:
+    """Give back a claimed batch untouched, for whoever comes next (or the cancel sweep)."""
+    with context.sessions() as session:
+        session.execute(
+            update(ResetItem)
+            .where(
+                ResetItem.id.in_([item.id for item in claimed]),
+                ResetItem.state == ItemState.CLAIMED,
+                ResetItem.leased_by == context.owner,
+            )
+            .values(state=ItemState.PENDING, leased_by=None, lease_until=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+
+
+def _hash_batch(
+    context: WorkerContext, claimed: list[_Claimed], default_password: str | None
+) -> _Batch:
+    """The cost of a reset: one salted hash per user (a new password each in generated mode)."""
+    policy = context.settings.policy
     lease = _Lease(context, (item.id for item in claimed))
     passwords: dict[int, str] = {}
     hashes: list[tuple[_Claimed, str]] = []
     for item in claimed:
-        password = default_password or generate_password(settings.policy, item.username)
+        password = default_password or generate_password(policy, item.username)
         if default_password is None and item.email:
             passwords[item.id] = password
         hashes.append((item, context.hasher.hash(password)))
         lease.renew_if_due()
+    return _Batch(claimed, hashes, passwords, lease)
+
+
+def _settle_batch(
+    context: WorkerContext, task: _TaskView, batch: _Batch, mailer: Mailer
+) -> _Settled:
+    """Write a hashed batch (hashes and states in one transaction), then mail it."""
+    settled = _Settled(retries=defaultdict(list))
     now = utcnow()
     with context.sessions() as session:
-        held = _renew(context, session, [item.id for item in claimed])
+        # Renewing is also the check: an item whose lease was lost is someone else's now.
+        held = _renew(context, session, [item.id for item in batch.claimed])
         context.directory.write_hashes(
             session,
-            [(item.user_id, new_hash) for item, new_hash in hashes if item.id in held],
+            [(item.user_id, new_hash) for item, new_hash in batch.hashes if item.id in held],
             require_change=task.require_change,
             changed_at=now,
         )
         _record(context, session, [
-            _Outcome(item.id, ItemState.RESET if default_password else ItemState.NO_EMAIL,
-                     item.attempts)
-            for item, _hash in hashes
-            if item.id in held and item.id not in passwords
+            _Outcome(item.id, ItemState.NO_EMAIL if task.mode is Mode.GENERATED
+                     else ItemState.RESET, item.attempts)
+            for item in batch.claimed
+            if item.id in held and item.id not in batch.passwords
         ], now)
         session.commit()
-    lease.renewed = time.monotonic()
+    batch.lease.renewed = time.monotonic()
+    to_mail = [item for item in batch.claimed if item.id in batch.passwords and item.id in held]
+    if not to_mail:
+        batch.passwords.clear()
+        return settled
+    mailer.reachable_again()
     outcomes: list[_Outcome] = []
     setup_error: str | None = None
-    for item in claimed:
-        new_password = passwords.pop(item.id) if item.id in passwords else None
-        if new_password is None or item.id not in held:
-            continue
+    for item in to_mail:
+        new_password = batch.passwords.pop(item.id)
         if setup_error is None:
-            lease.renew_if_due()
+            batch.lease.renew_if_due()
             try:
                 delivery = mailer.send(
                     PasswordMail(
@@ -555,20 +629,18 @@ def _process_batch(
                 setup_error = str(error)
         if setup_error is not None:
             delivery = Delivery(Outcome.PERMANENT, f"The mail could not be sent: {setup_error}")
-        outcomes.append(_mail_outcome(settings.mail_retry_delays, item, delivery, utcnow()))
-    passwords.clear()
-    if outcomes:
-        with context.sessions() as session:
-            _record(context, session, outcomes, utcnow())
-            session.commit()
+        outcomes.append(_mail_outcome(context.settings.mail_retry_delays, item, delivery, utcnow()))
+    batch.passwords.clear()
+    with context.sessions() as session:
+        _record(context, session, outcomes, utcnow())
+        session.commit()
     for outcome in outcomes:
         if outcome.state is ItemState.RETRY_WAIT:
-            retries[outcome.attempts + 1].append(outcome.item_id)
+            settled.retries[outcome.attempts + 1].append(outcome.item_id)
     if setup_error is not None:
-        _fail_task(context, task.id, setup_error, untouched=ItemState.NOTIFY_FAILED,
-                   reason=f"Not reset: {setup_error}")
-        return False
-    return True
+        _fail_task(context, task.id, setup_error)
+        settled.stop = True
+    return settled
 
 
 def _mail_outcome(
@@ -703,20 +775,12 @@ def _fail_for_mail_setup(
             utcnow(),
         )
         session.commit()
-    _fail_task(context, task_id, error, untouched=ItemState.NOTIFY_FAILED, reason=reason)
+    _fail_task(context, task_id, error)
 
 
-def _fail_task(
-    context: WorkerContext,
-    task_id: int,
-    error: str,
-    *,
-    untouched: ItemState = ItemState.CANCELLED,
-    reason: str | None = None,
-) -> None:
-    """Record why the task cannot go on, settle users not yet touched, then finish it."""
+def _fail_task(context: WorkerContext, task_id: int, error: str) -> None:
+    """Record why the task cannot go on; finishing it settles the users not yet touched."""
     logger.error("task %s failed: %s", task_id, error)
-    now = utcnow()
     with context.sessions() as session:
         session.execute(
             update(ResetTask)
@@ -728,14 +792,33 @@ def _fail_task(
             .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.RUNNING)
             .values(planned=True, plan_lease_until=None)
         )
-        session.execute(
-            update(ResetItem)
-            .where(ResetItem.task_id == task_id, ResetItem.state == ItemState.PENDING)
-            .values(state=untouched, last_error=reason, updated_at=now)
-        )
-        _give_up_waiting_mails(session, task_id, f"The mail was not sent again: {error}", now)
         session.commit()
     finish_if_done(context, task_id)
+
+
+def _settle_untouched(session: Session, task: ResetTask, now: datetime) -> None:
+    """A failed or cancelled task: users not yet reset, and mails waiting, get their outcome.
+
+    After a failure, users to be mailed are listed for follow-up (`notify_failed`, "Not reset")
+    so a retry task can pick them up once the cause is fixed; otherwise they are `cancelled`.
+    """
+    if task.error:
+        if task.mode == Mode.GENERATED:
+            untouched, reason = ItemState.NOTIFY_FAILED, f"Not reset: {task.error}"[:2000]
+        else:
+            untouched, reason = ItemState.CANCELLED, None
+        waiting = f"The mail was not sent again: {task.error}"
+    elif task.cancel_requested:
+        untouched, reason = ItemState.CANCELLED, None
+        waiting = "The task was cancelled before the mail could be sent again."
+    else:
+        return
+    session.execute(
+        update(ResetItem)
+        .where(ResetItem.task_id == task.id, ResetItem.state == ItemState.PENDING)
+        .values(state=untouched, last_error=reason, updated_at=now)
+    )
+    _give_up_waiting_mails(session, task.id, waiting, now)
 
 
 def _give_up_waiting_mails(session: Session, task_id: int, reason: str, now: datetime) -> None:
@@ -762,24 +845,14 @@ def final_status(
 def finish_if_done(context: WorkerContext, task_id: int) -> bool:
     """End a planned task with no user left to work on; True for the one caller that ended it.
 
-    A cancelled task first settles what had not started: pending users are cancelled, waiting
-    mails given up.
+    A cancelled or failed task first settles what had not started (see `_settle_untouched`).
     """
     now = utcnow()
     with context.sessions() as session:
         task = session.get(ResetTask, task_id)
         if task is None or task.status != TaskStatus.RUNNING or not task.planned:
             return False
-        if task.cancel_requested:
-            session.execute(
-                update(ResetItem)
-                .where(ResetItem.task_id == task_id, ResetItem.state == ItemState.PENDING)
-                .values(state=ItemState.CANCELLED, updated_at=now)
-            )
-            _give_up_waiting_mails(
-                session, task_id, "The task was cancelled before the mail could be sent again.",
-                now,
-            )
+        _settle_untouched(session, task, now)
         unfinished = session.scalar(
             select(func.count()).where(
                 ResetItem.task_id == task_id,

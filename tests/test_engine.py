@@ -30,6 +30,9 @@ from tests.support.engine import (
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
+# The test server takes AUTH without TLS (loopback only); aiosmtpd warns about that each time.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
 DEFAULT_PASSWORD = "Quiet-Harbour-73!"
 # For behaviour that does not depend on the database (mail, reporting): one database is enough.
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -23,6 +23,9 @@ from jobs.mailer import (
 from tests.support.smtp import SmtpServer, free_port
 from tests.support.smtp import smtp_server as smtp_server
 
+# The test server takes AUTH without TLS (loopback only); aiosmtpd warns about that each time.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
 SETTINGS = Settings(mail_from="Library <resetbot@library.example>",
                     portal_url="https://portal.example/?a=1&b=<2>")
 
