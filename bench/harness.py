@@ -82,7 +82,7 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self._exit.close()
 
-    def redis(self) -> Redis[bytes]:
+    def redis(self) -> Redis:
         return Redis.from_url(self.redis_url)
 
     def environment(
@@ -214,7 +214,7 @@ def worker_command() -> list[str]:
 class WorkerPool:
     """N worker processes with the given environment; started, awaited, stopped."""
 
-    def __init__(self, count: int, env: dict[str, str], redis: Redis[bytes], logdir: Path,
+    def __init__(self, count: int, env: dict[str, str], redis: Redis, logdir: Path,
                  command: list[str] | None = None) -> None:
         self.count = count
         self.env = process_environment(env)
@@ -341,7 +341,7 @@ class Confirmer:
 
     name = "core"
 
-    def __init__(self, settings: Settings, redis: Redis[bytes]) -> None:
+    def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self.redis = redis
 

@@ -25,7 +25,7 @@ def main() -> int:
         return 2
     # RQ stops a worker on SIGTERM after its current job; SIGINT is the same to us.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    redis: Redis[bytes] = Redis.from_url(settings.redis_url)
+    redis: Redis = Redis.from_url(settings.redis_url)
     try:
         run_worker(settings, redis, burst=False, with_scheduler=True)
     finally:

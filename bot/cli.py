@@ -223,7 +223,7 @@ class Cli:
             engine.dispose()
 
     @contextmanager
-    def redis(self, settings: Settings) -> Iterator[Redis[bytes]]:
+    def redis(self, settings: Settings) -> Iterator[Redis]:
         from jobs.connection import close_redis, connect_redis
 
         redis = connect_redis(settings)
@@ -498,7 +498,7 @@ def confirm(question: str) -> bool:
 
 
 def start_task(
-    sessions: sessionmaker[Session], settings: Settings, redis: Redis[bytes],
+    sessions: sessionmaker[Session], settings: Settings, redis: Redis,
     request: ResetRequest,
 ) -> int:
     """Commit the task, then put it on the queue (a task the queue lost is found by the reaper)."""
@@ -512,7 +512,7 @@ def start_task(
     return task_id
 
 
-def warn_if_no_worker(cli: Cli, settings: Settings, redis: Redis[bytes]) -> None:
+def warn_if_no_worker(cli: Cli, settings: Settings, redis: Redis) -> None:
     from rq import Worker
 
     from jobs.queueing import make_queue

@@ -234,7 +234,7 @@ class DemoWorker:
 
 
 def _reset_everyone_without_a_role(
-    cli: Cli, settings: Settings, redis: Redis[bytes]
+    cli: Cli, settings: Settings, redis: Redis
 ) -> TaskSnapshot:
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)

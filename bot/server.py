@@ -50,7 +50,7 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     directory: Directory
-    redis: Redis[bytes]
+    redis: Redis
     app: App
 
     def close(self) -> None:

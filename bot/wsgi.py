@@ -46,7 +46,7 @@ PROBE_TIMEOUT = 2.0
 WsgiApp = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
 
 
-def redis_probe(url: str) -> Redis[bytes]:
+def redis_probe(url: str) -> Redis:
     """A client for health checks only: one try, short timeouts (the app's own client retries)."""
     return Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_timeout=PROBE_TIMEOUT,
                           socket_connect_timeout=PROBE_TIMEOUT)
@@ -55,7 +55,7 @@ def redis_probe(url: str) -> Redis[bytes]:
 class HealthCheck:
     """Whether the database and Redis answer, for `/healthz`."""
 
-    def __init__(self, sessions: sessionmaker[Session], redis: Redis[bytes]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], redis: Redis) -> None:
         self.sessions = sessions
         self.redis = redis
 
@@ -221,7 +221,7 @@ def make_wsgi_app(
     *,
     signing_secret: str | None,
     sessions: sessionmaker[Session],
-    redis: Redis[bytes],
+    redis: Redis,
 ) -> ResetbotWsgi:
     """The WSGI app `serve` runs (and tests start): Slack events when `bolt_app` is given."""
     return ResetbotWsgi(bolt_app, signing_secret=signing_secret,

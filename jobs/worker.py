@@ -112,7 +112,7 @@ class ReaperThread(threading.Thread):
 
 def run_worker(
     settings: Settings,
-    redis: Redis[bytes],
+    redis: Redis,
     *,
     burst: bool = False,
     with_scheduler: bool = True,
@@ -148,7 +148,7 @@ def run_worker(
             context.close()
 
 
-def wait_for_redis(redis: Redis[bytes], interval: float = REDIS_RECHECK_SECONDS) -> bool:
+def wait_for_redis(redis: Redis, interval: float = REDIS_RECHECK_SECONDS) -> bool:
     """Ping until Redis answers (True) or SIGINT/SIGTERM asks to stop (False)."""
     stop = threading.Event()
 

@@ -92,7 +92,7 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self) -> Redis[bytes]:
+    def client(self) -> Redis:
         return Redis.from_url(self.url)
 
     def start(self) -> PrivateRedis:
@@ -114,7 +114,7 @@ class PrivateRedis:
         assert self._process is not None
         if self._process.poll() is not None:
             raise AssertionError(f"redis-server on port {self.port} exited at start")
-        probe: Redis[bytes] = Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5)
+        probe: Redis = Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5)
         try:
             return bool(probe.ping())
         except RedisError:
@@ -396,7 +396,7 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
 # ---- looking everywhere for a secret -------------------------------------------------------------
 
 
-def redis_dump(redis: Redis[bytes], match: str | None = None) -> bytes:
+def redis_dump(redis: Redis, match: str | None = None) -> bytes:
     """Every key and every value of every type in this Redis (or the keys matching `match`),
     as one blob to search. RQ compresses a job's arguments and traceback with zlib (and results
     as base64 of zlib): those are searched decompressed too, or a password in them would hide."""
@@ -408,7 +408,7 @@ def redis_dump(redis: Redis[bytes], match: str | None = None) -> bytes:
     return bytes(blob)
 
 
-def _values(redis: Redis[bytes], key: bytes) -> list[bytes]:
+def _values(redis: Redis, key: bytes) -> list[bytes]:
     kind = redis.type(key)  # type: ignore[no-untyped-call]
     if kind == b"string":
         return [redis.get(key) or b""]

@@ -226,7 +226,7 @@ class RunningApp:
     settings: Settings
     sessions: sessionmaker[Session]
     directory: Directory
-    redis: Redis[bytes]
+    redis: Redis
     queue: Queue
     standin: SlackStandIn
     slack: SignedSlack
@@ -268,7 +268,7 @@ def start_app(
     settings: Settings,
     sessions: sessionmaker[Session],
     directory: Directory,
-    redis: Redis[bytes],
+    redis: Redis,
     standin: SlackStandIn,
     **create_kwargs: Any,
 ) -> tuple[RunningApp, threading.Thread]:
@@ -303,7 +303,7 @@ def slack_app(
     settings: Settings,
     sessions: sessionmaker[Session],
     directory: Directory,
-    redis_conn: Redis[bytes],
+    redis_conn: Redis,
     slack_standin: SlackStandIn,
 ) -> Iterator[RunningApp]:
     """The Slack app serving real HTTP on a free port, admins = {UADMIN}."""
