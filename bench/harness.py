@@ -26,7 +26,7 @@ from redis import Redis
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bench.measure import PeakRss
+from bench.measure import ForeignLoad, PeakRss
 from bench.services import (
     SmtpSink,
     postgres_database,
@@ -323,6 +323,7 @@ class TaskRun:
     leased_by: dict[str, int] = field(default_factory=dict)
     worker_cpu_seconds: float = 0.0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    foreign_load: float = 0.0
 
     @property
     def slack_total(self) -> int:
@@ -401,6 +402,8 @@ def run_task(
     if stack.slack is not None:
         stack.slack.clear_calls()
     cpu_before = pool.cpu_seconds()
+    foreign = ForeignLoad(db.url.rsplit("/", 1)[-1] if db.kind == "postgresql" else None)
+    foreign.start()
     task_id, started_wall, confirm_seconds = confirmer.confirm(db, bench_request(mode))
 
     reporting = stack.slack is not None
@@ -435,6 +438,7 @@ def run_task(
         last = stack.last_slack_call_at()
         end = max(end, last or end)
     cpu = pool.cpu_seconds() - cpu_before
+    foreign_share = foreign.share()
     with db.sessions() as session:
         counts = dict(
             session.execute(
@@ -465,6 +469,7 @@ def run_task(
         leased_by={str(k): int(v) for k, v in leased.items()},
         worker_cpu_seconds=cpu,
         peak_rss_mb=rss.peak_mb() if rss is not None else {},
+        foreign_load=foreign_share,
     )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -93,3 +95,55 @@ class PeakRss:
 
     def peak_mb(self) -> dict[str, float]:
         return {role: round(value / MB, 1) for role, value in self.peak.items()}
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (all cores, from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class ForeignLoad:
+    """How much CPU other people's processes used while the benchmark measured something.
+
+    Ours: this process, everything it started, and PostgreSQL backends serving our database.
+    Everything else busy on the machine in the window is foreign; as a share of all cores it
+    says whether a figure was taken on a quiet machine.
+    """
+
+    def __init__(self, database_name: str | None = None) -> None:
+        self.database_name = database_name
+        self._start_busy = 0.0
+        self._start_ours: dict[int, float] = {}
+        self._started = 0.0
+
+    def _ours(self) -> dict[int, float]:
+        me = psutil.Process()
+        processes = [me, *me.children(recursive=True)]
+        if self.database_name:
+            for process in psutil.process_iter(["cmdline"]):
+                cmdline = " ".join(process.info["cmdline"] or [])
+                if cmdline.startswith("postgres:") and self.database_name in cmdline:
+                    processes.append(process)
+        found: dict[int, float] = {}
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                found[process.pid] = times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    def start(self) -> None:
+        self._start_busy = busy_cpu_seconds()
+        self._start_ours = self._ours()
+        self._started = time.monotonic()
+
+    def share(self) -> float:
+        """Foreign CPU since start() as a fraction of all cores' time (0.0 = quiet)."""
+        busy = busy_cpu_seconds() - self._start_busy
+        ours_now = self._ours()
+        ours = sum(now - self._start_ours.get(pid, 0.0) for pid, now in ours_now.items())
+        elapsed = (time.monotonic() - self._started) * (os.cpu_count() or 1)
+        return max(0.0, (busy - ours) / elapsed) if elapsed > 0 else 0.0

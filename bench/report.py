@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 Row = dict[str, Any]
+#: Share of the machine other people's processes may use before a figure is called noisy.
+NOISY = 0.05
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Report:
                 "users_per_s": round(statistics.median(r["users_per_s"] for r in rows), 1),
                 "confirm_ms": round(statistics.median(r["confirm_s"] for r in rows) * 1000, 1),
                 "slack_calls": max(r["slack_total"] for r in rows),
+                "foreign_max": max(r.get("foreign_load", 0.0) for r in rows),
             })
         return summary
 
@@ -182,12 +185,12 @@ class Report:
             lines.append("Task wall time, confirm to final summary (median of runs)")
             lines.append(_row(["users", "scheme", "mode", "workers", "runs", "hash ms",
                                "floor s", "wall s", "ratio", "users/s", "confirm ms",
-                               "slack"]))
+                               "slack", "foreign"]))
             for r in summary:
                 lines.append(_row([f"{r['size']:,}", r["scheme"], r["mode"], r["workers"],
                                    r["runs"], r["hash_ms"], r["floor_s"], r["wall_s"],
                                    f"{r['ratio']:.3f}", r["users_per_s"], r["confirm_ms"],
-                                   r["slack_calls"]]))
+                                   r["slack_calls"], f"{r['foreign_max']:.0%}"]))
         if self.schemes:
             lines.append("")
             lines.append("One hash per scheme (passlib's default cost), one core")
@@ -246,13 +249,18 @@ class Report:
                 mark = {True: "MET ", False: "MISS", None: "----"}[t.met]
                 lines.append(f"  [{mark}] {t.name}: {t.measured} (target {t.limit})"
                              + (f"  {t.note}" if t.note else ""))
+        noisy = [r for r in self.throughput if r.get("foreign_load", 0.0) > NOISY]
+        if noisy:
+            lines.append(f"WARNING: {len(noisy)} timed task(s) ran while other processes used "
+                         f"more than {NOISY:.0%} of the machine (column 'foreign'); their "
+                         "figures are not clean. Run again on a quiet machine.")
         for note in self.notes:
             lines.append(f"note: {note}")
         return "\n".join(lines)
 
 
 def _row(cells: list[Any]) -> str:
-    widths = [8, 14, 9, 7, 4, 7, 7, 7, 6, 7, 10, 5]
+    widths = [8, 14, 9, 7, 4, 7, 7, 7, 6, 7, 10, 5, 7]
     out = []
     for index, cell in enumerate(cells):
         width = widths[index] if index < len(widths) else 8

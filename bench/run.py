@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="directory sizes, comma-separated (default 10000,100000)")
     parser.add_argument("--workers", default=None, help="worker counts (default 1,2)")
     parser.add_argument("--repeat", type=int, default=None,
-                        help="repeats of each throughput configuration (default 3)")
+                        help="repeats of each throughput configuration (default 2)")
     parser.add_argument("--out", default="bench/results/latest.json", help="JSON output file")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, one repeat: a few minutes instead of ~25")
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None,
                         help="pbkdf2 rounds for throughput runs (default: passlib's)")
     parser.add_argument("--bcrypt-users", type=int, default=None,
-                        help="users in the bcrypt-12 run (default 200; 0 skips it)")
+                        help="users in the bcrypt-12 run (default 100; 0 skips it)")
     parser.add_argument("--memory-rounds", type=int, default=1000,
                         help="pbkdf2 rounds for the large task whose memory is sampled")
     parser.add_argument("--slack-size", type=int, default=1000,
@@ -98,10 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     quick = args.quick
     args.sizes = _ints(args.sizes or ("2000,20000" if quick else "10000,100000"))
     args.workers = _ints(args.workers or "1,2")
-    args.repeat = args.repeat or (1 if quick else 3)
+    args.repeat = args.repeat or (1 if quick else 2)
     args.throughput_max = args.throughput_max or (5000 if quick else 10000)
     if args.bcrypt_users is None:
-        args.bcrypt_users = 20 if quick else 200
+        args.bcrypt_users = 20 if quick else 100
     args.phases = set(args.phases.split(","))
     return args
 
@@ -194,10 +194,11 @@ class Bench:
             "slack_calls": run.slack_calls, "slack_total": run.slack_total, "mails": run.mails,
             "worker_cpu_s": round(run.worker_cpu_seconds, 2),
             "jobs_per_worker": jobs, "peak_rss_mb": run.peak_rss_mb,
+            "foreign_load": round(run.foreign_load, 3),
         }
         self.log(f"  {db.size:,} {hashing.label} {mode} {workers}w: wall {run.wall_seconds:.2f}s"
                  f" floor {floor:.2f}s ratio {row['ratio']:.3f} slack {run.slack_total}"
-                 f" cpu {run.worker_cpu_seconds:.1f}s")
+                 f" cpu {run.worker_cpu_seconds:.1f}s foreign {run.foreign_load:.0%}")
         return row
 
     def _check(self, run: TaskRun, size: int) -> None:
@@ -346,6 +347,7 @@ class Bench:
             "scheme": hashing.scheme, "rounds": hashing.rounds, "wall_s": run.wall_seconds,
             "peak_rss_mb": run.peak_rss_mb, "rss_samples": rss.samples,
             "slack_calls": run.slack_calls, "mails": run.mails,
+            "foreign_load": round(run.foreign_load, 3),
         })
         self.report.confirm.append({
             "size": db.size, "db": db.kind, "via": confirmer.name,
