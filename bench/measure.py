@@ -121,11 +121,10 @@ class ForeignLoad:
     def _ours(self) -> dict[int, float]:
         me = psutil.Process()
         processes = [me, *me.children(recursive=True)]
-        if self.database_name:
-            for process in psutil.process_iter(["cmdline"]):
-                cmdline = " ".join(process.info["cmdline"] or [])
-                if cmdline.startswith("postgres:") and self.database_name in cmdline:
-                    processes.append(process)
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if cmdline.startswith("postgres:") and self._serves_us(cmdline):
+                processes.append(process)
         found: dict[int, float] = {}
         for process in processes:
             try:
@@ -134,6 +133,15 @@ class ForeignLoad:
             except psutil.NoSuchProcess:
                 continue
         return found
+
+    def _serves_us(self, cmdline: str) -> bool:
+        """PostgreSQL's own helpers (checkpointer, WAL writer, ...) and our database's backends
+        work for us; a backend or autovacuum worker of another database does not."""
+        words = cmdline.split()
+        is_backend = "(" in cmdline or "[local]" in cmdline  # "user db 127.0.0.1(5432) idle"
+        if is_backend or "autovacuum worker" in cmdline:
+            return bool(self.database_name) and self.database_name in words
+        return True
 
     def start(self) -> None:
         self._start_busy = busy_cpu_seconds()

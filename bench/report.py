@@ -16,7 +16,7 @@ from typing import Any
 
 Row = dict[str, Any]
 #: Share of the machine other people's processes may use before a figure is called noisy.
-NOISY = 0.05
+NOISY = 0.10
 
 
 @dataclass(frozen=True)
