@@ -35,6 +35,7 @@ from bench.services import (
     wait_until,
 )
 from bench.synth import populate
+from bench.worker_main import read_hash_stats
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.models import FOLLOW_UP_STATES, ResetItem, ResetTask, Scope, TaskStatus
@@ -205,9 +206,7 @@ def cli_has(*words: str) -> bool:
 
 @functools.cache
 def worker_command() -> list[str]:
-    """`resetbot worker` when the CLI has it, else the benchmark's own launcher."""
-    if cli_has("worker"):
-        return [str(Path(sys.executable).with_name("resetbot")), "worker"]
+    """`resetbot worker`, through bench.worker_main so the time spent hashing can be read."""
     return [sys.executable, "-m", "bench.worker_main"]
 
 
@@ -223,6 +222,9 @@ class WorkerPool:
         self.command = command or worker_command()
         self.processes: list[subprocess.Popen[bytes]] = []
         self._cwd = tempfile.mkdtemp(prefix="bench-worker-")
+        self.hash_stats = Path(self._cwd) / "hash-stats"
+        self.hash_stats.mkdir()
+        self.env["BENCH_HASH_STATS"] = str(self.hash_stats)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.poll() is None]
@@ -321,6 +323,10 @@ class TaskRun:
     slack_calls: dict[str, int]
     mails: int
     leased_by: dict[str, int] = field(default_factory=dict)
+    #: Hash calls in the workers during the task, their wall time and the hashing thread's CPU.
+    hashes: int = 0
+    hash_wall_seconds: float = 0.0
+    hash_cpu_seconds: float = 0.0
     worker_cpu_seconds: float = 0.0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     foreign_load: float = 0.0
@@ -404,6 +410,7 @@ def run_task(
     cpu_before = pool.cpu_seconds()
     foreign = ForeignLoad(db.url.rsplit("/", 1)[-1] if db.kind == "postgresql" else None)
     foreign.start()
+    hashes_before = read_hash_stats(pool.hash_stats)
     task_id, started_wall, confirm_seconds = confirmer.confirm(db, bench_request(mode))
 
     reporting = stack.slack is not None
@@ -439,6 +446,7 @@ def run_task(
         end = max(end, last or end)
     cpu = pool.cpu_seconds() - cpu_before
     foreign_share = foreign.share()
+    hashes_after = read_hash_stats(pool.hash_stats)
     with db.sessions() as session:
         counts = dict(
             session.execute(
@@ -470,6 +478,9 @@ def run_task(
         worker_cpu_seconds=cpu,
         peak_rss_mb=rss.peak_mb() if rss is not None else {},
         foreign_load=foreign_share,
+        hashes=hashes_after[0] - hashes_before[0],
+        hash_wall_seconds=hashes_after[1] - hashes_before[1],
+        hash_cpu_seconds=hashes_after[2] - hashes_before[2],
     )
 
 

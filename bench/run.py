@@ -128,7 +128,10 @@ class Bench:
             key: sorted(value) if isinstance(value, set) else value
             for key, value in vars(args).items()
         })
-        self.report.notes.append("workers: " + " ".join(self.command))
+        self.report.notes.append(
+            "workers: " + " ".join(self.command)
+            + (" (= resetbot worker, with hash() timed)" if not args.worker_command else "")
+        )
         self.use_app = app_available() and stack.slack is not None and not args.no_app
         self.report.notes.append(
             "tasks confirmed through the Slack app over signed HTTP" if self.use_app
@@ -178,13 +181,23 @@ class Bench:
             jobs = _jobs_per_worker(self.redis)
         self._check(run, db.size)
         after = measure_hash(env, floor_samples)
-        # The floor's hash time is measured just before and just after the task, side by side.
-        hash_median = (before["median_s"] + after["median_s"]) / 2
+        # Primary floor: the time the workers themselves spent inside hash() during this task
+        # (bench.worker_main times every call). Also kept: the floor from a separate process
+        # timed just before and after, which a VM's drifting speed can put off by 10-20 %.
+        if run.hashes:
+            hash_median = run.hash_wall_seconds / run.hashes
+        else:
+            hash_median = (before["median_s"] + after["median_s"]) / 2
         floor = db.size * hash_median / workers
+        external = (before["median_s"] + after["median_s"]) / 2
         row = {
             "size": db.size, "db": db.kind, "scheme": hashing.scheme, "rounds": hashing.rounds,
             "mode": mode, "workers": workers, "repeat": repeat,
             "hash_median_s": hash_median, "floor_s": floor,
+            "hashes": run.hashes, "hash_wall_s": round(run.hash_wall_seconds, 3),
+            "hash_cpu_s": round(run.hash_cpu_seconds, 3),
+            "hash_external_s": external, "floor_external_s": db.size * external / workers,
+            "ratio_external": run.wall_seconds / (db.size * external / workers),
             "hash_before_s": before["median_s"], "hash_after_s": after["median_s"],
             "confirm_via": confirmer.name,
             "wall_s": run.wall_seconds, "db_final_s": run.db_seconds,
