@@ -330,6 +330,7 @@ class TaskRun:
     worker_cpu_seconds: float = 0.0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     foreign_load: float = 0.0
+    cpu_by_role: dict[str, float] = field(default_factory=dict)
 
     @property
     def slack_total(self) -> int:
@@ -429,7 +430,13 @@ def run_task(
                     ResetItem.state.in_([s.value for s in FOLLOW_UP_STATES]),
                 )
             )
-            return bool(task.summary_posted) and (bool(task.slack_csv_posted) or not follow_ups)
+            if not task.summary_posted:
+                return False
+        # The reporter marks the CSV posted *before* it builds and uploads it: the upload's
+        # completion on the stand-in is what says the task centre has told everything.
+        return not follow_ups or stack.slack_counts(since=started_wall).get(
+            "files.completeUploadExternal", 0
+        ) > 0
 
     wait_until(finished, timeout, interval=0.1, what=f"task {task_id} to finish")
     with db.sessions() as session:
@@ -445,7 +452,7 @@ def run_task(
         last = stack.last_slack_call_at()
         end = max(end, last or end)
     cpu = pool.cpu_seconds() - cpu_before
-    foreign_share = foreign.share()
+    foreign_share, cpu_by_role = foreign.stop()
     hashes_after = read_hash_stats(pool.hash_stats)
     with db.sessions() as session:
         counts = dict(
@@ -478,6 +485,7 @@ def run_task(
         worker_cpu_seconds=cpu,
         peak_rss_mb=rss.peak_mb() if rss is not None else {},
         foreign_load=foreign_share,
+        cpu_by_role=cpu_by_role,
         hashes=hashes_after[0] - hashes_before[0],
         hash_wall_seconds=hashes_after[1] - hashes_before[1],
         hash_cpu_seconds=hashes_after[2] - hashes_before[2],

@@ -115,21 +115,23 @@ class ForeignLoad:
     def __init__(self, database_name: str | None = None) -> None:
         self.database_name = database_name
         self._start_busy = 0.0
-        self._start_ours: dict[int, float] = {}
+        self._start_ours: dict[int, tuple[str, float]] = {}
         self._started = 0.0
 
-    def _ours(self) -> dict[int, float]:
+    def _ours(self) -> dict[int, tuple[str, float]]:
+        """Our processes now: pid -> (role, CPU seconds so far)."""
         me = psutil.Process()
         processes = [me, *me.children(recursive=True)]
         for process in psutil.process_iter(["cmdline"]):
             cmdline = " ".join(process.info["cmdline"] or [])
             if cmdline.startswith("postgres:") and self._serves_us(cmdline):
                 processes.append(process)
-        found: dict[int, float] = {}
+        found: dict[int, tuple[str, float]] = {}
         for process in processes:
             try:
                 times = process.cpu_times()
-                found[process.pid] = times.user + times.system
+                role = "bench" if process.pid == me.pid else _role(process.cmdline())
+                found[process.pid] = (role, times.user + times.system)
             except psutil.NoSuchProcess:
                 continue
         return found
@@ -148,10 +150,28 @@ class ForeignLoad:
         self._start_ours = self._ours()
         self._started = time.monotonic()
 
-    def share(self) -> float:
-        """Foreign CPU since start() as a fraction of all cores' time (0.0 = quiet)."""
+    def stop(self) -> tuple[float, dict[str, float]]:
+        """Foreign CPU since start() as a fraction of all cores' time (0.0 = quiet), and our
+        own CPU seconds in the window by role (worker, postgres, bench, app, redis, ...)."""
         busy = busy_cpu_seconds() - self._start_busy
-        ours_now = self._ours()
-        ours = sum(now - self._start_ours.get(pid, 0.0) for pid, now in ours_now.items())
+        by_role: dict[str, float] = {}
+        for pid, (role, now) in self._ours().items():
+            spent = now - self._start_ours.get(pid, ("", 0.0))[1]
+            by_role[role] = by_role.get(role, 0.0) + spent
+        ours = sum(by_role.values())
         elapsed = (time.monotonic() - self._started) * (os.cpu_count() or 1)
-        return max(0.0, (busy - ours) / elapsed) if elapsed > 0 else 0.0
+        share = max(0.0, (busy - ours) / elapsed) if elapsed > 0 else 0.0
+        return share, {role: round(spent, 2) for role, spent in sorted(by_role.items())}
+
+
+def _role(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    if text.startswith("postgres:"):
+        return "postgres"
+    if "redis-server" in text:
+        return "redis"
+    if "bench.worker_main" in text or "worker" in cmdline:
+        return "worker"
+    if "serve" in cmdline or "bench.app_main" in text:
+        return "app"
+    return "other"

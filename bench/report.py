@@ -67,6 +67,9 @@ class Report:
                 ),
                 "hash_external_ms": round(statistics.median(
                     r["hash_external_s"] for r in rows) * 1000, 2),
+                "ratio_in_worker_wall": round(
+                    statistics.median(r["ratio_in_worker_wall"] for r in rows), 3
+                ),
                 "users_per_s": round(statistics.median(r["users_per_s"] for r in rows), 1),
                 "confirm_ms": round(statistics.median(r["confirm_s"] for r in rows) * 1000, 1),
                 "slack_calls": max(r["slack_total"] for r in rows),
@@ -123,7 +126,8 @@ class Report:
                     ">= 1.80x", f"{row['speedup']:.2f}x", row["speedup"] >= 1.8,
                 ))
         if self.slack_calls:
-            totals = {(r["size"], r["mode"]): r["total"] for r in self.slack_calls}
+            totals = {(r["size"], r["mode"]): r["total"] for r in self.slack_calls
+                      if not r.get("memory_run")}
             worst = max(totals.values())
             by_mode: dict[str, set[int]] = defaultdict(set)
             for (_size, mode), total in totals.items():
@@ -136,6 +140,12 @@ class Report:
                 "Slack Web API calls per task (same at every size)", "<= 30, flat",
                 measured, worst <= 30 and flat,
             ))
+            for r in self.slack_calls:
+                if r.get("memory_run"):
+                    targets.append(Target(
+                        f"Slack Web API calls, {r['size']:,}-user task ({r['mode']}, memory run)",
+                        "<= 30", str(r["total"]), r["total"] <= 30,
+                    ))
         for row in self.latency:
             targets.append(Target(
                 f"search p99, {row['size']:,} users, {row['db']} ({row['via']})", "<= 50 ms",
@@ -189,17 +199,21 @@ class Report:
         summary = self.throughput_summary()
         if summary:
             lines.append("Task wall time, confirm to final summary (median of runs)")
-            lines.append("  (hash ms, floor, ratio: hashes timed inside the workers during the"
-                         " task; ext: a separate process timed before and after it)")
+            lines.append("  hash ms: the workers' own CPU per hash() during the task; floor ="
+                         " users x hash / workers;")
+            lines.append("  ratio = wall / floor. Beside it: ratio against the hash's wall time"
+                         " inside the workers (w-ratio)")
+            lines.append("  and against a separate process timed before and after (ext).")
             lines.append(_row(["users", "scheme", "mode", "workers", "runs", "hash ms",
                                "floor s", "wall s", "ratio", "users/s", "confirm ms",
-                               "slack", "foreign", "ext ms", "ext ratio"]))
+                               "slack", "foreign", "w-ratio", "ext ratio"]))
             for r in summary:
                 lines.append(_row([f"{r['size']:,}", r["scheme"], r["mode"], r["workers"],
                                    r["runs"], r["hash_ms"], r["floor_s"], r["wall_s"],
                                    f"{r['ratio']:.3f}", r["users_per_s"], r["confirm_ms"],
                                    r["slack_calls"], f"{r['foreign_max']:.0%}",
-                                   r["hash_external_ms"], f"{r['ratio_external']:.3f}"]))
+                                   f"{r['ratio_in_worker_wall']:.3f}",
+                                   f"{r['ratio_external']:.3f}"]))
         if self.schemes:
             lines.append("")
             lines.append("One hash per scheme (passlib's default cost), one core")
@@ -220,6 +234,15 @@ class Report:
             for s in speedups:
                 lines.append(f"  {s['size']:,} users {s['scheme']} {s['mode']}: "
                              f"{s['workers']} workers {s['speedup']:.2f}x  {s['per_repeat']}")
+        first = [r for r in self.throughput if r["repeat"] == 0 and r.get("cpu_by_role")]
+        if first:
+            lines.append("")
+            lines.append("CPU seconds during each task by process (first repeat); hashing ="
+                         " the workers' CPU inside hash()")
+            for r in first:
+                roles = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu_by_role"].items()))
+                lines.append(f"  {r['size']:,} {r['scheme']} {r['mode']} {r['workers']}w: "
+                             f"hashing {r['hash_cpu_s']:.1f}; {roles}")
         if self.slack_calls:
             lines.append("")
             lines.append("Slack Web API calls per task, by method")

@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="pbkdf2 rounds for throughput runs (default: passlib's)")
     parser.add_argument("--bcrypt-users", type=int, default=None,
                         help="users in the bcrypt-12 run (default 100; 0 skips it)")
+    parser.add_argument("--bcrypt-chunk-size", type=int, default=10,
+                        help="RESET_CHUNK_SIZE for the bcrypt run (default 10)")
     parser.add_argument("--memory-rounds", type=int, default=1000,
                         help="pbkdf2 rounds for the large task whose memory is sampled")
     parser.add_argument("--slack-size", type=int, default=1000,
@@ -165,8 +167,9 @@ class Bench:
     def timed_task(
         self, db: Database, hashing: HashConfig, mode: str, workers: int, repeat: int,
         floor_samples: int, front: tuple[ConfirmsTasks, AppProcess | None],
+        extra_env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        env = self.stack.environment(db.url, hashing)
+        env = self.stack.environment(db.url, hashing, extra_env)
         before = measure_hash(env, floor_samples)
         confirmer, app = front
         with WorkerPool(workers, env, self.redis, self.workdir, self.command) as pool:
@@ -181,15 +184,16 @@ class Bench:
             jobs = _jobs_per_worker(self.redis)
         self._check(run, db.size)
         after = measure_hash(env, floor_samples)
-        # Primary floor: the time the workers themselves spent inside hash() during this task
-        # (bench.worker_main times every call). Also kept: the floor from a separate process
-        # timed just before and after, which a VM's drifting speed can put off by 10-20 %.
-        if run.hashes:
-            hash_median = run.hash_wall_seconds / run.hashes
-        else:
-            hash_median = (before["median_s"] + after["median_s"]) / 2
-        floor = db.size * hash_median / workers
+        # The floor: what one hash costs, measured in this run in the very processes that
+        # did the work: the hashing thread's own CPU time per hash() call (bench.worker_main
+        # times every call). Its wall time per call is kept too (it also holds the moments
+        # the hashing thread waited for a core or for the GIL: overhead, not floor), and so is
+        # a separate process timed before and after the task (a VM's drifting speed can put
+        # that one off by 10-20 %).
         external = (before["median_s"] + after["median_s"]) / 2
+        hash_median = run.hash_cpu_seconds / run.hashes if run.hashes else external
+        in_worker = run.hash_wall_seconds / run.hashes if run.hashes else external
+        floor = db.size * hash_median / workers
         row = {
             "size": db.size, "db": db.kind, "scheme": hashing.scheme, "rounds": hashing.rounds,
             "mode": mode, "workers": workers, "repeat": repeat,
@@ -198,6 +202,9 @@ class Bench:
             "hash_cpu_s": round(run.hash_cpu_seconds, 3),
             "hash_external_s": external, "floor_external_s": db.size * external / workers,
             "ratio_external": run.wall_seconds / (db.size * external / workers),
+            "hash_in_worker_wall_s": in_worker,
+            "ratio_in_worker_wall": run.wall_seconds / (db.size * in_worker / workers),
+            "cpu_by_role": run.cpu_by_role,
             "hash_before_s": before["median_s"], "hash_after_s": after["median_s"],
             "confirm_via": confirmer.name,
             "wall_s": run.wall_seconds, "db_final_s": run.db_seconds,
@@ -211,7 +218,8 @@ class Bench:
         }
         self.log(f"  {db.size:,} {hashing.label} {mode} {workers}w: wall {run.wall_seconds:.2f}s"
                  f" floor {floor:.2f}s ratio {row['ratio']:.3f} slack {run.slack_total}"
-                 f" cpu {run.worker_cpu_seconds:.1f}s foreign {run.foreign_load:.0%}")
+                 f" foreign {run.foreign_load:.0%} cpu {run.cpu_by_role}"
+                 f" hashing {run.hash_cpu_seconds:.1f}")
         return row
 
     def _check(self, run: TaskRun, size: int) -> None:
@@ -265,11 +273,13 @@ class Bench:
                 })
                 self.log(f"  {scheme}: {measured['median_s'] * 1000:.1f} ms")
 
-    def _slack_row(self, size: int, mode: str, methods: dict[str, int]) -> None:
+    def _slack_row(self, size: int, mode: str, methods: dict[str, int],
+                   memory_run: bool = False) -> None:
         if self.stack.slack is None:
             return
         self.report.slack_calls.append({
             "size": size, "mode": mode, "methods": methods, "total": sum(methods.values()),
+            "memory_run": memory_run,
         })
 
     def slack(self) -> None:
@@ -290,10 +300,16 @@ class Bench:
         if not size:
             return
         hashing = HashConfig("bcrypt", None)
+        # 100 users are one chunk at the default RESET_CHUNK_SIZE (100): one job, so a second
+        # worker has nothing to do. Chunks of 10 give every worker a share.
+        chunks = {"RESET_CHUNK_SIZE": str(self.args.bcrypt_chunk_size)}
+        self.report.notes.append(
+            f"bcrypt run with RESET_CHUNK_SIZE={self.args.bcrypt_chunk_size}"
+        )
         with database(self.args.db, size, self.base) as db, self.front(db, hashing) as front:
             self.log(f"bcrypt: {size:,} users")
             for workers in self.args.workers:
-                row = self.timed_task(db, hashing, "default", workers, 0, 8, front)
+                row = self.timed_task(db, hashing, "default", workers, 0, 8, front, chunks)
                 self.report.throughput.append(row)
 
     def large(self) -> None:
@@ -360,13 +376,13 @@ class Bench:
             "scheme": hashing.scheme, "rounds": hashing.rounds, "wall_s": run.wall_seconds,
             "peak_rss_mb": run.peak_rss_mb, "rss_samples": rss.samples,
             "slack_calls": run.slack_calls, "mails": run.mails,
-            "foreign_load": round(run.foreign_load, 3),
+            "foreign_load": round(run.foreign_load, 3), "cpu_by_role": run.cpu_by_role,
         })
         self.report.confirm.append({
             "size": db.size, "db": db.kind, "via": confirmer.name,
             "confirm_ms": round(run.confirm_seconds * 1000, 1),
         })
-        self._slack_row(db.size, "generated", run.slack_calls)
+        self._slack_row(db.size, "generated", run.slack_calls, memory_run=True)
         self.log(f"  memory: {run.peak_rss_mb} MB, wall {run.wall_seconds:.1f}s")
 
 
