@@ -47,7 +47,7 @@ class PeakRss:
     the largest single process, read from the kernel's high-water mark where it can be.
     """
 
-    def __init__(self, roots: dict[str, Callable[[], list[int]]], interval: float = 0.1) -> None:
+    def __init__(self, roots: dict[str, Callable[[], list[int]]], interval: float = 1.0) -> None:
         self.roots = roots
         self.interval = interval
         self.peak: dict[str, int] = dict.fromkeys(roots, 0)
@@ -170,6 +170,8 @@ def _role(cmdline: list[str]) -> str:
         return "postgres"
     if "redis-server" in text:
         return "redis"
+    if "bench.smtp_sink" in text:
+        return "smtp"
     if "bench.worker_main" in text or "worker" in cmdline:
         return "worker"
     if "serve" in cmdline or "bench.app_main" in text:

@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -94,45 +93,43 @@ def sqlite_database() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class _CountingHandler:
-    """Accepts every message and keeps only a count per recipient: bodies hold passwords."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.messages = 0
-        self.recipients: dict[str, int] = {}
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.lock:
-            self.messages += 1
-            for rcpt in envelope.rcpt_tos:
-                self.recipients[rcpt] = self.recipients.get(rcpt, 0) + 1
-        return "250 OK"
-
-
 class SmtpSink:
-    """An aiosmtpd server on a free loopback port that accepts and counts mail."""
+    """An aiosmtpd server on a free loopback port, in its own process, counting mail."""
 
     def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self.handler = _CountingHandler()
         self.port = free_port()
-        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self._dir = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
+        self._counter = self._dir / "count"
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def messages(self) -> int:
-        with self.handler.lock:
-            return self.handler.messages
+        from bench.smtp_sink import read_count
+
+        return read_count(self._counter)
 
     def reset(self) -> None:
-        with self.handler.lock:
-            self.handler.messages = 0
-            self.handler.recipients.clear()
+        from bench.smtp_sink import reset_count
+
+        reset_count(self._counter)
 
     def __enter__(self) -> SmtpSink:
-        self._controller.start()
+        import os
+        import sys
+
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.smtp_sink", str(self.port), str(self._counter)],
+            env=env, stdout=subprocess.PIPE,
+        )
+        assert self._process.stdout is not None
+        if self._process.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the SMTP sink did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._controller.stop()
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+        shutil.rmtree(self._dir, ignore_errors=True)
