@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="extra small size for Slack call counts (0 skips)")
     parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
                         help="database for the throughput runs")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="reset modes for the throughput runs (default: default,generated)")
     parser.add_argument("--phases", default="schemes,throughput,slack,bcrypt,large",
                         help="which phases to run")
     parser.add_argument("--queries", type=int, default=200,
@@ -105,6 +108,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.bcrypt_users is None:
         args.bcrypt_users = 20 if quick else 100
     args.phases = set(args.phases.split(","))
+    args.modes = [mode for mode in args.modes.split(",") if mode]
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
     return args
 
 
@@ -239,7 +246,7 @@ class Bench:
                          f"(populated in {db.populate_seconds:.1f}s)")
                 self.hash_scaling(db, hashing)
                 for repeat in range(args.repeat):
-                    for mode in MODES:
+                    for mode in args.modes:
                         for workers in args.workers:
                             row = self.timed_task(db, hashing, mode, workers, repeat,
                                                   args.floor_samples, front)
@@ -392,8 +399,14 @@ def _jobs_per_worker(redis: Any) -> list[int]:
     return sorted(int(w.successful_job_count) for w in Worker.all(connection=redis))
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # As SystemExit, so that every `with` closes: services stopped, databases dropped.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     workdir = Path(tempfile.mkdtemp(prefix="resetbot-bench-"))
     started = time.monotonic()
     try:

@@ -374,10 +374,10 @@ Conditions = Callable[[datetime], list[ColumnElement[bool]]]
 class _Lease:
     """Keeps this worker's claim on a batch alive while slow hashing or mailing goes on."""
 
-    def __init__(self, context: WorkerContext, item_ids: Iterable[int]) -> None:
+    def __init__(self, context: WorkerContext, item_ids: Iterable[int], taken: float) -> None:
         self.context = context
         self.item_ids = list(item_ids)
-        self.renewed = time.monotonic()
+        self.renewed = taken
 
     def renew_if_due(self) -> None:
         if time.monotonic() - self.renewed > self.context.settings.lease_seconds / 3:
@@ -389,6 +389,8 @@ class _Lease:
 
 def _renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> set[int]:
     """Extend the lease on the items this worker still holds; returns their ids."""
+    if not item_ids:
+        return set()
     until = utcnow() + timedelta(seconds=context.settings.lease_seconds)
     rows = session.execute(
         update(ResetItem)
@@ -398,6 +400,31 @@ def _renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) ->
             ResetItem.leased_by == context.owner,
         )
         .values(lease_until=until)
+        .returning(ResetItem.id)
+        .execution_options(synchronize_session=False)
+    )
+    return {int(row[0]) for row in rows}
+
+
+def _end_unmailed(
+    context: WorkerContext,
+    session: Session,
+    item_ids: Sequence[int],
+    state: ItemState,
+    now: datetime,
+) -> set[int]:
+    """Give the items this worker still holds and will not mail their final state; their ids."""
+    if not item_ids:
+        return set()
+    rows = session.execute(
+        update(ResetItem)
+        .where(
+            ResetItem.id.in_(list(item_ids)),
+            ResetItem.state == ItemState.CLAIMED,
+            ResetItem.leased_by == context.owner,
+        )
+        .values(state=state, next_attempt_at=None, last_error=None, leased_by=None,
+                lease_until=None, updated_at=now)
         .returning(ResetItem.id)
         .execution_options(synchronize_session=False)
     )
@@ -430,12 +457,20 @@ class _Settled:
     stop: bool = False
 
 
+@dataclass(frozen=True)
+class _Claim:
+    items: list[_Claimed]
+    #: time.monotonic() when the lease was taken: it runs from then, not from when hashing starts
+    taken: float
+
+
 def _work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> None:
     """Claim, hash, write and mail batch after batch, then schedule retries and maybe finish.
 
-    Two stages overlap: while a helper thread writes one batch's hashes and states and sends its
-    mails (waiting on the database and the mail server), this thread claims and hashes the next
-    (hashing releases the GIL). So I/O latency hides behind the hashing that dominates a reset.
+    The stages overlap: while this thread hashes one batch, a helper thread writes the previous
+    batch's hashes and states, sends its mails (waiting on the database and the mail server),
+    then claims the next batch. Hashing releases the GIL, so the database and mail latency
+    hides behind the hashing that dominates a reset, and this thread does little else.
     """
     task = _load_task(context, task_id)
     if task is None:
@@ -465,11 +500,19 @@ def _work_items(context: WorkerContext, task_id: int, conditions: Conditions) ->
             retries[attempt].extend(item_ids)
         return not settled.stop
 
+    def claim() -> _Claim:
+        taken = time.monotonic()
+        return _Claim(_claim(context, task_id, conditions), taken)
+
     with Mailer(context.settings, context.smtp_factory) as mailer, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix=f"resetbot-settle-{task_id}"
-    ) as settler:
+    ) as helper:
+        # One thread, first in first out: a claim runs after the settling submitted before it,
+        # so it sees a task that settling has just failed (the claim checks the task still runs).
+        next_claim = helper.submit(claim)
         while True:
-            claimed = _claim(context, task_id, conditions)
+            current = next_claim.result()
+            claimed = current.items
             if not claimed:
                 break
             if not mailer_checked and task.mode is Mode.GENERATED and any(
@@ -486,12 +529,13 @@ def _work_items(context: WorkerContext, task_id: int, conditions: Conditions) ->
                     _fail_for_mail_setup(context, task.id, claimed, str(error))
                     break
                 mailer_checked = True
-            batch = _hash_batch(context, claimed, default_password)
+            next_claim = helper.submit(claim)
+            batch = _hash_batch(context, current, default_password)
             if not collect():
-                _release(context, claimed)
+                _release(context, [*claimed, *next_claim.result().items])
                 break
             # The settling thread sees this job's context too (reporters may ask for it).
-            in_flight = settler.submit(
+            in_flight = helper.submit(
                 contextvars.copy_context().run, _settle_batch, context, task, batch, mailer
             )
         collect()
@@ -550,6 +594,8 @@ def _claim(context: WorkerContext, task_id: int, conditions: Conditions) -> list
 
 def _release(context: WorkerContext, claimed: Sequence[_Claimed]) -> None:
     """Give back a claimed batch untouched, for whoever comes next (or the cancel sweep)."""
+    if not claimed:
+        return
     with context.sessions() as session:
         session.execute(
             update(ResetItem)
@@ -565,20 +611,21 @@ def _release(context: WorkerContext, claimed: Sequence[_Claimed]) -> None:
 
 
 def _hash_batch(
-    context: WorkerContext, claimed: list[_Claimed], default_password: str | None
+    context: WorkerContext, claim: _Claim, default_password: str | None
 ) -> _Batch:
     """The cost of a reset: one salted hash per user (a new password each in generated mode)."""
     policy = context.settings.policy
-    lease = _Lease(context, (item.id for item in claimed))
+    lease = _Lease(context, (item.id for item in claim.items), claim.taken)
+    lease.renew_if_due()
     passwords: dict[int, str] = {}
     hashes: list[tuple[_Claimed, str]] = []
-    for item in claimed:
+    for item in claim.items:
         password = default_password or generate_password(policy, item.username)
         if default_password is None and item.email:
             passwords[item.id] = password
         hashes.append((item, context.hasher.hash(password)))
         lease.renew_if_due()
-    return _Batch(claimed, hashes, passwords, lease)
+    return _Batch(claim.items, hashes, passwords, lease)
 
 
 def _settle_batch(
@@ -587,21 +634,20 @@ def _settle_batch(
     """Write a hashed batch (hashes and states in one transaction), then mail it."""
     settled = _Settled(retries=defaultdict(list))
     now = utcnow()
+    unmailed = [item.id for item in batch.claimed if item.id not in batch.passwords]
     with context.sessions() as session:
-        # Renewing is also the check: an item whose lease was lost is someone else's now.
-        held = _renew(context, session, [item.id for item in batch.claimed])
+        # Ending or renewing an item is also the check that this worker still holds it: an item
+        # whose lease was lost is someone else's now, and its hash is not written here.
+        held = _end_unmailed(
+            context, session, unmailed,
+            ItemState.NO_EMAIL if task.mode is Mode.GENERATED else ItemState.RESET, now,
+        ) | _renew(context, session, list(batch.passwords))
         context.directory.write_hashes(
             session,
             [(item.user_id, new_hash) for item, new_hash in batch.hashes if item.id in held],
             require_change=task.require_change,
             changed_at=now,
         )
-        _record(context, session, [
-            _Outcome(item.id, ItemState.NO_EMAIL if task.mode is Mode.GENERATED
-                     else ItemState.RESET, item.attempts)
-            for item in batch.claimed
-            if item.id in held and item.id not in batch.passwords
-        ], now)
         session.commit()
     batch.lease.renewed = time.monotonic()
     to_mail = [item for item in batch.claimed if item.id in batch.passwords and item.id in held]
@@ -854,12 +900,14 @@ def finish_if_done(context: WorkerContext, task_id: int) -> bool:
             return False
         _settle_untouched(session, task, now)
         unfinished = session.scalar(
-            select(func.count()).where(
+            select(ResetItem.id)
+            .where(
                 ResetItem.task_id == task_id,
                 ResetItem.state.in_([state.value for state in ACTIVE_ITEM_STATES]),
             )
+            .limit(1)
         )
-        if unfinished:
+        if unfinished is not None:
             session.commit()
             return False
         counts = state_counts(session, task_id)
