@@ -99,17 +99,46 @@ def default_password_violations(
     return reasons
 
 
+# What generated passwords are drawn from: every class, without look-alikes.
+_GENERATED_ALPHABETS = tuple(
+    "".join(ch for ch in chars if ch not in LOOK_ALIKES) for chars in _CLASSES.values()
+)
+_GENERATED_EVERY = "".join(_GENERATED_ALPHABETS)
+
+
+class _RandomPicks:
+    """Uniform random indices from the OS's CSPRNG, 64 bytes per read rather than one system
+    call per character (a reset generates one password per user while a core hashes)."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._next = 0
+
+    def below(self, n: int) -> int:
+        """Uniform in range(n), n <= 256: bytes that would bias the modulo are rejected."""
+        limit = 256 - 256 % n
+        while True:
+            if self._next == len(self._pool):
+                self._pool, self._next = secrets.token_bytes(64), 0
+            byte = self._pool[self._next]
+            self._next += 1
+            if byte < limit:
+                return byte % n
+
+
 def generate_password(policy: PasswordPolicy, username: str | None = None) -> str:
     """A random password from `secrets` that passes `policy`, without look-alike characters."""
-    alphabets = [
-        "".join(ch for ch in chars if ch not in LOOK_ALIKES) for chars in _CLASSES.values()
-    ]
-    every = "".join(alphabets)
     length = max(policy.generated_length, policy.min_length)
+    picks = _RandomPicks()
     while True:
-        chars = [secrets.choice(alphabet) for alphabet in alphabets]
-        chars += [secrets.choice(every) for _ in range(length - len(chars))]
-        secrets.SystemRandom().shuffle(chars)
+        chars = [alphabet[picks.below(len(alphabet))] for alphabet in _GENERATED_ALPHABETS]
+        chars += [
+            _GENERATED_EVERY[picks.below(len(_GENERATED_EVERY))]
+            for _ in range(length - len(chars))
+        ]
+        for i in range(len(chars) - 1, 0, -1):  # Fisher-Yates: one of each class anywhere
+            j = picks.below(i + 1)
+            chars[i], chars[j] = chars[j], chars[i]
         candidate = "".join(chars)
         if not policy_violations(candidate, policy, username=username):
             return candidate

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -9,7 +11,13 @@ from core import tasks
 from core.directory import Directory
 from core.errors import ConfigError, ConflictError
 from core.models import Scope
-from core.passwords import LOOK_ALIKES, PasswordHasher, generate_password, policy_violations
+from core.passwords import (
+    LOOK_ALIKES,
+    PasswordHasher,
+    _RandomPicks,
+    generate_password,
+    policy_violations,
+)
 from core.settings import PasswordPolicy, Settings
 
 
@@ -96,6 +104,15 @@ def test_generated_passwords_pass_policy_and_avoid_look_alikes() -> None:
         assert len(password) == 16
         assert not LOOK_ALIKES & set(password)
         assert policy_violations(password, policy) == []
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 57, 200, 256])
+def test_random_picks_cover_exactly_their_range(n: int) -> None:
+    picks = _RandomPicks()
+    seen = Counter(picks.below(n) for _ in range(200 * n))
+    assert set(seen) == set(range(n))
+    # 200 expected per value: far outside these bounds only if the picks are biased.
+    assert min(seen.values()) > 100 and max(seen.values()) < 300
 
 
 def test_hash_is_salted_per_user_and_verifies() -> None:
