@@ -322,10 +322,11 @@ def cmd_users_export(cli: Cli, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(cli: Cli, args: argparse.Namespace) -> int:
-    from jobs.worker import run_worker
+    from jobs.worker import run_worker, tune_worker_process
 
     settings = cli.settings(with_secret_key=True)
     _log_to_stderr()
+    tune_worker_process()
     open_engine(settings).dispose()
     with cli.redis(settings) as redis:
         run_worker(settings, redis, burst=args.burst, with_scheduler=True)

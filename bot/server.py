@@ -182,8 +182,9 @@ def start_worker_process(settings: Settings) -> BaseProcess:
 
 
 def run_worker_process(settings: Settings) -> None:
-    from jobs.worker import run_worker
+    from jobs.worker import run_worker, tune_worker_process
 
+    tune_worker_process()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
