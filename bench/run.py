@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="directory sizes, comma-separated (default 10000,100000)")
     parser.add_argument("--workers", default=None, help="worker counts (default 1,2)")
     parser.add_argument("--repeat", type=int, default=None,
-                        help="repeats of each throughput configuration (default 2)")
+                        help="repeats of each throughput configuration (default 3)")
     parser.add_argument("--out", default="bench/results/latest.json", help="JSON output file")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, one repeat: a few minutes instead of ~25")
@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     quick = args.quick
     args.sizes = _ints(args.sizes or ("2000,20000" if quick else "10000,100000"))
     args.workers = _ints(args.workers or "1,2")
-    args.repeat = args.repeat or (1 if quick else 2)
+    args.repeat = args.repeat or (1 if quick else 3)
     args.throughput_max = args.throughput_max or (5000 if quick else 10000)
     if args.bcrypt_users is None:
         args.bcrypt_users = 20 if quick else 100

@@ -6,12 +6,14 @@ queue name instead.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from redis import Redis
 from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +23,12 @@ from core.directory import Directory
 from core.schema import create_schema
 from core.settings import Settings
 from tests.support.slack_standin import slack_standin as slack_standin
+
+# CI (`.ci/run` sets HYPOTHESIS_PROFILE=ci) tries the same examples on every run, so a red build
+# means a change broke something; local runs go on exploring fresh examples (and keep in
+# .hypothesis/ what they found, for the next run and for an @example in the test).
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
