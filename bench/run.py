@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="repeats of each throughput configuration (default 3)")
     parser.add_argument("--out", default="bench/results/latest.json", help="JSON output file")
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes, one repeat: a few minutes instead of ~25")
+                        help="small sizes, one repeat: a few minutes instead of ~18")
     parser.add_argument("--throughput-max", type=int, default=None,
                         help="largest size timed with full-cost hashing (default 10000)")
     parser.add_argument("--rounds", type=int, default=None,
