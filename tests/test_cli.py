@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from core.directory import Directory
 from core.models import AuditEntry, ResetTask
 from core.passwords import PasswordHasher
 from core.settings import Settings
+from jobs.worker import GIL_SWITCH_SECONDS
 from tests.support.engine import build_context, run_until_final, user_rows
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
@@ -300,7 +302,13 @@ def finished_task(
     assert result.code == 0, result.err
     assert "Task #1 queued." in result.out
     assert _queued_jobs(redis_conn, queue_name) == 1
-    worked = run("worker", "--burst")  # `resetbot worker --burst`, in this process
+    interval = sys.getswitchinterval()
+    try:
+        worked = run("worker", "--burst")  # `resetbot worker --burst`, in this process
+        # A worker process hands the GIL back to its hashing thread quickly (jobs/worker.py).
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_SECONDS)
+    finally:
+        sys.setswitchinterval(interval)
     assert worked.code == 0, worked.err
     shown = json.loads(run("tasks", "show", "1", "--json").out)
     assert shown["status"] == "completed"
