@@ -387,11 +387,15 @@ class _Lease:
             self.renewed = time.monotonic()
 
 
-def _renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> set[int]:
-    """Extend the lease on the items this worker still holds; returns their ids."""
+def _update_held(
+    context: WorkerContext, session: Session, item_ids: Sequence[int], **values: Any
+) -> set[int]:
+    """Update those of `item_ids` this worker still holds (claimed, under its lease); their ids.
+
+    An item whose lease was lost is someone else's now: it is left alone and not returned.
+    """
     if not item_ids:
         return set()
-    until = utcnow() + timedelta(seconds=context.settings.lease_seconds)
     rows = session.execute(
         update(ResetItem)
         .where(
@@ -399,11 +403,17 @@ def _renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) ->
             ResetItem.state == ItemState.CLAIMED,
             ResetItem.leased_by == context.owner,
         )
-        .values(lease_until=until)
+        .values(**values)
         .returning(ResetItem.id)
         .execution_options(synchronize_session=False)
     )
     return {int(row[0]) for row in rows}
+
+
+def _renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> set[int]:
+    """Extend the lease on the items this worker still holds; returns their ids."""
+    until = utcnow() + timedelta(seconds=context.settings.lease_seconds)
+    return _update_held(context, session, item_ids, lease_until=until)
 
 
 def _end_unmailed(
@@ -414,21 +424,10 @@ def _end_unmailed(
     now: datetime,
 ) -> set[int]:
     """Give the items this worker still holds and will not mail their final state; their ids."""
-    if not item_ids:
-        return set()
-    rows = session.execute(
-        update(ResetItem)
-        .where(
-            ResetItem.id.in_(list(item_ids)),
-            ResetItem.state == ItemState.CLAIMED,
-            ResetItem.leased_by == context.owner,
-        )
-        .values(state=state, next_attempt_at=None, last_error=None, leased_by=None,
-                lease_until=None, updated_at=now)
-        .returning(ResetItem.id)
-        .execution_options(synchronize_session=False)
+    return _update_held(
+        context, session, item_ids, state=state, next_attempt_at=None, last_error=None,
+        leased_by=None, lease_until=None, updated_at=now,
     )
-    return {int(row[0]) for row in rows}
 
 
 def _load_task(context: WorkerContext, task_id: int) -> _TaskView | None:
@@ -597,16 +596,8 @@ def _release(context: WorkerContext, claimed: Sequence[_Claimed]) -> None:
     if not claimed:
         return
     with context.sessions() as session:
-        session.execute(
-            update(ResetItem)
-            .where(
-                ResetItem.id.in_([item.id for item in claimed]),
-                ResetItem.state == ItemState.CLAIMED,
-                ResetItem.leased_by == context.owner,
-            )
-            .values(state=ItemState.PENDING, leased_by=None, lease_until=None)
-            .execution_options(synchronize_session=False)
-        )
+        _update_held(context, session, [item.id for item in claimed],
+                     state=ItemState.PENDING, leased_by=None, lease_until=None)
         session.commit()
 
 
