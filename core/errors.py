@@ -19,3 +19,7 @@ class InputError(ResetbotError):
 
 class ConflictError(ResetbotError):
     """The request is valid but clashes with the current state (e.g. already consumed)."""
+
+
+class QueueUnavailable(ResetbotError):
+    """The job queue (Redis) cannot take work now; what was committed stays in the database."""
