@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from core.errors import QueueUnavailable
 from core.settings import Settings
 
 # A chunk may hash slowly (bcrypt) and wait on a slow mail server; leases, not job timeouts,
@@ -54,10 +56,18 @@ def _enqueue(queue: Queue, function: str, task_id: int, *args: object, delay: fl
         "result_ttl": 0,  # jobs return nothing; the database holds every outcome
         "failure_ttl": FAILURE_TTL,
     }
-    if delay > 0:
-        queue.enqueue_in(timedelta(seconds=delay), function, task_id, *args, **options)
-    else:
-        queue.enqueue(function, task_id, *args, **options)
+    try:
+        if delay > 0:
+            queue.enqueue_in(timedelta(seconds=delay), function, task_id, *args, **options)
+        else:
+            queue.enqueue(function, task_id, *args, **options)
+    except RedisError as error:
+        # Callers hear of the queue, not of Redis: what they committed waits in the database.
+        raise QueueUnavailable(f"Redis cannot be reached: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def enqueue_task(queue: Queue, task_id: int) -> None:

@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -21,7 +20,7 @@ from blocks.views import ACTION_OPEN_MODAL, ACTION_OPEN_THREAD, notice_modal
 from bot.deps import AppDeps
 from bot.listeners.command import open_modal, tell
 from bot.payloads import channel_id, task_id, user_id_of, user_name_of
-from core.errors import ConflictError, InputError
+from core.errors import ConflictError, InputError, QueueUnavailable
 from core.tasks import create_retry_task, request_cancel
 
 log = logging.getLogger("resetbot.slack")
@@ -98,7 +97,7 @@ def _retry(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
         new_id, users = task.id, len(task.selection)
     try:
         deps.enqueue(new_id)
-    except RedisError as error:
+    except QueueUnavailable as error:
         log.error("could not enqueue task %s: %s", new_id, type(error).__name__)
         return queue_unavailable(new_id)
     return retry_started(new_id, original, users)

@@ -10,7 +10,6 @@ import logging
 import re
 from typing import Any
 
-from redis.exceptions import RedisError
 from slack_bolt import Ack, App
 
 from blocks.text import NOT_ALLOWED, queue_unavailable, truncate
@@ -32,7 +31,7 @@ from bot.payloads import (
     user_id_of,
     user_name_of,
 )
-from core.errors import ConfigError, ConflictError, InputError
+from core.errors import ConfigError, ConflictError, InputError, QueueUnavailable
 from core.tasks import RequestInvalid, consume_pending, create_pending, validate_request
 
 log = logging.getLogger("resetbot.slack")
@@ -81,7 +80,7 @@ def register(app: App, deps: AppDeps) -> None:
             return
         try:
             deps.enqueue(task_id)
-        except RedisError as error:
+        except QueueUnavailable as error:
             # The task is committed; the reaper or the next worker start picks it up.
             log.error("could not enqueue task %s: %s", task_id, type(error).__name__)
             ack(response_action="update",
