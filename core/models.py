@@ -18,8 +18,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from core.settings import DirectoryNames
@@ -27,6 +29,27 @@ from core.settings import DirectoryNames
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always read back timezone-aware, in UTC.
+
+    SQLite keeps no zone and hands back naive values; everything resetbot writes is UTC, so the
+    zone is put back here, once, instead of at every place that compares with `utcnow()`.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class Scope(enum.StrEnum):
@@ -87,7 +110,7 @@ FOLLOW_UP_STATES = frozenset({ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED})
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+    type_annotation_map = {datetime: UtcDateTime(), dict[str, Any]: JSON}
 
 
 class ResetTask(Base):
@@ -215,7 +238,7 @@ def users_table(names: DirectoryNames, metadata: MetaData | None = None) -> Tabl
         Column(c("role"), String(64), nullable=True, key="role"),
         Column(c("password_hash"), String(255), nullable=True, key="password_hash"),
         Column(
-            c("password_changed_at"), DateTime(timezone=True), nullable=True,
+            c("password_changed_at"), UtcDateTime(), nullable=True,
             key="password_changed_at",
         ),
         Column(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import func, literal, select, update
 from sqlalchemy.orm import Session
@@ -171,7 +171,7 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
         raise ConflictError("This request is unknown or not yours. Start again.")
     if pending.task_id is not None:
         raise ConflictError(f"This request was already confirmed as task #{pending.task_id}.")
-    if _aware(pending.expires_at) < utcnow():
+    if pending.expires_at < utcnow():
         raise ConflictError("This request has expired. Start again.")
     task = ResetTask(
         requester=pending.requester,
@@ -220,13 +220,6 @@ def create_task(session: Session, settings: Settings, request: ResetRequest) -> 
 
 def _sealed(settings: Settings, password: str | None) -> str | None:
     return seal(settings.reset_secret_key, password) if password else None
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything resetbot writes is UTC.
-    from datetime import UTC
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def request_cancel(session: Session, task_id: int, actor: str) -> ResetTask:
