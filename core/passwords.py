@@ -10,6 +10,7 @@ from importlib import resources
 
 from passlib.context import CryptContext
 
+from core.controls import is_line_breaking
 from core.settings import PasswordPolicy, Settings
 
 BCRYPT_MAX_BYTES = 72
@@ -76,7 +77,7 @@ def _untypeable(ch: str) -> bool:
     """Control characters (C0, DEL, C1), line/paragraph separators and unpaired surrogates (what
     undecodable bytes on stdin become): nobody can type them at a sign-in prompt, a password
     holding one locks its users out, and a surrogate cannot even be hashed."""
-    return unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029"
+    return is_line_breaking(ch) or unicodedata.category(ch) == "Cs"
 
 
 def _is_common(password: str) -> bool:

@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from core import audit
+from core.controls import has_unsafe
 from core.csvsafe import to_csv
 from core.directory import Directory
 from core.errors import InputError
@@ -45,9 +46,6 @@ MAX_REPORTED_PROBLEMS = 20
 #: Rows per SELECT / executemany round trip.
 BATCH_SIZE = 1000
 FORMULA_STARTS = ("=", "+", "-", "@")
-# Control characters (Unicode Cc), line and paragraph separators, and the bidirectional
-# overrides and isolates that make a name render differently from what it says.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _SPACE = re.compile(r"\s")
 _EMAIL = re.compile(
     r"[^\s@<>()\[\],;:\"\\]+"  # local part: no spaces, no characters that need quoting
@@ -204,7 +202,7 @@ def _check_row(
 
 
 def _check_cell(name: str, raw: str, limit: int | None) -> tuple[str, str | None]:
-    if _CONTROL.search(raw):
+    if has_unsafe(raw):
         return raw, f"{name} contains a line break, tab or other control character"
     value = raw.strip()
     if value.startswith(FORMULA_STARTS):
