@@ -8,15 +8,12 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from tests.support.databases import postgres_database as postgres_database
 
 
 def free_port() -> int:
@@ -67,21 +64,6 @@ def private_redis() -> Iterator[str]:
         process.terminate()
         process.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-@contextmanager
-def postgres_database(prefix: str = "resetbot_bench") -> Iterator[str]:
-    """A new database on the local PostgreSQL, dropped (even with open connections) afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextmanager

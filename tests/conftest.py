@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 from redis import Redis
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Engine, insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.schema import create_schema
 from core.settings import Settings
+from tests.support.databases import postgres_database
 from tests.support.slack_standin import slack_standin as slack_standin
 
 # CI (`.ci/run` sets HYPOTHESIS_PROFILE=ci) tries the same examples on every run, so a red build
@@ -30,7 +31,6 @@ from tests.support.slack_standin import slack_standin as slack_standin
 hypothesis_settings.register_profile("ci", derandomize=True, database=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -40,16 +40,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'resetbot.db'}"
         return
-    name = f"resetbot_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,0 +1,31 @@
+"""Throw-away databases on the local servers, for the tests and the benchmark alike.
+
+Each one is new and empty, and dropped afterwards even while connections are still open, so a
+failed test leaves nothing behind on the shared server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, text
+
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+POSTGRES_ADMIN_URL = f"{POSTGRES_SERVER}/test"
+
+
+@contextmanager
+def postgres_database(prefix: str = "resetbot") -> Iterator[str]:
+    """The URL of a new database on the local PostgreSQL, dropped on leaving."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{POSTGRES_SERVER}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
