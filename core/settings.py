@@ -6,17 +6,20 @@ That one declaration drives reading (`Settings.from_env`), writing back for chil
 (`Settings.to_env`), the help rows (`settings_help`) and the test that keeps the README
 table equal to it.
 
-Why a small table of our own and not pydantic-settings (measured 2026-11-30, this 2-core VM, a
-fresh interpreter building the settings from an empty environment, median of 15 runs):
-  - start-up: 71 ms today against 169 ms for a pydantic-settings model of the same variables
-    (importing pydantic_settings alone: 164-229 ms); every `resetbot` command and worker pays it;
+Why a declaration of our own and not pydantic-settings (measured 2026-11-30 on this shared 2-core
+VM: a fresh interpreter building Settings from an empty environment, median of 15 interleaved
+runs; a bare interpreter takes 21 ms):
+  - start-up: 41 ms now (73 ms before: the defaults no longer import passlib to check "bcrypt")
+    against 165 ms for a pydantic-settings model of the same variables, of which importing
+    pydantic_settings alone is 162 ms; every `resetbot` command, worker and child pays it;
   - `.env`: python-dotenv expands `${VAR}` inside values (a password holding `${...}` would
     change), cuts ` #...` off unquoted values, and skips a malformed line with a warning where
     resetbot stops naming the line (`.env:2: expected NAME=value`);
-  - errors: pydantic's wordings ("Input should be a valid integer, unable to parse ...") would
-    need a second table translating them back into the one-line messages resetbot gives;
-  - shape: `Settings` stays a frozen dataclass (`dataclasses.replace` is used throughout) with
-    nested `policy` and `directory` read from flat names, which a BaseSettings model is not.
+  - errors: pydantic's wordings ("Input should be a valid integer, unable to parse string as an
+    integer [type=int_parsing, ...]") would need a second table translating them back into the
+    one-line messages resetbot gives and its tests check;
+  - shape: `Settings` stays a frozen dataclass (`dataclasses.replace` is used throughout) whose
+    nested `policy` and `directory` are read from flat names, which a BaseSettings model is not.
 """
 
 from __future__ import annotations
