@@ -763,51 +763,8 @@ def _when(moment: datetime | None) -> str:
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
-    """Environment variables that make `Settings.from_env` build exactly `settings`.
-
-    For child processes (the demo's worker) and tests that drive `main` with given settings.
-    """
-    policy, names = settings.policy, settings.directory
-    env = {
-        "DATABASE_URL": settings.database_url,
-        "RESET_QUEUE": settings.reset_queue,
-        "SMTP_HOST": settings.smtp_host,
-        "SMTP_PORT": str(settings.smtp_port),
-        "SMTP_SECURITY": settings.smtp_security,
-        "SMTP_TIMEOUT": repr(settings.smtp_timeout),
-        "MAIL_FROM": settings.mail_from,
-        "PORTAL_URL": settings.portal_url,
-        "MAIL_RETRY_DELAYS": ",".join(map(str, settings.mail_retry_delays)),
-        "PASSWORD_SCHEMES": ",".join(settings.password_schemes),
-        "PASSWORD_MIN_LENGTH": str(policy.min_length),
-        "PASSWORD_MIN_CLASSES": str(policy.min_classes),
-        "PASSWORD_FORBID_USERNAME": str(policy.forbid_username).lower(),
-        "PASSWORD_FORBID_COMMON": str(policy.forbid_common).lower(),
-        "PASSWORD_GENERATED_LENGTH": str(policy.generated_length),
-        "USERS_TABLE": names.table,
-        "USERS_COLUMNS": ",".join(f"{key}={name}" for key, name in names.columns.items()),
-        "RESET_CHUNK_SIZE": str(settings.chunk_size),
-        "RESET_CLAIM_BATCH": str(settings.claim_batch),
-        "RESET_LEASE_SECONDS": str(settings.lease_seconds),
-        "RESET_REAPER_INTERVAL": repr(settings.reaper_interval),
-        "SLACK_API_URL": settings.slack_api_url,
-        "RESET_PROGRESS_STEPS": str(settings.progress_steps),
-    }
-    optional = {
-        "REDIS_URL": settings.redis_url,
-        "SMTP_USERNAME": settings.smtp_username,
-        "SMTP_PASSWORD": settings.smtp_password,
-        "PASSWORD_ROUNDS": None if settings.password_rounds is None
-        else str(settings.password_rounds),
-        "RESET_SECRET_KEY": settings.reset_secret_key or None,
-        "SLACK_BOT_TOKEN": settings.slack_bot_token,
-        "SLACK_SIGNING_SECRET": settings.slack_signing_secret,
-        "SLACK_APP_TOKEN": settings.slack_app_token,
-        "RESET_ADMINS": ",".join(sorted(settings.reset_admins)) or None,
-        "RESET_ADMIN_GROUP": settings.reset_admin_group,
-    }
-    env.update({name: value for name, value in optional.items() if value is not None})
-    return env
+    """Environment variables that make `Settings.from_env` build exactly `settings`."""
+    return settings.to_env()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+"""Each setting is declared once: reading, writing back, the help rows and the README all agree."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+
+from bot.cli import settings_environment
+from core.settings import DirectoryNames, PasswordPolicy, Settings, settings_help
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+TABLE_HEADER = "| Variable | Default | Meaning |"
+
+
+def readme_configuration_rows() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) of every row of the README's Configuration table."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index(TABLE_HEADER) + 2  # past the header and its |---| line
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        name, default, meaning = (cell.strip() for cell in line.strip().strip("|").split("|"))
+        rows.append((name.strip("`"), default, meaning))
+    return rows
+
+
+def test_the_readme_table_is_exactly_the_declared_settings() -> None:
+    rows = readme_configuration_rows()
+    declared = settings_help()
+    assert len({name for name, _, _ in rows}) == len(rows), "a variable is listed twice"
+    as_markdown = "\n".join(f"| `{name}` | {default} | {meaning} |" for name, default, meaning
+                            in declared)
+    assert sorted(rows) == sorted(declared), f"README rows should be:\n{as_markdown}"
+
+
+def test_help_rows_name_each_variable_once_with_a_default_and_a_meaning() -> None:
+    rows = settings_help()
+    names = [name for name, _, _ in rows]
+    assert len(names) == len(set(names)) == 33
+    assert all(name.isupper() and default and meaning for name, default, meaning in rows)
+    assert ("SMTP_TIMEOUT", "`30`", "seconds per SMTP operation") in rows
+    assert rows[names.index("REDIS_URL")][:2] == ("REDIS_URL", "unset")
+
+
+def every_field_changed() -> Settings:
+    """Settings that differ from the defaults in every field (the test below checks that)."""
+    return replace(
+        Settings(),
+        database_url="postgresql+psycopg://u@db/resetbot",
+        redis_url="redis://r:6379/2",
+        reset_queue="other-queue",
+        smtp_host="mail.example.org",
+        smtp_port=2525,
+        smtp_username="relay",
+        smtp_password="pw with spaces # and = signs",
+        smtp_security="ssl",
+        smtp_timeout=0.1,
+        mail_from="Library <resetbot@library.example>",
+        portal_url="https://portal.example/",
+        mail_retry_delays=(0, 7),
+        password_schemes=("pbkdf2_sha256", "bcrypt"),
+        password_rounds=1000,
+        policy=PasswordPolicy(min_length=8, min_classes=0, forbid_username=False,
+                              forbid_common=False, generated_length=40),
+        reset_secret_key="sealing-key",
+        directory=DirectoryNames(table="people", columns={
+            **DirectoryNames().columns, "username": "login", "email": "mail_address"}),
+        chunk_size=7,
+        claim_batch=3,
+        lease_seconds=3600,
+        reaper_interval=0.25,
+        slack_bot_token="xoxb-1",
+        slack_signing_secret="signing",
+        slack_app_token="xapp-1",
+        slack_api_url="http://127.0.0.1:1/api/",
+        reset_admins=frozenset({"U2", "U1"}),
+        reset_admin_group="S1",
+        progress_steps=20,
+    )
+
+
+def test_every_field_of_the_round_trip_settings_differs_from_its_default() -> None:
+    changed, default = every_field_changed(), Settings()
+    for group in ("policy", "directory"):
+        for item in fields(getattr(default, group)):
+            assert getattr(changed.__dict__[group], item.name) != getattr(
+                default.__dict__[group], item.name), f"{group}.{item.name}"
+    for item in fields(Settings):
+        assert getattr(changed, item.name) != getattr(default, item.name), item.name
+
+
+def test_settings_written_back_to_the_environment_read_back_equal() -> None:
+    settings = every_field_changed()
+    env = settings_environment(settings)
+    assert sorted(env) == sorted(name for name, _, _ in settings_help())
+    assert Settings.from_env(env, env_file=None) == settings
+    assert Settings.from_env(Settings().to_env(), env_file=None) == Settings()
+
+
+def test_default_settings_write_back_only_what_unset_would_not_give() -> None:
+    env = Settings().to_env()
+    for unset in ("REDIS_URL", "SMTP_PASSWORD", "RESET_SECRET_KEY", "RESET_ADMINS",
+                  "PASSWORD_ROUNDS", "SLACK_BOT_TOKEN"):
+        assert unset not in env
+    assert env["SMTP_TIMEOUT"] == "30.0"
+    assert env["PASSWORD_FORBID_COMMON"] == "true"
+
+
+@pytest.mark.parametrize(("security", "port"), [("starttls", 587), ("SSL", 465), ("none", 25)])
+def test_the_smtp_port_follows_the_security_unless_it_is_set(security: str, port: int) -> None:
+    assert Settings.from_env({"SMTP_SECURITY": security}, env_file=None).smtp_port == port
+    chosen = Settings.from_env({"SMTP_SECURITY": security, "SMTP_PORT": "2525"}, env_file=None)
+    assert chosen.smtp_port == 2525
+
+
+def test_the_env_file_is_read_under_the_environment(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "# comment\n\n"
+        "export SMTP_HOST=mail.example.org\n"
+        "MAIL_FROM='Library <lib@example.org>'\n"
+        'SMTP_PASSWORD="a ${HOME} #b"\n'
+        "RESET_QUEUE=from-file\n",
+        encoding="utf-8",
+    )
+    settings = Settings.from_env({"RESET_QUEUE": "from-environ"}, env_file=env_file)
+    assert settings.smtp_host == "mail.example.org"
+    assert settings.mail_from == "Library <lib@example.org>"
+    assert settings.smtp_password == "a ${HOME} #b"
+    assert settings.reset_queue == "from-environ"
+
+
+def test_settings_without_an_env_file_are_the_defaults(tmp_path: Path) -> None:
+    assert Settings.from_env({}, env_file=tmp_path / "missing.env") == Settings()
+
+
+def test_secrets_stay_out_of_the_repr() -> None:
+    shown = repr(every_field_changed())
+    for secret in ("pw with spaces", "sealing-key", "xoxb-1", "xapp-1", "signing"):
+        assert secret not in shown
+    assert "mail.example.org" in shown
