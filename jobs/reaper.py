@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session
 
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
 from jobs.context import WorkerContext, use_context
-from jobs.engine import ACTIVE_ITEM_STATES, finish_if_done
+from jobs.finishing import finish_if_done
 from jobs.queueing import enqueue_chunk, enqueue_retry, enqueue_task, task_of_job
+from jobs.rows import ACTIVE_ITEM_STATES
 
 logger = logging.getLogger(__name__)
 
