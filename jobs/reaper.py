@@ -27,8 +27,15 @@ from sqlalchemy.orm import Session
 
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
 from jobs.context import WorkerContext, use_context
-from jobs.engine import ACTIVE_ITEM_STATES, finish_if_done
-from jobs.queueing import enqueue_chunk, enqueue_retry, enqueue_task, task_of_job
+from jobs.finishing import finish_if_done
+from jobs.queueing import (
+    enqueue_chunk,
+    enqueue_retry,
+    enqueue_task,
+    job_ids_in_redis,
+    task_of_job,
+)
+from jobs.rows import ACTIVE_ITEM_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -87,23 +94,12 @@ def _reap(context: WorkerContext, now: datetime) -> ReapReport:
 
 
 def task_jobs(context: WorkerContext) -> dict[int, set[str]]:
-    """Kinds of job ('plan', 'chunk', 'retry') each task has queued, running or scheduled.
-
-    Read in one MULTI so a job moving between the queue and a registry is seen exactly once.
-    """
-    queue = context.queue
-    pipe = context.redis.pipeline(transaction=True)
-    pipe.lrange(queue.key, 0, -1)
-    pipe.lrange(queue.intermediate_queue_key, 0, -1)
-    pipe.zrange(queue.started_job_registry.key, 0, -1)
-    pipe.zrange(queue.scheduled_job_registry.key, 0, -1)
+    """Kinds of job ('plan', 'chunk', 'retry') each task has queued, running or scheduled."""
     found: dict[int, set[str]] = defaultdict(set)
-    for entries in pipe.execute():
-        for entry in entries:
-            text = entry.decode() if isinstance(entry, bytes) else str(entry)
-            parsed = task_of_job(text)
-            if parsed is not None:
-                found[parsed[0]].add(parsed[1])
+    for entry in job_ids_in_redis(context.redis, context.queue):
+        parsed = task_of_job(entry)
+        if parsed is not None:
+            found[parsed[0]].add(parsed[1])
     return dict(found)
 
 

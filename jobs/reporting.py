@@ -2,12 +2,14 @@
 
 The engine decides *when* to report (it throttles, so a task makes a bounded number of calls
 whatever its size); a reporter only decides *how*. Reporters receive ids and counts, never a
-password, and are called after the database work they describe has been committed.
+password, and are called after the database work they describe has been committed. The engine
+calls them through a `SafeReporter`, so a failing reporter never fails a reset.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
@@ -60,40 +62,44 @@ class NullReporter:
         return None
 
 
-class RecordingReporter:
-    """Keeps every call in order; tests use it to check what (and how often) was reported."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[int, ...]]] = []
-
-    def task_started(self, task_id: int) -> None:
-        self.calls.append(("task_started", (task_id,)))
-
-    def task_progress(self, task_id: int, step: int, steps: int) -> None:
-        self.calls.append(("task_progress", (task_id, step, steps)))
-
-    def task_waiting(self, task_id: int, blocking_task_id: int) -> None:
-        self.calls.append(("task_waiting", (task_id, blocking_task_id)))
-
-    def retries_scheduled(
-        self, task_id: int, users: int, attempt: int, delay_seconds: int
-    ) -> None:
-        self.calls.append(("retries_scheduled", (task_id, users, attempt, delay_seconds)))
-
-    def task_finished(self, task_id: int) -> None:
-        self.calls.append(("task_finished", (task_id,)))
-
-    def named(self, name: str) -> list[tuple[int, ...]]:
-        return [args for called, args in self.calls if called == name]
-
-
-def report_safely(reporter: Reporter, method: str, *args: int) -> None:
-    """Call `reporter.<method>(*args)`; a failing reporter is logged, never fails the reset.
+class SafeReporter:
+    """Forwards to a reporter; a failing reporter is logged, never fails the reset.
 
     The database already holds the outcome being reported, so a Slack outage must not turn a
     finished reset into a failed job (and a retried job would redo nothing but the report).
     """
-    try:
-        getattr(reporter, method)(*args)
-    except Exception:  # any reporter bug: logged with its traceback, not hidden
-        logger.exception("reporter %s failed for task %s", method, args[0] if args else "?")
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+
+    def task_started(self, task_id: int) -> None:
+        self._forward("task_started", task_id, lambda: self.reporter.task_started(task_id))
+
+    def task_progress(self, task_id: int, step: int, steps: int) -> None:
+        self._forward(
+            "task_progress", task_id, lambda: self.reporter.task_progress(task_id, step, steps)
+        )
+
+    def task_waiting(self, task_id: int, blocking_task_id: int) -> None:
+        self._forward(
+            "task_waiting", task_id,
+            lambda: self.reporter.task_waiting(task_id, blocking_task_id),
+        )
+
+    def retries_scheduled(
+        self, task_id: int, users: int, attempt: int, delay_seconds: int
+    ) -> None:
+        self._forward(
+            "retries_scheduled", task_id,
+            lambda: self.reporter.retries_scheduled(task_id, users, attempt, delay_seconds),
+        )
+
+    def task_finished(self, task_id: int) -> None:
+        self._forward("task_finished", task_id, lambda: self.reporter.task_finished(task_id))
+
+    @staticmethod
+    def _forward(method: str, task_id: int, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception:  # any reporter bug: logged with its traceback, not hidden
+            logger.exception("reporter %s failed for task %s", method, task_id)

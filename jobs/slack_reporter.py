@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,6 +51,7 @@ from core.models import (
 from core.progress import TaskSnapshot, snapshot
 from core.settings import Settings
 from jobs.context import WorkerContext, current_context
+from jobs.queueing import FAILURE_TTL, delivery_job_id, delivery_of_job, job_ids_in_redis
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ DELIVER = "jobs.slack_reporter.deliver"
 #: outage; the last value repeats.
 RETRY_INTERVALS: tuple[int, ...] = (5, 15, 30, 60, 120, 300, 600, 900, 900, 900, 900, 900,
                                     1800, 1800, 1800)
-FAILURE_TTL = 7 * 24 * 3600
 #: A worker waits in-process for a 429 only this long; a longer Retry-After goes back to the
 #: queue as a scheduled retry, so the worker goes on resetting meanwhile.
 MAX_INLINE_RETRY_AFTER = 5
@@ -92,10 +91,6 @@ class Event(StrEnum):
     WAITING = "waiting"
     RETRIES = "retries"
     FINISHED = "finished"
-
-
-#: The job id of an end delivery (see `enqueue_delivery`), found in Redis by the reaper.
-_END_DELIVERY = re.compile(rf"__slack-(\d+)-{Event.FINISHED.value}__")
 
 
 class NotReady(Exception):
@@ -165,14 +160,12 @@ def enqueue_delivery(
     retry_intervals: Sequence[int] = RETRY_INTERVALS,
 ) -> None:
     """Queue one delivery (JSON arguments only) with a backoff long enough for an outage."""
-    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", queue.name)
     queue.enqueue(
         DELIVER,
         task_id,
         event.value,
         *args,
-        # Not the engine's `__t<id>__<kind>__` form: the reaper counts only reset work.
-        job_id=f"{prefix}__slack-{task_id}-{event.value}__{uuid.uuid4().hex[:12]}",
+        job_id=delivery_job_id(queue, task_id, event.value),
         result_ttl=0,
         failure_ttl=FAILURE_TTL,
         # Ahead of the task's own chunk jobs, or progress would be told only at the end; the
@@ -222,19 +215,11 @@ def resend_lost_ends(context: WorkerContext) -> int:
 
 def tasks_with_end_delivery(context: WorkerContext) -> set[int]:
     """Tasks with an end delivery queued, running or scheduled in Redis."""
-    queue = context.queue
-    pipe = context.redis.pipeline(transaction=True)
-    pipe.lrange(queue.key, 0, -1)
-    pipe.lrange(queue.intermediate_queue_key, 0, -1)
-    pipe.zrange(queue.started_job_registry.key, 0, -1)
-    pipe.zrange(queue.scheduled_job_registry.key, 0, -1)
     found: set[int] = set()
-    for entries in pipe.execute():
-        for entry in entries:
-            text = entry.decode() if isinstance(entry, bytes) else str(entry)
-            match = _END_DELIVERY.search(text)
-            if match:
-                found.add(int(match.group(1)))
+    for entry in job_ids_in_redis(context.redis, context.queue):
+        delivery = delivery_of_job(entry)
+        if delivery is not None and delivery[1] == Event.FINISHED.value:
+            found.add(delivery[0])
     return found
 
 

@@ -17,8 +17,8 @@ from core.settings import Settings
 from core.tasks import request_cancel
 from jobs.context import use_context
 from jobs.engine import run_chunk
-from jobs.reporting import RecordingReporter
 from tests.support.engine import (
+    RecordingReporter,
     build_context,
     items_by_user,
     run_until_final,

@@ -29,7 +29,7 @@ from redis import Redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-import jobs.engine
+import jobs.chunks
 from bot.cli import main as resetbot
 from core.directory import Directory
 from core.models import AuditEntry, PendingRequest, ResetTask, TaskStatus
@@ -117,7 +117,7 @@ class Spy:
 @pytest.fixture
 def generated(monkeypatch: pytest.MonkeyPatch) -> Spy:
     spy = Spy()
-    monkeypatch.setattr(jobs.engine, "generate_password", spy.wrap(jobs.engine.generate_password))
+    monkeypatch.setattr(jobs.chunks, "generate_password", spy.wrap(jobs.chunks.generate_password))
     return spy
 
 
@@ -204,7 +204,7 @@ def test_no_password_anywhere_after_a_task_of_each_mode(
     in_redis = redis_dump(run.redis)
     in_tables = database_text(engine)
     assert in_redis and in_tables["reset_items"]  # scanned something real
-    for source in ("rq.worker", "jobs.engine", "slack_sdk.web", "resetbot.bolt"):
+    for source in ("rq.worker", "jobs.planning", "slack_sdk.web", "resetbot.bolt"):
         assert f" {source}" in every_log_line.text, f"no log records from {source} were seen"
     for secret in secrets:
         assert secret.encode() not in in_redis, "a password in Redis"

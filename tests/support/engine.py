@@ -16,8 +16,35 @@ from core.settings import Settings
 from core.tasks import ResetRequest, create_task
 from jobs.context import WorkerContext
 from jobs.queueing import enqueue_task
-from jobs.reporting import RecordingReporter, Reporter
+from jobs.reporting import Reporter
 from jobs.worker import ResetWorker
+
+
+class RecordingReporter:
+    """Keeps every call in order; tests use it to check what (and how often) was reported."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def task_started(self, task_id: int) -> None:
+        self.calls.append(("task_started", (task_id,)))
+
+    def task_progress(self, task_id: int, step: int, steps: int) -> None:
+        self.calls.append(("task_progress", (task_id, step, steps)))
+
+    def task_waiting(self, task_id: int, blocking_task_id: int) -> None:
+        self.calls.append(("task_waiting", (task_id, blocking_task_id)))
+
+    def retries_scheduled(
+        self, task_id: int, users: int, attempt: int, delay_seconds: int
+    ) -> None:
+        self.calls.append(("retries_scheduled", (task_id, users, attempt, delay_seconds)))
+
+    def task_finished(self, task_id: int) -> None:
+        self.calls.append(("task_finished", (task_id,)))
+
+    def named(self, name: str) -> list[tuple[int, ...]]:
+        return [args for called, args in self.calls if called == name]
 
 
 def build_context(

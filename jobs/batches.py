@@ -1,0 +1,65 @@
+"""The small records a job's work on items passes between its stages.
+
+A claimed batch is hashed on the job's thread, then written and mailed on the helper thread
+(see `jobs.chunks`); these records, and the hashed batch of `jobs.settling`, are all the two
+threads hand each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement
+
+from core.models import ItemState, Mode
+
+#: Which items a job works on, given the time of the claim (a retry waits for its due time).
+Conditions = Callable[[datetime], list[ColumnElement[bool]]]
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What the work on items needs to know of its task, read once per job."""
+
+    id: int
+    mode: Mode
+    require_change: bool
+    sealed: str | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    user_id: int
+    chunk: int
+    username: str
+    full_name: str
+    email: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    items: list[Claimed]
+    #: time.monotonic() when the lease was taken: it runs from then, not from when hashing starts
+    taken: float
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """How an item's mail went: its new state, written only if this worker still holds it."""
+
+    item_id: int
+    state: ItemState
+    attempts: int
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+
+
+@dataclass
+class Settled:
+    #: Item ids waiting for a mail retry, by the number of the attempt coming up.
+    retries: dict[int, list[int]]
+    stop: bool = False

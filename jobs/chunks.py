@@ -1,0 +1,176 @@
+"""The work on a job's items: claim a batch, hash it, hand it to be settled, repeat.
+
+The stages overlap: while the job's thread hashes one batch, a helper thread writes the previous
+batch's hashes and states, sends its mails (waiting on the database and the mail server), then
+claims the next batch (see `Pipeline`). Hashing releases the GIL, so the database and mail
+latency hides behind the hashing that dominates a reset, and the job's thread does little else.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from core.errors import ConfigError
+from core.models import Mode, ResetTask, TaskStatus
+from core.passwords import generate_password
+from core.sealing import unseal
+from jobs.batches import Claim, Claimed, Conditions, Settled, TaskView
+from jobs.claims import Lease, claim_items, release
+from jobs.context import WorkerContext
+from jobs.finishing import fail_task, finish_if_done
+from jobs.mailer import Mailer, MailSetupError
+from jobs.progress import report_progress
+from jobs.retries import schedule_retries
+from jobs.settling import HashedBatch, fail_for_mail_setup, settle_batch
+
+
+def work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> None:
+    """Claim, hash, write and mail batch after batch, then schedule retries and maybe finish."""
+    task = load_task(context, task_id)
+    if task is None:
+        return
+    try:
+        default_password = _default_password(context, task)
+    except ConfigError as error:
+        fail_task(context, task_id, str(error))
+        return
+    with Mailer(context.settings, context.smtp_factory) as mailer, ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix=f"resetbot-settle-{task_id}"
+    ) as helper:
+        pipeline = Pipeline(context, task, conditions, mailer, helper)
+        pipeline.run(default_password)
+    default_password = None
+    schedule_retries(context, task_id, pipeline.retries)
+    report_progress(context, task_id)
+    finish_if_done(context, task_id)
+
+
+def load_task(context: WorkerContext, task_id: int) -> TaskView | None:
+    """The task if it is running; None when there is nothing to work on."""
+    with context.sessions() as session:
+        task = session.get(ResetTask, task_id)
+        if task is None or task.status != TaskStatus.RUNNING:
+            return None
+        return TaskView(task.id, Mode(task.mode), task.require_change,
+                        task.default_password_sealed)
+
+
+def _default_password(context: WorkerContext, task: TaskView) -> str | None:
+    """The password every user gets in default mode (None in generated mode).
+
+    Raises ConfigError when it is missing or cannot be unsealed with this worker's key.
+    """
+    if task.mode is not Mode.DEFAULT:
+        return None
+    if task.sealed is None:
+        raise ConfigError("The task's default password is missing.")
+    return unseal(context.settings.reset_secret_key, task.sealed)
+
+
+class Pipeline:
+    """One job's batches: hashed on the job's thread, claimed and settled on one helper thread.
+
+    The helper runs one thing at a time, first in first out: a claim runs after the settling
+    submitted before it, so it sees a task that settling has just failed (the claim checks the
+    task still runs). At most one batch is being settled while the next one is hashed.
+    """
+
+    def __init__(
+        self,
+        context: WorkerContext,
+        task: TaskView,
+        conditions: Conditions,
+        mailer: Mailer,
+        helper: ThreadPoolExecutor,
+    ) -> None:
+        self.context = context
+        self.task = task
+        self.conditions = conditions
+        self.mailer = mailer
+        self.helper = helper
+        #: Item ids waiting for a mail retry, by the number of the attempt coming up.
+        self.retries: dict[int, list[int]] = defaultdict(list)
+        self.mailer_checked = False
+        self.in_flight: Future[Settled] | None = None
+
+    def run(self, default_password: str | None) -> None:
+        """Hash batch after batch until none is left or the job must stop."""
+        next_claim = self.claim_next()
+        while True:
+            current = next_claim.result()
+            claimed = current.items
+            if not claimed or not self.mailer_ready(claimed):
+                break
+            next_claim = self.claim_next()
+            batch = hash_batch(self.context, current, default_password)
+            if not self.collect():
+                release(self.context, [*claimed, *next_claim.result().items])
+                break
+            self.settle(batch)
+        self.collect()
+
+    def claim_next(self) -> Future[Claim]:
+        """Claim the next batch on the helper thread, after whatever was submitted before."""
+        return self.helper.submit(self._claim)
+
+    def _claim(self) -> Claim:
+        taken = time.monotonic()
+        return Claim(claim_items(self.context, self.task.id, self.conditions), taken)
+
+    def mailer_ready(self, claimed: list[Claimed]) -> bool:
+        """Open the mail server before the first hash of a user to mail is written.
+
+        With a mail server that cannot be used (wrong credentials), nobody is locked out: the
+        task fails instead. False when the job must stop (the batch is released or failed).
+        """
+        if self.mailer_checked or self.task.mode is not Mode.GENERATED or not any(
+            item.email for item in claimed
+        ):
+            return True
+        if not self.collect():
+            release(self.context, claimed)
+            return False
+        try:
+            self.mailer.open()
+        except MailSetupError as error:
+            fail_for_mail_setup(self.context, self.task.id, claimed, str(error))
+            return False
+        self.mailer_checked = True
+        return True
+
+    def settle(self, batch: HashedBatch) -> None:
+        """Write and mail a hashed batch on the helper thread."""
+        # The settling thread sees this job's context too (reporters may ask for it).
+        self.in_flight = self.helper.submit(
+            contextvars.copy_context().run, settle_batch, self.context, self.task, batch,
+            self.mailer,
+        )
+
+    def collect(self) -> bool:
+        """Wait for the batch being settled; False when the job must stop."""
+        if self.in_flight is None:
+            return True
+        settled = self.in_flight.result()  # re-raises the settling stage's error here
+        self.in_flight = None
+        for attempt, item_ids in settled.retries.items():
+            self.retries[attempt].extend(item_ids)
+        return not settled.stop
+
+
+def hash_batch(context: WorkerContext, claim: Claim, default_password: str | None) -> HashedBatch:
+    """The cost of a reset: one salted hash per user (a new password each in generated mode)."""
+    policy = context.settings.policy
+    lease = Lease(context, (item.id for item in claim.items), claim.taken)
+    lease.renew_if_due()
+    passwords: dict[int, str] = {}
+    hashes: list[tuple[Claimed, str]] = []
+    for item in claim.items:
+        password = default_password or generate_password(policy, item.username)
+        if default_password is None and item.email:
+            passwords[item.id] = password
+        hashes.append((item, context.hasher.hash(password)))
+        lease.renew_if_due()
+    return HashedBatch(claim.items, hashes, passwords, lease)

@@ -1,0 +1,189 @@
+"""Claiming items and holding them: every UPDATE on the items a worker has leased.
+
+A worker claims a batch of items in one statement (safe with many workers) and holds them under
+a lease it renews while it hashes and mails; each later write (renew, end, record an outcome,
+give back) applies only to the items it still holds, so an item whose lease was lost to
+another worker is never written twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, select, update
+from sqlalchemy.orm import Session
+
+from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
+from jobs.batches import Claimed, Conditions, ItemOutcome
+from jobs.context import WorkerContext
+from jobs.rows import items_table
+
+
+def chunk_items(task_id: int, chunk: int) -> Conditions:
+    """The pending items of one chunk."""
+
+    def conditions(now: datetime) -> list[ColumnElement[bool]]:
+        return [
+            ResetItem.task_id == task_id,
+            ResetItem.chunk == chunk,
+            ResetItem.state == ItemState.PENDING,
+        ]
+
+    return conditions
+
+
+def claim_items(context: WorkerContext, task_id: int, conditions: Conditions) -> list[Claimed]:
+    """Lease up to claim_batch matching items in one statement, safe with many workers.
+
+    Only while the task runs uncancelled and without error: the same statement is the check
+    between batches. PostgreSQL skips rows another worker is claiming right now; SQLite
+    serialises writers.
+    """
+    now = utcnow()
+    where = [
+        *conditions(now),
+        select(ResetTask.id)
+        .where(
+            ResetTask.id == task_id,
+            ResetTask.status == TaskStatus.RUNNING,
+            ResetTask.cancel_requested.is_(False),
+            ResetTask.error.is_(None),
+        )
+        .exists(),
+    ]
+    candidates = select(ResetItem.id).where(*where).order_by(ResetItem.id).limit(
+        context.settings.claim_batch
+    )
+    if context.engine.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(of=ResetItem, skip_locked=True)
+    with context.sessions() as session:
+        rows = session.execute(
+            update(ResetItem)
+            .where(ResetItem.id.in_(candidates.scalar_subquery()), *where)
+            .values(
+                state=ItemState.CLAIMED,
+                leased_by=context.owner,
+                lease_until=now + timedelta(seconds=context.settings.lease_seconds),
+                updated_at=now,
+            )
+            .returning(
+                ResetItem.id, ResetItem.user_id, ResetItem.chunk, ResetItem.username,
+                ResetItem.full_name, ResetItem.email, ResetItem.attempts,
+            )
+            .execution_options(synchronize_session=False)
+        ).all()
+        session.commit()
+    return sorted(
+        (Claimed(r[0], r[1], r[2], r[3], r[4] or "", r[5] or None, r[6]) for r in rows),
+        key=lambda item: item.id,
+    )
+
+
+class Lease:
+    """Keeps this worker's claim on a batch alive while slow hashing or mailing goes on."""
+
+    def __init__(self, context: WorkerContext, item_ids: Iterable[int], taken: float) -> None:
+        self.context = context
+        self.item_ids = list(item_ids)
+        self.renewed = taken
+
+    def renew_if_due(self) -> None:
+        if time.monotonic() - self.renewed > self.context.settings.lease_seconds / 3:
+            with self.context.sessions() as session:
+                renew(self.context, session, self.item_ids)
+                session.commit()
+            self.renewed = time.monotonic()
+
+
+def update_held(
+    context: WorkerContext, session: Session, item_ids: Sequence[int], **values: Any
+) -> set[int]:
+    """Update those of `item_ids` this worker still holds (claimed, under its lease); their ids.
+
+    An item whose lease was lost is someone else's now: it is left alone and not returned.
+    """
+    if not item_ids:
+        return set()
+    rows = session.execute(
+        update(ResetItem)
+        .where(
+            ResetItem.id.in_(list(item_ids)),
+            ResetItem.state == ItemState.CLAIMED,
+            ResetItem.leased_by == context.owner,
+        )
+        .values(**values)
+        .returning(ResetItem.id)
+        .execution_options(synchronize_session=False)
+    )
+    return {int(row[0]) for row in rows}
+
+
+def renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> set[int]:
+    """Extend the lease on the items this worker still holds; returns their ids."""
+    until = utcnow() + timedelta(seconds=context.settings.lease_seconds)
+    return update_held(context, session, item_ids, lease_until=until)
+
+
+def end_unmailed(
+    context: WorkerContext,
+    session: Session,
+    item_ids: Sequence[int],
+    state: ItemState,
+    now: datetime,
+) -> set[int]:
+    """Give the items this worker still holds and will not mail their final state; their ids."""
+    return update_held(
+        context, session, item_ids, state=state, next_attempt_at=None, last_error=None,
+        leased_by=None, lease_until=None, updated_at=now,
+    )
+
+
+def record_outcomes(
+    context: WorkerContext, session: Session, outcomes: Sequence[ItemOutcome], now: datetime
+) -> None:
+    """Every outcome of a batch in one executemany, each only if this worker still holds it."""
+    if not outcomes:
+        return
+    statement = (
+        update(items_table)
+        .where(
+            items_table.c.id == bindparam("b_id"),
+            items_table.c.state == ItemState.CLAIMED.value,
+            items_table.c.leased_by == context.owner,
+        )
+        .values(
+            state=bindparam("b_state"),
+            attempts=bindparam("b_attempts"),
+            next_attempt_at=bindparam("b_next"),
+            last_error=bindparam("b_error"),
+            leased_by=None,
+            lease_until=None,
+            updated_at=now,
+        )
+    )
+    session.connection().execute(
+        statement,
+        [
+            {
+                "b_id": outcome.item_id,
+                "b_state": outcome.state.value,
+                "b_attempts": outcome.attempts,
+                "b_next": outcome.next_attempt_at,
+                "b_error": outcome.error,
+            }
+            for outcome in outcomes
+        ],
+    )
+
+
+def release(context: WorkerContext, claimed: Sequence[Claimed]) -> None:
+    """Give back a claimed batch untouched, for whoever comes next (or the cancel sweep)."""
+    if not claimed:
+        return
+    with context.sessions() as session:
+        update_held(context, session, [item.id for item in claimed],
+                    state=ItemState.PENDING, leased_by=None, lease_until=None)
+        session.commit()

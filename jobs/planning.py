@@ -1,0 +1,258 @@
+"""Starting a task and planning it: take the running slot, then write the items to reset.
+
+One task runs at a time (a unique `active_slot`); a task that finds another running waits and
+checks again. Planning streams the scope's users into items a batch per transaction and
+enqueues each chunk as soon as it is complete, so workers reset while planning goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.directory import DirectoryUser
+from core.errors import InputError
+from core.models import ItemState, ResetItem, ResetTask, Scope, TaskStatus, utcnow
+from jobs.context import WorkerContext
+from jobs.finishing import cancel_unstarted, fail_task, finish_if_done
+from jobs.queueing import enqueue_chunk, enqueue_plan_later
+from jobs.reporting import SafeReporter
+from jobs.rows import ACTOR, items_table, rowcount
+
+logger = logging.getLogger(__name__)
+
+#: Users read from the directory and inserted as items per planning round trip.
+PLAN_BATCH = 1000
+#: How often a task waiting for the running one checks again (finishing a task also wakes it).
+WAITING_RECHECK_SECONDS = 10
+
+
+def start_task(context: WorkerContext, task_id: int) -> bool | None:
+    """True: started now; False: was running, still unplanned; None: nothing to plan now.
+
+    Reports the start, or the wait for another task, once per task.
+    """
+    with context.sessions() as session:
+        task = session.get(ResetTask, task_id)
+        if task is None:
+            logger.warning("task %s does not exist; nothing to plan", task_id)
+            return None
+        status = TaskStatus(task.status)
+        if status is TaskStatus.RUNNING:
+            return None if task.planned else False
+        if status.is_final:
+            return None
+        if task.cancel_requested:
+            cancel_unstarted(context, session, task_id)
+            return None
+        try:
+            started = _take_slot(context, session, task)
+        except IntegrityError:
+            # The unique active_slot says another task is running: wait for it.
+            session.rollback()
+            _wait_for_slot(context, session, task_id)
+            return None
+    if not started:
+        return None  # another job started it a moment ago and plans it
+    logger.info("task %s started", task_id)
+    SafeReporter(context.reporter).task_started(task_id)
+    return True
+
+
+def _take_slot(context: WorkerContext, session: Session, task: ResetTask) -> bool:
+    """Mark a queued task running, committed and audited; False if another job did it first.
+
+    Raises IntegrityError while another task holds the running slot.
+    """
+    now = utcnow()
+    started = rowcount(
+        session.execute(
+            update(ResetTask)
+            .where(ResetTask.id == task.id, ResetTask.status == TaskStatus.QUEUED)
+            .values(
+                status=TaskStatus.RUNNING,
+                active_slot=1,
+                started_at=now,
+                # The starter plans: it holds the planning lease from the start.
+                plan_lease_until=now + timedelta(seconds=context.settings.lease_seconds),
+            )
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if started:
+        audit.record(
+            session, ACTOR, "start", task.id, scope=task.scope, mode=task.mode,
+            requester=task.requester,
+        )
+    session.commit()
+    return bool(started)
+
+
+def _wait_for_slot(context: WorkerContext, session: Session, task_id: int) -> None:
+    blocking = session.scalar(select(ResetTask.id).where(ResetTask.active_slot == 1))
+    first_time = rowcount(
+        session.execute(
+            update(ResetTask)
+            .where(ResetTask.id == task_id, ResetTask.reported_waiting.is_(False))
+            .values(reported_waiting=True)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    session.commit()
+    enqueue_plan_later(context.queue, task_id, WAITING_RECHECK_SECONDS)
+    logger.info("task %s waits for task %s", task_id, blocking)
+    if first_time and blocking is not None:
+        SafeReporter(context.reporter).task_waiting(task_id, blocking)
+
+
+def _take_plan_lease(context: WorkerContext, session: Session, task_id: int) -> bool:
+    """For a planner resuming another's work: only when no live planner holds the lease."""
+    now = utcnow()
+    lease = now + timedelta(seconds=context.settings.lease_seconds)
+    taken = rowcount(
+        session.execute(
+            update(ResetTask)
+            .where(
+                ResetTask.id == task_id,
+                ResetTask.status == TaskStatus.RUNNING,
+                ResetTask.planned.is_(False),
+                (ResetTask.plan_lease_until.is_(None)) | (ResetTask.plan_lease_until < now),
+            )
+            .values(plan_lease_until=lease)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    session.commit()
+    return taken == 1
+
+
+@dataclass
+class _Plan:
+    scope: Scope
+    selection: list[int]
+    cursor: int
+    count: int
+
+
+def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
+    """Stream the scope's users in id order into items, a batch per transaction.
+
+    Chunks are enqueued as soon as they are complete, so workers start while planning goes on;
+    an interrupted plan resumes from `plan_cursor` (set with each batch, in the same commit).
+    """
+    settings = context.settings
+    with context.sessions() as session:
+        task = session.get(ResetTask, task_id)
+        if task is None or task.status != TaskStatus.RUNNING or task.planned:
+            return
+        # The starter holds the planning lease; anyone else (a reaper's re-plan) must take it.
+        if resuming and not _take_plan_lease(context, session, task_id):
+            return
+        plan = _Plan(Scope(task.scope), list(task.selection), task.plan_cursor, task.total)
+    if resuming:
+        # Chunks written before an interruption may never have reached the queue.
+        for chunk in _chunks_with_pending(context, task_id):
+            enqueue_chunk(context.queue, task_id, chunk)
+    enqueued = plan.count // settings.chunk_size
+    while True:
+        try:
+            step = _plan_batch(context, task_id, plan)
+        except InputError as error:
+            fail_task(context, task_id, f"The task could not be planned: {error}")
+            return
+        if step is None:
+            return  # another planner took over
+        done = step
+        size = settings.chunk_size
+        chunks = math.ceil(plan.count / size) if done else plan.count // size
+        for chunk in range(enqueued, chunks):
+            enqueue_chunk(context.queue, task_id, chunk)
+        enqueued = max(enqueued, chunks)
+        if done:
+            break
+    logger.info("task %s planned: %s users in %s chunks", task_id, plan.count, enqueued)
+    finish_if_done(context, task_id)
+
+
+def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | None:
+    """Write the next batch of items; True when planning is complete, None if not ours any more."""
+    settings = context.settings
+    now = utcnow()
+    with context.sessions() as session:
+        cancelled = session.scalar(
+            select(ResetTask.cancel_requested).where(ResetTask.id == task_id)
+        )
+        users = [] if cancelled else context.directory.scope_batch(
+            session, plan.scope, plan.selection, plan.cursor, PLAN_BATCH
+        )
+        done = len(users) < PLAN_BATCH
+        cursor = users[-1].id if users else plan.cursor
+        count = plan.count + len(users)
+        # The cursor guard makes two planners never interleave: the second one changes no row.
+        moved = rowcount(
+            session.execute(
+                update(ResetTask)
+                .where(ResetTask.id == task_id, ResetTask.plan_cursor == plan.cursor,
+                       ResetTask.total == plan.count, ResetTask.planned.is_(False))
+                .values(
+                    plan_cursor=cursor,
+                    total=count,
+                    planned=done,
+                    plan_lease_until=None if done else now + timedelta(
+                        seconds=settings.lease_seconds
+                    ),
+                )
+            )
+        )
+        if not moved:
+            session.rollback()
+            return None
+        if users:
+            session.execute(
+                insert(items_table),
+                _item_rows(task_id, plan.count, users, settings.chunk_size, now),
+            )
+        session.commit()
+    plan.cursor, plan.count = cursor, count
+    return done
+
+
+def _item_rows(
+    task_id: int, first: int, users: list[DirectoryUser], chunk_size: int, now: datetime
+) -> list[dict[str, Any]]:
+    """One pending item per user; `first` is how many items the task had before these."""
+    return [
+        {
+            "task_id": task_id,
+            "user_id": user.id,
+            "chunk": (first + index) // chunk_size,
+            "username": user.username,
+            "full_name": user.full_name,
+            "email": user.email,
+            "is_staff": user.is_staff,
+            "state": ItemState.PENDING.value,
+            "attempts": 0,
+            "updated_at": now,
+        }
+        for index, user in enumerate(users)
+    ]
+
+
+def _chunks_with_pending(context: WorkerContext, task_id: int) -> list[int]:
+    with context.sessions() as session:
+        return list(
+            session.scalars(
+                select(ResetItem.chunk)
+                .where(ResetItem.task_id == task_id, ResetItem.state == ItemState.PENDING)
+                .distinct()
+                .order_by(ResetItem.chunk)
+            )
+        )

@@ -1,0 +1,132 @@
+"""Settling a hashed batch: write its hashes and states, mail its users, record how it went.
+
+This runs on a chunk's helper thread (see `jobs.chunks`) while the job's thread hashes the next
+batch. A generated password lives only here, in memory, between its hash being committed and
+its mail being accepted; a retry makes a new one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from core.models import ItemState, Mode, utcnow
+from jobs.batches import Claimed, ItemOutcome, Settled, TaskView
+from jobs.claims import Lease, end_unmailed, record_outcomes, renew
+from jobs.context import WorkerContext
+from jobs.finishing import fail_task
+from jobs.mailer import Delivery, Mailer, MailSetupError, Outcome, PasswordMail
+from jobs.retries import mail_outcome
+
+
+@dataclass
+class HashedBatch:
+    """A claimed batch after hashing: what the settling stage writes and mails."""
+
+    claimed: list[Claimed]
+    hashes: list[tuple[Claimed, str]]
+    #: Generated passwords of the users to mail, by item id: in memory only, dropped once sent.
+    passwords: dict[int, str] = field(repr=False)
+    lease: Lease
+
+
+def settle_batch(
+    context: WorkerContext, task: TaskView, batch: HashedBatch, mailer: Mailer
+) -> Settled:
+    """Write a hashed batch (hashes and states in one transaction), then mail it."""
+    settled = Settled(retries=defaultdict(list))
+    held = _write_batch(context, task, batch)
+    to_mail = [item for item in batch.claimed if item.id in batch.passwords and item.id in held]
+    if not to_mail:
+        batch.passwords.clear()
+        return settled
+    outcomes, setup_error = _mail_each(context, task, batch, mailer, to_mail)
+    with context.sessions() as session:
+        record_outcomes(context, session, outcomes, utcnow())
+        session.commit()
+    for outcome in outcomes:
+        if outcome.state is ItemState.RETRY_WAIT:
+            settled.retries[outcome.attempts + 1].append(outcome.item_id)
+    if setup_error is not None:
+        fail_task(context, task.id, setup_error)
+        settled.stop = True
+    return settled
+
+
+def fail_for_mail_setup(
+    context: WorkerContext, task_id: int, claimed: Sequence[Claimed], error: str
+) -> None:
+    """Wrong SMTP credentials fail the task once, not each user thousands of times."""
+    reason = f"Not reset: {error}"
+    with context.sessions() as session:
+        record_outcomes(
+            context, session,
+            [ItemOutcome(item.id, ItemState.NOTIFY_FAILED, item.attempts, None, reason)
+             for item in claimed],
+            utcnow(),
+        )
+        session.commit()
+    fail_task(context, task_id, error)
+
+
+def _write_batch(context: WorkerContext, task: TaskView, batch: HashedBatch) -> set[int]:
+    """Write the hashes and end the users not to be mailed; the ids this worker still holds."""
+    now = utcnow()
+    unmailed = [item.id for item in batch.claimed if item.id not in batch.passwords]
+    with context.sessions() as session:
+        # Ending or renewing an item is also the check that this worker still holds it: an item
+        # whose lease was lost is someone else's now, and its hash is not written here.
+        held = end_unmailed(
+            context, session, unmailed,
+            ItemState.NO_EMAIL if task.mode is Mode.GENERATED else ItemState.RESET, now,
+        ) | renew(context, session, list(batch.passwords))
+        context.directory.write_hashes(
+            session,
+            [(item.user_id, new_hash) for item, new_hash in batch.hashes if item.id in held],
+            require_change=task.require_change,
+            changed_at=now,
+        )
+        session.commit()
+    batch.lease.renewed = time.monotonic()
+    return held
+
+
+def _mail_each(
+    context: WorkerContext,
+    task: TaskView,
+    batch: HashedBatch,
+    mailer: Mailer,
+    to_mail: list[Claimed],
+) -> tuple[list[ItemOutcome], str | None]:
+    """Mail each user their password; the outcomes, and why the mail server became unusable.
+
+    Once a reconnect finds the server unusable, the users left are not mailed.
+    """
+    mailer.reachable_again()
+    outcomes: list[ItemOutcome] = []
+    setup_error: str | None = None
+    for item in to_mail:
+        new_password = batch.passwords.pop(item.id)
+        if setup_error is None:
+            batch.lease.renew_if_due()
+            try:
+                delivery = mailer.send(_password_mail(task, item, new_password))
+            except MailSetupError as error:  # a reconnect found the server unusable
+                setup_error = str(error)
+        if setup_error is not None:
+            delivery = Delivery(Outcome.PERMANENT, f"The mail could not be sent: {setup_error}")
+        outcomes.append(mail_outcome(context.settings.mail_retry_delays, item, delivery, utcnow()))
+    batch.passwords.clear()
+    return outcomes, setup_error
+
+
+def _password_mail(task: TaskView, item: Claimed, password: str) -> PasswordMail:
+    return PasswordMail(
+        full_name=item.full_name,
+        address=item.email or "",
+        username=item.username,
+        password=password,
+        require_change=task.require_change,
+    )
