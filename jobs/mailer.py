@@ -10,7 +10,6 @@ import binascii
 import enum
 import html
 import logging
-import re
 import secrets
 import smtplib
 import ssl
@@ -21,15 +20,13 @@ from email.headerregistry import Address
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from types import TracebackType
 
+from core.controls import blank_unsafe, has_unsafe
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 SmtpFactory = Callable[[Settings], smtplib.SMTP]
 SUBJECT = "Your library password has been reset"
-# C0 and C1 controls and Unicode's line and paragraph separators: all of them can start a new
-# line in a header or in what a mail program shows.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 MAX_REASON = 300
 MAX_NAME = 120
 
@@ -100,13 +97,13 @@ def _login(client: smtplib.SMTP, username: str, password: str) -> None:
 
 def clean_display_name(name: str) -> str:
     """A name safe for a header: control characters (CR, LF, ...) become single spaces."""
-    return " ".join(_CONTROL.sub(" ", name).split())[:MAX_NAME]
+    return " ".join(blank_unsafe(name).split())[:MAX_NAME]
 
 
 def _checked_address(address: str) -> Address:
     """A mailable address; ValueError for anything that could inject or cannot be sent."""
     address = address.strip()
-    if not address or _CONTROL.search(address) or any(ch.isspace() for ch in address):
+    if not address or has_unsafe(address) or any(ch.isspace() for ch in address):
         raise ValueError("the e-mail address contains spaces or control characters")
     if not address.isascii():
         raise ValueError("the e-mail address is not plain ASCII")
@@ -136,7 +133,7 @@ class Sender:
     @classmethod
     def from_settings(cls, settings: Settings) -> Sender:
         name, address = parseaddr(settings.mail_from)
-        if _CONTROL.search(settings.mail_from) or not address:
+        if has_unsafe(settings.mail_from) or not address:
             raise MailSetupError(f"MAIL_FROM is not a valid address: {settings.mail_from!r}")
         try:
             checked = _checked_address(address)
@@ -196,7 +193,7 @@ def _greeting_name(mail: PasswordMail) -> str:
 def _one_line(text: str) -> str:
     """Text for a line of the plain body: a username with a line break in it must not add a
     line of its own (say, a second "New password:" line)."""
-    return _CONTROL.sub(" ", text)
+    return blank_unsafe(text)
 
 
 def _plain_body(settings: Settings, mail: PasswordMail) -> str:

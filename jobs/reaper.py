@@ -142,7 +142,7 @@ def _rescue_running(
     context: WorkerContext, task: ResetTask, kinds: set[str], now: datetime, report: ReapReport
 ) -> None:
     if not task.planned:
-        lease = _aware(task.plan_lease_until)
+        lease = task.plan_lease_until
         if (lease is None or lease < now) and _reserve_rescue(context, task.id, now):
             # The planner died (its job may still look "started" in Redis): plan again.
             enqueue_task(context.queue, task.id)
@@ -195,7 +195,7 @@ def _waiting_retries(
     if before is not None:
         query = query.where(ResetItem.next_attempt_at < before)
     with context.sessions() as session:
-        return [(int(i), int(c), _aware(due)) for i, c, due in session.execute(query)]
+        return [(int(i), int(c), due) for i, c, due in session.execute(query)]
 
 
 def _enqueue_retries(
@@ -246,11 +246,3 @@ def _active_counts(session: Session, task_id: int) -> dict[ItemState, int]:
         counts[ItemState(state)] = int(count)
     return counts
 
-
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything resetbot writes is UTC.
-    from datetime import UTC
-
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
