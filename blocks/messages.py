@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from blocks.ids import ACTION_CANCEL, ACTION_RETRY_FAILED
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
     OUTCOME_LABELS,
@@ -31,8 +32,6 @@ from core.csvsafe import to_csv
 from core.models import ItemState, Mode, TaskStatus
 from core.progress import TaskSnapshot
 
-ACTION_CANCEL = "cancel_task"
-ACTION_RETRY_FAILED = "retry_failed"
 #: Longest piece of user text (a name, an error) shown in a message.
 NAME_LIMIT = 80
 ERROR_LIMIT = 500

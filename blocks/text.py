@@ -244,3 +244,36 @@ def queue_unavailable(task_id: int) -> str:
 
 def could_not_open_form() -> str:
     return "Slack did not let me open the form. Please type the command again."
+
+
+# ---- the reset form's problems, shown on its fields ---------------------------------------------
+
+CHOOSE_SCOPE = "Choose who to reset."
+PICKED_UNREADABLE = "The picked users could not be read; pick again."
+PASSWORD_UNREADABLE = "The password could not be read; type it again."  # noqa: S105 - a text
+CANNOT_KEEP_DEFAULT = (
+    "resetbot cannot keep a default password (RESET_SECRET_KEY is not set up). Leave it blank, "
+    "or ask whoever runs resetbot."
+)
+
+
+def too_many_picked(limit: int) -> str:
+    return f"Pick at most {limit:,} users; for more, use a broader scope."
+
+
+def picked_not_in_directory(unreadable: int) -> str:
+    return f"{unreadable:,} of the picked users are not directory users; pick them again."
+
+
+def password_too_long(limit: int) -> str:
+    return f"It must be at most {limit} characters long."
+
+
+# ---- notices: what a modal says instead of the form or the preview ------------------------------
+
+NOT_ALLOWED_TITLE = "Not allowed"
+START_AGAIN_TITLE = "Start again"
+RESET_SAVED_TITLE = "Reset saved"
+UNKNOWN_REQUEST = "This request is unknown or has expired. Close this and start again."
+UNKNOWN_FORM = f"resetbot does not know this form. Close it and type {COMMAND} again."
+BUTTON_NAMES_NO_TASK = "That button does not name a reset."

@@ -1,6 +1,6 @@
 """Block Kit views of the Slack app: the reset modal, its preview, notices, App Home, options.
 
-The ids here are an interface (Slack sends them back, tests and docs name them): keep them.
+Their ids (callback, block and action ids) live in `blocks.ids`.
 """
 
 from __future__ import annotations
@@ -9,17 +9,36 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from blocks.ids import (
+    ACTION_OPEN_MODAL,
+    ACTION_OPEN_THREAD,
+    CALLBACK_CONFIRM,
+    CALLBACK_NOTICE,
+    CALLBACK_RESET,
+    PASSWORD,
+    REQUIRE_CHANGE,
+    REQUIRE_CHANGE_YES,
+    SCOPE,
+    USERS,
+)
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
     DEFAULT_FIELD_HINT,
+    NOT_ALLOWED,
+    NOT_ALLOWED_TITLE,
+    RESET_SAVED_TITLE,
     SCOPE_HELP,
     SCOPE_LABELS,
+    START_AGAIN_TITLE,
     STATUS_EMOJI,
+    UNKNOWN_FORM,
+    UNKNOWN_REQUEST,
     escape,
     mode_label,
     one_line,
     plural,
     progress_bar,
+    queue_unavailable,
     requester_mention,
     scope_label,
     scope_summary,
@@ -35,17 +54,6 @@ from core.progress import TaskSnapshot
 
 View = dict[str, Any]
 
-CALLBACK_RESET = "bulk_reset"
-CALLBACK_CONFIRM = "bulk_reset_confirm"
-CALLBACK_NOTICE = "resetbot_notice"
-# Input blocks: block_id and action_id are the same.
-SCOPE = "scope"
-USERS = "users"
-PASSWORD = "password"  # noqa: S105 - a block id, not a password
-REQUIRE_CHANGE = "require_change"
-REQUIRE_CHANGE_YES = "yes"
-ACTION_OPEN_MODAL = "open_reset_modal"
-ACTION_OPEN_THREAD = "open_thread"
 #: The longest default password the modal accepts; policy reasons come on top.
 PASSWORD_MAX_LENGTH = 128
 MIN_QUERY_LENGTH = 3
@@ -181,6 +189,24 @@ def notice_modal(title: str, text: str) -> View:
         "close": plain("Close", 24),
         "blocks": [section(text)],
     }
+
+
+def not_allowed_modal() -> View:
+    return notice_modal(NOT_ALLOWED_TITLE, NOT_ALLOWED)
+
+
+def start_again_modal(reason: str = UNKNOWN_REQUEST) -> View:
+    """The preview can no longer be confirmed (expired, already used, not yours)."""
+    return notice_modal(START_AGAIN_TITLE, reason)
+
+
+def reset_saved_modal(task_id: int) -> View:
+    """Confirmed and committed, but not queued: a worker picks the task up later."""
+    return notice_modal(RESET_SAVED_TITLE, queue_unavailable(task_id))
+
+
+def unknown_form_modal() -> View:
+    return notice_modal(START_AGAIN_TITLE, UNKNOWN_FORM)
 
 
 # ---- options ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from slack_sdk import WebClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.auth import Admins
-from bot.deps import AppDeps
+from bot.deps import AppDeps, provide
 from bot.listeners import register_all
 from core.directory import Directory
 from core.errors import ConfigError
@@ -121,5 +121,6 @@ def create_app(
             f"Cannot reach the Slack API at {settings.slack_api_url} to check SLACK_BOT_TOKEN "
             f"({type(error).__name__}): check SLACK_API_URL and the network"
         ) from None
-    register_all(app, deps)
+    app.use(provide(deps))
+    register_all(app)
     return app

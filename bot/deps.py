@@ -1,4 +1,8 @@
-"""What every listener needs, built once per app: no module-level state anywhere in `bot/`."""
+"""What every listener needs, built once per app: no module-level state anywhere in `bot/`.
+
+One global middleware (`provide`) puts the app's `AppDeps` into each request's Bolt context;
+a listener takes `context` and reads them with `deps_of(context)`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, ParamSpec
 
+from slack_bolt import BoltContext
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.auth import Admins
@@ -18,6 +23,8 @@ from core.settings import Settings
 log = logging.getLogger("resetbot.slack")
 
 NOT_AN_ADMIN = "not an admin"
+#: Where `provide` puts the AppDeps in Bolt's per-request context.
+CONTEXT_KEY = "resetbot_deps"
 P = ParamSpec("P")
 
 
@@ -44,6 +51,24 @@ class AppDeps:
             audit.record(session, who, "refused", step=step, reason=reason, **detail)
             session.commit()
         log.warning("refused %s for %s: %s", step, who, reason)
+
+
+def provide(deps: AppDeps) -> Callable[[BoltContext, Callable[[], None]], None]:
+    """A global Bolt middleware that hands `deps` to every listener through its context."""
+
+    def put_deps_in_context(context: BoltContext, next: Callable[[], None]) -> None:
+        context[CONTEXT_KEY] = deps
+        next()
+
+    return put_deps_in_context
+
+
+def deps_of(context: BoltContext) -> AppDeps:
+    """The AppDeps `provide` put into this request's context."""
+    deps = context.get(CONTEXT_KEY)
+    if not isinstance(deps, AppDeps):
+        raise LookupError("no AppDeps in the Bolt context: build the app with bot.app.create_app")
+    return deps
 
 
 def _log_failure(done: Future[object]) -> None:

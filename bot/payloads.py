@@ -13,14 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from blocks.views import (
-    PASSWORD,
-    PASSWORD_MAX_LENGTH,
-    REQUIRE_CHANGE,
-    REQUIRE_CHANGE_YES,
-    SCOPE,
-    USERS,
+from blocks.ids import PASSWORD, REQUIRE_CHANGE, REQUIRE_CHANGE_YES, SCOPE, USERS
+from blocks.text import (
+    BUTTON_NAMES_NO_TASK,
+    CHOOSE_SCOPE,
+    PASSWORD_UNREADABLE,
+    PICKED_UNREADABLE,
+    password_too_long,
+    picked_not_in_directory,
+    too_many_picked,
 )
+from blocks.views import PASSWORD_MAX_LENGTH
 from core.errors import InputError
 from core.models import Scope
 from core.tasks import MAX_SELECTION, RequestInvalid, ResetRequest
@@ -180,6 +183,17 @@ def user_id_of(body: Mapping[str, Any]) -> str | None:
     return candidate if isinstance(candidate, str) and _USER_ID.match(candidate) else None
 
 
+def command_words(body: Mapping[str, Any]) -> list[str]:
+    """What was typed after a slash command, word by word."""
+    return str(body.get("text") or "").split()
+
+
+def subcommand_of(body: Mapping[str, Any]) -> str:
+    """The first word after a slash command, lower-cased ("" for the bare command)."""
+    words = command_words(body)
+    return words[0].lower() if words else ""
+
+
 def user_name_of(body: Mapping[str, Any]) -> str:
     user = body.get("user")
     name: object = None
@@ -192,6 +206,24 @@ def user_name_of(body: Mapping[str, Any]) -> str:
 def channel_id(value: object) -> str | None:
     """A Slack channel id as sent by Slack, or None for anything else."""
     return value if isinstance(value, str) and _CHANNEL_ID.match(value) else None
+
+
+def channel_of(body: Mapping[str, Any]) -> str | None:
+    """The channel a button was pressed in (None on App Home or a modal)."""
+    channel = body.get("channel")
+    if isinstance(channel, dict):
+        return channel_id(channel.get("id"))
+    container = body.get("container")
+    if isinstance(container, dict):
+        return channel_id(container.get("channel_id"))
+    return None
+
+
+def first_action(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The pressed button of a block_actions payload ({} when there is none)."""
+    actions = body.get("actions")
+    first = actions[0] if isinstance(actions, list) and actions else None
+    return first if isinstance(first, dict) else {}
 
 
 def channel_from_metadata(metadata: object) -> str | None:
@@ -212,7 +244,7 @@ def pending_id(metadata: object) -> str | None:
 def task_id(value: object) -> int:
     found = numeric_id(value)
     if found is None:
-        raise InputError("That button does not name a reset.", field="task")
+        raise InputError(BUTTON_NAMES_NO_TASK, field="task")
     return found
 
 
@@ -259,7 +291,7 @@ def read_reset_form(view: Mapping[str, Any]) -> FormInput:
     password = _read_password(_element(values, PASSWORD), problems)
     require_change = _read_require_change(_element(values, REQUIRE_CHANGE))
     if problems or scope is None:
-        raise RequestInvalid(problems or {SCOPE: ["Choose who to reset."]})
+        raise RequestInvalid(problems or {SCOPE: [CHOOSE_SCOPE]})
     return FormInput(scope, selection, password, require_change)
 
 
@@ -274,7 +306,7 @@ def _read_scope(element: Mapping[str, Any], problems: dict[str, list[str]]) -> S
     value = option.get("value") if isinstance(option, dict) else None
     if isinstance(value, str) and value in _SCOPES:
         return Scope(value)
-    problems.setdefault(SCOPE, []).append("Choose who to reset.")
+    problems.setdefault(SCOPE, []).append(CHOOSE_SCOPE)
     return None
 
 
@@ -283,12 +315,10 @@ def _read_selection(element: Mapping[str, Any], problems: dict[str, list[str]]) 
     if options is None:
         return ()
     if not isinstance(options, list):
-        problems.setdefault(USERS, []).append("The picked users could not be read; pick again.")
+        problems.setdefault(USERS, []).append(PICKED_UNREADABLE)
         return ()
     if len(options) > MAX_SELECTION:
-        problems.setdefault(USERS, []).append(
-            f"Pick at most {MAX_SELECTION:,} users; for more, use a broader scope."
-        )
+        problems.setdefault(USERS, []).append(too_many_picked(MAX_SELECTION))
         return ()
     ids: set[int] = set()
     unreadable = 0
@@ -299,9 +329,7 @@ def _read_selection(element: Mapping[str, Any], problems: dict[str, list[str]]) 
         else:
             unreadable += 1
     if unreadable:
-        problems.setdefault(USERS, []).append(
-            f"{unreadable:,} of the picked users are not directory users; pick them again."
-        )
+        problems.setdefault(USERS, []).append(picked_not_in_directory(unreadable))
     return tuple(sorted(ids))
 
 
@@ -310,12 +338,10 @@ def _read_password(element: Mapping[str, Any], problems: dict[str, list[str]]) -
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        problems.setdefault(PASSWORD, []).append("The password could not be read; type it again.")
+        problems.setdefault(PASSWORD, []).append(PASSWORD_UNREADABLE)
         return None
     if len(value) > PASSWORD_MAX_LENGTH:
-        problems.setdefault(PASSWORD, []).append(
-            f"It must be at most {PASSWORD_MAX_LENGTH} characters long."
-        )
+        problems.setdefault(PASSWORD, []).append(password_too_long(PASSWORD_MAX_LENGTH))
         return None
     return value
 

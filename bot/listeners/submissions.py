@@ -10,25 +10,18 @@ import logging
 import re
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext
 
-from blocks.text import NOT_ALLOWED, queue_unavailable, truncate
-from blocks.views import (
-    CALLBACK_CONFIRM,
-    CALLBACK_RESET,
-    PASSWORD,
-    SCOPE,
-    USERS,
-    notice_modal,
-    preview_modal,
-)
-from bot.deps import AppDeps
+from blocks.ids import CALLBACK_CONFIRM, CALLBACK_RESET, PASSWORD, SCOPE, USERS
+from blocks.text import CANNOT_KEEP_DEFAULT, truncate
+from blocks.views import preview_modal, reset_saved_modal, start_again_modal, unknown_form_modal
+from bot.deps import AppDeps, deps_of
+from bot.listeners.guard import admin_only, admitted_user
 from bot.payloads import (
     FormInput,
     channel_from_metadata,
     pending_id,
     read_reset_form,
-    user_id_of,
     user_name_of,
 )
 from core.errors import ConfigError, ConflictError, InputError, QueueUnavailable
@@ -39,54 +32,60 @@ log = logging.getLogger("resetbot.slack")
 #: The input blocks of the reset modal; a problem about anything else is shown on `scope`.
 FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD})
 ERROR_TEXT_LIMIT = 2000
-UNKNOWN_REQUEST = "This request is unknown or has expired. Close this and start again."
 
 
-def register(app: App, deps: AppDeps) -> None:
-    @app.view(CALLBACK_RESET)
-    def submit_form(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        user = user_id_of(body)
-        if user is None or not deps.admins.allows(user):
-            deps.refuse(user, "submit")
-            ack(response_action="errors", errors={SCOPE: NOT_ALLOWED})
-            return
-        try:
-            form = read_reset_form(view)
-        except RequestInvalid as invalid:
-            refuse_invalid(deps, user, invalid.problems)
-            ack(response_action="errors", errors=field_errors(invalid.problems))
-            return
-        answer = preview_or_errors(deps, form, user, user_name_of(body),
-                                   channel_from_metadata(view.get("private_metadata")))
-        ack(**answer)
+def register(app: App) -> None:
+    app.view(CALLBACK_RESET, middleware=[admin_only("submit")])(submit_form)
+    app.view(CALLBACK_CONFIRM, middleware=[admin_only("confirm")])(confirm)
 
-    @app.view(CALLBACK_CONFIRM)
-    def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        user = user_id_of(body)
-        if user is None or not deps.admins.allows(user):
-            deps.refuse(user, "confirm")
-            ack(response_action="update", view=notice_modal("Not allowed", NOT_ALLOWED))
-            return
-        waiting = pending_id(view.get("private_metadata"))
-        if waiting is None:
-            deps.refuse(user, "confirm", reason="no pending request in the view")
-            ack(response_action="update", view=notice_modal("Start again", UNKNOWN_REQUEST))
-            return
-        try:
-            task_id = confirm_pending(deps, waiting, user)
-        except ConflictError as conflict:
-            deps.refuse(user, "confirm", reason=str(conflict))
-            ack(response_action="update", view=notice_modal("Start again", str(conflict)))
-            return
-        try:
-            deps.enqueue(task_id)
-        except QueueUnavailable as error:
-            # The task is committed; the reaper or the next worker start picks it up.
-            log.error("could not enqueue task %s: %s", task_id, type(error).__name__)
-            ack(response_action="update",
-                view=notice_modal("Reset saved", queue_unavailable(task_id)))
-            return
-        ack(response_action="clear")
+
+def register_fallback(app: App) -> None:
+    app.view(re.compile(".*"))(unknown_view)
+
+
+def submit_form(ack: Ack, body: dict[str, Any], view: dict[str, Any],
+                context: BoltContext) -> None:
+    deps = deps_of(context)
+    user = admitted_user(body)
+    try:
+        form = read_reset_form(view)
+    except RequestInvalid as invalid:
+        refuse_invalid(deps, user, invalid.problems)
+        ack(response_action="errors", errors=field_errors(invalid.problems))
+        return
+    answer = preview_or_errors(deps, form, user, user_name_of(body),
+                               channel_from_metadata(view.get("private_metadata")))
+    ack(**answer)
+
+
+def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext) -> None:
+    deps = deps_of(context)
+    user = admitted_user(body)
+    waiting = pending_id(view.get("private_metadata"))
+    if waiting is None:
+        deps.refuse(user, "confirm", reason="no pending request in the view")
+        ack(response_action="update", view=start_again_modal())
+        return
+    try:
+        task_id = confirm_pending(deps, waiting, user)
+    except ConflictError as conflict:
+        deps.refuse(user, "confirm", reason=str(conflict))
+        ack(response_action="update", view=start_again_modal(str(conflict)))
+        return
+    try:
+        deps.enqueue(task_id)
+    except QueueUnavailable as error:
+        # The task is committed; the reaper or the next worker start picks it up.
+        log.error("could not enqueue task %s: %s", task_id, type(error).__name__)
+        ack(response_action="update", view=reset_saved_modal(task_id))
+        return
+    ack(response_action="clear")
+
+
+def unknown_view(ack: Ack, view: dict[str, Any]) -> None:
+    log.warning("view submission with unknown callback_id %r",
+                truncate(str(view.get("callback_id")), 60))
+    ack(response_action="update", view=unknown_form_modal())
 
 
 def preview_or_errors(
@@ -111,9 +110,8 @@ def preview_or_errors(
         except ConfigError as error:
             # Only a default password needs sealing; say so on its field, details in the log.
             log.error("cannot keep a default password: %s", error)
-            return {"response_action": "errors", "errors": {
-                PASSWORD: "resetbot cannot keep a default password (RESET_SECRET_KEY is not "
-                          "set up). Leave it blank, or ask whoever runs resetbot."}}
+            return {"response_action": "errors",
+                    "errors": {PASSWORD: CANNOT_KEEP_DEFAULT}}
         view = preview_modal(
             pending.id, preview, scope=form.scope, selected=len(form.selection),
             mode=request.mode, require_change=form.require_change,
@@ -147,13 +145,3 @@ def field_errors(problems: dict[str, list[str]]) -> dict[str, str]:
         errors.setdefault(block, []).extend(reasons)
     return {block: truncate(" ".join(reasons), ERROR_TEXT_LIMIT)
             for block, reasons in errors.items()}
-
-
-def register_fallback(app: App) -> None:
-    @app.view(re.compile(".*"))
-    def unknown_view(ack: Ack, view: dict[str, Any]) -> None:
-        log.warning("view submission with unknown callback_id %r",
-                    truncate(str(view.get("callback_id")), 60))
-        ack(response_action="update", view=notice_modal(
-            "Start again", "resetbot does not know this form. Close it and type "
-                           "/reset-passwords again."))

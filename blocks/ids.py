@@ -1,0 +1,33 @@
+"""Every id Slack sends back to the app: view callback ids, block and action ids.
+
+They are an interface (Slack echoes them in payloads, listeners are routed by them, tests and
+docs name them), so they are written once, here, and kept.
+"""
+
+from __future__ import annotations
+
+# ---- views ------------------------------------------------------------------------------------
+
+CALLBACK_RESET = "bulk_reset"
+CALLBACK_CONFIRM = "bulk_reset_confirm"
+CALLBACK_NOTICE = "resetbot_notice"
+
+# ---- the reset modal's inputs: block_id and action_id are the same -------------------------------
+
+SCOPE = "scope"
+USERS = "users"
+PASSWORD = "password"  # noqa: S105 - a block id, not a password
+REQUIRE_CHANGE = "require_change"
+#: The value of the (only) "require a new password" checkbox.
+REQUIRE_CHANGE_YES = "yes"
+
+# ---- buttons ----------------------------------------------------------------------------------
+
+#: App Home's "New reset".
+ACTION_OPEN_MODAL = "open_reset_modal"
+#: App Home's link to a task's thread; the task id follows as `_<id>`.
+ACTION_OPEN_THREAD = "open_thread"
+#: On a running task's parent message.
+ACTION_CANCEL = "cancel_task"
+#: On an ended task's parent message, when mails failed.
+ACTION_RETRY_FAILED = "retry_failed"
