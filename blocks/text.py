@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from core.controls import blank_unsafe
 from core.directory import DirectoryUser
 from core.models import ItemState, Mode, Scope, TaskStatus
 from core.progress import TaskSnapshot
@@ -16,7 +17,6 @@ OPTION_TEXT_LIMIT = 75
 PROGRESS_WIDTH = 10
 STAFF_MARK = " · staff"
 _SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,30}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 SCOPE_LABELS: dict[Scope, str] = {
     Scope.ALL: "Everyone",
@@ -76,8 +76,9 @@ def escape(text: str) -> str:
 
 
 def one_line(text: str) -> str:
-    """Control characters (CR, LF, tabs...) collapsed to spaces so a name cannot break layout."""
-    return _CONTROL.sub(" ", text).strip()
+    """Control characters (CR, LF, tabs, bidi overrides...) collapsed to spaces so a name cannot
+    break the layout or render as something else."""
+    return blank_unsafe(text).strip()
 
 
 def truncate(text: str, limit: int) -> str:
