@@ -75,6 +75,7 @@ def test_on_a_terminal_each_redraw_erases_the_previous_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TERM", "xterm-256color")  # rich draws nothing live on a dumb terminal
+    monkeypatch.setenv("COLUMNS", "120")  # narrower, rich cuts the texts short
     out = Terminal()
     with TaskProgress(out) as progress:
         for snapshot in a_whole_run():
