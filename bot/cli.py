@@ -2,23 +2,22 @@
 
 Settings are read once here (environment and `.env`) and passed down. Errors meant for people
 end as one line on stderr: exit 2 for configuration, 1 for refused input or an unreachable
-service; never a traceback for those.
+service; never a traceback for those. This module parses and dispatches; the terminal flows live
+in `bot/reset_flow.py` (a reset and its progress) and `bot/tasks_cli.py` (tasks, audit).
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import TextIO
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -27,41 +26,29 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import audit
-from core.csvsafe import to_csv
+from bot.terminal import (
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_COMPLETED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_WITH_ERRORS,
+    SECRET_KEY_FILE,
+    Refused,
+    requester,
+)
 from core.db import make_engine, make_sessionmaker
-from core.directory import Directory, Preview
+from core.directory import Directory
 from core.errors import ConfigError, ResetbotError
-from core.models import ItemState, Mode, ResetTask, Scope, TaskStatus
-from core.progress import TaskSnapshot, snapshot
+from core.models import Scope
 from core.settings import Settings, ensure_secret_key
-from core.tasks import RequestInvalid, ResetRequest, create_task, items, recent_tasks
-from core.tasks import validate_request as check_request
 
-EXIT_OK = 0
-EXIT_REFUSED = 1  # bad input, nothing changed; or a service could not be reached
-EXIT_CONFIG = 2  # a setting is missing or invalid (argparse uses 2 for bad arguments too)
-EXIT_WITH_ERRORS = 3  # the task ended completed_with_errors: some mails never got through
-EXIT_NOT_COMPLETED = 4  # the task failed or was cancelled
-EXIT_INTERRUPTED = 130
-SECRET_KEY_FILE = "secret.key"  # noqa: S105 - a file name, not a secret
-POLL_SECONDS = 0.25
-OUTCOME_WORDS = {
-    ItemState.PENDING: "waiting",
-    ItemState.CLAIMED: "in progress",
-    ItemState.RETRY_WAIT: "mail retry scheduled",
-    ItemState.RESET: "reset (default password)",
-    ItemState.NOTIFIED: "e-mailed",
-    ItemState.NO_EMAIL: "no e-mail: tell them yourself",
-    ItemState.NOTIFY_FAILED: "mail failed: tell them yourself",
-    ItemState.CANCELLED: "cancelled, not reset",
-}
+__all__ = [  # the exit codes are part of the command's interface; tests and scripts import them
+    "EXIT_CONFIG", "EXIT_INTERRUPTED", "EXIT_NOT_COMPLETED", "EXIT_OK", "EXIT_REFUSED",
+    "EXIT_WITH_ERRORS", "main", "settings_environment",
+]
 
 Handler = Callable[["Cli", argparse.Namespace], int]
-
-
-class Refused(ResetbotError):
-    """The command stops here with a clear message; nothing was changed."""
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -263,17 +250,6 @@ def shown_url(url: str) -> str:
         return "(invalid URL)"
 
 
-def login_name() -> str:
-    try:
-        return getpass.getuser()[:50]
-    except (OSError, KeyError):
-        return "unknown"
-
-
-def requester() -> str:
-    return f"cli:{login_name()}"
-
-
 # -- db, users ----------------------------------------------------------------------------------
 
 
@@ -355,10 +331,12 @@ def _log_to_stderr() -> None:
         )
 
 
-# -- reset --------------------------------------------------------------------------------------
+# -- reset, tasks, audit ------------------------------------------------------------------------
 
 
 def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.reset_flow import ResetChoices, run_reset
+
     if not (args.yes or args.dry_run) and not sys.stdin.isatty():
         raise Refused(
             "stdin is not a terminal, so I cannot ask for confirmation: add --yes to reset "
@@ -370,396 +348,46 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
             f"--user picks users for selected_only or all_except_selected; scope {scope.value} "
             "takes no selection (nothing was changed)"
         )
+    choices = ResetChoices(
+        scope=scope,
+        usernames=args.user,
+        default_password_stdin=args.default_password_stdin,
+        require_change=not args.no_require_change,
+        dry_run=args.dry_run,
+        yes=args.yes,
+        detach=args.detach,
+    )
     settings = cli.settings(with_secret_key=True)
-    directory = Directory(settings.directory)
     with cli.database(settings) as sessions:
-        with sessions() as session:
-            selection = resolve_usernames(session, directory, args.user)
-        password = read_default_password() if args.default_password_stdin else None
-        request = ResetRequest(
-            requester=requester(),
-            requester_name=login_name(),
-            scope=scope,
-            selection=selection,
-            default_password=password,
-            require_change=not args.no_require_change,
-        )
-        preview = validate_or_refuse(cli, sessions, settings, directory, request)
-        cli.say(describe_preview(request, preview))
-        if args.dry_run:
-            cli.say("Dry run: nothing was changed.")
-            return EXIT_OK
-        if not args.yes and not confirm(f"Reset the passwords of {preview.users:,} users?"):
-            cli.say("Nothing was changed.")
-            return EXIT_REFUSED
-        with cli.redis(settings) as redis:
-            task_id = start_task(sessions, settings, redis, request)
-            cli.say(f"Task #{task_id} queued.")
-            if args.detach:
-                cli.say(f"Follow it with: resetbot tasks show {task_id}")
-                return EXIT_OK
-            warn_if_no_worker(cli, settings, redis)
-        final = follow(cli, sessions, task_id)
-        print_summary(cli, final)
-        return exit_code(final)
-
-
-def resolve_usernames(
-    session: Session, directory: Directory, usernames: Sequence[str]
-) -> tuple[int, ...]:
-    found = {user.username: user.id for user in directory.by_username(session, usernames)}
-    unknown = [name for name in dict.fromkeys(usernames) if name not in found]
-    if unknown:
-        raise Refused(
-            "no such user in the directory: " + ", ".join(unknown[:20])
-            + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
-            + " (nothing was changed)"
-        )
-    return tuple(sorted(set(found.values())))
-
-
-def read_default_password(stdin: IO[str] | None = None) -> str:
-    """One line from stdin; on a terminal it is asked twice and never shown."""
-    stream = stdin if stdin is not None else sys.stdin
-    if stream.isatty():
-        first = getpass.getpass("Default password (not shown): ")
-        if getpass.getpass("The same again: ") != first:
-            raise Refused("the two passwords differ (nothing was changed)")
-        password = first
-    else:
-        password = stream.readline().rstrip("\r\n")
-    if not password:
-        raise Refused("no default password on stdin (nothing was changed)")
-    return password
-
-
-def validate_or_refuse(
-    cli: Cli,
-    sessions: sessionmaker[Session],
-    settings: Settings,
-    directory: Directory,
-    request: ResetRequest,
-) -> Preview:
-    with sessions() as session:
-        try:
-            return check_request(session, settings, directory, request)
-        except RequestInvalid as invalid:
-            audit.record(
-                session, request.requester, "refused", step="request",
-                reason="invalid request", fields=sorted(invalid.problems),
-            )
-            session.commit()
-            lines = [
-                f"  {field}: {reason}"
-                for field, reasons in invalid.problems.items()
-                for reason in reasons
-            ]
-            raise Refused(
-                "the request was refused (nothing was changed):\n" + "\n".join(lines)
-            ) from None
-
-
-def describe_preview(request: ResetRequest, preview: Preview) -> str:
-    if request.mode is Mode.DEFAULT:
-        mode = "one default password for everyone; nobody is e-mailed"
-        mailed = 0
-    else:
-        mode = "a new random password for each user, e-mailed"
-        mailed = preview.emailable
-    lines = [
-        f"Scope: {request.scope.value}" + _scope_note(request),
-        f"  Users to reset:        {preview.users:>8,}",
-        f"  E-mailed:              {mailed:>8,}",
-        f"  Without e-mail:        {preview.without_email:>8,}"
-        + ("   (you must tell them yourself)" if request.mode is Mode.GENERATED else ""),
-        f"  Staff included:        {preview.staff:>8,}",
-        f"  Mode: {mode}",
-        "  Must change the password at next sign-in: "
-        + ("yes" if request.require_change else "no"),
-    ]
-    return "\n".join(lines)
-
-
-def _scope_note(request: ResetRequest) -> str:
-    selected = len(request.selection)
-    return {
-        Scope.ALL: " (every user, staff included)",
-        Scope.ALL_EXCEPT_SELECTED: f" (everyone but the {selected} selected)",
-        Scope.ALL_WITHOUT_ROLE: " (end users only; everyone with a role is left alone)",
-        Scope.SELECTED_ONLY: f" (the {selected} selected users)",
-    }[request.scope]
-
-
-def confirm(question: str) -> bool:
-    try:
-        answer = input(f"{question} Type 'yes' to go ahead: ")
-    except EOFError:
-        return False
-    return answer.strip().lower() == "yes"
-
-
-def start_task(
-    sessions: sessionmaker[Session], settings: Settings, redis: Redis,
-    request: ResetRequest,
-) -> int:
-    """Commit the task, then put it on the queue (a task the queue lost is found by the reaper)."""
-    from jobs.queueing import enqueue_task, make_queue
-
-    with sessions() as session:
-        task = create_task(session, settings, request)
-        session.commit()
-        task_id = task.id
-    enqueue_task(make_queue(settings, redis), task_id)
-    return task_id
-
-
-def warn_if_no_worker(cli: Cli, settings: Settings, redis: Redis) -> None:
-    from rq import Worker
-
-    from jobs.queueing import make_queue
-
-    if not Worker.all(queue=make_queue(settings, redis)):
-        cli.say(
-            f"Note: no worker is running on queue {settings.reset_queue!r} yet; the task "
-            "starts when one does (`resetbot worker`)."
-        )
-
-
-# -- following a task ---------------------------------------------------------------------------
-
-
-class ProgressBar:
-    """One line redrawn in place on a terminal; a line per tenth elsewhere (logs, pipes)."""
-
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
-        self.stream = stream
-        self.width = width
-        self.interactive = stream.isatty()
-        self._last: tuple[str, int] | None = None
-
-    def draw(self, current: TaskSnapshot) -> None:
-        filled = int(current.fraction * self.width)
-        bar = "#" * filled + "." * (self.width - filled)
-        state = _status_words(current)
-        users = f"{current.done:,}/{current.total:,} users" if current.total else "users: -"
-        line = f"Task #{current.id} [{bar}] {users} {current.fraction:4.0%}  {state}"
-        if self.interactive:
-            self.stream.write("\r" + line.ljust(100)[:120])
-        else:
-            key = (state, int(current.fraction * 10))
-            if key == self._last:
-                return
-            self._last = key
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.interactive:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _status_words(current: TaskSnapshot) -> str:
-    if current.status is TaskStatus.QUEUED:
-        return "queued (waiting for a worker, or for another task to end)"
-    if current.status is TaskStatus.RUNNING and not current.planned:
-        return "planning"
-    waiting = current.counts[ItemState.RETRY_WAIT]
-    if current.status is TaskStatus.RUNNING and waiting:
-        return f"running; {waiting:,} mails wait for a retry"
-    return current.status.value
-
-
-def follow(
-    cli: Cli, sessions: sessionmaker[Session], task_id: int, poll: float = POLL_SECONDS
-) -> TaskSnapshot:
-    """Draw the task's progress from the database until it ends (Ctrl-C stops following only)."""
-    bar = ProgressBar(cli.out)
-    try:
-        final = _poll_until_final(sessions, task_id, bar, poll)
-    except KeyboardInterrupt:
-        bar.close()
-        cli.say(
-            f"Stopped following; task #{task_id} goes on. See: resetbot tasks show {task_id}"
-        )
-        raise
-    bar.close()
-    return final
-
-
-def _poll_until_final(
-    sessions: sessionmaker[Session], task_id: int, bar: ProgressBar, poll: float
-) -> TaskSnapshot:
-    while True:
-        with sessions() as session:
-            current = snapshot(session, task_id)
-        if current is None:
-            raise Refused(f"task #{task_id} is gone from the database")
-        bar.draw(current)
-        if current.status.is_final:
-            return current
-        time.sleep(poll)  # the database is the truth; a worker elsewhere writes it
-
-
-def print_summary(cli: Cli, task: TaskSnapshot) -> None:
-    took = ""
-    if task.started_at and task.finished_at:
-        took = f" in {(task.finished_at - task.started_at).total_seconds():.1f} s"
-    cli.say(f"Task #{task.id} {task.status.value}{took}: {task.total:,} users.")
-    for state, count in task.counts.items():
-        if count:
-            cli.say(f"  {OUTCOME_WORDS[state]:<34} {count:>8,}")
-    if task.error:
-        cli.say(f"  Error: {task.error}")
-    follow_ups = task.follow_up_count
-    cli.say(f"Users to contact by hand: {follow_ups:,}")
-    if follow_ups:
-        cli.say(f"  The list (CSV): resetbot tasks show {task.id} --csv")
-
-
-def exit_code(task: TaskSnapshot) -> int:
-    if task.status is TaskStatus.COMPLETED:
-        return EXIT_OK
-    if task.status is TaskStatus.COMPLETED_WITH_ERRORS:
-        return EXIT_WITH_ERRORS
-    return EXIT_NOT_COMPLETED
-
-
-# -- tasks, audit -------------------------------------------------------------------------------
+        return run_reset(cli, settings, sessions, partial(cli.redis, settings), choices)
 
 
 def cmd_tasks_list(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import list_tasks
+
     settings = cli.settings()
     with cli.database(settings) as sessions, sessions() as session:
-        tasks = recent_tasks(session)
-        if not tasks:
-            cli.say("No tasks yet.")
-            return EXIT_OK
-        cli.say(f"{'ID':>5}  {'STATUS':<22} {'SCOPE':<20} {'MODE':<9} {'USERS':>8}  "
-                f"{'CREATED (UTC)':<19}  REQUESTER")
-        for task in tasks:
-            cli.say(
-                f"{task.id:>5}  {task.status:<22} {task.scope:<20} {task.mode:<9} "
-                f"{task.total:>8,}  {_when(task.created_at):<19}  {task.requester}"
-            )
+        list_tasks(cli, session)
     return EXIT_OK
 
 
 def cmd_tasks_show(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import show_task
+
     settings = cli.settings()
     with cli.database(settings) as sessions, sessions() as session:
-        current = snapshot(session, args.task_id)
-        if current is None:
-            raise Refused(f"there is no task #{args.task_id}")
-        if args.csv:
-            cli.out.write(follow_up_csv(session, current.id))
-        elif args.json:
-            cli.say(json.dumps(task_document(session, current), indent=2, ensure_ascii=False))
-        else:
-            print_task(cli, session, current)
+        show_task(cli, session, args.task_id, as_csv=args.csv, as_json=args.json)
     return EXIT_OK
-
-
-def task_document(session: Session, task: TaskSnapshot) -> dict[str, Any]:
-    """The task as JSON: status, counts and each user's outcome; never a password."""
-    row = session.get(ResetTask, task.id)
-    return {
-        "id": task.id,
-        "status": task.status.value,
-        "scope": task.scope,
-        "mode": task.mode,
-        "require_change": task.require_change,
-        "requester": task.requester,
-        "selection": list(row.selection) if row is not None else [],
-        "created_at": _iso(task.created_at),
-        "started_at": _iso(task.started_at),
-        "finished_at": _iso(task.finished_at),
-        "total": task.total,
-        "counts": {state.value: count for state, count in task.counts.items()},
-        "follow_up": task.follow_up_count,
-        "error": task.error,
-        "users": [
-            {
-                "username": item.username,
-                "full_name": item.full_name,
-                "email": item.email,
-                "staff": item.is_staff,
-                "outcome": item.state,
-                "attempts": item.attempts,
-                "last_error": item.last_error,
-            }
-            for item in items(session, task.id)
-        ],
-    }
-
-
-def follow_up_csv(session: Session, task_id: int) -> str:
-    """The users to contact by hand, in the same CSV as the Slack thread's file."""
-    from blocks.messages import FollowUp
-    from blocks.messages import follow_up_csv as render
-    from core.tasks import follow_ups
-
-    return render(
-        FollowUp(
-            username=item.username, full_name=item.full_name, email=item.email,
-            outcome=ItemState(item.state), attempts=item.attempts, last_error=item.last_error,
-        )
-        for item in follow_ups(session, task_id)
-    )
-
-
-def print_task(cli: Cli, session: Session, task: TaskSnapshot) -> None:
-    cli.say(f"Task #{task.id}: {task.status.value}")
-    cli.say(f"  Scope {task.scope}, mode {task.mode}, must change: "
-            f"{'yes' if task.require_change else 'no'}; asked by {task.requester}")
-    cli.say(f"  Created {_when(task.created_at)}, started {_when(task.started_at)}, "
-            f"finished {_when(task.finished_at)} (UTC)")
-    if task.error:
-        cli.say(f"  Error: {task.error}")
-    cli.say(f"  {task.done:,} of {task.total:,} users done")
-    for state, count in task.counts.items():
-        if count:
-            cli.say(f"    {OUTCOME_WORDS[state]:<34} {count:>8,}")
-    cli.say("")
-    cli.say(f"  {'USERNAME':<24} {'OUTCOME':<34} MAILS  NOTE")
-    for item in items(session, task.id):
-        note = (item.last_error or "").replace("\n", " ")[:60]
-        cli.say(f"  {item.username:<24} {OUTCOME_WORDS[ItemState(item.state)]:<34} "
-                f"{item.attempts:>5}  {note}")
 
 
 def cmd_audit(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import audit_rows, print_audit
+
     settings = cli.settings()
     with cli.database(settings) as sessions, sessions() as session:
-        entries = audit.entries(session, since=args.since)
-        rows = [
-            (_iso(entry.at), entry.actor, entry.action,
-             "" if entry.task_id is None else entry.task_id,
-             json.dumps(entry.detail, sort_keys=True, ensure_ascii=False))
-            for entry in entries
-        ]
-    if args.csv:
-        cli.out.write(to_csv(("at", "actor", "action", "task_id", "detail"), rows))
-        return EXIT_OK
-    if not rows:
-        cli.say("No audit entries.")
-    for at, actor, action, task_id, detail in rows:
-        task = f"#{task_id}" if task_id != "" else "-"
-        cli.say(f"{at:<25} {actor:<24} {action:<14} {task:<6} {detail}")
+        rows = audit_rows(session, args.since)
+    print_audit(cli, rows, as_csv=args.csv)
     return EXIT_OK
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes; resetbot writes UTC everywhere.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else _aware(moment).isoformat(timespec="seconds")
-
-
-def _when(moment: datetime | None) -> str:
-    return "-" if moment is None else _aware(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:

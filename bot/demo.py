@@ -24,19 +24,16 @@ from typing import Any
 
 from redis import Redis
 
-from bot.cli import (
-    SECRET_KEY_FILE,
-    Cli,
+from bot.cli import settings_environment
+from bot.reset_flow import (
     describe_preview,
     exit_code,
     follow,
-    login_name,
     print_summary,
-    requester,
-    settings_environment,
     start_task,
     validate_or_refuse,
 )
+from bot.terminal import SECRET_KEY_FILE, Output, login_name, requester
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.models import Scope
@@ -141,7 +138,7 @@ def fresh_workdir(directory: Path) -> Path:
     return workdir
 
 
-def run_demo(cli: Cli, directory: Path) -> int:
+def run_demo(cli: Output, directory: Path) -> int:
     started = time.monotonic()
     workdir = fresh_workdir(directory)
     with MailSink() as sink:
@@ -234,7 +231,7 @@ class DemoWorker:
 
 
 def _reset_everyone_without_a_role(
-    cli: Cli, settings: Settings, redis: Redis
+    cli: Output, settings: Settings, redis: Redis
 ) -> TaskSnapshot:
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
@@ -257,7 +254,7 @@ def _reset_everyone_without_a_role(
         engine.dispose()
 
 
-def _show_follow_ups(cli: Cli, settings: Settings, task_id: int) -> None:
+def _show_follow_ups(cli: Output, settings: Settings, task_id: int) -> None:
     from core.tasks import follow_ups
 
     engine = make_engine(settings.database_url)
@@ -275,7 +272,7 @@ def _show_follow_ups(cli: Cli, settings: Settings, task_id: int) -> None:
         engine.dispose()
 
 
-def _show_a_mail(cli: Cli, settings: Settings, mails: list[CapturedMail]) -> None:
+def _show_a_mail(cli: Output, settings: Settings, mails: list[CapturedMail]) -> None:
     cli.say("")
     cli.say(f"The local SMTP server captured {len(mails)} mails. One of them, password masked:")
     if not mails:
@@ -313,7 +310,7 @@ def _verifies(settings: Settings, mail: CapturedMail, password: str) -> bool:
     return stored is not None and PasswordHasher.from_settings(settings).verify(password, stored)
 
 
-def _next_steps(cli: Cli, workdir: Path) -> None:
+def _next_steps(cli: Output, workdir: Path) -> None:
     cli.say(f"""
 What next
   * Look around: DATABASE_URL=sqlite:///{workdir / DEMO_DB} resetbot tasks show 1

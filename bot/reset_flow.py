@@ -1,0 +1,273 @@
+"""A reset from the terminal: who, preview, confirmation, queue, progress, summary, exit code.
+
+`resetbot reset` runs all of it (`run_reset`); the demo runs the same steps without asking.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import IO
+
+from redis import Redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.terminal import (
+    EXIT_NOT_COMPLETED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_WITH_ERRORS,
+    OUTCOME_WORDS,
+    Output,
+    Refused,
+    login_name,
+    requester,
+)
+from core import audit
+from core.directory import Directory, Preview
+from core.models import Mode, Scope, TaskStatus
+from core.progress import TaskSnapshot, snapshot
+from core.settings import Settings
+from core.tasks import RequestInvalid, ResetRequest, create_task
+from core.tasks import validate_request as check_request
+
+POLL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class ResetChoices:
+    """What `resetbot reset` was asked to do, as its options say it."""
+
+    scope: Scope
+    usernames: Sequence[str]
+    default_password_stdin: bool
+    require_change: bool
+    dry_run: bool
+    yes: bool
+    detach: bool
+
+
+def run_reset(
+    cli: Output,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    open_redis: Callable[[], AbstractContextManager[Redis]],
+    choices: ResetChoices,
+) -> int:
+    """Preview, confirm, queue and follow one reset; Redis is only opened once confirmed."""
+    directory = Directory(settings.directory)
+    with sessions() as session:
+        selection = resolve_usernames(session, directory, choices.usernames)
+    password = read_default_password() if choices.default_password_stdin else None
+    request = ResetRequest(
+        requester=requester(),
+        requester_name=login_name(),
+        scope=choices.scope,
+        selection=selection,
+        default_password=password,
+        require_change=choices.require_change,
+    )
+    preview = validate_or_refuse(cli, sessions, settings, directory, request)
+    cli.say(describe_preview(request, preview))
+    if choices.dry_run:
+        cli.say("Dry run: nothing was changed.")
+        return EXIT_OK
+    if not choices.yes and not confirm(f"Reset the passwords of {preview.users:,} users?"):
+        cli.say("Nothing was changed.")
+        return EXIT_REFUSED
+    with open_redis() as redis:
+        task_id = start_task(sessions, settings, redis, request)
+        cli.say(f"Task #{task_id} queued.")
+        if choices.detach:
+            cli.say(f"Follow it with: resetbot tasks show {task_id}")
+            return EXIT_OK
+        warn_if_no_worker(cli, settings, redis)
+    final = follow(cli, sessions, task_id)
+    print_summary(cli, final)
+    return exit_code(final)
+
+
+def resolve_usernames(
+    session: Session, directory: Directory, usernames: Sequence[str]
+) -> tuple[int, ...]:
+    found = {user.username: user.id for user in directory.by_username(session, usernames)}
+    unknown = [name for name in dict.fromkeys(usernames) if name not in found]
+    if unknown:
+        raise Refused(
+            "no such user in the directory: " + ", ".join(unknown[:20])
+            + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+            + " (nothing was changed)"
+        )
+    return tuple(sorted(set(found.values())))
+
+
+def read_default_password(stdin: IO[str] | None = None) -> str:
+    """One line from stdin; on a terminal it is asked twice and never shown."""
+    stream = stdin if stdin is not None else sys.stdin
+    if stream.isatty():
+        first = getpass.getpass("Default password (not shown): ")
+        if getpass.getpass("The same again: ") != first:
+            raise Refused("the two passwords differ (nothing was changed)")
+        password = first
+    else:
+        password = stream.readline().rstrip("\r\n")
+    if not password:
+        raise Refused("no default password on stdin (nothing was changed)")
+    return password
+
+
+def validate_or_refuse(
+    cli: Output,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    directory: Directory,
+    request: ResetRequest,
+) -> Preview:
+    with sessions() as session:
+        try:
+            return check_request(session, settings, directory, request)
+        except RequestInvalid as invalid:
+            audit.record(
+                session, request.requester, "refused", step="request",
+                reason="invalid request", fields=sorted(invalid.problems),
+            )
+            session.commit()
+            lines = [
+                f"  {field}: {reason}"
+                for field, reasons in invalid.problems.items()
+                for reason in reasons
+            ]
+            raise Refused(
+                "the request was refused (nothing was changed):\n" + "\n".join(lines)
+            ) from None
+
+
+def describe_preview(request: ResetRequest, preview: Preview) -> str:
+    if request.mode is Mode.DEFAULT:
+        mode = "one default password for everyone; nobody is e-mailed"
+        mailed = 0
+    else:
+        mode = "a new random password for each user, e-mailed"
+        mailed = preview.emailable
+    lines = [
+        f"Scope: {request.scope.value}" + _scope_note(request),
+        f"  Users to reset:        {preview.users:>8,}",
+        f"  E-mailed:              {mailed:>8,}",
+        f"  Without e-mail:        {preview.without_email:>8,}"
+        + ("   (you must tell them yourself)" if request.mode is Mode.GENERATED else ""),
+        f"  Staff included:        {preview.staff:>8,}",
+        f"  Mode: {mode}",
+        "  Must change the password at next sign-in: "
+        + ("yes" if request.require_change else "no"),
+    ]
+    return "\n".join(lines)
+
+
+def _scope_note(request: ResetRequest) -> str:
+    selected = len(request.selection)
+    return {
+        Scope.ALL: " (every user, staff included)",
+        Scope.ALL_EXCEPT_SELECTED: f" (everyone but the {selected} selected)",
+        Scope.ALL_WITHOUT_ROLE: " (end users only; everyone with a role is left alone)",
+        Scope.SELECTED_ONLY: f" (the {selected} selected users)",
+    }[request.scope]
+
+
+def confirm(question: str) -> bool:
+    try:
+        answer = input(f"{question} Type 'yes' to go ahead: ")
+    except EOFError:
+        return False
+    return answer.strip().lower() == "yes"
+
+
+def start_task(
+    sessions: sessionmaker[Session], settings: Settings, redis: Redis,
+    request: ResetRequest,
+) -> int:
+    """Commit the task, then put it on the queue (a task the queue lost is found by the reaper)."""
+    from jobs.queueing import enqueue_task, make_queue
+
+    with sessions() as session:
+        task = create_task(session, settings, request)
+        session.commit()
+        task_id = task.id
+    enqueue_task(make_queue(settings, redis), task_id)
+    return task_id
+
+
+def warn_if_no_worker(cli: Output, settings: Settings, redis: Redis) -> None:
+    from rq import Worker
+
+    from jobs.queueing import make_queue
+
+    if not Worker.all(queue=make_queue(settings, redis)):
+        cli.say(
+            f"Note: no worker is running on queue {settings.reset_queue!r} yet; the task "
+            "starts when one does (`resetbot worker`)."
+        )
+
+
+# -- following a task ---------------------------------------------------------------------------
+
+
+def follow(
+    cli: Output, sessions: sessionmaker[Session], task_id: int, poll: float = POLL_SECONDS
+) -> TaskSnapshot:
+    """Draw the task's progress from the database until it ends (Ctrl-C stops following only)."""
+    # Imported here: rich is only loaded by the commands that draw progress.
+    from bot.progress_view import TaskProgress
+
+    with TaskProgress(cli.out) as progress:
+        try:
+            final = _poll_until_final(sessions, task_id, progress.draw, poll)
+        except KeyboardInterrupt:
+            progress.stop()
+            cli.say(
+                f"Stopped following; task #{task_id} goes on. See: resetbot tasks show {task_id}"
+            )
+            raise
+    return final
+
+
+def _poll_until_final(
+    sessions: sessionmaker[Session], task_id: int, draw: Callable[[TaskSnapshot], None],
+    poll: float,
+) -> TaskSnapshot:
+    while True:
+        with sessions() as session:
+            current = snapshot(session, task_id)
+        if current is None:
+            raise Refused(f"task #{task_id} is gone from the database")
+        draw(current)
+        if current.status.is_final:
+            return current
+        time.sleep(poll)  # the database is the truth; a worker elsewhere writes it
+
+
+def print_summary(cli: Output, task: TaskSnapshot) -> None:
+    took = ""
+    if task.started_at and task.finished_at:
+        took = f" in {(task.finished_at - task.started_at).total_seconds():.1f} s"
+    cli.say(f"Task #{task.id} {task.status.value}{took}: {task.total:,} users.")
+    for state, count in task.counts.items():
+        if count:
+            cli.say(f"  {OUTCOME_WORDS[state]:<34} {count:>8,}")
+    if task.error:
+        cli.say(f"  Error: {task.error}")
+    follow_ups = task.follow_up_count
+    cli.say(f"Users to contact by hand: {follow_ups:,}")
+    if follow_ups:
+        cli.say(f"  The list (CSV): resetbot tasks show {task.id} --csv")
+
+
+def exit_code(task: TaskSnapshot) -> int:
+    if task.status is TaskStatus.COMPLETED:
+        return EXIT_OK
+    if task.status is TaskStatus.COMPLETED_WITH_ERRORS:
+        return EXIT_WITH_ERRORS
+    return EXIT_NOT_COMPLETED

@@ -1,0 +1,55 @@
+"""What the terminal commands share: exit codes, the refusal they end with, how they write.
+
+`bot/cli.py` parses and dispatches; the flows (`bot/reset_flow.py`, `bot/tasks_cli.py`) and the
+demo write through an `Output` (the CLI's context satisfies it) and end with these exit codes.
+"""
+
+from __future__ import annotations
+
+import getpass
+from typing import Protocol, TextIO
+
+from core.errors import ResetbotError
+from core.models import ItemState
+
+EXIT_OK = 0
+EXIT_REFUSED = 1  # bad input, nothing changed; or a service could not be reached
+EXIT_CONFIG = 2  # a setting is missing or invalid (argparse uses 2 for bad arguments too)
+EXIT_WITH_ERRORS = 3  # the task ended completed_with_errors: some mails never got through
+EXIT_NOT_COMPLETED = 4  # the task failed or was cancelled
+EXIT_INTERRUPTED = 130
+SECRET_KEY_FILE = "secret.key"  # noqa: S105 - a file name, not a secret
+OUTCOME_WORDS = {
+    ItemState.PENDING: "waiting",
+    ItemState.CLAIMED: "in progress",
+    ItemState.RETRY_WAIT: "mail retry scheduled",
+    ItemState.RESET: "reset (default password)",
+    ItemState.NOTIFIED: "e-mailed",
+    ItemState.NO_EMAIL: "no e-mail: tell them yourself",
+    ItemState.NOTIFY_FAILED: "mail failed: tell them yourself",
+    ItemState.CANCELLED: "cancelled, not reset",
+}
+
+
+class Refused(ResetbotError):
+    """The command stops here with a clear message; nothing was changed."""
+
+
+class Output(Protocol):
+    """Where a terminal flow writes: whole lines through `say`, or the stream itself."""
+
+    @property
+    def out(self) -> TextIO: ...
+
+    def say(self, text: str = "") -> None: ...
+
+
+def login_name() -> str:
+    try:
+        return getpass.getuser()[:50]
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def requester() -> str:
+    return f"cli:{login_name()}"
