@@ -45,7 +45,7 @@ from core.settings import Settings, ensure_secret_key
 
 __all__ = [  # the exit codes are part of the command's interface; tests and scripts import them
     "EXIT_CONFIG", "EXIT_INTERRUPTED", "EXIT_NOT_COMPLETED", "EXIT_OK", "EXIT_REFUSED",
-    "EXIT_WITH_ERRORS", "main", "settings_environment",
+    "EXIT_WITH_ERRORS", "main",
 ]
 
 Handler = Callable[["Cli", argparse.Namespace], int]
@@ -388,11 +388,6 @@ def cmd_audit(cli: Cli, args: argparse.Namespace) -> int:
         rows = audit_rows(session, args.since)
     print_audit(cli, rows, as_csv=args.csv)
     return EXIT_OK
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """Environment variables that make `Settings.from_env` build exactly `settings`."""
-    return settings.to_env()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from typing import Any
 
 from redis import Redis
 
-from bot.cli import settings_environment
 from bot.reset_flow import (
     describe_preview,
     exit_code,
@@ -154,7 +153,7 @@ def run_demo(cli: Output, directory: Path) -> int:
             url = redis_url(settings, redis)
             cli.say(f"1. Queue: embedded Redis at {url}")
             env = _clean_environment()
-            env.update(settings_environment(replace(settings, redis_url=url)))
+            env.update(replace(settings, redis_url=url).to_env())
             # Started first: the worker process boots while the database is set up.
             worker = DemoWorker(env, workdir)
             try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -135,14 +135,9 @@ def print_audit(cli: Output, rows: list[AuditRow], *, as_csv: bool) -> None:
         cli.say(f"{at:<25} {actor:<24} {action:<14} {task:<6} {detail}")
 
 
-def _aware(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes; resetbot writes UTC everywhere.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else _aware(moment).isoformat(timespec="seconds")
+    return None if moment is None else moment.isoformat(timespec="seconds")
 
 
 def _when(moment: datetime | None) -> str:
-    return "-" if moment is None else _aware(moment).strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")

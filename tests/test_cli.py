@@ -16,7 +16,7 @@ from redis import Redis
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.cli import main, settings_environment
+from bot.cli import main
 from core.directory import Directory
 from core.models import AuditEntry, ResetTask
 from core.passwords import PasswordHasher
@@ -56,7 +56,7 @@ def run(
 ) -> Any:
     def run_cli(*argv: str, stdin: io.StringIO | None = None, **env: str) -> Run:
         monkeypatch.setattr("sys.stdin", stdin if stdin is not None else io.StringIO(""))
-        environ = {**settings_environment(cli_settings), **env}
+        environ = {**cli_settings.to_env(), **env}
         code = main(list(argv), environ=environ)
         captured = capsys.readouterr()
         return Run(code, captured.out, captured.err)

@@ -15,7 +15,7 @@ import pytest
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.cli import EXIT_WITH_ERRORS, main, settings_environment
+from bot.cli import EXIT_WITH_ERRORS, main
 from core.directory import Directory
 from core.passwords import PasswordHasher
 from core.settings import Settings
@@ -37,7 +37,7 @@ def worker_process(
     log = (tmp_path / "worker.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "worker"],
-        env={"PATH": str(Path(sys.executable).parent), **settings_environment(cli_settings)},
+        env={"PATH": str(Path(sys.executable).parent), **cli_settings.to_env()},
         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
     )
     yield process
@@ -58,7 +58,7 @@ def test_reset_follows_the_task_to_the_end_with_a_real_worker(
     smtp_server.refuse("grace@example.org", code=550, times=1)  # permanent: not retried
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     code = main(["reset", "--scope", "all_without_role", "--yes"],
-                environ=settings_environment(cli_settings))
+                environ=cli_settings.to_env())
     out = capsys.readouterr().out
     assert worker_process.poll() is None, "the worker must still be running"
     assert code == EXIT_WITH_ERRORS, out

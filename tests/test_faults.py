@@ -38,7 +38,6 @@ from tests.support.faults import (
     TcpProxy,
     Workers,
     redis_dump,
-    settings_env,
     tcp_proxy,
     wait_until,
 )
@@ -166,7 +165,7 @@ def test_a_worker_process_gets_exactly_the_settings_of_the_test(settings: Settin
     tuned = replace(settings, smtp_username="relay", smtp_password="pw", lease_seconds=7,
                     reaper_interval=0.25, reset_admins=frozenset({"U1", "U2"}),
                     slack_bot_token="xoxb-1", slack_api_url="http://127.0.0.1:1/api/")
-    assert Settings.from_env(settings_env(tuned), env_file=None) == tuned
+    assert Settings.from_env(tuned.to_env(), env_file=None) == tuned
 
 
 def test_the_private_redis_comes_back_empty_on_the_same_port(

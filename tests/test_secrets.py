@@ -36,7 +36,7 @@ from core.models import AuditEntry, PendingRequest, ResetTask, TaskStatus
 from core.settings import Settings
 from jobs.context import WorkerContext
 from jobs.worker import ResetWorker
-from tests.support.faults import PrivateRedis, database_text, redis_dump, settings_env, wait_until
+from tests.support.faults import PrivateRedis, database_text, redis_dump, wait_until
 from tests.support.faults import private_redis as private_redis
 from tests.support.signing import (
     ADMIN,
@@ -227,7 +227,7 @@ def test_no_password_anywhere_after_a_task_of_each_mode(
 
 
 def audit_cli(settings: Settings, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    assert resetbot(["audit", *args], environ=settings_env(settings)) == 0
+    assert resetbot(["audit", *args], environ=settings.to_env()) == 0
     return capsys.readouterr().out
 
 

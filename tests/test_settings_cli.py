@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import EXIT_CONFIG, main, settings_environment
+from bot.cli import EXIT_CONFIG, main
 from core.settings import Settings
 
 
@@ -110,4 +110,4 @@ def test_settings_environment_round_trips() -> None:
                 reset_admin_group="S1", slack_bot_token="xoxb-1", chunk_size=7),
     ]
     for settings in variants:
-        assert Settings.from_env(settings_environment(settings), env_file=None) == settings
+        assert Settings.from_env(settings.to_env(), env_file=None) == settings

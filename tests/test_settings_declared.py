@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import settings_environment
 from core.settings import DirectoryNames, PasswordPolicy, Settings, settings_help
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -94,7 +93,7 @@ def test_every_field_of_the_round_trip_settings_differs_from_its_default() -> No
 
 def test_settings_written_back_to_the_environment_read_back_equal() -> None:
     settings = every_field_changed()
-    env = settings_environment(settings)
+    env = settings.to_env()
     assert sorted(env) == sorted(name for name, _, _ in settings_help())
     assert Settings.from_env(env, env_file=None) == settings
     assert Settings.from_env(Settings().to_env(), env_file=None) == Settings()

@@ -267,14 +267,6 @@ def tcp_proxy(host: str, port: int) -> Iterator[TcpProxy]:
 # ---- a worker as a real process ------------------------------------------------------------------
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes `Settings.from_env` build exactly `settings` again (B's
-    `resetbot` CLI helper; tests/test_faults.py checks the round trip)."""
-    from bot.cli import settings_environment
-
-    return settings_environment(settings)
-
-
 def resetbot_command() -> list[str]:
     """`resetbot` as installed beside this interpreter, or the same entry point without it."""
     script = Path(sys.executable).parent / "resetbot"
@@ -314,7 +306,7 @@ class WorkerProcess:
             "LANG": "C.UTF-8",
             "PYTHONPATH": str(REPO_ROOT),
             "PYTHONUNBUFFERED": "1",
-            **settings_env(self.settings),
+            **self.settings.to_env(),
             **self.extra_env,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
