@@ -34,6 +34,14 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on PostgreSQL or the shared Redis need live servers: `-m "not services"` leaves
+    them out, so the rest runs anywhere in seconds."""
+    for item in items:
+        if item.get_closest_marker("postgres") or "redis_conn" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""

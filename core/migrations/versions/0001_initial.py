@@ -6,7 +6,8 @@ Create Date: 2025-11-29
 
 The tables are spelled out as they are at this revision, not taken from `core/models.py`: a
 revision must keep creating the same thing when the models move on. Every later change to the
-models gets its own revision (`tests/test_migrations.py` fails while models and revisions differ).
+models gets its own revision (`tests/core/test_migrations.py` fails while models and revisions
+differ).
 Each table is created only if missing, so a database made earlier by `create_all`, or a library
 system's own users table, is adopted as it is.
 """

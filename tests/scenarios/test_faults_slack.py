@@ -1,6 +1,6 @@
 """Slack faults combined with the loss of Redis: messages may be late, never lost.
 
-D's tests cover Slack answering 429/5xx for a while (tests/test_slack_reporter.py). What they
+D's tests cover Slack answering 429/5xx for a while (tests/jobs/test_slack_reporter.py). What they
 cannot cover is the delivery jobs themselves vanishing: here Slack is down until the task has
 ended, then Redis restarts empty (taking every queued and scheduled delivery with it), then both
 come back.

@@ -32,6 +32,7 @@ def test_state_dir_sits_beside_the_sqlite_file(local_settings: Settings, tmp_pat
     assert state_dir(postgres, cwd=tmp_path) == tmp_path / ".resetbot"
 
 
+@pytest.mark.services
 def test_configured_url_is_used_as_is(local_settings: Settings) -> None:
     settings = replace(local_settings, redis_url="redis://127.0.0.1:6379/0")
     redis = connect_redis(settings)

@@ -1,8 +1,8 @@
 """Property-based tests (hypothesis): the password policy, Slack payload reading, CSV in and out.
 
-What others already cover is not repeated: B's tests/test_userio.py has properties of valid
+What others already cover is not repeated: B's tests/core/test_userio.py has properties of valid
 imports (exact rows, a bad row found at its line, duplicates, round trips); C's
-tests/test_slack_app_payloads.py has payload properties on Slack-like shapes. These add:
+tests/bot/test_slack_app_payloads.py has payload properties on Slack-like shapes. These add:
 - policy: never raises on any text, every violated rule is named, no control character passes,
   generated passwords always pass whatever the policy settings, and what passes hashes and
   verifies;

@@ -32,7 +32,7 @@ from tests.support.smtp import SmtpServer, free_port
 from tests.support.smtp import smtp_server as smtp_server
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SERVE = (
     "import sys\n"
     "from core.settings import Settings\n"
@@ -108,6 +108,7 @@ def served(
 
 
 @sqlite_only
+@pytest.mark.services
 def test_serve_runs_the_app_and_a_worker_with_one_command(
     served: tuple[SignedSlack, subprocess.Popen[bytes]], slack_standin: SlackStandIn,
     smtp_server: SmtpServer, sessions: sessionmaker[Session],
@@ -138,6 +139,7 @@ def test_serve_runs_the_app_and_a_worker_with_one_command(
 
 
 @sqlite_only
+@pytest.mark.services
 def test_waitress_refuses_what_is_not_signed_or_too_big(
     served: tuple[SignedSlack, subprocess.Popen[bytes]],
 ) -> None:

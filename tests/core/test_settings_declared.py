@@ -9,7 +9,7 @@ import pytest
 
 from core.settings import DirectoryNames, PasswordPolicy, Settings, settings_help
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 TABLE_HEADER = "| Variable | Default | Meaning |"
 
 

@@ -5,9 +5,10 @@ markup (`<!channel>`, `<@U123>`, `*bold*`), thousands of characters or any Unico
 they hold, a mail has exactly our headers and one recipient, its body has one password line,
 nobody is pinged in Slack, Block Kit limits hold, and the follow-up CSV is spreadsheet-safe.
 
-A's tests/test_mail.py checks single hostile names at the renderer; D's tests/test_messages.py
-checks hostile text in the message builders. These run hypothesis over the renderer and send a
-whole task of hostile users through the engine, aiosmtpd and the Slack stand-in.
+tests/jobs/test_mail.py checks single hostile names at the renderer;
+tests/blocks/test_messages.py checks hostile text in the message builders. These run hypothesis
+over the renderer and send a whole task of hostile users through the engine, aiosmtpd and the
+Slack stand-in.
 """
 
 from __future__ import annotations

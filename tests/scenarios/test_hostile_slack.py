@@ -1,6 +1,6 @@
 """Hostile Slack payloads through the app's real HTTP endpoint, correctly signed.
 
-C's tests (tests/test_slack_app_security.py) cover forged, stale and empty signatures, malformed
+C's tests (tests/bot/test_slack_app_security.py) cover forged, stale and empty signatures, malformed
 shapes, unknown ids, forged pending ids and replayed confirms. These add what an attacker holding
 the signing secret (or a buggy client) can send beyond that: bodies nested deep enough to break
 a JSON parser, NUL bytes and lone surrogates that databases and encoders refuse, 100 KB strings

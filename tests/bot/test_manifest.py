@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # CI checks the shared directory out beside the repository.
 SCHEMA = REPO.parent / "shared" / "schemas" / "slack-app-manifest.schema.json"
 

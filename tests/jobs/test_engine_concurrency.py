@@ -105,7 +105,7 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     handle = log.open("ab")
     return subprocess.Popen(
         [sys.executable, "-c", WORKER_SCRIPT], env=env, stdout=handle, stderr=handle,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         # Its own process group: the kill below takes the RQ scheduler it forks with it.
         start_new_session=True,
     )
@@ -121,7 +121,8 @@ def wait_for(condition: object, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-# tests/test_faults.py kills a worker mid-chunk on both databases; here the plain property.
+# tests/scenarios/test_faults.py kills a worker mid-chunk on both databases; here the plain
+# property.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_task_survives_a_sigkilled_worker_within_seconds(
     settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
