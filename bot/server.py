@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import resource
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
@@ -39,6 +40,16 @@ from jobs.queueing import make_queue
 log = logging.getLogger("resetbot.serve")
 
 HTTP_THREADS = 8
+#: Seconds before waitress closes a connection that sends nothing (or stops sending): Slack sends
+#: its request as soon as it connects, so only an idle or hostile client waits that long.
+IDLE_TIMEOUT_SECONDS = 10
+#: How often waitress looks for idle connections (its default, 30 s, let them pile up).
+IDLE_CHECK_SECONDS = 2
+#: Connections open at once. An idle one costs a file descriptor, not a thread, so the limit is
+#: high: a client holding a few hundred idle connections does not lock Slack out.
+CONNECTION_LIMIT = 1000
+#: File descriptors kept for everything else (database, Redis, logs, the worker's pipes).
+FILES_RESERVED = 100
 WORKER_STOP_SECONDS = 30.0
 
 
@@ -92,19 +103,45 @@ def make_http_server(
 
     `adjustments` are further waitress settings (tests shorten the loop timeout).
     """
-    server: HttpServer = create_server(
-        wsgi_app,
-        host=host,
-        port=port,
-        threads=HTTP_THREADS,
-        ident="resetbot",
+    options: dict[str, object] = {
+        "threads": HTTP_THREADS,
+        "ident": "resetbot",
         # Refuse oversized bodies before reading them, and keep the rest in memory.
-        max_request_body_size=MAX_BODY_BYTES,
-        inbuf_overflow=MAX_BODY_BYTES + 1,
-        clear_untrusted_proxy_headers=True,
+        "max_request_body_size": MAX_BODY_BYTES,
+        "inbuf_overflow": MAX_BODY_BYTES + 1,
+        "clear_untrusted_proxy_headers": True,
+        # Idle connections are closed soon and many may be open: a client that connects and
+        # sends nothing cannot use up the connections Slack needs.
+        "channel_timeout": IDLE_TIMEOUT_SECONDS,
+        "cleanup_interval": IDLE_CHECK_SECONDS,
+        "connection_limit": connection_limit(),
+        # select() fails on descriptors above 1023; poll() has no such limit.
+        "asyncore_use_poll": True,
         **adjustments,
-    )
+    }
+    server: HttpServer = create_server(wsgi_app, host=host, port=port, **options)
     return server
+
+
+def connection_limit(wanted: int = CONNECTION_LIMIT) -> int:
+    """`wanted`, or fewer when this process may not open that many files (one per connection).
+
+    Raises the soft limit on open files up to the hard one when it is too low for `wanted`.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + FILES_RESERVED
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if raised > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    allowed = max(1, min(wanted, soft - FILES_RESERVED))
+    if allowed < wanted:
+        log.warning("only %s open connections allowed (open files limit %s); raise `ulimit -n`",
+                    allowed, soft)
+    return allowed
 
 
 def serve(
@@ -127,13 +164,14 @@ def serve(
             stack.callback(stop_worker_process, worker)
         if settings.slack_app_token:
             wsgi_app = make_wsgi_app(None, signing_secret=None, sessions=runtime.sessions,
-                                     redis=probe)
+                                     redis=probe, namespace=settings.reset_queue)
             stack.enter_context(SocketModeConnection(runtime.app, settings.slack_app_token))
             log.info("connected to Slack over Socket Mode; health on %s:%s%s",
                      host, port, HEALTH_PATH)
         else:
             wsgi_app = make_wsgi_app(runtime.app, signing_secret=settings.slack_signing_secret,
-                                     sessions=runtime.sessions, redis=probe)
+                                     sessions=runtime.sessions, redis=probe,
+                                     namespace=settings.reset_queue)
             log.info("serving Slack requests on http://%s:%s%s", host, port, EVENTS_PATH)
         server = make_http_server(wsgi_app, host=host, port=port)
         try:

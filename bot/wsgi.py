@@ -3,6 +3,8 @@
 The guard checks the signature (with slack_sdk's SignatureVerifier) before Bolt sees a request:
 a forged, stale or header-less request gets 401 without its body ever being logged (it may hold a
 typed default password), and a signed but malformed one gets 400, where Bolt would answer 500.
+A signature counts once (bot.replay): the same signed request sent again gets 401, and an Events
+API event delivered again (Slack's retries carry `X-Slack-Retry-Num`) gets 200 without acting.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.request.internals import parse_body
 from slack_sdk.signature import Clock, SignatureVerifier
-from sqlalchemy import text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.payloads import payload_problem
+from bot.replay import Seen, SeenRequests
+from core.migrate import VERSION_TABLE, current_revision, head_revision
+from core.models import Base
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -50,11 +55,12 @@ def redis_probe(url: str) -> Redis:
 
 
 class HealthCheck:
-    """Whether the database and Redis answer, for `/healthz`."""
+    """Whether the database (with this release's schema) and Redis answer, for `/healthz`."""
 
     def __init__(self, sessions: sessionmaker[Session], redis: Redis) -> None:
         self.sessions = sessions
         self.redis = redis
+        self._head: str | None = None
 
     def __call__(self) -> dict[str, str]:
         return {"database": self._database(), "redis": self._redis()}
@@ -63,10 +69,34 @@ class HealthCheck:
         try:
             with self.sessions() as session:
                 session.execute(text("SELECT 1"))
+                problem = self._schema_problem(session.connection())
         except SQLAlchemyError as error:
             log.warning("health: database unavailable: %s", type(error).__name__)
             return "unavailable"
+        if problem:
+            log.warning("health: %s", problem)
+            return problem
         return "ok"
+
+    def _schema_problem(self, connection: Connection) -> str | None:
+        """Why the schema is not the one this release needs (None when it is).
+
+        Missing tables, or an Alembic revision other than the head. A schema without Alembic's
+        version table but with every table is one `create_schema` made from the models (tests
+        and the benchmark), so it is current.
+        """
+        tables = set(inspect(connection).get_table_names())
+        if not set(Base.metadata.tables) <= tables:
+            return "schema missing: run `resetbot db upgrade`"
+        if VERSION_TABLE not in tables:
+            return None
+        if self._head is None:
+            self._head = head_revision()
+        current = current_revision(connection)
+        if current != self._head:
+            return (f"schema at revision {current or 'none'}, this release needs {self._head}: "
+                    "run `resetbot db upgrade`")
+        return None
 
     def _redis(self) -> str:
         try:
@@ -86,6 +116,7 @@ class ResetbotWsgi:
         *,
         signing_secret: str | None,
         health: Callable[[], dict[str, str]],
+        seen: SeenRequests | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if bolt_app is not None and not signing_secret:
@@ -95,6 +126,7 @@ class ResetbotWsgi:
         self._verifier = (SignatureVerifier(signing_secret, clock=_CallableClock(clock))
                           if bolt_app and signing_secret else None)
         self._health = health
+        self._seen = seen
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -135,10 +167,23 @@ class ResetbotWsgi:
         assert self._verifier is not None
         if not self._verifier.is_valid(body_text, *headers):
             return _refuse_unsigned(start_response, environ)
+        retry = environ.get("HTTP_X_SLACK_RETRY_NUM")
+        if self._seen is not None and self._seen.signature(*headers) is Seen.AGAIN:
+            if retry:
+                log.info("answered a Slack retry of a request already handled, without acting")
+                return _answer(start_response, 200, {"ok": True})
+            log.warning("refused a replayed request (its signature was used before) from %s",
+                        environ.get("REMOTE_ADDR", "?"))
+            return _answer(start_response, 401, {"error": "invalid request"})
         problem = _malformed(body_text, environ.get("CONTENT_TYPE"))
         if problem:
             log.warning("refused a signed but malformed request: %s", problem)
             return _answer(start_response, 400, {"error": f"malformed request: {problem}"})
+        event = _event_identity(body_text, environ.get("CONTENT_TYPE"))
+        if self._seen is not None and event and self._seen.event(*event) is Seen.AGAIN:
+            log.info("answered an event delivered again (a Slack retry or a replay) without "
+                     "acting")
+            return _answer(start_response, 200, {"ok": True})
         # Bolt reads the body again (and checks the signature again): hand it the same bytes.
         environ["wsgi.input"] = io.BytesIO(raw)
         environ["CONTENT_LENGTH"] = str(len(raw))
@@ -182,9 +227,8 @@ def _refuse_unsigned(start_response: StartResponse, environ: WSGIEnvironment) ->
 
 def _malformed(body_text: str, content_type: object) -> str | None:
     """Why Bolt could not take this body (None when it can), parsed as Bolt parses it."""
-    media = str(content_type).split(";")[0].strip() if content_type else None
     try:
-        body = parse_body(body_text, media)
+        body = parse_body(body_text, _media_type(content_type))
     except ValueError:  # json.JSONDecodeError included
         return "the payload is not valid JSON"
     except RecursionError:  # `[[[[...` a few thousand deep: json gives up this way
@@ -192,6 +236,20 @@ def _malformed(body_text: str, content_type: object) -> str | None:
     if _holds_unstorable_text(body):
         return "the payload holds a NUL character or an unpaired surrogate"
     return payload_problem(body)
+
+
+def _media_type(content_type: object) -> str | None:
+    return str(content_type).split(";")[0].strip() if content_type else None
+
+
+def _event_identity(body_text: str, content_type: object) -> tuple[str, str] | None:
+    """(team, event id) of an Events API callback, the same for each of Slack's retries."""
+    body = parse_body(body_text, _media_type(content_type))  # _malformed has parsed it once
+    event_id = body.get("event_id")
+    if body.get("type") != "event_callback" or not isinstance(event_id, str) or not event_id:
+        return None
+    team = body.get("team_id")
+    return (team if isinstance(team, str) else "", event_id)
 
 
 def _holds_unstorable_text(body: object) -> bool:
@@ -245,7 +303,12 @@ def make_wsgi_app(
     signing_secret: str | None,
     sessions: sessionmaker[Session],
     redis: Redis,
+    namespace: str,
 ) -> ResetbotWsgi:
-    """The WSGI app `serve` runs (and tests start): Slack events when `bolt_app` is given."""
+    """The WSGI app `serve` runs (and tests start): Slack events when `bolt_app` is given.
+
+    `namespace` (RESET_QUEUE) keeps the signatures this app has seen apart in a shared Redis.
+    """
     return ResetbotWsgi(bolt_app, signing_secret=signing_secret,
-                        health=HealthCheck(sessions, redis))
+                        health=HealthCheck(sessions, redis),
+                        seen=SeenRequests(redis, namespace) if bolt_app else None)

@@ -15,11 +15,13 @@ from urllib.parse import urlencode
 
 import pytest
 from redis import Redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.wsgi import HealthCheck, make_wsgi_app, redis_probe
+from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
+from core.migrate import VERSION_TABLE, head_revision, upgrade
 from core.models import AuditEntry, PendingRequest, ResetTask
 from core.settings import Settings
 from tests.support.signing import (
@@ -387,7 +389,8 @@ def test_healthz_is_503_when_redis_is_unreachable(sessions: sessionmaker[Session
     started = time.monotonic()
     assert check() == {"database": "ok", "redis": "unavailable"}
     assert time.monotonic() - started < 2.0  # a probe does not wait out retries
-    wsgi = make_wsgi_app(None, signing_secret=None, sessions=sessions, redis=nowhere)
+    wsgi = make_wsgi_app(None, signing_secret=None, sessions=sessions, redis=nowhere,
+                         namespace="unused")
     statuses: list[str] = []
     body = b"".join(wsgi({"PATH_INFO": "/healthz", "REQUEST_METHOD": "GET"},
                          lambda status, headers: statuses.append(status)))  # type: ignore[arg-type,return-value]
@@ -435,3 +438,67 @@ def test_the_events_url_verification_handshake(slack_app: RunningApp) -> None:
     assert answer.json() == {"challenge": challenge}
     assert slack_app.slack.post(body, content_type="application/json",
                                 signed=False).status == 401
+
+
+# ---- health: the schema -----------------------------------------------------------------------
+
+
+def health_over_wsgi(sessions: sessionmaker[Session], redis: Redis) -> tuple[str, Any]:
+    wsgi = make_wsgi_app(None, signing_secret=None, sessions=sessions, redis=redis,
+                         namespace="unused")
+    statuses: list[str] = []
+    body = b"".join(wsgi({"PATH_INFO": "/healthz", "REQUEST_METHOD": "GET"},
+                         lambda status, headers: statuses.append(status)))  # type: ignore[arg-type,return-value]
+    return statuses[0], json.loads(body)
+
+
+def test_healthz_is_unavailable_on_a_database_without_the_schema(
+    settings: Settings, redis_conn: Redis
+) -> None:
+    engine = make_engine(settings.database_url)  # a fresh, empty database
+    try:
+        status, body = health_over_wsgi(make_sessionmaker(engine), redis_conn)
+    finally:
+        engine.dispose()
+    assert status == "503 Service Unavailable"
+    assert body == {"status": "unavailable", "redis": "ok",
+                    "database": "schema missing: run `resetbot db upgrade`"}
+
+
+def test_healthz_is_unavailable_when_the_schema_is_behind_the_release(
+    settings: Settings, redis_conn: Redis
+) -> None:
+    assert upgrade(settings) == head_revision()
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        assert health_over_wsgi(sessions, redis_conn) == (
+            "200 OK", {"status": "ok", "database": "ok", "redis": "ok"})
+        # This release has one revision: a database at any other one is behind (or ahead).
+        with engine.begin() as connection:
+            connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0000'"))
+        status, body = health_over_wsgi(sessions, redis_conn)
+    finally:
+        engine.dispose()
+    assert status == "503 Service Unavailable" and body["status"] == "unavailable"
+    assert body["database"] == (f"schema at revision 0000, this release needs "
+                                f"{head_revision()}: run `resetbot db upgrade`")
+
+
+# ---- the audit keeps known subcommands only ---------------------------------------------------
+
+
+@sqlite_only
+def test_the_audit_records_known_subcommands_only(slack_app: RunningApp) -> None:
+    typed = "Sesame-Street-42!"  # a password typed after the command by mistake
+    for text_typed in (typed, f"{typed} again", "", "STATUS 12", "status"):
+        answer = slack_app.slack.command(text_typed, user=OUTSIDER)
+        assert answer.status == 200 and "not allowed" in answer.json()["text"]
+
+    kept = [entry.detail for entry in refusals(slack_app.sessions)]
+    assert [detail["subcommand"] for detail in kept] == [
+        "unknown", "unknown", "open", "status", "status"]
+    with slack_app.sessions() as session:
+        everything = json.dumps([(e.actor, e.action, e.detail)
+                                 for e in session.scalars(select(AuditEntry))])
+    assert "sesame" not in everything.lower()

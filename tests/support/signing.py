@@ -276,7 +276,7 @@ def start_app(
     app = create_app(settings, sessions=sessions, directory=directory, queue=queue,
                      **create_kwargs)
     wsgi = make_wsgi_app(app, signing_secret=settings.slack_signing_secret, sessions=sessions,
-                         redis=redis)
+                         redis=redis, namespace=settings.reset_queue)
     server = make_server("127.0.0.1", 0, wsgi, server_class=ThreadingWSGIServer,
                          handler_class=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},

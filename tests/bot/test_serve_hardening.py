@@ -1,0 +1,130 @@
+"""`resetbot serve` under idle connections: clients that connect and send nothing cannot lock
+Slack out, and the server closes such connections soon. The real command, on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.server import CONNECTION_LIMIT, IDLE_CHECK_SECONDS, IDLE_TIMEOUT_SECONDS
+from core.settings import Settings
+from tests.support.signing import ADMIN, SIGNING_SECRET, SignedSlack
+from tests.support.slack_standin import SlackStandIn
+from tests.support.slack_standin import slack_standin as slack_standin
+from tests.support.smtp import free_port
+
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+REPO = Path(__file__).resolve().parents[2]
+#: More idle connections than waitress's default limit (100), which locked Slack out.
+IDLE_CLIENTS = 200
+
+
+def serve_environment(settings: Settings, standin: SlackStandIn) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "RESET_"))}
+    env.update({
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url or "",
+        "RESET_QUEUE": settings.reset_queue,
+        "RESET_SECRET_KEY": settings.reset_secret_key,
+        "RESET_ADMINS": ADMIN,
+        "SLACK_BOT_TOKEN": standin.token,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": standin.api_url,
+        "PASSWORD_SCHEMES": "pbkdf2_sha256",
+        "PYTHONPATH": str(REPO),
+    })
+    return env
+
+
+@pytest.fixture
+def serving(settings: Settings, sample_users: list[Any], slack_standin: SlackStandIn,
+            tmp_path: Path) -> Iterator[tuple[SignedSlack, int]]:
+    """`resetbot serve` (no worker) on a free loopback port."""
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=serve_environment(settings, slack_standin), stdout=log, stderr=log,
+    )
+    slack = SignedSlack(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if slack.get("/healthz").status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "resetbot serve did not answer /healthz"
+            time.sleep(0.05)
+        yield slack, port
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def open_idle(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that send nothing, each accepted by the server's kernel queue."""
+    idle = []
+    for _ in range(count):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+        idle.append(connection)
+    return idle
+
+
+def get_within(url: str, seconds: float) -> int:
+    """The status of a GET that must be answered within `seconds` (else an error is raised)."""
+    with urllib.request.urlopen(url, timeout=seconds) as answer:
+        return int(answer.status)
+
+
+def test_the_limits_are_above_what_locked_slack_out() -> None:
+    assert CONNECTION_LIMIT >= 5 * IDLE_CLIENTS
+    assert IDLE_TIMEOUT_SECONDS <= 15 and IDLE_CHECK_SECONDS <= 5
+
+
+@sqlite_only
+@pytest.mark.services
+@pytest.mark.slow
+def test_idle_connections_do_not_lock_slack_out_and_are_closed_soon(
+    serving: tuple[SignedSlack, int], slack_standin: SlackStandIn
+) -> None:
+    slack, port = serving
+    idle = open_idle(port, IDLE_CLIENTS)
+    try:
+        # Before the fix these waited for waitress's 120 s channel timeout: the answer must come
+        # while the idle connections are still open (a timeout here raises).
+        assert get_within(f"{slack.base_url}/healthz", 5) == 200
+        started = time.monotonic()
+        answer = slack.command()  # a signed request, as Slack sends it
+        assert answer.status == 200, answer.body
+        assert time.monotonic() - started < 5
+        slack_standin.wait_for_call("views.open")
+
+        # The server closes connections that never sent anything: reading one ends (b"") after
+        # the idle timeout, well before the old 120 s.
+        first = idle[0]
+        first.settimeout(IDLE_TIMEOUT_SECONDS + IDLE_CHECK_SECONDS + 15)
+        opened = time.monotonic()
+        assert first.recv(1) == b""
+        assert time.monotonic() - opened <= IDLE_TIMEOUT_SECONDS + IDLE_CHECK_SECONDS + 15
+    finally:
+        for connection in idle:
+            connection.close()
