@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, literal, select, update
 from sqlalchemy.orm import Session
@@ -147,15 +147,16 @@ def create_pending(session: Session, settings: Settings, request: ResetRequest) 
     return pending
 
 
-def forget_expired_passwords(session: Session) -> int:
+def forget_expired_passwords(session: Session, now: datetime | None = None) -> int:
     """Drop the sealed password of every preview nobody confirmed in time; returns how many.
 
-    An expired preview can never be confirmed, so its password has no reason to stay.
+    An expired preview can never be confirmed, so its password has no reason to stay. Each
+    worker's reaper calls this every few seconds; opening a preview calls it too.
     """
     result = session.execute(
         update(PendingRequest)
         .where(
-            PendingRequest.expires_at < utcnow(),
+            PendingRequest.expires_at < (now if now is not None else utcnow()),
             PendingRequest.default_password_sealed.is_not(None),
         )
         .values(default_password_sealed=None)

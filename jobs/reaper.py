@@ -9,7 +9,8 @@ Runs every `reaper_interval` seconds in every worker (and once before a burst wo
 - mail retries overdue by a grace period with no retry job are enqueued again;
 - a task whose users are all done but that never ended is finished;
 - the oldest queued task is woken when nothing runs and nothing would wake it;
-- an ended task whose Slack summary or CSV delivery was lost gets its end re-reported.
+- an ended task whose Slack summary or CSV delivery was lost gets its end re-reported;
+- an expired preview's sealed default password is erased.
 
 Every job is idempotent (conditional UPDATEs), so a duplicate costs a no-op; `rescued_at` keeps
 many workers' reapers from enqueuing the same rescue each interval.
@@ -26,6 +27,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
+from core.tasks import forget_expired_passwords
 from jobs.context import WorkerContext, use_context
 from jobs.finishing import finish_if_done
 from jobs.queueing import (
@@ -50,6 +52,8 @@ class ReapReport:
     retries_enqueued: int = 0
     plans_enqueued: int = 0
     tasks_finished: int = 0
+    #: Not work put back, so not part of `changed`.
+    passwords_erased: int = 0
 
     @property
     def changed(self) -> bool:
@@ -73,6 +77,7 @@ def reap(context: WorkerContext, now: datetime | None = None) -> ReapReport:
 
 def _reap(context: WorkerContext, now: datetime) -> ReapReport:
     report = ReapReport()
+    _erase_expired_passwords(context, now, report)
     _return_expired_leases(context, now, report)
     jobs = task_jobs(context)
     with context.sessions() as session:
@@ -101,6 +106,15 @@ def task_jobs(context: WorkerContext) -> dict[int, set[str]]:
         if parsed is not None:
             found[parsed[0]].add(parsed[1])
     return dict(found)
+
+
+def _erase_expired_passwords(context: WorkerContext, now: datetime, report: ReapReport) -> None:
+    """A preview nobody confirmed keeps its sealed password no longer than a reaper pass."""
+    with context.sessions() as session:
+        report.passwords_erased = forget_expired_passwords(session, now)
+        session.commit()
+    if report.passwords_erased:
+        logger.info("erased the sealed password of %s expired previews", report.passwords_erased)
 
 
 def _return_expired_leases(context: WorkerContext, now: datetime, report: ReapReport) -> None:
