@@ -65,6 +65,11 @@ NOT_ALLOWED = (
     "Sorry, you are not allowed to reset passwords. Ask whoever runs resetbot to add you to "
     "RESET_ADMINS or to the admin user group."
 )
+ADMIN_GROUP_UNREADABLE = (
+    "Sorry, resetbot cannot check the admin user group right now: Slack has not said who is in "
+    "it for a few minutes, so its members cannot reset passwords until Slack answers again. "
+    "People listed in RESET_ADMINS still can."
+)
 NOBODY_ALLOWED_WARNING = (
     "Neither RESET_ADMINS nor RESET_ADMIN_GROUP is set: nobody may reset passwords from Slack."
 )

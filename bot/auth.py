@@ -9,11 +9,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from blocks.text import NOBODY_ALLOWED_WARNING
+from blocks.text import ADMIN_GROUP_UNREADABLE, NOBODY_ALLOWED_WARNING, NOT_ALLOWED
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,26 @@ GROUP_CACHE_SECONDS = 60.0
 RETRY_FAILED_LOOKUP_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why someone may not act: `reason` for the audit trail, `message` for the person."""
+
+    reason: str
+    message: str
+
+
+NOT_AN_ADMIN = Refusal("not an admin", NOT_ALLOWED)
+GROUP_UNREADABLE = Refusal("admin group unreadable", ADMIN_GROUP_UNREADABLE)
+
+
 class Admins:
-    """Answers "may this Slack user reset passwords?"; one per app, with its own group cache."""
+    """Answers "may this Slack user reset passwords?"; one per app, with its own group cache.
+
+    The group's members are asked of Slack at most once a minute. When Slack cannot say for
+    longer than RESET_ADMIN_GROUP_MAX_STALE, the last list is no longer trusted: nobody is
+    admitted through the group (someone removed from it meanwhile would still be) until Slack
+    answers again. RESET_ADMINS never depends on Slack.
+    """
 
     def __init__(
         self,
@@ -38,10 +57,13 @@ class Admins:
         self.group = settings.reset_admin_group
         self._client = client
         self._cache_seconds = cache_seconds
+        self._max_stale = settings.admin_group_max_stale
         self._clock = clock
         self._lock = threading.Lock()
         self._members: frozenset[str] = frozenset()
         self._fetched_at: float | None = None
+        self._next_fetch_at: float | None = None
+        self._failing_since: float | None = None
 
     @property
     def configured(self) -> bool:
@@ -52,29 +74,49 @@ class Admins:
             log.warning(NOBODY_ALLOWED_WARNING)
 
     def allows(self, user_id: str | None) -> bool:
-        if not user_id:
-            return False
-        if user_id in self.users:
-            return True
-        return bool(self.group) and user_id in self._group_members()
+        return self.refusal(user_id) is None
 
-    def _group_members(self) -> frozenset[str]:
+    def refusal(self, user_id: str | None) -> Refusal | None:
+        """Why `user_id` may not reset passwords (None when they may)."""
+        if not user_id:
+            return NOT_AN_ADMIN
+        if user_id in self.users:
+            return None
+        if not self.group:
+            return NOT_AN_ADMIN
+        members = self._group_members()
+        if members is None:
+            return GROUP_UNREADABLE
+        return None if user_id in members else NOT_AN_ADMIN
+
+    def _group_members(self) -> frozenset[str] | None:
+        """The group's members, or None when Slack has not said who they are recently enough."""
         with self._lock:
             now = self._clock()
-            fresh = (self._fetched_at is not None
-                     and now - self._fetched_at < self._cache_seconds)
-            if not fresh:
-                fetched = self._fetch_group()
-                if fetched is not None:
-                    self._members, self._fetched_at = fetched, now
-                else:
-                    # Keep the last known members and back off instead of asking per request.
-                    retry = RETRY_FAILED_LOOKUP_SECONDS
-                    self._fetched_at = now - max(0.0, self._cache_seconds - retry)
+            if self._next_fetch_at is None or now >= self._next_fetch_at:
+                self._refresh(now)
+            if self._fetched_at is None:
+                return None
+            if self._failing_since is not None and now - self._failing_since > self._max_stale:
+                return None
             return self._members
 
+    def _refresh(self, now: float) -> None:
+        fetched = self._fetch_group()
+        if fetched is not None:
+            self._members, self._fetched_at, self._failing_since = fetched, now, None
+            self._next_fetch_at = now + self._cache_seconds
+            return
+        # Back off instead of asking per request; the last list stands for max_stale at most.
+        self._next_fetch_at = now + RETRY_FAILED_LOOKUP_SECONDS
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since > self._max_stale:
+            log.warning("RESET_ADMIN_GROUP could not be read for %.0f s: its members are not "
+                        "admitted until Slack answers", now - self._failing_since)
+
     def _fetch_group(self) -> frozenset[str] | None:
-        """The group's members, or None when Slack could not say (the old list then stands)."""
+        """The group's members, or None when Slack could not say."""
         assert self.group is not None
         try:
             response = self._client.usergroups_users_list(usergroup=self.group)

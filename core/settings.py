@@ -380,6 +380,12 @@ class Settings:
         "RESET_PROGRESS_STEPS", 10, "progress updates per task in Slack (1\N{EN DASH}20)",
         parse=integer(1, 20),
     )
+    admin_group_max_stale: float = setting(
+        "RESET_ADMIN_GROUP_MAX_STALE", 300.0,
+        "seconds the admin group's members may go unread from Slack before nobody is admitted "
+        "through the group (`RESET_ADMINS` still is)",
+        parse=positive_number,
+    )
 
     @property
     def max_mail_attempts(self) -> int:

@@ -15,11 +15,12 @@ from slack_bolt.request.payload_utils import is_options, is_slash_command, is_vi
 from slack_sdk import WebClient
 
 from blocks.ids import ACTION_OPEN_MODAL, CALLBACK_RESET, SCOPE
-from blocks.text import NOT_ALLOWED
-from blocks.views import not_allowed_modal
+from blocks.text import NOT_ALLOWED_TITLE
+from blocks.views import notice_modal
+from bot.auth import NOT_AN_ADMIN, Refusal
 from bot.deps import AppDeps, deps_of
 from bot.listeners.replies import show_notice, tell_where_possible
-from bot.payloads import channel_of, first_action, subcommand_of, user_id_of
+from bot.payloads import audited_subcommand, channel_of, first_action, user_id_of
 
 ListenerMiddleware = Callable[..., BoltResponse | None]
 
@@ -31,12 +32,13 @@ def admin_only(step: str) -> ListenerMiddleware:
                     next: Callable[[], None]) -> BoltResponse | None:
         deps = deps_of(context)
         user = user_id_of(body)
-        if user is not None and deps.admins.allows(user):
+        refusal = deps.admins.refusal(user) if user is not None else NOT_AN_ADMIN
+        if refusal is None:
             next()
             return None
-        deps.refuse(user, step, **_refusal_detail(body))
+        deps.refuse(user, step, refusal.reason, **_refusal_detail(body))
         # Returned, not just acked: without a response Bolt would try the next listener.
-        return _answer_refusal(deps, ack, body, client, user)
+        return _answer_refusal(deps, ack, body, client, user, refusal)
 
     return check_admin
 
@@ -50,29 +52,32 @@ def admitted_user(body: dict[str, Any]) -> str:
 
 
 def _refusal_detail(body: dict[str, Any]) -> dict[str, str]:
-    """What the audit keeps besides the step: for the command, which subcommand was asked."""
+    """What the audit keeps besides the step: for the command, which subcommand was asked (a
+    known one, or "unknown": a password typed there by mistake is never stored)."""
     if is_slash_command(body):
-        return {"subcommand": subcommand_of(body)[:20] or "open"}
+        return {"subcommand": audited_subcommand(body)}
     return {}
 
 
 def _answer_refusal(deps: AppDeps, ack: Ack, body: dict[str, Any], client: WebClient,
-                    user: str | None) -> BoltResponse:
+                    user: str | None, refusal: Refusal) -> BoltResponse:
+    said = refusal.message
     if is_slash_command(body):
-        return ack(response_type="ephemeral", text=NOT_ALLOWED)
+        return ack(response_type="ephemeral", text=said)
     if is_options(body):
         # The directory is not for everyone to browse.
         return ack(options=[])
     if is_view_submission(body):
         if body["view"].get("callback_id") == CALLBACK_RESET:
-            return ack(response_action="errors", errors={SCOPE: NOT_ALLOWED})
+            return ack(response_action="errors", errors={SCOPE: said})
         # The preview has no input to show an error on: it turns into a notice.
-        return ack(response_action="update", view=not_allowed_modal())
+        return ack(response_action="update", view=notice_modal(NOT_ALLOWED_TITLE, said))
     # A button: the ack answers nothing, so the refusal is said after it.
     answer = ack()
     if first_action(body).get("action_id") == ACTION_OPEN_MODAL:
         # App Home's button has no channel to answer in.
-        deps.later(show_notice, client, body.get("trigger_id"), not_allowed_modal())
+        deps.later(show_notice, client, body.get("trigger_id"),
+                   notice_modal(NOT_ALLOWED_TITLE, said))
     else:
-        deps.later(tell_where_possible, client, channel_of(body), user, NOT_ALLOWED)
+        deps.later(tell_where_possible, client, channel_of(body), user, said)
     return answer
