@@ -26,6 +26,7 @@ from blocks.text import (
 from blocks.views import PASSWORD_MAX_LENGTH
 from core.errors import InputError
 from core.models import Scope
+from core.passwords import normalised
 from core.tasks import MAX_SELECTION, RequestInvalid, ResetRequest
 
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
@@ -194,6 +195,19 @@ def subcommand_of(body: Mapping[str, Any]) -> str:
     return words[0].lower() if words else ""
 
 
+#: The subcommands of `/reset-passwords`; anything else is audited as "unknown".
+KNOWN_SUBCOMMANDS = frozenset({"help", "status"})
+
+
+def audited_subcommand(body: Mapping[str, Any]) -> str:
+    """What the audit may keep of a command's text: "open" (bare), a known subcommand, or
+    "unknown". Never the words themselves: people type passwords there by mistake."""
+    subcommand = subcommand_of(body)
+    if not subcommand:
+        return "open"
+    return subcommand if subcommand in KNOWN_SUBCOMMANDS else "unknown"
+
+
 def user_name_of(body: Mapping[str, Any]) -> str:
     user = body.get("user")
     name: object = None
@@ -343,7 +357,8 @@ def _read_password(element: Mapping[str, Any], problems: dict[str, list[str]]) -
     if len(value) > PASSWORD_MAX_LENGTH:
         problems.setdefault(PASSWORD, []).append(password_too_long(PASSWORD_MAX_LENGTH))
         return None
-    return value
+    # NFC: checked and hashed as the sign-in side compares it (see core.passwords).
+    return normalised(value)
 
 
 def _read_require_change(element: Mapping[str, Any]) -> bool:

@@ -1,4 +1,9 @@
-"""Password policy, generation and hashing. Nothing here logs or raises with a password in it."""
+"""Password policy, generation and hashing. Nothing here logs or raises with a password in it.
+
+Passwords are Unicode-normalised to NFC before the policy check and before hashing: "é" typed
+as one character or as "e" plus a combining accent (macOS and some phones send the second) is
+the same password, so the sign-in side must normalise what people type to NFC before verifying.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,11 @@ def common_passwords() -> frozenset[str]:
     return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
 
 
+def normalised(password: str) -> str:
+    """The form resetbot checks and hashes: Unicode NFC."""
+    return unicodedata.normalize("NFC", password)
+
+
 def character_classes(password: str) -> int:
     found = {
         name
@@ -51,6 +61,7 @@ def policy_violations(
     schemes: tuple[str, ...] = ("bcrypt",),
 ) -> list[str]:
     """Every reason `password` fails the policy, in plain words; empty when it passes."""
+    password = normalised(password)
     reasons: list[str] = []
     if len(password) < policy.min_length:
         reasons.append(f"It must be at least {policy.min_length} characters long.")
@@ -94,7 +105,7 @@ def default_password_violations(
     """Policy check for a default password set for many users at once."""
     reasons = policy_violations(password, settings.policy, schemes=settings.password_schemes)
     if settings.policy.forbid_username and usernames:
-        lowered = password.lower()
+        lowered = normalised(password).lower()
         if any(name and name.lower() in lowered for name in usernames):
             reasons.append("It must not contain the username of a user it is set for.")
     return reasons
@@ -158,7 +169,8 @@ class PasswordHasher:
         return cls(settings.password_schemes, settings.password_rounds)
 
     def hash(self, password: str) -> str:
-        return str(self._context.hash(password))
+        """The hash of the NFC form: what a sign-in that normalises the typed password checks."""
+        return str(self._context.hash(normalised(password)))
 
     def verify(self, password: str, password_hash: str) -> bool:
-        return bool(self._context.verify(password, password_hash))
+        return bool(self._context.verify(normalised(password), password_hash))
