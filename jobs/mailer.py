@@ -102,7 +102,8 @@ def clean_display_name(name: str) -> str:
 
 def _checked_address(address: str) -> Address:
     """A mailable address; ValueError for anything that could inject or cannot be sent."""
-    address = address.strip()
+    # Control characters refuse the address wherever they are, even at the ends (never stripped).
+    address = address if has_unsafe(address) else address.strip()
     if not address or has_unsafe(address) or any(ch.isspace() for ch in address):
         raise ValueError("the e-mail address contains spaces or control characters")
     if not address.isascii():
