@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import Engine, insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,18 +70,46 @@ def settings(database_url: str, queue_name: str) -> Settings:
     )
 
 
+#: In every queue name of this run, so what a run leaves in Redis can be told apart.
+RUN_ID = os.environ.get("RESETBOT_TEST_RUN") or uuid.uuid4().hex[:6]
+
+
 @pytest.fixture
-def queue_name() -> str:
-    return f"resetbot-test-{uuid.uuid4().hex[:10]}"
+def queue_name() -> Iterator[str]:
+    """A queue of this test's own; afterwards, whatever it left in the shared Redis is removed
+    (when a Redis is there at all: tests without services use the name too)."""
+    name = f"resetbot-test-{RUN_ID}-{uuid.uuid4().hex[:10]}"
+    yield name
+    connection = Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        remove_from_redis(connection, name)
+    except RedisConnectionError:
+        pass  # no Redis here: nothing can have been left in it
+    finally:
+        connection.close()
+
+
+def remove_from_redis(connection: Redis, queue_name: str) -> None:
+    """Every key naming the queue, RQ's records of the workers that served it (a worker's key
+    outlives it by a minute, or by its heartbeat TTL when it was killed), and its entry in
+    RQ's set of queues."""
+    for key in connection.scan_iter(match=f"*{queue_name}*", count=1000):
+        connection.delete(key)
+    for key in connection.scan_iter(match="rq:worker:*", count=1000):
+        if key.endswith(b":executions") or connection.type(key) != b"hash":
+            continue
+        served = (connection.hget(key, "queues") or b"").decode().split(",")
+        if queue_name in served:
+            connection.delete(key, key + b":executions")
+            connection.srem("rq:workers", key)
+    connection.srem("rq:queues", f"rq:queue:{queue_name}")
 
 
 @pytest.fixture
 def redis_conn(queue_name: str) -> Iterator[Redis]:
+    """The shared Redis; the `queue_name` fixture removes what the test left in it."""
     connection = Redis.from_url(REDIS_URL)
     yield connection
-    # Remove only what this test's queue left behind.
-    for key in connection.scan_iter(match=f"*{queue_name}*"):
-        connection.delete(key)
     connection.close()
 
 
