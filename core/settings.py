@@ -317,6 +317,29 @@ class Settings:
         "timeout, 4xx); one retry per value. 5xx is never retried",
         parse=_delays,
     )
+    mail_templates: str | None = setting(
+        "MAIL_TEMPLATES", None,
+        "a folder of mail templates (`reset.txt`, optional `reset.html`, `reset.<lang>.txt`, "
+        "...); checked when a worker starts. Unset: the shipped ones (English, French)",
+        parse=text, shown="shipped templates",
+    )
+    mail_language: str = setting(
+        "MAIL_LANGUAGE", "en",
+        "language of the mail for users whose own language has no template",
+        parse=text,
+    )
+    library_name: str | None = setting(
+        "LIBRARY_NAME", None,
+        "the library's name in the mails (`{library_name}`). Unset: each template's own words "
+        "(\"your library account\")",
+        parse=text,
+    )
+    helpdesk: str | None = setting(
+        "HELPDESK", None,
+        "whom users should contact, in the mails (`{helpdesk}`), e.g. an address or phone "
+        "number. Unset: \"the library\"",
+        parse=text,
+    )
     password_schemes: tuple[str, ...] = setting(
         "PASSWORD_SCHEMES", ("bcrypt",),
         "passlib scheme names, comma-separated; the first hashes new passwords",

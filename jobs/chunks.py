@@ -37,7 +37,8 @@ def work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> 
     except ConfigError as error:
         fail_task(context, task_id, str(error))
         return
-    with Mailer(context.settings, context.smtp_factory) as mailer, ThreadPoolExecutor(
+    mailer = Mailer(context.settings, context.smtp_factory, context.templates)
+    with mailer, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix=f"resetbot-settle-{task_id}"
     ) as helper:
         pipeline = Pipeline(context, task, conditions, mailer, helper)

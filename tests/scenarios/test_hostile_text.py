@@ -35,6 +35,7 @@ from core.passwords import PasswordHasher, generate_password
 from core.settings import PasswordPolicy, Settings
 from core.tasks import ResetRequest, create_task
 from jobs.context import WorkerContext
+from jobs.mail_templates import MailTemplates
 from jobs.mailer import PasswordMail, Sender, render_message
 from jobs.queueing import enqueue_task
 from jobs.reporting import NullReporter
@@ -48,6 +49,7 @@ from tests.support.smtp import smtp_server as smtp_server
 
 MAIL_SETTINGS = replace(Settings(), mail_from="Library <resetbot@library.example>",
                         portal_url="https://portal.library.example/login")
+MAIL_TEMPLATES = MailTemplates.load(MAIL_SETTINGS)
 OUR_HEADERS = ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type"]
 SUBJECT = "Your library password has been reset"
 CHANNEL = "C0HOSTILE"
@@ -114,7 +116,7 @@ def test_any_name_username_or_address_gives_our_headers_one_recipient_one_passwo
     mail = PasswordMail(full_name=full_name, address=address, username=username,
                         password=password, require_change=True)
     try:
-        recipient, data = render_message(MAIL_SETTINGS, Sender.from_settings(MAIL_SETTINGS),
+        recipient, data = render_message(MAIL_TEMPLATES, Sender.from_settings(MAIL_SETTINGS),
                                          mail)
     except ValueError as refused:
         assert password not in str(refused)
