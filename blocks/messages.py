@@ -277,8 +277,24 @@ def task_error_reply(task: TaskSnapshot) -> SlackMessage:
     return SlackMessage(text, [section(text)])
 
 
-def summary_reply(task: TaskSnapshot) -> SlackMessage:
-    """The end of the task: final status and the count of each outcome."""
+#: Where the follow-up CSV is when it is posted in the task's own (direct-message) thread.
+BELOW = "below"
+
+
+def in_channel(channel: str) -> str:
+    return f"sent to <#{channel}>"
+
+
+def in_direct_message(user: str) -> str:
+    return f"sent to <@{user}> in a direct message"
+
+
+def summary_reply(task: TaskSnapshot, follow_up_where: str | None = None) -> SlackMessage:
+    """The end of the task: final status and the count of each outcome.
+
+    `follow_up_where` says where the CSV of users to contact by hand went (BELOW, or
+    `in_channel` / `in_direct_message`); None when it could go nowhere in Slack.
+    """
     heading = f"{STATUS_EMOJI[task.status]} *Reset #{task.id} {status_label(task.status).lower()}*"
     lines = [heading + f" · {plural(task.total, 'user')}."]
     fields = [
@@ -286,7 +302,7 @@ def summary_reply(task: TaskSnapshot) -> SlackMessage:
         for state in SUMMARY_ORDER
         if task.counts.get(state, 0) or state in _expected_outcomes(task)
     ]
-    notes = _summary_notes(task)
+    notes = _summary_notes(task, follow_up_where)
     blocks: list[Block] = [section("\n".join(lines))]
     if fields:
         blocks.append({"type": "section", "fields": fields[:10]})
@@ -308,7 +324,7 @@ def _expected_outcomes(task: TaskSnapshot) -> tuple[ItemState, ...]:
     return (ItemState.NOTIFIED, ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED)
 
 
-def _summary_notes(task: TaskSnapshot) -> list[str]:
+def _summary_notes(task: TaskSnapshot, follow_up_where: str | None) -> list[str]:
     notes = []
     if task.status is TaskStatus.CANCELLED or task.counts.get(ItemState.CANCELLED, 0):
         notes.append(
@@ -327,8 +343,18 @@ def _summary_notes(task: TaskSnapshot) -> list[str]:
             f":e-mail: {plural(failed, 'mail')} never got through. *Retry failed "
             "notifications* above sends those users a fresh password."
         )
-    if task.follow_up_count:
-        notes.append("The users to contact by hand are in the CSV below (it holds no passwords).")
+    told_by_hand = task.counts.get(ItemState.RESET, 0)
+    if task.mode == Mode.DEFAULT and told_by_hand:
+        notes.append(
+            f":speech_balloon: {plural(told_by_hand, 'user')} now "
+            f"{'has' if told_by_hand == 1 else 'have'} the default password and nobody was "
+            "e-mailed: tell each of them the password yourself."
+        )
+    if task.follow_up_count and follow_up_where is None:
+        notes.append(f"The users to contact by hand: `resetbot tasks show {task.id} --csv`.")
+    elif task.follow_up_count:
+        notes.append(f"The users to contact by hand are in the CSV {follow_up_where} (it holds "
+                     "no passwords).")
     if task.status is TaskStatus.FAILED:
         notes.append(":x: The reset stopped early: the problem is described above.")
     return notes

@@ -25,6 +25,7 @@ runs; a bare interpreter takes 21 ms):
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from copy import copy
@@ -195,6 +196,13 @@ def _smtp_port_for(values: Mapping[str, object]) -> int:
 
 def _admins(name: str, raw: str) -> frozenset[str]:
     return frozenset(comma_list(name, raw))
+
+
+def _private_channel(name: str, raw: str) -> str:
+    if re.fullmatch(r"[CG][A-Z0-9]{2,30}", raw) is None:
+        raise ConfigError(f"{name}: {raw!r} is not a Slack channel id (C... or G..., from the "
+                          "channel's details in Slack)")
+    return raw
 
 
 def _with_slash(name: str, raw: str) -> str:
@@ -398,6 +406,12 @@ class Settings:
     )
     reset_admin_group: str | None = setting(
         "RESET_ADMIN_GROUP", None, "a Slack user group id whose members may reset", parse=text,
+    )
+    reset_report_channel: str | None = setting(
+        "RESET_REPORT_CHANNEL", None,
+        "a private channel id for the lists of users to contact by hand (they hold personal "
+        "data). Unset, or a public channel: each list goes to its requester in a DM",
+        parse=_private_channel,
     )
     progress_steps: int = setting(
         "RESET_PROGRESS_STEPS", 10, "progress updates per task in Slack (1\N{EN DASH}20)",

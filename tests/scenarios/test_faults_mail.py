@@ -143,7 +143,7 @@ def test_smtp_down_for_the_whole_task_retries_then_fails_each_user_with_the_reas
     assert all(t.startswith(":e-mail: 5 notifications failed") for t in rounds)
     [summary] = [t for t in said if t.startswith(f"Reset #{task_id} ")]
     assert "completed with errors" in summary and "mail failed 5" in summary
-    [upload] = slack_standin.files(CHANNEL)
+    [upload] = slack_standin.files(slack_standin.dm_channel("U0STAFF"))
     listed = {row["username"]: row for row in csv.DictReader(io.StringIO(upload.text))}
     assert set(listed) == {"alice", "bob", "carol", "erin", "grace", "dave", "frank"}
     assert "Could not reach the mail server" in listed["alice"]["reason"]
