@@ -25,6 +25,7 @@ from blocks.text import (
     progress_bar,
     requester_mention,
     scope_summary,
+    slack_date,
     status_label,
     truncate,
 )
@@ -168,6 +169,8 @@ def parent_message(
         blocks.append(context(outcomes))
     if task.error:
         blocks.append(section(f":warning: {safe(task.error, ERROR_LIMIT)}"))
+    if task.paused:
+        blocks.append(section(paused_note(task)))
     if fallback_from:
         blocks.append(context(fallback_note(fallback_from, fallback_reason)))
     buttons = parent_buttons(task)
@@ -240,6 +243,28 @@ def started_reply(task: TaskSnapshot) -> SlackMessage:
         text = f":arrow_forward: Started: {what}, for {plural(task.total, 'user')}."
     else:
         text = f":arrow_forward: Started: {what}. Progress shows in the message above."
+    return SlackMessage(text, [section(text)])
+
+
+def paused_note(task: TaskSnapshot) -> str:
+    """What the parent message says while a mail outage holds the task."""
+    retry = f" Trying again {slack_date(task.paused_until)}." if task.paused_until else ""
+    since = f" since {slack_date(task.paused_since)}" if task.paused_since else ""
+    return (f":double_vertical_bar: *Paused{since}*: {safe(task.pause_reason or '', 300)} "
+            f"Nobody else's password changes until the mail server answers.{retry}")
+
+
+def paused_reply(task: TaskSnapshot) -> SlackMessage:
+    text = (
+        f":double_vertical_bar: Paused: {safe(task.pause_reason or '', 300)} Nobody else's "
+        "password changes until the mail server answers; resetbot keeps trying and goes on by "
+        "itself. *Cancel* above still works."
+    )
+    return SlackMessage(text, [section(text)])
+
+
+def resumed_reply(task: TaskSnapshot) -> SlackMessage:
+    text = ":arrow_forward: Resumed: the mail server answers again."
     return SlackMessage(text, [section(text)])
 
 

@@ -158,6 +158,11 @@ class ResetTask(Base):
     # 1 while running, else NULL: the unique index lets only one task run at a time.
     active_slot: Mapped[int | None] = mapped_column(Integer, unique=True, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # A mail outage: no pending user is claimed before `paused_until`; `pauses` tries so far.
+    paused_until: Mapped[datetime | None] = mapped_column(default=None)
+    paused_since: Mapped[datetime | None] = mapped_column(default=None)
+    pauses: Mapped[int] = mapped_column(Integer, default=0)
+    pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

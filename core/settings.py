@@ -325,6 +325,18 @@ class Settings:
         "timeout, 4xx); one retry per value. 5xx is never retried",
         parse=_delays,
     )
+    mail_outage_retry: float = setting(
+        "MAIL_OUTAGE_RETRY", 60.0,
+        "seconds a task pauses when the mail server cannot be used, before trying again; "
+        "doubled at each try, up to 15 minutes",
+        parse=positive_number,
+    )
+    mail_outage_give_up: float = setting(
+        "MAIL_OUTAGE_GIVE_UP", 86400.0,
+        "seconds of mail outage after which a paused task fails (its untouched users are "
+        "listed as not reset)",
+        parse=positive_number,
+    )
     mail_templates: str | None = setting(
         "MAIL_TEMPLATES", None,
         "a folder of mail templates (`reset.txt`, optional `reset.html`, `reset.<lang>.txt`, "

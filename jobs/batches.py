@@ -27,6 +27,8 @@ class TaskView:
     mode: Mode
     require_change: bool
     sealed: str | None
+    #: The task was paused for a mail outage when the job read it.
+    paused: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from jobs.claims import Lease, claim_items, release
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task, finish_if_done
 from jobs.mailer import Mailer, MailSetupError
+from jobs.outage import pause_for_mail, resume_after_mail_outage
 from jobs.progress import report_progress
 from jobs.retries import schedule_retries
 from jobs.settling import HashedBatch, fail_for_mail_setup, settle_batch
@@ -56,7 +57,7 @@ def load_task(context: WorkerContext, task_id: int) -> TaskView | None:
         if task is None or task.status != TaskStatus.RUNNING:
             return None
         return TaskView(task.id, Mode(task.mode), task.require_change,
-                        task.default_password_sealed)
+                        task.default_password_sealed, paused=task.paused_since is not None)
 
 
 def _default_password(context: WorkerContext, task: TaskView) -> str | None:
@@ -94,7 +95,6 @@ class Pipeline:
         self.helper = helper
         #: Item ids waiting for a mail retry, by the number of the attempt coming up.
         self.retries: dict[int, list[int]] = defaultdict(list)
-        self.mailer_checked = False
         self.in_flight: Future[Settled] | None = None
 
     def run(self, default_password: str | None) -> None:
@@ -122,24 +122,31 @@ class Pipeline:
         return Claim(claim_items(self.context, self.task.id, self.conditions), taken)
 
     def mailer_ready(self, claimed: list[Claimed]) -> bool:
-        """Open the mail server before the first hash of a user to mail is written.
+        """The mail server takes a connection before a batch with users to mail is hashed.
 
-        With a mail server that cannot be used (wrong credentials), nobody is locked out: the
-        task fails instead. False when the job must stop (the batch is released or failed).
+        Nobody is locked out by a mail server that cannot be used: with wrong credentials the
+        task fails; with a server that cannot be reached the batch goes back untouched and the
+        task pauses (jobs.outage). False when the job must stop.
         """
-        if self.mailer_checked or self.task.mode is not Mode.GENERATED or not any(
+        if self.mailer.connected or self.task.mode is not Mode.GENERATED or not any(
             item.email for item in claimed
         ):
             return True
         if not self.collect():
             release(self.context, claimed)
             return False
+        self.mailer.reachable_again()
         try:
             self.mailer.open()
         except MailSetupError as error:
             fail_for_mail_setup(self.context, self.task.id, claimed, str(error))
             return False
-        self.mailer_checked = True
+        if self.mailer.unreachable is not None:
+            release(self.context, claimed)
+            pause_for_mail(self.context, self.task.id, self.mailer.unreachable)
+            return False
+        if self.task.paused:
+            resume_after_mail_outage(self.context, self.task.id)
         return True
 
     def settle(self, batch: HashedBatch) -> None:

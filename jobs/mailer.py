@@ -229,6 +229,9 @@ class Mailer:
         #: Why the server could not be reached; later sends fail fast instead of each waiting
         #: for a timeout, until `reachable_again` is called.
         self.unreachable: str | None = None
+        #: Transient failures in a row (reset by a sent mail), and the last one's reason.
+        self.transient_streak = 0
+        self.last_transient: str | None = None
 
     def __enter__(self) -> Mailer:
         return self
@@ -268,6 +271,10 @@ class Mailer:
         except (smtplib.SMTPException, OSError) as error:
             self.unreachable = _connection_reason(self.settings, error)
 
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
     def sender(self) -> Sender:
         """MAIL_FROM, checked once; a bad one is a MailSetupError."""
         if self._sender is None:
@@ -285,6 +292,15 @@ class Mailer:
 
     def send(self, mail: PasswordMail) -> Delivery:
         """Send one mail; every failure is classified, only MailSetupError escapes."""
+        delivery = self._deliver(mail)
+        if delivery.outcome is Outcome.SENT:
+            self.transient_streak = 0
+        elif delivery.outcome is Outcome.TRANSIENT:
+            self.transient_streak += 1
+            self.last_transient = delivery.reason
+        return delivery
+
+    def _deliver(self, mail: PasswordMail) -> Delivery:
         sender = self.sender()
         try:
             to, data = render_message(self.templates, sender, mail)

@@ -18,6 +18,7 @@ from jobs.claims import Lease, end_unmailed, record_outcomes, renew
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task
 from jobs.mailer import Delivery, Mailer, MailSetupError, Outcome, PasswordMail
+from jobs.outage import OUTAGE_STREAK, pause_for_mail
 from jobs.retries import mail_outcome
 
 
@@ -51,6 +52,11 @@ def settle_batch(
             settled.retries[outcome.attempts + 1].append(outcome.item_id)
     if setup_error is not None:
         fail_task(context, task.id, setup_error)
+        settled.stop = True
+    elif mailer.transient_streak >= OUTAGE_STREAK:
+        # The server takes connections but fails every mail: an outage all the same. Those
+        # already hashed wait for their retry; nobody else is reset until it recovers.
+        pause_for_mail(context, task.id, mailer.last_transient or "The mail server fails.")
         settled.stop = True
     return settled
 

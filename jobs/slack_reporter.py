@@ -90,6 +90,8 @@ class Event(StrEnum):
     PROGRESS = "progress"
     WAITING = "waiting"
     RETRIES = "retries"
+    PAUSED = "paused"
+    RESUMED = "resumed"
     FINISHED = "finished"
 
 
@@ -134,6 +136,12 @@ class SlackReporter:
         self, task_id: int, users: int, attempt: int, delay_seconds: int
     ) -> None:
         self._send(task_id, Event.RETRIES, users, attempt, delay_seconds)
+
+    def task_paused(self, task_id: int) -> None:
+        self._send(task_id, Event.PAUSED)
+
+    def task_resumed(self, task_id: int) -> None:
+        self._send(task_id, Event.RESUMED)
 
     def task_finished(self, task_id: int) -> None:
         self._send(task_id, Event.FINISHED)
@@ -386,6 +394,10 @@ class Delivery:
             self.say_milestone(state)
         elif event is Event.WAITING:
             self.reply(state, messages.waiting_reply(state.task, args[0]))
+        elif event is Event.PAUSED:
+            self.reply(state, messages.paused_reply(state.task))
+        elif event is Event.RESUMED:
+            self.reply(state, messages.resumed_reply(state.task))
         elif event is Event.RETRIES:
             users, attempt, delay = args[0], args[1], args[2]
             self.reply(state, messages.retries_reply(
