@@ -43,6 +43,8 @@ SUMMARY_ORDER = (
     ItemState.RESET,
     ItemState.NOTIFIED,
     ItemState.NO_EMAIL,
+    ItemState.HANDED_OUT,
+    ItemState.SKIPPED,
     ItemState.NOTIFY_FAILED,
     ItemState.CANCELLED,
 )
@@ -362,6 +364,15 @@ def _summary_notes(task: TaskSnapshot, follow_up_where: str | None) -> list[str]
             f":bust_in_silhouette: {plural(no_email, 'user')} had no e-mail address: their "
             "password was changed but nobody could tell them. Help them set a new one."
         )
+    skipped = task.counts.get(ItemState.SKIPPED, 0)
+    if skipped:
+        notes.append(f":bust_in_silhouette: {plural(skipped, 'user')} without an e-mail address "
+                     "were left alone: their password did not change.")
+    handed_out = task.counts.get(ItemState.HANDED_OUT, 0)
+    if handed_out:
+        notes.append(f":key: {plural(handed_out, 'user')} without an e-mail address now "
+                     f"{'has' if handed_out == 1 else 'have'} the password you typed: tell "
+                     "each of them; they must change it at the next sign-in.")
     failed = task.counts.get(ItemState.NOTIFY_FAILED, 0)
     if failed:
         notes.append(
@@ -404,8 +415,15 @@ def follow_up_comment(task: TaskSnapshot) -> str:
 
 
 def follow_up_reason(row: FollowUp) -> str:
+    """What staff must do for this user, in words (never a secret: only what to do)."""
     if row.outcome is ItemState.NO_EMAIL:
-        return "No e-mail address on file"
+        return ("No e-mail address on file: reset and told nobody; they use the portal's "
+                "“forgot” link, or staff help them")
+    if row.outcome is ItemState.SKIPPED:
+        return "No e-mail address on file: left alone, not reset"
+    if row.outcome is ItemState.HANDED_OUT:
+        return ("No e-mail address on file: tell them what you typed for them; they must "
+                "change it at next sign-in")
     detail = one_line(row.last_error or "")
     return truncate(f"Mail failed: {detail}" if detail else "Mail failed", 300)
 

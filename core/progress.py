@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from core.models import FINAL_ITEM_STATES, ItemState, ResetTask, TaskStatus
+from core.models import FINAL_ITEM_STATES, FOLLOW_UP_STATES, ItemState, ResetTask, TaskStatus
 from core.tasks import state_counts
 
 
@@ -53,7 +53,7 @@ class TaskSnapshot:
 
     @property
     def follow_up_count(self) -> int:
-        return self.counts[ItemState.NO_EMAIL] + self.counts[ItemState.NOTIFY_FAILED]
+        return sum(self.counts[state] for state in FOLLOW_UP_STATES)
 
 
 def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:

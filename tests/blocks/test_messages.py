@@ -172,7 +172,8 @@ def test_follow_up_csv_has_the_columns_and_is_spreadsheet_safe() -> None:
     content = messages.follow_up_csv(rows)
     parsed = list(csv.reader(io.StringIO(content)))
     assert parsed[0] == ["username", "full_name", "email", "outcome", "attempts", "reason"]
-    assert parsed[1] == ["dave", "Dave Dewey", "", "no e-mail", "0", "No e-mail address on file"]
+    assert parsed[1][:5] == ["dave", "Dave Dewey", "", "no e-mail", "0"]
+    assert parsed[1][5].startswith("No e-mail address on file: reset and told nobody")
     assert parsed[2] == ["'=HYPERLINK(\"x\")", "'+Evil Name", "e@example.org", "mail failed", "4",
                          "Mail failed: 550 mailbox unavailable"]
     assert "password" not in content.lower()
