@@ -20,6 +20,10 @@ PASSWORD = "password"  # noqa: S105 - a block id, not a password
 REQUIRE_CHANGE = "require_change"
 #: The value of the (only) "require a new password" checkbox.
 REQUIRE_CHANGE_YES = "yes"
+#: E-mailed mode: what happens to users without an address (radio: reset, skip, set).
+NO_EMAIL = "no_email"
+#: The password staff type for users without an address (choice `set`).
+NO_EMAIL_PASSWORD = "no_email_password"  # noqa: S105 - a block id, not a password
 
 # ---- buttons ----------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from blocks.text import (
     progress_bar,
     requester_mention,
     scope_summary,
+    slack_date,
     status_label,
     truncate,
 )
@@ -42,6 +43,8 @@ SUMMARY_ORDER = (
     ItemState.RESET,
     ItemState.NOTIFIED,
     ItemState.NO_EMAIL,
+    ItemState.HANDED_OUT,
+    ItemState.SKIPPED,
     ItemState.NOTIFY_FAILED,
     ItemState.CANCELLED,
 )
@@ -168,6 +171,8 @@ def parent_message(
         blocks.append(context(outcomes))
     if task.error:
         blocks.append(section(f":warning: {safe(task.error, ERROR_LIMIT)}"))
+    if task.paused:
+        blocks.append(section(paused_note(task)))
     if fallback_from:
         blocks.append(context(fallback_note(fallback_from, fallback_reason)))
     buttons = parent_buttons(task)
@@ -243,6 +248,28 @@ def started_reply(task: TaskSnapshot) -> SlackMessage:
     return SlackMessage(text, [section(text)])
 
 
+def paused_note(task: TaskSnapshot) -> str:
+    """What the parent message says while a mail outage holds the task."""
+    retry = f" Trying again {slack_date(task.paused_until)}." if task.paused_until else ""
+    since = f" since {slack_date(task.paused_since)}" if task.paused_since else ""
+    return (f":double_vertical_bar: *Paused{since}*: {safe(task.pause_reason or '', 300)} "
+            f"Nobody else's password changes until the mail server answers.{retry}")
+
+
+def paused_reply(task: TaskSnapshot) -> SlackMessage:
+    text = (
+        f":double_vertical_bar: Paused: {safe(task.pause_reason or '', 300)} Nobody else's "
+        "password changes until the mail server answers; resetbot keeps trying and goes on by "
+        "itself. *Cancel* above still works."
+    )
+    return SlackMessage(text, [section(text)])
+
+
+def resumed_reply(task: TaskSnapshot) -> SlackMessage:
+    text = ":arrow_forward: Resumed: the mail server answers again."
+    return SlackMessage(text, [section(text)])
+
+
 def waiting_reply(task: TaskSnapshot, blocking_task_id: int) -> SlackMessage:
     text = (
         f":hourglass_flowing_sand: Waiting: reset #{blocking_task_id} is still running, and "
@@ -277,8 +304,24 @@ def task_error_reply(task: TaskSnapshot) -> SlackMessage:
     return SlackMessage(text, [section(text)])
 
 
-def summary_reply(task: TaskSnapshot) -> SlackMessage:
-    """The end of the task: final status and the count of each outcome."""
+#: Where the follow-up CSV is when it is posted in the task's own (direct-message) thread.
+BELOW = "below"
+
+
+def in_channel(channel: str) -> str:
+    return f"sent to <#{channel}>"
+
+
+def in_direct_message(user: str) -> str:
+    return f"sent to <@{user}> in a direct message"
+
+
+def summary_reply(task: TaskSnapshot, follow_up_where: str | None = None) -> SlackMessage:
+    """The end of the task: final status and the count of each outcome.
+
+    `follow_up_where` says where the CSV of users to contact by hand went (BELOW, or
+    `in_channel` / `in_direct_message`); None when it could go nowhere in Slack.
+    """
     heading = f"{STATUS_EMOJI[task.status]} *Reset #{task.id} {status_label(task.status).lower()}*"
     lines = [heading + f" · {plural(task.total, 'user')}."]
     fields = [
@@ -286,7 +329,7 @@ def summary_reply(task: TaskSnapshot) -> SlackMessage:
         for state in SUMMARY_ORDER
         if task.counts.get(state, 0) or state in _expected_outcomes(task)
     ]
-    notes = _summary_notes(task)
+    notes = _summary_notes(task, follow_up_where)
     blocks: list[Block] = [section("\n".join(lines))]
     if fields:
         blocks.append({"type": "section", "fields": fields[:10]})
@@ -308,7 +351,7 @@ def _expected_outcomes(task: TaskSnapshot) -> tuple[ItemState, ...]:
     return (ItemState.NOTIFIED, ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED)
 
 
-def _summary_notes(task: TaskSnapshot) -> list[str]:
+def _summary_notes(task: TaskSnapshot, follow_up_where: str | None) -> list[str]:
     notes = []
     if task.status is TaskStatus.CANCELLED or task.counts.get(ItemState.CANCELLED, 0):
         notes.append(
@@ -321,14 +364,33 @@ def _summary_notes(task: TaskSnapshot) -> list[str]:
             f":bust_in_silhouette: {plural(no_email, 'user')} had no e-mail address: their "
             "password was changed but nobody could tell them. Help them set a new one."
         )
+    skipped = task.counts.get(ItemState.SKIPPED, 0)
+    if skipped:
+        notes.append(f":bust_in_silhouette: {plural(skipped, 'user')} without an e-mail address "
+                     "were left alone: their password did not change.")
+    handed_out = task.counts.get(ItemState.HANDED_OUT, 0)
+    if handed_out:
+        notes.append(f":key: {plural(handed_out, 'user')} without an e-mail address now "
+                     f"{'has' if handed_out == 1 else 'have'} the password you typed: tell "
+                     "each of them; they must change it at the next sign-in.")
     failed = task.counts.get(ItemState.NOTIFY_FAILED, 0)
     if failed:
         notes.append(
             f":e-mail: {plural(failed, 'mail')} never got through. *Retry failed "
             "notifications* above sends those users a fresh password."
         )
-    if task.follow_up_count:
-        notes.append("The users to contact by hand are in the CSV below (it holds no passwords).")
+    told_by_hand = task.counts.get(ItemState.RESET, 0)
+    if task.mode == Mode.DEFAULT and told_by_hand:
+        notes.append(
+            f":speech_balloon: {plural(told_by_hand, 'user')} now "
+            f"{'has' if told_by_hand == 1 else 'have'} the default password and nobody was "
+            "e-mailed: tell each of them the password yourself."
+        )
+    if task.follow_up_count and follow_up_where is None:
+        notes.append(f"The users to contact by hand: `resetbot tasks show {task.id} --csv`.")
+    elif task.follow_up_count:
+        notes.append(f"The users to contact by hand are in the CSV {follow_up_where} (it holds "
+                     "no passwords).")
     if task.status is TaskStatus.FAILED:
         notes.append(":x: The reset stopped early: the problem is described above.")
     return notes
@@ -353,8 +415,15 @@ def follow_up_comment(task: TaskSnapshot) -> str:
 
 
 def follow_up_reason(row: FollowUp) -> str:
+    """What staff must do for this user, in words (never a secret: only what to do)."""
     if row.outcome is ItemState.NO_EMAIL:
-        return "No e-mail address on file"
+        return ("No e-mail address on file: reset and told nobody; they use the portal's "
+                "“forgot” link, or staff help them")
+    if row.outcome is ItemState.SKIPPED:
+        return "No e-mail address on file: left alone, not reset"
+    if row.outcome is ItemState.HANDED_OUT:
+        return ("No e-mail address on file: tell them what you typed for them; they must "
+                "change it at next sign-in")
     detail = one_line(row.last_error or "")
     return truncate(f"Mail failed: {detail}" if detail else "Mail failed", 300)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from core.controls import blank_unsafe
 from core.directory import DirectoryUser
-from core.models import ItemState, Mode, Scope, TaskStatus
+from core.models import ItemState, Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot
 
 COMMAND = "/reset-passwords"
@@ -55,7 +55,37 @@ OUTCOME_LABELS: dict[ItemState, str] = {
     ItemState.NO_EMAIL: "no e-mail",
     ItemState.NOTIFY_FAILED: "mail failed",
     ItemState.CANCELLED: "cancelled",
+    ItemState.SKIPPED: "not reset (no e-mail)",
+    ItemState.HANDED_OUT: "your password (no e-mail)",
 }
+#: The reset form's choices for users without an e-mail address, and what each one means.
+NO_EMAIL_LABELS: dict[NoEmailChoice, str] = {
+    NoEmailChoice.RESET: "Reset them too",
+    NoEmailChoice.SKIP: "Leave them alone",
+    NoEmailChoice.SET: "Give them a password I type below",
+}
+NO_EMAIL_HELP: dict[NoEmailChoice, str] = {
+    NoEmailChoice.RESET: "Nobody is told the new password: they use “forgot password”.",
+    NoEmailChoice.SKIP: "Their password does not change; they are listed for you.",
+    NoEmailChoice.SET: "You tell each of them; they must change it at next sign-in.",
+}
+NO_EMAIL_FIELD_HINT = (
+    "Only with a blank default password, for “Give them a password I type”. Slack cannot hide "
+    "what you type here: anyone looking at your screen can read it. resetbot never shows it "
+    "again and keeps it sealed until the reset ends."
+)
+
+
+def no_email_preview(choice: NoEmailChoice, users: int) -> str:
+    """What the preview says will happen to the users without an e-mail address."""
+    if not users:
+        return "0"
+    return {
+        NoEmailChoice.RESET: f"{users:,}: reset; nobody can tell them the new password, so "
+                             "they use “forgot password” on the portal, or staff help them",
+        NoEmailChoice.SKIP: f"{users:,}: left alone, their password does not change",
+        NoEmailChoice.SET: f"{users:,}: get the password you typed; you tell each of them",
+    }[choice]
 
 DEFAULT_FIELD_HINT = (
     "Leave blank to e-mail each user a new random password. Fill in to set this password "

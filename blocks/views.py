@@ -15,6 +15,8 @@ from blocks.ids import (
     CALLBACK_CONFIRM,
     CALLBACK_NOTICE,
     CALLBACK_RESET,
+    NO_EMAIL,
+    NO_EMAIL_PASSWORD,
     PASSWORD,
     REQUIRE_CHANGE,
     REQUIRE_CHANGE_YES,
@@ -24,6 +26,9 @@ from blocks.ids import (
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
     DEFAULT_FIELD_HINT,
+    NO_EMAIL_FIELD_HINT,
+    NO_EMAIL_HELP,
+    NO_EMAIL_LABELS,
     NOT_ALLOWED,
     NOT_ALLOWED_TITLE,
     RESET_SAVED_TITLE,
@@ -35,6 +40,7 @@ from blocks.text import (
     UNKNOWN_REQUEST,
     escape,
     mode_label,
+    no_email_preview,
     one_line,
     plural,
     progress_bar,
@@ -49,7 +55,7 @@ from blocks.text import (
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
-from core.models import Mode, Scope
+from core.models import Mode, NoEmailChoice, Scope
 from core.progress import TaskSnapshot
 
 View = dict[str, Any]
@@ -74,6 +80,11 @@ def reset_modal(channel: str | None = None) -> View:
     initial_scope = scope_options[list(Scope).index(Scope.SELECTED_ONLY)]
     require_change = {"text": plain("Require a new password at next login", 75),
                       "value": REQUIRE_CHANGE_YES}
+    no_email_options = [
+        {"text": plain(NO_EMAIL_LABELS[choice], 75), "value": choice.value,
+         "description": plain(NO_EMAIL_HELP[choice], 75)}
+        for choice in NoEmailChoice
+    ]
     return {
         "type": "modal",
         "callback_id": CALLBACK_RESET,
@@ -118,6 +129,23 @@ def reset_modal(channel: str | None = None) -> View:
                 "element": {"type": "checkboxes", "action_id": REQUIRE_CHANGE,
                             "options": [require_change], "initial_options": [require_change]},
             },
+            {
+                "type": "input",
+                "block_id": NO_EMAIL,
+                "label": plain("Users without an e-mail address"),
+                "hint": plain("Only with a blank default password: nobody can e-mail them."),
+                "element": {"type": "radio_buttons", "action_id": NO_EMAIL,
+                            "options": no_email_options, "initial_option": no_email_options[0]},
+            },
+            {
+                "type": "input",
+                "block_id": NO_EMAIL_PASSWORD,
+                "optional": True,
+                "label": plain("Password for users without e-mail (optional)"),
+                "hint": plain(NO_EMAIL_FIELD_HINT),
+                "element": {"type": "plain_text_input", "action_id": NO_EMAIL_PASSWORD,
+                            "max_length": PASSWORD_MAX_LENGTH},
+            },
         ],
     }
 
@@ -140,12 +168,12 @@ def preview_modal(
     selected: int,
     mode: Mode,
     require_change: bool,
+    no_email: NoEmailChoice = NoEmailChoice.RESET,
 ) -> View:
     """What a confirm would do; private_metadata holds only the opaque id of the waiting request."""
     emailed = preview.emailable if mode is Mode.GENERATED else 0
     if mode is Mode.GENERATED:
-        without_email = (f"{preview.without_email:,}: listed in the thread for you to "
-                         "contact" if preview.without_email else "0")
+        without_email = no_email_preview(no_email, preview.without_email)
     else:
         without_email = "Not applicable: nobody is e-mailed"
     fields = [

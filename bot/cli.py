@@ -38,7 +38,7 @@ from bot.terminal import (
     requester,
 )
 from core.db import make_engine, make_sessionmaker
-from core.directory import Directory
+from core.directory import Directory, DirectoryUser
 from core.errors import ConfigError, ResetbotError
 from core.models import Scope
 from core.settings import Settings, ensure_secret_key
@@ -110,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     export = users.add_parser("export", help="write every user as CSV")
     export.add_argument("file", nargs="?", default="-", help="output file; '-' (default) = stdout")
     export.set_defaults(handler=cmd_users_export)
+
+    mail = commands.add_parser("mail", help="the password mail").add_subparsers(
+        dest="mail_command", required=True, metavar="ACTION"
+    )
+    mail_preview = mail.add_parser(
+        "preview", help="show the mail a user would get (password masked), text and HTML"
+    )
+    mail_preview.add_argument("--user", metavar="USERNAME",
+                              help="a real user from the directory (default: a sample user)")
+    mail_preview.add_argument("--lang", metavar="CODE",
+                              help="the language to show (e.g. fr); default MAIL_LANGUAGE")
+    mail_preview.set_defaults(handler=cmd_mail_preview)
 
     worker = commands.add_parser("worker", help="run a reset worker (with the scheduler)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
@@ -291,6 +303,24 @@ def cmd_users_export(cli: Cli, args: argparse.Namespace) -> int:
         with open(args.file, "w", encoding="utf-8-sig", newline="") as handle:
             handle.write(content)
         cli.say(f"Wrote {content.count(chr(10)) - 1:,} users to {args.file}.")
+    return EXIT_OK
+
+
+def cmd_mail_preview(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.mail_preview import SampleUser, preview_text
+    from jobs.mail_templates import MailTemplates
+
+    settings = cli.settings()
+    templates = MailTemplates.load(settings)
+    user: SampleUser | DirectoryUser = SampleUser()
+    if args.user is not None:
+        with cli.database(settings) as sessions, sessions() as session:
+            found = Directory(settings.directory).by_username(session, [args.user])
+        if not found:
+            raise Refused(f"there is no user {args.user!r} in the directory")
+        user = found[0]
+    cli.say(preview_text(templates, username=user.username, full_name=user.full_name,
+                         email=user.email, language=args.lang))
     return EXIT_OK
 
 

@@ -10,10 +10,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from blocks.ids import PASSWORD, REQUIRE_CHANGE, REQUIRE_CHANGE_YES, SCOPE, USERS
+from blocks.ids import (
+    NO_EMAIL,
+    NO_EMAIL_PASSWORD,
+    PASSWORD,
+    REQUIRE_CHANGE,
+    REQUIRE_CHANGE_YES,
+    SCOPE,
+    USERS,
+)
 from blocks.text import (
     BUTTON_NAMES_NO_TASK,
     CHOOSE_SCOPE,
@@ -25,7 +33,7 @@ from blocks.text import (
 )
 from blocks.views import PASSWORD_MAX_LENGTH
 from core.errors import InputError
-from core.models import Scope
+from core.models import NoEmailChoice, Scope
 from core.passwords import normalised
 from core.tasks import MAX_SELECTION, RequestInvalid, ResetRequest
 
@@ -38,6 +46,7 @@ _PENDING_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 #: and PostgreSQL refuses it as a parameter (a 500) instead of finding no row.
 MAX_ID = 2**31 - 1
 NAME_LIMIT = 255
+_NO_EMAIL_CHOICES = frozenset(choice.value for choice in NoEmailChoice)
 _SCOPES = frozenset(scope.value for scope in Scope)
 
 
@@ -281,6 +290,8 @@ class FormInput:
     selection: tuple[int, ...]
     default_password: str | None
     require_change: bool
+    no_email: NoEmailChoice = NoEmailChoice.RESET
+    no_email_password: str | None = field(default=None, repr=False)
 
     def request(self, requester: str, name: str, channel: str | None) -> ResetRequest:
         return ResetRequest(
@@ -291,6 +302,8 @@ class FormInput:
             require_change=self.require_change,
             requester_name=name,
             slack_channel=channel,
+            no_email=self.no_email,
+            no_email_password=self.no_email_password,
         )
 
 
@@ -304,9 +317,12 @@ def read_reset_form(view: Mapping[str, Any]) -> FormInput:
     selection = _read_selection(_element(values, USERS), problems)
     password = _read_password(_element(values, PASSWORD), problems)
     require_change = _read_require_change(_element(values, REQUIRE_CHANGE))
+    no_email = _read_no_email(_element(values, NO_EMAIL))
+    no_email_password = _read_password(_element(values, NO_EMAIL_PASSWORD), problems,
+                                       NO_EMAIL_PASSWORD)
     if problems or scope is None:
         raise RequestInvalid(problems or {SCOPE: [CHOOSE_SCOPE]})
-    return FormInput(scope, selection, password, require_change)
+    return FormInput(scope, selection, password, require_change, no_email, no_email_password)
 
 
 def _element(values: Mapping[str, Any], block_id: str) -> Mapping[str, Any]:
@@ -347,18 +363,29 @@ def _read_selection(element: Mapping[str, Any], problems: dict[str, list[str]]) 
     return tuple(sorted(ids))
 
 
-def _read_password(element: Mapping[str, Any], problems: dict[str, list[str]]) -> str | None:
+def _read_password(
+    element: Mapping[str, Any], problems: dict[str, list[str]], block: str = PASSWORD
+) -> str | None:
     value = element.get("value")
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        problems.setdefault(PASSWORD, []).append(PASSWORD_UNREADABLE)
+        problems.setdefault(block, []).append(PASSWORD_UNREADABLE)
         return None
     if len(value) > PASSWORD_MAX_LENGTH:
-        problems.setdefault(PASSWORD, []).append(password_too_long(PASSWORD_MAX_LENGTH))
+        problems.setdefault(block, []).append(password_too_long(PASSWORD_MAX_LENGTH))
         return None
     # NFC: checked and hashed as the sign-in side compares it (see core.passwords).
     return normalised(value)
+
+
+def _read_no_email(element: Mapping[str, Any]) -> NoEmailChoice:
+    option = element.get("selected_option")
+    value = option.get("value") if isinstance(option, dict) else None
+    if isinstance(value, str) and value in _NO_EMAIL_CHOICES:
+        return NoEmailChoice(value)
+    # Missing (a form opened before this choice existed) or unreadable: the form's default.
+    return NoEmailChoice.RESET
 
 
 def _read_require_change(element: Mapping[str, Any]) -> bool:

@@ -102,6 +102,10 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
             f"finished {_when(task.finished_at)} (UTC)")
     if task.error:
         cli.say(f"  Error: {task.error}")
+    if task.paused:
+        cli.say(f"  Paused since {_when(task.paused_since)} (UTC): {task.pause_reason} Nobody "
+                f"else's password changes until the mail server answers; next try "
+                f"{_when(task.paused_until)}.")
     cli.say(f"  {task.done:,} of {task.total:,} users done")
     for state, count in task.counts.items():
         if count:

@@ -28,6 +28,8 @@ OUTCOME_WORDS = {
     ItemState.NO_EMAIL: "no e-mail: tell them yourself",
     ItemState.NOTIFY_FAILED: "mail failed: tell them yourself",
     ItemState.CANCELLED: "cancelled, not reset",
+    ItemState.SKIPPED: "no e-mail: left alone, not reset",
+    ItemState.HANDED_OUT: "no e-mail: tell them the typed password",
 }
 
 

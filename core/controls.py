@@ -35,3 +35,9 @@ def has_unsafe(text: str) -> bool:
 def blank_unsafe(text: str) -> str:
     """Each run of control characters becomes one space (for one-line display)."""
     return UNSAFE_IN_TEXT.sub(" ", text)
+
+
+def single_line(text: str, limit: int) -> str:
+    """`text` as one tidy line of at most `limit` characters: control characters and runs of
+    white space become single spaces (a display name in a header or a greeting)."""
+    return " ".join(blank_unsafe(text).split())[:limit]

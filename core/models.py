@@ -68,6 +68,14 @@ class Mode(enum.StrEnum):
     DEFAULT = "default"  # one password set for all, nobody e-mailed
 
 
+class NoEmailChoice(enum.StrEnum):
+    """What an e-mailed reset does to users without an address (nobody can mail them)."""
+
+    RESET = "reset"  # a random password nobody is told: they use "forgot password", or staff help
+    SKIP = "skip"  # left alone: their password does not change
+    SET = "set"  # a password staff typed, which staff tell them; changed at next sign-in
+
+
 class TaskStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -90,6 +98,8 @@ class ItemState(enum.StrEnum):
     NO_EMAIL = "no_email"  # generated password set, no address: staff must tell them (final)
     NOTIFY_FAILED = "notify_failed"  # password set, mail failed for good (final)
     CANCELLED = "cancelled"  # never touched: the task was cancelled first (final)
+    SKIPPED = "skipped"  # no address, and staff chose to leave them alone (final)
+    HANDED_OUT = "handed_out"  # no address: set to the password staff typed, to tell (final)
 
     @property
     def is_final(self) -> bool:
@@ -103,10 +113,14 @@ FINAL_ITEM_STATES = frozenset(
         ItemState.NO_EMAIL,
         ItemState.NOTIFY_FAILED,
         ItemState.CANCELLED,
+        ItemState.SKIPPED,
+        ItemState.HANDED_OUT,
     }
 )
 #: Outcomes whose users staff must contact by hand.
-FOLLOW_UP_STATES = frozenset({ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED})
+FOLLOW_UP_STATES = frozenset(
+    {ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED, ItemState.SKIPPED, ItemState.HANDED_OUT}
+)
 
 
 class Base(DeclarativeBase):
@@ -126,6 +140,10 @@ class ResetTask(Base):
     status: Mapped[str] = mapped_column(String(32), default=TaskStatus.QUEUED, index=True)
     # The default password, sealed with RESET_SECRET_KEY; cleared when the task ends.
     default_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    # Users without an address in an e-mailed reset (NoEmailChoice); for `set`, the sealed
+    # password staff typed for them, cleared when the task ends.
+    no_email: Mapped[str] = mapped_column(String(8), default=NoEmailChoice.RESET)
+    no_email_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
     retry_of: Mapped[int | None] = mapped_column(ForeignKey("reset_tasks.id"), default=None)
     slack_channel: Mapped[str | None] = mapped_column(String(32), default=None)
     slack_thread_ts: Mapped[str | None] = mapped_column(String(32), default=None)
@@ -158,6 +176,11 @@ class ResetTask(Base):
     # 1 while running, else NULL: the unique index lets only one task run at a time.
     active_slot: Mapped[int | None] = mapped_column(Integer, unique=True, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # A mail outage: no pending user is claimed before `paused_until`; `pauses` tries so far.
+    paused_until: Mapped[datetime | None] = mapped_column(default=None)
+    paused_since: Mapped[datetime | None] = mapped_column(default=None)
+    pauses: Mapped[int] = mapped_column(Integer, default=0)
+    pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -204,6 +227,8 @@ class PendingRequest(Base):
     selection: Mapped[list[int]] = mapped_column(JSON, default=list)
     require_change: Mapped[bool] = mapped_column(Boolean, default=True)
     default_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    no_email: Mapped[str] = mapped_column(String(8), default=NoEmailChoice.RESET)
+    no_email_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
     slack_channel: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from core.models import FINAL_ITEM_STATES, ItemState, ResetTask, TaskStatus
+from core.models import FINAL_ITEM_STATES, FOLLOW_UP_STATES, ItemState, ResetTask, TaskStatus
 from core.tasks import state_counts
 
 
@@ -31,6 +31,14 @@ class TaskSnapshot:
     retry_of: int | None
     cancel_requested: bool
     error: str | None
+    #: Set while the task waits for the mail server (see jobs/outage.py).
+    paused_since: datetime | None = None
+    paused_until: datetime | None = None
+    pause_reason: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_since is not None and not self.status.is_final
 
     @property
     def done(self) -> int:
@@ -45,7 +53,7 @@ class TaskSnapshot:
 
     @property
     def follow_up_count(self) -> int:
-        return self.counts[ItemState.NO_EMAIL] + self.counts[ItemState.NOTIFY_FAILED]
+        return sum(self.counts[state] for state in FOLLOW_UP_STATES)
 
 
 def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
@@ -71,4 +79,7 @@ def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
         retry_of=task.retry_of,
         cancel_requested=task.cancel_requested,
         error=task.error,
+        paused_since=task.paused_since,
+        paused_until=task.paused_until,
+        pause_reason=task.pause_reason,
     )

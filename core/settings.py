@@ -25,6 +25,7 @@ runs; a bare interpreter takes 21 ms):
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from copy import copy
@@ -197,6 +198,13 @@ def _admins(name: str, raw: str) -> frozenset[str]:
     return frozenset(comma_list(name, raw))
 
 
+def _private_channel(name: str, raw: str) -> str:
+    if re.fullmatch(r"[CG][A-Z0-9]{2,30}", raw) is None:
+        raise ConfigError(f"{name}: {raw!r} is not a Slack channel id (C... or G..., from the "
+                          "channel's details in Slack)")
+    return raw
+
+
 def _with_slash(name: str, raw: str) -> str:
     return raw if raw.endswith("/") else raw + "/"
 
@@ -317,6 +325,41 @@ class Settings:
         "timeout, 4xx); one retry per value. 5xx is never retried",
         parse=_delays,
     )
+    mail_outage_retry: float = setting(
+        "MAIL_OUTAGE_RETRY", 60.0,
+        "seconds a task pauses when the mail server cannot be used, before trying again; "
+        "doubled at each try, up to 15 minutes",
+        parse=positive_number,
+    )
+    mail_outage_give_up: float = setting(
+        "MAIL_OUTAGE_GIVE_UP", 86400.0,
+        "seconds of mail outage after which a paused task fails (its untouched users are "
+        "listed as not reset)",
+        parse=positive_number,
+    )
+    mail_templates: str | None = setting(
+        "MAIL_TEMPLATES", None,
+        "a folder of mail templates (`reset.txt`, optional `reset.html`, `reset.<lang>.txt`, "
+        "...); checked when a worker starts. Unset: the shipped ones (English, French)",
+        parse=text, shown="shipped templates",
+    )
+    mail_language: str = setting(
+        "MAIL_LANGUAGE", "en",
+        "language of the mail for users whose own language has no template",
+        parse=text,
+    )
+    library_name: str | None = setting(
+        "LIBRARY_NAME", None,
+        "the library's name in the mails (`{library_name}`). Unset: each template's own words "
+        "(\"your library account\")",
+        parse=text,
+    )
+    helpdesk: str | None = setting(
+        "HELPDESK", None,
+        "whom users should contact, in the mails (`{helpdesk}`), e.g. an address or phone "
+        "number. Unset: \"the library\"",
+        parse=text,
+    )
     password_schemes: tuple[str, ...] = setting(
         "PASSWORD_SCHEMES", ("bcrypt",),
         "passlib scheme names, comma-separated; the first hashes new passwords",
@@ -375,6 +418,12 @@ class Settings:
     )
     reset_admin_group: str | None = setting(
         "RESET_ADMIN_GROUP", None, "a Slack user group id whose members may reset", parse=text,
+    )
+    reset_report_channel: str | None = setting(
+        "RESET_REPORT_CHANNEL", None,
+        "a private channel id for the lists of users to contact by hand (they hold personal "
+        "data). Unset, or a public channel: each list goes to its requester in a DM",
+        parse=_private_channel,
     )
     progress_steps: int = setting(
         "RESET_PROGRESS_STEPS", 10, "progress updates per task in Slack (1\N{EN DASH}20)",

@@ -20,6 +20,7 @@ from core.models import (
     FOLLOW_UP_STATES,
     ItemState,
     Mode,
+    NoEmailChoice,
     PendingRequest,
     ResetItem,
     ResetTask,
@@ -46,10 +47,18 @@ class ResetRequest:
     require_change: bool = True
     requester_name: str = ""
     slack_channel: str | None = None
+    #: E-mailed mode only: what happens to users without an address.
+    no_email: NoEmailChoice = NoEmailChoice.RESET
+    no_email_password: str | None = field(default=None, repr=False)
 
     @property
     def mode(self) -> Mode:
         return Mode.DEFAULT if self.default_password else Mode.GENERATED
+
+    @property
+    def no_email_choice(self) -> NoEmailChoice:
+        """With a default password nobody is mailed, so nobody needs another way in."""
+        return self.no_email if self.mode is Mode.GENERATED else NoEmailChoice.RESET
 
 
 def parse_scope(value: str | None) -> Scope:
@@ -92,12 +101,27 @@ def validate_request(
                 )
         if reasons:
             problems["password"] = reasons
+    no_email_problems = _no_email_problems(settings, request)
+    if no_email_problems:
+        problems["no_email_password"] = no_email_problems
     if problems:
         raise RequestInvalid(problems)
     preview = directory.preview(session, request.scope, selection)
     if preview.users == 0:
         raise RequestInvalid({"scope": ["Nobody matches this scope: there is no one to reset."]})
     return preview
+
+
+def _no_email_problems(settings: Settings, request: ResetRequest) -> list[str]:
+    typed = request.no_email_password
+    if request.no_email_choice is not NoEmailChoice.SET:
+        if typed:
+            return ["This password is only for “give them a password I type”, with no default "
+                    "password: clear it, or choose that."]
+        return []
+    if not typed:
+        return ["Type the password to give the users without an e-mail address."]
+    return policy_violations(typed, settings.policy, schemes=settings.password_schemes)
 
 
 class RequestInvalid(InputError):
@@ -135,6 +159,8 @@ def create_pending(session: Session, settings: Settings, request: ResetRequest) 
         selection=list(request.selection),
         require_change=request.require_change,
         default_password_sealed=_sealed(settings, request.default_password),
+        no_email=request.no_email_choice.value,
+        no_email_password_sealed=_no_email_sealed(settings, request),
         slack_channel=request.slack_channel,
         expires_at=utcnow() + PENDING_TTL,
     )
@@ -143,6 +169,7 @@ def create_pending(session: Session, settings: Settings, request: ResetRequest) 
     audit.record(
         session, request.requester, "request", scope=request.scope.value,
         mode=request.mode.value, selected=len(request.selection),
+        no_email=request.no_email_choice.value,
     )
     return pending
 
@@ -157,9 +184,10 @@ def forget_expired_passwords(session: Session, now: datetime | None = None) -> i
         update(PendingRequest)
         .where(
             PendingRequest.expires_at < (now if now is not None else utcnow()),
-            PendingRequest.default_password_sealed.is_not(None),
+            PendingRequest.default_password_sealed.is_not(None)
+            | PendingRequest.no_email_password_sealed.is_not(None),
         )
-        .values(default_password_sealed=None)
+        .values(default_password_sealed=None, no_email_password_sealed=None)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
@@ -182,6 +210,8 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
         mode=Mode.DEFAULT if pending.default_password_sealed else Mode.GENERATED,
         require_change=pending.require_change,
         default_password_sealed=pending.default_password_sealed,
+        no_email=pending.no_email,
+        no_email_password_sealed=pending.no_email_password_sealed,
         slack_channel=pending.slack_channel,
         status=TaskStatus.QUEUED,
     )
@@ -191,7 +221,7 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
     claimed = session.execute(
         update(PendingRequest)
         .where(PendingRequest.id == pending_id, PendingRequest.task_id.is_(None))
-        .values(task_id=task.id, default_password_sealed=None)
+        .values(task_id=task.id, default_password_sealed=None, no_email_password_sealed=None)
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
@@ -210,6 +240,8 @@ def create_task(session: Session, settings: Settings, request: ResetRequest) -> 
         mode=request.mode.value,
         require_change=request.require_change,
         default_password_sealed=_sealed(settings, request.default_password),
+        no_email=request.no_email_choice.value,
+        no_email_password_sealed=_no_email_sealed(settings, request),
         slack_channel=request.slack_channel,
         status=TaskStatus.QUEUED,
     )
@@ -221,6 +253,12 @@ def create_task(session: Session, settings: Settings, request: ResetRequest) -> 
 
 def _sealed(settings: Settings, password: str | None) -> str | None:
     return seal(settings.reset_secret_key, password) if password else None
+
+
+def _no_email_sealed(settings: Settings, request: ResetRequest) -> str | None:
+    if request.no_email_choice is not NoEmailChoice.SET:
+        return None
+    return _sealed(settings, request.no_email_password)
 
 
 def request_cancel(session: Session, task_id: int, actor: str) -> ResetTask:

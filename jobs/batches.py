@@ -8,15 +8,24 @@ threads hand each other.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import ColumnElement
 
-from core.models import ItemState, Mode
+from core.models import ItemState, Mode, NoEmailChoice
 
 #: Which items a job works on, given the time of the claim (a retry waits for its due time).
 Conditions = Callable[[datetime], list[ColumnElement[bool]]]
+
+
+@dataclass(frozen=True)
+class KnownPasswords:
+    """The passwords staff typed for a task, unsealed for one job: in memory only."""
+
+    default: str | None = field(default=None, repr=False)
+    #: For users without an address when staff chose `set`.
+    handout: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,21 @@ class TaskView:
     mode: Mode
     require_change: bool
     sealed: str | None
+    #: The task was paused for a mail outage when the job read it.
+    paused: bool = False
+    no_email: NoEmailChoice = NoEmailChoice.RESET
+    no_email_sealed: str | None = None
+
+    @property
+    def unmailed_state(self) -> ItemState:
+        """The outcome of a user this task will not mail."""
+        if self.mode is Mode.DEFAULT:
+            return ItemState.RESET
+        return {
+            NoEmailChoice.RESET: ItemState.NO_EMAIL,
+            NoEmailChoice.SKIP: ItemState.SKIPPED,
+            NoEmailChoice.SET: ItemState.HANDED_OUT,
+        }[self.no_email]
 
 
 @dataclass(frozen=True)

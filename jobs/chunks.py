@@ -14,14 +14,15 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from core.errors import ConfigError
-from core.models import Mode, ResetTask, TaskStatus
+from core.models import Mode, NoEmailChoice, ResetTask, TaskStatus
 from core.passwords import generate_password
 from core.sealing import unseal
-from jobs.batches import Claim, Claimed, Conditions, Settled, TaskView
+from jobs.batches import Claim, Claimed, Conditions, KnownPasswords, Settled, TaskView
 from jobs.claims import Lease, claim_items, release
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task, finish_if_done
 from jobs.mailer import Mailer, MailSetupError
+from jobs.outage import pause_for_mail, resume_after_mail_outage
 from jobs.progress import report_progress
 from jobs.retries import schedule_retries
 from jobs.settling import HashedBatch, fail_for_mail_setup, settle_batch
@@ -33,16 +34,17 @@ def work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> 
     if task is None:
         return
     try:
-        default_password = _default_password(context, task)
+        known = _known_passwords(context, task)
     except ConfigError as error:
         fail_task(context, task_id, str(error))
         return
-    with Mailer(context.settings, context.smtp_factory) as mailer, ThreadPoolExecutor(
+    mailer = Mailer(context.settings, context.smtp_factory, context.templates)
+    with mailer, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix=f"resetbot-settle-{task_id}"
     ) as helper:
         pipeline = Pipeline(context, task, conditions, mailer, helper)
-        pipeline.run(default_password)
-    default_password = None
+        pipeline.run(known)
+    del known
     schedule_retries(context, task_id, pipeline.retries)
     report_progress(context, task_id)
     finish_if_done(context, task_id)
@@ -55,19 +57,26 @@ def load_task(context: WorkerContext, task_id: int) -> TaskView | None:
         if task is None or task.status != TaskStatus.RUNNING:
             return None
         return TaskView(task.id, Mode(task.mode), task.require_change,
-                        task.default_password_sealed)
+                        task.default_password_sealed, paused=task.paused_since is not None,
+                        no_email=NoEmailChoice(task.no_email),
+                        no_email_sealed=task.no_email_password_sealed)
 
 
-def _default_password(context: WorkerContext, task: TaskView) -> str | None:
-    """The password every user gets in default mode (None in generated mode).
+def _known_passwords(context: WorkerContext, task: TaskView) -> KnownPasswords:
+    """The default password (default mode), or the one for users without an address (`set`).
 
-    Raises ConfigError when it is missing or cannot be unsealed with this worker's key.
+    Raises ConfigError when one is missing or cannot be unsealed with this worker's key.
     """
-    if task.mode is not Mode.DEFAULT:
-        return None
-    if task.sealed is None:
-        raise ConfigError("The task's default password is missing.")
-    return unseal(context.settings.reset_secret_key, task.sealed)
+    key = context.settings.reset_secret_key
+    if task.mode is Mode.DEFAULT:
+        if task.sealed is None:
+            raise ConfigError("The task's default password is missing.")
+        return KnownPasswords(default=unseal(key, task.sealed))
+    if task.no_email is NoEmailChoice.SET:
+        if task.no_email_sealed is None:
+            raise ConfigError("The password for users without an e-mail address is missing.")
+        return KnownPasswords(handout=unseal(key, task.no_email_sealed))
+    return KnownPasswords()
 
 
 class Pipeline:
@@ -93,10 +102,9 @@ class Pipeline:
         self.helper = helper
         #: Item ids waiting for a mail retry, by the number of the attempt coming up.
         self.retries: dict[int, list[int]] = defaultdict(list)
-        self.mailer_checked = False
         self.in_flight: Future[Settled] | None = None
 
-    def run(self, default_password: str | None) -> None:
+    def run(self, known: KnownPasswords) -> None:
         """Hash batch after batch until none is left or the job must stop."""
         next_claim = self.claim_next()
         while True:
@@ -105,7 +113,7 @@ class Pipeline:
             if not claimed or not self.mailer_ready(claimed):
                 break
             next_claim = self.claim_next()
-            batch = hash_batch(self.context, current, default_password)
+            batch = hash_batch(self.context, current, known, self.task.no_email)
             if not self.collect():
                 release(self.context, [*claimed, *next_claim.result().items])
                 break
@@ -121,24 +129,31 @@ class Pipeline:
         return Claim(claim_items(self.context, self.task.id, self.conditions), taken)
 
     def mailer_ready(self, claimed: list[Claimed]) -> bool:
-        """Open the mail server before the first hash of a user to mail is written.
+        """The mail server takes a connection before a batch with users to mail is hashed.
 
-        With a mail server that cannot be used (wrong credentials), nobody is locked out: the
-        task fails instead. False when the job must stop (the batch is released or failed).
+        Nobody is locked out by a mail server that cannot be used: with wrong credentials the
+        task fails; with a server that cannot be reached the batch goes back untouched and the
+        task pauses (jobs.outage). False when the job must stop.
         """
-        if self.mailer_checked or self.task.mode is not Mode.GENERATED or not any(
+        if self.mailer.connected or self.task.mode is not Mode.GENERATED or not any(
             item.email for item in claimed
         ):
             return True
         if not self.collect():
             release(self.context, claimed)
             return False
+        self.mailer.reachable_again()
         try:
             self.mailer.open()
         except MailSetupError as error:
             fail_for_mail_setup(self.context, self.task.id, claimed, str(error))
             return False
-        self.mailer_checked = True
+        if self.mailer.unreachable is not None:
+            release(self.context, claimed)
+            pause_for_mail(self.context, self.task.id, self.mailer.unreachable)
+            return False
+        if self.task.paused:
+            resume_after_mail_outage(self.context, self.task.id)
         return True
 
     def settle(self, batch: HashedBatch) -> None:
@@ -160,17 +175,30 @@ class Pipeline:
         return not settled.stop
 
 
-def hash_batch(context: WorkerContext, claim: Claim, default_password: str | None) -> HashedBatch:
-    """The cost of a reset: one salted hash per user (a new password each in generated mode)."""
+def hash_batch(
+    context: WorkerContext, claim: Claim, known: KnownPasswords, no_email: NoEmailChoice
+) -> HashedBatch:
+    """The cost of a reset: one salted hash per user (a new password each in generated mode).
+
+    In generated mode a user without an address gets a random password nobody is told
+    (`reset`), none (`skip`), or the one staff typed (`set`).
+    """
     policy = context.settings.policy
     lease = Lease(context, (item.id for item in claim.items), claim.taken)
     lease.renew_if_due()
     passwords: dict[int, str] = {}
     hashes: list[tuple[Claimed, str]] = []
     for item in claim.items:
-        password = default_password or generate_password(policy, item.username)
-        if default_password is None and item.email:
-            passwords[item.id] = password
+        if known.default is not None:
+            password = known.default
+        elif item.email:
+            password = passwords[item.id] = generate_password(policy, item.username)
+        elif no_email is NoEmailChoice.SKIP:
+            continue
+        elif no_email is NoEmailChoice.SET and known.handout is not None:
+            password = known.handout
+        else:
+            password = generate_password(policy, item.username)
         hashes.append((item, context.hasher.hash(password)))
         lease.renew_if_due()
     return HashedBatch(claim.items, hashes, passwords, lease)

@@ -19,17 +19,19 @@ from sqlalchemy.orm import Session
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
 from jobs.batches import Claimed, Conditions, ItemOutcome
 from jobs.context import WorkerContext
+from jobs.outage import not_paused
 from jobs.rows import items_table
 
 
 def chunk_items(task_id: int, chunk: int) -> Conditions:
-    """The pending items of one chunk."""
+    """The pending items of one chunk, unless a mail outage pauses the task."""
 
     def conditions(now: datetime) -> list[ColumnElement[bool]]:
         return [
             ResetItem.task_id == task_id,
             ResetItem.chunk == chunk,
             ResetItem.state == ItemState.PENDING,
+            select(ResetTask.id).where(ResetTask.id == task_id, not_paused(now)).exists(),
         ]
 
     return conditions

@@ -25,6 +25,7 @@ from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.passwords import PasswordHasher
 from core.settings import Settings
+from jobs.mail_templates import MailTemplates
 from jobs.mailer import SmtpFactory, connect_smtp
 from jobs.queueing import make_queue
 from jobs.reporting import NullReporter, Reporter
@@ -47,6 +48,8 @@ class WorkerContext:
     redis: Redis
     queue: Queue
     reporter: Reporter
+    #: The password mail's words, read and checked once per worker (at its start).
+    templates: MailTemplates
     #: Opens an authenticated SMTP connection; the seam for another transport.
     smtp_factory: SmtpFactory = connect_smtp
     #: Written into `ResetItem.leased_by` for the items this process claims.
@@ -75,6 +78,7 @@ class WorkerContext:
             redis=redis,
             queue=make_queue(settings, redis),
             reporter=NullReporter(),
+            templates=MailTemplates.load(settings),
             smtp_factory=smtp_factory if smtp_factory is not None else connect_smtp,
             owns_engine=owns_engine,
         )

@@ -50,7 +50,7 @@ def cancel_unstarted(context: WorkerContext, session: Session, task_id: int) -> 
             .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.QUEUED)
             .values(
                 status=TaskStatus.CANCELLED, finished_at=utcnow(), default_password_sealed=None,
-                planned=True,
+                no_email_password_sealed=None, planned=True,
             )
             .execution_options(synchronize_session=False)
         )
@@ -168,6 +168,7 @@ def _end(session: Session, task: ResetTask, now: datetime) -> TaskStatus | None:
                 status=status,
                 finished_at=now,
                 default_password_sealed=None,
+                no_email_password_sealed=None,
                 active_slot=None,
                 plan_lease_until=None,
             )

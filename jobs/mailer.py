@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import binascii
 import enum
-import html
 import logging
 import secrets
 import smtplib
@@ -20,15 +19,14 @@ from email.headerregistry import Address
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from types import TracebackType
 
-from core.controls import blank_unsafe, has_unsafe
+from core.controls import has_unsafe, single_line
 from core.settings import Settings
+from jobs.mail_templates import MAX_NAME, MailTemplates, Recipient, encoded_subject
 
 logger = logging.getLogger(__name__)
 
 SmtpFactory = Callable[[Settings], smtplib.SMTP]
-SUBJECT = "Your library password has been reset"
 MAX_REASON = 300
-MAX_NAME = 120
 
 
 class MailSetupError(Exception):
@@ -54,6 +52,8 @@ class PasswordMail:
     username: str
     password: str = field(repr=False)
     require_change: bool = True
+    #: The user's language (`fr`, `fr-CA`) when the directory knows it; None: MAIL_LANGUAGE.
+    language: str | None = None
 
 
 def connect_smtp(settings: Settings) -> smtplib.SMTP:
@@ -97,7 +97,7 @@ def _login(client: smtplib.SMTP, username: str, password: str) -> None:
 
 def clean_display_name(name: str) -> str:
     """A name safe for a header: control characters (CR, LF, ...) become single spaces."""
-    return " ".join(blank_unsafe(name).split())[:MAX_NAME]
+    return single_line(name, MAX_NAME)
 
 
 def _checked_address(address: str) -> Address:
@@ -145,97 +145,62 @@ class Sender:
         return cls(checked.addr_spec, _header_address(name, checked), checked.domain)
 
 
-def render_message(settings: Settings, sender: Sender, mail: PasswordMail) -> tuple[str, bytes]:
+def render_message(
+    templates: MailTemplates, sender: Sender, mail: PasswordMail
+) -> tuple[str, bytes]:
     """(envelope recipient, the message as SMTP DATA) for one user.
 
     Built directly rather than through email.message: the standard library's header registry
     costs milliseconds per message, as much as hashing the password, and a task sends thousands.
     Safety stays with what goes into headers: the address is parsed strictly by
     `email.headerregistry.Address`, the name is stripped of control characters and encoded by
-    `formataddr`, and both bodies are quoted-printable (7-bit, short lines, no header tricks).
-    Raises ValueError when the address cannot be mailed.
+    `formataddr`, the subject is one line (RFC 2047-encoded when not ASCII), and the bodies are
+    quoted-printable (7-bit, short lines, no header tricks). Raises ValueError when the address
+    cannot be mailed.
     """
     address = _checked_address(mail.address)
-    boundary = "=_resetbot_" + secrets.token_hex(12)  # "=_" never occurs in quoted-printable
+    rendered = templates.render(
+        Recipient(mail.full_name, mail.username, mail.password, mail.require_change,
+                  mail.language)
+    )
     lines = [
         f"From: {sender.header}",
         f"To: {_header_address(mail.full_name, address)}",
-        f"Subject: {SUBJECT}",
+        f"Subject: {encoded_subject(rendered.subject)}",
         f"Date: {formatdate(usegmt=True)}",
         f"Message-ID: {make_msgid(domain=sender.domain)}",
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/alternative; boundary="{boundary}"',
-        "",
-        f"--{boundary}",
-        'Content-Type: text/plain; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _quoted_printable(_plain_body(settings, mail)),
-        f"--{boundary}",
-        'Content-Type: text/html; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _quoted_printable(_html_body(settings, mail)),
-        f"--{boundary}--",
-        "",
     ]
+    text_part = _part("plain", rendered.text)
+    if rendered.html is None:
+        lines += [*text_part, ""]
+    else:
+        boundary = "=_resetbot_" + secrets.token_hex(12)  # "=_" never occurs in quoted-printable
+        lines += [
+            f'Content-Type: multipart/alternative; boundary="{boundary}"',
+            "",
+            f"--{boundary}",
+            *text_part,
+            f"--{boundary}",
+            *_part("html", rendered.html),
+            f"--{boundary}--",
+            "",
+        ]
     return address.addr_spec, "\r\n".join(lines).encode("ascii")
+
+
+def _part(subtype: str, body: str) -> list[str]:
+    return [
+        f'Content-Type: text/{subtype}; charset="utf-8"',
+        "Content-Transfer-Encoding: quoted-printable",
+        "",
+        _quoted_printable(body),
+    ]
 
 
 def _quoted_printable(text: str) -> str:
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii")
     return encoded.replace("\r\n", "\n").replace("\n", "\r\n").rstrip("\r\n")
-
-
-def _greeting_name(mail: PasswordMail) -> str:
-    return clean_display_name(mail.full_name) or _one_line(mail.username)
-
-
-def _one_line(text: str) -> str:
-    """Text for a line of the plain body: a username with a line break in it must not add a
-    line of its own (say, a second "New password:" line)."""
-    return blank_unsafe(text)
-
-
-def _plain_body(settings: Settings, mail: PasswordMail) -> str:
-    lines = [
-        f"Hello {_greeting_name(mail)},",
-        "",
-        f"The password of your library account \"{_one_line(mail.username)}\" has been reset.",
-        "",
-        f"Username: {_one_line(mail.username)}",
-        f"New password: {mail.password}",
-        "",
-        f"Sign in at {settings.portal_url}",
-    ]
-    if mail.require_change:
-        lines.append("You must change this password the next time you sign in.")
-    lines += ["", "If you did not expect this message, please contact the library."]
-    return "\n".join(lines) + "\n"
-
-
-def _html_body(settings: Settings, mail: PasswordMail) -> str:
-    e = html.escape
-    portal = e(settings.portal_url, quote=True)
-    change = (
-        "<p><strong>You must change this password the next time you sign in.</strong></p>"
-        if mail.require_change
-        else ""
-    )
-    return (
-        "<!DOCTYPE html><html><body>"
-        f"<p>Hello {e(_greeting_name(mail))},</p>"
-        f"<p>The password of your library account <strong>{e(mail.username)}</strong> "
-        "has been reset.</p>"
-        "<table>"
-        f"<tr><td>Username:</td><td><code>{e(mail.username)}</code></td></tr>"
-        f"<tr><td>New password:</td><td><code>{e(mail.password)}</code></td></tr>"
-        "</table>"
-        f'<p>Sign in at <a href="{portal}">{portal}</a></p>'
-        f"{change}"
-        "<p>If you did not expect this message, please contact the library.</p>"
-        "</body></html>"
-    )
 
 
 def _reply(code: int, message: bytes | str) -> str:
@@ -253,14 +218,21 @@ def _close_quietly(client: smtplib.SMTP) -> None:
 class Mailer:
     """Sends a chunk's mails over one connection, reconnecting only after the server drops it."""
 
-    def __init__(self, settings: Settings, factory: SmtpFactory) -> None:
+    def __init__(
+        self, settings: Settings, factory: SmtpFactory, templates: MailTemplates | None = None
+    ) -> None:
         self.settings = settings
         self.factory = factory
+        #: Loaded once per worker (WorkerContext); loaded here only for a Mailer built alone.
+        self.templates = templates if templates is not None else MailTemplates.load(settings)
         self._client: smtplib.SMTP | None = None
         self._sender: Sender | None = None
         #: Why the server could not be reached; later sends fail fast instead of each waiting
         #: for a timeout, until `reachable_again` is called.
         self.unreachable: str | None = None
+        #: Transient failures in a row (reset by a sent mail), and the last one's reason.
+        self.transient_streak = 0
+        self.last_transient: str | None = None
 
     def __enter__(self) -> Mailer:
         return self
@@ -300,6 +272,10 @@ class Mailer:
         except (smtplib.SMTPException, OSError) as error:
             self.unreachable = _connection_reason(self.settings, error)
 
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
     def sender(self) -> Sender:
         """MAIL_FROM, checked once; a bad one is a MailSetupError."""
         if self._sender is None:
@@ -317,9 +293,18 @@ class Mailer:
 
     def send(self, mail: PasswordMail) -> Delivery:
         """Send one mail; every failure is classified, only MailSetupError escapes."""
+        delivery = self._deliver(mail)
+        if delivery.outcome is Outcome.SENT:
+            self.transient_streak = 0
+        elif delivery.outcome is Outcome.TRANSIENT:
+            self.transient_streak += 1
+            self.last_transient = delivery.reason
+        return delivery
+
+    def _deliver(self, mail: PasswordMail) -> Delivery:
         sender = self.sender()
         try:
-            to, data = render_message(self.settings, sender, mail)
+            to, data = render_message(self.templates, sender, mail)
         except ValueError as error:
             return Delivery(Outcome.PERMANENT, f"Not sent: {error}.")
         self.open()

@@ -164,10 +164,14 @@ def _rescue_running(
         return
     with context.sessions() as session:
         active = _active_counts(session, task.id)
-    if not any(active.values()):
+    paused = task.paused_until is not None and task.paused_until > now
+    if not any(active.values()) or (paused and task.cancel_requested):
+        # A task paused for a mail outage ends on Cancel now, not when its pause is over.
         if finish_if_done(context, task.id):
             report.tasks_finished += 1
         return
+    if paused:
+        return  # its chunks go back on the queue when the pause is over
     if not kinds:
         if _reserve_rescue(context, task.id, now):
             _requeue_from_database(context, task.id, report)

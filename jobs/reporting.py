@@ -24,6 +24,8 @@ class Reporter(Protocol):
     - `task_waiting`: once, when the task first finds another one running;
     - `retries_scheduled`: once per retry round; `attempt` is the number of the mail attempt
       coming up (2 to max_mail_attempts), `users` how many wait for it when it is said;
+    - `task_paused` / `task_resumed`: once per mail outage, when the task first pauses
+      because the mail server cannot be used, and when it answers again;
     - `task_finished`: exactly once, after the final status is committed (also for a task
       cancelled before it started, which never had `task_started`).
     """
@@ -37,6 +39,10 @@ class Reporter(Protocol):
     def retries_scheduled(
         self, task_id: int, users: int, attempt: int, delay_seconds: int
     ) -> None: ...
+
+    def task_paused(self, task_id: int) -> None: ...
+
+    def task_resumed(self, task_id: int) -> None: ...
 
     def task_finished(self, task_id: int) -> None: ...
 
@@ -56,6 +62,12 @@ class NullReporter:
     def retries_scheduled(
         self, task_id: int, users: int, attempt: int, delay_seconds: int
     ) -> None:
+        return None
+
+    def task_paused(self, task_id: int) -> None:
+        return None
+
+    def task_resumed(self, task_id: int) -> None:
         return None
 
     def task_finished(self, task_id: int) -> None:
@@ -93,6 +105,12 @@ class SafeReporter:
             "retries_scheduled", task_id,
             lambda: self.reporter.retries_scheduled(task_id, users, attempt, delay_seconds),
         )
+
+    def task_paused(self, task_id: int) -> None:
+        self._forward("task_paused", task_id, lambda: self.reporter.task_paused(task_id))
+
+    def task_resumed(self, task_id: int) -> None:
+        self._forward("task_resumed", task_id, lambda: self.reporter.task_resumed(task_id))
 
     def task_finished(self, task_id: int) -> None:
         self._forward("task_finished", task_id, lambda: self.reporter.task_finished(task_id))

@@ -12,12 +12,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from core.models import ItemState, Mode, utcnow
+from core.models import ItemState, utcnow
 from jobs.batches import Claimed, ItemOutcome, Settled, TaskView
 from jobs.claims import Lease, end_unmailed, record_outcomes, renew
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task
 from jobs.mailer import Delivery, Mailer, MailSetupError, Outcome, PasswordMail
+from jobs.outage import OUTAGE_STREAK, pause_for_mail
 from jobs.retries import mail_outcome
 
 
@@ -52,6 +53,11 @@ def settle_batch(
     if setup_error is not None:
         fail_task(context, task.id, setup_error)
         settled.stop = True
+    elif mailer.transient_streak >= OUTAGE_STREAK:
+        # The server takes connections but fails every mail: an outage all the same. Those
+        # already hashed wait for their retry; nobody else is reset until it recovers.
+        pause_for_mail(context, task.id, mailer.last_transient or "The mail server fails.")
+        settled.stop = True
     return settled
 
 
@@ -78,19 +84,30 @@ def _write_batch(context: WorkerContext, task: TaskView, batch: HashedBatch) -> 
     with context.sessions() as session:
         # Ending or renewing an item is also the check that this worker still holds it: an item
         # whose lease was lost is someone else's now, and its hash is not written here.
-        held = end_unmailed(
-            context, session, unmailed,
-            ItemState.NO_EMAIL if task.mode is Mode.GENERATED else ItemState.RESET, now,
-        ) | renew(context, session, list(batch.passwords))
-        context.directory.write_hashes(
-            session,
-            [(item.user_id, new_hash) for item, new_hash in batch.hashes if item.id in held],
-            require_change=task.require_change,
-            changed_at=now,
+        held = end_unmailed(context, session, unmailed, task.unmailed_state, now) | renew(
+            context, session, list(batch.passwords)
         )
+        written = [(item.user_id, new_hash) for item, new_hash in batch.hashes if item.id in held]
+        handed_out = _handed_out(task, batch)
+        # A password staff hand out must be changed at the next sign-in, whatever the task says.
+        for must_change, group in (
+            (True, [pair for pair in written if pair[0] in handed_out]),
+            (task.require_change, [pair for pair in written if pair[0] not in handed_out]),
+        ):
+            if group:
+                context.directory.write_hashes(
+                    session, group, require_change=must_change, changed_at=now
+                )
         session.commit()
     batch.lease.renewed = time.monotonic()
     return held
+
+
+def _handed_out(task: TaskView, batch: HashedBatch) -> set[int]:
+    """User ids that get the password staff typed (users without an address, choice `set`)."""
+    if task.unmailed_state is not ItemState.HANDED_OUT:
+        return set()
+    return {item.user_id for item in batch.claimed if item.id not in batch.passwords}
 
 
 def _mail_each(

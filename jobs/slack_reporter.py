@@ -90,6 +90,8 @@ class Event(StrEnum):
     PROGRESS = "progress"
     WAITING = "waiting"
     RETRIES = "retries"
+    PAUSED = "paused"
+    RESUMED = "resumed"
     FINISHED = "finished"
 
 
@@ -134,6 +136,12 @@ class SlackReporter:
         self, task_id: int, users: int, attempt: int, delay_seconds: int
     ) -> None:
         self._send(task_id, Event.RETRIES, users, attempt, delay_seconds)
+
+    def task_paused(self, task_id: int) -> None:
+        self._send(task_id, Event.PAUSED)
+
+    def task_resumed(self, task_id: int) -> None:
+        self._send(task_id, Event.RESUMED)
 
     def task_finished(self, task_id: int) -> None:
         self._send(task_id, Event.FINISHED)
@@ -331,6 +339,15 @@ class ThreadState:
         )
 
 
+@dataclass(frozen=True)
+class FollowUpDestination:
+    """Where a task's follow-up CSV is uploaded, and how the summary names that place."""
+
+    channel: str
+    thread_ts: str | None
+    shown: str
+
+
 class Delivery:
     """One delivery job's work for one task: every Slack call goes through here."""
 
@@ -377,6 +394,10 @@ class Delivery:
             self.say_milestone(state)
         elif event is Event.WAITING:
             self.reply(state, messages.waiting_reply(state.task, args[0]))
+        elif event is Event.PAUSED:
+            self.reply(state, messages.paused_reply(state.task))
+        elif event is Event.RESUMED:
+            self.reply(state, messages.resumed_reply(state.task))
         elif event is Event.RETRIES:
             users, attempt, delay = args[0], args[1], args[2]
             self.reply(state, messages.retries_reply(
@@ -499,24 +520,61 @@ class Delivery:
         if not fresh:
             self.update_parent(state)
         self.say_error_once(state)
+        to_upload = bool(state.task.follow_up_count) and not state.csv_posted
+        destination = self.follow_up_destination(state) if to_upload else None
         if not state.summary_posted:
+            where = destination.shown if destination else None
             self.once(ResetTask.summary_posted, True, False,
-                      lambda: self.reply(state, messages.summary_reply(state.task)))
-        if not state.csv_posted and state.task.follow_up_count:
-            self.once(ResetTask.slack_csv_posted, True, False, lambda: self.upload_csv(state))
+                      lambda: self.reply(state, messages.summary_reply(state.task, where)))
+        if destination is not None:
+            self.once(ResetTask.slack_csv_posted, True, False,
+                      lambda: self.upload_csv(state, destination))
         elif not state.csv_posted:
             self._set(slack_csv_posted=True)  # nothing to upload: the end is fully told
 
-    def upload_csv(self, state: ThreadState) -> None:
+    def follow_up_destination(self, state: ThreadState) -> FollowUpDestination | None:
+        """Where the list of users to contact by hand may go: never a channel everyone reads.
+
+        A thread already in a DM keeps it; else the private RESET_REPORT_CHANNEL, else a DM
+        with the requester. None when there is nobody to send it to (the CLI lists it).
+        """
+        assert state.channel is not None
+        if state.fallback_from is not None or state.channel.startswith("D"):
+            return FollowUpDestination(state.channel, state.thread_ts, messages.BELOW)
+        report = self.context.settings.reset_report_channel
+        if report is not None and self._is_private(report):
+            return FollowUpDestination(report, None, messages.in_channel(report))
+        requester = state.task.requester
+        if not _SLACK_USER.match(requester):
+            return None
+        opened = self.client.conversations_open(users=requester)
+        return FollowUpDestination(str(opened["channel"]["id"]), None,
+                                   messages.in_direct_message(requester))
+
+    def _is_private(self, channel: str) -> bool:
+        try:
+            info = self.client.conversations_info(channel=channel)["channel"]
+        except SlackApiError as error:
+            # Without `groups:read` on it (or with a public channel) Slack says no: not private.
+            logger.error("RESET_REPORT_CHANNEL %s cannot be checked (%s): lists go to their "
+                         "requesters instead", channel, error.response.get("error"))
+            return False
+        if info.get("is_private") or info.get("is_im"):
+            return True
+        logger.error("RESET_REPORT_CHANNEL %s is public: lists of users to contact go to their "
+                     "requesters instead", channel)
+        return False
+
+    def upload_csv(self, state: ThreadState, destination: FollowUpDestination) -> None:
         content = messages.follow_up_csv(self.follow_ups())
-        self.call_in_channel(state, lambda channel: self.client.files_upload_v2(
-            channel=channel,
-            thread_ts=state.thread_ts,
+        self.client.files_upload_v2(
+            channel=destination.channel,
+            thread_ts=destination.thread_ts,
             filename=messages.follow_up_filename(self.task_id),
             title=messages.follow_up_title(state.task),
             initial_comment=messages.follow_up_comment(state.task),
             content=content,
-        ))
+        )
 
     def follow_ups(self) -> Iterator[messages.FollowUp]:
         """The users to contact by hand, streamed: a big task's list is never all in memory."""

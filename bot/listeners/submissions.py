@@ -12,7 +12,14 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
-from blocks.ids import CALLBACK_CONFIRM, CALLBACK_RESET, PASSWORD, SCOPE, USERS
+from blocks.ids import (
+    CALLBACK_CONFIRM,
+    CALLBACK_RESET,
+    NO_EMAIL_PASSWORD,
+    PASSWORD,
+    SCOPE,
+    USERS,
+)
 from blocks.text import CANNOT_KEEP_DEFAULT, truncate
 from blocks.views import preview_modal, reset_saved_modal, start_again_modal, unknown_form_modal
 from bot.deps import AppDeps, deps_of
@@ -30,7 +37,7 @@ from core.tasks import RequestInvalid, consume_pending, create_pending, validate
 log = logging.getLogger("resetbot.slack")
 
 #: The input blocks of the reset modal; a problem about anything else is shown on `scope`.
-FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD})
+FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD, NO_EMAIL_PASSWORD})
 ERROR_TEXT_LIMIT = 2000
 
 
@@ -115,6 +122,7 @@ def preview_or_errors(
         view = preview_modal(
             pending.id, preview, scope=form.scope, selected=len(form.selection),
             mode=request.mode, require_change=form.require_change,
+            no_email=request.no_email_choice,
         )
     return {"response_action": "update", "view": view}
 

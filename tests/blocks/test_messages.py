@@ -101,7 +101,7 @@ def test_waiting_and_milestone_and_started() -> None:
 def test_summary_counts_each_outcome() -> None:
     task = snap(status=TaskStatus.COMPLETED_WITH_ERRORS, counts={
         ItemState.NOTIFIED: 90, ItemState.NO_EMAIL: 7, ItemState.NOTIFY_FAILED: 3})
-    summary = messages.summary_reply(task)
+    summary = messages.summary_reply(task, messages.BELOW)
     assert block_kit_problems(summary.blocks) == []
     fields = [f["text"] for b in summary.blocks if "fields" in b for f in b["fields"]]
     assert fields == ["*E-mailed*\n90", "*No e-mail*\n7", "*Mail failed*\n3"]
@@ -111,6 +111,23 @@ def test_summary_counts_each_outcome() -> None:
     assert "7 users had no e-mail address" in shown
     assert "3 mails never got through" in shown
     assert "CSV below" in shown
+
+
+def test_the_summary_says_where_the_list_went_and_who_must_hear_a_default_password() -> None:
+    emailed = snap(status=TaskStatus.COMPLETED, counts={ItemState.NOTIFIED: 9,
+                                                       ItemState.NO_EMAIL: 1})
+    by_default = snap(status=TaskStatus.COMPLETED, mode=Mode.DEFAULT.value,
+                      counts={ItemState.RESET: 1})
+
+    to_dm = everything(messages.summary_reply(emailed, messages.in_direct_message("U0STAFF")))
+    nowhere = everything(messages.summary_reply(emailed))
+    told = everything(messages.summary_reply(by_default))
+
+    assert "in the CSV sent to <@U0STAFF> in a direct message (it holds no passwords)" in to_dm
+    assert "`resetbot tasks show 12 --csv`" in nowhere
+    assert "1 user now has the default password and nobody was e-mailed: tell each of them " \
+        "the password yourself." in told
+    assert "resetbot tasks show" not in told  # nobody to follow up by list: all were reset
 
 
 def test_summary_of_a_cancelled_task_reports_who_was_reset() -> None:
@@ -155,7 +172,8 @@ def test_follow_up_csv_has_the_columns_and_is_spreadsheet_safe() -> None:
     content = messages.follow_up_csv(rows)
     parsed = list(csv.reader(io.StringIO(content)))
     assert parsed[0] == ["username", "full_name", "email", "outcome", "attempts", "reason"]
-    assert parsed[1] == ["dave", "Dave Dewey", "", "no e-mail", "0", "No e-mail address on file"]
+    assert parsed[1][:5] == ["dave", "Dave Dewey", "", "no e-mail", "0"]
+    assert parsed[1][5].startswith("No e-mail address on file: reset and told nobody")
     assert parsed[2] == ["'=HYPERLINK(\"x\")", "'+Evil Name", "e@example.org", "mail failed", "4",
                          "Mail failed: 550 mailbox unavailable"]
     assert "password" not in content.lower()

@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.directory import Directory
-from core.models import AuditEntry, PendingRequest, ResetTask, TaskStatus
+from core.models import AuditEntry, ItemState, PendingRequest, ResetTask, TaskStatus
+from core.passwords import PasswordHasher
 from core.progress import TaskSnapshot
 from core.settings import Settings
 from jobs.context import WorkerContext
@@ -143,7 +144,8 @@ def test_a_full_flow_per_scope(
     opened = mail_app.open_modal()
     assert opened["callback_id"] == "bulk_reset"
     blocks = {block["block_id"]: block for block in opened["blocks"]}
-    assert list(blocks) == ["scope", "users", "password", "require_change"]
+    assert list(blocks) == ["scope", "users", "password", "require_change", "no_email",
+                           "no_email_password"]
     assert {o["value"] for o in blocks["scope"]["element"]["options"]} == set(SCOPE_CASES)
     assert blocks["users"]["element"]["type"] == "multi_external_select"
     assert blocks["password"]["element"]["type"] == "plain_text_input"
@@ -214,6 +216,35 @@ def test_a_full_flow_per_scope(
     if password is not None:
         assert slack_standin.requests_containing(password) == []
 
+
+
+@sqlite_only
+def test_users_without_e_mail_can_be_handed_a_typed_password_from_the_form(
+    mail_app: RunningApp, smtp_server: SmtpServer, slack_standin: SlackStandIn
+) -> None:
+    handout = "Front-Desk-Lantern-42"
+    opened = mail_app.open_modal()
+
+    missing = mail_app.slack.submit(submitted_view(opened, form_state("all", no_email="set")))
+    weak = mail_app.slack.submit(submitted_view(opened, form_state(
+        "all", no_email="set", no_email_password="short")))
+    answer = mail_app.slack.submit(submitted_view(opened, form_state(
+        "all", no_email="set", no_email_password=handout)))
+
+    assert list(missing.json()["errors"]) == ["no_email_password"]
+    assert "at least 12 characters" in weak.json()["errors"]["no_email_password"]
+    assert handout not in answer.body.decode()
+    preview = answer.json()["view"]
+    assert "*Without e-mail*\n2: get the password you typed; you tell each of them" in \
+        view_text(preview)
+    assert mail_app.slack.submit(preview).json() == {"response_action": "clear"}
+    [task] = tasks(mail_app.sessions)
+    final = run_worker(mail_app, task.id)
+    assert final.counts[ItemState.HANDED_OUT] == 2 and final.counts[ItemState.NOTIFIED] == 5
+    hasher = PasswordHasher.from_settings(mail_app.settings)
+    after = user_rows(mail_app.sessions, mail_app.directory)
+    assert all(hasher.verify(handout, after[user].password_hash or "") for user in (4, 6))
+    assert slack_standin.requests_containing(handout) == []
 
 @sqlite_only
 def test_confirm_acks_without_resolving_the_scope(

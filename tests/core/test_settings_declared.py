@@ -38,7 +38,7 @@ def test_the_readme_table_is_exactly_the_declared_settings() -> None:
 def test_help_rows_name_each_variable_once_with_a_default_and_a_meaning() -> None:
     rows = settings_help()
     names = [name for name, _, _ in rows]
-    assert len(names) == len(set(names)) == 34
+    assert len(names) == len(set(names)) == 41
     assert all(name.isupper() and default and meaning for name, default, meaning in rows)
     assert ("SMTP_TIMEOUT", "`30`", "seconds per SMTP operation") in rows
     assert rows[names.index("REDIS_URL")][:2] == ("REDIS_URL", "unset")
@@ -60,6 +60,12 @@ def every_field_changed() -> Settings:
         mail_from="Library <resetbot@library.example>",
         portal_url="https://portal.example/",
         mail_retry_delays=(0, 7),
+        mail_outage_retry=0.5,
+        mail_outage_give_up=600.0,
+        mail_templates="/srv/library/mail",
+        mail_language="fr",
+        library_name="Springfield Library",
+        helpdesk="help@library.example",
         password_schemes=("pbkdf2_sha256", "bcrypt"),
         password_rounds=1000,
         policy=PasswordPolicy(min_length=8, min_classes=0, forbid_username=False,
@@ -77,6 +83,7 @@ def every_field_changed() -> Settings:
         slack_api_url="http://127.0.0.1:1/api/",
         reset_admins=frozenset({"U2", "U1"}),
         reset_admin_group="S1",
+        reset_report_channel="G0REPORTS",
         progress_steps=20,
         admin_group_max_stale=30.0,
     )

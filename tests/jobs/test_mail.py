@@ -10,6 +10,7 @@ from email.message import EmailMessage
 import pytest
 
 from core.settings import Settings
+from jobs.mail_templates import MailTemplates
 from jobs.mailer import (
     Mailer,
     MailSetupError,
@@ -41,7 +42,8 @@ def mail(**overrides: object) -> PasswordMail:
 
 def build_message(settings: Settings, password_mail: PasswordMail) -> EmailMessage:
     """The rendered mail as a mail client reads it."""
-    _to, data = render_message(settings, Sender.from_settings(settings), password_mail)
+    templates = MailTemplates.load(settings)
+    _to, data = render_message(templates, Sender.from_settings(settings), password_mail)
     assert all(len(line) <= 998 for line in data.split(b"\r\n"))  # SMTP's line limit
     parsed = message_from_bytes(data, policy=policy.default)
     assert isinstance(parsed, EmailMessage)
@@ -94,7 +96,8 @@ def test_html_escapes_every_value() -> None:
 def test_a_name_with_line_breaks_cannot_inject_headers() -> None:
     evil = "Mallory\r\nBcc: everyone@example.org\r\nSubject: pwned"
     message = build_message(SETTINGS, mail(full_name=evil))
-    _to, data = render_message(SETTINGS, Sender.from_settings(SETTINGS), mail(full_name=evil))
+    _to, data = render_message(MailTemplates.load(SETTINGS), Sender.from_settings(SETTINGS),
+                               mail(full_name=evil))
     headers = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
 
     assert message["Bcc"] is None

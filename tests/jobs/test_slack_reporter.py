@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -133,8 +134,13 @@ def test_emailed_reset_makes_one_thread_with_summary_and_csv(
     [summary] = summary_replies(thread, task_id)
     assert summary.text == f"Reset #{task_id} completed: e-mailed 5, no e-mail 2"
 
-    [upload] = slack_standin.files(CHANNEL)
-    assert upload.thread_ts == parent.ts
+    assert "The users to contact by hand are in the CSV sent to <@U0STAFF> in a direct message" \
+        in str(summary.blocks)
+    # Personal data: to the requester in a DM, never into the channel everyone reads.
+    assert slack_standin.files(CHANNEL) == []
+    assert slack_standin.files_in_public_channels() == []
+    [upload] = slack_standin.files(slack_standin.dm_channel(REQUESTER))
+    assert upload.thread_ts is None
     rows = csv_rows(upload.text)
     assert [(r["username"], r["outcome"]) for r in rows] == [
         ("dave", "no e-mail"), ("frank", "no e-mail")]
@@ -188,7 +194,7 @@ def test_failed_mails_are_summarised_retried_and_offered_for_retry(
     [summary] = [t for t in thread if t.startswith(f"Reset #{task_id} ")]
     assert "mail failed 2" in summary
 
-    [upload] = slack_standin.files(CHANNEL)
+    [upload] = slack_standin.files(slack_standin.dm_channel(REQUESTER))
     by_user = {r["username"]: r for r in csv_rows(upload.text)}
     assert set(by_user) == {"alice", "bob", "dave", "frank"}
     assert by_user["bob"]["outcome"] == "mail failed"
@@ -196,6 +202,33 @@ def test_failed_mails_are_summarised_retried_and_offered_for_retry(
     assert by_user["bob"]["reason"].startswith("Mail failed")
     no_secret_reached_slack(slack_standin, [m.password for m in smtp_server.messages])
 
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_the_follow_up_list_goes_to_a_private_report_channel_never_a_public_one(
+    slack_settings: Settings, redis_conn: Redis, engine: Engine, slack_standin: SlackStandIn,
+    sample_users: list[Any], private: bool,
+) -> None:
+    slack_standin.add_channel("G0REPORTS", private=private)
+    context = build_context(replace(slack_settings, reset_report_channel="G0REPORTS"),
+                            redis_conn, engine)
+    task_id = start_task(context)
+    work(context)
+    context.close()
+
+    [parent] = parents(slack_standin, CHANNEL)
+    [summary] = summary_replies(slack_standin.thread(CHANNEL, parent.ts), task_id)
+    assert slack_standin.files_in_public_channels() == []
+    dm = slack_standin.dm_channel(REQUESTER)
+    if private:
+        [upload] = slack_standin.files("G0REPORTS")
+        assert slack_standin.files(dm) == []
+        assert "in the CSV sent to <#G0REPORTS>" in str(summary.blocks)
+    else:  # misconfigured: a public channel is refused, the requester gets the list instead
+        assert slack_standin.files("G0REPORTS") == []
+        [upload] = slack_standin.files(dm)
+        assert "sent to <@U0STAFF> in a direct message" in str(summary.blocks)
+    assert [row["username"] for row in csv_rows(upload.text)] == ["dave", "frank"]
 
 def test_task_without_a_channel_is_not_reported(
     context: WorkerContext, slack_standin: SlackStandIn, sample_users: list[Any]
@@ -363,7 +396,7 @@ def test_server_errors_delay_messages_but_lose_none(
     [parent] = parents(slack_standin, CHANNEL)
     thread = slack_standin.thread(CHANNEL, parent.ts)
     assert len(summary_replies(thread, task_id)) == 1
-    assert len(slack_standin.files(CHANNEL)) == 1
+    assert len(slack_standin.files(slack_standin.dm_channel(REQUESTER))) == 1
     assert "Completed" in parent.text
 
 
@@ -405,7 +438,7 @@ def test_an_end_delivery_that_gave_up_is_re_sent_by_the_reaper(
     work(context)
     [parent] = parents(slack_standin, CHANNEL)
     assert len(summary_replies(slack_standin.thread(CHANNEL, parent.ts), task_id)) == 1
-    assert len(slack_standin.files(CHANNEL)) == 1
+    assert len(slack_standin.files(slack_standin.dm_channel(REQUESTER))) == 1
     reap(context)  # told in full: nothing more to re-send
     assert slack_reporter.resend_lost_ends(context) == 0
     assert context.queue.count == 0

@@ -291,7 +291,7 @@ def test_a_worker_killed_mid_chunk_costs_one_lease_and_nobody_keeps_a_stale_mail
                    "the follow-up CSV in the thread")
         [summary] = summaries(slack_standin, task_id)
         assert "e-mailed 21" in summary and "no e-mail 2" in summary and "mail failed 1" in summary
-        [upload] = slack_standin.files(CHANNEL)
+        [upload] = slack_standin.files(slack_standin.dm_channel(REQUESTER))
         listed = [line.split(",")[0] for line in upload.text.strip().splitlines()[1:]]
         assert sorted(listed) == ["user13", "user4", "user9"]
     finally:

@@ -35,6 +35,7 @@ from core.passwords import PasswordHasher, generate_password
 from core.settings import PasswordPolicy, Settings
 from core.tasks import ResetRequest, create_task
 from jobs.context import WorkerContext
+from jobs.mail_templates import MailTemplates
 from jobs.mailer import PasswordMail, Sender, render_message
 from jobs.queueing import enqueue_task
 from jobs.reporting import NullReporter
@@ -48,6 +49,8 @@ from tests.support.smtp import smtp_server as smtp_server
 
 MAIL_SETTINGS = replace(Settings(), mail_from="Library <resetbot@library.example>",
                         portal_url="https://portal.library.example/login")
+MAIL_TEMPLATES = MailTemplates.load(MAIL_SETTINGS)
+REPORTS = "G0REPORTS"
 OUR_HEADERS = ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type"]
 SUBJECT = "Your library password has been reset"
 CHANNEL = "C0HOSTILE"
@@ -114,7 +117,7 @@ def test_any_name_username_or_address_gives_our_headers_one_recipient_one_passwo
     mail = PasswordMail(full_name=full_name, address=address, username=username,
                         password=password, require_change=True)
     try:
-        recipient, data = render_message(MAIL_SETTINGS, Sender.from_settings(MAIL_SETTINGS),
+        recipient, data = render_message(MAIL_TEMPLATES, Sender.from_settings(MAIL_SETTINGS),
                                          mail)
     except ValueError as refused:
         assert password not in str(refused)
@@ -165,7 +168,10 @@ def test_a_task_over_hostile_users_injects_no_header_pings_nobody_and_keeps_csv_
     directory: Directory, hostile_directory: list[dict[str, Any]], smtp_server: SmtpServer,
     slack_standin: SlackStandIn,
 ) -> None:
-    configured = smtp_server.settings(slack_standin.apply_to(settings))
+    # The requester is no Slack user: the list goes to the library's private report channel.
+    slack_standin.add_channel(REPORTS, private=True)
+    configured = replace(smtp_server.settings(slack_standin.apply_to(settings)),
+                         reset_report_channel=REPORTS)
     context = WorkerContext.build(configured, redis_conn, engine=engine, reporter=NullReporter())
     context.reporter = SlackReporter(context, retry_intervals=(0,) * 5)
     with sessions.begin() as session:
@@ -220,7 +226,8 @@ def test_a_task_over_hostile_users_injects_no_header_pings_nobody_and_keeps_csv_
         assert block_kit_problems(message.blocks or []) == []
         assert "\r" not in message.text
     # The follow-up CSV: one row per user to contact, no cell a spreadsheet would run.
-    [upload] = slack_standin.files(CHANNEL)
+    assert slack_standin.files(CHANNEL) == []
+    [upload] = slack_standin.files(REPORTS)
     rows = list(csv.reader(io.StringIO(upload.text)))
     assert rows[0][0] == "username" and len(rows) == 1 + 4  # eve, <!channel>, =HYPERLINK, -minus
     for row in rows[1:]:

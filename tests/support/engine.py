@@ -40,6 +40,12 @@ class RecordingReporter:
     ) -> None:
         self.calls.append(("retries_scheduled", (task_id, users, attempt, delay_seconds)))
 
+    def task_paused(self, task_id: int) -> None:
+        self.calls.append(("task_paused", (task_id,)))
+
+    def task_resumed(self, task_id: int) -> None:
+        self.calls.append(("task_resumed", (task_id,)))
+
     def task_finished(self, task_id: int) -> None:
         self.calls.append(("task_finished", (task_id,)))
 

@@ -210,8 +210,10 @@ def form_state(
     users: Sequence[int] = (),
     password: str | None = None,
     require_change: bool = True,
+    no_email: str | None = None,
+    no_email_password: str | None = None,
 ) -> Json:
-    """`view.state.values` for the reset modal."""
+    """`view.state.values` for the reset modal (`no_email` None: as a form older than it)."""
     scope_state: Json = {"type": "radio_buttons", "selected_option": None}
     if scope is not None:
         scope_state["selected_option"] = {"text": {"type": "plain_text", "text": scope},
@@ -225,6 +227,12 @@ def form_state(
         "password": {"password": {"type": "plain_text_input", "value": password}},
         "require_change": {"require_change": {
             "type": "checkboxes", "selected_options": [check] if require_change else []}},
+        **({} if no_email is None else {
+            "no_email": {"no_email": {"type": "radio_buttons", "selected_option": {
+                "text": {"type": "plain_text", "text": no_email}, "value": no_email}}},
+            "no_email_password": {"no_email_password": {
+                "type": "plain_text_input", "value": no_email_password}},
+        }),
     }
 
 

@@ -84,6 +84,12 @@ class Channel:
     bot_is_member: bool = True
     archived: bool = False
     im_user: str | None = None  # set for a DM channel with that user
+    private: bool = False  # a private channel; channels are public unless said otherwise
+
+    @property
+    def is_public(self) -> bool:
+        """Readable by every member of the workspace: a public channel, not a DM."""
+        return not self.private and self.im_user is None
 
 
 @dataclass
@@ -292,14 +298,21 @@ class SlackStandIn:
         with self._cond:
             return [f for f in self._files.values() if channel is None or f.channel == channel]
 
+    def files_in_public_channels(self) -> list[UploadedFile]:
+        """Files shared where every member of the workspace can read them."""
+        with self._cond:
+            return [f for f in self._files.values()
+                    if f.channel is not None and self._channel_record(f.channel).is_public]
+
     # ---- arranging the workspace ----------------------------------------------------------
 
     def add_channel(
         self, channel_id: str, *, name: str | None = None, member: bool = True,
-        archived: bool = False,
+        archived: bool = False, private: bool = False,
     ) -> Channel:
         with self._cond:
-            channel = Channel(channel_id, name or channel_id.lower(), member, archived)
+            channel = Channel(channel_id, name or channel_id.lower(), member, archived,
+                              private=private)
             self._channels[channel_id] = channel
             return channel
 
@@ -916,6 +929,16 @@ def _conversations_open(s: SlackStandIn, params: Json) -> Json:
     return {"channel": {"id": channel_id, "is_im": True, "user": user}}
 
 
+def _conversations_info(s: SlackStandIn, params: Json) -> Json:
+    _require(params, "channel")
+    channel = s._channels.get(str(params["channel"]))
+    if channel is None:
+        raise SlackError("channel_not_found")
+    return {"channel": {"id": channel.id, "name": channel.name, "is_private": not channel.is_public,
+                        "is_im": channel.im_user is not None, "is_archived": channel.archived,
+                        "is_member": channel.bot_is_member}}
+
+
 def _usergroups_users_list(s: SlackStandIn, params: Json) -> Json:
     _require(params, "usergroup")
     members = s._usergroups.get(str(params["usergroup"]))
@@ -1027,6 +1050,7 @@ _METHODS: dict[str, Callable[[SlackStandIn, Json], Json]] = {
     "chat.postMessage": _chat_post_message,
     "chat.update": _chat_update,
     "chat.postEphemeral": _chat_post_ephemeral,
+    "conversations.info": _conversations_info,
     "conversations.open": _conversations_open,
     "usergroups.users.list": _usergroups_users_list,
     "users.info": _users_info,

@@ -310,3 +310,20 @@ def test_wait_for_wakes_on_a_call_from_another_thread(slack_standin: SlackStandI
     assert call.params["text"] == "from a worker"
     assert time.monotonic() - started < 5
     assert not slack_standin.wait_for(lambda: slack_standin.count("chat.update") > 0, timeout=0.05)
+
+
+def test_it_knows_which_channels_everyone_can_read(slack_standin: SlackStandIn) -> None:
+    slack_standin.add_channel("C1")
+    slack_standin.add_channel("G1", private=True)
+    client = client_for(slack_standin)
+    dm = client.conversations_open(users="U1")["channel"]["id"]
+
+    assert client.conversations_info(channel="C1")["channel"]["is_private"] is False
+    assert client.conversations_info(channel="G1")["channel"]["is_private"] is True
+    assert client.conversations_info(channel=dm)["channel"]["is_im"] is True
+    with pytest.raises(SlackApiError) as unknown:
+        client.conversations_info(channel="C0NOPE")
+    assert unknown.value.response["error"] == "channel_not_found"
+    for channel in ("C1", "G1", dm):
+        client.files_upload_v2(channel=channel, filename="a.csv", content="x")
+    assert [f.channel for f in slack_standin.files_in_public_channels()] == ["C1"]

@@ -1,0 +1,338 @@
+"""The password mail's words, owned by the library: templates that are data, never code.
+
+A folder (`MAIL_TEMPLATES`, or the templates shipped in `jobs/templates/`) holds `reset.txt`
+and optionally `reset.html`, and per language `reset.<lang>.txt` / `reset.<lang>.html`. A file
+starts with header lines up to the first blank line, then the body:
+
+    Subject: Your {library_name} password has been reset
+    Must-Change: You must change this password the next time you sign in.
+    Library-Name: library
+    Helpdesk: the library
+
+    Hello {name},
+    ...
+
+`Subject` is required in a `.txt` file. `Must-Change` is what `{must_change}` says when the
+user must change the password at the next sign-in (nothing otherwise); in an `.html` file it is
+HTML, else the text one is used, escaped. `Library-Name` and `Helpdesk` are what `{library_name}`
+and `{helpdesk}` say when `LIBRARY_NAME` / `HELPDESK` are not set, so each language reads well on
+its own. In a text body, a line holding nothing but a placeholder that comes out empty is left
+out.
+
+A placeholder is `{name}`; `{{` and `}}` are literal braces. Nothing else is interpreted: no
+attribute access, no expressions, no includes. Values come in once, in one pass, so a user named
+`{password}` is printed as typed. In HTML every value is escaped; in text, control characters in
+a value become spaces, so no value can add a line (or a header: the subject is one line too).
+
+An unknown placeholder, a body without `{password}`, `{password}` in a subject, or a file that
+cannot be read is refused when the templates are loaded (at a worker's start), with file and line.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.header import Header
+from pathlib import Path
+
+from core.controls import blank_unsafe, single_line
+from core.errors import ConfigError
+from core.settings import Settings
+
+SHIPPED = Path(__file__).resolve().parent / "templates"
+BASE_NAME = "reset"
+PLACEHOLDERS = frozenset(
+    {"name", "username", "password", "portal_url", "library_name", "helpdesk", "must_change"}
+)
+KNOWN_HEADERS = frozenset({"subject", "must-change", "library-name", "helpdesk"})
+MAX_NAME = 120
+_PIECE = re.compile(r"\{\{|\}\}|\{([^{}\n]*)\}|[{}]")
+_HEADER = re.compile(r"^([A-Za-z][A-Za-z-]*):[ \t]*(.*)$")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(?:-[a-z0-9]{2,8})?$")
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    name: str
+
+
+Piece = str | Placeholder
+
+
+@dataclass(frozen=True)
+class Template:
+    """One parsed piece of text: literal strings and placeholders, in order."""
+
+    lines: tuple[tuple[Piece, ...], ...]
+
+    def render(self, values: Mapping[str, str], *, drop_empty_lines: bool = False) -> str:
+        out: list[str] = []
+        for pieces in self.lines:
+            line = "".join(p if isinstance(p, str) else values[p.name] for p in pieces)
+            lone_placeholder = len(pieces) == 1 and isinstance(pieces[0], Placeholder)
+            if drop_empty_lines and lone_placeholder and not line:
+                continue
+            out.append(line)
+        return "\n".join(out)
+
+    @property
+    def names(self) -> set[str]:
+        return {p.name for pieces in self.lines for p in pieces if isinstance(p, Placeholder)}
+
+
+@dataclass(frozen=True)
+class LanguageTemplates:
+    """The mail in one language."""
+
+    subject: Template
+    text: Template
+    html: Template | None
+    must_change_text: Template | None
+    must_change_html: Template | None
+    library_name: str
+    helpdesk: str
+
+
+@dataclass(frozen=True)
+class RenderedMail:
+    subject: str
+    text: str
+    html: str | None
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """What the templates say about one user (the password only in memory)."""
+
+    full_name: str
+    username: str
+    password: str
+    require_change: bool
+    language: str | None = None
+
+
+class MailTemplates:
+    """Every language's templates, loaded and checked once; renders a user's mail."""
+
+    def __init__(
+        self,
+        languages: Mapping[str, LanguageTemplates],
+        default_language: str,
+        settings: Settings,
+    ) -> None:
+        self.languages = dict(languages)
+        self.default_language = default_language
+        self.portal_url = settings.portal_url
+        self.library_name = settings.library_name
+        self.helpdesk = settings.helpdesk
+
+    @classmethod
+    def load(cls, settings: Settings) -> MailTemplates:
+        """Read and check the configured folder; ConfigError naming file and line."""
+        folder = Path(settings.mail_templates) if settings.mail_templates else SHIPPED
+        if not (folder / f"{BASE_NAME}.txt").is_file():
+            raise ConfigError(f"MAIL_TEMPLATES: no {BASE_NAME}.txt in {folder}")
+        languages = {"": _load_language(folder, "")}
+        for path in sorted(folder.glob(f"{BASE_NAME}.*.txt")):
+            language = path.name[len(BASE_NAME) + 1 : -len(".txt")].lower()
+            if not _LANGUAGE.match(language):
+                raise ConfigError(f"{path}: {language!r} is not a language code (e.g. fr, pt-br)")
+            languages[language] = _load_language(folder, language)
+        default = settings.mail_language.lower()
+        if default and default not in languages and default != "en":
+            raise ConfigError(
+                f"MAIL_LANGUAGE: no {BASE_NAME}.{default}.txt in {folder} "
+                f"(there are: {', '.join(sorted(lang or 'default' for lang in languages))})"
+            )
+        return cls(languages, default if default in languages else "", settings)
+
+    def for_language(self, language: str | None) -> LanguageTemplates:
+        """The user's language if there is a template for it (`fr-CA` falls back to `fr`),
+        else MAIL_LANGUAGE, else the default `reset.txt`."""
+        for candidate in _candidates(language):
+            if candidate in self.languages:
+                return self.languages[candidate]
+        return self.languages[self.default_language]
+
+    def render(self, recipient: Recipient) -> RenderedMail:
+        chosen = self.for_language(recipient.language)
+        text_values = self._values(chosen, recipient, _one_line)
+        text_values["must_change"] = _must_change(chosen.must_change_text, text_values, recipient)
+        subject = _one_line(chosen.subject.render(text_values))
+        text = chosen.text.render(text_values, drop_empty_lines=True)
+        if chosen.html is None:
+            return RenderedMail(subject, text + "\n", None)
+        html_values = self._values(chosen, recipient, _escaped)
+        if chosen.must_change_html is not None:
+            html_values["must_change"] = _must_change(
+                chosen.must_change_html, html_values, recipient
+            )
+        else:
+            html_values["must_change"] = _escaped(text_values["must_change"])
+        return RenderedMail(subject, text + "\n", chosen.html.render(html_values))
+
+    def _values(
+        self, chosen: LanguageTemplates, recipient: Recipient, clean: Callable[[str], str]
+    ) -> dict[str, str]:
+        username = recipient.username
+        name = single_line(recipient.full_name, MAX_NAME) or username
+        return {
+            "name": clean(name),
+            "username": clean(username),
+            "password": clean(recipient.password),
+            "portal_url": clean(self.portal_url),
+            "library_name": clean(self.library_name or chosen.library_name),
+            "helpdesk": clean(self.helpdesk or chosen.helpdesk),
+        }
+
+
+def encoded_subject(subject: str) -> str:
+    """The Subject header's value: as it is in ASCII, RFC 2047-encoded otherwise."""
+    if subject.isascii():
+        return subject
+    return Header(subject, "utf-8").encode(linesep="\r\n")
+
+
+def _candidates(language: str | None) -> list[str]:
+    if not language:
+        return []
+    code = language.strip().lower().replace("_", "-")
+    return [code, code.split("-")[0]]
+
+
+def _must_change(
+    template: Template | None, values: Mapping[str, str], recipient: Recipient
+) -> str:
+    if not recipient.require_change or template is None:
+        return ""
+    return template.render({**values, "must_change": ""})
+
+
+def _one_line(text: str) -> str:
+    return blank_unsafe(text)
+
+
+def _escaped(text: str) -> str:
+    return html.escape(blank_unsafe(text), quote=True)
+
+
+# -- loading and checking -------------------------------------------------------------------
+
+
+def _load_language(folder: Path, language: str) -> LanguageTemplates:
+    suffix = f".{language}" if language else ""
+    text_path = folder / f"{BASE_NAME}{suffix}.txt"
+    headers, body = _read(text_path)
+    if "subject" not in headers:
+        raise ConfigError(f"{text_path}:1: the first line must be 'Subject: ...'")
+    subject = _parse_header(text_path, headers["subject"], "Subject")
+    if "password" in subject.names:
+        raise ConfigError(f"{text_path}:{headers['subject'][1]}: a password must never be in "
+                          "a subject (mail programs show subjects in lists and notifications)")
+    text = _parse_body(text_path, body)
+    html_path = folder / f"{BASE_NAME}{suffix}.html"
+    html_template = must_change_html = None
+    if html_path.is_file():
+        html_headers, html_body = _read(html_path)
+        html_template = _parse_body(html_path, html_body)
+        if "must-change" in html_headers:
+            must_change_html = _parse_header(html_path, html_headers["must-change"], "Must-Change")
+    return LanguageTemplates(
+        subject=subject,
+        text=text,
+        html=html_template,
+        must_change_text=(
+            _parse_header(text_path, headers["must-change"], "Must-Change")
+            if "must-change" in headers else None
+        ),
+        must_change_html=must_change_html,
+        library_name=headers.get("library-name", ("library", 0))[0],
+        helpdesk=headers.get("helpdesk", ("the library", 0))[0],
+    )
+
+
+Headers = dict[str, tuple[str, int]]
+
+
+def _read(path: Path) -> tuple[Headers, tuple[int, list[str]]]:
+    """(headers by lower-case name with their line numbers, (first body line number, body))."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
+    lines = raw.removeprefix("\ufeff").splitlines()
+    headers: Headers = {}
+    number = 0
+    if lines and _HEADER.match(lines[0]) and not lines[0].lstrip().startswith("<"):
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                break
+            found = _HEADER.match(line)
+            if found is None:
+                raise ConfigError(f"{path}:{number}: expected 'Name: value' or a blank line "
+                                  "before the body")
+            name = found.group(1).lower()
+            if name not in KNOWN_HEADERS:
+                raise ConfigError(f"{path}:{number}: unknown header {found.group(1)!r} "
+                                  f"(known: Subject, Must-Change, Library-Name, Helpdesk)")
+            headers[name] = (found.group(2).strip(), number)
+        else:
+            number = len(lines)
+    return headers, (number + 1, lines[number:])
+
+
+def _parse_header(path: Path, value: tuple[str, int], what: str) -> Template:
+    text, number = value
+    template = Template((_parse_line(path, number, text),))
+    if not text:
+        raise ConfigError(f"{path}:{number}: {what} is empty")
+    return template
+
+
+def _parse_body(path: Path, body: tuple[int, list[str]]) -> Template:
+    first, lines = body
+    template = Template(
+        tuple(_parse_line(path, first + offset, line) for offset, line in enumerate(lines))
+    )
+    if "password" not in template.names:
+        raise ConfigError(f"{path}: the body never says {{password}}: the mail would not tell "
+                          "the user their new password")
+    return template
+
+
+def _parse_line(path: Path, number: int, line: str) -> tuple[Piece, ...]:
+    pieces: list[Piece] = []
+    position = 0
+    for found in _PIECE.finditer(line):
+        if found.start() > position:
+            pieces.append(line[position : found.start()])
+        token = found.group(0)
+        if token in ("{{", "}}"):
+            pieces.append(token[0])
+        elif found.group(1) is None:
+            raise ConfigError(f"{path}:{number}: a lone {token!r}: write {token * 2} for a "
+                              "literal brace")
+        elif found.group(1) not in PLACEHOLDERS:
+            raise ConfigError(f"{path}:{number}: unknown placeholder {token} (known: "
+                              + ", ".join(f"{{{name}}}" for name in sorted(PLACEHOLDERS)) + ")")
+        else:
+            pieces.append(Placeholder(found.group(1)))
+        position = found.end()
+    if position < len(line):
+        pieces.append(line[position:])
+    return tuple(_merged(pieces))
+
+
+def _merged(pieces: list[Piece]) -> list[Piece]:
+    """Adjacent literal strings joined, so rendering is one join per line."""
+    merged: list[Piece] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] = merged[-1] + piece
+        else:
+            merged.append(piece)
+    return merged
