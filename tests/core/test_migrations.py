@@ -51,7 +51,7 @@ def _search_finds(engine: Engine, directory: Directory, term: str) -> list[str]:
 def test_upgrade_creates_every_table_and_the_search_index(
     settings: Settings, fresh_engine: Engine
 ) -> None:
-    assert upgrade(settings) == head_revision() == "0001"
+    assert upgrade(settings) == head_revision() == "0002"
     tables = set(inspect(fresh_engine).get_table_names())
     assert {*RESETBOT_TABLES, "users", VERSION_TABLE} <= tables
     directory = Directory(settings.directory)
@@ -78,12 +78,12 @@ def test_upgrade_is_idempotent_and_keeps_data(settings: Settings, fresh_engine: 
             insert(directory.table),
             [{"username": "kept", "full_name": "Kept", "must_change_password": False}],
         )
-    assert upgrade(settings) == "0001"
-    assert upgrade(settings) == "0001"
+    assert upgrade(settings) == "0002"
+    assert upgrade(settings) == "0002"
     with fresh_engine.connect() as connection:
         assert connection.execute(select(directory.table.c.username)).scalars().all() == ["kept"]
         versions = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    assert versions == [("0001",)]
+    assert versions == [("0002",)]
 
 
 def test_migrated_schema_matches_the_models(settings: Settings, fresh_engine: Engine) -> None:
@@ -149,7 +149,7 @@ def test_upgrade_adopts_a_schema_made_by_create_schema(
 ) -> None:
     directory = Directory(settings.directory)
     create_schema(fresh_engine, directory)
-    assert upgrade_engine(fresh_engine, settings.directory) == "0001"
+    assert upgrade_engine(fresh_engine, settings.directory) == "0002"
     assert _schema_differences(fresh_engine, settings.directory) == []
 
 
@@ -172,7 +172,7 @@ def test_downgrade_removes_resetbot_tables_but_not_users(
             insert(directory.table),
             [{"username": "after", "full_name": "After", "must_change_password": False}],
         )
-    assert upgrade(settings) == "0001"
+    assert upgrade(settings) == "0002"
 
 
 def test_schema_metadata_covers_every_model_table() -> None:
