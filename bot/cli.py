@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,11 +33,16 @@ from bot.terminal import (
     EXIT_INTERRUPTED,
     EXIT_NOT_COMPLETED,
     EXIT_OK,
+    EXIT_PIPE_CLOSED,
     EXIT_REFUSED,
+    EXIT_USAGE,
     EXIT_WITH_ERRORS,
     SECRET_KEY_FILE,
     Refused,
+    UsageError,
+    plural,
     requester,
+    shown_csv,
 )
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory, DirectoryUser
@@ -44,8 +51,8 @@ from core.models import Scope
 from core.settings import Settings, ensure_secret_key
 
 __all__ = [  # the exit codes are part of the command's interface; tests and scripts import them
-    "EXIT_CONFIG", "EXIT_INTERRUPTED", "EXIT_NOT_COMPLETED", "EXIT_OK", "EXIT_REFUSED",
-    "EXIT_WITH_ERRORS", "main",
+    "EXIT_CONFIG", "EXIT_INTERRUPTED", "EXIT_NOT_COMPLETED", "EXIT_OK", "EXIT_PIPE_CLOSED",
+    "EXIT_REFUSED", "EXIT_USAGE", "EXIT_WITH_ERRORS", "main",
 ]
 
 Handler = Callable[["Cli", argparse.Namespace], int]
@@ -56,11 +63,27 @@ Handler = Callable[["Cli", argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run one command; `environ` replaces os.environ and `.env` (tests, the demo's children)."""
-    args = build_parser().parse_args(argv)
-    handler: Handler = args.handler
     cli = Cli(environ=environ, out=sys.stdout, err=sys.stderr)
     try:
+        try:
+            return run_command(cli, argv)
+        finally:
+            # A reader that went away (`| head`) shows here at the latest, not at exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_PIPE_CLOSED
+
+
+def run_command(cli: Cli, argv: Sequence[str] | None) -> int:
+    """Parse and run; every error meant for people becomes one line and an exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Handler = args.handler
         return handler(cli, args)
+    except UsageError as error:
+        cli.fail(str(error))
+        return EXIT_USAGE
     except ConfigError as error:
         cli.fail(str(error))
         return EXIT_CONFIG
@@ -73,6 +96,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except RedisError as error:
         cli.fail(f"Redis cannot be reached: {_first_line(error)}")
         return EXIT_REFUSED
+    except BrokenPipeError:
+        raise  # not a file problem: the reader of the output went away (see main)
     except OSError as error:  # a file that cannot be read or written
         cli.fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error))
         return EXIT_REFUSED
@@ -81,95 +106,277 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_INTERRUPTED
 
 
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not complain about the pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (tests' StringIO)
+        pass
+
+
 def _first_line(error: object) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
+# Help texts: a line that starts with a space is kept as written (examples, tables, each
+# within 78 columns); any other line is prose, wrapped to the screen.
+MAIN_DESCRIPTION = (
+    "Reset the passwords of many library users at once, from this terminal or from Slack "
+    "(`resetbot serve`). Every reset shows a preview first and is recorded in the audit trail."
+)
+
+MAIN_EPILOG = """\
+examples:
+  resetbot demo                         try it on sample users first
+  resetbot db upgrade                   prepare the database (once per release)
+  resetbot users import users.csv       load or update your users
+  resetbot reset --scope selected_only --user alice,bob
+  resetbot tasks show 12 --csv > to-contact.csv
+
+Settings come from the environment or a .env file in this folder (see README.md). \
+`resetbot COMMAND --help` explains each command.
+
+exit codes: 0 done; 1 refused or a service unreachable (nothing changed); 2 bad settings or \
+arguments; 3 the reset ended with mails that never got through; 4 it failed or was cancelled; \
+130 interrupted; 141 whoever read the output stopped early (as `| head` does)."""
+
+RESET_DESCRIPTION = (
+    "Reset the passwords of the users in one scope. resetbot first shows a preview (how many "
+    "users, how many are e-mailed, how many have no e-mail, how many are staff) and asks you "
+    "to type yes; then it follows the task with a progress bar until it ends."
+)
+
+RESET_EPILOG = """\
+who (--scope), one of:
+  all                  every user in the directory, staff included
+  all_except_selected  everyone but the users named by --user or --users-file
+  all_without_role     end users only: anyone with a role (staff) is left alone
+  selected_only        only the users named by --user or --users-file
+
+how, one of two modes:
+  e-mailed (default)   a new random password for each user, sent by e-mail
+  one for all          --default-password-stdin: the same password, no e-mail
+
+examples:
+  resetbot reset --scope selected_only --user alice,bob --dry-run
+  resetbot reset --scope selected_only --users-file class-of-2024.csv
+  resetbot reset --scope all_except_selected --user carol --user dave
+  resetbot reset --scope all_without_role --default-password-stdin
+  resetbot reset --scope all --yes --detach   (in a script: no prompt, no wait)"""
+
+TASKS_DESCRIPTION = (
+    "Each reset is a task with a number. List the recent ones, look at one in detail, cancel "
+    "one that is still running, or send new passwords to the users whose mail never got "
+    "through."
+)
+
+TASKS_EPILOG = """\
+examples:
+  resetbot tasks                        the last 20 tasks (as `tasks list`)
+  resetbot tasks show 12                counts and every user's outcome
+  resetbot tasks show 12 --csv > to-contact.csv
+  resetbot tasks cancel 12
+  resetbot tasks retry 12"""
+
+USERS_EPILOG = """\
+The CSV has the columns username, full_name, email and (if you like) role, in any order.
+
+examples:
+  resetbot users import users.csv
+  resetbot users export backup.csv"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="resetbot",
-        description="Reset the passwords of many library users at once.",
-        epilog="Settings come from the environment and a .env file; see README.md.",
+    parser = _parser(
+        argparse.ArgumentParser, prog="resetbot", description=MAIN_DESCRIPTION,
+        epilog=MAIN_EPILOG,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    db = commands.add_parser("db", help="database schema").add_subparsers(
-        dest="db_command", required=True, metavar="ACTION"
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", title="commands"
     )
-    upgrade = db.add_parser("upgrade", help="create or migrate the schema")
-    upgrade.set_defaults(handler=cmd_db_upgrade)
+    _add_db(commands)
+    _add_users(commands)
+    _add_reset(commands)
+    _add_tasks(commands)
+    _add_mail(commands)
 
-    users = commands.add_parser("users", help="the user directory as CSV").add_subparsers(
-        dest="users_command", required=True, metavar="ACTION"
-    )
-    import_ = users.add_parser(
-        "import", help="upsert users from a CSV file (username,full_name,email,role)"
-    )
-    import_.add_argument("file", help="CSV file in UTF-8; '-' reads stdin")
-    import_.set_defaults(handler=cmd_users_import)
-    export = users.add_parser("export", help="write every user as CSV")
-    export.add_argument("file", nargs="?", default="-", help="output file; '-' (default) = stdout")
-    export.set_defaults(handler=cmd_users_export)
-
-    mail = commands.add_parser("mail", help="the password mail").add_subparsers(
-        dest="mail_command", required=True, metavar="ACTION"
-    )
-    mail_preview = mail.add_parser(
-        "preview", help="show the mail a user would get (password masked), text and HTML"
-    )
-    mail_preview.add_argument("--user", metavar="USERNAME",
-                              help="a real user from the directory (default: a sample user)")
-    mail_preview.add_argument("--lang", metavar="CODE",
-                              help="the language to show (e.g. fr); default MAIL_LANGUAGE")
-    mail_preview.set_defaults(handler=cmd_mail_preview)
-
-    worker = commands.add_parser("worker", help="run a reset worker (with the scheduler)")
-    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    worker.set_defaults(handler=cmd_worker)
-
-    reset = commands.add_parser("reset", help="reset passwords now")
-    reset.add_argument("--scope", required=True, choices=[scope.value for scope in Scope])
-    reset.add_argument("--user", action="append", default=[], metavar="USERNAME",
-                       help="a selected user (repeat for more)")
-    reset.add_argument("--default-password-stdin", action="store_true",
-                       help="read one password for everyone from stdin; nobody is e-mailed")
-    reset.add_argument("--no-require-change", action="store_true",
-                       help="do not make users change the password at next sign-in")
-    reset.add_argument("--dry-run", action="store_true", help="show the preview and stop")
-    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    reset.add_argument("--detach", action="store_true", help="do not follow the progress")
-    reset.set_defaults(handler=cmd_reset)
-
-    tasks = commands.add_parser("tasks", help="list tasks, or show one")
-    tasks.set_defaults(handler=cmd_tasks_list)
-    show_commands = tasks.add_subparsers(dest="tasks_command", metavar="ACTION")
-    show = show_commands.add_parser("show", help="one task: counts and every user's outcome")
-    show.add_argument("task_id", type=int, metavar="ID")
-    output = show.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="machine-readable")
-    output.add_argument("--csv", action="store_true", help="the users to contact by hand")
-    show.set_defaults(handler=cmd_tasks_show)
-
-    audit_ = commands.add_parser("audit", help="the audit trail")
+    audit_ = _command(commands, "audit", "the audit trail: who did what, and when",
+                      epilog="examples:\n  resetbot audit --since 2025-01-31\n"
+                             "  resetbot audit --csv > audit.csv")
     audit_.add_argument("--since", type=_since, metavar="DATE",
-                        help="from this date or ISO time on (UTC)")
-    audit_.add_argument("--csv", action="store_true", help="as CSV")
+                        help="only from this date (YYYY-MM-DD) or ISO time on (UTC)")
+    audit_.add_argument("--csv", action="store_true", help="as CSV, for a spreadsheet")
     audit_.set_defaults(handler=cmd_audit)
 
-    serve = commands.add_parser("serve", help="run the Slack app")
-    serve.add_argument("--port", type=int, default=3000)
-    serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - Slack must reach it
+    worker = _command(commands, "worker", "run a worker that carries out the resets",
+                      description="Run a worker: it hashes the new passwords, writes them and "
+                                  "sends the mails. Run one per CPU core.")
+    worker.add_argument("--burst", action="store_true",
+                        help="stop when there is no more work instead of waiting for more")
+    worker.set_defaults(handler=cmd_worker)
+
+    serve = _command(commands, "serve", "run the Slack app (HTTP, or Socket Mode)")
+    serve.add_argument("--port", type=_port, default=3000, help="HTTP port (default 3000)")
+    serve.add_argument("--host", default="0.0.0.0",  # noqa: S104 - Slack must reach it
+                       help="address to listen on (default 0.0.0.0: every interface)")
     serve.add_argument("--with-worker", action="store_true",
-                       help="also run a reset worker (single host)")
+                       help="also run a worker (everything on one host)")
     serve.set_defaults(handler=cmd_serve)
 
-    demo = commands.add_parser(
-        "demo", help="first run: a real bulk reset on embedded defaults, no configuration"
-    )
+    demo = _command(commands, "demo",
+                    "first run: a real reset of 50 sample users, nothing to set up")
     demo.add_argument("--dir", type=Path, default=Path("resetbot-demo"),
-                      help="where the demo keeps its files (default ./resetbot-demo)")
+                      help="where the demo keeps its files (default ./resetbot-demo); "
+                           "a demo there before is replaced")
     demo.set_defaults(handler=cmd_demo)
     return parser
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples keep their line breaks; commands are listed one per line,
+    without the lone COMMAND line argparse puts above them."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(self._format_action(sub) for sub in action._get_subactions())
+        return super()._format_action(action)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Indented lines as written; prose wrapped to the screen."""
+        return "\n".join(
+            indent + line if line[:1] in ("", " ")
+            else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+            for line in text.splitlines()
+        )
+
+
+def _parser(factory: Callable[..., argparse.ArgumentParser], *args: object,
+            **kwargs: object) -> argparse.ArgumentParser:
+    return factory(*args, formatter_class=HelpFormatter, **kwargs)
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str,
+    **kwargs: object,
+) -> argparse.ArgumentParser:
+    """A subcommand: `summary` is its line in the list; its own --help starts with it too."""
+    kwargs.setdefault("description", summary[0].upper() + summary[1:] + ".")
+    return _parser(commands.add_parser, name, help=summary, **kwargs)
+
+
+def _add_db(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    db = _command(commands, "db", "the database schema: `resetbot db upgrade`")
+    actions = db.add_subparsers(dest="db_command", required=True, metavar="ACTION",
+                                title="actions")
+    upgrade = _command(actions, "upgrade",
+                       "create or update the schema (safe to run again; once per release)")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
+
+def _add_users(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    users = _command(commands, "users", "import or export the user directory as CSV",
+                     epilog=USERS_EPILOG)
+    actions = users.add_subparsers(dest="users_command", required=True, metavar="ACTION",
+                                   title="actions")
+    import_ = _command(
+        actions, "import", "add new users and update known ones from a CSV file",
+        description="Add new users and update known ones (by username) from a CSV file in "
+                    "UTF-8. All or nothing: a file with a bad row changes nothing. "
+                    "Passwords are left alone.",
+        epilog=USERS_EPILOG,
+    )
+    import_.add_argument("file", metavar="FILE", help="the CSV file; '-' reads stdin")
+    import_.set_defaults(handler=cmd_users_import)
+    export = _command(
+        actions, "export", "write every user as CSV (the format import reads)",
+        description="Write every user as CSV, in the format `users import` reads, safe to "
+                    "open in a spreadsheet. A FILE is written exactly; on a terminal, control "
+                    "characters in names are shown as escapes (\\x1b).",
+    )
+    export.add_argument("file", metavar="FILE", nargs="?", default="-",
+                        help="where to write (default '-': the screen, or stdout)")
+    export.set_defaults(handler=cmd_users_export)
+
+
+def _add_reset(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    reset = _command(commands, "reset", "reset passwords now: preview, confirm, follow",
+                     description=RESET_DESCRIPTION, epilog=RESET_EPILOG,
+                     usage="resetbot reset --scope SCOPE [options]")
+    reset.add_argument("--scope", required=True, choices=[scope.value for scope in Scope],
+                       metavar="SCOPE", help="who to reset (see below)")
+    reset.add_argument("--user", action="append", default=[], metavar="USERNAME[,...]",
+                       help="a user to reset or to spare, by username; several as alice,bob "
+                            "or with --user again (case does not matter unless two usernames "
+                            "differ only by it)")
+    reset.add_argument("--users-file", type=Path, metavar="FILE",
+                       help="the usernames in a file: one per line, or a CSV with a "
+                            "username column")
+    reset.add_argument("--default-password-stdin", action="store_true",
+                       help="one password for everyone, read from stdin (asked twice on a "
+                            "terminal, never shown); nobody is e-mailed")
+    reset.add_argument("--no-require-change", action="store_true",
+                       help="do not make users change the password at their next sign-in")
+    reset.add_argument("--dry-run", action="store_true",
+                       help="show the preview and stop; nothing changes")
+    reset.add_argument("--yes", action="store_true",
+                       help="do not ask for confirmation (needed when stdin is not a terminal)")
+    reset.add_argument("--detach", action="store_true",
+                       help="queue the reset and return at once instead of following it")
+    reset.set_defaults(handler=cmd_reset)
+
+
+def _add_mail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    mail = _command(commands, "mail", "the password mail: `resetbot mail preview`")
+    actions = mail.add_subparsers(dest="mail_command", required=True, metavar="ACTION",
+                                  title="actions")
+    preview = _command(actions, "preview",
+                       "show the mail a user would get, text and HTML, password masked",
+                       prog="resetbot mail preview")
+    preview.add_argument("--user", metavar="USERNAME",
+                         help="a real user from the directory (default: a sample user)")
+    preview.add_argument("--lang", metavar="CODE",
+                         help="the language to show (e.g. fr; default MAIL_LANGUAGE)")
+    preview.set_defaults(handler=cmd_mail_preview)
+
+
+def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tasks = _command(commands, "tasks", "list reset tasks; show, cancel or retry one",
+                     description=TASKS_DESCRIPTION, epilog=TASKS_EPILOG,
+                     usage="resetbot tasks [list | show ID | cancel ID | retry ID]")
+    tasks.set_defaults(handler=cmd_tasks_list)
+    actions = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", title="actions")
+    listing = _command(actions, "list", "the last 20 tasks (also what `resetbot tasks` shows)",
+                       prog="resetbot tasks list")
+    listing.set_defaults(handler=cmd_tasks_list)
+
+    show = _command(actions, "show", "one task: counts and every user's outcome and mails",
+                    prog="resetbot tasks show")
+    show.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
+    output = show.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="everything, machine-readable")
+    output.add_argument("--csv", action="store_true",
+                        help="only the users to contact by hand, as CSV")
+    show.set_defaults(handler=cmd_tasks_show)
+
+    cancel = _command(
+        actions, "cancel", "stop a task that is still running", prog="resetbot tasks cancel",
+        description="Stop a task that is still running: users not yet reset are left alone, "
+                    "those already reset stay reset and are reported. As Slack's Cancel button.",
+    )
+    cancel.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
+    cancel.set_defaults(handler=cmd_tasks_cancel)
+
+    retry = _command(
+        actions, "retry", "e-mail new passwords to the users whose mail never got through",
+        prog="resetbot tasks retry",
+        description="Start a new task that e-mails a fresh password to each user whose mail "
+                    "failed in task ID. As Slack's Retry button, and once per task.",
+    )
+    retry.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
+    retry.add_argument("--detach", action="store_true",
+                       help="queue the retry and return at once instead of following it")
+    retry.set_defaults(handler=cmd_tasks_retry)
 
 
 def _since(value: str) -> datetime:
@@ -181,6 +388,20 @@ def _since(value: str) -> datetime:
             f"{value!r} is not a date (YYYY-MM-DD) or ISO time"
         ) from None
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _task_id(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a task number (`resetbot tasks` lists them)"
+        )
+    return int(value)
+
+
+def _port(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0-65535; 0: any free)")
+    return int(value)
 
 
 # -- what every command shares ------------------------------------------------------------------
@@ -283,8 +504,8 @@ def cmd_users_import(cli: Cli, args: argparse.Namespace) -> int:
     with cli.database(settings) as sessions, sessions.begin() as session:
         result = import_users(session, Directory(settings.directory), data, actor=requester())
     cli.say(
-        f"Imported {result.total:,} users: {result.created:,} new, {result.updated:,} updated, "
-        f"{result.unchanged:,} unchanged."
+        f"Imported {plural(result.total, 'user')}: {result.created:,} new, "
+        f"{result.updated:,} updated, {result.unchanged:,} unchanged."
     )
     return EXIT_OK
 
@@ -296,13 +517,15 @@ def cmd_users_export(cli: Cli, args: argparse.Namespace) -> int:
     with cli.database(settings) as sessions, sessions() as session:
         content = export_users(session, Directory(settings.directory))
     if args.file == "-":
-        cli.out.write(content)
+        # On a terminal, people read it: a name holding an escape sequence must not act on
+        # the screen. Redirected or piped, it goes out exactly, so it imports back unchanged.
+        cli.out.write(shown_csv(content) if cli.out.isatty() else content)
         cli.out.flush()
     else:
         # With a BOM, spreadsheets read the file as UTF-8; `users import` accepts it.
         with open(args.file, "w", encoding="utf-8-sig", newline="") as handle:
             handle.write(content)
-        cli.say(f"Wrote {content.count(chr(10)) - 1:,} users to {args.file}.")
+        cli.say(f"Wrote {plural(content.count(chr(10)) - 1, 'user')} to {args.file}.")
     return EXIT_OK
 
 
@@ -367,20 +590,21 @@ def _log_to_stderr() -> None:
 def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
     from bot.reset_flow import ResetChoices, run_reset
 
+    scope = Scope(args.scope)
+    usernames = split_usernames(args.user)
+    check_selection_options(scope, bool(usernames or args.users_file))
     if not (args.yes or args.dry_run) and not sys.stdin.isatty():
-        raise Refused(
+        raise UsageError(
             "stdin is not a terminal, so I cannot ask for confirmation: add --yes to reset "
             "without asking (nothing was changed)"
         )
-    scope = Scope(args.scope)
-    if args.user and not scope.needs_selection:
-        raise Refused(
-            f"--user picks users for selected_only or all_except_selected; scope {scope.value} "
-            "takes no selection (nothing was changed)"
-        )
+    if args.users_file is not None:
+        from core.userio import usernames_from_file
+
+        usernames += usernames_from_file(args.users_file.read_bytes(), str(args.users_file))
     choices = ResetChoices(
         scope=scope,
-        usernames=args.user,
+        usernames=usernames,
         default_password_stdin=args.default_password_stdin,
         require_change=not args.no_require_change,
         dry_run=args.dry_run,
@@ -390,6 +614,26 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
     settings = cli.settings(with_secret_key=True)
     with cli.database(settings) as sessions:
         return run_reset(cli, settings, sessions, partial(cli.redis, settings), choices)
+
+
+def split_usernames(values: Sequence[str]) -> list[str]:
+    """`--user alice,bob --user carol`: every name, in order, blanks dropped."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def check_selection_options(scope: Scope, named: bool) -> None:
+    """--user and --users-file belong to the two "selected" scopes, which need them."""
+    if named and not scope.needs_selection:
+        raise UsageError(
+            "--user and --users-file name users for selected_only or all_except_selected; "
+            f"scope {scope.value} takes no names (nothing was changed)"
+        )
+    if scope.needs_selection and not named:
+        which = "to reset" if scope is Scope.SELECTED_ONLY else "to leave alone"
+        raise UsageError(
+            f"scope {scope.value} needs the users {which}: give --user alice,bob or "
+            "--users-file FILE (nothing was changed)"
+        )
 
 
 def cmd_tasks_list(cli: Cli, args: argparse.Namespace) -> int:
@@ -408,6 +652,24 @@ def cmd_tasks_show(cli: Cli, args: argparse.Namespace) -> int:
     with cli.database(settings) as sessions, sessions() as session:
         show_task(cli, session, args.task_id, as_csv=args.csv, as_json=args.json)
     return EXIT_OK
+
+
+def cmd_tasks_cancel(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import cancel_task
+
+    settings = cli.settings()
+    with cli.database(settings) as sessions:
+        cancel_task(cli, sessions, args.task_id)
+    return EXIT_OK
+
+
+def cmd_tasks_retry(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import retry_task
+
+    settings = cli.settings(with_secret_key=True)
+    with cli.database(settings) as sessions:
+        return retry_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id,
+                          detach=args.detach)
 
 
 def cmd_audit(cli: Cli, args: argparse.Namespace) -> int:

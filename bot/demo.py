@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,24 +130,30 @@ def demo_settings(workdir: Path, smtp_port: int) -> Settings:
     )
 
 
-def fresh_workdir(directory: Path) -> Path:
-    """The demo's directory, without the database of an earlier run (nothing else is removed)."""
+def fresh_workdir(directory: Path) -> tuple[Path, bool]:
+    """The demo's directory without the database of an earlier run, and whether there was one.
+
+    Nothing else is removed: the secret key and anything the user put there stay.
+    """
     workdir = directory.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    replaced = (workdir / DEMO_DB).exists()
     for name in (DEMO_DB, f"{DEMO_DB}-wal", f"{DEMO_DB}-shm", f"{DEMO_DB}-journal"):
         (workdir / name).unlink(missing_ok=True)
-    return workdir
+    return workdir, replaced
 
 
 def run_demo(cli: Output, directory: Path) -> int:
     started = time.monotonic()
-    workdir = fresh_workdir(directory)
+    workdir, replaced = fresh_workdir(directory)
     with MailSink() as sink:
         settings = demo_settings(workdir, sink.port)
         key_dir = state_dir(settings)
         key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         settings = ensure_secret_key(settings, key_dir / SECRET_KEY_FILE)
         cli.say(f"resetbot demo: everything runs on this machine, in {workdir}")
+        if replaced:
+            cli.say("  This replaces the demo that ran there before (its database and tasks).")
         cli.say(f"  bcrypt cost lowered to {DEMO_ROUNDS} for the demo (the default is 12).")
         cli.say("")
         redis = connect_redis(settings)
@@ -176,7 +184,7 @@ def run_demo(cli: Output, directory: Path) -> int:
             close_redis(redis)
     cli.say("")
     cli.say(f"The demo took {time.monotonic() - started:.1f} s.")
-    _next_steps(cli, workdir)
+    _next_steps(cli, workdir, settings)
     return exit_code(final)
 
 
@@ -209,7 +217,7 @@ class DemoWorker:
     """A real `resetbot worker` process, stopped with SIGTERM (RQ's warm shutdown)."""
 
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        with (workdir / WORKER_LOG).open("ab") as log:
+        with (workdir / WORKER_LOG).open("wb") as log:  # a new demo, a new log
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bot.cli", "worker"],
                 cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -265,8 +273,7 @@ def _show_follow_ups(cli: Output, settings: Settings, task_id: int) -> None:
             cli.say("Tell these users their new password yourself (no e-mail on file):")
             for item in rows:
                 cli.say(f"  {item.username:<20} {item.full_name}")
-            cli.say(f"  As CSV: DATABASE_URL={settings.database_url} "
-                    f"resetbot tasks show {task_id} --csv")
+            cli.say(f"  As CSV: {demo_command(settings, 'tasks', 'show', str(task_id), '--csv')}")
     finally:
         engine.dispose()
 
@@ -309,14 +316,44 @@ def _verifies(settings: Settings, mail: CapturedMail, password: str) -> bool:
     return stored is not None and PasswordHasher.from_settings(settings).verify(password, stored)
 
 
-def _next_steps(cli: Output, workdir: Path) -> None:
+def _next_steps(cli: Output, workdir: Path, settings: Settings) -> None:
+    """Lines that work when pasted: this very resetbot, and the demo's database where it counts."""
+    command = resetbot_command()
+    look_around = "\n      ".join(
+        demo_command(settings, *args) for args in (("tasks",), ("tasks", "show", "1"), ("audit",))
+    )
+    preview = demo_command(settings, "reset", "--scope", "selected_only", "--user", "ada.archer",
+                           "--dry-run")
     cli.say(f"""
-What next
-  * Look around: DATABASE_URL=sqlite:///{workdir / DEMO_DB} resetbot tasks show 1
-  * Your users:  resetbot db upgrade && resetbot users import users.csv
-                 (header: username,full_name,email,role; see {workdir / DEMO_CSV})
+What next (the commands work as they are, pasted into a shell)
+  * Look around in the demo:
+      {look_around}
+  * Try a reset there (the preview only):
+      {preview}
+  * Your own users (a CSV like {shlex.quote(str(workdir / DEMO_CSV))}), in ./resetbot.db
+    unless DATABASE_URL says otherwise:
+      {command} db upgrade && {command} users import users.csv
   * Real mail:   set SMTP_HOST, SMTP_PORT, SMTP_SECURITY, SMTP_USERNAME, SMTP_PASSWORD,
                  MAIL_FROM and PORTAL_URL (in the environment or a .env file)
   * Slack:       create the Slack app (README.md), set SLACK_BOT_TOKEN and
-                 SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN), then: resetbot serve --with-worker
-  * From the terminal: resetbot reset --scope all_without_role""")
+                 SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN), then: {command} serve --with-worker
+  * Everything else: {command} --help""")
+
+
+def resetbot_command() -> str:
+    """How to run this resetbot from a shell: `resetbot` if that is it on PATH, else its path."""
+    script = Path(sys.executable).parent / "resetbot"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m bot.cli"
+    on_path = shutil.which("resetbot")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "resetbot"
+    return shlex.quote(str(script.absolute()))
+
+
+def demo_command(settings: Settings, *args: str) -> str:
+    """A resetbot command line on the demo's database, ready to paste."""
+    return " ".join(
+        [f"DATABASE_URL={shlex.quote(settings.database_url)}", resetbot_command(),
+         *map(shlex.quote, args)]
+    )

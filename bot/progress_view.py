@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Column
 from rich.text import Text
 
+from bot.terminal import plural
 from core.models import ItemState, TaskStatus
 from core.progress import TaskSnapshot
 
@@ -99,7 +100,8 @@ class TaskProgress:
         description = f"Task #{current.id}"
         # Unknown until planned: rich then pulses the bar instead of showing 0 %.
         total = current.total or None
-        users = f"{current.done:,} of {current.total:,} users" if current.total else "users: -"
+        users = (f"{current.done:,} of {plural(current.total, 'user')}" if current.total
+                 else "users: -")
         if self._task is None:
             self._task = self._progress.add_task(
                 description, total=total, completed=current.done, users=users,
@@ -147,5 +149,6 @@ def status_words(current: TaskSnapshot) -> str:
         return "planning"
     waiting = current.counts[ItemState.RETRY_WAIT]
     if current.status is TaskStatus.RUNNING and waiting:
-        return f"running; {waiting:,} mails wait for a retry"
-    return current.status.value
+        verb = "waits" if waiting == 1 else "wait"
+        return f"running; {plural(waiting, 'mail')} {verb} for a retry"
+    return current.status.words

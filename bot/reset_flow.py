@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from redis import Redis
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.terminal import (
@@ -25,7 +26,9 @@ from bot.terminal import (
     Output,
     Refused,
     login_name,
+    plural,
     requester,
+    shown,
 )
 from core import audit
 from core.directory import Directory, Preview
@@ -36,6 +39,8 @@ from core.tasks import RequestInvalid, ResetRequest, create_task
 from core.tasks import validate_request as check_request
 
 POLL_SECONDS = 0.25
+#: How often `y` (or another short yes) is answered with "type yes" before giving up.
+CONFIRM_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,9 @@ def run_reset(
     """Preview, confirm, queue and follow one reset; Redis is only opened once confirmed."""
     directory = Directory(settings.directory)
     with sessions() as session:
-        selection = resolve_usernames(session, directory, choices.usernames)
+        selection, case_notes = resolve_usernames(session, directory, choices.usernames)
+    for note in case_notes:
+        cli.say(note)
     password = read_default_password() if choices.default_password_stdin else None
     request = ResetRequest(
         requester=requester(),
@@ -76,7 +83,9 @@ def run_reset(
     if choices.dry_run:
         cli.say("Dry run: nothing was changed.")
         return EXIT_OK
-    if not choices.yes and not confirm(f"Reset the passwords of {preview.users:,} users?"):
+    passwords = "password" if preview.users == 1 else "passwords"
+    question = f"Reset the {passwords} of {plural(preview.users, 'user')}?"
+    if not choices.yes and not confirm(cli, question):
         cli.say("Nothing was changed.")
         return EXIT_REFUSED
     with open_redis() as redis:
@@ -93,16 +102,64 @@ def run_reset(
 
 def resolve_usernames(
     session: Session, directory: Directory, usernames: Sequence[str]
-) -> tuple[int, ...]:
-    found = {user.username: user.id for user in directory.by_username(session, usernames)}
-    unknown = [name for name in dict.fromkeys(usernames) if name not in found]
+) -> tuple[tuple[int, ...], list[str]]:
+    """The users' ids, and a note for each name matched only when case is ignored.
+
+    A name is matched exactly first; otherwise ignoring case, when exactly one username in the
+    directory matches that way. Several matches are refused, naming them: the directory holds
+    usernames that differ only in case, and only the exact spelling can say which one is meant.
+    """
+    wanted = list(dict.fromkeys(usernames))
+    exact = {user.username: user.id for user in directory.by_username(session, wanted)}
+    others = [name for name in wanted if name not in exact]
+    folded = _usernames_ignoring_case(session, directory, others)
+    ids = set(exact.values())
+    notes: list[str] = []
+    unknown: list[str] = []
+    clashes: list[str] = []
+    for name in others:
+        matches = folded.get(name.lower(), [])
+        if len(matches) == 1:
+            found, user_id = matches[0]
+            ids.add(user_id)
+            notes.append(f"Note: {shown(name)} is {shown(found)} in the directory "
+                         "(matched ignoring case).")
+        elif matches:
+            spelled = ", ".join(shown(found) for found, _ in sorted(matches))
+            clashes.append(f"{shown(name)} (could be {spelled})")
+        else:
+            unknown.append(shown(name))
+    if clashes:
+        raise Refused(
+            "these names match several usernames that differ only in case; type them exactly "
+            "as in the directory: " + "; ".join(clashes[:20]) + " (nothing was changed)"
+        )
     if unknown:
         raise Refused(
             "no such user in the directory: " + ", ".join(unknown[:20])
             + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
             + " (nothing was changed)"
         )
-    return tuple(sorted(set(found.values())))
+    return tuple(sorted(ids)), notes
+
+
+def _usernames_ignoring_case(
+    session: Session, directory: Directory, names: Sequence[str]
+) -> dict[str, list[tuple[str, int]]]:
+    """Lower-cased name -> the (username, id) pairs it matches when case is ignored.
+
+    The database narrows by lower(); Python's lower() decides. (SQLite's lower() folds ASCII
+    letters only, so there a username with a capital non-ASCII letter needs its exact case.)
+    """
+    if not names:
+        return {}
+    c = directory.table.c
+    lowered = sorted({name.lower() for name in names})
+    query = select(c.username, c.id).where(func.lower(c.username).in_(lowered))
+    found: dict[str, list[tuple[str, int]]] = {}
+    for username, user_id in session.execute(query):
+        found.setdefault(str(username).lower(), []).append((str(username), int(user_id)))
+    return found
 
 
 def read_default_password(stdin: IO[str] | None = None) -> str:
@@ -171,18 +228,28 @@ def _scope_note(request: ResetRequest) -> str:
     selected = len(request.selection)
     return {
         Scope.ALL: " (every user, staff included)",
-        Scope.ALL_EXCEPT_SELECTED: f" (everyone but the {selected} selected)",
+        Scope.ALL_EXCEPT_SELECTED: f" (everyone but the {plural(selected, 'selected user')})",
         Scope.ALL_WITHOUT_ROLE: " (end users only; everyone with a role is left alone)",
-        Scope.SELECTED_ONLY: f" (the {selected} selected users)",
+        Scope.SELECTED_ONLY: f" (the {plural(selected, 'selected user')})",
     }[request.scope]
 
 
-def confirm(question: str) -> bool:
-    try:
-        answer = input(f"{question} Type 'yes' to go ahead: ")
-    except EOFError:
-        return False
-    return answer.strip().lower() == "yes"
+def confirm(cli: Output, question: str) -> bool:
+    """True only for a typed `yes`; `y` is asked again, anything else (or no answer) is a no."""
+    prompt = f"{question} Type 'yes' to go ahead: "
+    for _ in range(CONFIRM_ATTEMPTS):
+        try:
+            answer = input(prompt).strip().lower()
+        except EOFError:
+            return False
+        if answer == "yes":
+            return True
+        if answer not in ("y", "ye"):
+            return False
+        cli.say("Please type the whole word 'yes' to reset these passwords, or 'no' to stop.")
+        prompt = "Type 'yes' to go ahead: "
+    cli.say("No 'yes' typed.")
+    return False
 
 
 def start_task(
@@ -253,12 +320,12 @@ def print_summary(cli: Output, task: TaskSnapshot) -> None:
     took = ""
     if task.started_at and task.finished_at:
         took = f" in {(task.finished_at - task.started_at).total_seconds():.1f} s"
-    cli.say(f"Task #{task.id} {task.status.value}{took}: {task.total:,} users.")
+    cli.say(f"Task #{task.id} {task.status.words}{took}: {plural(task.total, 'user')}.")
     for state, count in task.counts.items():
         if count:
             cli.say(f"  {OUTCOME_WORDS[state]:<34} {count:>8,}")
     if task.error:
-        cli.say(f"  Error: {task.error}")
+        cli.say(f"  Error: {shown(task.error)}")
     follow_ups = task.follow_up_count
     cli.say(f"Users to contact by hand: {follow_ups:,}")
     if follow_ups:

@@ -1,21 +1,47 @@
-"""Tasks and the audit trail on the terminal: `resetbot tasks`, `tasks show`, `audit`."""
+"""Tasks and the audit trail on the terminal: `resetbot tasks`, `tasks show`, `tasks cancel`,
+`tasks retry`, `audit`.
+
+Cancel and retry do what Slack's buttons do, through the same core functions, with the same
+checks and audit entries; the operator (`cli:<login>`, as for `reset`) is the actor. Whoever can
+run resetbot with its settings may act, as for `reset`.
+
+Text from the directory or a mail server is shown with its control characters as escapes
+(`core.controls.visible`); CSV goes out exactly unless it is going to a terminal.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
+from redis import Redis
+from sqlalchemy.orm import Session, sessionmaker
 
-from bot.terminal import OUTCOME_WORDS, Output, Refused
+from bot.terminal import (
+    EXIT_OK,
+    OUTCOME_WORDS,
+    Output,
+    Refused,
+    login_name,
+    plural,
+    requester,
+    shown,
+    shown_csv,
+)
 from core import audit
 from core.csvsafe import to_csv
-from core.models import ItemState, ResetTask
+from core.models import ItemState, ResetTask, TaskStatus
 from core.progress import TaskSnapshot, snapshot
-from core.tasks import items, recent_tasks
+from core.settings import Settings
+from core.tasks import create_retry_task, items, recent_tasks, request_cancel
 
 AuditRow = tuple[str | None, str, str, int | str, str]
+#: The control characters of core.controls that json.dumps(ensure_ascii=False) does not escape.
+RAW_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
 def list_tasks(cli: Output, session: Session) -> None:
@@ -27,8 +53,8 @@ def list_tasks(cli: Output, session: Session) -> None:
             f"{'CREATED (UTC)':<19}  REQUESTER")
     for task in tasks:
         cli.say(
-            f"{task.id:>5}  {task.status:<22} {task.scope:<20} {task.mode:<9} "
-            f"{task.total:>8,}  {_when(task.created_at):<19}  {task.requester}"
+            f"{task.id:>5}  {TaskStatus(task.status).words:<22} {task.scope:<20} {task.mode:<9} "
+            f"{task.total:>8,}  {_when(task.created_at):<19}  {shown(task.requester)}"
         )
 
 
@@ -39,9 +65,10 @@ def show_task(
     if current is None:
         raise Refused(f"there is no task #{task_id}")
     if as_csv:
-        cli.out.write(follow_up_csv(session, current.id))
+        _write_csv(cli, follow_up_csv(session, current.id))
     elif as_json:
-        cli.say(json.dumps(task_document(session, current), indent=2, ensure_ascii=False))
+        document = json.dumps(task_document(session, current), indent=2, ensure_ascii=False)
+        cli.say(json_escaped(document))
     else:
         print_task(cli, session, current)
 
@@ -94,18 +121,31 @@ def follow_up_csv(session: Session, task_id: int) -> str:
     )
 
 
+def json_escaped(document: str) -> str:
+    """JSON escapes C0 controls but leaves DEL, C1, line separators and bidi controls raw;
+    written as \\u escapes they say the same, inertly (outside strings JSON has none)."""
+    return RAW_IN_JSON.sub(
+        lambda run: "".join(f"\\u{ord(character):04x}" for character in run.group()), document
+    )
+
+
+def _write_csv(cli: Output, content: str) -> None:
+    """Exact to a file or a pipe (it may be imported back); made visible on a terminal."""
+    cli.out.write(shown_csv(content) if cli.out.isatty() else content)
+
+
 def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
-    cli.say(f"Task #{task.id}: {task.status.value}")
+    cli.say(f"Task #{task.id}: {task.status.words}")
     cli.say(f"  Scope {task.scope}, mode {task.mode}, must change: "
-            f"{'yes' if task.require_change else 'no'}; asked by {task.requester}")
+            f"{'yes' if task.require_change else 'no'}; asked by {shown(task.requester)}")
     cli.say(f"  Created {_when(task.created_at)}, started {_when(task.started_at)}, "
             f"finished {_when(task.finished_at)} (UTC)")
     if task.error:
-        cli.say(f"  Error: {task.error}")
+        cli.say(f"  Error: {shown(task.error)}")
     if task.paused:
-        cli.say(f"  Paused since {_when(task.paused_since)} (UTC): {task.pause_reason} Nobody "
-                f"else's password changes until the mail server answers; next try "
-                f"{_when(task.paused_until)}.")
+        cli.say(f"  Paused since {_when(task.paused_since)} (UTC): "
+                f"{shown(task.pause_reason or '')} Nobody else's password changes until the "
+                f"mail server answers; next try {_when(task.paused_until)}.")
     cli.say(f"  {task.done:,} of {task.total:,} users done")
     for state, count in task.counts.items():
         if count:
@@ -113,9 +153,47 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
     cli.say("")
     cli.say(f"  {'USERNAME':<24} {'OUTCOME':<34} MAILS  NOTE")
     for item in items(session, task.id):
-        note = (item.last_error or "").replace("\n", " ")[:60]
-        cli.say(f"  {item.username:<24} {OUTCOME_WORDS[ItemState(item.state)]:<34} "
+        note = shown((item.last_error or "").replace("\n", " ")[:60])
+        cli.say(f"  {shown(item.username):<24} {OUTCOME_WORDS[ItemState(item.state)]:<34} "
                 f"{item.attempts:>5}  {note}")
+
+
+def cancel_task(cli: Output, sessions: sessionmaker[Session], task_id: int) -> None:
+    """As Slack's Cancel button: pending users are left alone; the jobs end the task."""
+    with sessions() as session:
+        request_cancel(session, task_id, requester())
+        session.commit()
+    cli.say(f"Cancelling task #{task_id}: users not yet reset are left alone; those already "
+            "reset stay reset and are reported.")
+    cli.say(f"See how it ends: resetbot tasks show {task_id}")
+
+
+def retry_task(
+    cli: Output, settings: Settings, sessions: sessionmaker[Session],
+    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *, detach: bool,
+) -> int:
+    """As Slack's Retry button: a new task e-mails fresh passwords to the users whose mail failed.
+
+    Redis is reached first, so an unreachable queue leaves no task behind.
+    """
+    from bot.reset_flow import exit_code, follow, print_summary, warn_if_no_worker
+    from jobs.queueing import enqueue_task, make_queue
+
+    with open_redis() as redis:
+        with sessions() as session:
+            task = create_retry_task(session, task_id, requester(), login_name())
+            session.commit()
+            retry_id, users = task.id, len(task.selection)
+        enqueue_task(make_queue(settings, redis), retry_id)
+        cli.say(f"Task #{retry_id} queued: new passwords by e-mail for the "
+                f"{plural(users, 'user')} whose mail failed in task #{task_id}.")
+        if detach:
+            cli.say(f"Follow it with: resetbot tasks show {retry_id}")
+            return EXIT_OK
+        warn_if_no_worker(cli, settings, redis)
+    final = follow(cli, sessions, retry_id)
+    print_summary(cli, final)
+    return exit_code(final)
 
 
 def audit_rows(session: Session, since: datetime | None) -> list[AuditRow]:
@@ -130,13 +208,13 @@ def audit_rows(session: Session, since: datetime | None) -> list[AuditRow]:
 
 def print_audit(cli: Output, rows: list[AuditRow], *, as_csv: bool) -> None:
     if as_csv:
-        cli.out.write(to_csv(("at", "actor", "action", "task_id", "detail"), rows))
+        _write_csv(cli, to_csv(("at", "actor", "action", "task_id", "detail"), rows))
         return
     if not rows:
         cli.say("No audit entries.")
     for at, actor, action, task_id, detail in rows:
         task = f"#{task_id}" if task_id != "" else "-"
-        cli.say(f"{at:<25} {actor:<24} {action:<14} {task:<6} {detail}")
+        cli.say(f"{at:<25} {shown(actor):<24} {action:<14} {task:<6} {shown(detail)}")
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -41,3 +41,22 @@ def single_line(text: str, limit: int) -> str:
     """`text` as one tidy line of at most `limit` characters: control characters and runs of
     white space become single spaces (a display name in a header or a greeting)."""
     return " ".join(blank_unsafe(text).split())[:limit]
+
+
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def visible(text: str) -> str:
+    """Each control character of either kind written as an escape (`\\x1b`, `\\u202e`).
+
+    For a terminal: an escape sequence in a name must not move the cursor, recolour or hide
+    what follows, and a bidi override must not reorder it; the reader still sees it is there.
+    """
+    return UNSAFE_IN_TEXT.sub(lambda run: "".join(map(_escape, run.group())), text)
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    if character in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[character]
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"

@@ -88,6 +88,11 @@ class TaskStatus(enum.StrEnum):
     def is_final(self) -> bool:
         return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING)
 
+    @property
+    def words(self) -> str:
+        """The status as people read it: "completed with errors"."""
+        return self.value.replace("_", " ")
+
 
 class ItemState(enum.StrEnum):
     PENDING = "pending"  # waiting to be claimed
@@ -145,6 +150,9 @@ class ResetTask(Base):
     no_email: Mapped[str] = mapped_column(String(8), default=NoEmailChoice.RESET)
     no_email_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
     retry_of: Mapped[int | None] = mapped_column(ForeignKey("reset_tasks.id"), default=None)
+    # The task that retried this one's failed notifications: set once, by a conditional UPDATE,
+    # so two retries asked at the same moment (CLI, Slack button) make one task.
+    retried_by: Mapped[int | None] = mapped_column(Integer, default=None)
     slack_channel: Mapped[str | None] = mapped_column(String(32), default=None)
     slack_thread_ts: Mapped[str | None] = mapped_column(String(32), default=None)
     total: Mapped[int] = mapped_column(Integer, default=0)

@@ -269,8 +269,9 @@ def request_cancel(session: Session, task_id: int, actor: str) -> ResetTask:
     task = session.get(ResetTask, task_id)
     if task is None:
         raise ConflictError(f"There is no task #{task_id}.")
-    if TaskStatus(task.status).is_final:
-        raise ConflictError(f"Task #{task_id} has already ended ({task.status}).")
+    status = TaskStatus(task.status)
+    if status.is_final:
+        raise ConflictError(f"Task #{task_id} has already ended ({status.words}).")
     task.cancel_requested = True
     task.cancelled_by = actor
     now = utcnow()
@@ -322,10 +323,15 @@ def items(session: Session, task_id: int) -> Sequence[ResetItem]:
 
 
 def create_retry_task(session: Session, task_id: int, requester: str, name: str = "") -> ResetTask:
-    """A new task mailing fresh passwords to the users whose notification failed in `task_id`."""
+    """A new task mailing fresh passwords to the users whose notification failed in `task_id`.
+
+    A task is retried once, whichever edge asks: a second retry is refused, naming the first.
+    """
     original = session.get(ResetTask, task_id)
     if original is None:
         raise ConflictError(f"There is no task #{task_id}.")
+    if original.retried_by is not None:
+        raise _already_retried(task_id, original.retried_by)
     if not TaskStatus(original.status).is_final:
         raise ConflictError(f"Task #{task_id} is still running; retry when it has ended.")
     failed = list(
@@ -351,8 +357,23 @@ def create_retry_task(session: Session, task_id: int, requester: str, name: str 
     )
     session.add(task)
     session.flush()
+    # The conditional update is the guard: of two concurrent retries only one changes the row
+    # (on PostgreSQL the second waits for the first to commit, then finds retried_by set).
+    claimed = session.execute(
+        update(ResetTask)
+        .where(ResetTask.id == task_id, ResetTask.retried_by.is_(None))
+        .values(retried_by=task.id)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        winner = session.scalar(select(ResetTask.retried_by).where(ResetTask.id == task_id))
+        raise _already_retried(task_id, winner)
     audit.record(session, requester, "retry", task.id, retry_of=task_id, users=len(failed))
     return task
+
+
+def _already_retried(task_id: int, retry_id: int | None) -> ConflictError:
+    return ConflictError(f"Reset #{task_id} was already retried as reset #{retry_id}.")
 
 
 def recent_tasks(session: Session, limit: int = 20) -> list[ResetTask]:

@@ -1,5 +1,8 @@
 """Importing and exporting the directory as CSV: `username,full_name,email,role`.
 
+An import's header names the columns in any order and any case; `role` may be left out, and
+then every user keeps the role they have (new users get none).
+
 An import is all or nothing: every row is checked first and, if any is bad, nothing is written and
 each problem is reported with its line number. Cells that a spreadsheet would run as a formula
 (starting with = + - @) are refused, not rewritten: resetbot puts these values into mails and Slack
@@ -41,6 +44,8 @@ from core.errors import InputError
 
 T = TypeVar("T")
 HEADER = ("username", "full_name", "email", "role")
+#: Columns an import may leave out; their values in the directory are then left as they are.
+OPTIONAL_COLUMNS = frozenset({"role"})
 #: Problems listed in one refusal; the rest are counted.
 MAX_REPORTED_PROBLEMS = 20
 #: Rows per SELECT / executemany round trip.
@@ -58,7 +63,15 @@ class UserRow:
     username: str
     full_name: str
     email: str | None
-    role: str | None
+    role: str | None  # None also when the file has no role column (see UsersFile.columns)
+
+
+class UsersFile(list[UserRow]):
+    """The checked rows of an import file, and which columns the file gave."""
+
+    def __init__(self, rows: Sequence[UserRow] = (), columns: Sequence[str] = HEADER) -> None:
+        super().__init__(rows)
+        self.columns = tuple(columns)
 
 
 @dataclass(frozen=True)
@@ -121,7 +134,7 @@ def decode(data: bytes) -> str:
         ) from None
 
 
-def parse_users_csv(text: str, limits: dict[str, int | None]) -> list[UserRow]:
+def parse_users_csv(text: str, limits: dict[str, int | None]) -> UsersFile:
     """Every row of the file, checked; raises ImportRefused listing each bad row."""
     problems: list[RowProblem] = []
     rows: list[UserRow] = []
@@ -132,18 +145,11 @@ def parse_users_csv(text: str, limits: dict[str, int | None]) -> list[UserRow]:
         raise ImportRefused(
             [RowProblem(0, f"The file is empty; expected the header {','.join(HEADER)}.")]
         )
-    line, fields = header
-    if tuple(field.strip() for field in fields) != HEADER:
-        expected = ",".join(HEADER)
-        hint = "; separate the columns with commas" if ";" in ",".join(fields) else ""
-        raise ImportRefused(
-            [RowProblem(line, f"the header must be {expected}, not "
-                              f"{_shown(','.join(fields))}{hint}")]
-        )
+    columns = _columns(*header)
     for line, fields in records:
         if not any(field.strip() for field in fields):  # a blank line, or one of empty cells
             continue
-        row = _check_row(line, fields, limits, problems)
+        row = _check_row(line, columns, fields, limits, problems)
         if row is None:
             continue
         seen_on = first_line_of.setdefault(row.username, line)
@@ -154,7 +160,33 @@ def parse_users_csv(text: str, limits: dict[str, int | None]) -> list[UserRow]:
         rows.append(row)
     if problems:
         raise ImportRefused(problems)
-    return rows
+    return UsersFile(rows, columns)
+
+
+def _columns(line: int, fields: list[str]) -> tuple[str, ...]:
+    """The header's column names, lower-cased, in the file's order; refused unless they are
+    username, full_name and email, and perhaps role, each once."""
+    names = tuple(field.strip().lower() for field in fields)
+    required = [name for name in HEADER if name not in OPTIONAL_COLUMNS]
+    unknown = [name for name in names if name not in HEADER]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    missing = [name for name in required if name not in names]
+    if not (unknown or twice or missing):
+        return names
+    reasons = []
+    if missing:
+        reasons.append(f"no {' or '.join(missing)} column")
+    if unknown:
+        reasons.append(f"unknown {'column' if len(unknown) == 1 else 'columns'} "
+                       + ", ".join(_shown(name) for name in unknown))
+    if twice:
+        reasons.append(f"{', '.join(twice)} more than once")
+    hint = "; separate the columns with commas" if ";" in ",".join(fields) else ""
+    raise ImportRefused([RowProblem(line, (
+        f"the header must name the columns {', '.join(required)} and, if you like, "
+        f"{', '.join(sorted(OPTIONAL_COLUMNS))}, in any order ({'; '.join(reasons)} in "
+        f"{_shown(','.join(fields))}){hint}"
+    ))])
 
 
 def _records(text: str, problems: list[RowProblem]) -> Iterator[tuple[int, list[str]]]:
@@ -174,14 +206,15 @@ def _records(text: str, problems: list[RowProblem]) -> Iterator[tuple[int, list[
 
 
 def _check_row(
-    line: int, fields: list[str], limits: dict[str, int | None], problems: list[RowProblem]
+    line: int, columns: tuple[str, ...], fields: list[str], limits: dict[str, int | None],
+    problems: list[RowProblem],
 ) -> UserRow | None:
-    if len(fields) != len(HEADER):
-        problems.append(RowProblem(line, f"expected {len(HEADER)} fields, found {len(fields)}"))
+    if len(fields) != len(columns):
+        problems.append(RowProblem(line, f"expected {len(columns)} fields, found {len(fields)}"))
         return None
     reasons: dict[str, str] = {}
-    values: dict[str, str] = {}
-    for name, raw in zip(HEADER, fields, strict=True):
+    values = dict.fromkeys(HEADER, "")
+    for name, raw in zip(columns, fields, strict=True):
         value, reason = _check_cell(name, raw, limits.get(name))
         if reason:
             reasons[name] = reason
@@ -232,9 +265,10 @@ def column_limits(directory: Directory) -> dict[str, int | None]:
 
 
 def upsert_users(
-    connection: Connection, directory: Directory, rows: Sequence[UserRow]
+    connection: Connection, directory: Directory, rows: Sequence[UserRow],
+    columns: Sequence[str] = HEADER,
 ) -> ImportResult:
-    """Insert new usernames, update changed ones; passwords are left alone.
+    """Insert new usernames, update changed ones; passwords, and columns not given, left alone.
 
     The rows go into a temporary table in batched executemany round trips; two set-based
     statements then insert and update, so 100,000 rows cost a few statements, not 100,000.
@@ -243,7 +277,7 @@ def upsert_users(
     staging.create(connection)
     try:
         _stage(connection, staging, rows)
-        updated = _update_changed(connection, directory, staging)
+        updated = _update_changed(connection, directory, staging, columns)
         created = _insert_new(connection, directory, staging)
     except BaseException:
         # PostgreSQL drops it with the transaction (ON COMMIT DROP); SQLite created it outside
@@ -292,19 +326,22 @@ def _staged(row: UserRow) -> dict[str, Any]:
             "role": row.role}
 
 
-def _update_changed(connection: Connection, directory: Directory, staging: Table) -> int:
+def _update_changed(
+    connection: Connection, directory: Directory, staging: Table, columns: Sequence[str]
+) -> int:
     users, new = directory.table.c, staging.c
+    given = [name for name in ("full_name", "email", "role") if name in columns]
     # Empty and NULL mean the same here: no name, no address, no role.
     differs = or_(
         *(
             func.coalesce(users[name], "").is_distinct_from(func.coalesce(new[name], ""))
-            for name in ("full_name", "email", "role")
+            for name in given
         )
     )
     statement = (
         update(directory.table)
         .where(users.username == new.username, differs)
-        .values(full_name=new.full_name, email=new.email, role=new.role)
+        .values({name: new[name] for name in given})
     )
     return int(connection.execute(statement).rowcount)
 
@@ -335,7 +372,7 @@ def import_users(
     The caller commits; on ImportRefused nothing has been written.
     """
     rows = parse_users_csv(decode(data), column_limits(directory))
-    result = upsert_users(session.connection(), directory, rows)
+    result = upsert_users(session.connection(), directory, rows, rows.columns)
     audit.record(
         session, actor, "users_import",
         created=result.created, updated=result.updated, unchanged=result.unchanged,
@@ -348,3 +385,69 @@ def export_users(session: Session, directory: Directory) -> str:
     c = directory.table.c
     query = select(c.username, c.full_name, c.email, c.role).order_by(c.username)
     return to_csv(HEADER, session.execute(query))
+
+
+# -- a list of usernames (`resetbot reset --users-file`) ----------------------------------------
+
+
+def usernames_from_file(data: bytes, source: str) -> list[str]:
+    """The usernames in a file: one per line, or a CSV whose header has a `username` column.
+
+    Refused as a whole, naming each bad line, when a line holds more than one word (a CSV
+    without its header, say) or a control character: guessing would reset the wrong people.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise InputError(
+            f"{source}, line {line}: not UTF-8; save it as text or CSV in UTF-8 "
+            "(nothing was changed)", field="users",
+        ) from None
+    problems: list[RowProblem] = []
+    names: list[str] = []
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    first = next((number for number, line in enumerate(lines, 1) if line.strip()), None)
+    header = [] if first is None else next(csv.reader([lines[first - 1]]), [])
+    column = [cell.strip().lower() for cell in header]
+    if "username" in column:
+        try:
+            records = list(_records(text, problems))
+        except ImportRefused as refused:
+            problems = refused.problems
+            records = []
+        filled = [(line, fields) for line, fields in records if any(f.strip() for f in fields)]
+        for line, fields in filled[1:]:  # after the header
+            raw = fields[column.index("username")] if len(fields) == len(column) else None
+            _take_username(line, raw, names, problems)
+    else:
+        for number, content in enumerate(lines, 1):
+            if content.strip():
+                _take_username(number, content, names, problems)
+    if problems:
+        listed = [f"  {source}, {problem}" for problem in problems[:MAX_REPORTED_PROBLEMS]]
+        more = len(problems) - len(listed)
+        raise InputError(
+            f"{source} is not a list of usernames (one per line, or a CSV with a username "
+            "column); nothing was changed:\n" + "\n".join(listed)
+            + (f"\n  ... and {more} more" if more else ""),
+            field="users",
+        )
+    if not names:
+        raise InputError(f"{source} holds no usernames (nothing was changed)", field="users")
+    return names
+
+
+def _take_username(
+    line: int, raw: str | None, names: list[str], problems: list[RowProblem]
+) -> None:
+    if raw is None:
+        problems.append(RowProblem(line, "this row has a different number of fields"))
+    elif has_unsafe(raw):
+        problems.append(RowProblem(line, "a control character (tab, line break...) in the name"))
+    elif not raw.strip():
+        problems.append(RowProblem(line, "no username in this row"))
+    elif _SPACE.search(raw.strip()) or "," in raw:
+        problems.append(RowProblem(line, f"{_shown(raw.strip())} is more than one username"))
+    else:
+        names.append(raw.strip())

@@ -251,8 +251,8 @@ def test_users_given_to_a_scope_without_selection_are_refused(
     run: Any, sessions: sessionmaker[Session], sample_users: Any
 ) -> None:
     result = run("reset", "--scope", "all", "--user", "bob", "--yes")
-    assert result.code == 1
-    assert "scope all takes no selection" in result.err
+    assert result.code == 2
+    assert "scope all takes no names" in result.err
     assert _task_count(sessions) == 0
 
 
@@ -261,8 +261,8 @@ def test_a_selected_scope_without_users_is_refused(
     run: Any, sessions: sessionmaker[Session], sample_users: Any
 ) -> None:
     result = run("reset", "--scope", "all_except_selected", "--yes")
-    assert result.code == 1
-    assert "users: Pick at least one user for this scope." in result.err
+    assert result.code == 2
+    assert "scope all_except_selected needs the users to leave alone" in result.err
     assert _task_count(sessions) == 0
 
 
@@ -271,7 +271,7 @@ def test_without_a_terminal_confirmation_needs_yes(
     run: Any, sessions: sessionmaker[Session], sample_users: Any
 ) -> None:
     result = run("reset", "--scope", "all")
-    assert result.code == 1
+    assert result.code == 2
     assert "stdin is not a terminal" in result.err and "--yes" in result.err
     assert _task_count(sessions) == 0
 

@@ -65,7 +65,7 @@ def test_reset_follows_the_task_to_the_end_with_a_real_worker(
     assert "Task #1 queued." in out
     # The bar as rich leaves it off a terminal: drawn once, in its final state.
     assert re.search(r"^Task #1 \S+ 5 of 5 users 100% [\d.,]+ users/s ", out, re.MULTILINE), out
-    assert "Task #1 completed_with_errors" in out
+    assert "Task #1 completed with errors" in out and "completed_with_errors" not in out
     assert "e-mailed                                  2" in out
     assert "no e-mail: tell them yourself             2" in out
     assert "mail failed: tell them yourself           1" in out
@@ -79,3 +79,22 @@ def test_reset_follows_the_task_to_the_end_with_a_real_worker(
         assert mailed not in out
     assert rows["carol"].password_hash == rows["erin"].password_hash == "old-hash"
     assert rows["dave"].password_hash != "old-hash" and rows["dave"].must_change_password
+
+
+def test_tasks_retry_follows_the_retry_to_the_end_with_a_real_worker(
+    cli_settings: Settings, worker_process: subprocess.Popen[bytes], smtp_server: SmtpServer,
+    sample_users: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    smtp_server.refuse("grace@example.org", code=550, times=1)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    environ = cli_settings.to_env()
+    assert main(["reset", "--scope", "selected_only", "--user", "alice,grace", "--yes"],
+                environ=environ) == EXIT_WITH_ERRORS
+    capsys.readouterr()
+    code = main(["tasks", "retry", "1"], environ=environ)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert ("Task #2 queued: new passwords by e-mail for the 1 user whose mail failed in "
+            "task #1.") in out
+    assert re.search(r"^Task #2 completed in [\d.]+ s: 1 user\.$", out, re.MULTILINE), out
+    assert len(smtp_server.to("grace@example.org")) == 1

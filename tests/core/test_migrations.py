@@ -51,7 +51,7 @@ def _search_finds(engine: Engine, directory: Directory, term: str) -> list[str]:
 def test_upgrade_creates_every_table_and_the_search_index(
     settings: Settings, fresh_engine: Engine
 ) -> None:
-    assert upgrade(settings) == head_revision() == "0003"
+    assert upgrade(settings) == head_revision() == "0004"
     tables = set(inspect(fresh_engine).get_table_names())
     assert {*RESETBOT_TABLES, "users", VERSION_TABLE} <= tables
     directory = Directory(settings.directory)

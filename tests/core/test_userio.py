@@ -85,6 +85,41 @@ def test_import_creates_new_users_and_updates_known_ones_without_touching_passwo
     assert entry.detail == {"created": 1, "updated": 2, "unchanged": 1}
 
 
+def test_the_header_may_come_in_any_order_and_case_and_leave_out_role(
+    engine: Engine, sessions: sessionmaker[Session], directory: Directory, sample_users: Any
+) -> None:
+    data = (
+        b"EMAIL, Username ,Full_Name\r\n"
+        b"carol@example.org,carol,Carol C. Cataloguer\r\n"  # staff: her role must stay
+        b"yan@example.org,yan,Yan Young\r\n"
+    )
+    result = _import(sessions, directory, data)
+    assert (result.created, result.updated, result.unchanged) == (1, 1, 0)
+    rows = {row[1]: row for row in _users(engine, directory)}
+    assert rows["carol"][2:5] == ("Carol C. Cataloguer", "carol@example.org", "librarian")
+    assert rows["yan"][2:5] == ("Yan Young", "yan@example.org", None)
+    reordered = "role,email,full_name,username\r\nadmin,yan@example.org,Yan Young,yan\r\n"
+    assert _import(sessions, directory, reordered.encode()).updated == 1
+    assert {row[1]: row for row in _users(engine, directory)}["yan"][4] == "admin"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("username,full_name,role", "no email column"),
+        ("username,full_name,email,e-mail", "unknown column 'e-mail'"),
+        ("username,Email,full_name,EMAIL", "email more than once"),
+    ],
+)
+def test_a_header_missing_doubling_or_inventing_a_column_is_refused(
+    engine: Engine, sessions: sessionmaker[Session], directory: Directory, sample_users: Any,
+    header: str, expected: str,
+) -> None:
+    data = f"{header}\r\nalice,Alice,alice@example.org,\r\n".encode()
+    refused = _refusal(sessions, engine, directory, data)
+    assert refused.problems[0].line == 1 and expected in refused.problems[0].message
+
+
 def test_utf8_bom_and_lf_line_ends_are_accepted(
     engine: Engine, sessions: sessionmaker[Session], directory: Directory
 ) -> None:
@@ -139,7 +174,10 @@ def test_many_bad_rows_are_listed_up_to_a_cap(
         (CSV_HEADER.encode() + b"rene,Ren\xe9 L,,\r\n", "line 2: byte 0xe9 is not UTF-8"),
         ("username,full_name,email,role\r\n".encode("utf-16"), "UTF-16"),
         (b"", "The file is empty"),
-        (b"user,name,mail,role\r\n", "line 1: the header must be username,full_name,email,role"),
+        (b"user,name,mail,role\r\n",
+         "line 1: the header must name the columns username, full_name, email and, if you like, "
+         "role, in any order (no username or full_name or email column; unknown columns 'user', "
+         "'name', 'mail' in 'user,name,mail,role')"),
         (b"username;full_name;email;role\r\n", "separate the columns with commas"),
         (b'username,full_name,email,role\r\nq,"bad"quote,,\r\n', "line 2: the CSV cannot be read"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -10,16 +11,30 @@ from pathlib import Path
 
 import psutil
 
+SCRIPT = Path(sys.executable).parent / "resetbot"
 
-def test_demo_runs_a_real_bulk_reset_end_to_end(tmp_path: Path) -> None:
-    script = Path(sys.executable).parent / "resetbot"
-    started = time.monotonic()
-    result = subprocess.run(
-        [str(script), "demo"],
-        # Nothing configured: no DATABASE_URL, REDIS_URL, SMTP or Slack settings, no .env.
-        env={"PATH": str(script.parent), "HOME": str(tmp_path)},
+
+def run_demo(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), "demo"],
+        # Nothing configured: no DATABASE_URL, REDIS_URL, SMTP or Slack settings, no .env; and
+        # resetbot is not on PATH, as for someone who ran `.venv/bin/resetbot demo`.
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )
+
+
+def pasted(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A line of the demo's output pasted into a shell somewhere else."""
+    return subprocess.run(
+        ["/bin/sh", "-c", line], env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)}, cwd=cwd,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_demo_runs_a_real_bulk_reset_end_to_end(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run_demo(tmp_path)
     took = time.monotonic() - started
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -47,3 +62,34 @@ def test_demo_runs_a_real_bulk_reset_end_to_end(tmp_path: Path) -> None:
     ]
     assert leftovers == []
     print(f"\nresetbot demo took {took:.1f} s")
+
+    # What it says to do next works when pasted, from another folder.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    commands = [line.strip().removeprefix("As CSV: ") for line in out.splitlines()
+                if "DATABASE_URL=" in line]
+    assert len(commands) == 5, out
+    expected = {  # what each command's output holds, by how the command ends
+        " tasks show 1 --csv": "username,full_name,email,outcome",
+        " tasks": " completed ",
+        " tasks show 1": "Task #1: completed",
+        " audit": " confirm ",
+        " --dry-run": "Dry run: nothing was changed.",
+    }
+    for command in commands:
+        assert command.split()[1] == str(SCRIPT), "resetbot by its full path: it is not on PATH"
+        [says] = [says for end, says in expected.items() if command.endswith(end)]
+        done = pasted(command, elsewhere)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        assert says in done.stdout, (command, done.stdout)
+    [setup] = [line.strip() for line in out.splitlines() if " db upgrade && " in line]
+    shutil.copy(demo_dir / "sample-users.csv", elsewhere / "users.csv")
+    done = pasted(setup, elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert "Imported 50 users: 50 new" in done.stdout
+    assert (elsewhere / "resetbot.db").is_file()
+
+    again = run_demo(tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "This replaces the demo that ran there before" in again.stdout
+    assert "This replaces" not in out
