@@ -67,7 +67,8 @@ def _default_password(context: WorkerContext, task: TaskView) -> str | None:
         return None
     if task.sealed is None:
         raise ConfigError("The task's default password is missing.")
-    return unseal(context.settings.reset_secret_key, task.sealed)
+    settings = context.settings
+    return unseal(settings.reset_secret_key, task.sealed, settings.reset_secret_key_old)
 
 
 class Pipeline:
