@@ -131,7 +131,7 @@ class Bench:
         self.base = replace(
             Settings.from_env({}, env_file=None),
             redis_url=stack.redis_url, reset_queue="resetbot-bench",
-            reset_secret_key="bench-secret-key-not-for-production",
+            reset_secret_key="4634b3fdd4094496a06f3c4b2fdf7c1c0dcc8153580ed52c41d321cded4b05c5",
         )
         self.report = Report(options={
             key: sorted(value) if isinstance(value, set) else value

@@ -126,6 +126,7 @@ def demo_settings(workdir: Path, smtp_port: int) -> Settings:
         mail_from="Library <library@library.example.org>",
         portal_url="https://library.example.org/account",
         password_rounds=DEMO_ROUNDS,
+        password_allow_weak_rounds=True,  # bcrypt 8 keeps the demo quick; never for real
         chunk_size=10,
     )
 

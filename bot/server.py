@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import resource
-from contextlib import ExitStack
+import signal
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from typing import Protocol
@@ -154,6 +156,7 @@ def serve(
     """Run the Slack app until interrupted; with_worker also runs a reset worker process."""
     check_slack_settings(settings)
     with ExitStack() as stack:
+        stack.enter_context(sigterm_stops_like_sigint())
         runtime = build_runtime(settings)
         stack.callback(runtime.close)
         probe = redis_probe(redis_url(settings, runtime.redis))
@@ -209,6 +212,18 @@ class SocketModeConnection:
 # ---- the worker beside the app ---------------------------------------------------------------
 
 
+@contextmanager
+def sigterm_stops_like_sigint() -> Iterator[None]:
+    """While serving, `kill PID` (SIGTERM) stops as Ctrl-C does: the worker beside the app (and
+    its RQ scheduler) is stopped and the embedded Redis let go. Python's default would end the
+    process on the spot and leave them running."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def start_worker_process(settings: Settings) -> BaseProcess:
     """A separate process (spawned, nothing inherited but settings) running a reset worker."""
     process = multiprocessing.get_context("spawn").Process(
@@ -222,15 +237,18 @@ def start_worker_process(settings: Settings) -> BaseProcess:
 def run_worker_process(settings: Settings) -> None:
     from jobs.worker import run_worker, tune_worker_process
 
-    tune_worker_process()
+    tune_worker_process()  # SIGTERM from `stop_worker_process` stops it cleanly at any moment
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    redis = connect_redis(settings)
     try:
-        run_worker(settings, redis, burst=False, with_scheduler=True)
-    finally:
-        close_redis(redis)
+        redis = connect_redis(settings)
+        try:
+            run_worker(settings, redis, burst=False, with_scheduler=True)
+        finally:
+            close_redis(redis)
+    except KeyboardInterrupt:  # stopped before RQ took over the signals: nothing to report
+        log.info("the reset worker stopped")
 
 
 def stop_worker_process(process: BaseProcess) -> None:

@@ -75,7 +75,7 @@ def policy_violations(
     if policy.forbid_common and _is_common(password):
         reasons.append("It is too common: pick something people would not guess.")
     size = len(password.encode("utf-8", "surrogatepass"))  # never raises, whatever the text
-    if schemes and schemes[0] == "bcrypt" and size > BCRYPT_MAX_BYTES:
+    if schemes and schemes[0] in ("bcrypt", "ldap_bcrypt") and size > BCRYPT_MAX_BYTES:
         reasons.append(f"It must be at most {BCRYPT_MAX_BYTES} bytes long (a bcrypt limit).")
     if any(_untypeable(ch) for ch in password):
         reasons.append("It must not contain tabs, line breaks or control characters.")

@@ -24,16 +24,23 @@ runs; a bare interpreter takes 21 ms):
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 import os
 import re
 import secrets
+import string
 from collections.abc import Callable, Iterator, Mapping
 from copy import copy
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
+from core.controls import has_unsafe
 from core.errors import ConfigError
+from core.schemes import ACCEPTED, is_accepted, minimums_text, rounds_problem
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
 T = TypeVar("T")
@@ -69,6 +76,8 @@ class Variable(Generic[T]):
     shown_default: str
     #: When unset, the default computed from the other fields of the same object instead.
     default_for: Callable[[Mapping[str, object]], T] | None = None
+    #: False: set but blank is refused by the parser (it could be read as "none"), not unset.
+    blank_is_unset: bool = True
 
 
 def setting(
@@ -80,9 +89,12 @@ def setting(
     shown: str | None = None,
     secret: bool = False,
     default_for: Callable[[Mapping[str, object]], T] | None = None,
+    blank_is_unset: bool = True,
 ) -> T:
     """A dataclass field read from the environment variable `name` (secret: kept out of repr)."""
-    variable = Variable(name, default, parse, meaning, shown or _shown(default), default_for)
+    variable = Variable(
+        name, default, parse, meaning, shown or _shown(default), default_for, blank_is_unset
+    )
     metadata = {_VARIABLE: variable}
     if isinstance(default, dict):  # mutable: every object gets its own copy
         return field(default_factory=lambda: copy(default), repr=not secret, metadata=metadata)
@@ -106,35 +118,60 @@ def _as_text(value: object) -> str:
 
 def _shown(default: object) -> str:
     """A default as the README shows it: unset, or the value as code (30.0 as 30)."""
-    if default is None or default == "" or default == frozenset():
+    if default is None or default == "" or default == frozenset() or default == ():
         return "unset"
     if isinstance(default, float):
         return f"`{default:g}`"
     return f"`{_as_text(default)}`"
 
 
-# -- parsers: each gets the variable's name and its stripped, non-empty text ----------------------
+# -- parsers: each gets the variable's name and its stripped text (non-empty unless declared
+#    with blank_is_unset=False); each refusal says what is expected ---------------------------
 
 
 def text(name: str, raw: str) -> str:
     return raw
 
 
+def _range(minimum: float, maximum: float) -> str:
+    return f"{_number(minimum)}\N{EN DASH}{_number(maximum)}"
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def integer(minimum: int = 0, maximum: int = 2**31) -> Parser[int]:
     def parse(name: str, raw: str) -> int:
-        value = _convert(name, raw, int)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {raw!r} is not a whole number ({_range(minimum, maximum)})"
+            ) from None
         if not minimum <= value <= maximum:
-            raise ConfigError(f"{name} must be between {minimum} and {maximum}, not {value}")
+            raise ConfigError(f"{name}: {value} is out of range ({_range(minimum, maximum)})")
         return value
 
     return parse
 
 
-def positive_number(name: str, raw: str) -> float:
-    value = _convert(name, raw, float)
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, not {raw}")
-    return value
+def seconds(maximum: float) -> Parser[float]:
+    """A finite number of seconds above 0 (nan and inf would hang or break a timer)."""
+
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and 0 < value <= maximum):
+            raise ConfigError(
+                f"{name}: {raw!r} is not a number of seconds (more than 0, at most "
+                f"{_number(maximum)})"
+            )
+        return value
+
+    return parse
 
 
 def boolean(name: str, raw: str) -> bool:
@@ -143,50 +180,44 @@ def boolean(name: str, raw: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+    raise ConfigError(f"{name}: {raw!r} is not true or false (true/false, yes/no, on/off, 1/0)")
 
 
-def comma_list(name: str, raw: str) -> tuple[str, ...]:
+def comma_list(name: str, raw: str, expected: str = "comma-separated values") -> tuple[str, ...]:
     items = tuple(part.strip() for part in raw.split(",") if part.strip())
     if not items:
-        raise ConfigError(f"{name} must list at least one value")
+        raise ConfigError(f"{name}: {raw!r} lists nothing ({expected})")
     return items
 
 
-def _convert(name: str, raw: str, parse: Callable[[str], T]) -> T:
-    try:
-        return parse(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: {raw!r} is not a valid value") from None
-
-
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("negative")
-    return value
+_DELAYS_EXPECTED = "seconds before each retry: whole numbers 0\N{EN DASH}86400, comma-separated"
+_MAX_DELAY = 86_400
 
 
 def _delays(name: str, raw: str) -> tuple[int, ...]:
-    return tuple(_convert(name, item, _non_negative_int) for item in comma_list(name, raw))
+    delays = []
+    for item in comma_list(name, raw, f"{_DELAYS_EXPECTED}, e.g. 60,300,900"):
+        if not (item.isascii() and item.isdigit() and int(item) <= _MAX_DELAY):
+            raise ConfigError(f"{name}: {item!r} is not a delay ({_DELAYS_EXPECTED})")
+        delays.append(int(item))
+    return tuple(delays)
 
 
 def _schemes(name: str, raw: str) -> tuple[str, ...]:
-    from passlib.registry import get_crypt_handler
-
-    schemes = comma_list(name, raw)
+    schemes = tuple(scheme.lower() for scheme in comma_list(name, raw, "passlib scheme names"))
     for scheme in schemes:
-        try:
-            get_crypt_handler(scheme)
-        except KeyError:
-            raise ConfigError(f"{name}: unknown passlib scheme {scheme!r}") from None
+        if not is_accepted(scheme):
+            raise ConfigError(
+                f"{name}: {scheme!r} is not a password hash resetbot accepts (expected one or "
+                f"more of {', '.join(ACCEPTED)})"
+            )
     return schemes
 
 
 def _smtp_security(name: str, raw: str) -> SmtpSecurity:
     security = raw.lower()
     if security not in _SMTP_PORTS:
-        raise ConfigError(f"{name} must be starttls, ssl or none, not {security!r}")
+        raise ConfigError(f"{name}: {raw!r} is not starttls, ssl or none")
     return cast(SmtpSecurity, security)
 
 
@@ -195,7 +226,7 @@ def _smtp_port_for(values: Mapping[str, object]) -> int:
 
 
 def _admins(name: str, raw: str) -> frozenset[str]:
-    return frozenset(comma_list(name, raw))
+    return frozenset(comma_list(name, raw, "Slack user ids, comma-separated"))
 
 
 def _private_channel(name: str, raw: str) -> str:
@@ -205,26 +236,144 @@ def _private_channel(name: str, raw: str) -> str:
     return raw
 
 
-def _with_slash(name: str, raw: str) -> str:
-    return raw if raw.endswith("/") else raw + "/"
+def http_url(example: str, *, with_slash: bool = False) -> Parser[str]:
+    """An absolute http or https URL with a host (`with_slash`: ending in `/`)."""
+
+    def parse(name: str, raw: str) -> str:
+        try:
+            parts = urlsplit(raw)
+            usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+            usable = usable and (parts.port is None or parts.port > 0)
+        except ValueError:  # a port that is not a number, unbalanced brackets
+            usable = False
+        if not usable or has_unsafe(raw) or any(ch.isspace() for ch in raw):
+            raise ConfigError(f"{name}: {raw!r} is not an http(s) URL (expected e.g. {example})")
+        return raw + "/" if with_slash and not raw.endswith("/") else raw
+
+    return parse
+
+
+def _mail_from(name: str, raw: str) -> str:
+    """An address, alone or after a display name: `a@b.org` or `Library <a@b.org>`."""
+    from email.errors import HeaderParseError
+    from email.headerregistry import Address
+    from email.utils import parseaddr
+
+    _display, address = parseaddr(raw)
+    usable = (
+        bool(address)
+        and not has_unsafe(raw)
+        and address.isascii()
+        and not any(ch.isspace() for ch in address)
+        and (raw == address or raw.endswith(f"<{address}>"))
+    )
+    if usable:
+        try:
+            parsed = Address(addr_spec=address)
+            usable = bool(parsed.username and parsed.domain) and parsed.addr_spec == address
+        except (ValueError, IndexError, HeaderParseError):
+            usable = False
+    if not usable:
+        raise ConfigError(
+            f"{name}: {raw!r} is not an e-mail address (expected e.g. resetbot@library.org "
+            "or Library <resetbot@library.org>)"
+        )
+    return raw
+
+
+def _redis_url(name: str, raw: str) -> str:
+    # The value may hold a password: only its scheme is shown.
+    scheme = raw.partition("://")[0].lower() if "://" in raw else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        shown = f"{scheme}://..." if scheme else "it"
+        raise ConfigError(
+            f"{name}: {shown} is not a Redis URL (expected redis://HOST:6379/0, "
+            "rediss://HOST:6380/0 or unix:///PATH/redis.sock)"
+        )
+    return raw
+
+
+def _database_url(name: str, raw: str) -> str:
+    """A SQLAlchemy URL; a SQLite file's folder must exist (resetbot never creates it)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(raw)
+    except ArgumentError:  # the value may hold a password: not shown
+        raise ConfigError(
+            f"{name} is not a database URL (expected sqlite:///FILE or "
+            "postgresql+psycopg://USER@HOST/DB)"
+        ) from None
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not (
+        database.startswith("file:")
+    ):
+        folder = Path(database).absolute().parent
+        if not folder.is_dir():
+            raise ConfigError(
+                f"{name}: the folder {folder} does not exist (resetbot does not create it: "
+                "create it, or correct the path)"
+            )
+    return raw
+
+
+SECRET_KEY_EXPECTED = (  # what a key looks like, not a key
+    "expected a Fernet key, or 32 or more random bytes in base64 or hex; make one with: "  # noqa: S105
+    "python3 -c 'import secrets; print(secrets.token_hex(32))'"
+)
+
+
+def secret_key_bytes(key: str) -> bytes | None:
+    """The bytes a key's text stands for (hex, or base64 in either alphabet), or None."""
+    if len(key) >= 64 and len(key) % 2 == 0 and all(ch in string.hexdigits for ch in key):
+        return bytes.fromhex(key)
+    standard = key.replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def is_usable_secret_key(key: str) -> bool:
+    """At least 32 bytes, not a short pattern repeated (random bytes: about 30 distinct)."""
+    decoded = secret_key_bytes(key)
+    return decoded is not None and len(decoded) >= 32 and len(set(decoded)) >= 16
+
+
+def _secret_key(name: str, raw: str) -> str:
+    if not is_usable_secret_key(raw):  # never shown: it is a secret
+        raise ConfigError(f"{name}: not a usable key ({SECRET_KEY_EXPECTED})")
+    return raw
+
+
+def _old_secret_keys(name: str, raw: str) -> tuple[str, ...]:
+    keys = comma_list(name, raw, "earlier RESET_SECRET_KEY values, comma-separated")
+    for number, key in enumerate(keys, start=1):
+        if not is_usable_secret_key(key):
+            raise ConfigError(f"{name}: key {number} is not a usable key ({SECRET_KEY_EXPECTED})")
+    return keys
 
 
 def _table(name: str, raw: str) -> str:
     if not _is_identifier(raw):
-        raise ConfigError(f"{name}: {raw!r} is not a valid table name")
+        raise ConfigError(
+            f"{name}: {raw!r} is not a table name (letters, digits and _, not starting with "
+            "a digit)"
+        )
     return raw
 
 
 def _columns(name: str, raw: str) -> Mapping[str, str]:
     columns = {key: key for key in USER_COLUMN_KEYS}
-    for pair in comma_list(name, raw):
+    expected = "key=column pairs, comma-separated, with key one of " + ", ".join(
+        USER_COLUMN_KEYS
+    )
+    for pair in comma_list(name, raw, expected):
         key, sep, column = pair.partition("=")
         key, column = key.strip(), column.strip()
         if not sep or key not in USER_COLUMN_KEYS or not _is_identifier(column):
-            raise ConfigError(
-                f"{name}: {pair!r} must be key=column with key one of "
-                + ", ".join(USER_COLUMN_KEYS)
-            )
+            raise ConfigError(f"{name}: {pair!r} is not key=column ({expected})")
         columns[key] = column
     return columns
 
@@ -255,8 +404,8 @@ class DirectoryNames:
 @dataclass(frozen=True)
 class PasswordPolicy:
     min_length: int = setting(
-        "PASSWORD_MIN_LENGTH", 12, "policy: minimum length (at least 4)",
-        parse=integer(minimum=4),
+        "PASSWORD_MIN_LENGTH", 12, "policy: minimum length (4\N{EN DASH}128)",
+        parse=integer(4, 128),
     )
     min_classes: int = setting(
         "PASSWORD_MIN_CLASSES", 3,
@@ -283,15 +432,15 @@ class Settings:
     database_url: str = setting(
         "DATABASE_URL", "sqlite:///resetbot.db",
         "SQLAlchemy URL; PostgreSQL: `postgresql+psycopg://user:pass@host/db` "
-        "(`postgresql://` works too)",
-        parse=text,
+        "(`postgresql://` works too). A SQLite file's folder must exist",
+        parse=_database_url,
     )
     redis_url: str | None = setting(
         "REDIS_URL", None,
         "`redis://host:6379/0`. Unset: an embedded Redis for single-host use, with its files in "
         "`.resetbot/` beside the SQLite file (in the working directory for PostgreSQL). Every "
         "resetbot process on the host that uses the same database shares it",
-        parse=text,
+        parse=_redis_url,
     )
     reset_queue: str = setting("RESET_QUEUE", "resetbot", "RQ queue name", parse=text)
     smtp_host: str = setting("SMTP_HOST", "localhost", "mail server", parse=text)
@@ -307,35 +456,45 @@ class Settings:
         "SMTP_PASSWORD", None, "SMTP login password, if the server needs one",
         parse=text, secret=True,
     )
+    smtp_allow_plaintext_auth: bool = setting(
+        "SMTP_ALLOW_PLAINTEXT_AUTH", False,
+        "`true`: allow `SMTP_USERNAME` with `SMTP_SECURITY=none`, for a relay on this host "
+        "on purpose. Otherwise that is refused: the login and every password mail would cross "
+        "the network in clear",
+        parse=boolean,
+    )
     smtp_security: SmtpSecurity = setting(  # noqa: RUF009 (a str, immutable)
         "SMTP_SECURITY", "none", "`starttls`, `ssl` or `none`", parse=_smtp_security,
     )
     smtp_timeout: float = setting(
-        "SMTP_TIMEOUT", 30.0, "seconds per SMTP operation", parse=positive_number,
+        "SMTP_TIMEOUT", 30.0, "seconds per SMTP operation", parse=seconds(3600),
     )
     mail_from: str = setting(
-        "MAIL_FROM", "resetbot@localhost", "sender of the password mails", parse=text,
+        "MAIL_FROM", "resetbot@localhost",
+        "sender of the password mails: an address, or `Name <address>`", parse=_mail_from,
     )
     portal_url: str = setting(
-        "PORTAL_URL", "http://localhost/", "sign-in link in the mails", parse=text,
+        "PORTAL_URL", "http://localhost/", "sign-in link in the mails (an http(s) URL)",
+        parse=http_url("https://library.example.org/account"),
     )
     mail_retry_delays: tuple[int, ...] = setting(
         "MAIL_RETRY_DELAYS", (60, 300, 900),
         "seconds before each retry of a mail that failed transiently (connection error, "
-        "timeout, 4xx); one retry per value. 5xx is never retried",
-        parse=_delays,
+        "timeout, 4xx); one retry per value (0\N{EN DASH}86400; set but empty is refused). "
+        "5xx is never retried",
+        parse=_delays, blank_is_unset=False,
     )
     mail_outage_retry: float = setting(
         "MAIL_OUTAGE_RETRY", 60.0,
         "seconds a task pauses when the mail server cannot be used, before trying again; "
         "doubled at each try, up to 15 minutes",
-        parse=positive_number,
+        parse=seconds(900),
     )
     mail_outage_give_up: float = setting(
         "MAIL_OUTAGE_GIVE_UP", 86400.0,
         "seconds of mail outage after which a paused task fails (its untouched users are "
         "listed as not reset)",
-        parse=positive_number,
+        parse=seconds(30 * 86400),
     )
     mail_templates: str | None = setting(
         "MAIL_TEMPLATES", None,
@@ -362,20 +521,39 @@ class Settings:
     )
     password_schemes: tuple[str, ...] = setting(
         "PASSWORD_SCHEMES", ("bcrypt",),
-        "passlib scheme names, comma-separated; the first hashes new passwords",
+        "passlib scheme names, comma-separated; the first hashes new passwords. Only hashes "
+        "made for passwords: " + ", ".join(f"`{name}`" for name in ACCEPTED)
+        + " (the `ldap_` forms for a directory that stores LDAP-style values); plaintext, "
+        "md5, des_crypt, lmhash and the like are refused",
         parse=_schemes,
     )
     password_rounds: int | None = setting(  # None: passlib's default cost for the scheme
-        "PASSWORD_ROUNDS", None, "cost of the first scheme (bcrypt: 12)",
-        parse=integer(1, 10_000_000), shown="scheme default",
+        "PASSWORD_ROUNDS", None,
+        "cost of the first scheme (bcrypt: 12). Below the safe minimum (OWASP) is refused: "
+        + minimums_text() + "; so is passlib's default where it is lower (pbkdf2_sha256, "
+        "pbkdf2_sha512, scrypt): set it then",
+        parse=integer(1, 2**32 - 1), shown="scheme default",
+    )
+    password_allow_weak_rounds: bool = setting(
+        "PASSWORD_ALLOW_WEAK_ROUNDS", False,
+        "`true`: accept a `PASSWORD_ROUNDS` below the safe minimum. For tests, demos and "
+        "benchmarks only",
+        parse=boolean,
     )
     policy: PasswordPolicy = field(default_factory=PasswordPolicy)
     reset_secret_key: str = setting(
         "RESET_SECRET_KEY", "",
         "seals a default password while it waits in the database. Unset: on a single host, a "
         "key is created in `.resetbot/secret.key`. **Set it on every host when there are "
-        "several**",
-        parse=text, secret=True,
+        "several**. A Fernet key, or 32 or more random bytes in base64 or hex "
+        "(`python3 -c 'import secrets; print(secrets.token_hex(32))'`)",
+        parse=_secret_key, secret=True,
+    )
+    reset_secret_key_old: tuple[str, ...] = setting(
+        "RESET_SECRET_KEY_OLD", (),
+        "earlier keys, comma-separated: a default password sealed with one of them still "
+        "opens after a key change; new ones are sealed with `RESET_SECRET_KEY`",
+        parse=_old_secret_keys, secret=True,
     )
     directory: DirectoryNames = field(default_factory=DirectoryNames)
     chunk_size: int = setting(
@@ -392,7 +570,7 @@ class Settings:
     )
     reaper_interval: float = setting(
         "RESET_REAPER_INTERVAL", 5.0, "seconds between each worker's checks for lost work",
-        parse=positive_number,
+        parse=seconds(3600),
     )
     slack_bot_token: str | None = setting(
         "SLACK_BOT_TOKEN", None,
@@ -410,7 +588,7 @@ class Settings:
     slack_api_url: str = setting(
         "SLACK_API_URL", "https://slack.com/api/",
         "Slack Web API base (tests point it at a stand-in)",
-        parse=_with_slash,
+        parse=http_url("https://slack.com/api/", with_slash=True),
     )
     reset_admins: frozenset[str] = setting(
         "RESET_ADMINS", frozenset(), "Slack user ids allowed to reset, comma-separated",
@@ -433,7 +611,7 @@ class Settings:
         "RESET_ADMIN_GROUP_MAX_STALE", 300.0,
         "seconds the admin group's members may go unread from Slack before nobody is admitted "
         "through the group (`RESET_ADMINS` still is)",
-        parse=positive_number,
+        parse=seconds(86400),
     )
 
     @property
@@ -457,6 +635,8 @@ class Settings:
         env.update(os.environ if environ is None else environ)
         settings = _build(cls, env)
         _check_generated_length(settings.policy)
+        _check_smtp_login(settings)
+        _check_hashing_cost(settings)
         return settings
 
     def to_env(self) -> dict[str, str]:
@@ -506,7 +686,13 @@ def ensure_secret_key(settings: Settings, key_file: Path) -> Settings:
     if not key_file.exists():
         key_file.write_text(secrets.token_urlsafe(32), encoding="utf-8")
         key_file.chmod(0o600)
-    return replace(settings, reset_secret_key=key_file.read_text(encoding="utf-8").strip())
+    key = key_file.read_text(encoding="utf-8").strip()
+    if not is_usable_secret_key(key):
+        raise ConfigError(
+            f"RESET_SECRET_KEY is unset and {key_file} does not hold a usable key: set "
+            "RESET_SECRET_KEY, or delete the file to have a new one made"
+        )
+    return replace(settings, reset_secret_key=key)
 
 
 # -- walking the declarations ---------------------------------------------------------------------
@@ -528,14 +714,23 @@ def _build(cls: Callable[..., T], env: Mapping[str, str]) -> T:
         defaults[item.name] = variable.default
         if variable.default_for is not None:
             dependent.append((item.name, variable, variable.default_for))
-        elif raw := env.get(variable.name, "").strip():
-            values[item.name] = variable.parse(variable.name, raw)
+        elif (value := _read(variable, env)) is not _UNSET:
+            values[item.name] = value
     for name, variable, default_for in dependent:
-        raw = env.get(variable.name, "").strip()
-        values[name] = (
-            variable.parse(variable.name, raw) if raw else default_for({**defaults, **values})
-        )
+        value = _read(variable, env)
+        values[name] = default_for({**defaults, **values}) if value is _UNSET else value
     return cls(**values)
+
+
+_UNSET = object()
+
+
+def _read(variable: Variable[object], env: Mapping[str, str]) -> object:
+    """The variable's parsed value, or _UNSET when it is absent (or blank, where that is unset)."""
+    raw = env.get(variable.name)
+    if raw is None or (not raw.strip() and variable.blank_is_unset):
+        return _UNSET
+    return variable.parse(variable.name, raw.strip())
 
 
 def _variables(cls: Callable[..., object]) -> Iterator[Variable[object]]:
@@ -566,6 +761,27 @@ def _nested_class(item: Field[Any]) -> Callable[..., Any]:
 def _check_generated_length(policy: PasswordPolicy) -> None:
     if policy.generated_length < policy.min_length:
         raise ConfigError(
-            "PASSWORD_GENERATED_LENGTH must be at least PASSWORD_MIN_LENGTH "
-            f"({policy.min_length})"
+            f"PASSWORD_GENERATED_LENGTH: {policy.generated_length} is below PASSWORD_MIN_LENGTH "
+            f"({policy.min_length}): generated passwords must meet the policy "
+            f"({policy.min_length}\N{EN DASH}64)"
         )
+
+
+def _check_smtp_login(settings: Settings) -> None:
+    if settings.smtp_username and settings.smtp_security == "none" and not (
+        settings.smtp_allow_plaintext_auth
+    ):
+        raise ConfigError(
+            "SMTP_USERNAME is set with SMTP_SECURITY=none: the login and every password mail "
+            "would cross the network in clear (expected SMTP_SECURITY=starttls or ssl, or "
+            "SMTP_ALLOW_PLAINTEXT_AUTH=true for a relay on this host)"
+        )
+
+
+def _check_hashing_cost(settings: Settings) -> None:
+    scheme, rounds = settings.password_schemes[0], settings.password_rounds
+    if scheme == "bcrypt" and rounds is None:
+        return  # the defaults (passlib's bcrypt cost is 12): no need to import passlib
+    problem = rounds_problem(scheme, rounds, allow_weak=settings.password_allow_weak_rounds)
+    if problem:
+        raise ConfigError(f"PASSWORD_ROUNDS: {problem}")

@@ -67,15 +67,15 @@ def _known_passwords(context: WorkerContext, task: TaskView) -> KnownPasswords:
 
     Raises ConfigError when one is missing or cannot be unsealed with this worker's key.
     """
-    key = context.settings.reset_secret_key
+    key, old_keys = context.settings.reset_secret_key, context.settings.reset_secret_key_old
     if task.mode is Mode.DEFAULT:
         if task.sealed is None:
             raise ConfigError("The task's default password is missing.")
-        return KnownPasswords(default=unseal(key, task.sealed))
+        return KnownPasswords(default=unseal(key, task.sealed, old_keys))
     if task.no_email is NoEmailChoice.SET:
         if task.no_email_sealed is None:
             raise ConfigError("The password for users without an e-mail address is missing.")
-        return KnownPasswords(handout=unseal(key, task.no_email_sealed))
+        return KnownPasswords(handout=unseal(key, task.no_email_sealed, old_keys))
     return KnownPasswords()
 
 

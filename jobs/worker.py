@@ -20,6 +20,7 @@ from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.worker import DequeueStrategy
 
 from core.settings import Settings
+from jobs.connection import plain_client
 from jobs.context import WorkerContext, use_context
 from jobs.reaper import reap
 
@@ -32,13 +33,24 @@ GIL_SWITCH_SECONDS = 0.0005
 
 
 def tune_worker_process() -> None:
-    """Hand the GIL back to the hashing thread quickly.
+    """Make this process a worker: SIGTERM stops it cleanly; the GIL goes back to hashing fast.
 
     A hash releases the GIL; when it returns, the hashing thread needs the GIL back while the
     helper thread may be busy rendering mails. With the default 5 ms interval the hashing
     thread can sit idle that long after every hash; at 0.5 ms the core keeps hashing.
     """
+    stop_on_sigterm()
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, systemd, a parent stopping its worker) ends the process as Ctrl-C does.
+
+    Python's default for SIGTERM is to die on the spot: no `finally`, so neither the embedded
+    Redis (when this process is its last client) nor anything else would be stopped. While RQ
+    works it installs its own handler (a warm shutdown); before and after, this one applies.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 class ResetWorker(SimpleWorker):
@@ -77,6 +89,7 @@ class ResetWorker(SimpleWorker):
         if self.run_reaper and not burst:
             self._reaper = ReaperThread(self.context)
             self._reaper.start()
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             return super().work(
                 burst=burst,
@@ -89,9 +102,31 @@ class ResetWorker(SimpleWorker):
                 dequeue_strategy=dequeue_strategy,
             )
         finally:
+            self._release_scheduler()
+            for sig, handler in handlers.items():  # RQ leaves its handlers, bound to this worker
+                if handler is not None:
+                    signal.signal(sig, handler)
             if self._reaper is not None:
                 self._reaper.stop()
                 self._reaper = None
+
+    def _release_scheduler(self) -> None:
+        """Stop RQ's scheduler process and close its client, whatever ended `work`.
+
+        RQ's teardown stops the process, but a signal arriving while `work` starts (before
+        RQ's handlers are in place) skips it. And the scheduler's client, with a pool of its
+        own, is made even when another worker holds the scheduler lock: left open, it counts as
+        another user of the embedded Redis, which then outlives its last worker.
+        """
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        process = scheduler._process
+        if process is not None and process.is_alive():
+            self.stop_scheduler()
+        if scheduler._connection is not None:
+            scheduler._connection.close()
+            scheduler._connection = None
 
 
 class ReaperThread(threading.Thread):
@@ -133,7 +168,8 @@ def run_worker(
 ) -> bool:
     """What `resetbot worker` runs: a ResetWorker with RQ's scheduler (for mail retries)."""
     own_context = context is None
-    context = context if context is not None else WorkerContext.build(settings, redis)
+    client = plain_client(redis) if own_context else redis
+    context = context if context is not None else WorkerContext.build(settings, client)
     try:
         if burst:
             # A burst worker exits when the queue is empty; reap once first so work lost by a
@@ -159,6 +195,8 @@ def run_worker(
     finally:
         if own_context:
             context.close()
+            if client is not redis:
+                client.close()
 
 
 def wait_for_redis(redis: Redis, interval: float = REDIS_RECHECK_SECONDS) -> bool:

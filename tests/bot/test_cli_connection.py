@@ -17,6 +17,7 @@ from jobs.connection import child_environment, close_redis, connect_redis, redis
 
 @pytest.fixture
 def local_settings(tmp_path: Path) -> Settings:
+    (tmp_path / "data").mkdir()  # the database's folder: resetbot never creates it
     return replace(
         Settings.from_env({}, env_file=None),
         database_url=f"sqlite:///{tmp_path / 'data' / 'resetbot.db'}",

@@ -12,6 +12,8 @@ import pytest
 from bot.cli import EXIT_CONFIG, main
 from core.settings import Settings
 
+KEY = "4384154792593121a7a2067034090bd95ba9990bd9951c8b1bb60ac7332ddf88"
+
 
 @pytest.fixture(autouse=True)
 def in_empty_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -54,7 +56,7 @@ def test_invalid_settings_are_one_line_naming_the_variable(
 def test_an_invalid_redis_url_is_a_configuration_error(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    environ = {"REDIS_URL": "http://127.0.0.1:6379", "RESET_SECRET_KEY": "k"}
+    environ = {"REDIS_URL": "http://127.0.0.1:6379", "RESET_SECRET_KEY": KEY}
     assert main(["worker", "--burst"], environ=environ) == EXIT_CONFIG
     assert _one_error_line(capsys.readouterr().err).startswith("resetbot: REDIS_URL:")
 
@@ -62,7 +64,7 @@ def test_an_invalid_redis_url_is_a_configuration_error(
 def test_serve_without_slack_credentials_says_which_is_missing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["serve", "--port", "0"], environ={"RESET_SECRET_KEY": "k"}) == EXIT_CONFIG
+    assert main(["serve", "--port", "0"], environ={"RESET_SECRET_KEY": KEY}) == EXIT_CONFIG
     assert "SLACK_BOT_TOKEN" in _one_error_line(capsys.readouterr().err)
 
 
@@ -85,7 +87,7 @@ def test_the_console_script_reports_a_bad_setting_without_a_traceback(
     )
     assert result.returncode == EXIT_CONFIG
     assert _one_error_line(result.stderr) == (
-        "resetbot: SMTP_PORT: 'twenty-five' is not a valid value"
+        "resetbot: SMTP_PORT: 'twenty-five' is not a whole number (1\N{EN DASH}65535)"
     )
     assert result.stdout == ""
 
@@ -106,7 +108,7 @@ def test_settings_environment_round_trips() -> None:
                 redis_url="redis://r:6379/2", smtp_username="u", smtp_password="p",
                 smtp_security="starttls", smtp_port=587, password_rounds=10,
                 password_schemes=("argon2", "bcrypt"), mail_retry_delays=(1, 2),
-                reset_secret_key="k", reset_admins=frozenset({"U1", "U2"}),
+                reset_secret_key=KEY, reset_admins=frozenset({"U1", "U2"}),
                 reset_admin_group="S1", slack_bot_token="xoxb-1", chunk_size=7),
     ]
     for settings in variants:

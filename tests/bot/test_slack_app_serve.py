@@ -64,6 +64,7 @@ def environment(settings: Settings, standin: SlackStandIn, smtp: SmtpServer) -> 
         "SLACK_API_URL": standin.api_url,
         "PASSWORD_SCHEMES": "pbkdf2_sha256",
         "PASSWORD_ROUNDS": "1000",
+        "PASSWORD_ALLOW_WEAK_ROUNDS": "true",
         "MAIL_RETRY_DELAYS": "0,0,0",
         "SMTP_HOST": smtp.host,
         "SMTP_PORT": str(smtp.port),

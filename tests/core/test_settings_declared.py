@@ -9,6 +9,9 @@ import pytest
 
 from core.settings import DirectoryNames, PasswordPolicy, Settings, settings_help
 
+SEALING_KEY = "4384154792593121a7a2067034090bd95ba9990bd9951c8b1bb60ac7332ddf88"
+OLD_SEALING_KEY = "d684c92f38631de17bef9a00fa830ca6a394ca03f7c4a6bb4fa7a60fd6e82fdb"
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 TABLE_HEADER = "| Variable | Default | Meaning |"
 
@@ -38,7 +41,7 @@ def test_the_readme_table_is_exactly_the_declared_settings() -> None:
 def test_help_rows_name_each_variable_once_with_a_default_and_a_meaning() -> None:
     rows = settings_help()
     names = [name for name, _, _ in rows]
-    assert len(names) == len(set(names)) == 41
+    assert len(names) == len(set(names)) == 44
     assert all(name.isupper() and default and meaning for name, default, meaning in rows)
     assert ("SMTP_TIMEOUT", "`30`", "seconds per SMTP operation") in rows
     assert rows[names.index("REDIS_URL")][:2] == ("REDIS_URL", "unset")
@@ -55,6 +58,7 @@ def every_field_changed() -> Settings:
         smtp_port=2525,
         smtp_username="relay",
         smtp_password="pw with spaces # and = signs",
+        smtp_allow_plaintext_auth=True,
         smtp_security="ssl",
         smtp_timeout=0.1,
         mail_from="Library <resetbot@library.example>",
@@ -68,9 +72,11 @@ def every_field_changed() -> Settings:
         helpdesk="help@library.example",
         password_schemes=("pbkdf2_sha256", "bcrypt"),
         password_rounds=1000,
+        password_allow_weak_rounds=True,
         policy=PasswordPolicy(min_length=8, min_classes=0, forbid_username=False,
                               forbid_common=False, generated_length=40),
-        reset_secret_key="sealing-key",
+        reset_secret_key=SEALING_KEY,
+        reset_secret_key_old=(OLD_SEALING_KEY,),
         directory=DirectoryNames(table="people", columns={
             **DirectoryNames().columns, "username": "login", "email": "mail_address"}),
         chunk_size=7,
@@ -146,6 +152,7 @@ def test_settings_without_an_env_file_are_the_defaults(tmp_path: Path) -> None:
 
 def test_secrets_stay_out_of_the_repr() -> None:
     shown = repr(every_field_changed())
-    for secret in ("pw with spaces", "sealing-key", "xoxb-1", "xapp-1", "signing"):
+    for secret in ("pw with spaces", SEALING_KEY, OLD_SEALING_KEY, "xoxb-1", "xapp-1",
+                   "signing"):
         assert secret not in shown
     assert "mail.example.org" in shown

@@ -96,6 +96,7 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         RESET_QUEUE=settings.reset_queue,
         PASSWORD_SCHEMES=",".join(settings.password_schemes),
         PASSWORD_ROUNDS=str(settings.password_rounds),
+        PASSWORD_ALLOW_WEAK_ROUNDS="true",
         RESET_SECRET_KEY=settings.reset_secret_key,
         RESET_CHUNK_SIZE=str(settings.chunk_size),
         RESET_CLAIM_BATCH=str(settings.claim_batch),

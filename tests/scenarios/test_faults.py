@@ -162,7 +162,8 @@ def fast_hasher_settings(settings: Settings) -> Settings:
 
 @sqlite_only
 def test_a_worker_process_gets_exactly_the_settings_of_the_test(settings: Settings) -> None:
-    tuned = replace(settings, smtp_username="relay", smtp_password="pw", lease_seconds=7,
+    tuned = replace(settings, smtp_username="relay", smtp_password="pw",
+                    smtp_allow_plaintext_auth=True, lease_seconds=7,
                     reaper_interval=0.25, reset_admins=frozenset({"U1", "U2"}),
                     slack_bot_token="xoxb-1", slack_api_url="http://127.0.0.1:1/api/")
     assert Settings.from_env(tuned.to_env(), env_file=None) == tuned

@@ -133,6 +133,7 @@ class SmtpServer:
             smtp_security="none",
             smtp_username=username,
             smtp_password=password,
+            smtp_allow_plaintext_auth=username is not None,  # this server is on loopback
             smtp_timeout=5.0,
             mail_from="Library <resetbot@library.example>",
             portal_url="https://portal.library.example/login",
