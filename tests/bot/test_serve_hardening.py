@@ -42,6 +42,8 @@ def serve_environment(settings: Settings, standin: SlackStandIn) -> dict[str, st
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
         "SLACK_API_URL": standin.api_url,
         "PASSWORD_SCHEMES": "pbkdf2_sha256",
+        "PASSWORD_ROUNDS": "1000",
+        "PASSWORD_ALLOW_WEAK_ROUNDS": "true",  # cheap hashing in tests
         "PYTHONPATH": str(REPO),
     })
     return env
