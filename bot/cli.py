@@ -47,7 +47,7 @@ from bot.terminal import (
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory, DirectoryUser
 from core.errors import ConfigError, ResetbotError
-from core.models import Scope
+from core.models import NoEmailChoice, Scope
 from core.settings import Settings, ensure_secret_key
 
 __all__ = [  # the exit codes are part of the command's interface; tests and scripts import them
@@ -158,11 +158,17 @@ how, one of two modes:
   e-mailed (default)   a new random password for each user, sent by e-mail
   one for all          --default-password-stdin: the same password, no e-mail
 
+users without an e-mail address, when each user is e-mailed (--without-email):
+  reset (default)      a new password nobody is told: they use "forgot password"
+  skip                 left alone: their password does not change
+  set                  a password read from stdin, which you tell each of them
+
 examples:
   resetbot reset --scope selected_only --user alice,bob --dry-run
   resetbot reset --scope selected_only --users-file class-of-2024.csv
   resetbot reset --scope all_except_selected --user carol --user dave
   resetbot reset --scope all_without_role --default-password-stdin
+  resetbot reset --scope all --without-email set   (asks for their password)
   resetbot reset --scope all --yes --detach   (in a script: no prompt, no wait)"""
 
 TASKS_DESCRIPTION = (
@@ -315,6 +321,10 @@ def _add_reset(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     reset.add_argument("--default-password-stdin", action="store_true",
                        help="one password for everyone, read from stdin (asked twice on a "
                             "terminal, never shown); nobody is e-mailed")
+    reset.add_argument("--without-email", choices=[choice.value for choice in NoEmailChoice],
+                       default=NoEmailChoice.RESET.value, metavar="WHAT",
+                       help="what happens to users without an e-mail address: reset, skip "
+                            "or set (see below)")
     reset.add_argument("--no-require-change", action="store_true",
                        help="do not make users change the password at their next sign-in")
     reset.add_argument("--dry-run", action="store_true",
@@ -591,6 +601,12 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
     from bot.reset_flow import ResetChoices, run_reset
 
     scope = Scope(args.scope)
+    without_email = NoEmailChoice(args.without_email)
+    if args.default_password_stdin and without_email is not NoEmailChoice.RESET:
+        raise UsageError(
+            "--without-email is for resets that e-mail each user; with "
+            "--default-password-stdin nobody is e-mailed (nothing was changed)"
+        )
     usernames = split_usernames(args.user)
     check_selection_options(scope, bool(usernames or args.users_file))
     if not (args.yes or args.dry_run) and not sys.stdin.isatty():
@@ -606,6 +622,7 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
         scope=scope,
         usernames=usernames,
         default_password_stdin=args.default_password_stdin,
+        without_email=without_email,
         require_change=not args.no_require_change,
         dry_run=args.dry_run,
         yes=args.yes,

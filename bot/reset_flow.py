@@ -32,13 +32,19 @@ from bot.terminal import (
 )
 from core import audit
 from core.directory import Directory, Preview
-from core.models import Mode, Scope, TaskStatus
+from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot, snapshot
 from core.settings import Settings
 from core.tasks import RequestInvalid, ResetRequest, create_task
 from core.tasks import validate_request as check_request
 
 POLL_SECONDS = 0.25
+#: What the preview says happens to users without an e-mail address, by --without-email.
+NO_EMAIL_WORDS = {
+    NoEmailChoice.RESET: "reset, nobody is told: they use \"forgot password\", or you help them",
+    NoEmailChoice.SKIP: "left alone: their password does not change",
+    NoEmailChoice.SET: "get the password you typed: tell each of them",
+}
 #: How often `y` (or another short yes) is answered with "type yes" before giving up.
 CONFIRM_ATTEMPTS = 3
 
@@ -54,6 +60,7 @@ class ResetChoices:
     dry_run: bool
     yes: bool
     detach: bool
+    without_email: NoEmailChoice = NoEmailChoice.RESET
 
 
 def run_reset(
@@ -70,6 +77,9 @@ def run_reset(
     for note in case_notes:
         cli.say(note)
     password = read_default_password() if choices.default_password_stdin else None
+    handout = None
+    if choices.without_email is NoEmailChoice.SET:
+        handout = read_default_password(what="password for the users without e-mail")
     request = ResetRequest(
         requester=requester(),
         requester_name=login_name(),
@@ -77,6 +87,8 @@ def run_reset(
         selection=selection,
         default_password=password,
         require_change=choices.require_change,
+        no_email=choices.without_email,
+        no_email_password=handout,
     )
     preview = validate_or_refuse(cli, sessions, settings, directory, request)
     cli.say(describe_preview(request, preview))
@@ -162,18 +174,20 @@ def _usernames_ignoring_case(
     return found
 
 
-def read_default_password(stdin: IO[str] | None = None) -> str:
+def read_default_password(
+    stdin: IO[str] | None = None, what: str = "default password"
+) -> str:
     """One line from stdin; on a terminal it is asked twice and never shown."""
     stream = stdin if stdin is not None else sys.stdin
     if stream.isatty():
-        first = getpass.getpass("Default password (not shown): ")
+        first = getpass.getpass(f"{what[0].upper()}{what[1:]} (not shown): ")
         if getpass.getpass("The same again: ") != first:
             raise Refused("the two passwords differ (nothing was changed)")
         password = first
     else:
         password = stream.readline().rstrip("\r\n")
     if not password:
-        raise Refused("no default password on stdin (nothing was changed)")
+        raise Refused(f"no {what} on stdin (nothing was changed)")
     return password
 
 
@@ -215,7 +229,8 @@ def describe_preview(request: ResetRequest, preview: Preview) -> str:
         f"  Users to reset:        {preview.users:>8,}",
         f"  E-mailed:              {mailed:>8,}",
         f"  Without e-mail:        {preview.without_email:>8,}"
-        + ("   (you must tell them yourself)" if request.mode is Mode.GENERATED else ""),
+        + (f"   ({NO_EMAIL_WORDS[request.no_email_choice]})"
+           if request.mode is Mode.GENERATED and preview.without_email else ""),
         f"  Staff included:        {preview.staff:>8,}",
         f"  Mode: {mode}",
         "  Must change the password at next sign-in: "
