@@ -27,6 +27,8 @@ class TaskView:
     mode: Mode
     require_change: bool
     sealed: str | None
+    #: Users in the task when the job began (final once it is planned): paces progress checks.
+    total: int = 0
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from jobs.claims import Lease, claim_items, release
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task, finish_if_done
 from jobs.mailer import Mailer, MailSetupError
-from jobs.progress import report_progress
+from jobs.progress import ProgressWatch, report_progress
 from jobs.retries import schedule_retries
 from jobs.settling import HashedBatch, fail_for_mail_setup, settle_batch
 
@@ -55,7 +55,7 @@ def load_task(context: WorkerContext, task_id: int) -> TaskView | None:
         if task is None or task.status != TaskStatus.RUNNING:
             return None
         return TaskView(task.id, Mode(task.mode), task.require_change,
-                        task.default_password_sealed)
+                        task.default_password_sealed, task.total if task.planned else 0)
 
 
 def _default_password(context: WorkerContext, task: TaskView) -> str | None:
@@ -95,6 +95,8 @@ class Pipeline:
         self.retries: dict[int, list[int]] = defaultdict(list)
         self.mailer_checked = False
         self.in_flight: Future[Settled] | None = None
+        # Used on the helper thread only, after each settled batch: never while hashing.
+        self.progress = ProgressWatch(context, task.id, task.total)
 
     def run(self, default_password: str | None) -> None:
         """Hash batch after batch until none is left or the job must stop."""
@@ -142,12 +144,14 @@ class Pipeline:
         return True
 
     def settle(self, batch: HashedBatch) -> None:
-        """Write and mail a hashed batch on the helper thread."""
+        """Write and mail a hashed batch on the helper thread, then maybe report progress."""
         # The settling thread sees this job's context too (reporters may ask for it).
-        self.in_flight = self.helper.submit(
-            contextvars.copy_context().run, settle_batch, self.context, self.task, batch,
-            self.mailer,
-        )
+        self.in_flight = self.helper.submit(contextvars.copy_context().run, self._settle, batch)
+
+    def _settle(self, batch: HashedBatch) -> Settled:
+        settled = settle_batch(self.context, self.task, batch, self.mailer)
+        self.progress.settled(len(batch.claimed))
+        return settled
 
     def collect(self) -> bool:
         """Wait for the batch being settled; False when the job must stop."""
