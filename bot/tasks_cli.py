@@ -12,7 +12,7 @@ from bot.terminal import OUTCOME_WORDS, Output, Refused
 from core import audit
 from core.csvsafe import to_csv
 from core.models import ItemState, ResetTask
-from core.progress import TaskSnapshot, snapshot
+from core.progress import TaskSnapshot, pace_words, snapshot
 from core.tasks import items, recent_tasks
 
 AuditRow = tuple[str | None, str, str, int | str, str]
@@ -102,7 +102,8 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
             f"finished {_when(task.finished_at)} (UTC)")
     if task.error:
         cli.say(f"  Error: {task.error}")
-    cli.say(f"  {task.done:,} of {task.total:,} users done")
+    pace = pace_words(task.pace)
+    cli.say(f"  {task.done:,} of {task.total:,} users done" + (f" · {pace}" if pace else ""))
     for state, count in task.counts.items():
         if count:
             cli.say(f"    {OUTCOME_WORDS[state]:<34} {count:>8,}")
