@@ -1,8 +1,9 @@
-"""Starting a task and planning it: take the running slot, then write the items to reset.
+"""Starting a task and planning it: start when no running task shares a user, then write items.
 
-One task runs at a time (a unique `active_slot`); a task that finds another running waits and
-checks again. Planning streams the scope's users into items a batch per transaction and
-enqueues each chunk as soon as it is complete, so workers reset while planning goes on.
+Tasks whose users do not overlap run side by side (see `jobs.overlap`); a task that shares
+users with a running one waits, says once for which, and is woken when a task ends. Planning
+streams the scope's users into items a batch per transaction and enqueues each chunk as soon as
+it is complete, so workers reset while planning goes on.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from core import audit
 from core.directory import DirectoryUser
 from core.errors import InputError
-from core.models import ItemState, ResetItem, ResetTask, Scope, TaskStatus, utcnow
+from core.models import ItemState, ResetItem, ResetTask, Scope, StartLock, TaskStatus, utcnow
 from jobs.context import WorkerContext
 from jobs.finishing import cancel_unstarted, fail_task, finish_if_done
-from jobs.queueing import enqueue_chunk, enqueue_plan_later
+from jobs.overlap import Reach, overlaps
+from jobs.queueing import enqueue_chunk
 from jobs.reporting import SafeReporter
 from jobs.rows import ACTOR, items_table, rowcount
 
@@ -31,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: Users read from the directory and inserted as items per planning round trip.
 PLAN_BATCH = 1000
-#: How often a task waiting for the running one checks again (finishing a task also wakes it).
-WAITING_RECHECK_SECONDS = 10
+#: The one row of `task_start_lock`.
+START_LOCK_ID = 1
 
 
 def start_task(context: WorkerContext, task_id: int) -> bool | None:
@@ -53,13 +56,15 @@ def start_task(context: WorkerContext, task_id: int) -> bool | None:
         if task.cancel_requested:
             cancel_unstarted(context, session, task_id)
             return None
-        try:
-            started = _take_slot(context, session, task)
-        except IntegrityError:
-            # The unique active_slot says another task is running: wait for it.
-            session.rollback()
-            _wait_for_slot(context, session, task_id)
-            return None
+        reach = Reach.of(task.scope, task.selection)
+        detail = {"scope": task.scope, "mode": task.mode, "requester": task.requester}
+        session.rollback()  # the start check begins a transaction of its own, lock first
+        started, blocking, first_wait = _start_if_clear(context, session, task_id, reach, detail)
+    if blocking is not None:
+        logger.info("task %s waits for task %s, which shares users with it", task_id, blocking)
+        if first_wait:
+            SafeReporter(context.reporter).task_waiting(task_id, blocking)
+        return None
     if not started:
         return None  # another job started it a moment ago and plans it
     logger.info("task %s started", task_id)
@@ -67,19 +72,40 @@ def start_task(context: WorkerContext, task_id: int) -> bool | None:
     return True
 
 
-def _take_slot(context: WorkerContext, session: Session, task: ResetTask) -> bool:
-    """Mark a queued task running, committed and audited; False if another job did it first.
+def _start_if_clear(
+    context: WorkerContext, session: Session, task_id: int, reach: Reach, detail: dict[str, str]
+) -> tuple[bool, int | None, bool]:
+    """Start a queued task unless a running one shares users with it; committed and audited.
 
-    Raises IntegrityError while another task holds the running slot.
+    (started, the running task it waits for, whether that wait is said for the first time).
+    Every start check holds the start lock until its commit, so two checks never decide at
+    once: a task marked running here is seen by the next check. A row lock taken by an UPDATE
+    works the same on both databases (PostgreSQL holds the row until commit, SQLite the whole
+    database), where a serialisable check would make PostgreSQL fail one of two racing starts
+    and SQLite would need another spelling; the checks are short, so taking turns costs
+    nothing that shows. A task ending needs no lock: it only lets others start, and it wakes
+    the waiting tasks after its commit (`start_next_queued`).
     """
+    _lock_starts(session)
+    blocking = _running_overlap(context, session, task_id, reach)
+    if blocking is not None:
+        first_wait = rowcount(
+            session.execute(
+                update(ResetTask)
+                .where(ResetTask.id == task_id, ResetTask.reported_waiting.is_(False))
+                .values(reported_waiting=True)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        session.commit()
+        return False, blocking, bool(first_wait)
     now = utcnow()
     started = rowcount(
         session.execute(
             update(ResetTask)
-            .where(ResetTask.id == task.id, ResetTask.status == TaskStatus.QUEUED)
+            .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.QUEUED)
             .values(
                 status=TaskStatus.RUNNING,
-                active_slot=1,
                 started_at=now,
                 # The starter plans: it holds the planning lease from the start.
                 plan_lease_until=now + timedelta(seconds=context.settings.lease_seconds),
@@ -88,29 +114,57 @@ def _take_slot(context: WorkerContext, session: Session, task: ResetTask) -> boo
         )
     )
     if started:
-        audit.record(
-            session, ACTOR, "start", task.id, scope=task.scope, mode=task.mode,
-            requester=task.requester,
-        )
+        audit.record(session, ACTOR, "start", task_id, **detail)
     session.commit()
-    return bool(started)
+    return bool(started), None, False
 
 
-def _wait_for_slot(context: WorkerContext, session: Session, task_id: int) -> None:
-    blocking = session.scalar(select(ResetTask.id).where(ResetTask.active_slot == 1))
-    first_time = rowcount(
-        session.execute(
-            update(ResetTask)
-            .where(ResetTask.id == task_id, ResetTask.reported_waiting.is_(False))
-            .values(reported_waiting=True)
-            .execution_options(synchronize_session=False)
+def _lock_starts(session: Session) -> None:
+    """Take the start lock for this transaction (the row is made on first use if missing)."""
+    if _bump_lock(session):
+        return
+    # A database made by `create_schema` has no row yet. Of two starts making it at once, the
+    # second one's insert waits for the first one's commit, then does nothing.
+    on_sqlite = session.get_bind().dialect.name == "sqlite"
+    make_row = (sqlite_insert if on_sqlite else postgresql_insert)(StartLock)
+    session.execute(make_row.values(id=START_LOCK_ID, starts=0).on_conflict_do_nothing())
+    if not _bump_lock(session):
+        raise RuntimeError("the task start lock row could not be made")
+
+
+def _bump_lock(session: Session) -> bool:
+    return bool(rowcount(session.execute(
+        update(StartLock)
+        .where(StartLock.id == START_LOCK_ID)
+        .values(starts=StartLock.starts + 1)
+        .execution_options(synchronize_session=False)
+    )))
+
+
+def _running_overlap(
+    context: WorkerContext, session: Session, task_id: int, reach: Reach
+) -> int | None:
+    """The oldest running task that may share a user with this one, if any."""
+    running = session.execute(
+        select(ResetTask.id, ResetTask.scope, ResetTask.selection)
+        .where(ResetTask.status == TaskStatus.RUNNING, ResetTask.id != task_id)
+        .order_by(ResetTask.id)
+    ).all()
+
+    def all_staff(user_ids: frozenset[int]) -> bool:
+        directory = context.directory
+        patrons = session.scalar(
+            select(func.count()).select_from(directory.table).where(
+                directory.table.c.id.in_(sorted(user_ids)),
+                directory.scope_condition(Scope.ALL_WITHOUT_ROLE, ()),
+            )
         )
-    )
-    session.commit()
-    enqueue_plan_later(context.queue, task_id, WAITING_RECHECK_SECONDS)
-    logger.info("task %s waits for task %s", task_id, blocking)
-    if first_time and blocking is not None:
-        SafeReporter(context.reporter).task_waiting(task_id, blocking)
+        return not patrons
+
+    for other_id, scope, selection in running:
+        if overlaps(reach, Reach.of(scope, selection or ()), all_staff):
+            return int(other_id)
+    return None
 
 
 def _take_plan_lease(context: WorkerContext, session: Session, task_id: int) -> bool:

@@ -376,7 +376,9 @@ class Delivery:
         if event is Event.PROGRESS:
             self.say_milestone(state)
         elif event is Event.WAITING:
-            self.reply(state, messages.waiting_reply(state.task, args[0]))
+            with self.context.sessions() as session:
+                blocking = snapshot(session, args[0])
+            self.reply(state, messages.waiting_reply(state.task, args[0], blocking))
         elif event is Event.RETRIES:
             users, attempt, delay = args[0], args[1], args[2]
             self.reply(state, messages.retries_reply(

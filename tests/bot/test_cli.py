@@ -88,7 +88,7 @@ def _queued_jobs(redis: Redis, queue_name: str) -> int:
 def test_db_upgrade_creates_the_schema_and_can_run_again(run: Any, cli_settings: Settings) -> None:
     first = run("db", "upgrade")
     assert first.code == 0, first.err
-    assert "is at revision 0001" in first.out
+    assert "is at revision 0002" in first.out
     assert run("db", "upgrade").code == 0
     from core.db import make_engine
 
