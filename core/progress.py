@@ -10,9 +10,10 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.models import FINAL_ITEM_STATES, ItemState, ResetTask, TaskStatus, utcnow
+from core.models import FINAL_ITEM_STATES, ItemState, ResetItem, ResetTask, TaskStatus, utcnow
 from core.tasks import state_counts
 
 #: No estimate before this share of the users is done, nor before the task has run this long:
@@ -29,6 +30,14 @@ class Pace:
     seconds_left: float | None = None
 
 
+@dataclass(frozen=True)
+class FirstDone:
+    """When the task's first users were done, and how many were done at that moment."""
+
+    at: datetime
+    users: int
+
+
 def pace(
     done: int,
     total: int,
@@ -37,12 +46,15 @@ def pace(
     *,
     planned: bool = True,
     finished: bool = False,
+    first: FirstDone | None = None,
 ) -> Pace:
-    """The rate over the whole run so far and, while it runs, the time left at that rate.
+    """The rate so far and, while it runs, the time left at that rate.
 
-    `now` is when the counts were read (or when the task ended). The average since the start,
-    not a recent window: a task's cost per user is even (one hash each), so the long average
-    is the steadiest estimate, and it needs nothing but what the database already holds.
+    `now` is when the counts were read (or when the task ended). A long average, not a recent
+    window: a task's cost per user is even (one hash each), so it is the steadiest estimate.
+    While the task runs it is taken from the moment its `first` users were done, so the
+    start-up (planning, a cold worker, the first batch in flight) does not make the whole task
+    look slower; once it has ended, over the whole run. All of it is what the database holds.
     No figure before a meaningful sample (MIN_SAMPLE_FRACTION done and MIN_SAMPLE_SECONDS run);
     no time left before planning has counted every user, or once every user is done.
     """
@@ -52,6 +64,10 @@ def pace(
     if elapsed < MIN_SAMPLE_SECONDS:
         return Pace()
     rate = done / elapsed
+    if first is not None and not finished:
+        since_first = (now - first.at).total_seconds()
+        if since_first >= MIN_SAMPLE_SECONDS / 2 and done > first.users:
+            rate = (done - first.users) / since_first
     if finished or not planned or done >= total or done < total * MIN_SAMPLE_FRACTION:
         return Pace(rate=rate)
     return Pace(rate=rate, seconds_left=(total - done) / rate)
@@ -115,6 +131,7 @@ class TaskSnapshot:
     error: str | None
     #: When the counts were read: the "now" of the pace (None: no pace while it runs).
     read_at: datetime | None = None
+    first_done: FirstDone | None = None
 
     @property
     def done(self) -> int:
@@ -143,7 +160,7 @@ class TaskSnapshot:
         if self.read_at is None or self.status is not TaskStatus.RUNNING:
             return Pace()
         return pace(worked, total, self.started_at, self.read_at, planned=self.planned,
-                    finished=self.cancel_requested)
+                    finished=self.cancel_requested, first=self.first_done)
 
 
 def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
@@ -170,4 +187,24 @@ def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
         cancel_requested=task.cancel_requested,
         error=task.error,
         read_at=utcnow(),
+        first_done=first_done(session, task.id) if task.status == TaskStatus.RUNNING else None,
     )
+
+
+def first_done(session: Session, task_id: int) -> FirstDone | None:
+    """The earliest moment items of the task became final, and how many did then.
+
+    A batch's items are written in one statement with one timestamp, so this is the first
+    batch done; one grouped read of the task's finished items.
+    """
+    row = session.execute(
+        select(ResetItem.updated_at, func.count())
+        .where(
+            ResetItem.task_id == task_id,
+            ResetItem.state.in_([state.value for state in FINAL_ITEM_STATES]),
+        )
+        .group_by(ResetItem.updated_at)
+        .order_by(ResetItem.updated_at)
+        .limit(1)
+    ).first()
+    return None if row is None else FirstDone(row[0], int(row[1]))

@@ -41,7 +41,7 @@ START_LOCK_ID = 1
 def start_task(context: WorkerContext, task_id: int) -> bool | None:
     """True: started now; False: was running, still unplanned; None: nothing to plan now.
 
-    Reports the start, or the wait for another task, once per task.
+    Reports the wait for another task, once per task (the start is reported by `plan_items`).
     """
     with context.sessions() as session:
         task = session.get(ResetTask, task_id)
@@ -68,8 +68,7 @@ def start_task(context: WorkerContext, task_id: int) -> bool | None:
     if not started:
         return None  # another job started it a moment ago and plans it
     logger.info("task %s started", task_id)
-    SafeReporter(context.reporter).task_started(task_id)
-    return True
+    return True  # the start is told by `plan_items`, once its first users are queued
 
 
 def _start_if_clear(
@@ -201,6 +200,8 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
 
     Chunks are enqueued as soon as they are complete, so workers start while planning goes on;
     an interrupted plan resumes from `plan_cursor` (set with each batch, in the same commit).
+    The starter (not `resuming`) reports the start once the first batch's chunks are queued:
+    then the reporter knows the task's size (a one-batch task is told behind its own work).
     """
     settings = context.settings
     with context.sessions() as session:
@@ -216,13 +217,16 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         for chunk in _chunks_with_pending(context, task_id):
             enqueue_chunk(context.queue, task_id, chunk)
     enqueued = plan.count // settings.chunk_size
+    start = _StartTeller(context, task_id, told=resuming)
     while True:
         try:
             step = _plan_batch(context, task_id, plan)
         except InputError as error:
+            start.tell()
             fail_task(context, task_id, f"The task could not be planned: {error}")
             return
         if step is None:
+            start.tell()
             return  # another planner took over
         done = step
         size = settings.chunk_size
@@ -230,10 +234,25 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         for chunk in range(enqueued, chunks):
             enqueue_chunk(context.queue, task_id, chunk)
         enqueued = max(enqueued, chunks)
+        start.tell()
         if done:
             break
     logger.info("task %s planned: %s users in %s chunks", task_id, plan.count, enqueued)
     finish_if_done(context, task_id)
+
+
+@dataclass
+class _StartTeller:
+    """Reports a task's start once, however planning goes on or stops."""
+
+    context: WorkerContext
+    task_id: int
+    told: bool
+
+    def tell(self) -> None:
+        if not self.told:
+            self.told = True
+            SafeReporter(self.context.reporter).task_started(self.task_id)
 
 
 def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.progress import Pace, duration_words, pace, pace_words, rate_words
+from core.progress import FirstDone, Pace, duration_words, pace, pace_words, rate_words
 
 START = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
@@ -74,3 +74,16 @@ def test_rates_keep_two_significant_figures_at_least() -> None:
     assert rate_words(41.2) == "41 users/s"
     assert rate_words(4.25) == "4.2 users/s"
     assert rate_words(0.348) == "0.35 users/s"
+
+
+def test_while_running_the_rate_leaves_out_the_start_up() -> None:
+    # Planning and the first batch took 2 s; 25 users were done at once, then 475 in 4 s.
+    measured = pace(500, 5_000, START, at(6), first=FirstDone(at(2), 25))
+    assert measured.rate == pytest.approx(475 / 4)
+    assert measured.seconds_left == pytest.approx(4_500 / (475 / 4))
+    # Too soon after the first users to tell: the average since the start is used.
+    assert pace(500, 5_000, START, at(6), first=FirstDone(at(5), 25)).rate == pytest.approx(
+        500 / 6)
+    # Once ended, the rate is over the whole run.
+    ended = pace(5_000, 5_000, START, at(50), finished=True, first=FirstDone(at(2), 25))
+    assert ended.rate == pytest.approx(100.0)
