@@ -207,3 +207,26 @@ def test_two_workers_starting_overlapping_tasks_at_once_start_only_one(
         for each in engines:
             each.dispose()
         setup.queue.empty()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_reaper_wakes_a_waiting_task_whose_wake_up_was_lost(
+    settings: Settings, redis_conn: Redis, engine: Engine, sample_users: list[object],
+) -> None:
+    from jobs.reaper import reap
+
+    context = build_context(settings, redis_conn, engine)
+    running = hold_running(context, Scope.SELECTED_ONLY, (1, 2))
+    waiting = submit(context, Scope.SELECTED_ONLY, (2, 3), default_password=DEFAULT_PASSWORD)
+    work(context)
+    assert task_snapshot(context, waiting).status is TaskStatus.QUEUED
+    # The running task ended, but its worker died before waking anyone.
+    with context.sessions() as session:
+        session.execute(update(ResetTask).where(ResetTask.id == running).values(
+            status=TaskStatus.CANCELLED, finished_at=utcnow()))
+        session.commit()
+
+    report = reap(context)
+
+    assert report.plans_enqueued == 1
+    assert run_until_final(context, waiting).status is TaskStatus.COMPLETED
