@@ -376,11 +376,14 @@ class Confirmer:
         return task_id, started_wall, time.perf_counter() - started
 
 
-def bench_request(mode: str, scope: Scope = Scope.ALL) -> ResetRequest:
+def bench_request(
+    mode: str, scope: Scope = Scope.ALL, selection: tuple[int, ...] = ()
+) -> ResetRequest:
     return ResetRequest(
         requester=BENCH_ADMIN,
         requester_name="Bench Admin",
         scope=scope,
+        selection=selection,
         default_password=DEFAULT_PASSWORD if mode == "default" else None,
         require_change=True,
         slack_channel=BENCH_CHANNEL,
@@ -503,3 +506,118 @@ def _wait_quiet(stack: Stack, quiet: float, timeout: float) -> None:
         if last is None or time.time() - last >= quiet:
             return
         time.sleep(0.1)
+
+
+def first_user_with_email(db: Database) -> int:
+    c = db.directory.table.c
+    with db.sessions() as session:
+        found = session.scalar(
+            select(c.id).where(c.email.is_not(None), c.email != "").order_by(c.id).limit(1)
+        )
+    assert found is not None, "the synthetic directory has users with an address"
+    return int(found)
+
+
+def wait_task_told(stack: Stack, db: Database, task_id: int, timeout: float) -> ResetTask:
+    """Until the task is final and its Slack thread has said so (the worker is idle again)."""
+
+    def told() -> bool:
+        with db.sessions() as session:
+            task = session.get(ResetTask, task_id)
+            if task is None or not TaskStatus(task.status).is_final:
+                return False
+            return stack.slack is None or bool(task.summary_posted)
+
+    wait_until(told, timeout, interval=0.05, what=f"task {task_id} to be told")
+    _wait_quiet(stack, quiet=0.3, timeout=30)
+    with db.sessions() as session:
+        task = session.get(ResetTask, task_id)
+        assert task is not None
+        session.expunge(task)
+        return task
+
+
+def one_user_reset(
+    stack: Stack, db: Database, confirmer: ConfirmsTasks, user_id: int, timeout: float = 60
+) -> dict[str, Any]:
+    """One e-mailed reset of one user: from the confirm sent to the mail accepted by the sink.
+
+    Also where that time went, from the timestamps the app, the worker, the sink and the Slack
+    stand-in wrote: the confirm's answer, the task's start, its first Slack call and the mail.
+    """
+    assert stack.smtp is not None
+    before = stack.smtp.messages
+    task_id, started_wall, confirm_seconds = confirmer.confirm(
+        db, bench_request("generated", Scope.SELECTED_ONLY, (user_id,))
+    )
+    sink = stack.smtp
+    wait_until(lambda: sink.messages > before, timeout, interval=0.002,
+               what=f"the mail of task {task_id}")
+    mailed = sink.last_accepted
+    assert mailed is not None
+    task = wait_task_told(stack, db, task_id, timeout)
+    first_slack, before_mail = None, 0
+    if stack.slack is not None:
+        calls = [call.at for call in stack.slack.calls() if call.at >= started_wall]
+        first_slack = min(calls) if calls else None
+        # Each one is a round trip to Slack (0.1-0.5 s from a library's server, not the
+        # stand-in's milliseconds) that the mail waited for.
+        before_mail = sum(1 for at in calls if at < mailed)
+
+    def since(moment: float | None) -> float | None:
+        return None if moment is None else round(moment - started_wall, 4)
+
+    return {
+        "task_id": task_id,
+        "status": str(task.status),
+        "seconds": round(mailed - started_wall, 4),
+        "confirm_s": round(confirm_seconds, 4),
+        "created_s": since(_epoch(task.created_at)),
+        "started_s": since(_epoch(task.started_at)),
+        "first_slack_call_s": since(first_slack),
+        "slack_calls_before_mail": before_mail,
+        "finished_s": since(_epoch(task.finished_at)),
+    }
+
+
+def eta_run(
+    stack: Stack, db: Database, confirmer: ConfirmsTasks, mode: str, at_fraction: float,
+    timeout: float,
+) -> dict[str, Any]:
+    """The time left shown once `at_fraction` of a whole-directory task is done (or, in a short
+    task, the first one shown after that), against the time it really took from then: what the
+    Slack message and `tasks show` would have said."""
+    from core.progress import pace_words, snapshot
+
+    db.forget_tasks()
+    task_id, _started_wall, _confirm = confirmer.confirm(db, bench_request(mode))
+    shown: dict[str, Any] | None = None
+
+    def reached() -> bool:
+        nonlocal shown
+        with db.sessions() as session:
+            current = snapshot(session, task_id)
+        if current is None or not current.total or not current.planned:
+            return False
+        if current.status.is_final:
+            return True
+        if current.done < current.total * at_fraction or current.pace.seconds_left is None:
+            return False  # not there yet, or no estimate yet (the first seconds give none)
+        shown = {"at": time.time(), "done": current.done, "total": current.total,
+                 "seconds_left": current.pace.seconds_left,
+                 "words": pace_words(current.pace)}
+        return True
+
+    wait_until(reached, timeout, interval=0.05, what=f"task {task_id} to reach {at_fraction:.0%}")
+    task = wait_task_told(stack, db, task_id, timeout)
+    finished = _epoch(task.finished_at)
+    if shown is None or finished is None:
+        return {"task_id": task_id, "status": str(task.status), "eta_s": None}
+    real = finished - shown["at"]
+    return {
+        "task_id": task_id, "status": str(task.status), "users": shown["total"],
+        "done_when_shown": shown["done"], "shown": shown["words"],
+        "fraction_when_shown": round(shown["done"] / shown["total"], 4),
+        "eta_s": round(shown["seconds_left"], 2), "real_s": round(real, 2),
+        "error": round(shown["seconds_left"] / real - 1, 4) if real > 0 else None,
+    }

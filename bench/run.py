@@ -8,6 +8,8 @@ sink, the Slack Web API stand-in, workers as separate processes):
   bcrypt      the same at --bcrypt-users users with bcrypt at its default cost (12)
   large       each size above --throughput-max, on SQLite and PostgreSQL: picker search and
               preview latency, confirm latency, and a whole task with peak RSS sampled
+  small       a one-user e-mailed reset, confirm to mail accepted, with a worker already idle
+  eta         the time left shown once 10 % of a task is done, against the real time it took
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ from bench.harness import (
     WorkerPool,
     bench_request,
     database,
+    eta_run,
+    first_user_with_email,
     measure_hash,
     measure_parallel_hash,
+    one_user_reset,
     run_task,
     worker_command,
 )
@@ -84,8 +89,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="database for the throughput runs")
     parser.add_argument("--modes", default=",".join(MODES),
                         help="reset modes for the throughput runs (default: default,generated)")
-    parser.add_argument("--phases", default="schemes,throughput,slack,bcrypt,large",
+    parser.add_argument("--phases", default="schemes,throughput,slack,bcrypt,large,small,eta",
                         help="which phases to run")
+    parser.add_argument("--small-repeat", type=int, default=10,
+                        help="one-user resets timed in the small phase (default 10)")
+    parser.add_argument("--eta-users", type=int, default=None,
+                        help="users in the ETA phase's task (default 10000; --quick 2000)")
     parser.add_argument("--queries", type=int, default=200,
                         help="picker searches timed per database (default 200)")
     parser.add_argument("--preview-rounds", type=int, default=5,
@@ -107,6 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.throughput_max = args.throughput_max or (5000 if quick else 10000)
     if args.bcrypt_users is None:
         args.bcrypt_users = 20 if quick else 100
+    args.eta_users = args.eta_users or (2000 if quick else 10000)
     args.phases = set(args.phases.split(","))
     args.modes = [mode for mode in args.modes.split(",") if mode]
     unknown = set(args.modes) - set(MODES)
@@ -319,6 +329,43 @@ class Bench:
                 row = self.timed_task(db, hashing, "default", workers, 0, 8, front, chunks)
                 self.report.throughput.append(row)
 
+    def small(self) -> None:
+        """One-user e-mailed resets, one after another, each with the worker idle before it."""
+        hashing = HashConfig("pbkdf2_sha256", self.args.rounds)
+        with database(self.args.db, 100, self.base) as db, self.front(db, hashing) as front:
+            env = self.stack.environment(db.url, hashing)
+            one_hash = measure_hash(env, 20)["median_s"]
+            user = first_user_with_email(db)
+            confirmer, _app = front
+            self.log(f"small: one-user e-mailed reset x{self.args.small_repeat} "
+                     f"(one hash {one_hash * 1000:.1f} ms)")
+            with WorkerPool(1, env, self.redis, self.workdir, self.command):
+                one_user_reset(self.stack, db, confirmer, user)  # warm: first job, first mail
+                for _ in range(self.args.small_repeat):
+                    row = one_user_reset(self.stack, db, confirmer, user)
+                    row["hash_s"] = one_hash
+                    self.report.small.append(row)
+            times = sorted(r["seconds"] for r in self.report.small)
+            self.log(f"  confirm to mail: median {times[len(times) // 2] * 1000:.0f} ms "
+                     f"(min {times[0] * 1000:.0f}, max {times[-1] * 1000:.0f})")
+
+    def eta(self) -> None:
+        """How right the time left is once 10 % is done: shown against what really followed."""
+        hashing = HashConfig("pbkdf2_sha256", self.args.rounds)
+        size = self.args.eta_users
+        with database(self.args.db, size, self.base) as db, self.front(db, hashing) as front:
+            env = self.stack.environment(db.url, hashing)
+            confirmer, _app = front
+            for mode in self.args.modes:
+                with WorkerPool(1, env, self.redis, self.workdir, self.command):
+                    row = eta_run(self.stack, db, confirmer, mode, 0.10,
+                                  timeout=size * 0.1 + 300)
+                row["mode"] = mode
+                self.report.eta.append(row)
+                self.log(f"  eta {size:,} {mode}: shown {row.get('eta_s')} s "
+                         f"({row.get('shown')}), real {row.get('real_s')} s, "
+                         f"error {row.get('error')}")
+
     def large(self) -> None:
         hashing = HashConfig("pbkdf2_sha256", self.args.memory_rounds)
         for size in [s for s in self.args.sizes if s > self.args.throughput_max]:
@@ -414,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(args, stack, workdir)
             bench.log(f"bench: sizes {args.sizes}, workers {args.workers}, repeat {args.repeat};"
                       f" logs in {workdir}")
-            for phase in ("schemes", "throughput", "slack", "bcrypt", "large"):
+            for phase in ("schemes", "throughput", "slack", "bcrypt", "large", "small", "eta"):
                 if phase in args.phases:
                     getattr(bench, phase)()
             bench.report.seconds = time.monotonic() - started

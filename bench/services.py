@@ -90,6 +90,13 @@ class SmtpSink:
 
         return read_count(self._counter)
 
+    @property
+    def last_accepted(self) -> float | None:
+        """When the sink last accepted a message (epoch seconds)."""
+        from bench.smtp_sink import read_last_accepted
+
+        return read_last_accepted(self._counter)
+
     def reset(self) -> None:
         from bench.smtp_sink import reset_count
 

@@ -31,7 +31,7 @@ from blocks.text import (
 )
 from core.csvsafe import to_csv
 from core.models import ItemState, Mode, TaskStatus
-from core.progress import TaskSnapshot
+from core.progress import TaskSnapshot, duration_words, pace_words
 
 #: Longest piece of user text (a name, an error) shown in a message.
 NAME_LIMIT = 80
@@ -104,7 +104,9 @@ def progress_line(task: TaskSnapshot) -> str:
     counted = f"{task.done:,} of {plural(task.total, 'user')} done"
     if not task.planned:
         counted += " so far (still listing users)"
-    return f"`{progress_bar(task.fraction)}` {round(task.fraction * 100)}% · {counted}"
+    line = f"`{progress_bar(task.fraction)}` {round(task.fraction * 100)}% · {counted}"
+    pace = pace_words(task.pace)
+    return f"{line} · {pace}" if pace else line
 
 
 def outcome_line(task: TaskSnapshot) -> str:
@@ -270,11 +272,19 @@ def resumed_reply(task: TaskSnapshot) -> SlackMessage:
     return SlackMessage(text, [section(text)])
 
 
-def waiting_reply(task: TaskSnapshot, blocking_task_id: int) -> SlackMessage:
+def waiting_reply(
+    task: TaskSnapshot, blocking_task_id: int, blocking: TaskSnapshot | None = None
+) -> SlackMessage:
+    """Which running reset this one waits for, and roughly how long (from that one's pace)."""
     text = (
-        f":hourglass_flowing_sand: Waiting: reset #{blocking_task_id} is still running, and "
-        f"only one reset runs at a time. Reset #{task.id} starts as soon as it ends."
+        f":hourglass_flowing_sand: Waiting: reset #{blocking_task_id} is still running and "
+        f"resets some of the same users. Reset #{task.id} starts as soon as it ends"
     )
+    left = blocking.pace.seconds_left if blocking is not None else None
+    if left is not None:
+        text += f", in {duration_words(left)} at its current pace."
+    else:
+        text += "."
     return SlackMessage(text, [section(text)])
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from core.controls import blank_unsafe
 from core.directory import DirectoryUser
 from core.models import ItemState, Mode, NoEmailChoice, Scope, TaskStatus
-from core.progress import TaskSnapshot
+from core.progress import TaskSnapshot, pace_words
 
 COMMAND = "/reset-passwords"
 #: Slack's limit for an option's text in a select menu.
@@ -221,9 +221,11 @@ def task_status_text(task: TaskSnapshot) -> str:
         f"{requester_mention(task.requester, task.requester_name)} {slack_date(task.created_at)}",
     ]
     if task.planned or task.total:
-        lines.append(
+        progress = (
             f"`{progress_bar(task.fraction)}` {task.done:,} of {plural(task.total, 'user')} done"
         )
+        pace = pace_words(task.pace)
+        lines.append(f"{progress} · {pace}" if pace else progress)
     else:
         lines.append("Not started yet: a worker picks it up shortly.")
     outcomes = outcome_summary(task.counts)

@@ -35,7 +35,7 @@ from bot.terminal import (
 from core import audit
 from core.csvsafe import to_csv
 from core.models import ItemState, ResetTask, TaskStatus
-from core.progress import TaskSnapshot, snapshot
+from core.progress import TaskSnapshot, pace_words, snapshot
 from core.settings import Settings
 from core.tasks import create_retry_task, items, recent_tasks, request_cancel
 
@@ -146,7 +146,8 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
         cli.say(f"  Paused since {_when(task.paused_since)} (UTC): "
                 f"{shown(task.pause_reason or '')} Nobody else's password changes until the "
                 f"mail server answers; next try {_when(task.paused_until)}.")
-    cli.say(f"  {task.done:,} of {task.total:,} users done")
+    pace = pace_words(task.pace)
+    cli.say(f"  {task.done:,} of {task.total:,} users done" + (f" · {pace}" if pace else ""))
     for state, count in task.counts.items():
         if count:
             cli.say(f"    {OUTCOME_WORDS[state]:<34} {count:>8,}")

@@ -181,8 +181,6 @@ class ResetTask(Base):
     slack_fallback_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     cancelled_by: Mapped[str | None] = mapped_column(String(64), default=None)
-    # 1 while running, else NULL: the unique index lets only one task run at a time.
-    active_slot: Mapped[int | None] = mapped_column(Integer, unique=True, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     # A mail outage: no pending user is claimed before `paused_until`; `pauses` tries so far.
     paused_until: Mapped[datetime | None] = mapped_column(default=None)
@@ -192,6 +190,20 @@ class ResetTask(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class StartLock(Base):
+    """One row every task start locks (an UPDATE) while it checks which tasks run.
+
+    Tasks whose users do not overlap run side by side; whether a task may start depends on the
+    other running tasks, so two starts deciding at once could each miss the other. Taking this
+    row's lock first makes the checks take turns, on SQLite and PostgreSQL alike.
+    """
+
+    __tablename__ = "task_start_lock"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    starts: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ResetItem(Base):

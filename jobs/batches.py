@@ -51,6 +51,8 @@ class TaskView:
             NoEmailChoice.SKIP: ItemState.SKIPPED,
             NoEmailChoice.SET: ItemState.HANDED_OUT,
         }[self.no_email]
+    #: Users in the task when the job began (final once it is planned): paces progress checks.
+    total: int = 0
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from jobs.context import WorkerContext
 from jobs.finishing import fail_task, finish_if_done
 from jobs.mailer import Mailer, MailSetupError
 from jobs.outage import pause_for_mail, resume_after_mail_outage
-from jobs.progress import report_progress
+from jobs.progress import ProgressWatch, report_progress
 from jobs.retries import schedule_retries
 from jobs.settling import HashedBatch, fail_for_mail_setup, settle_batch
 
@@ -59,7 +59,8 @@ def load_task(context: WorkerContext, task_id: int) -> TaskView | None:
         return TaskView(task.id, Mode(task.mode), task.require_change,
                         task.default_password_sealed, paused=task.paused_since is not None,
                         no_email=NoEmailChoice(task.no_email),
-                        no_email_sealed=task.no_email_password_sealed)
+                        no_email_sealed=task.no_email_password_sealed,
+                        total=task.total if task.planned else 0)
 
 
 def _known_passwords(context: WorkerContext, task: TaskView) -> KnownPasswords:
@@ -103,6 +104,8 @@ class Pipeline:
         #: Item ids waiting for a mail retry, by the number of the attempt coming up.
         self.retries: dict[int, list[int]] = defaultdict(list)
         self.in_flight: Future[Settled] | None = None
+        # Used on the helper thread only, after each settled batch: never while hashing.
+        self.progress = ProgressWatch(context, task.id, task.total)
 
     def run(self, known: KnownPasswords) -> None:
         """Hash batch after batch until none is left or the job must stop."""
@@ -157,12 +160,14 @@ class Pipeline:
         return True
 
     def settle(self, batch: HashedBatch) -> None:
-        """Write and mail a hashed batch on the helper thread."""
+        """Write and mail a hashed batch on the helper thread, then maybe report progress."""
         # The settling thread sees this job's context too (reporters may ask for it).
-        self.in_flight = self.helper.submit(
-            contextvars.copy_context().run, settle_batch, self.context, self.task, batch,
-            self.mailer,
-        )
+        self.in_flight = self.helper.submit(contextvars.copy_context().run, self._settle, batch)
+
+    def _settle(self, batch: HashedBatch) -> Settled:
+        settled = settle_batch(self.context, self.task, batch, self.mailer)
+        self.progress.settled(len(batch.claimed))
+        return settled
 
     def collect(self) -> bool:
         """Wait for the batch being settled; False when the job must stop."""

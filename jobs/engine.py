@@ -8,10 +8,11 @@ hash being committed and its mail being accepted; a retry makes a new one.
 
 Only the entry points live here, at the paths queued jobs name (`jobs.queueing.PLAN`, ...), so
 jobs queued by an older version still run. The engine itself, in the order a task meets it:
-`jobs.planning` (start a task, wait for the slot, write its items), `jobs.chunks` (claim, hash
-and settle batch after batch), `jobs.claims` (the leased items' UPDATEs), `jobs.settling`
-(write a hashed batch, mail it), `jobs.retries` (mail outcomes and retry delays),
-`jobs.progress` (throttled progress reports) and `jobs.finishing` (fail, settle, end a task).
+`jobs.planning` (start a task or wait for one sharing its users, write its items),
+`jobs.chunks` (claim, hash and settle batch after batch), `jobs.claims` (the leased items'
+UPDATEs), `jobs.settling` (write a hashed batch, mail it), `jobs.retries` (mail outcomes and
+retry delays), `jobs.progress` (throttled progress reports) and `jobs.finishing` (fail, settle,
+end a task).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from jobs.retries import due_retries
 
 
 def plan_task(task_id: int) -> None:
-    """Start the task if the slot is free, then write its items and enqueue its chunks."""
+    """Start the task if no running task shares its users, then write its items and chunks."""
     context = current_context()
     started = start_task(context, task_id)
     if started is not None:

@@ -1,7 +1,7 @@
 """How a task ends: failing it, settling the users it never reached, its final status.
 
 A task ends when it is planned and no item is left to work on; whichever worker sees that first
-ends it (a conditional UPDATE), reports the end once and wakes the next queued task. A failed
+ends it (a conditional UPDATE), reports the end once and wakes the queued tasks. A failed
 or cancelled task first gives every user not yet reached an outcome.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -22,6 +22,9 @@ from jobs.reporting import SafeReporter
 from jobs.rows import ACTIVE_ITEM_STATES, ACTOR, rowcount
 
 logger = logging.getLogger(__name__)
+
+#: Queued tasks woken when a task ends; any beyond are woken by the reaper, a few seconds on.
+WAKE_AT_MOST = 100
 
 
 def fail_task(context: WorkerContext, task_id: int, error: str) -> None:
@@ -43,7 +46,7 @@ def fail_task(context: WorkerContext, task_id: int, error: str) -> None:
 
 
 def cancel_unstarted(context: WorkerContext, session: Session, task_id: int) -> None:
-    """A task cancelled while it waited for the slot ends without ever starting."""
+    """A task cancelled while it waited to start ends without ever starting."""
     ended = rowcount(
         session.execute(
             update(ResetTask)
@@ -99,15 +102,25 @@ def finish_if_done(context: WorkerContext, task_id: int) -> bool:
     return True
 
 
-def start_next_queued(context: WorkerContext) -> int | None:
-    """Wake the oldest task waiting for the slot, if any; returns its id."""
+def start_next_queued(context: WorkerContext) -> list[int]:
+    """Wake the queued tasks, oldest first: any may have waited for the one that ended.
+
+    Each checks again whether a running task shares its users; one still blocked waits on
+    (quietly, having said so once). Waking after the end's commit is what makes a wait never
+    miss the end it waits for. Returns the ids woken.
+    """
     with context.sessions() as session:
-        waiting = session.scalar(
-            select(func.min(ResetTask.id)).where(ResetTask.status == TaskStatus.QUEUED)
-        )
-    if waiting is not None:
-        enqueue_task(context.queue, int(waiting))
-    return None if waiting is None else int(waiting)
+        waiting = [
+            int(task_id) for task_id in session.scalars(
+                select(ResetTask.id)
+                .where(ResetTask.status == TaskStatus.QUEUED)
+                .order_by(ResetTask.id)
+                .limit(WAKE_AT_MOST)
+            )
+        ]
+    for task_id in waiting:
+        enqueue_task(context.queue, task_id)
+    return waiting
 
 
 def _settle_untouched(session: Session, task: ResetTask, now: datetime) -> None:
@@ -169,7 +182,6 @@ def _end(session: Session, task: ResetTask, now: datetime) -> TaskStatus | None:
                 finished_at=now,
                 default_password_sealed=None,
                 no_email_password_sealed=None,
-                active_slot=None,
                 plan_lease_until=None,
             )
             .execution_options(synchronize_session=False)

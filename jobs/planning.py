@@ -1,8 +1,9 @@
-"""Starting a task and planning it: take the running slot, then write the items to reset.
+"""Starting a task and planning it: start when no running task shares a user, then write items.
 
-One task runs at a time (a unique `active_slot`); a task that finds another running waits and
-checks again. Planning streams the scope's users into items a batch per transaction and
-enqueues each chunk as soon as it is complete, so workers reset while planning goes on.
+Tasks whose users do not overlap run side by side (see `jobs.overlap`); a task that shares
+users with a running one waits, says once for which, and is woken when a task ends. Planning
+streams the scope's users into items a batch per transaction and enqueues each chunk as soon as
+it is complete, so workers reset while planning goes on.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from core import audit
 from core.directory import DirectoryUser
 from core.errors import InputError
-from core.models import ItemState, ResetItem, ResetTask, Scope, TaskStatus, utcnow
+from core.models import ItemState, ResetItem, ResetTask, Scope, StartLock, TaskStatus, utcnow
 from jobs.context import WorkerContext
 from jobs.finishing import cancel_unstarted, fail_task, finish_if_done
-from jobs.queueing import enqueue_chunk, enqueue_plan_later
+from jobs.overlap import Reach, overlaps
+from jobs.queueing import enqueue_chunk
 from jobs.reporting import SafeReporter
 from jobs.rows import ACTOR, items_table, rowcount
 
@@ -31,14 +34,14 @@ logger = logging.getLogger(__name__)
 
 #: Users read from the directory and inserted as items per planning round trip.
 PLAN_BATCH = 1000
-#: How often a task waiting for the running one checks again (finishing a task also wakes it).
-WAITING_RECHECK_SECONDS = 10
+#: The one row of `task_start_lock`.
+START_LOCK_ID = 1
 
 
 def start_task(context: WorkerContext, task_id: int) -> bool | None:
     """True: started now; False: was running, still unplanned; None: nothing to plan now.
 
-    Reports the start, or the wait for another task, once per task.
+    Reports the wait for another task, once per task (the start is reported by `plan_items`).
     """
     with context.sessions() as session:
         task = session.get(ResetTask, task_id)
@@ -53,33 +56,55 @@ def start_task(context: WorkerContext, task_id: int) -> bool | None:
         if task.cancel_requested:
             cancel_unstarted(context, session, task_id)
             return None
-        try:
-            started = _take_slot(context, session, task)
-        except IntegrityError:
-            # The unique active_slot says another task is running: wait for it.
-            session.rollback()
-            _wait_for_slot(context, session, task_id)
-            return None
+        reach = Reach.of(task.scope, task.selection)
+        detail = {"scope": task.scope, "mode": task.mode, "requester": task.requester}
+        session.rollback()  # the start check begins a transaction of its own, lock first
+        started, blocking, first_wait = _start_if_clear(context, session, task_id, reach, detail)
+    if blocking is not None:
+        logger.info("task %s waits for task %s, which shares users with it", task_id, blocking)
+        if first_wait:
+            SafeReporter(context.reporter).task_waiting(task_id, blocking)
+        return None
     if not started:
         return None  # another job started it a moment ago and plans it
     logger.info("task %s started", task_id)
-    SafeReporter(context.reporter).task_started(task_id)
-    return True
+    return True  # the start is told by `plan_items`, once its first users are queued
 
 
-def _take_slot(context: WorkerContext, session: Session, task: ResetTask) -> bool:
-    """Mark a queued task running, committed and audited; False if another job did it first.
+def _start_if_clear(
+    context: WorkerContext, session: Session, task_id: int, reach: Reach, detail: dict[str, str]
+) -> tuple[bool, int | None, bool]:
+    """Start a queued task unless a running one shares users with it; committed and audited.
 
-    Raises IntegrityError while another task holds the running slot.
+    (started, the running task it waits for, whether that wait is said for the first time).
+    Every start check holds the start lock until its commit, so two checks never decide at
+    once: a task marked running here is seen by the next check. A row lock taken by an UPDATE
+    works the same on both databases (PostgreSQL holds the row until commit, SQLite the whole
+    database), where a serialisable check would make PostgreSQL fail one of two racing starts
+    and SQLite would need another spelling; the checks are short, so taking turns costs
+    nothing that shows. A task ending needs no lock: it only lets others start, and it wakes
+    the waiting tasks after its commit (`start_next_queued`).
     """
+    _lock_starts(session)
+    blocking = _running_overlap(context, session, task_id, reach)
+    if blocking is not None:
+        first_wait = rowcount(
+            session.execute(
+                update(ResetTask)
+                .where(ResetTask.id == task_id, ResetTask.reported_waiting.is_(False))
+                .values(reported_waiting=True)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        session.commit()
+        return False, blocking, bool(first_wait)
     now = utcnow()
     started = rowcount(
         session.execute(
             update(ResetTask)
-            .where(ResetTask.id == task.id, ResetTask.status == TaskStatus.QUEUED)
+            .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.QUEUED)
             .values(
                 status=TaskStatus.RUNNING,
-                active_slot=1,
                 started_at=now,
                 # The starter plans: it holds the planning lease from the start.
                 plan_lease_until=now + timedelta(seconds=context.settings.lease_seconds),
@@ -88,29 +113,57 @@ def _take_slot(context: WorkerContext, session: Session, task: ResetTask) -> boo
         )
     )
     if started:
-        audit.record(
-            session, ACTOR, "start", task.id, scope=task.scope, mode=task.mode,
-            requester=task.requester,
-        )
+        audit.record(session, ACTOR, "start", task_id, **detail)
     session.commit()
-    return bool(started)
+    return bool(started), None, False
 
 
-def _wait_for_slot(context: WorkerContext, session: Session, task_id: int) -> None:
-    blocking = session.scalar(select(ResetTask.id).where(ResetTask.active_slot == 1))
-    first_time = rowcount(
-        session.execute(
-            update(ResetTask)
-            .where(ResetTask.id == task_id, ResetTask.reported_waiting.is_(False))
-            .values(reported_waiting=True)
-            .execution_options(synchronize_session=False)
+def _lock_starts(session: Session) -> None:
+    """Take the start lock for this transaction (the row is made on first use if missing)."""
+    if _bump_lock(session):
+        return
+    # A database made by `create_schema` has no row yet. Of two starts making it at once, the
+    # second one's insert waits for the first one's commit, then does nothing.
+    on_sqlite = session.get_bind().dialect.name == "sqlite"
+    make_row = (sqlite_insert if on_sqlite else postgresql_insert)(StartLock)
+    session.execute(make_row.values(id=START_LOCK_ID, starts=0).on_conflict_do_nothing())
+    if not _bump_lock(session):
+        raise RuntimeError("the task start lock row could not be made")
+
+
+def _bump_lock(session: Session) -> bool:
+    return bool(rowcount(session.execute(
+        update(StartLock)
+        .where(StartLock.id == START_LOCK_ID)
+        .values(starts=StartLock.starts + 1)
+        .execution_options(synchronize_session=False)
+    )))
+
+
+def _running_overlap(
+    context: WorkerContext, session: Session, task_id: int, reach: Reach
+) -> int | None:
+    """The oldest running task that may share a user with this one, if any."""
+    running = session.execute(
+        select(ResetTask.id, ResetTask.scope, ResetTask.selection)
+        .where(ResetTask.status == TaskStatus.RUNNING, ResetTask.id != task_id)
+        .order_by(ResetTask.id)
+    ).all()
+
+    def all_staff(user_ids: frozenset[int]) -> bool:
+        directory = context.directory
+        patrons = session.scalar(
+            select(func.count()).select_from(directory.table).where(
+                directory.table.c.id.in_(sorted(user_ids)),
+                directory.scope_condition(Scope.ALL_WITHOUT_ROLE, ()),
+            )
         )
-    )
-    session.commit()
-    enqueue_plan_later(context.queue, task_id, WAITING_RECHECK_SECONDS)
-    logger.info("task %s waits for task %s", task_id, blocking)
-    if first_time and blocking is not None:
-        SafeReporter(context.reporter).task_waiting(task_id, blocking)
+        return not patrons
+
+    for other_id, scope, selection in running:
+        if overlaps(reach, Reach.of(scope, selection or ()), all_staff):
+            return int(other_id)
+    return None
 
 
 def _take_plan_lease(context: WorkerContext, session: Session, task_id: int) -> bool:
@@ -147,6 +200,8 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
 
     Chunks are enqueued as soon as they are complete, so workers start while planning goes on;
     an interrupted plan resumes from `plan_cursor` (set with each batch, in the same commit).
+    The starter (not `resuming`) reports the start once the first batch's chunks are queued:
+    then the reporter knows the task's size (a one-batch task is told behind its own work).
     """
     settings = context.settings
     with context.sessions() as session:
@@ -162,13 +217,16 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         for chunk in _chunks_with_pending(context, task_id):
             enqueue_chunk(context.queue, task_id, chunk)
     enqueued = plan.count // settings.chunk_size
+    start = _StartTeller(context, task_id, told=resuming)
     while True:
         try:
             step = _plan_batch(context, task_id, plan)
         except InputError as error:
+            start.tell()
             fail_task(context, task_id, f"The task could not be planned: {error}")
             return
         if step is None:
+            start.tell()
             return  # another planner took over
         done = step
         size = settings.chunk_size
@@ -176,10 +234,25 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         for chunk in range(enqueued, chunks):
             enqueue_chunk(context.queue, task_id, chunk)
         enqueued = max(enqueued, chunks)
+        start.tell()
         if done:
             break
     logger.info("task %s planned: %s users in %s chunks", task_id, plan.count, enqueued)
     finish_if_done(context, task_id)
+
+
+@dataclass
+class _StartTeller:
+    """Reports a task's start once, however planning goes on or stops."""
+
+    context: WorkerContext
+    task_id: int
+    told: bool
+
+    def tell(self) -> None:
+        if not self.told:
+            self.told = True
+            SafeReporter(self.context.reporter).task_started(self.task_id)
 
 
 def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | None:

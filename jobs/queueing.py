@@ -116,10 +116,6 @@ def enqueue_task(queue: Queue, task_id: int) -> None:
     _enqueue(queue, PLAN, task_id)
 
 
-def enqueue_plan_later(queue: Queue, task_id: int, delay_seconds: float) -> None:
-    _enqueue(queue, PLAN, task_id, delay=delay_seconds)
-
-
 def enqueue_chunk(queue: Queue, task_id: int, chunk: int) -> None:
     _enqueue(queue, RUN_CHUNK, task_id, chunk)
 

@@ -8,7 +8,7 @@ Runs every `reaper_interval` seconds in every worker (and once before a burst wo
   enqueued again from the database (pending chunks, waiting mail retries);
 - mail retries overdue by a grace period with no retry job are enqueued again;
 - a task whose users are all done but that never ended is finished;
-- the oldest queued task is woken when nothing runs and nothing would wake it;
+- a queued task with no job to start it is woken (it waits on if it still shares users);
 - an ended task whose Slack summary or CSV delivery was lost gets its end re-reported;
 - an expired preview's sealed default password is erased.
 
@@ -87,8 +87,7 @@ def _reap(context: WorkerContext, now: datetime) -> ReapReport:
         session.expunge_all()
     for task in running:
         _rescue_running(context, task, jobs.get(task.id, set()), now, report)
-    if not running:
-        _wake_queued(context, jobs, now, report)
+    _wake_queued(context, jobs, now, report)
     if context.settings.slack_bot_token:
         # A task's end told to Slack by a delivery that Redis lost is told again. Imported here:
         # a worker without Slack never loads slack_sdk.
@@ -238,15 +237,20 @@ def _enqueue_retries(
 def _wake_queued(
     context: WorkerContext, jobs: dict[int, set[str]], now: datetime, report: ReapReport
 ) -> None:
-    """Nothing runs: if the oldest queued task has no job to start it, give it one."""
+    """A queued task with no job to start it gets one: it checks again whether it may start.
+
+    A task that waits for another one sharing its users is woken when that one ends; this
+    catches a wake-up that was lost (a finisher killed between its commit and the enqueue).
+    """
     with context.sessions() as session:
-        oldest = session.scalar(
-            select(func.min(ResetTask.id)).where(ResetTask.status == TaskStatus.QUEUED)
-        )
-    if oldest is None or jobs.get(int(oldest)):
-        return
-    if _reserve_rescue(context, int(oldest), now):
-        enqueue_task(context.queue, int(oldest))
+        queued = list(session.scalars(
+            select(ResetTask.id).where(ResetTask.status == TaskStatus.QUEUED)
+            .order_by(ResetTask.id)
+        ))
+    for task_id in queued:
+        if jobs.get(int(task_id)) or not _reserve_rescue(context, int(task_id), now):
+            continue
+        enqueue_task(context.queue, int(task_id))
         report.plans_enqueued += 1
 
 

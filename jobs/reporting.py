@@ -18,10 +18,11 @@ logger = logging.getLogger(__name__)
 class Reporter(Protocol):
     """What the engine says about a task, and how often it says it (at most):
 
-    - `task_started`: once, when the task takes the running slot;
+    - `task_started`: once, when the task starts (no running task shares a user with it);
     - `task_progress`: once per step (`step` of `steps`, from settings.progress_steps), whichever
-      worker first sees the users done cross it;
-    - `task_waiting`: once, when the task first finds another one running;
+      worker first sees the users done cross it (checked after settled batches: within chunks);
+    - `task_waiting`: once, when the task first finds a running one that shares users with it
+      (`blocking_task_id`);
     - `retries_scheduled`: once per retry round; `attempt` is the number of the mail attempt
       coming up (2 to max_mail_attempts), `users` how many wait for it when it is said;
     - `task_paused` / `task_resumed`: once per mail outage, when the task first pauses

@@ -124,7 +124,10 @@ class SlackReporter:
         self.retry_intervals = tuple(retry_intervals)
 
     def task_started(self, task_id: int) -> None:
-        self._send(task_id, Event.STARTED)
+        # Told ahead of the task's work, so a long task shows at once, except a task of one
+        # claim batch: told behind it, so its mails go before these Slack calls (a lone worker
+        # would otherwise make a one-user reset wait on them), and it is soon told anyway.
+        self._send(task_id, Event.STARTED, front=not self._one_batch(task_id))
 
     def task_progress(self, task_id: int, step: int, steps: int) -> None:
         self._send(task_id, Event.PROGRESS, step, steps)
@@ -146,11 +149,18 @@ class SlackReporter:
     def task_finished(self, task_id: int) -> None:
         self._send(task_id, Event.FINISHED)
 
-    def _send(self, task_id: int, event: Event, *args: int) -> None:
+    def _send(self, task_id: int, event: Event, *args: int, front: bool | None = None) -> None:
         if not self._reports_to_slack(task_id):
             return
         enqueue_delivery(self.context.queue, task_id, event, *args,
-                         retry_intervals=self.retry_intervals)
+                         retry_intervals=self.retry_intervals, front=front)
+
+    def _one_batch(self, task_id: int) -> bool:
+        with self.context.sessions() as session:
+            row = session.execute(
+                select(ResetTask.planned, ResetTask.total).where(ResetTask.id == task_id)
+            ).one_or_none()
+        return row is not None and row.planned and row.total <= self.context.settings.claim_batch
 
     def _reports_to_slack(self, task_id: int) -> bool:
         with self.context.sessions() as session:
@@ -166,8 +176,12 @@ def enqueue_delivery(
     event: Event,
     *args: int,
     retry_intervals: Sequence[int] = RETRY_INTERVALS,
+    front: bool | None = None,
 ) -> None:
-    """Queue one delivery (JSON arguments only) with a backoff long enough for an outage."""
+    """Queue one delivery (JSON arguments only) with a backoff long enough for an outage.
+
+    `front`: ahead of the queued reset work (default: every event but the end).
+    """
     queue.enqueue(
         DELIVER,
         task_id,
@@ -178,7 +192,7 @@ def enqueue_delivery(
         failure_ttl=FAILURE_TTL,
         # Ahead of the task's own chunk jobs, or progress would be told only at the end; the
         # end goes behind whatever the task's last job reported just before it.
-        at_front=event is not Event.FINISHED,
+        at_front=event is not Event.FINISHED if front is None else front,
         retry=Retry(max=len(retry_intervals), interval=list(retry_intervals)),
     )
 
@@ -393,7 +407,9 @@ class Delivery:
         if event is Event.PROGRESS:
             self.say_milestone(state)
         elif event is Event.WAITING:
-            self.reply(state, messages.waiting_reply(state.task, args[0]))
+            with self.context.sessions() as session:
+                blocking = snapshot(session, args[0])
+            self.reply(state, messages.waiting_reply(state.task, args[0], blocking))
         elif event is Event.PAUSED:
             self.reply(state, messages.paused_reply(state.task))
         elif event is Event.RESUMED:

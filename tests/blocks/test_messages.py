@@ -53,6 +53,39 @@ def test_running_parent_shows_progress_and_a_cancel_button() -> None:
     assert message.text == "Password reset #12: Running, 45 of 100 users done"
 
 
+def test_running_parent_shows_rate_and_time_left() -> None:
+    from datetime import timedelta
+
+    started = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
+    task = snap(total=10_000, counts={ItemState.RESET: 3_400, ItemState.PENDING: 6_600},
+                mode=Mode.DEFAULT.value, started_at=started,
+                read_at=started + timedelta(seconds=85))
+    shown = everything(messages.parent_message(task))
+    assert "3,400 of 10,000 users done · 40 users/s · about 3 min left" in shown
+    # Two seconds in, there is no estimate yet; once ended, the rate over the whole run.
+    early = replace(task, counts={**task.counts, ItemState.RESET: 80, ItemState.PENDING: 9_920},
+                    read_at=started + timedelta(seconds=2))
+    assert "users/s" not in everything(messages.parent_message(early))
+    ended = replace(task, status=TaskStatus.COMPLETED,
+                    counts={**task.counts, ItemState.RESET: 10_000, ItemState.PENDING: 0},
+                    finished_at=started + timedelta(seconds=200))
+    assert "10,000 of 10,000 users done · 50 users/s" in everything(
+        messages.parent_message(ended))
+    assert "left" not in everything(messages.parent_message(ended))
+
+
+def test_waiting_says_for_which_task_and_roughly_how_long() -> None:
+    from datetime import timedelta
+
+    started = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
+    blocking = snap(id=7, total=1_000, counts={ItemState.RESET: 100},
+                    started_at=started, read_at=started + timedelta(seconds=20))
+    text = messages.waiting_reply(snap(), 7, blocking).text
+    assert "reset #7 is still running and resets some of the same users" in text
+    assert "Reset #12 starts as soon as it ends, in about 3 min at its current pace." in text
+    assert messages.waiting_reply(snap(), 7, None).text.endswith("starts as soon as it ends.")
+
+
 def test_finished_parent_offers_retry_only_with_failed_mails() -> None:
     failed = snap(status=TaskStatus.COMPLETED_WITH_ERRORS,
                   counts={ItemState.NOTIFIED: 97, ItemState.NOTIFY_FAILED: 3})

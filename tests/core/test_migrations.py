@@ -18,7 +18,9 @@ from core.models import Base, users_table
 from core.schema import create_schema
 from core.settings import DirectoryNames, Settings
 
-RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log"}
+RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log",
+                   "task_start_lock"}
+HEAD = "0005"
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def _search_finds(engine: Engine, directory: Directory, term: str) -> list[str]:
 def test_upgrade_creates_every_table_and_the_search_index(
     settings: Settings, fresh_engine: Engine
 ) -> None:
-    assert upgrade(settings) == head_revision() == "0004"
+    assert upgrade(settings) == head_revision() == HEAD
     tables = set(inspect(fresh_engine).get_table_names())
     assert {*RESETBOT_TABLES, "users", VERSION_TABLE} <= tables
     directory = Directory(settings.directory)
@@ -78,12 +80,12 @@ def test_upgrade_is_idempotent_and_keeps_data(settings: Settings, fresh_engine: 
             insert(directory.table),
             [{"username": "kept", "full_name": "Kept", "must_change_password": False}],
         )
-    assert upgrade(settings) == head_revision()
-    assert upgrade(settings) == head_revision()
+    assert upgrade(settings) == HEAD
+    assert upgrade(settings) == HEAD
     with fresh_engine.connect() as connection:
         assert connection.execute(select(directory.table.c.username)).scalars().all() == ["kept"]
         versions = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    assert versions == [(head_revision(),)]
+    assert versions == [(HEAD,)]
 
 
 def test_migrated_schema_matches_the_models(settings: Settings, fresh_engine: Engine) -> None:
@@ -149,7 +151,7 @@ def test_upgrade_adopts_a_schema_made_by_create_schema(
 ) -> None:
     directory = Directory(settings.directory)
     create_schema(fresh_engine, directory)
-    assert upgrade_engine(fresh_engine, settings.directory) == head_revision()
+    assert upgrade_engine(fresh_engine, settings.directory) == HEAD
     assert _schema_differences(fresh_engine, settings.directory) == []
 
 
@@ -172,10 +174,33 @@ def test_downgrade_removes_resetbot_tables_but_not_users(
             insert(directory.table),
             [{"username": "after", "full_name": "After", "must_change_password": False}],
         )
-    assert upgrade(settings) == head_revision()
+    assert upgrade(settings) == HEAD
 
 
 def test_schema_metadata_covers_every_model_table() -> None:
     metadata = schema_metadata(DirectoryNames())
     assert set(Base.metadata.tables) | {"users"} == set(metadata.tables)
     assert users_table(DirectoryNames()).c.keys() == metadata.tables["users"].c.keys()
+
+
+def test_0005_drops_the_running_slot_and_adds_the_start_lock(
+    settings: Settings, fresh_engine: Engine
+) -> None:
+    assert upgrade(settings, "0004") == "0004"
+    with fresh_engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO reset_tasks (requester, requester_name, scope, selection, mode, "
+            "require_change, status, total, planned, plan_cursor, reported_step, "
+            "reported_waiting, reported_retry_round, summary_posted, slack_started_posted, "
+            "slack_milestone, slack_error_posted, slack_csv_posted, cancel_requested, "
+            "active_slot, created_at) VALUES ('cli:x', '', 'all', '[]', 'default', true, "
+            "'running', 0, false, 0, 0, false, 0, false, false, 0, false, false, false, 1, "
+            "CURRENT_TIMESTAMP)"
+        ))
+    assert upgrade(settings) == HEAD
+    columns = {column["name"] for column in inspect(fresh_engine).get_columns("reset_tasks")}
+    assert "active_slot" not in columns
+    with fresh_engine.connect() as connection:
+        assert connection.execute(text("SELECT status FROM reset_tasks")).all() == [("running",)]
+        assert connection.execute(text("SELECT id FROM task_start_lock")).all() == [(1,)]
+    assert _schema_differences(fresh_engine, settings.directory) == []

@@ -114,7 +114,6 @@ def test_default_mode_sends_no_mail_and_salts_each_hash(
         task = session.get(ResetTask, task_id)
         assert task is not None
         assert task.default_password_sealed is None
-        assert task.active_slot is None
 
 
 # -- generated passwords, mail and retries ---------------------------------------------------------
@@ -506,7 +505,7 @@ def test_the_reaper_replans_a_task_whose_planner_died(
     with sessions() as session:  # started, then the planner was killed before writing anything
         session.execute(
             update(ResetTask).where(ResetTask.id == task_id).values(
-                status=TaskStatus.RUNNING, active_slot=1, started_at=utcnow(),
+                status=TaskStatus.RUNNING, started_at=utcnow(),
                 plan_lease_until=utcnow() - timedelta(seconds=1),
             )
         )

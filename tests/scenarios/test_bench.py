@@ -67,3 +67,23 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(
     assert memory["peak_rss_mb"]["worker"] > 10 and memory["peak_rss_mb"]["app"] > 10
     assert [r["via"] for r in result["confirm"]] == ["http"]
     assert result["targets"]
+
+
+@pytest.mark.postgres
+def test_the_small_task_and_eta_phases_run_at_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert main([
+        "--phases", "small,eta", "--small-repeat", "2", "--eta-users", "200",
+        "--rounds", "1000", "--modes", "default", "--out", str(out),
+    ]) == 0
+    result = json.loads(out.read_text())
+    small = result["small"]
+    assert len(small) == 2
+    for row in small:
+        assert row["status"] == "completed"
+        # Confirm sent, task started, mail accepted: in that order, all measured.
+        assert 0 < row["started_s"] < row["seconds"] <= row["finished_s"]
+        assert row["slack_calls_before_mail"] == 0  # the mail waited for no Slack call
+    assert result["small_median_s"] > 0
+    (eta,) = result["eta"]
+    assert eta["status"] == "completed" and eta["mode"] == "default"

@@ -501,7 +501,7 @@ def test_two_tasks_over_the_same_users_never_reset_anyone_at_the_same_time(
     assert (one.counts[ItemState.RESET], two.counts[ItemState.RESET]) == (20, 20)
     with sessions() as session:
         rows = {t: session.get(ResetTask, t) for t in (first, second)}
-    # Whichever plan job won the slot ran first; the other one waited for it to end.
+    # Whichever plan job started first ran first; the other one waited for it to end.
     earlier, later = sorted(rows.values(), key=lambda t: t.started_at)  # type: ignore[union-attr]
     assert earlier.finished_at is not None and later.started_at is not None
     assert later.started_at >= earlier.finished_at
