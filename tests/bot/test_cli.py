@@ -7,7 +7,6 @@ import io
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,15 @@ from redis import Redis
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.cli import main
 from core.directory import Directory
 from core.migrate import head_revision
 from core.models import AuditEntry, ResetTask
 from core.passwords import PasswordHasher
 from core.settings import Settings
 from jobs.worker import GIL_SWITCH_SECONDS
+from tests.support.cli import FakeTerminal
+from tests.support.cli import cli_settings as cli_settings
+from tests.support.cli import run as run
 from tests.support.engine import build_context, run_until_final, user_rows
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
@@ -32,37 +33,8 @@ STRONG_DEFAULT = "Quiet-Harbour-Lantern-42"
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
 
 
-class FakeTerminal(io.StringIO):
-    """Typed answers on a stdin that says it is a terminal."""
-
-    def isatty(self) -> bool:
-        return True
-
-
-@pytest.fixture
-def cli_settings(settings: Settings, smtp_server: SmtpServer) -> Settings:
-    return smtp_server.settings(settings)
-
-
-@pytest.fixture
-def run(
-    cli_settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Any:
-    def run_cli(*argv: str, stdin: io.StringIO | None = None, **env: str) -> Run:
-        monkeypatch.setattr("sys.stdin", stdin if stdin is not None else io.StringIO(""))
-        environ = {**cli_settings.to_env(), **env}
-        code = main(list(argv), environ=environ)
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run_cli
 
 
 def _users(engine: Engine, directory: Directory) -> list[tuple[Any, ...]]:

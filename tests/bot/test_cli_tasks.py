@@ -6,11 +6,9 @@ Run in-process (`bot.cli.main`) against the real database, Redis, SMTP server an
 
 from __future__ import annotations
 
-import io
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -26,6 +24,8 @@ from core.models import AuditEntry, ItemState, ResetItem, ResetTask, TaskStatus
 from core.passwords import PasswordHasher
 from core.settings import Settings
 from core.tasks import create_retry_task
+from tests.support.cli import cli_settings as cli_settings
+from tests.support.cli import run as run
 from tests.support.engine import user_rows
 from tests.support.faults import wait_until
 from tests.support.signing import app_settings, start_app
@@ -40,29 +40,7 @@ postgres_only = pytest.mark.parametrize(
 )
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
 
-
-@pytest.fixture
-def cli_settings(settings: Settings, smtp_server: SmtpServer) -> Settings:
-    return smtp_server.settings(settings)
-
-
-@pytest.fixture
-def run(
-    cli_settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Any:
-    def run_cli(*argv: str) -> Run:
-        monkeypatch.setattr("sys.stdin", io.StringIO(""))
-        code = main(list(argv), environ=cli_settings.to_env())
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run_cli
 
 
 def work(run: Any) -> None:

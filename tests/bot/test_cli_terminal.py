@@ -7,11 +7,9 @@ In-process (`bot.cli.main`) on the real database; the pipe tests run the console
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,9 @@ from bot.cli import EXIT_PIPE_CLOSED, EXIT_USAGE, build_parser, main
 from core.directory import Directory
 from core.models import ResetTask, Scope
 from core.settings import Settings
-from tests.support.smtp import SmtpServer
+from tests.support.cli import FakeTerminal
+from tests.support.cli import cli_settings as cli_settings
+from tests.support.cli import run as run
 from tests.support.smtp import smtp_server as smtp_server
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -33,44 +33,8 @@ HOSTILE_USERNAME = "eve\x1b[2J\x1b[31m"
 HOSTILE_NAME = "Eve \u202eevil\u202c\x9b1m"
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
 
 
-class FakeTerminal(io.StringIO):
-    """A stream that says it is a terminal: typed answers in, or what the screen shows."""
-
-    def isatty(self) -> bool:
-        return True
-
-
-@pytest.fixture
-def cli_settings(settings: Settings, smtp_server: SmtpServer) -> Settings:
-    return smtp_server.settings(settings)
-
-
-@pytest.fixture
-def run(
-    cli_settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Any:
-    def run_cli(*argv: str, stdin: io.StringIO | None = None,
-                stdout: io.StringIO | None = None) -> Run:
-        with monkeypatch.context() as patch:
-            patch.setattr("sys.stdin", stdin if stdin is not None else io.StringIO(""))
-            if stdout is not None:
-                patch.setattr("sys.stdout", stdout)
-            try:
-                code = main(list(argv), environ=cli_settings.to_env())
-            except SystemExit as exit_:  # argparse's own mistakes and --help
-                code = int(exit_.code or 0)
-        captured = capsys.readouterr()
-        out = stdout.getvalue() if stdout is not None else captured.out
-        return Run(code, out, captured.err)
-
-    return run_cli
 
 
 def _task_count(sessions: sessionmaker[Session]) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from redis import Redis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.cli import main
@@ -109,6 +109,17 @@ def items(sessions: sessionmaker[Session], task_id: int) -> dict[int, ResetItem]
     with sessions() as session:
         found = session.scalars(select(ResetItem).where(ResetItem.task_id == task_id))
         return {item.user_id: item for item in found}
+
+
+def add_mailable_users(engine: Engine, directory: Directory, count: int) -> None:
+    """Users user1..userN, each with an address (and no sample users)."""
+    with engine.begin() as connection:
+        connection.execute(insert(directory.table), [
+            {"id": i, "username": f"user{i}", "full_name": f"User {i}",
+             "email": f"user{i}@example.org", "password_hash": "old-hash",
+             "must_change_password": False}
+            for i in range(1, count + 1)
+        ])
 
 
 def thread(standin: SlackStandIn) -> list[Message]:
@@ -207,15 +218,7 @@ def test_a_server_failing_mail_after_mail_pauses_the_rest_of_the_task(
     context_for: Any, sessions: sessionmaker[Session], directory: Directory, engine: Engine,
     smtp_server: SmtpServer, settings: Settings,
 ) -> None:
-    from sqlalchemy import insert
-
-    with engine.begin() as connection:
-        connection.execute(insert(directory.table), [
-            {"id": i, "username": f"user{i}", "full_name": f"User {i}",
-             "email": f"user{i}@example.org", "password_hash": "old-hash",
-             "must_change_password": False}
-            for i in range(1, 21)
-        ])
+    add_mailable_users(engine, directory, 20)
     for i in range(1, 6):  # the first five recipients: 421, as a server going down answers
         smtp_server.refuse(f"user{i}@example.org", code=421, times=1)
     configured = replace(smtp_server.settings(settings), chunk_size=20, claim_batch=5,
@@ -261,15 +264,7 @@ def test_wrong_smtp_credentials_over_many_chunks_say_one_thing_once(
     context_for: Any, sessions: sessionmaker[Session], directory: Directory, engine: Engine,
     slack_standin: SlackStandIn, settings: Settings,
 ) -> None:
-    from sqlalchemy import insert
-
-    with engine.begin() as connection:
-        connection.execute(insert(directory.table), [
-            {"id": i, "username": f"user{i}", "full_name": f"User {i}",
-             "email": f"user{i}@example.org", "password_hash": "old-hash",
-             "must_change_password": False}
-            for i in range(1, 61)
-        ])
+    add_mailable_users(engine, directory, 60)
     server = SmtpServer(username="resetbot", password="Right-Relay-Secret-1").start()
     try:
         configured = replace(server.settings(settings), smtp_password="Wrong-Relay-Secret-2",
