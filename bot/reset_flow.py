@@ -33,6 +33,7 @@ from bot.terminal import (
 from core import audit
 from core.directory import Directory, Preview
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
+from core.passwords import normalised
 from core.progress import TaskSnapshot, snapshot
 from core.settings import Settings
 from core.tasks import RequestInvalid, ResetRequest, create_task
@@ -188,7 +189,8 @@ def read_default_password(
         password = stream.readline().rstrip("\r\n")
     if not password:
         raise Refused(f"no {what} on stdin (nothing was changed)")
-    return password
+    # NFC: checked (usernames in it included) and hashed as the sign-in side compares it.
+    return normalised(password)
 
 
 def validate_or_refuse(
