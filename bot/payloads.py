@@ -81,6 +81,9 @@ def payload_problem(body: object) -> str | None:
         present = name in body if name == "response_urls" else value is not None
         if present and not _list_of_objects(value):
             return f"{name} must be a list of objects"
+    if len(body.get("response_urls") or ()) > 1:
+        # resetbot's forms ask for no response URL; Bolt fails reading several (a 500).
+        return "response_urls must hold at most one entry"
     if "command" in body:
         problem = _command_problem(body)
         if problem:
