@@ -83,11 +83,16 @@ def task(context: WorkerContext, task_id: int) -> ResetTask:
         return found
 
 
-def run_to_the_end(context: WorkerContext, task_id: int, timeout: float = 30) -> ResetTask:
-    """Burst workers (with RQ's scheduler for due retries) until the task ended and Slack has
-    heard the whole story (its summary, and the CSV when there are follow-ups)."""
+def run_to_the_end(
+    context: WorkerContext, task_id: int, timeout: float = 30, *, with_reaper: bool = False
+) -> ResetTask:
+    """Burst workers (with RQ's scheduler for due retries, and the reaper that resumes a paused
+    task if asked) until the task ended and Slack has heard the whole story (its summary, and
+    the CSV when there are follow-ups)."""
 
     def told() -> bool:
+        if with_reaper:
+            reap(context)
         ResetWorker(context, reaper=False).work(burst=True, with_scheduler=True)
         row = task(context, task_id)
         return TaskStatus(row.status).is_final and row.summary_posted and (
@@ -130,19 +135,6 @@ def thread(standin: SlackStandIn) -> list[Message]:
 # ---- SMTP down: the task pauses, nobody is reset until the server answers -------------------
 
 
-def run_with_reaper(context: WorkerContext, task_id: int, timeout: float = 30) -> ResetTask:
-    """Workers and the reaper (which resumes a paused task) until the task ended and was told."""
-
-    def told() -> bool:
-        reap(context)
-        ResetWorker(context, reaper=False).work(burst=True, with_scheduler=True)
-        row = task(context, task_id)
-        return TaskStatus(row.status).is_final and row.summary_posted and (
-            row.slack_csv_posted or not _has_follow_ups(context, task_id))
-
-    wait_until(told, timeout, f"task {task_id} to end and be reported")
-    return task(context, task_id)
-
 
 def test_smtp_down_for_the_whole_task_pauses_it_then_fails_it_with_nobody_reset(
     context_for: Any, sessions: sessionmaker[Session], directory: Directory,
@@ -154,7 +146,7 @@ def test_smtp_down_for_the_whole_task_pauses_it_then_fails_it_with_nobody_reset(
     context = context_for(configured)
     task_id = start(context)
 
-    final = run_with_reaper(context, task_id)
+    final = run_to_the_end(context, task_id, with_reaper=True)
 
     assert final.status == TaskStatus.FAILED
     assert final.error is not None and final.error.startswith(
@@ -198,7 +190,7 @@ def test_smtp_down_at_the_start_pauses_the_task_and_it_resumes_when_the_server_a
         assert not [t for t in said if t.startswith(f"Reset #{task_id} ")]  # no summary yet
 
         proxy.restore()
-        final = run_with_reaper(context, task_id)
+        final = run_to_the_end(context, task_id, with_reaper=True)
 
     assert final.status == TaskStatus.COMPLETED
     outcome = items(sessions, task_id)
@@ -236,7 +228,7 @@ def test_a_server_failing_mail_after_mail_pauses_the_rest_of_the_task(
     hashes = _hashes(sessions, directory)
     assert {hashes[i] for i in untouched} == {"old-hash"}
 
-    final = run_with_reaper(context, task_id)
+    final = run_to_the_end(context, task_id, with_reaper=True)
 
     assert final.status == TaskStatus.COMPLETED
     outcome = items(sessions, task_id)
