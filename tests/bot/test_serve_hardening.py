@@ -4,7 +4,6 @@ Slack out, and the server closes such connections soon. The real command, on loo
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -19,34 +18,15 @@ import pytest
 
 from bot.server import CONNECTION_LIMIT, IDLE_CHECK_SECONDS, IDLE_TIMEOUT_SECONDS
 from core.settings import Settings
-from tests.support.signing import ADMIN, SIGNING_SECRET, SignedSlack
+from tests.support.signing import SignedSlack, serve_environment
 from tests.support.slack_standin import SlackStandIn
 from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.smtp import free_port
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-REPO = Path(__file__).resolve().parents[2]
 #: More idle connections than waitress's default limit (100), which locked Slack out.
 IDLE_CLIENTS = 200
 
-
-def serve_environment(settings: Settings, standin: SlackStandIn) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "RESET_"))}
-    env.update({
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url or "",
-        "RESET_QUEUE": settings.reset_queue,
-        "RESET_SECRET_KEY": settings.reset_secret_key,
-        "RESET_ADMINS": ADMIN,
-        "SLACK_BOT_TOKEN": standin.token,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": standin.api_url,
-        "PASSWORD_SCHEMES": "pbkdf2_sha256",
-        "PASSWORD_ROUNDS": "1000",
-        "PASSWORD_ALLOW_WEAK_ROUNDS": "true",  # cheap hashing in tests
-        "PYTHONPATH": str(REPO),
-    })
-    return env
 
 
 @pytest.fixture

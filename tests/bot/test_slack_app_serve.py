@@ -4,7 +4,6 @@ configured only through the environment; and the one-line errors for missing cre
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -25,14 +24,19 @@ from core.directory import Directory
 from core.errors import ConfigError
 from core.models import ResetTask, TaskStatus
 from core.settings import Settings
-from tests.support.signing import ADMIN, SIGNING_SECRET, SignedSlack, form_state, submitted_view
+from tests.support.signing import (
+    ADMIN,
+    SignedSlack,
+    form_state,
+    serve_environment,
+    submitted_view,
+)
 from tests.support.slack_standin import SlackStandIn
 from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.smtp import SmtpServer, free_port
 from tests.support.smtp import smtp_server as smtp_server
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-REPO = Path(__file__).resolve().parents[2]
 SERVE = (
     "import sys\n"
     "from core.settings import Settings\n"
@@ -51,27 +55,10 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def environment(settings: Settings, standin: SlackStandIn, smtp: SmtpServer) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "RESET_"))}
-    env.update({
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url or "",
-        "RESET_QUEUE": settings.reset_queue,
-        "RESET_SECRET_KEY": settings.reset_secret_key,
-        "RESET_ADMINS": ADMIN,
-        "RESET_REAPER_INTERVAL": "1",
-        "SLACK_BOT_TOKEN": standin.token,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": standin.api_url,
-        "PASSWORD_SCHEMES": "pbkdf2_sha256",
-        "PASSWORD_ROUNDS": "1000",
-        "PASSWORD_ALLOW_WEAK_ROUNDS": "true",
-        "MAIL_RETRY_DELAYS": "0,0,0",
-        "SMTP_HOST": smtp.host,
-        "SMTP_PORT": str(smtp.port),
-        "SMTP_SECURITY": "none",
-        "PYTHONPATH": str(REPO),
-    })
-    return env
+    return serve_environment(
+        settings, standin, RESET_REAPER_INTERVAL="1", MAIL_RETRY_DELAYS="0,0,0",
+        SMTP_HOST=smtp.host, SMTP_PORT=str(smtp.port), SMTP_SECURITY="none",
+    )
 
 
 @pytest.fixture

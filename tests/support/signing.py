@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -19,6 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import urlencode
@@ -38,6 +40,7 @@ from tests.support.slack_standin import SlackStandIn
 
 SIGNING_SECRET = "test-signing-secret-8f2c"
 ADMIN = "UADMIN"
+REPO = Path(__file__).resolve().parents[2]
 OUTSIDER = "UOUTSIDER"
 CHANNEL = "C0TASKS"
 TEAM = {"id": "T0LIBRARY", "domain": "library"}
@@ -48,6 +51,31 @@ Json = dict[str, Any]
 #: the benchmark makes a new client per measurement and sends the same searches again.
 _SIGNED_AT: dict[bytes, int] = {}
 _SIGNING_LOCK = threading.Lock()
+
+
+def serve_environment(settings: Settings, standin: SlackStandIn, **extra: str) -> dict[str, str]:
+    """The environment of a `resetbot serve` process for `settings`, talking to the stand-in.
+
+    Only this environment configures it (no SLACK_/RESET_ variable of the developer's leaks
+    in); hashing is cheap, as in every test. `extra` adds or overrides variables.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "RESET_"))}
+    env.update({
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url or "",
+        "RESET_QUEUE": settings.reset_queue,
+        "RESET_SECRET_KEY": settings.reset_secret_key,
+        "RESET_ADMINS": ADMIN,
+        "SLACK_BOT_TOKEN": standin.token,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": standin.api_url,
+        "PASSWORD_SCHEMES": "pbkdf2_sha256",
+        "PASSWORD_ROUNDS": "1000",
+        "PASSWORD_ALLOW_WEAK_ROUNDS": "true",
+        "PYTHONPATH": str(REPO),
+        **extra,
+    })
+    return env
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
