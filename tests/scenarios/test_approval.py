@@ -454,3 +454,27 @@ def test_app_home_lists_the_awaiting_reset(
     home = str(slack_standin.home_view(SECOND))
     assert "Awaiting approval" in home
     assert "awaiting another admin's approval (7 users)" in home
+
+
+@sqlite_only
+def test_a_request_whose_slack_post_redis_lost_is_posted_by_the_reaper(
+    approval_app: RunningApp, slack_standin: SlackStandIn
+) -> None:
+    confirm_reset(approval_app, form_state("all"))
+    task = the_task(approval_app)
+    approval_app.queue.empty()  # Redis lost the delivery before any worker ran it
+    assert approval_app.queue.job_ids == []
+
+    context = worker_context(approval_app)
+    try:
+        reap(context)
+        reap(context)  # a second pass (another worker's) does not post it twice
+        work(context)
+    finally:
+        context.close()
+
+    request = parent(slack_standin)
+    assert action_ids(request) == ["approve_task", "reject_task"]
+    assert the_task(approval_app).slack_thread_ts == request.ts
+    assert the_task(approval_app).status == TaskStatus.AWAITING_APPROVAL
+    assert task.id == the_task(approval_app).id
