@@ -72,6 +72,17 @@ def make_client(settings: Settings) -> WebClient:
     return WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
 
 
+def announcer(queue: Queue) -> Callable[[int], None]:
+    """Announce a scheduled task through `queue` (jobs are imported on first use)."""
+
+    def announce(task_id: int) -> None:
+        from jobs.scheduling import announce_scheduled
+
+        announce_scheduled(queue, task_id)
+
+    return announce
+
+
 def create_app(
     settings: Settings,
     *,
@@ -99,6 +110,7 @@ def create_app(
         enqueue=enqueue if enqueue is not None else (lambda task_id: enqueue_task(queue, task_id)),
         background=ThreadPoolExecutor(max_workers=BACKGROUND_THREADS,
                                       thread_name_prefix="resetbot-after-ack"),
+        announce=announcer(queue),
     )
     try:
         app = App(

@@ -38,6 +38,9 @@ class AppDeps:
     enqueue: Callable[[int], None]
     #: Runs what follows an ack (Web API calls), so the ack itself leaves at once.
     background: Executor
+    #: Has a worker post a scheduled task's parent message (jobs.scheduling.announce_scheduled
+    #: bound to the queue); a lost one is posted by the reaper.
+    announce: Callable[[int], None] = lambda task_id: None
 
     def later(self, work: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
         """Run `work` after the ack, in the background; a failure is logged, not lost."""

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO
 
 from redis import Redis
@@ -62,6 +63,8 @@ class ResetChoices:
     yes: bool
     detach: bool
     without_email: NoEmailChoice = NoEmailChoice.RESET
+    #: --at: when the reset should start (aware); None: now.
+    start_at: datetime | None = None
 
 
 def run_reset(
@@ -90,19 +93,35 @@ def run_reset(
         require_change=choices.require_change,
         no_email=choices.without_email,
         no_email_password=handout,
+        start_at=choices.start_at,
     )
     preview = validate_or_refuse(cli, sessions, settings, directory, request)
     cli.say(describe_preview(request, preview))
+    if request.start_at is not None:
+        cli.say(f"  Starts: {when_words(request.start_at)}")
     if choices.dry_run:
         cli.say("Dry run: nothing was changed.")
         return EXIT_OK
     passwords = "password" if preview.users == 1 else "passwords"
     question = f"Reset the {passwords} of {plural(preview.users, 'user')}?"
+    if request.start_at is not None:
+        question = (f"Schedule the reset of the {passwords} of {plural(preview.users, 'user')} "
+                    f"for {when_words(request.start_at)}?")
     if not choices.yes and not confirm(cli, question):
         cli.say("Nothing was changed.")
         return EXIT_REFUSED
+    if request.start_at is not None:
+        scheduled = schedule_task(sessions, settings, request, preview.users)
+        if scheduled is not None:
+            task_id, start_at = scheduled
+            cli.say(f"Task #{task_id} scheduled for {when_words(start_at)}: a worker starts "
+                    "it then; nothing has changed yet.")
+            cli.say(f"See it with: resetbot tasks show {task_id}; stop it with: resetbot tasks "
+                    f"cancel {task_id}")
+            return EXIT_OK
+        # Its time came while the question waited: it was queued, and starts now.
     with open_redis() as redis:
-        task_id = start_task(sessions, settings, redis, request)
+        task_id = start_task(sessions, settings, redis, request, preview.users)
         cli.say(f"Task #{task_id} queued.")
         if choices.detach:
             cli.say(f"Follow it with: resetbot tasks show {task_id}")
@@ -271,17 +290,43 @@ def confirm(cli: Output, question: str) -> bool:
 
 def start_task(
     sessions: sessionmaker[Session], settings: Settings, redis: Redis,
-    request: ResetRequest,
+    request: ResetRequest, preview_users: int | None = None,
 ) -> int:
     """Commit the task, then put it on the queue (a task the queue lost is found by the reaper)."""
     from jobs.queueing import enqueue_task, make_queue
 
     with sessions() as session:
-        task = create_task(session, settings, request)
+        task = create_task(session, settings, request, preview_users)
         session.commit()
-        task_id = task.id
-    enqueue_task(make_queue(settings, redis), task_id)
+        task_id, status = task.id, TaskStatus(task.status)
+    if status is TaskStatus.QUEUED:
+        enqueue_task(make_queue(settings, redis), task_id)
     return task_id
+
+
+def schedule_task(
+    sessions: sessionmaker[Session], settings: Settings, request: ResetRequest,
+    preview_users: int,
+) -> tuple[int, datetime] | None:
+    """Commit a task with a start time, needing no Redis: the reaper starts it when its time
+    comes. (id, start) when it was scheduled; None when `core.tasks.release_task` queued it
+    (its time passed meanwhile), and the caller starts it now."""
+    with sessions() as session:
+        task = create_task(session, settings, request, preview_users)
+        if task.status != TaskStatus.SCHEDULED or task.start_at is None:
+            session.rollback()
+            return None
+        session.commit()
+        return task.id, task.start_at
+
+
+def when_words(moment: datetime) -> str:
+    """"Sat 2027-01-09 06:00 CET (in 3 days)": this host's time, and how far away."""
+    from blocks.text import until_words
+    from core.models import utcnow
+
+    local = moment.astimezone()
+    return f"{local:%a %Y-%m-%d %H:%M %Z} ({until_words(moment, utcnow())})"
 
 
 def warn_if_no_worker(cli: Output, settings: Settings, redis: Redis) -> None:

@@ -1,5 +1,5 @@
 """Tasks and the audit trail on the terminal: `resetbot tasks`, `tasks show`, `tasks cancel`,
-`tasks retry`, `audit`.
+`tasks retry`, `tasks start`, `audit`.
 
 Cancel and retry do what Slack's buttons do, through the same core functions, with the same
 checks and audit entries; the operator (`cli:<login>`, as for `reset`) is the actor. Whoever can
@@ -34,10 +34,17 @@ from bot.terminal import (
 )
 from core import audit
 from core.csvsafe import to_csv
+from core.errors import QueueUnavailable
 from core.models import ItemState, ResetTask, TaskStatus
 from core.progress import TaskSnapshot, pace_words, snapshot
 from core.settings import Settings
-from core.tasks import create_retry_task, items, recent_tasks, request_cancel
+from core.tasks import (
+    confirm_held_start,
+    create_retry_task,
+    items,
+    request_cancel,
+    scheduled_first,
+)
 
 AuditRow = tuple[str | None, str, str, int | str, str]
 #: The control characters of core.controls that json.dumps(ensure_ascii=False) does not escape.
@@ -45,7 +52,8 @@ RAW_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
 def list_tasks(cli: Output, session: Session) -> None:
-    tasks = recent_tasks(session)
+    """Scheduled tasks first (soonest first), then the last 20 others."""
+    tasks = scheduled_first(session)
     if not tasks:
         cli.say("No tasks yet.")
         return
@@ -55,7 +63,16 @@ def list_tasks(cli: Output, session: Session) -> None:
         cli.say(
             f"{task.id:>5}  {TaskStatus(task.status).words:<22} {task.scope:<20} {task.mode:<9} "
             f"{task.total:>8,}  {_when(task.created_at):<19}  {shown(task.requester)}"
+            + _schedule_note(task)
         )
+
+
+def _schedule_note(task: ResetTask) -> str:
+    """A scheduled task's start time (UTC), and whether it waits for a new confirmation."""
+    if task.status != TaskStatus.SCHEDULED or task.start_at is None:
+        return ""
+    held = ", held: count changed (tasks start ID)" if task.start_held_at else ""
+    return f"  starts {_when(task.start_at)} UTC{held}"
 
 
 def show_task(
@@ -142,6 +159,13 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
             f"finished {_when(task.finished_at)} (UTC)")
     if task.error:
         cli.say(f"  Error: {shown(task.error)}")
+    if task.start_at is not None:
+        cli.say(f"  Scheduled for {_when(task.start_at)} (UTC); its preview counted "
+                f"{_count(task.preview_users)}, the count at its start "
+                f"{_count(task.recheck_users)}")
+    if task.held:
+        cli.say(f"  Held at its start: the count changed by more than 10 %. Start it with the new "
+                f"count: resetbot tasks start {task.id}; or: resetbot tasks cancel {task.id}")
     if task.paused:
         cli.say(f"  Paused since {_when(task.paused_since)} (UTC): "
                 f"{shown(task.pause_reason or '')} Nobody else's password changes until the "
@@ -167,6 +191,36 @@ def cancel_task(cli: Output, sessions: sessionmaker[Session], task_id: int) -> N
     cli.say(f"Cancelling task #{task_id}: users not yet reset are left alone; those already "
             "reset stay reset and are reported.")
     cli.say(f"See how it ends: resetbot tasks show {task_id}")
+
+
+def _count(users: int | None) -> str:
+    return "-" if users is None else plural(users, "user")
+
+
+def start_held_task(
+    cli: Output, settings: Settings, sessions: sessionmaker[Session],
+    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int,
+) -> None:
+    """As the Start now button: a scheduled task held at its start starts with the new count.
+
+    Committed first; its plan is then enqueued (if Redis cannot be reached, a worker's reaper
+    wakes the queued task).
+    """
+    from redis.exceptions import RedisError
+
+    from jobs.queueing import enqueue_task, make_queue
+
+    with sessions() as session:
+        task = confirm_held_start(session, task_id, requester())
+        session.commit()
+        users = task.recheck_users or 0
+    cli.say(f"Task #{task_id} starts now: {plural(users, 'user')}, the count taken at its start.")
+    try:
+        with open_redis() as redis:
+            enqueue_task(make_queue(settings, redis), task_id)
+    except (RedisError, QueueUnavailable):
+        cli.say("Note: the job queue could not be reached; a worker starts it when it sees it.")
+    cli.say(f"Follow it with: resetbot tasks show {task_id}")
 
 
 def retry_task(

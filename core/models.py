@@ -77,6 +77,8 @@ class NoEmailChoice(enum.StrEnum):
 
 
 class TaskStatus(enum.StrEnum):
+    #: Waits for its `start_at`; the reaper starts it (core/schedule.py, jobs/scheduling.py).
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -86,7 +88,7 @@ class TaskStatus(enum.StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+        return self not in (TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.RUNNING)
 
     @property
     def words(self) -> str:
@@ -190,6 +192,14 @@ class ResetTask(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A scheduled reset (status `scheduled`): when it starts (UTC), the users its preview
+    # counted when it was confirmed, the count taken again when its time came, when the
+    # reminder went to its thread, and since when it is held because the counts differ.
+    start_at: Mapped[datetime | None] = mapped_column(default=None)
+    preview_users: Mapped[int | None] = mapped_column(Integer, default=None)
+    recheck_users: Mapped[int | None] = mapped_column(Integer, default=None)
+    reminded_at: Mapped[datetime | None] = mapped_column(default=None)
+    start_held_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class StartLock(Base):
@@ -253,6 +263,9 @@ class PendingRequest(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
     task_id: Mapped[int | None] = mapped_column(ForeignKey("reset_tasks.id"), default=None)
+    # A scheduled reset: when it should start (UTC), and the users its preview counted.
+    start_at: Mapped[datetime | None] = mapped_column(default=None)
+    preview_users: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class AuditEntry(Base):

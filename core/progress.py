@@ -148,6 +148,16 @@ class TaskSnapshot:
     #: When the counts were read: the "now" of the pace (None: no pace while it runs).
     read_at: datetime | None = None
     first_done: FirstDone | None = None
+    #: A scheduled reset: its start time, the users its preview counted then and at the start,
+    #: and since when it waits for a new confirmation because those differ (core/schedule.py).
+    start_at: datetime | None = None
+    preview_users: int | None = None
+    recheck_users: int | None = None
+    start_held_at: datetime | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.start_held_at is not None and self.status is TaskStatus.SCHEDULED
 
     @property
     def done(self) -> int:
@@ -207,6 +217,10 @@ def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
         pause_reason=task.pause_reason,
         read_at=utcnow(),
         first_done=first_done(session, task.id) if task.status == TaskStatus.RUNNING else None,
+        start_at=task.start_at,
+        preview_users=task.preview_users,
+        recheck_users=task.recheck_users,
+        start_held_at=task.start_held_at,
     )
 
 

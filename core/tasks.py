@@ -29,6 +29,7 @@ from core.models import (
     utcnow,
 )
 from core.passwords import policy_violations
+from core.schedule import as_utc, is_future, start_at_problem
 from core.sealing import seal
 from core.settings import Settings
 
@@ -50,6 +51,8 @@ class ResetRequest:
     #: E-mailed mode only: what happens to users without an address.
     no_email: NoEmailChoice = NoEmailChoice.RESET
     no_email_password: str | None = field(default=None, repr=False)
+    #: When the reset should start (aware); None: as soon as it is confirmed.
+    start_at: datetime | None = None
 
     @property
     def mode(self) -> Mode:
@@ -104,6 +107,10 @@ def validate_request(
     no_email_problems = _no_email_problems(settings, request)
     if no_email_problems:
         problems["no_email_password"] = no_email_problems
+    if request.start_at is not None:
+        late = start_at_problem(request.start_at, utcnow())
+        if late:
+            problems["start_at"] = [late]
     if problems:
         raise RequestInvalid(problems)
     preview = directory.preview(session, request.scope, selection)
@@ -149,8 +156,14 @@ def _usernames_in_password(session: Session, directory: Directory, request: Rese
     return int(session.execute(query).scalar_one())
 
 
-def create_pending(session: Session, settings: Settings, request: ResetRequest) -> PendingRequest:
-    """Park a validated request under an opaque id until its requester confirms it."""
+def create_pending(
+    session: Session, settings: Settings, request: ResetRequest,
+    preview_users: int | None = None,
+) -> PendingRequest:
+    """Park a validated request under an opaque id until its requester confirms it.
+
+    `preview_users`: what its preview counted, compared again when a scheduled reset starts.
+    """
     pending = PendingRequest(
         id=secrets.token_urlsafe(24),
         requester=request.requester,
@@ -163,6 +176,8 @@ def create_pending(session: Session, settings: Settings, request: ResetRequest) 
         no_email_password_sealed=_no_email_sealed(settings, request),
         slack_channel=request.slack_channel,
         expires_at=utcnow() + PENDING_TTL,
+        start_at=_start_at(request),
+        preview_users=preview_users,
     )
     session.add(pending)
     forget_expired_passwords(session)
@@ -213,7 +228,8 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
         no_email=pending.no_email,
         no_email_password_sealed=pending.no_email_password_sealed,
         slack_channel=pending.slack_channel,
-        status=TaskStatus.QUEUED,
+        start_at=pending.start_at,
+        preview_users=pending.preview_users,
     )
     session.add(task)
     session.flush()
@@ -227,11 +243,16 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
         session.rollback()
         raise ConflictError("This request was already confirmed.")
     audit.record(session, requester, "confirm", task.id, scope=task.scope, mode=task.mode)
+    release_task(session, task, requester)
     return task
 
 
-def create_task(session: Session, settings: Settings, request: ResetRequest) -> ResetTask:
-    """A queued task straight from a validated request (the CLI confirms in the terminal)."""
+def create_task(
+    session: Session, settings: Settings, request: ResetRequest,
+    preview_users: int | None = None,
+) -> ResetTask:
+    """A task straight from a validated request (the CLI confirms in the terminal), released
+    as `release_task` decides: queued, or scheduled for `request.start_at`."""
     task = ResetTask(
         requester=request.requester,
         requester_name=request.requester_name,
@@ -243,12 +264,41 @@ def create_task(session: Session, settings: Settings, request: ResetRequest) -> 
         no_email=request.no_email_choice.value,
         no_email_password_sealed=_no_email_sealed(settings, request),
         slack_channel=request.slack_channel,
-        status=TaskStatus.QUEUED,
+        start_at=_start_at(request),
+        preview_users=preview_users,
     )
     session.add(task)
     session.flush()
     audit.record(session, request.requester, "confirm", task.id, scope=task.scope, mode=task.mode)
+    release_task(session, task, request.requester)
     return task
+
+
+def release_task(
+    session: Session, task: ResetTask, actor: str, now: datetime | None = None
+) -> TaskStatus:
+    """The one decision of what a confirmed task does next; returns its new status.
+
+    `queued`: it starts now, and the caller (the edge) enqueues its plan after the commit.
+    `scheduled`: its start time is still ahead; nothing is enqueued, the reaper starts it when
+    the time comes (jobs/scheduling.py), and the caller announces it. A start time that passed
+    while the preview waited for its confirm starts it now.
+    """
+    now = now if now is not None else utcnow()
+    if is_future(task.start_at, now):
+        assert task.start_at is not None
+        task.status = TaskStatus.SCHEDULED
+        audit.record(session, actor, "schedule", task.id,
+                     start_at=as_utc(task.start_at).isoformat(timespec="seconds"),
+                     users=task.preview_users)
+    else:
+        task.status = TaskStatus.QUEUED
+    session.flush()
+    return TaskStatus(task.status)
+
+
+def _start_at(request: ResetRequest) -> datetime | None:
+    return as_utc(request.start_at) if request.start_at is not None else None
 
 
 def _sealed(settings: Settings, password: str | None) -> str | None:
@@ -272,6 +322,8 @@ def request_cancel(session: Session, task_id: int, actor: str) -> ResetTask:
     status = TaskStatus(task.status)
     if status.is_final:
         raise ConflictError(f"Task #{task_id} has already ended ({status.words}).")
+    if status is TaskStatus.SCHEDULED and _cancel_scheduled(session, task, actor):
+        return task
     task.cancel_requested = True
     task.cancelled_by = actor
     now = utcnow()
@@ -292,6 +344,61 @@ def request_cancel(session: Session, task_id: int, actor: str) -> ResetTask:
     )
     audit.record(session, actor, "cancel", task_id)
     return task
+
+
+def _cancel_scheduled(session: Session, task: ResetTask, actor: str) -> bool:
+    """A task that has not reached its start time ends at once, its sealed passwords erased.
+
+    Conditional: if the reaper started it a moment ago, this changes nothing and the cancel
+    goes the way of any queued task's (its planner ends it unstarted).
+    """
+    now = utcnow()
+    ended = session.execute(
+        update(ResetTask)
+        .where(ResetTask.id == task.id, ResetTask.status == TaskStatus.SCHEDULED)
+        .values(
+            status=TaskStatus.CANCELLED, cancel_requested=True, cancelled_by=actor,
+            finished_at=now, planned=True, default_password_sealed=None,
+            no_email_password_sealed=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if ended.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(task)
+        return False
+    session.refresh(task)
+    audit.record(session, actor, "cancel", task.id, scheduled=True,
+                 start_at=_iso(task.start_at))
+    return True
+
+
+def confirm_held_start(session: Session, task_id: int, actor: str) -> ResetTask:
+    """Start a scheduled task held at its start time because its counts changed (queued now).
+
+    Whoever confirms accepts the counts its thread showed; the caller enqueues the plan after
+    the commit (a lost enqueue is made good by the reaper, which wakes queued tasks).
+    """
+    task = session.get(ResetTask, task_id)
+    if task is None:
+        raise ConflictError(f"There is no task #{task_id}.")
+    released = session.execute(
+        update(ResetTask)
+        .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.SCHEDULED,
+               ResetTask.start_held_at.is_not(None))
+        .values(status=TaskStatus.QUEUED, start_held_at=None,
+                preview_users=ResetTask.recheck_users)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(task)
+    if released.rowcount != 1:  # type: ignore[attr-defined]
+        raise ConflictError(f"Task #{task_id} is not waiting for a new confirmation "
+                            f"({TaskStatus(task.status).words}).")
+    audit.record(session, actor, "reconfirm", task_id, users=task.recheck_users)
+    return task
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return as_utc(moment).isoformat(timespec="seconds") if moment is not None else None
 
 
 def state_counts(session: Session, task_id: int) -> dict[ItemState, int]:
@@ -379,3 +486,16 @@ def _already_retried(task_id: int, retry_id: int | None) -> ConflictError:
 def recent_tasks(session: Session, limit: int = 20) -> list[ResetTask]:
     query = select(ResetTask).order_by(ResetTask.id.desc()).limit(limit)
     return list(session.scalars(query))
+
+
+def scheduled_first(session: Session, limit: int = 20) -> list[ResetTask]:
+    """Every scheduled task, soonest first, then the most recent of the others."""
+    scheduled = list(session.scalars(
+        select(ResetTask).where(ResetTask.status == TaskStatus.SCHEDULED)
+        .order_by(ResetTask.start_at, ResetTask.id)
+    ))
+    others = session.scalars(
+        select(ResetTask).where(ResetTask.status != TaskStatus.SCHEDULED)
+        .order_by(ResetTask.id.desc()).limit(limit)
+    )
+    return scheduled + list(others)

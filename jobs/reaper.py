@@ -10,7 +10,9 @@ Runs every `reaper_interval` seconds in every worker (and once before a burst wo
 - a task whose users are all done but that never ended is finished;
 - a queued task with no job to start it is woken (it waits on if it still shares users);
 - an ended task whose Slack summary or CSV delivery was lost gets its end re-reported;
-- an expired preview's sealed default password is erased.
+- an expired preview's sealed default password is erased;
+- a scheduled task whose time has come is started (or held), its reminder sent
+  (jobs/scheduling.py).
 
 Every job is idempotent (conditional UPDATEs), so a duplicate costs a no-op; `rescued_at` keeps
 many workers' reapers from enqueuing the same rescue each interval.
@@ -38,6 +40,7 @@ from jobs.queueing import (
     task_of_job,
 )
 from jobs.rows import ACTIVE_ITEM_STATES
+from jobs.scheduling import run_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ class ReapReport:
     retries_enqueued: int = 0
     plans_enqueued: int = 0
     tasks_finished: int = 0
+    #: Scheduled tasks this pass started (queued) or held.
+    schedules_started: int = 0
+    schedules_held: int = 0
     #: Not work put back, so not part of `changed`.
     passwords_erased: int = 0
 
@@ -78,6 +84,8 @@ def reap(context: WorkerContext, now: datetime | None = None) -> ReapReport:
 def _reap(context: WorkerContext, now: datetime) -> ReapReport:
     report = ReapReport()
     _erase_expired_passwords(context, now, report)
+    scheduled = run_schedule(context, now)
+    report.schedules_started, report.schedules_held = scheduled.started, scheduled.held
     _return_expired_leases(context, now, report)
     jobs = task_jobs(context)
     with context.sessions() as session:

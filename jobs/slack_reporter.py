@@ -93,6 +93,11 @@ class Event(StrEnum):
     PAUSED = "paused"
     RESUMED = "resumed"
     FINISHED = "finished"
+    #: A scheduled task: its parent message (posted when it is scheduled), the reminder before
+    #: its start, and its start (or hold) when the time came.
+    SCHEDULED = "scheduled"
+    REMINDER = "reminder"
+    REACHED = "reached"
 
 
 class NotReady(Exception):
@@ -148,6 +153,12 @@ class SlackReporter:
 
     def task_finished(self, task_id: int) -> None:
         self._send(task_id, Event.FINISHED)
+
+    def schedule_reminder(self, task_id: int) -> None:
+        self._send(task_id, Event.REMINDER)
+
+    def schedule_reached(self, task_id: int, late_seconds: int) -> None:
+        self._send(task_id, Event.REACHED, late_seconds)
 
     def _send(self, task_id: int, event: Event, *args: int, front: bool | None = None) -> None:
         if not self._reports_to_slack(task_id):
@@ -403,8 +414,16 @@ class Delivery:
             self.update_parent(state)  # once ended, the end's own delivery renders it
         self.say_error_once(state)
         if event is Event.STARTED:
+            self.say_started_once(state)
             return
-        if event is Event.PROGRESS:
+        if event is Event.SCHEDULED:
+            return  # the parent message says it
+        if event is Event.REMINDER:
+            if state.task.status is TaskStatus.SCHEDULED and not state.task.held:
+                self.reply(state, messages.reminder_reply(state.task, utcnow()))
+        elif event is Event.REACHED:
+            self.reply(state, messages.start_reached_reply(state.task, args[0]))
+        elif event is Event.PROGRESS:
             self.say_milestone(state)
         elif event is Event.WAITING:
             with self.context.sessions() as session:
@@ -485,10 +504,17 @@ class Delivery:
             raise
         self._set(slack_thread_ts=posted["ts"], slack_channel=posted["channel"])
         state = self.load() or state
-        if not state.started_posted and not state.summary_posted:
-            self.once(ResetTask.slack_started_posted, True, False,
-                      lambda: self.reply(state, messages.started_reply(state.task)))
+        self.say_started_once(state)
         return state, True
+
+    def say_started_once(self, state: ThreadState) -> None:
+        """"Started", once, when the task has started (a scheduled one's parent comes first)."""
+        if state.started_posted or state.summary_posted:
+            return
+        if state.task.status is TaskStatus.SCHEDULED:
+            return
+        self.once(ResetTask.slack_started_posted, True, False,
+                  lambda: self.reply(state, messages.started_reply(state.task)))
 
     def update_parent(self, state: ThreadState) -> None:
         ts = state.thread_ts

@@ -14,14 +14,27 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
-from blocks.ids import ACTION_CANCEL, ACTION_OPEN_MODAL, ACTION_OPEN_THREAD, ACTION_RETRY_FAILED
-from blocks.text import cancel_requested, queue_unavailable, retry_started
+from blocks.ids import (
+    ACTION_CANCEL,
+    ACTION_CONFIRM_SCHEDULED,
+    ACTION_OPEN_MODAL,
+    ACTION_OPEN_THREAD,
+    ACTION_RETRY_FAILED,
+)
+from blocks.text import (
+    cancel_requested,
+    queue_unavailable,
+    retry_started,
+    scheduled_cancelled,
+    start_confirmed,
+)
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
 from bot.listeners.replies import open_modal, tell_where_possible
 from bot.payloads import channel_of, first_action, task_id, user_name_of
 from core.errors import ConflictError, InputError, QueueUnavailable
-from core.tasks import create_retry_task, request_cancel
+from core.models import TaskStatus
+from core.tasks import confirm_held_start, create_retry_task, request_cancel
 
 log = logging.getLogger("resetbot.slack")
 
@@ -29,6 +42,8 @@ log = logging.getLogger("resetbot.slack")
 def register(app: App) -> None:
     app.action(ACTION_CANCEL, middleware=[admin_only(ACTION_CANCEL)])(cancel)
     app.action(ACTION_RETRY_FAILED, middleware=[admin_only(ACTION_RETRY_FAILED)])(retry)
+    app.action(ACTION_CONFIRM_SCHEDULED,
+               middleware=[admin_only(ACTION_CONFIRM_SCHEDULED)])(confirm_scheduled)
     app.action(ACTION_OPEN_MODAL, middleware=[admin_only(ACTION_OPEN_MODAL)])(open_from_home)
     app.action(re.compile(f"^{ACTION_OPEN_THREAD}"))(open_thread)
 
@@ -43,6 +58,11 @@ def cancel(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltConte
 
 def retry(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
     _answer_button(deps_of(context), ack, body, client, _retry)
+
+
+def confirm_scheduled(ack: Ack, body: dict[str, Any], client: WebClient,
+                      context: BoltContext) -> None:
+    _answer_button(deps_of(context), ack, body, client, _confirm_scheduled)
 
 
 def open_from_home(ack: Ack, body: dict[str, Any], client: WebClient,
@@ -83,9 +103,24 @@ def _answer_button(
 def _cancel(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
     wanted = task_id(first_action(body).get("value"))
     with deps.sessions() as session:
-        request_cancel(session, wanted, user)
+        task = request_cancel(session, wanted, user)
         session.commit()
-    return cancel_requested(wanted)
+        before_start = task.status == TaskStatus.CANCELLED
+    return scheduled_cancelled(wanted) if before_start else cancel_requested(wanted)
+
+
+def _confirm_scheduled(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
+    """A scheduled task held at its start (its counts changed) starts with the new counts."""
+    wanted = task_id(first_action(body).get("value"))
+    with deps.sessions() as session:
+        confirm_held_start(session, wanted, user)
+        session.commit()
+    try:
+        deps.enqueue(wanted)
+    except QueueUnavailable as error:
+        log.error("could not enqueue task %s: %s", wanted, type(error).__name__)
+        return queue_unavailable(wanted)
+    return start_confirmed(wanted)
 
 
 def _retry(deps: AppDeps, user: str, body: dict[str, Any]) -> str:

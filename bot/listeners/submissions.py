@@ -18,6 +18,7 @@ from blocks.ids import (
     NO_EMAIL_PASSWORD,
     PASSWORD,
     SCOPE,
+    START_AT,
     USERS,
 )
 from blocks.text import CANNOT_KEEP_DEFAULT, truncate
@@ -32,12 +33,13 @@ from bot.payloads import (
     user_name_of,
 )
 from core.errors import ConfigError, ConflictError, InputError, QueueUnavailable
+from core.models import TaskStatus
 from core.tasks import RequestInvalid, consume_pending, create_pending, validate_request
 
 log = logging.getLogger("resetbot.slack")
 
 #: The input blocks of the reset modal; a problem about anything else is shown on `scope`.
-FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD, NO_EMAIL_PASSWORD})
+FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD, NO_EMAIL_PASSWORD, START_AT})
 ERROR_TEXT_LIMIT = 2000
 
 
@@ -74,13 +76,17 @@ def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltC
         ack(response_action="update", view=start_again_modal())
         return
     try:
-        task_id = confirm_pending(deps, waiting, user)
+        task_id, status = confirm_pending(deps, waiting, user)
     except ConflictError as conflict:
         deps.refuse(user, "confirm", reason=str(conflict))
         ack(response_action="update", view=start_again_modal(str(conflict)))
         return
     try:
-        deps.enqueue(task_id)
+        # As core.tasks.release_task decided: start now, or wait for its time (announced).
+        if status is TaskStatus.SCHEDULED:
+            deps.announce(task_id)
+        else:
+            deps.enqueue(task_id)
     except QueueUnavailable as error:
         # The task is committed; the reaper or the next worker start picks it up.
         log.error("could not enqueue task %s: %s", task_id, type(error).__name__)
@@ -103,7 +109,7 @@ def preview_or_errors(
     with deps.sessions() as session:
         try:
             preview = validate_request(session, deps.settings, deps.directory, request)
-            pending = create_pending(session, deps.settings, request)
+            pending = create_pending(session, deps.settings, request, preview.users)
             session.commit()
         except RequestInvalid as invalid:
             session.rollback()
@@ -122,7 +128,7 @@ def preview_or_errors(
         view = preview_modal(
             pending.id, preview, scope=form.scope, selected=len(form.selection),
             mode=request.mode, require_change=form.require_change,
-            no_email=request.no_email_choice,
+            no_email=request.no_email_choice, start_at=request.start_at,
         )
     return {"response_action": "update", "view": view}
 
@@ -133,8 +139,9 @@ def refuse_invalid(deps: AppDeps, user: str, problems: dict[str, list[str]]) -> 
     deps.refuse(user, "submit", reason="invalid request", fields=sorted(problems))
 
 
-def confirm_pending(deps: AppDeps, waiting: str, user: str) -> int:
-    """Consume the pending request (once, atomically) into a committed, queued task."""
+def confirm_pending(deps: AppDeps, waiting: str, user: str) -> tuple[int, TaskStatus]:
+    """Consume the pending request (once, atomically) into a committed task: queued, or
+    scheduled (as `core.tasks.release_task` decided)."""
     with deps.sessions() as session:
         try:
             task = consume_pending(session, waiting, user)
@@ -142,7 +149,7 @@ def confirm_pending(deps: AppDeps, waiting: str, user: str) -> int:
         except ConflictError:
             session.rollback()
             raise
-        return task.id
+        return task.id, TaskStatus(task.status)
 
 
 def field_errors(problems: dict[str, list[str]]) -> dict[str, str]:
