@@ -513,6 +513,8 @@ class Delivery:
             return
         if state.task.status is TaskStatus.SCHEDULED:
             return
+        if state.task.status.is_final and state.task.started_at is None:
+            return  # ended before it started (cancelled while scheduled or waiting)
         self.once(ResetTask.slack_started_posted, True, False,
                   lambda: self.reply(state, messages.started_reply(state.task)))
 

@@ -33,7 +33,8 @@ from bot.payloads import (
     user_name_of,
 )
 from core.errors import ConfigError, ConflictError, InputError, QueueUnavailable
-from core.models import TaskStatus
+from core.models import TaskStatus, utcnow
+from core.schedule import is_future
 from core.tasks import RequestInvalid, consume_pending, create_pending, validate_request
 
 log = logging.getLogger("resetbot.slack")
@@ -128,7 +129,9 @@ def preview_or_errors(
         view = preview_modal(
             pending.id, preview, scope=form.scope, selected=len(form.selection),
             mode=request.mode, require_change=form.require_change,
-            no_email=request.no_email_choice, start_at=request.start_at,
+            no_email=request.no_email_choice,
+            # A time within the grace of "now" starts at once: the preview says no time.
+            start_at=request.start_at if is_future(request.start_at, utcnow()) else None,
         )
     return {"response_action": "update", "view": view}
 
