@@ -447,3 +447,23 @@ def test_the_form_refuses_a_start_in_the_past_or_too_far_ahead_on_its_field(
     assert app.slack.submit(answer["view"]).json() == {"response_action": "clear"}
     with app.sessions() as session:
         assert [t.status for t in session.scalars(select(ResetTask))] == [TaskStatus.QUEUED]
+
+
+@sqlite_only
+def test_app_home_lists_the_scheduled_task_first(
+    app: RunningApp, slack_standin: SlackStandIn,
+) -> None:
+    context = worker_for(app)
+    earlier = schedule_in_slack(app, utcnow() + timedelta(days=2))
+    now_task = schedule(context, utcnow() - timedelta(minutes=5), scope=Scope.SELECTED_ONLY,
+                        selection=(1,), default_password=None)  # its time passed: queued
+    assert task_row(app.sessions, now_task).status == TaskStatus.QUEUED
+    answer = app.slack.event({"type": "app_home_opened", "user": ADMIN, "tab": "home",
+                              "channel": "D0HOME", "event_ts": "1700000000.1"})
+    assert answer.status == 200
+    home = slack_standin.wait_for_call("views.publish").params["view"]
+    tasks_shown = [str(b) for b in home["blocks"] if f"#{earlier} " in str(b)
+                   or f"#{now_task} " in str(b)]
+    assert f"#{earlier} Scheduled" in tasks_shown[0] and "Scheduled for" in tasks_shown[0]
+    assert f"#{now_task} Queued" in tasks_shown[1]
+    context.close()
