@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from blocks.ids import (
@@ -21,6 +22,7 @@ from blocks.ids import (
     REQUIRE_CHANGE,
     REQUIRE_CHANGE_YES,
     SCOPE,
+    START_AT,
     USERS,
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
@@ -48,9 +50,11 @@ from blocks.text import (
     progress_bar,
     queue_unavailable,
     requester_mention,
+    scheduled_line,
     scope_label,
     scope_summary,
     slack_date,
+    starts_if_approved,
     status_label,
     thread_link,
     truncate,
@@ -59,6 +63,7 @@ from blocks.text import (
 from core.directory import DirectoryUser, Preview
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot
+from core.schedule import MAX_AHEAD
 
 View = dict[str, Any]
 
@@ -148,6 +153,15 @@ def reset_modal(channel: str | None = None) -> View:
                 "element": {"type": "plain_text_input", "action_id": NO_EMAIL_PASSWORD,
                             "max_length": PASSWORD_MAX_LENGTH},
             },
+            {
+                "type": "input",
+                "block_id": START_AT,
+                "optional": True,
+                "label": plain("Start at (optional)"),
+                "hint": plain(f"Empty: start as soon as you confirm. At most {MAX_AHEAD.days} "
+                              "days ahead, in your own time zone."),
+                "element": {"type": "datetimepicker", "action_id": START_AT},
+            },
         ],
     }
 
@@ -171,8 +185,12 @@ def preview_modal(
     mode: Mode,
     require_change: bool,
     no_email: NoEmailChoice = NoEmailChoice.RESET,
+    start_at: datetime | None = None,
 ) -> View:
-    """What a confirm would do; private_metadata holds only the opaque id of the waiting request."""
+    """What a confirm would do; private_metadata holds only the opaque id of the waiting request.
+
+    `start_at`: a scheduled reset's start, said above everything else.
+    """
     emailed = preview.emailable if mode is Mode.GENERATED else 0
     if mode is Mode.GENERATED:
         without_email = no_email_preview(no_email, preview.without_email)
@@ -186,7 +204,8 @@ def preview_modal(
         mrkdwn(f"*Mode*\n{mode_label(mode)}"),
         mrkdwn(f"*New password at next login*\n{'Required' if require_change else 'Not required'}"),
     ]
-    blocks: list[Block] = [
+    blocks: list[Block] = [] if start_at is None else [section(scheduled_line(start_at))]
+    blocks += [
         section(f"*{scope_summary(scope, selected)}*: {plural(preview.users, 'password')} "
                 "will be reset."),
         {"type": "section", "fields": fields},
@@ -197,8 +216,13 @@ def preview_modal(
     if mode is Mode.DEFAULT:
         blocks.append(section("Tell the users their new password yourself: resetbot never "
                               "shows or sends it."))
-    blocks.append(context("Nothing has changed yet. This preview waits 15 minutes for you to "
-                          "confirm; progress then appears as a thread."))
+    if start_at is None:
+        blocks.append(context("Nothing has changed yet. This preview waits 15 minutes for you "
+                              "to confirm; progress then appears as a thread."))
+    else:
+        blocks.append(context("Nothing has changed yet. Once confirmed, the reset waits in a "
+                              "thread with a Cancel button; the count is taken again when it "
+                              "starts, and a change of more than 10 % waits for you."))
     return {
         "type": "modal",
         "callback_id": CALLBACK_CONFIRM,
@@ -308,6 +332,10 @@ def _home_task(task: TaskSnapshot) -> Block:
     )
     if task.retry_of:
         text += f" · retry of #{task.retry_of}"
+    if task.status is TaskStatus.SCHEDULED and task.start_at is not None:
+        text += "\n" + scheduled_line(task.start_at)
+    elif task.status is TaskStatus.AWAITING_APPROVAL and task.start_at is not None:
+        text += "\n" + starts_if_approved(task.start_at)
     if task.error:
         text += f"\n{escape(truncate(one_line(task.error), 200))}"
     block: Block = {"type": "section", "text": mrkdwn(text)}

@@ -170,7 +170,10 @@ examples:
   resetbot reset --scope all_except_selected --user carol --user dave
   resetbot reset --scope all_without_role --default-password-stdin
   resetbot reset --scope all --without-email set   (asks for their password)
-  resetbot reset --scope all --yes --detach   (in a script: no prompt, no wait)"""
+  resetbot reset --scope all --yes --detach   (in a script: no prompt, no wait)
+  resetbot reset --scope all_without_role --at 2027-01-09T06:00
+                       (scheduled: starts by itself at 06:00 this host's time;
+                        --at 2027-01-09T06:00+01:00 gives the offset)"""
 
 TASKS_DESCRIPTION = (
     "Each reset is a task with a number. List the recent ones, look at one in detail, cancel "
@@ -186,7 +189,8 @@ examples:
   resetbot tasks cancel 12
   resetbot tasks retry 12
   resetbot tasks approve 12 --as U024BE7LH   (a second admin, by Slack user id)
-  resetbot tasks reject 12"""
+  resetbot tasks reject 12
+  resetbot tasks start 12               a scheduled reset held because its count changed"""
 
 USERS_EPILOG = """\
 The CSV has the columns username, full_name, email and (if you like) role, in any order.
@@ -336,6 +340,10 @@ def _add_reset(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="do not ask for confirmation (needed when stdin is not a terminal)")
     reset.add_argument("--detach", action="store_true",
                        help="queue the reset and return at once instead of following it")
+    reset.add_argument("--at", type=_start_time, metavar="TIME",
+                       help="schedule it: start at TIME (ISO, e.g. 2027-01-09T06:00 in this "
+                            "host's time, or with an offset: 2027-01-09T06:00+01:00), at most "
+                            "90 days ahead; resetbot prints the task and returns")
     reset.set_defaults(handler=cmd_reset)
 
 
@@ -355,10 +363,10 @@ def _add_mail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tasks = _command(commands, "tasks",
-                     "list reset tasks; show, cancel, retry, approve or reject one",
+                     "list reset tasks; show, cancel, retry, approve, reject or start one",
                      description=TASKS_DESCRIPTION, epilog=TASKS_EPILOG,
                      usage="resetbot tasks [list | show ID | cancel ID | retry ID | approve ID | "
-                           "reject ID]")
+                           "reject ID | start ID]")
     tasks.set_defaults(handler=cmd_tasks_list)
     actions = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", title="actions")
     listing = _command(actions, "list", "the last 20 tasks (also what `resetbot tasks` shows)",
@@ -415,6 +423,16 @@ def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_as(reject)
     reject.set_defaults(handler=cmd_tasks_reject)
 
+    start = _command(
+        actions, "start", "start a scheduled reset held because its count changed",
+        prog="resetbot tasks start",
+        description="A scheduled reset whose count, taken again at its start time, differed "
+                    "by more than 10 % from its preview waits for a new confirmation. This "
+                    "starts it with the new count. As the Start now button in its Slack thread.",
+    )
+    start.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
+    start.set_defaults(handler=cmd_tasks_start)
+
 
 def _add_as(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -433,6 +451,19 @@ def _since(value: str) -> datetime:
             f"{value!r} is not a date (YYYY-MM-DD) or ISO time"
         ) from None
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _start_time(value: str) -> datetime:
+    """An ISO time: with an offset as given, without one in this host's local time (aware)."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a time (expected e.g. 2027-01-09T06:00 or "
+            "2027-01-09T06:00+01:00)"
+        ) from None
+    # A naive time is the host's local time: astimezone() reads it so.
+    return moment if moment.tzinfo else moment.astimezone()
 
 
 def _task_id(value: str) -> int:
@@ -652,6 +683,7 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
         )
     usernames = split_usernames(args.user)
     check_selection_options(scope, bool(usernames or args.users_file))
+    check_start_time(args.at)
     if not (args.yes or args.dry_run) and not sys.stdin.isatty():
         raise UsageError(
             "stdin is not a terminal, so I cannot ask for confirmation: add --yes to reset "
@@ -670,6 +702,7 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         yes=args.yes,
         detach=args.detach,
+        start_at=args.at,
     )
     settings = cli.settings(with_secret_key=True)
     with cli.database(settings) as sessions:
@@ -694,6 +727,18 @@ def check_selection_options(scope: Scope, named: bool) -> None:
             f"scope {scope.value} needs the users {which}: give --user alice,bob or "
             "--users-file FILE (nothing was changed)"
         )
+
+
+def check_start_time(start_at: datetime | None) -> None:
+    """--at: within the next 90 days (a minute's grace for "now"), else refused at once."""
+    from core.schedule import start_at_problem
+
+    if start_at is None:
+        return
+    problem = start_at_problem(start_at, datetime.now(UTC))
+    if problem:
+        raise UsageError(f"--at {start_at.isoformat(timespec='minutes')}: {problem} "
+                         "(nothing was changed)")
 
 
 def cmd_tasks_list(cli: Cli, args: argparse.Namespace) -> int:
@@ -748,6 +793,15 @@ def cmd_tasks_reject(cli: Cli, args: argparse.Namespace) -> int:
     with cli.database(settings) as sessions:
         return reject_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id,
                            as_user=args.as_user)
+
+
+def cmd_tasks_start(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import start_held_task
+
+    settings = cli.settings()
+    with cli.database(settings) as sessions:
+        start_held_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id)
+    return EXIT_OK
 
 
 def cmd_audit(cli: Cli, args: argparse.Namespace) -> int:

@@ -40,7 +40,9 @@ class AppDeps:
     background: Executor
     #: Who may approve a reset awaiting approval (None: any admin).
     approvers: Approvers | None = None
-    #: Tells a task's thread that its approval was asked for or decided (a delivery job).
+    #: Has a worker post or update the parent message of a task that has not started (it
+    #: awaits approval or its start time, or was just decided or cancelled):
+    #: jobs.slack_reporter.announce bound to the queue. A lost one is posted by the reaper.
     announce: Callable[[int], None] = field(default=lambda task_id: None)
 
     def approval_refusal(self, user: str) -> Refusal | None:

@@ -1,5 +1,5 @@
 """Tasks and the audit trail on the terminal: `resetbot tasks`, `tasks show`, `tasks cancel`,
-`tasks retry`, `tasks approve`, `tasks reject`, `audit`.
+`tasks retry`, `tasks approve`, `tasks reject`, `tasks start`, `audit`.
 
 Cancel and retry do what Slack's buttons do, through the same core functions, with the same
 checks and audit entries; the operator (`cli:<login>`, as for `reset`) is the actor. Whoever can
@@ -40,7 +40,13 @@ from core.errors import QueueUnavailable
 from core.models import ItemState, ResetTask, TaskStatus
 from core.progress import TaskSnapshot, pace_words, snapshot
 from core.settings import Settings
-from core.tasks import create_retry_task, items, recent_tasks, request_cancel
+from core.tasks import (
+    confirm_held_start,
+    create_retry_task,
+    items,
+    request_cancel,
+    scheduled_first,
+)
 
 AuditRow = tuple[str | None, str, str, int | str, str]
 #: The control characters of core.controls that json.dumps(ensure_ascii=False) does not escape.
@@ -48,7 +54,9 @@ RAW_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
 def list_tasks(cli: Output, session: Session) -> None:
-    tasks = recent_tasks(session)
+    """Scheduled tasks first (soonest first), then those awaiting approval, then the last 20
+    others."""
+    tasks = scheduled_first(session)
     if not tasks:
         cli.say("No tasks yet.")
         return
@@ -58,7 +66,21 @@ def list_tasks(cli: Output, session: Session) -> None:
         cli.say(
             f"{task.id:>5}  {TaskStatus(task.status).words:<22} {task.scope:<20} {task.mode:<9} "
             f"{task.total:>8,}  {_when(task.created_at):<19}  {shown(task.requester)}"
+            + _schedule_note(task)
         )
+
+
+def _schedule_note(task: ResetTask) -> str:
+    """A scheduled task's start time (UTC), and whether it waits for a new confirmation (or,
+    awaiting approval, the time it would start at if approved by then)."""
+    if task.start_at is None:
+        return ""
+    if task.status == TaskStatus.AWAITING_APPROVAL:
+        return f"  starts {_when(task.start_at)} UTC if approved by then"
+    if task.status != TaskStatus.SCHEDULED:
+        return ""
+    held = ", held: count changed (tasks start ID)" if task.start_held_at else ""
+    return f"  starts {_when(task.start_at)} UTC{held}"
 
 
 def show_task(
@@ -153,6 +175,13 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
     _print_approval(cli, task)
     if task.error:
         cli.say(f"  Error: {shown(task.error)}")
+    if task.start_at is not None:
+        cli.say(f"  Scheduled for {_when(task.start_at)} (UTC); its preview counted "
+                f"{_count(task.preview_users)}, the count at its start "
+                f"{_count(task.recheck_users)}")
+    if task.held:
+        cli.say(f"  Held at its start: the count changed by more than 10 %. Start it with the new "
+                f"count: resetbot tasks start {task.id}; or: resetbot tasks cancel {task.id}")
     if task.paused:
         cli.say(f"  Paused since {_when(task.paused_since)} (UTC): "
                 f"{shown(task.pause_reason or '')} Nobody else's password changes until the "
@@ -199,6 +228,36 @@ def cancel_task(cli: Output, sessions: sessionmaker[Session], task_id: int) -> N
     cli.say(f"Cancelling task #{task_id}: users not yet reset are left alone; those already "
             "reset stay reset and are reported.")
     cli.say(f"See how it ends: resetbot tasks show {task_id}")
+
+
+def _count(users: int | None) -> str:
+    return "-" if users is None else plural(users, "user")
+
+
+def start_held_task(
+    cli: Output, settings: Settings, sessions: sessionmaker[Session],
+    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int,
+) -> None:
+    """As the Start now button: a scheduled task held at its start starts with the new count.
+
+    Committed first; its plan is then enqueued (if Redis cannot be reached, a worker's reaper
+    wakes the queued task).
+    """
+    from redis.exceptions import RedisError
+
+    from jobs.queueing import enqueue_task, make_queue
+
+    with sessions() as session:
+        task = confirm_held_start(session, task_id, requester())
+        session.commit()
+        users = task.recheck_users or 0
+    cli.say(f"Task #{task_id} starts now: {plural(users, 'user')}, the count taken at its start.")
+    try:
+        with open_redis() as redis:
+            enqueue_task(make_queue(settings, redis), task_id)
+    except (RedisError, QueueUnavailable):
+        cli.say("Note: the job queue could not be reached; a worker starts it when it sees it.")
+    cli.say(f"Follow it with: resetbot tasks show {task_id}")
 
 
 def retry_task(
@@ -288,7 +347,8 @@ def approve_task(
         _say_recount(cli, outcome)
         return EXIT_REFUSED
     _tell_queue(cli, settings, open_redis, task_id, start=outcome.status is TaskStatus.QUEUED)
-    cli.say(f"Task #{task_id} approved by {actor}: {outcome.status.words}.")
+    cli.say(f"Task #{task_id} approved by {actor}: {outcome.status.words}"
+            + _starts(sessions, task_id, outcome.status) + ".")
     cli.say(f"Follow it with: resetbot tasks show {task_id}")
     return EXIT_OK
 
@@ -340,6 +400,16 @@ def _refuse(sessions: sessionmaker[Session], actor: str, task_id: int, step: str
         session.commit()
 
 
+def _starts(sessions: sessionmaker[Session], task_id: int, status: TaskStatus) -> str:
+    """", starts 2027-01-09 06:00:00 UTC" for an approved task that waits for its time."""
+    if status is not TaskStatus.SCHEDULED:
+        return ""
+    with sessions() as session:
+        task = session.get(ResetTask, task_id)
+        start_at = task.start_at if task is not None else None
+    return f", starts {_when(start_at)} UTC" if start_at is not None else ""
+
+
 def _say_recount(cli: Output, outcome: approval.Recounted) -> None:
     before = outcome.before.users if outcome.before is not None else None
     now = outcome.now
@@ -354,21 +424,22 @@ def _say_recount(cli: Output, outcome: approval.Recounted) -> None:
 def _tell_queue(cli: Output, settings: Settings,
                 open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
                 start: bool) -> None:
-    """Enqueue an approved task, and have its Slack thread updated (when there is Slack).
+    """Enqueue an approved task that starts now, and have its Slack thread updated (when
+    there is Slack): a scheduled one's parent then says when it starts.
 
     The decision is committed already: if Redis cannot be reached, a worker's reaper starts
-    the task and tells the thread when it sees them.
+    the task (a scheduled one at its time) and tells the thread when it sees them.
     """
     from redis.exceptions import RedisError
 
     from jobs.queueing import enqueue_task, make_queue
-    from jobs.slack_reporter import Event, enqueue_delivery
+    from jobs.slack_reporter import announce
 
     try:
         with open_redis() as redis:
             queue = make_queue(settings, redis)
             if settings.slack_bot_token:
-                enqueue_delivery(queue, task_id, Event.APPROVAL)
+                announce(queue, task_id)
             if start:
                 enqueue_task(queue, task_id)
     except (RedisError, QueueUnavailable) as error:

@@ -6,10 +6,14 @@ there exactly one of these moves it on, each a conditional UPDATE (`WHERE status
 the row once:
 - `approve`: the counts are taken again first; a scope that grew by more than a tenth is shown
   to the approver (kept as the task's new preview) and must be approved again. Otherwise the
-  task is released (`core.tasks.released_status`) and the edge enqueues it.
+  task is released as one that needed no approval is (`core.tasks.released_status`):
+  `scheduled` while its start time is ahead (the edge announces it; the reaper starts it), else
+  `queued` (the edge enqueues its plan).
 - `reject`: `rejected`, nothing changed, the sealed passwords erased.
 - `expire_overdue` (the reaper, in every worker, so it survives a lost Redis): `expired`,
-  nothing changed, the sealed passwords erased.
+  nothing changed, the sealed passwords erased. A scheduled task's request expires at its start
+  time if that comes before RESET_APPROVAL_TTL (`core.tasks.approval_deadline`): approval must
+  come before the time it was asked to start at.
 
 Who may approve is the edge's check (Slack user groups live there); that the requester never
 approves their own task is checked here, for every edge.
@@ -28,7 +32,8 @@ from core import audit
 from core.directory import Directory, Preview
 from core.errors import ConflictError
 from core.models import ResetTask, Scope, TaskStatus, utcnow
-from core.tasks import preview_counts, released_status
+from core.schedule import as_utc
+from core.tasks import preview_counts, record_schedule, released_status
 
 #: A scope that grew by more than this share since the approvers' counts is approved again.
 GROWTH_TO_RECONFIRM = 0.10
@@ -78,7 +83,8 @@ class SelfApproval(ConflictError):
 
 @dataclass(frozen=True)
 class Approved:
-    """The task is released: `status` is what it now is (QUEUED: enqueue it)."""
+    """The task is released: `status` is what it now is (QUEUED: enqueue it; SCHEDULED:
+    announce it, the reaper starts it at its time)."""
 
     task_id: int
     status: TaskStatus
@@ -108,11 +114,13 @@ def approve(
     now = directory.preview(session, Scope(task.scope), tuple(task.selection or ()))
     if grew_too_much(before, now):
         return _keep_recount(session, task, before, now, approver)
-    status = released_status(task)
     moment = utcnow()
+    status = released_status(task, moment)
     _decide(session, task_id, status=status, approved_by=approver, decided_at=moment)
     audit.record(session, approver, "approve", task_id, requester=task.requester,
                  users=now.users)
+    if status is TaskStatus.SCHEDULED:
+        record_schedule(session, task, approver)
     return Approved(task_id, status)
 
 
@@ -154,18 +162,19 @@ def reject(session: Session, task_id: int, actor: str) -> None:
 def expire_overdue(session: Session, now: datetime | None = None) -> list[int]:
     """Expire every request nobody decided on in time; returns their ids. The caller commits.
 
-    Each is a conditional UPDATE: an approval committed a moment earlier wins, and the task
-    is left alone.
+    In time: before `approval_expires_at`, which for a scheduled task is its start time when
+    that comes first. Each is a conditional UPDATE: an approval committed a moment earlier
+    wins, and the task is left alone.
     """
     moment = now if now is not None else utcnow()
-    overdue = session.scalars(
-        select(ResetTask.id).where(
+    overdue = session.execute(
+        select(ResetTask.id, ResetTask.start_at).where(
             ResetTask.status == TaskStatus.AWAITING_APPROVAL,
             ResetTask.approval_expires_at < moment,
         ).order_by(ResetTask.id)
     ).all()
     expired = []
-    for task_id in overdue:
+    for task_id, start_at in overdue:
         changed = session.execute(
             update(ResetTask)
             .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.AWAITING_APPROVAL)
@@ -174,7 +183,8 @@ def expire_overdue(session: Session, now: datetime | None = None) -> list[int]:
             .execution_options(synchronize_session=False)
         )
         if changed.rowcount == 1:  # type: ignore[attr-defined]
-            audit.record(session, EXPIRY_ACTOR, "expire", int(task_id))
+            audit.record(session, EXPIRY_ACTOR, "expire", int(task_id),
+                         start_passed=start_at is not None and as_utc(start_at) <= moment)
             expired.append(int(task_id))
     return expired
 

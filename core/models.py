@@ -77,6 +77,8 @@ class NoEmailChoice(enum.StrEnum):
 
 
 class TaskStatus(enum.StrEnum):
+    #: Waits for its `start_at`; the reaper starts it (core/schedule.py, jobs/scheduling.py).
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -90,7 +92,8 @@ class TaskStatus(enum.StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.AWAITING_APPROVAL)
+        return self not in (TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.RUNNING,
+                            TaskStatus.AWAITING_APPROVAL)
 
     @property
     def words(self) -> str:
@@ -130,6 +133,12 @@ FINAL_ITEM_STATES = frozenset(
 FOLLOW_UP_STATES = frozenset(
     {ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED, ItemState.SKIPPED, ItemState.HANDED_OUT}
 )
+
+
+def preview_users_of(counts: dict[str, Any] | None) -> int | None:
+    """The users a preview JSON (`ResetTask.preview`) counted; None when there is none."""
+    users = (counts or {}).get("users")
+    return users if isinstance(users, int) and not isinstance(users, bool) else None
 
 
 class Base(DeclarativeBase):
@@ -194,13 +203,27 @@ class ResetTask(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
-    # Four-eyes approval: the counts approvers are shown (the requester's preview, or the last
-    # re-count), when the request expires, and who decided (see core/approval.py).
+    # The counts of the preview its requester confirmed (the one source of "how many users it
+    # was asked for": approvers are shown them, a scheduled start compares against them); an
+    # approval's re-count replaces them (marked `recounted`).
     preview: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Four-eyes approval: when the request expires, and who decided (see core/approval.py).
     approval_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     approved_by: Mapped[str | None] = mapped_column(String(64), default=None)
     rejected_by: Mapped[str | None] = mapped_column(String(64), default=None)
     decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A scheduled reset (status `scheduled`): when it starts (UTC), the count taken again when
+    # its time came, when the reminder went to its thread, and since when it is held because
+    # that count differs from the preview's (core/schedule.py).
+    start_at: Mapped[datetime | None] = mapped_column(default=None)
+    recheck_users: Mapped[int | None] = mapped_column(Integer, default=None)
+    reminded_at: Mapped[datetime | None] = mapped_column(default=None)
+    start_held_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def preview_users(self) -> int | None:
+        """The users its preview counted (None: no preview was kept)."""
+        return preview_users_of(self.preview)
 
 
 class StartLock(Base):
@@ -266,6 +289,8 @@ class PendingRequest(Base):
     task_id: Mapped[int | None] = mapped_column(ForeignKey("reset_tasks.id"), default=None)
     # The counts the requester saw, handed to the task (approvers are shown the same).
     preview: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # A scheduled reset: when it should start (UTC).
+    start_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class AuditEntry(Base):

@@ -151,6 +151,17 @@ class TaskSnapshot:
     first_done: FirstDone | None = None
     #: Set on a task that needed a second admin's approval (core/approval.py).
     approval: ApprovalState | None = None
+    #: A scheduled reset: its start time, the users its preview counted (the same preview
+    #: approvers are shown) and the count taken at its start, and since when it waits for a new
+    #: confirmation because those differ (core/schedule.py).
+    start_at: datetime | None = None
+    preview_users: int | None = None
+    recheck_users: int | None = None
+    start_held_at: datetime | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.start_held_at is not None and self.status is TaskStatus.SCHEDULED
 
     @property
     def done(self) -> int:
@@ -211,6 +222,10 @@ def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
         read_at=utcnow(),
         first_done=first_done(session, task.id) if task.status == TaskStatus.RUNNING else None,
         approval=approval_state(task),
+        start_at=task.start_at,
+        preview_users=task.preview_users,
+        recheck_users=task.recheck_users,
+        start_held_at=task.start_held_at,
     )
 
 

@@ -640,6 +640,12 @@ class Settings:
         "through the group (`RESET_ADMINS` still is)",
         parse=seconds(86400),
     )
+    schedule_reminder: int = setting(
+        "RESET_SCHEDULE_REMINDER", 3600,
+        "seconds before a scheduled reset starts that its Slack thread gets a reminder "
+        "(0: no reminder)",
+        parse=integer(0, 7 * 86400),
+    )
 
     @property
     def max_mail_attempts(self) -> int:

@@ -51,6 +51,8 @@ def start_task(context: WorkerContext, task_id: int) -> bool | None:
         status = TaskStatus(task.status)
         if status is TaskStatus.RUNNING:
             return None if task.planned else False
+        if status is TaskStatus.SCHEDULED:
+            return None  # not due: the reaper queues it when its time comes (jobs/scheduling.py)
         if status.is_final:
             return None
         if status is not TaskStatus.QUEUED:

@@ -11,8 +11,12 @@ Runs every `reaper_interval` seconds in every worker (and once before a burst wo
 - a queued task with no job to start it is woken (it waits on if it still shares users);
 - an ended task whose Slack summary or CSV delivery was lost gets its end re-reported;
 - an expired preview's sealed default password is erased;
-- an approval request nobody decided on within RESET_APPROVAL_TTL expires (its passwords
-  erased, its thread told), and one whose Slack post Redis lost is posted again.
+- an approval request nobody decided on within RESET_APPROVAL_TTL, or before the start time
+  of a scheduled task, expires (its passwords erased, its thread told);
+- a scheduled task whose time has come is started (or held), its reminder sent
+  (jobs/scheduling.py); expiries go first, so a task still awaiting approval at its time
+  never starts;
+- a task awaiting approval or its start time whose Slack post Redis lost is posted again.
 
 Every job is idempotent (conditional UPDATEs), so a duplicate costs a no-op; `rescued_at` keeps
 many workers' reapers from enqueuing the same rescue each interval.
@@ -42,6 +46,7 @@ from jobs.queueing import (
 )
 from jobs.reporting import SafeReporter
 from jobs.rows import ACTIVE_ITEM_STATES
+from jobs.scheduling import run_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,9 @@ class ReapReport:
     retries_enqueued: int = 0
     plans_enqueued: int = 0
     tasks_finished: int = 0
+    #: Scheduled tasks this pass started (queued) or held.
+    schedules_started: int = 0
+    schedules_held: int = 0
     #: Not work put back, so not part of `changed`.
     passwords_erased: int = 0
     approvals_expired: int = 0
@@ -84,6 +92,8 @@ def _reap(context: WorkerContext, now: datetime) -> ReapReport:
     report = ReapReport()
     _erase_expired_passwords(context, now, report)
     _expire_approvals(context, now, report)
+    scheduled = run_schedule(context, now)
+    report.schedules_started, report.schedules_held = scheduled.started, scheduled.held
     _return_expired_leases(context, now, report)
     jobs = task_jobs(context)
     with context.sessions() as session:
@@ -97,10 +107,10 @@ def _reap(context: WorkerContext, now: datetime) -> ReapReport:
     if context.settings.slack_bot_token:
         # A task's end told to Slack by a delivery that Redis lost is told again. Imported here:
         # a worker without Slack never loads slack_sdk.
-        from jobs.slack_reporter import resend_lost_approval_requests, resend_lost_ends
+        from jobs.slack_reporter import resend_lost_announcements, resend_lost_ends
 
         resend_lost_ends(context)
-        resend_lost_approval_requests(context)
+        resend_lost_announcements(context)
     return report
 
 

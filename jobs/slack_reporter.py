@@ -21,6 +21,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any, cast
 
+from redis.exceptions import RedisError
 from rq import Queue, Retry
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -39,7 +40,7 @@ from slack_sdk.http_retry.state import RetryState
 from sqlalchemy import CursorResult, or_, select, update
 
 from blocks import messages
-from core.errors import ConfigError
+from core.errors import ConfigError, QueueUnavailable
 from core.models import (
     FOLLOW_UP_STATES,
     ItemState,
@@ -85,8 +86,11 @@ HOPELESS = frozenset(
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]+$")
 #: Statuses of a task whose parent message is posted although it has not started.
 NEVER_STARTED = frozenset(
-    {TaskStatus.AWAITING_APPROVAL, TaskStatus.REJECTED, TaskStatus.EXPIRED}
+    {TaskStatus.AWAITING_APPROVAL, TaskStatus.REJECTED, TaskStatus.EXPIRED, TaskStatus.SCHEDULED}
 )
+#: Statuses of a task whose parent message is posted (announced) before it starts; one whose
+#: announcement Redis lost is announced again by the reaper.
+ANNOUNCED_BEFORE_START = (TaskStatus.AWAITING_APPROVAL, TaskStatus.SCHEDULED)
 
 
 class Event(StrEnum):
@@ -97,9 +101,13 @@ class Event(StrEnum):
     PAUSED = "paused"
     RESUMED = "resumed"
     FINISHED = "finished"
-    #: The approval request was made or decided (core/approval.py): post or update the parent;
-    #: a rejected or expired task's end is told as any end.
-    APPROVAL = "approval"
+    #: The parent message of a task that has not started is posted or brought up to date: it
+    #: awaits approval, or waits for its start time, or was just approved, rejected or
+    #: cancelled (the edges' `announce`). A task that ended so is told as any end.
+    ANNOUNCE = "announce"
+    #: A scheduled task: the reminder before its start, and its start (or hold) at its time.
+    REMINDER = "reminder"
+    REACHED = "reached"
 
 
 class NotReady(Exception):
@@ -155,6 +163,12 @@ class SlackReporter:
 
     def task_finished(self, task_id: int) -> None:
         self._send(task_id, Event.FINISHED)
+
+    def schedule_reminder(self, task_id: int) -> None:
+        self._send(task_id, Event.REMINDER)
+
+    def schedule_reached(self, task_id: int, late_seconds: int) -> None:
+        self._send(task_id, Event.REACHED, late_seconds)
 
     def _send(self, task_id: int, event: Event, *args: int, front: bool | None = None) -> None:
         if not self._reports_to_slack(task_id):
@@ -242,12 +256,23 @@ def resend_lost_ends(context: WorkerContext) -> int:
     return resent
 
 
-def resend_lost_approval_requests(context: WorkerContext) -> int:
-    """Post the parent message of tasks awaiting approval whose first delivery Redis lost.
+def announce(queue: Queue, task_id: int) -> None:
+    """Have a worker post or update the parent message of a task that has not started (it
+    awaits approval or its start time, or was just decided or cancelled): the edges'
+    `announce`, and the reaper's when that delivery was lost."""
+    try:
+        enqueue_delivery(queue, task_id, Event.ANNOUNCE)
+    except RedisError as error:
+        raise QueueUnavailable(f"Redis cannot be reached: {type(error).__name__}") from error
 
-    Without it the approvers would never see the buttons. A task awaiting approval with a
-    channel and no parent yet, and no delivery of its own in Redis, gets one (at most every
-    few minutes per task); returns how many.
+
+def resend_lost_announcements(context: WorkerContext) -> int:
+    """Post the parent message of tasks waiting before their start (awaiting approval, or
+    scheduled) whose first delivery Redis lost.
+
+    Without it the approvers would never see the buttons, nor the channel the scheduled reset
+    and its Cancel. A waiting task with a channel and no parent yet, and no delivery of its own
+    in Redis, gets one (at most every few minutes per task); returns how many.
     """
     reporter = context.reporter
     if not isinstance(reporter, SlackReporter):
@@ -255,7 +280,7 @@ def resend_lost_approval_requests(context: WorkerContext) -> int:
     with context.sessions() as session:
         unposted = list(session.scalars(
             select(ResetTask.id).where(
-                ResetTask.status == TaskStatus.AWAITING_APPROVAL,
+                ResetTask.status.in_(ANNOUNCED_BEFORE_START),
                 ResetTask.slack_channel.is_not(None),
                 ResetTask.slack_thread_ts.is_(None),
             )
@@ -269,16 +294,17 @@ def resend_lost_approval_requests(context: WorkerContext) -> int:
     }
     resent = 0
     for task_id in unposted:
-        throttle = f"{context.queue.name}:slack-approval:{task_id}"
+        throttle = f"{context.queue.name}:slack-announce:{task_id}"
         if task_id in delivering or not context.redis.set(
             throttle, 1, nx=True, ex=RESEND_EVERY_SECONDS
         ):
             continue
-        enqueue_delivery(context.queue, task_id, Event.APPROVAL,
+        enqueue_delivery(context.queue, task_id, Event.ANNOUNCE,
                          retry_intervals=reporter.retry_intervals)
         resent += 1
     if resent:
-        logger.warning("re-sent %s approval request(s) to Slack: their delivery was lost", resent)
+        logger.warning("re-sent the parent message of %s waiting task(s) to Slack: their "
+                       "delivery was lost", resent)
     return resent
 
 
@@ -443,18 +469,24 @@ class Delivery:
         if event is not Event.FINISHED and state.summary_posted:
             return  # late: the thread has ended, and a reply now would follow its summary
         state, fresh = self.ensure_parent(state)
-        if event is Event.FINISHED or (event is Event.APPROVAL and state.task.status.is_final):
+        if event is Event.FINISHED or (event is Event.ANNOUNCE and state.task.status.is_final):
             self.finish(state, fresh)
             return
         if not fresh and not state.task.status.is_final:
             self.update_parent(state)  # once ended, the end's own delivery renders it
         self.say_error_once(state)
         if event is Event.STARTED:
-            self.say_started_once(state)  # an approved task's parent was posted before it began
+            # An approved or scheduled task's parent was posted before it began.
+            self.say_started_once(state)
             return
-        if event is Event.APPROVAL:
-            return
-        if event is Event.PROGRESS:
+        if event is Event.ANNOUNCE:
+            return  # the parent message says it
+        if event is Event.REMINDER:
+            if state.task.status is TaskStatus.SCHEDULED and not state.task.held:
+                self.reply(state, messages.reminder_reply(state.task, utcnow()))
+        elif event is Event.REACHED:
+            self.reply(state, messages.start_reached_reply(state.task, args[0]))
+        elif event is Event.PROGRESS:
             self.say_milestone(state)
         elif event is Event.WAITING:
             with self.context.sessions() as session:
@@ -539,9 +571,12 @@ class Delivery:
         return state, True
 
     def say_started_once(self, state: ThreadState) -> None:
-        """The "Started" reply, once, and only for a task that has started (not one awaiting
-        approval, nor one that ended without being approved)."""
+        """The "Started" reply, once, and only for a task that has started: not one awaiting
+        approval or its start time (its parent comes first), nor one that ended before it
+        started (rejected, expired, cancelled while scheduled or waiting)."""
         if state.started_posted or state.summary_posted or state.task.status in NEVER_STARTED:
+            return
+        if state.task.status.is_final and state.task.started_at is None:
             return
         self.once(ResetTask.slack_started_posted, True, False,
                   lambda: self.reply(state, messages.started_reply(state.task)))

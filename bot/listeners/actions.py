@@ -1,5 +1,5 @@
-"""Buttons: Approve, Reject, Cancel and Retry failed on a task's parent message, New reset on
-App Home.
+"""Buttons: Approve, Reject, Cancel, Start now and Retry failed on a task's parent message, New
+reset on App Home.
 
 Each is for admins only (a button payload can be replayed by anyone), does the database work,
 acks, then tells the user what happened in an ephemeral line.
@@ -18,6 +18,7 @@ from slack_sdk import WebClient
 from blocks.ids import (
     ACTION_APPROVE,
     ACTION_CANCEL,
+    ACTION_CONFIRM_SCHEDULED,
     ACTION_OPEN_MODAL,
     ACTION_OPEN_THREAD,
     ACTION_REJECT,
@@ -31,16 +32,18 @@ from blocks.text import (
     recount_to_approve,
     rejected_by_you,
     retry_started,
+    scheduled_cancelled,
+    start_confirmed,
 )
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
 from bot.listeners.replies import open_modal, tell_where_possible
-from bot.listeners.submissions import announce_approval
+from bot.listeners.submissions import announce_waiting
 from bot.payloads import channel_of, first_action, task_id, user_name_of
 from core import approval
 from core.errors import ConflictError, InputError, QueueUnavailable
 from core.models import TaskStatus
-from core.tasks import create_retry_task, request_cancel
+from core.tasks import confirm_held_start, create_retry_task, request_cancel
 
 log = logging.getLogger("resetbot.slack")
 
@@ -50,6 +53,8 @@ def register(app: App) -> None:
     app.action(ACTION_REJECT, middleware=[admin_only(ACTION_REJECT)])(reject)
     app.action(ACTION_CANCEL, middleware=[admin_only(ACTION_CANCEL)])(cancel)
     app.action(ACTION_RETRY_FAILED, middleware=[admin_only(ACTION_RETRY_FAILED)])(retry)
+    app.action(ACTION_CONFIRM_SCHEDULED,
+               middleware=[admin_only(ACTION_CONFIRM_SCHEDULED)])(confirm_scheduled)
     app.action(ACTION_OPEN_MODAL, middleware=[admin_only(ACTION_OPEN_MODAL)])(open_from_home)
     app.action(re.compile(f"^{ACTION_OPEN_THREAD}"))(open_thread)
 
@@ -72,6 +77,11 @@ def cancel(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltConte
 
 def retry(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
     _answer_button(deps_of(context), ack, body, client, _retry)
+
+
+def confirm_scheduled(ack: Ack, body: dict[str, Any], client: WebClient,
+                      context: BoltContext) -> None:
+    _answer_button(deps_of(context), ack, body, client, _confirm_scheduled)
 
 
 def open_from_home(ack: Ack, body: dict[str, Any], client: WebClient,
@@ -112,9 +122,27 @@ def _answer_button(
 def _cancel(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
     wanted = task_id(first_action(body).get("value"))
     with deps.sessions() as session:
-        request_cancel(session, wanted, user)
+        task = request_cancel(session, wanted, user)
         session.commit()
+        before_start = task.status == TaskStatus.CANCELLED
+    if before_start:
+        announce_waiting(deps, wanted)  # ended at once, before its time: the thread says so
+        return scheduled_cancelled(wanted)
     return cancel_requested(wanted)
+
+
+def _confirm_scheduled(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
+    """A scheduled task held at its start (its counts changed) starts with the new counts."""
+    wanted = task_id(first_action(body).get("value"))
+    with deps.sessions() as session:
+        confirm_held_start(session, wanted, user)
+        session.commit()
+    try:
+        deps.enqueue(wanted)
+    except QueueUnavailable as error:
+        log.error("could not enqueue task %s: %s", wanted, type(error).__name__)
+        return queue_unavailable(wanted)
+    return start_confirmed(wanted)
 
 
 def _retry(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
@@ -149,12 +177,13 @@ def _approve(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
         except ConflictError:
             session.rollback()
             raise
-    announce_approval(deps, wanted)
+    announce_waiting(deps, wanted)  # the parent shows who approved, and when it starts
     if isinstance(outcome, approval.Recounted):
         now = outcome.now
         return recount_to_approve(wanted, outcome.before.users if outcome.before else None,
                                   now.users, now.emailable, now.without_email, now.staff)
     if outcome.status is not TaskStatus.QUEUED:
+        # Scheduled: its start time is ahead, and the reaper starts it then.
         return approved_and_waiting(wanted, outcome.status)
     try:
         deps.enqueue(wanted)
@@ -180,5 +209,5 @@ def _reject(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
         except ConflictError:
             session.rollback()
             raise
-    announce_approval(deps, wanted)
+    announce_waiting(deps, wanted)
     return rejected_by_you(wanted)

@@ -18,6 +18,7 @@ from blocks.ids import (
     NO_EMAIL_PASSWORD,
     PASSWORD,
     SCOPE,
+    START_AT,
     USERS,
 )
 from blocks.text import CANNOT_KEEP_DEFAULT, truncate
@@ -38,7 +39,8 @@ from bot.payloads import (
     user_name_of,
 )
 from core.errors import ConfigError, ConflictError, InputError, QueueUnavailable
-from core.models import TaskStatus
+from core.models import TaskStatus, utcnow
+from core.schedule import is_future
 from core.tasks import (
     RequestInvalid,
     consume_pending,
@@ -50,7 +52,7 @@ from core.tasks import (
 log = logging.getLogger("resetbot.slack")
 
 #: The input blocks of the reset modal; a problem about anything else is shown on `scope`.
-FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD, NO_EMAIL_PASSWORD})
+FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD, NO_EMAIL_PASSWORD, START_AT})
 ERROR_TEXT_LIMIT = 2000
 
 
@@ -93,8 +95,13 @@ def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltC
         ack(response_action="update", view=start_again_modal(str(conflict)))
         return
     if status is TaskStatus.AWAITING_APPROVAL:
-        announce_approval(deps, task_id)
+        announce_waiting(deps, task_id)
         ack(response_action="update", view=awaiting_approval_modal(task_id))
+        return
+    if status is TaskStatus.SCHEDULED:
+        # Its time is ahead: the thread says when; a worker's reaper starts it then.
+        announce_waiting(deps, task_id)
+        ack(response_action="clear")
         return
     try:
         deps.enqueue(task_id)
@@ -140,6 +147,8 @@ def preview_or_errors(
             pending.id, preview, scope=form.scope, selected=len(form.selection),
             mode=request.mode, require_change=form.require_change,
             no_email=request.no_email_choice,
+            # A time within the grace of "now" starts at once: the preview says no time.
+            start_at=request.start_at if is_future(request.start_at, utcnow()) else None,
         )
     return {"response_action": "update", "view": view}
 
@@ -151,8 +160,9 @@ def refuse_invalid(deps: AppDeps, user: str, problems: dict[str, list[str]]) -> 
 
 
 def confirm_pending(deps: AppDeps, waiting: str, user: str) -> tuple[int, TaskStatus]:
-    """Consume the pending request (once, atomically) into a committed task, through the gate:
-    queued (to enqueue), or awaiting approval."""
+    """Consume the pending request (once, atomically) into a committed task, through the gate
+    (`core.tasks.gate_new_task`): queued (to enqueue), scheduled or awaiting approval (to
+    announce)."""
     with deps.sessions() as session:
         try:
             task = consume_pending(session, waiting, user)
@@ -164,16 +174,18 @@ def confirm_pending(deps: AppDeps, waiting: str, user: str) -> tuple[int, TaskSt
         return task.id, status
 
 
-def announce_approval(deps: AppDeps, task_id: int) -> None:
-    """Have a worker post (or update) the task's parent message with Approve and Reject.
+def announce_waiting(deps: AppDeps, task_id: int) -> None:
+    """Have a worker post (or update) the parent message of a task that has not started:
+    Approve and Reject while it awaits approval, "Scheduled for …" and Cancel while it waits
+    for its time, who decided once it was approved, rejected or cancelled.
 
-    The database already says the task awaits approval; a post Redis could not take is made
-    by a worker's reaper instead.
+    The database already says where the task stands; a post Redis could not take is made by a
+    worker's reaper instead.
     """
     try:
         deps.announce(task_id)
     except QueueUnavailable as error:
-        log.error("could not ask for the approval of task %s in Slack: %s", task_id,
+        log.error("could not tell Slack where task %s stands: %s", task_id,
                   type(error).__name__)
 
 
