@@ -6,6 +6,7 @@ requester. Real database, Redis, a burst worker and mail on aiosmtpd.
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from core.directory import Directory
-from core.models import AuditEntry, ResetTask, Scope, TaskStatus
+from core.models import AuditEntry, ResetTask, Scope, TaskStatus, utcnow
 from core.settings import Settings
 from core.tasks import ResetRequest, create_task, gate_new_task
 from jobs.queueing import make_queue
@@ -174,3 +175,27 @@ def test_reject_from_the_terminal(
     assert user_rows(sessions, directory) == before
     shown = run("tasks", "show", str(mine.id), **APPROVAL)
     assert "nothing was changed" in shown.out
+
+
+@sqlite_only
+def test_reset_at_with_approval_waits_for_both_and_approved_it_is_scheduled(
+    run: RunCli, sessions: sessionmaker[Session], redis_conn: Redis, cli_settings: Settings,
+    sample_users: Any,
+) -> None:
+    start_at = (utcnow() + timedelta(hours=3)).replace(second=0, microsecond=0)
+    result = run("reset", "--scope", "all_without_role", "--yes",
+                 "--at", start_at.isoformat(timespec="minutes"), **APPROVAL)
+
+    assert result.code == EXIT_OK, result.err
+    assert "Task #1 awaits approval by another admin" in result.out
+    assert "Once approved it starts at" in result.out
+    [task] = tasks(sessions)
+    assert task.status == TaskStatus.AWAITING_APPROVAL and task.start_at == start_at
+    assert task.approval_expires_at == start_at  # before RESET_APPROVAL_TTL's 24 h
+    assert "if approved by then" in run("tasks", **APPROVAL).out
+
+    approved = run("tasks", "approve", "1", "--as", SECOND, **APPROVAL)
+    assert approved.code == EXIT_OK, approved.err
+    assert f"Task #1 approved by {SECOND}: scheduled, starts " in approved.out
+    assert tasks(sessions)[0].status == TaskStatus.SCHEDULED
+    assert plan_jobs(cli_settings, redis_conn) == []  # the reaper starts it at its time

@@ -1,14 +1,16 @@
-"""The gate a confirmed task goes through: start now, or wait for a second admin."""
+"""The gate a confirmed task goes through: start now, wait for a second admin, or wait for its
+start time (and an approval request that must be decided before that time)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.models import ResetTask, Scope
+from core.models import ResetTask, Scope, TaskStatus
 from core.settings import Settings
-from core.tasks import needs_approval
+from core.tasks import approval_deadline, needs_approval, released_status
 
 
 def task(scope: Scope = Scope.ALL_WITHOUT_ROLE, users: int | None = 10) -> ResetTask:
@@ -41,3 +43,23 @@ def test_the_approval_settings_read_from_the_environment() -> None:
     assert settings.reset_approvers == frozenset({"U1", "U2"})
     assert Settings().reset_approval_ttl == 24 * 3600
     assert Settings().reset_approval_min_users is None
+
+
+def test_a_scheduled_request_expires_at_its_start_when_that_comes_before_the_ttl() -> None:
+    settings = replace(Settings(), reset_approval_ttl=3600.0)
+    now = datetime(2027, 1, 8, 12, 0, tzinfo=UTC)
+    scheduled = task()
+    assert approval_deadline(settings, scheduled, now) == now + timedelta(hours=1)  # no start
+    scheduled.start_at = now + timedelta(minutes=20)
+    assert approval_deadline(settings, scheduled, now) == now + timedelta(minutes=20)
+    scheduled.start_at = now + timedelta(days=2)  # the TTL comes first
+    assert approval_deadline(settings, scheduled, now) == now + timedelta(hours=1)
+
+
+def test_released_is_scheduled_only_while_the_start_is_ahead() -> None:
+    now = datetime(2027, 1, 8, 12, 0, tzinfo=UTC)
+    later = task()
+    assert released_status(later, now) is TaskStatus.QUEUED
+    later.start_at = now + timedelta(seconds=1)
+    assert released_status(later, now) is TaskStatus.SCHEDULED
+    assert released_status(later, now + timedelta(seconds=1)) is TaskStatus.QUEUED

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -478,3 +478,103 @@ def test_a_request_whose_slack_post_redis_lost_is_posted_by_the_reaper(
     assert the_task(approval_app).slack_thread_ts == request.ts
     assert the_task(approval_app).status == TaskStatus.AWAITING_APPROVAL
     assert task.id == the_task(approval_app).id
+
+
+# ---- approval and a start time together ---------------------------------------------------------
+
+
+def with_start(values: dict[str, Any], moment: datetime) -> dict[str, Any]:
+    """The form's values with Start at (a datetimepicker) set to `moment`."""
+    return {**values, "start_at": {"start_at": {"type": "datetimepicker",
+                                                "selected_date_time": int(moment.timestamp())}}}
+
+
+@sqlite_only
+def test_an_approved_reset_with_a_start_time_waits_scheduled_and_starts_at_its_time(
+    approval_app: RunningApp, slack_standin: SlackStandIn, smtp_server: SmtpServer
+) -> None:
+    before = user_rows(approval_app.sessions, approval_app.directory)
+    start_at = (utcnow() + timedelta(hours=2)).replace(microsecond=0)
+    confirmed = confirm_reset(approval_app, with_start(form_state("all"), start_at))
+
+    # The gate asks for approval first; the request must be decided before the start time.
+    assert "waits for another admin's approval" in str(confirmed["view"])
+    task = the_task(approval_app)
+    assert task.status == TaskStatus.AWAITING_APPROVAL
+    assert task.approval_expires_at == start_at  # earlier than RESET_APPROVAL_TTL's 24 h
+    deliver(approval_app)
+    request = parent(slack_standin)
+    assert action_ids(request) == ["approve_task", "reject_task"]
+    assert "if approved before then" in message_text(request)
+
+    # Approved: released as any task with a future start is, scheduled; nothing enqueued.
+    approval_app.slack.click("approve_task", str(task.id), user=SECOND, message_ts=request.ts)
+    assert "it is now scheduled" in ephemeral_for(slack_standin, SECOND)
+    approved = the_task(approval_app)
+    assert (approved.status, approved.approved_by) == (TaskStatus.SCHEDULED, SECOND)
+    assert plan_jobs(approval_app) == []
+    assert [e.actor for e in audit_of(approval_app, "schedule")] == [SECOND]
+    deliver(approval_app)  # the announcement: the parent now says when it starts
+    waiting = parent(slack_standin)
+    assert "Scheduled for" in message_text(waiting)
+    assert f"*Approved by* <@{SECOND}>" in message_text(waiting)
+    assert action_ids(waiting) == ["cancel_task"]
+    assert user_rows(approval_app.sessions, approval_app.directory) == before
+
+    context = worker_context(approval_app)
+    try:
+        assert reap(context, now=start_at - timedelta(seconds=1)).schedules_started == 0
+        assert reap(context, now=start_at).schedules_started == 1
+        final = run_until_final(context, task.id)
+    finally:
+        context.close()
+    assert final.status in (TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS)
+    after = user_rows(approval_app.sessions, approval_app.directory)
+    assert {i for i in after if after[i].password_hash != before[i].password_hash} == set(
+        range(1, 8))
+    assert len(smtp_server.messages) == 5
+    assert audit_of(approval_app, "expire") == []
+    replies = [m.text for m in slack_standin.thread(CHANNEL, parent(slack_standin).ts)]
+    assert sum(text.startswith(":arrow_forward: Started") for text in replies) == 1, replies
+
+
+@sqlite_only
+def test_a_scheduled_reset_not_approved_before_its_start_expires_with_its_passwords_erased(
+    approval_app: RunningApp, slack_standin: SlackStandIn, smtp_server: SmtpServer
+) -> None:
+    before = user_rows(approval_app.sessions, approval_app.directory)
+    start_at = (utcnow() + timedelta(minutes=30)).replace(microsecond=0)
+    values = form_state("all", no_email="set", no_email_password="Front-Desk-Lantern-42")
+    confirm_reset(approval_app, with_start(values, start_at))
+    task = the_task(approval_app)
+    assert task.status == TaskStatus.AWAITING_APPROVAL
+    assert task.no_email_password_sealed is not None  # sealed while it waits
+    deliver(approval_app)
+
+    context = worker_context(approval_app)
+    try:
+        early = reap(context, now=start_at - timedelta(seconds=1))
+        assert (early.approvals_expired, early.schedules_started) == (0, 0)
+        # Its start time came with nobody's approval: it expires, and never starts.
+        late = reap(context, now=start_at + timedelta(seconds=1))
+        work(context)  # the thread is told
+    finally:
+        context.close()
+    assert (late.approvals_expired, late.schedules_started) == (1, 0)
+    expired = the_task(approval_app)
+    assert expired.status == TaskStatus.EXPIRED and expired.started_at is None
+    assert (expired.default_password_sealed, expired.no_email_password_sealed) == (None, None)
+    [entry] = audit_of(approval_app, "expire")
+    assert entry.task_id == task.id and entry.detail["start_passed"] is True
+    assert audit_of(approval_app, "schedule") == []
+    assert plan_jobs(approval_app) == []
+    assert user_rows(approval_app.sessions, approval_app.directory) == before
+    assert smtp_server.messages == []
+    ended = parent(slack_standin)
+    assert "Nobody approved it before its start time" in message_text(ended)
+    assert action_ids(ended) == []
+
+    # A late click changes nothing.
+    approval_app.slack.click("approve_task", str(task.id), user=SECOND)
+    assert "has expired" in ephemeral_for(slack_standin, SECOND)
+    assert the_task(approval_app).status == TaskStatus.EXPIRED
