@@ -471,7 +471,9 @@ class Directory:
             value = extra.value
         if not extra.unless:
             return value
-        return case((column.in_(list(extra.unless)), column), else_=value)
+        # Each value compared on its own: an IN list cannot be bound in an executemany.
+        kept = or_(*[column == literal(item) for item in extra.unless])
+        return case((kept, column), else_=value)
 
 
 def hasher_for(profile: Profile, settings: Settings) -> PasswordHasher:

@@ -29,3 +29,34 @@ def postgres_database(prefix: str = "resetbot") -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+MARIADB_SERVER = "mysql+pymysql://root@127.0.0.1:3306"
+MARIADB_ADMIN_URL = f"{MARIADB_SERVER}/test"
+
+
+@contextmanager
+def mariadb_database(prefix: str = "resetbot_t") -> Iterator[str]:
+    """The URL of a new database on the local MariaDB (root, no password), dropped on leaving.
+
+    MariaDB has no DROP DATABASE ... WITH (FORCE): the connections still open on it are
+    killed first, so a test that failed halfway leaves nothing behind.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(MARIADB_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(
+            text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        )
+    try:
+        yield f"{MARIADB_SERVER}/{name}?charset=utf8mb4"
+    finally:
+        with admin.connect() as connection:
+            sessions = connection.execute(
+                text("SELECT id FROM information_schema.processlist WHERE db = :db"),
+                {"db": name},
+            ).scalars().all()
+            for session_id in sessions:
+                connection.execute(text(f"KILL {int(session_id)}"))
+            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
