@@ -47,13 +47,12 @@ def test_invalid_setting_names_its_variable(env: dict[str, str], named: str) -> 
 def test_search_is_case_insensitive_substring(
     sessions: sessionmaker[Session], directory: Directory, sample_users: list[object]
 ) -> None:
-    with sessions():
-        assert [u.username for u in directory.search("CATALOG")] == ["carol"]
-        assert [u.username for u in directory.search("ob")] == ["bob"]
-        assert [u.username for u in directory.search("example.org")] == [
-            "alice", "bob", "carol", "erin", "grace"
-        ]
-        assert directory.search("%") == []
+    assert [u.username for u in directory.search("CATALOG")] == ["carol"]
+    assert [u.username for u in directory.search("ob")] == ["bob"]
+    assert [u.username for u in directory.search("example.org")] == [
+        "alice", "bob", "carol", "erin", "grace"
+    ]
+    assert directory.search("%") == []
 
 
 @pytest.mark.parametrize(
@@ -73,9 +72,8 @@ def test_scopes_pick_exactly_the_right_users(
     selection: tuple[int, ...],
     expected: set[int],
 ) -> None:
-    with sessions():
-        picked = {u.id for u in directory.scope_batch(scope, selection, 0, 100)}
-        preview = directory.preview(scope, selection)
+    picked = {u.id for u in directory.scope_batch(scope, selection, 0, 100)}
+    preview = directory.preview(scope, selection)
     assert picked == expected
     assert preview.users == len(expected)
 
@@ -83,8 +81,7 @@ def test_scopes_pick_exactly_the_right_users(
 def test_preview_counts_email_and_staff(
     sessions: sessionmaker[Session], directory: Directory, sample_users: list[object]
 ) -> None:
-    with sessions():
-        preview = directory.preview(Scope.ALL, ())
+    preview = directory.preview(Scope.ALL, ())
     assert (preview.users, preview.emailable, preview.without_email, preview.staff) == (7, 5, 2, 2)
 
 
