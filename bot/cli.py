@@ -551,7 +551,10 @@ def require_schema(engine: Engine, settings: Settings) -> None:
         tables = set(inspect(engine).get_table_names())
     except ProgrammingError as error:
         raise Refused(f"the database cannot be read: {_first_line(error.orig)}") from None
-    missing = {"reset_tasks", "reset_items", "audit_log", settings.directory.table} - tables
+    from core.migrate import own_users_names
+
+    own = own_users_names(settings)  # resetbot's own users table, when it lives here
+    missing = {"reset_tasks", "reset_items", "audit_log", *([own.table] if own else [])} - tables
     if missing:
         raise Refused(
             f"the database {shown_url(settings.database_url)} has no {', '.join(sorted(missing))}"
@@ -585,8 +588,9 @@ def cmd_users_import(cli: Cli, args: argparse.Namespace) -> int:
 
     settings = cli.settings()
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    with cli.database(settings) as sessions, sessions.begin() as session:
-        result = import_users(session, Directory(settings.directory), data, actor=requester())
+    with cli.database(settings) as sessions, sessions.begin() as session, \
+            _directory(settings, sessions) as directory:
+        result = import_users(session, directory, data, actor=requester())
     cli.say(
         f"Imported {plural(result.total, 'user')}: {result.created:,} new, "
         f"{result.updated:,} updated, {result.unchanged:,} unchanged."
@@ -598,8 +602,8 @@ def cmd_users_export(cli: Cli, args: argparse.Namespace) -> int:
     from core.userio import export_users
 
     settings = cli.settings()
-    with cli.database(settings) as sessions, sessions() as session:
-        content = export_users(session, Directory(settings.directory))
+    with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
+        content = export_users(directory)
     if args.file == "-":
         # On a terminal, people read it: a name holding an escape sequence must not act on
         # the screen. Redirected or piped, it goes out exactly, so it imports back unchanged.
@@ -613,6 +617,17 @@ def cmd_users_export(cli: Cli, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@contextmanager
+def _directory(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Directory]:
+    """The directory, sharing the state database's engine when the users live there too."""
+    engine = sessions.kw.get("bind")
+    directory = Directory.from_settings(settings, engine if isinstance(engine, Engine) else None)
+    try:
+        yield directory
+    finally:
+        directory.dispose()
+
+
 def cmd_mail_preview(cli: Cli, args: argparse.Namespace) -> int:
     from bot.mail_preview import SampleUser, preview_text
     from jobs.mail_templates import MailTemplates
@@ -621,8 +636,8 @@ def cmd_mail_preview(cli: Cli, args: argparse.Namespace) -> int:
     templates = MailTemplates.load(settings)
     user: SampleUser | DirectoryUser = SampleUser()
     if args.user is not None:
-        with cli.database(settings) as sessions, sessions() as session:
-            found = Directory(settings.directory).by_username(session, [args.user])
+        with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
+            found = directory.by_username([args.user])
         if not found:
             raise Refused(f"there is no user {args.user!r} in the directory")
         user = found[0]
@@ -781,9 +796,9 @@ def cmd_tasks_approve(cli: Cli, args: argparse.Namespace) -> int:
     from bot.tasks_cli import approve_task
 
     settings = cli.settings()
-    with cli.database(settings) as sessions:
-        return approve_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id,
-                            as_user=args.as_user)
+    with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
+        return approve_task(cli, settings, sessions, directory, partial(cli.redis, settings),
+                            args.task_id, as_user=args.as_user)
 
 
 def cmd_tasks_reject(cli: Cli, args: argparse.Namespace) -> int:

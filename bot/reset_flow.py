@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import IO
 
 from redis import Redis
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.terminal import (
@@ -81,9 +80,22 @@ def run_reset(
     choices: ResetChoices,
 ) -> int:
     """Preview, confirm, queue and follow one reset; Redis is only opened once confirmed."""
-    directory = Directory(settings.directory)
-    with sessions() as session:
-        selection, case_notes = resolve_usernames(session, directory, choices.usernames)
+    directory = Directory.from_settings(settings)
+    try:
+        return _run_reset(cli, settings, sessions, open_redis, choices, directory)
+    finally:
+        directory.dispose()
+
+
+def _run_reset(
+    cli: Output,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    open_redis: Callable[[], AbstractContextManager[Redis]],
+    choices: ResetChoices,
+    directory: Directory,
+) -> int:
+    selection, case_notes = resolve_usernames(directory, choices.usernames)
     for note in case_notes:
         cli.say(note)
     password = read_default_password() if choices.default_password_stdin else None
@@ -141,7 +153,7 @@ def run_reset(
 
 
 def resolve_usernames(
-    session: Session, directory: Directory, usernames: Sequence[str]
+    directory: Directory, usernames: Sequence[str]
 ) -> tuple[tuple[int, ...], list[str]]:
     """The users' ids, and a note for each name matched only when case is ignored.
 
@@ -150,9 +162,9 @@ def resolve_usernames(
     usernames that differ only in case, and only the exact spelling can say which one is meant.
     """
     wanted = list(dict.fromkeys(usernames))
-    exact = {user.username: user.id for user in directory.by_username(session, wanted)}
+    exact = {user.username: user.id for user in directory.by_username(wanted)}
     others = [name for name in wanted if name not in exact]
-    folded = _usernames_ignoring_case(session, directory, others)
+    folded = directory.usernames_ignoring_case(others)
     ids = set(exact.values())
     notes: list[str] = []
     unknown: list[str] = []
@@ -183,25 +195,6 @@ def resolve_usernames(
     return tuple(sorted(ids)), notes
 
 
-def _usernames_ignoring_case(
-    session: Session, directory: Directory, names: Sequence[str]
-) -> dict[str, list[tuple[str, int]]]:
-    """Lower-cased name -> the (username, id) pairs it matches when case is ignored.
-
-    The database narrows by lower(); Python's lower() decides. (SQLite's lower() folds ASCII
-    letters only, so there a username with a capital non-ASCII letter needs its exact case.)
-    """
-    if not names:
-        return {}
-    c = directory.table.c
-    lowered = sorted({name.lower() for name in names})
-    query = select(c.username, c.id).where(func.lower(c.username).in_(lowered))
-    found: dict[str, list[tuple[str, int]]] = {}
-    for username, user_id in session.execute(query):
-        found.setdefault(str(username).lower(), []).append((str(username), int(user_id)))
-    return found
-
-
 def read_default_password(
     stdin: IO[str] | None = None, what: str = "default password"
 ) -> str:
@@ -229,7 +222,7 @@ def validate_or_refuse(
 ) -> Preview:
     with sessions() as session:
         try:
-            return check_request(session, settings, directory, request)
+            return check_request(settings, directory, request)
         except RequestInvalid as invalid:
             audit.record(
                 session, request.requester, "refused", step="request",

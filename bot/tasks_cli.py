@@ -328,7 +328,7 @@ NEEDS_AS = (
 
 
 def approve_task(
-    cli: Output, settings: Settings, sessions: sessionmaker[Session],
+    cli: Output, settings: Settings, sessions: sessionmaker[Session], directory: Directory,
     open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
     as_user: str | None,
 ) -> int:
@@ -336,7 +336,7 @@ def approve_task(
     actor = _approver(settings, sessions, as_user, task_id, step="approve")
     with sessions() as session:
         try:
-            outcome = approval.approve(session, Directory(settings.directory), task_id, actor)
+            outcome = approval.approve(session, directory, task_id, actor)
             session.commit()
         except approval.SelfApproval:
             session.rollback()

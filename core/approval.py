@@ -111,7 +111,7 @@ def approve(
     if approver == task.requester:
         raise SelfApproval(f"You asked for reset #{task_id}: another admin must approve it.")
     before = preview_of(task.preview)
-    now = directory.preview(session, Scope(task.scope), tuple(task.selection or ()))
+    now = directory.preview(Scope(task.scope), tuple(task.selection or ()))
     if grew_too_much(before, now):
         return _keep_recount(session, task, before, now, approver)
     moment = utcnow()

@@ -12,30 +12,42 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.errors import ConfigError
 
 #: What DATABASE_URL should look like, for refusals.
-EXPECTED_URL = "expected sqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
+EXPECTED_URL = (
+    "expected sqlite:///FILE, postgresql+psycopg://USER@HOST/DB or "
+    "mysql+pymysql://USER@HOST/DB"
+)
+#: Bare schemes, mapped to the drivers resetbot ships (the bare ones would ask for others:
+#: psycopg2, mysqlclient).
+DRIVERS = {
+    "postgresql://": "postgresql+psycopg://",
+    "mysql://": "mysql+pymysql://",
+    "mariadb://": "mariadb+pymysql://",
+}
+#: MariaDB/MySQL close connections idle longer than wait_timeout (8 h by default): renew first.
+MYSQL_POOL_RECYCLE = 3600
 
 
-def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """An engine tuned for resetbot's access pattern on SQLite and PostgreSQL.
+def make_engine(database_url: str, *, setting: str = "DATABASE_URL", **kwargs: Any) -> Engine:
+    """An engine tuned for resetbot's access pattern on SQLite, PostgreSQL and MariaDB.
 
-    Raises ConfigError (one line naming DATABASE_URL) for a URL no installed driver can open.
+    Raises ConfigError (one line naming `setting`) for a URL no installed driver can open.
     """
-    if database_url.startswith("postgresql://"):
-        # psycopg 3 is the driver we ship; the bare scheme would ask for psycopg2.
-        database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+    for bare, with_driver in DRIVERS.items():
+        if database_url.startswith(bare):
+            database_url = with_driver + database_url[len(bare) :]
     try:
         return _create_engine(database_url, **kwargs)
     except NoSuchModuleError:  # (an ArgumentError too)
         raise ConfigError(
-            f"DATABASE_URL: {_driver(database_url)!r} is not a database kind resetbot knows "
+            f"{setting}: {_driver(database_url)!r} is not a database kind resetbot knows "
             f"({EXPECTED_URL})"
         ) from None
     except ArgumentError:  # the URL may hold a password: not shown
-        raise ConfigError(f"DATABASE_URL is not a database URL ({EXPECTED_URL})") from None
+        raise ConfigError(f"{setting} is not a database URL ({EXPECTED_URL})") from None
     except ImportError as error:  # the dialect is known, its driver is not installed
         raise ConfigError(
-            f"DATABASE_URL: the driver for {_driver(database_url)!r} is not installed "
-            f"({error}); resetbot ships psycopg 3 ({EXPECTED_URL})"
+            f"{setting}: the driver for {_driver(database_url)!r} is not installed "
+            f"({error}); resetbot ships psycopg 3 and PyMySQL ({EXPECTED_URL})"
         ) from None
 
 
@@ -54,6 +66,8 @@ def _create_engine(database_url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if make_url(database_url).get_backend_name() in ("mysql", "mariadb"):
+        kwargs.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
     return create_engine(database_url, **kwargs)
 
 

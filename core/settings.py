@@ -302,8 +302,8 @@ def _database_url(name: str, raw: str) -> str:
         url = make_url(raw)
     except ArgumentError:  # the value may hold a password: not shown
         raise ConfigError(
-            f"{name} is not a database URL (expected sqlite:///FILE or "
-            "postgresql+psycopg://USER@HOST/DB)"
+            f"{name} is not a database URL (expected sqlite:///FILE, "
+            "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB)"
         ) from None
     database = url.database or ""
     if url.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not (
@@ -316,6 +316,15 @@ def _database_url(name: str, raw: str) -> str:
                 "create it, or correct the path)"
             )
     return raw
+
+
+def _profile_name(name: str, raw: str) -> str:
+    """A profile's name (letters, digits, _) or a file's path; its contents are read later."""
+    if _is_identifier(raw) or raw.endswith(".toml"):
+        return raw
+    raise ConfigError(
+        f"{name}: {raw!r} is neither a profile name (resetbot, koha) nor a .toml file's path"
+    )
 
 
 SECRET_KEY_EXPECTED = (  # what a key looks like, not a key
@@ -434,6 +443,21 @@ class Settings:
         "SQLAlchemy URL; PostgreSQL: `postgresql+psycopg://user:pass@host/db` "
         "(`postgresql://` works too). A SQLite file's folder must exist",
         parse=_database_url,
+    )
+    directory_url: str | None = setting(
+        "DIRECTORY_URL", None,
+        "SQLAlchemy URL of the database that holds the users, when it is not `DATABASE_URL`'s "
+        "(a library system's own: `mysql+pymysql://user:pass@host/koha`). resetbot never "
+        "creates, alters, inserts or deletes anything there: it updates only the password "
+        "columns of the users a task resets. Unset: the users live in `DATABASE_URL`",
+        parse=_database_url,
+    )
+    directory_profile: str = setting(
+        "DIRECTORY_PROFILE", "resetbot",
+        "how the users table is read and written: `resetbot` (its own table, named by "
+        "`USERS_TABLE` and `USERS_COLUMNS`), `koha` (Koha's `borrowers`), or the path of a "
+        "profile file (`.toml`)",
+        parse=_profile_name,
     )
     redis_url: str | None = setting(
         "REDIS_URL", None,

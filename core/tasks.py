@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -72,9 +72,7 @@ def parse_scope(value: str | None) -> Scope:
         raise InputError("Choose who to reset.", field="scope") from None
 
 
-def validate_request(
-    session: Session, settings: Settings, directory: Directory, request: ResetRequest
-) -> Preview:
+def validate_request(settings: Settings, directory: Directory, request: ResetRequest) -> Preview:
     """Check everything a person typed; raise InputError naming the field, or return the preview.
 
     Problems are collected per field so one answer can show every reason at once.
@@ -88,7 +86,7 @@ def validate_request(
     elif request.scope.needs_selection and not selection:
         problems.setdefault("users", []).append("Pick at least one user for this scope.")
     elif selection:
-        missing = directory.missing_ids(session, selection)
+        missing = directory.missing_ids(selection)
         if missing:
             problems.setdefault("users", []).append(
                 f"{len(missing)} of the picked users no longer exist in the directory."
@@ -98,7 +96,9 @@ def validate_request(
             request.default_password, settings.policy, schemes=settings.password_schemes
         )
         if not reasons and settings.policy.forbid_username and "users" not in problems:
-            clashes = _usernames_in_password(session, directory, request)
+            clashes = directory.usernames_in_password(
+                request.default_password, request.scope, request.selection
+            )
             if clashes:
                 reasons.append(
                     f"It contains the username of {clashes} of the users it would be set for."
@@ -114,7 +114,7 @@ def validate_request(
             problems["start_at"] = [late]
     if problems:
         raise RequestInvalid(problems)
-    preview = directory.preview(session, request.scope, selection)
+    preview = directory.preview(request.scope, selection)
     if preview.users == 0:
         raise RequestInvalid({"scope": ["Nobody matches this scope: there is no one to reset."]})
     return preview
@@ -139,22 +139,6 @@ class RequestInvalid(InputError):
         first_field = next(iter(problems))
         super().__init__(" ".join(problems[first_field]), field=first_field)
         self.problems = problems
-
-
-def _usernames_in_password(session: Session, directory: Directory, request: ResetRequest) -> int:
-    assert request.default_password is not None
-    c = directory.table.c
-    lowered = literal(request.default_password.lower())
-    query = (
-        select(func.count())
-        .select_from(directory.table)
-        .where(
-            directory.scope_condition(request.scope, request.selection),
-            func.length(c.username) > 0,
-            lowered.contains(func.lower(c.username)),
-        )
-    )
-    return int(session.execute(query).scalar_one())
 
 
 def create_pending(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -155,14 +155,7 @@ def _running_overlap(
     ).all()
 
     def all_staff(user_ids: frozenset[int]) -> bool:
-        directory = context.directory
-        patrons = session.scalar(
-            select(func.count()).select_from(directory.table).where(
-                directory.table.c.id.in_(sorted(user_ids)),
-                directory.scope_condition(Scope.ALL_WITHOUT_ROLE, ()),
-            )
-        )
-        return not patrons
+        return not context.directory.patrons_among(user_ids)
 
     for other_id, scope, selection in running:
         if overlaps(reach, Reach.of(scope, selection or ()), all_staff):
@@ -267,8 +260,9 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         cancelled = session.scalar(
             select(ResetTask.cancel_requested).where(ResetTask.id == task_id)
         )
+        # Read in the directory's own database (its own connection); written here.
         users = [] if cancelled else context.directory.scope_batch(
-            session, plan.scope, plan.selection, plan.cursor, PLAN_BATCH
+            plan.scope, plan.selection, plan.cursor, PLAN_BATCH
         )
         done = len(users) < PLAN_BATCH
         cursor = users[-1].id if users else plan.cursor

@@ -80,9 +80,7 @@ def start_scheduled(context: WorkerContext, task_id: int, now: datetime) -> Task
             return None
         # The count it was asked for: the requester's preview, or what approvers last saw.
         start_at, scheduled_users = task.start_at, task.preview_users
-        users = context.directory.preview(
-            session, Scope(task.scope), tuple(task.selection or ())
-        ).users
+        users = context.directory.preview(Scope(task.scope), tuple(task.selection or ())).users
         session.rollback()  # the count is read; the decision is a transaction of its own
         held = counts_drifted(scheduled_users, users)
         values: dict[str, object] = {"recheck_users": users}

@@ -126,7 +126,7 @@ def preview_or_errors(
     request = form.request(user, name, channel)
     with deps.sessions() as session:
         try:
-            preview = validate_request(session, deps.settings, deps.directory, request)
+            preview = validate_request(deps.settings, deps.directory, request)
             pending = create_pending(session, deps.settings, request, preview)
             session.commit()
         except RequestInvalid as invalid:

@@ -55,7 +55,7 @@ def slack_task(sessions: sessionmaker[Session], settings: Settings, directory: D
     configured = replace(settings, reset_approval_min_users=5)
     with sessions() as session:
         request = ResetRequest(requester=requester, scope=Scope.ALL_WITHOUT_ROLE)
-        preview = directory.preview(session, request.scope, ())
+        preview = directory.preview(request.scope, ())
         task = create_task(session, configured, request, preview)
         assert gate_new_task(session, configured, task) is TaskStatus.AWAITING_APPROVAL
         session.commit()

@@ -9,7 +9,6 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, insert, inspect, select, text
-from sqlalchemy.orm import Session
 
 from core.db import make_engine
 from core.directory import Directory
@@ -46,8 +45,8 @@ def _schema_differences(engine: Engine, names: DirectoryNames) -> list[Any]:
 
 
 def _search_finds(engine: Engine, directory: Directory, term: str) -> list[str]:
-    with Session(engine) as session:
-        return [user.username for user in directory.search(session, term)]
+    assert directory.engine is engine
+    return [user.username for user in directory.search(term)]
 
 
 def test_upgrade_creates_every_table_and_the_search_index(
@@ -56,7 +55,7 @@ def test_upgrade_creates_every_table_and_the_search_index(
     assert upgrade(settings) == head_revision() == HEAD
     tables = set(inspect(fresh_engine).get_table_names())
     assert {*RESETBOT_TABLES, "users", VERSION_TABLE} <= tables
-    directory = Directory(settings.directory)
+    directory = Directory.own_table(fresh_engine, settings.directory)
     with fresh_engine.begin() as connection:
         connection.execute(
             insert(directory.table),
@@ -74,7 +73,7 @@ def test_upgrade_creates_every_table_and_the_search_index(
 
 def test_upgrade_is_idempotent_and_keeps_data(settings: Settings, fresh_engine: Engine) -> None:
     upgrade(settings)
-    directory = Directory(settings.directory)
+    directory = Directory.own_table(fresh_engine, settings.directory)
     with fresh_engine.begin() as connection:
         connection.execute(
             insert(directory.table),
@@ -109,7 +108,7 @@ def test_configured_names_are_used_for_a_new_users_table(
     assert {"login", "mail_address", "full_name"} <= columns
     assert "users" not in inspect(fresh_engine).get_table_names()
     assert _schema_differences(fresh_engine, names) == []
-    directory = Directory(names)
+    directory = Directory.own_table(fresh_engine, names)
     with fresh_engine.begin() as connection:
         connection.execute(
             insert(directory.table),
@@ -143,13 +142,14 @@ def test_a_library_users_table_is_adopted_untouched(
         row = connection.execute(text("SELECT username, branch FROM users")).one()
     assert tuple(row) == ("libuser", "north")
     assert set(inspect(fresh_engine).get_table_names()) >= RESETBOT_TABLES
-    assert _search_finds(fresh_engine, Directory(settings.directory), "libus") == ["libuser"]
+    directory = Directory.own_table(fresh_engine, settings.directory)
+    assert _search_finds(fresh_engine, directory, "libus") == ["libuser"]
 
 
 def test_upgrade_adopts_a_schema_made_by_create_schema(
     settings: Settings, fresh_engine: Engine
 ) -> None:
-    directory = Directory(settings.directory)
+    directory = Directory.own_table(fresh_engine, settings.directory)
     create_schema(fresh_engine, directory)
     assert upgrade_engine(fresh_engine, settings.directory) == HEAD
     assert _schema_differences(fresh_engine, settings.directory) == []
@@ -168,7 +168,7 @@ def test_downgrade_removes_resetbot_tables_but_not_users(
     tables = set(inspect(fresh_engine).get_table_names())
     assert not tables & RESETBOT_TABLES
     assert "users" in tables
-    directory = Directory(settings.directory)
+    directory = Directory.own_table(fresh_engine, settings.directory)
     with fresh_engine.begin() as connection:  # no trigger left pointing at a dropped index
         connection.execute(
             insert(directory.table),

@@ -75,7 +75,7 @@ def schedule(
                            default_password=default_password, slack_channel=channel,
                            start_at=start_at)
     with context.sessions() as session:
-        preview = context.directory.preview(session, scope, selection)
+        preview = context.directory.preview(scope, selection)
         if preview_users is not None:
             preview = replace(preview, users=preview_users)
         task = create_task(session, context.settings, request, preview)
