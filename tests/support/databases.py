@@ -29,3 +29,23 @@ def postgres_database(prefix: str = "resetbot") -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+MARIADB_SERVER = "mysql+pymysql://root@127.0.0.1:3306"
+
+
+@contextmanager
+def mariadb_database(prefix: str = "resetbot_t") -> Iterator[str]:
+    """The URL of a new database on the local MariaDB (root, no password), dropped on leaving."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{MARIADB_SERVER}/test", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(
+            text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        )
+    try:
+        yield f"{MARIADB_SERVER}/{name}?charset=utf8mb4"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()

@@ -1,0 +1,302 @@
+"""The user picker's search over a directory resetbot does not own, held in the app's memory.
+
+A library system's users table (Koha's `borrowers`) may get no index, trigger or table from
+resetbot, and a `LIKE '%term%'` over four columns of 100,000 rows takes far longer than an
+options request may. So the app keeps a copy of just what the picker shows and searches, folded
+for matching, and reads the table again in the background once the copy is older than
+`DIRECTORY_SEARCH_REFRESH`. The copy only ever suggests ids: whatever a reset acts on is checked
+against the directory itself when the preview is made.
+
+How a search runs: every user's folded text (username, name, card number, e-mail) sits in one
+string, in username order, each field and each user ended by a separator no search term holds.
+`str.find` walks that string at C speed; the offset of a hit names its user (a binary search
+over where each user's text starts), and the walk goes on from the next user. The first
+`limit` hits are therefore the first `limit` matches by username, and a miss costs one pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import unicodedata
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any, NamedTuple
+
+from sqlalchemy import Engine, Select
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.errors import ResetbotError
+
+logger = logging.getLogger(__name__)
+
+#: Ends each field and each user in the searched text; removed from terms and from the fields.
+SEPARATOR = "\x00"
+#: What a failed read of the directory may raise and still leave the old copy in use.
+LOAD_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
+#: Rows fetched per round trip while the copy is read.
+FETCH_BATCH = 5000
+DEFAULT_LIMIT = 100
+
+
+class SearchRow(NamedTuple):
+    """One user as the picker shows and searches it (a tuple: 100,000 of them stay small)."""
+
+    id: int
+    username: str
+    display_name: str
+    card_number: str | None
+    email: str | None
+    is_staff: bool
+
+
+class SearchUnavailable(ResetbotError):
+    """No copy of the directory could be read yet, so nothing can be searched."""
+
+
+def fold(text: str) -> str:
+    """The form both the searched text and the term take: NFC, accents dropped, casefolded.
+
+    "Müller", "MULLER" and "muller" all fold to "muller"; "Straße" to "strasse". Folding both
+    sides the same way is what makes the match insensitive to case and accents, as MariaDB's
+    default collation is.
+    """
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text)
+    bare = "".join(char for char in decomposed if not unicodedata.combining(char))
+    return unicodedata.normalize("NFC", bare.casefold())
+
+
+def _user_text(row: SearchRow) -> str:
+    """A user's searched fields, folded, each one ended by the separator."""
+    parts = (row.username, row.display_name, row.card_number or "", row.email or "")
+    joined = SEPARATOR.join(parts)
+    if joined.count(SEPARATOR) != len(parts) - 1:  # a NUL inside a field: never, really
+        joined = SEPARATOR.join(part.replace(SEPARATOR, "") for part in parts)
+    return fold(joined) + SEPARATOR
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One complete, immutable copy: searched by many threads, replaced whole, never changed."""
+
+    rows: tuple[SearchRow, ...]  # in username order
+    text: str  # every row's folded text, in the same order
+    starts: array[int]  # where each row's text starts in `text`
+    loaded_at: float  # the clock when the read that made it began
+
+    @classmethod
+    def build(cls, rows: Iterable[SearchRow], loaded_at: float) -> Snapshot:
+        unordered = list(rows)
+        texts = [_user_text(row) for row in unordered]
+        # A text begins with the folded username and its separator, which sorts before any
+        # character: ordering the texts orders the users by username ("ann" before "anna").
+        order = sorted(range(len(texts)), key=texts.__getitem__)
+        ordered = tuple(unordered[index] for index in order)
+        texts = [texts[index] for index in order]
+        starts = array("q", accumulate((len(text) for text in texts), initial=0))
+        starts.pop()  # the last sum is where the text ends, not where a row starts
+        return cls(ordered, "".join(texts), starts, loaded_at)
+
+    def search(self, term: str, limit: int) -> list[SearchRow]:
+        if limit <= 0:
+            return []
+        needle = fold(term.replace(SEPARATOR, "").strip())
+        if not needle:
+            return list(self.rows[:limit])
+        text, starts, rows = self.text, self.starts, self.rows
+        last = len(rows) - 1
+        found: list[SearchRow] = []
+        at = text.find(needle)
+        while at >= 0:
+            index = bisect_right(starts, at) - 1
+            found.append(rows[index])
+            if len(found) == limit or index == last:
+                break
+            at = text.find(needle, starts[index + 1])
+        return found
+
+
+class SearchCopy:
+    """An in-memory copy of a directory for the user picker, refreshed in the background.
+
+    `load_rows` reads the whole directory (any iterable of SearchRow; see `load_rows` below).
+    The first search waits for the first read unless `reload()` already made it (at start);
+    after that no search waits: a copy older than `max_age` seconds is read again in a
+    background thread while searches go on with the old one, and a failed read keeps it.
+    """
+
+    def __init__(
+        self,
+        load_rows: Callable[[], Iterable[SearchRow]],
+        max_age: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        errors: tuple[type[BaseException], ...] = LOAD_ERRORS,
+    ) -> None:
+        self._load_rows = load_rows
+        self._max_age = max_age
+        self._clock = clock
+        self._errors = errors
+        self._snapshot: Snapshot | None = None
+        self._reading = threading.Lock()  # one read of the directory at a time
+        self._state = threading.Lock()  # guards the fields below
+        self._reloading = False
+        self._attempts = 0
+        self._failures = 0  # reads failed in a row; the first of a streak is logged
+        self._idle = threading.Event()
+        self._idle.set()
+
+    # -- what the picker calls -----------------------------------------------------------------
+
+    def search(self, term: str, limit: int = DEFAULT_LIMIT) -> list[SearchRow]:
+        """Users whose username, name, card number or e-mail holds `term` (case and accents
+        aside): at most `limit`, the first by username. An empty term: the first `limit`.
+
+        Raises SearchUnavailable while no copy could be read yet.
+        """
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = self._first_snapshot()
+        elif self._is_stale(snapshot):
+            self._reload_in_background()
+        return snapshot.search(term, limit)
+
+    def refresh_if_stale(self) -> None:
+        """Start a background read if the copy is old (e.g. when the picker's form opens, so
+        the person's first keystrokes already search fresh data). Never waits."""
+        snapshot = self._snapshot
+        if snapshot is None or self._is_stale(snapshot):
+            self._reload_in_background()
+
+    # -- reading the directory -----------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Read the directory now, in this thread (at start). False: the read failed (logged)
+        and the old copy, if any, stays."""
+        with self._reading:
+            return self._read()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no background read is running; False if `timeout` passed first."""
+        return self._idle.wait(timeout)
+
+    @property
+    def loaded_at(self) -> float | None:
+        """The clock when the current copy's read began; None before the first."""
+        snapshot = self._snapshot
+        return None if snapshot is None else snapshot.loaded_at
+
+    def __len__(self) -> int:
+        snapshot = self._snapshot
+        return 0 if snapshot is None else len(snapshot.rows)
+
+    def _is_stale(self, snapshot: Snapshot) -> bool:
+        return self._clock() - snapshot.loaded_at >= self._max_age
+
+    def _first_snapshot(self) -> Snapshot:
+        """The very first copy, read while the request waits; requests arriving meanwhile wait
+        for that same read rather than each starting their own."""
+        with self._state:
+            attempts_seen = self._attempts
+        with self._reading:
+            if self._snapshot is None and self._attempts == attempts_seen:
+                self._read()
+            snapshot = self._snapshot
+        if snapshot is None:
+            raise SearchUnavailable(
+                "The user search is not available: the directory could not be read. "
+                "Try again in a moment."
+            )
+        return snapshot
+
+    def _reload_in_background(self) -> None:
+        with self._state:
+            if self._reloading:
+                return
+            self._reloading = True
+            self._idle.clear()
+        thread = threading.Thread(
+            target=self._background_reload, name="resetbot-search-copy", daemon=True
+        )
+        thread.start()
+
+    def _background_reload(self) -> None:
+        try:
+            self.reload()
+        finally:
+            with self._state:
+                self._reloading = False
+                self._idle.set()
+
+    def _read(self) -> bool:
+        """One read of the whole directory into a new copy; the caller holds `_reading`."""
+        started = self._clock()
+        try:
+            snapshot = Snapshot.build(self._load_rows(), loaded_at=started)
+        except self._errors as error:
+            self._failed(error)
+            return False
+        self._snapshot = snapshot  # one reference swap: searches see the old or the new copy
+        self._succeeded(len(snapshot.rows), self._clock() - started)
+        return True
+
+    def _failed(self, error: BaseException) -> None:
+        with self._state:
+            self._attempts += 1
+            self._failures += 1
+            first_of_streak = self._failures == 1
+        if first_of_streak:
+            # The class names only: a driver's message may quote a URL or a statement.
+            logger.warning(
+                "directory search copy: reading the directory failed (%s); %s",
+                _error_name(error),
+                "searches use the previous copy" if self._snapshot is not None
+                else "the user search is not available until a read succeeds",
+            )
+
+    def _succeeded(self, users: int, seconds: float) -> None:
+        with self._state:
+            self._attempts += 1
+            failures, self._failures = self._failures, 0
+        if failures:
+            logger.warning("directory search copy: read again after %d failed attempt(s)",
+                           failures)
+        logger.debug("directory search copy: %d users read in %.2f s", users, seconds)
+
+
+def _error_name(error: BaseException) -> str:
+    original = getattr(error, "orig", None)
+    name = type(error).__name__
+    return f"{name} from {type(original).__name__}" if original is not None else name
+
+
+def load_rows(engine: Engine, query: Select[Any], batch: int = FETCH_BATCH) -> Iterator[SearchRow]:
+    """Stream a directory's users as SearchRows from `query`, whose six columns are, in order:
+    id, username, display name, card number, e-mail, staff (anything true for staff).
+
+    Rows come in batches on a server-side cursor where the driver has one (no ORM objects, no
+    100,000-row buffer); empty names become "", empty card numbers and e-mails None.
+    """
+    with engine.connect() as connection:
+        result = connection.execution_options(stream_results=True, yield_per=batch).execute(
+            query
+        )
+        for user_id, username, display_name, card_number, email, staff in result:
+            yield SearchRow(
+                int(user_id),
+                _text(username),
+                _text(display_name).strip(),
+                _text(card_number) or None,
+                _text(email) or None,
+                bool(staff),
+            )
+
+
+def _text(value: object) -> str:
+    return "" if value is None else value if isinstance(value, str) else str(value)
