@@ -177,7 +177,8 @@ texts = st.text(alphabet="abAB éÉeßsS@.1", max_size=8)
 def test_search_equals_a_plain_filter_over_every_field(
     people: list[tuple[str, str, str | None, str | None]], term: str, limit: int
 ) -> None:
-    rows = [SearchRow(i, *person, False) for i, person in enumerate(people)]
+    rows = [SearchRow(i, username, name, card or None, email or None, i % 3 == 0)
+            for i, (username, name, card, email) in enumerate(people)]
     snapshot = Snapshot.build(rows, loaded_at=0.0)
     needle = fold(term.strip())
     expected = [
