@@ -302,19 +302,20 @@ class Report:
             kinds = sorted({k for r in self.picker for k in r["search"] if isinstance(
                 r["search"][k], dict)})
             lines.append("  " + " ".join([f"{'users':>8}", f"{'db':>10}", f"{'table':>14}",
-                                          f"{'via':>19}", f"{'n':>4}", f"{'p50':>7}",
+                                          f"{'via':>23}", f"{'n':>4}", f"{'p50':>7}",
                                           f"{'p99':>7}", f"{'max':>7}"]
                                          + [f"{k + ' p99':>12}" for k in kinds]))
             for r in self.picker:
                 s = r["search"]
                 lines.append("  " + " ".join(
                     [f"{r['size']:>8,}", f"{r['db']:>10}", f"{r['table']:>14}",
-                     f"{r['via']:>19}", f"{s['n']:>4}", f"{s['p50_ms']:>7}",
+                     f"{r['via']:>23}", f"{s['n']:>4}", f"{s['p50_ms']:>7}",
                      f"{s['p99_ms']:>7}", f"{s['max_ms']:>7}"]
                     + [f"{s.get(k, {}).get('p99_ms', '-'):>12}" for k in kinds]))
         for r in self.search_copy:
             lines.append(f"  search copy of {r['rows']:,} users on {r['db']}: built in "
-                         f"{r['build_s']} s, read again in {r['reload_s']} s (in the background), "
+                         f"{r['build_s']} s, read again in the background in {r['reload_s']} s "
+                         f"(searches back to back) / {r['reload_paced_s']} s (20 ms apart), "
                          f"{r['memory_mb']} MB held")
         if self.memory:
             lines.append("")

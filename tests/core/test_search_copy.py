@@ -237,6 +237,19 @@ def test_refresh_if_stale_reads_in_the_background_only_when_old(
     assert directory.reads == 2
 
 
+def test_a_search_during_the_first_read_waits_for_it_rather_than_reading_again(
+    copy: SearchCopy, directory: FakeDirectory
+) -> None:
+    directory.gate = threading.Event()
+    copy.refresh_if_stale()  # at start: the first read, in the background
+    assert directory.reading.wait(10)
+    with ThreadPoolExecutor(1) as pool:
+        searching = pool.submit(copy.search, "smith", 100)
+        directory.gate.set()
+        assert ids(searching.result(10)) == [2]
+    assert directory.reads == 1
+
+
 def test_a_failed_read_keeps_the_old_copy_and_is_logged_once_per_streak(
     copy: SearchCopy, directory: FakeDirectory, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
