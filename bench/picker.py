@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, func, or_
+from sqlalchemy.exc import OperationalError
 
 from bench.harness import database
 from bench.koha import PickerTerm, picker_terms, populate_borrowers, search_select
@@ -34,7 +35,7 @@ from bench.services import postgres_database, sqlite_database
 from bench.synth import SearchTerm
 from core.search_copy import SearchCopy, load_rows
 from core.settings import Settings
-from tests.support.databases import mariadb_database
+from tests.support.databases import MARIADB_SERVER, mariadb_database
 
 KINDS = ("mariadb", "postgresql", "sqlite")
 LIMIT = 100
@@ -66,14 +67,14 @@ def koha_opener(kind: str) -> Callable[[], AbstractContextManager[str]]:
 
 
 def mariadb_available() -> bool:
-    import pymysql
-
+    engine = create_engine(f"{MARIADB_SERVER}/test", connect_args={"connect_timeout": 3})
     try:
-        pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
-                        connect_timeout=3).close()
-    except pymysql.err.OperationalError:
+        with engine.connect():
+            return True
+    except OperationalError:
         return False
-    return True
+    finally:
+        engine.dispose()
 
 
 @contextmanager
