@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import threading
 import time
 import unicodedata
@@ -44,6 +45,9 @@ FETCH_BATCH = 1000
 #: Rows handled by one call into C while a copy is built (sorted, joined), for the same reason.
 STEP = 4096
 DEFAULT_LIMIT = 100
+#: After a failed read, seconds before a search may start another (a directory that is down
+#: is not asked again at every keystroke).
+RETRY_AFTER = 5.0
 
 
 class SearchRow(NamedTuple):
@@ -195,9 +199,11 @@ class SearchCopy:
     """An in-memory copy of a directory for the user picker, refreshed in the background.
 
     `load_rows` reads the whole directory (any iterable of SearchRow; see `load_rows` below).
-    The first search waits for the first read unless `reload()` already made it (at start);
-    after that no search waits: a copy older than `max_age` seconds is read again in a
-    background thread while searches go on with the old one, and a failed read keeps it.
+    Only the very first read may keep a search waiting (unless `reload()` or
+    `refresh_if_stale()` made it at start); after that no search waits: a copy older than
+    `max_age` seconds is read again in a background thread while searches go on with the old
+    one, and a failed read keeps it (and is tried again `retry_after` seconds later at the
+    soonest). Without any copy yet, a search raises SearchUnavailable.
     """
 
     def __init__(
@@ -206,11 +212,13 @@ class SearchCopy:
         max_age: float,
         clock: Callable[[], float] = time.monotonic,
         *,
+        retry_after: float = RETRY_AFTER,
         errors: tuple[type[BaseException], ...] = LOAD_ERRORS,
     ) -> None:
         self._load_rows = load_rows
         self._max_age = max_age
         self._clock = clock
+        self._retry_after = retry_after
         self._errors = errors
         self._snapshot: Snapshot | None = None
         self._reading = threading.Lock()  # one read of the directory at a time
@@ -218,6 +226,7 @@ class SearchCopy:
         self._reloading = False
         self._attempts = 0
         self._failures = 0  # reads failed in a row; the first of a streak is logged
+        self._retry_at = -math.inf  # no background read starts before this (after a failure)
         self._idle = threading.Event()
         self._idle.set()
 
@@ -269,15 +278,16 @@ class SearchCopy:
         return self._clock() - snapshot.loaded_at >= self._max_age
 
     def _first_snapshot(self) -> Snapshot:
-        """The very first copy, read while the request waits; requests arriving meanwhile wait
-        for that same read rather than each starting their own."""
-        with self._state:
-            attempts_seen = self._attempts
-        with self._reading:
-            if self._snapshot is None and self._attempts == attempts_seen:
-                self._read()
-            snapshot = self._snapshot
+        """The very first copy, read while the request waits (requests arriving meanwhile wait
+        for that same read). Once a read has failed, no request waits for another: it starts
+        one in the background and is told search is not available."""
+        if self._attempts == 0:
+            with self._reading:
+                if self._snapshot is None and self._attempts == 0:
+                    self._read()
+        snapshot = self._snapshot
         if snapshot is None:
+            self._reload_in_background()
             raise SearchUnavailable(
                 "The user search is not available: the directory could not be read. "
                 "Try again in a moment."
@@ -286,22 +296,29 @@ class SearchCopy:
 
     def _reload_in_background(self) -> None:
         with self._state:
-            if self._reloading:
+            if self._reloading or self._clock() < self._retry_at:
                 return
             self._reloading = True
             self._idle.clear()
         thread = threading.Thread(
             target=self._background_reload, name="resetbot-search-copy", daemon=True
         )
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the next search asks again
+            self._background_done()
+            raise
 
     def _background_reload(self) -> None:
         try:
             self.reload()
         finally:
-            with self._state:
-                self._reloading = False
-                self._idle.set()
+            self._background_done()
+
+    def _background_done(self) -> None:
+        with self._state:
+            self._reloading = False
+            self._idle.set()
 
     def _read(self) -> bool:
         """One read of the whole directory into a new copy; the caller holds `_reading`."""
@@ -319,6 +336,7 @@ class SearchCopy:
         with self._state:
             self._attempts += 1
             self._failures += 1
+            self._retry_at = self._clock() + self._retry_after
             first_of_streak = self._failures == 1
         if first_of_streak:
             # The class names only: a driver's message may quote a URL or a statement.
@@ -333,6 +351,7 @@ class SearchCopy:
         with self._state:
             self._attempts += 1
             failures, self._failures = self._failures, 0
+            self._retry_at = -math.inf
         if failures:
             logger.warning("directory search copy: read again after %d failed attempt(s)",
                            failures)

@@ -269,6 +269,7 @@ def test_a_failed_read_keeps_the_old_copy_and_is_logged_once_per_streak(
 
     directory.failing = None
     directory.rows.append(SearchRow(6, "fnew", "Fay New", None, None, False))
+    clock.now += 5  # past the pause after a failed read
     assert ids(copy.search("fay", 100)) == []  # still stale: this one starts the read
     assert copy.wait_idle(10)
     assert ids(copy.search("fay", 100)) == [6]
@@ -282,19 +283,46 @@ def test_a_failed_read_keeps_the_old_copy_and_is_logged_once_per_streak(
 
 
 def test_a_search_before_any_read_succeeded_says_search_is_unavailable(
-    copy: SearchCopy, directory: FakeDirectory, caplog: pytest.LogCaptureFixture
+    copy: SearchCopy, directory: FakeDirectory, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="core.search_copy")
     directory.failing = down()
-    assert not copy.reload()
     with pytest.raises(SearchUnavailable, match="not available") as raised:
-        copy.search("smith", 100)
+        copy.search("smith", 100)  # the very first read, made while this search waits
     assert isinstance(raised.value, ResetbotError)
     assert "hunter2" not in str(raised.value) and "hunter2" not in caplog.text
     assert "not available until a read succeeds" in caplog.text
-    assert directory.reads == 2  # the first search tried once more, itself
+    assert directory.reads == 1
     directory.failing = None
+    with pytest.raises(SearchUnavailable):
+        copy.search("smith", 100)  # within the pause after a failure: not even tried
+    assert copy.wait_idle(0) and directory.reads == 1
+    clock.now += 5
+    with pytest.raises(SearchUnavailable):
+        copy.search("smith", 100)  # no longer waits: starts a read in the background
+    assert copy.wait_idle(10)
+    assert directory.reads == 2
     assert ids(copy.search("smith", 100)) == [2]  # the directory is back: so is search
+
+
+def test_after_a_failed_read_the_next_waits_retry_after(
+    directory: FakeDirectory, clock: Clock
+) -> None:
+    copy = SearchCopy(directory, max_age=30.0, clock=clock, retry_after=10.0)
+    assert copy.reload()
+    directory.failing = down()
+    clock.now += 30
+    copy.search("x", 1)
+    assert copy.wait_idle(10) and directory.reads == 2
+    clock.now += 9.9
+    copy.search("x", 1)
+    copy.refresh_if_stale()
+    assert copy.wait_idle(10) and directory.reads == 2
+    clock.now += 0.1
+    copy.search("x", 1)
+    assert copy.wait_idle(10) and directory.reads == 3
+    assert not copy.reload()  # asked for explicitly: read at once
+    assert directory.reads == 4
 
 
 def test_the_first_search_reads_the_directory_and_waits_for_it(
