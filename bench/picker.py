@@ -118,18 +118,19 @@ def searches_during_reload(
     return result, time.perf_counter() - started
 
 
-def copy_memory_mb(engine: Engine, table: Table) -> float:
-    """What a copy keeps in memory: its rows, their strings and the folded text (traced)."""
+def copy_memory_mb(engine: Engine, table: Table) -> tuple[float, float]:
+    """What a copy keeps in memory (its byte strings and arrays), and the most a read of it
+    took at once (rows on their way, the parts before they are joined), traced."""
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         copy = SearchCopy(lambda: load_rows(engine, search_select(table)), 30.0)
         assert copy.reload()
-        held = tracemalloc.get_traced_memory()[0] - before
+        held, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     del copy
-    return round(held / MB, 1)
+    return round((held - before) / MB, 1), round((peak - before) / MB, 1)
 
 
 def direct_sql(engine: Engine, table: Table) -> Callable[[str], object]:
@@ -164,7 +165,7 @@ def measure_koha(kind: str, size: int, terms: list[PickerTerm], direct_queries: 
         steady = time_searches(lambda term: copy.search(term, LIMIT), terms)
         during, reload_s = searches_during_reload(copy, clock, terms, max_age)
         paced, paced_reload_s = searches_during_reload(copy, clock, terms, max_age, gap=0.02)
-        memory = copy_memory_mb(engine, table)
+        memory, memory_peak = copy_memory_mb(engine, table)
         direct = time_searches(direct_sql(engine, table), terms[:direct_queries])
         for via, measured in (("copy", steady), ("copy during reload", during),
                               ("copy reload, 20ms apart", paced), ("direct sql", direct)):
@@ -172,9 +173,10 @@ def measure_koha(kind: str, size: int, terms: list[PickerTerm], direct_queries: 
                          "search": measured.summary()})
         summary = {"size": size, "db": kind, "rows": len(copy), "build_s": round(build_s, 3),
                    "reload_s": round(reload_s, 3), "reload_paced_s": round(paced_reload_s, 3),
-                   "memory_mb": memory,
+                   "memory_mb": memory, "memory_peak_mb": memory_peak,
                    "populate_s": round(populated, 1)}
-        log(f"  copy: built in {build_s:.2f}s, reloaded in {reload_s:.2f}s, {memory} MB; "
+        log(f"  copy: built in {build_s:.2f}s, reloaded in {reload_s:.2f}s, {memory} MB "
+            f"(peak while read {memory_peak} MB); "
             f"search p50 {steady.summary()['p50_ms']} p99 {steady.summary()['p99_ms']} ms, "
             f"during reload p99 {during.summary()['p99_ms']} ms (back to back), "
             f"{paced.summary()['p99_ms']} ms (20 ms apart); "

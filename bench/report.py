@@ -316,7 +316,7 @@ class Report:
             lines.append(f"  search copy of {r['rows']:,} users on {r['db']}: built in "
                          f"{r['build_s']} s, read again in the background in {r['reload_s']} s "
                          f"(searches back to back) / {r['reload_paced_s']} s (20 ms apart), "
-                         f"{r['memory_mb']} MB held")
+                         f"{r['memory_mb']} MB held ({r['memory_peak_mb']} MB at most while read)")
         if self.memory:
             lines.append("")
             lines.append("Peak RSS during a whole task (MB)")
