@@ -35,3 +35,6 @@ ACTION_OPEN_THREAD = "open_thread"
 ACTION_CANCEL = "cancel_task"
 #: On an ended task's parent message, when mails failed.
 ACTION_RETRY_FAILED = "retry_failed"
+#: On a task's parent message while it awaits a second admin's approval; value = task id.
+ACTION_APPROVE = "approve_task"
+ACTION_REJECT = "reject_task"

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from blocks.ids import ACTION_CANCEL, ACTION_RETRY_FAILED
+from blocks.ids import ACTION_APPROVE, ACTION_CANCEL, ACTION_REJECT, ACTION_RETRY_FAILED
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
     OUTCOME_LABELS,
@@ -163,10 +163,11 @@ def parent_message(
         details.append(f"*New password at next login* {change}")
     if task.retry_of:
         details.append(f"*Retry of* reset #{task.retry_of}")
+    details.extend(approval_details(task))
     blocks: list[Block] = [
         {"type": "header", "text": plain(task_title(task), 150)},
         section("\n".join(details)),
-        section(progress_line(task)),
+        section(approval_note(task) if task.status in NOT_STARTED else progress_line(task)),
     ]
     outcomes = outcome_line(task)
     if outcomes:
@@ -187,7 +188,10 @@ def parent_message(
 
 
 def parent_buttons(task: TaskSnapshot) -> list[Block]:
-    """Cancel while it runs; Retry failed notifications once it has ended with failed mails."""
+    """Approve and Reject while it awaits approval; Cancel while it runs; Retry failed
+    notifications once it has ended with failed mails."""
+    if task.status is TaskStatus.AWAITING_APPROVAL:
+        return [approve_button(task.id), reject_button(task.id)]
     if not task.status.is_final:
         if task.cancel_requested:
             return []
@@ -195,6 +199,84 @@ def parent_buttons(task: TaskSnapshot) -> list[Block]:
     if task.counts.get(ItemState.NOTIFY_FAILED, 0):
         return [retry_failed_button(task.id, task.counts[ItemState.NOTIFY_FAILED])]
     return []
+
+
+# ---- four-eyes approval ----------------------------------------------------------------------
+
+#: Statuses of a task that never started because it was (not yet) approved: no progress to show.
+NOT_STARTED = frozenset({TaskStatus.AWAITING_APPROVAL, TaskStatus.REJECTED, TaskStatus.EXPIRED})
+
+
+def approval_details(task: TaskSnapshot) -> list[str]:
+    """The counts approvers are shown, and who approved or rejected it."""
+    approval = task.approval
+    if approval is None:
+        return []
+    lines = []
+    if approval.preview is not None and task.status in NOT_STARTED:
+        counts = approval.preview
+        lines.append(
+            f"*Users to reset* {counts.users:,} · with e-mail {counts.emailable:,} · "
+            f"without e-mail {counts.without_email:,} · staff {counts.staff:,}"
+        )
+    if approval.approved_by:
+        lines.append(f"*Approved by* {requester_mention(approval.approved_by)}")
+    if approval.rejected_by:
+        lines.append(f"*Rejected by* {requester_mention(approval.rejected_by)}")
+    return lines
+
+
+def approval_note(task: TaskSnapshot) -> str:
+    """What a task that has not started because of approval says instead of its progress."""
+    approval = task.approval
+    if task.status is TaskStatus.REJECTED:
+        by = requester_mention(approval.rejected_by) if approval and approval.rejected_by else ""
+        return f":no_entry: Rejected{f' by {by}' if by else ''}: nothing was changed."
+    if task.status is TaskStatus.EXPIRED:
+        return ":hourglass: Nobody approved it in time: the request expired and nothing was " \
+               "changed."
+    note = (":raised_hand: *Another admin must approve this reset* before anything changes; "
+            "whoever asked for it cannot.")
+    if approval is not None and approval.expires_at is not None:
+        note += f" The request expires {slack_date(approval.expires_at)}."
+    if approval is not None and approval.recounted:
+        note += "\n:warning: The directory changed since the request: these are the new counts."
+    if approval is not None and approval.preview is None:
+        note += "\nThe users were not counted: *Approve* counts them first."
+    return note
+
+
+def approve_button(task_id: int) -> Block:
+    return {
+        "type": "button",
+        "action_id": ACTION_APPROVE,
+        "value": str(task_id),
+        "style": "primary",
+        "text": plain("Approve", 75),
+        "confirm": {
+            "title": plain(f"Approve reset #{task_id}?", 100),
+            "text": mrkdwn("The passwords of the users counted above are reset as soon as "
+                           "you approve.", 300),
+            "confirm": plain("Approve", 30),
+            "deny": plain("Not yet", 30),
+        },
+    }
+
+
+def reject_button(task_id: int) -> Block:
+    return {
+        "type": "button",
+        "action_id": ACTION_REJECT,
+        "value": str(task_id),
+        "style": "danger",
+        "text": plain("Reject", 75),
+    }
+
+
+def approval_end_reply(task: TaskSnapshot) -> SlackMessage:
+    """The thread's last word on a reset that was never approved."""
+    text = f"{STATUS_EMOJI[task.status]} *Reset #{task.id}*: {approval_note(task)}"
+    return SlackMessage(text, [section(text)])
 
 
 def cancel_button(task_id: int) -> Block:
@@ -332,6 +414,8 @@ def summary_reply(task: TaskSnapshot, follow_up_where: str | None = None) -> Sla
     `follow_up_where` says where the CSV of users to contact by hand went (BELOW, or
     `in_channel` / `in_direct_message`); None when it could go nowhere in Slack.
     """
+    if task.status in NOT_STARTED:
+        return approval_end_reply(task)
     heading = f"{STATUS_EMOJI[task.status]} *Reset #{task.id} {status_label(task.status).lower()}*"
     lines = [heading + f" · {plural(task.total, 'user')}."]
     fields = [

@@ -37,6 +37,9 @@ STATUS_LABELS: dict[TaskStatus, str] = {
     TaskStatus.COMPLETED_WITH_ERRORS: "Completed with errors",
     TaskStatus.CANCELLED: "Cancelled",
     TaskStatus.FAILED: "Failed",
+    TaskStatus.AWAITING_APPROVAL: "Awaiting approval",
+    TaskStatus.REJECTED: "Rejected",
+    TaskStatus.EXPIRED: "Expired",
 }
 STATUS_EMOJI: dict[TaskStatus, str] = {
     TaskStatus.QUEUED: ":hourglass_flowing_sand:",
@@ -45,6 +48,9 @@ STATUS_EMOJI: dict[TaskStatus, str] = {
     TaskStatus.COMPLETED_WITH_ERRORS: ":warning:",
     TaskStatus.CANCELLED: ":no_entry_sign:",
     TaskStatus.FAILED: ":x:",
+    TaskStatus.AWAITING_APPROVAL: ":raised_hand:",
+    TaskStatus.REJECTED: ":no_entry:",
+    TaskStatus.EXPIRED: ":hourglass:",
 }
 OUTCOME_LABELS: dict[ItemState, str] = {
     ItemState.PENDING: "waiting",
@@ -226,6 +232,10 @@ def task_status_text(task: TaskSnapshot) -> str:
         )
         pace = pace_words(task.pace)
         lines.append(f"{progress} · {pace}" if pace else progress)
+    elif task.status is TaskStatus.AWAITING_APPROVAL:
+        lines.append("Awaiting approval by another admin: nothing has changed yet.")
+    elif task.status in (TaskStatus.REJECTED, TaskStatus.EXPIRED):
+        lines.append("Not approved: nothing was changed.")
     else:
         lines.append("Not started yet: a worker picks it up shortly.")
     outcomes = outcome_summary(task.counts)
@@ -271,6 +281,46 @@ def retry_started(task_id: int, original_id: int, users: int) -> str:
         f"Started reset #{task_id}: new passwords for the {plural(users, 'user')} whose mail "
         f"failed in reset #{original_id}."
     )
+
+
+def approved_and_started(task_id: int) -> str:
+    return f"You approved reset #{task_id}: it starts now. Progress shows in its thread."
+
+
+def approved_and_waiting(task_id: int, status: TaskStatus) -> str:
+    return f"You approved reset #{task_id}; it is now {status_label(status).lower()}."
+
+
+def rejected_by_you(task_id: int) -> str:
+    return f"You rejected reset #{task_id}: nothing was changed."
+
+
+def recount_to_approve(task_id: int, before: int | None, now: int, emailable: int,
+                       without_email: int, staff: int) -> str:
+    """The scope grew since the request: the approver sees the new counts and clicks again."""
+    was = f"{before:,} when it was asked for" if before is not None else "not counted before"
+    return (
+        f":warning: The directory changed: reset #{task_id} would now reset "
+        f"{plural(now, 'user')} ({was}): {emailable:,} with e-mail, {without_email:,} without, "
+        f"{staff:,} staff. Click *Approve* again to approve these counts."
+    )
+
+
+AWAITING_APPROVAL_TITLE = "Awaiting approval"
+
+
+def awaiting_approval(task_id: int) -> str:
+    return (
+        f"Reset #{task_id} is saved and waits for another admin's approval: nothing changes "
+        "before that. Its message in the channel has *Approve* and *Reject*; you cannot approve "
+        "your own reset."
+    )
+
+
+NOT_AN_APPROVER = (
+    "You may not approve resets: approvers are listed in RESET_APPROVERS or the "
+    "RESET_APPROVER_GROUP user group. Ask one of them."
+)
 
 
 def queue_unavailable(task_id: int) -> str:

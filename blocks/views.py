@@ -25,6 +25,7 @@ from blocks.ids import (
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
+    AWAITING_APPROVAL_TITLE,
     DEFAULT_FIELD_HINT,
     NO_EMAIL_FIELD_HINT,
     NO_EMAIL_HELP,
@@ -38,6 +39,7 @@ from blocks.text import (
     STATUS_EMOJI,
     UNKNOWN_FORM,
     UNKNOWN_REQUEST,
+    awaiting_approval,
     escape,
     mode_label,
     no_email_preview,
@@ -55,7 +57,7 @@ from blocks.text import (
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
-from core.models import Mode, NoEmailChoice, Scope
+from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot
 
 View = dict[str, Any]
@@ -233,6 +235,11 @@ def reset_saved_modal(task_id: int) -> View:
     return notice_modal(RESET_SAVED_TITLE, queue_unavailable(task_id))
 
 
+def awaiting_approval_modal(task_id: int) -> View:
+    """Confirmed: the reset now waits for a second admin's approval."""
+    return notice_modal(AWAITING_APPROVAL_TITLE, awaiting_approval(task_id))
+
+
 def unknown_form_modal() -> View:
     return notice_modal(START_AGAIN_TITLE, UNKNOWN_FORM)
 
@@ -274,13 +281,24 @@ def home_view(tasks: Sequence[TaskSnapshot], *, allowed: bool) -> View:
     return {"type": "home", "blocks": blocks}
 
 
+def _not_started(task: TaskSnapshot) -> str:
+    """A task with no progress yet: waiting for a worker, or for a second admin."""
+    preview = task.approval.preview if task.approval is not None else None
+    users = f" ({plural(preview.users, 'user')})" if preview is not None else ""
+    if task.status is TaskStatus.AWAITING_APPROVAL:
+        return f"awaiting another admin's approval{users}: approve or reject it in its thread"
+    if task.status in (TaskStatus.REJECTED, TaskStatus.EXPIRED):
+        return f"never approved{users}: nothing was changed"
+    return "not started yet"
+
+
 def _mode_word(mode: str) -> str:
     return "default password" if mode == Mode.DEFAULT else "e-mailed"
 
 
 def _home_task(task: TaskSnapshot) -> Block:
     counted = (f"`{progress_bar(task.fraction)}` {task.done:,} of {plural(task.total, 'user')}"
-               if task.planned or task.total else "not started yet")
+               if task.planned or task.total else _not_started(task))
     text = (
         f"{STATUS_EMOJI[task.status]} *#{task.id} {status_label(task.status)}* · "
         f"{scope_label(task.scope)} · {_mode_word(task.mode)}\n"

@@ -7,19 +7,21 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from redis.exceptions import RedisError
 from rq import Queue
 from slack_bolt import App
 from slack_bolt.error import BoltError
 from slack_sdk import WebClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.auth import Admins
+from bot.auth import Admins, Approvers
 from bot.deps import AppDeps, provide
 from bot.listeners import register_all
 from core.directory import Directory
-from core.errors import ConfigError
+from core.errors import ConfigError, QueueUnavailable
 from core.settings import Settings
 from jobs.queueing import enqueue_task
+from jobs.slack_reporter import Event, enqueue_delivery
 
 #: Threads for work after an ack (opening a modal, ephemeral feedback, publishing App Home).
 BACKGROUND_THREADS = 8
@@ -72,6 +74,14 @@ def make_client(settings: Settings) -> WebClient:
     return WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
 
 
+def announce_approval(queue: Queue, task_id: int) -> None:
+    """A delivery job posting or updating the thread of a task whose approval changed."""
+    try:
+        enqueue_delivery(queue, task_id, Event.APPROVAL)
+    except RedisError as error:
+        raise QueueUnavailable(f"Redis cannot be reached: {type(error).__name__}") from error
+
+
 def create_app(
     settings: Settings,
     *,
@@ -99,6 +109,9 @@ def create_app(
         enqueue=enqueue if enqueue is not None else (lambda task_id: enqueue_task(queue, task_id)),
         background=ThreadPoolExecutor(max_workers=BACKGROUND_THREADS,
                                       thread_name_prefix="resetbot-after-ack"),
+        approvers=Approvers(settings, client, admins),
+        # A worker posts or updates the thread, as for every other report of a task.
+        announce=lambda task_id: announce_approval(queue, task_id),
     )
     try:
         app = App(

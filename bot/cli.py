@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -183,7 +184,9 @@ examples:
   resetbot tasks show 12                counts and every user's outcome
   resetbot tasks show 12 --csv > to-contact.csv
   resetbot tasks cancel 12
-  resetbot tasks retry 12"""
+  resetbot tasks retry 12
+  resetbot tasks approve 12 --as U024BE7LH   (a second admin, by Slack user id)
+  resetbot tasks reject 12"""
 
 USERS_EPILOG = """\
 The CSV has the columns username, full_name, email and (if you like) role, in any order.
@@ -351,9 +354,11 @@ def _add_mail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    tasks = _command(commands, "tasks", "list reset tasks; show, cancel or retry one",
+    tasks = _command(commands, "tasks",
+                     "list reset tasks; show, cancel, retry, approve or reject one",
                      description=TASKS_DESCRIPTION, epilog=TASKS_EPILOG,
-                     usage="resetbot tasks [list | show ID | cancel ID | retry ID]")
+                     usage="resetbot tasks [list | show ID | cancel ID | retry ID | approve ID | "
+                           "reject ID]")
     tasks.set_defaults(handler=cmd_tasks_list)
     actions = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", title="actions")
     listing = _command(actions, "list", "the last 20 tasks (also what `resetbot tasks` shows)",
@@ -388,6 +393,36 @@ def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="queue the retry and return at once instead of following it")
     retry.set_defaults(handler=cmd_tasks_retry)
 
+    approve = _command(
+        actions, "approve", "approve a reset that awaits a second admin",
+        prog="resetbot tasks approve",
+        description="Approve task ID, which awaits a second admin's approval, as Slack's "
+                    "Approve button. The counts are taken again first: if the scope grew by "
+                    "more than a tenth, they are shown and the command must be run again.",
+    )
+    approve.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
+    _add_as(approve)
+    approve.set_defaults(handler=cmd_tasks_approve)
+
+    reject = _command(
+        actions, "reject", "reject a reset that awaits approval: nothing changes",
+        prog="resetbot tasks reject",
+        description="Reject task ID, which awaits approval: nothing changes and its sealed "
+                    "passwords are erased. As Slack's Reject button; whoever asked for it may "
+                    "withdraw it.",
+    )
+    reject.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
+    _add_as(reject)
+    reject.set_defaults(handler=cmd_tasks_reject)
+
+
+def _add_as(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--as", dest="as_user", type=_slack_user, metavar="SLACK_USER_ID",
+        help="act as this Slack user (an admin allowed to approve, never the requester); "
+             "the terminal alone cannot tell who you are",
+    )
+
 
 def _since(value: str) -> datetime:
     """A date means its midnight; times without a zone are UTC, as the audit trail is."""
@@ -406,6 +441,14 @@ def _task_id(value: str) -> int:
             f"{value!r} is not a task number (`resetbot tasks` lists them)"
         )
     return int(value)
+
+
+def _slack_user(value: str) -> str:
+    if re.fullmatch(r"[UW][A-Z0-9]{2,30}", value) is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a Slack user id (U... or W..., from the person's profile)"
+        )
+    return value
 
 
 def _port(value: str) -> int:
@@ -687,6 +730,24 @@ def cmd_tasks_retry(cli: Cli, args: argparse.Namespace) -> int:
     with cli.database(settings) as sessions:
         return retry_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id,
                           detach=args.detach)
+
+
+def cmd_tasks_approve(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import approve_task
+
+    settings = cli.settings()
+    with cli.database(settings) as sessions:
+        return approve_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id,
+                            as_user=args.as_user)
+
+
+def cmd_tasks_reject(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import reject_task
+
+    settings = cli.settings()
+    with cli.database(settings) as sessions:
+        return reject_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id,
+                           as_user=args.as_user)
 
 
 def cmd_audit(cli: Cli, args: argparse.Namespace) -> int:

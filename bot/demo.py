@@ -254,7 +254,7 @@ def _reset_everyone_without_a_role(
         preview = validate_or_refuse(cli, sessions, settings, directory, request)
         cli.say(describe_preview(request, preview))
         cli.say("  (`resetbot reset` asks you to confirm here; the demo goes ahead)")
-        task_id = start_task(sessions, settings, redis, request)
+        task_id, _status = start_task(sessions, settings, redis, request, preview)
         final = follow(cli, sessions, task_id)
         print_summary(cli, final)
         return final

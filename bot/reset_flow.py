@@ -36,7 +36,7 @@ from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.passwords import normalised
 from core.progress import TaskSnapshot, snapshot
 from core.settings import Settings
-from core.tasks import RequestInvalid, ResetRequest, create_task
+from core.tasks import RequestInvalid, ResetRequest, create_task, gate_new_task
 from core.tasks import validate_request as check_request
 
 POLL_SECONDS = 0.25
@@ -102,7 +102,10 @@ def run_reset(
         cli.say("Nothing was changed.")
         return EXIT_REFUSED
     with open_redis() as redis:
-        task_id = start_task(sessions, settings, redis, request)
+        task_id, status = start_task(sessions, settings, redis, request, preview)
+        if status is TaskStatus.AWAITING_APPROVAL:
+            say_awaiting_approval(cli, settings, task_id)
+            return EXIT_OK
         cli.say(f"Task #{task_id} queued.")
         if choices.detach:
             cli.say(f"Follow it with: resetbot tasks show {task_id}")
@@ -271,17 +274,29 @@ def confirm(cli: Output, question: str) -> bool:
 
 def start_task(
     sessions: sessionmaker[Session], settings: Settings, redis: Redis,
-    request: ResetRequest,
-) -> int:
-    """Commit the task, then put it on the queue (a task the queue lost is found by the reaper)."""
+    request: ResetRequest, preview: Preview | None = None,
+) -> tuple[int, TaskStatus]:
+    """Commit the task through the gate (`gate_new_task`), then put it on the queue unless it
+    waits for approval (a task the queue lost is found by the reaper)."""
     from jobs.queueing import enqueue_task, make_queue
 
     with sessions() as session:
-        task = create_task(session, settings, request)
+        task = create_task(session, settings, request, preview)
+        status = gate_new_task(session, settings, task)
         session.commit()
         task_id = task.id
-    enqueue_task(make_queue(settings, redis), task_id)
-    return task_id
+    if status is TaskStatus.QUEUED:
+        enqueue_task(make_queue(settings, redis), task_id)
+    return task_id, status
+
+
+def say_awaiting_approval(cli: Output, settings: Settings, task_id: int) -> None:
+    hours = settings.reset_approval_ttl / 3600
+    cli.say(f"Task #{task_id} awaits approval by another admin: nothing changes before that.")
+    cli.say(f"  An approver runs: resetbot tasks approve {task_id} --as THEIR_SLACK_USER_ID")
+    cli.say(f"  (or: resetbot tasks reject {task_id}). Unapproved, it expires in "
+            f"{hours:g} hours.")
+    cli.say(f"See where it stands: resetbot tasks show {task_id}")
 
 
 def warn_if_no_worker(cli: Output, settings: Settings, redis: Redis) -> None:

@@ -1,5 +1,5 @@
 """Tasks and the audit trail on the terminal: `resetbot tasks`, `tasks show`, `tasks cancel`,
-`tasks retry`, `audit`.
+`tasks retry`, `tasks approve`, `tasks reject`, `audit`.
 
 Cancel and retry do what Slack's buttons do, through the same core functions, with the same
 checks and audit entries; the operator (`cli:<login>`, as for `reset`) is the actor. Whoever can
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.terminal import (
     EXIT_OK,
+    EXIT_REFUSED,
     OUTCOME_WORDS,
     Output,
     Refused,
@@ -32,8 +33,10 @@ from bot.terminal import (
     shown,
     shown_csv,
 )
-from core import audit
+from core import approval, audit
 from core.csvsafe import to_csv
+from core.directory import Directory
+from core.errors import QueueUnavailable
 from core.models import ItemState, ResetTask, TaskStatus
 from core.progress import TaskSnapshot, pace_words, snapshot
 from core.settings import Settings
@@ -91,6 +94,13 @@ def task_document(session: Session, task: TaskSnapshot) -> dict[str, Any]:
         "counts": {state.value: count for state, count in task.counts.items()},
         "follow_up": task.follow_up_count,
         "error": task.error,
+        "approval": None if task.approval is None else {
+            "expires_at": _iso(task.approval.expires_at),
+            "approved_by": task.approval.approved_by,
+            "rejected_by": task.approval.rejected_by,
+            "decided_at": _iso(task.approval.decided_at),
+            "users": task.approval.preview.users if task.approval.preview else None,
+        },
         "users": [
             {
                 "username": item.username,
@@ -140,6 +150,7 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
             f"{'yes' if task.require_change else 'no'}; asked by {shown(task.requester)}")
     cli.say(f"  Created {_when(task.created_at)}, started {_when(task.started_at)}, "
             f"finished {_when(task.finished_at)} (UTC)")
+    _print_approval(cli, task)
     if task.error:
         cli.say(f"  Error: {shown(task.error)}")
     if task.paused:
@@ -157,6 +168,27 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
         note = shown((item.last_error or "").replace("\n", " ")[:60])
         cli.say(f"  {shown(item.username):<24} {OUTCOME_WORDS[ItemState(item.state)]:<34} "
                 f"{item.attempts:>5}  {note}")
+
+
+def _print_approval(cli: Output, task: TaskSnapshot) -> None:
+    state = task.approval
+    if state is None:
+        return
+    if task.status is TaskStatus.AWAITING_APPROVAL:
+        cli.say(f"  Awaits approval by another admin until {_when(state.expires_at)} (UTC): "
+                f"resetbot tasks approve {task.id} --as SLACK_USER_ID")
+    if state.preview is not None:
+        counts = state.preview
+        cli.say(f"  Counted for approval: {counts.users:,} users ({counts.emailable:,} with "
+                f"e-mail, {counts.without_email:,} without, {counts.staff:,} staff)"
+                + (", counted again when the directory changed" if state.recounted else ""))
+    if state.approved_by:
+        cli.say(f"  Approved by {shown(state.approved_by)} at {_when(state.decided_at)} (UTC)")
+    if state.rejected_by:
+        cli.say(f"  Rejected by {shown(state.rejected_by)} at {_when(state.decided_at)} (UTC): "
+                "nothing was changed")
+    if task.status is TaskStatus.EXPIRED:
+        cli.say(f"  Expired unapproved at {_when(state.decided_at)} (UTC): nothing was changed")
 
 
 def cancel_task(cli: Output, sessions: sessionmaker[Session], task_id: int) -> None:
@@ -224,3 +256,121 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- four-eyes approval -------------------------------------------------------------------------
+
+#: Why the terminal alone cannot approve: it cannot tell who is typing.
+NEEDS_AS = (
+    "approving needs --as SLACK_USER_ID: the Slack user id of an admin (and approver) other "
+    "than whoever asked for the reset; the terminal alone cannot tell who you are "
+    "(nothing was changed)"
+)
+
+
+def approve_task(
+    cli: Output, settings: Settings, sessions: sessionmaker[Session],
+    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
+    as_user: str | None,
+) -> int:
+    """As Slack's Approve button, for the admin named by --as (never the requester)."""
+    actor = _approver(settings, sessions, as_user, task_id, step="approve")
+    with sessions() as session:
+        try:
+            outcome = approval.approve(session, Directory(settings.directory), task_id, actor)
+            session.commit()
+        except approval.SelfApproval:
+            session.rollback()
+            _refuse(sessions, actor, task_id, "approve", "own task")
+            raise Refused(f"{actor} asked for task #{task_id}: another admin must approve it "
+                          "(nothing was changed)") from None
+    if isinstance(outcome, approval.Recounted):
+        _say_recount(cli, outcome)
+        return EXIT_REFUSED
+    _tell_queue(cli, settings, open_redis, task_id, start=outcome.status is TaskStatus.QUEUED)
+    cli.say(f"Task #{task_id} approved by {actor}: {outcome.status.words}.")
+    cli.say(f"Follow it with: resetbot tasks show {task_id}")
+    return EXIT_OK
+
+
+def reject_task(
+    cli: Output, settings: Settings, sessions: sessionmaker[Session],
+    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
+    as_user: str | None,
+) -> int:
+    """As Slack's Reject button: an approver (--as), or the requester withdrawing their own."""
+    with sessions() as session:
+        requester_id = approval.requester_of(session, task_id)
+    if requester_id is None:
+        raise Refused(f"there is no task #{task_id}")
+    own = as_user or requester()
+    actor = own if own == requester_id else _approver(
+        settings, sessions, as_user, task_id, step="reject")
+    with sessions() as session:
+        approval.reject(session, task_id, actor)
+        session.commit()
+    _tell_queue(cli, settings, open_redis, task_id, start=False)
+    cli.say(f"Task #{task_id} rejected by {actor}: nothing was changed.")
+    return EXIT_OK
+
+
+def _approver(settings: Settings, sessions: sessionmaker[Session], as_user: str | None,
+              task_id: int, *, step: str) -> str:
+    """The Slack user id given by --as, if they may approve; refused (and audited) otherwise."""
+    from slack_sdk import WebClient
+
+    from bot.auth import Admins, Approvers
+
+    if as_user is None:
+        _refuse(sessions, requester(), task_id, step, "no --as")
+        raise Refused(NEEDS_AS)
+    # Only a RESET_ADMIN_GROUP or RESET_APPROVER_GROUP makes this ask Slack.
+    client = WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    refusal = Approvers(settings, client, Admins(settings, client)).refusal(as_user)
+    if refusal is not None:
+        _refuse(sessions, f"{requester()} as {as_user}", task_id, step, refusal.reason)
+        raise Refused(f"{as_user} may not {step} resets ({refusal.reason}); nothing was changed")
+    return as_user
+
+
+def _refuse(sessions: sessionmaker[Session], actor: str, task_id: int, step: str,
+            reason: str) -> None:
+    with sessions() as session:
+        audit.record(session, actor[:64], "refused", task_id, step=step, reason=reason)
+        session.commit()
+
+
+def _say_recount(cli: Output, outcome: approval.Recounted) -> None:
+    before = outcome.before.users if outcome.before is not None else None
+    now = outcome.now
+    was = f"{before:,} when it was asked for" if before is not None else "not counted before"
+    cli.say(f"The directory changed: task #{outcome.task_id} would now reset "
+            f"{plural(now.users, 'user')} ({was}).")
+    cli.say(f"  With e-mail {now.emailable:,}, without e-mail {now.without_email:,}, staff "
+            f"{now.staff:,}.")
+    cli.say("Not approved yet: run the same command again to approve these counts.")
+
+
+def _tell_queue(cli: Output, settings: Settings,
+                open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
+                start: bool) -> None:
+    """Enqueue an approved task, and have its Slack thread updated (when there is Slack).
+
+    The decision is committed already: if Redis cannot be reached, a worker's reaper starts
+    the task and tells the thread when it sees them.
+    """
+    from redis.exceptions import RedisError
+
+    from jobs.queueing import enqueue_task, make_queue
+    from jobs.slack_reporter import Event, enqueue_delivery
+
+    try:
+        with open_redis() as redis:
+            queue = make_queue(settings, redis)
+            if settings.slack_bot_token:
+                enqueue_delivery(queue, task_id, Event.APPROVAL)
+            if start:
+                enqueue_task(queue, task_id)
+    except (RedisError, QueueUnavailable) as error:
+        cli.say(f"Note: Redis cannot be reached ({type(error).__name__}); a worker picks "
+                f"task #{task_id} up when it sees it.")

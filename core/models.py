@@ -83,10 +83,14 @@ class TaskStatus(enum.StrEnum):
     COMPLETED_WITH_ERRORS = "completed_with_errors"
     CANCELLED = "cancelled"
     FAILED = "failed"
+    # Four-eyes approval (core/approval.py): waiting for a second admin, then one of these ends.
+    AWAITING_APPROVAL = "awaiting_approval"
+    REJECTED = "rejected"  # an approver (or the requester) said no: nothing changed
+    EXPIRED = "expired"  # nobody approved within RESET_APPROVAL_TTL: nothing changed
 
     @property
     def is_final(self) -> bool:
-        return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+        return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.AWAITING_APPROVAL)
 
     @property
     def words(self) -> str:
@@ -190,6 +194,13 @@ class ResetTask(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Four-eyes approval: the counts approvers are shown (the requester's preview, or the last
+    # re-count), when the request expires, and who decided (see core/approval.py).
+    preview: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    approval_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    approved_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    rejected_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class StartLock(Base):
@@ -253,6 +264,8 @@ class PendingRequest(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
     task_id: Mapped[int | None] = mapped_column(ForeignKey("reset_tasks.id"), default=None)
+    # The counts the requester saw, handed to the task (approvers are shown the same).
+    preview: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class AuditEntry(Base):

@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.approval import ApprovalState, approval_state
 from core.models import (
     FINAL_ITEM_STATES,
     FOLLOW_UP_STATES,
@@ -148,6 +149,8 @@ class TaskSnapshot:
     #: When the counts were read: the "now" of the pace (None: no pace while it runs).
     read_at: datetime | None = None
     first_done: FirstDone | None = None
+    #: Set on a task that needed a second admin's approval (core/approval.py).
+    approval: ApprovalState | None = None
 
     @property
     def done(self) -> int:
@@ -207,6 +210,7 @@ def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
         pause_reason=task.pause_reason,
         read_at=utcnow(),
         first_done=first_done(session, task.id) if task.status == TaskStatus.RUNNING else None,
+        approval=approval_state(task),
     )
 
 

@@ -597,6 +597,33 @@ class Settings:
     reset_admin_group: str | None = setting(
         "RESET_ADMIN_GROUP", None, "a Slack user group id whose members may reset", parse=text,
     )
+    reset_approval_min_users: int | None = setting(
+        "RESET_APPROVAL_MIN_USERS", None,
+        "a reset of at least this many users (as its preview counts them) waits for a second "
+        "admin's approval before anything changes. Unset: no approval",
+        parse=integer(1, 2**31),
+    )
+    reset_approval_scope_all: bool = setting(
+        "RESET_APPROVAL_SCOPE_ALL", False,
+        "`true`: every reset whose scope is `all` waits for approval, whatever its size",
+        parse=boolean,
+    )
+    reset_approval_ttl: float = setting(
+        "RESET_APPROVAL_TTL", 86400.0,
+        "seconds an approval request waits; then it expires, nothing changed and its sealed "
+        "password erased",
+        parse=seconds(90 * 86400),
+    )
+    reset_approvers: frozenset[str] = setting(
+        "RESET_APPROVERS", frozenset(),
+        "Slack user ids (admins) who may approve, comma-separated. Unset with "
+        "`RESET_APPROVER_GROUP` unset: any admin but the requester",
+        parse=_admins,
+    )
+    reset_approver_group: str | None = setting(
+        "RESET_APPROVER_GROUP", None,
+        "a Slack user group id whose members (admins) may approve", parse=text,
+    )
     reset_report_channel: str | None = setting(
         "RESET_REPORT_CHANNEL", None,
         "a private channel id for the lists of users to contact by hand (they hold personal "

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, literal, select, update
 from sqlalchemy.orm import Session
@@ -149,9 +150,12 @@ def _usernames_in_password(session: Session, directory: Directory, request: Rese
     return int(session.execute(query).scalar_one())
 
 
-def create_pending(session: Session, settings: Settings, request: ResetRequest) -> PendingRequest:
-    """Park a validated request under an opaque id until its requester confirms it."""
+def create_pending(
+    session: Session, settings: Settings, request: ResetRequest, preview: Preview | None = None
+) -> PendingRequest:
+    """Park a validated request (and the counts its requester is shown) until they confirm it."""
     pending = PendingRequest(
+        preview=preview_counts(preview),
         id=secrets.token_urlsafe(24),
         requester=request.requester,
         requester_name=request.requester_name,
@@ -214,6 +218,7 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
         no_email_password_sealed=pending.no_email_password_sealed,
         slack_channel=pending.slack_channel,
         status=TaskStatus.QUEUED,
+        preview=pending.preview,
     )
     session.add(task)
     session.flush()
@@ -230,9 +235,12 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
     return task
 
 
-def create_task(session: Session, settings: Settings, request: ResetRequest) -> ResetTask:
+def create_task(
+    session: Session, settings: Settings, request: ResetRequest, preview: Preview | None = None
+) -> ResetTask:
     """A queued task straight from a validated request (the CLI confirms in the terminal)."""
     task = ResetTask(
+        preview=preview_counts(preview),
         requester=request.requester,
         requester_name=request.requester_name,
         scope=request.scope.value,
@@ -249,6 +257,51 @@ def create_task(session: Session, settings: Settings, request: ResetRequest) -> 
     session.flush()
     audit.record(session, request.requester, "confirm", task.id, scope=task.scope, mode=task.mode)
     return task
+
+
+def preview_counts(preview: Preview | None) -> dict[str, Any] | None:
+    """A preview as the JSON kept with a request and its task."""
+    return None if preview is None else asdict(preview)
+
+
+# ---- the gate: what a confirmed task does next ----------------------------------------------
+
+
+def gate_new_task(session: Session, settings: Settings, task: ResetTask) -> TaskStatus:
+    """THE decision for a task just confirmed (Slack's confirm, `resetbot reset`): the status
+    it now has. QUEUED: the edge enqueues its planning job; AWAITING_APPROVAL: it waits for a
+    second admin (core/approval.py), and nothing is enqueued.
+
+    Call it in the transaction that created the task, before the commit, so no reaper or
+    worker ever sees a task that should wait as queued.
+    """
+    if needs_approval(settings, task):
+        task.status = TaskStatus.AWAITING_APPROVAL
+        task.approval_expires_at = utcnow() + timedelta(seconds=settings.reset_approval_ttl)
+        audit.record(session, task.requester, "approval_request", task.id, scope=task.scope,
+                     users=(task.preview or {}).get("users"))
+        return TaskStatus.AWAITING_APPROVAL
+    task.status = released_status(task)
+    return TaskStatus(task.status)
+
+
+def released_status(task: ResetTask) -> TaskStatus:
+    """The status of a task every gate has let through (no approval needed, or approved):
+    QUEUED, it starts now. The one place a later gate (a start time) would make it wait."""
+    return TaskStatus.QUEUED
+
+
+def needs_approval(settings: Settings, task: ResetTask) -> bool:
+    """RESET_APPROVAL_MIN_USERS reached by the preview's count, or scope `all` when
+    RESET_APPROVAL_SCOPE_ALL. Counts unknown (no preview kept) while a minimum is set: it waits,
+    rather than start a reset nobody counted."""
+    if settings.reset_approval_scope_all and task.scope == Scope.ALL:
+        return True
+    minimum = settings.reset_approval_min_users
+    if minimum is None:
+        return False
+    users = (task.preview or {}).get("users")
+    return not isinstance(users, int) or users >= minimum
 
 
 def _sealed(settings: Settings, password: str | None) -> str | None:
@@ -272,6 +325,11 @@ def request_cancel(session: Session, task_id: int, actor: str) -> ResetTask:
     status = TaskStatus(task.status)
     if status.is_final:
         raise ConflictError(f"Task #{task_id} has already ended ({status.words}).")
+    if status is TaskStatus.AWAITING_APPROVAL:
+        # Nothing has started: withdrawing it is a rejection (the requester may reject theirs).
+        raise ConflictError(f"Task #{task_id} awaits approval and has not started: reject it "
+                            "instead (Reject in its thread, or `resetbot tasks reject "
+                            f"{task_id}`).")
     task.cancel_requested = True
     task.cancelled_by = actor
     now = utcnow()

@@ -53,6 +53,8 @@ def start_task(context: WorkerContext, task_id: int) -> bool | None:
             return None if task.planned else False
         if status.is_final:
             return None
+        if status is not TaskStatus.QUEUED:
+            return None  # awaiting approval: its own gate enqueues it once approved
         if task.cancel_requested:
             cancel_unstarted(context, session, task_id)
             return None

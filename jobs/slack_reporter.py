@@ -83,6 +83,10 @@ HOPELESS = frozenset(
     }
 )
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]+$")
+#: Statuses of a task whose parent message is posted although it has not started.
+NEVER_STARTED = frozenset(
+    {TaskStatus.AWAITING_APPROVAL, TaskStatus.REJECTED, TaskStatus.EXPIRED}
+)
 
 
 class Event(StrEnum):
@@ -93,6 +97,9 @@ class Event(StrEnum):
     PAUSED = "paused"
     RESUMED = "resumed"
     FINISHED = "finished"
+    #: The approval request was made or decided (core/approval.py): post or update the parent;
+    #: a rejected or expired task's end is told as any end.
+    APPROVAL = "approval"
 
 
 class NotReady(Exception):
@@ -232,6 +239,46 @@ def resend_lost_ends(context: WorkerContext) -> int:
         resent += 1
     if resent:
         logger.warning("re-sent the end of %s task(s) to Slack: their delivery was lost", resent)
+    return resent
+
+
+def resend_lost_approval_requests(context: WorkerContext) -> int:
+    """Post the parent message of tasks awaiting approval whose first delivery Redis lost.
+
+    Without it the approvers would never see the buttons. A task awaiting approval with a
+    channel and no parent yet, and no delivery of its own in Redis, gets one (at most every
+    few minutes per task); returns how many.
+    """
+    reporter = context.reporter
+    if not isinstance(reporter, SlackReporter):
+        return 0
+    with context.sessions() as session:
+        unposted = list(session.scalars(
+            select(ResetTask.id).where(
+                ResetTask.status == TaskStatus.AWAITING_APPROVAL,
+                ResetTask.slack_channel.is_not(None),
+                ResetTask.slack_thread_ts.is_(None),
+            )
+        ))
+    if not unposted:
+        return 0
+    delivering = {
+        delivery[0]
+        for entry in job_ids_in_redis(context.redis, context.queue)
+        if (delivery := delivery_of_job(entry)) is not None
+    }
+    resent = 0
+    for task_id in unposted:
+        throttle = f"{context.queue.name}:slack-approval:{task_id}"
+        if task_id in delivering or not context.redis.set(
+            throttle, 1, nx=True, ex=RESEND_EVERY_SECONDS
+        ):
+            continue
+        enqueue_delivery(context.queue, task_id, Event.APPROVAL,
+                         retry_intervals=reporter.retry_intervals)
+        resent += 1
+    if resent:
+        logger.warning("re-sent %s approval request(s) to Slack: their delivery was lost", resent)
     return resent
 
 
@@ -396,13 +443,16 @@ class Delivery:
         if event is not Event.FINISHED and state.summary_posted:
             return  # late: the thread has ended, and a reply now would follow its summary
         state, fresh = self.ensure_parent(state)
-        if event is Event.FINISHED:
+        if event is Event.FINISHED or (event is Event.APPROVAL and state.task.status.is_final):
             self.finish(state, fresh)
             return
         if not fresh and not state.task.status.is_final:
             self.update_parent(state)  # once ended, the end's own delivery renders it
         self.say_error_once(state)
         if event is Event.STARTED:
+            self.say_started_once(state)  # an approved task's parent was posted before it began
+            return
+        if event is Event.APPROVAL:
             return
         if event is Event.PROGRESS:
             self.say_milestone(state)
@@ -485,10 +535,16 @@ class Delivery:
             raise
         self._set(slack_thread_ts=posted["ts"], slack_channel=posted["channel"])
         state = self.load() or state
-        if not state.started_posted and not state.summary_posted:
-            self.once(ResetTask.slack_started_posted, True, False,
-                      lambda: self.reply(state, messages.started_reply(state.task)))
+        self.say_started_once(state)
         return state, True
+
+    def say_started_once(self, state: ThreadState) -> None:
+        """The "Started" reply, once, and only for a task that has started (not one awaiting
+        approval, nor one that ended without being approved)."""
+        if state.started_posted or state.summary_posted or state.task.status in NEVER_STARTED:
+            return
+        self.once(ResetTask.slack_started_posted, True, False,
+                  lambda: self.reply(state, messages.started_reply(state.task)))
 
     def update_parent(self, state: ThreadState) -> None:
         ts = state.thread_ts

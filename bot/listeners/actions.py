@@ -1,4 +1,5 @@
-"""Buttons: Cancel and Retry failed on a task's parent message, New reset on App Home.
+"""Buttons: Approve, Reject, Cancel and Retry failed on a task's parent message, New reset on
+App Home.
 
 Each is for admins only (a button payload can be replayed by anyone), does the database work,
 acks, then tells the user what happened in an ephemeral line.
@@ -14,19 +15,39 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
-from blocks.ids import ACTION_CANCEL, ACTION_OPEN_MODAL, ACTION_OPEN_THREAD, ACTION_RETRY_FAILED
-from blocks.text import cancel_requested, queue_unavailable, retry_started
+from blocks.ids import (
+    ACTION_APPROVE,
+    ACTION_CANCEL,
+    ACTION_OPEN_MODAL,
+    ACTION_OPEN_THREAD,
+    ACTION_REJECT,
+    ACTION_RETRY_FAILED,
+)
+from blocks.text import (
+    approved_and_started,
+    approved_and_waiting,
+    cancel_requested,
+    queue_unavailable,
+    recount_to_approve,
+    rejected_by_you,
+    retry_started,
+)
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
 from bot.listeners.replies import open_modal, tell_where_possible
+from bot.listeners.submissions import announce_approval
 from bot.payloads import channel_of, first_action, task_id, user_name_of
+from core import approval
 from core.errors import ConflictError, InputError, QueueUnavailable
+from core.models import TaskStatus
 from core.tasks import create_retry_task, request_cancel
 
 log = logging.getLogger("resetbot.slack")
 
 
 def register(app: App) -> None:
+    app.action(ACTION_APPROVE, middleware=[admin_only(ACTION_APPROVE)])(approve)
+    app.action(ACTION_REJECT, middleware=[admin_only(ACTION_REJECT)])(reject)
     app.action(ACTION_CANCEL, middleware=[admin_only(ACTION_CANCEL)])(cancel)
     app.action(ACTION_RETRY_FAILED, middleware=[admin_only(ACTION_RETRY_FAILED)])(retry)
     app.action(ACTION_OPEN_MODAL, middleware=[admin_only(ACTION_OPEN_MODAL)])(open_from_home)
@@ -35,6 +56,14 @@ def register(app: App) -> None:
 
 def register_fallback(app: App) -> None:
     app.action(re.compile(".*"))(unknown_action)
+
+
+def approve(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
+    _answer_button(deps_of(context), ack, body, client, _approve)
+
+
+def reject(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
+    _answer_button(deps_of(context), ack, body, client, _reject)
 
 
 def cancel(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
@@ -100,3 +129,56 @@ def _retry(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
         log.error("could not enqueue task %s: %s", new_id, type(error).__name__)
         return queue_unavailable(new_id)
     return retry_started(new_id, original, users)
+
+
+def _approve(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
+    """Approve as `user`: an allowed approver, never the requester; counts checked again."""
+    wanted = task_id(first_action(body).get("value"))
+    refusal = deps.approval_refusal(user)
+    if refusal is not None:
+        deps.refuse(user, ACTION_APPROVE, refusal.reason, task_id=wanted)
+        return refusal.message
+    with deps.sessions() as session:
+        try:
+            outcome = approval.approve(session, deps.directory, wanted, user)
+            session.commit()
+        except approval.SelfApproval as own:
+            session.rollback()
+            deps.refuse(user, ACTION_APPROVE, "own task", task_id=wanted)
+            return str(own)
+        except ConflictError:
+            session.rollback()
+            raise
+    announce_approval(deps, wanted)
+    if isinstance(outcome, approval.Recounted):
+        now = outcome.now
+        return recount_to_approve(wanted, outcome.before.users if outcome.before else None,
+                                  now.users, now.emailable, now.without_email, now.staff)
+    if outcome.status is not TaskStatus.QUEUED:
+        return approved_and_waiting(wanted, outcome.status)
+    try:
+        deps.enqueue(wanted)
+    except QueueUnavailable as error:
+        log.error("could not enqueue task %s: %s", wanted, type(error).__name__)
+        return queue_unavailable(wanted)
+    return approved_and_started(wanted)
+
+
+def _reject(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
+    """Reject as an allowed approver, or withdraw as the requester: nothing changes."""
+    wanted = task_id(first_action(body).get("value"))
+    with deps.sessions() as session:
+        requester = approval.requester_of(session, wanted)
+    refusal = deps.approval_refusal(user) if user != requester else None
+    if refusal is not None:
+        deps.refuse(user, ACTION_REJECT, refusal.reason, task_id=wanted)
+        return refusal.message
+    with deps.sessions() as session:
+        try:
+            approval.reject(session, wanted, user)
+            session.commit()
+        except ConflictError:
+            session.rollback()
+            raise
+    announce_approval(deps, wanted)
+    return rejected_by_you(wanted)

@@ -21,7 +21,13 @@ from blocks.ids import (
     USERS,
 )
 from blocks.text import CANNOT_KEEP_DEFAULT, truncate
-from blocks.views import preview_modal, reset_saved_modal, start_again_modal, unknown_form_modal
+from blocks.views import (
+    awaiting_approval_modal,
+    preview_modal,
+    reset_saved_modal,
+    start_again_modal,
+    unknown_form_modal,
+)
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
 from bot.payloads import (
@@ -32,7 +38,14 @@ from bot.payloads import (
     user_name_of,
 )
 from core.errors import ConfigError, ConflictError, InputError, QueueUnavailable
-from core.tasks import RequestInvalid, consume_pending, create_pending, validate_request
+from core.models import TaskStatus
+from core.tasks import (
+    RequestInvalid,
+    consume_pending,
+    create_pending,
+    gate_new_task,
+    validate_request,
+)
 
 log = logging.getLogger("resetbot.slack")
 
@@ -74,10 +87,14 @@ def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltC
         ack(response_action="update", view=start_again_modal())
         return
     try:
-        task_id = confirm_pending(deps, waiting, user)
+        task_id, status = confirm_pending(deps, waiting, user)
     except ConflictError as conflict:
         deps.refuse(user, "confirm", reason=str(conflict))
         ack(response_action="update", view=start_again_modal(str(conflict)))
+        return
+    if status is TaskStatus.AWAITING_APPROVAL:
+        announce_approval(deps, task_id)
+        ack(response_action="update", view=awaiting_approval_modal(task_id))
         return
     try:
         deps.enqueue(task_id)
@@ -103,7 +120,7 @@ def preview_or_errors(
     with deps.sessions() as session:
         try:
             preview = validate_request(session, deps.settings, deps.directory, request)
-            pending = create_pending(session, deps.settings, request)
+            pending = create_pending(session, deps.settings, request, preview)
             session.commit()
         except RequestInvalid as invalid:
             session.rollback()
@@ -133,16 +150,31 @@ def refuse_invalid(deps: AppDeps, user: str, problems: dict[str, list[str]]) -> 
     deps.refuse(user, "submit", reason="invalid request", fields=sorted(problems))
 
 
-def confirm_pending(deps: AppDeps, waiting: str, user: str) -> int:
-    """Consume the pending request (once, atomically) into a committed, queued task."""
+def confirm_pending(deps: AppDeps, waiting: str, user: str) -> tuple[int, TaskStatus]:
+    """Consume the pending request (once, atomically) into a committed task, through the gate:
+    queued (to enqueue), or awaiting approval."""
     with deps.sessions() as session:
         try:
             task = consume_pending(session, waiting, user)
+            status = gate_new_task(session, deps.settings, task)
             session.commit()
         except ConflictError:
             session.rollback()
             raise
-        return task.id
+        return task.id, status
+
+
+def announce_approval(deps: AppDeps, task_id: int) -> None:
+    """Have a worker post (or update) the task's parent message with Approve and Reject.
+
+    The database already says the task awaits approval; a post Redis could not take is made
+    by a worker's reaper instead.
+    """
+    try:
+        deps.announce(task_id)
+    except QueueUnavailable as error:
+        log.error("could not ask for the approval of task %s in Slack: %s", task_id,
+                  type(error).__name__)
 
 
 def field_errors(problems: dict[str, list[str]]) -> dict[str, str]:

@@ -20,7 +20,7 @@ from core.settings import DirectoryNames, Settings
 
 RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log",
                    "task_start_lock"}
-HEAD = "0005"
+HEAD = "0006"
 
 
 @pytest.fixture
