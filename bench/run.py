@@ -8,6 +8,9 @@ sink, the Slack Web API stand-in, workers as separate processes):
   bcrypt      the same at --bcrypt-users users with bcrypt at its default cost (12)
   large       each size above --throughput-max, on SQLite and PostgreSQL: picker search and
               preview latency, confirm latency, and a whole task with peak RSS sampled
+  picker      each size above --throughput-max: options search on a Koha-shaped `borrowers`
+              table (MariaDB, PostgreSQL, SQLite) through the in-memory search copy, beside
+              resetbot's own table with the same terms; the copy's build, reload and memory
   small       a one-user e-mailed reset, confirm to mail accepted, with a worker already idle
   eta         the time left shown once 10 % of a task is done, against the real time it took
 """
@@ -89,7 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="database for the throughput runs")
     parser.add_argument("--modes", default=",".join(MODES),
                         help="reset modes for the throughput runs (default: default,generated)")
-    parser.add_argument("--phases", default="schemes,throughput,slack,bcrypt,large,small,eta",
+    parser.add_argument("--phases",
+                        default="schemes,throughput,slack,bcrypt,large,picker,small,eta",
                         help="which phases to run")
     parser.add_argument("--small-repeat", type=int, default=10,
                         help="one-user resets timed in the small phase (default 10)")
@@ -101,6 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="rounds of the four preview submissions (default 5)")
     parser.add_argument("--large-dbs", default="sqlite,postgresql",
                         help="databases for the large-size phase (default both)")
+    parser.add_argument("--picker-dbs", default="mariadb,postgresql,sqlite",
+                        help="databases for the picker phase (default all three)")
     parser.add_argument("--floor-samples", type=int, default=60,
                         help="hashes timed for the floor before and after each task")
     parser.add_argument("--worker-command", default=None,
@@ -379,6 +385,15 @@ class Bench:
                     else:
                         self._confirm_only(db, front)
 
+    def picker(self) -> None:
+        from bench.picker import picker
+
+        for size in [s for s in self.args.sizes if s > self.args.throughput_max]:
+            result = picker(size, self.args.picker_dbs.split(","), self.args.queries, self.base,
+                            self.log, self.report.notes)
+            self.report.picker.extend(result.latency)
+            self.report.search_copy.extend(result.copies)
+
     def _latency(self, db: Database, front: tuple[ConfirmsTasks, AppProcess | None]) -> None:
         settings = replace(self.base, database_url=db.url)
         terms = search_terms(db.size, total=self.args.queries)
@@ -461,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(args, stack, workdir)
             bench.log(f"bench: sizes {args.sizes}, workers {args.workers}, repeat {args.repeat};"
                       f" logs in {workdir}")
-            for phase in ("schemes", "throughput", "slack", "bcrypt", "large", "small", "eta"):
+            for phase in ("schemes", "throughput", "slack", "bcrypt", "large", "picker", "small",
+                          "eta"):
                 if phase in args.phases:
                     getattr(bench, phase)()
             bench.report.seconds = time.monotonic() - started

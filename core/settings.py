@@ -670,6 +670,12 @@ class Settings:
         "(0: no reminder)",
         parse=integer(0, 7 * 86400),
     )
+    directory_search_refresh: float = setting(
+        "DIRECTORY_SEARCH_REFRESH", 30.0,
+        "seconds after which the user picker's in-memory copy of a directory resetbot does not "
+        "own is read again, in the background while searches go on",
+        parse=seconds(3600),
+    )
 
     @property
     def max_mail_attempts(self) -> int:

@@ -87,3 +87,42 @@ def test_the_small_task_and_eta_phases_run_at_a_tiny_size(tmp_path: Path) -> Non
     assert result["small_median_s"] > 0
     (eta,) = result["eta"]
     assert eta["status"] == "completed" and eta["mode"] == "default"
+
+
+def test_picker_terms_cover_what_people_type() -> None:
+    from bench.koha import picker_terms, synth_borrowers
+
+    terms = picker_terms(500, total=50)
+    assert len(terms) == 50
+    assert {t.kind for t in terms} == {"name", "username", "card", "email", "miss"}
+    borrowers = list(synth_borrowers(500))
+    assert any(b.userid is None for b in borrowers) and any(b.flags for b in borrowers)
+    texts = [f"{b.userid} {b.firstname} {b.surname} {b.cardnumber} {b.email}".lower()
+             for b in borrowers]
+    for term in terms:
+        hits = sum(term.term.lower() in text for text in texts)
+        assert (hits == 0) == (term.kind == "miss"), term
+
+
+@pytest.mark.postgres
+def test_the_picker_phase_runs_on_every_database_at_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert main([
+        "--phases", "picker", "--sizes", "300", "--throughput-max", "60", "--queries", "20",
+        "--out", str(out),
+    ]) == 0
+    result = json.loads(out.read_text())
+    rows = {(r["db"], r["via"]): r["search"] for r in result["picker"]}
+    assert set(rows) == {
+        ("postgresql", "sql (trigram index)"), ("sqlite", "sql (trigram index)"),
+        *((db, via) for db in ("mariadb", "postgresql", "sqlite")
+          for via in ("copy", "copy during reload", "copy reload, 20ms apart", "direct sql")),
+    }
+    for (db, via), search in rows.items():
+        assert search["p99_ms"] > 0, (db, via)
+        assert search["n"] == (10 if via == "direct sql" else 20) or "reload" in via
+    assert [c["db"] for c in result["search_copy"]] == ["mariadb", "postgresql", "sqlite"]
+    for copy in result["search_copy"]:
+        assert copy["rows"] == 300 and copy["build_s"] > 0 and copy["reload_s"] > 0
+        assert 0 < copy["memory_mb"] <= copy["memory_peak_mb"]
+    assert any(t["name"].startswith("options search p99") for t in result["targets"])

@@ -1,0 +1,390 @@
+"""The user picker's search over a directory resetbot does not own, held in the app's memory.
+
+A library system's users table (Koha's `borrowers`) may get no index, trigger or table from
+resetbot, and a `LIKE '%term%'` over four columns of 100,000 rows takes far longer than an
+options request may. So the app keeps a copy of just what the picker shows and searches, folded
+for matching, and reads the table again in the background once the copy is older than
+`DIRECTORY_SEARCH_REFRESH`. The copy only ever suggests ids: whatever a reset acts on is checked
+against the directory itself when the preview is made.
+
+How a search runs: every user's folded text (username, name, card number, e-mail) sits in one
+string, in username order, each field and each user ended by a separator no search term holds.
+`str.find` walks that string at C speed; the offset of a hit names its user (a binary search
+over where each user's text starts), and the walk goes on from the next user. The first
+`limit` hits are therefore the first `limit` matches by username, and a miss costs one pass.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import threading
+import time
+import unicodedata
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from sqlalchemy import Engine, Select
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.errors import ResetbotError
+
+logger = logging.getLogger(__name__)
+
+#: Ends each field and each user in the searched text; removed from terms and from the fields.
+SEPARATOR = "\x00"
+#: What a failed read of the directory may raise and still leave the old copy in use.
+LOAD_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
+#: Rows fetched per round trip while the copy is read (a driver decoding a batch in C holds the
+#: interpreter meanwhile: small batches keep searches answered during a reload).
+FETCH_BATCH = 1000
+#: Rows handled by one call into C while a copy is built (sorted, joined), for the same reason.
+STEP = 4096
+DEFAULT_LIMIT = 100
+#: After a failed read, seconds before a search may start another (a directory that is down
+#: is not asked again at every keystroke).
+RETRY_AFTER = 5.0
+
+
+class SearchRow(NamedTuple):
+    """One user as the picker shows and searches it."""
+
+    id: int
+    username: str
+    display_name: str
+    card_number: str | None
+    email: str | None
+    is_staff: bool
+
+
+class SearchUnavailable(ResetbotError):
+    """No copy of the directory could be read yet, so nothing can be searched."""
+
+
+def fold(text: str) -> str:
+    """The form both the searched text and the term take: NFC, accents dropped, casefolded.
+
+    "Müller", "MULLER" and "muller" all fold to "muller"; "Straße" to "strasse". Folding both
+    sides the same way is what makes the match insensitive to case and accents, as MariaDB's
+    default collation is.
+    """
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text)
+    bare = "".join(char for char in decomposed if not unicodedata.combining(char))
+    return unicodedata.normalize("NFC", bare.casefold())
+
+
+def _shown_text(username: str, name: str, card: str | None, email: str | None) -> str:
+    """A user's fields as read, each one ended by the separator (which no field may hold)."""
+    parts = (username, name, card or "", email or "")
+    joined = SEPARATOR.join(parts)
+    if joined.count(SEPARATOR) != len(parts) - 1:  # a NUL inside a field: never, really
+        joined = SEPARATOR.join(part.replace(SEPARATOR, "") for part in parts)
+    return joined + SEPARATOR
+
+
+def _username_order(texts: list[bytes]) -> list[int]:
+    """Row indexes in username order, sorted in short runs merged in Python so that the reload
+    thread gives the interpreter back to searches every few milliseconds (one `sorted` of
+    100,000 strings holds it for ~40 ms).
+
+    A text begins with the folded username and its separator, which sorts before any
+    character: ordering the texts orders the users by username ("ann" before "anna"); UTF-8
+    bytes sort as their characters do.
+    """
+    key = texts.__getitem__
+    runs = [
+        sorted(range(start, min(start + STEP, len(texts))), key=key)
+        for start in range(0, len(texts), STEP)
+    ]
+    if len(runs) <= 1:
+        return runs[0] if runs else []
+    return list(heapq.merge(*runs, key=key))
+
+
+def _joined(parts: list[bytes]) -> tuple[bytes, array[int]]:
+    """The parts in one bytes object, and where each begins (plus where the last one ends)."""
+    starts = array("q")
+    position = 0
+    for part in parts:
+        starts.append(position)
+        position += len(part)
+    starts.append(position)
+    joined = b"".join(
+        [b"".join(parts[start:start + STEP]) for start in range(0, len(parts), STEP)]
+    )
+    return joined, starts
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One complete, immutable copy: searched by many threads, replaced whole, never changed.
+
+    No object per user: the users' fields as read and as folded sit in two UTF-8 byte strings
+    (one byte per character of a Latin name, where a str holding one emoji would take four),
+    with arrays of where each user begins, of ids and of staff flags, all in username order.
+    About 16 MB for 100,000 users, where a tuple of four strings per user took 44 MB, and
+    nothing for the garbage collector to walk: 100,000 tracked tuples made each full
+    collection (which a reload sets off) stop every thread for ~150 ms.
+    A UTF-8 needle can only match a UTF-8 text at a character's start, so searching the bytes
+    is searching the characters.
+    """
+
+    ids: array[int]
+    staff: bytes  # 1 for staff, per user
+    shown: bytes  # each user's fields as read
+    shown_starts: array[int]  # where each user begins in `shown`, then where it ends
+    text: bytes  # each user's fields folded
+    starts: array[int]  # where each user begins in `text`, then where it ends
+    loaded_at: float  # the clock when the read that made it began
+
+    @classmethod
+    def build(cls, rows: Iterable[SearchRow], loaded_at: float) -> Snapshot:
+        ids: array[int] = array("q")
+        staff = bytearray()
+        shown: list[bytes] = []
+        texts: list[bytes] = []
+        for user_id, username, name, card, email, is_staff in rows:
+            fields = _shown_text(username, name, card, email)
+            ids.append(user_id)
+            staff.append(1 if is_staff else 0)
+            shown.append(fields.encode())
+            texts.append(fold(fields).encode())
+        order = _username_order(texts)
+        shown_text, shown_starts = _joined([shown[index] for index in order])
+        del shown  # the parts, now joined: at 100,000 users each list holds ~10 MB
+        text, starts = _joined([texts[index] for index in order])
+        del texts
+        return cls(
+            ids=array("q", [ids[index] for index in order]),
+            staff=bytes([staff[index] for index in order]),
+            shown=shown_text, shown_starts=shown_starts,
+            text=text, starts=starts,
+            loaded_at=loaded_at,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, index: int) -> SearchRow:
+        start, end = self.shown_starts[index], self.shown_starts[index + 1]
+        username, name, card, email, _end = self.shown[start:end].decode().split(SEPARATOR)
+        return SearchRow(self.ids[index], username, name, card or None, email or None,
+                         self.staff[index] == 1)
+
+    def search(self, term: str, limit: int) -> list[SearchRow]:
+        if limit <= 0:
+            return []
+        needle = fold(term.replace(SEPARATOR, "").strip()).encode()
+        if not needle:
+            return [self.row(index) for index in range(min(limit, len(self)))]
+        text, starts = self.text, self.starts
+        found: list[int] = []
+        at = text.find(needle)
+        while at >= 0:
+            index = bisect_right(starts, at) - 1
+            found.append(index)
+            if len(found) == limit:
+                break
+            at = text.find(needle, starts[index + 1])
+        return [self.row(index) for index in found]
+
+
+class SearchCopy:
+    """An in-memory copy of a directory for the user picker, refreshed in the background.
+
+    `load_rows` reads the whole directory (any iterable of SearchRow; see `load_rows` below).
+    Only the very first read may keep a search waiting (unless `reload()` or
+    `refresh_if_stale()` made it at start); after that no search waits: a copy older than
+    `max_age` seconds is read again in a background thread while searches go on with the old
+    one, and a failed read keeps it (and is tried again `retry_after` seconds later at the
+    soonest). Without any copy yet, a search raises SearchUnavailable.
+    """
+
+    def __init__(
+        self,
+        load_rows: Callable[[], Iterable[SearchRow]],
+        max_age: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        retry_after: float = RETRY_AFTER,
+        errors: tuple[type[BaseException], ...] = LOAD_ERRORS,
+    ) -> None:
+        self._load_rows = load_rows
+        self._max_age = max_age
+        self._clock = clock
+        self._retry_after = retry_after
+        self._errors = errors
+        self._snapshot: Snapshot | None = None
+        self._reading = threading.Lock()  # one read of the directory at a time
+        self._state = threading.Lock()  # guards the fields below
+        self._reloading = False
+        self._attempts = 0
+        self._failures = 0  # reads failed in a row; the first of a streak is logged
+        self._retry_at = -math.inf  # no background read starts before this (after a failure)
+        self._idle = threading.Event()
+        self._idle.set()
+
+    # -- what the picker calls -----------------------------------------------------------------
+
+    def search(self, term: str, limit: int = DEFAULT_LIMIT) -> list[SearchRow]:
+        """Users whose username, name, card number or e-mail holds `term` (case and accents
+        aside): at most `limit`, the first by username. An empty term: the first `limit`.
+
+        Raises SearchUnavailable while no copy could be read yet.
+        """
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = self._first_snapshot()
+        elif self._is_stale(snapshot):
+            self._reload_in_background()
+        return snapshot.search(term, limit)
+
+    def refresh_if_stale(self) -> None:
+        """Start a background read if the copy is old (e.g. when the picker's form opens, so
+        the person's first keystrokes already search fresh data). Never waits."""
+        snapshot = self._snapshot
+        if snapshot is None or self._is_stale(snapshot):
+            self._reload_in_background()
+
+    # -- reading the directory -----------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Read the directory now, in this thread (at start). False: the read failed (logged)
+        and the old copy, if any, stays."""
+        with self._reading:
+            return self._read()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no background read is running; False if `timeout` passed first."""
+        return self._idle.wait(timeout)
+
+    @property
+    def loaded_at(self) -> float | None:
+        """The clock when the current copy's read began; None before the first."""
+        snapshot = self._snapshot
+        return None if snapshot is None else snapshot.loaded_at
+
+    def __len__(self) -> int:
+        snapshot = self._snapshot
+        return 0 if snapshot is None else len(snapshot)
+
+    def _is_stale(self, snapshot: Snapshot) -> bool:
+        return self._clock() - snapshot.loaded_at >= self._max_age
+
+    def _first_snapshot(self) -> Snapshot:
+        """The very first copy, read while the request waits (requests arriving meanwhile wait
+        for that same read). Once a read has failed, no request waits for another: it starts
+        one in the background and is told search is not available."""
+        if self._attempts == 0:
+            with self._reading:
+                if self._snapshot is None and self._attempts == 0:
+                    self._read()
+        snapshot = self._snapshot
+        if snapshot is None:
+            self._reload_in_background()
+            raise SearchUnavailable(
+                "The user search is not available: the directory could not be read. "
+                "Try again in a moment."
+            )
+        return snapshot
+
+    def _reload_in_background(self) -> None:
+        with self._state:
+            if self._reloading or self._clock() < self._retry_at:
+                return
+            self._reloading = True
+            self._idle.clear()
+        thread = threading.Thread(
+            target=self._background_reload, name="resetbot-search-copy", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the next search asks again
+            self._background_done()
+            raise
+
+    def _background_reload(self) -> None:
+        try:
+            self.reload()
+        finally:
+            self._background_done()
+
+    def _background_done(self) -> None:
+        with self._state:
+            self._reloading = False
+            self._idle.set()
+
+    def _read(self) -> bool:
+        """One read of the whole directory into a new copy; the caller holds `_reading`."""
+        started = self._clock()
+        try:
+            snapshot = Snapshot.build(self._load_rows(), loaded_at=started)
+        except self._errors as error:
+            self._failed(error)
+            return False
+        self._snapshot = snapshot  # one reference swap: searches see the old or the new copy
+        self._succeeded(len(snapshot), self._clock() - started)
+        return True
+
+    def _failed(self, error: BaseException) -> None:
+        with self._state:
+            self._attempts += 1
+            self._failures += 1
+            self._retry_at = self._clock() + self._retry_after
+            first_of_streak = self._failures == 1
+        if first_of_streak:
+            # The class names only: a driver's message may quote a URL or a statement.
+            logger.warning(
+                "directory search copy: reading the directory failed (%s); %s",
+                _error_name(error),
+                "searches use the previous copy" if self._snapshot is not None
+                else "the user search is not available until a read succeeds",
+            )
+
+    def _succeeded(self, users: int, seconds: float) -> None:
+        with self._state:
+            self._attempts += 1
+            failures, self._failures = self._failures, 0
+            self._retry_at = -math.inf
+        if failures:
+            logger.warning("directory search copy: read again after %d failed attempt(s)",
+                           failures)
+        logger.debug("directory search copy: %d users read in %.2f s", users, seconds)
+
+
+def _error_name(error: BaseException) -> str:
+    original = getattr(error, "orig", None)
+    name = type(error).__name__
+    return f"{name} from {type(original).__name__}" if original is not None else name
+
+
+def load_rows(engine: Engine, query: Select[Any], batch: int = FETCH_BATCH) -> Iterator[SearchRow]:
+    """Stream a directory's users as SearchRows from `query`, whose six columns are, in order:
+    id, username, display name, card number, e-mail, staff (anything true for staff).
+
+    Rows come in batches on a server-side cursor where the driver has one (no ORM objects, no
+    100,000-row buffer); empty names become "", empty card numbers and e-mails None.
+    """
+    with engine.connect() as connection:
+        result = connection.execution_options(stream_results=True, yield_per=batch).execute(
+            query
+        )
+        for user_id, username, display_name, card_number, email, staff in result:
+            yield SearchRow(
+                int(user_id),
+                _text(username),
+                _text(display_name).strip(),
+                _text(card_number) or None,
+                _text(email) or None,
+                bool(staff),
+            )
+
+
+def _text(value: object) -> str:
+    return "" if value is None else value if isinstance(value, str) else str(value)
