@@ -71,5 +71,11 @@ def koha_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "ratio": round(statistics.median(r["ratio"] for r in runs), 3),
             "ratios": [round(r["ratio"], 3) for r in runs],
             "users_per_s": round(statistics.median(r["users_per_s"] for r in runs), 1),
+            # The workers' whole CPU over their hashing CPU: resetbot's own cost per user,
+            # whatever else the machine runs meanwhile (which the wall-time ratio includes).
+            "cpu_ratio": round(statistics.median(
+                r["worker_cpu_s"] / r["hash_cpu_s"] for r in runs if r["hash_cpu_s"]
+            ), 3) if any(r["hash_cpu_s"] for r in runs) else None,
+            "foreign_max": max(r["foreign_load"] for r in runs),
         })
     return summary

@@ -276,11 +276,13 @@ class Report:
             lines.append("Tasks on a Koha directory (borrowers on MariaDB, state on PostgreSQL),"
                          " bcrypt $2a$ cost 8; median of runs")
             lines.append(_row(["users", "directory", "mode", "workers", "runs", "hash ms",
-                               "floor s", "wall s", "ratio", "users/s", "ratios"]))
+                               "floor s", "wall s", "ratio", "users/s", "cpu ratio", "foreign",
+                               "ratios"]))
             for r in koha:
                 lines.append(_row([f"{r['size']:,}", r["directory"], r["mode"], r["workers"],
                                    r["runs"], r["hash_ms"], r["floor_s"], r["wall_s"],
-                                   f"{r['ratio']:.3f}", r["users_per_s"], r["ratios"]]))
+                                   f"{r['ratio']:.3f}", r["users_per_s"], r["cpu_ratio"],
+                                   f"{r['foreign_max']:.0%}", r["ratios"]]))
         for r in self.koha_preview:
             lines.append(f"  preview at {r['size']:,} Koha users ({r['via']}): p50 "
                          f"{r['preview']['p50_ms']} ms, max {r['preview']['max_ms']} ms")

@@ -150,6 +150,7 @@ def test_the_koha_phase_runs_whole_tasks_on_mariadb_at_a_tiny_size(tmp_path: Pat
     generated = next(r for r in runs if r["mode"] == "generated")
     assert generated["mails"] == generated["counts"].get("notified") > 0
     assert [r["size"] for r in result["koha_summary"]] == [40, 40]
+    assert all(r["cpu_ratio"] >= 1 for r in result["koha_summary"])
     [preview] = result["koha_preview"]
     assert preview["size"] == 200 and preview["preview"]["max_ms"] > 0
     assert any(t["name"].startswith("40-user task on Koha") for t in result["targets"])
