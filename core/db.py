@@ -11,18 +11,32 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import ConfigError
 
+#: SQLAlchemy's backend names for MariaDB and MySQL (`mariadb://` URLs get their own).
+MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
+
 #: What DATABASE_URL should look like, for refusals.
-EXPECTED_URL = "expected sqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
+EXPECTED_URL = (
+    "expected sqlite:///FILE, postgresql+psycopg://USER@HOST/DB "
+    "or mysql+pymysql://USER@HOST/DB"
+)
+#: Bare schemes and the driver resetbot ships for each: the bare scheme would ask SQLAlchemy
+#: for a driver that is not installed (psycopg2, mysqlclient).
+SHIPPED_DRIVERS = {
+    "postgresql://": "postgresql+psycopg://",
+    "mysql://": "mysql+pymysql://",
+    "mariadb://": "mariadb+pymysql://",
+}
+#: Seconds a pooled MariaDB/MySQL connection is kept: the server closes idle ones
+#: (`wait_timeout`, often lowered from 8 hours by hosting defaults).
+MYSQL_POOL_RECYCLE = 3600
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """An engine tuned for resetbot's access pattern on SQLite and PostgreSQL.
+    """An engine tuned for resetbot's access pattern on SQLite, PostgreSQL and MariaDB/MySQL.
 
     Raises ConfigError (one line naming DATABASE_URL) for a URL no installed driver can open.
     """
-    if database_url.startswith("postgresql://"):
-        # psycopg 3 is the driver we ship; the bare scheme would ask for psycopg2.
-        database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+    database_url = with_shipped_driver(database_url)
     try:
         return _create_engine(database_url, **kwargs)
     except NoSuchModuleError:  # (an ArgumentError too)
@@ -35,8 +49,16 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     except ImportError as error:  # the dialect is known, its driver is not installed
         raise ConfigError(
             f"DATABASE_URL: the driver for {_driver(database_url)!r} is not installed "
-            f"({error}); resetbot ships psycopg 3 ({EXPECTED_URL})"
+            f"({error}); resetbot ships psycopg 3 and PyMySQL ({EXPECTED_URL})"
         ) from None
+
+
+def with_shipped_driver(database_url: str) -> str:
+    """`postgresql://`, `mysql://` and `mariadb://` name the driver resetbot ships."""
+    for bare, shipped in SHIPPED_DRIVERS.items():
+        if database_url.startswith(bare):
+            return shipped + database_url[len(bare) :]
+    return database_url
 
 
 def _driver(database_url: str) -> str:
@@ -54,6 +76,12 @@ def _create_engine(database_url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if make_url(database_url).get_backend_name() in MYSQL_BACKENDS:
+        kwargs.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
+        # PostgreSQL's default: each statement sees what was committed before it. InnoDB's own
+        # default (REPEATABLE READ) would show a transaction its first snapshot over and over,
+        # and its gap locks would make concurrent claims wait on each other.
+        kwargs.setdefault("isolation_level", "READ COMMITTED")
     return create_engine(database_url, **kwargs)
 
 

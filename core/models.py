@@ -21,10 +21,15 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.mysql import DATETIME
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from core.settings import DirectoryNames
+
+#: A timestamp column's type: on MariaDB/MySQL with microseconds (a bare DATETIME drops them,
+#: and leases, retries and the audit log are ordered by them).
+UTC_DATETIME = DateTime(timezone=True).with_variant(DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def utcnow() -> datetime:
@@ -36,9 +41,10 @@ class UtcDateTime(TypeDecorator[datetime]):
 
     SQLite keeps no zone and hands back naive values; everything resetbot writes is UTC, so the
     zone is put back here, once, instead of at every place that compares with `utcnow()`.
+    MariaDB/MySQL keep no zone either, and whole seconds unless asked for microseconds.
     """
 
-    impl = DateTime(timezone=True)
+    impl = UTC_DATETIME
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:

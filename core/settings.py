@@ -298,13 +298,12 @@ def _database_url(name: str, raw: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    from core.db import EXPECTED_URL
+
     try:
         url = make_url(raw)
     except ArgumentError:  # the value may hold a password: not shown
-        raise ConfigError(
-            f"{name} is not a database URL (expected sqlite:///FILE or "
-            "postgresql+psycopg://USER@HOST/DB)"
-        ) from None
+        raise ConfigError(f"{name} is not a database URL ({EXPECTED_URL})") from None
     database = url.database or ""
     if url.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not (
         database.startswith("file:")
@@ -432,7 +431,8 @@ class Settings:
     database_url: str = setting(
         "DATABASE_URL", "sqlite:///resetbot.db",
         "SQLAlchemy URL; PostgreSQL: `postgresql+psycopg://user:pass@host/db` "
-        "(`postgresql://` works too). A SQLite file's folder must exist",
+        "(`postgresql://` works too); MariaDB/MySQL: `mysql+pymysql://user:pass@host:3306/db` "
+        "(`mysql://`, `mariadb://` work too). A SQLite file's folder must exist",
         parse=_database_url,
     )
     redis_url: str | None = setting(
