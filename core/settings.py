@@ -438,8 +438,8 @@ class Settings:
     redis_url: str | None = setting(
         "REDIS_URL", None,
         "`redis://host:6379/0`. Unset: an embedded Redis for single-host use, with its files in "
-        "`.resetbot/` beside the SQLite file (in the working directory for PostgreSQL). Every "
-        "resetbot process on the host that uses the same database shares it",
+        "`.resetbot/` beside the SQLite file (in the working directory for PostgreSQL and "
+        "MariaDB/MySQL). Every resetbot process on the host that uses the same database shares it",
         parse=_redis_url,
     )
     reset_queue: str = setting("RESET_QUEUE", "resetbot", "RQ queue name", parse=text)

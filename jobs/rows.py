@@ -61,8 +61,13 @@ def update_returning(
         if limit is not None:
             candidates = select(ResetItem.id).where(*where).order_by(order).limit(limit)
             if session.get_bind().dialect.name == "postgresql":
-                candidates = candidates.with_for_update(of=ResetItem, skip_locked=True)
-            statement = statement.where(ResetItem.id.in_(candidates.scalar_subquery()))
+                # In a CTE, run once: as a subquery PostgreSQL may run it again for each row,
+                # each time skipping the rows this UPDATE just changed, taking far more than
+                # `limit` rows (a whole chunk in one claim).
+                locked = candidates.with_for_update(of=ResetItem, skip_locked=True).cte()
+                statement = statement.where(ResetItem.id.in_(select(locked.c.id)))
+            else:
+                statement = statement.where(ResetItem.id.in_(candidates.scalar_subquery()))
         rows = session.execute(
             statement.where(*where)
             .values(**values)
