@@ -203,7 +203,7 @@ class StartLock(Base):
 
     Tasks whose users do not overlap run side by side; whether a task may start depends on the
     other running tasks, so two starts deciding at once could each miss the other. Taking this
-    row's lock first makes the checks take turns, on SQLite and PostgreSQL alike.
+    row's lock first makes the checks take turns, on SQLite, PostgreSQL and MariaDB alike.
     """
 
     __tablename__ = "task_start_lock"

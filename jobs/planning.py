@@ -77,8 +77,9 @@ def _start_if_clear(
     (started, the running task it waits for, whether that wait is said for the first time).
     Every start check holds the start lock until its commit, so two checks never decide at
     once: a task marked running here is seen by the next check. A row lock taken by an UPDATE
-    works the same on both databases (PostgreSQL holds the row until commit, SQLite the whole
-    database), where a serialisable check would make PostgreSQL fail one of two racing starts
+    works the same on every database (PostgreSQL and MariaDB hold the row until commit, SQLite
+    the whole database; MariaDB reads READ COMMITTED, so the next check sees what this one
+    committed), where a serialisable check would make PostgreSQL fail one of two racing starts
     and SQLite would need another spelling; the checks are short, so taking turns costs
     nothing that shows. A task ending needs no lock: it only lets others start, and it wakes
     the waiting tasks after its commit (`start_next_queued`).
