@@ -21,15 +21,11 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.dialects.mysql import DATETIME
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
 from core.settings import DirectoryNames
-
-#: A timestamp column's type: on MariaDB/MySQL with microseconds (a bare DATETIME drops them,
-#: and leases, retries and the audit log are ordered by them).
-UTC_DATETIME = DateTime(timezone=True).with_variant(DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def utcnow() -> datetime:
@@ -44,8 +40,17 @@ class UtcDateTime(TypeDecorator[datetime]):
     MariaDB/MySQL keep no zone either, and whole seconds unless asked for microseconds.
     """
 
-    impl = UTC_DATETIME
+    impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            # Microseconds: a bare DATETIME keeps whole seconds, and leases, retries and the
+            # audit log are ordered by these. (Imported here: other databases never load it.)
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return DATETIME(fsp=6)
+        return super().load_dialect_impl(dialect)
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is not None:

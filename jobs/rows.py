@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, select, update
-from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -121,6 +120,8 @@ def insert_unless_present(session: Session, table: Any, **values: Any) -> None:
     """
     dialect = session.get_bind().dialect.name
     if dialect in MYSQL_BACKENDS:
+        from sqlalchemy.dialects.mysql import insert as mysql_insert  # loaded only on MySQL
+
         # The key set to itself: an update that changes nothing (INSERT IGNORE would also
         # silence errors other than the duplicate).
         key = next(iter(values))
