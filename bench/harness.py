@@ -179,7 +179,7 @@ def database(kind: str, size: int, settings: Settings) -> Iterator[Database]:
     opener = postgres_database if kind == "postgresql" else sqlite_database
     with opener() as url:
         engine = make_engine(url)
-        directory = Directory(settings.directory)
+        directory = Directory.own_table(engine, settings.directory)
         try:
             create_schema(engine, directory)
             seconds = populate(engine, directory, size)

@@ -52,8 +52,8 @@ def search_latency_core(
     result = Latencies()
     for term in terms:
         started = time.perf_counter()
-        with sessions() as session:
-            found = directory.search(session, term.term)
+        with sessions():  # kept, so the figures stay comparable with earlier runs
+            found = directory.search(term.term)
         result.add(time.perf_counter() - started, term.kind)
         assert len(found) <= 100
     return result
@@ -81,7 +81,7 @@ def preview_latency_core(
         for request in preview_requests():
             started = time.perf_counter()
             with sessions() as session:
-                tasks.validate_request(session, settings, directory, request)
+                tasks.validate_request(settings, directory, request)
                 tasks.create_pending(session, settings, request)
                 session.commit()
             result.add(time.perf_counter() - started, request.scope.value)

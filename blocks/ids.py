@@ -24,6 +24,8 @@ REQUIRE_CHANGE_YES = "yes"
 NO_EMAIL = "no_email"
 #: The password staff type for users without an address (choice `set`).
 NO_EMAIL_PASSWORD = "no_email_password"  # noqa: S105 - a block id, not a password
+#: When the reset starts (a datetimepicker; empty: now).
+START_AT = "start_at"
 
 # ---- buttons ----------------------------------------------------------------------------------
 
@@ -35,3 +37,8 @@ ACTION_OPEN_THREAD = "open_thread"
 ACTION_CANCEL = "cancel_task"
 #: On an ended task's parent message, when mails failed.
 ACTION_RETRY_FAILED = "retry_failed"
+#: On a task's parent message while it awaits a second admin's approval; value = task id.
+ACTION_APPROVE = "approve_task"
+ACTION_REJECT = "reject_task"
+#: On a scheduled task held at its start because its counts changed: start it anyway.
+ACTION_CONFIRM_SCHEDULED = "confirm_scheduled"

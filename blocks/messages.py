@@ -11,9 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from blocks.ids import ACTION_CANCEL, ACTION_RETRY_FAILED
+from blocks.ids import (
+    ACTION_APPROVE,
+    ACTION_CANCEL,
+    ACTION_CONFIRM_SCHEDULED,
+    ACTION_REJECT,
+    ACTION_RETRY_FAILED,
+)
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
     OUTCOME_LABELS,
@@ -24,14 +31,20 @@ from blocks.text import (
     plural,
     progress_bar,
     requester_mention,
+    schedule_date,
+    scheduled_line,
     scope_summary,
     slack_date,
+    span_words,
+    starts_if_approved,
     status_label,
     truncate,
+    until_words,
 )
 from core.csvsafe import to_csv
 from core.models import ItemState, Mode, TaskStatus
 from core.progress import TaskSnapshot, duration_words, pace_words
+from core.schedule import ON_TIME
 
 #: Longest piece of user text (a name, an error) shown in a message.
 NAME_LIMIT = 80
@@ -99,6 +112,10 @@ def who_asked(task: TaskSnapshot) -> str:
 
 
 def progress_line(task: TaskSnapshot) -> str:
+    if task.held:
+        return held_note(task)
+    if task.status is TaskStatus.SCHEDULED and task.start_at is not None:
+        return scheduled_line(task.start_at)
     if not task.planned and not task.total:
         return "Working out who is in scope…"
     counted = f"{task.done:,} of {plural(task.total, 'user')} done"
@@ -163,10 +180,11 @@ def parent_message(
         details.append(f"*New password at next login* {change}")
     if task.retry_of:
         details.append(f"*Retry of* reset #{task.retry_of}")
+    details.extend(approval_details(task))
     blocks: list[Block] = [
         {"type": "header", "text": plain(task_title(task), 150)},
         section("\n".join(details)),
-        section(progress_line(task)),
+        section(approval_note(task) if task.status in NOT_STARTED else progress_line(task)),
     ]
     outcomes = outcome_line(task)
     if outcomes:
@@ -187,14 +205,110 @@ def parent_message(
 
 
 def parent_buttons(task: TaskSnapshot) -> list[Block]:
-    """Cancel while it runs; Retry failed notifications once it has ended with failed mails."""
+    """Approve and Reject while it awaits approval; Cancel while it waits for its start time
+    or runs; Retry failed notifications once it has ended with failed mails.
+
+    A scheduled task held because its counts changed also offers to start it anyway.
+    """
+    if task.status is TaskStatus.AWAITING_APPROVAL:
+        return [approve_button(task.id), reject_button(task.id)]
     if not task.status.is_final:
         if task.cancel_requested:
             return []
+        if task.held:
+            return [confirm_scheduled_button(task), cancel_button(task.id)]
         return [cancel_button(task.id)]
     if task.counts.get(ItemState.NOTIFY_FAILED, 0):
         return [retry_failed_button(task.id, task.counts[ItemState.NOTIFY_FAILED])]
     return []
+
+
+# ---- four-eyes approval ----------------------------------------------------------------------
+
+#: Statuses of a task that never started because it was (not yet) approved: no progress to show.
+NOT_STARTED = frozenset({TaskStatus.AWAITING_APPROVAL, TaskStatus.REJECTED, TaskStatus.EXPIRED})
+
+
+def approval_details(task: TaskSnapshot) -> list[str]:
+    """The counts approvers are shown, and who approved or rejected it."""
+    approval = task.approval
+    if approval is None:
+        return []
+    lines = []
+    if approval.preview is not None and task.status in NOT_STARTED:
+        counts = approval.preview
+        lines.append(
+            f"*Users to reset* {counts.users:,} · with e-mail {counts.emailable:,} · "
+            f"without e-mail {counts.without_email:,} · staff {counts.staff:,}"
+        )
+    if approval.approved_by:
+        lines.append(f"*Approved by* {requester_mention(approval.approved_by)}")
+    if approval.rejected_by:
+        lines.append(f"*Rejected by* {requester_mention(approval.rejected_by)}")
+    return lines
+
+
+def expired_at_start(task: TaskSnapshot) -> bool:
+    """A scheduled reset's request that expired because its start time came first."""
+    approval = task.approval
+    return (task.start_at is not None and approval is not None
+            and approval.expires_at is not None and approval.expires_at >= task.start_at)
+
+
+def approval_note(task: TaskSnapshot) -> str:
+    """What a task that has not started because of approval says instead of its progress."""
+    approval = task.approval
+    if task.status is TaskStatus.REJECTED:
+        by = requester_mention(approval.rejected_by) if approval and approval.rejected_by else ""
+        return f":no_entry: Rejected{f' by {by}' if by else ''}: nothing was changed."
+    if task.status is TaskStatus.EXPIRED:
+        when = "before its start time" if expired_at_start(task) else "in time"
+        return f":hourglass: Nobody approved it {when}: the request expired and nothing was " \
+               "changed."
+    note = (":raised_hand: *Another admin must approve this reset* before anything changes; "
+            "whoever asked for it cannot.")
+    if approval is not None and approval.expires_at is not None:
+        note += f" The request expires {slack_date(approval.expires_at)}."
+    if task.start_at is not None:
+        note += "\n" + starts_if_approved(task.start_at)
+    if approval is not None and approval.recounted:
+        note += "\n:warning: The directory changed since the request: these are the new counts."
+    if approval is not None and approval.preview is None:
+        note += "\nThe users were not counted: *Approve* counts them first."
+    return note
+
+
+def approve_button(task_id: int) -> Block:
+    return {
+        "type": "button",
+        "action_id": ACTION_APPROVE,
+        "value": str(task_id),
+        "style": "primary",
+        "text": plain("Approve", 75),
+        "confirm": {
+            "title": plain(f"Approve reset #{task_id}?", 100),
+            "text": mrkdwn("The passwords of the users counted above are reset as soon as "
+                           "you approve.", 300),
+            "confirm": plain("Approve", 30),
+            "deny": plain("Not yet", 30),
+        },
+    }
+
+
+def reject_button(task_id: int) -> Block:
+    return {
+        "type": "button",
+        "action_id": ACTION_REJECT,
+        "value": str(task_id),
+        "style": "danger",
+        "text": plain("Reject", 75),
+    }
+
+
+def approval_end_reply(task: TaskSnapshot) -> SlackMessage:
+    """The thread's last word on a reset that was never approved."""
+    text = f"{STATUS_EMOJI[task.status]} *Reset #{task.id}*: {approval_note(task)}"
+    return SlackMessage(text, [section(text)])
 
 
 def cancel_button(task_id: int) -> Block:
@@ -212,6 +326,24 @@ def cancel_button(task_id: int) -> Block:
             ),
             "confirm": plain("Stop it", 30),
             "deny": plain("Keep going", 30),
+        },
+    }
+
+
+def confirm_scheduled_button(task: TaskSnapshot) -> Block:
+    users = task.recheck_users or 0
+    return {
+        "type": "button",
+        "action_id": ACTION_CONFIRM_SCHEDULED,
+        "value": str(task.id),
+        "style": "primary",
+        "text": plain("Start now", 75),
+        "confirm": {
+            "title": plain(f"Start reset #{task.id}?", 100),
+            "text": mrkdwn(f"The passwords of {plural(users, 'user')} (the count taken now) "
+                           "will be reset.", 300),
+            "confirm": plain("Start it", 30),
+            "deny": plain("Not now", 30),
         },
     }
 
@@ -247,6 +379,41 @@ def started_reply(task: TaskSnapshot) -> SlackMessage:
         text = f":arrow_forward: Started: {what}, for {plural(task.total, 'user')}."
     else:
         text = f":arrow_forward: Started: {what}. Progress shows in the message above."
+    return SlackMessage(text, [section(text)])
+
+
+def held_note(task: TaskSnapshot) -> str:
+    """What the parent says while a scheduled task waits for a new confirmation."""
+    return (f":raised_hand: *Waiting for a new confirmation*: {counts_compared(task)} "
+            "*Start now* resets them; *Cancel* leaves everyone alone.")
+
+
+def counts_compared(task: TaskSnapshot) -> str:
+    """"The count taken now is 150 users (118 when it was scheduled)."."""
+    now = task.recheck_users if task.recheck_users is not None else 0
+    then = "" if task.preview_users is None else f" ({task.preview_users:,} when it was scheduled)"
+    return f"The count taken now is {plural(now, 'user')}{then}."
+
+
+def reminder_reply(task: TaskSnapshot, now: datetime) -> SlackMessage:
+    """An hour (RESET_SCHEDULE_REMINDER) before a scheduled reset starts."""
+    assert task.start_at is not None
+    text = (f":alarm_clock: Reminder: reset #{task.id} starts {until_words(task.start_at, now)} "
+            f"({schedule_date(task.start_at)}). *Cancel* above stops it; nothing has changed "
+            "yet.")
+    return SlackMessage(text, [section(text)])
+
+
+def start_reached_reply(task: TaskSnapshot, late_seconds: int) -> SlackMessage:
+    """Its time came: started (on time, or how late) with the final count, or held."""
+    when = ("on time" if late_seconds < ON_TIME.total_seconds()
+            else f"{span_words(late_seconds)} late (no worker was running at its time)")
+    if task.held:
+        text = (f":raised_hand: Reset #{task.id} did not start ({when}): {counts_compared(task)} "
+                "That differs by more than 10 %, so it waits for you: *Start now* above "
+                "resets them, *Cancel* leaves everyone alone.")
+    else:
+        text = f":alarm_clock: Scheduled reset #{task.id} started {when}. {counts_compared(task)}"
     return SlackMessage(text, [section(text)])
 
 
@@ -332,6 +499,8 @@ def summary_reply(task: TaskSnapshot, follow_up_where: str | None = None) -> Sla
     `follow_up_where` says where the CSV of users to contact by hand went (BELOW, or
     `in_channel` / `in_direct_message`); None when it could go nowhere in Slack.
     """
+    if task.status in NOT_STARTED:
+        return approval_end_reply(task)
     heading = f"{STATUS_EMOJI[task.status]} *Reset #{task.id} {status_label(task.status).lower()}*"
     lines = [heading + f" · {plural(task.total, 'user')}."]
     fields = [

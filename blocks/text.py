@@ -31,20 +31,28 @@ SCOPE_HELP: dict[Scope, str] = {
     Scope.SELECTED_ONLY: "Just the accounts you pick.",
 }
 STATUS_LABELS: dict[TaskStatus, str] = {
+    TaskStatus.SCHEDULED: "Scheduled",
     TaskStatus.QUEUED: "Queued",
     TaskStatus.RUNNING: "Running",
     TaskStatus.COMPLETED: "Completed",
     TaskStatus.COMPLETED_WITH_ERRORS: "Completed with errors",
     TaskStatus.CANCELLED: "Cancelled",
     TaskStatus.FAILED: "Failed",
+    TaskStatus.AWAITING_APPROVAL: "Awaiting approval",
+    TaskStatus.REJECTED: "Rejected",
+    TaskStatus.EXPIRED: "Expired",
 }
 STATUS_EMOJI: dict[TaskStatus, str] = {
+    TaskStatus.SCHEDULED: ":alarm_clock:",
     TaskStatus.QUEUED: ":hourglass_flowing_sand:",
     TaskStatus.RUNNING: ":arrows_counterclockwise:",
     TaskStatus.COMPLETED: ":white_check_mark:",
     TaskStatus.COMPLETED_WITH_ERRORS: ":warning:",
     TaskStatus.CANCELLED: ":no_entry_sign:",
     TaskStatus.FAILED: ":x:",
+    TaskStatus.AWAITING_APPROVAL: ":raised_hand:",
+    TaskStatus.REJECTED: ":no_entry:",
+    TaskStatus.EXPIRED: ":hourglass:",
 }
 OUTCOME_LABELS: dict[ItemState, str] = {
     ItemState.PENDING: "waiting",
@@ -174,6 +182,47 @@ def slack_date(moment: datetime) -> str:
     return f"<!date^{int(aware.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
 
 
+def schedule_date(moment: datetime) -> str:
+    """A start time as each reader's Slack shows it ("Fri 9 Jan 06:00" in the fallback, UTC)."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    fallback = f"{aware:%a} {aware.day} {aware:%b %H:%M} UTC"
+    return f"<!date^{int(aware.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def span_words(seconds: float) -> str:
+    """A span as people say it, to the minute: "3 days", "2 h 5 min", "45 min"."""
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return "less than a minute"
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days >= 2:
+        return f"{days + (1 if hours >= 12 else 0)} days"
+    hours += days * 24
+    if hours and minutes:
+        return f"{hours} h {minutes} min"
+    return f"{hours} h" if hours else f"{minutes} min"
+
+
+def until_words(start_at: datetime, now: datetime) -> str:
+    """"in 3 days", "in 2 h 5 min", or "now" once the time has come."""
+    seconds = (start_at - now).total_seconds()
+    return f"in {span_words(seconds)}" if seconds >= 60 else "now"
+
+
+def scheduled_line(start_at: datetime, now: datetime | None = None) -> str:
+    """":alarm_clock: *Scheduled for Fri 9 Jan 06:00* (in 3 days)"."""
+    when = until_words(start_at, now if now is not None else datetime.now(UTC))
+    return f":alarm_clock: *Scheduled for {schedule_date(start_at)}* ({when})"
+
+
+def starts_if_approved(start_at: datetime, now: datetime | None = None) -> str:
+    """A scheduled reset awaiting approval: approved in time, it starts then; else it expires."""
+    when = until_words(start_at, now if now is not None else datetime.now(UTC))
+    return (f":alarm_clock: Starts *{schedule_date(start_at)}* ({when}) if approved before "
+            "then; otherwise the request expires.")
+
+
 def user_option_label(user: DirectoryUser) -> str:
     """"Full Name (username)", staff marked, within Slack's 75 characters for an option."""
     username = truncate(one_line(user.username), 40)
@@ -226,6 +275,14 @@ def task_status_text(task: TaskSnapshot) -> str:
         )
         pace = pace_words(task.pace)
         lines.append(f"{progress} · {pace}" if pace else progress)
+    elif task.status is TaskStatus.AWAITING_APPROVAL:
+        lines.append("Awaiting approval by another admin: nothing has changed yet.")
+        if task.start_at is not None:
+            lines.append(starts_if_approved(task.start_at))
+    elif task.status in (TaskStatus.REJECTED, TaskStatus.EXPIRED):
+        lines.append("Not approved: nothing was changed.")
+    elif task.status is TaskStatus.SCHEDULED and task.start_at is not None:
+        lines.append(scheduled_line(task.start_at))
     else:
         lines.append("Not started yet: a worker picks it up shortly.")
     outcomes = outcome_summary(task.counts)
@@ -273,6 +330,55 @@ def retry_started(task_id: int, original_id: int, users: int) -> str:
     )
 
 
+def approved_and_started(task_id: int) -> str:
+    return f"You approved reset #{task_id}: it starts now. Progress shows in its thread."
+
+
+def approved_and_waiting(task_id: int, status: TaskStatus) -> str:
+    return f"You approved reset #{task_id}; it is now {status_label(status).lower()}."
+
+
+def rejected_by_you(task_id: int) -> str:
+    return f"You rejected reset #{task_id}: nothing was changed."
+
+
+def recount_to_approve(task_id: int, before: int | None, now: int, emailable: int,
+                       without_email: int, staff: int) -> str:
+    """The scope grew since the request: the approver sees the new counts and clicks again."""
+    was = f"{before:,} when it was asked for" if before is not None else "not counted before"
+    return (
+        f":warning: The directory changed: reset #{task_id} would now reset "
+        f"{plural(now, 'user')} ({was}): {emailable:,} with e-mail, {without_email:,} without, "
+        f"{staff:,} staff. Click *Approve* again to approve these counts."
+    )
+
+
+AWAITING_APPROVAL_TITLE = "Awaiting approval"
+
+
+def awaiting_approval(task_id: int) -> str:
+    return (
+        f"Reset #{task_id} is saved and waits for another admin's approval: nothing changes "
+        "before that. Its message in the channel has *Approve* and *Reject*; you cannot approve "
+        "your own reset."
+    )
+
+
+NOT_AN_APPROVER = (
+    "You may not approve resets: approvers are listed in RESET_APPROVERS or the "
+    "RESET_APPROVER_GROUP user group. Ask one of them."
+)
+
+
+def scheduled_cancelled(task_id: int) -> str:
+    return (f"Reset #{task_id} is cancelled before its start: nothing was changed, and any "
+            "password it kept is erased.")
+
+
+def start_confirmed(task_id: int) -> str:
+    return f"Reset #{task_id} starts now with the counts its thread shows."
+
+
 def queue_unavailable(task_id: int) -> str:
     return (
         f"Reset #{task_id} is saved but the job queue could not be reached; it starts as soon "
@@ -301,6 +407,9 @@ def too_many_picked(limit: int) -> str:
 
 def picked_not_in_directory(unreadable: int) -> str:
     return f"{unreadable:,} of the picked users are not directory users; pick them again."
+
+
+START_AT_UNREADABLE = "The start time could not be read; choose it again."
 
 
 def password_too_long(limit: int) -> str:

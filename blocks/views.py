@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from blocks.ids import (
@@ -21,10 +22,12 @@ from blocks.ids import (
     REQUIRE_CHANGE,
     REQUIRE_CHANGE_YES,
     SCOPE,
+    START_AT,
     USERS,
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
+    AWAITING_APPROVAL_TITLE,
     DEFAULT_FIELD_HINT,
     NO_EMAIL_FIELD_HINT,
     NO_EMAIL_HELP,
@@ -38,6 +41,7 @@ from blocks.text import (
     STATUS_EMOJI,
     UNKNOWN_FORM,
     UNKNOWN_REQUEST,
+    awaiting_approval,
     escape,
     mode_label,
     no_email_preview,
@@ -46,17 +50,20 @@ from blocks.text import (
     progress_bar,
     queue_unavailable,
     requester_mention,
+    scheduled_line,
     scope_label,
     scope_summary,
     slack_date,
+    starts_if_approved,
     status_label,
     thread_link,
     truncate,
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
-from core.models import Mode, NoEmailChoice, Scope
+from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot
+from core.schedule import MAX_AHEAD
 
 View = dict[str, Any]
 
@@ -146,6 +153,15 @@ def reset_modal(channel: str | None = None) -> View:
                 "element": {"type": "plain_text_input", "action_id": NO_EMAIL_PASSWORD,
                             "max_length": PASSWORD_MAX_LENGTH},
             },
+            {
+                "type": "input",
+                "block_id": START_AT,
+                "optional": True,
+                "label": plain("Start at (optional)"),
+                "hint": plain(f"Empty: start as soon as you confirm. At most {MAX_AHEAD.days} "
+                              "days ahead, in your own time zone."),
+                "element": {"type": "datetimepicker", "action_id": START_AT},
+            },
         ],
     }
 
@@ -169,8 +185,12 @@ def preview_modal(
     mode: Mode,
     require_change: bool,
     no_email: NoEmailChoice = NoEmailChoice.RESET,
+    start_at: datetime | None = None,
 ) -> View:
-    """What a confirm would do; private_metadata holds only the opaque id of the waiting request."""
+    """What a confirm would do; private_metadata holds only the opaque id of the waiting request.
+
+    `start_at`: a scheduled reset's start, said above everything else.
+    """
     emailed = preview.emailable if mode is Mode.GENERATED else 0
     if mode is Mode.GENERATED:
         without_email = no_email_preview(no_email, preview.without_email)
@@ -184,7 +204,8 @@ def preview_modal(
         mrkdwn(f"*Mode*\n{mode_label(mode)}"),
         mrkdwn(f"*New password at next login*\n{'Required' if require_change else 'Not required'}"),
     ]
-    blocks: list[Block] = [
+    blocks: list[Block] = [] if start_at is None else [section(scheduled_line(start_at))]
+    blocks += [
         section(f"*{scope_summary(scope, selected)}*: {plural(preview.users, 'password')} "
                 "will be reset."),
         {"type": "section", "fields": fields},
@@ -195,8 +216,13 @@ def preview_modal(
     if mode is Mode.DEFAULT:
         blocks.append(section("Tell the users their new password yourself: resetbot never "
                               "shows or sends it."))
-    blocks.append(context("Nothing has changed yet. This preview waits 15 minutes for you to "
-                          "confirm; progress then appears as a thread."))
+    if start_at is None:
+        blocks.append(context("Nothing has changed yet. This preview waits 15 minutes for you "
+                              "to confirm; progress then appears as a thread."))
+    else:
+        blocks.append(context("Nothing has changed yet. Once confirmed, the reset waits in a "
+                              "thread with a Cancel button; the count is taken again when it "
+                              "starts, and a change of more than 10 % waits for you."))
     return {
         "type": "modal",
         "callback_id": CALLBACK_CONFIRM,
@@ -231,6 +257,11 @@ def start_again_modal(reason: str = UNKNOWN_REQUEST) -> View:
 def reset_saved_modal(task_id: int) -> View:
     """Confirmed and committed, but not queued: a worker picks the task up later."""
     return notice_modal(RESET_SAVED_TITLE, queue_unavailable(task_id))
+
+
+def awaiting_approval_modal(task_id: int) -> View:
+    """Confirmed: the reset now waits for a second admin's approval."""
+    return notice_modal(AWAITING_APPROVAL_TITLE, awaiting_approval(task_id))
 
 
 def unknown_form_modal() -> View:
@@ -274,13 +305,24 @@ def home_view(tasks: Sequence[TaskSnapshot], *, allowed: bool) -> View:
     return {"type": "home", "blocks": blocks}
 
 
+def _not_started(task: TaskSnapshot) -> str:
+    """A task with no progress yet: waiting for a worker, or for a second admin."""
+    preview = task.approval.preview if task.approval is not None else None
+    users = f" ({plural(preview.users, 'user')})" if preview is not None else ""
+    if task.status is TaskStatus.AWAITING_APPROVAL:
+        return f"awaiting another admin's approval{users}: approve or reject it in its thread"
+    if task.status in (TaskStatus.REJECTED, TaskStatus.EXPIRED):
+        return f"never approved{users}: nothing was changed"
+    return "not started yet"
+
+
 def _mode_word(mode: str) -> str:
     return "default password" if mode == Mode.DEFAULT else "e-mailed"
 
 
 def _home_task(task: TaskSnapshot) -> Block:
     counted = (f"`{progress_bar(task.fraction)}` {task.done:,} of {plural(task.total, 'user')}"
-               if task.planned or task.total else "not started yet")
+               if task.planned or task.total else _not_started(task))
     text = (
         f"{STATUS_EMOJI[task.status]} *#{task.id} {status_label(task.status)}* · "
         f"{scope_label(task.scope)} · {_mode_word(task.mode)}\n"
@@ -290,6 +332,10 @@ def _home_task(task: TaskSnapshot) -> Block:
     )
     if task.retry_of:
         text += f" · retry of #{task.retry_of}"
+    if task.status is TaskStatus.SCHEDULED and task.start_at is not None:
+        text += "\n" + scheduled_line(task.start_at)
+    elif task.status is TaskStatus.AWAITING_APPROVAL and task.start_at is not None:
+        text += "\n" + starts_if_approved(task.start_at)
     if task.error:
         text += f"\n{escape(truncate(one_line(task.error), 200))}"
     block: Block = {"type": "section", "text": mrkdwn(text)}

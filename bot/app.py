@@ -13,13 +13,14 @@ from slack_bolt.error import BoltError
 from slack_sdk import WebClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.auth import Admins
+from bot.auth import Admins, Approvers
 from bot.deps import AppDeps, provide
 from bot.listeners import register_all
 from core.directory import Directory
 from core.errors import ConfigError
 from core.settings import Settings
 from jobs.queueing import enqueue_task
+from jobs.slack_reporter import announce
 
 #: Threads for work after an ack (opening a modal, ephemeral feedback, publishing App Home).
 BACKGROUND_THREADS = 8
@@ -99,6 +100,9 @@ def create_app(
         enqueue=enqueue if enqueue is not None else (lambda task_id: enqueue_task(queue, task_id)),
         background=ThreadPoolExecutor(max_workers=BACKGROUND_THREADS,
                                       thread_name_prefix="resetbot-after-ack"),
+        approvers=Approvers(settings, client, admins),
+        # A worker posts or updates the thread, as for every other report of a task.
+        announce=lambda task_id: announce(queue, task_id),
     )
     try:
         app = App(

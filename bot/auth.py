@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from blocks.text import ADMIN_GROUP_UNREADABLE, NOBODY_ALLOWED_WARNING, NOT_ALLOWED
+from blocks.text import (
+    ADMIN_GROUP_UNREADABLE,
+    NOBODY_ALLOWED_WARNING,
+    NOT_ALLOWED,
+    NOT_AN_APPROVER,
+)
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,8 @@ class Refusal:
 
 NOT_AN_ADMIN = Refusal("not an admin", NOT_ALLOWED)
 GROUP_UNREADABLE = Refusal("admin group unreadable", ADMIN_GROUP_UNREADABLE)
+NOT_LISTED_APPROVER = Refusal("not an approver", NOT_AN_APPROVER)
+APPROVER_GROUP_UNREADABLE = Refusal("approver group unreadable", NOT_AN_APPROVER)
 
 
 class Admins:
@@ -52,9 +59,18 @@ class Admins:
         *,
         cache_seconds: float = GROUP_CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        listed: tuple[frozenset[str], str | None] | None = None,
+        group_setting: str = "RESET_ADMIN_GROUP",
+        refusals: tuple[Refusal, Refusal] = (NOT_AN_ADMIN, GROUP_UNREADABLE),
     ) -> None:
-        self.users = settings.reset_admins
-        self.group = settings.reset_admin_group
+        """`listed` (user ids, group) replaces RESET_ADMINS / RESET_ADMIN_GROUP, with the
+        setting named `group_setting` and `refusals` (not a member, group unreadable): the same
+        check for another list of people (`Approvers`)."""
+        self.users, self.group = (
+            listed if listed is not None else (settings.reset_admins, settings.reset_admin_group)
+        )
+        self._group_setting = group_setting
+        self._not_member, self._unreadable = refusals
         self._client = client
         self._cache_seconds = cache_seconds
         self._max_stale = settings.admin_group_max_stale
@@ -79,15 +95,15 @@ class Admins:
     def refusal(self, user_id: str | None) -> Refusal | None:
         """Why `user_id` may not reset passwords (None when they may)."""
         if not user_id:
-            return NOT_AN_ADMIN
+            return self._not_member
         if user_id in self.users:
             return None
         if not self.group:
-            return NOT_AN_ADMIN
+            return self._not_member
         members = self._group_members()
         if members is None:
-            return GROUP_UNREADABLE
-        return None if user_id in members else NOT_AN_ADMIN
+            return self._unreadable
+        return None if user_id in members else self._not_member
 
     def _group_members(self) -> frozenset[str] | None:
         """The group's members, or None when Slack has not said who they are recently enough."""
@@ -112,8 +128,8 @@ class Admins:
         if self._failing_since is None:
             self._failing_since = now
         elif now - self._failing_since > self._max_stale:
-            log.warning("RESET_ADMIN_GROUP could not be read for %.0f s: its members are not "
-                        "admitted until Slack answers", now - self._failing_since)
+            log.warning("%s could not be read for %.0f s: its members are not admitted until "
+                        "Slack answers", self._group_setting, now - self._failing_since)
 
     def _fetch_group(self) -> frozenset[str] | None:
         """The group's members, or None when Slack could not say."""
@@ -121,12 +137,35 @@ class Admins:
         try:
             response = self._client.usergroups_users_list(usergroup=self.group)
         except SlackApiError as error:
-            log.warning("Could not read RESET_ADMIN_GROUP %s: %s", self.group,
+            log.warning("Could not read %s %s: %s", self._group_setting, self.group,
                         error.response.get("error"))
             return None
         except (SlackClientError, OSError) as error:
-            log.warning("Could not reach Slack to read RESET_ADMIN_GROUP: %s",
+            log.warning("Could not reach Slack to read %s: %s", self._group_setting,
                         type(error).__name__)
             return None
         users = response.get("users") or []
         return frozenset(str(user) for user in users if isinstance(user, str))
+
+
+class Approvers:
+    """Who may approve another admin's reset: an admin and, when RESET_APPROVERS or
+    RESET_APPROVER_GROUP is set, one of those; otherwise any admin.
+
+    That the requester never approves their own reset is checked in core (every edge).
+    """
+
+    def __init__(self, settings: Settings, client: WebClient, admins: Admins) -> None:
+        self.admins = admins
+        listed = (settings.reset_approvers, settings.reset_approver_group)
+        self.listed = Admins(
+            settings, client, listed=listed, group_setting="RESET_APPROVER_GROUP",
+            refusals=(NOT_LISTED_APPROVER, APPROVER_GROUP_UNREADABLE),
+        ) if any(listed) else None
+
+    def refusal(self, user_id: str | None) -> Refusal | None:
+        """Why `user_id` may not approve (None when they may, their own resets aside)."""
+        refusal = self.admins.refusal(user_id)
+        if refusal is not None or self.listed is None:
+            return refusal
+        return self.listed.refusal(user_id)

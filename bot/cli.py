@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -169,7 +170,10 @@ examples:
   resetbot reset --scope all_except_selected --user carol --user dave
   resetbot reset --scope all_without_role --default-password-stdin
   resetbot reset --scope all --without-email set   (asks for their password)
-  resetbot reset --scope all --yes --detach   (in a script: no prompt, no wait)"""
+  resetbot reset --scope all --yes --detach   (in a script: no prompt, no wait)
+  resetbot reset --scope all_without_role --at 2027-01-09T06:00
+                       (scheduled: starts by itself at 06:00 this host's time;
+                        --at 2027-01-09T06:00+01:00 gives the offset)"""
 
 TASKS_DESCRIPTION = (
     "Each reset is a task with a number. List the recent ones, look at one in detail, cancel "
@@ -183,7 +187,10 @@ examples:
   resetbot tasks show 12                counts and every user's outcome
   resetbot tasks show 12 --csv > to-contact.csv
   resetbot tasks cancel 12
-  resetbot tasks retry 12"""
+  resetbot tasks retry 12
+  resetbot tasks approve 12 --as U024BE7LH   (a second admin, by Slack user id)
+  resetbot tasks reject 12
+  resetbot tasks start 12               a scheduled reset held because its count changed"""
 
 USERS_EPILOG = """\
 The CSV has the columns username, full_name, email and (if you like) role, in any order.
@@ -333,6 +340,10 @@ def _add_reset(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="do not ask for confirmation (needed when stdin is not a terminal)")
     reset.add_argument("--detach", action="store_true",
                        help="queue the reset and return at once instead of following it")
+    reset.add_argument("--at", type=_start_time, metavar="TIME",
+                       help="schedule it: start at TIME (ISO, e.g. 2027-01-09T06:00 in this "
+                            "host's time, or with an offset: 2027-01-09T06:00+01:00), at most "
+                            "90 days ahead; resetbot prints the task and returns")
     reset.set_defaults(handler=cmd_reset)
 
 
@@ -351,9 +362,11 @@ def _add_mail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    tasks = _command(commands, "tasks", "list reset tasks; show, cancel or retry one",
+    tasks = _command(commands, "tasks",
+                     "list reset tasks; show, cancel, retry, approve, reject or start one",
                      description=TASKS_DESCRIPTION, epilog=TASKS_EPILOG,
-                     usage="resetbot tasks [list | show ID | cancel ID | retry ID]")
+                     usage="resetbot tasks [list | show ID | cancel ID | retry ID | approve ID | "
+                           "reject ID | start ID]")
     tasks.set_defaults(handler=cmd_tasks_list)
     actions = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", title="actions")
     listing = _command(actions, "list", "the last 20 tasks (also what `resetbot tasks` shows)",
@@ -388,6 +401,46 @@ def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="queue the retry and return at once instead of following it")
     retry.set_defaults(handler=cmd_tasks_retry)
 
+    approve = _command(
+        actions, "approve", "approve a reset that awaits a second admin",
+        prog="resetbot tasks approve",
+        description="Approve task ID, which awaits a second admin's approval, as Slack's "
+                    "Approve button. The counts are taken again first: if the scope grew by "
+                    "more than a tenth, they are shown and the command must be run again.",
+    )
+    approve.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
+    _add_as(approve)
+    approve.set_defaults(handler=cmd_tasks_approve)
+
+    reject = _command(
+        actions, "reject", "reject a reset that awaits approval: nothing changes",
+        prog="resetbot tasks reject",
+        description="Reject task ID, which awaits approval: nothing changes and its sealed "
+                    "passwords are erased. As Slack's Reject button; whoever asked for it may "
+                    "withdraw it.",
+    )
+    reject.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
+    _add_as(reject)
+    reject.set_defaults(handler=cmd_tasks_reject)
+
+    start = _command(
+        actions, "start", "start a scheduled reset held because its count changed",
+        prog="resetbot tasks start",
+        description="A scheduled reset whose count, taken again at its start time, differed "
+                    "by more than 10 % from its preview waits for a new confirmation. This "
+                    "starts it with the new count. As the Start now button in its Slack thread.",
+    )
+    start.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
+    start.set_defaults(handler=cmd_tasks_start)
+
+
+def _add_as(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--as", dest="as_user", type=_slack_user, metavar="SLACK_USER_ID",
+        help="act as this Slack user (an admin allowed to approve, never the requester); "
+             "the terminal alone cannot tell who you are",
+    )
+
 
 def _since(value: str) -> datetime:
     """A date means its midnight; times without a zone are UTC, as the audit trail is."""
@@ -400,12 +453,33 @@ def _since(value: str) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _start_time(value: str) -> datetime:
+    """An ISO time: with an offset as given, without one in this host's local time (aware)."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a time (expected e.g. 2027-01-09T06:00 or "
+            "2027-01-09T06:00+01:00)"
+        ) from None
+    # A naive time is the host's local time: astimezone() reads it so.
+    return moment if moment.tzinfo else moment.astimezone()
+
+
 def _task_id(value: str) -> int:
     if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a task number (`resetbot tasks` lists them)"
         )
     return int(value)
+
+
+def _slack_user(value: str) -> str:
+    if re.fullmatch(r"[UW][A-Z0-9]{2,30}", value) is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a Slack user id (U... or W..., from the person's profile)"
+        )
+    return value
 
 
 def _port(value: str) -> int:
@@ -477,7 +551,10 @@ def require_schema(engine: Engine, settings: Settings) -> None:
         tables = set(inspect(engine).get_table_names())
     except ProgrammingError as error:
         raise Refused(f"the database cannot be read: {_first_line(error.orig)}") from None
-    missing = {"reset_tasks", "reset_items", "audit_log", settings.directory.table} - tables
+    from core.migrate import own_users_names
+
+    own = own_users_names(settings)  # resetbot's own users table, when it lives here
+    missing = {"reset_tasks", "reset_items", "audit_log", *([own.table] if own else [])} - tables
     if missing:
         raise Refused(
             f"the database {shown_url(settings.database_url)} has no {', '.join(sorted(missing))}"
@@ -511,8 +588,9 @@ def cmd_users_import(cli: Cli, args: argparse.Namespace) -> int:
 
     settings = cli.settings()
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    with cli.database(settings) as sessions, sessions.begin() as session:
-        result = import_users(session, Directory(settings.directory), data, actor=requester())
+    with cli.database(settings) as sessions, sessions.begin() as session, \
+            _directory(settings, sessions) as directory:
+        result = import_users(session, directory, data, actor=requester())
     cli.say(
         f"Imported {plural(result.total, 'user')}: {result.created:,} new, "
         f"{result.updated:,} updated, {result.unchanged:,} unchanged."
@@ -524,8 +602,8 @@ def cmd_users_export(cli: Cli, args: argparse.Namespace) -> int:
     from core.userio import export_users
 
     settings = cli.settings()
-    with cli.database(settings) as sessions, sessions() as session:
-        content = export_users(session, Directory(settings.directory))
+    with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
+        content = export_users(directory)
     if args.file == "-":
         # On a terminal, people read it: a name holding an escape sequence must not act on
         # the screen. Redirected or piped, it goes out exactly, so it imports back unchanged.
@@ -539,6 +617,17 @@ def cmd_users_export(cli: Cli, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@contextmanager
+def _directory(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Directory]:
+    """The directory, sharing the state database's engine when the users live there too."""
+    engine = sessions.kw.get("bind")
+    directory = Directory.from_settings(settings, engine if isinstance(engine, Engine) else None)
+    try:
+        yield directory
+    finally:
+        directory.dispose()
+
+
 def cmd_mail_preview(cli: Cli, args: argparse.Namespace) -> int:
     from bot.mail_preview import SampleUser, preview_text
     from jobs.mail_templates import MailTemplates
@@ -547,8 +636,8 @@ def cmd_mail_preview(cli: Cli, args: argparse.Namespace) -> int:
     templates = MailTemplates.load(settings)
     user: SampleUser | DirectoryUser = SampleUser()
     if args.user is not None:
-        with cli.database(settings) as sessions, sessions() as session:
-            found = Directory(settings.directory).by_username(session, [args.user])
+        with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
+            found = directory.by_username([args.user])
         if not found:
             raise Refused(f"there is no user {args.user!r} in the directory")
         user = found[0]
@@ -609,6 +698,7 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
         )
     usernames = split_usernames(args.user)
     check_selection_options(scope, bool(usernames or args.users_file))
+    check_start_time(args.at)
     if not (args.yes or args.dry_run) and not sys.stdin.isatty():
         raise UsageError(
             "stdin is not a terminal, so I cannot ask for confirmation: add --yes to reset "
@@ -627,6 +717,7 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         yes=args.yes,
         detach=args.detach,
+        start_at=args.at,
     )
     settings = cli.settings(with_secret_key=True)
     with cli.database(settings) as sessions:
@@ -651,6 +742,18 @@ def check_selection_options(scope: Scope, named: bool) -> None:
             f"scope {scope.value} needs the users {which}: give --user alice,bob or "
             "--users-file FILE (nothing was changed)"
         )
+
+
+def check_start_time(start_at: datetime | None) -> None:
+    """--at: within the next 90 days (a minute's grace for "now"), else refused at once."""
+    from core.schedule import start_at_problem
+
+    if start_at is None:
+        return
+    problem = start_at_problem(start_at, datetime.now(UTC))
+    if problem:
+        raise UsageError(f"--at {start_at.isoformat(timespec='minutes')}: {problem} "
+                         "(nothing was changed)")
 
 
 def cmd_tasks_list(cli: Cli, args: argparse.Namespace) -> int:
@@ -687,6 +790,33 @@ def cmd_tasks_retry(cli: Cli, args: argparse.Namespace) -> int:
     with cli.database(settings) as sessions:
         return retry_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id,
                           detach=args.detach)
+
+
+def cmd_tasks_approve(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import approve_task
+
+    settings = cli.settings()
+    with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
+        return approve_task(cli, settings, sessions, directory, partial(cli.redis, settings),
+                            args.task_id, as_user=args.as_user)
+
+
+def cmd_tasks_reject(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import reject_task
+
+    settings = cli.settings()
+    with cli.database(settings) as sessions:
+        return reject_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id,
+                           as_user=args.as_user)
+
+
+def cmd_tasks_start(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import start_held_task
+
+    settings = cli.settings()
+    with cli.database(settings) as sessions:
+        start_held_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id)
+    return EXIT_OK
 
 
 def cmd_audit(cli: Cli, args: argparse.Namespace) -> int:

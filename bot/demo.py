@@ -38,7 +38,6 @@ from bot.terminal import SECRET_KEY_FILE, Output, login_name, requester
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.models import Scope
-from core.passwords import PasswordHasher
 from core.progress import TaskSnapshot
 from core.settings import Settings, ensure_secret_key
 from core.tasks import ResetRequest
@@ -202,8 +201,9 @@ def _import_sample_users(settings: Settings, workdir: Path, actor: str) -> None:
     (workdir / DEMO_CSV).write_text(content, encoding="utf-8", newline="")
     engine = make_engine(settings.database_url)
     try:
+        directory = Directory.from_settings(settings, engine)
         with make_sessionmaker(engine).begin() as session:
-            import_users(session, Directory(settings.directory), content.encode(), actor=actor)
+            import_users(session, directory, content.encode(), actor=actor)
     finally:
         engine.dispose()
 
@@ -243,7 +243,7 @@ def _reset_everyone_without_a_role(
 ) -> TaskSnapshot:
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    directory = Directory(settings.directory)
+    directory = Directory.from_settings(settings, engine)
     request = ResetRequest(
         requester=requester(),
         requester_name=login_name(),
@@ -254,7 +254,7 @@ def _reset_everyone_without_a_role(
         preview = validate_or_refuse(cli, sessions, settings, directory, request)
         cli.say(describe_preview(request, preview))
         cli.say("  (`resetbot reset` asks you to confirm here; the demo goes ahead)")
-        task_id = start_task(sessions, settings, redis, request)
+        task_id, _status = start_task(sessions, settings, redis, request, preview)
         final = follow(cli, sessions, task_id)
         print_summary(cli, final)
         return final
@@ -304,17 +304,16 @@ def _show_a_mail(cli: Output, settings: Settings, mails: list[CapturedMail]) -> 
 def _verifies(settings: Settings, mail: CapturedMail, password: str) -> bool:
     from sqlalchemy import select
 
-    directory = Directory(settings.directory)
+    directory = Directory.from_settings(settings)
     c = directory.table.c
-    engine = make_engine(settings.database_url)
     try:
-        with engine.connect() as connection:
+        with directory.engine.connect() as connection:
             stored = connection.execute(
                 select(c.password_hash).where(c.email == mail.to[0])
             ).scalar_one()
     finally:
-        engine.dispose()
-    return stored is not None and PasswordHasher.from_settings(settings).verify(password, stored)
+        directory.dispose()
+    return stored is not None and directory.hasher.verify(password, stored)
 
 
 def _next_steps(cli: Output, workdir: Path, settings: Settings) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec
 
 from slack_bolt import BoltContext
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.auth import Admins
+from bot.auth import Admins, Approvers, Refusal
 from core import audit
 from core.directory import Directory
 from core.settings import Settings
@@ -38,6 +38,16 @@ class AppDeps:
     enqueue: Callable[[int], None]
     #: Runs what follows an ack (Web API calls), so the ack itself leaves at once.
     background: Executor
+    #: Who may approve a reset awaiting approval (None: any admin).
+    approvers: Approvers | None = None
+    #: Has a worker post or update the parent message of a task that has not started (it
+    #: awaits approval or its start time, or was just decided or cancelled):
+    #: jobs.slack_reporter.announce bound to the queue. A lost one is posted by the reaper.
+    announce: Callable[[int], None] = field(default=lambda task_id: None)
+
+    def approval_refusal(self, user: str) -> Refusal | None:
+        """Why `user` may not approve or reject other admins' resets (None: they may)."""
+        return (self.approvers or self.admins).refusal(user)
 
     def later(self, work: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
         """Run `work` after the ack, in the background; a failure is logged, not lost."""

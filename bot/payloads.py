@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from blocks.ids import (
@@ -20,6 +21,7 @@ from blocks.ids import (
     REQUIRE_CHANGE,
     REQUIRE_CHANGE_YES,
     SCOPE,
+    START_AT,
     USERS,
 )
 from blocks.text import (
@@ -27,6 +29,7 @@ from blocks.text import (
     CHOOSE_SCOPE,
     PASSWORD_UNREADABLE,
     PICKED_UNREADABLE,
+    START_AT_UNREADABLE,
     password_too_long,
     picked_not_in_directory,
     too_many_picked,
@@ -295,6 +298,8 @@ class FormInput:
     require_change: bool
     no_email: NoEmailChoice = NoEmailChoice.RESET
     no_email_password: str | None = field(default=None, repr=False)
+    #: When to start (UTC); None: as soon as it is confirmed.
+    start_at: datetime | None = None
 
     def request(self, requester: str, name: str, channel: str | None) -> ResetRequest:
         return ResetRequest(
@@ -307,6 +312,7 @@ class FormInput:
             slack_channel=channel,
             no_email=self.no_email,
             no_email_password=self.no_email_password,
+            start_at=self.start_at,
         )
 
 
@@ -323,9 +329,11 @@ def read_reset_form(view: Mapping[str, Any]) -> FormInput:
     no_email = _read_no_email(_element(values, NO_EMAIL))
     no_email_password = _read_password(_element(values, NO_EMAIL_PASSWORD), problems,
                                        NO_EMAIL_PASSWORD)
+    start_at = _read_start_at(_element(values, START_AT), problems)
     if problems or scope is None:
         raise RequestInvalid(problems or {SCOPE: [CHOOSE_SCOPE]})
-    return FormInput(scope, selection, password, require_change, no_email, no_email_password)
+    return FormInput(scope, selection, password, require_change, no_email, no_email_password,
+                     start_at)
 
 
 def _element(values: Mapping[str, Any], block_id: str) -> Mapping[str, Any]:
@@ -380,6 +388,26 @@ def _read_password(
         return None
     # NFC: checked and hashed as the sign-in side compares it (see core.passwords).
     return normalised(value)
+
+
+#: Seconds since 1970 Slack's datetimepicker can send (years 1970 to 9999); anything else is
+#: not a time it sent.
+_LATEST_TIMESTAMP = 253_402_300_799
+
+
+def _read_start_at(
+    element: Mapping[str, Any], problems: dict[str, list[str]]
+) -> datetime | None:
+    """The datetimepicker's `selected_date_time` (seconds since 1970, UTC); None when empty."""
+    value = element.get("selected_date_time")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+        0 <= value <= _LATEST_TIMESTAMP
+    ):
+        problems.setdefault(START_AT, []).append(START_AT_UNREADABLE)
+        return None
+    return datetime.fromtimestamp(value, UTC)
 
 
 def _read_no_email(element: Mapping[str, Any]) -> NoEmailChoice:

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO
 
 from redis import Redis
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.terminal import (
@@ -36,7 +36,13 @@ from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.passwords import normalised
 from core.progress import TaskSnapshot, snapshot
 from core.settings import Settings
-from core.tasks import RequestInvalid, ResetRequest, create_task
+from core.tasks import (
+    RequestInvalid,
+    ResetRequest,
+    approval_required,
+    create_task,
+    gate_new_task,
+)
 from core.tasks import validate_request as check_request
 
 POLL_SECONDS = 0.25
@@ -62,6 +68,8 @@ class ResetChoices:
     yes: bool
     detach: bool
     without_email: NoEmailChoice = NoEmailChoice.RESET
+    #: --at: when the reset should start (aware); None: now.
+    start_at: datetime | None = None
 
 
 def run_reset(
@@ -72,9 +80,22 @@ def run_reset(
     choices: ResetChoices,
 ) -> int:
     """Preview, confirm, queue and follow one reset; Redis is only opened once confirmed."""
-    directory = Directory(settings.directory)
-    with sessions() as session:
-        selection, case_notes = resolve_usernames(session, directory, choices.usernames)
+    directory = Directory.from_settings(settings)
+    try:
+        return _run_reset(cli, settings, sessions, open_redis, choices, directory)
+    finally:
+        directory.dispose()
+
+
+def _run_reset(
+    cli: Output,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    open_redis: Callable[[], AbstractContextManager[Redis]],
+    choices: ResetChoices,
+    directory: Directory,
+) -> int:
+    selection, case_notes = resolve_usernames(directory, choices.usernames)
     for note in case_notes:
         cli.say(note)
     password = read_default_password() if choices.default_password_stdin else None
@@ -90,19 +111,37 @@ def run_reset(
         require_change=choices.require_change,
         no_email=choices.without_email,
         no_email_password=handout,
+        start_at=choices.start_at,
     )
     preview = validate_or_refuse(cli, sessions, settings, directory, request)
     cli.say(describe_preview(request, preview))
+    if request.start_at is not None:
+        cli.say(f"  Starts: {when_words(request.start_at)}")
     if choices.dry_run:
         cli.say("Dry run: nothing was changed.")
         return EXIT_OK
     passwords = "password" if preview.users == 1 else "passwords"
     question = f"Reset the {passwords} of {plural(preview.users, 'user')}?"
+    if request.start_at is not None:
+        question = (f"Schedule the reset of the {passwords} of {plural(preview.users, 'user')} "
+                    f"for {when_words(request.start_at)}?")
     if not choices.yes and not confirm(cli, question):
         cli.say("Nothing was changed.")
         return EXIT_REFUSED
+    if request.start_at is not None or approval_required(
+        settings, request.scope, preview.users
+    ):
+        # Waits (for approval, or for its time): committed needing no Redis; the reaper or an
+        # approver moves it on. None: it needs neither any more, and starts now.
+        waiting = hold_task(sessions, settings, request, preview)
+        if waiting is not None:
+            say_waiting(cli, settings, *waiting)
+            return EXIT_OK
     with open_redis() as redis:
-        task_id = start_task(sessions, settings, redis, request)
+        task_id, status = start_task(sessions, settings, redis, request, preview)
+        if status is not TaskStatus.QUEUED:  # never followed as if it ran, should it wait
+            say_waiting(cli, settings, task_id, status, request.start_at)
+            return EXIT_OK
         cli.say(f"Task #{task_id} queued.")
         if choices.detach:
             cli.say(f"Follow it with: resetbot tasks show {task_id}")
@@ -114,7 +153,7 @@ def run_reset(
 
 
 def resolve_usernames(
-    session: Session, directory: Directory, usernames: Sequence[str]
+    directory: Directory, usernames: Sequence[str]
 ) -> tuple[tuple[int, ...], list[str]]:
     """The users' ids, and a note for each name matched only when case is ignored.
 
@@ -123,9 +162,9 @@ def resolve_usernames(
     usernames that differ only in case, and only the exact spelling can say which one is meant.
     """
     wanted = list(dict.fromkeys(usernames))
-    exact = {user.username: user.id for user in directory.by_username(session, wanted)}
+    exact = {user.username: user.id for user in directory.by_username(wanted)}
     others = [name for name in wanted if name not in exact]
-    folded = _usernames_ignoring_case(session, directory, others)
+    folded = directory.usernames_ignoring_case(others)
     ids = set(exact.values())
     notes: list[str] = []
     unknown: list[str] = []
@@ -156,25 +195,6 @@ def resolve_usernames(
     return tuple(sorted(ids)), notes
 
 
-def _usernames_ignoring_case(
-    session: Session, directory: Directory, names: Sequence[str]
-) -> dict[str, list[tuple[str, int]]]:
-    """Lower-cased name -> the (username, id) pairs it matches when case is ignored.
-
-    The database narrows by lower(); Python's lower() decides. (SQLite's lower() folds ASCII
-    letters only, so there a username with a capital non-ASCII letter needs its exact case.)
-    """
-    if not names:
-        return {}
-    c = directory.table.c
-    lowered = sorted({name.lower() for name in names})
-    query = select(c.username, c.id).where(func.lower(c.username).in_(lowered))
-    found: dict[str, list[tuple[str, int]]] = {}
-    for username, user_id in session.execute(query):
-        found.setdefault(str(username).lower(), []).append((str(username), int(user_id)))
-    return found
-
-
 def read_default_password(
     stdin: IO[str] | None = None, what: str = "default password"
 ) -> str:
@@ -202,7 +222,7 @@ def validate_or_refuse(
 ) -> Preview:
     with sessions() as session:
         try:
-            return check_request(session, settings, directory, request)
+            return check_request(settings, directory, request)
         except RequestInvalid as invalid:
             audit.record(
                 session, request.requester, "refused", step="request",
@@ -271,17 +291,77 @@ def confirm(cli: Output, question: str) -> bool:
 
 def start_task(
     sessions: sessionmaker[Session], settings: Settings, redis: Redis,
-    request: ResetRequest,
-) -> int:
-    """Commit the task, then put it on the queue (a task the queue lost is found by the reaper)."""
+    request: ResetRequest, preview: Preview | None = None,
+) -> tuple[int, TaskStatus]:
+    """Commit the task through the gate (`gate_new_task`), then put it on the queue unless it
+    waits (for approval, or for its start time); a task the queue lost is found by the reaper."""
     from jobs.queueing import enqueue_task, make_queue
 
     with sessions() as session:
-        task = create_task(session, settings, request)
+        task = create_task(session, settings, request, preview)
+        status = gate_new_task(session, settings, task)
         session.commit()
         task_id = task.id
-    enqueue_task(make_queue(settings, redis), task_id)
-    return task_id
+    if status is TaskStatus.QUEUED:
+        enqueue_task(make_queue(settings, redis), task_id)
+    return task_id, status
+
+
+def hold_task(
+    sessions: sessionmaker[Session], settings: Settings, request: ResetRequest, preview: Preview,
+) -> tuple[int, TaskStatus, datetime | None] | None:
+    """Commit a task that waits (for approval, or for its start time), needing no Redis.
+
+    (id, status, start) when the gate made it wait; None when it let it through to `queued`
+    (its time passed while the question waited) and the caller starts it now.
+    """
+    with sessions() as session:
+        task = create_task(session, settings, request, preview)
+        status = gate_new_task(session, settings, task)
+        if status is TaskStatus.QUEUED:
+            session.rollback()
+            return None
+        session.commit()
+        return task.id, status, task.start_at
+
+
+def say_waiting(
+    cli: Output, settings: Settings, task_id: int, status: TaskStatus, start_at: datetime | None
+) -> None:
+    """What `resetbot reset` says of a task that does not start now, before it returns."""
+    if status is TaskStatus.AWAITING_APPROVAL:
+        say_awaiting_approval(cli, settings, task_id, start_at)
+        return
+    assert start_at is not None, "a scheduled task has a start time"
+    cli.say(f"Task #{task_id} scheduled for {when_words(start_at)}: a worker starts "
+            "it then; nothing has changed yet.")
+    cli.say(f"See it with: resetbot tasks show {task_id}; stop it with: resetbot tasks "
+            f"cancel {task_id}")
+
+
+def say_awaiting_approval(
+    cli: Output, settings: Settings, task_id: int, start_at: datetime | None = None
+) -> None:
+    hours = settings.reset_approval_ttl / 3600
+    cli.say(f"Task #{task_id} awaits approval by another admin: nothing changes before that.")
+    cli.say(f"  An approver runs: resetbot tasks approve {task_id} --as THEIR_SLACK_USER_ID")
+    if start_at is not None:
+        cli.say(f"  (or: resetbot tasks reject {task_id}). Once approved it starts at "
+                f"{when_words(start_at)};")
+        cli.say(f"  unapproved by then (or within {hours:g} hours), it expires.")
+    else:
+        cli.say(f"  (or: resetbot tasks reject {task_id}). Unapproved, it expires in "
+                f"{hours:g} hours.")
+    cli.say(f"See where it stands: resetbot tasks show {task_id}")
+
+
+def when_words(moment: datetime) -> str:
+    """"Sat 2027-01-09 06:00 CET (in 3 days)": this host's time, and how far away."""
+    from blocks.text import until_words
+    from core.models import utcnow
+
+    local = moment.astimezone()
+    return f"{local:%a %Y-%m-%d %H:%M %Z} ({until_words(moment, utcnow())})"
 
 
 def warn_if_no_worker(cli: Output, settings: Settings, redis: Redis) -> None:

@@ -67,6 +67,7 @@ class Runtime:
     app: App
 
     def close(self) -> None:
+        self.directory.dispose()
         self.engine.dispose()
         close_redis(self.redis)
 
@@ -75,13 +76,18 @@ def build_runtime(settings: Settings) -> Runtime:
     """Database, Redis, queue and the Bolt app, all from one Settings."""
     check_slack_settings(settings)
     engine = make_engine(settings.database_url)
+    try:
+        directory = Directory.from_settings(settings, engine)  # a bad profile: refused now
+    except BaseException:
+        engine.dispose()
+        raise
     redis = connect_redis(settings)
     try:
         sessions = make_sessionmaker(engine)
-        directory = Directory(settings.directory)
         app = create_app(settings, sessions=sessions, directory=directory,
                          queue=make_queue(settings, redis))
     except BaseException:
+        directory.dispose()
         engine.dispose()
         close_redis(redis)
         raise

@@ -1,5 +1,5 @@
 """Tasks and the audit trail on the terminal: `resetbot tasks`, `tasks show`, `tasks cancel`,
-`tasks retry`, `audit`.
+`tasks retry`, `tasks approve`, `tasks reject`, `tasks start`, `audit`.
 
 Cancel and retry do what Slack's buttons do, through the same core functions, with the same
 checks and audit entries; the operator (`cli:<login>`, as for `reset`) is the actor. Whoever can
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.terminal import (
     EXIT_OK,
+    EXIT_REFUSED,
     OUTCOME_WORDS,
     Output,
     Refused,
@@ -32,12 +33,20 @@ from bot.terminal import (
     shown,
     shown_csv,
 )
-from core import audit
+from core import approval, audit
 from core.csvsafe import to_csv
+from core.directory import Directory
+from core.errors import QueueUnavailable
 from core.models import ItemState, ResetTask, TaskStatus
 from core.progress import TaskSnapshot, pace_words, snapshot
 from core.settings import Settings
-from core.tasks import create_retry_task, items, recent_tasks, request_cancel
+from core.tasks import (
+    confirm_held_start,
+    create_retry_task,
+    items,
+    request_cancel,
+    scheduled_first,
+)
 
 AuditRow = tuple[str | None, str, str, int | str, str]
 #: The control characters of core.controls that json.dumps(ensure_ascii=False) does not escape.
@@ -45,7 +54,9 @@ RAW_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
 def list_tasks(cli: Output, session: Session) -> None:
-    tasks = recent_tasks(session)
+    """Scheduled tasks first (soonest first), then those awaiting approval, then the last 20
+    others."""
+    tasks = scheduled_first(session)
     if not tasks:
         cli.say("No tasks yet.")
         return
@@ -55,7 +66,21 @@ def list_tasks(cli: Output, session: Session) -> None:
         cli.say(
             f"{task.id:>5}  {TaskStatus(task.status).words:<22} {task.scope:<20} {task.mode:<9} "
             f"{task.total:>8,}  {_when(task.created_at):<19}  {shown(task.requester)}"
+            + _schedule_note(task)
         )
+
+
+def _schedule_note(task: ResetTask) -> str:
+    """A scheduled task's start time (UTC), and whether it waits for a new confirmation (or,
+    awaiting approval, the time it would start at if approved by then)."""
+    if task.start_at is None:
+        return ""
+    if task.status == TaskStatus.AWAITING_APPROVAL:
+        return f"  starts {_when(task.start_at)} UTC if approved by then"
+    if task.status != TaskStatus.SCHEDULED:
+        return ""
+    held = ", held: count changed (tasks start ID)" if task.start_held_at else ""
+    return f"  starts {_when(task.start_at)} UTC{held}"
 
 
 def show_task(
@@ -91,6 +116,13 @@ def task_document(session: Session, task: TaskSnapshot) -> dict[str, Any]:
         "counts": {state.value: count for state, count in task.counts.items()},
         "follow_up": task.follow_up_count,
         "error": task.error,
+        "approval": None if task.approval is None else {
+            "expires_at": _iso(task.approval.expires_at),
+            "approved_by": task.approval.approved_by,
+            "rejected_by": task.approval.rejected_by,
+            "decided_at": _iso(task.approval.decided_at),
+            "users": task.approval.preview.users if task.approval.preview else None,
+        },
         "users": [
             {
                 "username": item.username,
@@ -140,8 +172,16 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
             f"{'yes' if task.require_change else 'no'}; asked by {shown(task.requester)}")
     cli.say(f"  Created {_when(task.created_at)}, started {_when(task.started_at)}, "
             f"finished {_when(task.finished_at)} (UTC)")
+    _print_approval(cli, task)
     if task.error:
         cli.say(f"  Error: {shown(task.error)}")
+    if task.start_at is not None:
+        cli.say(f"  Scheduled for {_when(task.start_at)} (UTC); its preview counted "
+                f"{_count(task.preview_users)}, the count at its start "
+                f"{_count(task.recheck_users)}")
+    if task.held:
+        cli.say(f"  Held at its start: the count changed by more than 10 %. Start it with the new "
+                f"count: resetbot tasks start {task.id}; or: resetbot tasks cancel {task.id}")
     if task.paused:
         cli.say(f"  Paused since {_when(task.paused_since)} (UTC): "
                 f"{shown(task.pause_reason or '')} Nobody else's password changes until the "
@@ -159,6 +199,27 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
                 f"{item.attempts:>5}  {note}")
 
 
+def _print_approval(cli: Output, task: TaskSnapshot) -> None:
+    state = task.approval
+    if state is None:
+        return
+    if task.status is TaskStatus.AWAITING_APPROVAL:
+        cli.say(f"  Awaits approval by another admin until {_when(state.expires_at)} (UTC): "
+                f"resetbot tasks approve {task.id} --as SLACK_USER_ID")
+    if state.preview is not None:
+        counts = state.preview
+        cli.say(f"  Counted for approval: {counts.users:,} users ({counts.emailable:,} with "
+                f"e-mail, {counts.without_email:,} without, {counts.staff:,} staff)"
+                + (", counted again when the directory changed" if state.recounted else ""))
+    if state.approved_by:
+        cli.say(f"  Approved by {shown(state.approved_by)} at {_when(state.decided_at)} (UTC)")
+    if state.rejected_by:
+        cli.say(f"  Rejected by {shown(state.rejected_by)} at {_when(state.decided_at)} (UTC): "
+                "nothing was changed")
+    if task.status is TaskStatus.EXPIRED:
+        cli.say(f"  Expired unapproved at {_when(state.decided_at)} (UTC): nothing was changed")
+
+
 def cancel_task(cli: Output, sessions: sessionmaker[Session], task_id: int) -> None:
     """As Slack's Cancel button: pending users are left alone; the jobs end the task."""
     with sessions() as session:
@@ -167,6 +228,36 @@ def cancel_task(cli: Output, sessions: sessionmaker[Session], task_id: int) -> N
     cli.say(f"Cancelling task #{task_id}: users not yet reset are left alone; those already "
             "reset stay reset and are reported.")
     cli.say(f"See how it ends: resetbot tasks show {task_id}")
+
+
+def _count(users: int | None) -> str:
+    return "-" if users is None else plural(users, "user")
+
+
+def start_held_task(
+    cli: Output, settings: Settings, sessions: sessionmaker[Session],
+    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int,
+) -> None:
+    """As the Start now button: a scheduled task held at its start starts with the new count.
+
+    Committed first; its plan is then enqueued (if Redis cannot be reached, a worker's reaper
+    wakes the queued task).
+    """
+    from redis.exceptions import RedisError
+
+    from jobs.queueing import enqueue_task, make_queue
+
+    with sessions() as session:
+        task = confirm_held_start(session, task_id, requester())
+        session.commit()
+        users = task.recheck_users or 0
+    cli.say(f"Task #{task_id} starts now: {plural(users, 'user')}, the count taken at its start.")
+    try:
+        with open_redis() as redis:
+            enqueue_task(make_queue(settings, redis), task_id)
+    except (RedisError, QueueUnavailable):
+        cli.say("Note: the job queue could not be reached; a worker starts it when it sees it.")
+    cli.say(f"Follow it with: resetbot tasks show {task_id}")
 
 
 def retry_task(
@@ -224,3 +315,133 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- four-eyes approval -------------------------------------------------------------------------
+
+#: Why the terminal alone cannot approve: it cannot tell who is typing.
+NEEDS_AS = (
+    "approving needs --as SLACK_USER_ID: the Slack user id of an admin (and approver) other "
+    "than whoever asked for the reset; the terminal alone cannot tell who you are "
+    "(nothing was changed)"
+)
+
+
+def approve_task(
+    cli: Output, settings: Settings, sessions: sessionmaker[Session], directory: Directory,
+    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
+    as_user: str | None,
+) -> int:
+    """As Slack's Approve button, for the admin named by --as (never the requester)."""
+    actor = _approver(settings, sessions, as_user, task_id, step="approve")
+    with sessions() as session:
+        try:
+            outcome = approval.approve(session, directory, task_id, actor)
+            session.commit()
+        except approval.SelfApproval:
+            session.rollback()
+            _refuse(sessions, actor, task_id, "approve", "own task")
+            raise Refused(f"{actor} asked for task #{task_id}: another admin must approve it "
+                          "(nothing was changed)") from None
+    if isinstance(outcome, approval.Recounted):
+        _say_recount(cli, outcome)
+        return EXIT_REFUSED
+    _tell_queue(cli, settings, open_redis, task_id, start=outcome.status is TaskStatus.QUEUED)
+    cli.say(f"Task #{task_id} approved by {actor}: {outcome.status.words}"
+            + _starts(sessions, task_id, outcome.status) + ".")
+    cli.say(f"Follow it with: resetbot tasks show {task_id}")
+    return EXIT_OK
+
+
+def reject_task(
+    cli: Output, settings: Settings, sessions: sessionmaker[Session],
+    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
+    as_user: str | None,
+) -> int:
+    """As Slack's Reject button: an approver (--as), or the requester withdrawing their own."""
+    with sessions() as session:
+        requester_id = approval.requester_of(session, task_id)
+    if requester_id is None:
+        raise Refused(f"there is no task #{task_id}")
+    own = as_user or requester()
+    actor = own if own == requester_id else _approver(
+        settings, sessions, as_user, task_id, step="reject")
+    with sessions() as session:
+        approval.reject(session, task_id, actor)
+        session.commit()
+    _tell_queue(cli, settings, open_redis, task_id, start=False)
+    cli.say(f"Task #{task_id} rejected by {actor}: nothing was changed.")
+    return EXIT_OK
+
+
+def _approver(settings: Settings, sessions: sessionmaker[Session], as_user: str | None,
+              task_id: int, *, step: str) -> str:
+    """The Slack user id given by --as, if they may approve; refused (and audited) otherwise."""
+    from slack_sdk import WebClient
+
+    from bot.auth import Admins, Approvers
+
+    if as_user is None:
+        _refuse(sessions, requester(), task_id, step, "no --as")
+        raise Refused(NEEDS_AS)
+    # Only a RESET_ADMIN_GROUP or RESET_APPROVER_GROUP makes this ask Slack.
+    client = WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    refusal = Approvers(settings, client, Admins(settings, client)).refusal(as_user)
+    if refusal is not None:
+        _refuse(sessions, f"{requester()} as {as_user}", task_id, step, refusal.reason)
+        raise Refused(f"{as_user} may not {step} resets ({refusal.reason}); nothing was changed")
+    return as_user
+
+
+def _refuse(sessions: sessionmaker[Session], actor: str, task_id: int, step: str,
+            reason: str) -> None:
+    with sessions() as session:
+        audit.record(session, actor[:64], "refused", task_id, step=step, reason=reason)
+        session.commit()
+
+
+def _starts(sessions: sessionmaker[Session], task_id: int, status: TaskStatus) -> str:
+    """", starts 2027-01-09 06:00:00 UTC" for an approved task that waits for its time."""
+    if status is not TaskStatus.SCHEDULED:
+        return ""
+    with sessions() as session:
+        task = session.get(ResetTask, task_id)
+        start_at = task.start_at if task is not None else None
+    return f", starts {_when(start_at)} UTC" if start_at is not None else ""
+
+
+def _say_recount(cli: Output, outcome: approval.Recounted) -> None:
+    before = outcome.before.users if outcome.before is not None else None
+    now = outcome.now
+    was = f"{before:,} when it was asked for" if before is not None else "not counted before"
+    cli.say(f"The directory changed: task #{outcome.task_id} would now reset "
+            f"{plural(now.users, 'user')} ({was}).")
+    cli.say(f"  With e-mail {now.emailable:,}, without e-mail {now.without_email:,}, staff "
+            f"{now.staff:,}.")
+    cli.say("Not approved yet: run the same command again to approve these counts.")
+
+
+def _tell_queue(cli: Output, settings: Settings,
+                open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
+                start: bool) -> None:
+    """Enqueue an approved task that starts now, and have its Slack thread updated (when
+    there is Slack): a scheduled one's parent then says when it starts.
+
+    The decision is committed already: if Redis cannot be reached, a worker's reaper starts
+    the task (a scheduled one at its time) and tells the thread when it sees them.
+    """
+    from redis.exceptions import RedisError
+
+    from jobs.queueing import enqueue_task, make_queue
+    from jobs.slack_reporter import announce
+
+    try:
+        with open_redis() as redis:
+            queue = make_queue(settings, redis)
+            if settings.slack_bot_token:
+                announce(queue, task_id)
+            if start:
+                enqueue_task(queue, task_id)
+    except (RedisError, QueueUnavailable) as error:
+        cli.say(f"Note: Redis cannot be reached ({type(error).__name__}); a worker picks "
+                f"task #{task_id} up when it sees it.")

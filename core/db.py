@@ -16,48 +16,47 @@ MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
 
 #: What DATABASE_URL should look like, for refusals.
 EXPECTED_URL = (
-    "expected sqlite:///FILE, postgresql+psycopg://USER@HOST/DB "
-    "or mysql+pymysql://USER@HOST/DB"
+    "expected sqlite:///FILE, postgresql+psycopg://USER@HOST/DB or "
+    "mysql+pymysql://USER@HOST/DB"
 )
-#: Bare schemes and the driver resetbot ships for each: the bare scheme would ask SQLAlchemy
-#: for a driver that is not installed (psycopg2, mysqlclient).
-SHIPPED_DRIVERS = {
+#: Bare schemes, mapped to the drivers resetbot ships (the bare ones would ask for others:
+#: psycopg2, mysqlclient).
+DRIVERS = {
     "postgresql://": "postgresql+psycopg://",
     "mysql://": "mysql+pymysql://",
     "mariadb://": "mariadb+pymysql://",
 }
-#: Seconds a pooled MariaDB/MySQL connection is kept: the server closes idle ones
-#: (`wait_timeout`, often lowered from 8 hours by hosting defaults).
+#: MariaDB/MySQL close connections idle longer than wait_timeout (8 h by default): renew first.
 MYSQL_POOL_RECYCLE = 3600
 
 
-def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """An engine tuned for resetbot's access pattern on SQLite, PostgreSQL and MariaDB/MySQL.
+def make_engine(database_url: str, *, setting: str = "DATABASE_URL", **kwargs: Any) -> Engine:
+    """An engine tuned for resetbot's access pattern on SQLite, PostgreSQL and MariaDB.
 
-    Raises ConfigError (one line naming DATABASE_URL) for a URL no installed driver can open.
+    Raises ConfigError (one line naming `setting`) for a URL no installed driver can open.
     """
     database_url = with_shipped_driver(database_url)
     try:
         return _create_engine(database_url, **kwargs)
     except NoSuchModuleError:  # (an ArgumentError too)
         raise ConfigError(
-            f"DATABASE_URL: {_driver(database_url)!r} is not a database kind resetbot knows "
+            f"{setting}: {_driver(database_url)!r} is not a database kind resetbot knows "
             f"({EXPECTED_URL})"
         ) from None
     except ArgumentError:  # the URL may hold a password: not shown
-        raise ConfigError(f"DATABASE_URL is not a database URL ({EXPECTED_URL})") from None
+        raise ConfigError(f"{setting} is not a database URL ({EXPECTED_URL})") from None
     except ImportError as error:  # the dialect is known, its driver is not installed
         raise ConfigError(
-            f"DATABASE_URL: the driver for {_driver(database_url)!r} is not installed "
+            f"{setting}: the driver for {_driver(database_url)!r} is not installed "
             f"({error}); resetbot ships psycopg 3 and PyMySQL ({EXPECTED_URL})"
         ) from None
 
 
 def with_shipped_driver(database_url: str) -> str:
     """`postgresql://`, `mysql://` and `mariadb://` name the driver resetbot ships."""
-    for bare, shipped in SHIPPED_DRIVERS.items():
+    for bare, with_driver in DRIVERS.items():
         if database_url.startswith(bare):
-            return shipped + database_url[len(bare) :]
+            return with_driver + database_url[len(bare) :]
     return database_url
 
 

@@ -20,8 +20,9 @@ VERSION_TABLE = "resetbot_alembic_version"
 DIRECTORY_NAMES_KEY = "resetbot_directory_names"
 
 
-def alembic_config(connection: Connection, names: DirectoryNames) -> Config:
-    """An Alembic configuration in code, carrying the open connection and the users' names."""
+def alembic_config(connection: Connection, names: DirectoryNames | None) -> Config:
+    """An Alembic configuration in code, carrying the open connection and the users' names
+    (None: the users are not resetbot's own table in this database; no users table here)."""
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.attributes["connection"] = connection
@@ -33,12 +34,25 @@ def upgrade(settings: Settings, revision: str = "head") -> str | None:
     """Bring the database of `settings` up to `revision`; returns the revision it is now at."""
     engine = make_engine(settings.database_url)
     try:
-        return upgrade_engine(engine, settings.directory, revision)
+        return upgrade_engine(engine, own_users_names(settings), revision)
     finally:
         engine.dispose()
 
 
-def upgrade_engine(engine: Engine, names: DirectoryNames, revision: str = "head") -> str | None:
+def own_users_names(settings: Settings) -> DirectoryNames | None:
+    """The names of resetbot's own users table when it lives in DATABASE_URL, else None.
+
+    With DIRECTORY_URL set, or a library system's profile, the users are someone else's and
+    elsewhere: resetbot's migrations make no users table and no search index at all.
+    """
+    if settings.directory_url or settings.directory_profile != "resetbot":
+        return None
+    return settings.directory
+
+
+def upgrade_engine(
+    engine: Engine, names: DirectoryNames | None, revision: str = "head"
+) -> str | None:
     with engine.begin() as connection:
         command.upgrade(alembic_config(connection, names), revision)
         return current_revision(connection)
@@ -57,18 +71,20 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
-def schema_metadata(names: DirectoryNames) -> MetaData:
-    """What the database should hold: resetbot's tables and the users table under its names."""
+def schema_metadata(names: DirectoryNames | None) -> MetaData:
+    """What the database should hold: resetbot's tables and (names given) its users table."""
     metadata = MetaData()
     for table in Base.metadata.tables.values():
         table.to_metadata(metadata)
-    users_table(names, metadata)
+    if names is not None:
+        users_table(names, metadata)
     return metadata
 
 
-def migration_directory_names() -> DirectoryNames:
-    """Inside a revision: the users table's configured names, handed over by `alembic_config`."""
+def migration_directory_names() -> DirectoryNames | None:
+    """Inside a revision: the users table's configured names, handed over by `alembic_config`;
+    None when this database holds no users table of resetbot's."""
     from alembic import context
 
-    names = context.config.attributes.get(DIRECTORY_NAMES_KEY)
-    return names if isinstance(names, DirectoryNames) else DirectoryNames()
+    names = context.config.attributes.get(DIRECTORY_NAMES_KEY, DirectoryNames())
+    return names if isinstance(names, DirectoryNames) else None

@@ -88,16 +88,23 @@ class NoEmailChoice(enum.StrEnum):
 
 
 class TaskStatus(enum.StrEnum):
+    #: Waits for its `start_at`; the reaper starts it (core/schedule.py, jobs/scheduling.py).
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
     COMPLETED_WITH_ERRORS = "completed_with_errors"
     CANCELLED = "cancelled"
     FAILED = "failed"
+    # Four-eyes approval (core/approval.py): waiting for a second admin, then one of these ends.
+    AWAITING_APPROVAL = "awaiting_approval"
+    REJECTED = "rejected"  # an approver (or the requester) said no: nothing changed
+    EXPIRED = "expired"  # nobody approved within RESET_APPROVAL_TTL: nothing changed
 
     @property
     def is_final(self) -> bool:
-        return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+        return self not in (TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.RUNNING,
+                            TaskStatus.AWAITING_APPROVAL)
 
     @property
     def words(self) -> str:
@@ -137,6 +144,12 @@ FINAL_ITEM_STATES = frozenset(
 FOLLOW_UP_STATES = frozenset(
     {ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED, ItemState.SKIPPED, ItemState.HANDED_OUT}
 )
+
+
+def preview_users_of(counts: dict[str, Any] | None) -> int | None:
+    """The users a preview JSON (`ResetTask.preview`) counted; None when there is none."""
+    users = (counts or {}).get("users")
+    return users if isinstance(users, int) and not isinstance(users, bool) else None
 
 
 class Base(DeclarativeBase):
@@ -201,6 +214,27 @@ class ResetTask(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The counts of the preview its requester confirmed (the one source of "how many users it
+    # was asked for": approvers are shown them, a scheduled start compares against them); an
+    # approval's re-count replaces them (marked `recounted`).
+    preview: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Four-eyes approval: when the request expires, and who decided (see core/approval.py).
+    approval_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    approved_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    rejected_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A scheduled reset (status `scheduled`): when it starts (UTC), the count taken again when
+    # its time came, when the reminder went to its thread, and since when it is held because
+    # that count differs from the preview's (core/schedule.py).
+    start_at: Mapped[datetime | None] = mapped_column(default=None)
+    recheck_users: Mapped[int | None] = mapped_column(Integer, default=None)
+    reminded_at: Mapped[datetime | None] = mapped_column(default=None)
+    start_held_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def preview_users(self) -> int | None:
+        """The users its preview counted (None: no preview was kept)."""
+        return preview_users_of(self.preview)
 
 
 class StartLock(Base):
@@ -264,6 +298,10 @@ class PendingRequest(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
     task_id: Mapped[int | None] = mapped_column(ForeignKey("reset_tasks.id"), default=None)
+    # The counts the requester saw, handed to the task (approvers are shown the same).
+    preview: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # A scheduled reset: when it should start (UTC).
+    start_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class AuditEntry(Base):

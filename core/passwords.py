@@ -159,10 +159,17 @@ def generate_password(policy: PasswordPolicy, username: str | None = None) -> st
 class PasswordHasher:
     """A passlib CryptContext built from settings; the first scheme hashes, all of them verify."""
 
-    def __init__(self, schemes: tuple[str, ...], rounds: int | None = None) -> None:
+    def __init__(
+        self, schemes: tuple[str, ...], rounds: int | None = None, *, ident: str | None = None
+    ) -> None:
+        """`ident`: the bcrypt variant written (`2a` for Perl's Crypt::Eksblowfish, Koha)."""
         self.schemes = schemes
-        cost = {f"{schemes[0]}__rounds": rounds} if rounds is not None else {}
-        self._context = CryptContext(schemes=list(schemes), **cost)
+        options: dict[str, object] = {}
+        if rounds is not None:
+            options[f"{schemes[0]}__rounds"] = rounds
+        if ident is not None:
+            options[f"{schemes[0]}__ident"] = ident
+        self._context = CryptContext(schemes=list(schemes), **options)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PasswordHasher:

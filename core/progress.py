@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.approval import ApprovalState, approval_state
 from core.models import (
     FINAL_ITEM_STATES,
     FOLLOW_UP_STATES,
@@ -148,6 +149,19 @@ class TaskSnapshot:
     #: When the counts were read: the "now" of the pace (None: no pace while it runs).
     read_at: datetime | None = None
     first_done: FirstDone | None = None
+    #: Set on a task that needed a second admin's approval (core/approval.py).
+    approval: ApprovalState | None = None
+    #: A scheduled reset: its start time, the users its preview counted (the same preview
+    #: approvers are shown) and the count taken at its start, and since when it waits for a new
+    #: confirmation because those differ (core/schedule.py).
+    start_at: datetime | None = None
+    preview_users: int | None = None
+    recheck_users: int | None = None
+    start_held_at: datetime | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.start_held_at is not None and self.status is TaskStatus.SCHEDULED
 
     @property
     def done(self) -> int:
@@ -207,6 +221,11 @@ def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
         pause_reason=task.pause_reason,
         read_at=utcnow(),
         first_done=first_done(session, task.id) if task.status == TaskStatus.RUNNING else None,
+        approval=approval_state(task),
+        start_at=task.start_at,
+        preview_users=task.preview_users,
+        recheck_users=task.recheck_users,
+        start_held_at=task.start_held_at,
     )
 
 

@@ -1,4 +1,4 @@
-"""Creating the schema: resetbot's tables, the users table (if absent) and its search index."""
+"""Creating the schema: resetbot's tables, and its own users table (if absent) with its index."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ from core.models import Base, users_table
 
 
 def create_schema(engine: Engine, directory: Directory) -> None:
-    """Idempotent: creates what is missing, leaves a library's existing users table alone."""
+    """Idempotent: creates what is missing, leaves a library's existing users table alone.
+
+    The users table and its search index only when they are resetbot's own and live in this
+    database: nothing is ever created in a library system's directory.
+    """
     with engine.begin() as connection:
-        if not inspect(connection).has_table(directory.names.table):
+        if directory.own_index and not inspect(connection).has_table(directory.names.table):
             users_table(directory.names, MetaData()).create(connection)
         Base.metadata.create_all(connection)
-        create_search_index(connection, directory)
+        if directory.own_index:
+            create_search_index(connection, directory.names)

@@ -317,6 +317,15 @@ def _database_url(name: str, raw: str) -> str:
     return raw
 
 
+def _profile_name(name: str, raw: str) -> str:
+    """A profile's name (letters, digits, _) or a file's path; its contents are read later."""
+    if _is_identifier(raw) or raw.endswith(".toml"):
+        return raw
+    raise ConfigError(
+        f"{name}: {raw!r} is neither a profile name (resetbot, koha) nor a .toml file's path"
+    )
+
+
 SECRET_KEY_EXPECTED = (  # what a key looks like, not a key
     "expected a Fernet key, or 32 or more random bytes in base64 or hex; make one with: "  # noqa: S105
     "python3 -c 'import secrets; print(secrets.token_hex(32))'"
@@ -434,6 +443,21 @@ class Settings:
         "(`postgresql://` works too); MariaDB/MySQL: `mysql+pymysql://user:pass@host:3306/db` "
         "(`mysql://`, `mariadb://` work too). A SQLite file's folder must exist",
         parse=_database_url,
+    )
+    directory_url: str | None = setting(
+        "DIRECTORY_URL", None,
+        "SQLAlchemy URL of the database that holds the users, when it is not `DATABASE_URL`'s "
+        "(a library system's own: `mysql+pymysql://user:pass@host/koha`). resetbot never "
+        "creates, alters, inserts or deletes anything there: it updates only the password "
+        "columns of the users a task resets. Unset: the users live in `DATABASE_URL`",
+        parse=_database_url,
+    )
+    directory_profile: str = setting(
+        "DIRECTORY_PROFILE", "resetbot",
+        "how the users table is read and written: `resetbot` (its own table, named by "
+        "`USERS_TABLE` and `USERS_COLUMNS`), `koha` (Koha's `borrowers`), or the path of a "
+        "profile file (`.toml`)",
+        parse=_profile_name,
     )
     redis_url: str | None = setting(
         "REDIS_URL", None,
@@ -597,6 +621,33 @@ class Settings:
     reset_admin_group: str | None = setting(
         "RESET_ADMIN_GROUP", None, "a Slack user group id whose members may reset", parse=text,
     )
+    reset_approval_min_users: int | None = setting(
+        "RESET_APPROVAL_MIN_USERS", None,
+        "a reset of at least this many users (as its preview counts them) waits for a second "
+        "admin's approval before anything changes. Unset: no approval",
+        parse=integer(1, 2**31),
+    )
+    reset_approval_scope_all: bool = setting(
+        "RESET_APPROVAL_SCOPE_ALL", False,
+        "`true`: every reset whose scope is `all` waits for approval, whatever its size",
+        parse=boolean,
+    )
+    reset_approval_ttl: float = setting(
+        "RESET_APPROVAL_TTL", 86400.0,
+        "seconds an approval request waits; then it expires, nothing changed and its sealed "
+        "password erased",
+        parse=seconds(90 * 86400),
+    )
+    reset_approvers: frozenset[str] = setting(
+        "RESET_APPROVERS", frozenset(),
+        "Slack user ids (admins) who may approve, comma-separated. Unset with "
+        "`RESET_APPROVER_GROUP` unset: any admin but the requester",
+        parse=_admins,
+    )
+    reset_approver_group: str | None = setting(
+        "RESET_APPROVER_GROUP", None,
+        "a Slack user group id whose members (admins) may approve", parse=text,
+    )
     reset_report_channel: str | None = setting(
         "RESET_REPORT_CHANNEL", None,
         "a private channel id for the lists of users to contact by hand (they hold personal "
@@ -612,6 +663,12 @@ class Settings:
         "seconds the admin group's members may go unread from Slack before nobody is admitted "
         "through the group (`RESET_ADMINS` still is)",
         parse=seconds(86400),
+    )
+    schedule_reminder: int = setting(
+        "RESET_SCHEDULE_REMINDER", 3600,
+        "seconds before a scheduled reset starts that its Slack thread gets a reminder "
+        "(0: no reminder)",
+        parse=integer(0, 7 * 86400),
     )
 
     @property

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, literal, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -29,6 +30,7 @@ from core.models import (
     utcnow,
 )
 from core.passwords import policy_violations
+from core.schedule import as_utc, is_future, start_at_problem
 from core.sealing import seal
 from core.settings import Settings
 
@@ -50,6 +52,8 @@ class ResetRequest:
     #: E-mailed mode only: what happens to users without an address.
     no_email: NoEmailChoice = NoEmailChoice.RESET
     no_email_password: str | None = field(default=None, repr=False)
+    #: When the reset should start (aware); None: as soon as it is confirmed.
+    start_at: datetime | None = None
 
     @property
     def mode(self) -> Mode:
@@ -68,9 +72,7 @@ def parse_scope(value: str | None) -> Scope:
         raise InputError("Choose who to reset.", field="scope") from None
 
 
-def validate_request(
-    session: Session, settings: Settings, directory: Directory, request: ResetRequest
-) -> Preview:
+def validate_request(settings: Settings, directory: Directory, request: ResetRequest) -> Preview:
     """Check everything a person typed; raise InputError naming the field, or return the preview.
 
     Problems are collected per field so one answer can show every reason at once.
@@ -84,7 +86,7 @@ def validate_request(
     elif request.scope.needs_selection and not selection:
         problems.setdefault("users", []).append("Pick at least one user for this scope.")
     elif selection:
-        missing = directory.missing_ids(session, selection)
+        missing = directory.missing_ids(selection)
         if missing:
             problems.setdefault("users", []).append(
                 f"{len(missing)} of the picked users no longer exist in the directory."
@@ -94,7 +96,9 @@ def validate_request(
             request.default_password, settings.policy, schemes=settings.password_schemes
         )
         if not reasons and settings.policy.forbid_username and "users" not in problems:
-            clashes = _usernames_in_password(session, directory, request)
+            clashes = directory.usernames_in_password(
+                request.default_password, request.scope, request.selection
+            )
             if clashes:
                 reasons.append(
                     f"It contains the username of {clashes} of the users it would be set for."
@@ -104,9 +108,13 @@ def validate_request(
     no_email_problems = _no_email_problems(settings, request)
     if no_email_problems:
         problems["no_email_password"] = no_email_problems
+    if request.start_at is not None:
+        late = start_at_problem(request.start_at, utcnow())
+        if late:
+            problems["start_at"] = [late]
     if problems:
         raise RequestInvalid(problems)
-    preview = directory.preview(session, request.scope, selection)
+    preview = directory.preview(request.scope, selection)
     if preview.users == 0:
         raise RequestInvalid({"scope": ["Nobody matches this scope: there is no one to reset."]})
     return preview
@@ -133,25 +141,16 @@ class RequestInvalid(InputError):
         self.problems = problems
 
 
-def _usernames_in_password(session: Session, directory: Directory, request: ResetRequest) -> int:
-    assert request.default_password is not None
-    c = directory.table.c
-    lowered = literal(request.default_password.lower())
-    query = (
-        select(func.count())
-        .select_from(directory.table)
-        .where(
-            directory.scope_condition(request.scope, request.selection),
-            func.length(c.username) > 0,
-            lowered.contains(func.lower(c.username)),
-        )
-    )
-    return int(session.execute(query).scalar_one())
+def create_pending(
+    session: Session, settings: Settings, request: ResetRequest, preview: Preview | None = None
+) -> PendingRequest:
+    """Park a validated request (and the counts its requester is shown) until they confirm it.
 
-
-def create_pending(session: Session, settings: Settings, request: ResetRequest) -> PendingRequest:
-    """Park a validated request under an opaque id until its requester confirms it."""
+    The counts go with the task: approvers are shown them, and a scheduled reset's start
+    compares the count taken then against them.
+    """
     pending = PendingRequest(
+        preview=preview_counts(preview),
         id=secrets.token_urlsafe(24),
         requester=request.requester,
         requester_name=request.requester_name,
@@ -163,6 +162,7 @@ def create_pending(session: Session, settings: Settings, request: ResetRequest) 
         no_email_password_sealed=_no_email_sealed(settings, request),
         slack_channel=request.slack_channel,
         expires_at=utcnow() + PENDING_TTL,
+        start_at=_start_at(request),
     )
     session.add(pending)
     forget_expired_passwords(session)
@@ -194,7 +194,11 @@ def forget_expired_passwords(session: Session, now: datetime | None = None) -> i
 
 
 def consume_pending(session: Session, pending_id: str, requester: str) -> ResetTask:
-    """Turn a pending request into a queued task, exactly once, even if confirmed twice at once."""
+    """Turn a pending request into a task, exactly once, even if confirmed twice at once.
+
+    The task is `queued` until the caller's `gate_new_task`, in the same transaction, decides
+    what it does next (wait for approval, wait for its time, or start now).
+    """
     pending = session.get(PendingRequest, pending_id)
     if pending is None or pending.requester != requester:
         raise ConflictError("This request is unknown or not yours. Start again.")
@@ -214,6 +218,8 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
         no_email_password_sealed=pending.no_email_password_sealed,
         slack_channel=pending.slack_channel,
         status=TaskStatus.QUEUED,
+        preview=pending.preview,
+        start_at=pending.start_at,
     )
     session.add(task)
     session.flush()
@@ -230,9 +236,13 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
     return task
 
 
-def create_task(session: Session, settings: Settings, request: ResetRequest) -> ResetTask:
-    """A queued task straight from a validated request (the CLI confirms in the terminal)."""
+def create_task(
+    session: Session, settings: Settings, request: ResetRequest, preview: Preview | None = None
+) -> ResetTask:
+    """A task straight from a validated request (the CLI confirms in the terminal): `queued`
+    until the caller's `gate_new_task`, in the same transaction, decides what it does next."""
     task = ResetTask(
+        preview=preview_counts(preview),
         requester=request.requester,
         requester_name=request.requester_name,
         scope=request.scope.value,
@@ -243,12 +253,105 @@ def create_task(session: Session, settings: Settings, request: ResetRequest) -> 
         no_email=request.no_email_choice.value,
         no_email_password_sealed=_no_email_sealed(settings, request),
         slack_channel=request.slack_channel,
+        start_at=_start_at(request),
         status=TaskStatus.QUEUED,
     )
     session.add(task)
     session.flush()
     audit.record(session, request.requester, "confirm", task.id, scope=task.scope, mode=task.mode)
     return task
+
+
+def preview_counts(preview: Preview | None) -> dict[str, Any] | None:
+    """A preview as the JSON kept with a request and its task."""
+    return None if preview is None else asdict(preview)
+
+
+def _start_at(request: ResetRequest) -> datetime | None:
+    return as_utc(request.start_at) if request.start_at is not None else None
+
+
+# ---- the gate: what a confirmed task does next ----------------------------------------------
+
+
+def gate_new_task(
+    session: Session, settings: Settings, task: ResetTask, now: datetime | None = None
+) -> TaskStatus:
+    """THE decision for a task just confirmed (Slack's confirm, `resetbot reset`); returns the
+    status it now has:
+    - AWAITING_APPROVAL: it needs a second admin (core/approval.py); nothing is enqueued. With
+      a start time, the approval must come before it: the request expires at the earlier of
+      RESET_APPROVAL_TTL and the start time;
+    - otherwise as `release_task` decides: SCHEDULED (the caller announces it; the reaper
+      starts it at its time) or QUEUED (the caller enqueues its plan).
+
+    Call it in the transaction that created the task, before the commit, so no reaper or
+    worker ever sees a task that should wait as queued.
+    """
+    now = now if now is not None else utcnow()
+    if needs_approval(settings, task):
+        task.status = TaskStatus.AWAITING_APPROVAL
+        task.approval_expires_at = approval_deadline(settings, task, now)
+        audit.record(session, task.requester, "approval_request", task.id, scope=task.scope,
+                     users=task.preview_users, start_at=_iso(task.start_at))
+        session.flush()
+        return TaskStatus.AWAITING_APPROVAL
+    return release_task(session, task, task.requester, now)
+
+
+def approval_deadline(settings: Settings, task: ResetTask, now: datetime) -> datetime:
+    """When an approval request expires: after RESET_APPROVAL_TTL, or at the task's start time
+    if that comes first (a scheduled reset approved late would start late, unannounced)."""
+    deadline = now + timedelta(seconds=settings.reset_approval_ttl)
+    if task.start_at is not None and as_utc(task.start_at) < deadline:
+        return as_utc(task.start_at)
+    return deadline
+
+
+def released_status(task: ResetTask, now: datetime | None = None) -> TaskStatus:
+    """The status of a task every gate has let through (no approval needed, or approved):
+    SCHEDULED while its start time is ahead, else QUEUED (it starts now)."""
+    return TaskStatus.SCHEDULED if is_future(task.start_at, now or utcnow()) else TaskStatus.QUEUED
+
+
+def release_task(
+    session: Session, task: ResetTask, actor: str, now: datetime | None = None
+) -> TaskStatus:
+    """Release a task that needs no approval; returns its new status (see `released_status`).
+
+    `queued`: it starts now, and the caller (the edge) enqueues its plan after the commit.
+    `scheduled`: its start time is still ahead; nothing is enqueued, the reaper starts it when
+    the time comes (jobs/scheduling.py), and the caller announces it. A start time that passed
+    while the preview waited for its confirm starts it now.
+    """
+    task.status = released_status(task, now)
+    if task.status == TaskStatus.SCHEDULED:
+        record_schedule(session, task, actor)
+    session.flush()
+    return TaskStatus(task.status)
+
+
+def record_schedule(session: Session, task: ResetTask, actor: str) -> None:
+    """The audit entry of a task that now waits for its start time (released or approved)."""
+    audit.record(session, actor, "schedule", task.id, start_at=_iso(task.start_at),
+                 users=task.preview_users)
+
+
+def needs_approval(settings: Settings, task: ResetTask) -> bool:
+    """Whether a confirmed task waits for a second admin (see `approval_required`)."""
+    return approval_required(settings, task.scope, task.preview_users)
+
+
+def approval_required(settings: Settings, scope: str, users: int | None) -> bool:
+    """RESET_APPROVAL_MIN_USERS reached by the preview's count, or scope `all` when
+    RESET_APPROVAL_SCOPE_ALL. Counts unknown (no preview kept) while a minimum is set: it waits,
+    rather than start a reset nobody counted."""
+    if settings.reset_approval_scope_all and scope == Scope.ALL:
+        return True
+    minimum = settings.reset_approval_min_users
+    if minimum is None:
+        return False
+    return users is None or users >= minimum
 
 
 def _sealed(settings: Settings, password: str | None) -> str | None:
@@ -272,6 +375,13 @@ def request_cancel(session: Session, task_id: int, actor: str) -> ResetTask:
     status = TaskStatus(task.status)
     if status.is_final:
         raise ConflictError(f"Task #{task_id} has already ended ({status.words}).")
+    if status is TaskStatus.AWAITING_APPROVAL:
+        # Nothing has started: withdrawing it is a rejection (the requester may reject theirs).
+        raise ConflictError(f"Task #{task_id} awaits approval and has not started: reject it "
+                            "instead (Reject in its thread, or `resetbot tasks reject "
+                            f"{task_id}`).")
+    if status is TaskStatus.SCHEDULED and _cancel_scheduled(session, task, actor):
+        return task
     task.cancel_requested = True
     task.cancelled_by = actor
     now = utcnow()
@@ -292,6 +402,60 @@ def request_cancel(session: Session, task_id: int, actor: str) -> ResetTask:
     )
     audit.record(session, actor, "cancel", task_id)
     return task
+
+
+def _cancel_scheduled(session: Session, task: ResetTask, actor: str) -> bool:
+    """A task that has not reached its start time ends at once, its sealed passwords erased.
+
+    Conditional: if the reaper started it a moment ago, this changes nothing and the cancel
+    goes the way of any queued task's (its planner ends it unstarted).
+    """
+    now = utcnow()
+    ended = session.execute(
+        update(ResetTask)
+        .where(ResetTask.id == task.id, ResetTask.status == TaskStatus.SCHEDULED)
+        .values(
+            status=TaskStatus.CANCELLED, cancel_requested=True, cancelled_by=actor,
+            finished_at=now, planned=True, default_password_sealed=None,
+            no_email_password_sealed=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if ended.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(task)
+        return False
+    session.refresh(task)
+    audit.record(session, actor, "cancel", task.id, scheduled=True,
+                 start_at=_iso(task.start_at))
+    return True
+
+
+def confirm_held_start(session: Session, task_id: int, actor: str) -> ResetTask:
+    """Start a scheduled task held at its start time because its counts changed (queued now).
+
+    Whoever confirms accepts the counts its thread showed; the caller enqueues the plan after
+    the commit (a lost enqueue is made good by the reaper, which wakes queued tasks).
+    """
+    task = session.get(ResetTask, task_id)
+    if task is None:
+        raise ConflictError(f"There is no task #{task_id}.")
+    released = session.execute(
+        update(ResetTask)
+        .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.SCHEDULED,
+               ResetTask.start_held_at.is_not(None))
+        .values(status=TaskStatus.QUEUED, start_held_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(task)
+    if released.rowcount != 1:  # type: ignore[attr-defined]
+        raise ConflictError(f"Task #{task_id} is not waiting for a new confirmation "
+                            f"({TaskStatus(task.status).words}).")
+    audit.record(session, actor, "reconfirm", task_id, users=task.recheck_users)
+    return task
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return as_utc(moment).isoformat(timespec="seconds") if moment is not None else None
 
 
 def state_counts(session: Session, task_id: int) -> dict[ItemState, int]:
@@ -379,3 +543,23 @@ def _already_retried(task_id: int, retry_id: int | None) -> ConflictError:
 def recent_tasks(session: Session, limit: int = 20) -> list[ResetTask]:
     query = select(ResetTask).order_by(ResetTask.id.desc()).limit(limit)
     return list(session.scalars(query))
+
+
+def scheduled_first(session: Session, limit: int = 20) -> list[ResetTask]:
+    """Every task waiting before its start: scheduled ones (soonest first), then those awaiting
+    approval (oldest first), so the ones someone must act on are never pushed off the list;
+    then the most recent of the others."""
+    waiting = (TaskStatus.SCHEDULED, TaskStatus.AWAITING_APPROVAL)
+    scheduled = list(session.scalars(
+        select(ResetTask).where(ResetTask.status == TaskStatus.SCHEDULED)
+        .order_by(ResetTask.start_at, ResetTask.id)
+    ))
+    awaiting = list(session.scalars(
+        select(ResetTask).where(ResetTask.status == TaskStatus.AWAITING_APPROVAL)
+        .order_by(ResetTask.id)
+    ))
+    others = session.scalars(
+        select(ResetTask).where(ResetTask.status.not_in(waiting))
+        .order_by(ResetTask.id.desc()).limit(limit)
+    )
+    return scheduled + awaiting + list(others)

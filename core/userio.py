@@ -367,12 +367,14 @@ def _batches(items: list[T]) -> Iterator[list[T]]:
 def import_users(
     session: Session, directory: Directory, data: bytes, actor: str
 ) -> ImportResult:
-    """Check the whole file, then upsert it in the session's transaction and audit it.
+    """Check the whole file, upsert it in the directory's own transaction, and audit it in the
+    session (the state database's; the caller commits).
 
-    The caller commits; on ImportRefused nothing has been written.
+    On ImportRefused nothing has been written.
     """
     rows = parse_users_csv(decode(data), column_limits(directory))
-    result = upsert_users(session.connection(), directory, rows, rows.columns)
+    with directory.engine.begin() as connection:
+        result = upsert_users(connection, directory, rows, rows.columns)
     audit.record(
         session, actor, "users_import",
         created=result.created, updated=result.updated, unchanged=result.unchanged,
@@ -380,11 +382,12 @@ def import_users(
     return result
 
 
-def export_users(session: Session, directory: Directory) -> str:
+def export_users(directory: Directory) -> str:
     """The directory in the import format, ordered by username, safe for spreadsheets."""
     c = directory.table.c
     query = select(c.username, c.full_name, c.email, c.role).order_by(c.username)
-    return to_csv(HEADER, session.execute(query))
+    with directory.engine.connect() as connection:
+        return to_csv(HEADER, connection.execute(query))
 
 
 # -- a list of usernames (`resetbot reset --users-file`) ----------------------------------------

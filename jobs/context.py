@@ -69,12 +69,19 @@ class WorkerContext:
     ) -> WorkerContext:
         owns_engine = engine is None
         engine = engine if engine is not None else make_engine(settings.database_url)
+        try:
+            directory = Directory.from_settings(settings, engine)
+        except BaseException:
+            if owns_engine:
+                engine.dispose()
+            raise
         context = cls(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
-            directory=Directory(settings.directory),
-            hasher=hasher if hasher is not None else PasswordHasher.from_settings(settings),
+            directory=directory,
+            # The hash the directory's system reads (Koha: bcrypt $2a$), unless a test gives one.
+            hasher=hasher if hasher is not None else directory.hasher,
             redis=redis,
             queue=make_queue(settings, redis),
             reporter=NullReporter(),
@@ -86,6 +93,7 @@ class WorkerContext:
         return context
 
     def close(self) -> None:
+        self.directory.dispose()
         if self.owns_engine:
             self.engine.dispose()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -49,8 +49,12 @@ def start_task(context: WorkerContext, task_id: int) -> bool | None:
         status = TaskStatus(task.status)
         if status is TaskStatus.RUNNING:
             return None if task.planned else False
+        if status is TaskStatus.SCHEDULED:
+            return None  # not due: the reaper queues it when its time comes (jobs/scheduling.py)
         if status.is_final:
             return None
+        if status is not TaskStatus.QUEUED:
+            return None  # awaiting approval: its own gate enqueues it once approved
         if task.cancel_requested:
             cancel_unstarted(context, session, task_id)
             return None
@@ -148,14 +152,7 @@ def _running_overlap(
     ).all()
 
     def all_staff(user_ids: frozenset[int]) -> bool:
-        directory = context.directory
-        patrons = session.scalar(
-            select(func.count()).select_from(directory.table).where(
-                directory.table.c.id.in_(sorted(user_ids)),
-                directory.scope_condition(Scope.ALL_WITHOUT_ROLE, ()),
-            )
-        )
-        return not patrons
+        return not context.directory.patrons_among(user_ids)
 
     for other_id, scope, selection in running:
         if overlaps(reach, Reach.of(scope, selection or ()), all_staff):
@@ -260,8 +257,9 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         cancelled = session.scalar(
             select(ResetTask.cancel_requested).where(ResetTask.id == task_id)
         )
+        # Read in the directory's own database (its own connection); written here.
         users = [] if cancelled else context.directory.scope_batch(
-            session, plan.scope, plan.selection, plan.cursor, PLAN_BATCH
+            plan.scope, plan.selection, plan.cursor, PLAN_BATCH
         )
         done = len(users) < PLAN_BATCH
         cursor = users[-1].id if users else plan.cursor

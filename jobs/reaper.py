@@ -10,7 +10,13 @@ Runs every `reaper_interval` seconds in every worker (and once before a burst wo
 - a task whose users are all done but that never ended is finished;
 - a queued task with no job to start it is woken (it waits on if it still shares users);
 - an ended task whose Slack summary or CSV delivery was lost gets its end re-reported;
-- an expired preview's sealed default password is erased.
+- an expired preview's sealed default password is erased;
+- an approval request nobody decided on within RESET_APPROVAL_TTL, or before the start time
+  of a scheduled task, expires (its passwords erased, its thread told);
+- a scheduled task whose time has come is started (or held), its reminder sent
+  (jobs/scheduling.py); expiries go first, so a task still awaiting approval at its time
+  never starts;
+- a task awaiting approval or its start time whose Slack post Redis lost is posted again.
 
 Every job is idempotent (conditional UPDATEs), so a duplicate costs a no-op; `rescued_at` keeps
 many workers' reapers from enqueuing the same rescue each interval.
@@ -26,6 +32,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.approval import expire_overdue
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
 from core.tasks import forget_expired_passwords
 from jobs.context import WorkerContext, use_context
@@ -37,7 +44,9 @@ from jobs.queueing import (
     job_ids_in_redis,
     task_of_job,
 )
+from jobs.reporting import SafeReporter
 from jobs.rows import ACTIVE_ITEM_STATES, update_returning
+from jobs.scheduling import run_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +61,12 @@ class ReapReport:
     retries_enqueued: int = 0
     plans_enqueued: int = 0
     tasks_finished: int = 0
+    #: Scheduled tasks this pass started (queued) or held.
+    schedules_started: int = 0
+    schedules_held: int = 0
     #: Not work put back, so not part of `changed`.
     passwords_erased: int = 0
+    approvals_expired: int = 0
 
     @property
     def changed(self) -> bool:
@@ -78,6 +91,9 @@ def reap(context: WorkerContext, now: datetime | None = None) -> ReapReport:
 def _reap(context: WorkerContext, now: datetime) -> ReapReport:
     report = ReapReport()
     _erase_expired_passwords(context, now, report)
+    _expire_approvals(context, now, report)
+    scheduled = run_schedule(context, now)
+    report.schedules_started, report.schedules_held = scheduled.started, scheduled.held
     _return_expired_leases(context, now, report)
     jobs = task_jobs(context)
     with context.sessions() as session:
@@ -91,9 +107,10 @@ def _reap(context: WorkerContext, now: datetime) -> ReapReport:
     if context.settings.slack_bot_token:
         # A task's end told to Slack by a delivery that Redis lost is told again. Imported here:
         # a worker without Slack never loads slack_sdk.
-        from jobs.slack_reporter import resend_lost_ends
+        from jobs.slack_reporter import resend_lost_announcements, resend_lost_ends
 
         resend_lost_ends(context)
+        resend_lost_announcements(context)
     return report
 
 
@@ -114,6 +131,18 @@ def _erase_expired_passwords(context: WorkerContext, now: datetime, report: Reap
         session.commit()
     if report.passwords_erased:
         logger.info("erased the sealed password of %s expired previews", report.passwords_erased)
+
+
+def _expire_approvals(context: WorkerContext, now: datetime, report: ReapReport) -> None:
+    """Approval requests past RESET_APPROVAL_TTL end `expired`; each thread is told, as an end."""
+    with context.sessions() as session:
+        expired = expire_overdue(session, now)
+        session.commit()
+    for task_id in expired:
+        SafeReporter(context.reporter).task_finished(task_id)
+    if expired:
+        logger.info("approval requests expired: tasks %s", ", ".join(map(str, expired)))
+    report.approvals_expired += len(expired)
 
 
 def _return_expired_leases(context: WorkerContext, now: datetime, report: ReapReport) -> None:

@@ -28,7 +28,10 @@ class Reporter(Protocol):
     - `task_paused` / `task_resumed`: once per mail outage, when the task first pauses
       because the mail server cannot be used, and when it answers again;
     - `task_finished`: exactly once, after the final status is committed (also for a task
-      cancelled before it started, which never had `task_started`).
+      cancelled before it started, which never had `task_started`);
+    - `schedule_reminder`: once, RESET_SCHEDULE_REMINDER before a scheduled task's start;
+    - `schedule_reached`: once, when a scheduled task's time has come and it was started (or
+      held, its counts having changed); `late_seconds` after its start time.
     """
 
     def task_started(self, task_id: int) -> None: ...
@@ -46,6 +49,10 @@ class Reporter(Protocol):
     def task_resumed(self, task_id: int) -> None: ...
 
     def task_finished(self, task_id: int) -> None: ...
+
+    def schedule_reminder(self, task_id: int) -> None: ...
+
+    def schedule_reached(self, task_id: int, late_seconds: int) -> None: ...
 
 
 class NullReporter:
@@ -72,6 +79,12 @@ class NullReporter:
         return None
 
     def task_finished(self, task_id: int) -> None:
+        return None
+
+    def schedule_reminder(self, task_id: int) -> None:
+        return None
+
+    def schedule_reached(self, task_id: int, late_seconds: int) -> None:
         return None
 
 
@@ -115,6 +128,14 @@ class SafeReporter:
 
     def task_finished(self, task_id: int) -> None:
         self._forward("task_finished", task_id, lambda: self.reporter.task_finished(task_id))
+
+    def schedule_reminder(self, task_id: int) -> None:
+        self._forward("schedule_reminder", task_id,
+                      lambda: self.reporter.schedule_reminder(task_id))
+
+    def schedule_reached(self, task_id: int, late_seconds: int) -> None:
+        self._forward("schedule_reached", task_id,
+                      lambda: self.reporter.schedule_reached(task_id, late_seconds))
 
     @staticmethod
     def _forward(method: str, task_id: int, call: Callable[[], None]) -> None:

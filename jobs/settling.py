@@ -78,29 +78,41 @@ def fail_for_mail_setup(
 
 
 def _write_batch(context: WorkerContext, task: TaskView, batch: HashedBatch) -> set[int]:
-    """Write the hashes and end the users not to be mailed; the ids this worker still holds."""
+    """Write the hashes and end the users not to be mailed; the ids this worker still holds.
+
+    The hashes live in the directory's database, the items' states in resetbot's: two
+    transactions, in this order, so that a crash anywhere never leaves a user with a password
+    nobody will be told:
+      1. renew the lease (state): the check that this worker still holds each item; an item
+         whose lease was lost is someone else's now, and its hash is not written here;
+      2. write the hashes (directory), one transaction;
+      3. end the items not to be mailed (state); the others are ended once mailed.
+    A crash after 2 leaves the items claimed: their lease expires, the reaper hands them back,
+    and the re-do makes a fresh password, writes it again and mails it, so the last mail a user
+    gets still holds the password that works. Were the states written first, a crash before the
+    hashes would record users as reset whose password never changed.
+    """
     now = utcnow()
     unmailed = [item.id for item in batch.claimed if item.id not in batch.passwords]
     with context.sessions() as session:
-        # Ending or renewing an item is also the check that this worker still holds it: an item
-        # whose lease was lost is someone else's now, and its hash is not written here.
-        held = end_unmailed(context, session, unmailed, task.unmailed_state, now) | renew(
-            context, session, list(batch.passwords)
+        held = renew(context, session, [item.id for item in batch.claimed])
+        session.commit()
+    written = [(item.user_id, new_hash) for item, new_hash in batch.hashes if item.id in held]
+    handed_out = _handed_out(task, batch)
+    # A password staff hand out must be changed at the next sign-in, whatever the task says.
+    for must_change, group in (
+        (True, [pair for pair in written if pair[0] in handed_out]),
+        (task.require_change, [pair for pair in written if pair[0] not in handed_out]),
+    ):
+        if group:
+            context.directory.write_hashes(group, require_change=must_change, changed_at=now)
+    with context.sessions() as session:
+        ended = end_unmailed(
+            context, session, [i for i in unmailed if i in held], task.unmailed_state, now
         )
-        written = [(item.user_id, new_hash) for item, new_hash in batch.hashes if item.id in held]
-        handed_out = _handed_out(task, batch)
-        # A password staff hand out must be changed at the next sign-in, whatever the task says.
-        for must_change, group in (
-            (True, [pair for pair in written if pair[0] in handed_out]),
-            (task.require_change, [pair for pair in written if pair[0] not in handed_out]),
-        ):
-            if group:
-                context.directory.write_hashes(
-                    session, group, require_change=must_change, changed_at=now
-                )
         session.commit()
     batch.lease.renewed = time.monotonic()
-    return held
+    return held - (set(unmailed) - ended)
 
 
 def _handed_out(task: TaskView, batch: HashedBatch) -> set[int]:

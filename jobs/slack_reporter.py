@@ -21,6 +21,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any, cast
 
+from redis.exceptions import RedisError
 from rq import Queue, Retry
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -39,7 +40,7 @@ from slack_sdk.http_retry.state import RetryState
 from sqlalchemy import CursorResult, or_, select, update
 
 from blocks import messages
-from core.errors import ConfigError
+from core.errors import ConfigError, QueueUnavailable
 from core.models import (
     FOLLOW_UP_STATES,
     ItemState,
@@ -83,6 +84,13 @@ HOPELESS = frozenset(
     }
 )
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]+$")
+#: Statuses of a task whose parent message is posted although it has not started.
+NEVER_STARTED = frozenset(
+    {TaskStatus.AWAITING_APPROVAL, TaskStatus.REJECTED, TaskStatus.EXPIRED, TaskStatus.SCHEDULED}
+)
+#: Statuses of a task whose parent message is posted (announced) before it starts; one whose
+#: announcement Redis lost is announced again by the reaper.
+ANNOUNCED_BEFORE_START = (TaskStatus.AWAITING_APPROVAL, TaskStatus.SCHEDULED)
 
 
 class Event(StrEnum):
@@ -93,6 +101,13 @@ class Event(StrEnum):
     PAUSED = "paused"
     RESUMED = "resumed"
     FINISHED = "finished"
+    #: The parent message of a task that has not started is posted or brought up to date: it
+    #: awaits approval, or waits for its start time, or was just approved, rejected or
+    #: cancelled (the edges' `announce`). A task that ended so is told as any end.
+    ANNOUNCE = "announce"
+    #: A scheduled task: the reminder before its start, and its start (or hold) at its time.
+    REMINDER = "reminder"
+    REACHED = "reached"
 
 
 class NotReady(Exception):
@@ -148,6 +163,12 @@ class SlackReporter:
 
     def task_finished(self, task_id: int) -> None:
         self._send(task_id, Event.FINISHED)
+
+    def schedule_reminder(self, task_id: int) -> None:
+        self._send(task_id, Event.REMINDER)
+
+    def schedule_reached(self, task_id: int, late_seconds: int) -> None:
+        self._send(task_id, Event.REACHED, late_seconds)
 
     def _send(self, task_id: int, event: Event, *args: int, front: bool | None = None) -> None:
         if not self._reports_to_slack(task_id):
@@ -232,6 +253,58 @@ def resend_lost_ends(context: WorkerContext) -> int:
         resent += 1
     if resent:
         logger.warning("re-sent the end of %s task(s) to Slack: their delivery was lost", resent)
+    return resent
+
+
+def announce(queue: Queue, task_id: int) -> None:
+    """Have a worker post or update the parent message of a task that has not started (it
+    awaits approval or its start time, or was just decided or cancelled): the edges'
+    `announce`, and the reaper's when that delivery was lost."""
+    try:
+        enqueue_delivery(queue, task_id, Event.ANNOUNCE)
+    except RedisError as error:
+        raise QueueUnavailable(f"Redis cannot be reached: {type(error).__name__}") from error
+
+
+def resend_lost_announcements(context: WorkerContext) -> int:
+    """Post the parent message of tasks waiting before their start (awaiting approval, or
+    scheduled) whose first delivery Redis lost.
+
+    Without it the approvers would never see the buttons, nor the channel the scheduled reset
+    and its Cancel. A waiting task with a channel and no parent yet, and no delivery of its own
+    in Redis, gets one (at most every few minutes per task); returns how many.
+    """
+    reporter = context.reporter
+    if not isinstance(reporter, SlackReporter):
+        return 0
+    with context.sessions() as session:
+        unposted = list(session.scalars(
+            select(ResetTask.id).where(
+                ResetTask.status.in_(ANNOUNCED_BEFORE_START),
+                ResetTask.slack_channel.is_not(None),
+                ResetTask.slack_thread_ts.is_(None),
+            )
+        ))
+    if not unposted:
+        return 0
+    delivering = {
+        delivery[0]
+        for entry in job_ids_in_redis(context.redis, context.queue)
+        if (delivery := delivery_of_job(entry)) is not None
+    }
+    resent = 0
+    for task_id in unposted:
+        throttle = f"{context.queue.name}:slack-announce:{task_id}"
+        if task_id in delivering or not context.redis.set(
+            throttle, 1, nx=True, ex=RESEND_EVERY_SECONDS
+        ):
+            continue
+        enqueue_delivery(context.queue, task_id, Event.ANNOUNCE,
+                         retry_intervals=reporter.retry_intervals)
+        resent += 1
+    if resent:
+        logger.warning("re-sent the parent message of %s waiting task(s) to Slack: their "
+                       "delivery was lost", resent)
     return resent
 
 
@@ -396,15 +469,24 @@ class Delivery:
         if event is not Event.FINISHED and state.summary_posted:
             return  # late: the thread has ended, and a reply now would follow its summary
         state, fresh = self.ensure_parent(state)
-        if event is Event.FINISHED:
+        if event is Event.FINISHED or (event is Event.ANNOUNCE and state.task.status.is_final):
             self.finish(state, fresh)
             return
         if not fresh and not state.task.status.is_final:
             self.update_parent(state)  # once ended, the end's own delivery renders it
         self.say_error_once(state)
         if event is Event.STARTED:
+            # An approved or scheduled task's parent was posted before it began.
+            self.say_started_once(state)
             return
-        if event is Event.PROGRESS:
+        if event is Event.ANNOUNCE:
+            return  # the parent message says it
+        if event is Event.REMINDER:
+            if state.task.status is TaskStatus.SCHEDULED and not state.task.held:
+                self.reply(state, messages.reminder_reply(state.task, utcnow()))
+        elif event is Event.REACHED:
+            self.reply(state, messages.start_reached_reply(state.task, args[0]))
+        elif event is Event.PROGRESS:
             self.say_milestone(state)
         elif event is Event.WAITING:
             with self.context.sessions() as session:
@@ -485,10 +567,19 @@ class Delivery:
             raise
         self._set(slack_thread_ts=posted["ts"], slack_channel=posted["channel"])
         state = self.load() or state
-        if not state.started_posted and not state.summary_posted:
-            self.once(ResetTask.slack_started_posted, True, False,
-                      lambda: self.reply(state, messages.started_reply(state.task)))
+        self.say_started_once(state)
         return state, True
+
+    def say_started_once(self, state: ThreadState) -> None:
+        """The "Started" reply, once, and only for a task that has started: not one awaiting
+        approval or its start time (its parent comes first), nor one that ended before it
+        started (rejected, expired, cancelled while scheduled or waiting)."""
+        if state.started_posted or state.summary_posted or state.task.status in NEVER_STARTED:
+            return
+        if state.task.status.is_final and state.task.started_at is None:
+            return
+        self.once(ResetTask.slack_started_posted, True, False,
+                  lambda: self.reply(state, messages.started_reply(state.task)))
 
     def update_parent(self, state: ThreadState) -> None:
         ts = state.thread_ts

@@ -41,8 +41,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     leaves them out, so the rest runs anywhere in seconds."""
     for item in items:
         if (
-            item.get_closest_marker("postgres")
-            or item.get_closest_marker("mariadb")
+            item.get_closest_marker("postgres") or item.get_closest_marker("mariadb")
             or "redis_conn" in getattr(item, "fixturenames", ())
         ):
             item.add_marker(pytest.mark.services)
@@ -152,8 +151,11 @@ def redis_conn(queue_name: str) -> Iterator[Redis]:
 
 
 @pytest.fixture
-def directory(settings: Settings) -> Directory:
-    return Directory(settings.directory)
+def directory(settings: Settings) -> Iterator[Directory]:
+    """The settings' directory over an engine of its own (the users live in the test database)."""
+    directory = Directory.from_settings(settings)
+    yield directory
+    directory.dispose()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Buttons: Cancel and Retry failed on a task's parent message, New reset on App Home.
+"""Buttons: Approve, Reject, Cancel, Start now and Retry failed on a task's parent message, New
+reset on App Home.
 
 Each is for admins only (a button payload can be replayed by anyone), does the database work,
 acks, then tells the user what happened in an ephemeral line.
@@ -14,21 +15,46 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
-from blocks.ids import ACTION_CANCEL, ACTION_OPEN_MODAL, ACTION_OPEN_THREAD, ACTION_RETRY_FAILED
-from blocks.text import cancel_requested, queue_unavailable, retry_started
+from blocks.ids import (
+    ACTION_APPROVE,
+    ACTION_CANCEL,
+    ACTION_CONFIRM_SCHEDULED,
+    ACTION_OPEN_MODAL,
+    ACTION_OPEN_THREAD,
+    ACTION_REJECT,
+    ACTION_RETRY_FAILED,
+)
+from blocks.text import (
+    approved_and_started,
+    approved_and_waiting,
+    cancel_requested,
+    queue_unavailable,
+    recount_to_approve,
+    rejected_by_you,
+    retry_started,
+    scheduled_cancelled,
+    start_confirmed,
+)
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
 from bot.listeners.replies import open_modal, tell_where_possible
+from bot.listeners.submissions import announce_waiting
 from bot.payloads import channel_of, first_action, task_id, user_name_of
+from core import approval
 from core.errors import ConflictError, InputError, QueueUnavailable
-from core.tasks import create_retry_task, request_cancel
+from core.models import TaskStatus
+from core.tasks import confirm_held_start, create_retry_task, request_cancel
 
 log = logging.getLogger("resetbot.slack")
 
 
 def register(app: App) -> None:
+    app.action(ACTION_APPROVE, middleware=[admin_only(ACTION_APPROVE)])(approve)
+    app.action(ACTION_REJECT, middleware=[admin_only(ACTION_REJECT)])(reject)
     app.action(ACTION_CANCEL, middleware=[admin_only(ACTION_CANCEL)])(cancel)
     app.action(ACTION_RETRY_FAILED, middleware=[admin_only(ACTION_RETRY_FAILED)])(retry)
+    app.action(ACTION_CONFIRM_SCHEDULED,
+               middleware=[admin_only(ACTION_CONFIRM_SCHEDULED)])(confirm_scheduled)
     app.action(ACTION_OPEN_MODAL, middleware=[admin_only(ACTION_OPEN_MODAL)])(open_from_home)
     app.action(re.compile(f"^{ACTION_OPEN_THREAD}"))(open_thread)
 
@@ -37,12 +63,25 @@ def register_fallback(app: App) -> None:
     app.action(re.compile(".*"))(unknown_action)
 
 
+def approve(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
+    _answer_button(deps_of(context), ack, body, client, _approve)
+
+
+def reject(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
+    _answer_button(deps_of(context), ack, body, client, _reject)
+
+
 def cancel(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
     _answer_button(deps_of(context), ack, body, client, _cancel)
 
 
 def retry(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
     _answer_button(deps_of(context), ack, body, client, _retry)
+
+
+def confirm_scheduled(ack: Ack, body: dict[str, Any], client: WebClient,
+                      context: BoltContext) -> None:
+    _answer_button(deps_of(context), ack, body, client, _confirm_scheduled)
 
 
 def open_from_home(ack: Ack, body: dict[str, Any], client: WebClient,
@@ -83,9 +122,27 @@ def _answer_button(
 def _cancel(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
     wanted = task_id(first_action(body).get("value"))
     with deps.sessions() as session:
-        request_cancel(session, wanted, user)
+        task = request_cancel(session, wanted, user)
         session.commit()
+        before_start = task.status == TaskStatus.CANCELLED
+    if before_start:
+        announce_waiting(deps, wanted)  # ended at once, before its time: the thread says so
+        return scheduled_cancelled(wanted)
     return cancel_requested(wanted)
+
+
+def _confirm_scheduled(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
+    """A scheduled task held at its start (its counts changed) starts with the new counts."""
+    wanted = task_id(first_action(body).get("value"))
+    with deps.sessions() as session:
+        confirm_held_start(session, wanted, user)
+        session.commit()
+    try:
+        deps.enqueue(wanted)
+    except QueueUnavailable as error:
+        log.error("could not enqueue task %s: %s", wanted, type(error).__name__)
+        return queue_unavailable(wanted)
+    return start_confirmed(wanted)
 
 
 def _retry(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
@@ -100,3 +157,57 @@ def _retry(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
         log.error("could not enqueue task %s: %s", new_id, type(error).__name__)
         return queue_unavailable(new_id)
     return retry_started(new_id, original, users)
+
+
+def _approve(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
+    """Approve as `user`: an allowed approver, never the requester; counts checked again."""
+    wanted = task_id(first_action(body).get("value"))
+    refusal = deps.approval_refusal(user)
+    if refusal is not None:
+        deps.refuse(user, ACTION_APPROVE, refusal.reason, task_id=wanted)
+        return refusal.message
+    with deps.sessions() as session:
+        try:
+            outcome = approval.approve(session, deps.directory, wanted, user)
+            session.commit()
+        except approval.SelfApproval as own:
+            session.rollback()
+            deps.refuse(user, ACTION_APPROVE, "own task", task_id=wanted)
+            return str(own)
+        except ConflictError:
+            session.rollback()
+            raise
+    announce_waiting(deps, wanted)  # the parent shows who approved, and when it starts
+    if isinstance(outcome, approval.Recounted):
+        now = outcome.now
+        return recount_to_approve(wanted, outcome.before.users if outcome.before else None,
+                                  now.users, now.emailable, now.without_email, now.staff)
+    if outcome.status is not TaskStatus.QUEUED:
+        # Scheduled: its start time is ahead, and the reaper starts it then.
+        return approved_and_waiting(wanted, outcome.status)
+    try:
+        deps.enqueue(wanted)
+    except QueueUnavailable as error:
+        log.error("could not enqueue task %s: %s", wanted, type(error).__name__)
+        return queue_unavailable(wanted)
+    return approved_and_started(wanted)
+
+
+def _reject(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
+    """Reject as an allowed approver, or withdraw as the requester: nothing changes."""
+    wanted = task_id(first_action(body).get("value"))
+    with deps.sessions() as session:
+        requester = approval.requester_of(session, wanted)
+    refusal = deps.approval_refusal(user) if user != requester else None
+    if refusal is not None:
+        deps.refuse(user, ACTION_REJECT, refusal.reason, task_id=wanted)
+        return refusal.message
+    with deps.sessions() as session:
+        try:
+            approval.reject(session, wanted, user)
+            session.commit()
+        except ConflictError:
+            session.rollback()
+            raise
+    announce_waiting(deps, wanted)
+    return rejected_by_you(wanted)

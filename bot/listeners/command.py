@@ -23,7 +23,7 @@ from bot.listeners.guard import admin_only, admitted_user
 from bot.listeners.replies import open_modal
 from bot.payloads import channel_id, command_words, numeric_id, subcommand_of
 from core.progress import TaskSnapshot, snapshot
-from core.tasks import recent_tasks
+from core.tasks import scheduled_first
 
 STATUS_RECENT = 5
 
@@ -65,5 +65,5 @@ def status_answer(deps: AppDeps, arguments: list[str]) -> str:
             number = numeric_id(wanted)
             task = snapshot(session, number) if number is not None else None
             return task_status_text(task) if task else no_such_task(arguments[0])
-        tasks = [snapshot(session, t.id) for t in recent_tasks(session, STATUS_RECENT)]
+        tasks = [snapshot(session, t.id) for t in scheduled_first(session, STATUS_RECENT)]
         return recent_status_text([t for t in tasks if isinstance(t, TaskSnapshot)])

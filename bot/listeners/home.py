@@ -13,7 +13,7 @@ from blocks.views import HOME_TASKS, home_view
 from bot.deps import AppDeps, deps_of
 from bot.payloads import user_id_of
 from core.progress import TaskSnapshot, snapshot
-from core.tasks import recent_tasks
+from core.tasks import scheduled_first
 
 log = logging.getLogger("resetbot.slack")
 
@@ -44,5 +44,5 @@ def publish_home(deps: AppDeps, client: WebClient, user: str) -> None:
 
 def recent_snapshots(deps: AppDeps) -> list[TaskSnapshot]:
     with deps.sessions() as session:
-        found = (snapshot(session, task.id) for task in recent_tasks(session, HOME_TASKS))
+        found = (snapshot(session, task.id) for task in scheduled_first(session, HOME_TASKS))
         return [task for task in found if task is not None]

@@ -27,8 +27,7 @@ def search_users(ack: Ack, body: dict[str, Any], context: BoltContext) -> None:
     deps = deps_of(context)
     term = body.get("value")
     term = term[:SEARCH_TERM_LIMIT] if isinstance(term, str) else ""
-    with deps.sessions() as session:
-        found = deps.directory.search(session, term, limit=MAX_OPTIONS)
+    found = deps.directory.search(term, limit=MAX_OPTIONS)
     ack(options=user_options(found))
 
 

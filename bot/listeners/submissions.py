@@ -18,10 +18,17 @@ from blocks.ids import (
     NO_EMAIL_PASSWORD,
     PASSWORD,
     SCOPE,
+    START_AT,
     USERS,
 )
 from blocks.text import CANNOT_KEEP_DEFAULT, truncate
-from blocks.views import preview_modal, reset_saved_modal, start_again_modal, unknown_form_modal
+from blocks.views import (
+    awaiting_approval_modal,
+    preview_modal,
+    reset_saved_modal,
+    start_again_modal,
+    unknown_form_modal,
+)
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
 from bot.payloads import (
@@ -32,12 +39,20 @@ from bot.payloads import (
     user_name_of,
 )
 from core.errors import ConfigError, ConflictError, InputError, QueueUnavailable
-from core.tasks import RequestInvalid, consume_pending, create_pending, validate_request
+from core.models import TaskStatus, utcnow
+from core.schedule import is_future
+from core.tasks import (
+    RequestInvalid,
+    consume_pending,
+    create_pending,
+    gate_new_task,
+    validate_request,
+)
 
 log = logging.getLogger("resetbot.slack")
 
 #: The input blocks of the reset modal; a problem about anything else is shown on `scope`.
-FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD, NO_EMAIL_PASSWORD})
+FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD, NO_EMAIL_PASSWORD, START_AT})
 ERROR_TEXT_LIMIT = 2000
 
 
@@ -74,10 +89,19 @@ def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltC
         ack(response_action="update", view=start_again_modal())
         return
     try:
-        task_id = confirm_pending(deps, waiting, user)
+        task_id, status = confirm_pending(deps, waiting, user)
     except ConflictError as conflict:
         deps.refuse(user, "confirm", reason=str(conflict))
         ack(response_action="update", view=start_again_modal(str(conflict)))
+        return
+    if status is TaskStatus.AWAITING_APPROVAL:
+        announce_waiting(deps, task_id)
+        ack(response_action="update", view=awaiting_approval_modal(task_id))
+        return
+    if status is TaskStatus.SCHEDULED:
+        # Its time is ahead: the thread says when; a worker's reaper starts it then.
+        announce_waiting(deps, task_id)
+        ack(response_action="clear")
         return
     try:
         deps.enqueue(task_id)
@@ -102,8 +126,8 @@ def preview_or_errors(
     request = form.request(user, name, channel)
     with deps.sessions() as session:
         try:
-            preview = validate_request(session, deps.settings, deps.directory, request)
-            pending = create_pending(session, deps.settings, request)
+            preview = validate_request(deps.settings, deps.directory, request)
+            pending = create_pending(session, deps.settings, request, preview)
             session.commit()
         except RequestInvalid as invalid:
             session.rollback()
@@ -123,6 +147,8 @@ def preview_or_errors(
             pending.id, preview, scope=form.scope, selected=len(form.selection),
             mode=request.mode, require_change=form.require_change,
             no_email=request.no_email_choice,
+            # A time within the grace of "now" starts at once: the preview says no time.
+            start_at=request.start_at if is_future(request.start_at, utcnow()) else None,
         )
     return {"response_action": "update", "view": view}
 
@@ -133,16 +159,34 @@ def refuse_invalid(deps: AppDeps, user: str, problems: dict[str, list[str]]) -> 
     deps.refuse(user, "submit", reason="invalid request", fields=sorted(problems))
 
 
-def confirm_pending(deps: AppDeps, waiting: str, user: str) -> int:
-    """Consume the pending request (once, atomically) into a committed, queued task."""
+def confirm_pending(deps: AppDeps, waiting: str, user: str) -> tuple[int, TaskStatus]:
+    """Consume the pending request (once, atomically) into a committed task, through the gate
+    (`core.tasks.gate_new_task`): queued (to enqueue), scheduled or awaiting approval (to
+    announce)."""
     with deps.sessions() as session:
         try:
             task = consume_pending(session, waiting, user)
+            status = gate_new_task(session, deps.settings, task)
             session.commit()
         except ConflictError:
             session.rollback()
             raise
-        return task.id
+        return task.id, status
+
+
+def announce_waiting(deps: AppDeps, task_id: int) -> None:
+    """Have a worker post (or update) the parent message of a task that has not started:
+    Approve and Reject while it awaits approval, "Scheduled for …" and Cancel while it waits
+    for its time, who decided once it was approved, rejected or cancelled.
+
+    The database already says where the task stands; a post Redis could not take is made by a
+    worker's reaper instead.
+    """
+    try:
+        deps.announce(task_id)
+    except QueueUnavailable as error:
+        log.error("could not tell Slack where task %s stands: %s", task_id,
+                  type(error).__name__)
 
 
 def field_errors(problems: dict[str, list[str]]) -> dict[str, str]:

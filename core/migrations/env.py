@@ -10,8 +10,7 @@ from alembic import context
 from sqlalchemy import Connection, MetaData, text
 
 from core.db import MYSQL_BACKENDS
-from core.migrate import DIRECTORY_NAMES_KEY, VERSION_TABLE, schema_metadata
-from core.settings import DirectoryNames
+from core.migrate import VERSION_TABLE, migration_directory_names, schema_metadata
 
 # Any constant will do: it only has to be the same for every resetbot process.
 _POSTGRES_MIGRATION_LOCK = 0x7265736574  # "reset"
@@ -23,8 +22,7 @@ def run_migrations_online() -> None:
     connection = context.config.attributes.get("connection")
     if not isinstance(connection, Connection):
         raise RuntimeError("run migrations through core.migrate.upgrade, not the alembic command")
-    names = context.config.attributes.get(DIRECTORY_NAMES_KEY, DirectoryNames())
-    target: MetaData = schema_metadata(names)
+    target: MetaData = schema_metadata(migration_directory_names())
     context.configure(
         connection=connection,
         target_metadata=target,

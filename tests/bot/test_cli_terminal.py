@@ -269,7 +269,8 @@ def test_every_command_has_a_one_line_description_and_help(
             assert description and description[0].isupper() and description.endswith("."), (
                 f"`resetbot {' '.join(path)} --help` should open with a sentence: {text}"
             )
-    assert set(_subcommands(commands["tasks"])) == {"list", "show", "cancel", "retry"}
+    assert set(_subcommands(commands["tasks"])) == {"list", "show", "cancel", "retry", "approve",
+                                                  "reject", "start"}
 
 
 # -- control characters from the directory, made visible ----------------------------------------

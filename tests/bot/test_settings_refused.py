@@ -120,8 +120,8 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
      "REDIS_URL: http://... is not a Redis URL (expected redis://HOST:6379/0, "
      "rediss://HOST:6380/0 or unix:///PATH/redis.sock)"),
     ({"DATABASE_URL": "mysql+mysqldb://reset:hunter2@127.0.0.1/library"},
-     "DATABASE_URL: the driver for 'mysql+mysqldb' is not installed (No module named 'MySQLdb'); "
-     "resetbot ships psycopg 3 and PyMySQL (expected sqlite:///FILE, "
+     "DATABASE_URL: the driver for 'mysql+mysqldb' is not installed (No module named "
+     "'MySQLdb'); resetbot ships psycopg 3 and PyMySQL (expected sqlite:///FILE, "
      "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB)"),
     ({"DATABASE_URL": "nosuchdb://host/db"},
      "DATABASE_URL: 'nosuchdb' is not a database kind resetbot knows (expected sqlite:///FILE, "
@@ -129,6 +129,9 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
     ({"DATABASE_URL": "not a url"},
      "DATABASE_URL is not a database URL (expected sqlite:///FILE, "
      "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB)"),
+    ({"DIRECTORY_PROFILE": "no such profile"},
+     "DIRECTORY_PROFILE: 'no such profile' is neither a profile name (resetbot, koha) nor a "
+     ".toml file's path"),
 ], ids=lambda value: "-".join(value) if isinstance(value, dict) else None)
 def test_a_bad_setting_stops_the_command_with_one_line(
     tmp_path: Path, env: dict[str, str], line: str

@@ -50,13 +50,12 @@ def test_invalid_setting_names_its_variable(env: dict[str, str], named: str) -> 
 def test_search_is_case_insensitive_substring(
     sessions: sessionmaker[Session], directory: Directory, sample_users: list[object]
 ) -> None:
-    with sessions() as session:
-        assert [u.username for u in directory.search(session, "CATALOG")] == ["carol"]
-        assert [u.username for u in directory.search(session, "ob")] == ["bob"]
-        assert [u.username for u in directory.search(session, "example.org")] == [
-            "alice", "bob", "carol", "erin", "grace"
-        ]
-        assert directory.search(session, "%") == []
+    assert [u.username for u in directory.search("CATALOG")] == ["carol"]
+    assert [u.username for u in directory.search("ob")] == ["bob"]
+    assert [u.username for u in directory.search("example.org")] == [
+        "alice", "bob", "carol", "erin", "grace"
+    ]
+    assert directory.search("%") == []
 
 
 @pytest.mark.parametrize(
@@ -76,9 +75,8 @@ def test_scopes_pick_exactly_the_right_users(
     selection: tuple[int, ...],
     expected: set[int],
 ) -> None:
-    with sessions() as session:
-        picked = {u.id for u in directory.scope_batch(session, scope, selection, 0, 100)}
-        preview = directory.preview(session, scope, selection)
+    picked = {u.id for u in directory.scope_batch(scope, selection, 0, 100)}
+    preview = directory.preview(scope, selection)
     assert picked == expected
     assert preview.users == len(expected)
 
@@ -86,8 +84,7 @@ def test_scopes_pick_exactly_the_right_users(
 def test_preview_counts_email_and_staff(
     sessions: sessionmaker[Session], directory: Directory, sample_users: list[object]
 ) -> None:
-    with sessions() as session:
-        preview = directory.preview(session, Scope.ALL, ())
+    preview = directory.preview(Scope.ALL, ())
     assert (preview.users, preview.emailable, preview.without_email, preview.staff) == (7, 5, 2, 2)
 
 
@@ -137,7 +134,7 @@ def test_confirm_consumes_a_pending_request_once(
     request = tasks.ResetRequest(requester="U1", scope=Scope.SELECTED_ONLY, selection=(1, 2),
                                  default_password="Tr4vel-Lantern-Quill")
     with sessions() as session:
-        tasks.validate_request(session, settings, directory, request)
+        tasks.validate_request(settings, directory, request)
         pending = tasks.create_pending(session, settings, request)
         session.commit()
         assert "Tr4vel" not in (pending.default_password_sealed or "")

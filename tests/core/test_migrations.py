@@ -25,7 +25,7 @@ pytestmark = pytest.mark.every_database
 
 RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log",
                    "task_start_lock"}
-HEAD = "0005"
+HEAD = "0007"
 
 
 @pytest.fixture
@@ -51,8 +51,8 @@ def _schema_differences(engine: Engine, names: DirectoryNames) -> list[Any]:
 
 
 def _search_finds(engine: Engine, directory: Directory, term: str) -> list[str]:
-    with Session(engine) as session:
-        return [user.username for user in directory.search(session, term)]
+    assert directory.engine is engine
+    return [user.username for user in directory.search(term)]
 
 
 def test_upgrade_creates_every_table_and_the_search_index(
@@ -61,7 +61,7 @@ def test_upgrade_creates_every_table_and_the_search_index(
     assert upgrade(settings) == head_revision() == HEAD
     tables = set(inspect(fresh_engine).get_table_names())
     assert {*RESETBOT_TABLES, "users", VERSION_TABLE} <= tables
-    directory = Directory(settings.directory)
+    directory = Directory.own_table(fresh_engine, settings.directory)
     with fresh_engine.begin() as connection:
         connection.execute(
             insert(directory.table),
@@ -83,7 +83,7 @@ def test_upgrade_creates_every_table_and_the_search_index(
 
 def test_upgrade_is_idempotent_and_keeps_data(settings: Settings, fresh_engine: Engine) -> None:
     upgrade(settings)
-    directory = Directory(settings.directory)
+    directory = Directory.own_table(fresh_engine, settings.directory)
     with fresh_engine.begin() as connection:
         connection.execute(
             insert(directory.table),
@@ -118,7 +118,7 @@ def test_configured_names_are_used_for_a_new_users_table(
     assert {"login", "mail_address", "full_name"} <= columns
     assert "users" not in inspect(fresh_engine).get_table_names()
     assert _schema_differences(fresh_engine, names) == []
-    directory = Directory(names)
+    directory = Directory.own_table(fresh_engine, names)
     with fresh_engine.begin() as connection:
         connection.execute(
             insert(directory.table),
@@ -152,7 +152,8 @@ def test_a_library_users_table_is_adopted_untouched(
         row = connection.execute(text("SELECT username, branch FROM users")).one()
     assert tuple(row) == ("libuser", "north")
     assert set(inspect(fresh_engine).get_table_names()) >= RESETBOT_TABLES
-    assert _search_finds(fresh_engine, Directory(settings.directory), "libus") == ["libuser"]
+    directory = Directory.own_table(fresh_engine, settings.directory)
+    assert _search_finds(fresh_engine, directory, "libus") == ["libuser"]
 
 
 def test_migrated_timestamps_keep_microseconds(settings: Settings, fresh_engine: Engine) -> None:
@@ -172,7 +173,7 @@ def test_migrated_timestamps_keep_microseconds(settings: Settings, fresh_engine:
 def test_upgrade_adopts_a_schema_made_by_create_schema(
     settings: Settings, fresh_engine: Engine
 ) -> None:
-    directory = Directory(settings.directory)
+    directory = Directory.own_table(fresh_engine, settings.directory)
     create_schema(fresh_engine, directory)
     assert upgrade_engine(fresh_engine, settings.directory) == HEAD
     assert _schema_differences(fresh_engine, settings.directory) == []
@@ -191,7 +192,7 @@ def test_downgrade_removes_resetbot_tables_but_not_users(
     tables = set(inspect(fresh_engine).get_table_names())
     assert not tables & RESETBOT_TABLES
     assert "users" in tables
-    directory = Directory(settings.directory)
+    directory = Directory.own_table(fresh_engine, settings.directory)
     with fresh_engine.begin() as connection:  # no trigger left pointing at a dropped index
         connection.execute(
             insert(directory.table),

@@ -41,7 +41,7 @@ def test_the_readme_table_is_exactly_the_declared_settings() -> None:
 def test_help_rows_name_each_variable_once_with_a_default_and_a_meaning() -> None:
     rows = settings_help()
     names = [name for name, _, _ in rows]
-    assert len(names) == len(set(names)) == 44
+    assert len(names) == len(set(names)) == 52
     assert all(name.isupper() and default and meaning for name, default, meaning in rows)
     assert ("SMTP_TIMEOUT", "`30`", "seconds per SMTP operation") in rows
     assert rows[names.index("REDIS_URL")][:2] == ("REDIS_URL", "unset")
@@ -52,6 +52,8 @@ def every_field_changed() -> Settings:
     return replace(
         Settings(),
         database_url="postgresql+psycopg://u@db/resetbot",
+        directory_url="mysql+pymysql://koha@db/koha",
+        directory_profile="/etc/resetbot/library.toml",
         redis_url="redis://r:6379/2",
         reset_queue="other-queue",
         smtp_host="mail.example.org",
@@ -92,6 +94,12 @@ def every_field_changed() -> Settings:
         reset_report_channel="G0REPORTS",
         progress_steps=20,
         admin_group_max_stale=30.0,
+        reset_approval_min_users=500,
+        reset_approval_scope_all=True,
+        reset_approval_ttl=3600.0,
+        reset_approvers=frozenset({"U3"}),
+        reset_approver_group="S2",
+        schedule_reminder=60,
     )
 
 

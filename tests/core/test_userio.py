@@ -221,8 +221,7 @@ def test_export_writes_the_import_format_and_neutralises_formulas(
             [{"username": "mallory", "full_name": '=HYPERLINK("http://evil","x")',
               "email": None, "role": "@admin", "must_change_password": False}],
         )
-    with sessions() as session:
-        exported = export_users(session, directory)
+    exported = export_users(directory)
     rows = list(csv.reader(io.StringIO(exported)))
     assert rows[0] == list(HEADER)
     assert [row[0] for row in rows[1:]] == [*sorted(u[1] for u in sample_users), "mallory"]
@@ -236,8 +235,7 @@ def test_export_then_import_changes_nothing(
     engine: Engine, sessions: sessionmaker[Session], directory: Directory, sample_users: Any
 ) -> None:
     before = _users(engine, directory)
-    with sessions() as session:
-        exported = export_users(session, directory)
+    exported = export_users(directory)
     result = _import(sessions, directory, exported.encode())
     assert (result.created, result.updated, result.unchanged) == (0, 0, len(sample_users))
     assert _users(engine, directory) == before
@@ -262,8 +260,7 @@ def test_a_hundred_thousand_rows_import_in_batches(
     second = time.perf_counter() - started
     assert (result.created, result.updated, result.unchanged) == (0, 1, count - 1)
     print(f"\n{engine.dialect.name}: 100,000 new rows {first:.1f} s, re-import {second:.1f} s")
-    with sessions() as session:
-        assert [u.username for u in directory.search(session, "renamed")] == ["user000000"]
+    assert [u.username for u in directory.search("renamed")] == ["user000000"]
 
 
 # -- properties -------------------------------------------------------------------------------
@@ -365,8 +362,7 @@ def test_property_import_then_export_round_trips(
     with engine.begin() as connection:
         connection.execute(delete(directory.table))
     _import(sessions, directory, _as_csv(rows).encode())
-    with sessions() as session:
-        exported = export_users(session, directory)
+    exported = export_users(directory)
     # Compared in Python's order: the database's collation may sort differently.
     by_username = lambda row: row.username  # noqa: E731
     assert sorted(parse_users_csv(exported, column_limits(directory)), key=by_username) == sorted(

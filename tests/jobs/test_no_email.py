@@ -97,8 +97,8 @@ def test_a_choice_that_cannot_work_is_refused_on_its_field(
     request = ResetRequest(requester="cli:tester", scope=Scope.ALL, no_email=choice,
                            no_email_password=handout, default_password=default)
 
-    with sessions() as session, pytest.raises(RequestInvalid) as refused:
-        validate_request(session, settings, directory, request)
+    with pytest.raises(RequestInvalid) as refused:
+        validate_request(settings, directory, request)
 
     assert list(refused.value.problems) == ["no_email_password"]
     assert any(said in reason for reason in refused.value.problems["no_email_password"])

@@ -527,7 +527,7 @@ def test_slack_calls_per_task_are_few_and_the_same_at_100_and_1000_users(
     # Small chunks: 10 chunk jobs for 100 users, 100 for 1,000; e-mailed mode, so the CSV of
     # users without an address (nine in ten, to keep the test quick) is part of the count.
     settings = replace(slack_settings, chunk_size=10, claim_batch=10)
-    directory = Directory(settings.directory)
+    directory = Directory.own_table(engine, settings.directory)
     context = build_context(settings, redis_conn, engine)
     counted: dict[int, dict[str, int]] = {}
     try:

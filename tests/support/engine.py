@@ -49,6 +49,12 @@ class RecordingReporter:
     def task_finished(self, task_id: int) -> None:
         self.calls.append(("task_finished", (task_id,)))
 
+    def schedule_reminder(self, task_id: int) -> None:
+        self.calls.append(("schedule_reminder", (task_id,)))
+
+    def schedule_reached(self, task_id: int, late_seconds: int) -> None:
+        self.calls.append(("schedule_reached", (task_id, late_seconds)))
+
     def named(self, name: str) -> list[tuple[int, ...]]:
         return [args for called, args in self.calls if called == name]
 

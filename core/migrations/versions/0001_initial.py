@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-from core.directory import Directory, create_search_index
+from core.directory import create_search_index
 from core.migrate import migration_directory_names
 from core.settings import DirectoryNames
 
@@ -36,7 +36,7 @@ UTC_DATETIME = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "m
 def upgrade() -> None:
     names = migration_directory_names()
     existing = set(sa.inspect(op.get_bind()).get_table_names())
-    if names.table not in existing:
+    if names is not None and names.table not in existing:
         _create_users(names)
     if "reset_tasks" not in existing:
         _create_reset_tasks()
@@ -46,7 +46,8 @@ def upgrade() -> None:
         _create_pending_requests()
     if "audit_log" not in existing:
         _create_audit_log()
-    create_search_index(op.get_bind(), Directory(names))
+    if names is not None:  # resetbot's own users table, in this database
+        create_search_index(op.get_bind(), names)
 
 
 def _create_users(names: DirectoryNames) -> None:
@@ -170,7 +171,9 @@ def _create_audit_log() -> None:
 def downgrade() -> None:
     # The users table may be the library's own: never dropped here.
     names = migration_directory_names()
-    if op.get_bind().dialect.name == "sqlite":
+    if names is None:
+        pass  # no users table of resetbot's here, so no search index either
+    elif op.get_bind().dialect.name == "sqlite":
         for suffix in ("ai", "ad", "au"):
             op.execute(sa.text(f"DROP TRIGGER IF EXISTS {names.table}_search_{suffix}"))
         op.execute(sa.text(f"DROP TABLE IF EXISTS {names.table}_search"))

@@ -1,0 +1,243 @@
+"""Four-eyes approval: a big reset waits for a second admin, who approves or rejects it.
+
+`core.tasks.gate_new_task` puts a confirmed task that needs it into `awaiting_approval`; from
+there exactly one of these moves it on, each a conditional UPDATE (`WHERE status =
+'awaiting_approval'`), so two approvers clicking at once, or a click racing the expiry, change
+the row once:
+- `approve`: the counts are taken again first; a scope that grew by more than a tenth is shown
+  to the approver (kept as the task's new preview) and must be approved again. Otherwise the
+  task is released as one that needed no approval is (`core.tasks.released_status`):
+  `scheduled` while its start time is ahead (the edge announces it; the reaper starts it), else
+  `queued` (the edge enqueues its plan).
+- `reject`: `rejected`, nothing changed, the sealed passwords erased.
+- `expire_overdue` (the reaper, in every worker, so it survives a lost Redis): `expired`,
+  nothing changed, the sealed passwords erased. A scheduled task's request expires at its start
+  time if that comes before RESET_APPROVAL_TTL (`core.tasks.approval_deadline`): approval must
+  come before the time it was asked to start at.
+
+Who may approve is the edge's check (Slack user groups live there); that the requester never
+approves their own task is checked here, for every edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.directory import Directory, Preview
+from core.errors import ConflictError
+from core.models import ResetTask, Scope, TaskStatus, utcnow
+from core.schedule import as_utc
+from core.tasks import preview_counts, record_schedule, released_status
+
+#: A scope that grew by more than this share since the approvers' counts is approved again.
+GROWTH_TO_RECONFIRM = 0.10
+#: The actor of the reaper's expiries in the audit trail.
+EXPIRY_ACTOR = "resetbot"
+
+
+@dataclass(frozen=True)
+class ApprovalState:
+    """What people are shown of a task's approval (None on tasks that never needed one)."""
+
+    preview: Preview | None
+    expires_at: datetime | None
+    approved_by: str | None
+    rejected_by: str | None
+    decided_at: datetime | None
+    #: True when the counts were taken again since the request (the scope grew).
+    recounted: bool = False
+
+
+def approval_state(task: ResetTask) -> ApprovalState | None:
+    if task.approval_expires_at is None:
+        return None
+    return ApprovalState(
+        preview=preview_of(task.preview),
+        expires_at=task.approval_expires_at,
+        approved_by=task.approved_by,
+        rejected_by=task.rejected_by,
+        decided_at=task.decided_at,
+        recounted=bool((task.preview or {}).get("recounted")),
+    )
+
+
+def preview_of(counts: dict[str, Any] | None) -> Preview | None:
+    if not counts:
+        return None
+    try:
+        return Preview(users=int(counts["users"]), emailable=int(counts["emailable"]),
+                       without_email=int(counts["without_email"]), staff=int(counts["staff"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class SelfApproval(ConflictError):
+    """The requester tried to approve their own task: refused (and audited by the edge)."""
+
+
+@dataclass(frozen=True)
+class Approved:
+    """The task is released: `status` is what it now is (QUEUED: enqueue it; SCHEDULED:
+    announce it, the reaper starts it at its time)."""
+
+    task_id: int
+    status: TaskStatus
+
+
+@dataclass(frozen=True)
+class Recounted:
+    """The scope grew since the counts approvers were shown: approve again, seeing these."""
+
+    task_id: int
+    before: Preview | None
+    now: Preview
+
+
+def approve(
+    session: Session, directory: Directory, task_id: int, approver: str
+) -> Approved | Recounted:
+    """Approve a waiting task as `approver` (already checked to be allowed to approve).
+
+    Raises SelfApproval for the requester, ConflictError when the task no longer waits.
+    The caller commits (also a Recounted: the new counts are kept for the next click).
+    """
+    task = _waiting_task(session, task_id)
+    if approver == task.requester:
+        raise SelfApproval(f"You asked for reset #{task_id}: another admin must approve it.")
+    before = preview_of(task.preview)
+    now = directory.preview(Scope(task.scope), tuple(task.selection or ()))
+    if grew_too_much(before, now):
+        return _keep_recount(session, task, before, now, approver)
+    moment = utcnow()
+    status = released_status(task, moment)
+    _decide(session, task_id, status=status, approved_by=approver, decided_at=moment)
+    audit.record(session, approver, "approve", task_id, requester=task.requester,
+                 users=now.users)
+    if status is TaskStatus.SCHEDULED:
+        record_schedule(session, task, approver)
+    return Approved(task_id, status)
+
+
+def grew_too_much(before: Preview | None, now: Preview) -> bool:
+    """More than GROWTH_TO_RECONFIRM more users than approvers were shown (or never counted)."""
+    if before is None:
+        return True
+    return now.users > before.users * (1 + GROWTH_TO_RECONFIRM)
+
+
+def _keep_recount(
+    session: Session, task: ResetTask, before: Preview | None, now: Preview, approver: str
+) -> Recounted:
+    counts = preview_counts(now) or {}
+    counts["recounted"] = True
+    kept = session.execute(
+        update(ResetTask)
+        .where(ResetTask.id == task.id, ResetTask.status == TaskStatus.AWAITING_APPROVAL)
+        .values(preview=counts)
+        .execution_options(synchronize_session=False)
+    )
+    if kept.rowcount != 1:  # type: ignore[attr-defined]
+        raise _no_longer_waiting(session, task.id)
+    audit.record(session, approver, "approval_recount", task.id,
+                 before=None if before is None else before.users, now=now.users)
+    return Recounted(task.id, before, now)
+
+
+def reject(session: Session, task_id: int, actor: str) -> None:
+    """Reject a waiting task: nothing changes, its sealed passwords are erased. The caller
+    commits. The requester may reject (withdraw) their own."""
+    _waiting_task(session, task_id)
+    moment = utcnow()
+    _decide(session, task_id, status=TaskStatus.REJECTED, rejected_by=actor, decided_at=moment,
+            finished_at=moment, default_password_sealed=None, no_email_password_sealed=None)
+    audit.record(session, actor, "reject", task_id)
+
+
+def expire_overdue(session: Session, now: datetime | None = None) -> list[int]:
+    """Expire every request nobody decided on in time; returns their ids. The caller commits.
+
+    In time: before `approval_expires_at`, which for a scheduled task is its start time when
+    that comes first. Each is a conditional UPDATE: an approval committed a moment earlier
+    wins, and the task is left alone.
+    """
+    moment = now if now is not None else utcnow()
+    overdue = session.execute(
+        select(ResetTask.id, ResetTask.start_at).where(
+            ResetTask.status == TaskStatus.AWAITING_APPROVAL,
+            ResetTask.approval_expires_at < moment,
+        ).order_by(ResetTask.id)
+    ).all()
+    expired = []
+    for task_id, start_at in overdue:
+        changed = session.execute(
+            update(ResetTask)
+            .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.AWAITING_APPROVAL)
+            .values(status=TaskStatus.EXPIRED, decided_at=moment, finished_at=moment,
+                    default_password_sealed=None, no_email_password_sealed=None)
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount == 1:  # type: ignore[attr-defined]
+            audit.record(session, EXPIRY_ACTOR, "expire", int(task_id),
+                         start_passed=start_at is not None and as_utc(start_at) <= moment)
+            expired.append(int(task_id))
+    return expired
+
+
+def awaiting_ids(session: Session) -> list[int]:
+    """Every task waiting for approval, oldest first."""
+    return [int(task_id) for task_id in session.scalars(
+        select(ResetTask.id).where(ResetTask.status == TaskStatus.AWAITING_APPROVAL)
+        .order_by(ResetTask.id)
+    )]
+
+
+def _waiting_task(session: Session, task_id: int) -> ResetTask:
+    task = session.get(ResetTask, task_id)
+    if task is None:
+        raise ConflictError(f"There is no reset #{task_id}.")
+    if task.status != TaskStatus.AWAITING_APPROVAL:
+        raise _no_longer_waiting(session, task_id)
+    if task.approval_expires_at is not None and task.approval_expires_at < utcnow():
+        raise ConflictError(f"The approval request for reset #{task_id} has expired: nothing "
+                            "was changed. Ask for the reset again.")
+    return task
+
+
+def _decide(session: Session, task_id: int, **values: Any) -> None:
+    """Move a waiting task on, once: of two decisions at the same moment only one wins."""
+    won = session.execute(
+        update(ResetTask)
+        .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.AWAITING_APPROVAL)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        raise _no_longer_waiting(session, task_id)
+
+
+def _no_longer_waiting(session: Session, task_id: int) -> ConflictError:
+    """Why a task does not wait for approval (any more), as the person acting reads it."""
+    session.expire_all()
+    task = session.get(ResetTask, task_id)
+    if task is None:
+        return ConflictError(f"There is no reset #{task_id}.")
+    status = TaskStatus(task.status)
+    if task.approved_by and status is not TaskStatus.REJECTED:
+        return ConflictError(f"Reset #{task_id} was already approved (by {task.approved_by}).")
+    if status is TaskStatus.REJECTED:
+        return ConflictError(f"Reset #{task_id} was already rejected (by {task.rejected_by}).")
+    if status is TaskStatus.EXPIRED:
+        return ConflictError(f"The approval request for reset #{task_id} has expired: nothing "
+                             "was changed.")
+    return ConflictError(f"Reset #{task_id} does not wait for approval ({status.words}).")
+
+
+def requester_of(session: Session, task_id: int) -> str | None:
+    """Who asked for the task (None: no such task); they may reject, never approve, it."""
+    return session.scalar(select(ResetTask.requester).where(ResetTask.id == task_id))

@@ -1,0 +1,503 @@
+"""A directory held in a SQL table, read and written as its profile says, over its own engine.
+
+The directory's engine is its own: with DIRECTORY_URL set it is another database than
+resetbot's state, so nothing here ever shares a transaction with the task tables. Every method
+opens, uses and ends its own connection.
+
+On a table resetbot does not own, only SELECTs and the UPDATE of `write_hashes` are ever run:
+no DDL, no INSERT, no DELETE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    MetaData,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    false,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, NoSuchTableError
+
+from core.db import make_engine
+from core.directory.profile import ExtraReset, Profile, load_profile, resetbot_profile
+from core.directory.users import SEARCH_LIMIT, DirectoryUser, Preview
+from core.errors import ConfigError, InputError
+from core.models import Scope, users_table
+from core.passwords import PasswordHasher
+from core.schemes import rounds_problem
+from core.settings import DirectoryNames, Settings
+
+MIN_TRIGRAM_TERM = 3
+# Joins the searchable columns; a character nobody types into a search box.
+SEARCH_SEPARATOR = "\t"
+#: The LIKE escape on a foreign directory: not a backslash, which MySQL strings treat apart.
+FOREIGN_ESCAPE = "!"
+
+
+class UserSearch(Protocol):
+    """Where the picker's matches come from, when not from the directory table itself."""
+
+    def search(self, term: str, limit: int) -> list[DirectoryUser]: ...
+
+
+class Directory:
+    """The users table under its profile, and every query resetbot makes of it."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        engine: Engine,
+        *,
+        hasher: PasswordHasher,
+        owns_engine: bool = False,
+        own_index: bool = False,
+        names: DirectoryNames | None = None,
+    ) -> None:
+        self.profile = profile
+        self.engine = engine
+        self.hasher = hasher
+        self.owns_engine = owns_engine
+        #: resetbot's own search index is in this database (pg_trgm, SQLite FTS5).
+        self.own_index = own_index
+        self.names = names if names is not None else DirectoryNames(table=profile.table)
+        self.search_source: UserSearch | None = None
+        self._table: Table | None = users_table(self.names) if profile.owned else None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, state_engine: Engine | None = None, *, check: bool = True
+    ) -> Directory:
+        """The directory of `settings`: DIRECTORY_URL's database, else DATABASE_URL's.
+
+        Without DIRECTORY_URL the users live beside resetbot's state: `state_engine` (when
+        given) is shared rather than a second pool opened. `check` reflects a foreign table now
+        (ConfigError on a missing column), so a wrong profile is refused at start.
+        """
+        profile = load_profile(settings.directory_profile, settings.directory)
+        hasher = hasher_for(profile, settings)
+        if settings.directory_url:
+            engine = make_engine(settings.directory_url, setting="DIRECTORY_URL")
+            directory = cls(profile, engine, hasher=hasher, owns_engine=True,
+                            names=settings.directory)
+        elif state_engine is not None:
+            directory = cls(profile, state_engine, hasher=hasher, own_index=profile.owned,
+                            names=settings.directory)
+        else:
+            engine = make_engine(settings.database_url)
+            directory = cls(profile, engine, hasher=hasher, owns_engine=True,
+                            own_index=profile.owned, names=settings.directory)
+        if check:
+            try:
+                directory.check()
+            except ConfigError:
+                directory.dispose()
+                raise
+        return directory
+
+    @classmethod
+    def own_table(
+        cls, engine: Engine, names: DirectoryNames, hasher: PasswordHasher | None = None
+    ) -> Directory:
+        """resetbot's own users table in `engine`'s database (with its search index)."""
+        return cls(
+            resetbot_profile(names), engine, own_index=True, names=names,
+            hasher=hasher if hasher is not None else PasswordHasher(("bcrypt",)),
+        )
+
+    def dispose(self) -> None:
+        if self.owns_engine:
+            self.engine.dispose()
+
+    def use_search(self, source: UserSearch | None) -> None:
+        """Answer the picker from `source` (a search copy) instead of the table itself."""
+        self.search_source = source
+
+    # -- the table -----------------------------------------------------------------------------
+
+    @property
+    def table(self) -> Table:
+        """The users table: built from the names (own table), else reflected and checked."""
+        if self._table is None:
+            self._table = self._reflect()
+        return self._table
+
+    def check(self) -> None:
+        """Refuse (ConfigError) a foreign table or column the profile names that is not there.
+
+        Read-only: reflects the table. resetbot's own table may not exist yet (`db upgrade`
+        makes it), so it is not looked at here.
+        """
+        if not self.profile.owned:
+            self._table = self._reflect()
+
+    def _reflect(self) -> Table:
+        profile = self.profile
+        try:
+            with self.engine.connect() as connection:
+                table = Table(profile.table, MetaData(), autoload_with=connection)
+        except NoSuchTableError:
+            raise ConfigError(
+                f"{profile.source}: table: there is no table {profile.table!r} in the directory "
+                "database"
+            ) from None
+        except DBAPIError as error:
+            first = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+            raise ConfigError(f"the directory database cannot be read: {first}") from None
+        for key, column in profile.columns().items():
+            if column not in table.c:
+                raise ConfigError(
+                    f"{profile.source}: {key}: there is no column {column!r} in table "
+                    f"{profile.table!r}"
+                )
+        return table
+
+    def _c(self, name: str) -> ColumnElement[Any]:
+        table = self.table
+        for column in table.columns:
+            if column.name == name:
+                return column
+        raise ConfigError(f"{self.profile.source}: no column {name!r} in {self.profile.table!r}")
+
+    @property
+    def _id(self) -> ColumnElement[int]:
+        return self._c(self.profile.id)
+
+    def username_expression(self) -> ColumnElement[str]:
+        """The username: the first of the profile's username columns that is not empty."""
+        columns = [self._c(name) for name in self.profile.username]
+        if len(columns) == 1:
+            return columns[0]
+        whens = [(and_(c.is_not(None), c != ""), c) for c in columns[:-1]]
+        return case(*whens, else_=columns[-1])
+
+    def staff_condition(self) -> ColumnElement[bool]:
+        staff = self.profile.staff
+        if staff is None:
+            return false()
+        column = self._c(staff.column)
+        if staff.rule == "nonzero":
+            return and_(column.is_not(None), column != 0)
+        if staff.rule == "not_empty":
+            return and_(column.is_not(None), column != "")
+        return column.in_(list(staff.values))
+
+    def patron_condition(self) -> ColumnElement[bool]:
+        """Not staff, NULLs included (the negation of `staff_condition` in SQL's three values)."""
+        staff = self.profile.staff
+        if staff is None:
+            return true()
+        column = self._c(staff.column)
+        if staff.rule == "nonzero":
+            return or_(column.is_(None), column == 0)
+        if staff.rule == "not_empty":
+            return or_(column.is_(None), column == "")
+        return or_(column.is_(None), column.not_in(list(staff.values)))
+
+    def _has_email(self) -> ColumnElement[bool]:
+        if not self.profile.email:
+            return false()
+        column = self._c(self.profile.email)
+        return and_(column.is_not(None), column != "")
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _select_users(self) -> Select[Any]:
+        profile = self.profile
+        email = self._c(profile.email) if profile.email else null()
+        role = (
+            self._c(profile.staff.column) if profile.owned and profile.staff
+            else case((self.staff_condition(), "staff"), else_=None)
+        )
+        return select(
+            self._id.label("id"),
+            self.username_expression().label("username"),
+            *[self._c(name) for name in profile.name_columns],
+            email.label("email"),
+            role.label("role"),
+        )
+
+    def _user(self, row: Sequence[Any]) -> DirectoryUser:
+        names = row[2 : 2 + len(self.profile.name_columns)]
+        email, role = row[-2], row[-1]
+        return DirectoryUser(
+            id=int(row[0]),
+            username="" if row[1] is None else str(row[1]),
+            full_name=" ".join(str(part).strip() for part in names if part and str(part).strip()),
+            email=str(email) if email else None,
+            role=None if role is None else str(role),
+        )
+
+    def _users(self, query: Select[Any]) -> list[DirectoryUser]:
+        with self.engine.connect() as connection:
+            return [self._user(row) for row in connection.execute(query)]
+
+    def search(self, term: str, limit: int = SEARCH_LIMIT) -> list[DirectoryUser]:
+        """Case-insensitive substring search over usernames, names and e-mail; at most `limit`
+        matches, sorted by username.
+
+        When more users match, which `limit` of them come back is up to the database: picking
+        the first ones *by username* would make it scan the username index past every
+        non-match (100 ms at 100,000 users for a first name), while any `limit` matches come
+        straight from the trigram index (a few ms).
+        """
+        if self.search_source is not None:
+            return self.search_source.search(term, limit)
+        needle = term.strip().lower()[:100]
+        if self.profile.owned:
+            return self._search_own(needle, limit)
+        return self._search_like(needle, limit)
+
+    def _search_own(self, needle: str, limit: int) -> list[DirectoryUser]:
+        """resetbot's own table, through its trigram (PostgreSQL) or FTS5 (SQLite) index."""
+        query = self._select_users()
+        c = self.table.c
+        if needle:
+            if self.engine.dialect.name == "sqlite" and self.own_index and (
+                len(needle) >= MIN_TRIGRAM_TERM
+            ):
+                query = query.where(c.id.in_(self._sqlite_fts_ids(needle, limit)))
+            else:
+                pattern = "%" + _escape_like(needle, "\\") + "%"
+                query = query.where(self.search_expression().like(pattern, escape="\\"))
+        else:
+            query = query.order_by(c.username)  # nothing typed: the first by name
+        matches = query.limit(limit).subquery()
+        return self._users(select(*matches.c).order_by(matches.c.username))
+
+    def search_expression(self) -> ColumnElement[str]:
+        """The lower-cased text searched in resetbot's own table; its trigram index is on it."""
+        c = self.table.c
+        sep = literal(SEARCH_SEPARATOR)
+        return func.lower(
+            c.username + sep + func.coalesce(c.full_name, "") + sep + func.coalesce(c.email, "")
+        )
+
+    def _sqlite_fts_ids(self, needle: str, limit: int) -> ColumnElement[int]:
+        phrase = '"' + needle.replace('"', '""') + '"'
+        fts = f"{self.names.table}_search"
+        return text(
+            f"SELECT rowid FROM {fts} WHERE {fts} MATCH :phrase LIMIT :limit"
+        ).bindparams(phrase=phrase, limit=limit).columns(
+            rowid=self.table.c.id.type
+        )  # type: ignore[return-value]
+
+    def _search_like(self, needle: str, limit: int) -> list[DirectoryUser]:
+        """A library system's table: a plain LIKE over each searched column (no index added)."""
+        query = self._select_users()
+        if needle:
+            pattern = "%" + _escape_like(needle, FOREIGN_ESCAPE) + "%"
+            query = query.where(or_(*[
+                func.lower(self._c(name)).like(pattern, escape=FOREIGN_ESCAPE)
+                for name in self.profile.search_columns
+            ]))
+        else:
+            query = query.order_by(self.username_expression())
+        return sorted(self._users(query.limit(limit)), key=lambda user: (user.username, user.id))
+
+    def get_many(self, ids: Iterable[int]) -> list[DirectoryUser]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        return self._users(self._select_users().where(self._id.in_(wanted)).order_by(self._id))
+
+    def by_username(self, usernames: Iterable[str]) -> list[DirectoryUser]:
+        wanted = sorted(set(usernames))
+        if not wanted:
+            return []
+        return self._users(self._select_users().where(self.username_expression().in_(wanted)))
+
+    def usernames_ignoring_case(self, names: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
+        """Lower-cased name -> the (username, id) pairs it matches when case is ignored.
+
+        The database narrows by lower(); Python's lower() decides. (SQLite's lower() folds
+        ASCII letters only, so there a username with a capital non-ASCII letter needs its exact
+        case.)
+        """
+        if not names:
+            return {}
+        username = self.username_expression()
+        lowered = sorted({name.lower() for name in names})
+        query = select(username, self._id).where(func.lower(username).in_(lowered))
+        found: dict[str, list[tuple[str, int]]] = {}
+        with self.engine.connect() as connection:
+            for name, user_id in connection.execute(query):
+                found.setdefault(str(name).lower(), []).append((str(name), int(user_id)))
+        return found
+
+    def missing_ids(self, ids: Iterable[int]) -> list[int]:
+        wanted = set(ids)
+        found = {user.id for user in self.get_many(wanted)}
+        return sorted(wanted - found)
+
+    def patrons_among(self, ids: Iterable[int]) -> int:
+        """How many of these users are not staff."""
+        query = select(func.count()).select_from(self.table).where(
+            self._id.in_(sorted(set(ids))), self.patron_condition()
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def password_hash(self, user_id: int) -> str | None:
+        query = select(self._c(self.profile.password)).where(self._id == user_id)
+        with self.engine.connect() as connection:
+            value = connection.execute(query).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    # -- scopes --------------------------------------------------------------------------------
+
+    def scope_condition(self, scope: Scope, selection: Sequence[int]) -> ColumnElement[bool]:
+        if scope.needs_selection and not selection:
+            raise InputError("Pick at least one user for this scope.", field="users")
+        if scope is Scope.ALL:
+            return true()
+        if scope is Scope.ALL_EXCEPT_SELECTED:
+            return self._id.not_in(list(selection))
+        if scope is Scope.ALL_WITHOUT_ROLE:
+            return self.patron_condition()
+        return self._id.in_(list(selection))
+
+    def preview(self, scope: Scope, selection: Sequence[int]) -> Preview:
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(case((self._has_email(), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((self.staff_condition(), 1), else_=0)), 0),
+        ).select_from(self.table).where(self.scope_condition(scope, selection))
+        with self.engine.connect() as connection:
+            total, emailable, staff = connection.execute(query).one()
+        return Preview(
+            users=int(total),
+            emailable=int(emailable),
+            without_email=int(total) - int(emailable),
+            staff=int(staff),
+        )
+
+    def scope_batch(
+        self, scope: Scope, selection: Sequence[int], after_id: int, limit: int
+    ) -> list[DirectoryUser]:
+        """The next `limit` users of the scope with id > after_id, in id order (keyset paging)."""
+        query = (
+            self._select_users()
+            .where(self.scope_condition(scope, selection), self._id > after_id)
+            .order_by(self._id)
+            .limit(limit)
+        )
+        return self._users(query)
+
+    def usernames_in_password(
+        self, password: str, scope: Scope, selection: Sequence[int]
+    ) -> int:
+        """How many users of the scope have a username the password contains."""
+        username = self.username_expression()
+        query = (
+            select(func.count())
+            .select_from(self.table)
+            .where(
+                self.scope_condition(scope, selection),
+                func.length(username) > 0,
+                literal(password.lower()).contains(func.lower(username)),
+            )
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write_hashes(
+        self,
+        hashes: Sequence[tuple[int, str]],
+        *,
+        require_change: bool,
+        changed_at: datetime,
+    ) -> None:
+        """Store many new hashes in one executemany, in the directory's own transaction.
+
+        Only the password column, the must-change column and the profile's extra resets are
+        written, and only in the rows of these users.
+        """
+        if not hashes:
+            return
+        values: dict[Any, Any] = {self._c(self.profile.password): bindparam("rb_new_hash")}
+        values |= self._must_change_values(require_change, changed_at)
+        for extra in self.profile.on_reset:
+            column = self._c(extra.column)
+            values[column] = self._extra_value(extra, column, changed_at)
+        statement = update(self.table).where(self._id == bindparam("rb_user_id")).values(values)
+        rows = [{"rb_user_id": user_id, "rb_new_hash": new_hash} for user_id, new_hash in hashes]
+        with self.engine.begin() as connection:
+            connection.execute(statement, rows)
+
+    def _must_change_values(self, require_change: bool, changed_at: datetime) -> dict[Any, Any]:
+        rule = self.profile.must_change
+        if rule is None:
+            return {}
+        column = self._c(rule.column)
+        if rule.kind == "flag":
+            return {column: require_change}
+        today = _local_date(changed_at)
+        if require_change:
+            return {column: today}  # the library system asks for a new password from today
+        # A new password is not born expired; a date still to come is the library's choice.
+        return {column: case((column < today, None), else_=column)}
+
+    @staticmethod
+    def _extra_value(
+        extra: ExtraReset, column: ColumnElement[Any], changed_at: datetime
+    ) -> Any:
+        value: Any
+        if extra.special == "now":
+            value = changed_at
+        elif extra.special == "today":
+            value = _local_date(changed_at)
+        elif extra.special == "null":
+            value = None
+        else:
+            value = extra.value
+        if not extra.unless:
+            return value
+        # Each value compared on its own: an IN list cannot be bound in an executemany.
+        kept = or_(*[column == literal(item) for item in extra.unless])
+        return case((kept, column), else_=value)
+
+
+def hasher_for(profile: Profile, settings: Settings) -> PasswordHasher:
+    """The hash the profile's system reads: its scheme, ident and cost (PASSWORD_ROUNDS wins);
+    without a scheme of its own, PASSWORD_SCHEMES as before."""
+    fmt = profile.hash
+    if fmt.scheme is None:
+        return PasswordHasher.from_settings(settings)
+    rounds = settings.password_rounds if settings.password_rounds is not None else fmt.rounds
+    if settings.password_rounds is not None:
+        problem = rounds_problem(
+            fmt.scheme, settings.password_rounds, allow_weak=settings.password_allow_weak_rounds
+        )
+        if problem:
+            raise ConfigError(f"PASSWORD_ROUNDS: {problem} (profile {profile.name})")
+    return PasswordHasher((fmt.scheme,), rounds, ident=fmt.ident)
+
+
+def _local_date(moment: datetime) -> date:
+    """The date at the moment on this host's clock: library systems keep local dates."""
+    return moment.astimezone().date()
+
+
+def _escape_like(term: str, escape: str) -> str:
+    for special in (escape, "%", "_"):
+        term = term.replace(special, escape + special)
+    return term

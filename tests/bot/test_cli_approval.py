@@ -1,0 +1,201 @@
+"""`resetbot reset` / `tasks approve` / `tasks reject` with RESET_APPROVAL_MIN_USERS: the
+terminal asks for approval and never follows; approving needs `--as` an admin other than the
+requester. Real database, Redis, a burst worker and mail on aiosmtpd.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from redis import Redis
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
+from core.directory import Directory
+from core.models import AuditEntry, ResetTask, Scope, TaskStatus, utcnow
+from core.settings import Settings
+from core.tasks import ResetRequest, create_task, gate_new_task
+from jobs.queueing import make_queue
+from tests.support.cli import RunCli
+from tests.support.cli import cli_settings as cli_settings
+from tests.support.cli import run as run
+from tests.support.engine import build_context, run_until_final, user_rows
+from tests.support.smtp import SmtpServer
+from tests.support.smtp import smtp_server as smtp_server
+
+ADMIN, SECOND = "UADMIN", "USECOND"
+#: RESET_ADMINS and a minimum the sample's five patrons reach.
+APPROVAL = {"RESET_ADMINS": f"{ADMIN},{SECOND}", "RESET_APPROVAL_MIN_USERS": "5"}
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def tasks(sessions: sessionmaker[Session]) -> list[ResetTask]:
+    with sessions() as session:
+        return list(session.scalars(select(ResetTask).order_by(ResetTask.id)))
+
+
+def refusals(sessions: sessionmaker[Session]) -> list[AuditEntry]:
+    with sessions() as session:
+        return list(session.scalars(select(AuditEntry).where(AuditEntry.action == "refused")))
+
+
+def plan_jobs(settings: Settings, redis: Redis) -> list[str]:
+    return [job for job in make_queue(settings, redis).job_ids if "__plan__" in job]
+
+
+def slack_task(sessions: sessionmaker[Session], settings: Settings, directory: Directory,
+               requester: str) -> int:
+    """A task asked for in Slack by `requester`, through the gate (it waits for approval)."""
+    from dataclasses import replace
+
+    configured = replace(settings, reset_approval_min_users=5)
+    with sessions() as session:
+        request = ResetRequest(requester=requester, scope=Scope.ALL_WITHOUT_ROLE)
+        preview = directory.preview(request.scope, ())
+        task = create_task(session, configured, request, preview)
+        assert gate_new_task(session, configured, task) is TaskStatus.AWAITING_APPROVAL
+        session.commit()
+        return task.id
+
+
+@sqlite_only
+def test_reset_says_it_awaits_approval_and_does_not_follow(
+    run: RunCli, sessions: sessionmaker[Session], redis_conn: Redis, cli_settings: Settings,
+    sample_users: Any,
+) -> None:
+    result = run("reset", "--scope", "all_without_role", "--yes", **APPROVAL)
+
+    assert result.code == EXIT_OK, result.err
+    assert "Task #1 awaits approval by another admin: nothing changes before that." in \
+        result.out
+    assert "resetbot tasks approve 1 --as THEIR_SLACK_USER_ID" in result.out
+    assert "queued" not in result.out and "users/s" not in result.out
+    [task] = tasks(sessions)
+    assert task.status == TaskStatus.AWAITING_APPROVAL
+    assert task.preview == {"users": 5, "emailable": 3, "without_email": 2, "staff": 0}
+    assert plan_jobs(cli_settings, redis_conn) == []
+
+    listed = run("tasks", **APPROVAL)
+    assert "awaiting approval" in listed.out
+    shown = run("tasks", "show", "1", **APPROVAL)
+    assert "Awaits approval by another admin until" in shown.out
+    assert "Counted for approval: 5 users (3 with e-mail, 2 without, 0 staff)" in shown.out
+
+
+@sqlite_only
+def test_a_reset_below_the_minimum_is_queued_as_before(
+    run: RunCli, sessions: sessionmaker[Session], redis_conn: Redis, cli_settings: Settings,
+    sample_users: Any,
+) -> None:
+    result = run("reset", "--scope", "selected_only", "--user", "alice", "--yes", "--detach",
+                 **APPROVAL)
+    assert result.code == EXIT_OK, result.err
+    assert "Task #1 queued." in result.out
+    assert tasks(sessions)[0].status == TaskStatus.QUEUED
+    assert len(plan_jobs(cli_settings, redis_conn)) == 1
+
+
+def test_approve_needs_as_an_admin_other_than_the_requester_then_the_task_runs(
+    run: RunCli, sessions: sessionmaker[Session], redis_conn: Redis, cli_settings: Settings,
+    directory: Directory, engine: Engine, smtp_server: SmtpServer, sample_users: Any,
+) -> None:
+    task_id = slack_task(sessions, cli_settings, directory, ADMIN)
+    before = user_rows(sessions, directory)
+
+    without_as = run("tasks", "approve", str(task_id), **APPROVAL)
+    not_admin = run("tasks", "approve", str(task_id), "--as", "UNOBODY", **APPROVAL)
+    own = run("tasks", "approve", str(task_id), "--as", ADMIN, **APPROVAL)
+    not_an_id = run("tasks", "approve", str(task_id), "--as", "alice", **APPROVAL)
+
+    assert without_as.code == not_admin.code == own.code == EXIT_REFUSED
+    assert not_an_id.code == EXIT_USAGE and "not a Slack user id" in not_an_id.err
+    assert "approving needs --as SLACK_USER_ID" in without_as.err
+    assert "UNOBODY may not approve resets (not an admin)" in not_admin.err
+    assert f"{ADMIN} asked for task #{task_id}: another admin must approve it" in own.err
+    assert [(r.task_id, r.detail["reason"]) for r in refusals(sessions)] == [
+        (task_id, "no --as"), (task_id, "not an admin"), (task_id, "own task")]
+    assert tasks(sessions)[0].status == TaskStatus.AWAITING_APPROVAL
+    assert plan_jobs(cli_settings, redis_conn) == []
+
+    approved = run("tasks", "approve", str(task_id), "--as", SECOND, **APPROVAL)
+    assert approved.code == EXIT_OK, approved.err
+    assert f"Task #{task_id} approved by {SECOND}: queued." in approved.out
+    task = tasks(sessions)[0]
+    assert (task.status, task.approved_by) == (TaskStatus.QUEUED, SECOND)
+    assert len(plan_jobs(cli_settings, redis_conn)) == 1
+    again = run("tasks", "approve", str(task_id), "--as", SECOND, **APPROVAL)
+    assert again.code == EXIT_REFUSED and "already approved" in again.err
+
+    context = build_context(cli_settings, redis_conn, engine)
+    try:
+        final = run_until_final(context, task_id)
+    finally:
+        context.close()
+    assert final.status is TaskStatus.COMPLETED_WITH_ERRORS or final.status is \
+        TaskStatus.COMPLETED
+    after = user_rows(sessions, directory)
+    assert {i for i in after if after[i].password_hash != before[i].password_hash} == {
+        1, 2, 4, 6, 7}
+    assert len(smtp_server.messages) == 3
+    assert f"Approved by {SECOND}" in run("tasks", "show", str(task_id), **APPROVAL).out
+
+
+@sqlite_only
+def test_reject_from_the_terminal(
+    run: RunCli, sessions: sessionmaker[Session], cli_settings: Settings,
+    directory: Directory, sample_users: Any,
+) -> None:
+    theirs = slack_task(sessions, cli_settings, directory, ADMIN)
+    before = user_rows(sessions, directory)
+
+    refused = run("tasks", "reject", str(theirs), **APPROVAL)
+    assert refused.code == EXIT_REFUSED and "needs --as" in refused.err
+    rejected = run("tasks", "reject", str(theirs), "--as", SECOND, **APPROVAL)
+    assert rejected.code == EXIT_OK, rejected.err
+    assert f"Task #{theirs} rejected by {SECOND}: nothing was changed." in rejected.out
+
+    # The operator withdraws a reset they asked for themselves, without --as.
+    own = run("reset", "--scope", "all_without_role", "--yes", "--default-password-stdin",
+              stdin=io.StringIO("Tulip-Lantern-47-Quay\n"), **APPROVAL)
+    assert "awaits approval" in own.out, own.err
+    mine = tasks(sessions)[-1]
+    assert mine.default_password_sealed is not None
+    assert run("tasks", "cancel", str(mine.id), **APPROVAL).code == EXIT_REFUSED
+    withdrawn = run("tasks", "reject", str(mine.id), **APPROVAL)
+    assert withdrawn.code == EXIT_OK, withdrawn.err
+
+    ended = {task.id: task for task in tasks(sessions)}
+    assert ended[theirs].status == ended[mine.id].status == TaskStatus.REJECTED
+    assert ended[mine.id].default_password_sealed is None
+    assert ended[mine.id].rejected_by == mine.requester
+    assert user_rows(sessions, directory) == before
+    shown = run("tasks", "show", str(mine.id), **APPROVAL)
+    assert "nothing was changed" in shown.out
+
+
+@sqlite_only
+def test_reset_at_with_approval_waits_for_both_and_approved_it_is_scheduled(
+    run: RunCli, sessions: sessionmaker[Session], redis_conn: Redis, cli_settings: Settings,
+    sample_users: Any,
+) -> None:
+    start_at = (utcnow() + timedelta(hours=3)).replace(second=0, microsecond=0)
+    result = run("reset", "--scope", "all_without_role", "--yes",
+                 "--at", start_at.isoformat(timespec="minutes"), **APPROVAL)
+
+    assert result.code == EXIT_OK, result.err
+    assert "Task #1 awaits approval by another admin" in result.out
+    assert "Once approved it starts at" in result.out
+    [task] = tasks(sessions)
+    assert task.status == TaskStatus.AWAITING_APPROVAL and task.start_at == start_at
+    assert task.approval_expires_at == start_at  # before RESET_APPROVAL_TTL's 24 h
+    assert "if approved by then" in run("tasks", **APPROVAL).out
+
+    approved = run("tasks", "approve", "1", "--as", SECOND, **APPROVAL)
+    assert approved.code == EXIT_OK, approved.err
+    assert f"Task #1 approved by {SECOND}: scheduled, starts " in approved.out
+    assert tasks(sessions)[0].status == TaskStatus.SCHEDULED
+    assert plan_jobs(cli_settings, redis_conn) == []  # the reaper starts it at its time

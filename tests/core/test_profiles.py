@@ -1,0 +1,181 @@
+"""Directory profiles: read from TOML, refused with the file, key and reason; the hash they ask."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, inspect
+
+from core.db import make_engine
+from core.directory import Directory, hasher_for, load_profile
+from core.directory.profile import parse_profile, shipped_profiles
+from core.errors import ConfigError
+from core.migrate import own_users_names, upgrade
+from core.settings import DirectoryNames, Settings
+from tests.support.koha import create_borrowers, koha_profile_text
+
+KOHA = koha_profile_text()
+#: resetbot's own state on SQLite: what is tested here does not depend on its database.
+state_on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def test_the_koha_profile_reads_borrowers_as_koha_does() -> None:
+    profile = load_profile("koha")
+    assert "koha" in shipped_profiles()
+    assert (profile.table, profile.id) == ("borrowers", "borrowernumber")
+    assert profile.username == ("userid", "cardnumber")
+    assert profile.name_columns == ("firstname", "surname")
+    assert profile.staff is not None
+    assert (profile.staff.column, profile.staff.rule) == ("flags", "nonzero")
+    assert (profile.hash.scheme, profile.hash.ident, profile.hash.rounds) == ("bcrypt", "2a", 8)
+    assert profile.must_change is not None
+    assert (profile.must_change.column, profile.must_change.kind) == (
+        "password_expiration_date", "expiry"
+    )
+    [attempts] = profile.on_reset
+    assert (attempts.column, attempts.value, attempts.unless) == ("login_attempts", 0, (-1,))
+    assert not profile.owned
+
+
+def test_the_resetbot_profile_is_the_configured_own_table() -> None:
+    names = DirectoryNames(table="people", columns={**DirectoryNames().columns, "email": "mail"})
+    profile = load_profile("resetbot", names)
+    assert profile.owned
+    assert (profile.table, profile.email, profile.password) == ("people", "mail", "password_hash")
+
+
+def _with(text: str, old: str, new: str) -> str:
+    assert old in text
+    return text.replace(old, new)
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (_with(KOHA, 'rule = "nonzero"', 'rule = "positive"'),
+     "staff.rule: unknown rule 'positive' (expected nonzero, not_empty, in)"),
+    (_with(KOHA, 'kind = "expiry"', 'kind = "sometimes"'),
+     "must_change.kind: unknown kind 'sometimes' (expected flag, expiry)"),
+    (_with(KOHA, 'ident = "2a"', 'ident = "2x"'),
+     "password.ident: '2x': expected one of 2a, 2b, 2y with scheme 'bcrypt'"),
+    (_with(KOHA, 'scheme = "bcrypt"', 'scheme = "md5_crypt"'),
+     "password.scheme: 'md5_crypt' is not a password hash resetbot writes (see "
+     "PASSWORD_SCHEMES)"),
+    (_with(KOHA, "rounds = 8", "rounds = 99"),
+     "password.rounds: 99 is too high for bcrypt (4\N{EN DASH}31)"),
+    (_with(KOHA, "value = 0", 'value = 0\nset = "now"'),
+     "on_reset[0]: expected exactly one of value (a literal) or set (now, today, null)"),
+    (_with(KOHA, 'table = "borrowers"', 'table = "borrowers; DROP TABLE x"'),
+     "table: expected a column or table name (letters, digits, _)"),
+    (_with(KOHA, 'email = "email"', 'e_mail = "email"'),
+     "e_mail: unknown key (expected one of description, email, id, must_change, name, "
+     "on_reset, password, staff, table, username)"),
+    ("table = [", "not a TOML file"),
+])
+def test_a_profile_file_with_an_unknown_rule_or_key_is_refused_naming_it(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    path = tmp_path / "library.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_profile(str(path))
+    assert str(refused.value).startswith(f"{path}: {reason}")
+    assert "\n" not in str(refused.value)
+
+
+def test_a_profile_that_is_neither_shipped_nor_a_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"DIRECTORY_PROFILE: .* neither a profile resetbot"):
+        load_profile(str(tmp_path / "missing.toml"))
+
+
+@pytest.fixture
+def koha_sqlite(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'koha.db'}"
+    engine = make_engine(url)
+    create_borrowers(engine)
+    engine.dispose()
+    return url
+
+
+@state_on_sqlite
+@pytest.mark.parametrize(("old", "new", "reason"), [
+    ('email = "email"', 'email = "mail"',
+     "email: there is no column 'mail' in table 'borrowers'"),
+    ('column = "flags"', 'column = "permissions"',
+     "staff.column: there is no column 'permissions' in table 'borrowers'"),
+    ('column = "login_attempts"', 'column = "attempts"',
+     "on_reset[0].column: there is no column 'attempts' in table 'borrowers'"),
+    ('table = "borrowers"', 'table = "patrons"',
+     "table: there is no table 'patrons' in the directory database"),
+])
+def test_a_profile_naming_what_the_directory_lacks_is_refused_at_start(
+    settings: Settings, koha_sqlite: str, tmp_path: Path, old: str, new: str, reason: str
+) -> None:
+    path = tmp_path / "library.toml"
+    path.write_text(_with(KOHA, old, new), encoding="utf-8")
+    library = replace(settings, directory_url=koha_sqlite, directory_profile=str(path),
+                      password_rounds=4)
+    with pytest.raises(ConfigError) as refused:
+        Directory.from_settings(library)
+    assert str(refused.value) == f"{path}: {reason}"
+    parse_profile(path.read_text("utf-8"), name="x", source="x")  # the shape itself was fine
+
+
+@state_on_sqlite
+def test_the_hash_is_the_one_the_profile_system_reads(settings: Settings) -> None:
+    koha = load_profile("koha")
+    defaults = replace(settings, password_rounds=None, password_allow_weak_rounds=False)
+    assert hasher_for(koha, defaults).hash("Quiet-Harbour-73!").startswith("$2a$08$")
+    chosen = replace(defaults, password_rounds=11)
+    assert hasher_for(koha, chosen).hash("Quiet-Harbour-73!").startswith("$2a$11$")
+    # resetbot's own table keeps PASSWORD_SCHEMES (pbkdf2 in these tests' settings).
+    own = hasher_for(load_profile("resetbot"), settings)
+    assert own.hash("Quiet-Harbour-73!").startswith("$pbkdf2-sha256$1000$")
+    with pytest.raises(ConfigError, match=r"^PASSWORD_ROUNDS: 9 is below the safe minimum"):
+        hasher_for(koha, replace(defaults, password_rounds=9))
+
+
+def test_mysql_and_mariadb_urls_use_the_shipped_driver() -> None:
+    for url in ("mysql://koha@127.0.0.1/koha", "mariadb://koha@127.0.0.1/koha",
+                "mysql+pymysql://koha@127.0.0.1/koha"):
+        engine = make_engine(url)
+        try:
+            assert engine.dialect.driver == "pymysql"
+            assert engine.pool._recycle == 3600  # type: ignore[attr-defined]
+        finally:
+            engine.dispose()
+    with pytest.raises(ConfigError, match=r"^DIRECTORY_URL: the driver for .mysql\+mysqldb."):
+        make_engine("mysql+mysqldb://koha@127.0.0.1/koha", setting="DIRECTORY_URL")
+
+
+@state_on_sqlite
+def test_db_upgrade_makes_resetbot_own_users_table_only_when_it_is_its_own(
+    settings: Settings, koha_sqlite: str, engine: Engine
+) -> None:
+    assert own_users_names(settings) == settings.directory
+    assert "users" in inspect(engine).get_table_names()
+    elsewhere = replace(settings, directory_url=koha_sqlite)
+    assert own_users_names(elsewhere) is None
+    assert own_users_names(replace(settings, directory_profile="koha")) is None
+    fresh = replace(settings, database_url=settings.database_url.replace(".db", "-2.db"))
+    assert fresh.database_url != settings.database_url
+    upgrade(replace(fresh, directory_url=koha_sqlite, directory_profile="koha"))
+    state = make_engine(fresh.database_url)
+    try:
+        tables = set(inspect(state).get_table_names())
+    finally:
+        state.dispose()
+    assert "reset_tasks" in tables
+    assert not tables & {"users", "users_search"}
+
+
+def test_settings_read_the_directory_url_and_profile(tmp_path: Path) -> None:
+    settings = Settings.from_env({
+        "DIRECTORY_URL": "mysql+pymysql://koha@127.0.0.1/koha", "DIRECTORY_PROFILE": "koha",
+    }, env_file=None)
+    assert (settings.directory_url, settings.directory_profile) == (
+        "mysql+pymysql://koha@127.0.0.1/koha", "koha"
+    )
+    assert Settings.from_env({}, env_file=None).directory_profile == "resetbot"
+    path = str(tmp_path / "library.toml")
+    assert Settings.from_env({"DIRECTORY_PROFILE": path}, env_file=None).directory_profile == path
