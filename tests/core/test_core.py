@@ -20,6 +20,9 @@ from core.passwords import (
 )
 from core.settings import PasswordPolicy, Settings
 
+# Claims, locks and DDL differ between databases: these run on MariaDB too.
+pytestmark = pytest.mark.every_database
+
 
 def test_settings_defaults_need_no_configuration() -> None:
     settings = Settings.from_env({}, env_file=None)
