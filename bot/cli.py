@@ -319,7 +319,7 @@ examples:
 
 def _add_directory(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     directory = _command(commands, "directory",
-                         "the users' directory as resetbot sees it: `resetbot directory check`",
+                         "what resetbot sees of the users: `resetbot directory check`",
                          epilog=DIRECTORY_EPILOG)
     actions = directory.add_subparsers(dest="directory_command", required=True,
                                        metavar="ACTION", title="actions")

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.payloads import payload_problem
 from bot.replay import Seen, SeenRequests
 from core.directory import Directory
+from core.errors import ConfigError
 from core.migrate import VERSION_TABLE, current_revision, head_revision
 from core.models import Base
 
@@ -79,7 +80,7 @@ class HealthCheck:
         try:
             with directory.engine.connect() as connection:
                 connection.execute(select(literal(1)).select_from(directory.table).limit(0))
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, ConfigError) as error:  # ConfigError: reflected only now
             log.warning("health: directory unavailable: %s", type(error).__name__)
             return "unavailable"
         return "ok"
