@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db(commands)
     _add_users(commands)
+    _add_directory(commands)
     _add_reset(commands)
     _add_tasks(commands)
     _add_mail(commands)
@@ -310,6 +311,32 @@ def _add_users(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("file", metavar="FILE", nargs="?", default="-",
                         help="where to write (default '-': the screen, or stdout)")
     export.set_defaults(handler=cmd_users_export)
+
+
+DIRECTORY_EPILOG = """\
+examples:
+  resetbot directory check
+  resetbot directory check --json
+  DIRECTORY_URL=mysql+pymysql://resetbot:PASS@db/koha DIRECTORY_PROFILE=koha \\
+    resetbot directory check"""
+
+
+def _add_directory(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    directory = _command(commands, "directory",
+                         "what resetbot sees of the users: `resetbot directory check`",
+                         epilog=DIRECTORY_EPILOG)
+    actions = directory.add_subparsers(dest="directory_command", required=True,
+                                       metavar="ACTION", title="actions")
+    check = _command(
+        actions, "check", "what resetbot sees in the directory; changes nothing",
+        prog="resetbot directory check", epilog=DIRECTORY_EPILOG,
+        description="Read-only: the profile, the database (password hidden), the table, how "
+                    "many users, staff and users without e-mail, and the password hash "
+                    "formats the table holds, with a warning when a reset would write another "
+                    "one. Run it before the first reset on a library system's database.",
+    )
+    check.add_argument("--json", action="store_true", help="the same, machine-readable")
+    check.set_defaults(handler=cmd_directory_check)
 
 
 def _add_reset(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -587,6 +614,7 @@ def cmd_users_import(cli: Cli, args: argparse.Namespace) -> int:
     from core.userio import import_users
 
     settings = cli.settings()
+    require_own_users_table(settings, "import")
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     with cli.database(settings) as sessions, sessions.begin() as session, \
             _directory(settings, sessions) as directory:
@@ -602,6 +630,7 @@ def cmd_users_export(cli: Cli, args: argparse.Namespace) -> int:
     from core.userio import export_users
 
     settings = cli.settings()
+    require_own_users_table(settings, "export")
     with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
         content = export_users(directory)
     if args.file == "-":
@@ -614,6 +643,28 @@ def cmd_users_export(cli: Cli, args: argparse.Namespace) -> int:
         with open(args.file, "w", encoding="utf-8-sig", newline="") as handle:
             handle.write(content)
         cli.say(f"Wrote {plural(content.count(chr(10)) - 1, 'user')} to {args.file}.")
+    return EXIT_OK
+
+
+def require_own_users_table(settings: Settings, action: str) -> None:
+    """`users import` and `export` are for resetbot's own table: a library system's users are
+    that system's to add and change (and its table has no role column to export)."""
+    from core.directory import load_profile
+
+    profile = load_profile(settings.directory_profile, settings.directory)
+    if not profile.owned:
+        raise ConfigError(
+            f"users {action} is for resetbot's own users table; with DIRECTORY_PROFILE="
+            f"{settings.directory_profile} the users are in {profile.table!r}, which resetbot "
+            "does not own: manage them in that system (nothing was changed; "
+            "`resetbot directory check` shows what resetbot sees)"
+        )
+
+
+def cmd_directory_check(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.directory_cli import check_directory
+
+    check_directory(cli, cli.settings(), as_json=args.json)
     return EXIT_OK
 
 
@@ -656,6 +707,8 @@ def cmd_worker(cli: Cli, args: argparse.Namespace) -> int:
     _log_to_stderr()
     tune_worker_process()
     open_engine(settings).dispose()
+    # A directory that refuses, or a profile that does not fit it: said now, in one line.
+    Directory.from_settings(settings).dispose()
     with cli.redis(settings) as redis:
         run_worker(settings, redis, burst=args.burst, with_scheduler=True)
     return EXIT_OK

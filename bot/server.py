@@ -171,16 +171,19 @@ def serve(
             worker = start_worker_process(replace(settings, redis_url=redis_url(settings,
                                                                               runtime.redis)))
             stack.callback(stop_worker_process, worker)
+        # A directory of its own (DIRECTORY_URL) is reported apart; else it is the database.
+        directory = runtime.directory if settings.directory_url else None
         if settings.slack_app_token:
             wsgi_app = make_wsgi_app(None, signing_secret=None, sessions=runtime.sessions,
-                                     redis=probe, namespace=settings.reset_queue)
+                                     redis=probe, namespace=settings.reset_queue,
+                                     directory=directory)
             stack.enter_context(SocketModeConnection(runtime.app, settings.slack_app_token))
             log.info("connected to Slack over Socket Mode; health on %s:%s%s",
                      host, port, HEALTH_PATH)
         else:
             wsgi_app = make_wsgi_app(runtime.app, signing_secret=settings.slack_signing_secret,
                                      sessions=runtime.sessions, redis=probe,
-                                     namespace=settings.reset_queue)
+                                     namespace=settings.reset_queue, directory=directory)
             log.info("serving Slack requests on http://%s:%s%s", host, port, EVENTS_PATH)
         server = make_http_server(wsgi_app, host=host, port=port)
         try:

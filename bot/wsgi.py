@@ -24,12 +24,14 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.request.internals import parse_body
 from slack_sdk.signature import Clock, SignatureVerifier
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, inspect, literal, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.payloads import payload_problem
 from bot.replay import Seen, SeenRequests
+from core.directory import Directory
+from core.errors import ConfigError
 from core.migrate import VERSION_TABLE, current_revision, head_revision
 from core.models import Base
 
@@ -55,15 +57,33 @@ def redis_probe(url: str) -> Redis:
 
 
 class HealthCheck:
-    """Whether the database (with this release's schema) and Redis answer, for `/healthz`."""
+    """Whether the database (with this release's schema) and Redis answer, for `/healthz`; and
+    the directory, when it is a database of its own (DIRECTORY_URL)."""
 
-    def __init__(self, sessions: sessionmaker[Session], redis: Redis) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], redis: Redis, directory: Directory | None = None
+    ) -> None:
         self.sessions = sessions
         self.redis = redis
+        self.directory = directory
         self._head: str | None = None
 
     def __call__(self) -> dict[str, str]:
-        return {"database": self._database(), "redis": self._redis()}
+        checks = {"database": self._database(), "redis": self._redis()}
+        if self.directory is not None:
+            checks["directory"] = self._directory(self.directory)
+        return checks
+
+    @staticmethod
+    def _directory(directory: Directory) -> str:
+        """Its users table can be read (no row is: `LIMIT 0`)."""
+        try:
+            with directory.engine.connect() as connection:
+                connection.execute(select(literal(1)).select_from(directory.table).limit(0))
+        except (SQLAlchemyError, ConfigError) as error:  # ConfigError: reflected only now
+            log.warning("health: directory unavailable: %s", type(error).__name__)
+            return "unavailable"
+        return "ok"
 
     def _database(self) -> str:
         try:
@@ -304,11 +324,13 @@ def make_wsgi_app(
     sessions: sessionmaker[Session],
     redis: Redis,
     namespace: str,
+    directory: Directory | None = None,
 ) -> ResetbotWsgi:
     """The WSGI app `serve` runs (and tests start): Slack events when `bolt_app` is given.
 
     `namespace` (RESET_QUEUE) keeps the signatures this app has seen apart in a shared Redis.
+    `directory`: a directory in a database of its own, which `/healthz` reports apart.
     """
     return ResetbotWsgi(bolt_app, signing_secret=signing_secret,
-                        health=HealthCheck(sessions, redis),
+                        health=HealthCheck(sessions, redis, directory),
                         seen=SeenRequests(redis, namespace) if bolt_app else None)

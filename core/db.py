@@ -11,6 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import ConfigError
 
+#: SQLAlchemy's backend names for MariaDB and MySQL (`mariadb://` URLs get their own).
+MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
+
 #: What DATABASE_URL should look like, for refusals.
 EXPECTED_URL = (
     "expected sqlite:///FILE, postgresql+psycopg://USER@HOST/DB or "
@@ -32,9 +35,7 @@ def make_engine(database_url: str, *, setting: str = "DATABASE_URL", **kwargs: A
 
     Raises ConfigError (one line naming `setting`) for a URL no installed driver can open.
     """
-    for bare, with_driver in DRIVERS.items():
-        if database_url.startswith(bare):
-            database_url = with_driver + database_url[len(bare) :]
+    database_url = with_shipped_driver(database_url)
     try:
         return _create_engine(database_url, **kwargs)
     except NoSuchModuleError:  # (an ArgumentError too)
@@ -49,6 +50,14 @@ def make_engine(database_url: str, *, setting: str = "DATABASE_URL", **kwargs: A
             f"{setting}: the driver for {_driver(database_url)!r} is not installed "
             f"({error}); resetbot ships psycopg 3 and PyMySQL ({EXPECTED_URL})"
         ) from None
+
+
+def with_shipped_driver(database_url: str) -> str:
+    """`postgresql://`, `mysql://` and `mariadb://` name the driver resetbot ships."""
+    for bare, with_driver in DRIVERS.items():
+        if database_url.startswith(bare):
+            return with_driver + database_url[len(bare) :]
+    return database_url
 
 
 def _driver(database_url: str) -> str:
@@ -66,8 +75,12 @@ def _create_engine(database_url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    if make_url(database_url).get_backend_name() in ("mysql", "mariadb"):
+    if make_url(database_url).get_backend_name() in MYSQL_BACKENDS:
         kwargs.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
+        # PostgreSQL's default: each statement sees what was committed before it. InnoDB's own
+        # default (REPEATABLE READ) would show a transaction its first snapshot over and over,
+        # and its gap locks would make concurrent claims wait on each other.
+        kwargs.setdefault("isolation_level", "READ COMMITTED")
     return create_engine(database_url, **kwargs)
 
 

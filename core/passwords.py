@@ -99,18 +99,6 @@ def _is_common(password: str) -> bool:
     return lowered in common or core_word in common
 
 
-def default_password_violations(
-    password: str, settings: Settings, usernames: list[str] | None = None
-) -> list[str]:
-    """Policy check for a default password set for many users at once."""
-    reasons = policy_violations(password, settings.policy, schemes=settings.password_schemes)
-    if settings.policy.forbid_username and usernames:
-        lowered = normalised(password).lower()
-        if any(name and name.lower() in lowered for name in usernames):
-            reasons.append("It must not contain the username of a user it is set for.")
-    return reasons
-
-
 # What generated passwords are drawn from: every class, without look-alikes.
 _GENERATED_ALPHABETS = tuple(
     "".join(ch for ch in chars if ch not in LOOK_ALIKES) for chars in _CLASSES.values()

@@ -298,13 +298,12 @@ def _database_url(name: str, raw: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    from core.db import EXPECTED_URL
+
     try:
         url = make_url(raw)
     except ArgumentError:  # the value may hold a password: not shown
-        raise ConfigError(
-            f"{name} is not a database URL (expected sqlite:///FILE, "
-            "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB)"
-        ) from None
+        raise ConfigError(f"{name} is not a database URL ({EXPECTED_URL})") from None
     database = url.database or ""
     if url.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not (
         database.startswith("file:")
@@ -441,7 +440,8 @@ class Settings:
     database_url: str = setting(
         "DATABASE_URL", "sqlite:///resetbot.db",
         "SQLAlchemy URL; PostgreSQL: `postgresql+psycopg://user:pass@host/db` "
-        "(`postgresql://` works too). A SQLite file's folder must exist",
+        "(`postgresql://` works too); MariaDB/MySQL: `mysql+pymysql://user:pass@host:3306/db` "
+        "(`mysql://`, `mariadb://` work too). A SQLite file's folder must exist",
         parse=_database_url,
     )
     directory_url: str | None = setting(
@@ -462,8 +462,8 @@ class Settings:
     redis_url: str | None = setting(
         "REDIS_URL", None,
         "`redis://host:6379/0`. Unset: an embedded Redis for single-host use, with its files in "
-        "`.resetbot/` beside the SQLite file (in the working directory for PostgreSQL). Every "
-        "resetbot process on the host that uses the same database shares it",
+        "`.resetbot/` beside the SQLite file (in the working directory for PostgreSQL and "
+        "MariaDB/MySQL). Every resetbot process on the host that uses the same database shares it",
         parse=_redis_url,
     )
     reset_queue: str = setting("RESET_QUEUE", "resetbot", "RQ queue name", parse=text)

@@ -92,8 +92,9 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
                 f"{len(missing)} of the picked users no longer exist in the directory."
             )
     if request.default_password:
+        # The bcrypt length limit follows the hash the directory writes (its profile's).
         reasons = policy_violations(
-            request.default_password, settings.policy, schemes=settings.password_schemes
+            request.default_password, settings.policy, schemes=directory.hasher.schemes
         )
         if not reasons and settings.policy.forbid_username and "users" not in problems:
             clashes = directory.usernames_in_password(
@@ -105,7 +106,7 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
                 )
         if reasons:
             problems["password"] = reasons
-    no_email_problems = _no_email_problems(settings, request)
+    no_email_problems = _no_email_problems(settings, directory, request)
     if no_email_problems:
         problems["no_email_password"] = no_email_problems
     if request.start_at is not None:
@@ -120,7 +121,9 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
     return preview
 
 
-def _no_email_problems(settings: Settings, request: ResetRequest) -> list[str]:
+def _no_email_problems(
+    settings: Settings, directory: Directory, request: ResetRequest
+) -> list[str]:
     typed = request.no_email_password
     if request.no_email_choice is not NoEmailChoice.SET:
         if typed:
@@ -129,7 +132,7 @@ def _no_email_problems(settings: Settings, request: ResetRequest) -> list[str]:
         return []
     if not typed:
         return ["Type the password to give the users without an e-mail address."]
-    return policy_violations(typed, settings.policy, schemes=settings.password_schemes)
+    return policy_violations(typed, settings.policy, schemes=directory.hasher.schemes)
 
 
 class RequestInvalid(InputError):

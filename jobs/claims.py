@@ -1,6 +1,6 @@
 """Claiming items and holding them: every UPDATE on the items a worker has leased.
 
-A worker claims a batch of items in one statement (safe with many workers) and holds them under
+A worker claims a batch of items in one transaction (safe with many workers) and holds them under
 a lease it renews while it hashes and mails; each later write (renew, end, record an outcome,
 give back) applies only to the items it still holds, so an item whose lease was lost to
 another worker is never written twice.
@@ -20,7 +20,7 @@ from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
 from jobs.batches import Claimed, Conditions, ItemOutcome
 from jobs.context import WorkerContext
 from jobs.outage import not_paused
-from jobs.rows import items_table
+from jobs.rows import items_table, update_returning
 
 
 def chunk_items(task_id: int, chunk: int) -> Conditions:
@@ -38,11 +38,11 @@ def chunk_items(task_id: int, chunk: int) -> Conditions:
 
 
 def claim_items(context: WorkerContext, task_id: int, conditions: Conditions) -> list[Claimed]:
-    """Lease up to claim_batch matching items in one statement, safe with many workers.
+    """Lease up to claim_batch matching items in one transaction, safe with many workers.
 
     Only while the task runs uncancelled and without error: the same statement is the check
-    between batches. PostgreSQL skips rows another worker is claiming right now; SQLite
-    serialises writers.
+    between batches. PostgreSQL and MariaDB/MySQL skip rows another worker is claiming right
+    now; SQLite serialises writers (see `jobs.rows.update_returning`).
     """
     now = utcnow()
     where = [
@@ -56,32 +56,24 @@ def claim_items(context: WorkerContext, task_id: int, conditions: Conditions) ->
         )
         .exists(),
     ]
-    candidates = select(ResetItem.id).where(*where).order_by(ResetItem.id).limit(
-        context.settings.claim_batch
-    )
-    if context.engine.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(of=ResetItem, skip_locked=True)
     with context.sessions() as session:
-        rows = session.execute(
-            update(ResetItem)
-            .where(ResetItem.id.in_(candidates.scalar_subquery()), *where)
-            .values(
-                state=ItemState.CLAIMED,
-                leased_by=context.owner,
-                lease_until=now + timedelta(seconds=context.settings.lease_seconds),
-                updated_at=now,
-            )
-            .returning(
+        rows = update_returning(
+            session,
+            where,
+            {
+                "state": ItemState.CLAIMED,
+                "leased_by": context.owner,
+                "lease_until": now + timedelta(seconds=context.settings.lease_seconds),
+                "updated_at": now,
+            },
+            [
                 ResetItem.id, ResetItem.user_id, ResetItem.chunk, ResetItem.username,
                 ResetItem.full_name, ResetItem.email, ResetItem.attempts,
-            )
-            .execution_options(synchronize_session=False)
-        ).all()
+            ],
+            limit=context.settings.claim_batch,
+        )
         session.commit()
-    return sorted(
-        (Claimed(r[0], r[1], r[2], r[3], r[4] or "", r[5] or None, r[6]) for r in rows),
-        key=lambda item: item.id,
-    )
+    return [Claimed(r[0], r[1], r[2], r[3], r[4] or "", r[5] or None, r[6]) for r in rows]
 
 
 class Lease:
@@ -109,16 +101,15 @@ def update_held(
     """
     if not item_ids:
         return set()
-    rows = session.execute(
-        update(ResetItem)
-        .where(
+    rows = update_returning(
+        session,
+        [
             ResetItem.id.in_(list(item_ids)),
             ResetItem.state == ItemState.CLAIMED,
             ResetItem.leased_by == context.owner,
-        )
-        .values(**values)
-        .returning(ResetItem.id)
-        .execution_options(synchronize_session=False)
+        ],
+        values,
+        [ResetItem.id],
     )
     return {int(row[0]) for row in rows}
 

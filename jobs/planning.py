@@ -15,8 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -28,7 +26,7 @@ from jobs.finishing import cancel_unstarted, fail_task, finish_if_done
 from jobs.overlap import Reach, overlaps
 from jobs.queueing import enqueue_chunk
 from jobs.reporting import SafeReporter
-from jobs.rows import ACTOR, items_table, rowcount
+from jobs.rows import ACTOR, insert_unless_present, items_table, rowcount
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +81,9 @@ def _start_if_clear(
     (started, the running task it waits for, whether that wait is said for the first time).
     Every start check holds the start lock until its commit, so two checks never decide at
     once: a task marked running here is seen by the next check. A row lock taken by an UPDATE
-    works the same on both databases (PostgreSQL holds the row until commit, SQLite the whole
-    database), where a serialisable check would make PostgreSQL fail one of two racing starts
+    works the same on every database (PostgreSQL and MariaDB hold the row until commit, SQLite
+    the whole database; MariaDB reads READ COMMITTED, so the next check sees what this one
+    committed), where a serialisable check would make PostgreSQL fail one of two racing starts
     and SQLite would need another spelling; the checks are short, so taking turns costs
     nothing that shows. A task ending needs no lock: it only lets others start, and it wakes
     the waiting tasks after its commit (`start_next_queued`).
@@ -128,9 +127,7 @@ def _lock_starts(session: Session) -> None:
         return
     # A database made by `create_schema` has no row yet. Of two starts making it at once, the
     # second one's insert waits for the first one's commit, then does nothing.
-    on_sqlite = session.get_bind().dialect.name == "sqlite"
-    make_row = (sqlite_insert if on_sqlite else postgresql_insert)(StartLock)
-    session.execute(make_row.values(id=START_LOCK_ID, starts=0).on_conflict_do_nothing())
+    insert_unless_present(session, StartLock.__table__, id=START_LOCK_ID, starts=0)
     if not _bump_lock(session):
         raise RuntimeError("the task start lock row could not be made")
 

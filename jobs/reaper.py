@@ -45,7 +45,7 @@ from jobs.queueing import (
     task_of_job,
 )
 from jobs.reporting import SafeReporter
-from jobs.rows import ACTIVE_ITEM_STATES
+from jobs.rows import ACTIVE_ITEM_STATES, update_returning
 from jobs.scheduling import run_schedule
 
 logger = logging.getLogger(__name__)
@@ -147,13 +147,13 @@ def _expire_approvals(context: WorkerContext, now: datetime, report: ReapReport)
 
 def _return_expired_leases(context: WorkerContext, now: datetime, report: ReapReport) -> None:
     with context.sessions() as session:
-        rows = session.execute(
-            update(ResetItem)
-            .where(ResetItem.state == ItemState.CLAIMED, ResetItem.lease_until < now)
-            .values(state=ItemState.PENDING, leased_by=None, lease_until=None, updated_at=now)
-            .returning(ResetItem.task_id, ResetItem.chunk)
-            .execution_options(synchronize_session=False)
-        ).all()
+        rows = update_returning(
+            session,
+            [ResetItem.state == ItemState.CLAIMED, ResetItem.lease_until < now],
+            {"state": ItemState.PENDING, "leased_by": None, "lease_until": None,
+             "updated_at": now},
+            [ResetItem.task_id, ResetItem.chunk],
+        )
         session.commit()
     chunks = sorted({(int(task_id), int(chunk)) for task_id, chunk in rows})
     for task_id, chunk in chunks:

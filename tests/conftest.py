@@ -1,4 +1,5 @@
-"""Shared fixtures: real databases (SQLite file, PostgreSQL), real Redis, settings, sample users.
+"""Shared fixtures: real databases (SQLite file, PostgreSQL, MariaDB), real Redis, settings,
+sample users.
 
 Never FLUSHDB the shared Redis: tests (and other developers) share it. Each test gets its own
 queue name instead.
@@ -23,7 +24,7 @@ from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.schema import create_schema
 from core.settings import Settings
-from tests.support.databases import postgres_database
+from tests.support.databases import mariadb_database, postgres_database
 from tests.support.slack_standin import slack_standin as slack_standin
 
 # CI (`.ci/run` sets HYPOTHESIS_PROFILE=ci) tries the same examples on every run, so a red build
@@ -46,11 +47,43 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.services)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+#: The databases every test taking `database_url` runs on.
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+#: ... and those of the tests marked `every_database`: the engine, migrations, concurrency and
+#: fault tests, where the databases differ (claims, locks, DDL). Running every test on
+#: MariaDB too would add about a minute to the suite for statements those tests already cover.
+EVERY_DATABASE = [*DATABASES, pytest.param("mariadb", marks=pytest.mark.mariadb)]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `every_database` (or in a module so marked) runs on MariaDB as well,
+    unless it names its databases itself."""
+    if "database_url" not in metafunc.fixturenames:
+        return
+    if not metafunc.definition.get_closest_marker("every_database"):
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "database_url" in (names.replace(" ", "").split(",") if isinstance(names, str)
+                              else names):
+            return
+    # As a mark, seen before the fixture's own params are (a test's own parametrize wins).
+    metafunc.definition.add_marker(
+        pytest.mark.parametrize("database_url", EVERY_DATABASE, indirect=True)
+    )
+
+
+@pytest.fixture(params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL or MariaDB database dropped
+    afterwards."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'resetbot.db'}"
+        return
+    if request.param == "mariadb":
+        with mariadb_database() as url:
+            yield url
         return
     with postgres_database() as url:
         yield url

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -33,7 +34,8 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.exc import DBAPIError, NoSuchTableError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
 from core.db import make_engine
 from core.directory.profile import ExtraReset, Profile, load_profile, resetbot_profile
@@ -69,6 +71,7 @@ class Directory:
         owns_engine: bool = False,
         own_index: bool = False,
         names: DirectoryNames | None = None,
+        setting: str = "DATABASE_URL",
     ) -> None:
         self.profile = profile
         self.engine = engine
@@ -77,6 +80,8 @@ class Directory:
         #: resetbot's own search index is in this database (pg_trgm, SQLite FTS5).
         self.own_index = own_index
         self.names = names if names is not None else DirectoryNames(table=profile.table)
+        #: The setting whose URL `engine` was made from, named when the database refuses.
+        self.setting = setting
         self.search_source: UserSearch | None = None
         self._table: Table | None = users_table(self.names) if profile.owned else None
 
@@ -93,9 +98,10 @@ class Directory:
         profile = load_profile(settings.directory_profile, settings.directory)
         hasher = hasher_for(profile, settings)
         if settings.directory_url:
+            _require_sqlite_file(settings.directory_url)
             engine = make_engine(settings.directory_url, setting="DIRECTORY_URL")
             directory = cls(profile, engine, hasher=hasher, owns_engine=True,
-                            names=settings.directory)
+                            names=settings.directory, setting="DIRECTORY_URL")
         elif state_engine is not None:
             directory = cls(profile, state_engine, hasher=hasher, own_index=profile.owned,
                             names=settings.directory)
@@ -141,11 +147,14 @@ class Directory:
     def check(self) -> None:
         """Refuse (ConfigError) a foreign table or column the profile names that is not there.
 
-        Read-only: reflects the table. resetbot's own table may not exist yet (`db upgrade`
-        makes it), so it is not looked at here.
+        Read-only: reflects the table. resetbot's own table beside its state may not exist yet
+        (`db upgrade` makes it), so it is looked at only in a database of its own
+        (DIRECTORY_URL), where nothing of resetbot's would ever make it.
         """
         if not self.profile.owned:
             self._table = self._reflect()
+        elif self.setting == "DIRECTORY_URL":
+            self._reflect()  # the names are known; only whether the table is there is checked
 
     def _reflect(self) -> Table:
         profile = self.profile
@@ -155,11 +164,10 @@ class Directory:
         except NoSuchTableError:
             raise ConfigError(
                 f"{profile.source}: table: there is no table {profile.table!r} in the directory "
-                "database"
+                f"database {self.shown_url} ({self.setting})"
             ) from None
         except DBAPIError as error:
-            first = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
-            raise ConfigError(f"the directory database cannot be read: {first}") from None
+            raise ConfigError(self.unreachable(error)) from None
         for key, column in profile.columns().items():
             if column not in table.c:
                 raise ConfigError(
@@ -167,6 +175,19 @@ class Directory:
                     f"{profile.table!r}"
                 )
         return table
+
+    def unreachable(self, error: DBAPIError) -> str:
+        """One line for a directory database that refuses: the setting, the URL (password
+        hidden) and the driver's first line (the password taken out, should it hold it)."""
+        first = _first_line(error.orig if error.orig is not None else error)
+        if self.engine.url.password:
+            first = first.replace(str(self.engine.url.password), "***")
+        return f"{self.setting}: the directory database {self.shown_url} cannot be read: {first}"
+
+    @property
+    def shown_url(self) -> str:
+        """The directory database's URL, its password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def _c(self, name: str) -> ColumnElement[Any]:
         table = self.table
@@ -490,6 +511,24 @@ def hasher_for(profile: Profile, settings: Settings) -> PasswordHasher:
         if problem:
             raise ConfigError(f"PASSWORD_ROUNDS: {problem} (profile {profile.name})")
     return PasswordHasher((fmt.scheme,), rounds, ident=fmt.ident)
+
+
+def _require_sqlite_file(url: str) -> None:
+    """A SQLite directory that is not there: said, rather than an empty file made by opening."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # make_engine says what is wrong with it
+    path = parsed.database
+    if parsed.get_backend_name() == "sqlite" and path and path != ":memory:" and not (
+        path.startswith("file:") or Path(path).exists()
+    ):
+        raise ConfigError(f"DIRECTORY_URL: there is no SQLite database {path!r} (the "
+                          "directory is a database that exists already)")
+
+
+def _first_line(error: object) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def _local_date(moment: datetime) -> date:

@@ -9,10 +9,13 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, MetaData, text
 
+from core.db import MYSQL_BACKENDS
 from core.migrate import VERSION_TABLE, migration_directory_names, schema_metadata
 
 # Any constant will do: it only has to be the same for every resetbot process.
 _POSTGRES_MIGRATION_LOCK = 0x7265736574  # "reset"
+_MYSQL_MIGRATION_LOCK = "resetbot_migrations"
+_MYSQL_LOCK_WAIT = 600  # seconds another host's upgrade may take
 
 
 def run_migrations_online() -> None:
@@ -29,12 +32,29 @@ def run_migrations_online() -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        # Hosts that upgrade at the same moment take turns instead of racing on DDL.
         if connection.dialect.name == "postgresql":
-            # Hosts that upgrade at the same moment take turns instead of racing on DDL.
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _POSTGRES_MIGRATION_LOCK}
             )
-        context.run_migrations()
+            context.run_migrations()
+        elif connection.dialect.name in MYSQL_BACKENDS:
+            # DDL commits at once on MariaDB/MySQL: the lock is the connection's, not a
+            # transaction's, and is given back by hand.
+            taken = connection.scalar(
+                text("SELECT GET_LOCK(:name, :seconds)"),
+                {"name": _MYSQL_MIGRATION_LOCK, "seconds": _MYSQL_LOCK_WAIT},
+            )
+            if taken != 1:
+                raise RuntimeError("another resetbot's `db upgrade` held the migration lock")
+            try:
+                context.run_migrations()
+            finally:
+                connection.execute(
+                    text("SELECT RELEASE_LOCK(:name)"), {"name": _MYSQL_MIGRATION_LOCK}
+                )
+        else:
+            context.run_migrations()
 
 
 if context.is_offline_mode():

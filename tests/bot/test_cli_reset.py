@@ -23,6 +23,9 @@ from tests.support.engine import user_rows
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
+# Claims, locks and DDL differ between databases: these run on MariaDB too.
+pytestmark = pytest.mark.every_database
+
 
 @pytest.fixture
 def cli_settings(settings: Settings, smtp_server: SmtpServer) -> Settings:

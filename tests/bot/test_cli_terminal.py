@@ -252,8 +252,8 @@ def test_every_command_has_a_one_line_description_and_help(
     parser = build_parser()
     top = parser.format_help()
     commands = _subcommands(parser)
-    assert set(commands) == {"db", "users", "reset", "tasks", "audit", "worker", "serve", "demo",
-                             "mail"}
+    assert set(commands) == {"db", "users", "directory", "reset", "tasks", "audit", "worker",
+                             "serve", "demo", "mail"}
     for name in commands:
         [line] = [line for line in top.splitlines() if line.strip().startswith(name + " ")]
         assert len(line.split()) >= 4, f"{name} needs a description in `resetbot --help`"

@@ -13,6 +13,9 @@ from core.db import make_engine
 from core.migrate import upgrade
 from core.settings import Settings
 
+# Claims, locks and DDL differ between databases: these run on MariaDB too.
+pytestmark = pytest.mark.every_database
+
 
 @pytest.fixture
 def fresh_engine(settings: Settings) -> Iterator[Engine]:

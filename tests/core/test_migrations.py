@@ -1,21 +1,27 @@
-"""Alembic migrations on SQLite and PostgreSQL: create everything, idempotent, match the models."""
+"""Alembic migrations on SQLite, PostgreSQL and MariaDB: create everything, idempotent, match
+the models."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, insert, inspect, select, text
+from sqlalchemy import Engine, func, insert, inspect, select, text
+from sqlalchemy.orm import Session
 
 from core.db import make_engine
 from core.directory import Directory
 from core.migrate import VERSION_TABLE, head_revision, schema_metadata, upgrade, upgrade_engine
-from core.models import Base, users_table
+from core.models import AuditEntry, Base, users_table
 from core.schema import create_schema
 from core.settings import DirectoryNames, Settings
+
+# Claims, locks and DDL differ between databases: these run on MariaDB too.
+pytestmark = pytest.mark.every_database
 
 RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log",
                    "task_start_lock"}
@@ -64,10 +70,14 @@ def test_upgrade_creates_every_table_and_the_search_index(
         )
     # "walk" is long enough for the trigram path on both databases.
     assert _search_finds(fresh_engine, directory, "walk") == ["ann.walker"]
+    indexes = {index["name"] for index in inspect(fresh_engine).get_indexes("users")}
     if fresh_engine.dialect.name == "sqlite":
         assert "users_search" in tables
+    elif fresh_engine.dialect.name in ("mysql", "mariadb"):
+        # MariaDB/MySQL search with LIKE: no search index, only the username's unique one.
+        assert not any(str(name).endswith("_search_trgm") for name in indexes)
+        assert not any(table.startswith("users_search") for table in tables)
     else:
-        indexes = {index["name"] for index in inspect(fresh_engine).get_indexes("users")}
         assert "ix_users_search_trgm" in indexes
 
 
@@ -144,6 +154,20 @@ def test_a_library_users_table_is_adopted_untouched(
     assert set(inspect(fresh_engine).get_table_names()) >= RESETBOT_TABLES
     directory = Directory.own_table(fresh_engine, settings.directory)
     assert _search_finds(fresh_engine, directory, "libus") == ["libuser"]
+
+
+def test_migrated_timestamps_keep_microseconds(settings: Settings, fresh_engine: Engine) -> None:
+    """Leases, retries and the audit log are ordered by their timestamps: a bare DATETIME on
+    MariaDB/MySQL would keep whole seconds (and compare_type does not see the difference)."""
+    upgrade(settings)
+    at = datetime(2026, 11, 30, 4, 5, 6, 123456, tzinfo=UTC)
+    with Session(fresh_engine) as session:
+        session.add(AuditEntry(at=at, actor="cli:test", action="request", detail={}))
+        session.commit()
+    with Session(fresh_engine) as session:
+        assert session.scalar(select(AuditEntry.at)) == at
+        assert session.scalar(select(func.count()).where(AuditEntry.at > at.replace(
+            microsecond=123455))) == 1
 
 
 def test_upgrade_adopts_a_schema_made_by_create_schema(

@@ -106,7 +106,7 @@ def koha_sqlite(tmp_path: Path) -> str:
     ('column = "login_attempts"', 'column = "attempts"',
      "on_reset[0].column: there is no column 'attempts' in table 'borrowers'"),
     ('table = "borrowers"', 'table = "patrons"',
-     "table: there is no table 'patrons' in the directory database"),
+     "table: there is no table 'patrons' in the directory database {url} (DIRECTORY_URL)"),
 ])
 def test_a_profile_naming_what_the_directory_lacks_is_refused_at_start(
     settings: Settings, koha_sqlite: str, tmp_path: Path, old: str, new: str, reason: str
@@ -117,7 +117,7 @@ def test_a_profile_naming_what_the_directory_lacks_is_refused_at_start(
                       password_rounds=4)
     with pytest.raises(ConfigError) as refused:
         Directory.from_settings(library)
-    assert str(refused.value) == f"{path}: {reason}"
+    assert str(refused.value) == f"{path}: {reason.format(url=koha_sqlite)}"
     parse_profile(path.read_text("utf-8"), name="x", source="x")  # the shape itself was fine
 
 

@@ -28,6 +28,9 @@ from core.userio import (
     parse_users_csv,
 )
 
+# Claims, locks and DDL differ between databases: these run on MariaDB too.
+pytestmark = pytest.mark.every_database
+
 CSV_HEADER = "username,full_name,email,role\r\n"
 
 

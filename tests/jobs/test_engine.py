@@ -31,7 +31,10 @@ from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
 # The test server takes AUTH without TLS (loopback only); aiosmtpd warns about that each time.
-pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS"),
+    pytest.mark.every_database,  # claims, locks and settling differ between databases
+]
 
 DEFAULT_PASSWORD = "Quiet-Harbour-73!"
 # For behaviour that does not depend on the database (mail, reporting): one database is enough.

@@ -27,6 +27,9 @@ from tests.support.engine import build_context, items_by_user, submit, task_snap
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
+# Claims, locks and DDL differ between databases: these run on MariaDB too.
+pytestmark = pytest.mark.every_database
+
 DEFAULT_PASSWORD = "Quiet-Harbour-73!"
 
 

@@ -42,6 +42,9 @@ from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
+# Approval and scheduling are conditional UPDATEs on the task row: every database.
+pytestmark = pytest.mark.every_database
+
 SECOND = "USECOND"
 THIRD = "UTHIRD"
 GOOD_PASSWORD = "Tulip-Lantern-47-Quay"

@@ -48,9 +48,18 @@ from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
+# Claims, locks and DDL differ between databases: these run on MariaDB too.
+pytestmark = pytest.mark.every_database
+
 CHANNEL = "C0FAULTS"
 REQUESTER = "U0STAFF"
-postgres_only = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+#: The servers many processes share (SQLite is one file on one host).
+servers_only = pytest.mark.parametrize(
+    "database_url",
+    [pytest.param("postgres", marks=pytest.mark.postgres),
+     pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    indirect=True,
+)
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
@@ -394,7 +403,7 @@ def through_proxy(database_url: str, proxy: TcpProxy) -> str:
     return url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
 
 
-@postgres_only
+@servers_only
 def test_the_database_unreachable_for_a_moment_the_task_finishes_once_it_is_back(
     settings: Settings, database_url: str, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory, redis_conn: Redis, workers: Workers, smtp_server: SmtpServer,

@@ -39,6 +39,9 @@ from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
+# Claims, locks and DDL differ between databases: these run on MariaDB too.
+pytestmark = pytest.mark.every_database
+
 CHANNEL = "C0MAILFAULT"
 EMAILED = {1: "alice@example.org", 2: "bob@example.org", 3: "carol@example.org",
            5: "erin@example.org", 7: "grace@example.org"}

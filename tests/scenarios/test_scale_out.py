@@ -1,5 +1,5 @@
 """Scale-out: several worker processes, as on several hosts, share one task through one Redis and
-one PostgreSQL, and every user ends in exactly one final outcome.
+one PostgreSQL (or MariaDB), and every user ends in exactly one final outcome.
 
 Each worker is a real `resetbot worker` process configured only by its environment (no shared
 memory with the test or with each other). Which worker held which user is watched while the task
@@ -35,7 +35,13 @@ from tests.support.smtp import smtp_server as smtp_server
 USERS = 240
 WORKERS = 3
 DEFAULT_PASSWORD = "Lantern-Quay-8841"
-postgres_only = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+#: The servers many processes share (SQLite is one file on one host).
+servers_only = pytest.mark.parametrize(
+    "database_url",
+    [pytest.param("postgres", marks=pytest.mark.postgres),
+     pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    indirect=True,
+)
 
 
 class LeaseWatcher:
@@ -93,8 +99,7 @@ def start_workers(workers: Workers, settings: Settings, redis: Redis) -> list[Wo
     return started
 
 
-@postgres_only
-@pytest.mark.postgres
+@servers_only
 @pytest.mark.parametrize("mode", ["generated", "default"])
 def test_worker_processes_share_a_task_and_settle_every_user_once(
     settings: Settings,

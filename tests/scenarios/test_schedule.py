@@ -56,6 +56,9 @@ from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
+# Approval and scheduling are conditional UPDATEs on the task row: every database.
+pytestmark = pytest.mark.every_database
+
 DEFAULT_PASSWORD = "Quiet-Harbour-92-Lamp"
 HANDOUT_PASSWORD = "Amber-Ferry-31-Kite"
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

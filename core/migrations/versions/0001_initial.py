@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 from core.directory import create_search_index
 from core.migrate import migration_directory_names
@@ -28,7 +29,8 @@ down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-UTC_DATETIME = sa.DateTime(timezone=True)
+# MariaDB/MySQL: with microseconds (a bare DATETIME keeps whole seconds).
+UTC_DATETIME = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def upgrade() -> None:
@@ -175,7 +177,7 @@ def downgrade() -> None:
         for suffix in ("ai", "ad", "au"):
             op.execute(sa.text(f"DROP TRIGGER IF EXISTS {names.table}_search_{suffix}"))
         op.execute(sa.text(f"DROP TABLE IF EXISTS {names.table}_search"))
-    else:
+    elif op.get_bind().dialect.name == "postgresql":  # MariaDB/MySQL have no search index
         op.execute(sa.text(f"DROP INDEX IF EXISTS ix_{names.table}_search_trgm"))
     for table in ("audit_log", "pending_requests", "reset_items", "reset_tasks"):
         op.drop_table(table)

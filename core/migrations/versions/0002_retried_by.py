@@ -25,11 +25,22 @@ def upgrade() -> None:
     columns = {column["name"] for column in sa.inspect(op.get_bind()).get_columns("reset_tasks")}
     if "retried_by" not in columns:
         op.add_column("reset_tasks", sa.Column("retried_by", sa.Integer(), nullable=True))
-    op.execute(
-        "UPDATE reset_tasks SET retried_by = "
-        "(SELECT min(retry.id) FROM reset_tasks AS retry WHERE retry.retry_of = reset_tasks.id) "
-        "WHERE retried_by IS NULL"
-    )
+    # Read first, then write: MySQL refuses an UPDATE whose subquery reads the table it updates.
+    bind = op.get_bind()
+    first_retries = bind.execute(
+        sa.text(
+            "SELECT retry_of, min(id) FROM reset_tasks WHERE retry_of IS NOT NULL "
+            "GROUP BY retry_of"
+        )
+    ).all()
+    if first_retries:
+        bind.execute(
+            sa.text(
+                "UPDATE reset_tasks SET retried_by = :retry "
+                "WHERE id = :task AND retried_by IS NULL"
+            ),
+            [{"task": task, "retry": retry} for task, retry in first_retries],
+        )
 
 
 def downgrade() -> None:

@@ -1,0 +1,112 @@
+"""`resetbot directory check`: what resetbot sees in the directory, before it writes anything.
+
+Read-only: the directory is opened through its own engine and only SELECTed from; resetbot's
+own state database is not opened at all (unless the users live in it, DIRECTORY_URL unset).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import inspect
+
+from bot.terminal import Output, Refused
+from core.directory import Directory
+from core.directory.survey import Survey, survey
+from core.settings import Settings
+
+
+@dataclass(frozen=True)
+class DirectoryReport:
+    profile: str
+    #: Where the profile was read from (the file), when that is not its name.
+    profile_source: str | None
+    database: str
+    table: str
+    survey: Survey
+
+    def warning(self) -> str | None:
+        """Said when a reset would write another hash format than the table mostly holds."""
+        common = self.survey.most_common
+        if not self.survey.differs or common is None:
+            return None
+        held = self.survey.hash_formats[common]
+        return (
+            f"warning: resetbot writes {self.survey.writes} hashes, but most passwords in "
+            f"{self.table} are {common} ({held:,} of {self.survey.users:,} users): make sure "
+            "the system that checks them reads the new format, or set it in the profile "
+            "([password] scheme, ident, rounds) or with PASSWORD_SCHEMES / PASSWORD_ROUNDS"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "profile_source": self.profile_source,
+            "database": self.database,
+            "table": self.table,
+            "users": self.survey.users,
+            "staff": self.survey.staff,
+            "without_email": self.survey.without_email,
+            "hash_formats": self.survey.hash_formats,
+            "writes": self.survey.writes,
+            "warning": self.warning(),
+        }
+
+    def lines(self) -> list[str]:
+        profile = self.profile + (f" ({self.profile_source})" if self.profile_source else "")
+        counts = self.survey
+        width = max((len(name) for name in counts.hash_formats), default=0)
+        lines = [
+            "Directory check (read-only: nothing was changed)",
+            f"Profile:          {profile}",
+            f"Database:         {self.database}",
+            f"Table:            {self.table}",
+            f"Users:            {counts.users:,}",
+            f"Staff:            {counts.staff:,}",
+            f"Without e-mail:   {counts.without_email:,}",
+            "Password hashes:" + ("" if counts.hash_formats else "  none (the table is empty)"),
+            *[f"  {name.ljust(width)}  {number:>9,}"
+              for name, number in counts.hash_formats.items()],
+            f"A reset writes:   {counts.writes}",
+        ]
+        warning = self.warning()
+        return [*lines, warning] if warning else lines
+
+
+def directory_report(settings: Settings) -> DirectoryReport:
+    """Open the directory as a reset would (the same refusals), count, and close it."""
+    directory = Directory.from_settings(settings)
+    try:
+        _require_own_table(directory)
+        profile = directory.profile
+        return DirectoryReport(
+            profile=profile.name,
+            profile_source=profile.source if profile.source != profile.name else None,
+            database=directory.shown_url,
+            table=profile.table,
+            survey=survey(directory),
+        )
+    finally:
+        directory.dispose()
+
+
+def _require_own_table(directory: Directory) -> None:
+    """resetbot's own table beside its state is made by `db upgrade`: say so when it is not."""
+    if directory.profile.owned and not inspect(directory.engine).has_table(
+        directory.profile.table
+    ):
+        raise Refused(
+            f"the database {directory.shown_url} has no "
+            f"{directory.profile.table} table yet: run `resetbot db upgrade` first"
+        )
+
+
+def check_directory(cli: Output, settings: Settings, *, as_json: bool) -> None:
+    report = directory_report(settings)
+    if as_json:
+        cli.say(json.dumps(report.as_json(), indent=2, ensure_ascii=True))
+        return
+    for line in report.lines():
+        cli.say(line)
