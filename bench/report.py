@@ -37,6 +37,10 @@ class Report:
     latency: list[Row] = field(default_factory=list)
     #: Options search on a library system's table through the search copy, beside the own table.
     picker: list[Row] = field(default_factory=list)
+    #: Whole tasks on a Koha directory (MariaDB), state on PostgreSQL (the `koha` phase).
+    koha: list[Row] = field(default_factory=list)
+    #: The preview (validate + park the request) at many Koha users, through core.
+    koha_preview: list[Row] = field(default_factory=list)
     search_copy: list[Row] = field(default_factory=list)
     confirm: list[Row] = field(default_factory=list)
     memory: list[Row] = field(default_factory=list)
@@ -162,6 +166,19 @@ class Report:
                 f"p50 {row['preview']['p50_ms']} / max {row['preview']['max_ms']} ms",
                 row["preview"]["max_ms"] <= 300,
             ))
+        for r in _koha_summary(self.koha):
+            if r["mode"] == "default":
+                targets.append(Target(
+                    f"{r['size']:,}-user task on Koha/MariaDB, default password, "
+                    f"{r['workers']} worker(s)", "<= 1.10x floor", f"{r['ratio']:.3f}x",
+                    r["ratio"] <= 1.10, f"median of {r['runs']}: {r['ratios']}",
+                ))
+        for row in self.koha_preview:
+            targets.append(Target(
+                f"preview, {row['size']:,} Koha users, {row['db']} ({row['via']})", "<= 300 ms",
+                f"p50 {row['preview']['p50_ms']} / max {row['preview']['max_ms']} ms",
+                row["preview"]["max_ms"] <= 300,
+            ))
         for row in self.picker:
             if row["via"].startswith("copy"):
                 targets.append(Target(
@@ -213,6 +230,9 @@ class Report:
             "slack_calls": self.slack_calls,
             "latency": self.latency,
             "picker": self.picker,
+            "koha": self.koha,
+            "koha_summary": _koha_summary(self.koha),
+            "koha_preview": self.koha_preview,
             "search_copy": self.search_copy,
             "confirm": self.confirm,
             "memory": self.memory,
@@ -250,6 +270,22 @@ class Report:
                                    r["slack_calls"], f"{r['foreign_max']:.0%}",
                                    f"{r['ratio_in_worker_wall']:.3f}",
                                    f"{r['ratio_external']:.3f}"]))
+        koha = _koha_summary(self.koha)
+        if koha:
+            lines.append("")
+            lines.append("Tasks on a Koha directory (borrowers on MariaDB, state on PostgreSQL),"
+                         " bcrypt $2a$ cost 8; median of runs")
+            lines.append(_row(["users", "directory", "mode", "workers", "runs", "hash ms",
+                               "floor s", "wall s", "ratio", "users/s", "cpu ratio", "foreign",
+                               "ratios"]))
+            for r in koha:
+                lines.append(_row([f"{r['size']:,}", r["directory"], r["mode"], r["workers"],
+                                   r["runs"], r["hash_ms"], r["floor_s"], r["wall_s"],
+                                   f"{r['ratio']:.3f}", r["users_per_s"], r["cpu_ratio"],
+                                   f"{r['foreign_max']:.0%}", r["ratios"]]))
+        for r in self.koha_preview:
+            lines.append(f"  preview at {r['size']:,} Koha users ({r['via']}): p50 "
+                         f"{r['preview']['p50_ms']} ms, max {r['preview']['max_ms']} ms")
         if self.schemes:
             lines.append("")
             lines.append("One hash per scheme (passlib's default cost), one core")
@@ -376,3 +412,9 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "loadavg_at_end": [round(x, 2) for x in load],
     }
+
+
+def _koha_summary(rows: list[Row]) -> list[Row]:
+    from bench.kohatask import koha_summary
+
+    return koha_summary(rows)

@@ -11,6 +11,10 @@ sink, the Slack Web API stand-in, workers as separate processes):
   picker      each size above --throughput-max: options search on a Koha-shaped `borrowers`
               table (MariaDB, PostgreSQL, SQLite) through the in-memory search copy, beside
               resetbot's own table with the same terms; the copy's build, reload and memory
+  koha        a --koha-users task (default 10,000) on a Koha directory (`borrowers` on
+              MariaDB, the `koha` profile; state on PostgreSQL), bcrypt $2a$ cost 8, both
+              modes, against the hash floor measured in the same workers; and the preview's
+              latency at --koha-preview-users (default 100,000) Koha users
   small       a one-user e-mailed reset, confirm to mail accepted, with a worker already idle
   eta         the time left shown once 10 % of a task is done, against the real time it took
 """
@@ -95,6 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--phases",
                         default="schemes,throughput,slack,bcrypt,large,picker,small,eta",
                         help="which phases to run")
+    parser.add_argument("--koha-users", type=int, default=None,
+                        help="users in the koha phase's tasks (default 10000; --quick 2000)")
+    parser.add_argument("--koha-preview-users", type=int, default=None,
+                        help="Koha users for the koha phase's preview latency (default 100000;"
+                             " --quick 20000; 0 skips it)")
     parser.add_argument("--small-repeat", type=int, default=10,
                         help="one-user resets timed in the small phase (default 10)")
     parser.add_argument("--eta-users", type=int, default=None,
@@ -123,6 +132,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.bcrypt_users is None:
         args.bcrypt_users = 20 if quick else 100
     args.eta_users = args.eta_users or (2000 if quick else 10000)
+    args.koha_users = args.koha_users or (2000 if quick else 10000)
+    if args.koha_preview_users is None:
+        args.koha_preview_users = 20000 if quick else 100000
     args.phases = set(args.phases.split(","))
     args.modes = [mode for mode in args.modes.split(",") if mode]
     unknown = set(args.modes) - set(MODES)
@@ -394,6 +406,41 @@ class Bench:
             self.report.picker.extend(result.latency)
             self.report.search_copy.extend(result.copies)
 
+    def koha(self) -> None:
+        """Whole tasks on Koha's `borrowers` (MariaDB) with the state on PostgreSQL, timed
+        against the floor measured in the same workers, as the throughput phase does."""
+        from bench.kohatask import KOHA_ROUNDS, koha_database
+
+        args = self.args
+        hashing = HashConfig("bcrypt", KOHA_ROUNDS)
+        # Tasks are confirmed through core: the app's confirm is the same create + consume.
+        front: tuple[ConfirmsTasks, AppProcess | None] = (Confirmer(self.base, self.redis), None)
+        self.report.notes.append("koha phase: tasks confirmed through core (create + consume)")
+        with koha_database(args.koha_users, self.base) as db:
+            self.log(f"koha: {db.size:,} borrowers on MariaDB, state on PostgreSQL "
+                     f"(populated in {db.populate_seconds:.1f}s)")
+            for repeat in range(args.repeat):
+                for mode in args.modes:
+                    for workers in args.workers:
+                        row = self.timed_task(db, hashing, mode, workers, repeat,
+                                              args.floor_samples, front, db.directory_env())
+                        row["directory"] = "koha/mariadb"
+                        self.report.koha.append(row)
+        size = args.koha_preview_users
+        if size:
+            with koha_database(size, self.base) as db:
+                settings = replace(self.base, database_url=db.url, directory_url=db.directory_url,
+                                   directory_profile="koha")
+                preview_latency_core(db.sessions, settings, db.directory, 1)  # warm
+                preview = preview_latency_core(db.sessions, settings, db.directory,
+                                               args.preview_rounds)
+                self.report.koha_preview.append({
+                    "size": size, "db": "koha/mariadb", "via": "core",
+                    "preview": preview.summary(),
+                })
+                self.log(f"  preview at {size:,} Koha users: p50 {preview.summary()['p50_ms']}"
+                         f" max {preview.summary()['max_ms']} ms")
+
     def _latency(self, db: Database, front: tuple[ConfirmsTasks, AppProcess | None]) -> None:
         settings = replace(self.base, database_url=db.url)
         terms = search_terms(db.size, total=self.args.queries)
@@ -476,8 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(args, stack, workdir)
             bench.log(f"bench: sizes {args.sizes}, workers {args.workers}, repeat {args.repeat};"
                       f" logs in {workdir}")
-            for phase in ("schemes", "throughput", "slack", "bcrypt", "large", "picker", "small",
-                          "eta"):
+            for phase in ("schemes", "throughput", "koha", "slack", "bcrypt", "large", "picker",
+                          "small", "eta"):
                 if phase in args.phases:
                     getattr(bench, phase)()
             bench.report.seconds = time.monotonic() - started

@@ -223,6 +223,11 @@ def starts_if_approved(start_at: datetime, now: datetime | None = None) -> str:
             "then; otherwise the request expires.")
 
 
+#: The picker's only option while the directory's search copy cannot be read (within Slack's
+#: 75 characters for an option).
+SEARCH_UNAVAILABLE_OPTION = "Search is not available, try again in a moment"
+
+
 def user_option_label(user: DirectoryUser) -> str:
     """"Full Name (username)", staff marked, within Slack's 75 characters for an option."""
     username = truncate(one_line(user.username), 40)

@@ -17,6 +17,7 @@ from bot.auth import Admins, Approvers
 from bot.deps import AppDeps, provide
 from bot.listeners import register_all
 from core.directory import Directory
+from core.directory.picker import attach_search_copy
 from core.errors import ConfigError
 from core.settings import Settings
 from jobs.queueing import enqueue_task
@@ -86,12 +87,17 @@ def create_app(
     """A Bolt App with every resetbot listener, talking to the Web API at SLACK_API_URL.
 
     `token_verification` calls auth.test once now, so a wrong token fails at start, not at the
-    first click.
+    first click. A directory resetbot does not own gets the picker's search copy, read now.
     """
     check_slack_settings(settings)
     client = client if client is not None else make_client(settings)
     admins = Admins(settings, client)
     admins.warn_if_nobody()
+    search_copy = attach_search_copy(settings, directory)
+    if search_copy is not None:
+        # Read once at start, so the first search does not wait; a failure is logged and
+        # retried by the searches (until then the picker says search is not available).
+        search_copy.reload()
     deps = AppDeps(
         settings=settings,
         sessions=sessions,
@@ -103,6 +109,7 @@ def create_app(
         approvers=Approvers(settings, client, admins),
         # A worker posts or updates the thread, as for every other report of a task.
         announce=lambda task_id: announce(queue, task_id),
+        search_copy=search_copy,
     )
     try:
         app = App(

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.auth import Admins, Approvers, Refusal
 from core import audit
 from core.directory import Directory
+from core.search_copy import SearchCopy
 from core.settings import Settings
 
 log = logging.getLogger("resetbot.slack")
@@ -44,6 +45,15 @@ class AppDeps:
     #: awaits approval or its start time, or was just decided or cancelled):
     #: jobs.slack_reporter.announce bound to the queue. A lost one is posted by the reaper.
     announce: Callable[[int], None] = field(default=lambda task_id: None)
+    #: The picker's in-memory copy of a directory resetbot does not own (None: it searches
+    #: the directory table itself).
+    search_copy: SearchCopy | None = None
+
+    def freshen_search(self) -> None:
+        """The picker's form is opening: have an old search copy read again in the
+        background, so the first keystrokes already search fresh data. Never waits."""
+        if self.search_copy is not None:
+            self.search_copy.refresh_if_stale()
 
     def approval_refusal(self, user: str) -> Refusal | None:
         """Why `user` may not approve or reject other admins' resets (None: they may)."""

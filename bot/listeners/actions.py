@@ -88,8 +88,10 @@ def open_from_home(ack: Ack, body: dict[str, Any], client: WebClient,
                    context: BoltContext) -> None:
     user = admitted_user(body)
     ack()
+    deps = deps_of(context)
+    deps.freshen_search()
     # From App Home there is no channel: the task centre falls back to a DM.
-    deps_of(context).later(open_modal, client, body.get("trigger_id"), None, user)
+    deps.later(open_modal, client, body.get("trigger_id"), None, user)
 
 
 def open_thread(ack: Ack) -> None:

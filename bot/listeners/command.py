@@ -54,6 +54,7 @@ def reset_passwords(ack: Ack, body: dict[str, Any], client: WebClient,
         return
     user = admitted_user(body)
     ack()
+    deps.freshen_search()
     deps.later(open_modal, client, body.get("trigger_id"), channel_id(body.get("channel_id")),
                user)
 

@@ -126,3 +126,31 @@ def test_the_picker_phase_runs_on_every_database_at_a_tiny_size(tmp_path: Path) 
         assert copy["rows"] == 300 and copy["build_s"] > 0 and copy["reload_s"] > 0
         assert 0 < copy["memory_mb"] <= copy["memory_peak_mb"]
     assert any(t["name"].startswith("options search p99") for t in result["targets"])
+
+
+@pytest.mark.postgres
+@pytest.mark.mariadb
+def test_the_koha_phase_runs_whole_tasks_on_mariadb_at_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert main([
+        "--phases", "koha", "--koha-users", "40", "--koha-preview-users", "200",
+        "--workers", "1", "--repeat", "1", "--floor-samples", "5", "--preview-rounds", "1",
+        "--out", str(out),
+    ]) == 0
+    result = json.loads(out.read_text())
+    runs = result["koha"]
+    assert {(r["mode"], r["directory"]) for r in runs} == {
+        ("default", "koha/mariadb"), ("generated", "koha/mariadb")
+    }
+    for run in runs:
+        assert run["status"] == "completed" and sum(run["counts"].values()) == 40
+        assert run["scheme"] == "bcrypt" and run["rounds"] == 8
+        assert run["hashes"] == 40  # the floor comes from the workers' own hash() calls
+        assert run["hash_median_s"] > 0 and math.isfinite(run["ratio"]) and run["ratio"] > 0
+    generated = next(r for r in runs if r["mode"] == "generated")
+    assert generated["mails"] == generated["counts"].get("notified") > 0
+    assert [r["size"] for r in result["koha_summary"]] == [40, 40]
+    assert all(r["cpu_ratio"] >= 1 for r in result["koha_summary"])
+    [preview] = result["koha_preview"]
+    assert preview["size"] == 200 and preview["preview"]["max_ms"] > 0
+    assert any(t["name"].startswith("40-user task on Koha") for t in result["targets"])

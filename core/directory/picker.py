@@ -1,0 +1,98 @@
+"""The user picker on a directory resetbot does not own: one in-memory search copy per app.
+
+A library system's table gets no search index from resetbot, so the picker searches a copy of
+it (core/search_copy.py) built from the profile's own columns. The copy only suggests ids: the
+preview checks every picked id against the directory itself (`Directory.missing_ids`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, String, case, cast, func, literal, null, select
+
+from core.directory.table import Directory
+from core.directory.users import DirectoryUser
+from core.search_copy import SearchCopy, SearchRow, load_rows
+from core.settings import Settings
+
+#: The role a staff member found in the copy is shown with (what makes them staff is the
+#: profile's rule, which the copy keeps as a flag only).
+STAFF_ROLE = "staff"
+
+
+def needs_search_copy(settings: Settings, directory: Directory) -> bool:
+    """A directory resetbot does not own (another database, or a profile other than its
+    own table): searched through a copy rather than the table itself."""
+    return bool(settings.directory_url) or not directory.profile.owned
+
+
+def search_select(directory: Directory) -> Select[Any]:
+    """The six columns the copy reads, from the profile: id, username (with its fallback),
+    display name, card number, e-mail, staff."""
+    profile = directory.profile
+    return select(
+        directory.table.c[profile.id],
+        directory.username_expression(),
+        _display_name(directory),
+        _card_number(directory),
+        directory.table.c[profile.email] if profile.email else null(),
+        case((directory.staff_condition(), 1), else_=0),
+    )
+
+
+def _display_name(directory: Directory) -> ColumnElement[Any]:
+    parts: list[ColumnElement[Any]] = [
+        func.coalesce(cast(directory.table.c[name], String), "")
+        for name in directory.profile.name_columns
+    ]
+    if not parts:
+        return literal("")
+    joined = parts[0]
+    for part in parts[1:]:
+        joined = joined + literal(" ") + part
+    return joined
+
+
+def _card_number(directory: Directory) -> ColumnElement[Any]:
+    """The username's last fallback column (Koha: `cardnumber`), searched on its own too."""
+    fallbacks = directory.profile.username[1:]
+    if not fallbacks:
+        return null()
+    return directory.table.c[fallbacks[-1]]
+
+
+class CopySearch:
+    """A UserSearch answered from the search copy (SearchRow -> DirectoryUser)."""
+
+    def __init__(self, copy: SearchCopy) -> None:
+        self.copy = copy
+
+    def search(self, term: str, limit: int) -> list[DirectoryUser]:
+        return [_user(row) for row in self.copy.search(term, limit)]
+
+
+def _user(row: SearchRow) -> DirectoryUser:
+    return DirectoryUser(
+        id=row.id,
+        username=row.username,
+        full_name=" ".join(row.display_name.split()),
+        email=row.email,
+        role=STAFF_ROLE if row.is_staff else None,
+    )
+
+
+def attach_search_copy(settings: Settings, directory: Directory) -> SearchCopy | None:
+    """Give `directory` a search copy when it needs one (None when it does not), and plug it
+    in as the directory's picker search. The copy is not read yet: `reload()` it at start."""
+    if not needs_search_copy(settings, directory):
+        return None
+    query = search_select(directory)
+
+    def rows() -> Iterator[SearchRow]:
+        return load_rows(directory.engine, query)
+
+    copy = SearchCopy(rows, settings.directory_search_refresh)
+    directory.use_search(CopySearch(copy))
+    return copy
