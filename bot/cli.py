@@ -409,56 +409,52 @@ def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="only the users to contact by hand, as CSV")
     show.set_defaults(handler=cmd_tasks_show)
 
-    cancel = _command(
-        actions, "cancel", "stop a task that is still running", prog="resetbot tasks cancel",
-        description="Stop a task that is still running: users not yet reset are left alone, "
-                    "those already reset stay reset and are reported. As Slack's Cancel button.",
+    _task_action(
+        actions, "cancel", "stop a task that is still running", cmd_tasks_cancel,
+        "Stop a task that is still running: users not yet reset are left alone, those already "
+        "reset stay reset and are reported. As Slack's Cancel button.",
     )
-    cancel.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
-    cancel.set_defaults(handler=cmd_tasks_cancel)
-
-    retry = _command(
+    retry = _task_action(
         actions, "retry", "e-mail new passwords to the users whose mail never got through",
-        prog="resetbot tasks retry",
-        description="Start a new task that e-mails a fresh password to each user whose mail "
-                    "failed in task ID. As Slack's Retry button, and once per task.",
+        cmd_tasks_retry,
+        "Start a new task that e-mails a fresh password to each user whose mail failed in task "
+        "ID. As Slack's Retry button, and once per task.",
     )
-    retry.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
     retry.add_argument("--detach", action="store_true",
                        help="queue the retry and return at once instead of following it")
-    retry.set_defaults(handler=cmd_tasks_retry)
-
-    approve = _command(
-        actions, "approve", "approve a reset that awaits a second admin",
-        prog="resetbot tasks approve",
-        description="Approve task ID, which awaits a second admin's approval, as Slack's "
-                    "Approve button. The counts are taken again first: if the scope grew by "
-                    "more than a tenth, they are shown and the command must be run again.",
+    approve = _task_action(
+        actions, "approve", "approve a reset that awaits a second admin", cmd_tasks_approve,
+        "Approve task ID, which awaits a second admin's approval, as Slack's Approve button. "
+        "The counts are taken again first: if the scope grew by more than a tenth, they are "
+        "shown and the command must be run again.",
     )
-    approve.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
     _add_as(approve)
-    approve.set_defaults(handler=cmd_tasks_approve)
-
-    reject = _command(
+    reject = _task_action(
         actions, "reject", "reject a reset that awaits approval: nothing changes",
-        prog="resetbot tasks reject",
-        description="Reject task ID, which awaits approval: nothing changes and its sealed "
-                    "passwords are erased. As Slack's Reject button; whoever asked for it may "
-                    "withdraw it.",
+        cmd_tasks_reject,
+        "Reject task ID, which awaits approval: nothing changes and its sealed passwords are "
+        "erased. As Slack's Reject button; whoever asked for it may withdraw it.",
     )
-    reject.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
     _add_as(reject)
-    reject.set_defaults(handler=cmd_tasks_reject)
-
-    start = _command(
+    _task_action(
         actions, "start", "start a scheduled reset held because its count changed",
-        prog="resetbot tasks start",
-        description="A scheduled reset whose count, taken again at its start time, differed "
-                    "by more than 10 % from its preview waits for a new confirmation. This "
-                    "starts it with the new count. As the Start now button in its Slack thread.",
+        cmd_tasks_start,
+        "A scheduled reset whose count, taken again at its start time, differed by more than "
+        "10 % from its preview waits for a new confirmation. This starts it with the new count. "
+        "As the Start now button in its Slack thread.",
     )
-    start.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
-    start.set_defaults(handler=cmd_tasks_start)
+
+
+def _task_action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str,
+    handler: Handler, description: str,
+) -> argparse.ArgumentParser:
+    """`resetbot tasks NAME ID`: an action on one task."""
+    action = _command(actions, name, summary, prog=f"resetbot tasks {name}",
+                      description=description)
+    action.add_argument("task_id", type=_task_id, metavar="ID", help="the task's number")
+    action.set_defaults(handler=handler)
+    return action
 
 
 def _add_as(parser: argparse.ArgumentParser) -> None:

@@ -241,16 +241,8 @@ def resend_lost_ends(context: WorkerContext) -> int:
     if not untold:
         return 0
     waiting = tasks_with_end_delivery(context)
-    resent = 0
-    for task_id in untold:
-        if task_id in waiting:
-            continue
-        throttle = f"{context.queue.name}:slack-resend:{task_id}"
-        if not context.redis.set(throttle, 1, nx=True, ex=RESEND_EVERY_SECONDS):
-            continue
-        enqueue_delivery(context.queue, task_id, Event.FINISHED,
-                         retry_intervals=reporter.retry_intervals)
-        resent += 1
+    resent = _resend(context, reporter, [t for t in untold if t not in waiting], Event.FINISHED,
+                     throttle="slack-resend")
     if resent:
         logger.warning("re-sent the end of %s task(s) to Slack: their delivery was lost", resent)
     return resent
@@ -292,19 +284,27 @@ def resend_lost_announcements(context: WorkerContext) -> int:
         for entry in job_ids_in_redis(context.redis, context.queue)
         if (delivery := delivery_of_job(entry)) is not None
     }
-    resent = 0
-    for task_id in unposted:
-        throttle = f"{context.queue.name}:slack-announce:{task_id}"
-        if task_id in delivering or not context.redis.set(
-            throttle, 1, nx=True, ex=RESEND_EVERY_SECONDS
-        ):
-            continue
-        enqueue_delivery(context.queue, task_id, Event.ANNOUNCE,
-                         retry_intervals=reporter.retry_intervals)
-        resent += 1
+    resent = _resend(context, reporter, [t for t in unposted if t not in delivering],
+                     Event.ANNOUNCE, throttle="slack-announce")
     if resent:
         logger.warning("re-sent the parent message of %s waiting task(s) to Slack: their "
                        "delivery was lost", resent)
+    return resent
+
+
+def _resend(
+    context: WorkerContext, reporter: SlackReporter, task_ids: list[int], event: Event, *,
+    throttle: str,
+) -> int:
+    """Queue `event` again for each task, at most once per RESEND_EVERY_SECONDS per task (every
+    worker's reaper runs this); returns how many were queued."""
+    resent = 0
+    for task_id in task_ids:
+        key = f"{context.queue.name}:{throttle}:{task_id}"
+        if not context.redis.set(key, 1, nx=True, ex=RESEND_EVERY_SECONDS):
+            continue
+        enqueue_delivery(context.queue, task_id, event, retry_intervals=reporter.retry_intervals)
+        resent += 1
     return resent
 
 

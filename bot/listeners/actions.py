@@ -133,18 +133,24 @@ def _cancel(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
     return cancel_requested(wanted)
 
 
+def _start(deps: AppDeps, wanted: int, started: str) -> str:
+    """Queue task `wanted`'s plan and answer `started`, or say why it could not be queued yet
+    (the task is saved in the database either way)."""
+    try:
+        deps.enqueue(wanted)
+    except QueueUnavailable as error:
+        log.error("could not enqueue task %s: %s", wanted, type(error).__name__)
+        return queue_unavailable(wanted)
+    return started
+
+
 def _confirm_scheduled(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
     """A scheduled task held at its start (its counts changed) starts with the new counts."""
     wanted = task_id(first_action(body).get("value"))
     with deps.sessions() as session:
         confirm_held_start(session, wanted, user)
         session.commit()
-    try:
-        deps.enqueue(wanted)
-    except QueueUnavailable as error:
-        log.error("could not enqueue task %s: %s", wanted, type(error).__name__)
-        return queue_unavailable(wanted)
-    return start_confirmed(wanted)
+    return _start(deps, wanted, start_confirmed(wanted))
 
 
 def _retry(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
@@ -153,12 +159,7 @@ def _retry(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
         task = create_retry_task(session, original, user, user_name_of(body))
         session.commit()
         new_id, users = task.id, len(task.selection)
-    try:
-        deps.enqueue(new_id)
-    except QueueUnavailable as error:
-        log.error("could not enqueue task %s: %s", new_id, type(error).__name__)
-        return queue_unavailable(new_id)
-    return retry_started(new_id, original, users)
+    return _start(deps, new_id, retry_started(new_id, original, users))
 
 
 def _approve(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
@@ -187,12 +188,7 @@ def _approve(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
     if outcome.status is not TaskStatus.QUEUED:
         # Scheduled: its start time is ahead, and the reaper starts it then.
         return approved_and_waiting(wanted, outcome.status)
-    try:
-        deps.enqueue(wanted)
-    except QueueUnavailable as error:
-        log.error("could not enqueue task %s: %s", wanted, type(error).__name__)
-        return queue_unavailable(wanted)
-    return approved_and_started(wanted)
+    return _start(deps, wanted, approved_and_started(wanted))
 
 
 def _reject(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
