@@ -145,8 +145,15 @@ def _start(deps: AppDeps, wanted: int, started: str) -> str:
 
 
 def _confirm_scheduled(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
-    """A scheduled task held at its start (its counts changed) starts with the new counts."""
+    """A scheduled task held at its start (its counts changed) starts with the new counts:
+    confirmed again by whoever asked for it, or by someone who may approve resets."""
     wanted = task_id(first_action(body).get("value"))
+    with deps.sessions() as session:
+        requester = approval.requester_of(session, wanted)
+    refusal = deps.approval_refusal(user) if user != requester else None
+    if refusal is not None:
+        deps.refuse(user, ACTION_CONFIRM_SCHEDULED, refusal.reason, task_id=wanted)
+        return refusal.message
     with deps.sessions() as session:
         confirm_held_start(session, wanted, user)
         session.commit()

@@ -433,6 +433,41 @@ def test_slack_held_task_is_started_by_an_admin_with_start_now(
 
 
 @sqlite_only
+def test_start_now_is_for_the_requester_or_an_approver_not_any_admin(
+    settings: Settings, sessions: sessionmaker[Session], directory: Directory,
+    redis_conn: Redis, slack_standin: SlackStandIn, smtp_server: SmtpServer,
+    sample_users: list[Any], engine: Engine,
+) -> None:
+    other_admin = "UOTHERADMIN"
+    configured = app_settings(smtp_server.settings(settings), slack_standin,
+                              reset_approvers=frozenset({"UAPPROVER"}))
+    configured = replace(configured, reset_admins=frozenset({ADMIN, other_admin}))
+    app, thread = start_app(configured, sessions, directory, redis_conn, slack_standin)
+    try:
+        start_at = utcnow() + timedelta(minutes=30)
+        task_id = schedule_in_slack(app, start_at)
+        add_patrons(engine, app.directory, range(100, 103))
+        context = worker_for(app)
+        assert reap(context, now=start_at).schedules_held == 1
+
+        app.slack.click("confirm_scheduled", str(task_id), user=other_admin)
+        refused = slack_standin.wait_for_call("chat.postEphemeral")
+        assert "Reset #" not in refused.params["text"]
+        assert task_row(app.sessions, task_id).status == TaskStatus.SCHEDULED
+        with app.sessions() as session:
+            entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "refused")).one()
+            assert (entry.actor, entry.detail["step"]) == (other_admin, "confirm_scheduled")
+
+        app.slack.click("confirm_scheduled", str(task_id))  # ADMIN asked for it
+        said = slack_standin.wait_for_call("chat.postEphemeral", count=2)
+        assert f"Reset #{task_id} starts now" in said.params["text"]
+        assert task_row(app.sessions, task_id).status == TaskStatus.QUEUED
+        context.close()
+    finally:
+        app.stop(thread)
+
+
+@sqlite_only
 def test_the_form_refuses_a_start_in_the_past_or_too_far_ahead_on_its_field(
     app: RunningApp, slack_standin: SlackStandIn,
 ) -> None:
