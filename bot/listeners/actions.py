@@ -144,16 +144,27 @@ def _start(deps: AppDeps, wanted: int, started: str) -> str:
     return started
 
 
+def _unless_requester_or_approver(
+    deps: AppDeps, user: str, wanted: int, step: str
+) -> str | None:
+    """None when `user` asked for task `wanted` or may approve resets; else the refusal to
+    show them, audited."""
+    with deps.sessions() as session:
+        requester = approval.requester_of(session, wanted)
+    refusal = deps.approval_refusal(user) if user != requester else None
+    if refusal is None:
+        return None
+    deps.refuse(user, step, refusal.reason, task_id=wanted)
+    return refusal.message
+
+
 def _confirm_scheduled(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
     """A scheduled task held at its start (its counts changed) starts with the new counts:
     confirmed again by whoever asked for it, or by someone who may approve resets."""
     wanted = task_id(first_action(body).get("value"))
-    with deps.sessions() as session:
-        requester = approval.requester_of(session, wanted)
-    refusal = deps.approval_refusal(user) if user != requester else None
-    if refusal is not None:
-        deps.refuse(user, ACTION_CONFIRM_SCHEDULED, refusal.reason, task_id=wanted)
-        return refusal.message
+    refused = _unless_requester_or_approver(deps, user, wanted, ACTION_CONFIRM_SCHEDULED)
+    if refused is not None:
+        return refused
     with deps.sessions() as session:
         confirm_held_start(session, wanted, user)
         session.commit()
@@ -201,12 +212,9 @@ def _approve(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
 def _reject(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
     """Reject as an allowed approver, or withdraw as the requester: nothing changes."""
     wanted = task_id(first_action(body).get("value"))
-    with deps.sessions() as session:
-        requester = approval.requester_of(session, wanted)
-    refusal = deps.approval_refusal(user) if user != requester else None
-    if refusal is not None:
-        deps.refuse(user, ACTION_REJECT, refusal.reason, task_id=wanted)
-        return refusal.message
+    refused = _unless_requester_or_approver(deps, user, wanted, ACTION_REJECT)
+    if refused is not None:
+        return refused
     with deps.sessions() as session:
         try:
             approval.reject(session, wanted, user)
