@@ -136,14 +136,7 @@ def _keep_recount(
 ) -> Recounted:
     counts = preview_counts(now) or {}
     counts["recounted"] = True
-    kept = session.execute(
-        update(ResetTask)
-        .where(ResetTask.id == task.id, ResetTask.status == TaskStatus.AWAITING_APPROVAL)
-        .values(preview=counts)
-        .execution_options(synchronize_session=False)
-    )
-    if kept.rowcount != 1:  # type: ignore[attr-defined]
-        raise _no_longer_waiting(session, task.id)
+    _decide(session, task.id, preview=counts)  # still waiting, with the counts to approve
     audit.record(session, approver, "approval_recount", task.id,
                  before=None if before is None else before.users, now=now.users)
     return Recounted(task.id, before, now)
@@ -210,7 +203,8 @@ def _waiting_task(session: Session, task_id: int) -> ResetTask:
 
 
 def _decide(session: Session, task_id: int, **values: Any) -> None:
-    """Move a waiting task on, once: of two decisions at the same moment only one wins."""
+    """Change a task only while it waits for approval: of two decisions at the same moment
+    only one wins, and a recount cannot land on a task decided meanwhile."""
     won = session.execute(
         update(ResetTask)
         .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.AWAITING_APPROVAL)
