@@ -27,6 +27,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    not_,
     null,
     or_,
     select,
@@ -213,23 +214,26 @@ class Directory:
         if staff is None:
             return false()
         column = self._c(staff.column)
-        if staff.rule == "nonzero":
-            return and_(column.is_not(None), column != 0)
-        if staff.rule == "not_empty":
-            return and_(column.is_not(None), column != "")
-        return column.in_(list(staff.values))
+        return and_(column.is_not(None), self._staff_rule(column))
 
     def patron_condition(self) -> ColumnElement[bool]:
-        """Not staff, NULLs included (the negation of `staff_condition` in SQL's three values)."""
+        """Not staff, NULLs included (the negation of `staff_condition` in SQL's three values:
+        NOT on a NULL comparison would be NULL, and the patron left out)."""
         staff = self.profile.staff
         if staff is None:
             return true()
         column = self._c(staff.column)
+        return or_(column.is_(None), not_(self._staff_rule(column)))
+
+    def _staff_rule(self, column: ColumnElement[Any]) -> ColumnElement[bool]:
+        """The profile's staff comparison on a value that is not NULL."""
+        staff = self.profile.staff
+        assert staff is not None
         if staff.rule == "nonzero":
-            return or_(column.is_(None), column == 0)
+            return column != 0
         if staff.rule == "not_empty":
-            return or_(column.is_(None), column == "")
-        return or_(column.is_(None), column.not_in(list(staff.values)))
+            return column != ""
+        return column.in_(list(staff.values))
 
     def _has_email(self) -> ColumnElement[bool]:
         if not self.profile.email:
