@@ -249,10 +249,18 @@ def approval_details(task: TaskSnapshot) -> list[str]:
 
 
 def expired_at_start(task: TaskSnapshot) -> bool:
-    """A scheduled reset's request that expired because its start time came first."""
+    """A scheduled reset's request that expired because its start time came first (its
+    deadline was its start time; one asked again at its start had RESET_APPROVAL_TTL)."""
     approval = task.approval
     return (task.start_at is not None and approval is not None
-            and approval.expires_at is not None and approval.expires_at >= task.start_at)
+            and approval.expires_at is not None and approval.expires_at == task.start_at)
+
+
+def asked_again_at_start(task: TaskSnapshot) -> bool:
+    """A scheduled reset asked for approval again at its start: approved, it starts at once."""
+    approval = task.approval
+    return (task.start_at is not None and approval is not None
+            and approval.expires_at is not None and approval.expires_at > task.start_at)
 
 
 def approval_note(task: TaskSnapshot) -> str:
@@ -269,7 +277,7 @@ def approval_note(task: TaskSnapshot) -> str:
             "whoever asked for it cannot.")
     if approval is not None and approval.expires_at is not None:
         note += f" The request expires {slack_date(approval.expires_at)}."
-    if task.start_at is not None:
+    if task.start_at is not None and not asked_again_at_start(task):
         note += "\n" + starts_if_approved(task.start_at)
     if approval is not None and approval.recounted:
         note += "\n:warning: The directory changed since the request: these are the new counts."
@@ -408,7 +416,12 @@ def start_reached_reply(task: TaskSnapshot, late_seconds: int) -> SlackMessage:
     """Its time came: started (on time, or how late) with the final count, or held."""
     when = ("on time" if late_seconds < ON_TIME.total_seconds()
             else f"{span_words(late_seconds)} late (no worker was running at its time)")
-    if task.held:
+    if task.status is TaskStatus.AWAITING_APPROVAL:
+        text = (f":raised_hand: Reset #{task.id} did not start ({when}): {counts_compared(task)} "
+                "That many need another admin's approval, which it does not have for them: "
+                "*Approve* above (not by whoever asked for it) resets them, *Reject* leaves "
+                "everyone alone.")
+    elif task.held:
         text = (f":raised_hand: Reset #{task.id} did not start ({when}): {counts_compared(task)} "
                 "That differs by more than 10 %, so it waits for you: *Start now* above "
                 "resets them, *Cancel* leaves everyone alone.")

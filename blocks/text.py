@@ -335,6 +335,22 @@ def retry_started(task_id: int, original_id: int, users: int) -> str:
     )
 
 
+def retry_awaits_approval(task_id: int, original_id: int, users: int) -> str:
+    return (
+        f"Reset #{task_id} (new passwords for the {plural(users, 'user')} whose mail failed in "
+        f"reset #{original_id}) waits for another admin's approval: nothing changes before "
+        "that. *Approve* and *Reject* are in its thread."
+    )
+
+
+def start_needs_approval(task_id: int, users: int) -> str:
+    return (
+        f"Reset #{task_id} did not start: the {plural(users, 'user')} counted now need another "
+        "admin's approval, which it does not have for them. It waits for it: *Approve* and "
+        "*Reject* are in its thread (whoever asked for it cannot approve)."
+    )
+
+
 def approved_and_started(task_id: int) -> str:
     return f"You approved reset #{task_id}: it starts now. Progress shows in its thread."
 
