@@ -37,6 +37,7 @@ from blocks.text import (
     slack_date,
     span_words,
     starts_if_approved,
+    starts_once_approved,
     status_label,
     truncate,
     until_words,
@@ -257,7 +258,8 @@ def expired_at_start(task: TaskSnapshot) -> bool:
 
 
 def asked_again_at_start(task: TaskSnapshot) -> bool:
-    """A scheduled reset asked for approval again at its start: approved, it starts at once."""
+    """A scheduled reset asked for approval again at its start (its request then waits
+    RESET_APPROVAL_TTL from its start; a first request never waits beyond the start)."""
     approval = task.approval
     return (task.start_at is not None and approval is not None
             and approval.expires_at is not None and approval.expires_at > task.start_at)
@@ -277,8 +279,9 @@ def approval_note(task: TaskSnapshot) -> str:
             "whoever asked for it cannot.")
     if approval is not None and approval.expires_at is not None:
         note += f" The request expires {slack_date(approval.expires_at)}."
-    if task.start_at is not None and not asked_again_at_start(task):
-        note += "\n" + starts_if_approved(task.start_at)
+    if task.start_at is not None:
+        note += "\n" + (starts_once_approved(task.start_at) if asked_again_at_start(task)
+                        else starts_if_approved(task.start_at))
     if approval is not None and approval.recounted:
         note += "\n:warning: The directory changed since the request: these are the new counts."
     if approval is not None and approval.preview is None:

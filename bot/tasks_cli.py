@@ -37,7 +37,7 @@ from core import approval, audit
 from core.csvsafe import to_csv
 from core.directory import Directory
 from core.errors import QueueUnavailable
-from core.models import ItemState, ResetTask, TaskStatus
+from core.models import ItemState, ResetTask, TaskStatus, utcnow
 from core.progress import TaskSnapshot, pace_words, snapshot
 from core.settings import Settings
 from core.tasks import (
@@ -77,6 +77,8 @@ def _schedule_note(task: ResetTask) -> str:
     if task.start_at is None:
         return ""
     if task.status == TaskStatus.AWAITING_APPROVAL:
+        if task.start_at <= utcnow():  # asked again at its start: its count needs approval
+            return f"  was to start {_when(task.start_at)} UTC; starts once approved"
         return f"  starts {_when(task.start_at)} UTC if approved by then"
     if task.status != TaskStatus.SCHEDULED:
         return ""

@@ -643,6 +643,7 @@ def test_a_scheduled_reset_that_grew_past_its_approval_is_approved_again_not_sta
         assert action_ids(waiting) == ["approve_task", "reject_task"]
         assert "*Users to reset* 105" in message_text(waiting)
         assert "if approved before then" not in message_text(waiting)
+        assert "approved, it starts at once" in message_text(waiting)
         replies = [m.text for m in slack_standin.thread(CHANNEL, waiting.ts)]
         assert any("105 users" in text and "approv" in text for text in replies), replies
         assert not any("Scheduled reset" in text and "started" in text for text in replies)
