@@ -392,13 +392,14 @@ def ask_approval_again(
     session: Session, settings: Settings, task_id: int, counts: Preview, actor: str,
     now: datetime, *only_while: Any,
 ) -> bool:
-    """Put a released task (scheduled, at its start) back to awaiting approval, showing
-    `counts` (the count taken now), when `approval_needed` says its approval does not cover
-    them; True if this call's conditional UPDATE (`only_while`) won. The caller commits.
+    """Put a task about to start (a scheduled one at its start, a held one at Start now, a
+    queued one a worker picks up) back to awaiting approval, showing `counts` (the count taken
+    now), when `approval_needed` says no approval covers them; True if this call's
+    conditional UPDATE (`only_while`) won. The caller commits.
 
-    Its start time has come, so the request waits RESET_APPROVAL_TTL from now; approved, it
-    starts at once (`released_status`). Its sealed passwords stay for that start; a rejection
-    or an expiry erases them.
+    The request waits RESET_APPROVAL_TTL from now (its start time, if any, has come);
+    approved, it starts at once (`released_status`). Its sealed passwords stay for that
+    start; a rejection or an expiry erases them.
     """
     preview = preview_counts(counts) or {}
     preview["recounted"] = True

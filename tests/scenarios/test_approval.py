@@ -715,3 +715,42 @@ def test_a_small_retry_starts_at_once_as_before(
     assert "Started reset #" in ephemeral_for(slack_standin, ADMIN)
     assert the_task(approval_app).status == TaskStatus.QUEUED
     assert len(plan_jobs(approval_app)) == 1
+
+
+def test_a_worker_never_starts_a_queued_task_the_approval_rule_holds_back(
+    settings: Settings, sessions: sessionmaker[Session], directory: Directory,
+    redis_conn: Redis, engine: Any, sample_users: list[Any],
+) -> None:
+    """The last line: an edge that queued a task without judging the rule (or a task queued
+    before the rule was set) does not get it started by a worker."""
+    from core.models import Scope
+    from core.tasks import ResetRequest, create_task
+    from jobs.queueing import enqueue_task
+    from tests.support.engine import build_context
+
+    strict = replace(settings, reset_approval_min_users=MIN_USERS)
+    before = user_rows(sessions, directory)
+    context = build_context(strict, redis_conn, engine)
+    try:
+        with sessions() as session:  # no gate_new_task: queued as it was made
+            task = create_task(session, strict, ResetRequest(requester=ADMIN, scope=Scope.ALL),
+                               directory.preview(Scope.ALL, ()))
+            session.commit()
+            task_id = task.id
+        enqueue_task(context.queue, task_id)
+        work(context)
+    finally:
+        context.close()
+
+    with sessions() as session:
+        held = session.get(ResetTask, task_id)
+        assert held is not None
+        assert held.status == TaskStatus.AWAITING_APPROVAL and held.started_at is None
+        assert held.preview is not None and held.preview["users"] == 7
+    assert user_rows(sessions, directory) == before
+    with sessions() as session:
+        asked = session.scalars(select(AuditEntry).where(
+            AuditEntry.action == "approval_request")).all()
+        started = session.scalars(select(AuditEntry).where(AuditEntry.action == "start")).all()
+    assert [(e.actor, e.task_id) for e in asked] == [("resetbot", task_id)]
+    assert started == []
