@@ -36,7 +36,7 @@ from bot.terminal import (
 from core import approval, audit
 from core.csvsafe import to_csv
 from core.directory import Directory
-from core.errors import QueueUnavailable
+from core.errors import ConflictError, QueueUnavailable
 from core.models import ItemState, ResetTask, TaskStatus, utcnow
 from core.progress import TaskSnapshot, pace_words, snapshot
 from core.settings import Settings
@@ -256,9 +256,14 @@ def start_held_task(
 
     actor, typed_by = _requester_or_approver(settings, sessions, as_user, task_id, step="start")
     with sessions() as session:
-        task = confirm_held_start(session, settings, directory, task_id,
-                                  approval.acting(actor, typed_by))
-        session.commit()
+        try:
+            task = confirm_held_start(session, settings, directory, task_id,
+                                      approval.acting(actor, typed_by))
+            session.commit()
+        except ConflictError:
+            session.rollback()
+            _refuse(sessions, approval.acting(actor, typed_by), task_id, "start", "not held")
+            raise
         users = task.recheck_users or 0
         to_approve = task.status == TaskStatus.AWAITING_APPROVAL
     if to_approve:

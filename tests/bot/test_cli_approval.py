@@ -316,6 +316,10 @@ def test_tasks_start_is_for_the_requester_or_an_approver_as_the_start_now_button
     assert [(e.actor, e.task_id) for e in audit_of(sessions, "reconfirm")] == [
         (f"{requester()} as {SECOND}", theirs), (requester(), mine)]
     assert {t.status for t in tasks(sessions)} == {TaskStatus.QUEUED}
+    again = run("tasks", "start", str(mine), **STARTERS)
+    assert again.code == EXIT_REFUSED and "not waiting for a new confirmation" in again.err
+    assert [(r.actor, r.detail["reason"]) for r in refusals(sessions)][-1] == (
+        requester(), "not held")
 
 
 @sqlite_only
