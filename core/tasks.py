@@ -355,8 +355,10 @@ GROWTH_TO_RECONFIRM = 0.10
 def approval_needed(settings: Settings, task: ResetTask, users: int | None) -> bool:
     """THE approval rule, judged on every path that makes or starts work: a new task's gate
     (Slack's confirm, `resetbot reset`, a Retry), a scheduled task at its start
-    (jobs/scheduling.py) and Start now / `tasks start` (`confirm_held_start`); the approve
-    click judges its recount with `exceeds_approved`.
+    (jobs/scheduling.py) and Start now / `tasks start` (`confirm_held_start`); a worker
+    judges it again before it starts any queued task (jobs/planning.py), so an edge that
+    forgot the gate cannot start one; the approve click judges its recount with
+    `exceeds_approved`.
 
     True when resetting `users` users of the task's scope needs a second admin
     (`approval_required`) and no approval covers them: the task was never approved, or was
