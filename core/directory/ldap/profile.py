@@ -74,7 +74,8 @@ class LdapProfile:
     name_attributes: tuple[str, ...]
     email: str | None
     staff: StaffKind
-    password: PasswordMethod
+    #: How the password is set (the `password` key): Password Modify or unicodePwd.
+    set_by: PasswordMethod
     must_change: MustChangeKind
     unlock: UnlockKind
     locked_on_purpose: LockedKind
@@ -159,7 +160,7 @@ class _Reader:
             name_attributes=self.attributes("name"),
             email=self.attribute("email") if "email" in self.data else None,
             staff=self.kind("staff", STAFF_KINDS),
-            password=self.kind("password", PASSWORD_METHODS),
+            set_by=self.kind("password", PASSWORD_METHODS),
             must_change=self.kind("must_change", MUST_CHANGE_KINDS),
             unlock=self.kind("unlock", UNLOCK_KINDS),
             locked_on_purpose=self.kind("locked_on_purpose", LOCKED_KINDS),

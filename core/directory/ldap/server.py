@@ -7,8 +7,8 @@ Directory's (unicodePwd, pwdLastSet, lockoutTime, nested membership, the domain'
 names; `check_family` refuses (at load) a profile whose other kinds belong to another family.
 
 Everything a rule reads or writes goes through the one connection the directory holds; a rule
-never opens its own. `Attributes` is ldap3's `entry['attributes']` (read with
-`get_info=NONE`: values come raw, as lists of str or bytes).
+never opens its own. `Attributes` is an entry's raw attributes (ldap3's `raw_attributes`: lists
+of bytes), keyed by the attribute's name lower-cased (`attributes_of(entry)`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from core.directory.ldap.profile import LdapProfile
 from core.directory.protocol import PasswordRules
 from core.errors import ConfigError
 
-Attributes = Mapping[str, Any]
+Attributes = Mapping[str, list[bytes]]
 #: ldap3's modify changes: attribute -> [(MODIFY_REPLACE | MODIFY_DELETE, [values])].
 Changes = dict[str, list[tuple[str, list[Any]]]]
 
@@ -73,6 +73,29 @@ class ServerRules(Protocol):
         """The server's own rules for a new password, read now."""
 
 
+#: Result codes with which a server refuses one user's password by its policy (the user's
+#: outcome is "refused by the directory"; the batch goes on).
+POLICY_REFUSALS = frozenset({19, 53})  # constraintViolation, unwillingToPerform
+NO_SUCH_OBJECT = 32
+INSUFFICIENT_ACCESS = 50
+
+
+def attributes_of(entry: Mapping[str, Any]) -> dict[str, list[bytes]]:
+    """An ldap3 search entry's raw attributes, keyed by lower-cased name."""
+    raw = entry.get("raw_attributes") or {}
+    return {str(name).lower(): list(values) for name, values in raw.items()}
+
+
+def first_text(attributes: Attributes, name: str) -> str | None:
+    """The first value of `name` as text (UTF-8), None when absent or empty."""
+    values = attributes.get(name.lower()) or []
+    if not values:
+        return None
+    value = values[0]
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text or None
+
+
 def normal_dn(dn: str) -> str:
     """A DN compared as text: lower-cased, spaces around ',' and '=' taken out (good enough for
     DNs a server wrote itself; neither escapes nor multi-valued RDNs are reordered)."""
@@ -91,17 +114,17 @@ FAMILIES: dict[str, dict[str, str]] = {
 
 def check_family(profile: LdapProfile) -> None:
     """Refuse kinds from two server families (pwdReset with unicodePwd makes no sense)."""
-    for key, kind in FAMILIES[profile.password].items():
+    for key, kind in FAMILIES[profile.set_by].items():
         if getattr(profile, key) != kind:
             raise ConfigError(
                 f"{profile.source}: ldap.{key}: {getattr(profile, key)!r} does not go with "
-                f"password = {profile.password!r} (expected {kind!r})"
+                f"password = {profile.set_by!r} (expected {kind!r})"
             )
 
 
 def rules_for(profile: LdapProfile) -> ServerRules:
     check_family(profile)
-    if profile.password == "password-modify":
+    if profile.set_by == "password-modify":
         from core.directory.ldap.openldap import OpenLdapRules
 
         return OpenLdapRules(profile)
