@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import uuid
 from collections.abc import Iterable
@@ -84,6 +85,7 @@ BIND_REFUSALS = {
     "773": "right password, but it must be changed first",
     "775": "account locked out",
 }
+_BIND_DATA = re.compile(r"\bdata ([0-9a-fA-F]+)\b")
 
 
 # --- ids ---------------------------------------------------------------------------------------
@@ -178,10 +180,10 @@ def _policy_detail(message: str) -> str | None:
 
 def bind_refusal(message: str) -> str | None:
     """The `data` code of a refused simple bind in words ("773": must change), None without."""
-    marker = "data "
-    if marker not in message:
+    found = _BIND_DATA.search(message)
+    if found is None:
         return None
-    code = message.split(marker, 1)[1].split(",", 1)[0].strip().lower()
+    code = found.group(1).lower()
     return BIND_REFUSALS.get(code, f"refused (data {code})")
 
 
