@@ -3,9 +3,10 @@
 - The id: `objectGUID` (16 bytes, little-endian fields) kept as its usual text form
   (`ba367c83-1540-4f84-aa13-396e1396bc8f`); a user is found again by an escaped-bytes filter.
 - The password: `unicodePwd` replaced with the password in double quotes, UTF-16LE, over TLS
-  (AD refuses it otherwise). It is an administrator's reset (the "Reset Password" control
-  access right): no old password, and AD does not check history on it (Samba 4.17 does not
-  support the policy-hints control that would ask it to).
+  (AD refuses it otherwise), and never while ldap3's own protocol log is on (it writes request
+  values, unicodePwd included, in clear). It is an administrator's reset (the "Reset Password"
+  control access right): no old password, and AD does not check history on it (Samba 4.17 does
+  not support the policy-hints control that would ask it to).
 - Must change: `pwdLastSet=0`; not required: `pwdLastSet=-1` (now: the new password runs its
   normal life). Unlock: `lockoutTime=0`. These two, and the password, are all that is written.
 - Locked on purpose: a disabled account (`userAccountControl` bit 2, ACCOUNTDISABLE). A reset
@@ -35,6 +36,7 @@ from typing import Any
 
 from ldap3 import BASE, MODIFY_REPLACE, SUBTREE, Connection
 from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.log import PROTOCOL, log_enabled
 
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.profile import LdapProfile
@@ -130,6 +132,10 @@ def set_unicode_pwd(connection: Connection, dn: str, password: str) -> Refusal |
     if not (connection.server.ssl or connection.tls_started):
         # AD would refuse too (unwillingToPerform): never let a password leave without TLS.
         raise ConfigError("DIRECTORY_URL: a password is never sent without TLS")
+    if log_enabled(PROTOCOL):
+        # ldap3's protocol log writes each request with its values: unicodePwd in clear.
+        raise ConfigError("ldap3's own log is at PROTOCOL detail or more and would write the "
+                          "password: lower it (ldap3.utils.log.set_library_log_detail_level)")
     try:
         connection.modify(dn, password_changes(password))
     finally:
