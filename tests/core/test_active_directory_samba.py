@@ -394,3 +394,21 @@ def test_ids_are_the_objectguid_text_and_find_the_same_user(
     text = guid_text(attributes["objectguid"][0])
     assert len(text) == 36
     assert rules.id_text(attributes["objectguid"][0]) == text
+
+
+def test_samba_417_checks_no_history_on_a_reset_and_has_no_policy_hints_control(
+    domain: SambaDomain, config: LdapConfig, rules: ActiveDirectoryRules, service: Connection
+) -> None:
+    """Why a history refusal is not among these tests: Samba 4.17 takes a reset to a password
+    the user had (as Windows does without the LDAP_SERVER_POLICY_HINTS control), and refuses
+    that control as unavailable. Should a later Samba change this, this test says so."""
+    ann = seed_user("ann")
+    dn, _ = _find(service, rules, config, ann)
+    assert rules.set_password(service, dn, ann.password) is None  # her current password again
+    assert domain.sign_in(ann.dn, ann.password) == "ok"
+
+    policy_hints = ("1.2.840.113556.1.4.2239", True, b"\x30\x03\x02\x01\x01")
+    assert not service.modify(dn, {"unicodePwd": [(MODIFY_REPLACE, [unicode_pwd(NEW_PASSWORD)])]},
+                              controls=[policy_hints])
+    assert service.result["description"] == "unavailableCriticalExtension"
+    assert domain.sign_in(ann.dn, ann.password) == "ok"

@@ -4,10 +4,12 @@ The domain is provisioned ONCE per test run into a temporary folder (the templat
 then COPIED for each test and started from the copy, so a test may change passwords and lock
 accounts without disturbing the next one.
 
-Measured on the 2-core CI machine (Samba 4.17.12, Debian 12):
-- provisioning the template: `samba-tool domain provision` about 3.4 s, seeding through LDAP and
-  the offline `samba-tool` steps (ACL, lockout settings, fine-grained policy) about 1.5 s more;
-- a copy (33 MB) about 0.05 s; `samba -i -M single` from a copy to LDAPS accepting about 0.3 s.
+Measured on the 2-core machine (Samba 4.17.12, Debian 12), quiet / loaded by other work
+(load average 6):
+- the template: `samba-tool domain provision` 3.4 s / 9 s; seeding through LDAP and the
+  offline `samba-tool` steps (ACL, fine-grained policy) about 1.5 s / 3-5 s more;
+- a copy (33 MB) and its certificate about 0.05 s; `samba -i -M single` from a copy to LDAPS
+  accepting 0.30 s / 0.2-1.2 s (median 0.8 s). The module's 16 tests take about 35 s loaded.
   The first start of a domain without a certificate would spend 5-6 s making Samba's own
   4096-bit RSA key: the template gets its own small CA and each copy a P-256 certificate for
   its address instead (a few milliseconds), which also gives TLS a name that matches the URL.
@@ -19,7 +21,8 @@ How it runs:
 - `old password allowed period = 0`, so an old password stops binding at once;
 - ports 389/636/3268/3269 are fixed, so each domain has its own loopback address: one per
   pytest-xdist worker (gw0 → 127.0.0.2, gw1 → 127.0.0.3, …; 127.0.0.2 without xdist); a test
-  needing a second domain at once passes another address to `start_domain`;
+  needing a second domain at once passes another address to `DomainTemplate.domain`; when
+  another test run on the machine holds a worker's address, it takes its next one (+32, +64…);
 - the template lives in the system's temporary folder under a name of the run (xdist's
   testrunuid), made under a file lock by whichever worker comes first, and removed by the last
   worker to let go of it; each copy is removed when its domain stops. Samba runs in the
@@ -96,6 +99,9 @@ _UF_NORMAL_ACCOUNT = 0x200
 _UF_ACCOUNTDISABLE = 0x2
 _START_TIMEOUT = 20.0
 _PR_SET_PDEATHSIG = 1
+_LDAP_PORTS = (389, 636, 3268, 3269)
+_ADDRESS_STRIDE = 32
+_ADDRESS_TRIES = 7
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,29 @@ def worker_address() -> str:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     number = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
     return str(ipaddress.IPv4Address("127.0.0.2") + number)
+
+
+def free_worker_address() -> str:
+    """This worker's address, or (when another test run holds its ports) the next one of this
+    worker's own: + 32, + 64, … so that workers never meet."""
+    first = ipaddress.IPv4Address(worker_address())
+    for step in range(_ADDRESS_TRIES):
+        address = str(first + _ADDRESS_STRIDE * step)
+        if _ports_free(address):
+            return address
+    raise RuntimeError(f"no free loopback address for a Samba domain from {first}")
+
+
+def _ports_free(address: str) -> bool:
+    for port in _LDAP_PORTS:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As Samba binds: connections of an earlier domain in TIME_WAIT do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError:
+                return False
+    return True
 
 
 def _run_id() -> str:
@@ -431,7 +460,7 @@ class DomainTemplate:
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir()
                 started = time.perf_counter()
-                _provision(folder, worker_address())
+                _provision(folder, free_worker_address())
                 (folder / "ready").write_text(f"{time.perf_counter() - started:.2f} s\n")
             claims.mkdir(exist_ok=True)
             claim = claims / f"{os.getpid()}-{uuid.uuid4().hex}"
@@ -456,7 +485,7 @@ class DomainTemplate:
     @contextlib.contextmanager
     def domain(self, address: str | None = None) -> Iterator[SambaDomain]:
         """A running copy of the template on `address` (default: this worker's), then gone."""
-        address = address or worker_address()
+        address = address or free_worker_address()
         folder = Path(tempfile.mkdtemp(prefix="resetbot-samba-copy-"))
         process: subprocess.Popen[bytes] | None = None
         try:
