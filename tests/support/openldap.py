@@ -60,6 +60,7 @@ PEOPLE = f"ou=people,{BASE_DN}"
 ADMIN_DN = f"cn=admin,{BASE_DN}"
 SERVICE_DN = f"cn=resetbot,ou=services,{BASE_DN}"
 STAFF_GROUP = f"cn=staff,ou=groups,{BASE_DN}"
+DESK_GROUP = f"cn=desk,ou=groups,{BASE_DN}"
 POLICY_DN = f"cn=default,ou=policies,{BASE_DN}"
 #: ppolicy's permanent lock: locked on purpose by the library.
 PERMANENT_LOCK = "000001010000Z"
@@ -85,7 +86,7 @@ class Seeded:
 
 
 def seeded_users() -> list[Seeded]:
-    """Staff (one in the group by `member`, one by `uniqueMember`), patrons, a patron without
+    """Staff (members of STAFF_GROUP; the last also of DESK_GROUP by `uniqueMember`), patrons, a patron without
     mail, one with a blank mail, one locked on purpose, one locked by failed sign-ins, and
     enough patrons that the service account must page (PAGE_LIMIT)."""
     users = [
@@ -217,7 +218,7 @@ olcDbMaxSize: 67108864
 olcRootDN: {ADMIN_DN}
 olcRootPW: {ssha(admin_password)}
 olcSecurity: tls=1
-olcLimits: {{0}}dn.exact="{SERVICE_DN}" size.soft={PAGE_LIMIT} size.hard={PAGE_LIMIT} size.pr={PAGE_LIMIT} size.prtotal=unlimited
+olcLimits: {{0}}dn.exact="{SERVICE_DN}" size.soft={PAGE_LIMIT} size.hard={PAGE_LIMIT} size.pr=unlimited size.prtotal=unlimited
 olcDbIndex: objectClass eq
 olcDbIndex: entryUUID eq
 olcDbIndex: uid eq
@@ -270,9 +271,10 @@ def data_ldif(users: list[Seeded], service_password: str) -> str:
         entries.append("\n".join(lines))
     staff = [user for user in users if user.staff]
     entries.append(f"dn: {STAFF_GROUP}\nobjectClass: groupOfNames\ncn: staff\n"
-                   + f"member: uid={staff[0].uid},{PEOPLE}")
-    entries.append(f"dn: cn=desk,ou=groups,{BASE_DN}\nobjectClass: groupOfUniqueNames\ncn: desk\n"
-                   + "\n".join(f"uniqueMember: uid={user.uid},{PEOPLE}" for user in staff[1:]))
+                   + "\n".join(f"member: uid={user.uid},{PEOPLE}" for user in staff))
+    # The desk's group names one of them as a groupOfUniqueNames does (with a unique id).
+    entries.append(f"dn: {DESK_GROUP}\nobjectClass: groupOfUniqueNames\ncn: desk\n"
+                   f"uniqueMember: uid={staff[-1].uid},{PEOPLE}#'0101'B")
     return "\n\n".join(entries) + "\n"
 
 
