@@ -49,7 +49,6 @@ from cryptography.x509.oid import NameOID
 from ldap3 import NONE, SIMPLE, Connection, Server, Tls
 
 from core.directory.ldap.config import LdapConfig, LdapUrl
-from core.directory.ldap.profile import load_ldap_profile
 
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
@@ -86,9 +85,9 @@ class Seeded:
 
 
 def seeded_users() -> list[Seeded]:
-    """Staff (members of STAFF_GROUP; the last also of DESK_GROUP by `uniqueMember`), patrons, a patron without
-    mail, one with a blank mail, one locked on purpose, one locked by failed sign-ins, and
-    enough patrons that the service account must page (PAGE_LIMIT)."""
+    """Staff (members of STAFF_GROUP; the last also of DESK_GROUP by `uniqueMember`), patrons,
+    a patron without mail, one with a blank mail, one locked on purpose, one locked by failed
+    sign-ins, and enough patrons that the service account must page (PAGE_LIMIT)."""
     users = [
         Seeded("sam", "Staff-old-1", "Sam Staff", "sam@example.org", staff=True),
         Seeded("sue", "Staff-old-2", "Sue Staff", "sue@example.org", staff=True),
@@ -174,11 +173,31 @@ def _schema_ldif() -> str:
     return "\n\n".join(part.strip() + "\n" for part in parts)
 
 
+def access_rules() -> list[str]:
+    """The least-privilege ACL: the service account may set passwords (write only, never read
+    userPassword), write pwdReset and pwdAccountLockedTime of the people, and read the people's
+    named attributes, the groups' members and the policies' lengths. Nothing else."""
+    service = f'dn.exact="{SERVICE_DN}"'
+    people = "entry,objectClass,entryUUID,uid,cn,displayName,mail"
+    return [
+        f"to attrs=userPassword by self =w by {service} =w by anonymous auth by * none",
+        f'to dn.subtree="{PEOPLE}" attrs=pwdReset by {service} write by * none',
+        f'to dn.subtree="{PEOPLE}" attrs=pwdAccountLockedTime by {service} write by * none',
+        f'to dn.base="{BASE_DN}" attrs=entry by {service} search by * none',
+        f'to dn.subtree="{PEOPLE}" attrs={people} by {service} read by * none',
+        f'to dn.subtree="ou=groups,{BASE_DN}" attrs=entry,objectClass,member,uniqueMember '
+        f"by {service} read by * none",
+        f'to dn.subtree="ou=policies,{BASE_DN}" attrs=entry,objectClass,pwdMinLength,'
+        f"pwdCheckQuality by {service} read by * none",
+        "to * by * none",
+    ]
+
+
 def config_ldif(folder: Path, admin_password: str) -> str:
     """cn=config: the modules, the schema, the mdb database with its ACL and the ppolicy
     overlay. The rootdn password is a throw-away one of this template."""
     data = folder / "data"
-    people_attrs = "entry,objectClass,entryUUID,uid,cn,displayName,mail"
+    acl = "\n".join(f"olcAccess: {{{n}}}{rule}" for n, rule in enumerate(access_rules()))
     return f"""dn: cn=config
 objectClass: olcGlobal
 cn: config
@@ -218,18 +237,12 @@ olcDbMaxSize: 67108864
 olcRootDN: {ADMIN_DN}
 olcRootPW: {ssha(admin_password)}
 olcSecurity: tls=1
-olcLimits: {{0}}dn.exact="{SERVICE_DN}" size.soft={PAGE_LIMIT} size.hard={PAGE_LIMIT} size.pr=unlimited size.prtotal=unlimited
+olcLimits: {{0}}dn.exact="{SERVICE_DN}" size.soft={PAGE_LIMIT} size.hard={PAGE_LIMIT}
+  size.pr=unlimited size.prtotal=unlimited
 olcDbIndex: objectClass eq
 olcDbIndex: entryUUID eq
 olcDbIndex: uid eq
-olcAccess: {{0}}to attrs=userPassword by self =w by dn.exact="{SERVICE_DN}" =w by anonymous auth by * none
-olcAccess: {{1}}to dn.subtree="{PEOPLE}" attrs=pwdReset by dn.exact="{SERVICE_DN}" write by * none
-olcAccess: {{2}}to dn.subtree="{PEOPLE}" attrs=pwdAccountLockedTime by dn.exact="{SERVICE_DN}" write by * none
-olcAccess: {{3}}to dn.base="{BASE_DN}" attrs=entry by dn.exact="{SERVICE_DN}" search by * none
-olcAccess: {{4}}to dn.subtree="{PEOPLE}" attrs={people_attrs} by dn.exact="{SERVICE_DN}" read by * none
-olcAccess: {{5}}to dn.subtree="ou=groups,{BASE_DN}" attrs=entry,objectClass,member,uniqueMember by dn.exact="{SERVICE_DN}" read by * none
-olcAccess: {{6}}to dn.subtree="ou=policies,{BASE_DN}" attrs=entry,objectClass,pwdMinLength,pwdCheckQuality by dn.exact="{SERVICE_DN}" read by * none
-olcAccess: {{7}}to * by * none
+{acl}
 
 dn: olcOverlay={{0}}ppolicy,olcDatabase={{1}}mdb,cn=config
 objectClass: olcOverlayConfig
@@ -306,13 +319,16 @@ class OpenLdapTemplate:
         (self.folder / "slapd.d").mkdir()
         # Paths inside the config name the copy's folder: written with a placeholder folder
         # name, and each copy's config is made from this text.
-        (self.folder / "config.ldif").write_text(config_ldif(Path("@FOLDER@"),
-                                                             self.admin_password))
+        (self.folder / "config.template.ldif").write_text(
+            config_ldif(Path("@FOLDER@"), self.admin_password)
+        )
         (self.folder / "data.ldif").write_text(data_ldif(self.users, self.service_password))
         self._slapadd(self.folder, "data.ldif", "-n1")
 
     def _slapadd(self, folder: Path, ldif: str, *database: str) -> None:
-        config = (self.folder / "config.ldif").read_text().replace("@FOLDER@", str(folder))
+        config = (self.folder / "config.template.ldif").read_text().replace(
+            "@FOLDER@", str(folder)
+        )
         (folder / "config.ldif").write_text(config)
         shutil.rmtree(folder / "slapd.d", ignore_errors=True)
         (folder / "slapd.d").mkdir()
