@@ -136,7 +136,11 @@ def _start_tls(config: LdapConfig, connection: Connection) -> None:
     connection.open()
     if config.url.implicit_tls:
         return
-    if not connection.start_tls() or not connection.tls_started:
+    try:
+        started = connection.start_tls() and connection.tls_started
+    except LDAPStartTLSError as error:  # ldap3 raises it whatever raise_exceptions says
+        started, connection.result = False, {"message": _words(error, "")}
+    if not started:
         result = connection.result or {}
         reason = result.get("message") or result.get("description") or "no answer"
         raise DirectoryTlsError(

@@ -5,8 +5,9 @@
   first). resetbot never sees or writes `userPassword` itself.
 - Must change: ppolicy's `pwdReset: TRUE`; not required: `pwdReset` removed (a replace with no
   value: no error when it is not there).
-- Unlock: `pwdAccountLockedTime` and `pwdFailureTime` removed, except on a user locked on
-  purpose: ppolicy's permanent lock `000001010000Z` is kept (and its failures with it).
+- Unlock: `pwdAccountLockedTime` removed (ppolicy also drops it, and `pwdFailureTime`, on a
+  password change), except on a user locked on purpose: ppolicy's permanent lock
+  `000001010000Z` is written back.
 - Staff: the `member` and `uniqueMember` values of DIRECTORY_STAFF_GROUP (a groupOfNames or a
   groupOfUniqueNames), read once per scope read; no memberOf overlay needed.
 - The password rules: the `pwdMinLength` of the `pwdPolicy` entries the service account can
@@ -79,8 +80,11 @@ class OpenLdapRules:
 
     def after_set(self, attributes: Attributes, must_change: bool) -> Changes:
         changes: Changes = {"pwdReset": [(MODIFY_REPLACE, ["TRUE"] if must_change else [])]}
-        if not self.is_locked_on_purpose(attributes):
-            changes["pwdAccountLockedTime"] = [(MODIFY_REPLACE, [])]
+        # ppolicy itself removes pwdAccountLockedTime when a password is changed, the
+        # permanent lock included: a lock on purpose is written back at once (the new password,
+        # which nobody has been told yet, is usable for that one round trip).
+        locked = self.is_locked_on_purpose(attributes)
+        changes["pwdAccountLockedTime"] = [(MODIFY_REPLACE, [PERMANENT_LOCK] if locked else [])]
         return changes
 
     def password_rules(self, connection: Connection, config: LdapConfig) -> PasswordRules:
