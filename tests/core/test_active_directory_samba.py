@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 
 import ldap3
@@ -23,8 +24,11 @@ from core.directory.ldap.active_directory import (
 )
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.connection import connect
+from core.directory.ldap.directory import LdapDirectory
 from core.directory.ldap.server import INSUFFICIENT_ACCESS, POLICY_REFUSALS, attributes_of
+from core.directory.protocol import Counts, Directory, PasswordSet, SetResult
 from core.errors import ConfigError
+from core.models import Scope
 from tests.support.samba_ad import (
     PEOPLE_OU,
     SEED_USERS,
@@ -412,3 +416,77 @@ def test_samba_417_checks_no_history_on_a_reset_and_has_no_policy_hints_control(
                               controls=[policy_hints])
     assert service.result["description"] == "unavailableCriticalExtension"
     assert domain.sign_in(ann.dn, ann.password) == "ok"
+
+
+# --- the LDAP directory (core/directory/ldap/directory.py) with the active-directory profile ---
+
+
+@pytest.fixture
+def directory(config: LdapConfig) -> Iterator[LdapDirectory]:
+    found = LdapDirectory(config, page_size=3)  # several pages even for this small seed
+    yield found
+    found.dispose()
+
+
+def test_the_directory_reads_ad_users_staff_and_locks_as_the_profile_says(
+    directory: LdapDirectory,
+) -> None:
+    assert isinstance(directory, Directory)
+    directory.check()
+
+    users = {user.username: user for user in directory.scope_users(Scope.ALL, ())}
+
+    assert set(users) == {user.username for user in SEED_USERS if user.in_scope}
+    assert {name for name, user in users.items() if user.is_staff} == {"dana", "sam"}
+    assert {name for name, user in users.items() if user.locked_on_purpose} == {"dis"}
+    assert users["sam"].full_name == "Sam Shelver"  # no displayName: cn
+    assert users["ann"].full_name == "Ann Reader"
+    assert users["ann"].email == "ann@example.org"
+    assert users["cy"].email is None
+    assert users["dee"].email is None  # blank
+    assert all(str(uuid.UUID(user.id)) == user.id for user in users.values())
+    assert directory.preview(Scope.ALL, ()) == Counts(
+        users=9, emailable=7, without_email=2, staff=2, locked_on_purpose=1)
+    assert directory.preview(Scope.ALL_WITHOUT_ROLE, ()) == Counts(
+        users=7, emailable=5, without_email=2, staff=0, locked_on_purpose=1)
+    assert [user.username for user in directory.users_by_id([users["ann"].id])] == ["ann"]
+    assert [user.username for user in directory.by_username(["ann"])] == ["ann"]
+    assert directory.usernames_ignoring_case(["ANN"]) == {"ann": [("ann", users["ann"].id)]}
+
+
+def test_a_reset_through_the_directory_is_proven_by_each_users_own_sign_in(
+    domain: SambaDomain, directory: LdapDirectory
+) -> None:
+    patrons = [user for user in directory.scope_users(Scope.ALL_WITHOUT_ROLE, ())
+               if not user.locked_on_purpose]  # a generated-password task leaves them out
+    gone = str(uuid.uuid4())
+    batch = [PasswordSet(user.id, NEW_PASSWORD, must_change=True) for user in patrons]
+
+    outcomes = {outcome.user_id: outcome
+                for outcome in directory.set_passwords([*batch, PasswordSet(gone, "x", True)])}
+
+    by_name = {user.username: outcomes[user.id] for user in patrons}
+    assert outcomes[gone].result is SetResult.NOT_FOUND
+    assert by_name.pop("pat").result is SetResult.REFUSED
+    assert outcomes[next(u.id for u in patrons if u.username == "pat")].reason == (
+        f"The directory refused the password: The password is too short. It should be equal "
+        f"or longer than {STRICT_POLICY_LENGTH} characters."
+    )
+    assert {name: outcome.result for name, outcome in by_name.items()} == {
+        name: SetResult.SET for name in ("ann", "ben", "cy", "dee", "lou")
+    }
+    for user in SEED_USERS:
+        if user.username in by_name:  # lou too: the reset unlocked her
+            assert domain.sign_in(user.dn, NEW_PASSWORD) == "773", user.username
+            assert domain.sign_in(user.dn, user.password) == "52e", user.username
+        elif user.disabled:
+            assert domain.sign_in(user.dn, user.password) == "533"
+        else:  # staff, out of scope, refused
+            assert domain.sign_in(user.dn, user.password) == "ok", user.username
+
+
+def test_the_directorys_rules_are_the_domains(directory: LdapDirectory) -> None:
+    rules = directory.password_rules()
+    assert (rules.min_length, rules.complexity) == (7, True)
+    assert rules.violations("abc defg1") != []  # a space is of no kind: Samba refuses it too
+    assert rules.violations(NEW_PASSWORD) == []
