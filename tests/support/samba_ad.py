@@ -27,7 +27,8 @@ How it runs:
   testrunuid), made under a file lock by whichever worker comes first, and removed by the last
   worker to let go of it; each copy is removed when its domain stops. Samba runs in the
   foreground as a child that dies with its parent (PR_SET_PDEATHSIG), so no server outlives a
-  killed test run.
+  killed test run; what a killed run left in the temporary folder (copies and templates whose
+  processes are gone) the next run removes.
 
 The seed (everything under BASE_DN = DC=resetbot,DC=test; the users' OU is PEOPLE_OU):
 - patrons ann (mail), ben (mail), cy (no mail), dee (blank mail), pat (a fine-grained password
@@ -453,6 +454,7 @@ class DomainTemplate:
     @classmethod
     def acquire(cls) -> DomainTemplate:
         root = Path(tempfile.gettempdir())
+        _sweep_stale(root)
         folder = root / f"resetbot-samba-{_run_id()}"
         claims = root / f"resetbot-samba-{_run_id()}.claims"
         with _locked(root / f"resetbot-samba-{_run_id()}.lock"):
@@ -486,7 +488,7 @@ class DomainTemplate:
     def domain(self, address: str | None = None) -> Iterator[SambaDomain]:
         """A running copy of the template on `address` (default: this worker's), then gone."""
         address = address or free_worker_address()
-        folder = Path(tempfile.mkdtemp(prefix="resetbot-samba-copy-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"resetbot-samba-copy-{os.getpid()}-"))
         process: subprocess.Popen[bytes] | None = None
         try:
             shutil.copytree(self.folder, folder, symlinks=True, dirs_exist_ok=True,
@@ -506,6 +508,40 @@ class DomainTemplate:
 def _sockets(folder: str, names: list[str]) -> set[str]:
     # The stopped template's LDAPI sockets: the copy's server makes its own.
     return {name for name in names if stat.S_ISSOCK(os.lstat(os.path.join(folder, name)).st_mode)}
+
+
+def _sweep_stale(root: Path) -> None:
+    """Remove what a killed test run left: copies and templates whose processes are gone."""
+    for copy in root.glob("resetbot-samba-copy-*"):
+        owner = copy.name.removeprefix("resetbot-samba-copy-").split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(copy, ignore_errors=True)
+    for lock in root.glob("resetbot-samba-*.lock"):
+        name = lock.name.removesuffix(".lock")
+        claims = root / f"{name}.claims"
+        with lock.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being provisioned or released right now
+            try:
+                owners = [claim.name.split("-", 1)[0] for claim in claims.glob("*")]
+                if not any(owner.isdigit() and _alive(int(owner)) for owner in owners):
+                    shutil.rmtree(claims, ignore_errors=True)
+                    shutil.rmtree(root / name, ignore_errors=True)
+                    lock.unlink(missing_ok=True)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
