@@ -489,19 +489,18 @@ class DomainTemplate:
         """A running copy of the template on `address` (default: this worker's), then gone."""
         address = address or free_worker_address()
         folder = Path(tempfile.mkdtemp(prefix=f"resetbot-samba-copy-{os.getpid()}-"))
-        process: subprocess.Popen[bytes] | None = None
+        running: SambaDomain | None = None
         try:
             shutil.copytree(self.folder, folder, symlinks=True, dirs_exist_ok=True,
                             ignore=_sockets)
             (folder / "etc" / "smb.conf").write_text(_smb_conf(folder, address))
             _issue_server_certificate(folder / "tls", address)
-            started = time.perf_counter()
-            process = _start_samba(folder, address)
-            yield SambaDomain(folder=folder, address=address,
-                              start_seconds=time.perf_counter() - started)
+            running = SambaDomain(folder=folder, address=address)
+            running.start()
+            yield running
         finally:
-            if process is not None:
-                _stop_samba(process)
+            if running is not None:
+                running.stop()
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -554,13 +553,26 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@dataclass(frozen=True)
+@dataclass
 class SambaDomain:
     """One running domain: where it is, how to reach it, and its own sign-in as the proof."""
 
     folder: Path
     address: str
-    start_seconds: float
+    start_seconds: float = 0.0
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        """Start (or start again, with what it had written) the domain's server."""
+        started = time.perf_counter()
+        self._process = _start_samba(self.folder, self.address)
+        self.start_seconds = time.perf_counter() - started
+
+    def stop(self) -> None:
+        """Stop the server (a fault for a test to cause); `start` brings it back."""
+        if self._process is not None:
+            _stop_samba(self._process)
+            self._process = None
 
     @property
     def ca_file(self) -> Path:
