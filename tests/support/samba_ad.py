@@ -6,10 +6,12 @@ accounts without disturbing the next one.
 
 Measured on the 2-core machine (Samba 4.17.12, Debian 12), quiet / loaded by other work
 (load average 6):
-- the template: `samba-tool domain provision` 3.4 s / 9 s; seeding through LDAP and the
-  offline `samba-tool` steps (ACL, fine-grained policy) about 1.5 s / 3-5 s more;
-- a copy (33 MB) and its certificate about 0.05 s; `samba -i -M single` from a copy to LDAPS
-  accepting 0.30 s / 0.2-1.2 s (median 0.8 s). The module's 16 tests take about 35 s loaded.
+- the template: `samba-tool domain provision` 3.4 s / 8.6-9 s; with the seeding through LDAP
+  and the offline `samba-tool` steps (ACL, fine-grained policy) 9.1-14.6 s in all, loaded;
+- a copy (33 MB) and its certificate about 0.03 s; `samba -i -M single` from a copy to LDAPS
+  accepting 0.30 s / 0.2-1.2 s (medians 0.43 and 0.8 s over 5 starts at load 4.6 and 6).
+  tests/core/test_active_directory_samba.py (21 tests) takes about 34 s at load 4.6 in one
+  process, 20 s with two xdist workers.
   The first start of a domain without a certificate would spend 5-6 s making Samba's own
   4096-bit RSA key: the template gets its own small CA and each copy a P-256 certificate for
   its address instead (a few milliseconds), which also gives TLS a name that matches the URL.
