@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 from ldap3 import MODIFY_REPLACE, SUBTREE, Connection
+from ldap3.utils.log import (
+    PROTOCOL,
+    get_library_log_detail_level,
+    set_library_log_detail_level,
+)
 
 from core.directory.ldap import DirectoryTlsError, LdapConfig, attempt_bind, connect
 from core.directory.ldap.directory import LdapDirectory
@@ -356,6 +361,22 @@ def test_the_bind_password_is_never_shown(
     with pytest.raises(ConfigError, match="refused the service account") as raised:
         connect(wrong)
     assert "Not-the-secret-9" not in str(raised.value)
+
+
+def test_no_password_is_set_while_ldap3s_protocol_log_would_write_it(
+    slapd: OpenLdap, directory: LdapDirectory, caplog: pytest.LogCaptureFixture
+) -> None:
+    ann = users(directory)["ann"]
+    caplog.set_level(logging.DEBUG)
+    before = get_library_log_detail_level()
+    set_library_log_detail_level(PROTOCOL)
+    try:
+        with pytest.raises(ConfigError, match="PROTOCOL detail"):
+            directory.set_passwords([PasswordSet(ann.id, NEW, False)])
+    finally:
+        set_library_log_detail_level(before)
+    assert NEW not in caplog.text
+    assert binds(slapd, "ann", old(slapd, "ann")) == (0, None)
 
 
 def test_an_unreachable_server_is_a_retryable_error(slapd: OpenLdap) -> None:
