@@ -20,6 +20,7 @@ from ldap3.utils.log import (
 )
 
 from core.directory.ldap import DirectoryTlsError, LdapConfig, attempt_bind, connect
+from core.directory.ldap import openldap as openldap_module
 from core.directory.ldap.directory import LdapDirectory
 from core.directory.ldap.openldap import OpenLdapRules
 from core.directory.ldap.server import Refusal
@@ -41,6 +42,7 @@ from tests.support.openldap import (
     SERVICE_DN,
     OpenLdap,
     OpenLdapTemplate,
+    resetbot_rules,
     seeded_users,
     self_signed,
 )
@@ -401,3 +403,15 @@ def test_the_service_account_cannot_read_passwords_or_change_other_attributes(
     assert connection.result["result"] == 50  # insufficientAccessRights
     connection.unbind()
 
+
+
+def test_the_docs_note_gives_the_acl_the_tests_run_under() -> None:
+    """The olcAccess lines of the OpenLDAP note, unfolded as LDIF is, are the rules the test
+    server runs with."""
+    documented: list[str] = []
+    for line in (openldap_module.__doc__ or "").splitlines():
+        if line.startswith("    olcAccess: {"):
+            documented.append(line.strip().split("}", 1)[1])
+        elif documented and line.startswith("     "):
+            documented[-1] += line[5:]  # the block's indent, and the one space LDIF drops
+    assert documented == resetbot_rules()

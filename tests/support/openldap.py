@@ -173,22 +173,33 @@ def _schema_ldif() -> str:
     return "\n\n".join(part.strip() + "\n" for part in parts)
 
 
-def access_rules() -> list[str]:
-    """The least-privilege ACL: the service account may set passwords (write only, never read
-    userPassword), write pwdReset and pwdAccountLockedTime of the people, and read the people's
-    named attributes, the groups' members and the policies' lengths. Nothing else."""
+def resetbot_rules() -> list[str]:
+    """The service account's rules, as the OpenLDAP docs note (core/directory/ldap/openldap.py)
+    gives them: Password Modify (write only: never read userPassword), write on pwdReset and
+    pwdAccountLockedTime, read of the people's named attributes, the groups' members and the
+    policies' lengths. Each ends `by * break`, so a directory's own rules after them still
+    decide for everyone else."""
     service = f'dn.exact="{SERVICE_DN}"'
     people = "entry,objectClass,entryUUID,uid,cn,displayName,mail"
     return [
-        f"to attrs=userPassword by self =w by {service} =w by anonymous auth by * none",
-        f'to dn.subtree="{PEOPLE}" attrs=pwdReset by {service} write by * none',
-        f'to dn.subtree="{PEOPLE}" attrs=pwdAccountLockedTime by {service} write by * none',
-        f'to dn.base="{BASE_DN}" attrs=entry by {service} search by * none',
-        f'to dn.subtree="{PEOPLE}" attrs={people} by {service} read by * none',
+        f"to attrs=userPassword by {service} =w by * break",
+        f'to dn.subtree="{PEOPLE}" attrs=pwdReset,pwdAccountLockedTime by {service} write '
+        "by * break",
+        f'to dn.base="{BASE_DN}" attrs=entry by {service} search by * break',
+        f'to dn.subtree="{PEOPLE}" attrs={people} by {service} read by * break',
         f'to dn.subtree="ou=groups,{BASE_DN}" attrs=entry,objectClass,member,uniqueMember '
-        f"by {service} read by * none",
+        f"by {service} read by * break",
         f'to dn.subtree="ou=policies,{BASE_DN}" attrs=entry,objectClass,pwdMinLength,'
-        f"pwdCheckQuality by {service} read by * none",
+        f"pwdCheckQuality by {service} read by * break",
+    ]
+
+
+def access_rules() -> list[str]:
+    """resetbot's rules, then the test directory's own: users sign in and change their own
+    password; nobody else reads anything (the rootdn, which tests look with, is above ACLs)."""
+    return [
+        *resetbot_rules(),
+        "to attrs=userPassword by self =w by anonymous auth by * none",
         "to * by * none",
     ]
 
