@@ -64,6 +64,8 @@ def slapd(template: OpenLdapTemplate) -> Iterator[OpenLdap]:
 
 @pytest.fixture
 def directory(slapd: OpenLdap) -> Iterator[LdapDirectory]:
+    """This module's directory (in place of conftest's SQL one): the fresh slapd's, as the
+    service account sees it over LDAPS."""
     found = LdapDirectory(slapd.config())
     yield found
     found.dispose()
@@ -415,3 +417,13 @@ def test_the_docs_note_gives_the_acl_the_tests_run_under() -> None:
         elif documented and line.startswith("     "):
             documented[-1] += line[5:]  # the block's indent, and the one space LDIF drops
     assert documented == resetbot_rules()
+
+
+def test_the_test_server_leaves_no_process_and_no_folder_behind() -> None:
+    with OpenLdapTemplate.build(seeded_users()[:2]) as built:
+        with built.start() as server:
+            assert server.process is not None and server.process.poll() is None
+            folders = [built.folder, server.folder]
+            process = server.process
+        assert process.poll() is not None and not server.folder.exists()
+    assert not any(folder.exists() for folder in folders)
