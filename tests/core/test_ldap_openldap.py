@@ -427,3 +427,15 @@ def test_the_test_server_leaves_no_process_and_no_folder_behind() -> None:
             process = server.process
         assert process.poll() is not None and not server.folder.exists()
     assert not any(folder.exists() for folder in folders)
+
+
+def test_check_names_what_the_service_account_cannot_read(slapd: OpenLdap) -> None:
+    LdapDirectory(slapd.config()).check()  # the working settings pass
+    wrong_base = slapd.env() | {
+        "DIRECTORY_URL": f"ldaps://localhost:{slapd.tls_port}/ou=nowhere,{BASE_DN}"
+    }
+    with pytest.raises(ConfigError, match="DIRECTORY_URL: the base DN 'ou=nowhere"):
+        LdapDirectory(LdapConfig.from_env(wrong_base)).check()
+    no_group = slapd.config(DIRECTORY_STAFF_GROUP=f"cn=nobody,ou=groups,{BASE_DN}")
+    with pytest.raises(ConfigError, match="DIRECTORY_STAFF_GROUP: there is no entry"):
+        LdapDirectory(no_group).check()
