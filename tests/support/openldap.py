@@ -24,6 +24,7 @@ slapd missing is a failure, not a skip: CI installs it (.ci/run), and so must a 
 from __future__ import annotations
 
 import base64
+import ctypes
 import datetime as dt
 import hashlib
 import os
@@ -67,6 +68,8 @@ MIN_LENGTH = 8
 #: The most entries one search or one page gives the service account (so reading more needs
 #: paged results; the rootdn has no limit).
 PAGE_LIMIT = 10
+#: prctl(2): the signal a child gets when its parent ends.
+PR_SET_PDEATHSIG = 1
 #: How long slapd may take to say it is ready before the test fails.
 START_TIMEOUT = 10.0
 
@@ -387,7 +390,7 @@ class OpenLdap:
         self.process = subprocess.Popen(
             [SLAPD, "-d", "16384", "-h", urls, "-F", str(self.folder / "slapd.d")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, start_new_session=True,
+            text=True, preexec_fn=_end_with_parent,
         )
         self._said = []
         self._ready = threading.Event()
@@ -482,6 +485,13 @@ class OpenLdap:
             connection.search(self.user_dn(uid), "(objectClass=*)", "BASE", attributes=list(names))
             raw = connection.response[0]["raw_attributes"]
         return {key: [value.decode() for value in values] for key, values in raw.items()}
+
+
+def _end_with_parent() -> None:
+    """In the child, before slapd runs: SIGTERM it should the test process die (a killed test
+    run would otherwise leave a slapd behind: seen here once)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _run(command: list[str]) -> None:
