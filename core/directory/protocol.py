@@ -1,0 +1,238 @@
+"""What the engine needs of a directory, whatever holds the users: a SQL table or an LDAP server.
+
+`Directory` below is derived from the methods of today's SQL directory (core/directory/table.py)
+that jobs/, bot/ and core/ call, restated so that a directory which hashes for itself (OpenLDAP's
+Password Modify, Active Directory's `unicodePwd`) can sit behind the same seam:
+
+- ids are opaque strings (`UserId`): an integer id is one kind of string, an entryUUID or an
+  objectGUID another. The only order the engine relies on is the one `scope_batch` streams in,
+  and it only has to be stable within a task;
+- `set_passwords` takes *passwords*, never hashes: the SQL directory hashes them (in the worker,
+  as today), an LDAP directory hands them to the server over TLS. Its answer is one outcome per
+  user, and "refused by the directory" (its policy said no, with its reason) is one of them:
+  that user is not mailed and the batch goes on;
+- "locked on purpose" is the directory's own notion (Koha's -1, ppolicy's permanent lock, AD's
+  disabled flag): counted in the preview, kept locked, left out of generated-password tasks;
+- the directory's own password rules (`password_rules`) are read from it, so a default or typed
+  password it would refuse is refused where it was typed, with its reason.
+
+Groundwork, not yet the engine's seam (issue 19). What is left for the session that rewires:
+- the SQL `Directory` does not implement this protocol yet: its ids are `int`, it returns
+  `DirectoryUser`/`Preview` (users.py) rather than `User`/`Counts`, and it has
+  `write_hashes` where this has `set_passwords`; moving it under `core/directory/sql/` and
+  adapting it (hashing inside `set_passwords`, `str(id)` out, `int(id)` in) is that session's;
+- resetbot's state keeps integer user ids (`reset_items.user_id`, selections): a migration to
+  text ids on SQLite, PostgreSQL and MariaDB, and the planner's cursor as text;
+- the worker (jobs/settling.py) writes hashes and knows no "refused" outcome; the planner, the
+  preview, the approval and schedule re-counts and the CLI import `Directory` from table.py;
+- the picker's search copy (core/search_copy.py) keeps ids in an `array('q')`: `PickerRow.id`
+  is text here;
+- `users import/export` must be refused when `owns_users` is False (as for Koha).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from core.errors import ResetbotError
+from core.models import Scope
+
+#: A user's id in the directory, as resetbot keeps it: opaque text.
+UserId = str
+
+
+@dataclass(frozen=True)
+class User:
+    """One user as the engine sees them (the protocol's `DirectoryUser`, with a text id)."""
+
+    id: UserId
+    username: str
+    full_name: str
+    email: str | None
+    #: What makes them staff (a role, "staff" for a group member), None for a patron.
+    role: str | None
+    #: Locked on purpose by the library (kept locked; left out of generated-password tasks).
+    locked_on_purpose: bool = False
+
+    @property
+    def is_staff(self) -> bool:
+        return bool(self.role)
+
+    @property
+    def has_email(self) -> bool:
+        return bool(self.email and self.email.strip())
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a scope would do, counted before anything changes."""
+
+    users: int
+    emailable: int
+    without_email: int
+    staff: int
+    #: Users locked on purpose among `users` (kept locked by a reset).
+    locked_on_purpose: int = 0
+
+
+class PickerRow(NamedTuple):
+    """One user as the picker's in-memory search copy shows and searches them."""
+
+    id: UserId
+    username: str
+    display_name: str
+    #: A second name users sign in with (Koha's card number), searched too; None without one.
+    card_number: str | None
+    email: str | None
+    is_staff: bool
+
+
+@dataclass(frozen=True)
+class PasswordSet:
+    """One user's new password, as handed to `set_passwords`. Its repr never shows it."""
+
+    user_id: UserId
+    password: str = field(repr=False)
+    must_change: bool
+
+
+class SetResult(enum.StrEnum):
+    SET = "set"  # the directory took the password (and the must-change and unlock rules)
+    REFUSED = "refused"  # the directory's policy said no: not mailed, the task goes on
+    NOT_FOUND = "not_found"  # no such user any more
+
+
+@dataclass(frozen=True)
+class SetOutcome:
+    user_id: UserId
+    result: SetResult
+    #: The directory's own words for a refusal (never holding the password).
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PasswordRules:
+    """The directory's own password rules, as read from it (at check and preview time)."""
+
+    #: Where they were read from, for messages ("the default ppolicy cn=default,ou=policies,…").
+    source: str
+    min_length: int | None = None
+    #: Whether the directory asks for a mix of character kinds (AD's complexity).
+    complexity: bool = False
+
+    def violations(self, password: str) -> list[str]:
+        """Every reason the directory would refuse `password`, in its terms; empty if none."""
+        reasons: list[str] = []
+        if self.min_length is not None and len(password) < self.min_length:
+            reasons.append(
+                f"The directory refuses passwords shorter than {self.min_length} characters "
+                f"({self.source})."
+            )
+        if self.complexity and _kinds(password) < COMPLEXITY_KINDS:
+            reasons.append(
+                f"The directory asks for {COMPLEXITY_KINDS} of: uppercase letters, lowercase "
+                f"letters, digits, other characters ({self.source})."
+            )
+        return reasons
+
+
+#: Active Directory's complexity: three of the four kinds (the name rule is the server's).
+COMPLEXITY_KINDS = 3
+
+
+def _kinds(password: str) -> int:
+    return sum((
+        any(ch.isupper() for ch in password),
+        any(ch.islower() for ch in password),
+        any(ch.isdigit() for ch in password),
+        any(not ch.isalnum() for ch in password),
+    ))
+
+
+class DirectoryUnavailable(ResetbotError):
+    """The directory cannot be reached or stopped answering: retry later (nothing is lost).
+
+    Raised by `set_passwords` mid-batch too: `done` then holds the outcomes of the users handled
+    before it stopped (their passwords changed; the rest did not). The text never holds a
+    password.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, done: Sequence[SetOutcome] = ()) -> None:
+        super().__init__(message)
+        self.done = tuple(done)
+
+
+@runtime_checkable
+class Directory(Protocol):
+    """What the planner, the worker, the preview, the re-counts and the CLI use of a directory."""
+
+    #: Whether resetbot owns the users (its own table: `users import/export`, its own index).
+    @property
+    def owns_users(self) -> bool: ...
+
+    def check(self) -> None:
+        """Refuse (ConfigError, naming the setting or profile key) what cannot work; reads only."""
+
+    def dispose(self) -> None:
+        """Close connections; the directory may be used again after (it reopens)."""
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def users_by_id(self, ids: Sequence[UserId]) -> list[User]:
+        """The users of these ids that exist, in id order."""
+
+    def missing_ids(self, ids: Sequence[UserId]) -> list[UserId]:
+        """The ids of these that name no user (any more)."""
+
+    def by_username(self, usernames: Sequence[str]) -> list[User]:
+        """Users whose username is exactly one of these."""
+
+    def usernames_ignoring_case(
+        self, names: Sequence[str]
+    ) -> dict[str, list[tuple[str, UserId]]]:
+        """Lower-cased name -> the (username, id) pairs it matches when case is ignored."""
+
+    def patrons_among(self, ids: Sequence[UserId]) -> int:
+        """How many of these users are not staff."""
+
+    # -- scopes --------------------------------------------------------------------------------
+
+    def preview(self, scope: Scope, selection: Sequence[UserId]) -> Counts:
+        """The scope counted (InputError when it needs a selection and has none)."""
+
+    def scope_batch(
+        self, scope: Scope, selection: Sequence[UserId], after: UserId | None, limit: int
+    ) -> list[User]:
+        """The next `limit` users of the scope after `after` (None: from the start), in the
+        directory's stable order; fewer than `limit` means the scope is done."""
+
+    def usernames_in_password(
+        self, password: str, scope: Scope, selection: Sequence[UserId]
+    ) -> int:
+        """How many users of the scope have a username the password contains."""
+
+    # -- the picker ----------------------------------------------------------------------------
+
+    def search(self, term: str, limit: int) -> list[User]:
+        """Case-insensitive substring search over usernames, names and e-mail."""
+
+    def picker_rows(self) -> Iterator[PickerRow]:
+        """Every user as the picker's search copy keeps them (paged; for the copy's reload)."""
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def set_passwords(self, batch: Sequence[PasswordSet]) -> list[SetOutcome]:
+        """Give each user their new password (and the must-change and unlock rules); one
+        outcome per user, in order. Raises DirectoryUnavailable when the directory stops
+        answering (`done` says which users were handled)."""
+
+    def password_rules(self) -> PasswordRules:
+        """The directory's own rules for a new password, read from it now."""
+
+    def survey(self) -> Counts:
+        """Every user counted (what `resetbot directory check` shows); reads only."""
