@@ -42,7 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 from sqlalchemy.types import NullType
 
-from core.db import make_engine
+from core.db import make_engine, shown_url, url_secrets
 from core.directory.profile import (
     ExtraReset,
     Profile,
@@ -245,14 +245,14 @@ class Directory:
         """One line for a directory database that refuses: the setting, the URL (password
         hidden) and the driver's first line (the password taken out, should it hold it)."""
         first = _first_line(error.orig if error.orig is not None else error)
-        if self.engine.url.password:
-            first = first.replace(str(self.engine.url.password), "***")
+        for secret in url_secrets(self.engine.url):
+            first = first.replace(secret, "***")
         return f"{self.setting}: the directory database {self.shown_url} cannot be read: {first}"
 
     @property
     def shown_url(self) -> str:
-        """The directory database's URL, its password hidden."""
-        return self.engine.url.render_as_string(hide_password=True)
+        """The directory database's URL, its password hidden (in the query too)."""
+        return shown_url(self.engine.url)
 
     def _c(self, name: str) -> ColumnElement[Any]:
         table = self.table
