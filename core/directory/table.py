@@ -515,22 +515,35 @@ class Directory:
         require_change: bool,
         changed_at: datetime,
     ) -> None:
-        """Store many new hashes in one executemany, in the directory's own transaction.
+        """Store many new hashes in one executemany (on MariaDB one UPDATE), in the directory's
+        own transaction.
 
         Only the password column, the must-change column and the profile's extra resets are
         written, and only in the rows of these users.
         """
         if not hashes:
             return
-        values: dict[Any, Any] = {self._c(self.profile.password): bindparam("rb_new_hash")}
+        password = self._c(self.profile.password)
+        one_statement = self.engine.dialect.name == "mysql"
+        values: dict[Any, Any] = {
+            # PyMySQL sends an executemany of UPDATE as one statement (one round trip) a row:
+            # on MariaDB the batch is one UPDATE, each row's hash picked by its id.
+            password: case(dict(hashes), value=self._id) if one_statement
+            else bindparam("rb_new_hash"),
+        }
         values |= self._must_change_values(require_change, changed_at)
         for extra in self.profile.on_reset:
             column = self._c(extra.column)
             values[column] = self._extra_value(extra, column, changed_at)
-        statement = update(self.table).where(self._id == bindparam("rb_user_id")).values(values)
-        rows = [{"rb_user_id": user_id, "rb_new_hash": new_hash} for user_id, new_hash in hashes]
         with self.engine.begin() as connection:
-            connection.execute(statement, rows)
+            if one_statement:
+                ids = [user_id for user_id, _ in hashes]
+                connection.execute(update(self.table).where(self._id.in_(ids)).values(values))
+                return
+            statement = update(self.table).where(self._id == bindparam("rb_user_id"))
+            connection.execute(statement.values(values), [
+                {"rb_user_id": user_id, "rb_new_hash": new_hash} for user_id, new_hash in hashes
+            ])
 
     def _must_change_values(self, require_change: bool, changed_at: datetime) -> dict[Any, Any]:
         rule = self.profile.must_change
