@@ -159,7 +159,7 @@ class Directory:
         """Refuse (ConfigError) a foreign table or column the profile names that is not there,
         or a column it reads that the database user may not read.
 
-        Read-only: looks at the users table's column list and SELECTs nothing. resetbot's own
+        Read-only: reads the users table's column list and no row. resetbot's own
         table beside its state may not exist yet (`db upgrade` makes it), so it is looked at
         only in a database of its own (DIRECTORY_URL), where nothing of resetbot's would ever
         make it.
