@@ -10,6 +10,7 @@ from core.controls import blank_unsafe
 from core.directory import DirectoryUser
 from core.models import ItemState, Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot, pace_words
+from core.tally import Tally
 
 COMMAND = "/reset-passwords"
 #: Slack's limit for an option's text in a select menu.
@@ -133,6 +134,38 @@ def plural(count: int, singular: str, many: str | None = None) -> str:
     return f"{count:,} {word}"
 
 
+# ---- counts: every edge says them in these words, from one Tally (core/tally.py) -----------------
+
+
+def done_words(tally: Tally) -> str:
+    """"50 of 150 users done": users not reached (cancelled first) are not done."""
+    return f"{tally.done:,} of {plural(tally.users, 'user')} done"
+
+
+def tally_words(tally: Tally) -> str:
+    """"1 password reset · 2 left alone (no e-mail) · 100 not reached": what a task did."""
+    parts = [f"{plural(tally.changed, 'password')} reset"]
+    if tally.left_alone:
+        parts.append(f"{tally.left_alone:,} left alone (no e-mail)")
+    if tally.not_reached:
+        parts.append(f"{tally.not_reached:,} not reached")
+    return " · ".join(parts)
+
+
+def preview_words(tally: Tally) -> str:
+    """"1 password will be reset; 2 users without e-mail are left alone."."""
+    words = f"{plural(tally.changed, 'password')} will be reset"
+    if tally.left_alone:
+        are = "is" if tally.left_alone == 1 else "are"
+        words += f"; {plural(tally.left_alone, 'user')} without e-mail {are} left alone"
+    return words + "."
+
+
+def never_started_words(tally: Tally) -> str:
+    """A task that ended before its start: nobody's password changed."""
+    return f"nobody's password changed ({plural(tally.users, 'user')} in scope)"
+
+
 def scope_label(scope: str) -> str:
     try:
         return SCOPE_LABELS[Scope(scope)]
@@ -210,17 +243,27 @@ def until_words(start_at: datetime, now: datetime) -> str:
     return f"in {span_words(seconds)}" if seconds >= 60 else "now"
 
 
-def scheduled_line(start_at: datetime, now: datetime | None = None) -> str:
-    """":alarm_clock: *Scheduled for Fri 9 Jan 06:00* (in 3 days)"."""
-    when = until_words(start_at, now if now is not None else datetime.now(UTC))
-    return f":alarm_clock: *Scheduled for {schedule_date(start_at)}* ({when})"
+def _relative(start_at: datetime, now: datetime | None, relative: bool) -> str:
+    """" (in 3 days)", or nothing on a message that stays up (it would go stale)."""
+    if not relative:
+        return ""
+    return f" ({until_words(start_at, now if now is not None else datetime.now(UTC))})"
 
 
-def starts_if_approved(start_at: datetime, now: datetime | None = None) -> str:
+def scheduled_line(start_at: datetime, now: datetime | None = None, *,
+                   relative: bool = True) -> str:
+    """":alarm_clock: *Scheduled for Fri 9 Jan 06:00* (in 3 days)"; `relative=False` for a
+    message left up for hours: the date alone, which Slack shows in each reader's zone."""
+    return (f":alarm_clock: *Scheduled for {schedule_date(start_at)}*"
+            f"{_relative(start_at, now, relative)}")
+
+
+def starts_if_approved(start_at: datetime, now: datetime | None = None, *,
+                       relative: bool = True) -> str:
     """A scheduled reset awaiting approval: approved in time, it starts then; else it expires."""
-    when = until_words(start_at, now if now is not None else datetime.now(UTC))
-    return (f":alarm_clock: Starts *{schedule_date(start_at)}* ({when}) if approved before "
-            "then; otherwise the request expires.")
+    return (f":alarm_clock: Starts *{schedule_date(start_at)}*"
+            f"{_relative(start_at, now, relative)} if approved before then; otherwise the "
+            "request expires.")
 
 
 #: The picker's only option while the directory's search copy cannot be read (within Slack's
@@ -271,13 +314,16 @@ def task_status_text(task: TaskSnapshot) -> str:
     """One task in a few lines: what, who, how far, outcomes."""
     lines = [
         f"{STATUS_EMOJI[task.status]} *Reset #{task.id}: {status_label(task.status)}*",
-        f"{scope_label(task.scope)} · {mode_label(task.mode)} · requested by "
+        f"{scope_summary(task.scope, task.selected)} · {mode_label(task.mode)} · requested by "
         f"{requester_mention(task.requester, task.requester_name)} {slack_date(task.created_at)}",
     ]
-    if task.planned or task.total:
-        progress = (
-            f"`{progress_bar(task.fraction)}` {task.done:,} of {plural(task.total, 'user')} done"
-        )
+    tally = task.tally
+    if task.status.is_final and task.started_at is None and tally.users:
+        lines.append(f"Ended before its start: {never_started_words(tally)}.")
+    elif task.planned or task.total:
+        progress = f"`{progress_bar(tally.fraction)}` {done_words(tally)}"
+        if task.status.is_final:
+            progress += f" · {tally_words(tally)}"
         pace = pace_words(task.pace)
         lines.append(f"{progress} · {pace}" if pace else progress)
     elif task.status is TaskStatus.AWAITING_APPROVAL:

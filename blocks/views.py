@@ -42,20 +42,23 @@ from blocks.text import (
     UNKNOWN_FORM,
     UNKNOWN_REQUEST,
     awaiting_approval,
+    done_words,
     escape,
     mode_label,
+    never_started_words,
     no_email_preview,
     one_line,
     plural,
+    preview_words,
     progress_bar,
     queue_unavailable,
     requester_mention,
     scheduled_line,
-    scope_label,
     scope_summary,
     slack_date,
     starts_if_approved,
     status_label,
+    tally_words,
     thread_link,
     truncate,
     user_option_label,
@@ -64,6 +67,7 @@ from core.directory import DirectoryUser, Preview
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot
 from core.schedule import MAX_AHEAD
+from core.tally import Tally, preview_tally
 
 View = dict[str, Any]
 
@@ -169,11 +173,11 @@ def reset_modal(channel: str | None = None) -> View:
 # ---- preview and notices ----------------------------------------------------------------------
 
 
-def confirm_button_text(mode: Mode, users: int) -> str:
-    """What the submit button will do, within Slack's 24 characters."""
+def confirm_button_text(mode: Mode, tally: Tally) -> str:
+    """What the submit button will do (the passwords it changes), within Slack's 24 characters."""
     if mode is Mode.DEFAULT:
-        return f"Set for {plural(users, 'user')}"
-    return f"Reset {users:,} & e-mail"
+        return f"Set for {plural(tally.changed, 'user')}"
+    return f"Reset {tally.changed:,} & e-mail"
 
 
 def preview_modal(
@@ -191,13 +195,14 @@ def preview_modal(
 
     `start_at`: a scheduled reset's start, said above everything else.
     """
-    emailed = preview.emailable if mode is Mode.GENERATED else 0
+    tally = preview_tally(preview, mode, no_email)
+    emailed = tally.mailed
     if mode is Mode.GENERATED:
         without_email = no_email_preview(no_email, preview.without_email)
     else:
         without_email = "Not applicable: nobody is e-mailed"
     fields = [
-        mrkdwn(f"*Users to reset*\n{preview.users:,}"),
+        mrkdwn(f"*Users to reset*\n{tally.changed:,}"),
         mrkdwn(f"*E-mailed a new password*\n{emailed:,}"),
         mrkdwn(f"*Without e-mail*\n{without_email}"),
         mrkdwn(f"*Staff included*\n{preview.staff:,}"),
@@ -206,8 +211,7 @@ def preview_modal(
     ]
     blocks: list[Block] = [] if start_at is None else [section(scheduled_line(start_at))]
     blocks += [
-        section(f"*{scope_summary(scope, selected)}*: {plural(preview.users, 'password')} "
-                "will be reset."),
+        section(f"*{scope_summary(scope, selected)}*: {preview_words(tally)}"),
         {"type": "section", "fields": fields},
     ]
     if preview.staff:
@@ -228,7 +232,7 @@ def preview_modal(
         "callback_id": CALLBACK_CONFIRM,
         "private_metadata": pending_id,
         "title": plain("Confirm the reset", 24),
-        "submit": plain(confirm_button_text(mode, preview.users), 24),
+        "submit": plain(confirm_button_text(mode, tally), 24),
         "close": plain("Cancel", 24),
         "blocks": blocks,
     }
@@ -320,12 +324,21 @@ def _mode_word(mode: str) -> str:
     return "default password" if mode == Mode.DEFAULT else "e-mailed"
 
 
+def _home_counts(task: TaskSnapshot) -> str:
+    tally = task.tally
+    if task.status.is_final and task.started_at is None and tally.users:
+        return never_started_words(tally)
+    if not (task.planned or task.total):
+        return _not_started(task)
+    counted = f"`{progress_bar(tally.fraction)}` {done_words(tally)}"
+    return f"{counted} · {tally_words(tally)}" if task.status.is_final else counted
+
+
 def _home_task(task: TaskSnapshot) -> Block:
-    counted = (f"`{progress_bar(task.fraction)}` {task.done:,} of {plural(task.total, 'user')}"
-               if task.planned or task.total else _not_started(task))
+    counted = _home_counts(task)
     text = (
         f"{STATUS_EMOJI[task.status]} *#{task.id} {status_label(task.status)}* · "
-        f"{scope_label(task.scope)} · {_mode_word(task.mode)}\n"
+        f"{scope_summary(task.scope, task.selected)} · {_mode_word(task.mode)}\n"
         f"{counted}\n"
         f"Requested by {requester_mention(task.requester, task.requester_name)} "
         f"{slack_date(task.created_at)}"

@@ -17,6 +17,7 @@ from typing import IO
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from blocks.text import tally_words
 from bot.terminal import (
     EXIT_NOT_COMPLETED,
     EXIT_OK,
@@ -36,6 +37,7 @@ from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.passwords import normalised
 from core.progress import TaskSnapshot, snapshot
 from core.settings import Settings
+from core.tally import preview_tally
 from core.tasks import (
     RequestInvalid,
     ResetRequest,
@@ -120,10 +122,11 @@ def _run_reset(
     if choices.dry_run:
         cli.say("Dry run: nothing was changed.")
         return EXIT_OK
-    passwords = "password" if preview.users == 1 else "passwords"
-    question = f"Reset the {passwords} of {plural(preview.users, 'user')}?"
+    changed = preview_tally(preview, request.mode, request.no_email_choice).changed
+    passwords = "password" if changed == 1 else "passwords"
+    question = f"Reset the {passwords} of {plural(changed, 'user')}?"
     if request.start_at is not None:
-        question = (f"Schedule the reset of the {passwords} of {plural(preview.users, 'user')} "
+        question = (f"Schedule the reset of the {passwords} of {plural(changed, 'user')} "
                     f"for {when_words(request.start_at)}?")
     if not choices.yes and not confirm(cli, question):
         cli.say("Nothing was changed.")
@@ -246,9 +249,11 @@ def describe_preview(request: ResetRequest, preview: Preview) -> str:
     else:
         mode = "a new random password for each user, e-mailed"
         mailed = preview.emailable
+    tally = preview_tally(preview, request.mode, request.no_email_choice)
     lines = [
         f"Scope: {request.scope.value}" + _scope_note(request),
-        f"  Users to reset:        {preview.users:>8,}",
+        f"  Users in scope:        {tally.users:>8,}",
+        f"  Users to reset:        {tally.changed:>8,}",
         f"  E-mailed:              {mailed:>8,}",
         f"  Without e-mail:        {preview.without_email:>8,}"
         + (f"   ({NO_EMAIL_WORDS[request.no_email_choice]})"
@@ -417,7 +422,9 @@ def print_summary(cli: Output, task: TaskSnapshot) -> None:
     took = ""
     if task.started_at and task.finished_at:
         took = f" in {(task.finished_at - task.started_at).total_seconds():.1f} s"
-    cli.say(f"Task #{task.id} {task.status.words}{took}: {plural(task.total, 'user')}.")
+    tally = task.tally
+    cli.say(f"Task #{task.id} {task.status.words}{took}: {plural(tally.users, 'user')}: "
+            f"{tally_words(tally)}.")
     for state, count in task.counts.items():
         if count:
             cli.say(f"  {OUTCOME_WORDS[state]:<34} {count:>8,}")
