@@ -26,6 +26,7 @@ from blocks.text import (
     OUTCOME_LABELS,
     STATUS_EMOJI,
     done_words,
+    ended_words,
     escape,
     mode_label,
     never_started_words,
@@ -121,7 +122,7 @@ def progress_line(task: TaskSnapshot) -> str:
         # No "(in 2 min)": the parent is not re-rendered as time passes; Slack shows the date.
         return scheduled_line(task.start_at, relative=False)
     tally = task.tally
-    if task.status.is_final and task.started_at is None:
+    if task.ended_unstarted:
         return f"{status_label(task.status)} before its start: {never_started_words(tally)}."
     if not task.planned and not task.total:
         return "Working out who is in scope…"
@@ -130,7 +131,7 @@ def progress_line(task: TaskSnapshot) -> str:
         counted += " so far (still listing users)"
     line = f"`{progress_bar(tally.fraction)}` {round(tally.fraction * 100)}% · {counted}"
     if task.status.is_final:
-        line += f" · {tally_words(tally)}"
+        line += ended_words(tally)
     pace = pace_words(task.pace)
     return f"{line} · {pace}" if pace else line
 
@@ -523,7 +524,7 @@ def summary_reply(task: TaskSnapshot, follow_up_where: str | None = None) -> Sla
         return approval_end_reply(task)
     heading = f"{STATUS_EMOJI[task.status]} *Reset #{task.id} {status_label(task.status).lower()}*"
     tally = task.tally
-    if task.started_at is None:
+    if task.ended_unstarted:
         lines = [f"{heading} before its start: {never_started_words(tally)}."]
     else:
         lines = [f"{heading} · {plural(tally.users, 'user')}: {tally_words(tally)}."]
@@ -557,7 +558,7 @@ def _expected_outcomes(task: TaskSnapshot) -> tuple[ItemState, ...]:
 def _summary_notes(task: TaskSnapshot, follow_up_where: str | None) -> list[str]:
     notes = []
     tally = task.tally
-    if task.started_at is None:
+    if task.ended_unstarted:
         pass  # the heading says it: nobody was reached
     elif task.status is TaskStatus.CANCELLED or tally.not_reached:
         kept = "; those already reset keep their new password" if tally.changed else ""

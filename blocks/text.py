@@ -152,6 +152,12 @@ def tally_words(tally: Tally) -> str:
     return " · ".join(parts)
 
 
+def ended_words(tally: Tally) -> str:
+    """What an ended task's progress line adds: who was left alone or not reached, if anyone
+    (a task that reset everyone is told by its "done")."""
+    return f" · {tally_words(tally)}" if tally.left_alone or tally.not_reached else ""
+
+
 def preview_words(tally: Tally) -> str:
     """"1 password will be reset; 2 users without e-mail are left alone."."""
     words = f"{plural(tally.changed, 'password')} will be reset"
@@ -318,12 +324,12 @@ def task_status_text(task: TaskSnapshot) -> str:
         f"{requester_mention(task.requester, task.requester_name)} {slack_date(task.created_at)}",
     ]
     tally = task.tally
-    if task.status.is_final and task.started_at is None and tally.users:
+    if task.ended_unstarted and tally.users:
         lines.append(f"Ended before its start: {never_started_words(tally)}.")
     elif task.planned or task.total:
         progress = f"`{progress_bar(tally.fraction)}` {done_words(tally)}"
         if task.status.is_final:
-            progress += f" · {tally_words(tally)}"
+            progress += ended_words(tally)
         pace = pace_words(task.pace)
         lines.append(f"{progress} · {pace}" if pace else progress)
     elif task.status is TaskStatus.AWAITING_APPROVAL:

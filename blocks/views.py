@@ -43,6 +43,7 @@ from blocks.text import (
     UNKNOWN_REQUEST,
     awaiting_approval,
     done_words,
+    ended_words,
     escape,
     mode_label,
     never_started_words,
@@ -58,7 +59,6 @@ from blocks.text import (
     slack_date,
     starts_if_approved,
     status_label,
-    tally_words,
     thread_link,
     truncate,
     user_option_label,
@@ -326,12 +326,12 @@ def _mode_word(mode: str) -> str:
 
 def _home_counts(task: TaskSnapshot) -> str:
     tally = task.tally
-    if task.status.is_final and task.started_at is None and tally.users:
+    if task.ended_unstarted and tally.users:
         return never_started_words(tally)
     if not (task.planned or task.total):
         return _not_started(task)
     counted = f"`{progress_bar(tally.fraction)}` {done_words(tally)}"
-    return f"{counted} · {tally_words(tally)}" if task.status.is_final else counted
+    return counted + ended_words(tally) if task.status.is_final else counted
 
 
 def _home_task(task: TaskSnapshot) -> Block:

@@ -172,10 +172,14 @@ class TaskSnapshot:
         return sum(self.counts[state] for state in FINAL_ITEM_STATES)
 
     @property
+    def ended_unstarted(self) -> bool:
+        """It ended before it listed anyone: cancelled before its start, or never approved."""
+        return self.status.is_final and self.started_at is None and not self.total
+
+    @property
     def tally(self) -> Tally:
         """Its users and what became of them: the counts every edge shows (core/tally.py)."""
-        ended_unstarted = self.status.is_final and self.started_at is None
-        return task_tally(self.counts, total=self.total, ended_unstarted=ended_unstarted,
+        return task_tally(self.counts, total=self.total, ended_unstarted=self.ended_unstarted,
                           preview_users=self.preview_users)
 
     @property
