@@ -20,6 +20,7 @@ from blocks.ids import (
     ACTION_CONFIRM_SCHEDULED,
     ACTION_REJECT,
     ACTION_RETRY_FAILED,
+    ACTION_SEND_LIST,
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
@@ -221,7 +222,7 @@ def parent_buttons(task: TaskSnapshot) -> list[Block]:
     A scheduled task held because its counts changed also offers to start it anyway.
     """
     if task.status is TaskStatus.AWAITING_APPROVAL:
-        return [approve_button(task.id), reject_button(task.id)]
+        return [approve_button(task.id), reject_button(task.id), send_list_button(str(task.id))]
     if not task.status.is_final:
         if task.cancel_requested:
             return []
@@ -308,6 +309,12 @@ def approve_button(task_id: int) -> Block:
             "deny": plain("Not yet", 30),
         },
     }
+
+
+def send_list_button(value: str) -> Block:
+    """"Send me the list": the CSV of the users a reset would reset, to the clicker by DM."""
+    return {"type": "button", "action_id": ACTION_SEND_LIST, "value": value,
+            "text": plain("Send me the list", 75)}
 
 
 def reject_button(task_id: int) -> Block:

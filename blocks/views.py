@@ -22,10 +22,18 @@ from blocks.ids import (
     REQUIRE_CHANGE,
     REQUIRE_CHANGE_YES,
     SCOPE,
+    SEND_LIST_OF_PREVIEW,
     START_AT,
     USERS,
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
+from blocks.messages import (
+    approval_details,
+    approval_note,
+    approve_button,
+    reject_button,
+    send_list_button,
+)
 from blocks.text import (
     AWAITING_APPROVAL_TITLE,
     DEFAULT_FIELD_HINT,
@@ -75,6 +83,8 @@ View = dict[str, Any]
 PASSWORD_MAX_LENGTH = 128
 MIN_QUERY_LENGTH = 3
 HOME_TASKS = 15
+#: Requests awaiting approval App Home lists with their buttons (a view holds 100 blocks).
+HOME_APPROVALS = 20
 MAX_OPTIONS = 100
 
 
@@ -220,6 +230,13 @@ def preview_modal(
     if mode is Mode.DEFAULT:
         blocks.append(section("Tell the users their new password yourself: resetbot never "
                               "shows or sends it."))
+    blocks.append({
+        "type": "section",
+        "block_id": "send_list",
+        "text": mrkdwn("Who exactly? The list of everyone this reset would reset comes to you "
+                       "in a direct message (a CSV, no passwords)."),
+        "accessory": send_list_button(SEND_LIST_OF_PREVIEW),
+    })
     if start_at is None:
         blocks.append(context("Nothing has changed yet. This preview waits 15 minutes for you "
                               "to confirm; progress then appears as a thread."))
@@ -302,6 +319,12 @@ def home_view(tasks: Sequence[TaskSnapshot], *, allowed: bool) -> View:
                       "text": plain("New reset", 75)},
     })
     blocks.append({"type": "divider"})
+    awaiting = [task for task in tasks if task.status is TaskStatus.AWAITING_APPROVAL]
+    if awaiting:
+        blocks.append({"type": "header", "text": plain("Awaiting approval", 150)})
+        for task in awaiting[:HOME_APPROVALS]:
+            blocks.extend(_home_approval(task))
+        blocks.append({"type": "divider"})
     if not tasks:
         blocks.append(section("No resets yet."))
     for task in tasks[:HOME_TASKS]:
@@ -309,12 +332,32 @@ def home_view(tasks: Sequence[TaskSnapshot], *, allowed: bool) -> View:
     return {"type": "home", "blocks": blocks}
 
 
+def _home_approval(task: TaskSnapshot) -> list[Block]:
+    """A request awaiting approval, with the thread's own Approve and Reject (same action ids,
+    handlers and checks) and Send me the list."""
+    details = [
+        f"*Reset #{task.id}* · {scope_summary(task.scope, task.selected)} · "
+        f"{_mode_word(task.mode)}",
+        f"Requested by {requester_mention(task.requester, task.requester_name)} "
+        f"{slack_date(task.created_at)}",
+        *approval_details(task),
+        approval_note(task),
+    ]
+    return [
+        {"type": "section", "block_id": f"approval_{task.id}",
+         "text": mrkdwn(truncate("\n".join(details), 3000))},
+        {"type": "actions", "block_id": f"approval_actions_{task.id}",
+         "elements": [approve_button(task.id), reject_button(task.id),
+                      send_list_button(str(task.id))]},
+    ]
+
+
 def _not_started(task: TaskSnapshot) -> str:
     """A task with no progress yet: waiting for a worker, or for a second admin."""
     preview = task.approval.preview if task.approval is not None else None
     users = f" ({plural(preview.users, 'user')})" if preview is not None else ""
     if task.status is TaskStatus.AWAITING_APPROVAL:
-        return f"awaiting another admin's approval{users}: approve or reject it in its thread"
+        return f"awaiting another admin's approval{users}: approve or reject it above"
     if task.status in (TaskStatus.REJECTED, TaskStatus.EXPIRED):
         return f"never approved{users}: nothing was changed"
     return "not started yet"
