@@ -481,3 +481,23 @@ RESET_SAVED_TITLE = "Reset saved"
 UNKNOWN_REQUEST = "This request is unknown or has expired. Close this and start again."
 UNKNOWN_FORM = f"resetbot does not know this form. Close it and type {COMMAND} again."
 BUTTON_NAMES_NO_TASK = "That button does not name a reset."
+
+
+# ---- Send me the list ---------------------------------------------------------------------------
+
+LIST_PREVIEW_GONE = ("This request can no longer be listed: it was confirmed, has started or "
+                     "has expired.")
+LIST_NOT_YOURS = "Only whoever asked for this preview can have its list."
+
+
+def list_title(task_id: int | None) -> str:
+    return f"Reset #{task_id}: who exactly" if task_id else "Your reset preview: who exactly"
+
+
+def list_comment(users: int) -> str:
+    return (f"Everyone this reset would reset ({plural(users, 'user')}) and what happens to "
+            "each. No passwords are in this file; it is made from the same query as the reset.")
+
+
+def list_sent(users: int) -> str:
+    return f"The list of the {plural(users, 'user')} is in your direct messages with me."

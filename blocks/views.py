@@ -266,6 +266,11 @@ def notice_modal(title: str, text: str) -> View:
     }
 
 
+def decision_notice(answer: str) -> View:
+    """What a button on App Home did (there is no channel to say it in)."""
+    return notice_modal("Password resets", answer)
+
+
 def not_allowed_modal() -> View:
     return notice_modal(NOT_ALLOWED_TITLE, NOT_ALLOWED)
 

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import IO
 
 from redis import Redis
@@ -36,6 +38,7 @@ from core.directory import Directory, Preview
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.passwords import normalised
 from core.progress import TaskSnapshot, snapshot
+from core.reset_list import ListedUser, reset_list, reset_list_csv
 from core.settings import Settings
 from core.tally import preview_tally
 from core.tasks import (
@@ -72,6 +75,8 @@ class ResetChoices:
     without_email: NoEmailChoice = NoEmailChoice.RESET
     #: --at: when the reset should start (aware); None: now.
     start_at: datetime | None = None
+    #: --dry-run --csv FILE: where to write the exact list of who it would reset.
+    csv: Path | None = None
 
 
 def run_reset(
@@ -120,6 +125,9 @@ def _run_reset(
     if request.start_at is not None:
         cli.say(f"  Starts: {when_words(request.start_at)}")
     if choices.dry_run:
+        if choices.csv is not None:
+            listed = write_reset_list(choices.csv, directory, request)
+            cli.say(f"The list of the {plural(listed, 'user')} it would reset: {choices.csv}")
         cli.say("Dry run: nothing was changed.")
         return EXIT_OK
     changed = preview_tally(preview, request.mode, request.no_email_choice).changed
@@ -240,6 +248,27 @@ def validate_or_refuse(
             raise Refused(
                 "the request was refused (nothing was changed):\n" + "\n".join(lines)
             ) from None
+
+
+def write_reset_list(path: Path, directory: Directory, request: ResetRequest) -> int:
+    """The exact list (core/reset_list.py) in a file only its owner can read (personal data)."""
+    users = 0
+
+    def counted() -> Iterator[ListedUser]:
+        nonlocal users
+        for row in reset_list(directory, request.scope, request.selection, request.mode,
+                              request.no_email_choice):
+            users += 1
+            yield row
+
+    content = reset_list_csv(counted())
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(descriptor, "w", encoding="utf-8", newline="") as file:
+            file.write(content)
+    except OSError as error:
+        raise Refused(f"cannot write {path}: {error.strerror}") from None
+    return users
 
 
 def describe_preview(request: ResetRequest, preview: Preview) -> str:

@@ -46,6 +46,19 @@ class Tally:
         return min(1.0, self.done / self.users)
 
 
+def planned_outcome(mode: Mode, no_email: NoEmailChoice, has_email: bool) -> ItemState:
+    """The outcome a reset gives a user when all goes well: the task's rule, said once."""
+    if mode is Mode.DEFAULT:
+        return ItemState.RESET
+    if has_email:
+        return ItemState.NOTIFIED
+    return {
+        NoEmailChoice.RESET: ItemState.NO_EMAIL,
+        NoEmailChoice.SKIP: ItemState.SKIPPED,
+        NoEmailChoice.SET: ItemState.HANDED_OUT,
+    }[no_email]
+
+
 def preview_tally(preview: Preview, mode: Mode, no_email: NoEmailChoice) -> Tally:
     """What a confirm of this preview would do: users without an address left alone under
     `skip` in an e-mailed reset are not passwords reset."""

@@ -32,6 +32,14 @@ def home_opened(event: dict[str, Any], client: WebClient, context: BoltContext) 
         deps.later(publish_home, deps, client, user)
 
 
+def from_home(body: dict[str, Any]) -> bool:
+    """A button clicked on App Home (not in a message or a modal)."""
+    container = body.get("container")
+    view = body.get("view")
+    return (isinstance(container, dict) and container.get("type") == "view"
+            and isinstance(view, dict) and view.get("type") == "home")
+
+
 def publish_home(deps: AppDeps, client: WebClient, user: str) -> None:
     # Not admin_only: everyone may open the tab; a non-admin sees why it holds no tasks.
     allowed = deps.admins.allows(user)
