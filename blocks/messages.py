@@ -481,7 +481,7 @@ def waiting_reply(
 
 def milestone_reply(task: TaskSnapshot, quarter: int) -> SlackMessage:
     words = QUARTER_WORDS.get(quarter, "Progress")
-    text = f"{words}: {task.done:,} of {plural(task.total, 'user')}."
+    text = f"{words}: {done_words(task.tally)}."
     return SlackMessage(text, [section(text)])
 
 

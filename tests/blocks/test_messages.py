@@ -126,7 +126,7 @@ def test_retries_are_one_line_for_the_whole_round() -> None:
 def test_waiting_and_milestone_and_started() -> None:
     assert "reset #7 is still running" in messages.waiting_reply(snap(), 7).text
     half = snap(counts={ItemState.NOTIFIED: 50})
-    assert messages.milestone_reply(half, 2).text == "Halfway: 50 of 100 users."
+    assert messages.milestone_reply(half, 2).text == "Halfway: 50 of 100 users done."
     assert "for 100 users" in messages.started_reply(snap()).text
     assert "nobody is e-mailed" in messages.started_reply(snap(mode=Mode.DEFAULT.value)).text
 
