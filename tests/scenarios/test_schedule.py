@@ -398,6 +398,10 @@ def test_slack_cancel_before_the_start_erases_the_password_and_changes_nothing(
     assert actions == ["confirm", "schedule", "cancel"]
     parent, thread = parent_and_thread(slack_standin)
     assert "Cancelled" in parent.text and any("cancelled" in m.text for m in thread)
+    # The truth: nobody reset, seven in scope; no "100 %", no "0 of 0", no "already reset".
+    shown = str(parent.blocks) + str([m.blocks for m in thread])
+    assert "Cancelled before its start: nobody's password changed (7 users in scope)." in shown
+    assert "100%" not in shown and "0 of 0" not in shown and "already reset" not in shown
     context.close()
 
 
