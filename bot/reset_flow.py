@@ -19,7 +19,7 @@ from typing import IO
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from blocks.text import tally_words
+from blocks.text import ended_words
 from bot.terminal import (
     EXIT_NOT_COMPLETED,
     EXIT_OK,
@@ -452,8 +452,8 @@ def print_summary(cli: Output, task: TaskSnapshot) -> None:
     if task.started_at and task.finished_at:
         took = f" in {(task.finished_at - task.started_at).total_seconds():.1f} s"
     tally = task.tally
-    cli.say(f"Task #{task.id} {task.status.words}{took}: {plural(tally.users, 'user')}: "
-            f"{tally_words(tally)}.")
+    cli.say(f"Task #{task.id} {task.status.words}{took}: {plural(tally.users, 'user')}"
+            f"{ended_words(tally)}.")
     for state, count in task.counts.items():
         if count:
             cli.say(f"  {OUTCOME_WORDS[state]:<34} {count:>8,}")
