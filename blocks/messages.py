@@ -47,9 +47,10 @@ from blocks.text import (
     until_words,
 )
 from core.csvsafe import to_csv
-from core.models import ItemState, Mode, TaskStatus
+from core.models import ItemState, Mode, NoEmailChoice, TaskStatus
 from core.progress import TaskSnapshot, duration_words, pace_words
 from core.schedule import ON_TIME
+from core.tally import preview_tally
 
 #: Longest piece of user text (a name, an error) shown in a message.
 NAME_LIMIT = 80
@@ -248,9 +249,11 @@ def approval_details(task: TaskSnapshot) -> list[str]:
     lines = []
     if approval.preview is not None and task.status in NOT_STARTED:
         counts = approval.preview
+        tally = preview_tally(counts, Mode(task.mode), NoEmailChoice(task.no_email))
+        left_alone = f" · left alone {tally.left_alone:,}" if tally.left_alone else ""
         lines.append(
-            f"*Users to reset* {counts.users:,} · with e-mail {counts.emailable:,} · "
-            f"without e-mail {counts.without_email:,} · staff {counts.staff:,}"
+            f"*Users to reset* {tally.changed:,} · with e-mail {counts.emailable:,} · "
+            f"without e-mail {counts.without_email:,}{left_alone} · staff {counts.staff:,}"
         )
     if approval.approved_by:
         lines.append(f"*Approved by* {requester_mention(approval.approved_by)}")

@@ -161,6 +161,8 @@ class TaskSnapshot:
     start_held_at: datetime | None = None
     #: How many users were picked (the "selected" scopes): the scope's words say it.
     selected: int = 0
+    #: What an e-mailed reset does to users without an address (NoEmailChoice's value).
+    no_email: str = "reset"
 
     @property
     def held(self) -> bool:
@@ -242,6 +244,7 @@ def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
         recheck_users=task.recheck_users,
         start_held_at=task.start_held_at,
         selected=len(task.selection or []),
+        no_email=task.no_email,
     )
 
 

@@ -300,3 +300,18 @@ def test_the_status_line_says_the_scopes_words(context: WorkerContext) -> None:
     assert "Only 3 picked users" in task_status_text(task)
     assert "picked below" not in task_status_text(task)
     assert "Only 3 picked users" in json.dumps(home_view([task], allowed=True))
+
+
+def test_approvers_see_the_passwords_a_skip_request_resets_not_everyone_in_scope(
+    context: WorkerContext,
+) -> None:
+    task_id = make_task(context, status=TaskStatus.AWAITING_APPROVAL, no_email="skip",
+                        approval_expires_at=utcnow() + timedelta(hours=1), preview={
+                            "users": 7, "emailable": 5, "without_email": 2, "staff": 2})
+    with context.sessions() as session:
+        task = snapshot(session, task_id)
+    assert task is not None
+    shown = json.dumps(messages.parent_message(task).blocks)
+    assert "*Users to reset* 5 \\u00b7 with e-mail 5 \\u00b7 without e-mail 2 \\u00b7 left " \
+           "alone 2 \\u00b7 staff 2" in shown
+    assert "*Users to reset* 5" in json.dumps(home_view([task], allowed=True))

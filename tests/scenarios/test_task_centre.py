@@ -227,6 +227,9 @@ def test_the_list_from_the_preview_is_what_the_confirm_resets(
     assert {row["email"] for row in listed if row["username"] in ("dave", "frank")} <= {
         "no usable address"}
 
+    # The preview's counts and its button are the list's: one tally.
+    changed = sum(row["what_happens"] != "left alone: password unchanged" for row in listed)
+    assert view["submit"]["text"] == f"Reset {changed:,} & e-mail"
     assert app.slack.submit(view).json() == {"response_action": "clear"}
     task = the_task(app)
     context = worker_context(app)
