@@ -1,4 +1,5 @@
-"""App Home: recent tasks with status, progress, requester and a link to each thread."""
+"""App Home: requests awaiting approval (with the thread's Approve, Reject and Send me the list),
+then recent tasks with status, progress, requester and a link to each thread."""
 
 from __future__ import annotations
 

@@ -141,6 +141,11 @@ def test_an_approver_approves_from_app_home_and_the_tab_is_redrawn(
                                   ("send_list", str(task.id))]
     assert "*Users to reset* 7 · with e-mail 5 · without e-mail 2 · staff 2" in str(home)
 
+    # Who exactly? The approver asks for the list from App Home: it comes by DM.
+    click_in_view(app, home, ACTION_SEND_LIST, str(task.id), user=SECOND)
+    assert len(list_file(slack_standin, SECOND)) == 7
+    assert slack_standin.files_in_public_channels() == []
+
     published = slack_standin.count("views.publish")
     click_in_view(app, home, "approve_task", str(task.id), user=SECOND)
 
