@@ -40,5 +40,10 @@ ACTION_RETRY_FAILED = "retry_failed"
 #: On a task's parent message while it awaits a second admin's approval; value = task id.
 ACTION_APPROVE = "approve_task"
 ACTION_REJECT = "reject_task"
+#: "Send me the list": the CSV of everyone a reset would reset, to the clicker by DM. On the
+#: preview modal (value "preview": the request is the view's), and on a request awaiting
+#: approval (value = task id).
+ACTION_SEND_LIST = "send_list"
+SEND_LIST_OF_PREVIEW = "preview"
 #: On a scheduled task held at its start because its counts changed: start it anyway.
 ACTION_CONFIRM_SCHEDULED = "confirm_scheduled"

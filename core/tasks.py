@@ -126,10 +126,14 @@ def _no_email_problems(
 ) -> list[str]:
     typed = request.no_email_password
     if request.no_email_choice is not NoEmailChoice.SET:
-        if typed:
-            return ["This password is only for “give them a password I type”, with no default "
-                    "password: clear it, or choose that."]
-        return []
+        if not typed:
+            return []
+        if request.no_email is NoEmailChoice.SET:
+            # “Give them a password I type” is chosen, but the default password wins.
+            return ["With a default password nobody is e-mailed, so everyone gets that one: "
+                    "clear this password, or clear the default password."]
+        return ["This password is only for “give them a password I type”, with no default "
+                "password: clear it, or choose that."]
     if not typed:
         return ["Type the password to give the users without an e-mail address."]
     return policy_violations(typed, settings.policy, schemes=directory.hasher.schemes)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 TEST_BOT_TOKEN = "xoxb-test-token"
+#: The bot scopes the app's manifest asks for (what `provided` lists in a missing_scope answer).
+BOT_SCOPES = ("commands", "chat:write", "im:write", "files:write", "usergroups:read",
+              "groups:read")
 #: The method name under which uploads to a `files.getUploadURLExternal` URL are recorded.
 UPLOAD = "upload"
 #: Give this as the method to a fault to hit whichever method is called next.
@@ -43,13 +46,15 @@ Json = dict[str, Any]
 class SlackError(Exception):
     """An `ok: false` answer, with Slack's error code and optional detail messages."""
 
-    def __init__(self, error: str, messages: list[str] | None = None) -> None:
+    def __init__(self, error: str, messages: list[str] | None = None, **extra: str) -> None:
         super().__init__(error)
         self.error = error
         self.messages = messages or []
+        #: Fields Slack adds to some errors (`missing_scope`: `needed`, `provided`).
+        self.extra = extra
 
     def body(self) -> Json:
-        answer: Json = {"ok": False, "error": self.error}
+        answer: Json = {"ok": False, "error": self.error, **self.extra}
         if self.messages:
             answer["response_metadata"] = {"messages": self.messages}
         return answer
@@ -157,6 +162,11 @@ class SlackStandIn:
         self._home: dict[str, Json] = {}
         self._usergroups: dict[str, list[str]] = {}
         self._users: dict[str, Json] = {}
+        #: Users deactivated (user_disabled) or gone from the workspace (user_not_found).
+        self._disabled: set[str] = set()
+        self._gone: set[str] = set()
+        #: Bot scopes the app was installed without (missing_scope on the methods needing them).
+        self._missing_scopes: set[str] = set()
         self._files: dict[str, UploadedFile] = {}
         self._ids = itertools.count(1)
         self._ts_base = int(time.time())
@@ -332,6 +342,27 @@ class SlackStandIn:
     def add_user(self, user_id: str, *, name: str = "", real_name: str = "") -> None:
         with self._cond:
             self._users[user_id] = {"name": name or user_id.lower(), "real_name": real_name}
+
+    def deactivate_user(self, user_id: str) -> None:
+        """The user's account is deactivated: a DM with them answers `user_disabled`."""
+        with self._cond:
+            self._disabled.add(user_id)
+
+    def remove_user(self, user_id: str) -> None:
+        """The user is gone from the workspace: a DM with them answers `user_not_found`."""
+        with self._cond:
+            self._gone.add(user_id)
+
+    def revoke_scope(self, scope: str) -> None:
+        """The app lacks this bot scope: methods needing it answer `missing_scope` with the
+        `needed` and `provided` fields Slack adds."""
+        with self._cond:
+            self._missing_scopes.add(scope)
+
+    def _require_scope(self, scope: str) -> None:
+        if scope in self._missing_scopes:
+            provided = ",".join(sorted(set(BOT_SCOPES) - self._missing_scopes))
+            raise SlackError("missing_scope", needed=scope, provided=provided)
 
     def dm_channel(self, user_id: str) -> str:
         """The id conversations.open gives for a DM between the bot and `user_id`."""
@@ -919,8 +950,11 @@ def _conversations_open(s: SlackStandIn, params: Json) -> Json:
     if len(users) != 1:
         raise SlackError("not_enough_users" if not users else "too_many_users")
     user = users[0]
-    if user[:1] not in ("U", "W"):
+    s._require_scope("im:write")
+    if user[:1] not in ("U", "W") or user in s._gone:
         raise SlackError("user_not_found")
+    if user in s._disabled:
+        raise SlackError("user_disabled")
     channel_id = s.dm_channel(user)
     channel = s._channels.get(channel_id)
     if channel is None:
@@ -1003,6 +1037,7 @@ def _store_view(s: SlackStandIn, view_id: str, view: Json) -> Json:
 
 
 def _files_get_upload_url(s: SlackStandIn, params: Json) -> Json:
+    s._require_scope("files:write")
     _require(params, "filename", "length")
     try:
         length = int(params["length"])
