@@ -640,7 +640,7 @@ def test_a_scheduled_reset_that_grew_past_its_approval_is_approved_again_not_sta
         assert again.approval_expires_at is not None and again.approval_expires_at > utcnow()
         # The thread: Approve and Reject again, with the new counts, and why.
         waiting = parent(slack_standin)
-        assert action_ids(waiting) == ["approve_task", "reject_task"]
+        assert action_ids(waiting) == ["approve_task", "reject_task", "send_list"]
         assert "*Users to reset* 105" in message_text(waiting)
         assert "if approved before then" not in message_text(waiting)
         assert "approved, it starts at once" in message_text(waiting)
