@@ -24,16 +24,20 @@ from blocks.ids import (
     SCOPE,
     START_AT,
     USERS,
+    USERS_FILE,
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
     AWAITING_APPROVAL_TITLE,
     DEFAULT_FIELD_HINT,
+    FILE_REFUSED_TITLE,
     NO_EMAIL_FIELD_HINT,
     NO_EMAIL_HELP,
     NO_EMAIL_LABELS,
     NOT_ALLOWED,
     NOT_ALLOWED_TITLE,
+    NOT_PREVIEWED_TITLE,
+    READING_FILE_TITLE,
     RESET_SAVED_TITLE,
     SCOPE_HELP,
     SCOPE_LABELS,
@@ -41,14 +45,20 @@ from blocks.text import (
     STATUS_EMOJI,
     UNKNOWN_FORM,
     UNKNOWN_REQUEST,
+    USERS_FILE_HINT,
+    USERS_FILE_LABEL,
     awaiting_approval,
     escape,
+    file_refused,
+    file_summary,
     mode_label,
     no_email_preview,
+    not_previewed,
     one_line,
     plural,
     progress_bar,
     queue_unavailable,
+    reading_file,
     requester_mention,
     scheduled_line,
     scope_label,
@@ -58,6 +68,7 @@ from blocks.text import (
     status_label,
     thread_link,
     truncate,
+    unmatched_lines,
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
@@ -72,6 +83,8 @@ PASSWORD_MAX_LENGTH = 128
 MIN_QUERY_LENGTH = 3
 HOME_TASKS = 15
 MAX_OPTIONS = 100
+#: The file_input's accepted extensions (its content is checked again when read).
+USERS_FILE_TYPES = ["csv", "txt"]
 
 
 # ---- the reset modal ------------------------------------------------------------------------
@@ -117,6 +130,15 @@ def reset_modal(channel: str | None = None) -> View:
                 "element": {"type": "multi_external_select", "action_id": USERS,
                             "placeholder": plain("Type at least 3 letters", 150),
                             "min_query_length": MIN_QUERY_LENGTH},
+            },
+            {
+                "type": "input",
+                "block_id": USERS_FILE,
+                "optional": True,
+                "label": plain(USERS_FILE_LABEL),
+                "hint": plain(USERS_FILE_HINT),
+                "element": {"type": "file_input", "action_id": USERS_FILE,
+                            "filetypes": USERS_FILE_TYPES, "max_files": 1},
             },
             {
                 "type": "input",
@@ -186,10 +208,12 @@ def preview_modal(
     require_change: bool,
     no_email: NoEmailChoice = NoEmailChoice.RESET,
     start_at: datetime | None = None,
+    file_report: dict[str, Any] | None = None,
 ) -> View:
     """What a confirm would do; private_metadata holds only the opaque id of the waiting request.
 
-    `start_at`: a scheduled reset's start, said above everything else.
+    `start_at`: a scheduled reset's start, said above everything else. `file_report`: what a
+    file of users matched (core.userio.FileMatch.report), with its first unmatched lines.
     """
     emailed = preview.emailable if mode is Mode.GENERATED else 0
     if mode is Mode.GENERATED:
@@ -210,6 +234,10 @@ def preview_modal(
                 "will be reset."),
         {"type": "section", "fields": fields},
     ]
+    if file_report is not None:
+        blocks.append(section(file_summary(file_report)))
+        if file_report["unmatched"]:
+            blocks.append(section(unmatched_lines(file_report)))
     if preview.staff:
         blocks.append(section(f":warning: {plural(preview.staff, 'staff account')} "
                               "included."))
@@ -243,6 +271,20 @@ def notice_modal(title: str, text: str) -> View:
         "close": plain("Close", 24),
         "blocks": [section(text)],
     }
+
+
+def reading_file_modal(name: str) -> View:
+    """What the form turns into while a file is read and matched (the preview follows)."""
+    return notice_modal(READING_FILE_TITLE, reading_file(name))
+
+
+def file_refused_modal(reason: str) -> View:
+    return notice_modal(FILE_REFUSED_TITLE, file_refused(reason))
+
+
+def not_previewed_modal(problems: dict[str, list[str]]) -> View:
+    """A request from a file with problems found after the form was answered: said at once."""
+    return notice_modal(NOT_PREVIEWED_TITLE, not_previewed(problems))
 
 
 def not_allowed_modal() -> View:
