@@ -77,7 +77,7 @@ def register_fallback(app: App) -> None:
 
 
 def submit_form(ack: Ack, body: dict[str, Any], view: dict[str, Any],
-                context: BoltContext, client: WebClient) -> None:
+                context: BoltContext) -> None:
     deps = deps_of(context)
     user = admitted_user(body)
     try:
@@ -89,7 +89,8 @@ def submit_form(ack: Ack, body: dict[str, Any], view: dict[str, Any],
     channel = channel_from_metadata(view.get("private_metadata"))
     if form.file is not None:
         view_id = view_id_of(view)
-        if view_id is None:
+        client = context.client
+        if view_id is None or client is None:
             ack(response_action="errors", errors={USERS_FILE: FILE_UNREADABLE_SHAPE})
             return
         ack(response_action="update", view=reading_file_modal(form.file.name))
