@@ -680,8 +680,9 @@ def match_entries(directory: Directory, entries: Sequence[ListedEntry]) -> FileM
         first_of[key] = entry.line
         unique.append(entry)
     names = match_usernames(directory, [e.value for e in unique if e.kind == "name"])
+    unknown = set(names.unknown)
     addresses = [e.value for e in unique
-                 if e.kind == "email" or (e.value in names.unknown and "@" in e.value)]
+                 if e.kind == "email" or ("@" in e.value and e.value in unknown)]
     by_address: dict[str, list[tuple[str, int]]] = {}
     for batch in _batches_of(addresses, LOOKUP_BATCH):
         for lowered, pairs in directory.emails_ignoring_case(batch).items():
