@@ -526,8 +526,9 @@ def file_summary(report: dict[str, Any]) -> str:
     return ", ".join(parts) + "."
 
 
-def unmatched_lines(report: dict[str, Any]) -> str:
-    """The first unmatched lines, with line numbers; the full list stays with the request."""
+def unmatched_lines(report: dict[str, Any]) -> list[str]:
+    """The first unmatched lines, with line numbers, under a heading (then how many more): one
+    string each, for the view to pack into sections. The full list stays with the request."""
     unmatched = report["unmatched"]
     lines = []
     for item in unmatched[:SHOWN_UNMATCHED]:
@@ -539,6 +540,5 @@ def unmatched_lines(report: dict[str, Any]) -> str:
         else:
             lines.append(f"line {item['line']:,}: `{value}`: not in the directory")
     more = len(unmatched) - len(lines)
-    tail = f"\n… and {more:,} more." if more else ""
-    return ("*Lines that name nobody, or several users (not used):*\n" + "\n".join(lines)
-            + tail)
+    return (["*Lines that name nobody, or several users (not used):*", *lines]
+            + ([f"… and {more:,} more."] if more else []))

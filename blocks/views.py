@@ -83,6 +83,8 @@ PASSWORD_MAX_LENGTH = 128
 MIN_QUERY_LENGTH = 3
 HOME_TASKS = 15
 MAX_OPTIONS = 100
+#: Slack's limit for a section's text.
+SECTION_TEXT_LIMIT = 3000
 #: The file_input's accepted extensions (its content is checked again when read).
 USERS_FILE_TYPES = ["csv", "txt"]
 
@@ -237,7 +239,7 @@ def preview_modal(
     if file_report is not None:
         blocks.append(section(file_summary(file_report)))
         if file_report["unmatched"]:
-            blocks.append(section(unmatched_lines(file_report)))
+            blocks += [section(text) for text in packed(unmatched_lines(file_report))]
     if preview.staff:
         blocks.append(section(f":warning: {plural(preview.staff, 'staff account')} "
                               "included."))
@@ -260,6 +262,18 @@ def preview_modal(
         "close": plain("Cancel", 24),
         "blocks": blocks,
     }
+
+
+def packed(lines: Sequence[str], limit: int = SECTION_TEXT_LIMIT) -> list[str]:
+    """Lines joined into as few texts as fit a section each (a long line is cut)."""
+    texts: list[str] = []
+    for line in lines:
+        line = truncate(line, limit)
+        if texts and len(texts[-1]) + 1 + len(line) <= limit:
+            texts[-1] += "\n" + line
+        else:
+            texts.append(line)
+    return texts
 
 
 def notice_modal(title: str, text: str) -> View:

@@ -465,3 +465,33 @@ def test_everyone_except_a_file_of_users(file_app: RunningApp) -> None:
         assert pending is not None and sorted(pending.selection) == [100, 101]
     total = LISTED - 100 + 4
     assert f"*Users to reset*\n{total - 2:,}" in view_text(preview)
+
+
+@sqlite_only
+def test_long_hostile_unmatched_lines_still_fit_the_preview(file_app: RunningApp) -> None:
+    lines = ["u00100"] + [f"{'&<' * 150}{number}" for number in range(25)]
+    file_id = file_app.standin.share_file("\n".join(lines).encode())
+    preview = after_ack(file_app, submit_file(file_app, file_id, password=GOOD_PASSWORD))
+    # The stand-in checks Block Kit's limits: the preview was accepted as it is.
+    assert preview["callback_id"] == "bulk_reset_confirm"
+    shown = view_text(preview)
+    assert "&lt;" in shown and "<&" not in shown
+    assert "… and 5 more." in shown
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://files.slack.com/files-pri/T1-F1/download/a.csv", True),
+    ("https://slack.com/files-pri/T1-F1/download/a.csv", True),
+    ("http://files.slack.com/files-pri/T1-F1/download/a.csv", False),
+    ("https://files.slack.com:8443/files-pri/T1-F1/download/a.csv", False),
+    ("https://files.slack.com.example.org/files-pri/a.csv", False),
+    ("https://user@files.slack.com/files-pri/a.csv", False),
+    ("https://example.org/files-pri/T1-F1/download/a.csv", False),
+    ("file:///etc/passwd", False),
+])
+def test_only_the_clients_own_slack_host_is_trusted_with_the_token(
+    url: str, allowed: bool
+) -> None:
+    from bot.slack_files import on_slack_host
+
+    assert on_slack_host(url, "https://slack.com/api/") is allowed
