@@ -190,9 +190,11 @@ def _columns(line: int, fields: list[str]) -> tuple[str, ...]:
     ))])
 
 
-def _records(text: str, problems: list[RowProblem]) -> Iterator[tuple[int, list[str]]]:
+def _records(
+    text: str, problems: list[RowProblem], delimiter: str = ","
+) -> Iterator[tuple[int, list[str]]]:
     """(first physical line, fields) per record; a broken quote ends the file with a problem."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
     line = 1
     while True:
         try:
@@ -601,11 +603,14 @@ def entries_from_file(data: bytes) -> list[ListedEntry]:
     text = decode_listed(data)
     lines = [line.removesuffix("\r") for line in text.split("\n")]
     first = next((number for number, line in enumerate(lines, 1) if line.strip()), None)
-    header = [] if first is None else next(csv.reader([lines[first - 1]]), [])
+    first_line = "" if first is None else lines[first - 1]
+    # Excel's "Unicode text" separates its columns with tabs.
+    delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
+    header = next(csv.reader([first_line], delimiter=delimiter), [])
     columns = [cell.strip().lower() for cell in header]
     problems: list[RowProblem] = []
     if any(name in columns for name in LISTED_COLUMNS):
-        entries = _csv_entries(text, columns, problems)
+        entries = _csv_entries(text, columns, problems, delimiter)
     else:
         entries = []
         for number, content in enumerate(lines, 1):
@@ -630,10 +635,10 @@ def entries_from_file(data: bytes) -> list[ListedEntry]:
 
 
 def _csv_entries(
-    text: str, columns: list[str], problems: list[RowProblem]
+    text: str, columns: list[str], problems: list[RowProblem], delimiter: str
 ) -> list[ListedEntry]:
     try:
-        records = list(_records(text, problems))
+        records = list(_records(text, problems, delimiter))
     except ImportRefused as refused:
         problems[:] = refused.problems
         return []
@@ -657,7 +662,7 @@ def _take_entry(
     line: int, raw: str, kind: str, entries: list[ListedEntry], problems: list[RowProblem]
 ) -> None:
     value = raw.strip()
-    if has_unsafe(raw):
+    if has_unsafe(value):
         problems.append(RowProblem(line, "a control character (tab, line break...)"))
     elif _SPACE.search(value) or "," in value or ";" in value:
         problems.append(RowProblem(line, f"{_shown(value)} is more than one entry"))

@@ -346,6 +346,17 @@ def test_a_csv_with_its_columns_in_another_order_and_excel_utf16(file_app: Runni
 
 
 @sqlite_only
+def test_excel_unicode_text_with_tabs(file_app: RunningApp) -> None:
+    tsv = "Email\tName\tCardNumber\r\nu00104@example.org\tDee\t\r\n\tEd\tu00105\r\n"
+    file_id = file_app.standin.share_file(b"\xff\xfe" + tsv.encode("utf-16-le"), "list.txt",
+                                          filetype="text")
+    preview = after_ack(file_app, submit_file(file_app, file_id, password=GOOD_PASSWORD))
+    with file_app.sessions() as session:
+        pending = session.get(PendingRequest, preview["private_metadata"])
+        assert pending is not None and sorted(pending.selection) == [104, 105]
+
+
+@sqlite_only
 def test_utf8_with_bom_is_read(file_app: RunningApp) -> None:
     file_id = file_app.standin.share_file("\ufeffusername\nu00100\nu00103\n".encode())
     preview = after_ack(file_app, submit_file(file_app, file_id, password=GOOD_PASSWORD))
