@@ -448,7 +448,17 @@ class Directory:
     def scope_batch(
         self, scope: Scope, selection: Sequence[int], after_id: int, limit: int
     ) -> list[DirectoryUser]:
-        """The next `limit` users of the scope with id > after_id, in id order (keyset paging)."""
+        """The next `limit` users of the scope with id > after_id, in id order (keyset paging).
+
+        Fewer than `limit` only when the scope has no more. A selection (up to 100,000 ids from
+        a file) is cut to the ids past the cursor, so that no page names them all again.
+        """
+        if scope.needs_selection and selection:
+            ahead = sorted({user_id for user_id in selection if user_id > after_id})
+            if scope is Scope.SELECTED_ONLY:
+                return self._selected_batch(ahead, limit)
+            # Everyone except: ids at or before the cursor are behind it anyway.
+            selection = ahead or [after_id]
         query = (
             self._select_users()
             .where(self.scope_condition(scope, selection), self._id > after_id)
@@ -456,6 +466,19 @@ class Directory:
             .limit(limit)
         )
         return self._users(query)
+
+    def _selected_batch(self, ahead: Sequence[int], limit: int) -> list[DirectoryUser]:
+        """The first `limit` users among these ascending ids, read `limit` ids at a time (ids
+        no longer in the directory are passed over)."""
+        users: list[DirectoryUser] = []
+        for start in range(0, len(ahead), limit):
+            chunk = ahead[start : start + limit]
+            users += self._users(
+                self._select_users().where(self._id_in(chunk)).order_by(self._id)
+            )
+            if len(users) >= limit:
+                break
+        return users[:limit]
 
     def usernames_in_password(
         self, password: str, scope: Scope, selection: Sequence[int]
