@@ -24,6 +24,8 @@ REQUIRE_CHANGE_YES = "yes"
 NO_EMAIL = "no_email"
 #: The password staff type for users without an address (choice `set`).
 NO_EMAIL_PASSWORD = "no_email_password"  # noqa: S105 - a block id, not a password
+#: A file of users (file_input: CSV or text), instead of picking them.
+USERS_FILE = "users_file"
 #: When the reset starts (a datetimepicker; empty: now).
 START_AT = "start_at"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from core.controls import blank_unsafe
 from core.directory import DirectoryUser
@@ -526,3 +527,90 @@ def list_comment(users: int) -> str:
 
 def list_sent(users: int) -> str:
     return f"The list of the {plural(users, 'user')} is in your direct messages with me."
+
+
+# ---- users from a file (the form's file_input) ---------------------------------------------------
+
+USERS_FILE_LABEL = "Or: a file of users"
+USERS_FILE_HINT = (
+    "For “Only the users picked” and “Everyone except”. CSV or plain text, up to 10 MB: one "
+    "username, card number or e-mail address per line, or a CSV with a username, cardnumber or "
+    "email column."
+)
+FILE_NEEDS_SELECTED_SCOPE = (
+    "A file names users for “Only the users picked” or “Everyone except”: choose one of those, "
+    "or remove the file."
+)
+FILE_OR_PICKED = "Pick users or give a file, not both: remove one of them."
+FILE_UNREADABLE_SHAPE = "The file could not be read from Slack; attach it again."
+FILE_UNREADABLE = (
+    "Slack did not hand over the file ({reason}); attach it again (nothing was changed)."
+)
+FILE_NOT_FROM_SLACK = (
+    "The file is not on this Slack workspace's own host, so resetbot did not fetch it "
+    "(nothing was changed)."
+)
+READING_FILE_TITLE = "Reading the file"
+FILE_REFUSED_TITLE = "File not used"
+NOT_PREVIEWED_TITLE = "Nothing to confirm"
+#: Unmatched lines shown in the preview; all of them are kept with the request.
+SHOWN_UNMATCHED = 20
+
+
+def file_too_large(size: int, limit: int, *, at_least: bool = False) -> str:
+    more = "more than " if at_least else ""
+    return (f"The file is {more}{size / 1_048_576:.1f} MB; at most {limit // 1_048_576} MB fit. "
+            "Split it, or use a broader scope (nothing was changed).")
+
+
+def file_matches_nobody(entries: int) -> str:
+    return (f"None of the file's {plural(entries, 'entry', 'entries')} is a user in the "
+            "directory (nothing was changed).")
+
+
+def reading_file(name: str) -> str:
+    return (f"Reading *{escape(one_line(name))}* and matching it against the directory… "
+            "The preview appears here in a moment.")
+
+
+def file_refused(reason: str) -> str:
+    return f"{escape(reason)}\nClose this and start again with another file."
+
+
+def not_previewed(problems: dict[str, list[str]]) -> str:
+    lines = [escape(reason) for reasons in problems.values() for reason in reasons]
+    return ("The request was not previewed (nothing was changed):\n• " + "\n• ".join(lines)
+            + "\nClose this and start again.")
+
+
+def file_summary(report: dict[str, Any]) -> str:
+    """The preview's line about a file: what it named, what matched, what did not."""
+    unmatched = report["unmatched"]
+    ambiguous = sum(1 for item in unmatched if item["could_be"])
+    parts = [f"*From the file:* {plural(report['entries'], 'entry', 'entries')}, "
+             f"{plural(report['users'], 'user')} matched"]
+    if len(unmatched) - ambiguous:
+        parts.append(f"{len(unmatched) - ambiguous:,} not found")
+    if ambiguous:
+        parts.append(f"{ambiguous:,} matching several users")
+    if report["repeated"]:
+        parts.append(f"{report['repeated']:,} repeated (counted once)")
+    return ", ".join(parts) + "."
+
+
+def unmatched_lines(report: dict[str, Any]) -> list[str]:
+    """The first unmatched lines, with line numbers, under a heading (then how many more): one
+    string each, for the view to pack into sections. The full list stays with the request."""
+    unmatched = report["unmatched"]
+    lines = []
+    for item in unmatched[:SHOWN_UNMATCHED]:
+        value = escape(truncate(one_line(item["value"]), 60))
+        if item["could_be"]:
+            could_be = ", ".join(escape(truncate(one_line(name), 40))
+                                 for name in item["could_be"][:3])
+            lines.append(f"line {item['line']:,}: `{value}`: several users ({could_be})")
+        else:
+            lines.append(f"line {item['line']:,}: `{value}`: not in the directory")
+    more = len(unmatched) - len(lines)
+    return (["*Lines that name nobody, or several users (not used):*", *lines]
+            + ([f"… and {more:,} more."] if more else []))

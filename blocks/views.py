@@ -25,6 +25,7 @@ from blocks.ids import (
     SEND_LIST_OF_PREVIEW,
     START_AT,
     USERS,
+    USERS_FILE,
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.messages import (
@@ -37,11 +38,14 @@ from blocks.messages import (
 from blocks.text import (
     AWAITING_APPROVAL_TITLE,
     DEFAULT_FIELD_HINT,
+    FILE_REFUSED_TITLE,
     NO_EMAIL_FIELD_HINT,
     NO_EMAIL_HELP,
     NO_EMAIL_LABELS,
     NOT_ALLOWED,
     NOT_ALLOWED_TITLE,
+    NOT_PREVIEWED_TITLE,
+    READING_FILE_TITLE,
     RESET_SAVED_TITLE,
     SCOPE_HELP,
     SCOPE_LABELS,
@@ -49,18 +53,24 @@ from blocks.text import (
     STATUS_EMOJI,
     UNKNOWN_FORM,
     UNKNOWN_REQUEST,
+    USERS_FILE_HINT,
+    USERS_FILE_LABEL,
     awaiting_approval,
     done_words,
     ended_words,
     escape,
+    file_refused,
+    file_summary,
     mode_label,
     never_started_words,
     no_email_preview,
+    not_previewed,
     one_line,
     plural,
     preview_words,
     progress_bar,
     queue_unavailable,
+    reading_file,
     requester_mention,
     scheduled_line,
     scope_summary,
@@ -69,6 +79,7 @@ from blocks.text import (
     status_label,
     thread_link,
     truncate,
+    unmatched_lines,
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
@@ -86,6 +97,10 @@ HOME_TASKS = 15
 #: Requests awaiting approval App Home lists with their buttons (a view holds 100 blocks).
 HOME_APPROVALS = 20
 MAX_OPTIONS = 100
+#: Slack's limit for a section's text.
+SECTION_TEXT_LIMIT = 3000
+#: The file_input's accepted extensions (its content is checked again when read).
+USERS_FILE_TYPES = ["csv", "txt"]
 
 
 # ---- the reset modal ------------------------------------------------------------------------
@@ -131,6 +146,15 @@ def reset_modal(channel: str | None = None) -> View:
                 "element": {"type": "multi_external_select", "action_id": USERS,
                             "placeholder": plain("Type at least 3 letters", 150),
                             "min_query_length": MIN_QUERY_LENGTH},
+            },
+            {
+                "type": "input",
+                "block_id": USERS_FILE,
+                "optional": True,
+                "label": plain(USERS_FILE_LABEL),
+                "hint": plain(USERS_FILE_HINT),
+                "element": {"type": "file_input", "action_id": USERS_FILE,
+                            "filetypes": USERS_FILE_TYPES, "max_files": 1},
             },
             {
                 "type": "input",
@@ -200,10 +224,12 @@ def preview_modal(
     require_change: bool,
     no_email: NoEmailChoice = NoEmailChoice.RESET,
     start_at: datetime | None = None,
+    file_report: dict[str, Any] | None = None,
 ) -> View:
     """What a confirm would do; private_metadata holds only the opaque id of the waiting request.
 
-    `start_at`: a scheduled reset's start, said above everything else.
+    `start_at`: a scheduled reset's start, said above everything else. `file_report`: what a
+    file of users matched (core.userio.FileMatch.report), with its first unmatched lines.
     """
     tally = preview_tally(preview, mode, no_email)
     emailed = tally.mailed
@@ -224,6 +250,10 @@ def preview_modal(
         section(f"*{scope_summary(scope, selected)}*: {preview_words(tally)}"),
         {"type": "section", "fields": fields},
     ]
+    if file_report is not None:
+        blocks.append(section(file_summary(file_report)))
+        if file_report["unmatched"]:
+            blocks += [section(text) for text in packed(unmatched_lines(file_report))]
     if preview.staff:
         blocks.append(section(f":warning: {plural(preview.staff, 'staff account')} "
                               "included."))
@@ -255,6 +285,18 @@ def preview_modal(
     }
 
 
+def packed(lines: Sequence[str], limit: int = SECTION_TEXT_LIMIT) -> list[str]:
+    """Lines joined into as few texts as fit a section each (a long line is cut)."""
+    texts: list[str] = []
+    for line in lines:
+        line = truncate(line, limit)
+        if texts and len(texts[-1]) + 1 + len(line) <= limit:
+            texts[-1] += "\n" + line
+        else:
+            texts.append(line)
+    return texts
+
+
 def notice_modal(title: str, text: str) -> View:
     """A modal that only says something (a refusal, an expired request): one button to close."""
     return {
@@ -269,6 +311,20 @@ def notice_modal(title: str, text: str) -> View:
 def decision_notice(answer: str) -> View:
     """What a button on App Home did (there is no channel to say it in)."""
     return notice_modal("Password resets", answer)
+
+
+def reading_file_modal(name: str) -> View:
+    """What the form turns into while a file is read and matched (the preview follows)."""
+    return notice_modal(READING_FILE_TITLE, reading_file(name))
+
+
+def file_refused_modal(reason: str) -> View:
+    return notice_modal(FILE_REFUSED_TITLE, file_refused(reason))
+
+
+def not_previewed_modal(problems: dict[str, list[str]]) -> View:
+    """A request from a file with problems found after the form was answered: said at once."""
+    return notice_modal(NOT_PREVIEWED_TITLE, not_previewed(problems))
 
 
 def not_allowed_modal() -> View:

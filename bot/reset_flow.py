@@ -172,26 +172,15 @@ def resolve_usernames(
     directory matches that way. Several matches are refused, naming them: the directory holds
     usernames that differ only in case, and only the exact spelling can say which one is meant.
     """
-    wanted = list(dict.fromkeys(usernames))
-    exact = {user.username: user.id for user in directory.by_username(wanted)}
-    others = [name for name in wanted if name not in exact]
-    folded = directory.usernames_ignoring_case(others)
-    ids = set(exact.values())
-    notes: list[str] = []
-    unknown: list[str] = []
-    clashes: list[str] = []
-    for name in others:
-        matches = folded.get(name.lower(), [])
-        if len(matches) == 1:
-            found, user_id = matches[0]
-            ids.add(user_id)
-            notes.append(f"Note: {shown(name)} is {shown(found)} in the directory "
-                         "(matched ignoring case).")
-        elif matches:
-            spelled = ", ".join(shown(found) for found, _ in sorted(matches))
-            clashes.append(f"{shown(name)} (could be {spelled})")
-        else:
-            unknown.append(shown(name))
+    from core.userio import match_usernames
+
+    match = match_usernames(directory, usernames)
+    ids = set(match.ids.values())
+    notes = [f"Note: {shown(name)} is {shown(found)} in the directory "
+             "(matched ignoring case)." for name, found in match.case_notes.items()]
+    unknown = [shown(name) for name in match.unknown]
+    clashes = [f"{shown(name)} (could be {', '.join(shown(found) for found in spelled)})"
+               for name, spelled in match.ambiguous.items()]
     if clashes:
         raise Refused(
             "these names match several usernames that differ only in case; type them exactly "
