@@ -25,6 +25,7 @@ from core.directory import Directory
 from core.schema import create_schema
 from core.settings import Settings
 from tests.support.databases import mariadb_database, postgres_database
+from tests.support.services import REDIS_URL
 from tests.support.slack_standin import slack_standin as slack_standin
 
 # CI (`.ci/run` sets HYPOTHESIS_PROFILE=ci) tries the same examples on every run, so a red build
@@ -33,7 +34,8 @@ from tests.support.slack_standin import slack_standin as slack_standin
 hypothesis_settings.register_profile("ci", derandomize=True, database=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# Where Redis (REDIS_URL: a logical database of each xdist worker's own), PostgreSQL and MariaDB
+# are comes from the environment: tests/support/services.py.
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from core.db import make_engine
 from tests.support.databases import MARIADB_ADMIN_URL, mariadb_database, postgres_database
 from tests.support.koha import BORROWERS, create_borrowers, dump, koha_accepts, schema_objects
+from tests.support.services import REDIS_URL
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SCRIPT = Path(sys.executable).parent / "resetbot"
@@ -161,8 +162,9 @@ class Names:
                     .replace("choose-a-long-password", self.password)
                     .replace("/koha", f"/{self.koha.database}"))
         if name == "DATABASE_URL":
-            return value.replace("resetbot@127.0.0.1/resetbot",
-                                 f"postgres@127.0.0.1:5432/{self.state.database}")
+            # The test PostgreSQL's user, host and port (RESETBOT_TEST_POSTGRES_URL).
+            state = self.state.render_as_string(hide_password=False).partition("://")[2]
+            return value.replace("resetbot@127.0.0.1/resetbot", state)
         return value
 
 
@@ -211,7 +213,7 @@ def test_using_resetbot_with_koha_as_written(
         names = Names(koha.url.render_as_string(hide_password=False), state_url)
         _grant(names)
         try:
-            env = {**_settings(names), "REDIS_URL": "redis://127.0.0.1:6379/0",
+            env = {**_settings(names), "REDIS_URL": REDIS_URL,
                    "RESET_QUEUE": queue_name}
             rows, schema = dump(koha), schema_objects(koha)
             (tmp_path / "first-password.txt").write_text(FIRST_PASSWORD + "\n")
