@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import settings_help
+
 REPO = Path(__file__).resolve().parents[1]
 UNITS = REPO / "deploy" / "systemd"
 APP, WORKER = "resetbot.service", "resetbot-worker@.service"
@@ -110,3 +112,11 @@ def test_each_unit_runs_its_command_with_the_settings_file(unit: str, command: s
         assert found[key] == [value], key
     assert "@system-service" in found["SystemCallFilter"]
     assert set(found["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+
+
+def test_the_example_settings_file_names_only_settings_and_a_shared_redis() -> None:
+    names = [line.partition("=")[0]
+             for line in (UNITS / "resetbot.env.example").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert set(names) <= {name for name, _, _ in settings_help()}
+    assert "REDIS_URL" in names  # each unit's private /tmp: no shared embedded Redis
