@@ -473,7 +473,10 @@ def _since(value: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a date (YYYY-MM-DD) or ISO time"
         ) from None
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:  # 9999-12-31T23:59-14:00 is in the year 10000 in UTC
+        raise argparse.ArgumentTypeError(f"{value!r} is past the year 9999 in UTC") from None
 
 
 def _start_time(value: str) -> datetime:
