@@ -232,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = _command(commands, "serve", "run the Slack app (HTTP, or Socket Mode)")
     serve.add_argument("--port", type=_port, default=3000, help="HTTP port (default 3000)")
-    serve.add_argument("--host", default="0.0.0.0",  # noqa: S104 - Slack must reach it
-                       help="address to listen on (default 0.0.0.0: every interface)")
+    # bot.server.LOOPBACK, not imported here: the command line starts without waitress.
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this host only, behind "
+                            "the HTTPS reverse proxy; 0.0.0.0: every interface)")
     serve.add_argument("--with-worker", action="store_true",
                        help="also run a worker (everything on one host)")
     serve.set_defaults(handler=cmd_serve)

@@ -53,6 +53,9 @@ CONNECTION_LIMIT = 1000
 #: File descriptors kept for everything else (database, Redis, logs, the worker's pipes).
 FILES_RESERVED = 100
 WORKER_STOP_SECONDS = 30.0
+#: Where `serve` listens unless told (--host): Slack reaches it through the HTTPS reverse proxy
+#: on this host, and `/healthz` (database, Redis, directory state) is not for every interface.
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -156,7 +159,7 @@ def serve(
     settings: Settings,
     *,
     port: int,
-    host: str = "0.0.0.0",  # noqa: S104 - Slack must reach it; the signature guards it
+    host: str = LOOPBACK,
     with_worker: bool = False,
 ) -> None:
     """Run the Slack app until interrupted; with_worker also runs a reset worker process."""
