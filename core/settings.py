@@ -225,6 +225,28 @@ def _smtp_port_for(values: Mapping[str, object]) -> int:
     return _SMTP_PORTS[str(values["smtp_security"])]
 
 
+def _smtp_security_for(values: Mapping[str, object]) -> SmtpSecurity:
+    """Unset: STARTTLS (required, certificate verified) towards any server but this host's."""
+    return "none" if is_loopback(str(values["smtp_host"])) else "starttls"
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` (and `*.localhost`, RFC 6761) or a loopback address: traffic that never
+    leaves this host. Names are not resolved: a name that happens to point here still counts
+    as elsewhere, which errs on the safe side."""
+    import ipaddress
+
+    name = host.strip().rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 def _admins(name: str, raw: str) -> frozenset[str]:
     return frozenset(comma_list(name, raw, "Slack user ids, comma-separated"))
 
@@ -468,6 +490,15 @@ class Settings:
     )
     reset_queue: str = setting("RESET_QUEUE", "resetbot", "RQ queue name", parse=text)
     smtp_host: str = setting("SMTP_HOST", "localhost", "mail server", parse=text)
+    # Before SMTP_PORT: the port's default follows it.
+    smtp_security: SmtpSecurity = setting(  # noqa: RUF009 (a str, immutable)
+        "SMTP_SECURITY", "none",
+        "`starttls` (required, the server's certificate verified), `ssl` or `none`. Unset: "
+        "`starttls`, or `none` when `SMTP_HOST` is this host (`localhost`, 127.0.0.1, ::1). "
+        "`none` towards another host is refused without `SMTP_ALLOW_PLAINTEXT=true`",
+        parse=_smtp_security, default_for=_smtp_security_for,
+        shown="`starttls`; `none` when `SMTP_HOST` is a loopback address",
+    )
     smtp_port: int = setting(
         "SMTP_PORT", _SMTP_PORTS["none"], "mail server port",
         parse=integer(1, 65535), default_for=_smtp_port_for,
@@ -480,15 +511,18 @@ class Settings:
         "SMTP_PASSWORD", None, "SMTP login password, if the server needs one",
         parse=text, secret=True,
     )
+    smtp_allow_plaintext: bool = setting(
+        "SMTP_ALLOW_PLAINTEXT", False,
+        "`true`: allow `SMTP_SECURITY=none` towards a mail server on another host, on purpose. "
+        "Otherwise that is refused: every password mail would cross the network in clear",
+        parse=boolean,
+    )
     smtp_allow_plaintext_auth: bool = setting(
         "SMTP_ALLOW_PLAINTEXT_AUTH", False,
         "`true`: allow `SMTP_USERNAME` with `SMTP_SECURITY=none`, for a relay on this host "
         "on purpose. Otherwise that is refused: the login and every password mail would cross "
         "the network in clear",
         parse=boolean,
-    )
-    smtp_security: SmtpSecurity = setting(  # noqa: RUF009 (a str, immutable)
-        "SMTP_SECURITY", "none", "`starttls`, `ssl` or `none`", parse=_smtp_security,
     )
     smtp_timeout: float = setting(
         "SMTP_TIMEOUT", 30.0, "seconds per SMTP operation", parse=seconds(3600),
@@ -699,6 +733,7 @@ class Settings:
         settings = _build(cls, env)
         _check_generated_length(settings.policy)
         _check_smtp_login(settings)
+        _check_smtp_plaintext(settings)
         _check_hashing_cost(settings)
         return settings
 
@@ -838,6 +873,18 @@ def _check_smtp_login(settings: Settings) -> None:
             "SMTP_USERNAME is set with SMTP_SECURITY=none: the login and every password mail "
             "would cross the network in clear (expected SMTP_SECURITY=starttls or ssl, or "
             "SMTP_ALLOW_PLAINTEXT_AUTH=true for a relay on this host)"
+        )
+
+
+def _check_smtp_plaintext(settings: Settings) -> None:
+    if settings.smtp_security == "none" and not is_loopback(settings.smtp_host) and not (
+        settings.smtp_allow_plaintext
+    ):
+        raise ConfigError(
+            f"SMTP_SECURITY=none with SMTP_HOST={settings.smtp_host}, which is not a loopback "
+            "address: every password mail would cross the network in clear (expected "
+            "SMTP_SECURITY=starttls or ssl, or SMTP_ALLOW_PLAINTEXT=true to send in clear on "
+            "purpose)"
         )
 
 

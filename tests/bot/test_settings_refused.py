@@ -116,6 +116,10 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
      "SMTP_USERNAME is set with SMTP_SECURITY=none: the login and every password mail would "
      "cross the network in clear (expected SMTP_SECURITY=starttls or ssl, or "
      "SMTP_ALLOW_PLAINTEXT_AUTH=true for a relay on this host)"),
+    ({"SMTP_HOST": "mail.library.example", "SMTP_SECURITY": "none"},
+     "SMTP_SECURITY=none with SMTP_HOST=mail.library.example, which is not a loopback "
+     "address: every password mail would cross the network in clear (expected "
+     "SMTP_SECURITY=starttls or ssl, or SMTP_ALLOW_PLAINTEXT=true to send in clear on purpose)"),
     ({"REDIS_URL": "http://:hunter2@127.0.0.1:6379"},
      "REDIS_URL: http://... is not a Redis URL (expected redis://HOST:6379/0, "
      "rediss://HOST:6380/0 or unix:///PATH/redis.sock)"),
@@ -217,6 +221,31 @@ def test_a_relay_on_this_host_may_take_a_login_without_tls_when_said_so() -> Non
     tls = Settings.from_env({"SMTP_USERNAME": "relay", "SMTP_SECURITY": "starttls"},
                             env_file=None)
     assert tls.smtp_port == 587
+
+
+@pytest.mark.parametrize("host", ["mail.library.example", "192.0.2.25", "[2001:db8::25]",
+                                  "localhost.library.example"])
+def test_a_mail_server_elsewhere_gets_starttls_with_a_verified_certificate_by_default(
+    host: str,
+) -> None:
+    settings = Settings.from_env({"SMTP_HOST": host}, env_file=None)
+    assert (settings.smtp_security, settings.smtp_port) == ("starttls", 587)
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST.", "127.0.0.1", "127.5.6.7", "::1",
+                                  "[::1]", "::ffff:127.0.0.1"])
+def test_a_mail_server_on_this_host_keeps_plain_smtp_by_default(host: str) -> None:
+    settings = Settings.from_env({"SMTP_HOST": host}, env_file=None)
+    assert (settings.smtp_security, settings.smtp_port) == ("none", 25)
+
+
+def test_plain_smtp_to_a_server_elsewhere_only_when_said_so() -> None:
+    settings = Settings.from_env(
+        {"SMTP_HOST": "192.0.2.25", "SMTP_SECURITY": "none", "SMTP_ALLOW_PLAINTEXT": "true"},
+        env_file=None,
+    )
+    assert (settings.smtp_security, settings.smtp_port) == ("none", 25)
+    assert Settings.from_env(settings.to_env(), env_file=None) == settings
 
 
 @pytest.mark.parametrize("value", [
