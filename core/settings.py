@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import string
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from copy import copy
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
@@ -371,9 +372,38 @@ def is_usable_secret_key(key: str) -> bool:
     return decoded is not None and len(decoded) >= 32 and len(set(decoded)) >= 16
 
 
+#: The least a new key must carry by `key_strength_bits` (random 32-byte keys: 165 or more).
+MIN_KEY_BITS = 128
+
+
+def key_strength_bits(key: str) -> float:
+    """A simple estimate of the randomness in `key`'s text, in bits.
+
+    Each character is worth the key's own Shannon entropy per character (from how often each
+    symbol occurs in it), and counts only where it ends a pair of characters not seen earlier
+    in the key (the first character always counts): a pattern repeated counts once, and a key
+    of few symbols is worth little. Random keys score far above MIN_KEY_BITS (`token_hex(32)`:
+    165 at the lowest of 20,000, about 218 on average; `token_urlsafe(32)`, base64 and Fernet
+    keys: 179 at the lowest); `Library2026` four times scores 37.
+    """
+    if not key:
+        return 0.0
+    length = len(key)
+    per_character = -sum(
+        count / length * math.log2(count / length) for count in Counter(key).values()
+    )
+    new_pairs = {key[i : i + 2] for i in range(length - 1)}
+    return per_character * (len(new_pairs) + 1)
+
+
 def _secret_key(name: str, raw: str) -> str:
     if not is_usable_secret_key(raw):  # never shown: it is a secret
         raise ConfigError(f"{name}: not a usable key ({SECRET_KEY_EXPECTED})")
+    if key_strength_bits(raw) < MIN_KEY_BITS:
+        raise ConfigError(
+            f"{name}: too predictable for a key: repeated or patterned text (fewer than "
+            f"{MIN_KEY_BITS} bits by resetbot's estimate) ({SECRET_KEY_EXPECTED})"
+        )
     return raw
 
 
@@ -604,7 +634,8 @@ class Settings:
         "seals a default password while it waits in the database. Unset: on a single host, a "
         "key is created in `.resetbot/secret.key`. **Set it on every host when there are "
         "several**. A Fernet key, or 32 or more random bytes in base64 or hex "
-        "(`python3 -c 'import secrets; print(secrets.token_hex(32))'`)",
+        "(`python3 -c 'import secrets; print(secrets.token_hex(32))'`); repeated or patterned "
+        "text is refused (fewer than 128 bits by resetbot's estimate)",
         parse=_secret_key, secret=True,
     )
     reset_secret_key_old: tuple[str, ...] = setting(
@@ -785,7 +816,7 @@ def ensure_secret_key(settings: Settings, key_file: Path) -> Settings:
         key_file.write_text(secrets.token_urlsafe(32), encoding="utf-8")
         key_file.chmod(0o600)
     key = key_file.read_text(encoding="utf-8").strip()
-    if not is_usable_secret_key(key):
+    if not is_usable_secret_key(key) or key_strength_bits(key) < MIN_KEY_BITS:
         raise ConfigError(
             f"RESET_SECRET_KEY is unset and {key_file} does not hold a usable key: set "
             "RESET_SECRET_KEY, or delete the file to have a new one made"

@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from bot.cli import EXIT_CONFIG
 from core.errors import ConfigError
 from core.schemes import ACCEPTED, SAFE_MINIMUMS
 from core.sealing import seal, unseal
-from core.settings import Settings
+from core.settings import Settings, key_strength_bits
 
 SCRIPT = Path(sys.executable).parent / "resetbot"
 KEY = "4384154792593121a7a2067034090bd95ba9990bd9951c8b1bb60ac7332ddf88"
@@ -28,6 +29,10 @@ KEY_EXPECTED = (
     "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 )
 DASH = "\N{EN DASH}"
+KEY_PREDICTABLE = (
+    "too predictable for a key: repeated or patterned text (fewer than 128 bits by resetbot's "
+    f"estimate) ({KEY_EXPECTED})"
+)
 
 
 def resetbot(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -64,6 +69,10 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
     ({"RESET_SECRET_KEY": "00" * 32}, f"RESET_SECRET_KEY: not a usable key ({KEY_EXPECTED})"),
     ({"RESET_SECRET_KEY": secrets.token_hex(16)},
      f"RESET_SECRET_KEY: not a usable key ({KEY_EXPECTED})"),
+    # Patterns that pass as base64 or hex of 32 bytes with many distinct byte values.
+    ({"RESET_SECRET_KEY": "Library2026" * 4}, f"RESET_SECRET_KEY: {KEY_PREDICTABLE}"),
+    ({"RESET_SECRET_KEY": "Library2026" * 6}, f"RESET_SECRET_KEY: {KEY_PREDICTABLE}"),
+    ({"RESET_SECRET_KEY": KEY[:32] * 2}, f"RESET_SECRET_KEY: {KEY_PREDICTABLE}"),
     ({"RESET_SECRET_KEY": KEY, "RESET_SECRET_KEY_OLD": f"{OLD_KEY},old-password"},
      f"RESET_SECRET_KEY_OLD: key 2 is not a usable key ({KEY_EXPECTED})"),
     ({"PASSWORD_SCHEMES": "plaintext"},
@@ -254,6 +263,25 @@ def test_plain_smtp_to_a_server_elsewhere_only_when_said_so() -> None:
 ])
 def test_sender_addresses_are_accepted(value: str) -> None:
     assert Settings.from_env({"MAIL_FROM": value}, env_file=None).mail_from == value
+
+
+@pytest.mark.parametrize("make", [
+    lambda: secrets.token_hex(32), lambda: secrets.token_urlsafe(32),
+    lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+    lambda: Fernet.generate_key().decode(),
+], ids=["token_hex", "token_urlsafe", "base64", "fernet"])
+def test_random_keys_pass_the_entropy_estimate_every_time(make: Callable[[], str]) -> None:
+    for _ in range(2000):
+        key = make()
+        assert key_strength_bits(key) >= 128, key
+    for fixture_key in (KEY, OLD_KEY):
+        assert Settings.from_env({"RESET_SECRET_KEY": fixture_key}, env_file=None)
+
+
+def test_the_entropy_estimate_counts_a_repeated_pattern_once() -> None:
+    pattern = secrets.token_hex(16)  # 32 hex characters: at most 128 bits
+    assert key_strength_bits(pattern * 4) < key_strength_bits(pattern) + 4 * 8
+    assert key_strength_bits("Library2026" * 4) < 64
 
 
 # ---- key rotation -------------------------------------------------------------------------------
