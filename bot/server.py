@@ -58,8 +58,10 @@ CONNECTION_LIMIT = 1000
 #: File descriptors kept for everything else (database, Redis, logs, the worker's pipes).
 FILES_RESERVED = 100
 WORKER_STOP_SECONDS = 30.0
-#: Where prctl's parent-death signal is not available: how often the worker looks for serve.
+#: How often a worker started by serve checks that serve is still there.
 PARENT_CHECK_SECONDS = 1.0
+#: After its serve has gone, how long a worker may take to stop before it is told again.
+ORPHAN_STOP_SECONDS = 20.0
 #: Where `serve` listens unless told (--host): Slack reaches it through the HTTPS reverse proxy
 #: on this host, and `/healthz` (database, Redis, directory state) is not for every interface.
 LOOPBACK = "127.0.0.1"
@@ -285,28 +287,36 @@ def stop_with_parent(parent_pid: int) -> None:
     """SIGTERM this process when `parent_pid` (the `serve` that started it) ends, however it
     ends: a SIGKILLed serve runs no cleanup, and its worker must not go on alone.
 
-    Linux: the kernel's parent-death signal. Elsewhere: a thread that watches the parent id.
-    Either way the worker then stops as `stop_worker_process` would stop it.
+    Linux: the kernel's parent-death signal, at once. Everywhere: a thread that watches the
+    parent id, and sends SIGTERM again if the worker is still there after a while (RQ's warm
+    shutdown can miss a SIGTERM that lands at the wrong moment; the second one is its cold
+    shutdown). Either way the worker then stops as `stop_worker_process` would stop it.
     """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            log.warning("could not ask to be stopped with serve (prctl: %s); watching instead",
-                        os.strerror(ctypes.get_errno()))
-            _watch_parent(parent_pid)
-    else:
-        _watch_parent(parent_pid)
-    if os.getppid() != parent_pid:  # it ended before the signal was asked for
+    signalled = _parent_death_signal() and os.getppid() == parent_pid  # not gone already
+    threading.Thread(target=_watch_parent, args=(parent_pid, signalled),
+                     name="resetbot-parent-watch", daemon=True).start()
+
+
+def _parent_death_signal() -> bool:
+    """Ask Linux for SIGTERM when the parent ends (True when it will come)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("could not ask to be stopped with serve (prctl: %s); watching instead",
+                    os.strerror(ctypes.get_errno()))
+        return False
+    return True
+
+
+def _watch_parent(parent_pid: int, signalled: bool) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_SECONDS)
+    log.warning("serve (pid %s) has gone: stopping its worker", parent_pid)
+    if not signalled:
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _watch_parent(parent_pid: int) -> None:
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_CHECK_SECONDS)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="resetbot-parent-watch", daemon=True).start()
+    time.sleep(ORPHAN_STOP_SECONDS)  # still here: RQ's cold shutdown
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def stop_worker_process(process: BaseProcess) -> None:
