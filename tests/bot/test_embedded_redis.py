@@ -76,8 +76,9 @@ def test_the_embedded_server_runs_the_hosts_binary_when_there_is_one(
     settings: Settings, engine: object, tmp_path: Path, path: str
 ) -> None:
     worker = start(["worker"], {**worker_environment(settings), "PATH": path}, tmp_path)
-    worker.wait_for("Listening on")
+    worker.wait_for("Scheduler for")
     server = EmbeddedServer.of(tmp_path / ".resetbot")
+    assert server.scheduler_heartbeat_seen()  # settled: stopped now, it leaves nothing
     binary = psutil.Process(server.pid).exe()
     try:
         if path == WITH_HOST:
