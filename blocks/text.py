@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from core.controls import blank_unsafe
@@ -94,6 +94,28 @@ def no_email_preview(choice: NoEmailChoice, users: int) -> str:
         NoEmailChoice.SKIP: f"{users:,}: left alone, their password does not change",
         NoEmailChoice.SET: f"{users:,}: get the password you typed; you tell each of them",
     }[choice]
+
+#: Why an address in the directory is not used (core.addresses' reasons), as the preview says it.
+ADDRESS_PROBLEM_WORDS = {
+    "blank": "only spaces",
+    "no_at": "no @ (such as n/a or none)",
+    "spaces_or_controls": "spaces or control characters inside",
+    "not_ascii": "not plain ASCII",
+    "not_an_address": "not an address",
+}
+
+
+def unusable_addresses(unusable: Mapping[str, int]) -> str:
+    """The addresses that are there but cannot be mailed, and why; "" when there are none."""
+    counted = [(count, ADDRESS_PROBLEM_WORDS.get(reason, reason))
+               for reason, count in unusable.items() if count]
+    if not counted:
+        return ""
+    total = sum(count for count, _ in counted)
+    reasons = ", ".join(f"{count:,} {words}" for count, words in counted)
+    return (f"{plural(total, 'address', 'addresses')} cannot be used and count as no e-mail: "
+            f"{reasons}")
+
 
 DEFAULT_FIELD_HINT = (
     "Leave blank to e-mail each user a new random password. Fill in to set this password "

@@ -58,6 +58,7 @@ from blocks.text import (
     status_label,
     thread_link,
     truncate,
+    unusable_addresses,
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
@@ -210,6 +211,9 @@ def preview_modal(
                 "will be reset."),
         {"type": "section", "fields": fields},
     ]
+    unusable = unusable_addresses(preview.unusable) if mode is Mode.GENERATED else ""
+    if unusable:
+        blocks.append(context(unusable + "."))
     if preview.staff:
         blocks.append(section(f":warning: {plural(preview.staff, 'staff account')} "
                               "included."))

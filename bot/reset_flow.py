@@ -240,12 +240,16 @@ def validate_or_refuse(
 
 
 def describe_preview(request: ResetRequest, preview: Preview) -> str:
+    from blocks.text import unusable_addresses
+
+    unusable = ""
     if request.mode is Mode.DEFAULT:
         mode = "one default password for everyone; nobody is e-mailed"
         mailed = 0
     else:
         mode = "a new random password for each user, e-mailed"
         mailed = preview.emailable
+        unusable = unusable_addresses(preview.unusable)
     lines = [
         f"Scope: {request.scope.value}" + _scope_note(request),
         f"  Users to reset:        {preview.users:>8,}",
@@ -253,6 +257,7 @@ def describe_preview(request: ResetRequest, preview: Preview) -> str:
         f"  Without e-mail:        {preview.without_email:>8,}"
         + (f"   ({NO_EMAIL_WORDS[request.no_email_choice]})"
            if request.mode is Mode.GENERATED and preview.without_email else ""),
+        *([f"    ({unusable})"] if unusable else []),
         f"  Staff included:        {preview.staff:>8,}",
         f"  Mode: {mode}",
         "  Must change the password at next sign-in: "

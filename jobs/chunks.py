@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from core.addresses import usable_address
 from core.errors import ConfigError
 from core.models import Mode, NoEmailChoice, ResetTask, TaskStatus
 from core.passwords import generate_password
@@ -139,7 +140,7 @@ class Pipeline:
         task pauses (jobs.outage). False when the job must stop.
         """
         if self.mailer.connected or self.task.mode is not Mode.GENERATED or not any(
-            item.email for item in claimed
+            usable_address(item.email) for item in claimed
         ):
             return True
         if not self.collect():
@@ -196,7 +197,7 @@ def hash_batch(
     for item in claim.items:
         if known.default is not None:
             password = known.default
-        elif item.email:
+        elif usable_address(item.email):  # planned items hold usable ones; older ones may not
             password = passwords[item.id] = generate_password(policy, item.username)
         elif no_email is NoEmailChoice.SKIP:
             continue

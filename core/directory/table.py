@@ -10,6 +10,7 @@ no DDL, no INSERT, no DELETE.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -35,9 +36,10 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
+from core.addresses import AddressProblem, address_problem, usable_address
 from core.db import make_engine
 from core.directory.profile import ExtraReset, Profile, load_profile, resetbot_profile
 from core.directory.users import SEARCH_LIMIT, DirectoryUser, Preview
@@ -52,6 +54,8 @@ MIN_TRIGRAM_TERM = 3
 SEARCH_SEPARATOR = "\t"
 #: The LIKE escape on a foreign directory: not a backslash, which MySQL strings treat apart.
 FOREIGN_ESCAPE = "!"
+#: Rows fetched per round trip when a query's rows are streamed (addresses, usernames).
+STREAM_BATCH = 10_000
 
 
 class UserSearch(Protocol):
@@ -235,12 +239,6 @@ class Directory:
             return column != ""
         return column.in_(list(staff.values))
 
-    def _has_email(self) -> ColumnElement[bool]:
-        if not self.profile.email:
-            return false()
-        column = self._c(self.profile.email)
-        return and_(column.is_not(None), column != "")
-
     # -- reading -------------------------------------------------------------------------------
 
     def _select_users(self) -> Select[Any]:
@@ -265,7 +263,7 @@ class Directory:
             id=int(row[0]),
             username="" if row[1] is None else str(row[1]),
             full_name=" ".join(str(part).strip() for part in names if part and str(part).strip()),
-            email=str(email) if email else None,
+            email=usable_address(None if email is None else str(email)),
             role=None if role is None else str(role),
         )
 
@@ -399,19 +397,40 @@ class Directory:
         return self._id.in_(list(selection))
 
     def preview(self, scope: Scope, selection: Sequence[int]) -> Preview:
+        condition = self.scope_condition(scope, selection)
         query = select(
             func.count(),
-            func.coalesce(func.sum(case((self._has_email(), 1), else_=0)), 0),
             func.coalesce(func.sum(case((self.staff_condition(), 1), else_=0)), 0),
-        ).select_from(self.table).where(self.scope_condition(scope, selection))
+        ).select_from(self.table).where(condition)
         with self.engine.connect() as connection:
-            total, emailable, staff = connection.execute(query).one()
+            total, staff = connection.execute(query).one()
+            problems = self._address_problems(connection, condition)
+        usable = problems.pop(None, 0)
         return Preview(
             users=int(total),
-            emailable=int(emailable),
-            without_email=int(total) - int(emailable),
+            emailable=usable,
+            without_email=int(total) - usable,
             staff=int(staff),
+            unusable={str(problem): count for problem, count in problems.items()
+                      if problem != "missing"},
         )
+
+    def _address_problems(
+        self, connection: Connection, condition: ColumnElement[bool]
+    ) -> Counter[AddressProblem | None]:
+        """The scope's addresses by what is wrong with them (None: usable), judged by the one
+        rule in Python: SQL cannot say what a mailable address is (and MariaDB's `'   ' = ''`
+        would hide blanks), so the addresses that are there are streamed and looked at here."""
+        problems: Counter[AddressProblem | None] = Counter()
+        if not self.profile.email:
+            return problems
+        column = self._c(self.profile.email)
+        rows = connection.execution_options(stream_results=True, yield_per=STREAM_BATCH).execute(
+            select(column).where(condition, column.is_not(None))
+        )
+        for (value,) in rows:
+            problems[address_problem(str(value))] += 1
+        return problems
 
     def scope_batch(
         self, scope: Scope, selection: Sequence[int], after_id: int, limit: int

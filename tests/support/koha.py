@@ -223,3 +223,24 @@ def koha_accepts(pairs: Sequence[tuple[str, str]]) -> list[bool]:
         timeout=60,
     )
     return [line == "yes" for line in done.stdout.splitlines()]
+
+
+def add_borrowers(engine: Engine, borrowers: Sequence[Borrower], category: str = "PT") -> None:
+    """More patrons beside the usual ones (the columns every Koha `borrowers` has), each with
+    the hash Koha wrote before; `category` is their categorycode."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO borrowers (borrowernumber, cardnumber, userid, firstname, surname, "
+                "email, flags, login_attempts, password_expiration_date, password, branchcode, "
+                "categorycode) VALUES (:n, :card, :userid, :first, :sur, :email, :flags, "
+                ":attempts, :expires, :hash, 'MAIN', :category)"
+            ),
+            [
+                {"n": b.number, "card": b.cardnumber, "userid": b.userid, "first": b.firstname,
+                 "sur": b.surname, "email": b.email, "flags": b.flags,
+                 "attempts": b.login_attempts, "expires": b.expires, "hash": OLD_HASH,
+                 "category": category}
+                for b in borrowers
+            ],
+        )
