@@ -55,8 +55,8 @@ class HashFormat:
 @dataclass(frozen=True)
 class MustChange:
     """`flag`: a boolean column set to the task's choice. `expiry`: a date column set to today
-    when a change is required; otherwise a date already past is cleared (a new password is not
-    born expired) and a future one is kept."""
+    when a change is required; otherwise a date of today or earlier is cleared (a new password
+    is not born expired) and a later one is kept."""
 
     column: str
     kind: MustChangeKind

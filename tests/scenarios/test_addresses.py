@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -214,3 +214,25 @@ def test_skip_leaves_own_table_users_without_a_usable_address_untouched(
         smtp_server.last_password("wes@example.org"), hashes[23]
     )
     assert [m.to for m in smtp_server.messages] == ["wes@example.org"]
+
+
+@state_on_sqlite
+def test_without_must_change_an_expiry_of_today_or_earlier_is_cleared_and_a_later_one_kept(
+    koha_settings: Settings, koha_engine: Engine
+) -> None:
+    today = date.today()
+    add_borrowers(koha_engine, [
+        Borrower(31, "C0031", "past", "P", "Ast", None, 0, 0, today - timedelta(days=1)),
+        Borrower(32, "C0032", "today", "T", "Oday", None, 0, 0, today),
+        Borrower(33, "C0033", "later", "L", "Ater", None, 0, 0, today + timedelta(days=1)),
+    ])
+    directory = Directory.from_settings(koha_settings)
+    try:
+        directory.write_hashes([(31, "$2a$04$x"), (32, "$2a$04$y"), (33, "$2a$04$z")],
+                               require_change=False, changed_at=datetime.now(UTC))
+    finally:
+        directory.dispose()
+    expiry = {n: row(koha_engine, n)["password_expiration_date"] for n in (31, 32, 33)}
+    # Koha asks for a new password once the date has come: today is already expired.
+    assert expiry[31] is None and expiry[32] is None
+    assert str(expiry[33])[:10] == (today + timedelta(days=1)).isoformat()
