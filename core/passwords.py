@@ -41,6 +41,12 @@ def normalised(password: str) -> str:
     return unicodedata.normalize("NFC", password)
 
 
+def contains_username(password: str, username: str) -> bool:
+    """Whether `password` holds `username`, case and Unicode form aside (an empty one never)."""
+    wanted = normalised(username).lower()
+    return bool(wanted) and wanted in normalised(password).lower()
+
+
 def character_classes(password: str) -> int:
     found = {
         name
@@ -70,7 +76,7 @@ def policy_violations(
             f"It must mix at least {policy.min_classes} of: lowercase letters, "
             "uppercase letters, digits, symbols."
         )
-    if policy.forbid_username and username and username.lower() in password.lower():
+    if policy.forbid_username and username and contains_username(password, username):
         reasons.append("It must not contain the username.")
     if policy.forbid_common and _is_common(password):
         reasons.append("It is too common: pick something people would not guess.")

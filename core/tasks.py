@@ -132,7 +132,17 @@ def _no_email_problems(
         return []
     if not typed:
         return ["Type the password to give the users without an e-mail address."]
-    return policy_violations(typed, settings.policy, schemes=directory.hasher.schemes)
+    reasons = policy_violations(typed, settings.policy, schemes=directory.hasher.schemes)
+    if not reasons and settings.policy.forbid_username and not (
+        request.scope.needs_selection and not request.selection
+    ):
+        clashes = directory.usernames_in_password(
+            typed, request.scope, request.selection, without_email_only=True
+        )
+        if clashes:
+            reasons.append(f"It contains the username of {clashes} of the users without an "
+                           "e-mail address it would be set for.")
+    return reasons
 
 
 class RequestInvalid(InputError):

@@ -45,7 +45,7 @@ from core.directory.profile import ExtraReset, Profile, load_profile, resetbot_p
 from core.directory.users import SEARCH_LIMIT, DirectoryUser, Preview
 from core.errors import ConfigError, InputError
 from core.models import Scope, users_table
-from core.passwords import PasswordHasher
+from core.passwords import PasswordHasher, contains_username, normalised
 from core.schemes import rounds_problem
 from core.settings import DirectoryNames, Settings
 
@@ -445,21 +445,34 @@ class Directory:
         return self._users(query)
 
     def usernames_in_password(
-        self, password: str, scope: Scope, selection: Sequence[int]
+        self, password: str, scope: Scope, selection: Sequence[int], *,
+        without_email_only: bool = False,
     ) -> int:
-        """How many users of the scope have a username the password contains."""
-        username = self.username_expression()
-        query = (
-            select(func.count())
-            .select_from(self.table)
-            .where(
-                self.scope_condition(scope, selection),
-                func.length(username) > 0,
-                literal(password.lower()).contains(func.lower(username)),
-            )
+        """How many users of the scope have a username the password contains (with
+        `without_email_only`, of those without a usable address: who a `set` password is for).
+
+        Judged here, over the scope's usernames streamed from the directory: the password never
+        goes to the directory's database (its logs, its process list, the wire), and a `_` or
+        `%` in a username is a character like any other.
+        """
+        email = self._c(self.profile.email) if self.profile.email else null()
+        query = select(self.username_expression(), email).where(
+            self.scope_condition(scope, selection)
         )
+        folded = normalised(password).lower()
+        clashes = 0
         with self.engine.connect() as connection:
-            return int(connection.execute(query).scalar_one())
+            rows = connection.execution_options(
+                stream_results=True, yield_per=STREAM_BATCH
+            ).execute(query)
+            for username, address in rows:
+                if without_email_only and usable_address(
+                    None if address is None else str(address)
+                ):
+                    continue
+                if username is not None and contains_username(folded, str(username)):
+                    clashes += 1
+        return clashes
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -497,8 +510,9 @@ class Directory:
         today = _local_date(changed_at)
         if require_change:
             return {column: today}  # the library system asks for a new password from today
-        # A new password is not born expired; a date still to come is the library's choice.
-        return {column: case((column < today, None), else_=column)}
+        # A new password is not born expired (the library system asks for a new one on the
+        # date itself, so today counts as expired); a date still to come is the library's choice.
+        return {column: case((column <= today, None), else_=column)}
 
     @staticmethod
     def _extra_value(
