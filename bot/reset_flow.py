@@ -155,36 +155,48 @@ def _run_reset(
 def resolve_usernames(
     directory: Directory, usernames: Sequence[str]
 ) -> tuple[tuple[int, ...], list[str]]:
-    """The users' ids, and a note for each name matched only when case is ignored.
+    """The users' ids, and a note for each name found under another spelling.
 
-    A name is matched exactly first; otherwise ignoring case, when exactly one username in the
-    directory matches that way. Several matches are refused, naming them: the directory holds
-    usernames that differ only in case, and only the exact spelling can say which one is meant.
+    Names are taken in Unicode NFC. resetbot's own table matches a name exactly first; a
+    library system's table as its database compares (its collation: MariaDB's Koha ignores case
+    and accents, as Koha's sign-in does), the same spelling winning among several. Otherwise a
+    name is matched ignoring case, when exactly one username in the directory matches that way.
+    Several matches are refused, naming them: only the exact spelling can say which one is
+    meant.
     """
-    wanted = list(dict.fromkeys(usernames))
-    exact = {user.username: user.id for user in directory.by_username(wanted)}
-    others = [name for name in wanted if name not in exact]
-    folded = directory.usernames_ignoring_case(others)
-    ids = set(exact.values())
+    wanted = list(dict.fromkeys(normalised(name) for name in usernames))
+    if directory.profile.owned:
+        exact = {user.username: user.id for user in directory.by_username(wanted)}
+        compared = {name: [(name, exact[name])] for name in wanted if name in exact}
+    else:
+        compared = directory.usernames_as_compared(wanted)
+    ids: set[int] = set()
     notes: list[str] = []
     unknown: list[str] = []
     clashes: list[str] = []
+    others: list[str] = []
+    for name in wanted:
+        matches = _same_spelling_first(name, compared.get(name, []))
+        if len(matches) == 1:
+            ids.add(_take(name, matches[0], notes, "as the directory compares names"))
+        elif matches:
+            clashes.append(_clash(name, matches))
+        else:
+            others.append(name)
+    folded = directory.usernames_ignoring_case(others)
     for name in others:
         matches = folded.get(name.lower(), [])
         if len(matches) == 1:
-            found, user_id = matches[0]
-            ids.add(user_id)
-            notes.append(f"Note: {shown(name)} is {shown(found)} in the directory "
-                         "(matched ignoring case).")
+            ids.add(_take(name, matches[0], notes, "matched ignoring case"))
         elif matches:
-            spelled = ", ".join(shown(found) for found, _ in sorted(matches))
-            clashes.append(f"{shown(name)} (could be {spelled})")
+            clashes.append(_clash(name, matches))
         else:
             unknown.append(shown(name))
     if clashes:
         raise Refused(
-            "these names match several usernames that differ only in case; type them exactly "
-            "as in the directory: " + "; ".join(clashes[:20]) + " (nothing was changed)"
+            "these names match several usernames that differ only in case or accents; type "
+            "them exactly as in the directory: " + "; ".join(clashes[:20])
+            + " (nothing was changed)"
         )
     if unknown:
         raise Refused(
@@ -193,6 +205,26 @@ def resolve_usernames(
             + " (nothing was changed)"
         )
     return tuple(sorted(ids)), notes
+
+
+def _same_spelling_first(
+    name: str, matches: list[tuple[str, int]]
+) -> list[tuple[str, int]]:
+    """One match spelled exactly as typed wins over the others the comparison finds."""
+    same = [match for match in matches if normalised(match[0]) == name]
+    return same if len(same) == 1 else matches
+
+
+def _take(name: str, match: tuple[str, int], notes: list[str], how: str) -> int:
+    found, user_id = match
+    if normalised(found) != name:
+        notes.append(f"Note: {shown(name)} is {shown(found)} in the directory ({how}).")
+    return user_id
+
+
+def _clash(name: str, matches: list[tuple[str, int]]) -> str:
+    spelled = ", ".join(shown(found) for found, _ in sorted(matches))
+    return f"{shown(name)} (could be {spelled})"
 
 
 def read_default_password(

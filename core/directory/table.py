@@ -54,6 +54,8 @@ MIN_TRIGRAM_TERM = 3
 SEARCH_SEPARATOR = "\t"
 #: The LIKE escape on a foreign directory: not a backslash, which MySQL strings treat apart.
 FOREIGN_ESCAPE = "!"
+#: Names the directory compares per query when users are picked by name.
+COMPARED_PER_QUERY = 50
 #: Rows fetched per round trip when a query's rows are streamed (addresses, usernames).
 STREAM_BATCH = 10_000
 
@@ -345,6 +347,30 @@ class Directory:
         if not wanted:
             return []
         return self._users(self._select_users().where(self.username_expression().in_(wanted)))
+
+    def usernames_as_compared(self, names: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
+        """Each name (in NFC) -> the (username, id) pairs the directory's database finds equal
+        to it: its own comparison, so its collation decides (MariaDB's utf8mb4_unicode_ci
+        ignores case and accents, as the library system's own sign-in does).
+
+        The database is asked which name each username equals, a few names per query; the
+        username columns' own indexes narrow the rows first.
+        """
+        wanted = list(dict.fromkeys(normalised(name) for name in names if name))
+        found: dict[str, list[tuple[str, int]]] = {}
+        username = self.username_expression()
+        columns = [self._c(name) for name in self.profile.username]
+        with self.engine.connect() as connection:
+            for start in range(0, len(wanted), COMPARED_PER_QUERY):
+                group = wanted[start : start + COMPARED_PER_QUERY]
+                query = select(
+                    username, self._id, *[(username == name) for name in group]
+                ).where(or_(*[column.in_(group) for column in columns]), username.in_(group))
+                for row in connection.execute(query):
+                    for name, equal in zip(group, row[2:], strict=True):
+                        if equal:
+                            found.setdefault(name, []).append((str(row[0]), int(row[1])))
+        return found
 
     def usernames_ignoring_case(self, names: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
         """Lower-cased name -> the (username, id) pairs it matches when case is ignored.
