@@ -24,6 +24,9 @@ REQUIRE_CHANGE_YES = "yes"
 NO_EMAIL = "no_email"
 #: The password staff type for users without an address (choice `set`).
 NO_EMAIL_PASSWORD = "no_email_password"  # noqa: S105 - a block id, not a password
+#: Leave out accounts locked on purpose (a checkbox, checked to begin with).
+SKIP_LOCKED = "skip_locked"
+SKIP_LOCKED_YES = "yes"
 #: When the reset starts (a datetimepicker; empty: now).
 START_AT = "start_at"
 

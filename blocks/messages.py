@@ -26,6 +26,7 @@ from blocks.text import (
     OUTCOME_LABELS,
     STATUS_EMOJI,
     escape,
+    locked_left_alone,
     mode_label,
     one_line,
     plural,
@@ -58,6 +59,7 @@ SUMMARY_ORDER = (
     ItemState.NO_EMAIL,
     ItemState.HANDED_OUT,
     ItemState.SKIPPED,
+    ItemState.LOCKED,
     ItemState.NOTIFY_FAILED,
     ItemState.CANCELLED,
 )
@@ -547,6 +549,9 @@ def _summary_notes(task: TaskSnapshot, follow_up_where: str | None) -> list[str]
     if skipped:
         notes.append(f":bust_in_silhouette: {plural(skipped, 'user')} without an e-mail address "
                      "were left alone: their password did not change.")
+    locked = task.counts.get(ItemState.LOCKED, 0)
+    if locked:
+        notes.append(f":lock: {locked_left_alone(locked)}")
     handed_out = task.counts.get(ItemState.HANDED_OUT, 0)
     if handed_out:
         notes.append(f":key: {plural(handed_out, 'user')} without an e-mail address now "

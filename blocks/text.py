@@ -65,6 +65,7 @@ OUTCOME_LABELS: dict[ItemState, str] = {
     ItemState.CANCELLED: "cancelled",
     ItemState.SKIPPED: "not reset (no e-mail)",
     ItemState.HANDED_OUT: "your password (no e-mail)",
+    ItemState.LOCKED: "locked on purpose: left alone",
 }
 #: The reset form's choices for users without an e-mail address, and what each one means.
 NO_EMAIL_LABELS: dict[NoEmailChoice, str] = {
@@ -115,6 +116,27 @@ def unusable_addresses(unusable: Mapping[str, int]) -> str:
     reasons = ", ".join(f"{count:,} {words}" for count, words in counted)
     return (f"{plural(total, 'address', 'addresses')} cannot be used and count as no e-mail: "
             f"{reasons}")
+
+
+def locked_left_alone(users: int) -> str:
+    """The summary's line for accounts locked on purpose that a task left out."""
+    return (f"{plural(users, 'account')} locked on purpose (by staff) "
+            f"{'was' if users == 1 else 'were'} left alone: a new password would not open "
+            f"{'it' if users == 1 else 'them'}.")
+
+
+def locked_preview(users: int, skipped: bool) -> str:
+    """What the preview says of the accounts locked on purpose in the scope."""
+    if not users:
+        return "0"
+    if skipped:
+        return f"{users:,}: left out, their password does not change"
+    return f"{users:,}: reset too; they stay locked"
+
+
+SKIP_LOCKED_LABEL = "Leave out accounts locked on purpose"
+SKIP_LOCKED_HINT = ("Accounts staff locked in the library system cannot sign in whatever "
+                    "their password: changing it only sends a mail nobody can use.")
 
 
 DEFAULT_FIELD_HINT = (

@@ -22,6 +22,8 @@ from blocks.ids import (
     REQUIRE_CHANGE,
     REQUIRE_CHANGE_YES,
     SCOPE,
+    SKIP_LOCKED,
+    SKIP_LOCKED_YES,
     START_AT,
     USERS,
 )
@@ -37,12 +39,15 @@ from blocks.text import (
     RESET_SAVED_TITLE,
     SCOPE_HELP,
     SCOPE_LABELS,
+    SKIP_LOCKED_HINT,
+    SKIP_LOCKED_LABEL,
     START_AGAIN_TITLE,
     STATUS_EMOJI,
     UNKNOWN_FORM,
     UNKNOWN_REQUEST,
     awaiting_approval,
     escape,
+    locked_preview,
     mode_label,
     no_email_preview,
     one_line,
@@ -88,6 +93,7 @@ def reset_modal(channel: str | None = None) -> View:
     initial_scope = scope_options[list(Scope).index(Scope.SELECTED_ONLY)]
     require_change = {"text": plain("Require a new password at next login", 75),
                       "value": REQUIRE_CHANGE_YES}
+    skip_locked = {"text": plain(SKIP_LOCKED_LABEL, 75), "value": SKIP_LOCKED_YES}
     no_email_options = [
         {"text": plain(NO_EMAIL_LABELS[choice], 75), "value": choice.value,
          "description": plain(NO_EMAIL_HELP[choice], 75)}
@@ -156,6 +162,15 @@ def reset_modal(channel: str | None = None) -> View:
             },
             {
                 "type": "input",
+                "block_id": SKIP_LOCKED,
+                "optional": True,
+                "label": plain("Locked accounts"),
+                "hint": plain(SKIP_LOCKED_HINT),
+                "element": {"type": "checkboxes", "action_id": SKIP_LOCKED,
+                            "options": [skip_locked], "initial_options": [skip_locked]},
+            },
+            {
+                "type": "input",
                 "block_id": START_AT,
                 "optional": True,
                 "label": plain("Start at (optional)"),
@@ -187,6 +202,7 @@ def preview_modal(
     require_change: bool,
     no_email: NoEmailChoice = NoEmailChoice.RESET,
     start_at: datetime | None = None,
+    skip_locked: bool = False,
 ) -> View:
     """What a confirm would do; private_metadata holds only the opaque id of the waiting request.
 
@@ -202,6 +218,8 @@ def preview_modal(
         mrkdwn(f"*E-mailed a new password*\n{emailed:,}"),
         mrkdwn(f"*Without e-mail*\n{without_email}"),
         mrkdwn(f"*Staff included*\n{preview.staff:,}"),
+        *([mrkdwn(f"*Locked on purpose*\n{locked_preview(preview.locked, skip_locked)}")]
+          if preview.locked else []),
         mrkdwn(f"*Mode*\n{mode_label(mode)}"),
         mrkdwn(f"*New password at next login*\n{'Required' if require_change else 'Not required'}"),
     ]

@@ -361,6 +361,9 @@ def _add_reset(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                             "or set (see below)")
     reset.add_argument("--no-require-change", action="store_true",
                        help="do not make users change the password at their next sign-in")
+    reset.add_argument("--skip-locked", action=argparse.BooleanOptionalAction, default=None,
+                       help="leave out accounts locked on purpose (Koha: login_attempts -1); "
+                            "the default with e-mailed passwords, not with a default password")
     reset.add_argument("--dry-run", action="store_true",
                        help="show the preview and stop; nothing changes")
     reset.add_argument("--yes", action="store_true",
@@ -767,6 +770,7 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
         yes=args.yes,
         detach=args.detach,
         start_at=args.at,
+        skip_locked=args.skip_locked,
     )
     settings = cli.settings(with_secret_key=True)
     with cli.database(settings) as sessions:

@@ -21,6 +21,8 @@ from blocks.ids import (
     REQUIRE_CHANGE,
     REQUIRE_CHANGE_YES,
     SCOPE,
+    SKIP_LOCKED,
+    SKIP_LOCKED_YES,
     START_AT,
     USERS,
 )
@@ -300,6 +302,8 @@ class FormInput:
     no_email_password: str | None = field(default=None, repr=False)
     #: When to start (UTC); None: as soon as it is confirmed.
     start_at: datetime | None = None
+    #: Leave out accounts locked on purpose; None: a form without the box (the mode decides).
+    skip_locked: bool | None = None
 
     def request(self, requester: str, name: str, channel: str | None) -> ResetRequest:
         return ResetRequest(
@@ -313,6 +317,7 @@ class FormInput:
             no_email=self.no_email,
             no_email_password=self.no_email_password,
             start_at=self.start_at,
+            skip_locked=self.skip_locked,
         )
 
 
@@ -330,10 +335,11 @@ def read_reset_form(view: Mapping[str, Any]) -> FormInput:
     no_email_password = _read_password(_element(values, NO_EMAIL_PASSWORD), problems,
                                        NO_EMAIL_PASSWORD)
     start_at = _read_start_at(_element(values, START_AT), problems)
+    skip_locked = _read_skip_locked(_element(values, SKIP_LOCKED))
     if problems or scope is None:
         raise RequestInvalid(problems or {SCOPE: [CHOOSE_SCOPE]})
     return FormInput(scope, selection, password, require_change, no_email, no_email_password,
-                     start_at)
+                     start_at, skip_locked)
 
 
 def _element(values: Mapping[str, Any], block_id: str) -> Mapping[str, Any]:
@@ -417,6 +423,13 @@ def _read_no_email(element: Mapping[str, Any]) -> NoEmailChoice:
         return NoEmailChoice(value)
     # Missing (a form opened before this choice existed) or unreadable: the form's default.
     return NoEmailChoice.RESET
+
+
+def _read_skip_locked(element: Mapping[str, Any]) -> bool | None:
+    options = element.get("selected_options")
+    if not isinstance(options, list):
+        return None  # a form opened before the box existed: the mode's default
+    return any(isinstance(o, dict) and o.get("value") == SKIP_LOCKED_YES for o in options)
 
 
 def _read_require_change(element: Mapping[str, Any]) -> bool:

@@ -70,6 +70,8 @@ class ResetChoices:
     without_email: NoEmailChoice = NoEmailChoice.RESET
     #: --at: when the reset should start (aware); None: now.
     start_at: datetime | None = None
+    #: --skip-locked / --no-skip-locked; None: the mode's default.
+    skip_locked: bool | None = None
 
 
 def run_reset(
@@ -112,6 +114,7 @@ def _run_reset(
         no_email=choices.without_email,
         no_email_password=handout,
         start_at=choices.start_at,
+        skip_locked=choices.skip_locked,
     )
     preview = validate_or_refuse(cli, sessions, settings, directory, request)
     cli.say(describe_preview(request, preview))
@@ -272,7 +275,7 @@ def validate_or_refuse(
 
 
 def describe_preview(request: ResetRequest, preview: Preview) -> str:
-    from blocks.text import unusable_addresses
+    from blocks.text import locked_preview, unusable_addresses
 
     unusable = ""
     if request.mode is Mode.DEFAULT:
@@ -291,6 +294,9 @@ def describe_preview(request: ResetRequest, preview: Preview) -> str:
            if request.mode is Mode.GENERATED and preview.without_email else ""),
         *([f"    ({unusable})"] if unusable else []),
         f"  Staff included:        {preview.staff:>8,}",
+        *([f"  Locked on purpose:     {preview.locked:>8,}   ("
+           + locked_preview(preview.locked, request.leaves_locked).partition(": ")[2] + ")"]
+          if preview.locked else []),
         f"  Mode: {mode}",
         "  Must change the password at next sign-in: "
         + ("yes" if request.require_change else "no"),

@@ -54,10 +54,18 @@ class ResetRequest:
     no_email_password: str | None = field(default=None, repr=False)
     #: When the reset should start (aware); None: as soon as it is confirmed.
     start_at: datetime | None = None
+    #: Leave out accounts locked on purpose; None: the mode's default (`leaves_locked`).
+    skip_locked: bool | None = None
 
     @property
     def mode(self) -> Mode:
         return Mode.DEFAULT if self.default_password else Mode.GENERATED
+
+    @property
+    def leaves_locked(self) -> bool:
+        """Unless asked otherwise, an e-mailed reset leaves locked accounts out: a mail with a
+        password that cannot be used is noise. A default password is set for them too."""
+        return self.skip_locked if self.skip_locked is not None else self.mode is Mode.GENERATED
 
     @property
     def no_email_choice(self) -> NoEmailChoice:
@@ -173,6 +181,7 @@ def create_pending(
         default_password_sealed=_sealed(settings, request.default_password),
         no_email=request.no_email_choice.value,
         no_email_password_sealed=_no_email_sealed(settings, request),
+        skip_locked=request.leaves_locked,
         slack_channel=request.slack_channel,
         expires_at=utcnow() + PENDING_TTL,
         start_at=_start_at(request),
@@ -229,6 +238,7 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
         default_password_sealed=pending.default_password_sealed,
         no_email=pending.no_email,
         no_email_password_sealed=pending.no_email_password_sealed,
+        skip_locked=pending.skip_locked,
         slack_channel=pending.slack_channel,
         status=TaskStatus.QUEUED,
         preview=pending.preview,
@@ -265,6 +275,7 @@ def create_task(
         default_password_sealed=_sealed(settings, request.default_password),
         no_email=request.no_email_choice.value,
         no_email_password_sealed=_no_email_sealed(settings, request),
+        skip_locked=request.leaves_locked,
         slack_channel=request.slack_channel,
         start_at=_start_at(request),
         status=TaskStatus.QUEUED,
@@ -527,6 +538,7 @@ def create_retry_task(session: Session, task_id: int, requester: str, name: str 
         selection=failed,
         mode=Mode.GENERATED.value,
         require_change=original.require_change,
+        skip_locked=original.skip_locked,
         slack_channel=original.slack_channel,
         slack_thread_ts=None,
         retry_of=task_id,

@@ -74,6 +74,15 @@ class ExtraReset:
 
 
 @dataclass(frozen=True)
+class LockedRule:
+    """Accounts locked on purpose (by staff, not by failed sign-ins): `column` holds one of
+    `values`. A new password does not open them, so a reset may leave them out."""
+
+    column: str
+    values: tuple[Literal_, ...]
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     #: Where it was read from, for refusals: the file, or the settings that make it.
@@ -90,6 +99,7 @@ class Profile:
     hash: HashFormat = field(default_factory=HashFormat)
     must_change: MustChange | None = None
     on_reset: tuple[ExtraReset, ...] = ()
+    locked: LockedRule | None = None
     #: resetbot's own table: its own search index, `users import` and `export`.
     owned: bool = False
 
@@ -105,6 +115,8 @@ class Profile:
         if self.must_change:
             named["must_change.column"] = self.must_change.column
         named |= {f"on_reset[{i}].column": r.column for i, r in enumerate(self.on_reset)}
+        if self.locked:
+            named["locked.column"] = self.locked.column
         return named
 
     @property
@@ -176,7 +188,7 @@ class _Reader:
     """Reads one profile's keys, each refusal naming `source` and the key."""
 
     KNOWN = frozenset({"table", "id", "username", "name", "email", "staff", "password",
-                       "must_change", "on_reset", "description"})
+                       "must_change", "on_reset", "locked", "description"})
 
     def __init__(self, data: Mapping[str, Any], source: str) -> None:
         self.data = data
@@ -204,6 +216,7 @@ class _Reader:
             hash=self.hash_format(),
             must_change=self.must_change(),
             on_reset=self.on_reset(),
+            locked=self.locked(),
         )
 
     def section(self, key: str, *, required: bool = False) -> Mapping[str, Any]:
@@ -277,6 +290,19 @@ class _Reader:
             raise self.refuse("must_change.kind", f"unknown kind {kind!r} (expected "
                               + ", ".join(MUST_CHANGE_KINDS) + ")")
         return MustChange(column, kind)
+
+    def locked(self) -> LockedRule | None:
+        section = self.section("locked")
+        if not section:
+            return None
+        column = self.identifier(section, "column", "locked.")
+        values = section.get("values")
+        if not isinstance(values, list) or not values or not all(
+            isinstance(item, str | int | float | bool) for item in values
+        ):
+            raise self.refuse("locked.values", "expected a list of the values that mean "
+                              "locked on purpose")
+        return LockedRule(column, tuple(values))
 
     def on_reset(self) -> tuple[ExtraReset, ...]:
         entries = self.data.get("on_reset", [])

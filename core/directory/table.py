@@ -241,6 +241,14 @@ class Directory:
             return column != ""
         return column.in_(list(staff.values))
 
+    def locked_condition(self) -> ColumnElement[bool]:
+        """Locked on purpose, as the profile's `locked` rule says; never without one."""
+        locked = self.profile.locked
+        if locked is None:
+            return false()
+        column = self._c(locked.column)
+        return and_(column.is_not(None), or_(*[column == literal(v) for v in locked.values]))
+
     # -- reading -------------------------------------------------------------------------------
 
     def _select_users(self) -> Select[Any]:
@@ -256,17 +264,19 @@ class Directory:
             *[self._c(name) for name in profile.name_columns],
             email.label("email"),
             role.label("role"),
+            case((self.locked_condition(), 1), else_=0).label("locked"),
         )
 
     def _user(self, row: Sequence[Any]) -> DirectoryUser:
         names = row[2 : 2 + len(self.profile.name_columns)]
-        email, role = row[-2], row[-1]
+        email, role, locked = row[-3], row[-2], row[-1]
         return DirectoryUser(
             id=int(row[0]),
             username="" if row[1] is None else str(row[1]),
             full_name=" ".join(str(part).strip() for part in names if part and str(part).strip()),
             email=usable_address(None if email is None else str(email)),
             role=None if role is None else str(role),
+            locked=bool(locked),
         )
 
     def _users(self, query: Select[Any]) -> list[DirectoryUser]:
@@ -427,9 +437,10 @@ class Directory:
         query = select(
             func.count(),
             func.coalesce(func.sum(case((self.staff_condition(), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((self.locked_condition(), 1), else_=0)), 0),
         ).select_from(self.table).where(condition)
         with self.engine.connect() as connection:
-            total, staff = connection.execute(query).one()
+            total, staff, locked = connection.execute(query).one()
             problems = self._address_problems(connection, condition)
         usable = problems.pop(None, 0)
         return Preview(
@@ -439,6 +450,7 @@ class Directory:
             staff=int(staff),
             unusable={str(problem): count for problem, count in problems.items()
                       if problem != "missing"},
+            locked=int(locked),
         )
 
     def _address_problems(

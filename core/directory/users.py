@@ -17,6 +17,8 @@ class DirectoryUser:
     email: str | None
     #: What makes them staff (the role, or the profile's staff column), None for a patron.
     role: str | None
+    #: Locked on purpose (the profile's `locked` rule): a new password does not open it.
+    locked: bool = False
 
     @property
     def is_staff(self) -> bool:
@@ -38,3 +40,5 @@ class Preview:
     staff: int
     #: Of `without_email`, the values that are there but unusable, by reason (core.addresses).
     unusable: dict[str, int] = field(default_factory=dict)
+    #: Accounts locked on purpose (the profile's `locked` rule), staff or not.
+    locked: int = 0

@@ -68,7 +68,7 @@ def _with(text: str, old: str, new: str) -> str:
     (_with(KOHA, 'table = "borrowers"', 'table = "borrowers; DROP TABLE x"'),
      "table: expected a column or table name (letters, digits, _)"),
     (_with(KOHA, 'email = "email"', 'e_mail = "email"'),
-     "e_mail: unknown key (expected one of description, email, id, must_change, name, "
+     "e_mail: unknown key (expected one of description, email, id, locked, must_change, name, "
      "on_reset, password, staff, table, username)"),
     ("table = [", "not a TOML file"),
 ])
