@@ -232,6 +232,7 @@ def preview_modal(
     unusable = unusable_addresses(preview.unusable) if mode is Mode.GENERATED else ""
     if unusable:
         blocks.append(context(unusable + "."))
+    blocks += [context(escape(note)) for note in preview.notes]
     if preview.staff:
         blocks.append(section(f":warning: {plural(preview.staff, 'staff account')} "
                               "included."))

@@ -300,6 +300,7 @@ def describe_preview(request: ResetRequest, preview: Preview) -> str:
         f"  Mode: {mode}",
         "  Must change the password at next sign-in: "
         + ("yes" if request.require_change else "no"),
+        *(f"  Note: {note}" for note in preview.notes),
     ]
     return "\n".join(lines)
 

@@ -132,9 +132,13 @@ class _RandomPicks:
                 return byte % n
 
 
-def generate_password(policy: PasswordPolicy, username: str | None = None) -> str:
-    """A random password from `secrets` that passes `policy`, without look-alike characters."""
-    length = max(policy.generated_length, policy.min_length)
+def generate_password(
+    policy: PasswordPolicy, username: str | None = None, *, at_least: int = 0
+) -> str:
+    """A random password from `secrets` that passes `policy`, without look-alike characters:
+    one of each class (ASCII lower and upper case, digit, symbol), no space, at least
+    `at_least` long (the library system's own minimum)."""
+    length = max(policy.generated_length, policy.min_length, at_least)
     picks = _RandomPicks()
     while True:
         chars = [alphabet[picks.below(len(alphabet))] for alphabet in _GENERATED_ALPHABETS]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +16,13 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.directory import Directory, Preview
+from core.directory.koha_rules import (
+    KOHA,
+    RULES_NOT_READ,
+    KohaRules,
+    categories_in_scope,
+    read_koha_rules,
+)
 from core.errors import ConflictError, InputError
 from core.models import (
     FOLLOW_UP_STATES,
@@ -87,6 +94,7 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
     """
     problems: dict[str, list[str]] = {}
     selection = request.selection
+    library = LibraryRules(directory, request.scope, selection)
     if len(selection) > MAX_SELECTION:
         problems.setdefault("users", []).append(
             f"Pick at most {MAX_SELECTION} users; for more, use a broader scope."
@@ -112,9 +120,15 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
                 reasons.append(
                     f"It contains the username of {clashes} of the users it would be set for."
                 )
+        if not reasons and "users" not in problems:
+            reasons += library.refusals(request.default_password)
         if reasons:
             problems["password"] = reasons
     no_email_problems = _no_email_problems(settings, directory, request)
+    if not no_email_problems and request.no_email_choice is NoEmailChoice.SET and (
+        request.no_email_password and "users" not in problems
+    ):
+        no_email_problems = library.refusals(request.no_email_password)
     if no_email_problems:
         problems["no_email_password"] = no_email_problems
     if request.start_at is not None:
@@ -126,7 +140,42 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
     preview = directory.preview(request.scope, selection)
     if preview.users == 0:
         raise RequestInvalid({"scope": ["Nobody matches this scope: there is no one to reset."]})
+    if library.unread:
+        preview = replace(preview, notes=(*preview.notes, RULES_NOT_READ))
     return preview
+
+
+class LibraryRules:
+    """The library system's own password rules (Koha's) for a scope, read once when needed."""
+
+    def __init__(self, directory: Directory, scope: Scope, selection: Sequence[int]) -> None:
+        self.directory = directory
+        self.scope = scope
+        self.selection = selection
+        self.applies = directory.profile.password_rules == KOHA
+        self._rules: KohaRules | None = None
+        self._categories: list[str] | None = None
+        self._read = False
+
+    def _load(self) -> KohaRules | None:
+        if self.applies and not self._read:
+            self._read = True
+            self._rules = read_koha_rules(self.directory)
+            if self._rules is not None:
+                self._categories = categories_in_scope(
+                    self.directory, self.scope, self.selection
+                )
+        return self._rules
+
+    @property
+    def unread(self) -> bool:
+        """The profile has rules, and resetbot may not read them."""
+        return self.applies and self._load() is None
+
+    def refusals(self, password: str) -> list[str]:
+        """Koha's reasons to refuse `password` for a patron in scope (none when unread)."""
+        rules = self._load()
+        return [] if rules is None else rules.refusals(password, self._categories)
 
 
 def _no_email_problems(

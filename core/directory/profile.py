@@ -29,6 +29,8 @@ MustChangeKind = Literal["flag", "expiry"]
 STAFF_RULES: tuple[StaffRuleKind, ...] = ("nonzero", "not_empty", "in")
 MUST_CHANGE_KINDS: tuple[MustChangeKind, ...] = ("flag", "expiry")
 BCRYPT_IDENTS = ("2a", "2b", "2y")
+#: Library systems whose own password rules resetbot knows how to read.
+PASSWORD_RULES = ("koha",)
 #: Values an extra reset may `set` that are not literals: the moment of the reset, or NULL.
 SPECIAL_VALUES = ("now", "today", "null")
 Literal_ = str | int | float | bool
@@ -100,6 +102,8 @@ class Profile:
     must_change: MustChange | None = None
     on_reset: tuple[ExtraReset, ...] = ()
     locked: LockedRule | None = None
+    #: The library system's own password rules resetbot also checks (`koha`), when readable.
+    password_rules: str | None = None
     #: resetbot's own table: its own search index, `users import` and `export`.
     owned: bool = False
 
@@ -188,7 +192,8 @@ class _Reader:
     """Reads one profile's keys, each refusal naming `source` and the key."""
 
     KNOWN = frozenset({"table", "id", "username", "name", "email", "staff", "password",
-                       "must_change", "on_reset", "locked", "description"})
+                       "must_change", "on_reset", "locked", "password_rules",
+                       "description"})
 
     def __init__(self, data: Mapping[str, Any], source: str) -> None:
         self.data = data
@@ -217,6 +222,7 @@ class _Reader:
             must_change=self.must_change(),
             on_reset=self.on_reset(),
             locked=self.locked(),
+            password_rules=self.password_rules(),
         )
 
     def section(self, key: str, *, required: bool = False) -> Mapping[str, Any]:
@@ -290,6 +296,13 @@ class _Reader:
             raise self.refuse("must_change.kind", f"unknown kind {kind!r} (expected "
                               + ", ".join(MUST_CHANGE_KINDS) + ")")
         return MustChange(column, kind)
+
+    def password_rules(self) -> str | None:
+        value = self.data.get("password_rules")
+        if value is not None and value not in PASSWORD_RULES:
+            raise self.refuse("password_rules", f"unknown rules {value!r} (expected "
+                              + ", ".join(PASSWORD_RULES) + ")")
+        return value if isinstance(value, str) else None
 
     def locked(self) -> LockedRule | None:
         section = self.section("locked")

@@ -42,3 +42,5 @@ class Preview:
     unusable: dict[str, int] = field(default_factory=dict)
     #: Accounts locked on purpose (the profile's `locked` rule), staff or not.
     locked: int = 0
+    #: What the requester should know besides the counts (the library system's rules unread).
+    notes: tuple[str, ...] = ()
