@@ -31,6 +31,8 @@ MUST_CHANGE_KINDS: tuple[MustChangeKind, ...] = ("flag", "expiry")
 BCRYPT_IDENTS = ("2a", "2b", "2y")
 #: Library systems whose own password rules resetbot knows how to read.
 PASSWORD_RULES = ("koha",)
+#: Library systems whose own log of password changes resetbot knows how to write.
+CHANGE_LOGS = ("koha",)
 #: Values an extra reset may `set` that are not literals: the moment of the reset, or NULL.
 SPECIAL_VALUES = ("now", "today", "null")
 Literal_ = str | int | float | bool
@@ -104,6 +106,8 @@ class Profile:
     locked: LockedRule | None = None
     #: The library system's own password rules resetbot also checks (`koha`), when readable.
     password_rules: str | None = None
+    #: The library system's own log of password changes resetbot also writes (`koha`).
+    change_log: str | None = None
     #: resetbot's own table: its own search index, `users import` and `export`.
     owned: bool = False
 
@@ -193,7 +197,7 @@ class _Reader:
 
     KNOWN = frozenset({"table", "id", "username", "name", "email", "staff", "password",
                        "must_change", "on_reset", "locked", "password_rules",
-                       "description"})
+                       "change_log", "description"})
 
     def __init__(self, data: Mapping[str, Any], source: str) -> None:
         self.data = data
@@ -223,6 +227,7 @@ class _Reader:
             on_reset=self.on_reset(),
             locked=self.locked(),
             password_rules=self.password_rules(),
+            change_log=self.known_system("change_log", CHANGE_LOGS),
         )
 
     def section(self, key: str, *, required: bool = False) -> Mapping[str, Any]:
@@ -298,10 +303,13 @@ class _Reader:
         return MustChange(column, kind)
 
     def password_rules(self) -> str | None:
-        value = self.data.get("password_rules")
-        if value is not None and value not in PASSWORD_RULES:
-            raise self.refuse("password_rules", f"unknown rules {value!r} (expected "
-                              + ", ".join(PASSWORD_RULES) + ")")
+        return self.known_system("password_rules", PASSWORD_RULES)
+
+    def known_system(self, key: str, known: tuple[str, ...]) -> str | None:
+        value = self.data.get(key)
+        if value is not None and value not in known:
+            raise self.refuse(key, f"unknown value {value!r} (expected " + ", ".join(known)
+                              + ")")
         return value if isinstance(value, str) else None
 
     def locked(self) -> LockedRule | None:

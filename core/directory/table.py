@@ -5,7 +5,8 @@ resetbot's state, so nothing here ever shares a transaction with the task tables
 opens, uses and ends its own connection.
 
 On a table resetbot does not own, only SELECTs and the UPDATE of `write_hashes` are ever run:
-no DDL, no INSERT, no DELETE.
+no DDL, no INSERT, no DELETE (beside, with Koha's BorrowersLog on and the grant, the INSERT of
+Koha's own log rows into `action_logs`, in the same transaction as the hashes).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
 from core.addresses import AddressProblem, address_problem, usable_address
 from core.db import make_engine
+from core.directory.koha_log import KohaChangeLog
+from core.directory.koha_rules import KOHA
 from core.directory.profile import ExtraReset, Profile, load_profile, resetbot_profile
 from core.directory.users import SEARCH_LIMIT, DirectoryUser, Preview
 from core.errors import ConfigError, InputError
@@ -90,6 +93,8 @@ class Directory:
         #: The setting whose URL `engine` was made from, named when the database refuses.
         self.setting = setting
         self.search_source: UserSearch | None = None
+        #: The library system's own log of password changes (Koha's action_logs), if any.
+        self.change_log = KohaChangeLog(engine) if profile.change_log == KOHA else None
         self._table: Table | None = users_table(self.names) if profile.owned else None
 
     @classmethod
@@ -537,6 +542,8 @@ class Directory:
         rows = [{"rb_user_id": user_id, "rb_new_hash": new_hash} for user_id, new_hash in hashes]
         with self.engine.begin() as connection:
             connection.execute(statement, rows)
+            if self.change_log is not None:  # in the same transaction: both, or neither
+                self.change_log.write(connection, [user_id for user_id, _ in hashes])
 
     def _must_change_values(self, require_change: bool, changed_at: datetime) -> dict[Any, Any]:
         rule = self.profile.must_change
