@@ -15,6 +15,7 @@ plain ASCII, or is otherwise not an address (`@example.org`, `a@`, `a@@b`).
 
 from __future__ import annotations
 
+import re
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from typing import Literal
@@ -29,6 +30,16 @@ ADDRESS_PROBLEMS: tuple[AddressProblem, ...] = (
 )
 
 
+#: RFC 5322's dot-atom on both sides of one `@`: what nearly every address is, and what
+#: `Address` reads back unchanged. Checked first because it is fast (a preview reads 100,000
+#: addresses; `Address` takes some 50 µs each); anything else is left to `Address`.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+PLAIN_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})*")
+#: The same, anchored, as SQL regular expressions read it (POSIX ERE, PCRE, Python): a database
+#: counts these itself, and only the other values travel to resetbot to be judged.
+PLAIN_ADDRESS_SQL = rf"^{_ATEXT}(\.{_ATEXT})*@{_ATEXT}(\.{_ATEXT})*$"
+
+
 class UnusableAddress(ValueError):
     """The address cannot be mailed; `problem` says why."""
 
@@ -37,8 +48,26 @@ class UnusableAddress(ValueError):
         self.problem: AddressProblem = problem
 
 
+def _plain(value: str | None) -> str | None:
+    """The address when it is a plain dot-atom one (the fast, common case), else None."""
+    if value is None:
+        return None
+    address = value.strip()
+    if PLAIN_ADDRESS.fullmatch(address) and not has_unsafe(value):
+        return address
+    return None
+
+
 def parse_address(value: str | None) -> Address:
     """The mailable address in `value`; raises UnusableAddress saying why not."""
+    plain = _plain(value)
+    if plain is not None:
+        local, _, domain = plain.partition("@")
+        return Address(username=local, domain=domain)
+    return _parse(value)
+
+
+def _parse(value: str | None) -> Address:
     if value is None:
         raise UnusableAddress("missing")
     address = value.strip()
@@ -62,8 +91,10 @@ def parse_address(value: str | None) -> Address:
 
 def address_problem(value: str | None) -> AddressProblem | None:
     """Why `value` is not a usable address; None when it is one."""
+    if _plain(value) is not None:
+        return None
     try:
-        parse_address(value)
+        _parse(value)
     except UnusableAddress as unusable:
         return unusable.problem
     return None
@@ -71,7 +102,10 @@ def address_problem(value: str | None) -> AddressProblem | None:
 
 def usable_address(value: str | None) -> str | None:
     """The address to mail (white space at the ends taken off), or None: no usable address."""
+    plain = _plain(value)
+    if plain is not None:
+        return plain
     try:
-        return parse_address(value).addr_spec
+        return _parse(value).addr_spec
     except UnusableAddress:
         return None

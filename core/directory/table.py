@@ -40,7 +40,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
-from core.addresses import AddressProblem, address_problem, usable_address
+from core.addresses import (
+    PLAIN_ADDRESS_SQL,
+    AddressProblem,
+    address_problem,
+    usable_address,
+)
 from core.db import make_engine
 from core.directory.koha_log import KohaChangeLog
 from core.directory.koha_rules import KOHA
@@ -439,15 +444,17 @@ class Directory:
 
     def preview(self, scope: Scope, selection: Sequence[int]) -> Preview:
         condition = self.scope_condition(scope, selection)
+        plain = self._plain_address()
         query = select(
             func.count(),
             func.coalesce(func.sum(case((self.staff_condition(), 1), else_=0)), 0),
             func.coalesce(func.sum(case((self.locked_condition(), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((plain, 1), else_=0)), 0),
         ).select_from(self.table).where(condition)
         with self.engine.connect() as connection:
-            total, staff, locked = connection.execute(query).one()
-            problems = self._address_problems(connection, condition)
-        usable = problems.pop(None, 0)
+            total, staff, locked, plain_count = connection.execute(query).one()
+            problems = self._address_problems(connection, condition, plain)
+        usable = int(plain_count) + problems.pop(None, 0)
         return Preview(
             users=int(total),
             emailable=usable,
@@ -458,18 +465,31 @@ class Directory:
             locked=int(locked),
         )
 
+    def _plain_address(self) -> ColumnElement[bool]:
+        """A plain dot-atom address, which the one rule (core.addresses) always takes: counted
+        by the database itself. Compared byte by byte on MariaDB/MySQL, whose REGEXP would
+        otherwise follow the column's case-insensitive collation beyond ASCII."""
+        if not self.profile.email:
+            return false()
+        column: ColumnElement[Any] = self._c(self.profile.email)
+        compared = func.binary(column) if self.engine.dialect.name == "mysql" else column
+        # `$` also matches before a last newline in PCRE and Python: such a value is not plain.
+        return and_(compared.regexp_match(PLAIN_ADDRESS_SQL), not_(column.like("%\n")))
+
     def _address_problems(
-        self, connection: Connection, condition: ColumnElement[bool]
+        self, connection: Connection, condition: ColumnElement[bool],
+        plain: ColumnElement[bool],
     ) -> Counter[AddressProblem | None]:
-        """The scope's addresses by what is wrong with them (None: usable), judged by the one
-        rule in Python: SQL cannot say what a mailable address is (and MariaDB's `'   ' = ''`
-        would hide blanks), so the addresses that are there are streamed and looked at here."""
+        """The scope's other addresses by what is wrong with them (None: usable), judged by
+        the one rule in Python: SQL cannot say what a mailable address is (and MariaDB's
+        `'   ' = ''` would hide blanks), so the values not plain are streamed and looked at
+        here."""
         problems: Counter[AddressProblem | None] = Counter()
         if not self.profile.email:
             return problems
         column = self._c(self.profile.email)
         rows = connection.execution_options(stream_results=True, yield_per=STREAM_BATCH).execute(
-            select(column).where(condition, column.is_not(None))
+            select(column).where(condition, column.is_not(None), not_(plain))
         )
         for (value,) in rows:
             problems[address_problem(str(value))] += 1
@@ -499,9 +519,8 @@ class Directory:
         `%` in a username is a character like any other.
         """
         email = self._c(self.profile.email) if self.profile.email else null()
-        query = select(self.username_expression(), email).where(
-            self.scope_condition(scope, selection)
-        )
+        query = select(self.username_expression(), email if without_email_only else null())
+        query = query.where(self.scope_condition(scope, selection))
         folded = normalised(password).lower()
         clashes = 0
         with self.engine.connect() as connection:

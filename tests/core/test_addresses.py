@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blocks.text import unusable_addresses
-from core.addresses import ADDRESS_PROBLEMS, address_problem, usable_address
+from core.addresses import (
+    ADDRESS_PROBLEMS,
+    PLAIN_ADDRESS,
+    address_problem,
+    parse_address,
+    usable_address,
+)
 
 
 @pytest.mark.parametrize(("value", "problem"), [
@@ -67,3 +73,10 @@ def test_the_preview_says_how_many_addresses_cannot_be_used_and_why() -> None:
         "3 addresses cannot be used and count as no e-mail: 2 only spaces, "
         "1 no @ (such as n/a or none)"
     )
+
+
+@given(st.from_regex(PLAIN_ADDRESS, fullmatch=True))
+def test_the_fast_path_takes_only_what_address_reads_back_unchanged(address: str) -> None:
+    assert Address(addr_spec=address).addr_spec == address
+    assert usable_address(address) == address
+    assert parse_address(address).addr_spec == address

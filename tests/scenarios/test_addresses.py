@@ -18,6 +18,7 @@ from redis import Redis
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.addresses import usable_address
 from core.db import make_engine
 from core.directory import Directory
 from core.migrate import upgrade
@@ -236,3 +237,27 @@ def test_without_must_change_an_expiry_of_today_or_earlier_is_cleared_and_a_late
     # Koha asks for a new password once the date has come: today is already expired.
     assert expiry[31] is None and expiry[32] is None
     assert str(expiry[33])[:10] == (today + timedelta(days=1)).isoformat()
+
+
+@pytest.mark.parametrize("database_url", [
+    "sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+], indirect=True)
+def test_the_database_counts_only_what_the_rule_takes(
+    engine: Engine, directory: Directory
+) -> None:
+    """The preview lets the database count plain addresses; every other value is judged by the
+    rule in Python. Values on the edge of "plain" land where the rule says."""
+    values = ["ada@example.org", "ada@example.org\n", " ada@example.org", "\u212aim@example.org",
+              "\u017fam@example.org", "ADA@EXAMPLE.ORG", "a.b@c", "a..b@c.org", "a@b@c.org", "n/a",
+              "   ", "", "zoë@example.org", "a\tb@example.org", "x@y.org\r"]
+    with engine.begin() as connection:
+        connection.execute(insert(directory.table), [
+            {"id": i, "username": f"u{i}", "full_name": "U", "email": value, "role": None,
+             "password_hash": "h", "must_change_password": False}
+            for i, value in enumerate(values, 1)
+        ])
+    preview = directory.preview(Scope.ALL, ())
+    usable = [v for v in values if usable_address(v) is not None]
+    assert preview.emailable == len(usable) == 4  # ada, ' ada', ADA, a.b@c
+    assert preview.users - preview.emailable == sum(preview.unusable.values()) + 1  # '' missing
