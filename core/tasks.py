@@ -336,8 +336,12 @@ def create_task(
 
 
 def preview_counts(preview: Preview | None) -> dict[str, Any] | None:
-    """A preview as the JSON kept with a request and its task."""
-    return None if preview is None else asdict(preview)
+    """A preview's counts as the JSON kept with a request and its task (what approvers are
+    shown and a scheduled start compares)."""
+    if preview is None:
+        return None
+    counts = asdict(preview)
+    return {key: counts[key] for key in ("users", "emailable", "without_email", "staff")}
 
 
 def _start_at(request: ResetRequest) -> datetime | None:
