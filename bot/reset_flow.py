@@ -160,18 +160,18 @@ def resolve_usernames(
 ) -> tuple[tuple[int, ...], list[str]]:
     """The users' ids, and a note for each name found under another spelling.
 
-    Names are taken in Unicode NFC. resetbot's own table matches a name exactly first; a
-    library system's table as its database compares (its collation: MariaDB's Koha ignores case
-    and accents, as Koha's sign-in does), the same spelling winning among several. Otherwise a
-    name is matched ignoring case, when exactly one username in the directory matches that way.
-    Several matches are refused, naming them: only the exact spelling can say which one is
-    meant.
+    resetbot's own table matches a name exactly first; a library system's table as its
+    database compares (its collation: MariaDB's Koha ignores case and accents, as Koha's
+    sign-in does), after Unicode NFC, the same spelling winning among several. Otherwise a name
+    is matched ignoring case, when exactly one username in the directory matches that way.
+    Several matches are refused, naming them: only the exact spelling can say which is meant.
     """
-    wanted = list(dict.fromkeys(normalised(name) for name in usernames))
-    if directory.profile.owned:
+    if directory.profile.owned:  # resetbot's own table keeps names as they were imported
+        wanted = list(dict.fromkeys(usernames))
         exact = {user.username: user.id for user in directory.by_username(wanted)}
         compared = {name: [(name, exact[name])] for name in wanted if name in exact}
     else:
+        wanted = list(dict.fromkeys(normalised(name) for name in usernames))
         compared = directory.usernames_as_compared(wanted)
     ids: set[int] = set()
     notes: list[str] = []
@@ -214,13 +214,13 @@ def _same_spelling_first(
     name: str, matches: list[tuple[str, int]]
 ) -> list[tuple[str, int]]:
     """One match spelled exactly as typed wins over the others the comparison finds."""
-    same = [match for match in matches if normalised(match[0]) == name]
+    same = [match for match in matches if normalised(match[0]) == normalised(name)]
     return same if len(same) == 1 else matches
 
 
 def _take(name: str, match: tuple[str, int], notes: list[str], how: str) -> int:
     found, user_id = match
-    if normalised(found) != name:
+    if normalised(found) != normalised(name):
         notes.append(f"Note: {shown(name)} is {shown(found)} in the directory ({how}).")
     return user_id
 

@@ -59,7 +59,7 @@ def test_a_name_in_another_unicode_form_or_without_accents_finds_the_patron(
     typed = run("reset", "--scope", "selected_only", "--user", _nfd("José"), "--dry-run",
                 **koha_env)
     assert typed.code == 0, typed.err
-    assert "(the 1 selected user)" in typed.out and "Note:" not in typed.out
+    assert "(the 1 selected user)" in typed.out and " in the directory (" not in typed.out
 
     plain = run("reset", "--scope", "selected_only", "--user", "jose,ZOE", "--dry-run",
                 **koha_env)
@@ -85,6 +85,6 @@ def test_a_name_koha_would_find_twice_is_refused_and_both_are_listed(
     # The same spelling as in the directory says which one is meant.
     exact = run("reset", "--scope", "selected_only", "--user", "lena", "--dry-run", **koha_env)
     assert exact.code == 0, exact.err
-    assert "(the 1 selected user)" in exact.out and "Note:" not in exact.out
+    assert "(the 1 selected user)" in exact.out and " in the directory (" not in exact.out
     unknown = run("reset", "--scope", "selected_only", "--user", "nobody", "--yes", **koha_env)
     assert unknown.code == 1 and "no such user in the directory: nobody" in unknown.err
