@@ -4,7 +4,9 @@ When a member of staff changes a patron's password, Koha (Koha::Patron::set_pass
 C4::Log::logaction) adds a row to `action_logs` if its `BorrowersLog` preference is on: module
 `MEMBERS`, action `CHANGE PASS`, the borrowernumber as object, an empty info, user 0 when no
 one is signed in, and the interface it ran from. resetbot writes the same row, with interface
-`commandline`, in the same transaction as the new hash: both are there, or neither.
+`commandline`, in the same transaction as the new hash: a failed commit leaves neither. (An
+INSERT refused for want of the grant is undone alone, in a savepoint: the hashes still go in,
+and nothing is tried again.)
 
 It needs an optional grant: INSERT on `action_logs` (and SELECT on `systempreferences` to read
 `BorrowersLog`). With the preference off, or either grant missing, nothing is written.
