@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,6 +67,7 @@ OUTCOME_LABELS: dict[ItemState, str] = {
     ItemState.CANCELLED: "cancelled",
     ItemState.SKIPPED: "not reset (no e-mail)",
     ItemState.HANDED_OUT: "your password (no e-mail)",
+    ItemState.LOCKED: "locked on purpose: left alone",
 }
 #: The reset form's choices for users without an e-mail address, and what each one means.
 NO_EMAIL_LABELS: dict[NoEmailChoice, str] = {
@@ -96,6 +97,49 @@ def no_email_preview(choice: NoEmailChoice, users: int) -> str:
         NoEmailChoice.SKIP: f"{users:,}: left alone, their password does not change",
         NoEmailChoice.SET: f"{users:,}: get the password you typed; you tell each of them",
     }[choice]
+
+#: Why an address in the directory is not used (core.addresses' reasons), as the preview says it.
+ADDRESS_PROBLEM_WORDS = {
+    "blank": "only spaces",
+    "no_at": "no @ (such as n/a or none)",
+    "spaces_or_controls": "spaces or control characters inside",
+    "not_ascii": "not plain ASCII",
+    "not_an_address": "not an address",
+}
+
+
+def unusable_addresses(unusable: Mapping[str, int]) -> str:
+    """The addresses that are there but cannot be mailed, and why; "" when there are none."""
+    counted = [(count, ADDRESS_PROBLEM_WORDS.get(reason, reason))
+               for reason, count in unusable.items() if count]
+    if not counted:
+        return ""
+    total = sum(count for count, _ in counted)
+    reasons = ", ".join(f"{count:,} {words}" for count, words in counted)
+    return (f"{plural(total, 'address', 'addresses')} cannot be used and count as no e-mail: "
+            f"{reasons}")
+
+
+def locked_left_alone(users: int) -> str:
+    """The summary's line for accounts locked on purpose that a task left out."""
+    return (f"{plural(users, 'account')} locked on purpose (by staff) "
+            f"{'was' if users == 1 else 'were'} left alone: a new password would not open "
+            f"{'it' if users == 1 else 'them'}.")
+
+
+def locked_preview(users: int, skipped: bool) -> str:
+    """What the preview says of the accounts locked on purpose in the scope."""
+    if not users:
+        return "0"
+    if skipped:
+        return f"{users:,}: left out, their password does not change"
+    return f"{users:,}: reset too; they stay locked"
+
+
+SKIP_LOCKED_LABEL = "Leave out accounts locked on purpose"
+SKIP_LOCKED_HINT = ("Accounts staff locked in the library system cannot sign in whatever "
+                    "their password: changing it only sends a mail nobody can use.")
+
 
 DEFAULT_FIELD_HINT = (
     "Leave blank to e-mail each user a new random password. Fill in to set this password "

@@ -23,6 +23,8 @@ from blocks.ids import (
     REQUIRE_CHANGE_YES,
     SCOPE,
     SEND_LIST_OF_PREVIEW,
+    SKIP_LOCKED,
+    SKIP_LOCKED_YES,
     START_AT,
     USERS,
     USERS_FILE,
@@ -49,6 +51,8 @@ from blocks.text import (
     RESET_SAVED_TITLE,
     SCOPE_HELP,
     SCOPE_LABELS,
+    SKIP_LOCKED_HINT,
+    SKIP_LOCKED_LABEL,
     START_AGAIN_TITLE,
     STATUS_EMOJI,
     UNKNOWN_FORM,
@@ -61,6 +65,7 @@ from blocks.text import (
     escape,
     file_refused,
     file_summary,
+    locked_preview,
     mode_label,
     never_started_words,
     no_email_preview,
@@ -80,6 +85,7 @@ from blocks.text import (
     thread_link,
     truncate,
     unmatched_lines,
+    unusable_addresses,
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
@@ -116,6 +122,7 @@ def reset_modal(channel: str | None = None) -> View:
     initial_scope = scope_options[list(Scope).index(Scope.SELECTED_ONLY)]
     require_change = {"text": plain("Require a new password at next login", 75),
                       "value": REQUIRE_CHANGE_YES}
+    skip_locked = {"text": plain(SKIP_LOCKED_LABEL, 75), "value": SKIP_LOCKED_YES}
     no_email_options = [
         {"text": plain(NO_EMAIL_LABELS[choice], 75), "value": choice.value,
          "description": plain(NO_EMAIL_HELP[choice], 75)}
@@ -193,6 +200,15 @@ def reset_modal(channel: str | None = None) -> View:
             },
             {
                 "type": "input",
+                "block_id": SKIP_LOCKED,
+                "optional": True,
+                "label": plain("Locked accounts"),
+                "hint": plain(SKIP_LOCKED_HINT),
+                "element": {"type": "checkboxes", "action_id": SKIP_LOCKED,
+                            "options": [skip_locked], "initial_options": [skip_locked]},
+            },
+            {
+                "type": "input",
                 "block_id": START_AT,
                 "optional": True,
                 "label": plain("Start at (optional)"),
@@ -225,6 +241,7 @@ def preview_modal(
     no_email: NoEmailChoice = NoEmailChoice.RESET,
     start_at: datetime | None = None,
     file_report: dict[str, Any] | None = None,
+    skip_locked: bool = False,
 ) -> View:
     """What a confirm would do; private_metadata holds only the opaque id of the waiting request.
 
@@ -242,6 +259,8 @@ def preview_modal(
         mrkdwn(f"*E-mailed a new password*\n{emailed:,}"),
         mrkdwn(f"*Without e-mail*\n{without_email}"),
         mrkdwn(f"*Staff included*\n{preview.staff:,}"),
+        *([mrkdwn(f"*Locked on purpose*\n{locked_preview(preview.locked, skip_locked)}")]
+          if preview.locked else []),
         mrkdwn(f"*Mode*\n{mode_label(mode)}"),
         mrkdwn(f"*New password at next login*\n{'Required' if require_change else 'Not required'}"),
     ]
@@ -250,6 +269,10 @@ def preview_modal(
         section(f"*{scope_summary(scope, selected)}*: {preview_words(tally)}"),
         {"type": "section", "fields": fields},
     ]
+    unusable = unusable_addresses(preview.unusable) if mode is Mode.GENERATED else ""
+    if unusable:
+        blocks.append(context(unusable + "."))
+    blocks += [context(escape(note)) for note in preview.notes]
     if file_report is not None:
         blocks.append(section(file_summary(file_report)))
         if file_report["unmatched"]:

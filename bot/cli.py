@@ -395,6 +395,9 @@ def _add_reset(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                             "or set (see below)")
     reset.add_argument("--no-require-change", action="store_true",
                        help="do not make users change the password at their next sign-in")
+    reset.add_argument("--skip-locked", action=argparse.BooleanOptionalAction, default=None,
+                       help="leave out accounts locked on purpose (Koha: login_attempts -1); "
+                            "the default with e-mailed passwords, not with a default password")
     reset.add_argument("--dry-run", action="store_true",
                        help="show the preview and stop; nothing changes")
     reset.add_argument("--csv", type=Path, metavar="FILE",
@@ -820,6 +823,7 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
         detach=args.detach,
         start_at=args.at,
         csv=args.csv,
+        skip_locked=args.skip_locked,
     )
     settings = cli.settings(with_secret_key=True)
     with cli.database(settings) as sessions:

@@ -217,6 +217,8 @@ class _Plan:
     selection: list[int]
     cursor: int
     count: int
+    #: Accounts locked on purpose get an item already ended `locked`: never changed.
+    skip_locked: bool = False
 
 
 def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
@@ -235,7 +237,8 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         # The starter holds the planning lease; anyone else (a reaper's re-plan) must take it.
         if resuming and not _take_plan_lease(context, session, task_id):
             return
-        plan = _Plan(Scope(task.scope), list(task.selection), task.plan_cursor, task.total)
+        plan = _Plan(Scope(task.scope), list(task.selection), task.plan_cursor, task.total,
+                     bool(task.skip_locked))
     if resuming:
         # Chunks written before an interruption may never have reached the queue.
         for chunk in _chunks_with_pending(context, task_id):
@@ -316,7 +319,8 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         if users:
             session.execute(
                 insert(items_table),
-                _item_rows(task_id, plan.count, users, settings.chunk_size, now),
+                _item_rows(task_id, plan.count, users, settings.chunk_size, now,
+                           plan.skip_locked),
             )
         session.commit()
     plan.cursor, plan.count = cursor, count
@@ -324,9 +328,11 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
 
 
 def _item_rows(
-    task_id: int, first: int, users: list[DirectoryUser], chunk_size: int, now: datetime
+    task_id: int, first: int, users: list[DirectoryUser], chunk_size: int, now: datetime,
+    skip_locked: bool = False,
 ) -> list[dict[str, Any]]:
-    """One pending item per user; `first` is how many items the task had before these."""
+    """One pending item per user; `first` is how many items the task had before these. An
+    account locked on purpose, when the task leaves them out, is ended `locked` at once."""
     return [
         {
             "task_id": task_id,
@@ -336,7 +342,8 @@ def _item_rows(
             "full_name": user.full_name,
             "email": user.email,
             "is_staff": user.is_staff,
-            "state": ItemState.PENDING.value,
+            "state": (ItemState.LOCKED if skip_locked and user.locked
+                      else ItemState.PENDING).value,
             "attempts": 0,
             "updated_at": now,
         }

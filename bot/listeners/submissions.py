@@ -215,7 +215,7 @@ def preview_or_errors(
         view = preview_modal(
             pending.id, preview, scope=form.scope, selected=len(request.selection),
             mode=request.mode, require_change=form.require_change,
-            no_email=request.no_email_choice,
+            no_email=request.no_email_choice, skip_locked=request.leaves_locked,
             # A time within the grace of "now" starts at once: the preview says no time.
             start_at=request.start_at if is_future(request.start_at, utcnow()) else None,
             file_report=file_report,

@@ -72,12 +72,13 @@ def test_the_reset_modal_keeps_its_interface_ids() -> None:
         ("require_change", "require_change", "checkboxes"),
         ("no_email", "no_email", "radio_buttons"),
         ("no_email_password", "no_email_password", "plain_text_input"),
+        ("skip_locked", "skip_locked", "checkboxes"),
         ("start_at", "start_at", "datetimepicker"),
     ]
     assert [o["value"] for o in blocks[0]["element"]["options"]] == [s.value for s in Scope]
     assert all(o.get("description") for o in blocks[0]["element"]["options"])
     assert [b.get("optional", False) for b in blocks] == [False, True, True, True, False, True,
-                                                          True]
+                                                          True, True]
     assert [o["value"] for o in blocks[4]["element"]["options"]] == ["reset", "skip", "set"]
     assert blocks[4]["element"]["initial_option"]["value"] == "reset"
     assert "Slack cannot hide what you type here" in blocks[5]["hint"]["text"]

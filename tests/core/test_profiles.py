@@ -72,8 +72,8 @@ def _with(text: str, old: str, new: str) -> str:
     (_with(KOHA, 'table = "borrowers"', 'table = "borrowers; DROP TABLE x"'),
      "table: expected a column or table name (letters, digits, _)"),
     (_with(KOHA, 'email = "email"', 'e_mail = "email"'),
-     "e_mail: unknown key (expected one of description, email, id, must_change, name, "
-     "on_reset, password, staff, table, username)"),
+     "e_mail: unknown key (expected one of change_log, description, email, id, locked, "
+     "must_change, name, on_reset, password, password_rules, staff, table, username)"),
     ("table = [", "not a TOML file"),
 ])
 def test_a_profile_file_with_an_unknown_rule_or_key_is_refused_naming_it(
