@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import column, select, table
+from sqlalchemy import ColumnElement, column, literal_column, select, table
 from sqlalchemy.exc import DBAPIError
 
 from core.models import Scope
@@ -122,10 +122,12 @@ def categories_in_scope(
 ) -> list[str] | None:
     """The category codes of the scope's patrons; None when `borrowers.categorycode` may not
     be read (then every category is checked)."""
-    try:
-        code = directory.table.c[_BORROWERS_CATEGORY]
-    except KeyError:
-        return None
+    # The directory's table holds only the profile's columns (nothing else is reflected, see
+    # Directory): the category is named beside them, from the same table.
+    code: ColumnElement[Any] | None = directory.table.c.get(_BORROWERS_CATEGORY)
+    if code is None:
+        table_name = directory.engine.dialect.identifier_preparer.format_table(directory.table)
+        code = literal_column(f"{table_name}.{_BORROWERS_CATEGORY}")
     query = select(code).where(directory.scope_condition(scope, selection)).distinct()
     try:
         with directory.engine.connect() as connection:

@@ -34,8 +34,11 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.log import PROTOCOL, log_enabled
 
+from core.directory.ldap.active_directory import ActiveDirectoryRules
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.connection import close_quietly, connect, unavailable
+from core.directory.ldap.openldap import OpenLdapRules
+from core.directory.ldap.profile import LdapProfile
 from core.directory.ldap.server import (
     INSUFFICIENT_ACCESS,
     NO_SUCH_OBJECT,
@@ -43,9 +46,9 @@ from core.directory.ldap.server import (
     Attributes,
     ServerRules,
     attributes_of,
+    check_family,
     first_text,
     normal_dn,
-    rules_for,
 )
 from core.directory.protocol import (
     Counts,
@@ -425,3 +428,11 @@ def _said(result: Mapping[str, Any] | None) -> str:
 def _clean(text: str, password: str) -> str:
     """A server's reason, never holding the password (a server might quote it)."""
     return text[:300].replace(password, "***") if password else text[:300]
+
+
+def rules_for(profile: LdapProfile) -> ServerRules:
+    """The server family the profile's password method names (OpenLDAP or Active Directory)."""
+    check_family(profile)
+    if profile.set_by == "password-modify":
+        return OpenLdapRules(profile)
+    return ActiveDirectoryRules(profile)
