@@ -23,6 +23,9 @@ from sqlalchemy.exc import DBAPIError
 
 logger = logging.getLogger(__name__)
 
+#: The profile's `change_log` kind that writes Koha's action_logs.
+KOHA = "koha"
+
 #: How long a read of `BorrowersLog` is trusted before it is read again.
 PREFERENCE_SECONDS = 60.0
 _PREFERENCES = table("systempreferences", column("variable"), column("value"))

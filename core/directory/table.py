@@ -51,8 +51,7 @@ from core.addresses import (
     usable_address,
 )
 from core.db import make_engine, shown_url, url_secrets
-from core.directory.koha_log import KohaChangeLog
-from core.directory.koha_rules import KOHA
+from core.directory.koha_log import KOHA, KohaChangeLog
 from core.directory.profile import (
     ExtraReset,
     Profile,
