@@ -61,6 +61,8 @@ SUMMARY_ORDER = (
     ItemState.SKIPPED,
     ItemState.NOTIFY_FAILED,
     ItemState.CANCELLED,
+    ItemState.RESTORED,
+    ItemState.CHANGED_SINCE,
 )
 QUARTER_WORDS = {1: "A quarter done", 2: "Halfway", 3: "Three quarters done"}
 #: Why the bot could not post where the task was asked for, as Slack's error codes say.

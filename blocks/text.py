@@ -65,6 +65,8 @@ OUTCOME_LABELS: dict[ItemState, str] = {
     ItemState.CANCELLED: "cancelled",
     ItemState.SKIPPED: "not reset (no e-mail)",
     ItemState.HANDED_OUT: "your password (no e-mail)",
+    ItemState.RESTORED: "previous password back",
+    ItemState.CHANGED_SINCE: "changed since: left alone",
 }
 #: The reset form's choices for users without an e-mail address, and what each one means.
 NO_EMAIL_LABELS: dict[NoEmailChoice, str] = {

@@ -33,6 +33,8 @@ OUTCOME_WORDS = {
     ItemState.CANCELLED: "cancelled, not reset",
     ItemState.SKIPPED: "no e-mail: left alone, not reset",
     ItemState.HANDED_OUT: "no e-mail: tell them the typed password",
+    ItemState.RESTORED: "undone: previous password back",
+    ItemState.CHANGED_SINCE: "changed since: left alone",
 }
 
 
