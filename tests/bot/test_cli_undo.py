@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.terminal import login_name
 from core.directory import Directory
-from core.models import ItemState, ResetItem, ResetTask, TaskStatus, UndoSnapshot
+from core.models import ItemState, ResetItem, TaskStatus, UndoSnapshot
 from core.passwords import PasswordHasher
 from core.settings import Settings
 from tests.bot.test_cli_tasks import audit_entries, tasks, work
