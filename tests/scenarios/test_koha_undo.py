@@ -1,0 +1,165 @@
+"""Undo on Koha's own `borrowers` (MariaDB), from the terminal, with real burst workers.
+
+After a reset e-mailed new passwords, `tasks undo` gives every borrower who has not changed
+theirs since their previous password back, as Koha checks a sign-in (Perl's
+Crypt::Eksblowfish), with the expiry date and lock as they were; one who changed it is left
+alone. With only the README's required grants (no SELECT on `password`), nothing is kept and
+Undo is refused before anything changes, as `directory check` says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis import Redis
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session
+
+from core.db import make_engine
+from core.models import ItemState, ResetItem, UndoSnapshot
+from core.passwords import PasswordHasher
+from core.settings import Settings
+from tests.scenarios.test_readme_directories import Names, _drop_user, _grant
+from tests.support.cli import cli_settings as cli_settings
+from tests.support.cli import run as run
+from tests.support.databases import mariadb_database
+from tests.support.koha import BORROWERS, create_borrowers, dump, koha_accepts
+from tests.support.smtp import SmtpServer
+from tests.support.smtp import smtp_server as smtp_server
+
+pytestmark = [pytest.mark.mariadb,
+              pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
+#: Koha's `updated_on` is the server's ON UPDATE CURRENT_TIMESTAMP: any write moves it.
+MOVES_BY_ITSELF = "updated_on"
+
+
+def before(number: int) -> str:
+    return f"Koha-before-{number}-x"
+
+
+@pytest.fixture
+def koha() -> Iterator[tuple[Engine, str]]:
+    """Koha's tables, each borrower signing in with `before(number)` (Koha's bcrypt)."""
+    with mariadb_database() as url:
+        engine = make_engine(url)
+        create_borrowers(engine)
+        hasher = PasswordHasher(("bcrypt",), 4, ident="2a")
+        with engine.begin() as connection:
+            for borrower in BORROWERS:
+                connection.execute(
+                    text("UPDATE borrowers SET password = :hash WHERE borrowernumber = :n"),
+                    {"hash": hasher.hash(before(borrower.number)), "n": borrower.number})
+        yield engine, url
+        engine.dispose()
+
+
+def env(url: str) -> dict[str, str]:
+    return {"DIRECTORY_URL": url, "DIRECTORY_PROFILE": "koha", "PASSWORD_ROUNDS": "4",
+            "PASSWORD_ALLOW_WEAK_ROUNDS": "true"}
+
+
+def burst(run: Any, url: str) -> None:
+    done = run("worker", "--burst", **env(url))
+    assert done.code == 0, done.err
+
+
+def kept(cli_settings: Settings) -> int:
+    engine = make_engine(cli_settings.database_url)
+    try:
+        with Session(engine) as session:
+            return int(session.scalar(select(func.count()).select_from(UndoSnapshot)) or 0)
+    finally:
+        engine.dispose()
+
+
+def mailed_numbers(cli_settings: Settings, task_id: int) -> set[int]:
+    engine = make_engine(cli_settings.database_url)
+    try:
+        with Session(engine) as session:
+            return set(session.scalars(select(ResetItem.user_id).where(
+                ResetItem.task_id == task_id, ResetItem.state == ItemState.NOTIFIED)))
+    finally:
+        engine.dispose()
+
+
+def test_undo_gives_koha_borrowers_their_previous_password_expiry_and_lock(
+    run: Any, koha: tuple[Engine, str], cli_settings: Settings, redis_conn: Redis,
+    smtp_server: SmtpServer,
+) -> None:
+    engine, url = koha
+    assert run("db", "upgrade", **env(url)).code == 0
+    original = dump(engine)
+    assert run("reset", "--scope", "all", "--yes", "--detach", **env(url)).code == 0
+    burst(run, url)
+    reset = dump(engine)
+    assert all(reset[n] != original[n] for n in original), "every borrower was reset"
+    assert kept(cli_settings) == len(BORROWERS)
+    mailed = mailed_numbers(cli_settings, 1)
+    assert mailed, "some borrowers were e-mailed"
+    # Carol signs in and chooses a password of her own: Undo must leave her alone.
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE borrowers SET password = :hash WHERE borrowernumber = 3"),
+                           {"hash": PasswordHasher(("bcrypt",), 4, ident="2a").hash("Carols")})
+    changed_by_carol = dump(engine)[3]
+    messages_before = len(smtp_server.messages)
+
+    undone = run("tasks", "undo", "1", "--yes", "--detach", **env(url))
+    assert undone.code == 0, undone.err
+    assert f"{len(BORROWERS) - 1} users still have the password it set" in undone.out
+    assert "1 user changed their password since" in undone.out
+    burst(run, url)
+
+    after = dump(engine)
+    assert after[3] == changed_by_carol
+    columns = list(text_columns(engine))
+    for borrower in BORROWERS:
+        if borrower.number == 3:
+            continue
+        was, now = dict(zip(columns, original[borrower.number], strict=True)), dict(
+            zip(columns, after[borrower.number], strict=True))
+        was.pop(MOVES_BY_ITSELF), now.pop(MOVES_BY_ITSELF)
+        assert now == was, f"borrower {borrower.number} is not as before the reset"
+    others = [b.number for b in BORROWERS if b.number != 3]
+    assert koha_accepts([(before(n), str(after[n][columns.index("password")]))
+                         for n in others]) == [True] * len(others)
+    told = {mail.to for mail in smtp_server.messages[messages_before:]}
+    emails = {b.number: b.email for b in BORROWERS}
+    assert told == {emails[n] for n in mailed if n != 3}
+    burst(run, url)  # the reaper: the Undo has ended, nothing stays sealed
+    assert kept(cli_settings) == 0
+
+
+def text_columns(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.execute(text("SELECT * FROM borrowers LIMIT 0")).keys())
+
+
+def test_without_select_on_password_nothing_is_kept_and_undo_is_refused_first(
+    run: Any, koha: tuple[Engine, str], cli_settings: Settings, redis_conn: Redis,
+    smtp_server: SmtpServer,
+) -> None:
+    engine, root_url = koha
+    names = Names(root_url, cli_settings.database_url)
+    _grant(names)  # the README's required grants only
+    try:
+        url = (f"mysql+pymysql://{names.user}:{names.password}@{engine.url.host}:"
+               f"{engine.url.port}/{engine.url.database}?charset=utf8mb4")
+        checked = run("directory", "check", **env(url))
+        assert checked.code == 0, checked.err
+        assert ("  undo: not granted (SELECT (password, password_expiration_date, "
+                "login_attempts) ON borrowers); without it Undo is not offered") in checked.out
+        assert run("db", "upgrade", **env(url)).code == 0
+        assert run("reset", "--scope", "selected_only", "--user", "ada", "--yes", "--detach",
+                   **env(url)).code == 0
+        burst(run, url)
+        assert kept(cli_settings) == 0, "nothing kept: the old value could not be put back"
+        after_reset = dump(engine)
+        refused = run("tasks", "undo", "1", "--yes", **env(url))
+        assert refused.code == 1
+        assert "Undo is not possible with this directory" in refused.err
+        assert "GRANT SELECT (password, password_expiration_date, login_attempts)" in refused.err
+        assert dump(engine) == after_reset
+    finally:
+        _drop_user(names)
