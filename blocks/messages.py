@@ -20,6 +20,7 @@ from blocks.ids import (
     ACTION_CONFIRM_SCHEDULED,
     ACTION_REJECT,
     ACTION_RETRY_FAILED,
+    ACTION_UNDO,
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
@@ -40,6 +41,7 @@ from blocks.text import (
     starts_once_approved,
     status_label,
     truncate,
+    undo_button_text,
     until_words,
 )
 from core.csvsafe import to_csv
@@ -221,9 +223,18 @@ def parent_buttons(task: TaskSnapshot) -> list[Block]:
         if task.held:
             return [confirm_scheduled_button(task), cancel_button(task.id)]
         return [cancel_button(task.id)]
+    buttons = []
     if task.counts.get(ItemState.NOTIFY_FAILED, 0):
-        return [retry_failed_button(task.id, task.counts[ItemState.NOTIFY_FAILED])]
-    return []
+        buttons.append(retry_failed_button(task.id, task.counts[ItemState.NOTIFY_FAILED]))
+    if task.undo_until is not None:
+        buttons.append(undo_button(task.id, task.undo_until))
+    return buttons
+
+
+def undo_button(task_id: int, until: datetime) -> Block:
+    """Opens the Undo confirmation, with the counts taken at the click (core/undo.py)."""
+    return {"type": "button", "action_id": ACTION_UNDO, "value": str(task_id),
+            "text": plain(undo_button_text(until), 75)}
 
 
 # ---- four-eyes approval ----------------------------------------------------------------------

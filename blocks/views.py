@@ -16,6 +16,7 @@ from blocks.ids import (
     CALLBACK_CONFIRM,
     CALLBACK_NOTICE,
     CALLBACK_RESET,
+    CALLBACK_UNDO,
     NO_EMAIL,
     NO_EMAIL_PASSWORD,
     PASSWORD,
@@ -39,6 +40,8 @@ from blocks.text import (
     SCOPE_LABELS,
     START_AGAIN_TITLE,
     STATUS_EMOJI,
+    UNDO_BUTTON,
+    UNDO_TITLE,
     UNKNOWN_FORM,
     UNKNOWN_REQUEST,
     awaiting_approval,
@@ -58,6 +61,7 @@ from blocks.text import (
     status_label,
     thread_link,
     truncate,
+    undo_counts_text,
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
@@ -242,6 +246,20 @@ def notice_modal(title: str, text: str) -> View:
         "title": plain(title, 24),
         "close": plain("Close", 24),
         "blocks": [section(text)],
+    }
+
+
+def undo_modal(task_id: int, channel: str | None, unchanged: int, changed: int, mailed: int,
+               until: datetime) -> View:
+    """Undo's confirmation: what it would do, counted at the click; Undo submits it."""
+    return {
+        "type": "modal",
+        "callback_id": CALLBACK_UNDO,
+        "private_metadata": f"{task_id} {channel or ''}".strip(),
+        "title": plain(UNDO_TITLE, 24),
+        "submit": plain(UNDO_BUTTON, 24),
+        "close": plain("Cancel", 24),
+        "blocks": [section(undo_counts_text(task_id, unchanged, changed, mailed, until))],
     }
 
 

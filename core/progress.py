@@ -158,6 +158,8 @@ class TaskSnapshot:
     preview_users: int | None = None
     recheck_users: int | None = None
     start_held_at: datetime | None = None
+    #: Until when its thread offers Undo (core/undo.py); None: it does not.
+    undo_until: datetime | None = None
 
     @property
     def held(self) -> bool:

@@ -250,6 +250,17 @@ def offered(settings: Settings, task: ResetTask, now: datetime | None = None) ->
     return until is not None and until > (now or utcnow()) and _changed_any(task)
 
 
+def undo_offered_until(
+    session: Session, settings: Settings, directory: Directory, task: ResetTask,
+    now: datetime | None = None,
+) -> datetime | None:
+    """Until when task `task`'s thread shows Undo: its window is open, the directory can give
+    old values back and some were kept; None when it shows none."""
+    if not offered(settings, task, now) or undo_unavailable(directory) is not None:
+        return None
+    return window_end(settings, task) if _has_snapshots(session, task.id) else None
+
+
 def _changed_any(task: ResetTask) -> bool:
     return task.status in (TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS,
                            TaskStatus.CANCELLED, TaskStatus.FAILED)
