@@ -25,7 +25,7 @@ pytestmark = pytest.mark.every_database
 
 RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log",
                    "task_start_lock", "undo_snapshots"}
-HEAD = "0008"
+HEAD = "0009"
 
 
 @pytest.fixture
