@@ -47,6 +47,7 @@ from blocks.text import (
     tally_words,
     truncate,
     undo_button_text,
+    undo_how,
     until_words,
 )
 from core.csvsafe import to_csv
@@ -114,6 +115,8 @@ def safe(text: str | None, limit: int = NAME_LIMIT) -> str:
 
 
 def task_title(task: TaskSnapshot) -> str:
+    if task.undo_of is not None:
+        return f"Undo #{task.id} of password reset #{task.undo_of}"
     return f"Password reset #{task.id}"
 
 
@@ -190,9 +193,9 @@ def parent_message(
         f"{status}",
         f"*Requested by* {who_asked(task)}",
         f"*Who* {escape(scope_summary(task.scope, selected or task.selected))}",
-        f"*How* {mode_label(task.mode)}",
+        f"*How* {mode_label(task.mode) if task.undo_of is None else undo_how(task.undo_of)}",
     ]
-    if task.mode == Mode.GENERATED or task.require_change:
+    if task.undo_of is None and (task.mode == Mode.GENERATED or task.require_change):
         change = "required" if task.require_change else "not required"
         details.append(f"*New password at next login* {change}")
     if task.retry_of:
@@ -422,7 +425,9 @@ def retry_failed_button(task_id: int, failed: int) -> Block:
 
 
 def started_reply(task: TaskSnapshot) -> SlackMessage:
-    if task.mode == Mode.DEFAULT:
+    if task.undo_of is not None:
+        what = undo_how(task.undo_of).lower()
+    elif task.mode == Mode.DEFAULT:
         what = "setting the default password; nobody is e-mailed"
     else:
         what = "setting a new random password for each user and e-mailing it"

@@ -517,6 +517,12 @@ UNDO_TITLE = "Undo this reset?"
 UNDO_BUTTON = "Undo"
 
 
+def undo_how(original_id: int) -> str:
+    """How an Undo task changes passwords (where a reset says its mode)."""
+    return (f"Putting back the previous passwords of reset #{original_id} (those changed since "
+            "are left alone)")
+
+
 def undo_button_text(until: datetime) -> str:
     return f"Undo (until {until:%H:%M} UTC)"
 

@@ -134,6 +134,9 @@ def test_undo_from_the_thread_restores_those_who_kept_the_new_password(
     assert sorted(m.to for m in smtp_server.messages[mails_before:]) == [
         "alice@example.org", "carol@example.org", "erin@example.org", "grace@example.org"]
     assert not parent_offers_undo(slack_standin, task_id), "Undo taken: no longer offered"
+    assert any(str(call.params.get("text", "")).startswith(
+        f"Undo #{undo.id} of password reset #{task_id}: Completed")
+        for call in slack_standin.calls("chat.update"))
     [entry] = audit(app.sessions, "undo")
     assert (entry.actor, entry.task_id) == (ADMIN, undo.id)
 
