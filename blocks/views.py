@@ -229,8 +229,12 @@ def preview_modal(
     no_email: NoEmailChoice = NoEmailChoice.RESET,
     start_at: datetime | None = None,
     file_report: dict[str, Any] | None = None,
+    no_undo: str | None = None,
 ) -> View:
     """What a confirm would do; private_metadata holds only the opaque id of the waiting request.
+
+    `no_undo`: why this reset could not be undone (core.undo.preview_note), said before the
+    confirm.
 
     `start_at`: a scheduled reset's start, said above everything else. `file_report`: what a
     file of users matched (core.userio.FileMatch.report), with its first unmatched lines.
@@ -264,6 +268,8 @@ def preview_modal(
     if mode is Mode.DEFAULT:
         blocks.append(section("Tell the users their new password yourself: resetbot never "
                               "shows or sends it."))
+    if no_undo is not None:
+        blocks.append(section(f":information_source: {no_undo}"))
     blocks.append({
         "type": "section",
         "block_id": "send_list",

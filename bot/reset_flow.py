@@ -33,7 +33,7 @@ from bot.terminal import (
     requester,
     shown,
 )
-from core import audit
+from core import audit, undo
 from core.directory import Directory, Preview
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.passwords import normalised
@@ -122,6 +122,9 @@ def _run_reset(
     )
     preview = validate_or_refuse(cli, sessions, settings, directory, request)
     cli.say(describe_preview(request, preview))
+    no_undo = undo.preview_note(settings, directory)
+    if no_undo is not None:
+        cli.say(f"  Note: {no_undo}")
     if request.start_at is not None:
         cli.say(f"  Starts: {when_words(request.start_at)}")
     if choices.dry_run:

@@ -73,6 +73,15 @@ def undo_unavailable(directory: Directory) -> str | None:
             f"(GRANT SELECT ({columns}) ON {directory.profile.table})")
 
 
+def preview_note(settings: Settings, directory: Directory) -> str | None:
+    """What a reset's preview says when Undo is on but this directory cannot give a user's
+    previous password back (so the reset could not be undone); None otherwise."""
+    if settings.reset_undo_window <= 0:
+        return None
+    reason = undo_unavailable(directory)
+    return None if reason is None else f"This reset cannot be undone. {reason}."
+
+
 #: The name `directory check` gives the optional grant Undo needs (core/directory/capabilities).
 UNDO_FEATURE = "undo"
 

@@ -159,3 +159,18 @@ def test_undo_is_not_offered_when_the_window_is_off_and_a_click_is_refused(
         said = slack_standin.wait_for_call("chat.postEphemeral")
         assert "Undo is off (RESET_UNDO_WINDOW is 0)." in said.params["text"]
         assert len(tasks(app.sessions)) == 1
+
+
+def test_the_preview_says_before_the_confirm_when_a_reset_could_not_be_undone() -> None:
+    from blocks.views import preview_modal
+    from core.directory import Preview
+    from core.models import Mode, Scope
+
+    counts = Preview(users=3, emailable=2, without_email=1, staff=0)
+    note = "This reset cannot be undone. Undo is not possible with this directory: …."
+    said = view_text(preview_modal("p1", counts, scope=Scope.ALL, selected=0,
+                                   mode=Mode.GENERATED, require_change=True, no_undo=note))
+    assert note in said
+    plain = view_text(preview_modal("p1", counts, scope=Scope.ALL, selected=0,
+                                    mode=Mode.GENERATED, require_change=True))
+    assert "cannot be undone" not in plain

@@ -91,7 +91,8 @@ def test_undo_gives_koha_borrowers_their_previous_password_expiry_and_lock(
     engine, url = koha
     assert run("db", "upgrade", **env(url)).code == 0
     original = dump(engine)
-    assert run("reset", "--scope", "all", "--yes", "--detach", **env(url)).code == 0
+    started = run("reset", "--scope", "all", "--yes", "--detach", **env(url))
+    assert started.code == 0 and "cannot be undone" not in started.out
     burst(run, url)
     reset = dump(engine)
     assert all(reset[n] != original[n] for n in original), "every borrower was reset"
@@ -151,8 +152,11 @@ def test_without_select_on_password_nothing_is_kept_and_undo_is_refused_first(
         assert ("  undo: not granted (SELECT (password, password_expiration_date, "
                 "login_attempts) ON borrowers); without it Undo is not offered") in checked.out
         assert run("db", "upgrade", **env(url)).code == 0
-        assert run("reset", "--scope", "selected_only", "--user", "ada", "--yes", "--detach",
-                   **env(url)).code == 0
+        started = run("reset", "--scope", "selected_only", "--user", "ada", "--yes", "--detach",
+                      **env(url))
+        assert started.code == 0, started.err
+        assert ("Note: This reset cannot be undone. Undo is not possible with this directory"
+                in started.out), "the preview says so before the confirm"
         burst(run, url)
         assert kept(cli_settings) == 0, "nothing kept: the old value could not be put back"
         after_reset = dump(engine)
