@@ -10,6 +10,7 @@ Undo is refused before anything changes, as `directory check` says.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,9 +19,11 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from core.db import make_engine
-from core.models import ItemState, ResetItem, UndoSnapshot
+from core.directory import Directory
+from core.models import ItemState, ResetItem, ResetTask, TaskStatus, UndoSnapshot
 from core.passwords import PasswordHasher
 from core.settings import Settings
+from core.undo import undo_offered_until
 from tests.scenarios.test_readme_directories import Names, _drop_user, _grant
 from tests.support.cli import cli_settings as cli_settings
 from tests.support.cli import run as run
@@ -165,5 +168,18 @@ def test_without_select_on_password_nothing_is_kept_and_undo_is_refused_first(
         assert "Undo is not possible with this directory" in refused.err
         assert "GRANT SELECT (password, password_expiration_date, login_attempts)" in refused.err
         assert dump(engine) == after_reset
+        # Nor does the task's thread offer Undo (what the Slack reporter renders its buttons by).
+        library = replace(cli_settings, directory_url=url, directory_profile="koha",
+                          password_rounds=4, password_allow_weak_rounds=True)
+        directory = Directory.from_settings(library)
+        state = make_engine(cli_settings.database_url)
+        try:
+            with Session(state) as session:
+                task = session.get(ResetTask, 1)
+                assert task is not None and task.status == TaskStatus.COMPLETED
+                assert undo_offered_until(session, library, directory, task) is None
+        finally:
+            directory.dispose()
+            state.dispose()
     finally:
         _drop_user(names)
