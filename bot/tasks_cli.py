@@ -177,6 +177,8 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
     cli.say(f"  Created {_when(task.created_at)}, started {_when(task.started_at)}, "
             f"finished {_when(task.finished_at)} (UTC)")
     _print_approval(cli, task)
+    if task.undo_of is not None:
+        cli.say(f"  Undo of task #{task.undo_of}: previous passwords put back where unchanged")
     if task.error:
         cli.say(f"  Error: {shown(task.error)}")
     if task.start_at is not None:

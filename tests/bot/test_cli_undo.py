@@ -118,6 +118,9 @@ def test_undo_puts_back_the_previous_passwords_of_those_who_kept_the_new_one(
         "alice@example.org", "carol@example.org", "erin@example.org", "grace@example.org"]
     assert all("previous password works again" in mail.text for mail in told)
     assert all("Before-" not in mail.text for mail in told)
+    shown = run("tasks", "show", "2").out
+    assert "Undo of task #1: previous passwords put back where unchanged" in shown
+    assert "undone: previous password back" in shown and "changed since: left alone" in shown
     [entry] = audit_entries(sessions, "undo")
     assert (entry.actor, entry.task_id, entry.detail["undo_of"]) == (
         f"cli:{login_name()}", 2, 1)
