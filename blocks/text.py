@@ -484,6 +484,10 @@ CANNOT_KEEP_DEFAULT = (
     "resetbot cannot keep a default password (RESET_SECRET_KEY is not set up). Leave it blank, "
     "or ask whoever runs resetbot."
 )
+DIRECTORY_UNREACHABLE = (
+    "The user directory cannot be reached right now, so nothing was previewed or changed. "
+    "Submit again in a moment; if it goes on, ask whoever runs resetbot."
+)
 
 
 def too_many_picked(limit: int) -> str:

@@ -50,6 +50,9 @@ class HashFormat:
     scheme: str | None = None
     ident: str | None = None
     rounds: int | None = None
+    #: The cost is the one the library system itself writes, below resetbot's minimum if need
+    #: be: for shipped profiles only (koha: 8). A profile file meets PASSWORD_ROUNDS' floor.
+    system_cost: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ def load_profile(name: str, names: DirectoryNames | None = None) -> Profile:
         return resetbot_profile(names or DirectoryNames())
     if name in shipped_profiles():
         resource = resources.files("core.directory").joinpath(f"profiles/{name}.toml")
-        return parse_profile(resource.read_text("utf-8"), name=name, source=f"{name}.toml")
+        return parse_profile(resource.read_text("utf-8"), name=name, source=f"{name}.toml",
+                             shipped=True)
     path = Path(name)
     if not path.is_file():
         raise ConfigError(
@@ -164,12 +168,12 @@ def load_profile(name: str, names: DirectoryNames | None = None) -> Profile:
     return parse_profile(text, name=str(path), source=str(path))
 
 
-def parse_profile(text: str, *, name: str, source: str) -> Profile:
+def parse_profile(text: str, *, name: str, source: str, shipped: bool = False) -> Profile:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not a TOML file ({error})") from None
-    return _Reader(data, source).profile(name)
+    return _Reader(data, source, shipped=shipped).profile(name)
 
 
 class _Reader:
@@ -178,9 +182,10 @@ class _Reader:
     KNOWN = frozenset({"table", "id", "username", "name", "email", "staff", "password",
                        "must_change", "on_reset", "description"})
 
-    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+    def __init__(self, data: Mapping[str, Any], source: str, *, shipped: bool = False) -> None:
         self.data = data
         self.source = source
+        self.shipped = shipped
 
     def refuse(self, key: str, reason: str) -> ConfigError:
         return ConfigError(f"{self.source}: {key}: {reason}")
@@ -261,11 +266,12 @@ class _Reader:
         if rounds is not None:
             if not isinstance(rounds, int) or isinstance(rounds, bool):
                 raise self.refuse("password.rounds", "expected a whole number")
-            # The library system's own cost: checked against what the scheme can do only.
+            # What the scheme can do; resetbot's floor is applied with the settings
+            # (core.directory.table.hasher_for).
             problem = rounds_problem(scheme, rounds, allow_weak=True)
             if problem:
                 raise self.refuse("password.rounds", problem)
-        return HashFormat(scheme, ident, rounds)
+        return HashFormat(scheme, ident, rounds, system_cost=self.shipped)
 
     def must_change(self) -> MustChange | None:
         section = self.section("must_change")

@@ -712,6 +712,12 @@ def hasher_for(profile: Profile, settings: Settings) -> PasswordHasher:
         )
         if problem:
             raise ConfigError(f"PASSWORD_ROUNDS: {problem} (profile {profile.name})")
+    elif not fmt.system_cost:  # a profile file's cost meets the same floor as PASSWORD_ROUNDS
+        problem = rounds_problem(
+            fmt.scheme, fmt.rounds, allow_weak=settings.password_allow_weak_rounds
+        )
+        if problem:
+            raise ConfigError(f"{profile.source}: password.rounds: {problem}")
     return PasswordHasher((fmt.scheme,), rounds, ident=fmt.ident)
 
 

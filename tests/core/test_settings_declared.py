@@ -60,6 +60,7 @@ def every_field_changed() -> Settings:
         smtp_port=2525,
         smtp_username="relay",
         smtp_password="pw with spaces # and = signs",
+        smtp_allow_plaintext=True,
         smtp_allow_plaintext_auth=True,
         smtp_security="ssl",
         smtp_timeout=0.1,

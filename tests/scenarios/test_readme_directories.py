@@ -35,6 +35,7 @@ from tests.support.koha import (
     koha_accepts,
     schema_objects,
 )
+from tests.support.services import REDIS_URL
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
@@ -172,8 +173,9 @@ class Names:
                     .replace("choose-a-long-password", self.password)
                     .replace("/koha", f"/{self.koha.database}"))
         if name == "DATABASE_URL":
-            return value.replace("resetbot@127.0.0.1/resetbot",
-                                 f"postgres@127.0.0.1:5432/{self.state.database}")
+            # The test PostgreSQL's user, host and port (RESETBOT_TEST_POSTGRES_URL).
+            state = self.state.render_as_string(hide_password=False).partition("://")[2]
+            return value.replace("resetbot@127.0.0.1/resetbot", state)
         return value
 
 
@@ -261,7 +263,7 @@ def test_using_resetbot_with_koha_as_written(
         names = Names(koha.url.render_as_string(hide_password=False), state_url)
         _grant(names)
         try:
-            env = {**_settings(names), "REDIS_URL": "redis://127.0.0.1:6379/0",
+            env = {**_settings(names), "REDIS_URL": REDIS_URL,
                    "RESET_QUEUE": queue_name, "SMTP_HOST": smtp_server.host,
                    "SMTP_PORT": str(smtp_server.port), "MAIL_FROM": "library@example.org"}
             (tmp_path / "first-password.txt").write_text(FIRST_PASSWORD + "\n")
