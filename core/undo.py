@@ -388,10 +388,12 @@ def create_undo_task(
 # ---- erasing ---------------------------------------------------------------------------------
 
 
-def erase_expired(session: Session, settings: Settings, now: datetime | None = None) -> int:
+def erase_expired(
+    session: Session, settings: Settings, now: datetime | None = None
+) -> tuple[int, list[int]]:
     """Erase the sealed values of every task whose Undo window has closed (unless its Undo still
-    runs) or whose Undo has ended; returns how many users' values were erased. The caller
-    commits."""
+    runs) or whose Undo has ended; (how many users' values were erased, the tasks whose values
+    they were: their threads no longer offer Undo). The caller commits."""
     cutoff = (now or utcnow()) - timedelta(seconds=settings.reset_undo_window)
     undo = aliased(ResetTask)
     undo_ended = exists(
@@ -405,12 +407,12 @@ def erase_expired(session: Session, settings: Settings, now: datetime | None = N
         select(UndoSnapshot.task_id).where(UndoSnapshot.task_id.in_(done)).distinct()
     ))
     if not ids:
-        return 0
+        return 0, []
     result = session.execute(
         delete(UndoSnapshot).where(UndoSnapshot.task_id.in_(ids))
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return int(result.rowcount), [int(task_id) for task_id in ids]  # type: ignore[attr-defined]
 
 
 def _duration(seconds: int) -> str:

@@ -35,6 +35,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.approval import expire_overdue
+from core.errors import QueueUnavailable
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
 from core.tasks import forget_expired_passwords
 from core.undo import erase_expired
@@ -143,11 +144,22 @@ def _erase_closed_undo_windows(context: WorkerContext, now: datetime, report: Re
     """The previous values a task kept for its Undo stay no longer than RESET_UNDO_WINDOW after
     it ended, nor once its Undo has ended (core/undo.py)."""
     with context.sessions() as session:
-        report.undo_values_erased = erase_expired(session, context.settings, now)
+        report.undo_values_erased, tasks = erase_expired(session, context.settings, now)
         session.commit()
-    if report.undo_values_erased:
-        logger.info("erased the kept values of %s users (Undo window closed)",
-                    report.undo_values_erased)
+    if not tasks:
+        return
+    logger.info("erased the kept values of %s users (Undo window closed)",
+                report.undo_values_erased)
+    if context.settings.slack_bot_token:
+        # Their threads drop the Undo button. Imported here: a worker without Slack never
+        # loads slack_sdk.
+        from jobs.slack_reporter import announce
+
+        for task_id in tasks:
+            try:
+                announce(context.queue, task_id)
+            except QueueUnavailable:
+                logger.warning("could not have task %s's thread drop its Undo", task_id)
 
 
 def _expire_approvals(context: WorkerContext, now: datetime, report: ReapReport) -> None:

@@ -174,3 +174,35 @@ def test_the_preview_says_before_the_confirm_when_a_reset_could_not_be_undone() 
     plain = view_text(preview_modal("p1", counts, scope=Scope.ALL, selected=0,
                                     mode=Mode.GENERATED, require_change=True))
     assert "cannot be undone" not in plain
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_when_the_window_closes_the_thread_drops_undo_and_a_late_click_is_refused(
+    undo_app: RunningApp, slack_standin: SlackStandIn,
+) -> None:
+    from datetime import timedelta
+
+    from jobs.context import WorkerContext
+    from jobs.reaper import reap
+    from tests.support.engine import work
+
+    app = undo_app
+    task_id = confirm_task(app, form_state("selected_only", (1, 2)))
+    assert run_worker(app, task_id).status is TaskStatus.COMPLETED
+    assert slack_standin.wait_for(lambda: parent_offers_undo(slack_standin, task_id))
+    with app.sessions() as session:
+        task = session.get(ResetTask, task_id)
+        assert task is not None and task.finished_at is not None
+        closes = task.finished_at + timedelta(seconds=app.settings.reset_undo_window)
+    context = WorkerContext.build(app.settings, app.redis)
+    try:
+        assert reap(context, now=closes + timedelta(seconds=1)).undo_values_erased == 2
+        work(context)  # the thread's delivery
+    finally:
+        context.close()
+    assert not parent_offers_undo(slack_standin, task_id)
+    ephemeral_before = slack_standin.count("chat.postEphemeral")
+    assert app.slack.click("undo_task", str(task_id)).status == 200
+    said = slack_standin.wait_for_call("chat.postEphemeral", count=ephemeral_before + 1)
+    assert f"Task #{task_id} changed no password that could be put back." in said.params["text"]
+    assert len(tasks(app.sessions)) == 1
