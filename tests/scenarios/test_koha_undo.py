@@ -28,6 +28,8 @@ from tests.scenarios.test_readme_directories import Names, _drop_user, _grant
 from tests.support.cli import cli_settings as cli_settings
 from tests.support.cli import run as run
 from tests.support.databases import mariadb_database
+from tests.support.engine import build_context
+from tests.support.engine import work as engine_work
 from tests.support.koha import BORROWERS, create_borrowers, dump, koha_accepts
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
@@ -133,6 +135,44 @@ def test_undo_gives_koha_borrowers_their_previous_password_expiry_and_lock(
     assert told == {emails[n] for n in mailed if n != 3}
     burst(run, url)  # the reaper: the Undo has ended, nothing stays sealed
     assert kept(cli_settings) == 0
+
+
+def test_undo_after_a_cancel_on_koha_puts_back_the_borrowers_reset_before_it(
+    run: Any, koha: tuple[Engine, str], cli_settings: Settings, redis_conn: Redis,
+    smtp_server: SmtpServer,
+) -> None:
+    engine, url = koha
+    assert run("db", "upgrade", **env(url)).code == 0
+    original = dump(engine)
+    assert run("reset", "--scope", "all", "--yes", "--detach", **env(url)).code == 0
+    # Planned in chunks of two; only the first chunk is reset before the cancel.
+    library = replace(cli_settings, directory_url=url, directory_profile="koha",
+                      password_rounds=4, password_allow_weak_rounds=True, chunk_size=2)
+    state = make_engine(cli_settings.database_url)
+    context = build_context(library, redis_conn, state)
+    try:
+        engine_work(context, max_jobs=2)
+    finally:
+        context.close()
+        state.dispose()
+    assert run("tasks", "cancel", "1", **env(url)).code == 0
+    burst(run, url)
+    cancelled = dump(engine)
+    reset = {n for n in original if cancelled[n] != original[n]}
+    assert reset == {1, 2}, "the first chunk only"
+
+    undone = run("tasks", "undo", "1", "--yes", "--detach", **env(url))
+    assert undone.code == 0, undone.err
+    assert "2 users still have the password it set" in undone.out
+    burst(run, url)
+    after = dump(engine)
+    columns = text_columns(engine)
+    moved = columns.index(MOVES_BY_ITSELF)
+    for number, row in original.items():
+        assert after[number][:moved] + after[number][moved + 1:] == (
+            row[:moved] + row[moved + 1:]), f"borrower {number} is not as before the reset"
+    assert koha_accepts([(before(n), str(after[n][columns.index("password")]))
+                         for n in sorted(reset)]) == [True, True]
 
 
 def text_columns(engine: Engine) -> list[str]:
