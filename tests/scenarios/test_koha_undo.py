@@ -137,6 +137,41 @@ def test_undo_gives_koha_borrowers_their_previous_password_expiry_and_lock(
     assert kept(cli_settings) == 0
 
 
+def test_with_the_optional_grant_undo_works_with_column_grants_only(
+    run: Any, koha: tuple[Engine, str], cli_settings: Settings, redis_conn: Redis,
+    smtp_server: SmtpServer,
+) -> None:
+    """The README's grants plus its optional SELECT (password): every Undo query (the locked
+    read in the reset's write, the put-back) runs with column privileges only."""
+    engine, root_url = koha
+    names = Names(root_url, cli_settings.database_url)
+    _grant(names)
+    _grant(names, 1)
+    try:
+        url = (f"mysql+pymysql://{names.user}:{names.password}@{engine.url.host}:"
+               f"{engine.url.port}/{engine.url.database}?charset=utf8mb4")
+        assert "  undo: granted" in run("directory", "check", **env(url)).out
+        assert run("db", "upgrade", **env(url)).code == 0
+        original = dump(engine)
+        started = run("reset", "--scope", "selected_only", "--user", "ada,erin", "--yes",
+                      "--detach", **env(url))
+        assert started.code == 0 and "cannot be undone" not in started.out
+        burst(run, url)
+        assert kept(cli_settings) == 2
+        undone = run("tasks", "undo", "1", "--yes", "--detach", **env(url))
+        assert undone.code == 0, undone.err
+        burst(run, url)
+        after = dump(engine)
+        columns = text_columns(engine)
+        moved = columns.index(MOVES_BY_ITSELF)
+        for number in (1, 5):
+            assert after[number][:moved] + after[number][moved + 1:] == (
+                original[number][:moved] + original[number][moved + 1:])
+        assert koha_accepts([(before(1), str(after[1][columns.index("password")]))]) == [True]
+    finally:
+        _drop_user(names)
+
+
 def test_undo_after_a_cancel_on_koha_puts_back_the_borrowers_reset_before_it(
     run: Any, koha: tuple[Engine, str], cli_settings: Settings, redis_conn: Redis,
     smtp_server: SmtpServer,
