@@ -19,6 +19,7 @@ from core.models import FINAL_ITEM_STATES, ItemState, Mode, NoEmailChoice
 CHANGED_STATES = frozenset({
     ItemState.RESET, ItemState.NOTIFIED, ItemState.NO_EMAIL, ItemState.HANDED_OUT,
     ItemState.NOTIFY_FAILED, ItemState.RETRY_WAIT,
+    ItemState.RESTORED,  # an Undo's: the previous password put back
 })
 
 
@@ -88,7 +89,8 @@ def task_tally(
     return Tally(
         users=users,
         changed=count(*CHANGED_STATES),
-        left_alone=count(ItemState.SKIPPED),
+        # An Undo leaves alone whoever changed their password since.
+        left_alone=count(ItemState.SKIPPED, ItemState.CHANGED_SINCE),
         not_reached=not_reached,
         done=count(*FINAL_ITEM_STATES) - count(ItemState.CANCELLED),
         mailed=count(ItemState.NOTIFIED),

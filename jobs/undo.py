@@ -24,7 +24,7 @@ from jobs.batches import Claimed, Conditions, ItemOutcome
 from jobs.claims import claim_items, record_outcomes, renew
 from jobs.context import WorkerContext
 from jobs.finishing import finish_if_done
-from jobs.mailer import Mailer, PasswordMail
+from jobs.mailer import Mailer, MailSetupError, PasswordMail
 from jobs.progress import report_progress
 
 
@@ -104,9 +104,14 @@ def _put_back(context: WorkerContext, kept: list[Kept]) -> tuple[set[int], set[i
 
 
 def _tell(mailer: Mailer, item: Claimed) -> str | None:
-    """Mail "ignore the earlier mail"; the reason it could not be sent, if so."""
-    delivery = mailer.send(PasswordMail(
-        full_name=item.full_name, address=item.email or "", username=item.username,
-        password="", require_change=False, kind="undone",
-    ))
+    """Mail "ignore the earlier mail"; the reason it could not be sent, if so. The password
+    is back whatever happens to the mail: a mail server that refuses resetbot (wrong
+    credentials) is recorded on the user, not retried for ever."""
+    try:
+        delivery = mailer.send(PasswordMail(
+            full_name=item.full_name, address=item.email or "", username=item.username,
+            password="", require_change=False, kind="undone",
+        ))
+    except MailSetupError as error:
+        return f"The mail could not be sent: {error}"
     return delivery.reason

@@ -137,6 +137,10 @@ def test_undo_from_the_thread_restores_those_who_kept_the_new_password(
     assert any(str(call.params.get("text", "")).startswith(
         f"Undo #{undo.id} of password reset #{task_id}: Completed")
         for call in slack_standin.calls("chat.update"))
+    summaries = [str(call.params.get("text", "")) for call in slack_standin.calls(
+        "chat.postMessage") if str(call.params.get("text", "")).startswith(f"Reset #{undo.id} ")]
+    assert summaries and "previous password back 6" in summaries[-1]
+    assert "changed since: left alone 1" in summaries[-1]
     [entry] = audit(app.sessions, "undo")
     assert (entry.actor, entry.task_id) == (ADMIN, undo.id)
 
