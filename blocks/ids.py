@@ -11,6 +11,8 @@ from __future__ import annotations
 CALLBACK_RESET = "bulk_reset"
 CALLBACK_CONFIRM = "bulk_reset_confirm"
 CALLBACK_NOTICE = "resetbot_notice"
+#: Undo's confirmation, with the counts; private_metadata = "<task id> <channel>".
+CALLBACK_UNDO = "undo_task_confirm"
 
 # ---- the reset modal's inputs: block_id and action_id are the same -------------------------------
 
@@ -52,3 +54,5 @@ ACTION_SEND_LIST = "send_list"
 SEND_LIST_OF_PREVIEW = "preview"
 #: On a scheduled task held at its start because its counts changed: start it anyway.
 ACTION_CONFIRM_SCHEDULED = "confirm_scheduled"
+#: On an ended task's parent message during its RESET_UNDO_WINDOW; value = task id.
+ACTION_UNDO = "undo_task"

@@ -21,6 +21,7 @@ from blocks.ids import (
     ACTION_REJECT,
     ACTION_RETRY_FAILED,
     ACTION_SEND_LIST,
+    ACTION_UNDO,
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
@@ -46,6 +47,8 @@ from blocks.text import (
     status_label,
     tally_words,
     truncate,
+    undo_button_text,
+    undo_how,
     until_words,
 )
 from core.csvsafe import to_csv
@@ -69,6 +72,8 @@ SUMMARY_ORDER = (
     ItemState.LOCKED,
     ItemState.NOTIFY_FAILED,
     ItemState.CANCELLED,
+    ItemState.RESTORED,
+    ItemState.CHANGED_SINCE,
 )
 QUARTER_WORDS = {1: "A quarter done", 2: "Halfway", 3: "Three quarters done"}
 #: Why the bot could not post where the task was asked for, as Slack's error codes say.
@@ -112,6 +117,8 @@ def safe(text: str | None, limit: int = NAME_LIMIT) -> str:
 
 
 def task_title(task: TaskSnapshot) -> str:
+    if task.undo_of is not None:
+        return f"Undo #{task.id} of password reset #{task.undo_of}"
     return f"Password reset #{task.id}"
 
 
@@ -188,9 +195,9 @@ def parent_message(
         f"{status}",
         f"*Requested by* {who_asked(task)}",
         f"*Who* {escape(scope_summary(task.scope, selected or task.selected))}",
-        f"*How* {mode_label(task.mode)}",
+        f"*How* {mode_label(task.mode) if task.undo_of is None else undo_how(task.undo_of)}",
     ]
-    if task.mode == Mode.GENERATED or task.require_change:
+    if task.undo_of is None and (task.mode == Mode.GENERATED or task.require_change):
         change = "required" if task.require_change else "not required"
         details.append(f"*New password at next login* {change}")
     if task.retry_of:
@@ -233,9 +240,18 @@ def parent_buttons(task: TaskSnapshot) -> list[Block]:
         if task.held:
             return [confirm_scheduled_button(task), cancel_button(task.id)]
         return [cancel_button(task.id)]
+    buttons = []
     if task.counts.get(ItemState.NOTIFY_FAILED, 0):
-        return [retry_failed_button(task.id, task.counts[ItemState.NOTIFY_FAILED])]
-    return []
+        buttons.append(retry_failed_button(task.id, task.counts[ItemState.NOTIFY_FAILED]))
+    if task.undo_until is not None:
+        buttons.append(undo_button(task.id, task.undo_until))
+    return buttons
+
+
+def undo_button(task_id: int, until: datetime) -> Block:
+    """Opens the Undo confirmation, with the counts taken at the click (core/undo.py)."""
+    return {"type": "button", "action_id": ACTION_UNDO, "value": str(task_id),
+            "text": plain(undo_button_text(until), 75)}
 
 
 # ---- four-eyes approval ----------------------------------------------------------------------
@@ -411,7 +427,9 @@ def retry_failed_button(task_id: int, failed: int) -> Block:
 
 
 def started_reply(task: TaskSnapshot) -> SlackMessage:
-    if task.mode == Mode.DEFAULT:
+    if task.undo_of is not None:
+        what = undo_how(task.undo_of).lower()
+    elif task.mode == Mode.DEFAULT:
         what = "setting the default password; nobody is e-mailed"
     else:
         what = "setting a new random password for each user and e-mailing it"

@@ -68,6 +68,8 @@ OUTCOME_LABELS: dict[ItemState, str] = {
     ItemState.SKIPPED: "not reset (no e-mail)",
     ItemState.HANDED_OUT: "your password (no e-mail)",
     ItemState.LOCKED: "locked on purpose: left alone",
+    ItemState.RESTORED: "previous password back",
+    ItemState.CHANGED_SINCE: "changed since: left alone",
 }
 #: The reset form's choices for users without an e-mail address, and what each one means.
 NO_EMAIL_LABELS: dict[NoEmailChoice, str] = {
@@ -555,6 +557,41 @@ RESET_SAVED_TITLE = "Reset saved"
 UNKNOWN_REQUEST = "This request is unknown or has expired. Close this and start again."
 UNKNOWN_FORM = f"resetbot does not know this form. Close it and type {COMMAND} again."
 BUTTON_NAMES_NO_TASK = "That button does not name a reset."
+
+
+# ---- Undo (core/undo.py) ---------------------------------------------------------------------
+
+UNDO_TITLE = "Undo this reset?"
+UNDO_BUTTON = "Undo"
+
+
+def undo_how(original_id: int) -> str:
+    """How an Undo task changes passwords (where a reset says its mode)."""
+    return (f"Putting back the previous passwords of reset #{original_id} (those changed since "
+            "are left alone)")
+
+
+def undo_button_text(until: datetime) -> str:
+    return f"Undo (until {until:%H:%M} UTC)"
+
+
+def undo_counts_text(task_id: int, unchanged: int, changed: int, mailed: int,
+                     until: datetime) -> str:
+    """What an Undo of reset #`task_id` would do, counted now, before it is confirmed."""
+    lines = [
+        f"*Undo reset #{task_id}* (possible until {until:%Y-%m-%d %H:%M} UTC):",
+        f"• {plural(unchanged, 'user')} still have the password it set: each gets their "
+        "previous password back (and their must-change, expiry and lock as before).",
+        f"• Of them, {mailed:,} were e-mailed their new password, and are told to ignore "
+        "that mail.",
+        f"• {plural(changed, 'user')} changed their password since: left alone.",
+    ]
+    return "\n".join(lines)
+
+
+def undo_started(task_id: int, original_id: int, unchanged: int) -> str:
+    return (f"Started task #{task_id}: it undoes reset #{original_id}, giving "
+            f"{plural(unchanged, 'user')} their previous password back.")
 
 
 # ---- Send me the list ---------------------------------------------------------------------------

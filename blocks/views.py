@@ -16,6 +16,7 @@ from blocks.ids import (
     CALLBACK_CONFIRM,
     CALLBACK_NOTICE,
     CALLBACK_RESET,
+    CALLBACK_UNDO,
     NO_EMAIL,
     NO_EMAIL_PASSWORD,
     PASSWORD,
@@ -55,6 +56,8 @@ from blocks.text import (
     SKIP_LOCKED_LABEL,
     START_AGAIN_TITLE,
     STATUS_EMOJI,
+    UNDO_BUTTON,
+    UNDO_TITLE,
     UNKNOWN_FORM,
     UNKNOWN_REQUEST,
     USERS_FILE_HINT,
@@ -84,6 +87,7 @@ from blocks.text import (
     status_label,
     thread_link,
     truncate,
+    undo_counts_text,
     unmatched_lines,
     unusable_addresses,
     user_option_label,
@@ -242,13 +246,17 @@ def preview_modal(
     start_at: datetime | None = None,
     file_report: dict[str, Any] | None = None,
     skip_locked: bool = False,
+    no_undo: str | None = None,
 ) -> View:
     """What a confirm would do; private_metadata holds only the opaque id of the waiting request.
+
+    `no_undo`: why this reset could not be undone (core.undo.preview_note), said before the
+    confirm.
 
     `start_at`: a scheduled reset's start, said above everything else. `file_report`: what a
     file of users matched (core.userio.FileMatch.report), with its first unmatched lines.
     """
-    tally = preview_tally(preview, mode, no_email)
+    tally = preview_tally(preview, mode, no_email, skip_locked=skip_locked)
     emailed = tally.mailed
     if mode is Mode.GENERATED:
         without_email = no_email_preview(no_email, preview.without_email)
@@ -283,6 +291,8 @@ def preview_modal(
     if mode is Mode.DEFAULT:
         blocks.append(section("Tell the users their new password yourself: resetbot never "
                               "shows or sends it."))
+    if no_undo is not None:
+        blocks.append(section(f":information_source: {no_undo}"))
     blocks.append({
         "type": "section",
         "block_id": "send_list",
@@ -328,6 +338,20 @@ def notice_modal(title: str, text: str) -> View:
         "title": plain(title, 24),
         "close": plain("Close", 24),
         "blocks": [section(text)],
+    }
+
+
+def undo_modal(task_id: int, channel: str | None, unchanged: int, changed: int, mailed: int,
+               until: datetime) -> View:
+    """Undo's confirmation: what it would do, counted at the click; Undo submits it."""
+    return {
+        "type": "modal",
+        "callback_id": CALLBACK_UNDO,
+        "private_metadata": f"{task_id} {channel or ''}".strip(),
+        "title": plain(UNDO_TITLE, 24),
+        "submit": plain(UNDO_BUTTON, 24),
+        "close": plain("Cancel", 24),
+        "blocks": [section(undo_counts_text(task_id, unchanged, changed, mailed, until))],
     }
 
 

@@ -191,6 +191,7 @@ examples:
   resetbot tasks show 12 --csv > to-contact.csv
   resetbot tasks cancel 12
   resetbot tasks retry 12
+  resetbot tasks undo 12                put back the passwords task 12 replaced
   resetbot tasks approve 12 --as U024BE7LH   (a second admin, by Slack user id)
   resetbot tasks reject 12
   resetbot tasks start 12               a scheduled reset held because its count changed"""
@@ -433,8 +434,8 @@ def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tasks = _command(commands, "tasks",
                      "list reset tasks; show, cancel, retry, approve, reject or start one",
                      description=TASKS_DESCRIPTION, epilog=TASKS_EPILOG,
-                     usage="resetbot tasks [list | show ID | cancel ID | retry ID | approve ID | "
-                           "reject ID | start ID]")
+                     usage="resetbot tasks [list | show ID | cancel ID | retry ID | undo ID | "
+                           "approve ID | reject ID | start ID]")
     tasks.set_defaults(handler=cmd_tasks_list)
     actions = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", title="actions")
     listing = _command(actions, "list", "the last 20 tasks (also what `resetbot tasks` shows)",
@@ -463,6 +464,17 @@ def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     retry.add_argument("--detach", action="store_true",
                        help="queue the retry and return at once instead of following it")
+    undo = _task_action(
+        actions, "undo", "put back the passwords a task replaced (RESET_UNDO_WINDOW)",
+        cmd_tasks_undo,
+        "Within RESET_UNDO_WINDOW after task ID ended, give each of its users who has not "
+        "changed their password since their previous one back (and the must-change, expiry "
+        "and lock as before); those it e-mailed are told to ignore that mail. The counts are "
+        "shown first. As Slack's Undo button, and once per task.",
+    )
+    undo.add_argument("--yes", action="store_true", help="undo without asking")
+    undo.add_argument("--detach", action="store_true",
+                      help="queue the Undo and return at once instead of following it")
     approve = _task_action(
         actions, "approve", "approve a reset that awaits a second admin", cmd_tasks_approve,
         "Approve task ID, which awaits a second admin's approval, as Slack's Approve button. "
@@ -896,6 +908,18 @@ def cmd_tasks_retry(cli: Cli, args: argparse.Namespace) -> int:
     with cli.database(settings) as sessions:
         return retry_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id,
                           detach=args.detach)
+
+
+def cmd_tasks_undo(cli: Cli, args: argparse.Namespace) -> int:
+    from bot.tasks_cli import undo_task
+
+    if not args.yes and not sys.stdin.isatty():
+        raise UsageError("stdin is not a terminal, so I cannot ask for confirmation: add --yes "
+                         "to undo without asking (nothing was changed)")
+    settings = cli.settings(with_secret_key=True)
+    with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
+        return undo_task(cli, settings, sessions, directory, partial(cli.redis, settings),
+                         args.task_id, yes=args.yes, detach=args.detach)
 
 
 def cmd_tasks_approve(cli: Cli, args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ from bot.terminal import (
     requester,
     shown,
 )
-from core import audit
+from core import audit, undo
 from core.directory import Directory, Preview
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.passwords import normalised
@@ -125,6 +125,9 @@ def _run_reset(
     )
     preview = validate_or_refuse(cli, sessions, settings, directory, request)
     cli.say(describe_preview(request, preview))
+    no_undo = undo.preview_note(settings, directory)
+    if no_undo is not None:
+        cli.say(f"  Note: {no_undo}")
     if request.start_at is not None:
         cli.say(f"  Starts: {when_words(request.start_at)}")
     if choices.dry_run:
@@ -133,7 +136,8 @@ def _run_reset(
             cli.say(f"The list of the {plural(listed, 'user')} it would reset: {choices.csv}")
         cli.say("Dry run: nothing was changed.")
         return EXIT_OK
-    changed = preview_tally(preview, request.mode, request.no_email_choice).changed
+    changed = preview_tally(preview, request.mode, request.no_email_choice,
+                           skip_locked=request.leaves_locked).changed
     passwords = "password" if changed == 1 else "passwords"
     question = f"Reset the {passwords} of {plural(changed, 'user')}?"
     if request.start_at is not None:
@@ -277,7 +281,8 @@ def describe_preview(request: ResetRequest, preview: Preview) -> str:
         mode = "a new random password for each user, e-mailed"
         mailed = preview.emailable
         unusable = unusable_addresses(preview.unusable)
-    tally = preview_tally(preview, request.mode, request.no_email_choice)
+    tally = preview_tally(preview, request.mode, request.no_email_choice,
+                           skip_locked=request.leaves_locked)
     lines = [
         f"Scope: {request.scope.value}" + _scope_note(request),
         f"  Users in scope:        {tally.users:>8,}",

@@ -1,5 +1,5 @@
 """Tasks and the audit trail on the terminal: `resetbot tasks`, `tasks show`, `tasks cancel`,
-`tasks retry`, `tasks approve`, `tasks reject`, `tasks start`, `audit`.
+`tasks retry`, `tasks approve`, `tasks reject`, `tasks start`, `tasks undo`, `audit`.
 
 Cancel and retry do what Slack's buttons do, through the same core functions, with the same
 checks and audit entries; the operator (`cli:<login>`, as for `reset`) is the actor. Whoever can
@@ -34,7 +34,7 @@ from bot.terminal import (
     shown,
     shown_csv,
 )
-from core import approval, audit
+from core import approval, audit, undo
 from core.csvsafe import to_csv
 from core.directory import Directory
 from core.errors import ConflictError, QueueUnavailable
@@ -177,6 +177,8 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
     cli.say(f"  Created {_when(task.created_at)}, started {_when(task.started_at)}, "
             f"finished {_when(task.finished_at)} (UTC)")
     _print_approval(cli, task)
+    if task.undo_of is not None:
+        cli.say(f"  Undo of task #{task.undo_of}: previous passwords put back where unchanged")
     if task.error:
         cli.say(f"  Error: {shown(task.error)}")
     if task.start_at is not None:
@@ -324,6 +326,52 @@ def retry_task(
     final = follow(cli, sessions, retry_id)
     print_summary(cli, final)
     return exit_code(final)
+
+
+def undo_task(
+    cli: Output, settings: Settings, sessions: sessionmaker[Session], directory: Directory,
+    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *, yes: bool,
+    detach: bool,
+) -> int:
+    """As Slack's Undo button: the counts first, a typed yes (or --yes), then an Undo task
+    puts back each user's previous password where they have not changed it since."""
+    from bot.reset_flow import confirm, exit_code, follow, print_summary
+    from jobs.queueing import enqueue_task, make_queue
+
+    actor = requester()
+    with sessions() as session:
+        reason = undo.refusal(session, settings, directory, task_id)
+        found = undo.counts(session, settings, directory, task_id) if reason is None else None
+    if reason is not None or found is None:
+        _refuse(sessions, actor, task_id, "undo", reason or "")
+        raise Refused(f"{reason} Nothing was changed.")
+    _say_undo_counts(cli, found)
+    if found.unchanged == 0:
+        raise Refused("Nobody to put back. Nothing was changed.")
+    if not yes and not confirm(cli, f"Undo task #{task_id}?"):
+        return EXIT_REFUSED
+    with open_redis() as redis:
+        with sessions() as session:
+            task, _ = undo.create_undo_task(session, settings, directory, task_id, actor,
+                                            login_name())
+            session.commit()
+            undo_id = task.id
+        enqueue_task(make_queue(settings, redis), undo_id)
+    cli.say(f"Task #{undo_id} queued: it undoes task #{task_id}.")
+    if detach:
+        cli.say(f"Follow it with: resetbot tasks show {undo_id}")
+        return EXIT_OK
+    final = follow(cli, sessions, undo_id)
+    print_summary(cli, final)
+    return exit_code(final)
+
+
+def _say_undo_counts(cli: Output, found: undo.UndoCounts) -> None:
+    cli.say(f"Undo task #{found.task_id} (possible until {_when(found.until)} UTC):")
+    cli.say(f"  {plural(found.unchanged, 'user')} still have the password it set: each gets "
+            "their previous password back (and their must-change, expiry and lock as before)")
+    cli.say(f"    of them {found.mailed:,} were e-mailed, and are told to ignore that mail")
+    cli.say(f"  {plural(found.changed, 'user')} changed their password since: left alone")
 
 
 def audit_rows(session: Session, since: datetime | None) -> list[AuditRow]:

@@ -34,6 +34,8 @@ OUTCOME_WORDS = {
     ItemState.SKIPPED: "no e-mail: left alone, not reset",
     ItemState.HANDED_OUT: "no e-mail: tell them the typed password",
     ItemState.LOCKED: "locked on purpose: left alone",
+    ItemState.RESTORED: "undone: previous password back",
+    ItemState.CHANGED_SINCE: "changed since: left alone",
 }
 
 

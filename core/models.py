@@ -124,6 +124,9 @@ class ItemState(enum.StrEnum):
     SKIPPED = "skipped"  # no address, and staff chose to leave them alone (final)
     HANDED_OUT = "handed_out"  # no address: set to the password staff typed, to tell (final)
     LOCKED = "locked"  # locked on purpose, and the task leaves such accounts out (final)
+    # An Undo task's items (core/undo.py):
+    RESTORED = "restored"  # the password before the task is back (final)
+    CHANGED_SINCE = "changed_since"  # changed after the task: left alone (final)
 
     @property
     def is_final(self) -> bool:
@@ -140,6 +143,8 @@ FINAL_ITEM_STATES = frozenset(
         ItemState.SKIPPED,
         ItemState.HANDED_OUT,
         ItemState.LOCKED,
+        ItemState.RESTORED,
+        ItemState.CHANGED_SINCE,
     }
 )
 #: Outcomes whose users staff must contact by hand.
@@ -234,6 +239,10 @@ class ResetTask(Base):
     recheck_users: Mapped[int | None] = mapped_column(Integer, default=None)
     reminded_at: Mapped[datetime | None] = mapped_column(default=None)
     start_held_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Undo (core/undo.py): an Undo task names the task it undoes; that task names its Undo,
+    # set once by a conditional UPDATE, so a second click makes no second Undo.
+    undo_of: Mapped[int | None] = mapped_column(Integer, default=None)
+    undone_by: Mapped[int | None] = mapped_column(Integer, default=None)
 
     @property
     def preview_users(self) -> int | None:
@@ -310,6 +319,26 @@ class PendingRequest(Base):
     # Users named by a file (core.userio.FileMatch.report): counts and the lines that named
     # nobody, with line numbers. What the file said, never a password; not copied to the task.
     file_report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class UndoSnapshot(Base):
+    """What a task's write replaced for one user, kept for its Undo (core/undo.py).
+
+    Both values are sealed with RESET_SECRET_KEY: `previous_sealed` the columns as they were
+    before the task (password hash, must-change, expiry, lock), `written_sealed` the hash the
+    task wrote last, to tell whether the user has changed it since. Erased when the task's
+    Undo window closes (jobs/reaper.py).
+    """
+
+    __tablename__ = "undo_snapshots"
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("reset_tasks.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(Integer)
+    previous_sealed: Mapped[str] = mapped_column(Text)
+    written_sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):

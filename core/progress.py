@@ -159,6 +159,10 @@ class TaskSnapshot:
     preview_users: int | None = None
     recheck_users: int | None = None
     start_held_at: datetime | None = None
+    #: Until when its thread offers Undo (core/undo.py); None: it does not.
+    undo_until: datetime | None = None
+    #: An Undo task: the task whose passwords it puts back.
+    undo_of: int | None = None
     #: How many users were picked (the "selected" scopes): the scope's words say it.
     selected: int = 0
     #: What an e-mailed reset does to users without an address (NoEmailChoice's value).
@@ -243,6 +247,7 @@ def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
         preview_users=task.preview_users,
         recheck_users=task.recheck_users,
         start_held_at=task.start_held_at,
+        undo_of=task.undo_of,
         selected=len(task.selection or []),
         no_email=task.no_email,
     )

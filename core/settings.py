@@ -732,6 +732,13 @@ class Settings:
         "(0: no reminder)",
         parse=integer(0, 7 * 86400),
     )
+    reset_undo_window: int = setting(
+        "RESET_UNDO_WINDOW", 3600,
+        "seconds after a task ends (or is cancelled) during which an admin may undo it: each "
+        "user's previous password, kept sealed until then, is put back (0: no Undo, nothing "
+        "kept)",
+        parse=integer(0, 30 * 86400),
+    )
     directory_search_refresh: float = setting(
         "DIRECTORY_SEARCH_REFRESH", 30.0,
         "seconds after which the user picker's in-memory copy of a directory resetbot does not "

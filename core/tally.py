@@ -19,6 +19,7 @@ from core.models import FINAL_ITEM_STATES, ItemState, Mode, NoEmailChoice
 CHANGED_STATES = frozenset({
     ItemState.RESET, ItemState.NOTIFIED, ItemState.NO_EMAIL, ItemState.HANDED_OUT,
     ItemState.NOTIFY_FAILED, ItemState.RETRY_WAIT,
+    ItemState.RESTORED,  # an Undo's: the previous password put back
 })
 
 
@@ -59,11 +60,16 @@ def planned_outcome(mode: Mode, no_email: NoEmailChoice, has_email: bool) -> Ite
     }[no_email]
 
 
-def preview_tally(preview: Preview, mode: Mode, no_email: NoEmailChoice) -> Tally:
+def preview_tally(
+    preview: Preview, mode: Mode, no_email: NoEmailChoice, *, skip_locked: bool = False,
+) -> Tally:
     """What a confirm of this preview would do: users without an address left alone under
-    `skip` in an e-mailed reset are not passwords reset."""
+    `skip` in an e-mailed reset, and accounts locked on purpose left out, are not passwords
+    reset. (The preview does not count who is both: the two are added, at most everyone.)"""
     left_alone = (preview.without_email
                   if mode is Mode.GENERATED and no_email is NoEmailChoice.SKIP else 0)
+    if skip_locked:
+        left_alone = min(preview.users, left_alone + preview.locked)
     mailed = preview.emailable if mode is Mode.GENERATED else 0
     return Tally(users=preview.users, changed=preview.users - left_alone,
                  left_alone=left_alone, mailed=mailed)
@@ -88,7 +94,8 @@ def task_tally(
     return Tally(
         users=users,
         changed=count(*CHANGED_STATES),
-        left_alone=count(ItemState.SKIPPED),
+        # Left alone: no address under `skip`, locked on purpose, or (an Undo's) changed since.
+        left_alone=count(ItemState.SKIPPED, ItemState.LOCKED, ItemState.CHANGED_SINCE),
         not_reached=not_reached,
         done=count(*FINAL_ITEM_STATES) - count(ItemState.CANCELLED),
         mailed=count(ItemState.NOTIFIED),

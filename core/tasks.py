@@ -448,6 +448,8 @@ def approval_needed(settings: Settings, task: ResetTask, users: int | None) -> b
     (`approval_required`) and no approval covers them: the task was never approved, or was
     approved for a count they exceed by more than GROWTH_TO_RECONFIRM.
     """
+    if task.undo_of is not None:
+        return False  # an Undo puts back what was there before a task that was let through
     if not approval_required(settings, task.scope, users):
         return False
     return task.approved_by is None or exceeds_approved(task.preview_users, users)

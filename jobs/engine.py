@@ -22,6 +22,7 @@ from jobs.claims import chunk_items
 from jobs.context import current_context
 from jobs.planning import plan_items, start_task
 from jobs.retries import due_retries
+from jobs.undo import undo_of, work_undo_items
 
 
 def plan_task(task_id: int) -> None:
@@ -33,8 +34,13 @@ def plan_task(task_id: int) -> None:
 
 
 def run_chunk(task_id: int, chunk: int) -> None:
-    """Reset the pending users of one chunk, a claim batch at a time."""
-    work_items(current_context(), task_id, chunk_items(task_id, chunk))
+    """Reset the pending users of one chunk, a claim batch at a time (an Undo task's: put
+    their previous passwords back, jobs/undo.py)."""
+    context = current_context()
+    if undo_of(context, task_id) is not None:
+        work_undo_items(context, task_id, chunk_items(task_id, chunk))
+        return
+    work_items(context, task_id, chunk_items(task_id, chunk))
 
 
 def retry_mails(task_id: int, item_ids: list[int]) -> None:

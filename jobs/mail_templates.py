@@ -45,6 +45,9 @@ from core.settings import Settings
 
 SHIPPED = Path(__file__).resolve().parent / "templates"
 BASE_NAME = "reset"
+#: The mail an Undo sends to users the reset e-mailed: "ignore it, your previous password works
+#: again". No password in it. The library's folder may hold its own; else the shipped one.
+UNDONE_NAME = "undone"
 PLACEHOLDERS = frozenset(
     {"name", "username", "password", "portal_url", "library_name", "helpdesk", "must_change"}
 )
@@ -113,6 +116,8 @@ class Recipient:
     password: str
     require_change: bool
     language: str | None = None
+    #: `reset`, or `undone` (an Undo put their previous password back: UNDONE_NAME).
+    kind: str = BASE_NAME
 
 
 class MailTemplates:
@@ -126,6 +131,8 @@ class MailTemplates:
     ) -> None:
         self.languages = dict(languages)
         self.default_language = default_language
+        #: The Undo mail's languages (`undone.txt`, ...): the library's if it has one.
+        self.undone: dict[str, LanguageTemplates] = {}
         self.portal_url = settings.portal_url
         self.library_name = settings.library_name
         self.helpdesk = settings.helpdesk
@@ -148,18 +155,25 @@ class MailTemplates:
                 f"MAIL_LANGUAGE: no {BASE_NAME}.{default}.txt in {folder} "
                 f"(there are: {', '.join(sorted(lang or 'default' for lang in languages))})"
             )
-        return cls(languages, default if default in languages else "", settings)
+        templates = cls(languages, default if default in languages else "", settings)
+        templates.undone = _load_all(
+            folder if (folder / f"{UNDONE_NAME}.txt").is_file() else SHIPPED, UNDONE_NAME
+        )
+        return templates
 
-    def for_language(self, language: str | None) -> LanguageTemplates:
+    def for_language(self, language: str | None, kind: str = BASE_NAME) -> LanguageTemplates:
         """The user's language if there is a template for it (`fr-CA` falls back to `fr`),
-        else MAIL_LANGUAGE, else the default `reset.txt`."""
+        else MAIL_LANGUAGE, else the default `reset.txt` (`undone.txt` for an Undo's mail)."""
+        languages = self.undone if kind == UNDONE_NAME else self.languages
         for candidate in _candidates(language):
-            if candidate in self.languages:
-                return self.languages[candidate]
+            if candidate in languages:
+                return languages[candidate]
+        if kind == UNDONE_NAME:
+            return languages.get(self.default_language) or languages[""]
         return self.languages[self.default_language]
 
     def render(self, recipient: Recipient) -> RenderedMail:
-        chosen = self.for_language(recipient.language)
+        chosen = self.for_language(recipient.language, recipient.kind)
         text_values = self._values(chosen, recipient, _one_line)
         text_values["must_change"] = _must_change(chosen.must_change_text, text_values, recipient)
         subject = _one_line(chosen.subject.render(text_values))
@@ -223,9 +237,20 @@ def _escaped(text: str) -> str:
 # -- loading and checking -------------------------------------------------------------------
 
 
-def _load_language(folder: Path, language: str) -> LanguageTemplates:
+def _load_all(folder: Path, base: str) -> dict[str, LanguageTemplates]:
+    """Every language of the mail `base` in `folder` (`base.txt` required)."""
+    languages = {"": _load_language(folder, "", base)}
+    for path in sorted(folder.glob(f"{base}.*.txt")):
+        language = path.name[len(base) + 1 : -len(".txt")].lower()
+        if not _LANGUAGE.match(language):
+            raise ConfigError(f"{path}: {language!r} is not a language code (e.g. fr, pt-br)")
+        languages[language] = _load_language(folder, language, base)
+    return languages
+
+
+def _load_language(folder: Path, language: str, base: str = BASE_NAME) -> LanguageTemplates:
     suffix = f".{language}" if language else ""
-    text_path = folder / f"{BASE_NAME}{suffix}.txt"
+    text_path = folder / f"{base}{suffix}.txt"
     headers, body = _read(text_path)
     if "subject" not in headers:
         raise ConfigError(f"{text_path}:1: the first line must be 'Subject: ...'")
@@ -233,12 +258,13 @@ def _load_language(folder: Path, language: str) -> LanguageTemplates:
     if "password" in subject.names:
         raise ConfigError(f"{text_path}:{headers['subject'][1]}: a password must never be in "
                           "a subject (mail programs show subjects in lists and notifications)")
-    text = _parse_body(text_path, body)
-    html_path = folder / f"{BASE_NAME}{suffix}.html"
+    with_password = base == BASE_NAME
+    text = _parse_body(text_path, body, with_password)
+    html_path = folder / f"{base}{suffix}.html"
     html_template = must_change_html = None
     if html_path.is_file():
         html_headers, html_body = _read(html_path)
-        html_template = _parse_body(html_path, html_body)
+        html_template = _parse_body(html_path, html_body, with_password)
         _check_attributes_quoted(html_path, html_body[0], html_template)
         if "must-change" in html_headers:
             must_change_html = _parse_header(html_path, html_headers["must-change"], "Must-Change")
@@ -297,12 +323,16 @@ def _parse_header(path: Path, value: tuple[str, int], what: str) -> Template:
     return template
 
 
-def _parse_body(path: Path, body: tuple[int, list[str]]) -> Template:
+def _parse_body(path: Path, body: tuple[int, list[str]], with_password: bool = True) -> Template:
+    """A mail's body; the password mail's must say {password}, the Undo mail's never."""
     first, lines = body
     template = Template(
         tuple(_parse_line(path, first + offset, line) for offset, line in enumerate(lines))
     )
-    if "password" not in template.names:
+    if not with_password and "password" in template.names:
+        raise ConfigError(f"{path}: this mail tells no new password: it must not say "
+                          "{password}")
+    if with_password and "password" not in template.names:
         raise ConfigError(f"{path}: the body never says {{password}}: the mail would not tell "
                           "the user their new password")
     return template

@@ -54,6 +54,8 @@ class PasswordMail:
     require_change: bool = True
     #: The user's language (`fr`, `fr-CA`) when the directory knows it; None: MAIL_LANGUAGE.
     language: str | None = None
+    #: Which mail: `reset` (the new password) or `undone` (an Undo: the previous one works).
+    kind: str = "reset"
 
 
 def connect_smtp(settings: Settings) -> smtplib.SMTP:
@@ -162,7 +164,7 @@ def render_message(
     address = _checked_address(mail.address)
     rendered = templates.render(
         Recipient(mail.full_name, mail.username, mail.password, mail.require_change,
-                  mail.language)
+                  mail.language, mail.kind)
     )
     lines = [
         f"From: {sender.header}",

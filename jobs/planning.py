@@ -28,6 +28,7 @@ from jobs.overlap import Reach, overlaps
 from jobs.queueing import enqueue_chunk
 from jobs.reporting import SafeReporter
 from jobs.rows import ACTOR, insert_unless_present, items_table, rowcount
+from jobs.undo import undo_users
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +220,8 @@ class _Plan:
     count: int
     #: Accounts locked on purpose get an item already ended `locked`: never changed.
     skip_locked: bool = False
+    #: An Undo task's: the task whose kept users it puts back (jobs/undo.py), not a scope.
+    undo_of: int | None = None
 
 
 def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
@@ -238,7 +241,7 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         if resuming and not _take_plan_lease(context, session, task_id):
             return
         plan = _Plan(Scope(task.scope), list(task.selection), task.plan_cursor, task.total,
-                     bool(task.skip_locked))
+                     bool(task.skip_locked), task.undo_of)
     if resuming:
         # Chunks written before an interruption may never have reached the queue.
         for chunk in _chunks_with_pending(context, task_id):
@@ -291,9 +294,14 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
             select(ResetTask.cancel_requested).where(ResetTask.id == task_id)
         )
         # Read in the directory's own database (its own connection); written here.
-        users = [] if cancelled else context.directory.scope_batch(
-            plan.scope, plan.selection, plan.cursor, PLAN_BATCH
-        )
+        if cancelled:
+            users = []
+        elif plan.undo_of is not None:
+            users = undo_users(session, plan.undo_of, plan.cursor, PLAN_BATCH)
+        else:
+            users = context.directory.scope_batch(
+                plan.scope, plan.selection, plan.cursor, PLAN_BATCH
+            )
         done = len(users) < PLAN_BATCH
         cursor = users[-1].id if users else plan.cursor
         count = plan.count + len(users)

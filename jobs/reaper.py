@@ -11,6 +11,8 @@ Runs every `reaper_interval` seconds in every worker (and once before a burst wo
 - a queued task with no job to start it is woken (it waits on if it still shares users);
 - an ended task whose Slack summary or CSV delivery was lost gets its end re-reported;
 - an expired preview's sealed default password is erased;
+- the previous values a task kept for its Undo are erased once its RESET_UNDO_WINDOW closed
+  (or its Undo ended);
 - an approval request nobody decided on within RESET_APPROVAL_TTL, or before the start time
   of a scheduled task, expires (its passwords erased, its thread told);
 - a scheduled task whose time has come is started (or held), its reminder sent
@@ -33,8 +35,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.approval import expire_overdue
+from core.errors import QueueUnavailable
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
 from core.tasks import forget_expired_passwords
+from core.undo import erase_expired
 from jobs.context import WorkerContext, use_context
 from jobs.finishing import finish_if_done
 from jobs.queueing import (
@@ -66,6 +70,8 @@ class ReapReport:
     schedules_held: int = 0
     #: Not work put back, so not part of `changed`.
     passwords_erased: int = 0
+    #: Users whose values kept for an Undo were erased (its window closed, or it ran).
+    undo_values_erased: int = 0
     approvals_expired: int = 0
 
     @property
@@ -91,6 +97,7 @@ def reap(context: WorkerContext, now: datetime | None = None) -> ReapReport:
 def _reap(context: WorkerContext, now: datetime) -> ReapReport:
     report = ReapReport()
     _erase_expired_passwords(context, now, report)
+    _erase_closed_undo_windows(context, now, report)
     _expire_approvals(context, now, report)
     scheduled = run_schedule(context, now)
     report.schedules_started, report.schedules_held = scheduled.started, scheduled.held
@@ -131,6 +138,28 @@ def _erase_expired_passwords(context: WorkerContext, now: datetime, report: Reap
         session.commit()
     if report.passwords_erased:
         logger.info("erased the sealed password of %s expired previews", report.passwords_erased)
+
+
+def _erase_closed_undo_windows(context: WorkerContext, now: datetime, report: ReapReport) -> None:
+    """The previous values a task kept for its Undo stay no longer than RESET_UNDO_WINDOW after
+    it ended, nor once its Undo has ended (core/undo.py)."""
+    with context.sessions() as session:
+        report.undo_values_erased, tasks = erase_expired(session, context.settings, now)
+        session.commit()
+    if not tasks:
+        return
+    logger.info("erased the kept values of %s users (Undo window closed)",
+                report.undo_values_erased)
+    if context.settings.slack_bot_token:
+        # Their threads drop the Undo button. Imported here: a worker without Slack never
+        # loads slack_sdk.
+        from jobs.slack_reporter import announce
+
+        for task_id in tasks:
+            try:
+                announce(context.queue, task_id)
+            except QueueUnavailable:
+                logger.warning("could not have task %s's thread drop its Undo", task_id)
 
 
 def _expire_approvals(context: WorkerContext, now: datetime, report: ReapReport) -> None:

@@ -16,6 +16,7 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.directory import Directory
 from core.settings import Settings
 from jobs.reporting import Reporter
 
@@ -28,6 +29,8 @@ class JobContext(Protocol):
     redis: Redis
     queue: Queue
     reporter: Reporter
+    #: The library's users (the thread offers Undo only where they can be put back).
+    directory: Directory
 
 
 ContextT = TypeVar("ContextT", bound=JobContext)

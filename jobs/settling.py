@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.models import ItemState, utcnow
+from core.undo import keeper
 from jobs.batches import Claimed, ItemOutcome, Settled, TaskView
 from jobs.claims import Lease, end_unmailed, record_outcomes, renew
 from jobs.context import WorkerContext
@@ -99,13 +100,15 @@ def _write_batch(context: WorkerContext, task: TaskView, batch: HashedBatch) -> 
         session.commit()
     written = [(item.user_id, new_hash) for item, new_hash in batch.hashes if item.id in held]
     handed_out = _handed_out(task, batch)
+    keep = keeper(context.settings, context.directory, context.engine, context.sessions, task.id)
     # A password staff hand out must be changed at the next sign-in, whatever the task says.
     for must_change, group in (
         (True, [pair for pair in written if pair[0] in handed_out]),
         (task.require_change, [pair for pair in written if pair[0] not in handed_out]),
     ):
         if group:
-            context.directory.write_hashes(group, require_change=must_change, changed_at=now)
+            context.directory.write_hashes(group, require_change=must_change, changed_at=now,
+                                           before_write=keep)
     with context.sessions() as session:
         ended = end_unmailed(
             context, session, [i for i in unmailed if i in held], task.unmailed_state, now

@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any, cast
@@ -51,6 +51,7 @@ from core.models import (
 )
 from core.progress import TaskSnapshot, snapshot
 from core.settings import Settings
+from core.undo import undo_offered_until
 from jobs.queueing import FAILURE_TTL, delivery_job_id, delivery_of_job, job_ids_in_redis
 from jobs.running import JobContext, running_context
 
@@ -481,8 +482,9 @@ class Delivery:
         state = self.load()
         if state is None or not state.channel:
             return
-        if event is not Event.FINISHED and state.summary_posted:
+        if event not in (Event.FINISHED, Event.ANNOUNCE) and state.summary_posted:
             return  # late: the thread has ended, and a reply now would follow its summary
+        # (An announce of an ended task re-renders its parent: Undo taken, or no more offered.)
         state, fresh = self.ensure_parent(state)
         if event is Event.FINISHED or (event is Event.ANNOUNCE and state.task.status.is_final):
             self.finish(state, fresh)
@@ -525,7 +527,8 @@ class Delivery:
             if task is None or row is None:
                 return None
             return ThreadState(
-                task=task,
+                task=replace(task, undo_until=undo_offered_until(
+                    session, self.context.settings, self.context.directory, row)),
                 selected=len(row.selection or []),
                 fallback_from=row.slack_fallback_from,
                 fallback_reason=row.slack_fallback_reason,

@@ -1,5 +1,5 @@
-"""Buttons: Approve, Reject, Cancel, Start now and Retry failed on a task's parent message, New
-reset on App Home.
+"""Buttons: Approve, Reject, Cancel, Start now, Retry failed and Undo on a task's parent
+message (Undo's confirmation modal too), New reset on App Home.
 
 Each is for admins only (a button payload can be replayed by anyone), does the database work,
 acks, then tells the user what happened in an ephemeral line.
@@ -23,8 +23,11 @@ from blocks.ids import (
     ACTION_OPEN_THREAD,
     ACTION_REJECT,
     ACTION_RETRY_FAILED,
+    ACTION_UNDO,
+    CALLBACK_UNDO,
 )
 from blocks.text import (
+    UNDO_TITLE,
     approved_and_started,
     approved_and_waiting,
     cancel_requested,
@@ -36,15 +39,16 @@ from blocks.text import (
     scheduled_cancelled,
     start_confirmed,
     start_needs_approval,
+    undo_started,
 )
-from blocks.views import decision_notice
+from blocks.views import decision_notice, notice_modal, undo_modal
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
 from bot.listeners.home import from_home, publish_home
 from bot.listeners.replies import open_modal, show_notice, tell_where_possible
 from bot.listeners.submissions import announce_waiting
-from bot.payloads import channel_of, first_action, task_id, user_name_of
-from core import approval
+from bot.payloads import channel_id, channel_of, first_action, numeric_id, task_id, user_name_of
+from core import approval, undo
 from core.errors import ConflictError, InputError, QueueUnavailable
 from core.models import TaskStatus
 from core.tasks import confirm_held_start, create_retry_task, gate_new_task, request_cancel
@@ -60,6 +64,8 @@ def register(app: App) -> None:
     app.action(ACTION_CONFIRM_SCHEDULED,
                middleware=[admin_only(ACTION_CONFIRM_SCHEDULED)])(confirm_scheduled)
     app.action(ACTION_OPEN_MODAL, middleware=[admin_only(ACTION_OPEN_MODAL)])(open_from_home)
+    app.action(ACTION_UNDO, middleware=[admin_only(ACTION_UNDO)])(undo_clicked)
+    app.view(CALLBACK_UNDO, middleware=[admin_only(CALLBACK_UNDO)])(undo_confirmed)
     app.action(re.compile(f"^{ACTION_OPEN_THREAD}"))(open_thread)
 
 
@@ -96,6 +102,66 @@ def open_from_home(ack: Ack, body: dict[str, Any], client: WebClient,
     deps.freshen_search()
     # From App Home there is no channel: the task centre falls back to a DM.
     deps.later(open_modal, client, body.get("trigger_id"), None, user)
+
+
+def undo_clicked(ack: Ack, body: dict[str, Any], client: WebClient,
+                 context: BoltContext) -> None:
+    """Undo: the counts, taken now, in a modal to confirm (or why it cannot be undone)."""
+    user = admitted_user(body)
+    deps = deps_of(context)
+    try:
+        wanted = task_id(first_action(body).get("value"))
+    except InputError as refused:
+        ack()
+        deps.later(tell_where_possible, client, channel_of(body), user, str(refused))
+        return
+    ack()
+    deps.later(_offer_undo, deps, client, body.get("trigger_id"), channel_of(body), user, wanted)
+
+
+def _offer_undo(deps: AppDeps, client: WebClient, trigger_id: object, channel: str | None,
+                user: str, wanted: int) -> None:
+    with deps.sessions() as session:
+        reason = undo.refusal(session, deps.settings, deps.directory, wanted)
+        found = undo.counts(session, deps.settings, deps.directory, wanted) if reason is None \
+            else None
+    if found is None:
+        deps.refuse(user, ACTION_UNDO, reason or "", task_id=wanted)
+        tell_where_possible(client, channel, user, reason or "")
+        return
+    view = undo_modal(wanted, channel, found.unchanged, found.changed, found.mailed, found.until)
+    if isinstance(trigger_id, str) and trigger_id:
+        client.views_open(trigger_id=trigger_id, view=view)
+
+
+def undo_confirmed(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient,
+                   context: BoltContext) -> None:
+    """Undo confirmed: its own task, checked again (an admin, the window, once per task)."""
+    deps = deps_of(context)
+    user = admitted_user(body)
+    wanted, channel = _undo_metadata(view.get("private_metadata"))
+    try:
+        with deps.sessions() as session:
+            task, found = undo.create_undo_task(session, deps.settings, deps.directory, wanted,
+                                                user, user_name_of(body))
+            session.commit()
+            new_id = task.id
+    except (ConflictError, InputError) as refused:
+        deps.refuse(user, CALLBACK_UNDO, str(refused), task_id=wanted)
+        ack(response_action="update", view=notice_modal(UNDO_TITLE, str(refused)))
+        return
+    ack()
+    announce_waiting(deps, wanted)  # its parent no longer offers Undo
+    answer = _start(deps, new_id, undo_started(new_id, wanted, found.unchanged))
+    deps.later(tell_where_possible, client, channel, user, answer)
+
+
+def _undo_metadata(metadata: object) -> tuple[int, str | None]:
+    """(task id, channel) from Undo's modal; InputError-free: a bad one names no task."""
+    parts = metadata.split() if isinstance(metadata, str) else []
+    wanted = numeric_id(parts[0]) if parts else None
+    return (wanted if wanted is not None else 0), (channel_id(parts[1]) if len(parts) > 1
+                                                    else None)
 
 
 def open_thread(ack: Ack) -> None:

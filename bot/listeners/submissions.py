@@ -56,6 +56,7 @@ from bot.payloads import (
     view_id_of,
 )
 from bot.slack_files import download_file
+from core import undo
 from core.directory import Preview
 from core.errors import ConfigError, ConflictError, InputError, QueueUnavailable
 from core.models import TaskStatus, utcnow
@@ -219,6 +220,7 @@ def preview_or_errors(
             # A time within the grace of "now" starts at once: the preview says no time.
             start_at=request.start_at if is_future(request.start_at, utcnow()) else None,
             file_report=file_report,
+            no_undo=undo.preview_note(deps.settings, deps.directory),
         )
     return {"response_action": "update", "view": view}
 

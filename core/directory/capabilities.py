@@ -54,8 +54,24 @@ def hash_survey(directory: Directory, connection: Connection) -> OptionalFeature
     )
 
 
+def undo(directory: Directory, connection: Connection) -> OptionalFeature | None:
+    """Reading back the columns a reset writes, to keep them for Undo (core/undo.py)."""
+    profile = directory.profile
+    if profile.owned:
+        return None
+    names = directory.written_columns
+    columns = [directory.table.c[name] for name in names]
+    return OptionalFeature(
+        name="undo",
+        available=can_select(connection, select(*columns).where(false())),
+        grant=f"SELECT ({', '.join(names)}) ON {profile.table}",
+        without=("Undo is not offered: resetbot cannot keep the password a reset replaces, so "
+                 "it could not put it back; resets work as before"),
+    )
+
+
 #: Every optional feature, in the order `directory check` lists them.
-PROBES: list[Probe] = [hash_survey]
+PROBES: list[Probe] = [hash_survey, undo]
 
 
 def optional_features(directory: Directory) -> list[OptionalFeature]:

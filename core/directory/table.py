@@ -12,7 +12,7 @@ Koha's own log rows into `action_logs`, in the same transaction as the hashes).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,6 +75,10 @@ FOREIGN_ESCAPE = "!"
 COMPARED_PER_QUERY = 50
 #: Rows fetched per round trip when a query's rows are streamed (addresses, usernames).
 STREAM_BATCH = 10_000
+
+
+#: Runs in the directory's transaction just before a batch of hashes is written (user id, hash).
+BeforeWrite = Callable[[Connection, Sequence[tuple[int, str]]], None]
 
 
 class UserSearch(Protocol):
@@ -662,12 +666,14 @@ class Directory:
         *,
         require_change: bool,
         changed_at: datetime,
+        before_write: BeforeWrite | None = None,
     ) -> None:
         """Store many new hashes in one executemany (on MariaDB one UPDATE), in the directory's
         own transaction.
 
         Only the password column, the must-change column and the profile's extra resets are
-        written, and only in the rows of these users.
+        written, and only in the rows of these users. `before_write` runs first in the same
+        transaction (Undo keeps what is about to be replaced: core/undo.py).
         """
         if not hashes:
             return
@@ -684,6 +690,8 @@ class Directory:
             column = self._c(extra.column)
             values[column] = self._extra_value(extra, column, changed_at)
         with self.engine.begin() as connection:
+            if before_write is not None:
+                before_write(connection, hashes)
             if one_statement:
                 ids = [user_id for user_id, _ in hashes]
                 connection.execute(update(self.table).where(self._id.in_(ids)).values(values))
@@ -695,6 +703,64 @@ class Directory:
                 ])
             if self.change_log is not None:  # in the same transaction: both, or neither
                 self.change_log.write(connection, [user_id for user_id, _ in hashes])
+
+    # -- Undo (core/undo.py) ---------------------------------------------------------------------
+
+    @property
+    def written_columns(self) -> list[str]:
+        """Every column a reset writes: the password, the must-change column, the extra resets."""
+        names = [self.profile.password]
+        if self.profile.must_change is not None:
+            names.append(self.profile.must_change.column)
+        names += [extra.column for extra in self.profile.on_reset]
+        return list(dict.fromkeys(names))
+
+    def written_values(
+        self, connection: Connection, ids: Sequence[int], *, lock: bool = True
+    ) -> dict[int, dict[str, Any]]:
+        """The columns a reset writes, as they are now, of these users, by id; `lock`: locked
+        until the transaction ends, where the database locks rows."""
+        columns = [self._c(name) for name in self.written_columns]
+        query = select(self._id, *columns).where(self._id.in_(sorted(set(ids))))
+        if lock and connection.dialect.name != "sqlite":
+            query = query.with_for_update()
+        return {
+            int(row[0]): dict(zip(self.written_columns, row[1:], strict=True))
+            for row in connection.execute(query)
+        }
+
+    def put_back(
+        self, expected: dict[int, str], previous: dict[int, dict[str, Any]]
+    ) -> tuple[set[int], set[int]]:
+        """Write `previous` back for each user whose password hash is still `expected[id]`,
+        in one transaction with their rows locked; (ids put back, ids already back).
+
+        A user already holding their previous hash (a crashed Undo's re-do) is counted as back;
+        anyone else has changed their password since, and is left alone.
+        """
+        password = self.profile.password
+        with self.engine.begin() as connection:
+            now = self.written_values(connection, list(expected))
+            current = {user_id: values[password] for user_id, values in now.items()}
+            to_write = [user_id for user_id in sorted(expected)
+                        if user_id in current and current[user_id] == expected[user_id]]
+            already = {user_id for user_id in expected if user_id not in to_write
+                       and user_id in current and user_id in previous
+                       and current[user_id] == previous[user_id].get(password)}
+            if to_write:
+                names = self.written_columns
+                statement = update(self.table).where(
+                    self._id == bindparam("rb_user_id"),
+                    self._c(password) == bindparam("rb_expected"),
+                ).values({self._c(name): bindparam(f"rb_{index}")
+                          for index, name in enumerate(names)})
+                connection.execute(statement, [
+                    {"rb_user_id": user_id, "rb_expected": expected[user_id],
+                     **{f"rb_{index}": previous[user_id].get(name)
+                        for index, name in enumerate(names)}}
+                    for user_id in to_write
+                ])
+        return set(to_write), already
 
     def _must_change_values(self, require_change: bool, changed_at: datetime) -> dict[Any, Any]:
         rule = self.profile.must_change

@@ -111,6 +111,7 @@ def test_directory_check_reports_what_resetbot_sees_and_changes_nothing(
         "A reset writes:   $2a$08$",
         "Optional grants:",
         "  hash survey: granted",
+        "  undo: granted",
     ]
     for secret in (OLD_HASH, OTHER_HASH, CLEAR, OLD_HASH[7:], OTHER_HASH[7:]):
         assert secret not in done.out
@@ -136,12 +137,17 @@ def test_directory_check_warns_when_a_reset_would_write_another_format(
         "name": "hash survey", "available": True, "grant": "SELECT (password) ON borrowers",
         "without": "the password formats the table holds are not counted, and no warning is "
                    "given should they differ from what a reset writes; resets work as before",
+    }, {
+        "name": "undo", "available": True,
+        "grant": "SELECT (password, password_expiration_date, login_attempts) ON borrowers",
+        "without": "Undo is not offered: resetbot cannot keep the password a reset replaces, "
+                   "so it could not put it back; resets work as before",
     }]
     assert report["warning"].startswith(
         "warning: resetbot writes $2a$10$ hashes, but most passwords in borrowers are $2a$08$ "
         "(4 of 8 users)")
     plain = run("directory", "check", **_env(engine, profile, PASSWORD_ROUNDS="10"))
-    assert plain.out.splitlines()[-3] == report["warning"]  # before the optional grants
+    assert plain.out.splitlines()[-4] == report["warning"]  # before the optional grants
     unchanged = run("directory", "check", "--json", **_env(engine, profile))
     assert json.loads(unchanged.out)["warning"] is None
 

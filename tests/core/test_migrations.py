@@ -24,8 +24,8 @@ from core.settings import DirectoryNames, Settings
 pytestmark = pytest.mark.every_database
 
 RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log",
-                   "task_start_lock"}
-HEAD = "0009"
+                   "task_start_lock", "undo_snapshots"}
+HEAD = "0010"
 
 
 @pytest.fixture

@@ -126,8 +126,10 @@ def test_emailed_reset_makes_one_thread_with_summary_and_csv(
     assert (task.slack_channel, task.slack_thread_ts) == (CHANNEL, parent.ts)
     assert parent.updates >= 1
     assert "Completed" in parent.text
-    final_actions = [b for b in parent.blocks if b["type"] == "actions"]
-    assert final_actions == []  # no Cancel once ended; no Retry without failed mails
+    final_actions = [e["action_id"] for b in parent.blocks if b["type"] == "actions"
+                     for e in b["elements"]]
+    # No Cancel once ended; no Retry without failed mails; Undo during RESET_UNDO_WINDOW.
+    assert final_actions == ["undo_task"]
 
     thread = slack_standin.thread(CHANNEL, parent.ts)
     assert thread[0].text.startswith(":arrow_forward: Started")
@@ -181,7 +183,8 @@ def test_failed_mails_are_summarised_retried_and_offered_for_retry(
     assert task.status == TaskStatus.COMPLETED_WITH_ERRORS
     [parent] = parents(slack_standin, CHANNEL)
     buttons = [e for b in parent.blocks if b["type"] == "actions" for e in b["elements"]]
-    assert [(b["action_id"], b["value"]) for b in buttons] == [("retry_failed", str(task_id))]
+    assert [(b["action_id"], b["value"]) for b in buttons] == [("retry_failed", str(task_id)),
+                                                                ("undo_task", str(task_id))]
 
     thread = [m.text for m in slack_standin.thread(CHANNEL, parent.ts)]
     retry_lines = [t for t in thread if "failed, retrying" in t]

@@ -278,6 +278,8 @@ def test_using_resetbot_with_koha_as_written(
             assert "Password hashes:  not read (an optional grant, below)" in done.stdout
             assert ("  hash survey: not granted (SELECT (password) ON borrowers); without it "
                     "the password formats") in done.stdout
+            assert ("  undo: not granted (SELECT (password, password_expiration_date, "
+                    "login_attempts) ON borrowers); without it Undo is not offered") in done.stdout
             assert FIRST_PASSWORD not in output and names.password not in output
             after_first = dump(koha)
             ada = next(b.number for b in BORROWERS if b.userid == "ada")
@@ -333,6 +335,7 @@ def test_using_resetbot_with_koha_as_written(
             _grant(names, 1)
             done = _steps(tmp_path, env, "resetbot directory check")
             assert "  $2a$08$" in done.stdout and "  hash survey: granted" in done.stdout
+            assert "  undo: granted" in done.stdout
         finally:
             _drop_user(names)
     assert dump_tables(koha) | {"borrowers": []} == tables | {"borrowers": []}
