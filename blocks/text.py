@@ -219,13 +219,6 @@ def never_started_words(tally: Tally) -> str:
     return f"nobody's password changed ({plural(tally.users, 'user')} in scope)"
 
 
-def scope_label(scope: str) -> str:
-    try:
-        return SCOPE_LABELS[Scope(scope)]
-    except ValueError:
-        return scope
-
-
 def scope_summary(scope: str, selected: int) -> str:
     """The scope as a short phrase with the number of picked users where it matters."""
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -184,11 +184,12 @@ def _typed(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Kept:
-    """One user's snapshot, opened (in memory only, for one batch)."""
+    """One user's snapshot, opened (in memory only, for one batch). Its hashes stay out of its
+    repr, so no log line or traceback that shows one carries them."""
 
     user_id: int
-    previous: dict[str, Any]
-    written: str
+    previous: dict[str, Any] = field(repr=False)
+    written: str = field(repr=False)
 
 
 def opened(settings: Settings, rows: Sequence[tuple[int, str, str]]) -> list[Kept]:

@@ -33,6 +33,7 @@ from tests.support.signing import (
     form_state,
     start_app,
     submitted_view,
+    view_text,
 )
 from tests.support.signing import slack_app as slack_app
 from tests.support.slack_standin import SlackStandIn
@@ -102,24 +103,6 @@ def preview_through(app: RunningApp, values: dict[str, Any]) -> dict[str, Any]:
     view: dict[str, Any] = body["view"]
     return view
 
-
-def view_text(view: dict[str, Any]) -> str:
-    """Every text in a view, flattened, for asserting on what a person reads."""
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "text" and isinstance(value, str):
-                    found.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(view)
-    return "\n".join(found)
 
 
 # ---- a full flow per scope -------------------------------------------------------------------

@@ -19,9 +19,8 @@ from redis import Redis
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import make_engine, make_sessionmaker
+from core.db import make_engine
 from core.directory import Directory
-from core.migrate import upgrade
 from core.models import AuditEntry, PendingRequest, ResetTask, TaskStatus
 from core.settings import Settings
 from jobs.context import WorkerContext
@@ -30,9 +29,11 @@ from tests.support.engine import run_until_final
 from tests.support.koha import OLD_HASH, create_borrowers
 from tests.support.signing import (
     RunningApp,
+    app_on_its_own_state,
     app_settings,
     form_state,
     start_app,
+    view_text,
 )
 from tests.support.slack_standin import SlackStandIn
 
@@ -179,17 +180,8 @@ def koha_file_app(
                     password_allow_weak_rounds=True),
             slack_standin, chunk_size=500, claim_batch=500,
         )
-        upgrade(configured)
-        state = make_engine(configured.database_url)
-        directory = Directory.from_settings(configured, state)
-        running, thread = start_app(configured, make_sessionmaker(state), directory, redis_conn,
-                                    slack_standin)
-        try:
+        with app_on_its_own_state(configured, redis_conn, slack_standin) as running:
             yield running
-        finally:
-            running.stop(thread)
-            directory.dispose()
-            state.dispose()
 
 
 def opened_view(app: RunningApp) -> dict[str, Any]:
@@ -225,23 +217,6 @@ def after_ack(app: RunningApp, body: dict[str, Any]) -> dict[str, Any]:
     view: dict[str, Any] = call.response["view"]
     return view
 
-
-def view_text(view: dict[str, Any]) -> str:
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "text" and isinstance(value, str):
-                    found.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(view)
-    return "\n".join(found)
 
 
 def password_hashes(app: RunningApp) -> dict[int, str | None]:

@@ -17,15 +17,19 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from blocks.text import DIRECTORY_UNREACHABLE
-from core.db import make_engine, make_sessionmaker
-from core.directory import Directory
-from core.migrate import upgrade
+from core.db import make_engine
 from core.models import PendingRequest
 from core.settings import Settings
 from tests.support.databases import mariadb_database
 from tests.support.faults import TcpProxy, tcp_proxy
 from tests.support.koha import create_borrowers
-from tests.support.signing import RunningApp, app_settings, form_state, start_app, submitted_view
+from tests.support.signing import (
+    RunningApp,
+    app_on_its_own_state,
+    app_settings,
+    form_state,
+    submitted_view,
+)
 from tests.support.slack_standin import SlackStandIn
 from tests.support.slack_standin import slack_standin as slack_standin
 
@@ -59,17 +63,8 @@ def koha_app(
                 password_rounds=4, password_allow_weak_rounds=True),
         slack_standin,
     )
-    upgrade(configured)
-    state = make_engine(configured.database_url)
-    directory = Directory.from_settings(configured, state)
-    running, thread = start_app(configured, make_sessionmaker(state), directory, redis_conn,
-                                slack_standin)
-    try:
+    with app_on_its_own_state(configured, redis_conn, slack_standin) as running:
         yield running
-    finally:
-        running.stop(thread)
-        directory.dispose()
-        state.dispose()
 
 
 @pytest.mark.parametrize("form", [form_state("all"), form_state(users=[1, 7])],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,15 +17,13 @@ from sqlalchemy import Engine
 
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
-from core.migrate import upgrade
 from core.models import ItemState, ResetTask, TaskStatus
 from core.settings import Settings
 from jobs.context import WorkerContext
 from tests.support.cli import cli_settings as cli_settings
 from tests.support.cli import run as run
-from tests.support.databases import mariadb_database
 from tests.support.engine import build_context, items_by_user, run_until_final
-from tests.support.koha import BORROWERS, PATRONS, create_borrowers, dump
+from tests.support.koha import BORROWERS, PATRONS, dump, koha_env, koha_on_mariadb
 from tests.support.signing import app_settings, form_state, start_app, submitted_view
 from tests.support.slack_standin import SlackStandIn
 from tests.support.slack_standin import slack_standin as slack_standin
@@ -44,19 +41,8 @@ LOCKED_PATRONS = LOCKED & PATRONS
 
 @pytest.fixture
 def koha(cli_settings: Settings) -> Iterator[tuple[Settings, Engine]]:
-    with mariadb_database() as url:
-        engine = make_engine(url)
-        create_borrowers(engine)
-        configured = replace(cli_settings, directory_url=url, directory_profile="koha",
-                             password_rounds=4, password_allow_weak_rounds=True)
-        upgrade(configured)
-        yield configured, engine
-        engine.dispose()
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return {"DIRECTORY_URL": str(settings.directory_url), "DIRECTORY_PROFILE": "koha",
-            "PASSWORD_ROUNDS": "4", "PASSWORD_ALLOW_WEAK_ROUNDS": "true"}
+    with koha_on_mariadb(cli_settings) as made:
+        yield made
 
 
 def test_the_cli_counts_locked_accounts_and_an_e_mailed_reset_leaves_them_alone(
@@ -64,20 +50,20 @@ def test_the_cli_counts_locked_accounts_and_an_e_mailed_reset_leaves_them_alone(
 ) -> None:
     settings, engine = koha
     assert {2, 8} == LOCKED_PATRONS
-    dry = run("reset", "--scope", "all_without_role", "--dry-run", **_env(settings))
+    dry = run("reset", "--scope", "all_without_role", "--dry-run", **koha_env(settings))
     assert dry.code == 0, dry.err
     assert "Locked on purpose:            2   (left out, their password does not change)" in (
         dry.out)
     told = run("reset", "--scope", "all_without_role", "--no-skip-locked", "--dry-run",
-               **_env(settings))
+               **koha_env(settings))
     assert "(reset too; they stay locked)" in told.out
     with_default = run("reset", "--scope", "all_without_role", "--default-password-stdin",
-                       "--dry-run", stdin=io.StringIO("Quiet-Harbour-73!\n"), **_env(settings))
+                       "--dry-run", stdin=io.StringIO("Quiet-Harbour-73!\n"), **koha_env(settings))
     assert with_default.code == 0, with_default.err
     assert "(reset too; they stay locked)" in with_default.out  # a default password: the same
 
     before = dump(engine)
-    queued = run("reset", "--scope", "all_without_role", "--yes", "--detach", **_env(settings))
+    queued = run("reset", "--scope", "all_without_role", "--yes", "--detach", **koha_env(settings))
     assert queued.code == 0, queued.err
     state = make_engine(settings.database_url)
     context = build_context(settings, redis_conn, state)
@@ -98,7 +84,7 @@ def test_the_cli_counts_locked_accounts_and_an_e_mailed_reset_leaves_them_alone(
         assert after[number] != before[number]
     assert "bob@example.org" not in [m.to for m in smtp_server.messages]
     assert "heidi@example.org" not in [m.to for m in smtp_server.messages]
-    shown = run("tasks", "show", str(task_id), **_env(settings))
+    shown = run("tasks", "show", str(task_id), **koha_env(settings))
     assert "locked on purpose: left alone" in shown.out
 
 

@@ -25,7 +25,14 @@ from core.search_copy import SearchCopy
 from core.settings import Settings
 from tests.support.databases import mariadb_database
 from tests.support.koha import create_borrowers
-from tests.support.signing import RunningApp, app_settings, form_state, start_app, submitted_view
+from tests.support.signing import (
+    RunningApp,
+    app_on_its_own_state,
+    app_settings,
+    form_state,
+    start_app,
+    submitted_view,
+)
 from tests.support.slack_standin import SlackStandIn
 
 pytestmark = [
@@ -64,17 +71,8 @@ def koha_app(
                 password_rounds=4, password_allow_weak_rounds=True),
         slack_standin,
     )
-    upgrade(configured)
-    state = make_engine(configured.database_url)
-    directory = Directory.from_settings(configured, state)
-    running, thread = start_app(configured, make_sessionmaker(state), directory, redis_conn,
-                                slack_standin)
-    try:
+    with app_on_its_own_state(configured, redis_conn, slack_standin) as running:
         yield running
-    finally:
-        running.stop(thread)
-        directory.dispose()
-        state.dispose()
 
 
 def copy_of(app: RunningApp) -> SearchCopy:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -21,15 +20,13 @@ from sqlalchemy import Engine
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.directory.koha_rules import koha_rules_readable
-from core.migrate import upgrade
 from core.models import Scope
 from core.settings import Settings
 from core.tasks import RequestInvalid, ResetRequest, validate_request
 from tests.support.cli import cli_settings as cli_settings
 from tests.support.cli import run as run
-from tests.support.databases import mariadb_database
 from tests.support.engine import build_context, run_until_final, submit
-from tests.support.koha import create_borrowers, create_password_rules
+from tests.support.koha import create_password_rules, koha_env, koha_on_mariadb
 from tests.support.signing import app_settings, form_state, start_app, submitted_view
 from tests.support.slack_standin import SlackStandIn
 from tests.support.slack_standin import slack_standin as slack_standin
@@ -50,14 +47,8 @@ S_REFUSES = "Koha refuses it for patrons of category S: it must be at least 20 c
 
 @pytest.fixture
 def koha(cli_settings: Settings) -> Iterator[tuple[Settings, Engine]]:
-    with mariadb_database() as url:
-        engine = make_engine(url)
-        create_borrowers(engine)
-        configured = replace(cli_settings, directory_url=url, directory_profile="koha",
-                             password_rounds=4, password_allow_weak_rounds=True)
-        upgrade(configured)
-        yield configured, engine
-        engine.dispose()
+    with koha_on_mariadb(cli_settings) as made:
+        yield made
 
 
 @pytest.fixture
@@ -66,11 +57,6 @@ def rules(koha: tuple[Settings, Engine]) -> tuple[Settings, Engine]:
     create_password_rules(koha[1], {"PT": (None, None), "S": (20, 0)},
                           {"minPasswordLength": "8", "RequireStrongPassword": "1"})
     return koha
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return {"DIRECTORY_URL": str(settings.directory_url), "DIRECTORY_PROFILE": "koha",
-            "PASSWORD_ROUNDS": "4", "PASSWORD_ALLOW_WEAK_ROUNDS": "true"}
 
 
 def test_a_default_password_koha_refuses_is_refused_with_the_category_and_reason(
@@ -94,11 +80,11 @@ def test_a_default_password_koha_refuses_is_refused_with_the_category_and_reason
     finally:
         directory.dispose()
     refused = run("reset", "--scope", "all", "--default-password-stdin", "--dry-run",
-                  stdin=io.StringIO(WEAK_FOR_KOHA + "\n"), **_env(settings))
+                  stdin=io.StringIO(WEAK_FOR_KOHA + "\n"), **koha_env(settings))
     assert refused.code == 1
     assert f"password: {PT_REFUSES}" in refused.err and f"password: {S_REFUSES}" in refused.err
     handout = run("reset", "--scope", "all_without_role", "--without-email", "set", "--dry-run",
-                  stdin=io.StringIO(WEAK_FOR_KOHA + "\n"), **_env(settings))
+                  stdin=io.StringIO(WEAK_FOR_KOHA + "\n"), **koha_env(settings))
     assert handout.code == 1 and f"no_email_password: {PT_REFUSES}" in handout.err
 
 
@@ -153,6 +139,6 @@ def test_without_kohas_rules_resetbot_does_without_and_says_so(
     finally:
         directory.dispose()
     dry = run("reset", "--scope", "all", "--default-password-stdin", "--dry-run",
-              stdin=io.StringIO(WEAK_FOR_KOHA + "\n"), **_env(settings))
+              stdin=io.StringIO(WEAK_FOR_KOHA + "\n"), **koha_env(settings))
     assert dry.code == 0, dry.err
     assert "Note: Koha's own password rules were not read" in dry.out

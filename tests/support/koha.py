@@ -10,14 +10,19 @@ timestamp), so a test can show that a reset changes nothing but the password col
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Engine, inspect, text
 
+from core.db import make_engine
 from core.directory.profile import shipped_profiles
+from core.migrate import upgrade
+from core.settings import Settings
+from tests.support.databases import mariadb_database
 
 TABLE = "borrowers"
 
@@ -556,3 +561,27 @@ def action_logs(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT * FROM action_logs ORDER BY action_id"))
         return [dict(found) for found in rows.mappings()]
+
+
+@contextmanager
+def koha_on_mariadb(settings: Settings) -> Iterator[tuple[Settings, Engine]]:
+    """Koha's `borrowers` on a throw-away MariaDB database, and `settings` pointed at it.
+
+    bcrypt at its least cost (quick tests); resetbot's own state upgraded on the test's database.
+    """
+    with mariadb_database() as url:
+        engine = make_engine(url)
+        create_borrowers(engine)
+        configured = replace(settings, directory_url=url, directory_profile="koha",
+                             password_rounds=4, password_allow_weak_rounds=True)
+        upgrade(configured)
+        try:
+            yield configured, engine
+        finally:
+            engine.dispose()
+
+
+def koha_env(settings: Settings) -> dict[str, str]:
+    """The environment `resetbot` needs (beyond the CLI's) to run on `koha_on_mariadb`'s Koha."""
+    return {"DIRECTORY_URL": str(settings.directory_url), "DIRECTORY_PROFILE": "koha",
+            "PASSWORD_ROUNDS": "4", "PASSWORD_ALLOW_WEAK_ROUNDS": "true"}

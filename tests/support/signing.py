@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -33,7 +34,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.app import create_app
 from bot.wsgi import EVENTS_PATH, make_wsgi_app
+from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
+from core.migrate import upgrade
 from core.settings import Settings
 from jobs.queueing import make_queue
 from tests.support.slack_standin import SlackStandIn
@@ -275,6 +278,25 @@ def submitted_view(opened: Json, values: Json) -> Json:
     return dict(opened, state={"values": values})
 
 
+def view_text(view: Json) -> str:
+    """Every text in a view, flattened, for asserting on what a person reads."""
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "text" and isinstance(value, str):
+                    found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(view)
+    return "\n".join(found)
+
+
 # ---- the running app ------------------------------------------------------------------------
 
 
@@ -342,6 +364,27 @@ def start_app(
     slack = SignedSlack(f"http://127.0.0.1:{server.server_port}")
     running = RunningApp(settings, sessions, directory, redis, queue, standin, slack, server)
     return running, thread
+
+
+@contextmanager
+def app_on_its_own_state(
+    configured: Settings, redis: Redis, standin: SlackStandIn
+) -> Iterator[RunningApp]:
+    """The app on `configured`'s directory, with resetbot's state upgraded on its database.
+
+    For directories outside the test's database (Koha on MariaDB): the app gets its own engine
+    on the state database and a `Directory` from the settings, both disposed of afterwards.
+    """
+    upgrade(configured)
+    state = make_engine(configured.database_url)
+    directory = Directory.from_settings(configured, state)
+    running, thread = start_app(configured, make_sessionmaker(state), directory, redis, standin)
+    try:
+        yield running
+    finally:
+        running.stop(thread)
+        directory.dispose()
+        state.dispose()
 
 
 def app_settings(settings: Settings, standin: SlackStandIn, **changes: Any) -> Settings:

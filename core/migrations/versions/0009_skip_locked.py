@@ -1,7 +1,7 @@
 """Accounts locked on purpose may be left out of a reset: `skip_locked` on tasks and requests.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-07
 
 New columns only (the item state `locked` is a value of the existing `state` column). Like

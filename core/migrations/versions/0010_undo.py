@@ -1,7 +1,7 @@
 """Undo: the values a task replaced, kept sealed for its Undo window; an Undo task's links.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-07
 
 `undo_snapshots` holds, per task and user, the sealed columns before the task and the sealed
