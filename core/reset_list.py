@@ -125,3 +125,26 @@ def _cell(text: str | None) -> str:
 
 def reset_list_filename(label: str) -> str:
     return f"reset-{label}-list.csv"
+
+
+UNUSED_HEADER = ("line", "value", "why", "could_be")
+NOT_FOUND = "not in the directory"
+SEVERAL_USERS = "matches several users"
+
+
+def unused_lines_csv(unmatched: Sequence[dict[str, Any]]) -> str:
+    """The lines of a file of users that were not used (`PendingRequest.file_report`'s
+    "unmatched"), with their line numbers: why, and whom an ambiguous one could be."""
+    return to_csv(UNUSED_HEADER, (
+        (
+            item["line"],
+            _cell(item["value"]),
+            SEVERAL_USERS if item["could_be"] else NOT_FOUND,
+            "; ".join(_cell(name) for name in item["could_be"] or ()),
+        )
+        for item in unmatched
+    ))
+
+
+def unused_lines_filename(label: str) -> str:
+    return f"reset-{label}-lines-not-used.csv"

@@ -19,9 +19,11 @@ from blocks.ids import ACTION_SEND_LIST, SEND_LIST_OF_PREVIEW
 from blocks.text import (
     LIST_NOT_YOURS,
     LIST_PREVIEW_GONE,
+    UNUSED_LINES_TITLE,
     list_comment,
     list_sent,
     list_title,
+    unused_lines_comment,
 )
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
@@ -30,7 +32,13 @@ from bot.payloads import channel_of, first_action, pending_id, task_id
 from core import audit
 from core.errors import ConflictError, InputError
 from core.models import Mode, NoEmailChoice, PendingRequest, ResetTask, Scope, TaskStatus, utcnow
-from core.reset_list import reset_list, reset_list_csv, reset_list_filename
+from core.reset_list import (
+    reset_list,
+    reset_list_csv,
+    reset_list_filename,
+    unused_lines_csv,
+    unused_lines_filename,
+)
 
 log = logging.getLogger("resetbot.slack")
 
@@ -45,7 +53,8 @@ def register(app: App) -> None:
 @dataclass(frozen=True)
 class WantedList:
     """Which reset's list, as the task would be planned: scope, picks, mode, the no-e-mail
-    choice; `label` names the file ("7" for task #7, "preview")."""
+    choice; `label` names the file ("7" for task #7, "preview"). `unused_lines`: a preview
+    made from a file of users: its lines that named nobody or several users (all of them)."""
 
     label: str
     task_id: int | None
@@ -53,6 +62,7 @@ class WantedList:
     selection: tuple[int, ...]
     mode: Mode
     no_email: NoEmailChoice
+    unused_lines: tuple[dict[str, Any], ...] = ()
 
 
 def send_list(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
@@ -93,6 +103,7 @@ def _preview_list(deps: AppDeps, user: str, waiting: str | None) -> WantedList:
             selection=tuple(pending.selection or ()),
             mode=Mode.DEFAULT if pending.default_password_sealed else Mode.GENERATED,
             no_email=NoEmailChoice(pending.no_email),
+            unused_lines=tuple((pending.file_report or {}).get("unmatched") or ()),
         )
 
 
@@ -135,12 +146,19 @@ def deliver_list(deps: AppDeps, client: WebClient, user: str, wanted: WantedList
             title=list_title(wanted.task_id), initial_comment=list_comment(rows),
             content=content,
         )
+        if wanted.unused_lines:
+            client.files_upload_v2(
+                channel=dm, filename=unused_lines_filename(wanted.label),
+                title=UNUSED_LINES_TITLE,
+                initial_comment=unused_lines_comment(len(wanted.unused_lines)),
+                content=unused_lines_csv(wanted.unused_lines),
+            )
     except (SlackClientError, OSError) as error:
         log.warning("the list for %s could not be sent: %s", user, type(error).__name__)
         return
     with deps.sessions() as session:
         audit.record(session, user, "send_list", wanted.task_id, scope=wanted.scope.value,
-                     users=rows)
+                     users=rows, unused_lines=len(wanted.unused_lines))
         session.commit()
     if channel:
         tell_where_possible(client, channel, user, list_sent(rows))
