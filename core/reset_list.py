@@ -31,6 +31,7 @@ WHAT_HAPPENS = {
     ItemState.NO_EMAIL: "new random password nobody is told: they use “forgot password”",
     ItemState.SKIPPED: "left alone: password unchanged",
     ItemState.HANDED_OUT: "gets the password you typed; you tell them",
+    ItemState.LOCKED: "left alone: locked on purpose, password unchanged",
 }
 
 #: Which of these users are locked: the hook `locked_among` is the default of.
@@ -93,14 +94,17 @@ def _column(directory: Directory, name: str) -> ColumnElement[Any]:
 
 def reset_list(
     directory: Directory, scope: Scope, selection: Sequence[int], mode: Mode,
-    no_email: NoEmailChoice, *, locked: LockedAmong = locked_among,
+    no_email: NoEmailChoice, *, locked: LockedAmong = locked_among, skip_locked: bool = False,
 ) -> Iterator[ListedUser]:
-    """Everyone a confirm would reset, in the planner's order, with their outcome to come."""
+    """Everyone a confirm would reset, in the planner's order, with their outcome to come
+    (`skip_locked`: the task leaves accounts locked on purpose out, as the planner does)."""
     for users in scope_stream(directory, scope, selection):
         locked_ids = locked(directory, [user.id for user in users])
         for user in users:
-            yield ListedUser(user, user.id in locked_ids,
-                             planned_outcome(mode, no_email, user.has_email))
+            is_locked = user.id in locked_ids
+            outcome = (ItemState.LOCKED if skip_locked and is_locked
+                       else planned_outcome(mode, no_email, user.has_email))
+            yield ListedUser(user, is_locked, outcome)
 
 
 def reset_list_csv(rows: Iterator[ListedUser]) -> str:

@@ -62,6 +62,7 @@ class WantedList:
     selection: tuple[int, ...]
     mode: Mode
     no_email: NoEmailChoice
+    skip_locked: bool = False
     unused_lines: tuple[dict[str, Any], ...] = ()
 
 
@@ -103,6 +104,7 @@ def _preview_list(deps: AppDeps, user: str, waiting: str | None) -> WantedList:
             selection=tuple(pending.selection or ()),
             mode=Mode.DEFAULT if pending.default_password_sealed else Mode.GENERATED,
             no_email=NoEmailChoice(pending.no_email),
+            skip_locked=bool(pending.skip_locked),
             unused_lines=tuple((pending.file_report or {}).get("unmatched") or ()),
         )
 
@@ -117,7 +119,7 @@ def _task_list(deps: AppDeps, user: str, wanted: int) -> WantedList:
         found = WantedList(
             label=str(task.id), task_id=task.id, scope=Scope(task.scope),
             selection=tuple(task.selection or ()), mode=Mode(task.mode),
-            no_email=NoEmailChoice(task.no_email),
+            no_email=NoEmailChoice(task.no_email), skip_locked=bool(task.skip_locked),
         )
     refusal = deps.approval_refusal(user) if user != requester else None
     if refusal is not None:
@@ -134,7 +136,7 @@ def deliver_list(deps: AppDeps, client: WebClient, user: str, wanted: WantedList
     def counted() -> Any:
         nonlocal rows
         for row in reset_list(deps.directory, wanted.scope, wanted.selection, wanted.mode,
-                              wanted.no_email):
+                              wanted.no_email, skip_locked=wanted.skip_locked):
             rows += 1
             yield row
 
