@@ -14,6 +14,7 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackClientError
+from sqlalchemy import select
 
 from blocks.ids import ACTION_SEND_LIST, SEND_LIST_OF_PREVIEW
 from blocks.text import (
@@ -54,7 +55,7 @@ def register(app: App) -> None:
 class WantedList:
     """Which reset's list, as the task would be planned: scope, picks, mode, the no-e-mail
     choice; `label` names the file ("7" for task #7, "preview"). `unused_lines`: a preview
-    made from a file of users: its lines that named nobody or several users (all of them)."""
+    (or a request) made from a file of users: its lines that named nobody or several users."""
 
     label: str
     task_id: int | None
@@ -116,10 +117,14 @@ def _task_list(deps: AppDeps, user: str, wanted: int) -> WantedList:
             deps.refuse(user, ACTION_SEND_LIST, "not a waiting request", task_id=wanted)
             raise ConflictError(LIST_PREVIEW_GONE)
         requester = task.requester
+        # A request made from a file: its preview kept the lines not used.
+        report = session.scalar(select(PendingRequest.file_report)
+                                .where(PendingRequest.task_id == task.id))
         found = WantedList(
             label=str(task.id), task_id=task.id, scope=Scope(task.scope),
             selection=tuple(task.selection or ()), mode=Mode(task.mode),
             no_email=NoEmailChoice(task.no_email), skip_locked=bool(task.skip_locked),
+            unused_lines=tuple((report or {}).get("unmatched") or ()),
         )
     refusal = deps.approval_refusal(user) if user != requester else None
     if refusal is not None:

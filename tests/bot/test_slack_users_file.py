@@ -26,6 +26,7 @@ from core.migrate import upgrade
 from core.models import AuditEntry, PendingRequest, ResetTask, TaskStatus
 from core.settings import Settings
 from jobs.context import WorkerContext
+from tests.scenarios.test_approval import SECOND
 from tests.scenarios.test_task_centre import click_in_view, list_file, rows_of
 from tests.support.databases import mariadb_database
 from tests.support.engine import run_until_final
@@ -560,3 +561,42 @@ def test_send_me_the_list_of_a_file_preview_brings_every_unused_line(
     with app.sessions() as session:
         [sent] = session.scalars(select(AuditEntry).where(AuditEntry.action == "send_list"))
     assert (sent.detail["users"], sent.detail["unused_lines"]) == (len(users), len(unused))
+
+
+@pytest.fixture
+def approval_file_app(
+    settings: Settings, sessions: sessionmaker[Session], directory: Directory, engine: Engine,
+    redis_conn: Redis, slack_standin: SlackStandIn,
+) -> Iterator[RunningApp]:
+    """`file_app` where every reset waits for a second admin's approval."""
+    add_listed_users(engine, directory, FIRST_ID, LISTED)
+    configured = replace(app_settings(settings, slack_standin), reset_approval_min_users=1,
+                         reset_admins=frozenset({ADMIN, SECOND}))
+    running, thread = start_app(configured, sessions, directory, redis_conn, slack_standin)
+    try:
+        yield running
+    finally:
+        running.stop(thread)
+
+
+@sqlite_only
+def test_an_approver_gets_the_unused_lines_of_a_request_made_from_a_file(
+    approval_file_app: RunningApp,
+) -> None:
+    app = approval_file_app
+    file_id = app.standin.share_file(b"u00100\nnobody\nu00101\nLena\n", "few.txt",
+                                     filetype="text")
+    preview = after_ack(app, submit_file(app, file_id, password=GOOD_PASSWORD))
+    saved = app.slack.submit(preview).json()
+    assert "waits for another admin's approval" in view_text(saved["view"])
+    with app.sessions() as session:
+        [task] = session.scalars(select(ResetTask))
+    assert task.status == TaskStatus.AWAITING_APPROVAL
+
+    assert app.slack.click("send_list", str(task.id), user=SECOND).status == 200
+    unused = list_file(app.standin, SECOND, count=2)
+    users_file, unused_file = app.standin.files(app.standin.dm_channel(SECOND))
+    assert unused_file.filename == f"reset-{task.id}-lines-not-used.csv"
+    assert [row["username"] for row in rows_of(users_file.text)] == ["u00100", "u00101"]
+    assert [(row["line"], row["value"], row["why"]) for row in unused] == [
+        ("2", "nobody", "not in the directory"), ("4", "Lena", "matches several users")]
