@@ -25,6 +25,7 @@ from core.directory import Directory
 from core.migrate import upgrade
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, UndoSnapshot
 from core.passwords import PasswordHasher
+from core.progress import snapshot
 from core.reset_list import WHAT_HAPPENS
 from core.settings import Settings
 from jobs.context import WorkerContext
@@ -134,6 +135,11 @@ def test_the_list_on_koha_is_what_the_confirm_resets(
     click_in_view(app, view, ACTION_SEND_LIST, SEND_LIST_OF_PREVIEW)
     listed = list_file(slack_standin, app_admin(app))
     assert slack_standin.files_in_public_channels() == []
+    # The preview and its button count the passwords reset: the locked ones are left alone.
+    left_alone = (ItemState.LOCKED.value, ItemState.SKIPPED.value)
+    changed = sum(OUTCOME[row["what_happens"]] not in left_alone for row in listed)
+    assert view["submit"]["text"] == f"Reset {changed:,} & e-mail"
+    assert f"*Users to reset*\n{changed:,}" in view_text(view)
 
     assert app.slack.submit(view).json() == {"response_action": "clear"}
     [task] = tasks(app.sessions)
@@ -141,6 +147,10 @@ def test_the_list_on_koha_is_what_the_confirm_resets(
     assert listed, "the scope has borrowers"
     assert [(row["username"], OUTCOME[row["what_happens"]]) for row in listed] == items(
         app, task.id)
+    with app.sessions() as session:
+        shown = snapshot(session, task.id)
+    assert shown is not None and shown.tally.changed == changed
+    assert shown.tally.left_alone == len(listed) - changed
     # Koha's accounts locked on purpose: marked, and left out by the e-mailed reset.
     by_name = {b.username: b for b in BORROWERS}
     for row in listed:
