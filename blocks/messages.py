@@ -268,7 +268,8 @@ def approval_details(task: TaskSnapshot) -> list[str]:
     lines = []
     if approval.preview is not None and task.status in NOT_STARTED:
         counts = approval.preview
-        tally = preview_tally(counts, Mode(task.mode), NoEmailChoice(task.no_email))
+        tally = preview_tally(counts, Mode(task.mode), NoEmailChoice(task.no_email),
+                              skip_locked=task.skip_locked)
         left_alone = f" · left alone {tally.left_alone:,}" if tally.left_alone else ""
         lines.append(
             f"*Users to reset* {tally.changed:,} · with e-mail {counts.emailable:,} · "

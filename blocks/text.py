@@ -603,6 +603,14 @@ def list_comment(users: int) -> str:
             "each. No passwords are in this file; it is made from the same query as the reset.")
 
 
+UNUSED_LINES_TITLE = "Lines of your file not used"
+
+
+def unused_lines_comment(lines: int) -> str:
+    return (f"The {plural(lines, 'line')} of your file that named nobody or several users, "
+            "with their line numbers. Nobody on them will be reset.")
+
+
 def list_sent(users: int) -> str:
     return f"The list of the {plural(users, 'user')} is in your direct messages with me."
 

@@ -256,7 +256,7 @@ def write_reset_list(path: Path, directory: Directory, request: ResetRequest) ->
     def counted() -> Iterator[ListedUser]:
         nonlocal users
         for row in reset_list(directory, request.scope, request.selection, request.mode,
-                              request.no_email_choice):
+                              request.no_email_choice, skip_locked=request.leaves_locked):
             users += 1
             yield row
 

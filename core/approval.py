@@ -75,7 +75,8 @@ def preview_of(counts: dict[str, Any] | None) -> Preview | None:
         return None
     try:
         return Preview(users=int(counts["users"]), emailable=int(counts["emailable"]),
-                       without_email=int(counts["without_email"]), staff=int(counts["staff"]))
+                       without_email=int(counts["without_email"]), staff=int(counts["staff"]),
+                       locked=int(counts.get("locked") or 0))
     except (KeyError, TypeError, ValueError):
         return None
 

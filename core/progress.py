@@ -167,6 +167,9 @@ class TaskSnapshot:
     selected: int = 0
     #: What an e-mailed reset does to users without an address (NoEmailChoice's value).
     no_email: str = "reset"
+    #: Accounts locked on purpose are left out (left alone, not reset): the preview's counts
+    #: approvers are shown say so, as the preview did.
+    skip_locked: bool = False
 
     @property
     def held(self) -> bool:
@@ -250,6 +253,7 @@ def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
         undo_of=task.undo_of,
         selected=len(task.selection or []),
         no_email=task.no_email,
+        skip_locked=bool(task.skip_locked),
     )
 
 

@@ -31,6 +31,7 @@ WHAT_HAPPENS = {
     ItemState.NO_EMAIL: "new random password nobody is told: they use “forgot password”",
     ItemState.SKIPPED: "left alone: password unchanged",
     ItemState.HANDED_OUT: "gets the password you typed; you tell them",
+    ItemState.LOCKED: "left alone: locked on purpose, password unchanged",
 }
 
 #: Which of these users are locked: the hook `locked_among` is the default of.
@@ -93,14 +94,17 @@ def _column(directory: Directory, name: str) -> ColumnElement[Any]:
 
 def reset_list(
     directory: Directory, scope: Scope, selection: Sequence[int], mode: Mode,
-    no_email: NoEmailChoice, *, locked: LockedAmong = locked_among,
+    no_email: NoEmailChoice, *, locked: LockedAmong = locked_among, skip_locked: bool = False,
 ) -> Iterator[ListedUser]:
-    """Everyone a confirm would reset, in the planner's order, with their outcome to come."""
+    """Everyone a confirm would reset, in the planner's order, with their outcome to come
+    (`skip_locked`: the task leaves accounts locked on purpose out, as the planner does)."""
     for users in scope_stream(directory, scope, selection):
         locked_ids = locked(directory, [user.id for user in users])
         for user in users:
-            yield ListedUser(user, user.id in locked_ids,
-                             planned_outcome(mode, no_email, user.has_email))
+            is_locked = user.id in locked_ids
+            outcome = (ItemState.LOCKED if skip_locked and is_locked
+                       else planned_outcome(mode, no_email, user.has_email))
+            yield ListedUser(user, is_locked, outcome)
 
 
 def reset_list_csv(rows: Iterator[ListedUser]) -> str:
@@ -125,3 +129,26 @@ def _cell(text: str | None) -> str:
 
 def reset_list_filename(label: str) -> str:
     return f"reset-{label}-list.csv"
+
+
+UNUSED_HEADER = ("line", "value", "why", "could_be")
+NOT_FOUND = "not in the directory"
+SEVERAL_USERS = "matches several users"
+
+
+def unused_lines_csv(unmatched: Sequence[dict[str, Any]]) -> str:
+    """The lines of a file of users that were not used (`PendingRequest.file_report`'s
+    "unmatched"), with their line numbers: why, and whom an ambiguous one could be."""
+    return to_csv(UNUSED_HEADER, (
+        (
+            item["line"],
+            _cell(item["value"]),
+            SEVERAL_USERS if item["could_be"] else NOT_FOUND,
+            "; ".join(_cell(name) for name in item["could_be"] or ()),
+        )
+        for item in unmatched
+    ))
+
+
+def unused_lines_filename(label: str) -> str:
+    return f"reset-{label}-lines-not-used.csv"

@@ -351,7 +351,8 @@ def preview_counts(preview: Preview | None) -> dict[str, Any] | None:
     if preview is None:
         return None
     counts = asdict(preview)
-    return {key: counts[key] for key in ("users", "emailable", "without_email", "staff")}
+    return {key: counts[key]
+            for key in ("users", "emailable", "without_email", "staff", "locked")}
 
 
 def _start_at(request: ResetRequest) -> datetime | None:

@@ -14,14 +14,17 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackClientError
+from sqlalchemy import select
 
 from blocks.ids import ACTION_SEND_LIST, SEND_LIST_OF_PREVIEW
 from blocks.text import (
     LIST_NOT_YOURS,
     LIST_PREVIEW_GONE,
+    UNUSED_LINES_TITLE,
     list_comment,
     list_sent,
     list_title,
+    unused_lines_comment,
 )
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
@@ -30,7 +33,13 @@ from bot.payloads import channel_of, first_action, pending_id, task_id
 from core import audit
 from core.errors import ConflictError, InputError
 from core.models import Mode, NoEmailChoice, PendingRequest, ResetTask, Scope, TaskStatus, utcnow
-from core.reset_list import reset_list, reset_list_csv, reset_list_filename
+from core.reset_list import (
+    reset_list,
+    reset_list_csv,
+    reset_list_filename,
+    unused_lines_csv,
+    unused_lines_filename,
+)
 
 log = logging.getLogger("resetbot.slack")
 
@@ -45,7 +54,8 @@ def register(app: App) -> None:
 @dataclass(frozen=True)
 class WantedList:
     """Which reset's list, as the task would be planned: scope, picks, mode, the no-e-mail
-    choice; `label` names the file ("7" for task #7, "preview")."""
+    choice; `label` names the file ("7" for task #7, "preview"). `unused_lines`: a preview
+    (or a request) made from a file of users: its lines that named nobody or several users."""
 
     label: str
     task_id: int | None
@@ -53,6 +63,8 @@ class WantedList:
     selection: tuple[int, ...]
     mode: Mode
     no_email: NoEmailChoice
+    skip_locked: bool = False
+    unused_lines: tuple[dict[str, Any], ...] = ()
 
 
 def send_list(ack: Ack, body: dict[str, Any], client: WebClient, context: BoltContext) -> None:
@@ -93,6 +105,8 @@ def _preview_list(deps: AppDeps, user: str, waiting: str | None) -> WantedList:
             selection=tuple(pending.selection or ()),
             mode=Mode.DEFAULT if pending.default_password_sealed else Mode.GENERATED,
             no_email=NoEmailChoice(pending.no_email),
+            skip_locked=bool(pending.skip_locked),
+            unused_lines=tuple((pending.file_report or {}).get("unmatched") or ()),
         )
 
 
@@ -103,10 +117,14 @@ def _task_list(deps: AppDeps, user: str, wanted: int) -> WantedList:
             deps.refuse(user, ACTION_SEND_LIST, "not a waiting request", task_id=wanted)
             raise ConflictError(LIST_PREVIEW_GONE)
         requester = task.requester
+        # A request made from a file: its preview kept the lines not used.
+        report = session.scalar(select(PendingRequest.file_report)
+                                .where(PendingRequest.task_id == task.id))
         found = WantedList(
             label=str(task.id), task_id=task.id, scope=Scope(task.scope),
             selection=tuple(task.selection or ()), mode=Mode(task.mode),
-            no_email=NoEmailChoice(task.no_email),
+            no_email=NoEmailChoice(task.no_email), skip_locked=bool(task.skip_locked),
+            unused_lines=tuple((report or {}).get("unmatched") or ()),
         )
     refusal = deps.approval_refusal(user) if user != requester else None
     if refusal is not None:
@@ -123,7 +141,7 @@ def deliver_list(deps: AppDeps, client: WebClient, user: str, wanted: WantedList
     def counted() -> Any:
         nonlocal rows
         for row in reset_list(deps.directory, wanted.scope, wanted.selection, wanted.mode,
-                              wanted.no_email):
+                              wanted.no_email, skip_locked=wanted.skip_locked):
             rows += 1
             yield row
 
@@ -135,12 +153,19 @@ def deliver_list(deps: AppDeps, client: WebClient, user: str, wanted: WantedList
             title=list_title(wanted.task_id), initial_comment=list_comment(rows),
             content=content,
         )
+        if wanted.unused_lines:
+            client.files_upload_v2(
+                channel=dm, filename=unused_lines_filename(wanted.label),
+                title=UNUSED_LINES_TITLE,
+                initial_comment=unused_lines_comment(len(wanted.unused_lines)),
+                content=unused_lines_csv(wanted.unused_lines),
+            )
     except (SlackClientError, OSError) as error:
         log.warning("the list for %s could not be sent: %s", user, type(error).__name__)
         return
     with deps.sessions() as session:
         audit.record(session, user, "send_list", wanted.task_id, scope=wanted.scope.value,
-                     users=rows)
+                     users=rows, unused_lines=len(wanted.unused_lines))
         session.commit()
     if channel:
         tell_where_possible(client, channel, user, list_sent(rows))

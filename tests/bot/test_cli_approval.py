@@ -76,7 +76,8 @@ def test_reset_says_it_awaits_approval_and_does_not_follow(
     assert "queued" not in result.out and "users/s" not in result.out
     [task] = tasks(sessions)
     assert task.status == TaskStatus.AWAITING_APPROVAL
-    assert task.preview == {"users": 5, "emailable": 3, "without_email": 2, "staff": 0}
+    assert task.preview == {"users": 5, "emailable": 3, "without_email": 2, "staff": 0,
+                            "locked": 0}
     assert plan_jobs(cli_settings, redis_conn) == []
 
     listed = run("tasks", **APPROVAL)

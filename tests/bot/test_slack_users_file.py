@@ -19,15 +19,19 @@ from redis import Redis
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from blocks.ids import ACTION_SEND_LIST, SEND_LIST_OF_PREVIEW
 from core.db import make_engine
 from core.directory import Directory
 from core.models import AuditEntry, PendingRequest, ResetTask, TaskStatus
 from core.settings import Settings
 from jobs.context import WorkerContext
+from tests.scenarios.test_approval import SECOND
+from tests.scenarios.test_task_centre import click_in_view, list_file, rows_of
 from tests.support.databases import mariadb_database
 from tests.support.engine import run_until_final
 from tests.support.koha import OLD_HASH, create_borrowers
 from tests.support.signing import (
+    ADMIN,
     RunningApp,
     app_on_its_own_state,
     app_settings,
@@ -481,3 +485,93 @@ def test_only_the_clients_own_slack_host_is_trusted_with_the_token(
     from bot.slack_files import on_slack_host
 
     assert on_slack_host(url, "https://slack.com/api/") is allowed
+
+
+# ---- Send me the list: the file's unused lines beside the exact list ----------------------------
+
+
+@sqlite_only
+def test_send_me_the_list_of_a_file_preview_brings_every_unused_line(
+    file_app: RunningApp,
+) -> None:
+    """The modal shows the first 20 lines that were not used; the private list has them all,
+    with their line numbers, in a second file beside the list of who would be reset."""
+    app = file_app
+    listed = make_list(FIRST_ID, LISTED)
+    # A formula must not reach a spreadsheet as one.
+    lines = [*listed.lines, "=HYPERLINK(1)"]
+    file_id = app.standin.share_file(("\n".join(lines) + "\n").encode(), "class.txt",
+                                     filetype="text")
+    preview = after_ack(app, submit_file(app, file_id, password=GOOD_PASSWORD))
+    assert ("send_list", SEND_LIST_OF_PREVIEW) in [
+        (b["accessory"]["action_id"], b["accessory"]["value"]) for b in preview["blocks"]
+        if "accessory" in b]
+
+    click_in_view(app, preview, ACTION_SEND_LIST, SEND_LIST_OF_PREVIEW)
+    unused = list_file(app.standin, ADMIN, count=2)
+    dm = app.standin.dm_channel(ADMIN)
+    users_file, unused_file = app.standin.files(dm)
+    assert unused_file.filename == "reset-preview-lines-not-used.csv"
+    users = rows_of(users_file.text)
+    assert app.standin.files_in_public_channels() == []
+
+    # The list: exactly the users the file matched.
+    assert len(users) == len(listed.expected_ids)
+    assert {row["username"].lower() for row in users} == {
+        username(user_id) for user_id in listed.expected_ids}
+    # The unused lines: every one, with its number, why, and whom it could be.
+    assert len(unused) == len(listed.unknown) + len(listed.ambiguous) + 1 > 20
+    by_line = {int(row["line"]): row for row in unused}
+    for line, value in listed.unknown.items():
+        assert (by_line[line]["value"], by_line[line]["why"], by_line[line]["could_be"]) == (
+            value, "not in the directory", "")
+    for line, value in listed.ambiguous.items():
+        assert (by_line[line]["value"], by_line[line]["why"]) == (
+            value, "matches several users")
+    assert sorted(by_line[min(listed.ambiguous)]["could_be"].split("; ")) == ["LENA", "lena"]
+    assert sorted(by_line[max(listed.ambiguous)]["could_be"].split("; ")) == ["kim", "lee"]
+    hostile = by_line[len(lines)]["value"]
+    assert hostile == "'=HYPERLINK(1)"
+    assert GOOD_PASSWORD not in unused_file.text + users_file.text
+    with app.sessions() as session:
+        [sent] = session.scalars(select(AuditEntry).where(AuditEntry.action == "send_list"))
+    assert (sent.detail["users"], sent.detail["unused_lines"]) == (len(users), len(unused))
+
+
+@pytest.fixture
+def approval_file_app(
+    settings: Settings, sessions: sessionmaker[Session], directory: Directory, engine: Engine,
+    redis_conn: Redis, slack_standin: SlackStandIn,
+) -> Iterator[RunningApp]:
+    """`file_app` where every reset waits for a second admin's approval."""
+    add_listed_users(engine, directory, FIRST_ID, LISTED)
+    configured = replace(app_settings(settings, slack_standin), reset_approval_min_users=1,
+                         reset_admins=frozenset({ADMIN, SECOND}))
+    running, thread = start_app(configured, sessions, directory, redis_conn, slack_standin)
+    try:
+        yield running
+    finally:
+        running.stop(thread)
+
+
+@sqlite_only
+def test_an_approver_gets_the_unused_lines_of_a_request_made_from_a_file(
+    approval_file_app: RunningApp,
+) -> None:
+    app = approval_file_app
+    file_id = app.standin.share_file(b"u00100\nnobody\nu00101\nLena\n", "few.txt",
+                                     filetype="text")
+    preview = after_ack(app, submit_file(app, file_id, password=GOOD_PASSWORD))
+    saved = app.slack.submit(preview).json()
+    assert "waits for another admin's approval" in view_text(saved["view"])
+    with app.sessions() as session:
+        [task] = session.scalars(select(ResetTask))
+    assert task.status == TaskStatus.AWAITING_APPROVAL
+
+    assert app.slack.click("send_list", str(task.id), user=SECOND).status == 200
+    unused = list_file(app.standin, SECOND, count=2)
+    users_file, unused_file = app.standin.files(app.standin.dm_channel(SECOND))
+    assert unused_file.filename == f"reset-{task.id}-lines-not-used.csv"
+    assert [row["username"] for row in rows_of(users_file.text)] == ["u00100", "u00101"]
+    assert [(row["line"], row["value"], row["why"]) for row in unused] == [
+        ("2", "nobody", "not in the directory"), ("4", "Lena", "matches several users")]

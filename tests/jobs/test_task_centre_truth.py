@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -17,11 +18,22 @@ from sqlalchemy import insert, update
 
 from blocks import messages
 from blocks.text import done_words, ended_words, tally_words, task_status_text
-from blocks.views import home_view
+from blocks.views import home_view, preview_modal
 from core import tasks
-from core.models import ItemState, Mode, ResetItem, ResetTask, Scope, TaskStatus, utcnow
+from core.approval import ApprovalState, preview_of
+from core.directory.users import Preview
+from core.models import (
+    ItemState,
+    Mode,
+    NoEmailChoice,
+    ResetItem,
+    ResetTask,
+    Scope,
+    TaskStatus,
+    utcnow,
+)
 from core.progress import TaskSnapshot, snapshot
-from core.tally import Tally
+from core.tally import Tally, preview_tally
 from core.tasks import ResetRequest
 from jobs.context import WorkerContext
 from jobs.finishing import finish_if_done
@@ -167,8 +179,17 @@ def mailed_and_no_email(context: WorkerContext) -> int:
 
 
 def skip(context: WorkerContext) -> int:
-    task_id = make_task(context, no_email="skip")
+    task_id = make_task(context, no_email="skip", preview={
+        "users": 3, "emailable": 1, "without_email": 2, "staff": 0})
     with_items(context, task_id, mix(notified=1, skipped=2))
+    return task_id
+
+
+def locked_left_out(context: WorkerContext) -> int:
+    """Koha's `login_attempts = -1`: accounts staff locked, which the task leaves out."""
+    task_id = make_task(context, skip_locked=True, preview={
+        "users": 10, "emailable": 10, "without_email": 0, "staff": 0, "locked": 3})
+    with_items(context, task_id, mix(notified=7, locked=3))
     return task_id
 
 
@@ -199,6 +220,8 @@ MIXES = {
     "all reset": (all_reset, Tally(users=12, changed=12, done=12)),
     "mailed and no e-mail": (mailed_and_no_email, Tally(users=12, changed=12, done=12, mailed=9)),
     "skip": (skip, Tally(users=3, changed=1, left_alone=2, done=3, mailed=1)),
+    "locked left out": (locked_left_out, Tally(users=10, changed=7, left_alone=3, done=10,
+                                               mailed=7)),
     "cancelled before start": (cancelled_before_start, Tally(users=145, changed=0,
                                                              not_reached=145)),
     "cancelled midway": (cancelled_midway, Tally(users=150, changed=50, not_reached=100,
@@ -249,10 +272,42 @@ def test_every_edge_shows_the_counts_of_the_one_tally(
         percent = round(tally.fraction * 100)
         assert f"{percent}% · {done}" in json.dumps(parent.blocks, ensure_ascii=False)
 
-    # The list of users to contact by hand: the users the tally says need it, no more.
+    # The list of users to contact by hand: the users the tally says need it, no more (an
+    # account locked on purpose stays locked: nobody to tell).
     listed = run("tasks", "show", str(task.id), "--csv")
-    assert len(csv_usernames(listed.out)) == tally.left_alone + tally.mail_failed + (
-        task.counts[ItemState.NO_EMAIL] + task.counts[ItemState.HANDED_OUT])
+    assert len(csv_usernames(listed.out)) == (
+        tally.left_alone - task.counts[ItemState.LOCKED] + tally.mail_failed
+        + task.counts[ItemState.NO_EMAIL] + task.counts[ItemState.HANDED_OUT])
+
+    # Before it ran: the preview, its button and what approvers were shown said the same.
+    with context.sessions() as session:
+        kept = preview_of(session.get(ResetTask, task.id).preview)  # type: ignore[union-attr]
+    if kept is not None and not task.ended_unstarted:
+        check_the_preview_said_it(task, kept, tally)
+
+
+def check_the_preview_said_it(task: TaskSnapshot, kept: Preview, tally: Tally) -> None:
+    mode, no_email = Mode(task.mode), NoEmailChoice(task.no_email)
+    planned = preview_tally(kept, mode, no_email, skip_locked=task.skip_locked)
+    assert (planned.users, planned.changed, planned.left_alone) == (
+        tally.users, tally.changed, tally.left_alone)
+    modal = preview_modal("P1", kept, scope=Scope(task.scope), selected=0, mode=mode,
+                          require_change=task.require_change, no_email=no_email,
+                          skip_locked=task.skip_locked)
+    fields = [field["text"] for block in modal["blocks"] for field in block.get("fields", [])]
+    assert f"*Users to reset*\n{tally.changed:,}" in fields
+    assert modal["submit"]["text"] == (f"Reset {tally.changed:,} & e-mail"
+                                       if mode is Mode.GENERATED
+                                       else f"Set for {tally.changed:,} users")
+    waiting = replace(task, status=TaskStatus.AWAITING_APPROVAL, approval=ApprovalState(
+        preview=kept, expires_at=utcnow() + timedelta(hours=1), approved_by=None,
+        rejected_by=None, decided_at=None))
+    shown = "\n".join(messages.approval_details(waiting))
+    left_alone = f" · left alone {tally.left_alone:,}" if tally.left_alone else ""
+    assert f"*Users to reset* {tally.changed:,} · " in shown
+    assert left_alone in shown
+    assert f"*Users to reset* {tally.changed:,}" in json.dumps(
+        home_view([waiting], allowed=True), ensure_ascii=False)
 
 
 def test_a_cancelled_task_midway_shows_a_third_of_the_bar(context: WorkerContext) -> None:

@@ -170,7 +170,8 @@ def test_another_admin_approves_and_the_task_runs_to_completion(
     assert "waits for another admin's approval" in str(confirmed["view"])
     task = the_task(approval_app)
     assert task.status == TaskStatus.AWAITING_APPROVAL
-    assert task.preview == {"users": 7, "emailable": 5, "without_email": 2, "staff": 2}
+    assert task.preview == {"users": 7, "emailable": 5, "without_email": 2, "staff": 2,
+                            "locked": 0}
     assert task.approval_expires_at is not None and task.approval_expires_at > utcnow()
     assert plan_jobs(approval_app) == []
     assert [e.task_id for e in audit_of(approval_app, "approval_request")] == [task.id]

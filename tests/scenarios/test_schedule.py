@@ -347,7 +347,7 @@ def test_start_now_of_a_held_task_that_the_approval_rule_covers_asks_for_approva
     waiting = task_row(sessions, task_id)
     assert waiting.status == TaskStatus.AWAITING_APPROVAL and waiting.start_held_at is None
     assert waiting.preview == {"users": 7, "emailable": 5, "without_email": 2, "staff": 0,
-                               "recounted": True}
+                               "locked": 0, "recounted": True}
     assert jobs_of(context, task_id) == []
     actions = [e.action for e in audit_actions(sessions, task_id)]
     assert actions[-1] == "approval_request" and "reconfirm" not in actions
