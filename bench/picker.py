@@ -31,11 +31,11 @@ from bench.harness import database
 from bench.koha import PickerTerm, picker_terms, populate_borrowers, search_select
 from bench.latency import Latencies, search_latency_core
 from bench.measure import MB
-from bench.services import postgres_database, sqlite_database
+from bench.services import mariadb_database, postgres_database, sqlite_database
 from bench.synth import SearchTerm
 from core.search_copy import SearchCopy, load_rows
 from core.settings import Settings
-from tests.support.databases import MARIADB_SERVER, mariadb_database
+from tests.support.databases import MARIADB_SERVER
 
 KINDS = ("mariadb", "postgresql", "sqlite")
 LIMIT = 100
@@ -60,9 +60,9 @@ class PickerResult:
 
 def koha_opener(kind: str) -> Callable[[], AbstractContextManager[str]]:
     if kind == "mariadb":
-        return lambda: mariadb_database("resetbot_bench")
+        return mariadb_database
     if kind == "postgresql":
-        return lambda: postgres_database("resetbot_bench")
+        return postgres_database
     return sqlite_database
 
 

@@ -473,3 +473,53 @@ def test_a_directory_that_goes_away_keeps_the_copy_and_comes_back(
             caplog.text)
         assert "root" not in caplog.text and "3306" not in caplog.text
         engines[0].dispose()
+
+
+def test_a_read_again_completes_while_searches_run_back_to_back(tmp_path: Path) -> None:
+    """SQLite's driver gives the interpreter back at every row it fetches, and a search holds
+    it for as long as its `bytes.find` runs: left alone, each row of a read again waited for a
+    search to end (144 s for 100,000 users under back-to-back searches). The read and the
+    searches take turns: the read ends while a thread keeps searching without a pause, and
+    every search meanwhile answers from the old or the new copy, whole."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'koha.db'}")
+    try:
+        table, _seconds = populate_borrowers(engine, 20_000)
+        query = search_select(table)
+        clock = Clock()
+        copy = SearchCopy(lambda: load_rows(engine, query), 30.0, clock)
+        assert copy.reload() and len(copy) == 20_000
+        [first] = copy.search("", 1)
+        with engine.begin() as connection:
+            connection.execute(update(table).where(table.c.borrowernumber == first.id)
+                               .values(surname="Zwiebelkuchen"))
+        stop = threading.Event()
+        answers: list[list[int]] = []
+
+        def search_back_to_back() -> None:
+            terms = ("zwiebelkuchen", "qqqq-a-miss", first.username, "a")
+            while not stop.is_set():
+                for term in terms:
+                    answers.append(ids(copy.search(term, 100)))
+
+        clock.now += 30
+        assert copy.search("zwiebelkuchen") == []  # stale: answered, and read again meanwhile
+        searcher = threading.Thread(target=search_back_to_back)
+        searcher.start()
+        try:
+            read_ended = copy.wait_idle(120)
+            during = len(answers)
+        finally:
+            stop.set()
+            searcher.join(30)
+        assert read_ended, "the read again never ended under back-to-back searches"
+        assert not searcher.is_alive()
+        assert during > 0  # the searches went on meanwhile
+        assert copy.loaded_at == clock.now and len(copy) == 20_000
+        assert ids(copy.search("zwiebelkuchen", 100)) == [first.id]
+        # each search saw one copy whole: the old one (no match) or the new one (her alone)
+        assert {tuple(answer) for answer in answers[0::4]} <= {(), (first.id,)}
+        assert all(answer == [] for answer in answers[1::4])
+        assert all(first.id in answer for answer in answers[2::4])
+        assert all(len(answer) == 100 for answer in answers[3::4])
+    finally:
+        engine.dispose()
