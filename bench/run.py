@@ -119,6 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="databases for the large-size phase (default both)")
     parser.add_argument("--picker-dbs", default="mariadb,postgresql,sqlite",
                         help="databases for the picker phase (default all three)")
+    parser.add_argument("--picker-tables", default="own,koha",
+                        help="tables for the picker phase: resetbot's own, Koha's (default both)")
     parser.add_argument("--floor-samples", type=int, default=60,
                         help="hashes timed for the floor before and after each task")
     parser.add_argument("--worker-command", default=None,
@@ -406,7 +408,8 @@ class Bench:
 
         for size in [s for s in self.args.sizes if s > self.args.throughput_max]:
             result = picker(size, self.args.picker_dbs.split(","), self.args.queries, self.base,
-                            self.log, self.report.notes)
+                            self.log, self.report.notes,
+                            frozenset(self.args.picker_tables.split(",")))
             self.report.picker.extend(result.latency)
             self.report.search_copy.extend(result.copies)
 

@@ -3,13 +3,16 @@
 Tasks whose users do not overlap run side by side (see `jobs.overlap`); a task that shares
 users with a running one waits, says once for which, and is woken when a task ends. Planning
 streams the scope's users into items a batch per transaction and enqueues each chunk as soon as
-it is complete, so workers reset while planning goes on.
+it is complete, so workers reset while planning goes on. A selection is read a page at a time
+as well: a retry's selection (everyone whose mail failed) may hold a good part of a directory,
+and no statement carries more than a batch of ids.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -235,7 +238,7 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         # The starter holds the planning lease; anyone else (a reaper's re-plan) must take it.
         if resuming and not _take_plan_lease(context, session, task_id):
             return
-        plan = _Plan(Scope(task.scope), list(task.selection), task.plan_cursor, task.total)
+        plan = _Plan(Scope(task.scope), sorted(task.selection), task.plan_cursor, task.total)
     if resuming:
         # Chunks written before an interruption may never have reached the queue.
         for chunk in _chunks_with_pending(context, task_id):
@@ -288,11 +291,7 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
             select(ResetTask.cancel_requested).where(ResetTask.id == task_id)
         )
         # Read in the directory's own database (its own connection); written here.
-        users = [] if cancelled else context.directory.scope_batch(
-            plan.scope, plan.selection, plan.cursor, PLAN_BATCH
-        )
-        done = len(users) < PLAN_BATCH
-        cursor = users[-1].id if users else plan.cursor
+        users, cursor, done = ([], plan.cursor, True) if cancelled else _next_users(context, plan)
         count = plan.count + len(users)
         # The cursor guard makes two planners never interleave: the second one changes no row.
         moved = rowcount(
@@ -321,6 +320,22 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         session.commit()
     plan.cursor, plan.count = cursor, count
     return done
+
+
+def _next_users(context: WorkerContext, plan: _Plan) -> tuple[list[DirectoryUser], int, bool]:
+    """The next batch of the scope's users after the cursor, the cursor after them, and
+    whether that was the last batch. A selected-only scope asks for the next page of its
+    (sorted) selection: ids no longer in the directory are passed over with their page."""
+    if plan.scope is not Scope.SELECTED_ONLY:
+        users = context.directory.scope_batch(plan.scope, plan.selection, plan.cursor,
+                                              PLAN_BATCH)
+        return users, users[-1].id if users else plan.cursor, len(users) < PLAN_BATCH
+    start = bisect_right(plan.selection, plan.cursor)
+    page = plan.selection[start:start + PLAN_BATCH]
+    if not page:
+        return [], plan.cursor, True
+    users = context.directory.scope_batch(plan.scope, page, plan.cursor, PLAN_BATCH)
+    return users, page[-1], start + PLAN_BATCH >= len(plan.selection)
 
 
 def _item_rows(
