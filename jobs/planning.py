@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -245,6 +245,7 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
             enqueue_chunk(context.queue, task_id, chunk)
     enqueued = plan.count // settings.chunk_size
     start = _StartTeller(context, task_id, told=resuming)
+    first = True
     while True:
         try:
             step = _plan_batch(context, task_id, plan)
@@ -258,6 +259,9 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         done = step
         size = settings.chunk_size
         chunks = math.ceil(plan.count / size) if done else plan.count // size
+        if first or done:
+            _refresh_item_statistics(context)
+        first = False
         for chunk in range(enqueued, chunks):
             enqueue_chunk(context.queue, task_id, chunk)
         enqueued = max(enqueued, chunks)
@@ -266,6 +270,21 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
             break
     logger.info("task %s planned: %s users in %s chunks", task_id, plan.count, enqueued)
     finish_if_done(context, task_id)
+
+
+def _refresh_item_statistics(context: WorkerContext) -> None:
+    """Have PostgreSQL look at the items table again once a task's first items and its last
+    are written. Its planner otherwise goes by whatever it last saw (nothing at all where
+    autovacuum is off, or a far smaller table): then a claim of chunk N walks the task's
+    pending items in the (task, state) index up to chunk N rather than going straight to it
+    through (task, chunk), and at 1,000,000 users each claim took ~0.4 s instead of ~1 ms.
+    A sample of the table, a fraction of a second. (MariaDB's InnoDB keeps its own statistics
+    up to date; SQLite's planner goes by its indexes' shapes.)"""
+    with context.sessions() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        session.execute(text(f"ANALYZE {items_table.name}"))
+        session.commit()
 
 
 @dataclass
