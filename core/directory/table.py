@@ -52,6 +52,8 @@ MIN_TRIGRAM_TERM = 3
 SEARCH_SEPARATOR = "\t"
 #: The LIKE escape on a foreign directory: not a backslash, which MySQL strings treat apart.
 FOREIGN_ESCAPE = "!"
+#: The longest password whose substrings are looked up as values (the form allows 128).
+MAX_SUBSTRINGS_OF = 128
 
 
 class UserSearch(Protocol):
@@ -428,16 +430,23 @@ class Directory:
     def usernames_in_password(
         self, password: str, scope: Scope, selection: Sequence[int]
     ) -> int:
-        """How many users of the scope have a username the password contains."""
+        """How many users of the scope have a username the password contains.
+
+        Asked as "is the username one of the password's substrings" (a few hundred values,
+        one hashed or sorted lookup per row), not "does the password contain the username"
+        (a LIKE pattern built for every row: 0.6 s at 200,000 users on MariaDB).
+        """
         username = self.username_expression()
+        lowered = password.lower()
+        contained = (
+            func.lower(username).in_(sorted(_substrings(lowered)))
+            if len(lowered) <= MAX_SUBSTRINGS_OF else  # 8,256 values at most
+            and_(func.length(username) > 0, literal(lowered).contains(func.lower(username)))
+        )
         query = (
             select(func.count())
             .select_from(self.table)
-            .where(
-                self.scope_condition(scope, selection),
-                func.length(username) > 0,
-                literal(password.lower()).contains(func.lower(username)),
-            )
+            .where(self.scope_condition(scope, selection), contained)
         )
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
@@ -538,6 +547,12 @@ def _first_line(error: object) -> str:
 def _local_date(moment: datetime) -> date:
     """The date at the moment on this host's clock: library systems keep local dates."""
     return moment.astimezone().date()
+
+
+def _substrings(text: str) -> set[str]:
+    """Every substring of `text` that is not empty (n(n+1)/2 at most: 2,080 for 64 chars)."""
+    return {text[start:end] for start in range(len(text))
+            for end in range(start + 1, len(text) + 1)}
 
 
 def _escape_like(term: str, escape: str) -> str:

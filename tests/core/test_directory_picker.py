@@ -83,3 +83,24 @@ def test_resetbot_s_own_table_is_searched_through_a_copy_only_where_it_has_no_in
         "alice", "bob", "carol"]  # the first by username
     assert [user.role for user in directory.search("bob")] == [None]  # an empty role: patron
     assert directory.search("nobody here") == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", pytest.param("postgresql",
+                         marks=pytest.mark.postgres), pytest.param("mariadb",
+                         marks=pytest.mark.mariadb)], indirect=True)
+def test_usernames_in_a_password_are_counted_per_scope_whatever_its_length(
+    directory: Directory, sample_users: list[Any]
+) -> None:
+    """The users of the scope whose username (any case) the password holds: looked up among
+    the password's substrings, and the same for a password too long for that."""
+    from core.models import Scope
+
+    for padding in ("", "x" * 130):  # the second is past MAX_SUBSTRINGS_OF: asked with LIKE
+        assert directory.usernames_in_password(f"{padding}ALICE-bob-{padding}", Scope.ALL,
+                                               ()) == 2
+        assert directory.usernames_in_password(f"{padding}carolerin", Scope.ALL, ()) == 2
+        assert directory.usernames_in_password(f"{padding}carolerin", Scope.ALL_WITHOUT_ROLE,
+                                               ()) == 0  # carol and erin are staff
+        assert directory.usernames_in_password(f"{padding}bob+dave", Scope.SELECTED_ONLY,
+                                               (4, 5)) == 1
+        assert directory.usernames_in_password(f"{padding}Quiet-Harbour", Scope.ALL, ()) == 0
