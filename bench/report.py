@@ -174,10 +174,12 @@ class Report:
                     r["ratio"] <= 1.10, f"median of {r['runs']}: {r['ratios']}",
                 ))
         for row in self.koha_preview:
+            limit = 1000 if row["size"] >= 1_000_000 else 300  # issue 21: <= 1 s at a million
             targets.append(Target(
-                f"preview, {row['size']:,} Koha users, {row['db']} ({row['via']})", "<= 300 ms",
+                f"preview, {row['size']:,} Koha users, {row['db']} ({row['via']})",
+                f"<= {limit} ms",
                 f"p50 {row['preview']['p50_ms']} / max {row['preview']['max_ms']} ms",
-                row["preview"]["max_ms"] <= 300,
+                row["preview"]["max_ms"] <= limit,
             ))
         for row in self.picker:
             if row["via"].startswith("copy"):

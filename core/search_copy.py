@@ -31,7 +31,7 @@ import threading
 import time
 import unicodedata
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 #: Ends each field and each user in the searched text; removed from terms and from the fields.
 SEPARATOR = "\x00"
+SEPARATOR_BYTE = SEPARATOR.encode()
 #: What a failed read of the directory may raise and still leave the old copy in use.
 LOAD_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
 #: Rows fetched per round trip while the copy is read (a driver decoding a batch in C holds the
@@ -76,6 +77,12 @@ class SearchRow(NamedTuple):
     card_number: str | None
     email: str | None
     is_staff: bool
+
+
+class Counts(NamedTuple):
+    users: int
+    emailable: int
+    staff: int
 
 
 class SearchUnavailable(ResetbotError):
@@ -262,6 +269,7 @@ class Snapshot:
 
     ids: array[int]
     staff: bytes  # 1 for staff, per user
+    emailable: bytes  # 1 for a user with an e-mail address, per user
     shown: bytes  # each user's fields as read
     shown_starts: array[int]  # where each user begins in `shown`, then where it ends
     text: bytes  # each user's fields folded
@@ -275,12 +283,14 @@ class Snapshot:
         """`pause()` is called every few hundred rows or items (see `Turns`)."""
         ids: array[int] = array("q")
         staff = bytearray()
+        emailable = bytearray()
         shown: list[bytes] = []
         texts: list[bytes] = []
         for user_id, username, name, card, email, is_staff in _paced(rows, pause):
             fields = _shown_text(username, name, card, email)
             ids.append(user_id)
             staff.append(1 if is_staff else 0)
+            emailable.append(1 if email else 0)
             shown.append(fields.encode())
             texts.append(fold(fields).encode())
         order = _username_order(texts, pause)
@@ -291,6 +301,7 @@ class Snapshot:
         return cls(
             ids=array("q", [ids[index] for index in _paced(order, pause)]),
             staff=bytes([staff[index] for index in _paced(order, pause)]),
+            emailable=bytes([emailable[index] for index in _paced(order, pause)]),
             shown=shown_text, shown_starts=shown_starts,
             text=text, starts=starts,
             loaded_at=loaded_at,
@@ -304,6 +315,34 @@ class Snapshot:
         username, name, card, email, _end = self.shown[start:end].decode().split(SEPARATOR)
         return SearchRow(self.ids[index], username, name, card or None, email or None,
                          self.staff[index] == 1)
+
+    def counts(self, patrons_only: bool) -> Counts:
+        """How many users (patrons only: not staff), with an e-mail address, and staff."""
+        staff = self.staff.count(1)
+        emailable = self.emailable.count(1)
+        if not patrons_only:
+            return Counts(len(self), emailable, staff)
+        both = (int.from_bytes(self.staff) & int.from_bytes(self.emailable)).bit_count()
+        return Counts(len(self) - staff, emailable - both, 0)
+
+    def usernames_in(self, password: str, patrons_only: bool) -> int:
+        """How many users (patrons only: not staff) have a username the password holds, case
+        and accents aside: each distinct piece of the folded password looked up among the
+        usernames, which the copy keeps in order (a binary search each)."""
+        folded = fold(password.replace(SEPARATOR, ""))
+        pieces = {folded[start:end].encode() for start in range(len(folded))
+                  for end in range(start + 1, len(folded) + 1)}
+        everyone = range(len(self))
+        found = 0
+        for piece in pieces:
+            first = bisect_left(everyone, piece, key=self._username)
+            last = bisect_right(everyone, piece, key=self._username, lo=first)
+            found += (last - first) - (self.staff[first:last].count(1) if patrons_only else 0)
+        return found
+
+    def _username(self, index: int) -> bytes:
+        start = self.starts[index]
+        return self.text[start:self.text.index(SEPARATOR_BYTE, start)]
 
     def search(self, term: str, limit: int) -> list[SearchRow]:
         if limit <= 0:
@@ -374,6 +413,14 @@ class SearchCopy:
             self._reload_in_background()
         with self._turns.searching():
             return snapshot.search(term, limit)
+
+    def current(self) -> Snapshot | None:
+        """The copy as it is now (None before the first read succeeded), never waiting; an old
+        one starts a read in the background, as a search does."""
+        snapshot = self._snapshot
+        if snapshot is not None and self._is_stale(snapshot):
+            self._reload_in_background()
+        return snapshot
 
     def refresh_if_stale(self) -> None:
         """Start a background read if the copy is old (e.g. when the picker's form opens, so

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, String, case, cast, func, literal, null, select
 
 from core.directory.table import Directory
-from core.directory.users import DirectoryUser
+from core.directory.users import DirectoryUser, Preview
 from core.search_copy import SearchCopy, SearchRow, load_rows
 from core.settings import Settings
 
@@ -83,6 +83,28 @@ class CopySearch:
         return [_user(row) for row in self.copy.search(term, limit)]
 
 
+class CopyCounts:
+    """A UserCounts answered from the search copy: a whole directory's preview without a
+    scan of it (a million `borrowers` on MariaDB: 2.3 s a count). The copy is at most
+    DIRECTORY_SEARCH_REFRESH old (and being read again if older); the task itself is planned
+    from the table. None until the copy's first read succeeded."""
+
+    def __init__(self, copy: SearchCopy) -> None:
+        self.copy = copy
+
+    def preview(self, patrons_only: bool) -> Preview | None:
+        snapshot = self.copy.current()
+        if snapshot is None:
+            return None
+        users, emailable, staff = snapshot.counts(patrons_only)
+        return Preview(users=users, emailable=emailable, without_email=users - emailable,
+                       staff=staff)
+
+    def usernames_in_password(self, password: str, patrons_only: bool) -> int | None:
+        snapshot = self.copy.current()
+        return None if snapshot is None else snapshot.usernames_in(password, patrons_only)
+
+
 def _user(row: SearchRow) -> DirectoryUser:
     return DirectoryUser(
         id=row.id,
@@ -95,7 +117,8 @@ def _user(row: SearchRow) -> DirectoryUser:
 
 def attach_search_copy(settings: Settings, directory: Directory) -> SearchCopy | None:
     """Give `directory` a search copy when it needs one (None when it does not), and plug it
-    in as the directory's picker search. The copy is not read yet: `reload()` it at start."""
+    in as the directory's picker search and its whole-directory preview counts. The copy is
+    not read yet: `reload()` it at start."""
     if not needs_search_copy(settings, directory):
         return None
     query = search_select(directory)
@@ -105,4 +128,5 @@ def attach_search_copy(settings: Settings, directory: Directory) -> SearchCopy |
 
     copy = SearchCopy(rows, settings.directory_search_refresh)
     directory.use_search(CopySearch(copy))
+    directory.use_counts(CopyCounts(copy))
     return copy

@@ -104,3 +104,64 @@ def test_usernames_in_a_password_are_counted_per_scope_whatever_its_length(
         assert directory.usernames_in_password(f"{padding}bob+dave", Scope.SELECTED_ONLY,
                                                (4, 5)) == 1
         assert directory.usernames_in_password(f"{padding}Quiet-Harbour", Scope.ALL, ()) == 0
+
+
+PASSWORDS = ["ADA-c0002-Heidi", "xxcarolxxerinxx", "C0004", "no-one-here", "GRACE-frank-ada"]
+
+
+def assert_copy_counts_as_the_table(directory: Directory, selections: list[tuple[int, ...]],
+                                    ) -> None:
+    from core.models import Scope
+
+    copy_counts = directory.count_source
+    assert copy_counts is not None
+    for scope in Scope:
+        for selection in selections if scope.needs_selection else [()]:
+            by_copy = (directory.preview(scope, selection),
+                       [directory.usernames_in_password(p, scope, selection) for p in PASSWORDS])
+            directory.use_counts(None)
+            try:
+                by_table = (directory.preview(scope, selection),
+                            [directory.usernames_in_password(p, scope, selection)
+                             for p in PASSWORDS])
+            finally:
+                directory.use_counts(copy_counts)
+            assert by_copy == by_table, (scope, selection)
+
+
+@sqlite_only
+def test_a_whole_directory_preview_is_counted_in_the_copy_as_the_table_counts_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A million `borrowers` took 2.3 s to count on MariaDB: a directory searched through a
+    copy has its whole-directory scopes counted there (all except some: the selected users'
+    counts, read from the table, taken off), and the same numbers come out."""
+    profile = tmp_path / "library.toml"
+    profile.write_text(koha_profile_text(), encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'koha.db'}"
+    engine = make_engine(url)
+    create_borrowers(engine)
+    configured = replace(settings, directory_url=url, directory_profile=str(profile),
+                         password_rounds=4, password_allow_weak_rounds=True)
+    directory = Directory.from_settings(configured)
+    try:
+        copy = attach_search_copy(configured, directory)
+        assert copy is not None and directory.count_source is not None
+        from core.models import Scope
+
+        assert directory.preview(Scope.ALL, ()) == directory._preview(Scope.ALL, ())  # no copy
+        assert copy.reload()
+        assert_copy_counts_as_the_table(directory, [(1,), (2, 3, 5), (4, 6, 99)])
+    finally:
+        directory.dispose()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("mariadb", marks=pytest.mark.mariadb)],
+                         indirect=True)
+def test_resetbot_s_own_table_on_mariadb_is_counted_in_the_copy_as_the_table_counts_it(
+    settings: Settings, directory: Directory, sample_users: list[Any]
+) -> None:
+    copy = attach_search_copy(settings, directory)
+    assert copy is not None and copy.reload()
+    assert_copy_counts_as_the_table(directory, [(1,), (2, 3, 5), (4, 6, 99)])
