@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -118,5 +119,5 @@ def test_a_slow_count_spaces_the_clock_driven_checks_out(
         watch.settled(5)
         if watch.checked_at != before:
             checked.append(watch.checked_at)
-    gaps = [later - earlier for earlier, later in zip(checked, checked[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(checked)]
     assert checked and gaps and all(gap >= 5 for gap in gaps)
