@@ -135,9 +135,9 @@ class Report:
                     f"{row['workers']} workers vs 1 ({row['mode']}, {row['size']:,} users)",
                     ">= 1.80x", f"{row['speedup']:.2f}x", row["speedup"] >= 1.8,
                 ))
-        if self.slack_calls:
-            totals = {(r["size"], r["mode"]): r["total"] for r in self.slack_calls
-                      if not r.get("memory_run")}
+        totals = {(r["size"], r["mode"]): r["total"] for r in self.slack_calls
+                  if not r.get("memory_run")}
+        if totals:  # the memory runs alone (a `large` run) are told below
             worst = max(totals.values())
             by_mode: dict[str, set[int]] = defaultdict(set)
             for (_size, mode), total in totals.items():
@@ -150,12 +150,12 @@ class Report:
                 "Slack Web API calls per task (same at every size)", "<= 30, flat",
                 measured, worst <= 30 and flat,
             ))
-            for r in self.slack_calls:
-                if r.get("memory_run"):
-                    targets.append(Target(
-                        f"Slack Web API calls, {r['size']:,}-user task ({r['mode']}, memory run)",
-                        "<= 30", str(r["total"]), r["total"] <= 30,
-                    ))
+        for r in self.slack_calls:
+            if r.get("memory_run"):
+                targets.append(Target(
+                    f"Slack Web API calls, {r['size']:,}-user task ({r['mode']}, memory run)",
+                    "<= 30", str(r["total"]), r["total"] <= 30,
+                ))
         for row in self.latency:
             targets.append(Target(
                 f"search p99, {row['size']:,} users, {row['db']} ({row['via']})", "<= 50 ms",

@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="pbkdf2 rounds for the large task whose memory is sampled")
     parser.add_argument("--memory-mode", choices=MODES, default="generated",
                         help="reset mode of the large task whose memory is sampled")
+    parser.add_argument("--no-large-task", action="store_true",
+                        help="large phase: only the confirm's latency, no whole task")
     parser.add_argument("--slack-size", type=int, default=1000,
                         help="extra small size for Slack call counts (0 skips)")
     parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
@@ -398,7 +400,7 @@ class Bench:
                     self.log(f"large: {size:,} users on {kind} "
                              f"(populated in {db.populate_seconds:.1f}s)")
                     self._latency(db, front)
-                    if kind == "postgresql":
+                    if kind == "postgresql" and not self.args.no_large_task:
                         self._memory_task(db, hashing, front)
                     else:
                         self._confirm_only(db, front)
