@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bench.measure import ForeignLoad, PeakRss
 from bench.services import (
     SmtpSink,
+    mariadb_database,
     postgres_database,
     private_redis,
     sqlite_database,
@@ -165,7 +166,8 @@ class Database:
 
     @property
     def kind(self) -> str:
-        return "postgresql" if self.engine.dialect.name == "postgresql" else "sqlite"
+        name = self.engine.dialect.name
+        return "mariadb" if name == "mysql" else name
 
     def forget_tasks(self) -> None:
         """Drop the previous tasks' items so every timed task starts from the same table size."""
@@ -176,7 +178,9 @@ class Database:
 
 @contextmanager
 def database(kind: str, size: int, settings: Settings) -> Iterator[Database]:
-    opener = postgres_database if kind == "postgresql" else sqlite_database
+    opener = {"postgresql": postgres_database, "mariadb": mariadb_database}.get(
+        kind, sqlite_database
+    )
     with opener() as url:
         engine = make_engine(url)
         directory = Directory.own_table(engine, settings.directory)

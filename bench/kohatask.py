@@ -12,11 +12,11 @@ from typing import Any
 
 from bench.harness import Database
 from bench.koha import populate_borrowers
+from bench.services import mariadb_database, postgres_database
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.migrate import upgrade
 from core.settings import Settings
-from tests.support.databases import mariadb_database, postgres_database
 
 #: Koha's own hash: bcrypt $2a$ at cost 8 (the profile's), which the floor is measured with.
 KOHA_ROUNDS = 8
@@ -35,7 +35,7 @@ class KohaDatabase(Database):
 @contextmanager
 def koha_database(size: int, settings: Settings) -> Iterator[KohaDatabase]:
     """A throw-away PostgreSQL state database and a MariaDB one holding `size` borrowers."""
-    with postgres_database() as state_url, mariadb_database("resetbot_bench") as koha_url:
+    with postgres_database() as state_url, mariadb_database() as koha_url:
         populate_engine = make_engine(koha_url)
         try:
             _table, seconds = populate_borrowers(populate_engine, size)

@@ -4,7 +4,8 @@ search on resetbot's own table, with the same terms in the same run.
 
 For each database:
   own     resetbot's own users table with its trigram index (PostgreSQL pg_trgm, SQLite FTS5),
-          searched through core.directory as the app does today (MariaDB has no own table yet);
+          searched through core.directory as the app does; on MariaDB, where it has no index,
+          through the search copy as the app does there (and, for scale, its plain LIKE);
   copy    the Koha table read into core.search_copy.SearchCopy (its build and reload timed,
           its memory traced), then searched;
   copy during reload
@@ -21,7 +22,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, func, or_
@@ -31,11 +32,12 @@ from bench.harness import database
 from bench.koha import PickerTerm, picker_terms, populate_borrowers, search_select
 from bench.latency import Latencies, search_latency_core
 from bench.measure import MB
-from bench.services import postgres_database, sqlite_database
+from bench.services import mariadb_database, postgres_database, sqlite_database
 from bench.synth import SearchTerm
+from core.directory.picker import CopySearch, attach_search_copy
 from core.search_copy import SearchCopy, load_rows
 from core.settings import Settings
-from tests.support.databases import MARIADB_SERVER, mariadb_database
+from tests.support.databases import MARIADB_SERVER
 
 KINDS = ("mariadb", "postgresql", "sqlite")
 LIMIT = 100
@@ -60,9 +62,9 @@ class PickerResult:
 
 def koha_opener(kind: str) -> Callable[[], AbstractContextManager[str]]:
     if kind == "mariadb":
-        return lambda: mariadb_database("resetbot_bench")
+        return mariadb_database
     if kind == "postgresql":
-        return lambda: postgres_database("resetbot_bench")
+        return postgres_database
     return sqlite_database
 
 
@@ -88,12 +90,16 @@ def koha_engine(kind: str, size: int) -> Iterator[tuple[Engine, Table, float]]:
             engine.dispose()
 
 
-def time_searches(search: Callable[[str], object], terms: list[PickerTerm]) -> Latencies:
+def time_searches(search: Callable[[str], object], terms: list[PickerTerm],
+                  cpu: Latencies | None = None) -> Latencies:
+    """Each search's wall time; and its CPU time in this thread into `cpu`, when given."""
     result = Latencies()
     for term in terms:
-        started = time.perf_counter()
+        started, thread_started = time.perf_counter(), time.thread_time()
         search(term.term)
         result.add(time.perf_counter() - started, term.kind)
+        if cpu is not None:
+            cpu.add(time.thread_time() - thread_started, term.kind)
     return result
 
 
@@ -158,24 +164,29 @@ def measure_koha(kind: str, size: int, terms: list[PickerTerm], direct_queries: 
         log(f"picker: {size:,} Koha borrowers on {kind} (populated in {populated:.1f}s)")
         clock = Clock()
         copy = SearchCopy(lambda: load_rows(engine, search_select(table)), max_age, clock)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         assert copy.reload() and len(copy) == size
         build_s = time.perf_counter() - started
+        build_cpu_s = time.process_time() - cpu_started  # this process's share, no other
         time_searches(lambda term: copy.search(term, LIMIT), terms[:20])  # warm
-        steady = time_searches(lambda term: copy.search(term, LIMIT), terms)
+        steady_cpu = Latencies()
+        steady = time_searches(lambda term: copy.search(term, LIMIT), terms, steady_cpu)
         during, reload_s = searches_during_reload(copy, clock, terms, max_age)
         paced, paced_reload_s = searches_during_reload(copy, clock, terms, max_age, gap=0.02)
         memory, memory_peak = copy_memory_mb(engine, table)
         direct = time_searches(direct_sql(engine, table), terms[:direct_queries])
-        for via, measured in (("copy", steady), ("copy during reload", during),
+        for via, measured in (("copy", steady), ("copy, cpu time", steady_cpu),
+                              ("copy during reload", during),
                               ("copy reload, 20ms apart", paced), ("direct sql", direct)):
             rows.append({"size": size, "db": kind, "table": "koha borrowers", "via": via,
                          "search": measured.summary()})
         summary = {"size": size, "db": kind, "rows": len(copy), "build_s": round(build_s, 3),
+                   "build_cpu_s": round(build_cpu_s, 3),
                    "reload_s": round(reload_s, 3), "reload_paced_s": round(paced_reload_s, 3),
                    "memory_mb": memory, "memory_peak_mb": memory_peak,
                    "populate_s": round(populated, 1)}
-        log(f"  copy: built in {build_s:.2f}s, reloaded in {reload_s:.2f}s, {memory} MB "
+        log(f"  copy: built in {build_s:.2f}s ({build_cpu_s:.2f}s of CPU), "
+            f"reloaded in {reload_s:.2f}s, {memory} MB "
             f"(peak while read {memory_peak} MB); "
             f"search p50 {steady.summary()['p50_ms']} p99 {steady.summary()['p99_ms']} ms, "
             f"during reload p99 {during.summary()['p99_ms']} ms (back to back), "
@@ -185,19 +196,42 @@ def measure_koha(kind: str, size: int, terms: list[PickerTerm], direct_queries: 
 
 
 def measure_own(kind: str, size: int, terms: list[PickerTerm], settings: Settings,
-                log: Callable[[str], None]) -> Row:
+                log: Callable[[str], None], direct_queries: int) -> list[Row]:
     as_search_terms = [SearchTerm(term.term, term.kind) for term in terms]
+    rows: list[Row] = []
     with database(kind, size, settings) as db:
+        via, built = "sql (trigram index)", None
+        copy = attach_search_copy(replace(settings, database_url=db.url), db.directory)
+        if copy is not None:  # no index here (MariaDB): what the table's LIKE costs, for scale
+            db.directory.use_search(None)
+            plain = search_latency_core(db.sessions, db.directory,
+                                        as_search_terms[:direct_queries])
+            rows.append({"size": size, "db": kind, "table": "own users",
+                         "via": "sql (plain LIKE, no index)", "search": plain.summary()})
+            log(f"picker: own table on {kind}, plain LIKE: p50 {plain.summary()['p50_ms']} "
+                f"p99 {plain.summary()['p99_ms']} ms")
+            db.directory.use_search(CopySearch(copy))
+            started = time.perf_counter()
+            assert copy.reload() and len(copy) == size
+            via = "search copy"
+            built = round(time.perf_counter() - started, 3)
         search_latency_core(db.sessions, db.directory, as_search_terms[:20])  # warm
-        measured = search_latency_core(db.sessions, db.directory, as_search_terms)
-    log(f"picker: {size:,} users in resetbot's own table on {kind}: search p50 "
-        f"{measured.summary()['p50_ms']} p99 {measured.summary()['p99_ms']} ms")
-    return {"size": size, "db": kind, "table": "own users", "via": "sql (trigram index)",
-            "search": measured.summary()}
+        cpu = Latencies()
+        measured = search_latency_core(db.sessions, db.directory, as_search_terms, cpu)
+        rows.append({"size": size, "db": kind, "table": "own users", "via": via + ", cpu time",
+                     "search": cpu.summary(), "copy_build_s": built})
+    log(f"picker: {size:,} users in resetbot's own table on {kind} via {via}"
+        f"{f' (built in {built} s)' if built is not None else ''}: search p50 "
+        f"{measured.summary()['p50_ms']} p99 {measured.summary()['p99_ms']} ms; "
+        f"{measured.summary()}")
+    rows.append({"size": size, "db": kind, "table": "own users", "via": via,
+                 "search": measured.summary(), "copy_build_s": built})
+    return rows
 
 
 def picker(size: int, kinds: list[str], queries: int, settings: Settings,
-           log: Callable[[str], None], notes: list[str]) -> PickerResult:
+           log: Callable[[str], None], notes: list[str],
+           tables: frozenset[str] = frozenset({"own", "koha"})) -> PickerResult:
     terms = picker_terms(size, total=queries)
     direct_queries = max(10, queries // 10)
     result = PickerResult([], [])
@@ -206,8 +240,10 @@ def picker(size: int, kinds: list[str], queries: int, settings: Settings,
             notes.append("picker: MariaDB on 127.0.0.1:3306 not reachable, skipped")
             log("picker: MariaDB not reachable on 127.0.0.1:3306, skipped")
             continue
-        if kind != "mariadb":  # resetbot's own tables do not live on MariaDB yet
-            result.latency.append(measure_own(kind, size, terms, settings, log))
+        if "own" in tables:
+            result.latency.extend(measure_own(kind, size, terms, settings, log, direct_queries))
+        if "koha" not in tables:
+            continue
         rows, copy = measure_koha(kind, size, terms, direct_queries, log)
         result.latency.extend(rows)
         result.copies.append(copy)

@@ -137,9 +137,9 @@ class Report:
                     f"{row['workers']} workers vs 1 ({row['mode']}, {row['size']:,} users)",
                     ">= 1.80x", f"{row['speedup']:.2f}x", row["speedup"] >= 1.8,
                 ))
-        if self.slack_calls:
-            totals = {(r["size"], r["mode"]): r["total"] for r in self.slack_calls
-                      if not r.get("memory_run")}
+        totals = {(r["size"], r["mode"]): r["total"] for r in self.slack_calls
+                  if not r.get("memory_run")}
+        if totals:  # the memory runs alone (a `large` run) are told below
             worst = max(totals.values())
             by_mode: dict[str, set[int]] = defaultdict(set)
             for (_size, mode), total in totals.items():
@@ -152,12 +152,12 @@ class Report:
                 "Slack Web API calls per task (same at every size)", "<= 30, flat",
                 measured, worst <= 30 and flat,
             ))
-            for r in self.slack_calls:
-                if r.get("memory_run"):
-                    targets.append(Target(
-                        f"Slack Web API calls, {r['size']:,}-user task ({r['mode']}, memory run)",
-                        "<= 30", str(r["total"]), r["total"] <= 30,
-                    ))
+        for r in self.slack_calls:
+            if r.get("memory_run"):
+                targets.append(Target(
+                    f"Slack Web API calls, {r['size']:,}-user task ({r['mode']}, memory run)",
+                    "<= 30", str(r["total"]), r["total"] <= 30,
+                ))
         for row in self.latency:
             targets.append(Target(
                 f"search p99, {row['size']:,} users, {row['db']} ({row['via']})", "<= 50 ms",
@@ -176,10 +176,12 @@ class Report:
                     r["ratio"] <= 1.10, f"median of {r['runs']}: {r['ratios']}",
                 ))
         for row in self.koha_preview:
+            limit = 1000 if row["size"] >= 1_000_000 else 300  # issue 21: <= 1 s at a million
             targets.append(Target(
-                f"preview, {row['size']:,} Koha users, {row['db']} ({row['via']})", "<= 300 ms",
+                f"preview, {row['size']:,} Koha users, {row['db']} ({row['via']})",
+                f"<= {limit} ms",
                 f"p50 {row['preview']['p50_ms']} / max {row['preview']['max_ms']} ms",
-                row["preview"]["max_ms"] <= 300,
+                row["preview"]["max_ms"] <= limit,
             ))
         for row in self.picker:
             if row["via"].startswith("copy"):

@@ -92,6 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="RESET_CHUNK_SIZE for the bcrypt run (default 10)")
     parser.add_argument("--memory-rounds", type=int, default=1000,
                         help="pbkdf2 rounds for the large task whose memory is sampled")
+    parser.add_argument("--memory-mode", choices=MODES, default="generated",
+                        help="reset mode of the large task whose memory is sampled")
+    parser.add_argument("--no-large-task", action="store_true",
+                        help="large phase: only the confirm's latency, no whole task")
     parser.add_argument("--slack-size", type=int, default=1000,
                         help="extra small size for Slack call counts (0 skips)")
     parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql",
@@ -102,7 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default="schemes,throughput,slack,bcrypt,large,picker,small,eta,file",
                         help="which phases to run")
     parser.add_argument("--koha-users", type=int, default=None,
-                        help="users in the koha phase's tasks (default 10000; --quick 2000)")
+                        help="users in the koha phase's tasks (default 10000; --quick 2000;"
+                             " 0 skips them)")
     parser.add_argument("--koha-preview-users", type=int, default=None,
                         help="Koha users for the koha phase's preview latency (default 100000;"
                              " --quick 20000; 0 skips it)")
@@ -122,6 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="databases for the large-size phase (default both)")
     parser.add_argument("--picker-dbs", default="mariadb,postgresql,sqlite",
                         help="databases for the picker phase (default all three)")
+    parser.add_argument("--picker-tables", default="own,koha",
+                        help="tables for the picker phase: resetbot's own, Koha's (default both)")
     parser.add_argument("--floor-samples", type=int, default=60,
                         help="hashes timed for the floor before and after each task")
     parser.add_argument("--worker-command", default=None,
@@ -139,7 +146,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.bcrypt_users = 20 if quick else 100
     args.eta_users = args.eta_users or (2000 if quick else 10000)
     args.file_lines = args.file_lines or (10000 if quick else 100000)
-    args.koha_users = args.koha_users or (2000 if quick else 10000)
+    if args.koha_users is None:
+        args.koha_users = 2000 if quick else 10000
     if args.koha_preview_users is None:
         args.koha_preview_users = 20000 if quick else 100000
     args.phases = set(args.phases.split(","))
@@ -399,7 +407,7 @@ class Bench:
                     self.log(f"large: {size:,} users on {kind} "
                              f"(populated in {db.populate_seconds:.1f}s)")
                     self._latency(db, front)
-                    if kind == "postgresql":
+                    if kind == "postgresql" and not self.args.no_large_task:
                         self._memory_task(db, hashing, front)
                     else:
                         self._confirm_only(db, front)
@@ -409,7 +417,8 @@ class Bench:
 
         for size in [s for s in self.args.sizes if s > self.args.throughput_max]:
             result = picker(size, self.args.picker_dbs.split(","), self.args.queries, self.base,
-                            self.log, self.report.notes)
+                            self.log, self.report.notes,
+                            frozenset(self.args.picker_tables.split(",")))
             self.report.picker.extend(result.latency)
             self.report.search_copy.extend(result.copies)
 
@@ -427,13 +436,24 @@ class Bench:
     def koha(self) -> None:
         """Whole tasks on Koha's `borrowers` (MariaDB) with the state on PostgreSQL, timed
         against the floor measured in the same workers, as the throughput phase does."""
-        from bench.kohatask import KOHA_ROUNDS, koha_database
+        from bench.kohatask import KOHA_ROUNDS
 
         args = self.args
         hashing = HashConfig("bcrypt", KOHA_ROUNDS)
         # Tasks are confirmed through core: the app's confirm is the same create + consume.
         front: tuple[ConfirmsTasks, AppProcess | None] = (Confirmer(self.base, self.redis), None)
         self.report.notes.append("koha phase: tasks confirmed through core (create + consume)")
+        if args.koha_users:
+            self._koha_tasks(hashing, front)
+        size = args.koha_preview_users
+        if size:
+            self._koha_preview(size)
+
+    def _koha_tasks(self, hashing: HashConfig,
+                    front: tuple[ConfirmsTasks, AppProcess | None]) -> None:
+        from bench.kohatask import koha_database
+
+        args = self.args
         with koha_database(args.koha_users, self.base) as db:
             self.log(f"koha: {db.size:,} borrowers on MariaDB, state on PostgreSQL "
                      f"(populated in {db.populate_seconds:.1f}s)")
@@ -444,20 +464,38 @@ class Bench:
                                               args.floor_samples, front, db.directory_env())
                         row["directory"] = "koha/mariadb"
                         self.report.koha.append(row)
-        size = args.koha_preview_users
-        if size:
-            with koha_database(size, self.base) as db:
-                settings = replace(self.base, database_url=db.url, directory_url=db.directory_url,
-                                   directory_profile="koha")
-                preview_latency_core(db.sessions, settings, db.directory, 1)  # warm
-                preview = preview_latency_core(db.sessions, settings, db.directory,
-                                               args.preview_rounds)
+
+    def _koha_preview(self, size: int) -> None:
+        """The preview as the app makes it: whole-directory scopes counted in its search copy
+        (core.directory.picker), the selected users in the table; and, for scale, one round
+        with every count made by the table."""
+        from bench.kohatask import koha_database
+        from core.directory.picker import attach_search_copy
+
+        rounds = self.args.preview_rounds
+        with koha_database(size, self.base) as db:
+            self.log(f"koha preview: {size:,} borrowers on MariaDB "
+                     f"(populated in {db.populate_seconds:.1f}s)")
+            settings = replace(self.base, database_url=db.url, directory_url=db.directory_url,
+                               directory_profile="koha")
+            table = preview_latency_core(db.sessions, settings, db.directory, 1)
+            copy = attach_search_copy(settings, db.directory)
+            assert copy is not None
+            started = time.perf_counter()
+            assert copy.reload()
+            built = time.perf_counter() - started
+            preview_latency_core(db.sessions, settings, db.directory, 1)  # warm
+            preview = preview_latency_core(db.sessions, settings, db.directory, rounds)
+            for via, measured in (("core, counted by the table", table),
+                                  ("core, as the app (search copy)", preview)):
                 self.report.koha_preview.append({
-                    "size": size, "db": "koha/mariadb", "via": "core",
-                    "preview": preview.summary(),
+                    "size": size, "db": "koha/mariadb", "via": via,
+                    "preview": measured.summary(),
                 })
-                self.log(f"  preview at {size:,} Koha users: p50 {preview.summary()['p50_ms']}"
-                         f" max {preview.summary()['max_ms']} ms")
+                self.log(f"  preview at {size:,} Koha users, {via}: "
+                         f"p50 {measured.summary()['p50_ms']} max "
+                         f"{measured.summary()['max_ms']} ms; {measured.summary()}")
+            self.log(f"  (the app's search copy built in {built:.2f} s)")
 
     def _latency(self, db: Database, front: tuple[ConfirmsTasks, AppProcess | None]) -> None:
         settings = replace(self.base, database_url=db.url)
@@ -502,11 +540,12 @@ class Bench:
                 roots["app"] = app.pids
             rss = PeakRss(roots)
             with rss:
-                run = run_task(self.stack, db, confirmer, "generated", pool,
-                               timeout=3600, rss=rss)
+                run = run_task(self.stack, db, confirmer, self.args.memory_mode, pool,
+                               timeout=max(3600, db.size * 0.02), rss=rss)
         self._check(run, db.size)
         self.report.memory.append({
-            "size": db.size, "db": db.kind, "mode": "generated", "workers": workers,
+            "size": db.size, "db": db.kind, "mode": self.args.memory_mode, "workers": workers,
+            "ms_per_user": round(run.wall_seconds / db.size * 1000, 4),
             "scheme": hashing.scheme, "rounds": hashing.rounds, "wall_s": run.wall_seconds,
             "peak_rss_mb": run.peak_rss_mb, "rss_samples": rss.samples,
             "slack_calls": run.slack_calls, "mails": run.mails,
@@ -516,8 +555,10 @@ class Bench:
             "size": db.size, "db": db.kind, "via": confirmer.name,
             "confirm_ms": round(run.confirm_seconds * 1000, 1),
         })
-        self._slack_row(db.size, "generated", run.slack_calls, memory_run=True)
-        self.log(f"  memory: {run.peak_rss_mb} MB, wall {run.wall_seconds:.1f}s")
+        self._slack_row(db.size, self.args.memory_mode, run.slack_calls, memory_run=True)
+        self.log(f"  memory: {run.peak_rss_mb} MB, wall {run.wall_seconds:.1f}s "
+                 f"({run.wall_seconds / db.size * 1000:.3f} ms a user), "
+                 f"slack {run.slack_total}, foreign {run.foreign_load:.0%}")
 
 
 def _jobs_per_worker(redis: Any) -> list[int]:

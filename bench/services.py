@@ -9,11 +9,25 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.support.databases import postgres_database as postgres_database
+from tests.support.databases import mariadb_database as _mariadb_database
+from tests.support.databases import postgres_database as _postgres_database
+
+#: Every database the benchmark makes is named so (and dropped afterwards).
+PREFIX = "resetbot_bench"
+
+
+def postgres_database() -> AbstractContextManager[str]:
+    """A throw-away PostgreSQL database `resetbot_bench_*`, dropped on leaving."""
+    return _postgres_database(PREFIX)
+
+
+def mariadb_database() -> AbstractContextManager[str]:
+    """A throw-away MariaDB database `resetbot_bench_*`, dropped on leaving."""
+    return _mariadb_database(PREFIX)
 
 
 def free_port() -> int:

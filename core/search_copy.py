@@ -12,6 +12,14 @@ string, in username order, each field and each user ended by a separator no sear
 `str.find` walks that string at C speed; the offset of a hit names its user (a binary search
 over where each user's text starts), and the walk goes on from the next user. The first
 `limit` hits are therefore the first `limit` matches by username, and a miss costs one pass.
+
+How a read again shares the process with searches: both need the interpreter, and a search is
+one long call into C (`bytes.find`) that does not give it back, while the read gives it back at
+every row a driver fetches (SQLite's at each row, a socket read per batch). Left to the
+interpreter, every such row then waits for the search in progress to end: at 100,000 users a
+read under back-to-back searches took 144 s on SQLite (0.7 s alone). So they take turns
+(`Turns`): the read runs in slices during which new searches wait (never longer than a slice
+and a little), and between slices every search that waited goes first.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import unicodedata
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -37,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 #: Ends each field and each user in the searched text; removed from terms and from the fields.
 SEPARATOR = "\x00"
+SEPARATOR_BYTE = SEPARATOR.encode()
 #: What a failed read of the directory may raise and still leave the old copy in use.
 LOAD_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
 #: Rows fetched per round trip while the copy is read (a driver decoding a batch in C holds the
@@ -45,6 +55,18 @@ FETCH_BATCH = 1000
 #: Rows handled by one call into C while a copy is built (sorted, joined), for the same reason.
 STEP = 4096
 DEFAULT_LIMIT = 100
+#: A copy is read again once it is `max_age` old, or READ_SHARE times as old as its last read
+#: took if that is longer: reading a million users takes seconds of the app's CPU, and with
+#: 30 s between reads the app would do little else (at 100,000 users, 0.5-0.8 s: no change).
+READ_SHARE = 10
+#: How long the read runs before it lets the searches that waited go (at least: a slice is as
+#: long as the searches let in before it took, so the read keeps about half the time).
+TURN_SECONDS = 0.01
+#: Beyond its slice, how long a search waits for the read at most (a read stuck on the network
+#: must not stop the picker: after this, searches go ahead without waiting).
+TURN_GRACE = 0.03
+#: Rows or items handled between two looks at the clock by the read.
+PACE = 256
 #: After a failed read, seconds before a search may start another (a directory that is down
 #: is not asked again at every keystroke).
 RETRY_AFTER = 5.0
@@ -88,7 +110,108 @@ def _shown_text(username: str, name: str, card: str | None, email: str | None) -
     return joined + SEPARATOR
 
 
-def _username_order(texts: list[bytes]) -> list[int]:
+class Turns:
+    """A read of the directory and the searches, taking turns at the interpreter.
+
+    Outside a read, searches never wait. During one, the read holds the turn for a slice
+    (`TURN_SECONDS`, or as long as the searches it last let in took); a search that arrives
+    meanwhile waits for the slice's end, but never past `TURN_GRACE` after it. When the slice
+    is over (`pause`), the read lets every waiting search in, waits for the searches running
+    to end, and takes the next slice.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._changed = threading.Condition()
+        self._reading = False  # a read is running: searches wait for its slice to end
+        self._blocked_until = -math.inf  # no search waits past this
+        self._waiting = 0  # searches waiting for the slice to end
+        self._let_in = 0  # of those, how many may still go before the next slice
+        self._searching = 0  # searches running
+        self._slice_ends = -math.inf
+        self._slice = TURN_SECONDS
+
+    @contextmanager
+    def searching(self) -> Iterator[None]:
+        """Around one search: waits while the read holds its slice (never long)."""
+        with self._changed:
+            while self._reading and not self._let_in:
+                remaining = self._blocked_until - self._clock()
+                if remaining <= 0:
+                    break
+                self._waiting += 1
+                try:
+                    self._changed.wait(remaining)
+                finally:
+                    self._waiting -= 1
+            if self._let_in:
+                self._let_in -= 1
+            self._searching += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._searching -= 1
+                if not self._searching:
+                    self._changed.notify_all()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around a whole read: it takes its first slice (once the searches running end)."""
+        with self._changed:
+            self._reading = True
+            self._slice = TURN_SECONDS
+            self._take_turn()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._reading = False
+                self._let_in = 0
+                self._changed.notify_all()
+
+    def pause(self) -> None:
+        """Called by the read every so often: once its slice is over, the searches that
+        waited go first, then it takes the next slice."""
+        if not self._reading or self._clock() < self._slice_ends:
+            return
+        with self._changed:
+            began = self._clock()
+            self._let_in = self._waiting
+            self._changed.notify_all()
+            self._take_turn()
+            # The read's next slice is as long as the searches just let in took.
+            self._slice = max(TURN_SECONDS, self._clock() - began)
+            self._slice_ends = self._clock() + self._slice
+
+    def _take_turn(self) -> None:
+        """Wait (holding the condition) until the let-in and the running searches are done;
+        new searches wait meanwhile (up to a bound, should a search never end)."""
+        self._blocked_until = self._clock() + 1.0
+        while self._let_in or self._searching:
+            remaining = self._blocked_until - self._clock()
+            if remaining <= 0:
+                break
+            self._changed.wait(remaining)
+        self._let_in = 0
+        now = self._clock()
+        self._slice_ends = now + self._slice
+        self._blocked_until = self._slice_ends + TURN_GRACE
+
+
+def _paced(items: Iterable[Any], pause: Callable[[], None]) -> Iterator[Any]:
+    """The items, with `pause()` called every PACE of them."""
+    for count, item in enumerate(items):
+        if not count % PACE:
+            pause()
+        yield item
+
+
+def _no_pause() -> None:
+    return None
+
+
+def _username_order(texts: list[bytes], pause: Callable[[], None] = _no_pause) -> list[int]:
     """Row indexes in username order, sorted in short runs merged in Python so that the reload
     thread gives the interpreter back to searches every few milliseconds (one `sorted` of
     100,000 strings holds it for ~40 ms).
@@ -98,27 +221,34 @@ def _username_order(texts: list[bytes]) -> list[int]:
     bytes sort as their characters do.
     """
     key = texts.__getitem__
-    runs = [
-        sorted(range(start, min(start + STEP, len(texts))), key=key)
-        for start in range(0, len(texts), STEP)
-    ]
+    runs = []
+    for start in range(0, len(texts), STEP):
+        pause()
+        runs.append(sorted(range(start, min(start + STEP, len(texts))), key=key))
     if len(runs) <= 1:
         return runs[0] if runs else []
-    return list(heapq.merge(*runs, key=key))
+    return list(_paced(heapq.merge(*runs, key=key), pause))
 
 
-def _joined(parts: list[bytes]) -> tuple[bytes, array[int]]:
+def _joined(
+    parts: Iterable[bytes], pause: Callable[[], None] = _no_pause
+) -> tuple[bytes, array[int]]:
     """The parts in one bytes object, and where each begins (plus where the last one ends)."""
     starts = array("q")
     position = 0
-    for part in parts:
+    pieces: list[bytes] = []
+    step: list[bytes] = []
+    for part in _paced(parts, pause):
         starts.append(position)
         position += len(part)
+        step.append(part)
+        if len(step) == STEP:
+            pieces.append(b"".join(step))
+            step = []
     starts.append(position)
-    joined = b"".join(
-        [b"".join(parts[start:start + STEP]) for start in range(0, len(parts), STEP)]
-    )
-    return joined, starts
+    pieces.append(b"".join(step))
+    del step
+    return b"".join(pieces), starts
 
 
 @dataclass(frozen=True)
@@ -144,25 +274,28 @@ class Snapshot:
     loaded_at: float  # the clock when the read that made it began
 
     @classmethod
-    def build(cls, rows: Iterable[SearchRow], loaded_at: float) -> Snapshot:
+    def build(
+        cls, rows: Iterable[SearchRow], loaded_at: float, pause: Callable[[], None] = _no_pause
+    ) -> Snapshot:
+        """`pause()` is called every few hundred rows or items (see `Turns`)."""
         ids: array[int] = array("q")
         staff = bytearray()
         shown: list[bytes] = []
         texts: list[bytes] = []
-        for user_id, username, name, card, email, is_staff in rows:
+        for user_id, username, name, card, email, is_staff in _paced(rows, pause):
             fields = _shown_text(username, name, card, email)
             ids.append(user_id)
             staff.append(1 if is_staff else 0)
             shown.append(fields.encode())
             texts.append(fold(fields).encode())
-        order = _username_order(texts)
-        shown_text, shown_starts = _joined([shown[index] for index in order])
+        order = _username_order(texts, pause)
+        shown_text, shown_starts = _joined((shown[index] for index in order), pause)
         del shown  # the parts, now joined: at 100,000 users each list holds ~10 MB
-        text, starts = _joined([texts[index] for index in order])
+        text, starts = _joined((texts[index] for index in order), pause)
         del texts
         return cls(
-            ids=array("q", [ids[index] for index in order]),
-            staff=bytes([staff[index] for index in order]),
+            ids=array("q", [ids[index] for index in _paced(order, pause)]),
+            staff=bytes([staff[index] for index in _paced(order, pause)]),
             shown=shown_text, shown_starts=shown_starts,
             text=text, starts=starts,
             loaded_at=loaded_at,
@@ -229,6 +362,8 @@ class SearchCopy:
         self._retry_at = -math.inf  # no background read starts before this (after a failure)
         self._idle = threading.Event()
         self._idle.set()
+        self._turns = Turns()
+        self._last_read_seconds = 0.0  # how long the last successful read took
 
     # -- what the picker calls -----------------------------------------------------------------
 
@@ -243,7 +378,16 @@ class SearchCopy:
             snapshot = self._first_snapshot()
         elif self._is_stale(snapshot):
             self._reload_in_background()
-        return snapshot.search(term, limit)
+        with self._turns.searching():
+            return snapshot.search(term, limit)
+
+    def current(self) -> Snapshot | None:
+        """The copy as it is now (None before the first read succeeded), never waiting; an old
+        one starts a read in the background, as a search does."""
+        snapshot = self._snapshot
+        if snapshot is not None and self._is_stale(snapshot):
+            self._reload_in_background()
+        return snapshot
 
     def refresh_if_stale(self) -> None:
         """Start a background read if the copy is old (e.g. when the picker's form opens, so
@@ -275,7 +419,9 @@ class SearchCopy:
         return 0 if snapshot is None else len(snapshot)
 
     def _is_stale(self, snapshot: Snapshot) -> bool:
-        return self._clock() - snapshot.loaded_at >= self._max_age
+        return self._clock() - snapshot.loaded_at >= max(
+            self._max_age, self._last_read_seconds * READ_SHARE
+        )
 
     def _first_snapshot(self) -> Snapshot:
         """The very first copy, read while the request waits (requests arriving meanwhile wait
@@ -324,12 +470,14 @@ class SearchCopy:
         """One read of the whole directory into a new copy; the caller holds `_reading`."""
         started = self._clock()
         try:
-            snapshot = Snapshot.build(self._load_rows(), loaded_at=started)
+            with self._turns.reading():
+                snapshot = Snapshot.build(self._load_rows(), started, self._turns.pause)
         except self._errors as error:
             self._failed(error)
             return False
         self._snapshot = snapshot  # one reference swap: searches see the old or the new copy
-        self._succeeded(len(snapshot), self._clock() - started)
+        self._last_read_seconds = self._clock() - started
+        self._succeeded(len(snapshot), self._last_read_seconds)
         return True
 
     def _failed(self, error: BaseException) -> None:

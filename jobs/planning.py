@@ -3,18 +3,21 @@
 Tasks whose users do not overlap run side by side (see `jobs.overlap`); a task that shares
 users with a running one waits, says once for which, and is woken when a task ends. Planning
 streams the scope's users into items a batch per transaction and enqueues each chunk as soon as
-it is complete, so workers reset while planning goes on.
+it is complete, so workers reset while planning goes on. A selection is read a page at a time
+as well: a retry's selection (everyone whose mail failed) may hold a good part of a directory,
+and no statement carries more than a batch of ids.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -240,7 +243,7 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         # The starter holds the planning lease; anyone else (a reaper's re-plan) must take it.
         if resuming and not _take_plan_lease(context, session, task_id):
             return
-        plan = _Plan(Scope(task.scope), list(task.selection), task.plan_cursor, task.total,
+        plan = _Plan(Scope(task.scope), sorted(task.selection), task.plan_cursor, task.total,
                      bool(task.skip_locked), task.undo_of)
     if resuming:
         # Chunks written before an interruption may never have reached the queue.
@@ -248,6 +251,7 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
             enqueue_chunk(context.queue, task_id, chunk)
     enqueued = plan.count // settings.chunk_size
     start = _StartTeller(context, task_id, told=resuming)
+    first = True
     while True:
         try:
             step = _plan_batch(context, task_id, plan)
@@ -261,6 +265,9 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         done = step
         size = settings.chunk_size
         chunks = math.ceil(plan.count / size) if done else plan.count // size
+        if first or done:
+            _refresh_item_statistics(context)
+        first = False
         for chunk in range(enqueued, chunks):
             enqueue_chunk(context.queue, task_id, chunk)
         enqueued = max(enqueued, chunks)
@@ -269,6 +276,21 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
             break
     logger.info("task %s planned: %s users in %s chunks", task_id, plan.count, enqueued)
     finish_if_done(context, task_id)
+
+
+def _refresh_item_statistics(context: WorkerContext) -> None:
+    """Have PostgreSQL look at the items table again once a task's first items and its last
+    are written. Its planner otherwise goes by whatever it last saw (nothing at all where
+    autovacuum is off, or a far smaller table): then a claim of chunk N walks the task's
+    pending items in the (task, state) index up to chunk N rather than going straight to it
+    through (task, chunk), and at 1,000,000 users each claim took ~0.4 s instead of ~1 ms.
+    A sample of the table, a fraction of a second. (MariaDB's InnoDB keeps its own statistics
+    up to date; SQLite's planner goes by its indexes' shapes.)"""
+    with context.sessions() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        session.execute(text(f"ANALYZE {items_table.name}"))
+        session.commit()
 
 
 @dataclass
@@ -295,15 +317,13 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         )
         # Read in the directory's own database (its own connection); written here.
         if cancelled:
-            users = []
+            users, cursor, done = [], plan.cursor, True
         elif plan.undo_of is not None:
             users = undo_users(session, plan.undo_of, plan.cursor, PLAN_BATCH)
+            cursor = users[-1].id if users else plan.cursor
+            done = len(users) < PLAN_BATCH
         else:
-            users = context.directory.scope_batch(
-                plan.scope, plan.selection, plan.cursor, PLAN_BATCH
-            )
-        done = len(users) < PLAN_BATCH
-        cursor = users[-1].id if users else plan.cursor
+            users, cursor, done = _next_users(context, plan)
         count = plan.count + len(users)
         # The cursor guard makes two planners never interleave: the second one changes no row.
         moved = rowcount(
@@ -333,6 +353,22 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         session.commit()
     plan.cursor, plan.count = cursor, count
     return done
+
+
+def _next_users(context: WorkerContext, plan: _Plan) -> tuple[list[DirectoryUser], int, bool]:
+    """The next batch of the scope's users after the cursor, the cursor after them, and
+    whether that was the last batch. A selected-only scope asks for the next page of its
+    (sorted) selection: ids no longer in the directory are passed over with their page."""
+    if plan.scope is not Scope.SELECTED_ONLY:
+        users = context.directory.scope_batch(plan.scope, plan.selection, plan.cursor,
+                                              PLAN_BATCH)
+        return users, users[-1].id if users else plan.cursor, len(users) < PLAN_BATCH
+    start = bisect_right(plan.selection, plan.cursor)
+    page = plan.selection[start:start + PLAN_BATCH]
+    if not page:
+        return [], plan.cursor, True
+    users = context.directory.scope_batch(plan.scope, page, plan.cursor, PLAN_BATCH)
+    return users, page[-1], start + PLAN_BATCH >= len(plan.selection)
 
 
 def _item_rows(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -59,3 +60,49 @@ def test_a_profile_file_on_sqlite_gives_the_copy_koha_s_columns(
     finally:
         directory.dispose()
         engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", pytest.param("postgresql",
+                         marks=pytest.mark.postgres), pytest.param("mariadb",
+                         marks=pytest.mark.mariadb)], indirect=True)
+def test_resetbot_s_own_table_is_searched_through_a_copy_only_where_it_has_no_index(
+    settings: Settings, directory: Directory, sample_users: list[Any]
+) -> None:
+    """MariaDB gets no search index from resetbot, and a LIKE over its own table walks every
+    row: there, as on a library system's table, the picker searches the copy."""
+    copy = attach_search_copy(settings, directory)
+    if directory.engine.dialect.name in ("postgresql", "sqlite"):
+        assert copy is None and directory.search_source is None
+        return
+    assert copy is not None and directory.search_source is not None
+    assert copy.reload() and len(copy) == len(sample_users)
+    [erin] = directory.search("EDITOR")
+    assert (erin.id, erin.username, erin.full_name, erin.email, erin.role) == (
+        5, "erin", "Erin Editor", "erin@example.org", "staff")
+    assert [user.username for user in directory.search("example.org", 3)] == [
+        "alice", "bob", "carol"]  # the first by username
+    assert [user.role for user in directory.search("bob")] == [None]  # an empty role: patron
+    assert directory.search("nobody here") == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", pytest.param("postgresql",
+                         marks=pytest.mark.postgres), pytest.param("mariadb",
+                         marks=pytest.mark.mariadb)], indirect=True)
+def test_usernames_in_a_password_are_counted_per_scope_whatever_its_length(
+    directory: Directory, sample_users: list[Any]
+) -> None:
+    """The users of the scope whose username (any case) the password holds, however long the
+    password (judged in resetbot, over the scope's usernames)."""
+    from core.models import Scope
+
+    for padding in ("", "x" * 130):
+        assert directory.usernames_in_password(f"{padding}ALICE-bob-{padding}", Scope.ALL,
+                                               ()) == 2
+        assert directory.usernames_in_password(f"{padding}carolerin", Scope.ALL, ()) == 2
+        assert directory.usernames_in_password(f"{padding}carolerin", Scope.ALL_WITHOUT_ROLE,
+                                               ()) == 0  # carol and erin are staff
+        assert directory.usernames_in_password(f"{padding}bob+dave", Scope.SELECTED_ONLY,
+                                               (4, 5)) == 1
+        assert directory.usernames_in_password(f"{padding}Quiet-Harbour", Scope.ALL, ()) == 0
+
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -95,3 +96,28 @@ def test_a_job_checks_once_per_steps_worth_of_users_or_per_second(
     for _ in range(100):
         unknown.settled(25)
     assert unknown.checks == 0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_slow_count_spaces_the_clock_driven_checks_out(
+    settings: Settings, redis_conn: Redis, engine: Engine,
+) -> None:
+    """At a million users the count a check makes takes ~0.1 s: checked every second by every
+    job it would take a tenth of the database's time. A check taking 0.1 s (the clock moves
+    0.1 s at each look) is followed by the next clock-driven one 5 s later, not 1 s."""
+    context = build_context(replace(settings, progress_steps=10), redis_conn, engine)
+    clock = [0.0]
+
+    def slow_clock() -> float:
+        clock[0] += 0.1
+        return clock[0]
+
+    watch = ProgressWatch(context, 1, 1_000_000, clock=slow_clock)
+    checked: list[float] = []
+    for _ in range(200):  # 0.1 s apart, 5 users each: far from a step's worth
+        before = watch.checked_at
+        watch.settled(5)
+        if watch.checked_at != before:
+            checked.append(watch.checked_at)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(checked)]
+    assert checked and gaps and all(gap >= 5 for gap in gaps)
