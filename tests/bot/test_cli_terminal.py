@@ -271,7 +271,7 @@ def test_every_command_has_a_one_line_description_and_help(
                 f"`resetbot {' '.join(path)} --help` should open with a sentence: {text}"
             )
     assert set(_subcommands(commands["tasks"])) == {"list", "show", "cancel", "retry", "approve",
-                                                  "reject", "start"}
+                                                  "reject", "start", "undo"}
 
 
 # -- control characters from the directory, made visible ----------------------------------------
