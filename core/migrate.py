@@ -136,7 +136,7 @@ def migration_connection(engine: Engine) -> Iterator[Connection]:
         if sqlite:
             # Before BEGIN: inside a transaction the pragma is ignored.
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            connection.commit()  # ends SQLAlchemy's autobegun transaction, so begin() can
+            connection.commit()  # ends the transaction SQLAlchemy began, for begin() below
         try:
             with connection.begin():
                 yield connection

@@ -61,7 +61,7 @@ def run_migrations_online() -> None:
         else:
             # Batch mode rebuilds tables on SQLite: with foreign keys on, dropping the old
             # `reset_tasks` would delete every task's items. core.migrate turns them off first.
-            if sqlite_foreign_keys_on(connection):
+            if connection.dialect.name == "sqlite" and sqlite_foreign_keys_on(connection):
                 raise RuntimeError("run migrations through core.migrate, which turns SQLite's "
                                    "foreign keys off for them")
             context.run_migrations()
