@@ -6,6 +6,8 @@ needs no alembic.ini and no source checkout to upgrade its database.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -108,9 +110,55 @@ def own_users_names(settings: Settings) -> DirectoryNames | None:
 def upgrade_engine(
     engine: Engine, names: DirectoryNames | None, revision: str = "head"
 ) -> str | None:
-    with engine.begin() as connection:
+    with migration_connection(engine) as connection:
         command.upgrade(alembic_config(connection, names), revision)
         return current_revision(connection)
+
+
+def downgrade_engine(engine: Engine, names: DirectoryNames | None, revision: str) -> str | None:
+    """Take the database back to `revision` ("base": no table of resetbot's left)."""
+    with migration_connection(engine) as connection:
+        command.downgrade(alembic_config(connection, names), revision)
+        return current_revision(connection)
+
+
+@contextmanager
+def migration_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction for revisions to run in; on SQLite, with foreign keys off.
+
+    On SQLite a revision in batch mode rebuilds a table (copy, DROP, rename); with foreign keys
+    on, dropping `reset_tasks` deletes every task's items (ON DELETE CASCADE) or fails on the
+    rows that name a task. The pragma is a no-op inside a transaction, so it is set before the
+    transaction begins, and the references are checked before it commits.
+    """
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Before BEGIN: inside a transaction the pragma is ignored.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()  # ends the transaction SQLAlchemy began, for begin() below
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite:
+                    refuse_broken_references(connection)
+        finally:
+            if sqlite:
+                connection.rollback()  # nothing is open here: a clean start for the pragma
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
+
+
+def refuse_broken_references(connection: Connection) -> None:
+    """Raise (the transaction rolls back) when a row names a row that is not there."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        tables = sorted({str(row[0]) for row in broken})
+        raise RuntimeError(f"the migration left rows naming missing rows in {tables}")
+
+
+def sqlite_foreign_keys_on(connection: Connection) -> bool:
+    return bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar())
 
 
 def current_revision(connection: Connection) -> str | None:

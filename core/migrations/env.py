@@ -10,7 +10,12 @@ from alembic import context
 from sqlalchemy import Connection, MetaData, text
 
 from core.db import MYSQL_BACKENDS
-from core.migrate import VERSION_TABLE, migration_directory_names, schema_metadata
+from core.migrate import (
+    VERSION_TABLE,
+    migration_directory_names,
+    schema_metadata,
+    sqlite_foreign_keys_on,
+)
 
 # Any constant will do: it only has to be the same for every resetbot process.
 _POSTGRES_MIGRATION_LOCK = 0x7265736574  # "reset"
@@ -54,6 +59,11 @@ def run_migrations_online() -> None:
                     text("SELECT RELEASE_LOCK(:name)"), {"name": _MYSQL_MIGRATION_LOCK}
                 )
         else:
+            # Batch mode rebuilds tables on SQLite: with foreign keys on, dropping the old
+            # `reset_tasks` would delete every task's items. core.migrate turns them off first.
+            if connection.dialect.name == "sqlite" and sqlite_foreign_keys_on(connection):
+                raise RuntimeError("run migrations through core.migrate, which turns SQLite's "
+                                   "foreign keys off for them")
             context.run_migrations()
 
 

@@ -182,13 +182,10 @@ def test_upgrade_adopts_a_schema_made_by_create_schema(
 def test_downgrade_removes_resetbot_tables_but_not_users(
     settings: Settings, fresh_engine: Engine
 ) -> None:
-    from alembic import command
-
-    from core.migrate import alembic_config
+    from core.migrate import downgrade_engine
 
     upgrade(settings)
-    with fresh_engine.begin() as connection:
-        command.downgrade(alembic_config(connection, settings.directory), "base")
+    assert downgrade_engine(fresh_engine, settings.directory, "base") is None
     tables = set(inspect(fresh_engine).get_table_names())
     assert not tables & RESETBOT_TABLES
     assert "users" in tables

@@ -33,7 +33,8 @@ def upgrade() -> None:
         op.bulk_insert(lock, [{"id": 1, "starts": 0}])
     columns = {column["name"] for column in inspector.get_columns("reset_tasks")}
     if "active_slot" in columns:
-        # SQLite cannot drop a column with a UNIQUE constraint in place: batch mode copies it.
+        # SQLite cannot drop a column with a UNIQUE constraint in place: batch mode copies it
+        # (core.migrate runs this with foreign keys off, so the DROP keeps every task's items).
         with op.batch_alter_table("reset_tasks") as batch:
             batch.drop_column("active_slot")
 
