@@ -13,8 +13,14 @@ from pathlib import Path
 
 import pytest
 from ldap3 import MODIFY_REPLACE, SUBTREE, Connection
+from ldap3.utils.log import (
+    PROTOCOL,
+    get_library_log_detail_level,
+    set_library_log_detail_level,
+)
 
 from core.directory.ldap import DirectoryTlsError, LdapConfig, attempt_bind, connect
+from core.directory.ldap import openldap as openldap_module
 from core.directory.ldap.directory import LdapDirectory
 from core.directory.ldap.openldap import OpenLdapRules
 from core.directory.ldap.server import Refusal
@@ -36,6 +42,7 @@ from tests.support.openldap import (
     SERVICE_DN,
     OpenLdap,
     OpenLdapTemplate,
+    resetbot_rules,
     seeded_users,
     self_signed,
 )
@@ -57,6 +64,8 @@ def slapd(template: OpenLdapTemplate) -> Iterator[OpenLdap]:
 
 @pytest.fixture
 def directory(slapd: OpenLdap) -> Iterator[LdapDirectory]:
+    """This module's directory (in place of conftest's SQL one): the fresh slapd's, as the
+    service account sees it over LDAPS."""
     found = LdapDirectory(slapd.config())
     yield found
     found.dispose()
@@ -358,6 +367,22 @@ def test_the_bind_password_is_never_shown(
     assert "Not-the-secret-9" not in str(raised.value)
 
 
+def test_no_password_is_set_while_ldap3s_protocol_log_would_write_it(
+    slapd: OpenLdap, directory: LdapDirectory, caplog: pytest.LogCaptureFixture
+) -> None:
+    ann = users(directory)["ann"]
+    caplog.set_level(logging.DEBUG)
+    before = get_library_log_detail_level()
+    set_library_log_detail_level(PROTOCOL)
+    try:
+        with pytest.raises(ConfigError, match="PROTOCOL detail"):
+            directory.set_passwords([PasswordSet(ann.id, NEW, False)])
+    finally:
+        set_library_log_detail_level(before)
+    assert NEW not in caplog.text
+    assert binds(slapd, "ann", old(slapd, "ann")) == (0, None)
+
+
 def test_an_unreachable_server_is_a_retryable_error(slapd: OpenLdap) -> None:
     slapd.stop()
     with pytest.raises(DirectoryUnavailable) as raised:
@@ -380,3 +405,37 @@ def test_the_service_account_cannot_read_passwords_or_change_other_attributes(
     assert connection.result["result"] == 50  # insufficientAccessRights
     connection.unbind()
 
+
+
+def test_the_docs_note_gives_the_acl_the_tests_run_under() -> None:
+    """The olcAccess lines of the OpenLDAP note, unfolded as LDIF is, are the rules the test
+    server runs with."""
+    documented: list[str] = []
+    for line in (openldap_module.__doc__ or "").splitlines():
+        if line.startswith("    olcAccess: {"):
+            documented.append(line.strip().split("}", 1)[1])
+        elif documented and line.startswith("     "):
+            documented[-1] += line[5:]  # the block's indent, and the one space LDIF drops
+    assert documented == resetbot_rules()
+
+
+def test_the_test_server_leaves_no_process_and_no_folder_behind() -> None:
+    with OpenLdapTemplate.build(seeded_users()[:2]) as built:
+        with built.start() as server:
+            assert server.process is not None and server.process.poll() is None
+            folders = [built.folder, server.folder]
+            process = server.process
+        assert process.poll() is not None and not server.folder.exists()
+    assert not any(folder.exists() for folder in folders)
+
+
+def test_check_names_what_the_service_account_cannot_read(slapd: OpenLdap) -> None:
+    LdapDirectory(slapd.config()).check()  # the working settings pass
+    wrong_base = slapd.env() | {
+        "DIRECTORY_URL": f"ldaps://localhost:{slapd.tls_port}/ou=nowhere,{BASE_DN}"
+    }
+    with pytest.raises(ConfigError, match="DIRECTORY_URL: the base DN 'ou=nowhere"):
+        LdapDirectory(LdapConfig.from_env(wrong_base)).check()
+    no_group = slapd.config(DIRECTORY_STAFF_GROUP=f"cn=nobody,ou=groups,{BASE_DN}")
+    with pytest.raises(ConfigError, match="DIRECTORY_STAFF_GROUP: there is no entry"):
+        LdapDirectory(no_group).check()

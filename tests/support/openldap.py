@@ -24,6 +24,7 @@ slapd missing is a failure, not a skip: CI installs it (.ci/run), and so must a 
 from __future__ import annotations
 
 import base64
+import ctypes
 import datetime as dt
 import hashlib
 import os
@@ -67,6 +68,8 @@ MIN_LENGTH = 8
 #: The most entries one search or one page gives the service account (so reading more needs
 #: paged results; the rootdn has no limit).
 PAGE_LIMIT = 10
+#: prctl(2): the signal a child gets when its parent ends.
+PR_SET_PDEATHSIG = 1
 #: How long slapd may take to say it is ready before the test fails.
 START_TIMEOUT = 10.0
 
@@ -173,22 +176,33 @@ def _schema_ldif() -> str:
     return "\n\n".join(part.strip() + "\n" for part in parts)
 
 
-def access_rules() -> list[str]:
-    """The least-privilege ACL: the service account may set passwords (write only, never read
-    userPassword), write pwdReset and pwdAccountLockedTime of the people, and read the people's
-    named attributes, the groups' members and the policies' lengths. Nothing else."""
+def resetbot_rules() -> list[str]:
+    """The service account's rules, as the OpenLDAP docs note (core/directory/ldap/openldap.py)
+    gives them: Password Modify (write only: never read userPassword), write on pwdReset and
+    pwdAccountLockedTime, read of the people's named attributes, the groups' members and the
+    policies' lengths. Each ends `by * break`, so a directory's own rules after them still
+    decide for everyone else."""
     service = f'dn.exact="{SERVICE_DN}"'
     people = "entry,objectClass,entryUUID,uid,cn,displayName,mail"
     return [
-        f"to attrs=userPassword by self =w by {service} =w by anonymous auth by * none",
-        f'to dn.subtree="{PEOPLE}" attrs=pwdReset by {service} write by * none',
-        f'to dn.subtree="{PEOPLE}" attrs=pwdAccountLockedTime by {service} write by * none',
-        f'to dn.base="{BASE_DN}" attrs=entry by {service} search by * none',
-        f'to dn.subtree="{PEOPLE}" attrs={people} by {service} read by * none',
+        f"to attrs=userPassword by {service} =w by * break",
+        f'to dn.subtree="{PEOPLE}" attrs=pwdReset,pwdAccountLockedTime by {service} write '
+        "by * break",
+        f'to dn.base="{BASE_DN}" attrs=entry by {service} search by * break',
+        f'to dn.subtree="{PEOPLE}" attrs={people} by {service} read by * break',
         f'to dn.subtree="ou=groups,{BASE_DN}" attrs=entry,objectClass,member,uniqueMember '
-        f"by {service} read by * none",
+        f"by {service} read by * break",
         f'to dn.subtree="ou=policies,{BASE_DN}" attrs=entry,objectClass,pwdMinLength,'
-        f"pwdCheckQuality by {service} read by * none",
+        f"pwdCheckQuality by {service} read by * break",
+    ]
+
+
+def access_rules() -> list[str]:
+    """resetbot's rules, then the test directory's own: users sign in and change their own
+    password; nobody else reads anything (the rootdn, which tests look with, is above ACLs)."""
+    return [
+        *resetbot_rules(),
+        "to attrs=userPassword by self =w by anonymous auth by * none",
         "to * by * none",
     ]
 
@@ -376,7 +390,7 @@ class OpenLdap:
         self.process = subprocess.Popen(
             [SLAPD, "-d", "16384", "-h", urls, "-F", str(self.folder / "slapd.d")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, start_new_session=True,
+            text=True, preexec_fn=_end_with_parent,
         )
         self._said = []
         self._ready = threading.Event()
@@ -471,6 +485,13 @@ class OpenLdap:
             connection.search(self.user_dn(uid), "(objectClass=*)", "BASE", attributes=list(names))
             raw = connection.response[0]["raw_attributes"]
         return {key: [value.decode() for value in values] for key, values in raw.items()}
+
+
+def _end_with_parent() -> None:
+    """In the child, before slapd runs: SIGTERM it should the test process die (a killed test
+    run would otherwise leave a slapd behind: seen here once)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _run(command: list[str]) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from ldap3 import BASE, SUBTREE, Connection
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.log import PROTOCOL, log_enabled
 
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.connection import close_quietly, connect, unavailable
@@ -334,6 +335,13 @@ class LdapDirectory:
     # -- writing -------------------------------------------------------------------------------
 
     def set_passwords(self, batch: Sequence[PasswordSet]) -> list[SetOutcome]:
+        if log_enabled(PROTOCOL):
+            # Measured: ldap3's protocol log writes a Password Modify request's value, the new
+            # password in it, as it is (it hides only bind passwords and userPassword values).
+            raise ConfigError(
+                "ldap3's own log is at PROTOCOL detail or more and would write the new "
+                "passwords: lower it (ldap3.utils.log.set_library_log_detail_level)"
+            )
         entries = {self._id_of(entry): entry for entry in self._by_ids(
             [item.user_id for item in batch]
         )}

@@ -15,6 +15,65 @@
   is named in cn=config, which the service account cannot (and need not) read; where it reads
   several policies, the strictest is taken, so a password resetbot lets through the form is
   one every policy accepts.
+
+Using resetbot with OpenLDAP (a draft for the README; GROUNDWORK of issue 19: this directory is
+not wired to resetbot's commands yet, and `DIRECTORY_URL` still takes database URLs only)
+-----------------------------------------------------------------------------------------------
+
+    DIRECTORY_URL=ldaps://ldap.example.org/dc=example,dc=org      # or ldap://… (StartTLS)
+    DIRECTORY_TLS_CA_FILE=/etc/ssl/certs/example-ldap-ca.pem       # default: the system's CAs
+    DIRECTORY_BIND_DN=cn=resetbot,ou=services,dc=example,dc=org
+    DIRECTORY_BIND_PASSWORD_FILE=/etc/resetbot/ldap-bind-password  # or DIRECTORY_BIND_PASSWORD
+    DIRECTORY_PROFILE=openldap
+    DIRECTORY_STAFF_GROUP=cn=staff,ou=groups,dc=example,dc=org
+
+- TLS, always: `ldaps://` (port 636) or `ldap://` (389), which resetbot upgrades with StartTLS
+  before it sends anything else; a server that will not start TLS gets no bind. The server's
+  certificate must verify against DIRECTORY_TLS_CA_FILE (or the system's CAs) and name the
+  URL's host; there is no setting that turns this off.
+- The bind password is never shown, logged or stored (not in an error, not in `repr`). resetbot
+  sets no password while ldap3's own protocol log is on, as that log would write it.
+- Staff: the `member` (groupOfNames) or `uniqueMember` (groupOfUniqueNames) values of
+  DIRECTORY_STAFF_GROUP. `all_without_role` leaves them alone.
+- The users: `(objectClass=inetOrgPerson)` under the base DN; id `entryUUID`, username `uid`,
+  name `displayName` else `cn`, e-mail `mail`. Searches are paged (RFC 2696): a size limit on
+  the service account does not cut a scope short.
+
+What a reset writes, only on the users it resets: the password, by the Password Modify
+operation (RFC 3062: the server hashes it as its `olcPasswordHash` says, and with
+`ppolicy_hash_cleartext` checks it against its policy first); `pwdReset` (TRUE when a change is
+required, removed when not); `pwdAccountLockedTime` removed, except the permanent lock
+`000001010000Z`, which stays (locked on purpose: counted in the preview). ppolicy itself updates
+`pwdChangedTime` and `pwdHistory`. A password the server's policy refuses (too short, in its
+history) is that user's outcome "refused by the directory", with the server's words; the others
+go on. Never written: any other attribute, any other entry, `userPassword` as a value (resetbot
+never reads or hashes it), cn=config.
+
+The service account's rules (what Password Modify and ppolicy need, and nothing else; each
+ends `by * break` so your own rules still decide for everyone else). Put them first in the
+database's olcAccess, with your base and service DN (`ldapmodify -Y EXTERNAL -H ldapi:///`;
+folded as LDIF folds: a line that starts with a space goes on the one before):
+
+    olcAccess: {0}to attrs=userPassword
+      by dn.exact="cn=resetbot,ou=services,dc=example,dc=org" =w by * break
+    olcAccess: {1}to dn.subtree="ou=people,dc=example,dc=org" attrs=pwdReset,pwdAccountLockedTime
+      by dn.exact="cn=resetbot,ou=services,dc=example,dc=org" write by * break
+    olcAccess: {2}to dn.base="dc=example,dc=org" attrs=entry
+      by dn.exact="cn=resetbot,ou=services,dc=example,dc=org" search by * break
+    olcAccess: {3}to dn.subtree="ou=people,dc=example,dc=org"
+      attrs=entry,objectClass,entryUUID,uid,cn,displayName,mail
+      by dn.exact="cn=resetbot,ou=services,dc=example,dc=org" read by * break
+    olcAccess: {4}to dn.subtree="ou=groups,dc=example,dc=org"
+      attrs=entry,objectClass,member,uniqueMember
+      by dn.exact="cn=resetbot,ou=services,dc=example,dc=org" read by * break
+    olcAccess: {5}to dn.subtree="ou=policies,dc=example,dc=org"
+      attrs=entry,objectClass,pwdMinLength,pwdCheckQuality
+      by dn.exact="cn=resetbot,ou=services,dc=example,dc=org" read by * break
+
+`=w` on userPassword is write without read: the account can set a password, never see one.
+The ppolicy overlay wants `olcPPolicyHashCleartext: TRUE` (so the policy sees the new password)
+and, for must-change, `pwdMustChange: TRUE` in the policy. The policy entry the account reads
+gives the form its minimum length (`pwdMinLength`, where `pwdCheckQuality` is 1 or 2).
 """
 
 from __future__ import annotations
