@@ -37,6 +37,7 @@ from blocks.text import (
     slack_date,
     span_words,
     starts_if_approved,
+    starts_once_approved,
     status_label,
     truncate,
     until_words,
@@ -249,10 +250,19 @@ def approval_details(task: TaskSnapshot) -> list[str]:
 
 
 def expired_at_start(task: TaskSnapshot) -> bool:
-    """A scheduled reset's request that expired because its start time came first."""
+    """A scheduled reset's request that expired because its start time came first (its
+    deadline was its start time; one asked again at its start had RESET_APPROVAL_TTL)."""
     approval = task.approval
     return (task.start_at is not None and approval is not None
-            and approval.expires_at is not None and approval.expires_at >= task.start_at)
+            and approval.expires_at is not None and approval.expires_at == task.start_at)
+
+
+def asked_again_at_start(task: TaskSnapshot) -> bool:
+    """A scheduled reset asked for approval again at its start (its request then waits
+    RESET_APPROVAL_TTL from its start; a first request never waits beyond the start)."""
+    approval = task.approval
+    return (task.start_at is not None and approval is not None
+            and approval.expires_at is not None and approval.expires_at > task.start_at)
 
 
 def approval_note(task: TaskSnapshot) -> str:
@@ -270,7 +280,8 @@ def approval_note(task: TaskSnapshot) -> str:
     if approval is not None and approval.expires_at is not None:
         note += f" The request expires {slack_date(approval.expires_at)}."
     if task.start_at is not None:
-        note += "\n" + starts_if_approved(task.start_at)
+        note += "\n" + (starts_once_approved(task.start_at) if asked_again_at_start(task)
+                        else starts_if_approved(task.start_at))
     if approval is not None and approval.recounted:
         note += "\n:warning: The directory changed since the request: these are the new counts."
     if approval is not None and approval.preview is None:
@@ -408,7 +419,12 @@ def start_reached_reply(task: TaskSnapshot, late_seconds: int) -> SlackMessage:
     """Its time came: started (on time, or how late) with the final count, or held."""
     when = ("on time" if late_seconds < ON_TIME.total_seconds()
             else f"{span_words(late_seconds)} late (no worker was running at its time)")
-    if task.held:
+    if task.status is TaskStatus.AWAITING_APPROVAL:
+        text = (f":raised_hand: Reset #{task.id} did not start ({when}): {counts_compared(task)} "
+                "That many need another admin's approval, which it does not have for them: "
+                "*Approve* above (not by whoever asked for it) resets them, *Reject* leaves "
+                "everyone alone.")
+    elif task.held:
         text = (f":raised_hand: Reset #{task.id} did not start ({when}): {counts_compared(task)} "
                 "That differs by more than 10 %, so it waits for you: *Start now* above "
                 "resets them, *Cancel* leaves everyone alone.")

@@ -217,10 +217,19 @@ def scheduled_line(start_at: datetime, now: datetime | None = None) -> str:
 
 
 def starts_if_approved(start_at: datetime, now: datetime | None = None) -> str:
-    """A scheduled reset awaiting approval: approved in time, it starts then; else it expires."""
-    when = until_words(start_at, now if now is not None else datetime.now(UTC))
-    return (f":alarm_clock: Starts *{schedule_date(start_at)}* ({when}) if approved before "
-            "then; otherwise the request expires.")
+    """A scheduled reset awaiting approval: approved in time, it starts then; else it expires.
+    One asked for approval again at its start (its count needs it): approved, it starts."""
+    now = now if now is not None else datetime.now(UTC)
+    if start_at <= now:
+        return starts_once_approved(start_at)
+    return (f":alarm_clock: Starts *{schedule_date(start_at)}* ({until_words(start_at, now)}) "
+            "if approved before then; otherwise the request expires.")
+
+
+def starts_once_approved(start_at: datetime) -> str:
+    """A scheduled reset asked for approval again at its start (its count needs it)."""
+    return (f":alarm_clock: It was to start *{schedule_date(start_at)}*: approved, it starts "
+            "at once.")
 
 
 #: The picker's only option while the directory's search copy cannot be read (within Slack's
@@ -332,6 +341,22 @@ def retry_started(task_id: int, original_id: int, users: int) -> str:
     return (
         f"Started reset #{task_id}: new passwords for the {plural(users, 'user')} whose mail "
         f"failed in reset #{original_id}."
+    )
+
+
+def retry_awaits_approval(task_id: int, original_id: int, users: int) -> str:
+    return (
+        f"Reset #{task_id} (new passwords for the {plural(users, 'user')} whose mail failed in "
+        f"reset #{original_id}) waits for another admin's approval: nothing changes before "
+        "that. *Approve* and *Reject* are in its thread."
+    )
+
+
+def start_needs_approval(task_id: int, users: int) -> str:
+    return (
+        f"Reset #{task_id} did not start: the {plural(users, 'user')} counted now need another "
+        "admin's approval, which it does not have for them. It waits for it: *Approve* and "
+        "*Reject* are in its thread (whoever asked for it cannot approve)."
     )
 
 

@@ -436,13 +436,17 @@ def _add_tasks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "erased. As Slack's Reject button; whoever asked for it may withdraw it.",
     )
     _add_as(reject)
-    _task_action(
+    start = _task_action(
         actions, "start", "start a scheduled reset held because its count changed",
         cmd_tasks_start,
         "A scheduled reset whose count, taken again at its start time, differed by more than "
-        "10 % from its preview waits for a new confirmation. This starts it with the new count. "
-        "As the Start now button in its Slack thread.",
+        "10 % from its preview waits for a new confirmation. This starts it with the new count "
+        "(or, if that count needs an approval it does not have, asks another admin for it). "
+        "As the Start now button in its Slack thread: for whoever asked for it, or --as an "
+        "admin who may approve resets.",
     )
+    _add_as(start, "act as this Slack user (whoever asked for the reset, or an admin allowed "
+                   "to approve); the terminal alone cannot tell who you are")
 
 
 def _task_action(
@@ -457,12 +461,14 @@ def _task_action(
     return action
 
 
-def _add_as(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--as", dest="as_user", type=_slack_user, metavar="SLACK_USER_ID",
-        help="act as this Slack user (an admin allowed to approve, never the requester); "
-             "the terminal alone cannot tell who you are",
-    )
+def _add_as(
+    parser: argparse.ArgumentParser,
+    help: str = ("act as this Slack user (an admin allowed to approve, never the requester); "
+                 "the terminal alone cannot tell who you are, and the audit trail says "
+                 "'cli:<login> as <id>'"),
+) -> None:
+    parser.add_argument("--as", dest="as_user", type=_slack_user, metavar="SLACK_USER_ID",
+                        help=help)
 
 
 def _since(value: str) -> datetime:
@@ -863,8 +869,9 @@ def cmd_tasks_start(cli: Cli, args: argparse.Namespace) -> int:
     from bot.tasks_cli import start_held_task
 
     settings = cli.settings()
-    with cli.database(settings) as sessions:
-        start_held_task(cli, settings, sessions, partial(cli.redis, settings), args.task_id)
+    with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
+        start_held_task(cli, settings, sessions, directory, partial(cli.redis, settings),
+                        args.task_id, as_user=args.as_user)
     return EXIT_OK
 
 

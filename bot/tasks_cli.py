@@ -36,13 +36,14 @@ from bot.terminal import (
 from core import approval, audit
 from core.csvsafe import to_csv
 from core.directory import Directory
-from core.errors import QueueUnavailable
-from core.models import ItemState, ResetTask, TaskStatus
+from core.errors import ConflictError, QueueUnavailable
+from core.models import ItemState, ResetTask, TaskStatus, utcnow
 from core.progress import TaskSnapshot, pace_words, snapshot
 from core.settings import Settings
 from core.tasks import (
     confirm_held_start,
     create_retry_task,
+    gate_new_task,
     items,
     request_cancel,
     scheduled_first,
@@ -76,6 +77,8 @@ def _schedule_note(task: ResetTask) -> str:
     if task.start_at is None:
         return ""
     if task.status == TaskStatus.AWAITING_APPROVAL:
+        if task.start_at <= utcnow():  # asked again at its start: its count needs approval
+            return f"  was to start {_when(task.start_at)} UTC; starts once approved"
         return f"  starts {_when(task.start_at)} UTC if approved by then"
     if task.status != TaskStatus.SCHEDULED:
         return ""
@@ -235,10 +238,14 @@ def _count(users: int | None) -> str:
 
 
 def start_held_task(
-    cli: Output, settings: Settings, sessions: sessionmaker[Session],
-    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int,
+    cli: Output, settings: Settings, sessions: sessionmaker[Session], directory: Directory,
+    open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
+    as_user: str | None,
 ) -> None:
-    """As the Start now button: a scheduled task held at its start starts with the new count.
+    """As the Start now button, with its rule: for whoever asked for it (the operator, or
+    --as them), or --as someone who may approve resets. A scheduled task held at its start
+    starts with the new count, unless that count needs an approval it does not have: then it
+    awaits another admin's approval.
 
     Committed first; its plan is then enqueued (if Redis cannot be reached, a worker's reaper
     wakes the queued task).
@@ -247,10 +254,25 @@ def start_held_task(
 
     from jobs.queueing import enqueue_task, make_queue
 
+    actor, typed_by = _requester_or_approver(settings, sessions, as_user, task_id, step="start")
     with sessions() as session:
-        task = confirm_held_start(session, task_id, requester())
-        session.commit()
+        try:
+            task = confirm_held_start(session, settings, directory, task_id,
+                                      approval.acting(actor, typed_by))
+            session.commit()
+        except ConflictError:
+            session.rollback()
+            _refuse(sessions, approval.acting(actor, typed_by), task_id, "start", "not held")
+            raise
         users = task.recheck_users or 0
+        to_approve = task.status == TaskStatus.AWAITING_APPROVAL
+    if to_approve:
+        _tell_queue(cli, settings, open_redis, task_id, start=False)
+        cli.say(f"Task #{task_id} did not start: the {plural(users, 'user')} counted now need "
+                "another admin's approval, which it does not have for them.")
+        cli.say(f"  It awaits approval: resetbot tasks approve {task_id} --as "
+                "THEIR_SLACK_USER_ID (not whoever asked for it).")
+        return
     cli.say(f"Task #{task_id} starts now: {plural(users, 'user')}, the count taken at its start.")
     try:
         with open_redis() as redis:
@@ -268,14 +290,27 @@ def retry_task(
 
     Redis is reached first, so an unreachable queue leaves no task behind.
     """
-    from bot.reset_flow import exit_code, follow, print_summary, warn_if_no_worker
+    from bot.reset_flow import (
+        exit_code,
+        follow,
+        print_summary,
+        say_awaiting_approval,
+        warn_if_no_worker,
+    )
     from jobs.queueing import enqueue_task, make_queue
+    from jobs.slack_reporter import announce
 
     with open_redis() as redis:
         with sessions() as session:
             task = create_retry_task(session, task_id, requester(), login_name())
+            status = gate_new_task(session, settings, task)
             session.commit()
             retry_id, users = task.id, len(task.selection)
+        if status is TaskStatus.AWAITING_APPROVAL:
+            if settings.slack_bot_token:
+                announce(make_queue(settings, redis), retry_id)
+            say_awaiting_approval(cli, settings, retry_id)
+            return EXIT_OK
         enqueue_task(make_queue(settings, redis), retry_id)
         cli.say(f"Task #{retry_id} queued: new passwords by e-mail for the "
                 f"{plural(users, 'user')} whose mail failed in task #{task_id}.")
@@ -332,17 +367,24 @@ def approve_task(
     open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
     as_user: str | None,
 ) -> int:
-    """As Slack's Approve button, for the admin named by --as (never the requester)."""
+    """As Slack's Approve button, for the admin named by --as (never the requester, whoever
+    types it); the audit trail names the operator acting as them."""
     actor = _approver(settings, sessions, as_user, task_id, step="approve")
+    typed_by = requester()
     with sessions() as session:
         try:
-            outcome = approval.approve(session, directory, task_id, actor)
+            outcome = approval.approve(session, directory, task_id, actor, typed_by=typed_by)
             session.commit()
         except approval.SelfApproval:
             session.rollback()
-            _refuse(sessions, actor, task_id, "approve", "own task")
-            raise Refused(f"{actor} asked for task #{task_id}: another admin must approve it "
-                          "(nothing was changed)") from None
+            _refuse(sessions, approval.acting(actor, typed_by), task_id, "approve", "own task")
+            raise Refused(f"{_asker(sessions, task_id)} asked for task #{task_id}: another "
+                          "admin must approve it (nothing was changed)") from None
+        except approval.Refusal as refused:
+            session.rollback()
+            _refuse(sessions, approval.acting(actor, typed_by), task_id, "approve",
+                    refused.reason)
+            raise
     if isinstance(outcome, approval.Recounted):
         _say_recount(cli, outcome)
         return EXIT_REFUSED
@@ -358,20 +400,45 @@ def reject_task(
     open_redis: Callable[[], AbstractContextManager[Redis]], task_id: int, *,
     as_user: str | None,
 ) -> int:
-    """As Slack's Reject button: an approver (--as), or the requester withdrawing their own."""
+    """As Slack's Reject button: an approver (--as), or the requester withdrawing their own;
+    the audit trail names the operator (acting as --as)."""
+    actor, typed_by = _requester_or_approver(settings, sessions, as_user, task_id,
+                                             step="reject")
+    with sessions() as session:
+        try:
+            approval.reject(session, task_id, actor, typed_by=typed_by)
+            session.commit()
+        except approval.Refusal as refused:
+            session.rollback()
+            _refuse(sessions, approval.acting(actor, typed_by), task_id, "reject",
+                    refused.reason)
+            raise
+    _tell_queue(cli, settings, open_redis, task_id, start=False)
+    cli.say(f"Task #{task_id} rejected by {actor}: nothing was changed.")
+    return EXIT_OK
+
+
+def _asker(sessions: sessionmaker[Session], task_id: int) -> str:
+    with sessions() as session:
+        return shown(approval.requester_of(session, task_id) or "someone")
+
+
+def _requester_or_approver(
+    settings: Settings, sessions: sessionmaker[Session], as_user: str | None, task_id: int, *,
+    step: str,
+) -> tuple[str, str | None]:
+    """Who acts on task `task_id` (reject, start), as Slack's rule for Reject and Start now:
+    whoever asked for it (the operator, or --as them), or --as someone who may approve resets;
+    refused (and audited) otherwise. (actor, the operator typing for them or None)."""
     with sessions() as session:
         requester_id = approval.requester_of(session, task_id)
     if requester_id is None:
         raise Refused(f"there is no task #{task_id}")
-    own = as_user or requester()
-    actor = own if own == requester_id else _approver(
-        settings, sessions, as_user, task_id, step="reject")
-    with sessions() as session:
-        approval.reject(session, task_id, actor)
-        session.commit()
-    _tell_queue(cli, settings, open_redis, task_id, start=False)
-    cli.say(f"Task #{task_id} rejected by {actor}: nothing was changed.")
-    return EXIT_OK
+    if as_user is None and requester() == requester_id:
+        return requester_id, None
+    if as_user == requester_id:
+        return as_user, requester()
+    return _approver(settings, sessions, as_user, task_id, step=step), requester()
 
 
 def _approver(settings: Settings, sessions: sessionmaker[Session], as_user: str | None,
@@ -383,7 +450,12 @@ def _approver(settings: Settings, sessions: sessionmaker[Session], as_user: str 
 
     if as_user is None:
         _refuse(sessions, requester(), task_id, step, "no --as")
-        raise Refused(NEEDS_AS)
+        if step == "approve":
+            raise Refused(NEEDS_AS)
+        raise Refused(f"{step}ing task #{task_id}, which you did not ask for, "
+                      "needs --as SLACK_USER_ID: an admin allowed to approve resets (or whoever "
+                      "asked for it); the terminal alone cannot tell who you are (nothing was "
+                      "changed)")
     # Only a RESET_ADMIN_GROUP or RESET_APPROVER_GROUP makes this ask Slack.
     client = WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
     refusal = Approvers(settings, client, Admins(settings, client)).refusal(as_user)

@@ -15,8 +15,13 @@ the row once:
   time if that comes before RESET_APPROVAL_TTL (`core.tasks.approval_deadline`): approval must
   come before the time it was asked to start at.
 
+Whether a task needs approval at all is `core.tasks.approval_needed`, judged on every path
+that makes or starts work; a scheduled task whose count at its start is no longer covered by
+its approval comes back here (`core.tasks.ask_approval_again`).
+
 Who may approve is the edge's check (Slack user groups live there); that the requester never
-approves their own task is checked here, for every edge.
+approves their own task, whoever types it, is checked here, for every edge. Every refusal
+raised here is a `Refusal` carrying its reason, which the edge audits.
 """
 
 from __future__ import annotations
@@ -33,10 +38,8 @@ from core.directory import Directory, Preview
 from core.errors import ConflictError
 from core.models import ResetTask, Scope, TaskStatus, utcnow
 from core.schedule import as_utc
-from core.tasks import preview_counts, record_schedule, released_status
+from core.tasks import exceeds_approved, preview_counts, record_schedule, released_status
 
-#: A scope that grew by more than this share since the approvers' counts is approved again.
-GROWTH_TO_RECONFIRM = 0.10
 #: The actor of the reaper's expiries in the audit trail.
 EXPIRY_ACTOR = "resetbot"
 
@@ -77,8 +80,26 @@ def preview_of(counts: dict[str, Any] | None) -> Preview | None:
         return None
 
 
-class SelfApproval(ConflictError):
+class Refusal(ConflictError):
+    """A decision refused: `reason` is its short word for the audit trail (the edge audits
+    every refused attempt)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SelfApproval(Refusal):
     """The requester tried to approve their own task: refused (and audited by the edge)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "own task")
+
+
+def acting(actor: str, typed_by: str | None = None) -> str:
+    """Who acted, as the audit trail says it: the Slack user, or (the terminal cannot prove
+    who types) `cli:<login> as <Slack user id>`."""
+    return actor if typed_by is None else f"{typed_by} as {actor}"[:64]
 
 
 @dataclass(frozen=True)
@@ -100,56 +121,60 @@ class Recounted:
 
 
 def approve(
-    session: Session, directory: Directory, task_id: int, approver: str
+    session: Session, directory: Directory, task_id: int, approver: str, *,
+    typed_by: str | None = None,
 ) -> Approved | Recounted:
-    """Approve a waiting task as `approver` (already checked to be allowed to approve).
+    """Approve a waiting task as `approver` (already checked to be allowed to approve);
+    `typed_by`: the terminal operator who typed it for them (`cli:<login>`), whom the audit
+    trail names too.
 
-    Raises SelfApproval for the requester, ConflictError when the task no longer waits.
-    The caller commits (also a Recounted: the new counts are kept for the next click).
+    Raises SelfApproval when whoever asked for it would approve it (as `approver`, or as the
+    operator typing), a Refusal when the task no longer waits. The caller commits (also a
+    Recounted: the new counts are kept for the next click).
     """
     task = _waiting_task(session, task_id)
-    if approver == task.requester:
+    if task.requester in (approver, typed_by):
         raise SelfApproval(f"You asked for reset #{task_id}: another admin must approve it.")
+    actor = acting(approver, typed_by)
     before = preview_of(task.preview)
     now = directory.preview(Scope(task.scope), tuple(task.selection or ()))
     if grew_too_much(before, now):
-        return _keep_recount(session, task, before, now, approver)
+        return _keep_recount(session, task, before, now, actor)
     moment = utcnow()
     status = released_status(task, moment)
     _decide(session, task_id, status=status, approved_by=approver, decided_at=moment)
-    audit.record(session, approver, "approve", task_id, requester=task.requester,
+    audit.record(session, actor, "approve", task_id, requester=task.requester,
                  users=now.users)
     if status is TaskStatus.SCHEDULED:
-        record_schedule(session, task, approver)
+        record_schedule(session, task, actor)
     return Approved(task_id, status)
 
 
 def grew_too_much(before: Preview | None, now: Preview) -> bool:
     """More than GROWTH_TO_RECONFIRM more users than approvers were shown (or never counted)."""
-    if before is None:
-        return True
-    return now.users > before.users * (1 + GROWTH_TO_RECONFIRM)
+    return exceeds_approved(None if before is None else before.users, now.users)
 
 
 def _keep_recount(
-    session: Session, task: ResetTask, before: Preview | None, now: Preview, approver: str
+    session: Session, task: ResetTask, before: Preview | None, now: Preview, actor: str
 ) -> Recounted:
     counts = preview_counts(now) or {}
     counts["recounted"] = True
     _decide(session, task.id, preview=counts)  # still waiting, with the counts to approve
-    audit.record(session, approver, "approval_recount", task.id,
+    audit.record(session, actor, "approval_recount", task.id,
                  before=None if before is None else before.users, now=now.users)
     return Recounted(task.id, before, now)
 
 
-def reject(session: Session, task_id: int, actor: str) -> None:
+def reject(session: Session, task_id: int, actor: str, *, typed_by: str | None = None) -> None:
     """Reject a waiting task: nothing changes, its sealed passwords are erased. The caller
-    commits. The requester may reject (withdraw) their own."""
+    commits. The requester may reject (withdraw) their own. Raises a Refusal when the task no
+    longer waits."""
     _waiting_task(session, task_id)
     moment = utcnow()
     _decide(session, task_id, status=TaskStatus.REJECTED, rejected_by=actor, decided_at=moment,
             finished_at=moment, default_password_sealed=None, no_email_password_sealed=None)
-    audit.record(session, actor, "reject", task_id)
+    audit.record(session, acting(actor, typed_by), "reject", task_id)
 
 
 def expire_overdue(session: Session, now: datetime | None = None) -> list[int]:
@@ -193,12 +218,12 @@ def awaiting_ids(session: Session) -> list[int]:
 def _waiting_task(session: Session, task_id: int) -> ResetTask:
     task = session.get(ResetTask, task_id)
     if task is None:
-        raise ConflictError(f"There is no reset #{task_id}.")
+        raise Refusal(f"There is no reset #{task_id}.", "no such task")
     if task.status != TaskStatus.AWAITING_APPROVAL:
         raise _no_longer_waiting(session, task_id)
     if task.approval_expires_at is not None and task.approval_expires_at < utcnow():
-        raise ConflictError(f"The approval request for reset #{task_id} has expired: nothing "
-                            "was changed. Ask for the reset again.")
+        raise Refusal(f"The approval request for reset #{task_id} has expired: nothing "
+                      "was changed. Ask for the reset again.", "expired")
     return task
 
 
@@ -215,21 +240,24 @@ def _decide(session: Session, task_id: int, **values: Any) -> None:
         raise _no_longer_waiting(session, task_id)
 
 
-def _no_longer_waiting(session: Session, task_id: int) -> ConflictError:
+def _no_longer_waiting(session: Session, task_id: int) -> Refusal:
     """Why a task does not wait for approval (any more), as the person acting reads it."""
     session.expire_all()
     task = session.get(ResetTask, task_id)
     if task is None:
-        return ConflictError(f"There is no reset #{task_id}.")
+        return Refusal(f"There is no reset #{task_id}.", "no such task")
     status = TaskStatus(task.status)
     if task.approved_by and status is not TaskStatus.REJECTED:
-        return ConflictError(f"Reset #{task_id} was already approved (by {task.approved_by}).")
+        return Refusal(f"Reset #{task_id} was already approved (by {task.approved_by}).",
+                       "already approved")
     if status is TaskStatus.REJECTED:
-        return ConflictError(f"Reset #{task_id} was already rejected (by {task.rejected_by}).")
+        return Refusal(f"Reset #{task_id} was already rejected (by {task.rejected_by}).",
+                       "already rejected")
     if status is TaskStatus.EXPIRED:
-        return ConflictError(f"The approval request for reset #{task_id} has expired: nothing "
-                             "was changed.")
-    return ConflictError(f"Reset #{task_id} does not wait for approval ({status.words}).")
+        return Refusal(f"The approval request for reset #{task_id} has expired: nothing "
+                       "was changed.", "expired")
+    return Refusal(f"Reset #{task_id} does not wait for approval ({status.words}).",
+                   "not awaiting approval")
 
 
 def requester_of(session: Session, task_id: int) -> str | None:

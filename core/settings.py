@@ -629,7 +629,8 @@ class Settings:
     )
     reset_approval_scope_all: bool = setting(
         "RESET_APPROVAL_SCOPE_ALL", False,
-        "`true`: every reset whose scope is `all` waits for approval, whatever its size",
+        "`true`: every reset of a whole-directory scope (`all`, `all_except_selected`, "
+        "`all_without_role`) waits for approval, whatever its size",
         parse=boolean,
     )
     reset_approval_ttl: float = setting(

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -341,20 +341,82 @@ def record_schedule(session: Session, task: ResetTask, actor: str) -> None:
 
 
 def needs_approval(settings: Settings, task: ResetTask) -> bool:
-    """Whether a confirmed task waits for a second admin (see `approval_required`)."""
-    return approval_required(settings, task.scope, task.preview_users)
+    """Whether a confirmed task waits for a second admin (see `approval_needed`)."""
+    return approval_needed(settings, task, task.preview_users)
+
+
+#: The scopes that reach the whole directory (everyone, or everyone but a few picked, or every
+#: patron): RESET_APPROVAL_SCOPE_ALL gates each of them.
+WHOLE_DIRECTORY_SCOPES = frozenset({Scope.ALL, Scope.ALL_EXCEPT_SELECTED, Scope.ALL_WITHOUT_ROLE})
+#: A count that grew by more than this share over what approvers were shown is approved again.
+GROWTH_TO_RECONFIRM = 0.10
+
+
+def approval_needed(settings: Settings, task: ResetTask, users: int | None) -> bool:
+    """THE approval rule, judged on every path that makes or starts work: a new task's gate
+    (Slack's confirm, `resetbot reset`, a Retry), a scheduled task at its start
+    (jobs/scheduling.py) and Start now / `tasks start` (`confirm_held_start`); a worker
+    judges it again before it starts any queued task (jobs/planning.py), so an edge that
+    forgot the gate cannot start one; the approve click judges its recount with
+    `exceeds_approved`.
+
+    True when resetting `users` users of the task's scope needs a second admin
+    (`approval_required`) and no approval covers them: the task was never approved, or was
+    approved for a count they exceed by more than GROWTH_TO_RECONFIRM.
+    """
+    if not approval_required(settings, task.scope, users):
+        return False
+    return task.approved_by is None or exceeds_approved(task.preview_users, users)
+
+
+def exceeds_approved(approved: int | None, users: int | None) -> bool:
+    """More than GROWTH_TO_RECONFIRM more users than approvers were shown (or either count
+    unknown: an approval covers only what was counted)."""
+    if approved is None or users is None:
+        return True
+    return users > approved * (1 + GROWTH_TO_RECONFIRM)
 
 
 def approval_required(settings: Settings, scope: str, users: int | None) -> bool:
-    """RESET_APPROVAL_MIN_USERS reached by the preview's count, or scope `all` when
-    RESET_APPROVAL_SCOPE_ALL. Counts unknown (no preview kept) while a minimum is set: it waits,
-    rather than start a reset nobody counted."""
-    if settings.reset_approval_scope_all and scope == Scope.ALL:
+    """RESET_APPROVAL_MIN_USERS reached by the count, or a whole-directory scope (`all`,
+    `all_except_selected`, `all_without_role`) when RESET_APPROVAL_SCOPE_ALL. Counts unknown
+    (no preview kept) while a minimum is set: it waits, rather than start a reset nobody
+    counted."""
+    if settings.reset_approval_scope_all and scope in WHOLE_DIRECTORY_SCOPES:
         return True
     minimum = settings.reset_approval_min_users
     if minimum is None:
         return False
     return users is None or users >= minimum
+
+
+def ask_approval_again(
+    session: Session, settings: Settings, task_id: int, counts: Preview, actor: str,
+    now: datetime, *only_while: Any,
+) -> bool:
+    """Put a task about to start (a scheduled one at its start, a held one at Start now, a
+    queued one a worker picks up) back to awaiting approval, showing `counts` (the count taken
+    now), when `approval_needed` says no approval covers them; True if this call's
+    conditional UPDATE (`only_while`) won. The caller commits.
+
+    The request waits RESET_APPROVAL_TTL from now (its start time, if any, has come);
+    approved, it starts at once (`released_status`). Its sealed passwords stay for that
+    start; a rejection or an expiry erases them.
+    """
+    preview = preview_counts(counts) or {}
+    preview["recounted"] = True
+    won = session.execute(
+        update(ResetTask)
+        .where(ResetTask.id == task_id, *only_while)
+        .values(status=TaskStatus.AWAITING_APPROVAL, preview=preview, recheck_users=counts.users,
+                approved_by=None, decided_at=None, start_held_at=None,
+                approval_expires_at=now + timedelta(seconds=settings.reset_approval_ttl))
+        .execution_options(synchronize_session=False)
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    audit.record(session, actor, "approval_request", task_id, users=counts.users, again=True)
+    return True
 
 
 def _sealed(settings: Settings, password: str | None) -> str | None:
@@ -433,28 +495,42 @@ def _cancel_scheduled(session: Session, task: ResetTask, actor: str) -> bool:
     return True
 
 
-def confirm_held_start(session: Session, task_id: int, actor: str) -> ResetTask:
-    """Start a scheduled task held at its start time because its counts changed (queued now).
+def confirm_held_start(
+    session: Session, settings: Settings, directory: Directory, task_id: int, actor: str
+) -> ResetTask:
+    """Start a scheduled task held at its start time because its counts changed: `queued`
+    now, or `awaiting_approval` when the users counted now need an approval it does not have
+    (`approval_needed`): then another admin must approve them, never whoever asked for it.
 
     Whoever confirms accepts the counts its thread showed; the caller enqueues the plan after
-    the commit (a lost enqueue is made good by the reaper, which wakes queued tasks).
+    the commit (a lost enqueue is made good by the reaper, which wakes queued tasks), or
+    announces the approval request.
     """
     task = session.get(ResetTask, task_id)
     if task is None:
         raise ConflictError(f"There is no task #{task_id}.")
-    released = session.execute(
-        update(ResetTask)
-        .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.SCHEDULED,
-               ResetTask.start_held_at.is_not(None))
-        .values(status=TaskStatus.QUEUED, start_held_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    held = (ResetTask.status == TaskStatus.SCHEDULED, ResetTask.start_held_at.is_not(None))
+    counts = None
+    if task.status == TaskStatus.SCHEDULED and task.start_held_at is not None:
+        counts = directory.preview(Scope(task.scope), tuple(task.selection or ()))
+    if counts is not None and approval_needed(settings, task, counts.users):
+        if ask_approval_again(session, settings, task_id, counts, actor, utcnow(), *held):
+            session.refresh(task)
+            return task
+    else:
+        released = session.execute(
+            update(ResetTask)
+            .where(ResetTask.id == task_id, *held)
+            .values(status=TaskStatus.QUEUED, start_held_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        if released.rowcount == 1:  # type: ignore[attr-defined]
+            session.refresh(task)
+            audit.record(session, actor, "reconfirm", task_id, users=task.recheck_users)
+            return task
     session.refresh(task)
-    if released.rowcount != 1:  # type: ignore[attr-defined]
-        raise ConflictError(f"Task #{task_id} is not waiting for a new confirmation "
-                            f"({TaskStatus(task.status).words}).")
-    audit.record(session, actor, "reconfirm", task_id, users=task.recheck_users)
-    return task
+    raise ConflictError(f"Task #{task_id} is not waiting for a new confirmation "
+                        f"({TaskStatus(task.status).words}).")
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -490,7 +566,10 @@ def items(session: Session, task_id: int) -> Sequence[ResetItem]:
 
 
 def create_retry_task(session: Session, task_id: int, requester: str, name: str = "") -> ResetTask:
-    """A new task mailing fresh passwords to the users whose notification failed in `task_id`.
+    """A new task mailing fresh passwords to the users whose notification failed in `task_id`:
+    `queued`, with their counts as its preview, until the caller's `gate_new_task`, in the
+    same transaction, decides what it does next (a retry of many users waits for approval as
+    any reset of as many does).
 
     A task is retried once, whichever edge asks: a second retry is refused, naming the first.
     """
@@ -511,6 +590,7 @@ def create_retry_task(session: Session, task_id: int, requester: str, name: str 
     if not failed:
         raise ConflictError(f"Task #{task_id} has no failed notifications to retry.")
     task = ResetTask(
+        preview=_retry_counts(session, task_id),
         requester=requester,
         requester_name=name,
         scope=Scope.SELECTED_ONLY.value,
@@ -537,6 +617,19 @@ def create_retry_task(session: Session, task_id: int, requester: str, name: str 
         raise _already_retried(task_id, winner)
     audit.record(session, requester, "retry", task.id, retry_of=task_id, users=len(failed))
     return task
+
+
+def _retry_counts(session: Session, task_id: int) -> dict[str, Any]:
+    """A retry's preview, from the failed users' rows: approvers are shown it, and the gate
+    judges it as any new task's."""
+    counts = session.execute(
+        select(func.count(), func.count(ResetItem.email),
+               func.sum(case((ResetItem.is_staff, 1), else_=0)))
+        .where(ResetItem.task_id == task_id, ResetItem.state == ItemState.NOTIFY_FAILED)
+    ).one()
+    users, emailable, staff = int(counts[0]), int(counts[1]), int(counts[2] or 0)
+    return {"users": users, "emailable": emailable, "without_email": users - emailable,
+            "staff": staff}
 
 
 def _already_retried(task_id: int, retry_id: int | None) -> ConflictError:

@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.directory import DirectoryUser
-from core.errors import InputError
+from core.errors import InputError, QueueUnavailable
 from core.models import ItemState, ResetItem, ResetTask, Scope, StartLock, TaskStatus, utcnow
+from core.tasks import approval_needed, ask_approval_again
 from jobs.context import WorkerContext
 from jobs.finishing import cancel_unstarted, fail_task, finish_if_done
 from jobs.overlap import Reach, overlaps
@@ -58,6 +59,9 @@ def start_task(context: WorkerContext, task_id: int) -> bool | None:
         if task.cancel_requested:
             cancel_unstarted(context, session, task_id)
             return None
+        if approval_needed(context.settings, task, task.preview_users):
+            _hold_for_approval(context, session, task)
+            return None
         reach = Reach.of(task.scope, task.selection)
         detail = {"scope": task.scope, "mode": task.mode, "requester": task.requester}
         session.rollback()  # the start check begins a transaction of its own, lock first
@@ -71,6 +75,32 @@ def start_task(context: WorkerContext, task_id: int) -> bool | None:
         return None  # another job started it a moment ago and plans it
     logger.info("task %s started", task_id)
     return True  # the start is told by `plan_items`, once its first users are queued
+
+
+def _hold_for_approval(context: WorkerContext, session: Session, task: ResetTask) -> None:
+    """The last line of the approval rule: every edge judges `approval_needed` before it
+    queues a task, so this never fires unless one forgot to (or a task was queued before the
+    rule was set); then the task is not started but waits for another admin's approval, with
+    the counts taken now."""
+    task_id, scope, selection = task.id, Scope(task.scope), tuple(task.selection or ())
+    channel = task.slack_channel
+    counts = context.directory.preview(scope, selection)
+    session.rollback()
+    asked = ask_approval_again(session, context.settings, task_id, counts, ACTOR, utcnow(),
+                               ResetTask.status == TaskStatus.QUEUED)
+    session.commit()
+    if not asked:
+        return
+    logger.warning("task %s was queued without the approval its %s users need: it awaits "
+                   "approval", task_id, counts.users)
+    if channel:
+        from jobs.slack_reporter import announce
+
+        try:
+            announce(context.queue, task_id)  # Approve and Reject in its thread
+        except QueueUnavailable:
+            logger.error("could not announce task %s awaiting approval; the reaper posts it "
+                         "if it has no thread yet", task_id)
 
 
 def _start_if_clear(

@@ -11,7 +11,10 @@ Each worker's reaper (`run_schedule`, every RESET_REAPER_INTERVAL) does, for eve
   (`WHERE status = 'scheduled' AND start_at <= now AND start_held_at IS NULL`) lets exactly one
   worker move it on, to `queued` (its plan is enqueued) or, when the count differs from the
   scheduled preview by more than 10 %, to held (`start_held_at`): it waits for someone to
-  confirm again (core.tasks.confirm_held_start);
+  confirm again (core.tasks.confirm_held_start); or, when the approval rule asks a second
+  admin for the count taken now and no approval covers it (`core.tasks.approval_needed`: it
+  crossed RESET_APPROVAL_MIN_USERS, or grew more than 10 % over what was approved), back to
+  `awaiting_approval` with the new counts: never started by whoever asked for it alone;
 
 A scheduled task whose parent message never reached Slack (a delivery Redis lost) has it posted
 again by `jobs.slack_reporter.resend_lost_announcements`, as one awaiting approval has.
@@ -30,6 +33,7 @@ from sqlalchemy import select, update
 from core import audit
 from core.models import ResetTask, Scope, TaskStatus
 from core.schedule import as_utc, counts_drifted, is_late, lateness
+from core.tasks import approval_needed, ask_approval_again
 from jobs.context import WorkerContext
 from jobs.queueing import enqueue_task
 from jobs.reporting import SafeReporter
@@ -52,7 +56,7 @@ def run_schedule(context: WorkerContext, now: datetime) -> ScheduleReport:
         outcome = start_scheduled(context, task_id, now)
         if outcome is TaskStatus.QUEUED:
             report.started += 1
-        elif outcome is TaskStatus.SCHEDULED:
+        elif outcome in (TaskStatus.SCHEDULED, TaskStatus.AWAITING_APPROVAL):
             report.held += 1
     return report
 
@@ -69,33 +73,35 @@ def due_tasks(context: WorkerContext, now: datetime) -> list[int]:
 
 
 def start_scheduled(context: WorkerContext, task_id: int, now: datetime) -> TaskStatus | None:
-    """Start one due task, or hold it if its count changed; None when another worker did.
+    """Start one due task, hold it if its count changed, or ask for approval again if the
+    count needs one its approval does not cover; None when another worker did.
 
     The preview is taken before the conditional UPDATE (a worker that loses the race only
-    wasted a count), so the row is locked only for the UPDATE and the audit entry.
+    wasted a count), so the row is locked only for the UPDATE and the audit entries.
     """
+    due = (ResetTask.status == TaskStatus.SCHEDULED, ResetTask.start_at <= now,
+           ResetTask.start_held_at.is_(None))
     with context.sessions() as session:
         task = session.get(ResetTask, task_id)
         if task is None or task.status != TaskStatus.SCHEDULED or task.start_at is None:
             return None
         # The count it was asked for: the requester's preview, or what approvers last saw.
         start_at, scheduled_users = task.start_at, task.preview_users
-        users = context.directory.preview(Scope(task.scope), tuple(task.selection or ())).users
+        counts = context.directory.preview(Scope(task.scope), tuple(task.selection or ()))
+        users = counts.users
+        to_approve = approval_needed(context.settings, task, users)
         session.rollback()  # the count is read; the decision is a transaction of its own
-        held = counts_drifted(scheduled_users, users)
-        values: dict[str, object] = {"recheck_users": users}
-        values.update({"start_held_at": now} if held else {"status": TaskStatus.QUEUED})
-        won = rowcount(session.execute(
-            update(ResetTask)
-            .where(
-                ResetTask.id == task_id,
-                ResetTask.status == TaskStatus.SCHEDULED,
-                ResetTask.start_at <= now,
-                ResetTask.start_held_at.is_(None),
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        ))
+        held = to_approve or counts_drifted(scheduled_users, users)
+        if to_approve:
+            won = ask_approval_again(session, context.settings, task_id, counts, ACTOR, now,
+                                     *due)
+        else:
+            values: dict[str, object] = {"recheck_users": users}
+            values.update({"start_held_at": now} if held else {"status": TaskStatus.QUEUED})
+            won = bool(rowcount(session.execute(
+                update(ResetTask).where(ResetTask.id == task_id, *due).values(**values)
+                .execution_options(synchronize_session=False)
+            )))
         if not won:
             session.rollback()
             return None
@@ -105,9 +111,13 @@ def start_scheduled(context: WorkerContext, task_id: int, now: datetime) -> Task
             start_at=as_utc(start_at).isoformat(timespec="seconds"),
             late=is_late(start_at, now), late_seconds=int(late.total_seconds()),
             users=users, scheduled_users=scheduled_users,
+            **({"needs_approval": True} if to_approve else {}),
         )
         session.commit()
-    if held:
+    if to_approve:
+        logger.warning("scheduled task %s awaits approval again: %s users now, %s approved or "
+                       "scheduled", task_id, users, scheduled_users)
+    elif held:
         logger.warning("scheduled task %s held: %s users now, %s when scheduled", task_id,
                        users, scheduled_users)
     else:
@@ -115,6 +125,8 @@ def start_scheduled(context: WorkerContext, task_id: int, now: datetime) -> Task
                     int(late.total_seconds()))
         enqueue_task(context.queue, task_id)
     SafeReporter(context.reporter).schedule_reached(task_id, int(late.total_seconds()))
+    if to_approve:
+        return TaskStatus.AWAITING_APPROVAL
     return TaskStatus.SCHEDULED if held else TaskStatus.QUEUED
 
 

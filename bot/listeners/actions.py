@@ -31,9 +31,11 @@ from blocks.text import (
     queue_unavailable,
     recount_to_approve,
     rejected_by_you,
+    retry_awaits_approval,
     retry_started,
     scheduled_cancelled,
     start_confirmed,
+    start_needs_approval,
 )
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
@@ -43,7 +45,7 @@ from bot.payloads import channel_of, first_action, task_id, user_name_of
 from core import approval
 from core.errors import ConflictError, InputError, QueueUnavailable
 from core.models import TaskStatus
-from core.tasks import confirm_held_start, create_retry_task, request_cancel
+from core.tasks import confirm_held_start, create_retry_task, gate_new_task, request_cancel
 
 log = logging.getLogger("resetbot.slack")
 
@@ -166,17 +168,33 @@ def _confirm_scheduled(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
     if refused is not None:
         return refused
     with deps.sessions() as session:
-        confirm_held_start(session, wanted, user)
-        session.commit()
+        try:
+            task = confirm_held_start(session, deps.settings, deps.directory, wanted, user)
+            session.commit()
+        except ConflictError as conflict:
+            session.rollback()
+            deps.refuse(user, ACTION_CONFIRM_SCHEDULED, "not held", task_id=wanted)
+            return str(conflict)
+        to_approve = task.status == TaskStatus.AWAITING_APPROVAL
+        users = task.recheck_users or 0
+    if to_approve:
+        announce_waiting(deps, wanted)  # Approve and Reject, with the new counts
+        return start_needs_approval(wanted, users)
     return _start(deps, wanted, start_confirmed(wanted))
 
 
 def _retry(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
+    """A new task for the users whose mail failed, through the gate like any new task: many
+    users wait for another admin's approval."""
     original = task_id(first_action(body).get("value"))
     with deps.sessions() as session:
         task = create_retry_task(session, original, user, user_name_of(body))
+        status = gate_new_task(session, deps.settings, task)
         session.commit()
         new_id, users = task.id, len(task.selection)
+    if status is TaskStatus.AWAITING_APPROVAL:
+        announce_waiting(deps, new_id)  # its own thread, with Approve and Reject
+        return retry_awaits_approval(new_id, original, users)
     return _start(deps, new_id, retry_started(new_id, original, users))
 
 
@@ -191,13 +209,11 @@ def _approve(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
         try:
             outcome = approval.approve(session, deps.directory, wanted, user)
             session.commit()
-        except approval.SelfApproval as own:
+        except approval.Refusal as refused:
+            # The requester's own, or decided meanwhile (another approver's click won).
             session.rollback()
-            deps.refuse(user, ACTION_APPROVE, "own task", task_id=wanted)
-            return str(own)
-        except ConflictError:
-            session.rollback()
-            raise
+            deps.refuse(user, ACTION_APPROVE, refused.reason, task_id=wanted)
+            return str(refused)
     announce_waiting(deps, wanted)  # the parent shows who approved, and when it starts
     if isinstance(outcome, approval.Recounted):
         now = outcome.now
@@ -219,8 +235,9 @@ def _reject(deps: AppDeps, user: str, body: dict[str, Any]) -> str:
         try:
             approval.reject(session, wanted, user)
             session.commit()
-        except ConflictError:
+        except approval.Refusal as decided:
             session.rollback()
-            raise
+            deps.refuse(user, ACTION_REJECT, decided.reason, task_id=wanted)
+            return str(decided)
     announce_waiting(deps, wanted)
     return rejected_by_you(wanted)

@@ -180,11 +180,13 @@ def test_reject_from_the_terminal(
 @sqlite_only
 def test_reset_at_with_approval_waits_for_both_and_approved_it_is_scheduled(
     run: RunCli, sessions: sessionmaker[Session], redis_conn: Redis, cli_settings: Settings,
-    sample_users: Any,
+    sample_users: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     start_at = (utcnow() + timedelta(hours=3)).replace(second=0, microsecond=0)
-    result = run("reset", "--scope", "all_without_role", "--yes",
-                 "--at", start_at.isoformat(timespec="minutes"), **APPROVAL)
+    with monkeypatch.context() as another_operator:  # who asks never approves
+        another_operator.setenv("LOGNAME", "asker")
+        result = run("reset", "--scope", "all_without_role", "--yes",
+                     "--at", start_at.isoformat(timespec="minutes"), **APPROVAL)
 
     assert result.code == EXIT_OK, result.err
     assert "Task #1 awaits approval by another admin" in result.out
@@ -199,3 +201,148 @@ def test_reset_at_with_approval_waits_for_both_and_approved_it_is_scheduled(
     assert f"Task #1 approved by {SECOND}: scheduled, starts " in approved.out
     assert tasks(sessions)[0].status == TaskStatus.SCHEDULED
     assert plan_jobs(cli_settings, redis_conn) == []  # the reaper starts it at its time
+
+
+# ---- the terminal says who acted, and applies Slack's rules ---------------------------------
+
+
+def audit_of(sessions: sessionmaker[Session], action: str) -> list[AuditEntry]:
+    with sessions() as session:
+        return list(session.scalars(
+            select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id)))
+
+
+@sqlite_only
+def test_approve_and_reject_as_are_audited_as_the_operator_acting_as_that_admin(
+    run: RunCli, sessions: sessionmaker[Session], cli_settings: Settings, directory: Directory,
+    sample_users: Any,
+) -> None:
+    from bot.terminal import requester
+
+    approved_id = slack_task(sessions, cli_settings, directory, ADMIN)
+    rejected_id = slack_task(sessions, cli_settings, directory, ADMIN)
+
+    assert run("tasks", "approve", str(approved_id), "--as", SECOND, **APPROVAL).code == EXIT_OK
+    assert run("tasks", "reject", str(rejected_id), "--as", SECOND, **APPROVAL).code == EXIT_OK
+    again = run("tasks", "approve", str(approved_id), "--as", SECOND, **APPROVAL)
+
+    operator = f"{requester()} as {SECOND}"
+    assert [(e.actor, e.task_id) for e in audit_of(sessions, "approve")] == [
+        (operator, approved_id)]
+    assert [(e.actor, e.task_id) for e in audit_of(sessions, "reject")] == [
+        (operator, rejected_id)]
+    # Who the parent message names stays the Slack user the operator acted for.
+    ended = {task.id: task for task in tasks(sessions)}
+    assert ended[approved_id].approved_by == ended[rejected_id].rejected_by == SECOND
+    # A refused second approval is audited too, as who typed it.
+    assert again.code == EXIT_REFUSED and "already approved" in again.err
+    assert [(r.actor, r.detail["reason"]) for r in refusals(sessions)] == [
+        (operator, "already approved")]
+
+
+@sqlite_only
+def test_the_operator_who_asked_cannot_approve_it_as_another_admin(
+    run: RunCli, sessions: sessionmaker[Session], redis_conn: Redis, cli_settings: Settings,
+    sample_users: Any,
+) -> None:
+    from bot.terminal import requester
+
+    asked = run("reset", "--scope", "all_without_role", "--yes", **APPROVAL)
+    assert "awaits approval" in asked.out, asked.err
+
+    approved = run("tasks", "approve", "1", "--as", SECOND, **APPROVAL)
+
+    assert approved.code == EXIT_REFUSED
+    assert "another admin must approve it" in approved.err
+    assert tasks(sessions)[0].status == TaskStatus.AWAITING_APPROVAL
+    assert plan_jobs(cli_settings, redis_conn) == []
+    assert [(r.actor, r.detail["reason"]) for r in refusals(sessions)] == [
+        (f"{requester()} as {SECOND}", "own task")]
+
+
+def held_task(sessions: sessionmaker[Session], settings: Settings, directory: Directory,
+              redis: Redis, engine: Engine, requester: str) -> int:
+    """A scheduled task asked for by `requester`, held at its start: its count changed."""
+    from dataclasses import replace
+
+    from jobs.reaper import reap
+
+    start_at = utcnow() + timedelta(minutes=5)
+    with sessions() as session:
+        request = ResetRequest(requester=requester, scope=Scope.ALL_WITHOUT_ROLE,
+                               start_at=start_at)
+        preview = replace(directory.preview(request.scope, ()), users=10)  # 5 now
+        task = create_task(session, settings, request, preview)
+        assert gate_new_task(session, settings, task) is TaskStatus.SCHEDULED
+        session.commit()
+        task_id = task.id
+    context = build_context(settings, redis, engine)
+    try:
+        assert reap(context, now=start_at).schedules_held >= 1
+    finally:
+        context.close()
+    return task_id
+
+
+#: Admins, SECOND the only approver; no minimum, so a held task starts with its new count.
+STARTERS = {"RESET_ADMINS": f"{ADMIN},{SECOND},UOTHER", "RESET_APPROVERS": SECOND}
+
+
+@sqlite_only
+def test_tasks_start_is_for_the_requester_or_an_approver_as_the_start_now_button(
+    run: RunCli, sessions: sessionmaker[Session], redis_conn: Redis, cli_settings: Settings,
+    directory: Directory, engine: Engine, sample_users: Any,
+) -> None:
+    from bot.terminal import requester
+
+    theirs = held_task(sessions, cli_settings, directory, redis_conn, engine, ADMIN)
+    mine = held_task(sessions, cli_settings, directory, redis_conn, engine, requester())
+
+    without_as = run("tasks", "start", str(theirs), **STARTERS)
+    not_approver = run("tasks", "start", str(theirs), "--as", "UOTHER", **STARTERS)
+    assert without_as.code == not_approver.code == EXIT_REFUSED
+    assert "--as" in without_as.err
+    assert "UOTHER may not start resets (not an approver)" in not_approver.err
+    assert [(r.actor, r.task_id, r.detail["step"], r.detail["reason"])
+            for r in refusals(sessions)] == [
+        (requester(), theirs, "start", "no --as"),
+        (f"{requester()} as UOTHER", theirs, "start", "not an approver")]
+    assert {t.id: t.status for t in tasks(sessions)}[theirs] == TaskStatus.SCHEDULED
+
+    by_approver = run("tasks", "start", str(theirs), "--as", SECOND, **STARTERS)
+    by_requester = run("tasks", "start", str(mine), **STARTERS)
+    assert by_approver.code == by_requester.code == EXIT_OK, by_approver.err + by_requester.err
+    assert f"Task #{theirs} starts now" in by_approver.out
+    assert [(e.actor, e.task_id) for e in audit_of(sessions, "reconfirm")] == [
+        (f"{requester()} as {SECOND}", theirs), (requester(), mine)]
+    assert {t.status for t in tasks(sessions)} == {TaskStatus.QUEUED}
+    again = run("tasks", "start", str(mine), **STARTERS)
+    assert again.code == EXIT_REFUSED and "not waiting for a new confirmation" in again.err
+    assert [(r.actor, r.detail["reason"]) for r in refusals(sessions)][-1] == (
+        requester(), "not held")
+
+
+@sqlite_only
+def test_a_retry_from_the_terminal_over_the_minimum_awaits_approval(
+    run: RunCli, sessions: sessionmaker[Session], redis_conn: Redis, cli_settings: Settings,
+    sample_users: Any,
+) -> None:
+    from core.models import ItemState, ResetItem
+
+    with sessions.begin() as session:
+        original = ResetTask(requester=ADMIN, scope="all", selection=[], mode="generated",
+                             status=TaskStatus.COMPLETED_WITH_ERRORS)
+        session.add(original)
+        session.flush()
+        for user_id in (1, 2, 3, 5, 7):
+            session.add(ResetItem(task_id=original.id, user_id=user_id, chunk=0,
+                                  username=f"user{user_id}", email=f"u{user_id}@example.org",
+                                  state=ItemState.NOTIFY_FAILED, attempts=4))
+
+    result = run("tasks", "retry", "1", "--detach", **APPROVAL)
+
+    assert result.code == EXIT_OK, result.err
+    assert "Task #2 awaits approval by another admin" in result.out
+    retry = tasks(sessions)[-1]
+    assert (retry.retry_of, retry.status) == (1, TaskStatus.AWAITING_APPROVAL)
+    assert plan_jobs(cli_settings, redis_conn) == []

@@ -25,8 +25,19 @@ from core.directory.ldap.active_directory import (
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.connection import connect
 from core.directory.ldap.directory import LdapDirectory
-from core.directory.ldap.server import INSUFFICIENT_ACCESS, POLICY_REFUSALS, attributes_of
-from core.directory.protocol import Counts, Directory, PasswordSet, SetResult
+from core.directory.ldap.server import (
+    INSUFFICIENT_ACCESS,
+    POLICY_REFUSALS,
+    Refusal,
+    attributes_of,
+)
+from core.directory.protocol import (
+    Counts,
+    Directory,
+    DirectoryUnavailable,
+    PasswordSet,
+    SetResult,
+)
 from core.errors import ConfigError
 from core.models import Scope
 from tests.support.samba_ad import (
@@ -490,3 +501,40 @@ def test_the_directorys_rules_are_the_domains(directory: LdapDirectory) -> None:
     assert (rules.min_length, rules.complexity) == (7, True)
     assert rules.violations("abc defg1") != []  # a space is of no kind: Samba refuses it too
     assert rules.violations(NEW_PASSWORD) == []
+
+
+class _StopsTheServerBeforeTheSecondSet(ActiveDirectoryRules):
+    """The real rules, with the real server stopped just before the second user's password."""
+
+    def __init__(self, rules: ActiveDirectoryRules, domain: SambaDomain) -> None:
+        super().__init__(rules.profile)
+        self.domain = domain
+        self.sets = 0
+
+    def set_password(self, connection: Connection, dn: str, password: str) -> Refusal | None:
+        self.sets += 1
+        if self.sets == 2:
+            self.domain.stop()
+        return super().set_password(connection, dn, password)
+
+
+def test_the_server_stopped_mid_batch_leaves_nobody_with_an_unknown_password(
+    domain: SambaDomain, directory: LdapDirectory, rules: ActiveDirectoryRules
+) -> None:
+    patrons = [user for user in directory.scope_users(Scope.ALL_WITHOUT_ROLE, ())
+               if user.username in ("ann", "ben", "cy")]
+    directory.rules = _StopsTheServerBeforeTheSecondSet(rules, domain)
+
+    with pytest.raises(DirectoryUnavailable) as stopped:
+        directory.set_passwords([PasswordSet(user.id, NEW_PASSWORD, True) for user in patrons])
+
+    assert NEW_PASSWORD not in str(stopped.value)
+    done = {outcome.user_id: outcome.result for outcome in stopped.value.done}
+    assert done == {patrons[0].id: SetResult.SET}
+    domain.start()  # the same domain, with what it had written
+    for user in patrons:
+        seeded = seed_user(user.username)
+        if user.id in done:
+            assert domain.sign_in(seeded.dn, NEW_PASSWORD) == "773", user.username
+        else:
+            assert domain.sign_in(seeded.dn, seeded.password) == "ok", user.username

@@ -26,7 +26,10 @@ def task(scope: Scope = Scope.ALL_WITHOUT_ROLE, users: int | None = 10) -> Reset
     (100, False, Scope.ALL_WITHOUT_ROLE, 100, True),
     (100, False, Scope.ALL_WITHOUT_ROLE, None, True),  # never counted: it waits
     (None, True, Scope.ALL, 1, True),
-    (None, True, Scope.ALL_WITHOUT_ROLE, 10_000, False),
+    # RESET_APPROVAL_SCOPE_ALL: every whole-directory scope, whatever its size.
+    (None, True, Scope.ALL_WITHOUT_ROLE, 1, True),
+    (None, True, Scope.ALL_EXCEPT_SELECTED, 1, True),
+    (None, True, Scope.SELECTED_ONLY, 10_000, False),
     (None, False, Scope.ALL, None, False),
 ])
 def test_who_needs_approval(minimum: int | None, scope_all: bool, scope: Scope,
@@ -34,6 +37,24 @@ def test_who_needs_approval(minimum: int | None, scope_all: bool, scope: Scope,
     settings = replace(Settings(), reset_approval_min_users=minimum,
                        reset_approval_scope_all=scope_all)
     assert needs_approval(settings, task(scope, users)) is waits
+
+
+@pytest.mark.parametrize(("approved", "users", "needed"), [
+    (None, 100, True),  # never approved
+    (100, 110, False),  # approved, and within a tenth more
+    (100, 90, False),  # fewer than approved
+    (100, 111, True),  # more than a tenth more than approved
+    (100, 99, False),  # under the minimum: no approval needed, whatever happened before
+])
+def test_an_approval_covers_its_count_and_a_tenth_more(
+    approved: int | None, users: int, needed: bool
+) -> None:
+    from core.tasks import approval_needed
+
+    settings = replace(Settings(), reset_approval_min_users=100)
+    judged = task(users=approved if approved is not None else 100)
+    judged.approved_by = None if approved is None else "U2"
+    assert approval_needed(settings, judged, users) is needed
 
 
 def test_the_approval_settings_read_from_the_environment() -> None:

@@ -294,7 +294,12 @@ def test_two_approvers_at_once_approve_it_once(
     assert sum("already approved" in text for text in said) == 1, said
     assert sum(text.startswith(f"You approved reset #{task.id}") for text in said) == 1, said
     assert len(plan_jobs(approval_app)) == 1
-    assert len(audit_of(approval_app, "approve")) == 1
+    [approved] = audit_of(approval_app, "approve")
+    # The loser's refusal is in the audit trail too, with its reason.
+    [refused] = audit_of(approval_app, "refused")
+    assert {approved.actor, refused.actor} == {SECOND, THIRD}
+    assert (refused.task_id, refused.detail) == (
+        task.id, {"step": "approve_task", "reason": "already approved"})
 
 
 @sqlite_only
@@ -439,12 +444,20 @@ def test_a_grown_scope_is_shown_to_the_approver_who_approves_again(
 
 
 @sqlite_only
-def test_scope_all_may_need_approval_whatever_its_size(make_app: AppFactory) -> None:
+def test_every_whole_directory_scope_may_need_approval_whatever_its_size(
+    make_app: AppFactory,
+) -> None:
     approval_app = make_app(reset_approval_min_users=None, reset_approval_scope_all=True)
-    confirm_reset(approval_app, form_state("all"))
-    assert the_task(approval_app).status == TaskStatus.AWAITING_APPROVAL
-    confirm_reset(approval_app, form_state("all_without_role"))
+    # `all`, everyone but a few picked (6 of 7) and every patron: each is the whole directory.
+    for values in (form_state("all"), form_state("all_except_selected", (1,)),
+                   form_state("all_without_role")):
+        confirm_reset(approval_app, values)
+        waiting = the_task(approval_app)
+        assert waiting.status == TaskStatus.AWAITING_APPROVAL, waiting.scope
+    confirm_reset(approval_app, form_state("selected_only", (1, 2, 3, 4, 5)))
     assert the_task(approval_app).status == TaskStatus.QUEUED
+    assert [e.detail["scope"] for e in audit_of(approval_app, "approval_request")] == [
+        "all", "all_except_selected", "all_without_role"]
 
 
 @sqlite_only
@@ -581,3 +594,163 @@ def test_a_scheduled_reset_not_approved_before_its_start_expires_with_its_passwo
     approval_app.slack.click("approve_task", str(task.id), user=SECOND)
     assert "has expired" in ephemeral_for(slack_standin, SECOND)
     assert the_task(approval_app).status == TaskStatus.EXPIRED
+
+
+# ---- the rule judged again: at a scheduled start, Start now, Retry ------------------------------
+
+
+def add_patrons(app: RunningApp, ids: range) -> None:
+    with app.sessions.begin() as session:
+        session.execute(insert(app.directory.table), [
+            {"id": i, "username": f"new{i}", "full_name": f"New {i}",
+             "email": f"new{i}@example.org", "role": None, "password_hash": "old-hash",
+             "must_change_password": False} for i in ids])
+
+
+@sqlite_only
+def test_a_scheduled_reset_that_grew_past_its_approval_is_approved_again_not_started_alone(
+    approval_app: RunningApp, slack_standin: SlackStandIn, smtp_server: SmtpServer
+) -> None:
+    """The review's reproduction: ADMIN schedules every patron (5), SECOND approves, 100 patrons
+    are added; at the start ADMIN alone must not be able to reset 105 users."""
+    start_at = (utcnow() + timedelta(minutes=30)).replace(microsecond=0)
+    confirm_reset(approval_app, with_start(form_state("all_without_role"), start_at))
+    task = the_task(approval_app)
+    approval_app.slack.click("approve_task", str(task.id), user=SECOND)
+    assert "it is now scheduled" in ephemeral_for(slack_standin, SECOND)
+    add_patrons(approval_app, range(100, 200))
+    before = user_rows(approval_app.sessions, approval_app.directory)
+
+    context = worker_context(approval_app)
+    try:
+        reap(context, now=start_at + timedelta(seconds=1))
+        work(context)  # the thread is told
+        # The requester alone: Start now (a stale button) and Approve change nothing.
+        approval_app.slack.click("confirm_scheduled", str(task.id), user=ADMIN)
+        approval_app.slack.click("approve_task", str(task.id), user=ADMIN)
+        work(context)
+        again = the_task(approval_app)
+        assert again.status == TaskStatus.AWAITING_APPROVAL, again.status
+        assert plan_jobs(approval_app) == []
+        assert user_rows(approval_app.sessions, approval_app.directory) == before
+        assert "awaiting approval" in ephemeral_for(slack_standin, ADMIN)
+        assert "another admin must approve it" in ephemeral_for(slack_standin, ADMIN, 2)
+        assert again.approved_by is None
+        assert again.preview is not None and again.preview["users"] == 105
+        assert again.approval_expires_at is not None and again.approval_expires_at > utcnow()
+        # The thread: Approve and Reject again, with the new counts, and why.
+        waiting = parent(slack_standin)
+        assert action_ids(waiting) == ["approve_task", "reject_task"]
+        assert "*Users to reset* 105" in message_text(waiting)
+        assert "if approved before then" not in message_text(waiting)
+        assert "approved, it starts at once" in message_text(waiting)
+        replies = [m.text for m in slack_standin.thread(CHANNEL, waiting.ts)]
+        assert any("105 users" in text and "approv" in text for text in replies), replies
+        assert not any("Scheduled reset" in text and "started" in text for text in replies)
+
+        # Another admin approves the new count: it starts now and resets all 105.
+        approval_app.slack.click("approve_task", str(task.id), user=THIRD)
+        assert f"You approved reset #{task.id}" in ephemeral_for(slack_standin, THIRD)
+        # Its time has come (the reaper's clock is injected here: the real one is behind).
+        assert reap(context, now=start_at + timedelta(seconds=2)).schedules_started == 1
+        final = run_until_final(context, task.id)
+    finally:
+        context.close()
+    assert final.status in (TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS)
+    assert final.total == 105
+    assert [(e.actor, e.detail["users"]) for e in audit_of(approval_app, "approve")] == [
+        (SECOND, 5), (THIRD, 105)]
+    assert [e.actor for e in audit_of(approval_app, "approval_request")] == [ADMIN, "resetbot"]
+    assert audit_of(approval_app, "reconfirm") == []
+
+
+def finished_task_with_failed_mails(app: RunningApp, user_ids: tuple[int, ...]) -> int:
+    """A Slack task that ended with the mails to `user_ids` failed for good."""
+    from core.models import ItemState, ResetItem
+
+    with app.sessions.begin() as session:
+        task = ResetTask(requester=ADMIN, scope="all", selection=[], mode="generated",
+                         status=TaskStatus.COMPLETED_WITH_ERRORS, slack_channel=CHANNEL)
+        session.add(task)
+        session.flush()
+        for user_id in user_ids:
+            session.add(ResetItem(task_id=task.id, user_id=user_id, chunk=0,
+                                  username=f"user{user_id}", email=f"u{user_id}@example.org",
+                                  state=ItemState.NOTIFY_FAILED, attempts=4))
+        return task.id
+
+
+@sqlite_only
+def test_a_retry_over_the_minimum_waits_for_another_admins_approval(
+    approval_app: RunningApp, slack_standin: SlackStandIn
+) -> None:
+    original = finished_task_with_failed_mails(approval_app, (1, 2, 3, 7))  # MIN_USERS: 4
+
+    approval_app.slack.click("retry_failed", str(original), user=ADMIN)
+
+    said = ephemeral_for(slack_standin, ADMIN)
+    retry = the_task(approval_app)
+    assert retry.retry_of == original and retry.selection == [1, 2, 3, 7]
+    assert retry.status == TaskStatus.AWAITING_APPROVAL, said
+    assert "another admin" in said and f"#{retry.id}" in said
+    assert retry.preview == {"users": 4, "emailable": 4, "without_email": 0, "staff": 0}
+    assert plan_jobs(approval_app) == []
+    deliver(approval_app)
+    request = [m for m in slack_standin.top_level(CHANNEL) if "approve_task" in str(m.blocks)]
+    assert len(request) == 1
+    approval_app.slack.click("approve_task", str(retry.id), user=ADMIN)
+    assert "another admin must approve it" in ephemeral_for(slack_standin, ADMIN, 2)
+    approval_app.slack.click("approve_task", str(retry.id), user=SECOND)
+    assert f"You approved reset #{retry.id}" in ephemeral_for(slack_standin, SECOND)
+    assert the_task(approval_app).status == TaskStatus.QUEUED
+    assert len(plan_jobs(approval_app)) == 1
+
+
+@sqlite_only
+def test_a_small_retry_starts_at_once_as_before(
+    approval_app: RunningApp, slack_standin: SlackStandIn
+) -> None:
+    original = finished_task_with_failed_mails(approval_app, (1, 2))
+    approval_app.slack.click("retry_failed", str(original), user=ADMIN)
+    assert "Started reset #" in ephemeral_for(slack_standin, ADMIN)
+    assert the_task(approval_app).status == TaskStatus.QUEUED
+    assert len(plan_jobs(approval_app)) == 1
+
+
+def test_a_worker_never_starts_a_queued_task_the_approval_rule_holds_back(
+    settings: Settings, sessions: sessionmaker[Session], directory: Directory,
+    redis_conn: Redis, engine: Any, sample_users: list[Any],
+) -> None:
+    """The last line: an edge that queued a task without judging the rule (or a task queued
+    before the rule was set) does not get it started by a worker."""
+    from core.models import Scope
+    from core.tasks import ResetRequest, create_task
+    from jobs.queueing import enqueue_task
+    from tests.support.engine import build_context
+
+    strict = replace(settings, reset_approval_min_users=MIN_USERS)
+    before = user_rows(sessions, directory)
+    context = build_context(strict, redis_conn, engine)
+    try:
+        with sessions() as session:  # no gate_new_task: queued as it was made
+            task = create_task(session, strict, ResetRequest(requester=ADMIN, scope=Scope.ALL),
+                               directory.preview(Scope.ALL, ()))
+            session.commit()
+            task_id = task.id
+        enqueue_task(context.queue, task_id)
+        work(context)
+    finally:
+        context.close()
+
+    with sessions() as session:
+        held = session.get(ResetTask, task_id)
+        assert held is not None
+        assert held.status == TaskStatus.AWAITING_APPROVAL and held.started_at is None
+        assert held.preview is not None and held.preview["users"] == 7
+    assert user_rows(sessions, directory) == before
+    with sessions() as session:
+        asked = session.scalars(select(AuditEntry).where(
+            AuditEntry.action == "approval_request")).all()
+        started = session.scalars(select(AuditEntry).where(AuditEntry.action == "start")).all()
+    assert [(e.actor, e.task_id) for e in asked] == [("resetbot", task_id)]
+    assert started == []

@@ -251,7 +251,7 @@ def test_a_count_changed_by_more_than_ten_percent_holds_the_task_until_confirmed
     assert [e.action for e in audit_actions(sessions, task_id)][-1] == "schedule_held"
 
     with sessions() as session:
-        confirm_held_start(session, task_id, "cli:approver")
+        confirm_held_start(session, context.settings, directory, task_id, "cli:approver")
         session.commit()
     reap(context)  # the queued task is woken (as if its enqueue had been lost)
     final = run_until_final(context, task_id)
@@ -274,6 +274,83 @@ def test_fewer_users_hold_too_and_an_unchanged_count_starts(
     assert (report.schedules_started, report.schedules_held) == (1, 1)
     assert task_row(sessions, fewer).start_held_at is not None
     assert task_row(sessions, same).status == TaskStatus.QUEUED
+    context.close()
+
+
+def test_a_count_that_crosses_the_approval_minimum_at_its_start_waits_for_approval(
+    settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
+    directory: Directory, sample_users: list[Any],
+) -> None:
+    from core import approval
+
+    add_patrons(engine, directory, range(100, 120))  # 25 patrons
+    reporter = RecordingReporter()
+    strict = replace(settings, reset_approval_min_users=26)
+    context = build_context(strict, redis_conn, engine, reporter)
+    start_at = utcnow() + timedelta(minutes=1)
+    task_id = schedule(context, start_at)
+    assert task_row(sessions, task_id).status == TaskStatus.SCHEDULED  # 25: no approval
+    add_patrons(engine, directory, range(120, 122))  # 27: 8 % more, not held, but over 26
+
+    report = reap(context, now=start_at + timedelta(seconds=5))
+    work(context)
+
+    assert (report.schedules_started, report.schedules_held) == (0, 1)
+    waiting = task_row(sessions, task_id)
+    assert waiting.status == TaskStatus.AWAITING_APPROVAL
+    assert waiting.preview is not None and waiting.preview["users"] == 27
+    assert waiting.recheck_users == 27 and waiting.approved_by is None
+    assert waiting.approval_expires_at is not None
+    assert waiting.approval_expires_at > start_at + timedelta(hours=1)  # RESET_APPROVAL_TTL
+    assert waiting.default_password_sealed  # kept for the approved start
+    assert patrons_reset(sessions, directory, context.hasher, DEFAULT_PASSWORD) == []
+    assert reporter.named("schedule_reached") == [(task_id, 5)]
+    held = [e for e in audit_actions(sessions, task_id) if e.action == "schedule_held"]
+    assert [e.detail["needs_approval"] for e in held] == [True]
+    asked = [e for e in audit_actions(sessions, task_id) if e.action == "approval_request"]
+    assert [(e.actor, e.detail["users"]) for e in asked] == [("resetbot", 27)]
+    # Later passes leave it; the requester cannot approve it; another admin can.
+    assert reap(context, now=start_at + timedelta(minutes=5)).schedules_started == 0
+    with sessions() as session, pytest.raises(approval.SelfApproval):
+        approval.approve(session, directory, task_id, "cli:tester")
+    with sessions() as session:
+        outcome = approval.approve(session, directory, task_id, "UAPPROVER")
+        session.commit()
+    assert isinstance(outcome, approval.Approved)
+    # Approved, it starts at its time (come already; this test's clock is injected).
+    assert reap(context, now=start_at + timedelta(minutes=6)).schedules_started == 1
+    final = run_until_final(context, task_id)
+    assert final.status is TaskStatus.COMPLETED and final.total == 27
+    context.close()
+
+
+def test_start_now_of_a_held_task_that_the_approval_rule_covers_asks_for_approval(
+    settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
+    directory: Directory, sample_users: list[Any],
+) -> None:
+    """Held while no approval was needed (the minimum was set since): Start now judges the
+    rule again and asks another admin, with the counts taken at the click."""
+    from core.tasks import confirm_held_start
+
+    context = build_context(settings, redis_conn, engine)
+    start_at = utcnow() + timedelta(minutes=1)
+    task_id = schedule(context, start_at)  # 5 patrons
+    add_patrons(engine, directory, range(100, 102))  # 7: held
+    assert reap(context, now=start_at).schedules_held == 1
+    strict = replace(settings, reset_approval_min_users=6)
+
+    with sessions() as session:
+        task = confirm_held_start(session, strict, directory, task_id, "cli:tester")
+        session.commit()
+        assert task.status == TaskStatus.AWAITING_APPROVAL
+
+    waiting = task_row(sessions, task_id)
+    assert waiting.status == TaskStatus.AWAITING_APPROVAL and waiting.start_held_at is None
+    assert waiting.preview == {"users": 7, "emailable": 5, "without_email": 2, "staff": 0,
+                               "recounted": True}
+    assert jobs_of(context, task_id) == []
+    actions = [e.action for e in audit_actions(sessions, task_id)]
+    assert actions[-1] == "approval_request" and "reconfirm" not in actions
     context.close()
 
 

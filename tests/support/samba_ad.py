@@ -6,10 +6,12 @@ accounts without disturbing the next one.
 
 Measured on the 2-core machine (Samba 4.17.12, Debian 12), quiet / loaded by other work
 (load average 6):
-- the template: `samba-tool domain provision` 3.4 s / 9 s; seeding through LDAP and the
-  offline `samba-tool` steps (ACL, fine-grained policy) about 1.5 s / 3-5 s more;
-- a copy (33 MB) and its certificate about 0.05 s; `samba -i -M single` from a copy to LDAPS
-  accepting 0.30 s / 0.2-1.2 s (median 0.8 s). The module's 16 tests take about 35 s loaded.
+- the template: `samba-tool domain provision` 3.4 s / 8.6-9 s; with the seeding through LDAP
+  and the offline `samba-tool` steps (ACL, fine-grained policy) 9.1-14.6 s in all, loaded;
+- a copy (33 MB) and its certificate about 0.03 s; `samba -i -M single` from a copy to LDAPS
+  accepting 0.30 s / 0.2-1.2 s (medians 0.43 and 0.8 s over 5 starts at load 4.6 and 6).
+  tests/core/test_active_directory_samba.py (21 tests) takes about 34 s at load 4.6 in one
+  process, 20 s with two xdist workers.
   The first start of a domain without a certificate would spend 5-6 s making Samba's own
   4096-bit RSA key: the template gets its own small CA and each copy a P-256 certificate for
   its address instead (a few milliseconds), which also gives TLS a name that matches the URL.
@@ -489,19 +491,18 @@ class DomainTemplate:
         """A running copy of the template on `address` (default: this worker's), then gone."""
         address = address or free_worker_address()
         folder = Path(tempfile.mkdtemp(prefix=f"resetbot-samba-copy-{os.getpid()}-"))
-        process: subprocess.Popen[bytes] | None = None
+        running: SambaDomain | None = None
         try:
             shutil.copytree(self.folder, folder, symlinks=True, dirs_exist_ok=True,
                             ignore=_sockets)
             (folder / "etc" / "smb.conf").write_text(_smb_conf(folder, address))
             _issue_server_certificate(folder / "tls", address)
-            started = time.perf_counter()
-            process = _start_samba(folder, address)
-            yield SambaDomain(folder=folder, address=address,
-                              start_seconds=time.perf_counter() - started)
+            running = SambaDomain(folder=folder, address=address)
+            running.start()
+            yield running
         finally:
-            if process is not None:
-                _stop_samba(process)
+            if running is not None:
+                running.stop()
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -554,13 +555,26 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@dataclass(frozen=True)
+@dataclass
 class SambaDomain:
     """One running domain: where it is, how to reach it, and its own sign-in as the proof."""
 
     folder: Path
     address: str
-    start_seconds: float
+    start_seconds: float = 0.0
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        """Start (or start again, with what it had written) the domain's server."""
+        started = time.perf_counter()
+        self._process = _start_samba(self.folder, self.address)
+        self.start_seconds = time.perf_counter() - started
+
+    def stop(self) -> None:
+        """Stop the server (a fault for a test to cause); `start` brings it back."""
+        if self._process is not None:
+            _stop_samba(self._process)
+            self._process = None
 
     @property
     def ca_file(self) -> Path:
