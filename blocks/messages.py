@@ -60,6 +60,7 @@ SUMMARY_ORDER = (
     ItemState.HANDED_OUT,
     ItemState.SKIPPED,
     ItemState.NOTIFY_FAILED,
+    ItemState.REFUSED,
     ItemState.CANCELLED,
 )
 QUARTER_WORDS = {1: "A quarter done", 2: "Halfway", 3: "Three quarters done"}
@@ -574,6 +575,12 @@ def _summary_notes(task: TaskSnapshot, follow_up_where: str | None) -> list[str]
             f":e-mail: {plural(failed, 'mail')} never got through. *Retry failed "
             "notifications* above sends those users a fresh password."
         )
+    refused = task.counts.get(ItemState.REFUSED, 0)
+    if refused:
+        notes.append(
+            f":no_entry: The directory refused the new password of {plural(refused, 'user')} "
+            "(its reason is in the list): their password did not change and nobody was mailed."
+        )
     told_by_hand = task.counts.get(ItemState.RESET, 0)
     if task.mode == Mode.DEFAULT and told_by_hand:
         notes.append(
@@ -620,6 +627,9 @@ def follow_up_reason(row: FollowUp) -> str:
         return ("No e-mail address on file: tell them what you typed for them; they must "
                 "change it at next sign-in")
     detail = one_line(row.last_error or "")
+    if row.outcome is ItemState.REFUSED:
+        return truncate(f"Refused by the directory: {detail}" if detail
+                        else "Refused by the directory", 300)
     return truncate(f"Mail failed: {detail}" if detail else "Mail failed", 300)
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from core.controls import blank_unsafe
 from core.directory import DirectoryUser
+from core.directory.protocol import User
 from core.models import ItemState, Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot, pace_words
 
@@ -65,6 +66,7 @@ OUTCOME_LABELS: dict[ItemState, str] = {
     ItemState.CANCELLED: "cancelled",
     ItemState.SKIPPED: "not reset (no e-mail)",
     ItemState.HANDED_OUT: "your password (no e-mail)",
+    ItemState.REFUSED: "refused by the directory",
 }
 #: The reset form's choices for users without an e-mail address, and what each one means.
 NO_EMAIL_LABELS: dict[NoEmailChoice, str] = {
@@ -237,7 +239,7 @@ def starts_once_approved(start_at: datetime) -> str:
 SEARCH_UNAVAILABLE_OPTION = "Search is not available, try again in a moment"
 
 
-def user_option_label(user: DirectoryUser) -> str:
+def user_option_label(user: User | DirectoryUser) -> str:
     """"Full Name (username)", staff marked, within Slack's 75 characters for an option."""
     username = truncate(one_line(user.username), 40)
     suffix = f" ({username})" + (STAFF_MARK if user.is_staff else "")

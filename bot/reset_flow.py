@@ -31,7 +31,9 @@ from bot.terminal import (
     shown,
 )
 from core import audit
-from core.directory import Directory, Preview
+from core.directory import Preview
+from core.directory.factory import open_directory
+from core.directory.protocol import Directory
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.passwords import normalised
 from core.progress import TaskSnapshot, snapshot
@@ -80,7 +82,7 @@ def run_reset(
     choices: ResetChoices,
 ) -> int:
     """Preview, confirm, queue and follow one reset; Redis is only opened once confirmed."""
-    directory = Directory.from_settings(settings)
+    directory = open_directory(settings)
     try:
         return _run_reset(cli, settings, sessions, open_redis, choices, directory)
     finally:
@@ -154,7 +156,7 @@ def _run_reset(
 
 def resolve_usernames(
     directory: Directory, usernames: Sequence[str]
-) -> tuple[tuple[int, ...], list[str]]:
+) -> tuple[tuple[str, ...], list[str]]:
     """The users' ids, and a note for each name matched only when case is ignored.
 
     A name is matched exactly first; otherwise ignoring case, when exactly one username in the

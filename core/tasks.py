@@ -15,7 +15,10 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from core import audit
-from core.directory import Directory, Preview
+from core.directory import Preview
+from core.directory.ids import user_ids
+from core.directory.protocol import Directory
+from core.directory.sql import SqlDirectory
 from core.errors import ConflictError, InputError
 from core.models import (
     FOLLOW_UP_STATES,
@@ -44,7 +47,8 @@ class ResetRequest:
 
     requester: str
     scope: Scope
-    selection: tuple[int, ...] = ()
+    #: The picked users' directory ids (text).
+    selection: tuple[str, ...] = ()
     default_password: str | None = field(default=None, repr=False)
     require_change: bool = True
     requester_name: str = ""
@@ -93,9 +97,7 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
             )
     if request.default_password:
         # The bcrypt length limit follows the hash the directory writes (its profile's).
-        reasons = policy_violations(
-            request.default_password, settings.policy, schemes=directory.hasher.schemes
-        )
+        reasons = password_problems(directory, request.default_password, settings)
         if not reasons and settings.policy.forbid_username and "users" not in problems:
             clashes = directory.usernames_in_password(
                 request.default_password, request.scope, request.selection
@@ -132,7 +134,20 @@ def _no_email_problems(
         return []
     if not typed:
         return ["Type the password to give the users without an e-mail address."]
-    return policy_violations(typed, settings.policy, schemes=directory.hasher.schemes)
+    return password_problems(directory, typed, settings)
+
+
+def password_problems(directory: Directory, password: str, settings: Settings) -> list[str]:
+    """Why resetbot's policy, or the directory's own rules, would refuse this password.
+
+    A SQL table's hash sets a length limit (bcrypt's 72 bytes); an LDAP server hashes for
+    itself, and its own rules (read from it now) are said in its terms.
+    """
+    schemes = directory.hasher.schemes if isinstance(directory, SqlDirectory) else ()
+    reasons = policy_violations(password, settings.policy, schemes=schemes)
+    if not isinstance(directory, SqlDirectory):
+        reasons += directory.password_rules().violations(password)
+    return reasons
 
 
 class RequestInvalid(InputError):
@@ -266,8 +281,14 @@ def create_task(
 
 
 def preview_counts(preview: Preview | None) -> dict[str, Any] | None:
-    """A preview as the JSON kept with a request and its task."""
-    return None if preview is None else asdict(preview)
+    """A preview as the JSON kept with a request and its task (`locked_on_purpose` only when
+    the directory has such users)."""
+    if preview is None:
+        return None
+    counts = asdict(preview)
+    if not counts.get("locked_on_purpose"):
+        counts.pop("locked_on_purpose", None)
+    return counts
 
 
 def _start_at(request: ResetRequest) -> datetime | None:
@@ -512,7 +533,7 @@ def confirm_held_start(
     held = (ResetTask.status == TaskStatus.SCHEDULED, ResetTask.start_held_at.is_not(None))
     counts = None
     if task.status == TaskStatus.SCHEDULED and task.start_held_at is not None:
-        counts = directory.preview(Scope(task.scope), tuple(task.selection or ()))
+        counts = directory.preview(Scope(task.scope), user_ids(task.selection))
     if counts is not None and approval_needed(settings, task, counts.users):
         if ask_approval_again(session, settings, task_id, counts, actor, utcnow(), *held):
             session.refresh(task)

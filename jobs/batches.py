@@ -58,7 +58,7 @@ class TaskView:
 @dataclass(frozen=True)
 class Claimed:
     id: int
-    user_id: int
+    user_id: str
     chunk: int
     username: str
     full_name: str

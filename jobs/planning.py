@@ -18,7 +18,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from core import audit
-from core.directory import DirectoryUser
+from core.directory.ids import user_ids
+from core.directory.protocol import User
 from core.errors import InputError, QueueUnavailable
 from core.models import ItemState, ResetItem, ResetTask, Scope, StartLock, TaskStatus, utcnow
 from core.tasks import approval_needed, ask_approval_again
@@ -82,7 +83,7 @@ def _hold_for_approval(context: WorkerContext, session: Session, task: ResetTask
     queues a task, so this never fires unless one forgot to (or a task was queued before the
     rule was set); then the task is not started but waits for another admin's approval, with
     the counts taken now."""
-    task_id, scope, selection = task.id, Scope(task.scope), tuple(task.selection or ())
+    task_id, scope, selection = task.id, Scope(task.scope), user_ids(task.selection)
     channel = task.slack_channel
     counts = context.directory.preview(scope, selection)
     session.rollback()
@@ -181,8 +182,8 @@ def _running_overlap(
         .order_by(ResetTask.id)
     ).all()
 
-    def all_staff(user_ids: frozenset[int]) -> bool:
-        return not context.directory.patrons_among(user_ids)
+    def all_staff(ids: frozenset[str]) -> bool:
+        return not context.directory.patrons_among(sorted(ids))
 
     for other_id, scope, selection in running:
         if overlaps(reach, Reach.of(scope, selection or ()), all_staff):
@@ -214,13 +215,14 @@ def _take_plan_lease(context: WorkerContext, session: Session, task_id: int) -> 
 @dataclass
 class _Plan:
     scope: Scope
-    selection: list[int]
-    cursor: int
+    selection: list[str]
+    #: The last user id planned (None: from the start).
+    cursor: str | None
     count: int
 
 
 def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
-    """Stream the scope's users in id order into items, a batch per transaction.
+    """Stream the scope's users in the directory's stable order into items, a batch per transaction.
 
     Chunks are enqueued as soon as they are complete, so workers start while planning goes on;
     an interrupted plan resumes from `plan_cursor` (set with each batch, in the same commit).
@@ -235,7 +237,8 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         # The starter holds the planning lease; anyone else (a reaper's re-plan) must take it.
         if resuming and not _take_plan_lease(context, session, task_id):
             return
-        plan = _Plan(Scope(task.scope), list(task.selection), task.plan_cursor, task.total)
+        plan = _Plan(Scope(task.scope), list(user_ids(task.selection)), task.plan_cursor,
+                     task.total)
     if resuming:
         # Chunks written before an interruption may never have reached the queue.
         for chunk in _chunks_with_pending(context, task_id):
@@ -298,7 +301,8 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         moved = rowcount(
             session.execute(
                 update(ResetTask)
-                .where(ResetTask.id == task_id, ResetTask.plan_cursor == plan.cursor,
+                .where(ResetTask.id == task_id,
+                       ResetTask.plan_cursor.is_not_distinct_from(plan.cursor),
                        ResetTask.total == plan.count, ResetTask.planned.is_(False))
                 .values(
                     plan_cursor=cursor,
@@ -324,7 +328,7 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
 
 
 def _item_rows(
-    task_id: int, first: int, users: list[DirectoryUser], chunk_size: int, now: datetime
+    task_id: int, first: int, users: list[User], chunk_size: int, now: datetime
 ) -> list[dict[str, Any]]:
     """One pending item per user; `first` is how many items the task had before these."""
     return [

@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from core.directory.users import Preview
 from core.errors import ResetbotError
 from core.models import Scope
 
@@ -66,16 +67,9 @@ class User:
         return bool(self.email and self.email.strip())
 
 
-@dataclass(frozen=True)
-class Counts:
-    """What a scope would do, counted before anything changes."""
-
-    users: int
-    emailable: int
-    without_email: int
-    staff: int
-    #: Users locked on purpose among `users` (kept locked by a reset).
-    locked_on_purpose: int = 0
+#: What a scope would do, counted before anything changes (users, emailable, without_email,
+#: staff, locked_on_purpose): one record for every directory.
+Counts = Preview
 
 
 class PickerRow(NamedTuple):

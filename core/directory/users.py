@@ -34,3 +34,6 @@ class Preview:
     emailable: int
     without_email: int
     staff: int
+    #: Users locked on purpose among `users` (kept locked by a reset; left out of
+    #: generated-password tasks).
+    locked_on_purpose: int = 0

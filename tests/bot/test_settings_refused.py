@@ -130,8 +130,8 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
      "DATABASE_URL is not a database URL (expected sqlite:///FILE, "
      "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB)"),
     ({"DIRECTORY_PROFILE": "no such profile"},
-     "DIRECTORY_PROFILE: 'no such profile' is neither a profile name (resetbot, koha) nor a "
-     ".toml file's path"),
+     "DIRECTORY_PROFILE: 'no such profile' is neither a profile name (resetbot, koha, "
+     "openldap, active-directory) nor a .toml file's path"),
 ], ids=lambda value: "-".join(value) if isinstance(value, dict) else None)
 def test_a_bad_setting_stops_the_command_with_one_line(
     tmp_path: Path, env: dict[str, str], line: str

@@ -27,7 +27,7 @@ import threading
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ldap3 import BASE, SUBTREE, Connection
 from ldap3.core.exceptions import LDAPException
@@ -69,6 +69,12 @@ IDS_PER_FILTER = 200
 STAFF_ROLE = "staff"
 
 
+class UserSearch(Protocol):
+    """Where the picker's matches come from, when not from the server itself."""
+
+    def search(self, term: str, limit: int) -> list[User]: ...
+
+
 @dataclass(frozen=True)
 class _Entry:
     dn: str
@@ -88,6 +94,8 @@ class LdapDirectory:
         self._connection: Connection | None = None
         self._lock = threading.RLock()
         self._walk: tuple[tuple[Scope, tuple[UserId, ...]], list[User]] | None = None
+        #: The picker's search copy (core/directory/picker.py), when the app keeps one.
+        self.search_source: UserSearch | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LdapDirectory:
@@ -316,8 +324,14 @@ class LdapDirectory:
 
     # -- the picker ----------------------------------------------------------------------------
 
+    def use_search(self, source: UserSearch | None) -> None:
+        """Answer the picker from `source` (the app's search copy) instead of the server."""
+        self.search_source = source
+
     def search(self, term: str, limit: int) -> list[User]:
         """A substring search on the server (the picker normally searches its copy instead)."""
+        if self.search_source is not None:
+            return self.search_source.search(term, limit)
         needle = escape_filter_chars(term.strip()[:100])
         attributes = [*self.profile.username, *self.profile.name_attributes]
         if self.profile.email:
