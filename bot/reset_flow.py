@@ -256,6 +256,10 @@ def describe_preview(request: ResetRequest, preview: Preview) -> str:
         + (f"   ({NO_EMAIL_WORDS[request.no_email_choice]})"
            if request.mode is Mode.GENERATED and preview.without_email else ""),
         f"  Staff included:        {preview.staff:>8,}",
+        *([f"  Locked on purpose:     {preview.locked_on_purpose:>8,}   ("
+           + ("left out: they stay locked and nobody is e-mailed"
+              if request.mode is Mode.GENERATED else "they get the password and stay locked")
+           + ")"] if preview.locked_on_purpose else []),
         f"  Mode: {mode}",
         "  Must change the password at next sign-in: "
         + ("yes" if request.require_change else "no"),

@@ -21,7 +21,16 @@ from core import audit
 from core.directory.ids import user_ids
 from core.directory.protocol import User
 from core.errors import InputError, QueueUnavailable
-from core.models import ItemState, ResetItem, ResetTask, Scope, StartLock, TaskStatus, utcnow
+from core.models import (
+    ItemState,
+    Mode,
+    ResetItem,
+    ResetTask,
+    Scope,
+    StartLock,
+    TaskStatus,
+    utcnow,
+)
 from core.tasks import approval_needed, ask_approval_again
 from jobs.context import WorkerContext
 from jobs.finishing import cancel_unstarted, fail_task, finish_if_done
@@ -219,6 +228,9 @@ class _Plan:
     #: The last user id planned (None: from the start).
     cursor: str | None
     count: int
+    #: Leave out users locked on purpose (a generated-password task: nobody could use the
+    #: password mailed to them, and the library locked them for a reason).
+    skip_locked: bool = False
 
 
 def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
@@ -238,7 +250,7 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         if resuming and not _take_plan_lease(context, session, task_id):
             return
         plan = _Plan(Scope(task.scope), list(user_ids(task.selection)), task.plan_cursor,
-                     task.total)
+                     task.total, skip_locked=task.mode == Mode.GENERATED)
     if resuming:
         # Chunks written before an interruption may never have reached the queue.
         for chunk in _chunks_with_pending(context, task_id):
@@ -296,6 +308,8 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         )
         done = len(users) < PLAN_BATCH
         cursor = users[-1].id if users else plan.cursor
+        if plan.skip_locked:
+            users = [user for user in users if not user.locked_on_purpose]
         count = plan.count + len(users)
         # The cursor guard makes two planners never interleave: the second one changes no row.
         moved = rowcount(
