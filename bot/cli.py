@@ -595,9 +595,11 @@ def require_schema(engine: Engine, settings: Settings) -> None:
 
 def shown_url(url: str) -> str:
     """A database URL with any password hidden, for messages."""
+    from core.db import shown_url as shown
+
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+        return shown(make_url(url))
+    except (ArgumentError, ValueError):
         return "(invalid URL)"
 
 

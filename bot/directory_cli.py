@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 
 from bot.terminal import Output, Refused
 from core.directory import Directory
+from core.directory.capabilities import OptionalFeature, available, optional_features
 from core.directory.factory import open_directory
 from core.directory.protocol import Counts, PasswordRules
 from core.directory.survey import Survey, survey
@@ -28,13 +29,15 @@ class DirectoryReport:
     database: str
     table: str
     survey: Survey
+    #: The optional grants that apply to the profile, each with whether it is there.
+    optional: list[OptionalFeature]
 
     def warning(self) -> str | None:
         """Said when a reset would write another hash format than the table mostly holds."""
         common = self.survey.most_common
         if not self.survey.differs or common is None:
             return None
-        held = self.survey.hash_formats[common]
+        held = (self.survey.hash_formats or {})[common]
         return (
             f"warning: resetbot writes {self.survey.writes} hashes, but most passwords in "
             f"{self.table} are {common} ({held:,} of {self.survey.users:,} users): make sure "
@@ -54,12 +57,14 @@ class DirectoryReport:
             "hash_formats": self.survey.hash_formats,
             "writes": self.survey.writes,
             "warning": self.warning(),
+            "optional": [feature.as_json() for feature in self.optional],
         }
 
     def lines(self) -> list[str]:
         profile = self.profile + (f" ({self.profile_source})" if self.profile_source else "")
         counts = self.survey
-        width = max((len(name) for name in counts.hash_formats), default=0)
+        formats = counts.hash_formats
+        width = max((len(name) for name in formats or {}), default=0)
         lines = [
             "Directory check (read-only: nothing was changed)",
             f"Profile:          {profile}",
@@ -68,13 +73,29 @@ class DirectoryReport:
             f"Users:            {counts.users:,}",
             f"Staff:            {counts.staff:,}",
             f"Without e-mail:   {counts.without_email:,}",
-            "Password hashes:" + ("" if counts.hash_formats else "  none (the table is empty)"),
-            *[f"  {name.ljust(width)}  {number:>9,}"
-              for name, number in counts.hash_formats.items()],
+            "Password hashes:" + (
+                "  not read (an optional grant, below)" if formats is None
+                else "" if formats else "  none (the table is empty)"
+            ),
+            *[f"  {name.ljust(width)}  {number:>9,}" for name, number in (formats or {}).items()],
             f"A reset writes:   {counts.writes}",
         ]
         warning = self.warning()
-        return [*lines, warning] if warning else lines
+        return [*lines, *([warning] if warning else []), *self.optional_lines()]
+
+    def optional_lines(self) -> list[str]:
+        """Each optional grant: there, or missing with the GRANT and what resetbot does
+        without it."""
+        if not self.optional:
+            return []
+        lines = ["Optional grants:"]
+        for feature in self.optional:
+            if feature.available:
+                lines.append(f"  {feature.name}: granted")
+            else:
+                lines.append(f"  {feature.name}: not granted ({feature.grant}); "
+                             f"without it {feature.without}")
+        return lines
 
 
 def directory_report(settings: Settings) -> DirectoryReport:
@@ -83,12 +104,15 @@ def directory_report(settings: Settings) -> DirectoryReport:
     try:
         _require_own_table(directory)
         profile = directory.profile
+        optional = optional_features(directory)
         return DirectoryReport(
             profile=profile.name,
             profile_source=profile.source if profile.source != profile.name else None,
             database=directory.shown_url,
             table=profile.table,
-            survey=survey(directory),
+            survey=survey(directory, read_hashes=profile.owned
+                          or available(optional, "hash survey")),
+            optional=optional,
         )
     finally:
         directory.dispose()

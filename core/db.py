@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,8 +26,48 @@ DRIVERS = {
     "mysql://": "mysql+pymysql://",
     "mariadb://": "mariadb+pymysql://",
 }
+#: Said of a URL that does not parse: a password holding one of these, not encoded, breaks it.
+URL_ENCODING_HINT = "if its password holds @, #, / or :, URL-encode the password (`@` is `%40`)"
+#: Query parameters that carry a secret (`?password=...`): never shown.
+SECRET_QUERY_KEYS = ("pass", "pwd", "secret", "token", "key")
 #: MariaDB/MySQL close connections idle longer than wait_timeout (8 h by default): renew first.
 MYSQL_POOL_RECYCLE = 3600
+
+
+def parse_url(raw: str, setting: str) -> URL:
+    """`raw` parsed. ConfigError naming `setting` when it does not parse, or parses only because
+    an unencoded `@` in the password made the rest of the password the host: no part of the
+    URL is shown, as it may hold a password."""
+    try:
+        url = make_url(with_shipped_driver(raw))
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ConfigError(f"{setting} is not a database URL ({EXPECTED_URL}); "
+                          f"{URL_ENCODING_HINT}") from None
+    if "@" in (url.host or ""):
+        raise ConfigError(f"{setting}: the host holds an `@`, so the password holds one: "
+                          "URL-encode the password (`@` is `%40`)")
+    return url
+
+
+def shown_url(url: URL) -> str:
+    """A database URL for messages: its password hidden, in the user part and in the query."""
+    secret = {key: "***" for key in url.query if is_secret_key(key)}
+    shown = url.update_query_dict(secret).render_as_string(hide_password=True)
+    return shown.replace("%2A%2A%2A", "***")
+
+
+def url_secrets(url: URL) -> list[str]:
+    """Every secret a URL carries (its password, secret query values), to take out of a
+    driver's message before it is shown."""
+    found = [str(url.password)] if url.password else []
+    for key, value in url.query.items():
+        if is_secret_key(key):
+            found += [value] if isinstance(value, str) else list(value)
+    return [item for item in found if item]
+
+
+def is_secret_key(key: str) -> bool:
+    return any(part in key.lower() for part in SECRET_QUERY_KEYS)
 
 
 def make_engine(database_url: str, *, setting: str = "DATABASE_URL", **kwargs: Any) -> Engine:
@@ -35,6 +75,7 @@ def make_engine(database_url: str, *, setting: str = "DATABASE_URL", **kwargs: A
 
     Raises ConfigError (one line naming `setting`) for a URL no installed driver can open.
     """
+    parse_url(database_url, setting)
     database_url = with_shipped_driver(database_url)
     try:
         return _create_engine(database_url, **kwargs)
@@ -44,7 +85,8 @@ def make_engine(database_url: str, *, setting: str = "DATABASE_URL", **kwargs: A
             f"({EXPECTED_URL})"
         ) from None
     except ArgumentError:  # the URL may hold a password: not shown
-        raise ConfigError(f"{setting} is not a database URL ({EXPECTED_URL})") from None
+        raise ConfigError(f"{setting} is not a database URL ({EXPECTED_URL}); "
+                          f"{URL_ENCODING_HINT}") from None
     except ImportError as error:  # the dialect is known, its driver is not installed
         raise ConfigError(
             f"{setting}: the driver for {_driver(database_url)!r} is not installed "

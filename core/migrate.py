@@ -6,14 +6,18 @@ needs no alembic.ini and no source checkout to upgrade its database.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, MetaData
+from sqlalchemy import Connection, Engine, MetaData, inspect
+from sqlalchemy.engine import make_url
 
-from core.db import make_engine
+from core.db import MYSQL_BACKENDS, make_engine, with_shipped_driver
+from core.errors import ConfigError
 from core.models import Base, users_table
-from core.settings import DirectoryNames, Settings
+from core.settings import DirectoryNames, Settings, uses_ldap
 
 SCRIPT_LOCATION = "core:migrations"
 VERSION_TABLE = "resetbot_alembic_version"
@@ -31,12 +35,65 @@ def alembic_config(connection: Connection, names: DirectoryNames | None) -> Conf
 
 
 def upgrade(settings: Settings, revision: str = "head") -> str | None:
-    """Bring the database of `settings` up to `revision`; returns the revision it is now at."""
+    """Bring the database of `settings` up to `revision`; returns the revision it is now at.
+
+    Refuses (ConfigError, nothing created) a DATABASE_URL that is a library system's database.
+    """
     engine = make_engine(settings.database_url)
     try:
+        refuse_library_database(settings, engine)
         return upgrade_engine(engine, own_users_names(settings), revision)
     finally:
         engine.dispose()
+
+
+def refuse_library_database(settings: Settings, engine: Engine) -> None:
+    """resetbot never writes its tables into the library system's database: DATABASE_URL may
+    not be DIRECTORY_URL's database, nor hold the users table of a library system's profile
+    (the one DIRECTORY_PROFILE names, or one resetbot ships: Koha's `borrowers`)."""
+    from core.db import shown_url
+    from core.directory.profile import load_profile, shipped_profiles
+
+    shown = shown_url(engine.url)
+    ldap = uses_ldap(settings)  # the users are on an LDAP server: no table profile applies
+    if settings.directory_url and not ldap and same_database(settings.directory_url,
+                                                             settings.database_url):
+        raise ConfigError(
+            f"DATABASE_URL: {shown} is the database of DIRECTORY_URL, the library system's: "
+            "resetbot keeps its tables in a database of its own; set DATABASE_URL to another "
+            "database (nothing was created)"
+        )
+    configured = None if ldap else load_profile(settings.directory_profile, settings.directory)
+    foreign = [configured] if configured is not None and not configured.owned else []
+    foreign += [load_profile(name) for name in shipped_profiles()]
+    with engine.connect() as connection:
+        held = next((p for p in foreign if inspect(connection).has_table(p.table)), None)
+    if held is not None:
+        raise ConfigError(
+            f"DATABASE_URL: {shown} holds {held.table!r}, the users table of DIRECTORY_PROFILE="
+            f"{held.name} (a library system's database): resetbot never writes its tables "
+            "there; set DATABASE_URL to a database of resetbot's own, and DIRECTORY_URL to this "
+            "one (nothing was created)"
+        )
+
+
+def same_database(first: str, second: str) -> bool:
+    """Whether two URLs name the same database, whoever connects and with whatever driver."""
+    return _where(first) == _where(second)
+
+
+def _where(raw: str) -> tuple[str, str, int | None, str]:
+    url = make_url(with_shipped_driver(raw))
+    backend = "mysql" if url.get_backend_name() in MYSQL_BACKENDS else url.get_backend_name()
+    database = url.database or ""
+    if backend == "sqlite":
+        memory = database in ("", ":memory:") or database.startswith("file:")
+        return backend, "", None, database if memory else str(Path(database).resolve())
+    host = "" if url.host in (None, "", "localhost", "127.0.0.1", "::1") else str(url.host)
+    return backend, host, url.port or _DEFAULT_PORTS.get(backend), database
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
 def own_users_names(settings: Settings) -> DirectoryNames | None:

@@ -295,15 +295,9 @@ def _redis_url(name: str, raw: str) -> str:
 
 def _database_url(name: str, raw: str) -> str:
     """A SQLAlchemy URL; a SQLite file's folder must exist (resetbot never creates it)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from core.db import parse_url
 
-    from core.db import EXPECTED_URL
-
-    try:
-        url = make_url(raw)
-    except ArgumentError:  # the value may hold a password: not shown
-        raise ConfigError(f"{name} is not a database URL ({EXPECTED_URL})") from None
+    url = parse_url(raw, name)  # refused without showing any part of a password
     database = url.database or ""
     if url.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not (
         database.startswith("file:")

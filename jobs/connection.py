@@ -40,9 +40,9 @@ def state_dir(settings: Settings, cwd: Path | None = None) -> Path:
     base = cwd if cwd is not None else Path.cwd()
     try:
         url = make_url(settings.database_url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(
-            f"DATABASE_URL: {settings.database_url!r} is not a database URL"
+            "DATABASE_URL is not a database URL"  # not shown: it may hold a password
         ) from None
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         base = (base / url.database).resolve().parent

@@ -57,15 +57,16 @@ class Survey:
     users: int
     staff: int
     without_email: int
-    #: Format prefix -> users whose password has it, the most common first.
-    hash_formats: dict[str, int]
+    #: Format prefix -> users whose password has it, the most common first; None when the
+    #: database user may not read the password column (an optional grant).
+    hash_formats: dict[str, int] | None
     #: The prefix of the hashes a reset writes now (profile and PASSWORD_* settings).
     writes: str
 
     @property
     def most_common(self) -> str | None:
         """The format most users' passwords have, leaving out empty ones."""
-        formats = [name for name in self.hash_formats if name != EMPTY]
+        formats = [name for name in self.hash_formats or {} if name != EMPTY]
         return formats[0] if formats else None
 
     @property
@@ -75,14 +76,14 @@ class Survey:
         return common is not None and common != self.writes
 
 
-def survey(directory: Directory) -> Survey:
-    """Count the directory's users and their password formats: SELECTs only."""
+def survey(directory: Directory, *, read_hashes: bool = True) -> Survey:
+    """Count the directory's users and (`read_hashes`) their password formats: SELECTs only."""
     counted = directory.preview(Scope.ALL, ())
     return Survey(
         users=counted.users,
         staff=counted.staff,
         without_email=counted.without_email,
-        hash_formats=_hash_formats(directory),
+        hash_formats=_hash_formats(directory) if read_hashes else None,
         writes=written_format(directory),
     )
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
+    Connection,
     Engine,
     MetaData,
     Select,
@@ -26,6 +28,7 @@ from sqlalchemy import (
     case,
     false,
     func,
+    inspect,
     literal,
     not_,
     null,
@@ -37,9 +40,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
+from sqlalchemy.types import NullType
 
-from core.db import make_engine
-from core.directory.profile import ExtraReset, Profile, load_profile, resetbot_profile
+from core.db import make_engine, shown_url, url_secrets
+from core.directory.profile import (
+    ExtraReset,
+    Profile,
+    load_profile,
+    resetbot_profile,
+    shipped_profiles,
+)
 from core.directory.users import SEARCH_LIMIT, DirectoryUser, Preview
 from core.errors import ConfigError, InputError
 from core.models import Scope, users_table
@@ -146,11 +156,13 @@ class Directory:
         return self._table
 
     def check(self) -> None:
-        """Refuse (ConfigError) a foreign table or column the profile names that is not there.
+        """Refuse (ConfigError) a foreign table or column the profile names that is not there,
+        or a column it reads that the database user may not read.
 
-        Read-only: reflects the table. resetbot's own table beside its state may not exist yet
-        (`db upgrade` makes it), so it is looked at only in a database of its own
-        (DIRECTORY_URL), where nothing of resetbot's would ever make it.
+        Read-only: reads the users table's column list and no row. resetbot's own
+        table beside its state may not exist yet (`db upgrade` makes it), so it is looked at
+        only in a database of its own (DIRECTORY_URL), where nothing of resetbot's would ever
+        make it.
         """
         if not self.profile.owned:
             self._table = self._reflect()
@@ -158,37 +170,89 @@ class Directory:
             self._reflect()  # the names are known; only whether the table is there is checked
 
     def _reflect(self) -> Table:
+        """The users table, made of the profile's columns only, with the types the database
+        gives them.
+
+        Only this table's column list is read: no other table, not even those its foreign keys
+        name (Koha's `borrowers` points to `categories`, `branches`, `sms_providers`), so a
+        database user with SELECT on the columns resetbot reads and UPDATE on those it writes
+        is enough. Then one SELECT of no rows proves those columns may be read.
+        """
         profile = self.profile
         try:
             with self.engine.connect() as connection:
-                table = Table(profile.table, MetaData(), autoload_with=connection)
-        except NoSuchTableError:
-            raise ConfigError(
-                f"{profile.source}: table: there is no table {profile.table!r} in the directory "
-                f"database {self.shown_url} ({self.setting})"
-            ) from None
+                found = visible_columns(connection, profile.table)
+                if not found:
+                    raise ConfigError(self._no_table(connection))
+                for key, column in profile.columns().items():
+                    if column not in found:
+                        raise ConfigError(
+                            f"{profile.source}: {key}: there is no column {column!r} in table "
+                            f"{profile.table!r}" + self._hidden_hint("column")
+                        )
+                table = Table(profile.table, MetaData(), *[
+                    Column(name, found[name], primary_key=name == profile.id)
+                    for name in dict.fromkeys(profile.columns().values())
+                ])
+                read = [table.c[name] for name in self._read_columns()]
+                connection.execute(select(*read).where(false()))
         except DBAPIError as error:
             raise ConfigError(self.unreachable(error)) from None
-        for key, column in profile.columns().items():
-            if column not in table.c:
-                raise ConfigError(
-                    f"{profile.source}: {key}: there is no column {column!r} in table "
-                    f"{profile.table!r}"
-                )
         return table
+
+    def _read_columns(self) -> list[str]:
+        """The columns a reset reads (SELECT, WHERE, CASE): all but those it only writes."""
+        profile = self.profile
+        names = [profile.id, *profile.username, *profile.name_columns]
+        names += [profile.email] if profile.email else []
+        names += [profile.staff.column] if profile.staff else []
+        if profile.must_change and profile.must_change.kind == "expiry":
+            names.append(profile.must_change.column)  # a past date is cleared: it is compared
+        names += [extra.column for extra in profile.on_reset if extra.unless]
+        return list(dict.fromkeys(names))
+
+    def _hidden_hint(self, what: str) -> str:
+        """MariaDB hides from a user what it has no right to: a missing table or column may be
+        one the user may not use."""
+        if self.engine.dialect.name != "mysql":
+            return ""
+        return f" (or the database user has no right on that {what}; see the GRANTs in the README)"
+
+    def _no_table(self, connection: Connection) -> str:
+        """There is no such table: said with the setting that is wrong. When the profile is the
+        default `resetbot` and the database holds a library system's table, DIRECTORY_PROFILE
+        was forgotten, and the profile to set is named."""
+        profile = self.profile
+        missing = (f"there is no table {profile.table!r} in the directory database "
+                   f"{self.shown_url} ({self.setting})")
+        if not profile.owned or self.setting != "DIRECTORY_URL":
+            return f"{profile.source}: table: {missing}" + self._hidden_hint("table")
+        held = [
+            (name, shipped.table) for name, shipped in _shipped_foreign_profiles()
+            if visible_columns(connection, shipped.table)
+        ]
+        if held:
+            name, table = held[0]
+            return (f"DIRECTORY_PROFILE: {missing}, the users table of DIRECTORY_PROFILE="
+                    f"{profile.name} (the default); the database holds {table!r}: set "
+                    f"DIRECTORY_PROFILE={name}")
+        return (f"DIRECTORY_PROFILE: {missing}, the users table of DIRECTORY_PROFILE="
+                f"{profile.name} (the default, named by USERS_TABLE): set DIRECTORY_PROFILE to "
+                "the library system's profile (" + ", ".join(shipped_profiles())
+                + ", or a profile file), or USERS_TABLE")
 
     def unreachable(self, error: DBAPIError) -> str:
         """One line for a directory database that refuses: the setting, the URL (password
         hidden) and the driver's first line (the password taken out, should it hold it)."""
         first = _first_line(error.orig if error.orig is not None else error)
-        if self.engine.url.password:
-            first = first.replace(str(self.engine.url.password), "***")
+        for secret in url_secrets(self.engine.url):
+            first = first.replace(secret, "***")
         return f"{self.setting}: the directory database {self.shown_url} cannot be read: {first}"
 
     @property
     def shown_url(self) -> str:
-        """The directory database's URL, its password hidden."""
-        return self.engine.url.render_as_string(hide_password=True)
+        """The directory database's URL, its password hidden (in the query too)."""
+        return shown_url(self.engine.url)
 
     def _c(self, name: str) -> ColumnElement[Any]:
         table = self.table
@@ -451,22 +515,35 @@ class Directory:
         require_change: bool,
         changed_at: datetime,
     ) -> None:
-        """Store many new hashes in one executemany, in the directory's own transaction.
+        """Store many new hashes in one executemany (on MariaDB one UPDATE), in the directory's
+        own transaction.
 
         Only the password column, the must-change column and the profile's extra resets are
         written, and only in the rows of these users.
         """
         if not hashes:
             return
-        values: dict[Any, Any] = {self._c(self.profile.password): bindparam("rb_new_hash")}
+        password = self._c(self.profile.password)
+        one_statement = self.engine.dialect.name == "mysql"
+        values: dict[Any, Any] = {
+            # PyMySQL sends an executemany of UPDATE as one statement (one round trip) a row:
+            # on MariaDB the batch is one UPDATE, each row's hash picked by its id.
+            password: case(dict(hashes), value=self._id) if one_statement
+            else bindparam("rb_new_hash"),
+        }
         values |= self._must_change_values(require_change, changed_at)
         for extra in self.profile.on_reset:
             column = self._c(extra.column)
             values[column] = self._extra_value(extra, column, changed_at)
-        statement = update(self.table).where(self._id == bindparam("rb_user_id")).values(values)
-        rows = [{"rb_user_id": user_id, "rb_new_hash": new_hash} for user_id, new_hash in hashes]
         with self.engine.begin() as connection:
-            connection.execute(statement, rows)
+            if one_statement:
+                ids = [user_id for user_id, _ in hashes]
+                connection.execute(update(self.table).where(self._id.in_(ids)).values(values))
+                return
+            statement = update(self.table).where(self._id == bindparam("rb_user_id"))
+            connection.execute(statement.values(values), [
+                {"rb_user_id": user_id, "rb_new_hash": new_hash} for user_id, new_hash in hashes
+            ])
 
     def _must_change_values(self, require_change: bool, changed_at: datetime) -> dict[Any, Any]:
         rule = self.profile.must_change
@@ -515,6 +592,32 @@ def hasher_for(profile: Profile, settings: Settings) -> PasswordHasher:
         if problem:
             raise ConfigError(f"PASSWORD_ROUNDS: {problem} (profile {profile.name})")
     return PasswordHasher((fmt.scheme,), rounds, ident=fmt.ident)
+
+
+def visible_columns(connection: Connection, table: str) -> dict[str, Any]:
+    """The columns of `table` the database shows this user, name -> SQLAlchemy type; empty
+    when there is no such table (or, on MariaDB, none of it the user may use).
+
+    On MariaDB/MySQL SQLAlchemy's reflection runs SHOW CREATE TABLE, which needs a right on
+    every column: information_schema lists the columns the user has a right on instead.
+    Elsewhere the inspector reads the catalog, which holds no rows and needs no rights.
+    """
+    if connection.dialect.name == "mysql":
+        types = connection.dialect.ischema_names  # type: ignore[attr-defined]
+        rows = connection.execute(text(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = DATABASE() AND table_name = :table"
+        ), {"table": table})
+        return {str(name): types.get(str(kind).lower(), NullType)() for name, kind in rows}
+    try:
+        return {column["name"]: column["type"] for column in inspect(connection).get_columns(table)}
+    except NoSuchTableError:
+        return {}
+
+
+def _shipped_foreign_profiles() -> list[tuple[str, Profile]]:
+    """The library systems' profiles resetbot ships (koha), to name the one a database holds."""
+    return [(name, load_profile(name)) for name in shipped_profiles()]
 
 
 def _require_sqlite_file(url: str) -> None:

@@ -128,7 +128,8 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
      "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB)"),
     ({"DATABASE_URL": "not a url"},
      "DATABASE_URL is not a database URL (expected sqlite:///FILE, "
-     "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB)"),
+     "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB); if its password "
+     "holds @, #, / or :, URL-encode the password (`@` is `%40`)"),
     ({"DIRECTORY_PROFILE": "no such profile"},
      "DIRECTORY_PROFILE: 'no such profile' is neither a profile name (resetbot, koha, "
      "openldap, active-directory) nor a .toml file's path"),

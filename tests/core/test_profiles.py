@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.engine import make_url
 
 from core.db import make_engine
 from core.directory import Directory, hasher_for, load_profile
 from core.directory.profile import parse_profile, shipped_profiles
 from core.errors import ConfigError
 from core.migrate import own_users_names, upgrade
+from core.models import Scope
 from core.settings import DirectoryNames, Settings
+from tests.support.databases import mariadb_database
 from tests.support.koha import create_borrowers, koha_profile_text
 
 KOHA = koha_profile_text()
@@ -179,3 +183,66 @@ def test_settings_read_the_directory_url_and_profile(tmp_path: Path) -> None:
     assert Settings.from_env({}, env_file=None).directory_profile == "resetbot"
     path = str(tmp_path / "library.toml")
     assert Settings.from_env({"DIRECTORY_PROFILE": path}, env_file=None).directory_profile == path
+
+
+@state_on_sqlite
+@pytest.mark.mariadb
+def test_a_table_borrowers_points_to_is_never_read_nor_blamed(settings: Settings) -> None:
+    """Koha's foreign keys name tables resetbot does not use: one missing is no concern of a
+    reset (it was once reported as "there is no table 'borrowers'")."""
+    with mariadb_database() as url:
+        engine = make_engine(url)
+        create_borrowers(engine)
+        with engine.begin() as connection:
+            connection.execute(text("SET foreign_key_checks = 0"))
+            connection.execute(text("DROP TABLE sms_providers"))
+            connection.execute(text("SET foreign_key_checks = 1"))
+        library = replace(settings, directory_url=url, directory_profile="koha",
+                          password_rounds=4, password_allow_weak_rounds=True)
+        directory = Directory.from_settings(library)
+        try:
+            assert directory.preview(Scope.ALL, ()).users == 8
+            assert {c.name for c in directory.table.columns} == set(
+                load_profile("koha").columns().values())
+        finally:
+            directory.dispose()
+            engine.dispose()
+
+
+@state_on_sqlite
+@pytest.mark.parametrize("kind", [pytest.param("mariadb", marks=pytest.mark.mariadb), "sqlite"])
+def test_a_forgotten_directory_profile_names_the_setting_and_the_profile_to_set(
+    settings: Settings, tmp_path: Path, kind: str
+) -> None:
+    with (mariadb_database() if kind == "mariadb"
+          else nullcontext(f"sqlite:///{tmp_path / 'koha.db'}")) as url:
+        engine = make_engine(url)
+        create_borrowers(engine)
+        engine.dispose()
+        forgotten = replace(settings, directory_url=url)  # DIRECTORY_PROFILE left at resetbot
+        assert forgotten.directory_profile == "resetbot"
+        with pytest.raises(ConfigError) as refused:
+            Directory.from_settings(forgotten)
+    shown = make_url(url).render_as_string(hide_password=True)
+    assert str(refused.value) == (
+        f"DIRECTORY_PROFILE: there is no table 'users' in the directory database {shown} "
+        "(DIRECTORY_URL), the users table of DIRECTORY_PROFILE=resetbot (the default); the "
+        "database holds 'borrowers': set DIRECTORY_PROFILE=koha")
+
+
+@state_on_sqlite
+def test_a_directory_url_without_any_known_table_says_what_to_set(
+    settings: Settings, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE patrons (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    with pytest.raises(ConfigError) as refused:
+        Directory.from_settings(replace(settings, directory_url=url))
+    assert str(refused.value).startswith(
+        f"DIRECTORY_PROFILE: there is no table 'users' in the directory database {url} "
+        "(DIRECTORY_URL), the users table of DIRECTORY_PROFILE=resetbot (the default, named by "
+        "USERS_TABLE): set DIRECTORY_PROFILE to the library system's profile (koha, or a "
+        "profile file), or USERS_TABLE")

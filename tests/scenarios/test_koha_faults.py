@@ -56,8 +56,8 @@ def koha_url() -> Iterator[str]:
         with engine.begin() as connection:
             connection.execute(
                 text("INSERT INTO borrowers (borrowernumber, cardnumber, userid, firstname, "
-                     "surname, email, flags, password) VALUES (:n, :card, :userid, 'Pat', "
-                     ":sur, :email, 0, :hash)"),
+                     "surname, email, flags, password, branchcode, categorycode) VALUES (:n, "
+                     ":card, :userid, 'Pat', :sur, :email, 0, :hash, 'MAIN', 'PT')"),
                 [{"n": n, "card": f"C{n:04d}", "userid": f"pat{n}", "sur": f"Patron{n}",
                   "email": f"pat{n}@example.org", "hash": OLD_HASH} for n in EXTRA],
             )

@@ -115,7 +115,8 @@ def test_a_new_borrower_shows_once_the_copy_is_read_again(
     with koha_engine.begin() as connection:
         connection.execute(text(
             "INSERT INTO borrowers (borrowernumber, cardnumber, userid, firstname, surname, "
-            "email, flags) VALUES (9, 'C0009', 'ivy', 'Ivy', 'Indexer', 'ivy@example.org', 0)"
+            "email, flags, branchcode, categorycode) VALUES (9, 'C0009', 'ivy', 'Ivy', "
+            "'Indexer', 'ivy@example.org', 0, 'MAIN', 'PT')"
         ))
     assert options(koha_app, "indexer") == []  # the copy is younger than the refresh time
     # Once the copy is DIRECTORY_SEARCH_REFRESH old (a wait for the clock, which is all the

@@ -291,6 +291,8 @@ def test_directory_check_and_users_import_on_ldap(
     configured: Settings, slapd: OpenLdap, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    code, out = cli(configured, monkeypatch, capsys, "db", "upgrade")
+    assert code == 0, out  # resetbot's tables only: the users are on the LDAP server
     code, out = cli(configured, monkeypatch, capsys, "directory", "check")
     assert code == 0, out
     assert f"Users:            {len(SEEDED)}" in out

@@ -1,8 +1,10 @@
-"""A Koha-shaped `borrowers` table for tests: made, filled, dumped; hashes checked as Koha does.
+"""Koha's `borrowers` for tests: made, filled, dumped; hashes checked as Koha does.
 
-The table has the columns Koha's profile reads and writes, plus unrelated ones a real
-`borrowers` has (branch, category, birth date, address, a timestamp MariaDB moves on update),
-so a test can show that a reset changes nothing but the password columns of its users.
+On MariaDB it is Koha's own table (`KOHA_DDL`: all 82 columns, keys and foreign keys, with the
+three tables those name), so a test meets what a library runs. PostgreSQL and SQLite cannot hold
+Koha's MariaDB statements: there a small Koha-shaped table stands in, with the columns Koha's
+profile reads and writes plus unrelated ones (branch, category, birth date, address, a
+timestamp), so a test can show that a reset changes nothing but the password columns of its users.
 """
 
 from __future__ import annotations
@@ -10,35 +12,206 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
-from typing import Any
+from datetime import date, timedelta
+from typing import Any, Literal
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 
 from core.directory.profile import shipped_profiles
 
 TABLE = "borrowers"
 
-_DDL = {
-    "mysql": """
-        CREATE TABLE borrowers (
-            borrowernumber INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-            cardnumber VARCHAR(32) NULL UNIQUE,
-            surname LONGTEXT NULL,
-            firstname MEDIUMTEXT NULL,
-            email MEDIUMTEXT NULL,
-            address MEDIUMTEXT NULL,
-            dateofbirth DATE NULL,
-            branchcode VARCHAR(10) NOT NULL DEFAULT '',
-            categorycode VARCHAR(10) NOT NULL DEFAULT '',
-            userid VARCHAR(75) NULL UNIQUE,
-            password VARCHAR(60) NULL,
-            flags BIGINT NULL,
-            login_attempts INT NOT NULL DEFAULT 0,
-            password_expiration_date DATE NULL,
-            updated_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP
-        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci
+#: Koha's own tables, as `installer/data/mysql/kohastructure.sql` creates them on MariaDB: Koha's
+#: main branch at commit 00545f8 (the 24.x line: `borrowers` has `middle_name` and
+#: `password_expiration_date`), written out here without Koha's column comments. `borrowers`
+#: (82 columns) and the three tables its foreign keys name: `categories`, `branches`,
+#: `sms_providers`. Created in this order, so every foreign key finds its table.
+KOHA_VERSION = "Koha main @ 00545f8 (24.x)"
+KOHA_DDL = (
+    """
+    CREATE TABLE `categories` (
+      `categorycode` varchar(10) NOT NULL DEFAULT '',
+      `description` longtext DEFAULT NULL,
+      `enrolmentperiod` smallint(6) DEFAULT NULL,
+      `enrolmentperioddate` date DEFAULT NULL,
+      `password_expiry_days` smallint(6) DEFAULT NULL,
+      `upperagelimit` smallint(6) DEFAULT NULL,
+      `dateofbirthrequired` tinyint(1) DEFAULT NULL,
+      `finetype` varchar(30) DEFAULT NULL,
+      `bulk` tinyint(1) DEFAULT NULL,
+      `enrolmentfee` decimal(28,6) DEFAULT NULL,
+      `overduenoticerequired` tinyint(1) DEFAULT NULL,
+      `issuelimit` smallint(6) DEFAULT NULL,
+      `reservefee` decimal(28,6) DEFAULT NULL,
+      `hidelostitems` tinyint(1) NOT NULL DEFAULT 0,
+      `category_type` varchar(1) NOT NULL DEFAULT 'A',
+      `BlockExpiredPatronOpacActions` tinyint(1) NOT NULL DEFAULT -1,
+      `default_privacy` enum('default','never','forever') NOT NULL DEFAULT 'default',
+      `checkprevcheckout` varchar(7) NOT NULL DEFAULT 'inherit',
+      `can_be_guarantee` tinyint(1) NOT NULL DEFAULT 0,
+      `reset_password` tinyint(1) DEFAULT NULL,
+      `change_password` tinyint(1) DEFAULT NULL,
+      `min_password_length` smallint(6) DEFAULT NULL,
+      `require_strong_password` tinyint(1) DEFAULT NULL,
+      `exclude_from_local_holds_priority` tinyint(1) DEFAULT NULL,
+      PRIMARY KEY (`categorycode`),
+      UNIQUE KEY `categorycode` (`categorycode`)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci
     """,
+    """
+    CREATE TABLE `branches` (
+      `branchcode` varchar(10) NOT NULL DEFAULT '',
+      `branchname` longtext NOT NULL,
+      `branchaddress1` longtext DEFAULT NULL,
+      `branchaddress2` longtext DEFAULT NULL,
+      `branchaddress3` longtext DEFAULT NULL,
+      `branchzip` varchar(25) DEFAULT NULL,
+      `branchcity` longtext DEFAULT NULL,
+      `branchstate` longtext DEFAULT NULL,
+      `branchcountry` mediumtext DEFAULT NULL,
+      `branchphone` longtext DEFAULT NULL,
+      `branchfax` longtext DEFAULT NULL,
+      `branchemail` longtext DEFAULT NULL,
+      `branchillemail` longtext DEFAULT NULL,
+      `branchreplyto` longtext DEFAULT NULL,
+      `branchreturnpath` longtext DEFAULT NULL,
+      `branchurl` longtext DEFAULT NULL,
+      `issuing` tinyint(4) DEFAULT NULL,
+      `branchip` varchar(15) DEFAULT NULL,
+      `branchnotes` longtext DEFAULT NULL,
+      `geolocation` varchar(255) DEFAULT NULL,
+      `marcorgcode` varchar(16) DEFAULT NULL,
+      `pickup_location` tinyint(1) NOT NULL DEFAULT 1,
+      `public` tinyint(1) NOT NULL DEFAULT 1,
+      PRIMARY KEY (`branchcode`)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci
+    """,
+    """
+    CREATE TABLE `sms_providers` (
+      `id` int(11) NOT NULL AUTO_INCREMENT,
+      `name` varchar(255) NOT NULL,
+      `domain` varchar(255) NOT NULL,
+      PRIMARY KEY (`id`),
+      UNIQUE KEY `name` (`name`(191))
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci
+    """,
+    """
+    CREATE TABLE `borrowers` (
+      `borrowernumber` int(11) NOT NULL AUTO_INCREMENT,
+      `cardnumber` varchar(32) DEFAULT NULL,
+      `surname` longtext DEFAULT NULL,
+      `firstname` mediumtext DEFAULT NULL,
+      `middle_name` longtext DEFAULT NULL,
+      `title` longtext DEFAULT NULL,
+      `othernames` longtext DEFAULT NULL,
+      `initials` mediumtext DEFAULT NULL,
+      `pronouns` longtext DEFAULT NULL,
+      `streetnumber` tinytext DEFAULT NULL,
+      `streettype` tinytext DEFAULT NULL,
+      `address` longtext DEFAULT NULL,
+      `address2` mediumtext DEFAULT NULL,
+      `city` longtext DEFAULT NULL,
+      `state` mediumtext DEFAULT NULL,
+      `zipcode` tinytext DEFAULT NULL,
+      `country` mediumtext DEFAULT NULL,
+      `email` longtext DEFAULT NULL,
+      `phone` mediumtext DEFAULT NULL,
+      `mobile` tinytext DEFAULT NULL,
+      `fax` longtext DEFAULT NULL,
+      `emailpro` mediumtext DEFAULT NULL,
+      `phonepro` mediumtext DEFAULT NULL,
+      `B_streetnumber` tinytext DEFAULT NULL,
+      `B_streettype` tinytext DEFAULT NULL,
+      `B_address` mediumtext DEFAULT NULL,
+      `B_address2` mediumtext DEFAULT NULL,
+      `B_city` longtext DEFAULT NULL,
+      `B_state` mediumtext DEFAULT NULL,
+      `B_zipcode` tinytext DEFAULT NULL,
+      `B_country` mediumtext DEFAULT NULL,
+      `B_email` mediumtext DEFAULT NULL,
+      `B_phone` longtext DEFAULT NULL,
+      `dateofbirth` date DEFAULT NULL,
+      `branchcode` varchar(10) NOT NULL DEFAULT '',
+      `categorycode` varchar(10) NOT NULL DEFAULT '',
+      `dateenrolled` date DEFAULT NULL,
+      `dateexpiry` date DEFAULT NULL,
+      `password_expiration_date` date DEFAULT NULL,
+      `date_renewed` date DEFAULT NULL,
+      `gonenoaddress` tinyint(1) DEFAULT NULL,
+      `lost` tinyint(1) DEFAULT NULL,
+      `debarred` date DEFAULT NULL,
+      `debarredcomment` varchar(255) DEFAULT NULL,
+      `contactname` longtext DEFAULT NULL,
+      `contactfirstname` mediumtext DEFAULT NULL,
+      `contacttitle` mediumtext DEFAULT NULL,
+      `borrowernotes` longtext DEFAULT NULL,
+      `relationship` varchar(100) DEFAULT NULL,
+      `sex` varchar(1) DEFAULT NULL,
+      `password` varchar(60) DEFAULT NULL,
+      `secret` mediumtext DEFAULT NULL,
+      `auth_method` enum('password','two-factor') NOT NULL DEFAULT 'password',
+      `flags` bigint(11) DEFAULT NULL,
+      `userid` varchar(75) DEFAULT NULL,
+      `opacnote` longtext DEFAULT NULL,
+      `contactnote` varchar(255) DEFAULT NULL,
+      `sort1` varchar(80) DEFAULT NULL,
+      `sort2` varchar(80) DEFAULT NULL,
+      `altcontactfirstname` mediumtext DEFAULT NULL,
+      `altcontactsurname` mediumtext DEFAULT NULL,
+      `altcontactaddress1` mediumtext DEFAULT NULL,
+      `altcontactaddress2` mediumtext DEFAULT NULL,
+      `altcontactaddress3` mediumtext DEFAULT NULL,
+      `altcontactstate` mediumtext DEFAULT NULL,
+      `altcontactzipcode` mediumtext DEFAULT NULL,
+      `altcontactcountry` mediumtext DEFAULT NULL,
+      `altcontactphone` mediumtext DEFAULT NULL,
+      `smsalertnumber` varchar(50) DEFAULT NULL,
+      `sms_provider_id` int(11) DEFAULT NULL,
+      `privacy` int(11) NOT NULL DEFAULT 1,
+      `privacy_guarantor_fines` tinyint(1) NOT NULL DEFAULT 0,
+      `privacy_guarantor_checkouts` tinyint(1) NOT NULL DEFAULT 0,
+      `checkprevcheckout` varchar(7) NOT NULL DEFAULT 'inherit',
+      `updated_on` timestamp NOT NULL DEFAULT current_timestamp() ON UPDATE current_timestamp(),
+      `lastseen` datetime DEFAULT NULL,
+      `lang` varchar(25) NOT NULL DEFAULT 'default',
+      `login_attempts` int(4) NOT NULL DEFAULT 0,
+      `overdrive_auth_token` mediumtext DEFAULT NULL,
+      `anonymized` tinyint(1) NOT NULL DEFAULT 0,
+      `autorenew_checkouts` tinyint(1) NOT NULL DEFAULT 1,
+      `primary_contact_method` varchar(45) DEFAULT NULL,
+      PRIMARY KEY (`borrowernumber`),
+      UNIQUE KEY `cardnumber` (`cardnumber`),
+      UNIQUE KEY `userid` (`userid`),
+      KEY `categorycode` (`categorycode`),
+      KEY `branchcode` (`branchcode`),
+      KEY `surname_idx` (`surname`(191)),
+      KEY `firstname_idx` (`firstname`(191)),
+      KEY `othernames_idx` (`othernames`(191)),
+      KEY `sms_provider_id` (`sms_provider_id`),
+      KEY `cardnumber_idx` (`cardnumber`),
+      KEY `userid_idx` (`userid`),
+      KEY `middle_name_idx` (`middle_name`(768)),
+      CONSTRAINT `borrowers_ibfk_1` FOREIGN KEY (`categorycode`)
+        REFERENCES `categories` (`categorycode`),
+      CONSTRAINT `borrowers_ibfk_2` FOREIGN KEY (`branchcode`) REFERENCES `branches` (`branchcode`),
+      CONSTRAINT `borrowers_ibfk_3` FOREIGN KEY (`sms_provider_id`)
+        REFERENCES `sms_providers` (`id`) ON DELETE SET NULL ON UPDATE CASCADE
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci
+    """,
+)
+
+#: What Koha's foreign keys need before a patron can be added: categories, a branch, an SMS
+#: provider (none of it is ever read by resetbot).
+_KOHA_REFERENCE_ROWS = (
+    "INSERT INTO categories (categorycode, description, category_type, min_password_length, "
+    "require_strong_password) VALUES ('PT', 'Patron', 'A', NULL, NULL), "
+    "('S', 'Staff', 'S', 8, 1), ('KID', 'Children', 'C', 3, 0)",
+    "INSERT INTO branches (branchcode, branchname) VALUES ('MAIN', 'Main library')",
+    "INSERT INTO sms_providers (name, domain) VALUES ('Example Mobile', 'sms.example.org')",
+)
+
+#: The small stand-in on the databases Koha does not run on.
+_DDL = {
     "postgresql": """
         CREATE TABLE borrowers (
             borrowernumber SERIAL PRIMARY KEY,
@@ -85,6 +258,10 @@ PAST = date(2020, 1, 31)
 FUTURE = date(2099, 12, 31)
 
 
+#: An expiry date of "today" (when the rows are made): Koha reads it as expired already.
+TODAY: Literal["today"] = "today"
+
+
 @dataclass(frozen=True)
 class Borrower:
     number: int
@@ -95,7 +272,9 @@ class Borrower:
     email: str | None
     flags: int | None
     login_attempts: int
-    expires: date | None
+    expires: date | Literal["today"] | None
+    #: Koha's patron category (a row of `categories`): staff are `S` unless said otherwise.
+    category: str | None = None
 
     @property
     def username(self) -> str:
@@ -105,6 +284,13 @@ class Borrower:
     @property
     def is_staff(self) -> bool:
         return bool(self.flags)
+
+    @property
+    def categorycode(self) -> str:
+        return self.category or ("S" if self.is_staff else "PT")
+
+    def expiry(self) -> date | None:
+        return date.today() if self.expires == TODAY else self.expires
 
 
 BORROWERS = [
@@ -121,11 +307,38 @@ PATRONS = {b.number for b in BORROWERS if not b.is_staff}
 STAFF = {b.number for b in BORROWERS if b.is_staff}
 EVERYONE = PATRONS | STAFF
 
+#: The cases issue 17 met in a real Koha, beside BORROWERS (numbers from 101, so the eight above
+#: keep their numbers): addresses that are not addresses, accounts staff locked on purpose,
+#: expiry dates of today, accented user ids (NFC in the table), `_` and `%` in user ids, staff
+#: with Koha's permission bits (superlibrarian 1, catalogue 4, a large mask), a child category.
+#: Tests pass `BORROWERS + KOHA_CASES` to `create_borrowers` where they want them.
+KOHA_CASES = [
+    Borrower(101, "C0101", "blank", "Blanche", "Blank", "   ", 0, 0, PAST),
+    Borrower(102, "C0102", "nanna", "Nanna", "Notapplicable", "n/a", 0, 0, None),
+    Borrower(103, "C0103", "nonie", "Nonie", "None", "none", 0, 3, FUTURE),
+    Borrower(104, "C0104", "lockie", "Lockie", "Locked", "lockie@example.org", 0, -1, PAST),
+    Borrower(105, "C0105", "tess", "Tess", "Today", "tess@example.org", 0, 0, TODAY),
+    Borrower(106, "C0106", "zoë", "Zoë", "Ångström", "zoe@example.org", 0, 0, None),
+    Borrower(107, "C0107", "josé", "José", "Núñez", None, 0, 0, PAST),
+    Borrower(108, "C0108", "mary_ann", "Mary Ann", "Under", "mary@example.org", 0, 0, None),
+    Borrower(109, "C0109", "100%", "Percy", "Cent", "percy@example.org", 0, 0, None),
+    Borrower(110, "C0110", "root", "Rita", "Superlibrarian", "rita@example.org", 1, 0, None),
+    Borrower(111, "C0111", "cat", "Cato", "Cataloguer", "cato@example.org", 1 << 20 | 4, 0,
+             None),
+    Borrower(112, "C0112", None, "Kit", "Kid", "kit@example.org", None, 0, TODAY, "KID"),
+    Borrower(113, "C0113", "sam", "Sam", "Staffnomail", "   ", 2, -1, None),
+]
 
-def create_borrowers(engine: Engine) -> None:
-    """The table and its rows, as a library's Koha database would hold them."""
+
+def create_borrowers(engine: Engine, borrowers: Sequence[Borrower] = BORROWERS) -> None:
+    """The table and its rows, as a library's Koha database would hold them: on MariaDB Koha's
+    own tables (`KOHA_DDL`, with the rows their foreign keys need), elsewhere the stand-in."""
     with engine.begin() as connection:
-        connection.execute(text(_DDL[engine.dialect.name]))
+        if engine.dialect.name == "mysql":
+            for statement in (*KOHA_DDL, *_KOHA_REFERENCE_ROWS):
+                connection.execute(text(statement))
+        else:
+            connection.execute(text(_DDL[engine.dialect.name]))
         connection.execute(
             text(
                 "INSERT INTO borrowers (borrowernumber, cardnumber, userid, firstname, surname, "
@@ -136,16 +349,29 @@ def create_borrowers(engine: Engine) -> None:
             [
                 {"n": b.number, "card": b.cardnumber, "userid": b.userid, "first": b.firstname,
                  "sur": b.surname, "email": b.email, "flags": b.flags,
-                 "attempts": b.login_attempts, "expires": b.expires, "hash": OLD_HASH,
-                 "category": "S" if b.is_staff else "PT", "born": date(1980, 1, b.number),
+                 "attempts": b.login_attempts, "expires": b.expiry(), "hash": OLD_HASH,
+                 "category": b.categorycode, "born": date(1980, 1, 1) + timedelta(b.number - 1),
                  "address": f"{b.number} Library Lane"}
-                for b in BORROWERS
+                for b in borrowers
             ],
         )
         if engine.dialect.name == "postgresql":
             connection.execute(text(
-                "SELECT setval(pg_get_serial_sequence('borrowers', 'borrowernumber'), 8)"
+                "SELECT setval(pg_get_serial_sequence('borrowers', 'borrowernumber'), "
+                "(SELECT max(borrowernumber) FROM borrowers))"
             ))
+
+
+def dump_tables(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table of the database (Koha's `categories` ... too), in key order."""
+    with engine.connect() as connection:
+        names = sorted(inspect(connection).get_table_names())
+        return {
+            name: [tuple(found) for found in connection.execute(
+                text(f"SELECT * FROM {name} ORDER BY 1")  # names from the catalog
+            )]
+            for name in names
+        }
 
 
 def dump(engine: Engine) -> dict[int, tuple[Any, ...]]:

@@ -1,0 +1,81 @@
+"""What resetbot may do beyond a reset, in a directory it does not own: each an optional grant.
+
+A reset needs SELECT on the columns it reads and UPDATE on those it writes (`Directory.check`
+refuses to start without them). Some features need more, and a careful library grants only what
+it wants: each such feature is an `OptionalFeature` here, probed read-only, and `resetbot
+directory check` says which ones are missing, the GRANT that gives it, and what resetbot does
+without it. Nothing fails for lack of an optional grant.
+
+To add one: write a probe `(directory, connection) -> OptionalFeature | None` (None: the feature
+does not apply to this profile) and list it in `PROBES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Executable, false, select
+from sqlalchemy.exc import DBAPIError
+
+from core.directory.table import Directory
+
+
+@dataclass(frozen=True)
+class OptionalFeature:
+    #: What the feature is, as `directory check` names it.
+    name: str
+    available: bool
+    #: The grant it needs, written for the profile's table (`SELECT (password) ON borrowers`).
+    grant: str
+    #: What resetbot does without it.
+    without: str
+
+    def as_json(self) -> dict[str, object]:
+        return {"name": self.name, "available": self.available, "grant": self.grant,
+                "without": self.without}
+
+
+Probe = Callable[[Directory, Connection], "OptionalFeature | None"]
+
+
+def hash_survey(directory: Directory, connection: Connection) -> OptionalFeature | None:
+    """Reading the password column, only to count its hash formats (never a hash shown)."""
+    profile = directory.profile
+    if profile.owned:
+        return None
+    column = directory.table.c[profile.password]
+    return OptionalFeature(
+        name="hash survey",
+        available=can_select(connection, select(column).where(false())),
+        grant=f"SELECT ({profile.password}) ON {profile.table}",
+        without=("the password formats the table holds are not counted, and no warning is "
+                 "given should they differ from what a reset writes; resets work as before"),
+    )
+
+
+#: Every optional feature, in the order `directory check` lists them.
+PROBES: list[Probe] = [hash_survey]
+
+
+def optional_features(directory: Directory) -> list[OptionalFeature]:
+    """Each optional feature that applies to the directory's profile, and whether the database
+    user may use it: SELECTs of no rows, over one connection."""
+    with directory.engine.connect() as connection:
+        found = [probe(directory, connection) for probe in PROBES]
+    return [feature for feature in found if feature is not None]
+
+
+def available(features: list[OptionalFeature], name: str) -> bool:
+    return any(feature.name == name and feature.available for feature in features)
+
+
+def can_select(connection: Connection, query: Executable) -> bool:
+    """Whether the query runs: a refusal (no right, no such table) is a no, not an error. The
+    connection is left usable (a failed statement inside a transaction is rolled back)."""
+    try:
+        connection.execute(query)
+    except DBAPIError:
+        connection.rollback()
+        return False
+    return True
