@@ -439,14 +439,22 @@ def paused_note(task: TaskSnapshot) -> str:
     retry = f" Trying again {slack_date(task.paused_until)}." if task.paused_until else ""
     since = f" since {slack_date(task.paused_since)}" if task.paused_since else ""
     return (f":double_vertical_bar: *Paused{since}*: {safe(task.pause_reason or '', 300)} "
-            f"Nobody else's password changes until the mail server answers.{retry}")
+            f"Nobody else's password changes until {_paused_on(task)} answers.{retry}")
+
+
+def _paused_on(task: TaskSnapshot) -> str:
+    """What a paused task waits for: the directory (an LDAP server that stopped answering),
+    else the mail server."""
+    if (task.pause_reason or "").lower().startswith("the directory"):
+        return "the directory"
+    return "the mail server"
 
 
 def paused_reply(task: TaskSnapshot) -> SlackMessage:
     text = (
         f":double_vertical_bar: Paused: {safe(task.pause_reason or '', 300)} Nobody else's "
-        "password changes until the mail server answers; resetbot keeps trying and goes on by "
-        "itself. *Cancel* above still works."
+        f"password changes until {_paused_on(task)} answers; resetbot keeps trying and goes on "
+        "by itself. *Cancel* above still works."
     )
     return SlackMessage(text, [section(text)])
 

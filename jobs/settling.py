@@ -179,7 +179,8 @@ def _set_passwords(
     except DirectoryUnavailable as error:
         logger.warning("the directory stopped answering mid-batch (%s of %s set): %s",
                        len(error.done), len(wanted), error)
-        return list(error.done), str(error)
+        said = str(error)
+        return list(error.done), said[:1].upper() + said[1:]
 
 
 def _refusal_words(outcome: SetOutcome) -> str:

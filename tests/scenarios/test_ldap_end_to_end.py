@@ -10,10 +10,13 @@ every one that should not gets 49; staff and users out of scope still bind with 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
+from ldap3 import Connection
 from redis import Redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,11 +25,15 @@ from bot.cli import main
 from core.directory.factory import open_directory
 from core.directory.ldap import attempt_bind
 from core.directory.ldap.directory import LdapDirectory
-from core.models import ItemState, ResetItem, ResetTask, Scope, TaskStatus
+from core.directory.ldap.openldap import OpenLdapRules
+from core.directory.ldap.server import Refusal
+from core.directory.protocol import PasswordSet, SetResult
+from core.models import ItemState, ResetItem, ResetTask, Scope, TaskStatus, utcnow
 from core.settings import Settings
 from core.tasks import ResetRequest, create_task, gate_new_task, validate_request
 from jobs.context import WorkerContext
-from tests.support.engine import build_context, run_until_final
+from jobs.reaper import reap
+from tests.support.engine import build_context, run_until_final, task_snapshot, work
 from tests.support.openldap import (
     PERMANENT_LOCK,
     STAFF_GROUP,
@@ -318,3 +325,93 @@ def test_the_factory_makes_the_ldap_directory_from_settings(
         directory.dispose()
     assert configured.directory_bind_password
     assert configured.directory_bind_password not in repr(configured)
+
+
+def test_a_user_the_directory_refuses_is_not_reset_nor_mailed_and_the_task_goes_on(
+    configured: Settings, context: WorkerContext, slapd: OpenLdap,
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """p04 had the default password before (ppolicy's pwdInHistory): the server refuses it
+    for p04 alone, with its reason; ann gets it; the task says so and lists p04."""
+    directory = open_directory(configured)
+    assert isinstance(directory, LdapDirectory)
+    try:
+        [p04] = directory.by_username(["p04"])
+        for password in (DEFAULT, "Between-pass-7"):
+            assert directory.set_passwords([PasswordSet(p04.id, password, False)])[0].result \
+                is SetResult.SET
+    finally:
+        directory.dispose()
+    code, out = cli(configured, monkeypatch, capsys, "reset", "--scope", "selected_only",
+                    "--user", "ann,p04", "--default-password-stdin", "--yes", "--detach",
+                    stdin=DEFAULT + "\n")
+    assert code == 0, out
+    final = run_until_final(context, 1)
+
+    assert final.status is TaskStatus.COMPLETED_WITH_ERRORS
+    assert (final.counts[ItemState.RESET], final.counts[ItemState.REFUSED]) == (1, 1)
+    assert bind(slapd, "ann", DEFAULT) == (0, "changeAfterReset")
+    assert bind(slapd, "p04", "Between-pass-7") == (0, None)
+    refused = items(sessions, 1)["p04"]
+    assert refused.state == ItemState.REFUSED and "history" in (refused.last_error or "")
+    assert DEFAULT not in (refused.last_error or "")
+    code, out = cli(configured, monkeypatch, capsys, "tasks", "show", "1", "--csv")
+    assert code == 0, out
+    [row] = [line for line in out.splitlines() if line.startswith("p04,")]
+    assert "refused by the directory" in row and "history" in row
+
+
+def test_slapd_stopped_mid_batch_pauses_the_task_and_every_last_mail_binds(
+    configured: Settings, redis_conn: Redis, engine: Engine, slapd: OpenLdap,
+    smtp_server: SmtpServer, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The real server stops after two of five passwords: those two are mailed (their new
+    password works), the other three go back untouched and the task pauses; once the server
+    is back, the reaper resumes it and each of them is mailed the password that binds."""
+    names = ["p05", "p06", "p07", "p08", "p09"]
+    # The pause's first wait, short: the claim compares it with the real clock.
+    context = build_context(replace(configured, mail_outage_retry=0.5), redis_conn, engine)
+    directory = context.directory
+    assert isinstance(directory, LdapDirectory)
+
+    class StopAfterTwo(OpenLdapRules):
+        sets = 0
+
+        def set_password(self, connection: Connection, dn: str, password: str) -> Refusal | None:
+            if self.sets == 2:
+                slapd.stop()
+            self.sets += 1
+            return super().set_password(connection, dn, password)
+
+    directory.rules = StopAfterTwo(directory.profile)
+    code, out = cli(configured, monkeypatch, capsys, "reset", "--scope", "selected_only",
+                    "--user", ",".join(names), "--yes", "--detach")
+    assert code == 0, out
+    work(context)
+
+    paused = task_snapshot(context, 1)
+    assert paused.status is TaskStatus.RUNNING and paused.paused
+    assert (paused.pause_reason or "").startswith("The directory ldaps://localhost:")
+    assert paused.counts[ItemState.NOTIFIED] == 2 and paused.counts[ItemState.PENDING] == 3
+    mailed = [n for n in names if smtp_server.to(f"{n}@example.org")]
+    assert len(mailed) == 2
+    slapd.start()  # the same data: the two mailed have their new password, the rest the old
+    for n in names:
+        if n in mailed:
+            assert bind(slapd, n, smtp_server.last_password(f"{n}@example.org"))[0] == 0, n
+        else:
+            assert bind(slapd, n, old(slapd, n)) == (0, None), n
+    assert paused.paused_until is not None
+    time.sleep(max(0.0, (paused.paused_until - utcnow()).total_seconds()))
+    reap(context, now=paused.paused_until + timedelta(seconds=1))
+    final = run_until_final(context, 1)
+    context.close()
+
+    assert final.status is TaskStatus.COMPLETED, final
+    assert final.counts[ItemState.NOTIFIED] == len(names)
+    for n in names:  # nobody is left with a password nobody knows
+        assert len(smtp_server.to(f"{n}@example.org")) == 1, n
+        assert bind(slapd, n, smtp_server.last_password(f"{n}@example.org")) == (
+            0, "changeAfterReset"), n
