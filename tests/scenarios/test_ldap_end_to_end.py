@@ -41,6 +41,9 @@ from tests.support.openldap import (
     OpenLdapTemplate,
     seeded_users,
 )
+from tests.support.signing import app_settings, form_state, start_app, submitted_view
+from tests.support.slack_standin import SlackStandIn
+from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
@@ -415,3 +418,71 @@ def test_slapd_stopped_mid_batch_pauses_the_task_and_every_last_mail_binds(
         assert len(smtp_server.to(f"{n}@example.org")) == 1, n
         assert bind(slapd, n, smtp_server.last_password(f"{n}@example.org")) == (
             0, "changeAfterReset"), n
+
+
+def test_slack_picks_ldap_users_by_name_and_their_mailed_passwords_bind(
+    configured: Settings, sessions: sessionmaker[Session], redis_conn: Redis, slapd: OpenLdap,
+    slack_standin: SlackStandIn, smtp_server: SmtpServer,
+) -> None:
+    """Signed HTTP to the Bolt app with the Slack stand-in: the picker finds users in the
+    search copy read from the LDAP server (entryUUIDs as option values), the preview counts
+    on the server, the confirm queues, a worker resets through the protocol."""
+    served = app_settings(configured, slack_standin)
+    directory = open_directory(served)
+    running, thread = start_app(served, sessions, directory, redis_conn, slack_standin)
+    try:
+        opened = running.open_modal()
+        found = running.slack.options("patron").json()["options"]
+        by_name = {option["text"]["text"]: option["value"] for option in found}
+        ann, bob = by_name["Ann Patron (ann)"], by_name["Bob Patron (bob)"]
+        assert len(ann) == 36 and len(bob) == 36  # entryUUIDs, as text
+        answer = running.slack.submit(submitted_view(opened, form_state(
+            "selected_only", [ann, bob])))  # type: ignore[list-item]
+        preview = answer.json()["view"]
+        assert "*Users to reset*\\n2" in str(preview)  # (the repr of a text with its newline)
+        assert running.slack.submit(preview).json() == {"response_action": "clear"}
+        context = WorkerContext.build(running.settings, running.redis)
+        try:
+            final = run_until_final(context, 1)
+        finally:
+            context.close()
+    finally:
+        running.stop(thread)
+        directory.dispose()
+    assert final.status is TaskStatus.COMPLETED
+    for uid in ("ann", "bob"):
+        assert bind(slapd, uid, smtp_server.last_password(f"{uid}@example.org")) == (
+            0, "changeAfterReset")
+    assert_untouched(slapd, set(SEEDED) - {"ann", "bob"})
+    assert slack_standin.requests_containing(configured.directory_bind_password or "?") == []
+
+
+def test_a_scheduled_reset_is_counted_again_on_the_server_at_its_time(
+    configured: Settings, context: WorkerContext, slapd: OpenLdap,
+    sessions: sessionmaker[Session],
+) -> None:
+    """Scheduled for ann and bob; bob leaves the directory before its time: the re-count on
+    the LDAP server differs from the preview, so the start is held and nobody is reset."""
+    start_at = utcnow() + timedelta(minutes=5)
+    directory = open_directory(configured)
+    try:
+        ids = tuple(user.id for user in directory.by_username(["ann", "bob"]))
+        with sessions() as session:
+            request = ResetRequest(requester="UADMIN", scope=Scope.SELECTED_ONLY,
+                                   selection=ids, default_password=DEFAULT, start_at=start_at)
+            preview = validate_request(configured, directory, request)
+            task = create_task(session, configured, request, preview)
+            assert gate_new_task(session, configured, task) is TaskStatus.SCHEDULED
+            session.commit()
+    finally:
+        directory.dispose()
+    with slapd.admin() as admin:
+        admin.delete(slapd.user_dn("bob"))
+
+    assert reap(context, now=start_at + timedelta(seconds=5)).schedules_held == 1
+    with sessions() as session:
+        held = session.get(ResetTask, 1)
+        assert held is not None and held.start_held_at is not None
+        assert (held.preview_users, held.recheck_users) == (2, 1)
+    work(context)
+    assert bind(slapd, "ann", old(slapd, "ann")) == (0, None)
