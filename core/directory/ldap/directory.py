@@ -18,7 +18,7 @@ Password Modify or unicodePwd), then the must-change and unlock modifications. A
 words, and the batch goes on; a connection that breaks raises DirectoryUnavailable carrying the
 outcomes so far (nothing names a password).
 
-Not wired to the engine yet (issue 19 groundwork): see protocol.py.
+Made from Settings by core/directory/factory.py (an `ldaps://` or `ldap://` DIRECTORY_URL).
 """
 
 from __future__ import annotations
