@@ -239,6 +239,15 @@ def starts_once_approved(start_at: datetime) -> str:
 SEARCH_UNAVAILABLE_OPTION = "Search is not available, try again in a moment"
 
 
+def locked_on_purpose_note(locked: int, mode: Mode) -> str:
+    """What the preview says of users the library locked on purpose (kept locked)."""
+    if mode is Mode.GENERATED:
+        return (f":lock: {plural(locked, 'user')} locked on purpose by the library: left out, "
+                "they stay locked and nobody is e-mailed.")
+    return (f":lock: {plural(locked, 'user')} locked on purpose by the library: they get the "
+            "password and stay locked.")
+
+
 def user_option_label(user: User | DirectoryUser) -> str:
     """"Full Name (username)", staff marked, within Slack's 75 characters for an option."""
     username = truncate(one_line(user.username), 40)

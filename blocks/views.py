@@ -43,6 +43,7 @@ from blocks.text import (
     UNKNOWN_REQUEST,
     awaiting_approval,
     escape,
+    locked_on_purpose_note,
     mode_label,
     no_email_preview,
     one_line,
@@ -214,6 +215,8 @@ def preview_modal(
     if preview.staff:
         blocks.append(section(f":warning: {plural(preview.staff, 'staff account')} "
                               "included."))
+    if preview.locked_on_purpose:
+        blocks.append(section(locked_on_purpose_note(preview.locked_on_purpose, mode)))
     if mode is Mode.DEFAULT:
         blocks.append(section("Tell the users their new password yourself: resetbot never "
                               "shows or sends it."))

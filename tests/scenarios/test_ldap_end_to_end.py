@@ -440,6 +440,8 @@ def test_slack_picks_ldap_users_by_name_and_their_mailed_passwords_bind(
             "selected_only", [ann, bob])))  # type: ignore[list-item]
         preview = answer.json()["view"]
         assert "*Users to reset*\\n2" in str(preview)  # (the repr of a text with its newline)
+        everyone = running.slack.submit(submitted_view(opened, form_state("all_without_role")))
+        assert "1 user locked on purpose by the library: left out" in str(everyone.json())
         assert running.slack.submit(preview).json() == {"response_action": "clear"}
         context = WorkerContext.build(running.settings, running.redis)
         try:
