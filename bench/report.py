@@ -49,6 +49,8 @@ class Report:
     #: One-user e-mailed resets, confirm to mail accepted; the ETA shown at 10 % vs the real.
     small: list[Row] = field(default_factory=list)
     eta: list[Row] = field(default_factory=list)
+    #: A file of users given in Slack: download, parse, match, preview (the `file` phase).
+    file: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -242,6 +244,7 @@ class Report:
                 if self.small else None
             ),
             "eta": self.eta,
+            "file": self.file,
             "targets": [t.__dict__ for t in self.targets()],
             "notes": self.notes,
         }
@@ -377,6 +380,15 @@ class Report:
             before = [r.get("slack_calls_before_mail", 0) for r in self.small]
             lines.append(f"  Slack calls the mail waited for: {statistics.median(before):g}"
                          " (median)")
+        if self.file:
+            lines.append("")
+            lines.append("A file of users given in Slack, after the ack (ms)")
+            lines.append(_row(["lines", "db", "users", "download", "parse", "match", "preview",
+                               "total"]))
+            for r in self.file:
+                lines.append(_row([f"{r['lines']:,}", r["db"], f"{r['users']:,}",
+                                   r["download_ms"], r["parse_ms"], r["match_ms"],
+                                   r["preview_ms"], r["total_ms"]]))
         targets = self.targets()
         if targets:
             lines.append("")

@@ -17,6 +17,8 @@ sink, the Slack Web API stand-in, workers as separate processes):
               latency at --koha-preview-users (default 100,000) Koha users
   small       a one-user e-mailed reset, confirm to mail accepted, with a worker already idle
   eta         the time left shown once 10 % of a task is done, against the real time it took
+  file        a file of --file-lines users (default 100,000) given in Slack, on SQLite and
+              PostgreSQL: files.info + download with the bot token, parse, match, preview
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--modes", default=",".join(MODES),
                         help="reset modes for the throughput runs (default: default,generated)")
     parser.add_argument("--phases",
-                        default="schemes,throughput,slack,bcrypt,large,picker,small,eta",
+                        default="schemes,throughput,slack,bcrypt,large,picker,small,eta,file",
                         help="which phases to run")
     parser.add_argument("--koha-users", type=int, default=None,
                         help="users in the koha phase's tasks (default 10000; --quick 2000)")
@@ -108,6 +110,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="one-user resets timed in the small phase (default 10)")
     parser.add_argument("--eta-users", type=int, default=None,
                         help="users in the ETA phase's task (default 10000; --quick 2000)")
+    parser.add_argument("--file-lines", type=int, default=None,
+                        help="lines of the file phase's file (default 100000; --quick 10000)")
+    parser.add_argument("--file-dbs", default="sqlite,postgresql",
+                        help="databases for the file phase (default both)")
     parser.add_argument("--queries", type=int, default=200,
                         help="picker searches timed per database (default 200)")
     parser.add_argument("--preview-rounds", type=int, default=5,
@@ -132,6 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.bcrypt_users is None:
         args.bcrypt_users = 20 if quick else 100
     args.eta_users = args.eta_users or (2000 if quick else 10000)
+    args.file_lines = args.file_lines or (10000 if quick else 100000)
     args.koha_users = args.koha_users or (2000 if quick else 10000)
     if args.koha_preview_users is None:
         args.koha_preview_users = 20000 if quick else 100000
@@ -406,6 +413,17 @@ class Bench:
             self.report.picker.extend(result.latency)
             self.report.search_copy.extend(result.copies)
 
+    def file(self) -> None:
+        """A file of users given in Slack: download, parse, match and preview, each timed."""
+        from bench.filelist import file_phase
+
+        if self.stack.slack is None:
+            self.report.notes.append("file phase skipped: Slack stand-in unavailable")
+            return
+        self.report.file.extend(file_phase(self.args.file_lines,
+                                           self.args.file_dbs.split(","), self.base,
+                                           self.stack.slack, self.log))
+
     def koha(self) -> None:
         """Whole tasks on Koha's `borrowers` (MariaDB) with the state on PostgreSQL, timed
         against the floor measured in the same workers, as the throughput phase does."""
@@ -524,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.log(f"bench: sizes {args.sizes}, workers {args.workers}, repeat {args.repeat};"
                       f" logs in {workdir}")
             for phase in ("schemes", "throughput", "koha", "slack", "bcrypt", "large", "picker",
-                          "small", "eta"):
+                          "small", "eta", "file"):
                 if phase in args.phases:
                     getattr(bench, phase)()
             bench.report.seconds = time.monotonic() - started

@@ -24,6 +24,8 @@ REQUIRE_CHANGE_YES = "yes"
 NO_EMAIL = "no_email"
 #: The password staff type for users without an address (choice `set`).
 NO_EMAIL_PASSWORD = "no_email_password"  # noqa: S105 - a block id, not a password
+#: A file of users (file_input: CSV or text), instead of picking them.
+USERS_FILE = "users_file"
 #: When the reset starts (a datetimepicker; empty: now).
 START_AT = "start_at"
 
@@ -40,5 +42,10 @@ ACTION_RETRY_FAILED = "retry_failed"
 #: On a task's parent message while it awaits a second admin's approval; value = task id.
 ACTION_APPROVE = "approve_task"
 ACTION_REJECT = "reject_task"
+#: "Send me the list": the CSV of everyone a reset would reset, to the clicker by DM. On the
+#: preview modal (value "preview": the request is the view's), and on a request awaiting
+#: approval (value = task id).
+ACTION_SEND_LIST = "send_list"
+SEND_LIST_OF_PREVIEW = "preview"
 #: On a scheduled task held at its start because its counts changed: start it anyway.
 ACTION_CONFIRM_SCHEDULED = "confirm_scheduled"

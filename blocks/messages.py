@@ -20,13 +20,17 @@ from blocks.ids import (
     ACTION_CONFIRM_SCHEDULED,
     ACTION_REJECT,
     ACTION_RETRY_FAILED,
+    ACTION_SEND_LIST,
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
 from blocks.text import (
     OUTCOME_LABELS,
     STATUS_EMOJI,
+    done_words,
+    ended_words,
     escape,
     mode_label,
+    never_started_words,
     one_line,
     plural,
     progress_bar,
@@ -39,13 +43,15 @@ from blocks.text import (
     starts_if_approved,
     starts_once_approved,
     status_label,
+    tally_words,
     truncate,
     until_words,
 )
 from core.csvsafe import to_csv
-from core.models import ItemState, Mode, TaskStatus
+from core.models import ItemState, Mode, NoEmailChoice, TaskStatus
 from core.progress import TaskSnapshot, duration_words, pace_words
 from core.schedule import ON_TIME
+from core.tally import preview_tally
 
 #: Longest piece of user text (a name, an error) shown in a message.
 NAME_LIMIT = 80
@@ -117,13 +123,19 @@ def progress_line(task: TaskSnapshot) -> str:
     if task.held:
         return held_note(task)
     if task.status is TaskStatus.SCHEDULED and task.start_at is not None:
-        return scheduled_line(task.start_at)
+        # No "(in 2 min)": the parent is not re-rendered as time passes; Slack shows the date.
+        return scheduled_line(task.start_at, relative=False)
+    tally = task.tally
+    if task.ended_unstarted:
+        return f"{status_label(task.status)} before its start: {never_started_words(tally)}."
     if not task.planned and not task.total:
         return "Working out who is in scope…"
-    counted = f"{task.done:,} of {plural(task.total, 'user')} done"
+    counted = done_words(tally)
     if not task.planned:
         counted += " so far (still listing users)"
-    line = f"`{progress_bar(task.fraction)}` {round(task.fraction * 100)}% · {counted}"
+    line = f"`{progress_bar(tally.fraction)}` {round(tally.fraction * 100)}% · {counted}"
+    if task.status.is_final:
+        line += ended_words(tally)
     pace = pace_words(task.pace)
     return f"{line} · {pace}" if pace else line
 
@@ -174,7 +186,7 @@ def parent_message(
     details = [
         f"{status}",
         f"*Requested by* {who_asked(task)}",
-        f"*Who* {escape(scope_summary(task.scope, selected))}",
+        f"*Who* {escape(scope_summary(task.scope, selected or task.selected))}",
         f"*How* {mode_label(task.mode)}",
     ]
     if task.mode == Mode.GENERATED or task.require_change:
@@ -202,7 +214,7 @@ def parent_message(
         blocks.append({"type": "actions", "block_id": f"task_{task.id}", "elements": buttons})
     text = f"{task_title(task)}: {status_label(task.status)}"
     if task.total:
-        text += f", {task.done:,} of {plural(task.total, 'user')} done"
+        text += f", {done_words(task.tally)}"
     return SlackMessage(text, blocks)
 
 
@@ -213,7 +225,7 @@ def parent_buttons(task: TaskSnapshot) -> list[Block]:
     A scheduled task held because its counts changed also offers to start it anyway.
     """
     if task.status is TaskStatus.AWAITING_APPROVAL:
-        return [approve_button(task.id), reject_button(task.id)]
+        return [approve_button(task.id), reject_button(task.id), send_list_button(str(task.id))]
     if not task.status.is_final:
         if task.cancel_requested:
             return []
@@ -239,9 +251,11 @@ def approval_details(task: TaskSnapshot) -> list[str]:
     lines = []
     if approval.preview is not None and task.status in NOT_STARTED:
         counts = approval.preview
+        tally = preview_tally(counts, Mode(task.mode), NoEmailChoice(task.no_email))
+        left_alone = f" · left alone {tally.left_alone:,}" if tally.left_alone else ""
         lines.append(
-            f"*Users to reset* {counts.users:,} · with e-mail {counts.emailable:,} · "
-            f"without e-mail {counts.without_email:,} · staff {counts.staff:,}"
+            f"*Users to reset* {tally.changed:,} · with e-mail {counts.emailable:,} · "
+            f"without e-mail {counts.without_email:,}{left_alone} · staff {counts.staff:,}"
         )
     if approval.approved_by:
         lines.append(f"*Approved by* {requester_mention(approval.approved_by)}")
@@ -268,26 +282,31 @@ def asked_again_at_start(task: TaskSnapshot) -> bool:
 
 def approval_note(task: TaskSnapshot) -> str:
     """What a task that has not started because of approval says instead of its progress."""
+    if task.status in (TaskStatus.REJECTED, TaskStatus.EXPIRED):
+        return f"{STATUS_EMOJI[task.status]} {approval_end_words(task)}"
     approval = task.approval
-    if task.status is TaskStatus.REJECTED:
-        by = requester_mention(approval.rejected_by) if approval and approval.rejected_by else ""
-        return f":no_entry: Rejected{f' by {by}' if by else ''}: nothing was changed."
-    if task.status is TaskStatus.EXPIRED:
-        when = "before its start time" if expired_at_start(task) else "in time"
-        return f":hourglass: Nobody approved it {when}: the request expired and nothing was " \
-               "changed."
     note = (":raised_hand: *Another admin must approve this reset* before anything changes; "
             "whoever asked for it cannot.")
     if approval is not None and approval.expires_at is not None:
         note += f" The request expires {slack_date(approval.expires_at)}."
     if task.start_at is not None:
         note += "\n" + (starts_once_approved(task.start_at) if asked_again_at_start(task)
-                        else starts_if_approved(task.start_at))
+                        else starts_if_approved(task.start_at, relative=False))
     if approval is not None and approval.recounted:
         note += "\n:warning: The directory changed since the request: these are the new counts."
     if approval is not None and approval.preview is None:
         note += "\nThe users were not counted: *Approve* counts them first."
     return note
+
+
+def approval_end_words(task: TaskSnapshot) -> str:
+    """Why a task that was never approved changed nothing (no emoji: callers put their own)."""
+    approval = task.approval
+    if task.status is TaskStatus.REJECTED:
+        by = requester_mention(approval.rejected_by) if approval and approval.rejected_by else ""
+        return f"Rejected{f' by {by}' if by else ''}: nothing was changed."
+    when = "before its start time" if expired_at_start(task) else "in time"
+    return f"Nobody approved it {when}: the request expired and nothing was changed."
 
 
 def approve_button(task_id: int) -> Block:
@@ -307,6 +326,12 @@ def approve_button(task_id: int) -> Block:
     }
 
 
+def send_list_button(value: str) -> Block:
+    """"Send me the list": the CSV of the users a reset would reset, to the clicker by DM."""
+    return {"type": "button", "action_id": ACTION_SEND_LIST, "value": value,
+            "text": plain("Send me the list", 75)}
+
+
 def reject_button(task_id: int) -> Block:
     return {
         "type": "button",
@@ -319,7 +344,9 @@ def reject_button(task_id: int) -> Block:
 
 def approval_end_reply(task: TaskSnapshot) -> SlackMessage:
     """The thread's last word on a reset that was never approved."""
-    text = f"{STATUS_EMOJI[task.status]} *Reset #{task.id}*: {approval_note(task)}"
+    words = (approval_end_words(task) if task.status in (TaskStatus.REJECTED, TaskStatus.EXPIRED)
+             else approval_note(task))
+    text = f"{STATUS_EMOJI[task.status]} *Reset #{task.id}*: {words}"
     return SlackMessage(text, [section(text)])
 
 
@@ -482,7 +509,7 @@ def waiting_reply(
 
 def milestone_reply(task: TaskSnapshot, quarter: int) -> SlackMessage:
     words = QUARTER_WORDS.get(quarter, "Progress")
-    text = f"{words}: {task.done:,} of {plural(task.total, 'user')}."
+    text = f"{words}: {done_words(task.tally)}."
     return SlackMessage(text, [section(text)])
 
 
@@ -508,6 +535,10 @@ def task_error_reply(task: TaskSnapshot) -> SlackMessage:
 
 #: Where the follow-up CSV is when it is posted in the task's own (direct-message) thread.
 BELOW = "below"
+#: The list's private destination could not be reached for now: it is sent once Slack answers.
+ON_ITS_WAY = "on its way"
+#: The list cannot be sent privately in Slack (the thread says why, in a reply of its own).
+NOT_DELIVERED = "not delivered"
 
 
 def in_channel(channel: str) -> str:
@@ -527,7 +558,11 @@ def summary_reply(task: TaskSnapshot, follow_up_where: str | None = None) -> Sla
     if task.status in NOT_STARTED:
         return approval_end_reply(task)
     heading = f"{STATUS_EMOJI[task.status]} *Reset #{task.id} {status_label(task.status).lower()}*"
-    lines = [heading + f" · {plural(task.total, 'user')}."]
+    tally = task.tally
+    if task.ended_unstarted:
+        lines = [f"{heading} before its start: {never_started_words(tally)}."]
+    else:
+        lines = [f"{heading} · {plural(tally.users, 'user')}: {tally_words(tally)}."]
     fields = [
         mrkdwn(f"*{OUTCOME_LABELS[state].capitalize()}*\n{task.counts.get(state, 0):,}")
         for state in SUMMARY_ORDER
@@ -557,10 +592,15 @@ def _expected_outcomes(task: TaskSnapshot) -> tuple[ItemState, ...]:
 
 def _summary_notes(task: TaskSnapshot, follow_up_where: str | None) -> list[str]:
     notes = []
-    if task.status is TaskStatus.CANCELLED or task.counts.get(ItemState.CANCELLED, 0):
+    tally = task.tally
+    if task.ended_unstarted:
+        pass  # the heading says it: nobody was reached
+    elif task.status is TaskStatus.CANCELLED or tally.not_reached:
+        kept = "; those already reset keep their new password" if tally.changed else ""
+        why = "Cancelled: " if task.status is TaskStatus.CANCELLED else ""
         notes.append(
-            f":no_entry_sign: Cancelled: {plural(task.counts.get(ItemState.CANCELLED, 0), 'user')} "
-            "left alone; those already reset keep their new password."
+            f":no_entry_sign: {why}{plural(tally.not_reached, 'user')} not reached, "
+            f"left alone{kept}."
         )
     no_email = task.counts.get(ItemState.NO_EMAIL, 0)
     if no_email:
@@ -598,12 +638,40 @@ def _summary_notes(task: TaskSnapshot, follow_up_where: str | None) -> list[str]
         )
     if task.follow_up_count and follow_up_where is None:
         notes.append(f"The users to contact by hand: `resetbot tasks show {task.id} --csv`.")
+    elif task.follow_up_count and follow_up_where == NOT_DELIVERED:
+        notes.append(f"The list of users to contact by hand could not be sent to you "
+                     f"privately: `resetbot tasks show {task.id} --csv` has it.")
+    elif task.follow_up_count and follow_up_where == ON_ITS_WAY:
+        notes.append("The list of users to contact by hand follows in a direct message as soon "
+                     f"as Slack lets me (it holds no passwords); `resetbot tasks show {task.id} "
+                     "--csv` has it too.")
     elif task.follow_up_count:
         notes.append(f"The users to contact by hand are in the CSV {follow_up_where} (it holds "
                      "no passwords).")
     if task.status is TaskStatus.FAILED:
         notes.append(":x: The reset stopped early: the problem is described above.")
     return notes
+
+
+#: Why the list could not be sent privately, by Slack's error code.
+LIST_REFUSED_REASONS = {
+    "user_not_found": "the requester's Slack account is gone",
+    "user_disabled": "the requester's Slack account is deactivated",
+    "cannot_dm_bot": "the requester is a bot",
+    "missing_scope": "the app lacks the permission to send it (`im:write`, `files:write`)",
+    "not_in_channel": "I'm not a member of the report channel",
+    "channel_not_found": "I can't see the conversation it was meant for",
+    "is_archived": "the report channel is archived",
+}
+
+
+def list_not_delivered_reply(task: TaskSnapshot, code: str) -> SlackMessage:
+    """The follow-up list could go nowhere private: said in the thread, without its content."""
+    why = LIST_REFUSED_REASONS.get(code, f"Slack refused it ({escape(truncate(code, 60))})")
+    text = (f":warning: The list of {plural(task.follow_up_count, 'user')} to contact by hand "
+            f"could not be sent privately: {why}. It is kept with the reset: "
+            f"`resetbot tasks show {task.id} --csv`.")
+    return SlackMessage(text, [section(text)])
 
 
 # ---- the follow-up CSV ----------------------------------------------------------------------

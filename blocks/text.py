@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from core.controls import blank_unsafe
 from core.directory import DirectoryUser
 from core.directory.protocol import User
 from core.models import ItemState, Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot, pace_words
+from core.tally import Tally
 
 COMMAND = "/reset-passwords"
 #: Slack's limit for an option's text in a select menu.
@@ -135,6 +137,44 @@ def plural(count: int, singular: str, many: str | None = None) -> str:
     return f"{count:,} {word}"
 
 
+# ---- counts: every edge says them in these words, from one Tally (core/tally.py) -----------------
+
+
+def done_words(tally: Tally) -> str:
+    """"50 of 150 users done": users not reached (cancelled first) are not done."""
+    return f"{tally.done:,} of {plural(tally.users, 'user')} done"
+
+
+def tally_words(tally: Tally) -> str:
+    """"1 password reset · 2 left alone (no e-mail) · 100 not reached": what a task did."""
+    parts = [f"{plural(tally.changed, 'password')} reset"]
+    if tally.left_alone:
+        parts.append(f"{tally.left_alone:,} left alone (no e-mail)")
+    if tally.not_reached:
+        parts.append(f"{tally.not_reached:,} not reached")
+    return " · ".join(parts)
+
+
+def ended_words(tally: Tally) -> str:
+    """What an ended task's progress line adds: who was left alone or not reached, if anyone
+    (a task that reset everyone is told by its "done")."""
+    return f" · {tally_words(tally)}" if tally.left_alone or tally.not_reached else ""
+
+
+def preview_words(tally: Tally) -> str:
+    """"1 password will be reset; 2 users without e-mail are left alone."."""
+    words = f"{plural(tally.changed, 'password')} will be reset"
+    if tally.left_alone:
+        are = "is" if tally.left_alone == 1 else "are"
+        words += f"; {plural(tally.left_alone, 'user')} without e-mail {are} left alone"
+    return words + "."
+
+
+def never_started_words(tally: Tally) -> str:
+    """A task that ended before its start: nobody's password changed."""
+    return f"nobody's password changed ({plural(tally.users, 'user')} in scope)"
+
+
 def scope_label(scope: str) -> str:
     try:
         return SCOPE_LABELS[Scope(scope)]
@@ -212,20 +252,30 @@ def until_words(start_at: datetime, now: datetime) -> str:
     return f"in {span_words(seconds)}" if seconds >= 60 else "now"
 
 
-def scheduled_line(start_at: datetime, now: datetime | None = None) -> str:
-    """":alarm_clock: *Scheduled for Fri 9 Jan 06:00* (in 3 days)"."""
-    when = until_words(start_at, now if now is not None else datetime.now(UTC))
-    return f":alarm_clock: *Scheduled for {schedule_date(start_at)}* ({when})"
+def _relative(start_at: datetime, now: datetime | None, relative: bool) -> str:
+    """" (in 3 days)", or nothing on a message that stays up (it would go stale)."""
+    if not relative:
+        return ""
+    return f" ({until_words(start_at, now if now is not None else datetime.now(UTC))})"
 
 
-def starts_if_approved(start_at: datetime, now: datetime | None = None) -> str:
+def scheduled_line(start_at: datetime, now: datetime | None = None, *,
+                   relative: bool = True) -> str:
+    """":alarm_clock: *Scheduled for Fri 9 Jan 06:00* (in 3 days)"; `relative=False` for a
+    message left up for hours: the date alone, which Slack shows in each reader's zone."""
+    return (f":alarm_clock: *Scheduled for {schedule_date(start_at)}*"
+            f"{_relative(start_at, now, relative)}")
+
+
+def starts_if_approved(start_at: datetime, now: datetime | None = None, *,
+                       relative: bool = True) -> str:
     """A scheduled reset awaiting approval: approved in time, it starts then; else it expires.
-    One asked for approval again at its start (its count needs it): approved, it starts."""
-    now = now if now is not None else datetime.now(UTC)
-    if start_at <= now:
+    One whose start has passed (asked again at its start): approved, it starts at once."""
+    if start_at <= (now if now is not None else datetime.now(UTC)):
         return starts_once_approved(start_at)
-    return (f":alarm_clock: Starts *{schedule_date(start_at)}* ({until_words(start_at, now)}) "
-            "if approved before then; otherwise the request expires.")
+    return (f":alarm_clock: Starts *{schedule_date(start_at)}*"
+            f"{_relative(start_at, now, relative)} if approved before then; otherwise the "
+            "request expires.")
 
 
 def starts_once_approved(start_at: datetime) -> str:
@@ -291,13 +341,16 @@ def task_status_text(task: TaskSnapshot) -> str:
     """One task in a few lines: what, who, how far, outcomes."""
     lines = [
         f"{STATUS_EMOJI[task.status]} *Reset #{task.id}: {status_label(task.status)}*",
-        f"{scope_label(task.scope)} · {mode_label(task.mode)} · requested by "
+        f"{scope_summary(task.scope, task.selected)} · {mode_label(task.mode)} · requested by "
         f"{requester_mention(task.requester, task.requester_name)} {slack_date(task.created_at)}",
     ]
-    if task.planned or task.total:
-        progress = (
-            f"`{progress_bar(task.fraction)}` {task.done:,} of {plural(task.total, 'user')} done"
-        )
+    tally = task.tally
+    if task.ended_unstarted and tally.users:
+        lines.append(f"Ended before its start: {never_started_words(tally)}.")
+    elif task.planned or task.total:
+        progress = f"`{progress_bar(tally.fraction)}` {done_words(tally)}"
+        if task.status.is_final:
+            progress += ended_words(tally)
         pace = pace_words(task.pace)
         lines.append(f"{progress} · {pace}" if pace else progress)
     elif task.status is TaskStatus.AWAITING_APPROVAL:
@@ -465,3 +518,110 @@ RESET_SAVED_TITLE = "Reset saved"
 UNKNOWN_REQUEST = "This request is unknown or has expired. Close this and start again."
 UNKNOWN_FORM = f"resetbot does not know this form. Close it and type {COMMAND} again."
 BUTTON_NAMES_NO_TASK = "That button does not name a reset."
+
+
+# ---- Send me the list ---------------------------------------------------------------------------
+
+LIST_PREVIEW_GONE = ("This request can no longer be listed: it was confirmed, has started or "
+                     "has expired.")
+LIST_NOT_YOURS = "Only whoever asked for this preview can have its list."
+
+
+def list_title(task_id: int | None) -> str:
+    return f"Reset #{task_id}: who exactly" if task_id else "Your reset preview: who exactly"
+
+
+def list_comment(users: int) -> str:
+    return (f"Everyone this reset would reset ({plural(users, 'user')}) and what happens to "
+            "each. No passwords are in this file; it is made from the same query as the reset.")
+
+
+def list_sent(users: int) -> str:
+    return f"The list of the {plural(users, 'user')} is in your direct messages with me."
+
+
+# ---- users from a file (the form's file_input) ---------------------------------------------------
+
+USERS_FILE_LABEL = "Or: a file of users"
+USERS_FILE_HINT = (
+    "For “Only the users picked” and “Everyone except”. CSV or plain text, up to 10 MB: one "
+    "username, card number or e-mail address per line, or a CSV with a username, cardnumber or "
+    "email column."
+)
+FILE_NEEDS_SELECTED_SCOPE = (
+    "A file names users for “Only the users picked” or “Everyone except”: choose one of those, "
+    "or remove the file."
+)
+FILE_OR_PICKED = "Pick users or give a file, not both: remove one of them."
+FILE_UNREADABLE_SHAPE = "The file could not be read from Slack; attach it again."
+FILE_UNREADABLE = (
+    "Slack did not hand over the file ({reason}); attach it again (nothing was changed)."
+)
+FILE_NOT_FROM_SLACK = (
+    "The file is not on this Slack workspace's own host, so resetbot did not fetch it "
+    "(nothing was changed)."
+)
+READING_FILE_TITLE = "Reading the file"
+FILE_REFUSED_TITLE = "File not used"
+NOT_PREVIEWED_TITLE = "Nothing to confirm"
+#: Unmatched lines shown in the preview; all of them are kept with the request.
+SHOWN_UNMATCHED = 20
+
+
+def file_too_large(size: int, limit: int, *, at_least: bool = False) -> str:
+    more = "more than " if at_least else ""
+    return (f"The file is {more}{size / 1_048_576:.1f} MB; at most {limit // 1_048_576} MB fit. "
+            "Split it, or use a broader scope (nothing was changed).")
+
+
+def file_matches_nobody(entries: int) -> str:
+    return (f"None of the file's {plural(entries, 'entry', 'entries')} is a user in the "
+            "directory (nothing was changed).")
+
+
+def reading_file(name: str) -> str:
+    return (f"Reading *{escape(one_line(name))}* and matching it against the directory… "
+            "The preview appears here in a moment.")
+
+
+def file_refused(reason: str) -> str:
+    return f"{escape(reason)}\nClose this and start again with another file."
+
+
+def not_previewed(problems: dict[str, list[str]]) -> str:
+    lines = [escape(reason) for reasons in problems.values() for reason in reasons]
+    return ("The request was not previewed (nothing was changed):\n• " + "\n• ".join(lines)
+            + "\nClose this and start again.")
+
+
+def file_summary(report: dict[str, Any]) -> str:
+    """The preview's line about a file: what it named, what matched, what did not."""
+    unmatched = report["unmatched"]
+    ambiguous = sum(1 for item in unmatched if item["could_be"])
+    parts = [f"*From the file:* {plural(report['entries'], 'entry', 'entries')}, "
+             f"{plural(report['users'], 'user')} matched"]
+    if len(unmatched) - ambiguous:
+        parts.append(f"{len(unmatched) - ambiguous:,} not found")
+    if ambiguous:
+        parts.append(f"{ambiguous:,} matching several users")
+    if report["repeated"]:
+        parts.append(f"{report['repeated']:,} repeated (counted once)")
+    return ", ".join(parts) + "."
+
+
+def unmatched_lines(report: dict[str, Any]) -> list[str]:
+    """The first unmatched lines, with line numbers, under a heading (then how many more): one
+    string each, for the view to pack into sections. The full list stays with the request."""
+    unmatched = report["unmatched"]
+    lines = []
+    for item in unmatched[:SHOWN_UNMATCHED]:
+        value = escape(truncate(one_line(item["value"]), 60))
+        if item["could_be"]:
+            could_be = ", ".join(escape(truncate(one_line(name), 40))
+                                 for name in item["could_be"][:3])
+            lines.append(f"line {item['line']:,}: `{value}`: several users ({could_be})")
+        else:
+            lines.append(f"line {item['line']:,}: `{value}`: not in the directory")
+    more = len(unmatched) - len(lines)
+    return (["*Lines that name nobody, or several users (not used):*", *lines]
+            + ([f"… and {more:,} more."] if more else []))

@@ -22,18 +22,30 @@ from blocks.ids import (
     REQUIRE_CHANGE,
     REQUIRE_CHANGE_YES,
     SCOPE,
+    SEND_LIST_OF_PREVIEW,
     START_AT,
     USERS,
+    USERS_FILE,
 )
 from blocks.kit import Block, context, mrkdwn, plain, section
+from blocks.messages import (
+    approval_details,
+    approval_note,
+    approve_button,
+    reject_button,
+    send_list_button,
+)
 from blocks.text import (
     AWAITING_APPROVAL_TITLE,
     DEFAULT_FIELD_HINT,
+    FILE_REFUSED_TITLE,
     NO_EMAIL_FIELD_HINT,
     NO_EMAIL_HELP,
     NO_EMAIL_LABELS,
     NOT_ALLOWED,
     NOT_ALLOWED_TITLE,
+    NOT_PREVIEWED_TITLE,
+    READING_FILE_TITLE,
     RESET_SAVED_TITLE,
     SCOPE_HELP,
     SCOPE_LABELS,
@@ -41,24 +53,34 @@ from blocks.text import (
     STATUS_EMOJI,
     UNKNOWN_FORM,
     UNKNOWN_REQUEST,
+    USERS_FILE_HINT,
+    USERS_FILE_LABEL,
     awaiting_approval,
+    done_words,
+    ended_words,
     escape,
+    file_refused,
+    file_summary,
     locked_on_purpose_note,
     mode_label,
+    never_started_words,
     no_email_preview,
+    not_previewed,
     one_line,
     plural,
+    preview_words,
     progress_bar,
     queue_unavailable,
+    reading_file,
     requester_mention,
     scheduled_line,
-    scope_label,
     scope_summary,
     slack_date,
     starts_if_approved,
     status_label,
     thread_link,
     truncate,
+    unmatched_lines,
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
@@ -66,6 +88,7 @@ from core.directory.protocol import User
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot
 from core.schedule import MAX_AHEAD
+from core.tally import Tally, preview_tally
 
 View = dict[str, Any]
 
@@ -73,7 +96,13 @@ View = dict[str, Any]
 PASSWORD_MAX_LENGTH = 128
 MIN_QUERY_LENGTH = 3
 HOME_TASKS = 15
+#: Requests awaiting approval App Home lists with their buttons (a view holds 100 blocks).
+HOME_APPROVALS = 20
 MAX_OPTIONS = 100
+#: Slack's limit for a section's text.
+SECTION_TEXT_LIMIT = 3000
+#: The file_input's accepted extensions (its content is checked again when read).
+USERS_FILE_TYPES = ["csv", "txt"]
 
 
 # ---- the reset modal ------------------------------------------------------------------------
@@ -119,6 +148,15 @@ def reset_modal(channel: str | None = None) -> View:
                 "element": {"type": "multi_external_select", "action_id": USERS,
                             "placeholder": plain("Type at least 3 letters", 150),
                             "min_query_length": MIN_QUERY_LENGTH},
+            },
+            {
+                "type": "input",
+                "block_id": USERS_FILE,
+                "optional": True,
+                "label": plain(USERS_FILE_LABEL),
+                "hint": plain(USERS_FILE_HINT),
+                "element": {"type": "file_input", "action_id": USERS_FILE,
+                            "filetypes": USERS_FILE_TYPES, "max_files": 1},
             },
             {
                 "type": "input",
@@ -171,11 +209,11 @@ def reset_modal(channel: str | None = None) -> View:
 # ---- preview and notices ----------------------------------------------------------------------
 
 
-def confirm_button_text(mode: Mode, users: int) -> str:
-    """What the submit button will do, within Slack's 24 characters."""
+def confirm_button_text(mode: Mode, tally: Tally) -> str:
+    """What the submit button will do (the passwords it changes), within Slack's 24 characters."""
     if mode is Mode.DEFAULT:
-        return f"Set for {plural(users, 'user')}"
-    return f"Reset {users:,} & e-mail"
+        return f"Set for {plural(tally.changed, 'user')}"
+    return f"Reset {tally.changed:,} & e-mail"
 
 
 def preview_modal(
@@ -188,18 +226,21 @@ def preview_modal(
     require_change: bool,
     no_email: NoEmailChoice = NoEmailChoice.RESET,
     start_at: datetime | None = None,
+    file_report: dict[str, Any] | None = None,
 ) -> View:
     """What a confirm would do; private_metadata holds only the opaque id of the waiting request.
 
-    `start_at`: a scheduled reset's start, said above everything else.
+    `start_at`: a scheduled reset's start, said above everything else. `file_report`: what a
+    file of users matched (core.userio.FileMatch.report), with its first unmatched lines.
     """
-    emailed = preview.emailable if mode is Mode.GENERATED else 0
+    tally = preview_tally(preview, mode, no_email)
+    emailed = tally.mailed
     if mode is Mode.GENERATED:
         without_email = no_email_preview(no_email, preview.without_email)
     else:
         without_email = "Not applicable: nobody is e-mailed"
     fields = [
-        mrkdwn(f"*Users to reset*\n{preview.users:,}"),
+        mrkdwn(f"*Users to reset*\n{tally.changed:,}"),
         mrkdwn(f"*E-mailed a new password*\n{emailed:,}"),
         mrkdwn(f"*Without e-mail*\n{without_email}"),
         mrkdwn(f"*Staff included*\n{preview.staff:,}"),
@@ -208,10 +249,13 @@ def preview_modal(
     ]
     blocks: list[Block] = [] if start_at is None else [section(scheduled_line(start_at))]
     blocks += [
-        section(f"*{scope_summary(scope, selected)}*: {plural(preview.users, 'password')} "
-                "will be reset."),
+        section(f"*{scope_summary(scope, selected)}*: {preview_words(tally)}"),
         {"type": "section", "fields": fields},
     ]
+    if file_report is not None:
+        blocks.append(section(file_summary(file_report)))
+        if file_report["unmatched"]:
+            blocks += [section(text) for text in packed(unmatched_lines(file_report))]
     if preview.staff:
         blocks.append(section(f":warning: {plural(preview.staff, 'staff account')} "
                               "included."))
@@ -220,6 +264,13 @@ def preview_modal(
     if mode is Mode.DEFAULT:
         blocks.append(section("Tell the users their new password yourself: resetbot never "
                               "shows or sends it."))
+    blocks.append({
+        "type": "section",
+        "block_id": "send_list",
+        "text": mrkdwn("Who exactly? The list of everyone this reset would reset comes to you "
+                       "in a direct message (a CSV, no passwords)."),
+        "accessory": send_list_button(SEND_LIST_OF_PREVIEW),
+    })
     if start_at is None:
         blocks.append(context("Nothing has changed yet. This preview waits 15 minutes for you "
                               "to confirm; progress then appears as a thread."))
@@ -232,10 +283,22 @@ def preview_modal(
         "callback_id": CALLBACK_CONFIRM,
         "private_metadata": pending_id,
         "title": plain("Confirm the reset", 24),
-        "submit": plain(confirm_button_text(mode, preview.users), 24),
+        "submit": plain(confirm_button_text(mode, tally), 24),
         "close": plain("Cancel", 24),
         "blocks": blocks,
     }
+
+
+def packed(lines: Sequence[str], limit: int = SECTION_TEXT_LIMIT) -> list[str]:
+    """Lines joined into as few texts as fit a section each (a long line is cut)."""
+    texts: list[str] = []
+    for line in lines:
+        line = truncate(line, limit)
+        if texts and len(texts[-1]) + 1 + len(line) <= limit:
+            texts[-1] += "\n" + line
+        else:
+            texts.append(line)
+    return texts
 
 
 def notice_modal(title: str, text: str) -> View:
@@ -247,6 +310,25 @@ def notice_modal(title: str, text: str) -> View:
         "close": plain("Close", 24),
         "blocks": [section(text)],
     }
+
+
+def decision_notice(answer: str) -> View:
+    """What a button on App Home did (there is no channel to say it in)."""
+    return notice_modal("Password resets", answer)
+
+
+def reading_file_modal(name: str) -> View:
+    """What the form turns into while a file is read and matched (the preview follows)."""
+    return notice_modal(READING_FILE_TITLE, reading_file(name))
+
+
+def file_refused_modal(reason: str) -> View:
+    return notice_modal(FILE_REFUSED_TITLE, file_refused(reason))
+
+
+def not_previewed_modal(problems: dict[str, list[str]]) -> View:
+    """A request from a file with problems found after the form was answered: said at once."""
+    return notice_modal(NOT_PREVIEWED_TITLE, not_previewed(problems))
 
 
 def not_allowed_modal() -> View:
@@ -302,6 +384,12 @@ def home_view(tasks: Sequence[TaskSnapshot], *, allowed: bool) -> View:
                       "text": plain("New reset", 75)},
     })
     blocks.append({"type": "divider"})
+    awaiting = [task for task in tasks if task.status is TaskStatus.AWAITING_APPROVAL]
+    if awaiting:
+        blocks.append({"type": "header", "text": plain("Awaiting approval", 150)})
+        for task in awaiting[:HOME_APPROVALS]:
+            blocks.extend(_home_approval(task))
+        blocks.append({"type": "divider"})
     if not tasks:
         blocks.append(section("No resets yet."))
     for task in tasks[:HOME_TASKS]:
@@ -309,12 +397,32 @@ def home_view(tasks: Sequence[TaskSnapshot], *, allowed: bool) -> View:
     return {"type": "home", "blocks": blocks}
 
 
+def _home_approval(task: TaskSnapshot) -> list[Block]:
+    """A request awaiting approval, with the thread's own Approve and Reject (same action ids,
+    handlers and checks) and Send me the list."""
+    details = [
+        f"*Reset #{task.id}* · {scope_summary(task.scope, task.selected)} · "
+        f"{_mode_word(task.mode)}",
+        f"Requested by {requester_mention(task.requester, task.requester_name)} "
+        f"{slack_date(task.created_at)}",
+        *approval_details(task),
+        approval_note(task),
+    ]
+    return [
+        {"type": "section", "block_id": f"approval_{task.id}",
+         "text": mrkdwn(truncate("\n".join(details), 3000))},
+        {"type": "actions", "block_id": f"approval_actions_{task.id}",
+         "elements": [approve_button(task.id), reject_button(task.id),
+                      send_list_button(str(task.id))]},
+    ]
+
+
 def _not_started(task: TaskSnapshot) -> str:
     """A task with no progress yet: waiting for a worker, or for a second admin."""
     preview = task.approval.preview if task.approval is not None else None
     users = f" ({plural(preview.users, 'user')})" if preview is not None else ""
     if task.status is TaskStatus.AWAITING_APPROVAL:
-        return f"awaiting another admin's approval{users}: approve or reject it in its thread"
+        return f"awaiting another admin's approval{users}: approve or reject it above"
     if task.status in (TaskStatus.REJECTED, TaskStatus.EXPIRED):
         return f"never approved{users}: nothing was changed"
     return "not started yet"
@@ -324,12 +432,21 @@ def _mode_word(mode: str) -> str:
     return "default password" if mode == Mode.DEFAULT else "e-mailed"
 
 
+def _home_counts(task: TaskSnapshot) -> str:
+    tally = task.tally
+    if task.ended_unstarted and tally.users:
+        return never_started_words(tally)
+    if not (task.planned or task.total):
+        return _not_started(task)
+    counted = f"`{progress_bar(tally.fraction)}` {done_words(tally)}"
+    return counted + ended_words(tally) if task.status.is_final else counted
+
+
 def _home_task(task: TaskSnapshot) -> Block:
-    counted = (f"`{progress_bar(task.fraction)}` {task.done:,} of {plural(task.total, 'user')}"
-               if task.planned or task.total else _not_started(task))
+    counted = _home_counts(task)
     text = (
         f"{STATUS_EMOJI[task.status]} *#{task.id} {status_label(task.status)}* · "
-        f"{scope_label(task.scope)} · {_mode_word(task.mode)}\n"
+        f"{scope_summary(task.scope, task.selected)} · {_mode_word(task.mode)}\n"
         f"{counted}\n"
         f"Requested by {requester_mention(task.requester, task.requester_name)} "
         f"{slack_date(task.created_at)}"

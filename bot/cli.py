@@ -365,6 +365,10 @@ def _add_reset(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="do not make users change the password at their next sign-in")
     reset.add_argument("--dry-run", action="store_true",
                        help="show the preview and stop; nothing changes")
+    reset.add_argument("--csv", type=Path, metavar="FILE",
+                       help="with --dry-run: write everyone it would reset to FILE (username, "
+                            "name, e-mail, staff, locked, what happens; no passwords), the "
+                            "same list as Slack's “Send me the list”")
     reset.add_argument("--yes", action="store_true",
                        help="do not ask for confirmation (needed when stdin is not a terminal)")
     reset.add_argument("--detach", action="store_true",
@@ -781,6 +785,9 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
     usernames = split_usernames(args.user)
     check_selection_options(scope, bool(usernames or args.users_file))
     check_start_time(args.at)
+    if args.csv is not None and not args.dry_run:
+        raise UsageError("--csv FILE goes with --dry-run: it lists who a reset would reset "
+                         "(nothing was changed)")
     if not (args.yes or args.dry_run) and not sys.stdin.isatty():
         raise UsageError(
             "stdin is not a terminal, so I cannot ask for confirmation: add --yes to reset "
@@ -800,6 +807,7 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
         yes=args.yes,
         detach=args.detach,
         start_at=args.at,
+        csv=args.csv,
     )
     settings = cli.settings(with_secret_key=True)
     with cli.database(settings) as sessions:

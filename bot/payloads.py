@@ -23,13 +23,18 @@ from blocks.ids import (
     SCOPE,
     START_AT,
     USERS,
+    USERS_FILE,
 )
 from blocks.text import (
     BUTTON_NAMES_NO_TASK,
     CHOOSE_SCOPE,
+    FILE_NEEDS_SELECTED_SCOPE,
+    FILE_OR_PICKED,
+    FILE_UNREADABLE_SHAPE,
     PASSWORD_UNREADABLE,
     PICKED_UNREADABLE,
     START_AT_UNREADABLE,
+    file_too_large,
     password_too_long,
     picked_not_in_directory,
     too_many_picked,
@@ -44,11 +49,15 @@ from core.tasks import MAX_SELECTION, RequestInvalid, ResetRequest
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,30}$")
 _TASK_ID = re.compile(r"^[0-9]{1,12}$")
+_FILE_ID = re.compile(r"^F[A-Z0-9]{2,30}$")
+_VIEW_ID = re.compile(r"^V[A-Z0-9]{2,30}$")
 _PENDING_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 #: The largest id an INTEGER column holds (PostgreSQL's int4); a bigger number names nothing,
 #: and PostgreSQL refuses it as a parameter (a 500) instead of finding no row.
 MAX_ID = 2**31 - 1
 NAME_LIMIT = 255
+#: Slack's limit for a file_input upload (bot.slack_files reads no more either).
+MAX_FILE_BYTES = 10 * 1024 * 1024
 _NO_EMAIL_CHOICES = frozenset(choice.value for choice in NoEmailChoice)
 _SCOPES = frozenset(scope.value for scope in Scope)
 
@@ -285,7 +294,21 @@ def numeric_id(value: object) -> int | None:
     return number if number <= MAX_ID else None
 
 
+def view_id_of(view: Mapping[str, Any]) -> str | None:
+    """The id of the view a submission came from (to update it after the ack)."""
+    value = view.get("id")
+    return value if isinstance(value, str) and _VIEW_ID.match(value) else None
+
+
 # ---- the reset form ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GivenFile:
+    """A file given in the form's file_input: read later through files.info, never from here."""
+
+    id: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -300,12 +323,17 @@ class FormInput:
     no_email_password: str | None = field(default=None, repr=False)
     #: When to start (UTC); None: as soon as it is confirmed.
     start_at: datetime | None = None
+    #: A file of users instead of picked ones (its users become the selection once read).
+    file: GivenFile | None = None
 
-    def request(self, requester: str, name: str, channel: str | None) -> ResetRequest:
+    def request(
+        self, requester: str, name: str, channel: str | None,
+        selection: tuple[str, ...] | None = None,
+    ) -> ResetRequest:
         return ResetRequest(
             requester=requester,
             scope=self.scope,
-            selection=self.selection,
+            selection=self.selection if selection is None else selection,
             default_password=self.default_password,
             require_change=self.require_change,
             requester_name=name,
@@ -330,10 +358,15 @@ def read_reset_form(view: Mapping[str, Any]) -> FormInput:
     no_email_password = _read_password(_element(values, NO_EMAIL_PASSWORD), problems,
                                        NO_EMAIL_PASSWORD)
     start_at = _read_start_at(_element(values, START_AT), problems)
+    given = _read_file(_element(values, USERS_FILE), problems)
+    if given is not None and scope is not None and not scope.needs_selection:
+        problems.setdefault(USERS_FILE, []).append(FILE_NEEDS_SELECTED_SCOPE)
+    elif given is not None and selection:
+        problems.setdefault(USERS_FILE, []).append(FILE_OR_PICKED)
     if problems or scope is None:
         raise RequestInvalid(problems or {SCOPE: [CHOOSE_SCOPE]})
     return FormInput(scope, selection, password, require_change, no_email, no_email_password,
-                     start_at)
+                     start_at, given)
 
 
 def _element(values: Mapping[str, Any], block_id: str) -> Mapping[str, Any]:
@@ -372,6 +405,25 @@ def _read_selection(element: Mapping[str, Any], problems: dict[str, list[str]]) 
     if unreadable:
         problems.setdefault(USERS, []).append(picked_not_in_directory(unreadable))
     return tuple(sorted(ids))
+
+
+def _read_file(element: Mapping[str, Any], problems: dict[str, list[str]]) -> GivenFile | None:
+    """The one file of the file_input (`files`: id, name, size...); a file Slack says is over
+    10 MB is refused here, on its field, before anything is fetched."""
+    files = element.get("files")
+    if files is None or files == []:
+        return None
+    first = files[0] if isinstance(files, list) and len(files) == 1 else None
+    file_id = first.get("id") if isinstance(first, dict) else None
+    if not isinstance(first, dict) or not isinstance(file_id, str) or not _FILE_ID.match(file_id):
+        problems.setdefault(USERS_FILE, []).append(FILE_UNREADABLE_SHAPE)
+        return None
+    size = first.get("size")
+    if isinstance(size, int) and not isinstance(size, bool) and size > MAX_FILE_BYTES:
+        problems.setdefault(USERS_FILE, []).append(file_too_large(size, MAX_FILE_BYTES))
+        return None
+    name = first.get("name")
+    return GivenFile(file_id, name[:NAME_LIMIT] if isinstance(name, str) else file_id)
 
 
 def _read_password(

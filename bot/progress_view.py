@@ -100,16 +100,18 @@ class TaskProgress:
         description = f"Task #{current.id}"
         # Unknown until planned: rich then pulses the bar instead of showing 0 %.
         total = current.total or None
-        users = (f"{current.done:,} of {plural(current.total, 'user')}" if current.total
+        # The one tally (core/tally.py): users not reached after a cancel are not done.
+        done = current.tally.done
+        users = (f"{done:,} of {plural(current.total, 'user')}" if current.total
                  else "users: -")
         if self._task is None:
             self._task = self._progress.add_task(
-                description, total=total, completed=current.done, users=users,
+                description, total=total, completed=done, users=users,
                 final_rate=final_rate(current),
             )
         else:
             self._progress.update(
-                self._task, description=description, total=total, completed=current.done,
+                self._task, description=description, total=total, completed=done,
                 users=users, final_rate=final_rate(current),
             )
         self._progress.words = "" if current.status.is_final else status_words(current)

@@ -6,17 +6,20 @@
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import IO
 
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from blocks.text import ended_words
 from bot.terminal import (
     EXIT_NOT_COMPLETED,
     EXIT_OK,
@@ -37,7 +40,9 @@ from core.directory.protocol import Directory
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.passwords import normalised
 from core.progress import TaskSnapshot, snapshot
+from core.reset_list import ListedUser, reset_list, reset_list_csv
 from core.settings import Settings
+from core.tally import preview_tally
 from core.tasks import (
     RequestInvalid,
     ResetRequest,
@@ -72,6 +77,8 @@ class ResetChoices:
     without_email: NoEmailChoice = NoEmailChoice.RESET
     #: --at: when the reset should start (aware); None: now.
     start_at: datetime | None = None
+    #: --dry-run --csv FILE: where to write the exact list of who it would reset.
+    csv: Path | None = None
 
 
 def run_reset(
@@ -120,12 +127,16 @@ def _run_reset(
     if request.start_at is not None:
         cli.say(f"  Starts: {when_words(request.start_at)}")
     if choices.dry_run:
+        if choices.csv is not None:
+            listed = write_reset_list(choices.csv, directory, request)
+            cli.say(f"The list of the {plural(listed, 'user')} it would reset: {choices.csv}")
         cli.say("Dry run: nothing was changed.")
         return EXIT_OK
-    passwords = "password" if preview.users == 1 else "passwords"
-    question = f"Reset the {passwords} of {plural(preview.users, 'user')}?"
+    changed = preview_tally(preview, request.mode, request.no_email_choice).changed
+    passwords = "password" if changed == 1 else "passwords"
+    question = f"Reset the {passwords} of {plural(changed, 'user')}?"
     if request.start_at is not None:
-        question = (f"Schedule the reset of the {passwords} of {plural(preview.users, 'user')} "
+        question = (f"Schedule the reset of the {passwords} of {plural(changed, 'user')} "
                     f"for {when_words(request.start_at)}?")
     if not choices.yes and not confirm(cli, question):
         cli.say("Nothing was changed.")
@@ -163,26 +174,15 @@ def resolve_usernames(
     directory matches that way. Several matches are refused, naming them: the directory holds
     usernames that differ only in case, and only the exact spelling can say which one is meant.
     """
-    wanted = list(dict.fromkeys(usernames))
-    exact = {user.username: user.id for user in directory.by_username(wanted)}
-    others = [name for name in wanted if name not in exact]
-    folded = directory.usernames_ignoring_case(others)
-    ids = set(exact.values())
-    notes: list[str] = []
-    unknown: list[str] = []
-    clashes: list[str] = []
-    for name in others:
-        matches = folded.get(name.lower(), [])
-        if len(matches) == 1:
-            found, user_id = matches[0]
-            ids.add(user_id)
-            notes.append(f"Note: {shown(name)} is {shown(found)} in the directory "
-                         "(matched ignoring case).")
-        elif matches:
-            spelled = ", ".join(shown(found) for found, _ in sorted(matches))
-            clashes.append(f"{shown(name)} (could be {spelled})")
-        else:
-            unknown.append(shown(name))
+    from core.userio import match_usernames
+
+    match = match_usernames(directory, usernames)
+    ids = set(match.ids.values())
+    notes = [f"Note: {shown(name)} is {shown(found)} in the directory "
+             "(matched ignoring case)." for name, found in match.case_notes.items()]
+    unknown = [shown(name) for name in match.unknown]
+    clashes = [f"{shown(name)} (could be {', '.join(shown(found) for found in spelled)})"
+               for name, spelled in match.ambiguous.items()]
     if clashes:
         raise Refused(
             "these names match several usernames that differ only in case; type them exactly "
@@ -241,6 +241,27 @@ def validate_or_refuse(
             ) from None
 
 
+def write_reset_list(path: Path, directory: Directory, request: ResetRequest) -> int:
+    """The exact list (core/reset_list.py) in a file only its owner can read (personal data)."""
+    users = 0
+
+    def counted() -> Iterator[ListedUser]:
+        nonlocal users
+        for row in reset_list(directory, request.scope, request.selection, request.mode,
+                              request.no_email_choice):
+            users += 1
+            yield row
+
+    content = reset_list_csv(counted())
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(descriptor, "w", encoding="utf-8", newline="") as file:
+            file.write(content)
+    except OSError as error:
+        raise Refused(f"cannot write {path}: {error.strerror}") from None
+    return users
+
+
 def describe_preview(request: ResetRequest, preview: Preview) -> str:
     if request.mode is Mode.DEFAULT:
         mode = "one default password for everyone; nobody is e-mailed"
@@ -248,9 +269,11 @@ def describe_preview(request: ResetRequest, preview: Preview) -> str:
     else:
         mode = "a new random password for each user, e-mailed"
         mailed = preview.emailable
+    tally = preview_tally(preview, request.mode, request.no_email_choice)
     lines = [
         f"Scope: {request.scope.value}" + _scope_note(request),
-        f"  Users to reset:        {preview.users:>8,}",
+        f"  Users in scope:        {tally.users:>8,}",
+        f"  Users to reset:        {tally.changed:>8,}",
         f"  E-mailed:              {mailed:>8,}",
         f"  Without e-mail:        {preview.without_email:>8,}"
         + (f"   ({NO_EMAIL_WORDS[request.no_email_choice]})"
@@ -423,7 +446,9 @@ def print_summary(cli: Output, task: TaskSnapshot) -> None:
     took = ""
     if task.started_at and task.finished_at:
         took = f" in {(task.finished_at - task.started_at).total_seconds():.1f} s"
-    cli.say(f"Task #{task.id} {task.status.words}{took}: {plural(task.total, 'user')}.")
+    tally = task.tally
+    cli.say(f"Task #{task.id} {task.status.words}{took}: {plural(tally.users, 'user')}"
+            f"{ended_words(tally)}.")
     for state, count in task.counts.items():
         if count:
             cli.say(f"  {OUTCOME_WORDS[state]:<34} {count:>8,}")

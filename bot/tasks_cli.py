@@ -21,6 +21,7 @@ from typing import Any
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from blocks.text import done_words, ended_words
 from bot.terminal import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -190,7 +191,9 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
                 f"{shown(task.pause_reason or '')} Nobody else's password changes until the "
                 f"mail server answers; next try {_when(task.paused_until)}.")
     pace = pace_words(task.pace)
-    cli.say(f"  {task.done:,} of {task.total:,} users done" + (f" · {pace}" if pace else ""))
+    tally = task.tally
+    ended = ended_words(tally) if task.status.is_final else ""
+    cli.say(f"  {done_words(tally)}{ended}" + (f" · {pace}" if pace else ""))
     for state, count in task.counts.items():
         if count:
             cli.say(f"    {OUTCOME_WORDS[state]:<34} {count:>8,}")

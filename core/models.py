@@ -310,6 +310,9 @@ class PendingRequest(Base):
     preview: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # A scheduled reset: when it should start (UTC).
     start_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Users named by a file (core.userio.FileMatch.report): counts and the lines that named
+    # nobody, with line numbers. What the file said, never a password; not copied to the task.
+    file_report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class AuditEntry(Base):

@@ -23,6 +23,7 @@ from core.models import (
     TaskStatus,
     utcnow,
 )
+from core.tally import Tally, task_tally
 from core.tasks import state_counts
 
 #: No estimate before this share of the users is done, nor before the task has run this long:
@@ -158,6 +159,10 @@ class TaskSnapshot:
     preview_users: int | None = None
     recheck_users: int | None = None
     start_held_at: datetime | None = None
+    #: How many users were picked (the "selected" scopes): the scope's words say it.
+    selected: int = 0
+    #: What an e-mailed reset does to users without an address (NoEmailChoice's value).
+    no_email: str = "reset"
 
     @property
     def held(self) -> bool:
@@ -169,10 +174,22 @@ class TaskSnapshot:
         return sum(self.counts[state] for state in FINAL_ITEM_STATES)
 
     @property
+    def ended_unstarted(self) -> bool:
+        """It ended before it listed anyone: cancelled before its start, or never approved."""
+        return self.status.is_final and self.started_at is None and not self.total
+
+    @property
+    def tally(self) -> Tally:
+        """Its users and what became of them: the counts every edge shows (core/tally.py)."""
+        return task_tally(self.counts, total=self.total, ended_unstarted=self.ended_unstarted,
+                          preview_users=self.preview_users)
+
+    @property
     def fraction(self) -> float:
+        """The share done; users not reached (cancelled first) are not done."""
         if not self.total:
-            return 1.0 if self.status.is_final else 0.0
-        return min(1.0, self.done / self.total)
+            return 0.0
+        return self.tally.fraction
 
     @property
     def follow_up_count(self) -> int:
@@ -226,6 +243,8 @@ def snapshot(session: Session, task_id: int) -> TaskSnapshot | None:
         preview_users=task.preview_users,
         recheck_users=task.recheck_users,
         start_held_at=task.start_held_at,
+        selected=len(task.selection or []),
+        no_email=task.no_email,
     )
 
 

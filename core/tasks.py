@@ -38,7 +38,10 @@ from core.sealing import seal
 from core.settings import Settings
 
 PENDING_TTL = timedelta(minutes=15)
+#: Users picked one by one (the picker, --user); a file names more.
 MAX_SELECTION = 1000
+#: Users one request may name (a file of users, `--users-file`): kept with the request as ids.
+MAX_NAMED = 100_000
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,9 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
     """
     problems: dict[str, list[str]] = {}
     selection = request.selection
-    if len(selection) > MAX_SELECTION:
+    if len(selection) > MAX_NAMED:
         problems.setdefault("users", []).append(
-            f"Pick at most {MAX_SELECTION} users; for more, use a broader scope."
+            f"Name at most {MAX_NAMED:,} users; for more, use a broader scope."
         )
     elif request.scope.needs_selection and not selection:
         problems.setdefault("users", []).append("Pick at least one user for this scope.")
@@ -128,10 +131,14 @@ def _no_email_problems(
 ) -> list[str]:
     typed = request.no_email_password
     if request.no_email_choice is not NoEmailChoice.SET:
-        if typed:
-            return ["This password is only for “give them a password I type”, with no default "
-                    "password: clear it, or choose that."]
-        return []
+        if not typed:
+            return []
+        if request.no_email is NoEmailChoice.SET:
+            # “Give them a password I type” is chosen, but the default password wins.
+            return ["With a default password nobody is e-mailed, so everyone gets that one: "
+                    "clear this password, or clear the default password."]
+        return ["This password is only for “give them a password I type”, with no default "
+                "password: clear it, or choose that."]
     if not typed:
         return ["Type the password to give the users without an e-mail address."]
     return password_problems(directory, typed, settings)
@@ -160,12 +167,14 @@ class RequestInvalid(InputError):
 
 
 def create_pending(
-    session: Session, settings: Settings, request: ResetRequest, preview: Preview | None = None
+    session: Session, settings: Settings, request: ResetRequest, preview: Preview | None = None,
+    file_report: dict[str, Any] | None = None,
 ) -> PendingRequest:
     """Park a validated request (and the counts its requester is shown) until they confirm it.
 
     The counts go with the task: approvers are shown them, and a scheduled reset's start
-    compares the count taken then against them.
+    compares the count taken then against them. `file_report`: what a file of users matched
+    and every line that named nobody (core.userio.FileMatch.report), for the preview's lists.
     """
     pending = PendingRequest(
         preview=preview_counts(preview),
@@ -181,6 +190,7 @@ def create_pending(
         slack_channel=request.slack_channel,
         expires_at=utcnow() + PENDING_TTL,
         start_at=_start_at(request),
+        file_report=file_report,
     )
     session.add(pending)
     forget_expired_passwords(session)

@@ -16,6 +16,7 @@ import csv
 import io
 import re
 import secrets
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,6 +41,8 @@ from core import audit
 from core.controls import has_unsafe
 from core.csvsafe import to_csv
 from core.directory import Directory
+from core.directory.protocol import Directory as AnyDirectory
+from core.directory.sql import as_protocol
 from core.errors import InputError
 
 T = TypeVar("T")
@@ -189,9 +192,11 @@ def _columns(line: int, fields: list[str]) -> tuple[str, ...]:
     ))])
 
 
-def _records(text: str, problems: list[RowProblem]) -> Iterator[tuple[int, list[str]]]:
+def _records(
+    text: str, problems: list[RowProblem], delimiter: str = ","
+) -> Iterator[tuple[int, list[str]]]:
     """(first physical line, fields) per record; a broken quote ends the file with a problem."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
     line = 1
     while True:
         try:
@@ -454,3 +459,263 @@ def _take_username(
         problems.append(RowProblem(line, f"{_shown(raw.strip())} is more than one username"))
     else:
         names.append(raw.strip())
+
+
+# -- matching names against the directory (`--users-file`, `--user`, a file given in Slack) ------
+
+#: Names looked up per query: well below every database's limit on bound parameters.
+LOOKUP_BATCH = 5000
+
+
+@dataclass
+class NameMatch:
+    """What a list of usernames found in the directory."""
+
+    #: Each name that found exactly one user -> that user's id (text).
+    ids: dict[str, str]
+    #: Names found only when case is ignored -> the spelling in the directory.
+    case_notes: dict[str, str]
+    #: Names that match several usernames differing only in case -> those usernames.
+    ambiguous: dict[str, list[str]]
+    unknown: list[str]
+
+
+def match_usernames(directory: AnyDirectory | Directory, names: Sequence[str]) -> NameMatch:
+    """The users these names stand for, as the directory compares usernames.
+
+    A name is matched exactly first; otherwise ignoring case, when exactly one username in the
+    directory matches that way. Several matches are ambiguous: the directory holds usernames
+    that differ only in case, and only the exact spelling can say which one is meant.
+    """
+    directory = as_protocol(directory)
+    wanted = list(dict.fromkeys(names))
+    exact: dict[str, str] = {}
+    for batch in _batches_of(wanted, LOOKUP_BATCH):
+        exact.update((user.username, user.id) for user in directory.by_username(batch))
+    ids = {name: exact[name] for name in wanted if name in exact}
+    others = [name for name in wanted if name not in exact]
+    folded: dict[str, list[tuple[str, str]]] = {}
+    for batch in _batches_of(others, LOOKUP_BATCH):
+        for lowered, pairs in directory.usernames_ignoring_case(batch).items():
+            folded.setdefault(lowered, []).extend(pairs)
+    match = NameMatch(ids=ids, case_notes={}, ambiguous={}, unknown=[])
+    for name in others:
+        matches = folded.get(name.lower(), [])
+        if len(matches) == 1:
+            found, user_id = matches[0]
+            match.ids[name] = user_id
+            match.case_notes[name] = found
+        elif matches:
+            match.ambiguous[name] = sorted(found for found, _ in matches)
+        else:
+            match.unknown.append(name)
+    return match
+
+
+def _batches_of(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- a file of users given in Slack: usernames, card numbers or e-mail addresses ------------------
+
+#: The most entries one file may name (a preview and its stored selection stay bounded).
+MAX_LISTED_ENTRIES = 100_000
+#: Header cells that name the column to read (any case, any order, among other columns).
+LISTED_COLUMNS = ("username", "cardnumber", "email")
+#: Control characters no text file holds (tab, line feed and carriage return are fine).
+_BINARY = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_UTF16_BOMS = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}
+
+
+@dataclass(frozen=True)
+class ListedEntry:
+    line: int
+    value: str
+    #: "name" (a username or card number: the directory's username comparison) or "email".
+    kind: str
+
+
+@dataclass(frozen=True)
+class Unmatched:
+    line: int
+    value: str
+    #: None: nobody has it; else the usernames it could be.
+    could_be: tuple[str, ...] | None = None
+
+
+@dataclass
+class FileMatch:
+    """A file's entries against the directory: who it names, and the lines that name nobody."""
+
+    entries: int
+    ids: tuple[str, ...]
+    #: Lines naming a user already named on an earlier line (counted once).
+    repeated: int
+    #: Lines naming nobody, or several users, in line order.
+    unmatched: list[Unmatched]
+
+    @property
+    def matched(self) -> int:
+        return self.entries - self.repeated - len(self.unmatched)
+
+    def report(self) -> dict[str, Any]:
+        """The JSON kept with the preview: counts and every unmatched line (no secret in it:
+        only what the file said, the names it could be, and line numbers)."""
+        return {
+            "entries": self.entries, "matched": self.matched, "repeated": self.repeated,
+            "users": len(self.ids),
+            "unmatched": [
+                {"line": item.line, "value": item.value,
+                 "could_be": list(item.could_be) if item.could_be is not None else None}
+                for item in self.unmatched
+            ],
+        }
+
+
+def decode_listed(data: bytes) -> str:
+    """A text file's content: UTF-8 (with or without BOM), or UTF-16 with its BOM (Excel's
+    "Unicode text"); anything else, or a binary file, is refused saying why."""
+    encoding = _UTF16_BOMS.get(data[:2])
+    if encoding is None and b"\x00" in data:
+        raise InputError("This is not a text file (it holds binary data): give a CSV or "
+                         "plain text file (nothing was changed).", field="users_file")
+    try:
+        text = data[2:].decode(encoding) if encoding else data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"The file is not {'UTF-16' if encoding else 'UTF-8'} text (byte {error.start + 1} "
+            "cannot be read): save it as CSV UTF-8 or plain text (nothing was changed).",
+            field="users_file",
+        ) from None
+    found = _BINARY.search(text)
+    if found is not None:
+        line = text.count("\n", 0, found.start()) + 1
+        raise InputError(f"This is not a text file (a control character on line {line}): give "
+                         "a CSV or plain text file (nothing was changed).", field="users_file")
+    return text
+
+
+def entries_from_file(data: bytes) -> list[ListedEntry]:
+    """Each entry of a file of users: one username, card number or e-mail address per line, or
+    a CSV whose header names a `username`, `cardnumber` or `email` column.
+
+    Refused as a whole, naming the bad lines, when a line holds more than one word or a row has
+    no entry: guessing would reset the wrong people. Values are taken in Unicode NFC.
+    """
+    text = decode_listed(data)
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    first = next((number for number, line in enumerate(lines, 1) if line.strip()), None)
+    first_line = "" if first is None else lines[first - 1]
+    # Excel's "Unicode text" separates its columns with tabs.
+    delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
+    header = next(csv.reader([first_line], delimiter=delimiter), [])
+    columns = [cell.strip().lower() for cell in header]
+    problems: list[RowProblem] = []
+    if any(name in columns for name in LISTED_COLUMNS):
+        entries = _csv_entries(text, columns, problems, delimiter)
+    else:
+        entries = []
+        for number, content in enumerate(lines, 1):
+            if content.strip():
+                _take_entry(number, content, "name", entries, problems)
+    if problems:
+        listed = [str(problem) for problem in problems[:MAX_REPORTED_PROBLEMS]]
+        more = len(problems) - len(listed)
+        raise InputError(
+            "The file is not a list of users (one username, card number or e-mail per line, or "
+            "a CSV with a username, cardnumber or email column); nothing was changed. "
+            + "; ".join(listed) + (f"; and {more} more" if more else ""),
+            field="users_file",
+        )
+    if not entries:
+        raise InputError("The file names nobody (nothing was changed).", field="users_file")
+    if len(entries) > MAX_LISTED_ENTRIES:
+        raise InputError(f"The file names {len(entries):,} users; at most "
+                         f"{MAX_LISTED_ENTRIES:,} fit in one reset (nothing was changed).",
+                         field="users_file")
+    return entries
+
+
+def _csv_entries(
+    text: str, columns: list[str], problems: list[RowProblem], delimiter: str
+) -> list[ListedEntry]:
+    try:
+        records = list(_records(text, problems, delimiter))
+    except ImportRefused as refused:
+        problems[:] = refused.problems
+        return []
+    filled = [(line, fields) for line, fields in records if any(f.strip() for f in fields)]
+    keys = [(columns.index(name), name) for name in LISTED_COLUMNS if name in columns]
+    entries: list[ListedEntry] = []
+    for line, fields in filled[1:]:  # after the header
+        if len(fields) != len(columns):
+            problems.append(RowProblem(line, "this row has a different number of fields"))
+            continue
+        given = [(fields[index], name) for index, name in keys if fields[index].strip()]
+        if not given:
+            problems.append(RowProblem(line, "no username, card number or e-mail in this row"))
+            continue
+        raw, name = given[0]
+        _take_entry(line, raw, "email" if name == "email" else "name", entries, problems)
+    return entries
+
+
+def _take_entry(
+    line: int, raw: str, kind: str, entries: list[ListedEntry], problems: list[RowProblem]
+) -> None:
+    value = raw.strip()
+    if has_unsafe(value):
+        problems.append(RowProblem(line, "a control character (tab, line break...)"))
+    elif _SPACE.search(value) or "," in value or ";" in value:
+        problems.append(RowProblem(line, f"{_shown(value)} is more than one entry"))
+    else:
+        entries.append(ListedEntry(line, unicodedata.normalize("NFC", value), kind))
+
+
+def match_entries(
+    directory: AnyDirectory | Directory, entries: Sequence[ListedEntry]
+) -> FileMatch:
+    """Who a file's entries name: names by the directory's username comparison (as
+    `--users-file`, through `match_usernames`), e-mail addresses ignoring case; a line that is
+    no username but looks like an address is tried as one. Repeated entries count once."""
+    directory = as_protocol(directory)
+    first_of: dict[tuple[str, str], int] = {}
+    unique: list[ListedEntry] = []
+    repeated = 0
+    for entry in entries:
+        key = (entry.kind, entry.value.lower())
+        if key in first_of:
+            repeated += 1
+            continue
+        first_of[key] = entry.line
+        unique.append(entry)
+    names = match_usernames(directory, [e.value for e in unique if e.kind == "name"])
+    unknown = set(names.unknown)
+    addresses = [e.value for e in unique
+                 if e.kind == "email" or ("@" in e.value and e.value in unknown)]
+    by_address: dict[str, list[tuple[str, str]]] = {}
+    for batch in _batches_of(addresses, LOOKUP_BATCH):
+        for lowered, pairs in directory.emails_ignoring_case(batch).items():
+            by_address.setdefault(lowered, []).extend(pairs)
+    ids: set[str] = set()
+    unmatched: list[Unmatched] = []
+    for entry in unique:
+        if entry.kind == "name" and entry.value in names.ids:
+            user_id = names.ids[entry.value]
+        elif entry.kind == "name" and entry.value in names.ambiguous:
+            unmatched.append(Unmatched(entry.line, entry.value,
+                                       tuple(names.ambiguous[entry.value])))
+            continue
+        else:
+            users = by_address.get(entry.value.lower(), [])
+            if len(users) != 1:
+                unmatched.append(Unmatched(entry.line, entry.value, tuple(
+                    sorted(directory_name for directory_name, _ in users)) if users else None))
+                continue
+            user_id = users[0][1]
+        if user_id in ids:
+            repeated += 1  # another entry (a username, then their address) named them already
+        ids.add(user_id)
+    return FileMatch(entries=len(entries), ids=tuple(sorted(ids)), repeated=repeated,
+                     unmatched=unmatched)

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement
 
 from core.models import ItemState, Mode, NoEmailChoice
+from core.tally import planned_outcome
 
 #: Which items a job works on, given the time of the claim (a retry waits for its due time).
 Conditions = Callable[[datetime], list[ColumnElement[bool]]]
@@ -43,14 +44,8 @@ class TaskView:
 
     @property
     def unmailed_state(self) -> ItemState:
-        """The outcome of a user this task will not mail."""
-        if self.mode is Mode.DEFAULT:
-            return ItemState.RESET
-        return {
-            NoEmailChoice.RESET: ItemState.NO_EMAIL,
-            NoEmailChoice.SKIP: ItemState.SKIPPED,
-            NoEmailChoice.SET: ItemState.HANDED_OUT,
-        }[self.no_email]
+        """The outcome of a user this task will not mail (the rule the exact list says too)."""
+        return planned_outcome(self.mode, self.no_email, has_email=False)
     #: Users in the task when the job began (final once it is planned): paces progress checks.
     total: int = 0
 

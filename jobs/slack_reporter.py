@@ -83,6 +83,16 @@ HOPELESS = frozenset(
         "too_many_attachments",
     }
 )
+#: Answers meaning the follow-up list cannot go where it must (a requester who left, a scope
+#: the app lacks, a report channel gone): retrying for hours would not help. The summary says
+#: so, without the list; `resetbot tasks show ID --csv` has it.
+PRIVATE_LIST_REFUSED = frozenset(
+    {
+        "user_not_found", "user_disabled", "cannot_dm_bot", "missing_scope",
+        "channel_not_found", "not_in_channel", "is_archived", "restricted_action",
+        "not_allowed_token_type", "invalid_users", "user_not_visible",
+    }
+)
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]+$")
 #: Statuses of a task whose parent message is posted although it has not started.
 NEVER_STARTED = frozenset(
@@ -386,6 +396,11 @@ class ShortRateLimitRetryHandler(RateLimitErrorRetryHandler):
         return retry_after(response.headers) <= MAX_INLINE_RETRY_AFTER
 
 
+def slack_error(error: SlackApiError) -> str:
+    """Slack's error code in a refused call's answer."""
+    return str(error.response.get("error", ""))
+
+
 def retry_after(headers: dict[str, Any]) -> float:
     for name, value in headers.items():
         if name.lower() == "retry-after":
@@ -628,16 +643,53 @@ class Delivery:
             self.update_parent(state)
         self.say_error_once(state)
         to_upload = bool(state.task.follow_up_count) and not state.csv_posted
-        destination = self.follow_up_destination(state) if to_upload else None
+        destination: FollowUpDestination | None = None
+        delayed: SlackApiError | None = None
+        refused: str | None = None
+        if to_upload:
+            # Where the list goes is worked out first, for the summary to say where; that
+            # asking Slack fails never keeps the summary from the thread.
+            try:
+                destination = self.follow_up_destination(state)
+            except SlackApiError as error:
+                code = slack_error(error)
+                if code in PRIVATE_LIST_REFUSED:
+                    refused = code
+                else:
+                    delayed = error  # said after the summary: the delivery tries again later
         if not state.summary_posted:
-            where = destination.shown if destination else None
+            where: str | None
+            if refused is not None:
+                where = messages.NOT_DELIVERED
+            elif delayed is not None:
+                where = messages.ON_ITS_WAY
+            else:
+                where = destination.shown if destination else None
             self.once(ResetTask.summary_posted, True, False,
                       lambda: self.reply(state, messages.summary_reply(state.task, where)))
+        if delayed is not None:
+            raise delayed
         if destination is not None:
-            self.once(ResetTask.slack_csv_posted, True, False,
-                      lambda: self.upload_csv(state, destination))
-        elif not state.csv_posted:
+            try:
+                self.once(ResetTask.slack_csv_posted, True, False,
+                          lambda: self.upload_csv(state, destination))
+            except SlackApiError as error:
+                if slack_error(error) not in PRIVATE_LIST_REFUSED:
+                    raise
+                refused = slack_error(error)
+        if refused is not None:
+            self.say_list_refused_once(state, refused)
+        elif not state.csv_posted and destination is None:
             self._set(slack_csv_posted=True)  # nothing to upload: the end is fully told
+
+    def say_list_refused_once(self, state: ThreadState, code: str) -> None:
+        """The list could not go anywhere private: the thread says so (never its content),
+        once, and the task keeps it for `resetbot tasks show ID --csv`."""
+        logger.error("task %s: the list of users to contact by hand could not be sent in "
+                     "Slack (%s); resetbot tasks show %s --csv has it", self.task_id, code,
+                     self.task_id)
+        self.once(ResetTask.slack_csv_posted, True, False,
+                  lambda: self.reply(state, messages.list_not_delivered_reply(state.task, code)))
 
     def follow_up_destination(self, state: ThreadState) -> FollowUpDestination | None:
         """Where the list of users to contact by hand may go: never a channel everyone reads.

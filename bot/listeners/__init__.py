@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from slack_bolt import App
 
-from bot.listeners import actions, command, home, options, submissions
+from bot.listeners import actions, command, home, lists, options, submissions
 
 
 def register_all(app: App) -> None:
@@ -17,6 +17,7 @@ def register_all(app: App) -> None:
     submissions.register(app)
     actions.register(app)
     home.register(app)
+    lists.register(app)
     # Last, so they only see what nothing above claimed.
     submissions.register_fallback(app)
     actions.register_fallback(app)

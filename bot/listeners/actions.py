@@ -37,9 +37,11 @@ from blocks.text import (
     start_confirmed,
     start_needs_approval,
 )
+from blocks.views import decision_notice
 from bot.deps import AppDeps, deps_of
 from bot.listeners.guard import admin_only, admitted_user
-from bot.listeners.replies import open_modal, tell_where_possible
+from bot.listeners.home import from_home, publish_home
+from bot.listeners.replies import open_modal, show_notice, tell_where_possible
 from bot.listeners.submissions import announce_waiting
 from bot.payloads import channel_of, first_action, task_id, user_name_of
 from core import approval
@@ -120,6 +122,11 @@ def _answer_button(
     except (InputError, ConflictError) as refused:
         answer = str(refused)
     ack()
+    if from_home(body):
+        # App Home has no channel to answer in: a notice says it, and the tab is redrawn.
+        deps.later(show_notice, client, body.get("trigger_id"), decision_notice(answer))
+        deps.later(publish_home, deps, client, user)
+        return
     deps.later(tell_where_possible, client, channel_of(body), user, answer)
 
 

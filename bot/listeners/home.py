@@ -1,4 +1,5 @@
-"""App Home: recent tasks with status, progress, requester and a link to each thread."""
+"""App Home: requests awaiting approval (with the thread's Approve, Reject and Send me the list),
+then recent tasks with status, progress, requester and a link to each thread."""
 
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def home_opened(event: dict[str, Any], client: WebClient, context: BoltContext) 
     if user is not None:
         deps = deps_of(context)
         deps.later(publish_home, deps, client, user)
+
+
+def from_home(body: dict[str, Any]) -> bool:
+    """A button clicked on App Home (not in a message or a modal)."""
+    container = body.get("container")
+    view = body.get("view")
+    return (isinstance(container, dict) and container.get("type") == "view"
+            and isinstance(view, dict) and view.get("type") == "home")
 
 
 def publish_home(deps: AppDeps, client: WebClient, user: str) -> None:

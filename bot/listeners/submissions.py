@@ -1,7 +1,10 @@
 """The modal's two submissions: the form (validate, preview) and the preview (confirm, enqueue).
 
 Both do their work before acking, because the ack carries the answer (errors, the preview, or
-closing the modal); both stay well within Slack's 3 seconds whatever the scope's size.
+closing the modal); both stay well within Slack's 3 seconds whatever the scope's size. A form
+with a file of users is the exception: reading and matching up to 100,000 lines may take
+longer, so its ack turns the form into "Reading the file…", and the preview (or what was wrong)
+replaces that view after the ack (`views.update`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import re
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
+from slack_sdk import WebClient
 
 from blocks.ids import (
     CALLBACK_CONFIRM,
@@ -20,11 +24,15 @@ from blocks.ids import (
     SCOPE,
     START_AT,
     USERS,
+    USERS_FILE,
 )
-from blocks.text import CANNOT_KEEP_DEFAULT, truncate
+from blocks.text import CANNOT_KEEP_DEFAULT, FILE_UNREADABLE_SHAPE, file_matches_nobody, truncate
 from blocks.views import (
     awaiting_approval_modal,
+    file_refused_modal,
+    not_previewed_modal,
     preview_modal,
+    reading_file_modal,
     reset_saved_modal,
     start_again_modal,
     unknown_form_modal,
@@ -37,7 +45,9 @@ from bot.payloads import (
     pending_id,
     read_reset_form,
     user_name_of,
+    view_id_of,
 )
+from bot.slack_files import download_file
 from core.errors import ConfigError, ConflictError, InputError, QueueUnavailable
 from core.models import TaskStatus, utcnow
 from core.schedule import is_future
@@ -48,11 +58,12 @@ from core.tasks import (
     gate_new_task,
     validate_request,
 )
+from core.userio import entries_from_file, match_entries
 
 log = logging.getLogger("resetbot.slack")
 
 #: The input blocks of the reset modal; a problem about anything else is shown on `scope`.
-FORM_BLOCKS = frozenset({SCOPE, USERS, PASSWORD, NO_EMAIL_PASSWORD, START_AT})
+FORM_BLOCKS = frozenset({SCOPE, USERS, USERS_FILE, PASSWORD, NO_EMAIL_PASSWORD, START_AT})
 ERROR_TEXT_LIMIT = 2000
 
 
@@ -75,9 +86,49 @@ def submit_form(ack: Ack, body: dict[str, Any], view: dict[str, Any],
         refuse_invalid(deps, user, invalid.problems)
         ack(response_action="errors", errors=field_errors(invalid.problems))
         return
-    answer = preview_or_errors(deps, form, user, user_name_of(body),
-                               channel_from_metadata(view.get("private_metadata")))
+    channel = channel_from_metadata(view.get("private_metadata"))
+    if form.file is not None:
+        view_id = view_id_of(view)
+        client = context.client
+        if view_id is None or client is None:
+            ack(response_action="errors", errors={USERS_FILE: FILE_UNREADABLE_SHAPE})
+            return
+        ack(response_action="update", view=reading_file_modal(form.file.name))
+        deps.later(preview_from_file, deps, client, form, user, user_name_of(body), channel,
+                   view_id)
+        return
+    answer = preview_or_errors(deps, form, user, user_name_of(body), channel)
     ack(**answer)
+
+
+def preview_from_file(
+    deps: AppDeps, client: WebClient, form: FormInput, user: str, name: str,
+    channel: str | None, view_id: str,
+) -> None:
+    """After the ack: read the form's file through the Web API, match it against the directory,
+    and put the preview (or why there is none) in place of "Reading the file…"."""
+    assert form.file is not None
+    try:
+        entries = entries_from_file(download_file(client, form.file.id))
+        match = match_entries(deps.directory, entries)
+    except InputError as refused:
+        deps.refuse(user, "submit", reason="file refused", fields=[USERS_FILE])
+        client.views_update(view_id=view_id, view=file_refused_modal(str(refused)))
+        return
+    log.info("file of users read: %d entries, %d users, %d unmatched, %d repeated",
+             match.entries, len(match.ids), len(match.unmatched), match.repeated)
+    if not match.ids:
+        deps.refuse(user, "submit", reason="file names nobody", fields=[USERS_FILE])
+        client.views_update(view_id=view_id, view=file_refused_modal(
+            file_matches_nobody(match.entries)))
+        return
+    answer = preview_or_errors(deps, form, user, name, channel, selection=match.ids,
+                               file_report=match.report())
+    if answer["response_action"] == "update":
+        client.views_update(view_id=view_id, view=answer["view"])
+    else:
+        problems = {block: [text] for block, text in answer["errors"].items()}
+        client.views_update(view_id=view_id, view=not_previewed_modal(problems))
 
 
 def confirm(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext) -> None:
@@ -120,14 +171,19 @@ def unknown_view(ack: Ack, view: dict[str, Any]) -> None:
 
 
 def preview_or_errors(
-    deps: AppDeps, form: FormInput, user: str, name: str, channel: str | None
+    deps: AppDeps, form: FormInput, user: str, name: str, channel: str | None,
+    *, selection: tuple[str, ...] | None = None, file_report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ack for a readable form: field errors, or the preview of a request parked for confirm."""
-    request = form.request(user, name, channel)
+    """The ack for a readable form: field errors, or the preview of a request parked for confirm.
+
+    `selection` and `file_report`: the users a file named (instead of the picked ones), and what
+    it matched and did not, kept with the request and shown in the preview.
+    """
+    request = form.request(user, name, channel, selection)
     with deps.sessions() as session:
         try:
             preview = validate_request(deps.settings, deps.directory, request)
-            pending = create_pending(session, deps.settings, request, preview)
+            pending = create_pending(session, deps.settings, request, preview, file_report)
             session.commit()
         except RequestInvalid as invalid:
             session.rollback()
@@ -144,11 +200,12 @@ def preview_or_errors(
             return {"response_action": "errors",
                     "errors": {PASSWORD: CANNOT_KEEP_DEFAULT}}
         view = preview_modal(
-            pending.id, preview, scope=form.scope, selected=len(form.selection),
+            pending.id, preview, scope=form.scope, selected=len(request.selection),
             mode=request.mode, require_change=form.require_change,
             no_email=request.no_email_choice,
             # A time within the grace of "now" starts at once: the preview says no time.
             start_at=request.start_at if is_future(request.start_at, utcnow()) else None,
+            file_report=file_report,
         )
     return {"response_action": "update", "view": view}
 

@@ -189,6 +189,11 @@ class Directory(Protocol):
     ) -> dict[str, list[tuple[str, UserId]]]:
         """Lower-cased name -> the (username, id) pairs it matches when case is ignored."""
 
+    def emails_ignoring_case(
+        self, emails: Sequence[str]
+    ) -> dict[str, list[tuple[str, UserId]]]:
+        """Lower-cased address -> the (username, id) of each user who has it, case ignored."""
+
     def patrons_among(self, ids: Sequence[UserId]) -> int:
         """How many of these users are not staff."""
 

@@ -404,7 +404,7 @@ class Directory:
         wanted = sorted(set(ids))
         if not wanted:
             return []
-        return self._users(self._select_users().where(self._id.in_(wanted)).order_by(self._id))
+        return self._users(self._select_users().where(self._id_in(wanted)).order_by(self._id))
 
     def by_username(self, usernames: Iterable[str]) -> list[DirectoryUser]:
         wanted = sorted(set(usernames))
@@ -430,15 +430,39 @@ class Directory:
                 found.setdefault(str(name).lower(), []).append((str(name), int(user_id)))
         return found
 
+    def emails_ignoring_case(self, emails: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
+        """Lower-cased address -> the (username, id) of each user who has it, case ignored
+        (as usernames_ignoring_case: the database narrows by lower(), Python decides)."""
+        if not emails or not self.profile.email:
+            return {}
+        column = self._c(self.profile.email)
+        wanted = {email.lower() for email in emails}
+        lowered = sorted(wanted)
+        query = select(column, self.username_expression(), self._id).where(
+            func.lower(column).in_(lowered)
+        )
+        found: dict[str, list[tuple[str, int]]] = {}
+        with self.engine.connect() as connection:
+            for email, username, user_id in connection.execute(query):
+                key = str(email).lower()
+                if key in wanted:
+                    found.setdefault(key, []).append((str(username), int(user_id)))
+        return found
+
     def missing_ids(self, ids: Iterable[int]) -> list[int]:
         wanted = set(ids)
-        found = {user.id for user in self.get_many(wanted)}
+        if not wanted:
+            return []
+        # Ids only: a selection from a file holds up to 100,000 of them.
+        query = select(self._id).where(self._id_in(sorted(wanted)))
+        with self.engine.connect() as connection:
+            found = {int(user_id) for user_id in connection.scalars(query)}
         return sorted(wanted - found)
 
     def patrons_among(self, ids: Iterable[int]) -> int:
         """How many of these users are not staff."""
         query = select(func.count()).select_from(self.table).where(
-            self._id.in_(sorted(set(ids))), self.patron_condition()
+            self._id_in(sorted(set(ids))), self.patron_condition()
         )
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
@@ -457,10 +481,18 @@ class Directory:
         if scope is Scope.ALL:
             return true()
         if scope is Scope.ALL_EXCEPT_SELECTED:
-            return self._id.not_in(list(selection))
+            return not_(self._id_in(selection))
         if scope is Scope.ALL_WITHOUT_ROLE:
             return self.patron_condition()
-        return self._id.in_(list(selection))
+        return self._id_in(selection)
+
+    def _id_in(self, ids: Sequence[int]) -> ColumnElement[bool]:
+        """`id IN (...)` with the ids written into the SQL: a selection from a file holds up
+        to 100,000 of them, more than SQLite (32,766) or PostgreSQL (65,535) bind as
+        parameters. They are integers (checked here), so writing them in is safe."""
+        numbers = [int(user_id) for user_id in ids]
+        return self._id.in_(bindparam("ids", numbers, expanding=True, literal_execute=True,
+                                      unique=True))
 
     def preview(self, scope: Scope, selection: Sequence[int]) -> Preview:
         query = select(
@@ -480,7 +512,17 @@ class Directory:
     def scope_batch(
         self, scope: Scope, selection: Sequence[int], after_id: int, limit: int
     ) -> list[DirectoryUser]:
-        """The next `limit` users of the scope with id > after_id, in id order (keyset paging)."""
+        """The next `limit` users of the scope with id > after_id, in id order (keyset paging).
+
+        Fewer than `limit` only when the scope has no more. A selection (up to 100,000 ids from
+        a file) is cut to the ids past the cursor, so that no page names them all again.
+        """
+        if scope.needs_selection and selection:
+            ahead = sorted({user_id for user_id in selection if user_id > after_id})
+            if scope is Scope.SELECTED_ONLY:
+                return self._selected_batch(ahead, limit)
+            # Everyone except: ids at or before the cursor are behind it anyway.
+            selection = ahead or [after_id]
         query = (
             self._select_users()
             .where(self.scope_condition(scope, selection), self._id > after_id)
@@ -488,6 +530,19 @@ class Directory:
             .limit(limit)
         )
         return self._users(query)
+
+    def _selected_batch(self, ahead: Sequence[int], limit: int) -> list[DirectoryUser]:
+        """The first `limit` users among these ascending ids, read `limit` ids at a time (ids
+        no longer in the directory are passed over)."""
+        users: list[DirectoryUser] = []
+        for start in range(0, len(ahead), limit):
+            chunk = ahead[start : start + limit]
+            users += self._users(
+                self._select_users().where(self._id_in(chunk)).order_by(self._id)
+            )
+            if len(users) >= limit:
+                break
+        return users[:limit]
 
     def usernames_in_password(
         self, password: str, scope: Scope, selection: Sequence[int]

@@ -126,7 +126,7 @@ def test_retries_are_one_line_for_the_whole_round() -> None:
 def test_waiting_and_milestone_and_started() -> None:
     assert "reset #7 is still running" in messages.waiting_reply(snap(), 7).text
     half = snap(counts={ItemState.NOTIFIED: 50})
-    assert messages.milestone_reply(half, 2).text == "Halfway: 50 of 100 users."
+    assert messages.milestone_reply(half, 2).text == "Halfway: 50 of 100 users done."
     assert "for 100 users" in messages.started_reply(snap()).text
     assert "nobody is e-mailed" in messages.started_reply(snap(mode=Mode.DEFAULT.value)).text
 
@@ -168,8 +168,8 @@ def test_summary_of_a_cancelled_task_reports_who_was_reset() -> None:
                 counts={ItemState.RESET: 30, ItemState.CANCELLED: 70})
     shown = everything(messages.summary_reply(task))
     assert "*Reset*\\n30" in shown and "*Cancelled*\\n70" in shown
-    assert "70 users left alone; those already reset keep their new password" in shown
-    assert "Reset #12 cancelled* · 100 users." in shown
+    assert "70 users not reached, left alone; those already reset keep their new password" in shown
+    assert "Reset #12 cancelled* · 100 users: 30 passwords reset · 70 not reached." in shown
 
 
 def test_hostile_names_and_errors_ping_nobody_and_stay_in_limits() -> None:

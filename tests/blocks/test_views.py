@@ -31,6 +31,7 @@ from blocks.views import (
 from core.directory import DirectoryUser, Preview
 from core.models import ItemState, Mode, Scope, TaskStatus
 from core.progress import TaskSnapshot
+from core.tally import Tally
 from tests.support.slack_standin import SlackError, _check_view
 
 
@@ -164,8 +165,8 @@ def test_a_default_password_preview_says_nobody_is_emailed() -> None:
 @pytest.mark.parametrize("mode", list(Mode))
 @pytest.mark.parametrize("users", [1, 7, 100_000, 9_999_999])
 def test_the_confirm_button_fits_slacks_24_characters(mode: Mode, users: int) -> None:
-    assert len(confirm_button_text(mode, users)) <= 24
-    assert confirm_button_text(Mode.DEFAULT, 1) == "Set for 1 user"
+    assert len(confirm_button_text(mode, Tally(users=users, changed=users))) <= 24
+    assert confirm_button_text(Mode.DEFAULT, Tally(users=1, changed=1)) == "Set for 1 user"
 
 
 def test_a_notice_is_a_closable_modal_without_inputs() -> None:

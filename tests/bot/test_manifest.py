@@ -60,6 +60,7 @@ def test_app_home_and_its_event_are_on(manifest: dict[str, Any]) -> None:
 
 def test_bot_scopes_are_the_minimal_set(manifest: dict[str, Any]) -> None:
     assert set(manifest["oauth_config"]["scopes"]["bot"]) == {
-        "commands", "chat:write", "im:write", "files:write", "usergroups:read", "groups:read",
+        "commands", "chat:write", "im:write", "files:write", "files:read", "usergroups:read",
+        "groups:read",
     }
     assert "user" not in manifest["oauth_config"]["scopes"]

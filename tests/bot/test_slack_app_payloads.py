@@ -83,6 +83,12 @@ def state_values() -> st.SearchStrategy[Any]:
         "password": st.fixed_dictionaries({}, optional={"password": st.fixed_dictionaries(
             {}, optional={"value": json_values})}),
         "require_change": json_values,
+        "users_file": st.fixed_dictionaries({}, optional={"users_file": st.fixed_dictionaries(
+            {}, optional={"files": st.lists(
+                st.fixed_dictionaries({}, optional={
+                    "id": st.sampled_from(["F0123ABC", "F", "../x"]) | json_values,
+                    "size": st.integers() | json_values, "name": json_values,
+                }) | json_values, max_size=2) | json_values})}),
     })
 
 
@@ -95,7 +101,7 @@ def test_any_view_state_becomes_a_request_or_field_errors(view: dict[str, Any]) 
         form = read_reset_form(view)
     except RequestInvalid as invalid:
         assert invalid.problems
-        assert set(invalid.problems) <= {"scope", "users", "password"}
+        assert set(invalid.problems) <= {"scope", "users", "password", "users_file"}
         assert all(reasons for reasons in invalid.problems.values())
         return
     assert isinstance(form.scope, Scope)
@@ -103,6 +109,8 @@ def test_any_view_state_becomes_a_request_or_field_errors(view: dict[str, Any]) 
     assert all(isinstance(i, int) and i >= 0 for i in form.selection)
     assert form.default_password is None or 0 < len(form.default_password) <= 128
     assert isinstance(form.require_change, bool)
+    if form.file is not None:
+        assert form.file.id == "F0123ABC" and form.scope.needs_selection and not form.selection
 
 
 @given(json_values)

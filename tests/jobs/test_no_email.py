@@ -87,7 +87,10 @@ def test_each_choice_does_what_it_says_and_everyone_with_an_address_is_mailed(
         (NoEmailChoice.SET, None, None, "Type the password to give the users without an e-mail"),
         (NoEmailChoice.SET, "short", None, "It must be at least 12 characters long."),
         (NoEmailChoice.RESET, HANDOUT, None, "This password is only for"),
-        (NoEmailChoice.SET, HANDOUT, "Quiet-Harbour-Lantern-42", "This password is only for"),
+        # `set` is chosen already: the message names the default password, not "choose that".
+        (NoEmailChoice.SET, HANDOUT, "Quiet-Harbour-Lantern-42",
+         "With a default password nobody is e-mailed, so everyone gets that one: clear this "
+         "password, or clear the default password."),
     ],
 )
 def test_a_choice_that_cannot_work_is_refused_on_its_field(

@@ -178,7 +178,7 @@ def test_another_admin_approves_and_the_task_runs_to_completion(
     # A worker posts the parent: requester, scope, counts, Approve and Reject; no "Started".
     deliver(approval_app)
     request = parent(slack_standin)
-    assert action_ids(request) == ["approve_task", "reject_task"]
+    assert action_ids(request) == ["approve_task", "reject_task", "send_list"]
     assert f"<@{ADMIN}>" in message_text(request)
     assert "*Users to reset* 7 · with e-mail 5 · without e-mail 2 · staff 2" in \
         message_text(request)
@@ -490,7 +490,7 @@ def test_a_request_whose_slack_post_redis_lost_is_posted_by_the_reaper(
         context.close()
 
     request = parent(slack_standin)
-    assert action_ids(request) == ["approve_task", "reject_task"]
+    assert action_ids(request) == ["approve_task", "reject_task", "send_list"]
     assert the_task(approval_app).slack_thread_ts == request.ts
     assert the_task(approval_app).status == TaskStatus.AWAITING_APPROVAL
     assert task.id == the_task(approval_app).id
@@ -520,7 +520,7 @@ def test_an_approved_reset_with_a_start_time_waits_scheduled_and_starts_at_its_t
     assert task.approval_expires_at == start_at  # earlier than RESET_APPROVAL_TTL's 24 h
     deliver(approval_app)
     request = parent(slack_standin)
-    assert action_ids(request) == ["approve_task", "reject_task"]
+    assert action_ids(request) == ["approve_task", "reject_task", "send_list"]
     assert "if approved before then" in message_text(request)
 
     # Approved: released as any task with a future start is, scheduled; nothing enqueued.
@@ -640,7 +640,7 @@ def test_a_scheduled_reset_that_grew_past_its_approval_is_approved_again_not_sta
         assert again.approval_expires_at is not None and again.approval_expires_at > utcnow()
         # The thread: Approve and Reject again, with the new counts, and why.
         waiting = parent(slack_standin)
-        assert action_ids(waiting) == ["approve_task", "reject_task"]
+        assert action_ids(waiting) == ["approve_task", "reject_task", "send_list"]
         assert "*Users to reset* 105" in message_text(waiting)
         assert "if approved before then" not in message_text(waiting)
         assert "approved, it starts at once" in message_text(waiting)

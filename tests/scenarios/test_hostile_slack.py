@@ -220,7 +220,7 @@ slack_like = st.recursive(
     | st.sampled_from(["view_submission", "view_closed", "block_actions", "block_suggestion",
                        "event_callback", "app_home_opened", "/reset-passwords", "bulk_reset",
                        "bulk_reset_confirm", "cancel_task", "retry_failed", "open_reset_modal",
-                       "approve_task", "reject_task",
+                       "approve_task", "reject_task", "send_list", "preview",
                        "users", "all", "selected_only", "status", "help", ADMIN, CHANNEL, "1",
                        "7", "999999"]),
     lambda children: st.lists(children, max_size=4)

@@ -433,7 +433,7 @@ def test_slack_scheduled_parent_then_a_late_start_with_the_final_count(
     work(context)  # the announcement the confirm enqueued
     parent, thread = parent_and_thread(slack_standin)
     shown = str(parent.blocks)
-    assert "Scheduled for" in shown and "(in 3 days)" in shown
+    assert "Scheduled for" in shown and "(in " not in shown  # a date, never a stale "in 3 days"
     assert "cancel_task" in shown and thread == []  # no "Started" before it starts
 
     late = start_at + timedelta(hours=2, minutes=5)
@@ -477,6 +477,10 @@ def test_slack_cancel_before_the_start_erases_the_password_and_changes_nothing(
     assert actions == ["confirm", "schedule", "cancel"]
     parent, thread = parent_and_thread(slack_standin)
     assert "Cancelled" in parent.text and any("cancelled" in m.text for m in thread)
+    # The truth: nobody reset, seven in scope; no "100 %", no "0 of 0", no "already reset".
+    shown = str(parent.blocks) + str([m.blocks for m in thread])
+    assert "Cancelled before its start: nobody's password changed (7 users in scope)." in shown
+    assert "100%" not in shown and "0 of 0" not in shown and "already reset" not in shown
     context.close()
 
 

@@ -29,8 +29,13 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 TEST_BOT_TOKEN = "xoxb-test-token"
+#: The bot scopes the app's manifest asks for (what `provided` lists in a missing_scope answer).
+BOT_SCOPES = ("commands", "chat:write", "im:write", "files:write", "usergroups:read",
+              "groups:read")
 #: The method name under which uploads to a `files.getUploadURLExternal` URL are recorded.
 UPLOAD = "upload"
+#: The recorded "method" of a file download (GET of a url_private_download).
+DOWNLOAD = "files.download"
 #: Give this as the method to a fault to hit whichever method is called next.
 ANY_METHOD = "*"
 
@@ -43,13 +48,15 @@ Json = dict[str, Any]
 class SlackError(Exception):
     """An `ok: false` answer, with Slack's error code and optional detail messages."""
 
-    def __init__(self, error: str, messages: list[str] | None = None) -> None:
+    def __init__(self, error: str, messages: list[str] | None = None, **extra: str) -> None:
         super().__init__(error)
         self.error = error
         self.messages = messages or []
+        #: Fields Slack adds to some errors (`missing_scope`: `needed`, `provided`).
+        self.extra = extra
 
     def body(self) -> Json:
-        answer: Json = {"ok": False, "error": self.error}
+        answer: Json = {"ok": False, "error": self.error, **self.extra}
         if self.messages:
             answer["response_metadata"] = {"messages": self.messages}
         return answer
@@ -121,6 +128,20 @@ class UploadedFile:
 
 
 @dataclass
+class SharedFile:
+    """A file someone gave a file_input: files.info describes it, its url serves it."""
+
+    id: str
+    name: str
+    filetype: str
+    content: bytes
+    #: Where files.info says it is (None: served by the stand-in itself).
+    url: str | None = None
+    #: What files.info and the view state say its size is (None: the content's).
+    size: int | None = None
+
+
+@dataclass
 class _Fault:
     method: str
     kind: str  # "error", "rate_limit", "server_error"
@@ -157,7 +178,13 @@ class SlackStandIn:
         self._home: dict[str, Json] = {}
         self._usergroups: dict[str, list[str]] = {}
         self._users: dict[str, Json] = {}
+        #: Users deactivated (user_disabled) or gone from the workspace (user_not_found).
+        self._disabled: set[str] = set()
+        self._gone: set[str] = set()
+        #: Bot scopes the app was installed without (missing_scope on the methods needing them).
+        self._missing_scopes: set[str] = set()
         self._files: dict[str, UploadedFile] = {}
+        self._shared: dict[str, SharedFile] = {}
         self._ids = itertools.count(1)
         self._ts_base = int(time.time())
         self._server: ThreadingHTTPServer | None = None
@@ -306,6 +333,47 @@ class SlackStandIn:
 
     # ---- arranging the workspace ----------------------------------------------------------
 
+    def share_file(
+        self, content: bytes, name: str = "users.csv", *, filetype: str = "csv",
+        url: str | None = None, size: int | None = None,
+    ) -> str:
+        """A file as if a person had just given it in a file_input; returns its id."""
+        with self._cond:
+            file_id = self._next_id("F")
+            self._shared[file_id] = SharedFile(file_id, name, filetype, content, url, size)
+            return file_id
+
+    def file_json(self, file_id: str) -> Json:
+        """The file as files.info and a view_submission's file_input state describe it."""
+        shared = self._shared[file_id]
+        url = shared.url or f"{self.base_url}files-pri/{self.team_id}-{file_id}/{shared.name}"
+        return {
+            "id": file_id, "created": self._ts_base, "timestamp": self._ts_base,
+            "name": shared.name, "title": shared.name, "mimetype": "text/csv",
+            "filetype": shared.filetype, "pretty_type": shared.filetype.upper(),
+            "user": "U0ADMIN", "size": shared.size if shared.size is not None
+            else len(shared.content),
+            "url_private": url, "url_private_download": url.rstrip("/") + "/download",
+            "is_external": False, "mode": "hosted",
+        }
+
+    def downloads(self) -> list[RecordedCall]:
+        return self.calls(DOWNLOAD)
+
+    def _handle_download(self, path: str, headers: dict[str, str]) -> tuple[int, bytes, str]:
+        """A file's content for its url, with the bot token only: without it Slack answers
+        with its sign-in page, as here (an HTML page, never the file)."""
+        authorization = headers.get("authorization", "")
+        if authorization != f"Bearer {self.token}":
+            return 200, b"<!DOCTYPE html><html>Sign in to Slack</html>", "text/html"
+        parts = path.split("/")  # /files-pri/<team>-<id>/<name>/download
+        file_id = parts[2].rsplit("-", 1)[-1] if len(parts) > 2 else ""
+        with self._cond:
+            shared = self._shared.get(file_id)
+        if shared is None or shared.url is not None:
+            return 404, b"file not found", "text/plain"
+        return 200, shared.content, "application/octet-stream"
+
     def add_channel(
         self, channel_id: str, *, name: str | None = None, member: bool = True,
         archived: bool = False, private: bool = False,
@@ -332,6 +400,27 @@ class SlackStandIn:
     def add_user(self, user_id: str, *, name: str = "", real_name: str = "") -> None:
         with self._cond:
             self._users[user_id] = {"name": name or user_id.lower(), "real_name": real_name}
+
+    def deactivate_user(self, user_id: str) -> None:
+        """The user's account is deactivated: a DM with them answers `user_disabled`."""
+        with self._cond:
+            self._disabled.add(user_id)
+
+    def remove_user(self, user_id: str) -> None:
+        """The user is gone from the workspace: a DM with them answers `user_not_found`."""
+        with self._cond:
+            self._gone.add(user_id)
+
+    def revoke_scope(self, scope: str) -> None:
+        """The app lacks this bot scope: methods needing it answer `missing_scope` with the
+        `needed` and `provided` fields Slack adds."""
+        with self._cond:
+            self._missing_scopes.add(scope)
+
+    def _require_scope(self, scope: str) -> None:
+        if scope in self._missing_scopes:
+            provided = ",".join(sorted(set(BOT_SCOPES) - self._missing_scopes))
+            raise SlackError("missing_scope", needed=scope, provided=provided)
 
     def dm_channel(self, user_id: str) -> str:
         """The id conversations.open gives for a DM between the bot and `user_id`."""
@@ -543,6 +632,14 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self._reply(status, answer, "text/plain; charset=utf-8", {})
             return
+        if target.path.startswith("/files-pri/"):
+            status, content, kind = self.standin._handle_download(target.path, headers)
+            self.standin._record(
+                RecordedCall(DOWNLOAD, {"path": target.path}, headers, raw[:200], status,
+                             {"ok": status == 200 and kind != "text/html"}, time.time())
+            )
+            self._reply(status, content, kind, {})
+            return
         if not target.path.startswith("/api/"):
             self._reply(404, b"not found", "text/plain", {})
             return
@@ -736,6 +833,13 @@ class _Checker:
                       "datepicker", "timepicker", "datetimepicker", "email_text_input",
                       "number_input", "url_text_input", "image"):
             pass
+        elif kind == "file_input":
+            max_files = element.get("max_files", 10)
+            if not (isinstance(max_files, int) and 1 <= max_files <= 10):
+                self.fail(f"{path}/max_files", "must be between 1 and 10")
+            filetypes = element.get("filetypes", [])
+            if not (isinstance(filetypes, list) and all(isinstance(t, str) for t in filetypes)):
+                self.fail(f"{path}/filetypes", "must be a list of strings")
         else:
             self.fail(f"{path}/type", f"unknown element type {kind!r}")
 
@@ -919,8 +1023,11 @@ def _conversations_open(s: SlackStandIn, params: Json) -> Json:
     if len(users) != 1:
         raise SlackError("not_enough_users" if not users else "too_many_users")
     user = users[0]
-    if user[:1] not in ("U", "W"):
+    s._require_scope("im:write")
+    if user[:1] not in ("U", "W") or user in s._gone:
         raise SlackError("user_not_found")
+    if user in s._disabled:
+        raise SlackError("user_disabled")
     channel_id = s.dm_channel(user)
     channel = s._channels.get(channel_id)
     if channel is None:
@@ -1002,7 +1109,16 @@ def _store_view(s: SlackStandIn, view_id: str, view: Json) -> Json:
     return stored
 
 
+def _files_info(s: SlackStandIn, params: Json) -> Json:
+    _require(params, "file")
+    if str(params["file"]) not in s._shared:
+        raise SlackError("file_not_found")
+    return {"file": s.file_json(str(params["file"])), "comments": [], "response_metadata": {
+        "next_cursor": ""}}
+
+
 def _files_get_upload_url(s: SlackStandIn, params: Json) -> Json:
+    s._require_scope("files:write")
     _require(params, "filename", "length")
     try:
         length = int(params["length"])
@@ -1057,6 +1173,7 @@ _METHODS: dict[str, Callable[[SlackStandIn, Json], Json]] = {
     "views.open": _views_open,
     "views.update": _views_update,
     "views.publish": _views_publish,
+    "files.info": _files_info,
     "files.getUploadURLExternal": _files_get_upload_url,
     "files.completeUploadExternal": _files_complete_upload,
 }

@@ -327,3 +327,49 @@ def test_it_knows_which_channels_everyone_can_read(slack_standin: SlackStandIn) 
     for channel in ("C1", "G1", dm):
         client.files_upload_v2(channel=channel, filename="a.csv", content="x")
     assert [f.channel for f in slack_standin.files_in_public_channels()] == ["C1"]
+
+
+def test_users_who_left_or_were_deactivated_and_a_missing_scope_answer_as_slack_does(
+    slack_standin: SlackStandIn,
+) -> None:
+    client = client_for(slack_standin)
+    slack_standin.remove_user("UGONE")
+    slack_standin.deactivate_user("UOFF")
+    answers = []
+    for user in ("UGONE", "UOFF"):
+        with pytest.raises(SlackApiError) as refused:
+            client.conversations_open(users=user)
+        answers.append(refused.value.response["error"])
+    assert answers == ["user_not_found", "user_disabled"]
+    assert client.conversations_open(users="UHERE")["channel"]["id"] == "DHERE"
+
+    slack_standin.revoke_scope("im:write")
+    with pytest.raises(SlackApiError) as refused:
+        client.conversations_open(users="UHERE")
+    body = refused.value.response.data
+    assert (body["error"], body["needed"]) == ("missing_scope", "im:write")
+    assert "im:write" not in body["provided"] and "chat:write" in body["provided"]
+
+
+def test_files_info_describes_a_shared_file_served_only_with_the_bot_token(
+    slack_standin: SlackStandIn,
+) -> None:
+    import urllib.request
+
+    file_id = slack_standin.share_file(b"alice\nbob\n", "class.txt", filetype="text")
+    info = WebClient(token=slack_standin.token, base_url=slack_standin.api_url).files_info(
+        file=file_id)["file"]
+    assert (info["id"], info["name"], info["size"], info["filetype"]) == (
+        file_id, "class.txt", 10, "text")
+    url = info["url_private_download"]
+    assert url.startswith(slack_standin.base_url)
+    with urllib.request.urlopen(urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {slack_standin.token}"})) as response:
+        assert response.read() == b"alice\nbob\n"
+    for headers in ({}, {"Authorization": "Bearer xoxb-someone-else"}):
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as response:
+            assert b"alice" not in response.read()
+    assert [call.ok for call in slack_standin.downloads()] == [True, False, False]
+    with pytest.raises(SlackApiError, match="file_not_found"):
+        WebClient(token=slack_standin.token, base_url=slack_standin.api_url).files_info(
+            file="F0NOSUCH")

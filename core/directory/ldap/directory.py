@@ -256,6 +256,25 @@ class LdapDirectory:
                 found.setdefault(user.username.lower(), []).append((user.username, user.id))
         return found
 
+    def emails_ignoring_case(
+        self, emails: Sequence[str]
+    ) -> dict[str, list[tuple[str, UserId]]]:
+        """Lower-cased address -> (username, id) of its users (`mail` ignores case on the
+        server; Python decides)."""
+        attribute = self.profile.email
+        wanted = sorted({email.lower() for email in emails})
+        found: dict[str, list[tuple[str, UserId]]] = {}
+        if not attribute or not wanted:
+            return found
+        for start in range(0, len(wanted), IDS_PER_FILTER):
+            terms = "".join(f"({attribute}={escape_filter_chars(email)})"
+                            for email in wanted[start : start + IDS_PER_FILTER])
+            for user in self._read_users(self._users_filter(f"(|{terms})")):
+                key = (user.email or "").lower()
+                if key in wanted:
+                    found.setdefault(key, []).append((user.username, user.id))
+        return found
+
     def _named(self, names: Sequence[str]) -> list[User]:
         """Users any of whose username attributes is one of `names` (the server's matching
         rule decides case: uid and sAMAccountName ignore it)."""

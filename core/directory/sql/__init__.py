@@ -18,6 +18,7 @@ from sqlalchemy import Engine, Table
 from core.directory.profile import Profile
 from core.directory.protocol import (
     Counts,
+    Directory,
     PasswordRules,
     PasswordSet,
     PickerRow,
@@ -49,6 +50,12 @@ def sql_id(value: object) -> int | None:
 
 def sql_ids(values: Sequence[object]) -> list[int]:
     return [number for number in (sql_id(value) for value in values) if number is not None]
+
+
+def as_protocol(directory: TableDirectory | Directory) -> Directory:
+    """A directory behind the protocol: a table directory wrapped, any other as it is (for
+    helpers that take either, as tests and older callers hand them a table directory)."""
+    return SqlDirectory(directory) if isinstance(directory, TableDirectory) else directory
 
 
 def user_of(user: DirectoryUser) -> User:
@@ -150,6 +157,14 @@ class SqlDirectory:
         return {
             lowered: [(name, str(number)) for name, number in pairs]
             for lowered, pairs in self.sql.usernames_ignoring_case(names).items()
+        }
+
+    def emails_ignoring_case(
+        self, emails: Sequence[str]
+    ) -> dict[str, list[tuple[str, UserId]]]:
+        return {
+            lowered: [(name, str(number)) for name, number in pairs]
+            for lowered, pairs in self.sql.emails_ignoring_case(emails).items()
         }
 
     def patrons_among(self, ids: Sequence[UserId]) -> int:

@@ -1,0 +1,136 @@
+"""The exact list of a reset before it runs: everyone a confirm would reset, and what happens to
+each, as a spreadsheet-safe CSV (never a password).
+
+Made from the scope's stream the planner reads (`Directory.scope_batch`, pages in the
+directory's stable order), so what it lists is what the task's items will be. Sent privately
+in Slack ("Send me the list") and written by `resetbot reset … --dry-run --csv FILE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, or_, select
+
+from core.controls import blank_unsafe
+from core.csvsafe import to_csv
+from core.directory import Directory as TableDirectory
+from core.directory.ids import user_ids
+from core.directory.protocol import Directory, User
+from core.directory.sql import SqlDirectory, as_protocol, sql_ids
+from core.models import ItemState, Mode, NoEmailChoice, Scope
+from core.tally import planned_outcome
+
+#: Users read per round trip, as the planner does.
+LIST_BATCH = 1000
+LIST_HEADER = ("username", "full_name", "email", "staff", "locked", "what_happens")
+NO_USABLE_ADDRESS = "no usable address"
+#: What happens to a user, by the outcome the task will give them.
+WHAT_HAPPENS = {
+    ItemState.RESET: "gets the default password; you tell them",
+    ItemState.NOTIFIED: "new random password, e-mailed",
+    ItemState.NO_EMAIL: "new random password nobody is told: they use “forgot password”",
+    ItemState.SKIPPED: "left alone: password unchanged",
+    ItemState.HANDED_OUT: "gets the password you typed; you tell them",
+}
+
+#: Which of these users are locked: the hook `locked_among` is the default of.
+LockedAmong = Callable[[Directory, Sequence[str]], set[str]]
+
+
+@dataclass(frozen=True)
+class ListedUser:
+    user: User
+    locked: bool
+    outcome: ItemState
+
+
+def scope_stream(
+    directory: Directory, scope: Scope, selection: Sequence[str], batch: int = LIST_BATCH
+) -> Iterator[list[User]]:
+    """The scope's users in the directory's order, a batch at a time: the planner's pages."""
+    cursor: str | None = None
+    while True:
+        users = directory.scope_batch(scope, selection, cursor, batch)
+        if users:
+            yield users
+        if len(users) < batch:
+            return
+        cursor = users[-1].id
+
+
+def locked_among(directory: Directory, ids: Sequence[str]) -> set[str]:
+    """Users locked on purpose, whom a reset leaves locked, among a SQL table's users.
+
+    Read from the profile: a column a reset sets except where it holds one of its `unless`
+    values (Koha: `login_attempts = -1`, an account staff locked). A profile with a notion of
+    its own of "locked on purpose" points this hook at it. (An LDAP directory says it of each
+    user it reads: `User.locked_on_purpose`.)
+    """
+    if not isinstance(directory, SqlDirectory):
+        return set()
+    table_directory = directory.sql
+    condition = _locked_condition(table_directory)
+    if condition is None or not ids:
+        return set()
+    table = table_directory.table
+    key = _column(table_directory, table_directory.profile.id)
+    query = select(key).select_from(table).where(key.in_(sql_ids(ids)), condition)
+    with table_directory.engine.connect() as connection:
+        return {str(user_id) for user_id in connection.scalars(query)}
+
+
+def _locked_condition(directory: TableDirectory) -> ColumnElement[bool] | None:
+    kept = [
+        _column(directory, extra.column) == value
+        for extra in directory.profile.on_reset
+        for value in extra.unless
+    ]
+    return or_(*kept) if kept else None
+
+
+def _column(directory: TableDirectory, name: str) -> ColumnElement[Any]:
+    for column in directory.table.columns:
+        if column.name == name:
+            return column
+    raise LookupError(f"no column {name!r} in the directory table")
+
+
+def reset_list(
+    directory: Directory | TableDirectory, scope: Scope, selection: Sequence[object],
+    mode: Mode, no_email: NoEmailChoice, *, locked: LockedAmong = locked_among,
+) -> Iterator[ListedUser]:
+    """Everyone a confirm would reset, in the planner's order, with their outcome to come."""
+    directory = as_protocol(directory)
+    for users in scope_stream(directory, scope, user_ids(selection)):
+        locked_ids = locked(directory, [user.id for user in users]) | {
+            user.id for user in users if user.locked_on_purpose}
+        for user in users:
+            yield ListedUser(user, user.id in locked_ids,
+                             planned_outcome(mode, no_email, user.has_email))
+
+
+def reset_list_csv(rows: Iterator[ListedUser]) -> str:
+    """username, full name, e-mail (or "no usable address"), staff, locked, what happens."""
+    return to_csv(LIST_HEADER, (
+        (
+            _cell(row.user.username),
+            _cell(row.user.full_name),
+            _cell(row.user.email) or NO_USABLE_ADDRESS,
+            "yes" if row.user.is_staff else "no",
+            "yes" if row.locked else "no",
+            WHAT_HAPPENS[row.outcome],
+        )
+        for row in rows
+    ))
+
+
+def _cell(text: str | None) -> str:
+    """Directory text on one line: control characters (CR, LF, bidi overrides) blanked."""
+    return blank_unsafe(text or "").strip()
+
+
+def reset_list_filename(label: str) -> str:
+    return f"reset-{label}-list.csv"
