@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,7 @@ class AppProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        shutil.rmtree(self._cwd, ignore_errors=True)  # left in the temporary folder otherwise
 
     def client(self) -> Any:
         from tests.support.signing import SignedSlack

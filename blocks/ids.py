@@ -26,6 +26,9 @@ NO_EMAIL = "no_email"
 NO_EMAIL_PASSWORD = "no_email_password"  # noqa: S105 - a block id, not a password
 #: A file of users (file_input: CSV or text), instead of picking them.
 USERS_FILE = "users_file"
+#: Leave out accounts locked on purpose (a checkbox, checked to begin with).
+SKIP_LOCKED = "skip_locked"
+SKIP_LOCKED_YES = "yes"
 #: When the reset starts (a datetimepicker; empty: now).
 START_AT = "start_at"
 

@@ -29,6 +29,7 @@ from blocks.text import (
     done_words,
     ended_words,
     escape,
+    locked_left_alone,
     mode_label,
     never_started_words,
     one_line,
@@ -65,6 +66,7 @@ SUMMARY_ORDER = (
     ItemState.NO_EMAIL,
     ItemState.HANDED_OUT,
     ItemState.SKIPPED,
+    ItemState.LOCKED,
     ItemState.NOTIFY_FAILED,
     ItemState.REFUSED,
     ItemState.CANCELLED,
@@ -612,6 +614,9 @@ def _summary_notes(task: TaskSnapshot, follow_up_where: str | None) -> list[str]
     if skipped:
         notes.append(f":bust_in_silhouette: {plural(skipped, 'user')} without an e-mail address "
                      "were left alone: their password did not change.")
+    locked = task.counts.get(ItemState.LOCKED, 0)
+    if locked:
+        notes.append(f":lock: {locked_left_alone(locked)}")
     handed_out = task.counts.get(ItemState.HANDED_OUT, 0)
     if handed_out:
         notes.append(f":key: {plural(handed_out, 'user')} without an e-mail address now "

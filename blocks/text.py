@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +69,7 @@ OUTCOME_LABELS: dict[ItemState, str] = {
     ItemState.SKIPPED: "not reset (no e-mail)",
     ItemState.HANDED_OUT: "your password (no e-mail)",
     ItemState.REFUSED: "refused by the directory",
+    ItemState.LOCKED: "locked on purpose: left alone",
 }
 #: The reset form's choices for users without an e-mail address, and what each one means.
 NO_EMAIL_LABELS: dict[NoEmailChoice, str] = {
@@ -98,6 +99,49 @@ def no_email_preview(choice: NoEmailChoice, users: int) -> str:
         NoEmailChoice.SKIP: f"{users:,}: left alone, their password does not change",
         NoEmailChoice.SET: f"{users:,}: get the password you typed; you tell each of them",
     }[choice]
+
+#: Why an address in the directory is not used (core.addresses' reasons), as the preview says it.
+ADDRESS_PROBLEM_WORDS = {
+    "blank": "only spaces",
+    "no_at": "no @ (such as n/a or none)",
+    "spaces_or_controls": "spaces or control characters inside",
+    "not_ascii": "not plain ASCII",
+    "not_an_address": "not an address",
+}
+
+
+def unusable_addresses(unusable: Mapping[str, int]) -> str:
+    """The addresses that are there but cannot be mailed, and why; "" when there are none."""
+    counted = [(count, ADDRESS_PROBLEM_WORDS.get(reason, reason))
+               for reason, count in unusable.items() if count]
+    if not counted:
+        return ""
+    total = sum(count for count, _ in counted)
+    reasons = ", ".join(f"{count:,} {words}" for count, words in counted)
+    return (f"{plural(total, 'address', 'addresses')} cannot be used and count as no e-mail: "
+            f"{reasons}")
+
+
+def locked_left_alone(users: int) -> str:
+    """The summary's line for accounts locked on purpose that a task left out."""
+    return (f"{plural(users, 'account')} locked on purpose (by staff) "
+            f"{'was' if users == 1 else 'were'} left alone: a new password would not open "
+            f"{'it' if users == 1 else 'them'}.")
+
+
+def locked_preview(users: int, skipped: bool) -> str:
+    """What the preview says of the accounts locked on purpose in the scope."""
+    if not users:
+        return "0"
+    if skipped:
+        return f"{users:,}: left out, their password does not change"
+    return f"{users:,}: reset too; they stay locked"
+
+
+SKIP_LOCKED_LABEL = "Leave out accounts locked on purpose"
+SKIP_LOCKED_HINT = ("Accounts staff locked in the library system cannot sign in whatever "
+                    "their password: changing it only sends a mail nobody can use.")
+
 
 DEFAULT_FIELD_HINT = (
     "Leave blank to e-mail each user a new random password. Fill in to set this password "
@@ -287,15 +331,6 @@ def starts_once_approved(start_at: datetime) -> str:
 #: The picker's only option while the directory's search copy cannot be read (within Slack's
 #: 75 characters for an option).
 SEARCH_UNAVAILABLE_OPTION = "Search is not available, try again in a moment"
-
-
-def locked_on_purpose_note(locked: int, mode: Mode) -> str:
-    """What the preview says of users the library locked on purpose (kept locked)."""
-    if mode is Mode.GENERATED:
-        return (f":lock: {plural(locked, 'user')} locked on purpose by the library: left out, "
-                "they stay locked and nobody is e-mailed.")
-    return (f":lock: {plural(locked, 'user')} locked on purpose by the library: they get the "
-            "password and stay locked.")
 
 
 def user_option_label(user: User | DirectoryUser) -> str:
@@ -492,6 +527,10 @@ PASSWORD_UNREADABLE = "The password could not be read; type it again."  # noqa: 
 CANNOT_KEEP_DEFAULT = (
     "resetbot cannot keep a default password (RESET_SECRET_KEY is not set up). Leave it blank, "
     "or ask whoever runs resetbot."
+)
+DIRECTORY_UNREACHABLE = (
+    "The user directory cannot be reached right now, so nothing was previewed or changed. "
+    "Submit again in a moment; if it goes on, ask whoever runs resetbot."
 )
 
 

@@ -23,6 +23,8 @@ from blocks.ids import (
     REQUIRE_CHANGE_YES,
     SCOPE,
     SEND_LIST_OF_PREVIEW,
+    SKIP_LOCKED,
+    SKIP_LOCKED_YES,
     START_AT,
     USERS,
     USERS_FILE,
@@ -49,6 +51,8 @@ from blocks.text import (
     RESET_SAVED_TITLE,
     SCOPE_HELP,
     SCOPE_LABELS,
+    SKIP_LOCKED_HINT,
+    SKIP_LOCKED_LABEL,
     START_AGAIN_TITLE,
     STATUS_EMOJI,
     UNKNOWN_FORM,
@@ -61,7 +65,7 @@ from blocks.text import (
     escape,
     file_refused,
     file_summary,
-    locked_on_purpose_note,
+    locked_preview,
     mode_label,
     never_started_words,
     no_email_preview,
@@ -81,6 +85,7 @@ from blocks.text import (
     thread_link,
     truncate,
     unmatched_lines,
+    unusable_addresses,
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
@@ -118,6 +123,7 @@ def reset_modal(channel: str | None = None) -> View:
     initial_scope = scope_options[list(Scope).index(Scope.SELECTED_ONLY)]
     require_change = {"text": plain("Require a new password at next login", 75),
                       "value": REQUIRE_CHANGE_YES}
+    skip_locked = {"text": plain(SKIP_LOCKED_LABEL, 75), "value": SKIP_LOCKED_YES}
     no_email_options = [
         {"text": plain(NO_EMAIL_LABELS[choice], 75), "value": choice.value,
          "description": plain(NO_EMAIL_HELP[choice], 75)}
@@ -195,6 +201,15 @@ def reset_modal(channel: str | None = None) -> View:
             },
             {
                 "type": "input",
+                "block_id": SKIP_LOCKED,
+                "optional": True,
+                "label": plain("Locked accounts"),
+                "hint": plain(SKIP_LOCKED_HINT),
+                "element": {"type": "checkboxes", "action_id": SKIP_LOCKED,
+                            "options": [skip_locked], "initial_options": [skip_locked]},
+            },
+            {
+                "type": "input",
                 "block_id": START_AT,
                 "optional": True,
                 "label": plain("Start at (optional)"),
@@ -227,6 +242,7 @@ def preview_modal(
     no_email: NoEmailChoice = NoEmailChoice.RESET,
     start_at: datetime | None = None,
     file_report: dict[str, Any] | None = None,
+    skip_locked: bool = False,
 ) -> View:
     """What a confirm would do; private_metadata holds only the opaque id of the waiting request.
 
@@ -244,6 +260,8 @@ def preview_modal(
         mrkdwn(f"*E-mailed a new password*\n{emailed:,}"),
         mrkdwn(f"*Without e-mail*\n{without_email}"),
         mrkdwn(f"*Staff included*\n{preview.staff:,}"),
+        *([mrkdwn(f"*Locked on purpose*\n{locked_preview(preview.locked, skip_locked)}")]
+          if preview.locked else []),
         mrkdwn(f"*Mode*\n{mode_label(mode)}"),
         mrkdwn(f"*New password at next login*\n{'Required' if require_change else 'Not required'}"),
     ]
@@ -252,6 +270,10 @@ def preview_modal(
         section(f"*{scope_summary(scope, selected)}*: {preview_words(tally)}"),
         {"type": "section", "fields": fields},
     ]
+    unusable = unusable_addresses(preview.unusable) if mode is Mode.GENERATED else ""
+    if unusable:
+        blocks.append(context(unusable + "."))
+    blocks += [context(escape(note)) for note in preview.notes]
     if file_report is not None:
         blocks.append(section(file_summary(file_report)))
         if file_report["unmatched"]:
@@ -259,8 +281,6 @@ def preview_modal(
     if preview.staff:
         blocks.append(section(f":warning: {plural(preview.staff, 'staff account')} "
                               "included."))
-    if preview.locked_on_purpose:
-        blocks.append(section(locked_on_purpose_note(preview.locked_on_purpose, mode)))
     if mode is Mode.DEFAULT:
         blocks.append(section("Tell the users their new password yourself: resetbot never "
                               "shows or sends it."))

@@ -11,11 +11,13 @@ from rq import Queue
 from slack_bolt import App
 from slack_bolt.error import BoltError
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.auth import Admins, Approvers
 from bot.deps import AppDeps, provide
 from bot.listeners import register_all
+from bot.workspace import Workspace, only_this_workspace
 from core.directory.picker import attach_search_copy
 from core.directory.protocol import Directory
 from core.errors import ConfigError
@@ -86,8 +88,10 @@ def create_app(
 ) -> App:
     """A Bolt App with every resetbot listener, talking to the Web API at SLACK_API_URL.
 
-    `token_verification` calls auth.test once now, so a wrong token fails at start, not at the
-    first click. A directory resetbot does not own gets the picker's search copy, read now.
+    auth.test is called now, so a wrong token fails at start, not at the first click; it names
+    the only workspace (team, enterprise, app) whose requests are served. `token_verification`:
+    Bolt checks the token at start too. A directory resetbot does not own gets the picker's
+    search copy, read now.
     """
     check_slack_settings(settings)
     client = client if client is not None else make_client(settings)
@@ -112,6 +116,8 @@ def create_app(
         search_copy=search_copy,
     )
     try:
+        # The workspace the token belongs to: every request must come from it.
+        workspace = Workspace.of(client)
         app = App(
             client=client,
             # Socket Mode needs no signing secret; HTTP mode was checked to have one above.
@@ -122,16 +128,18 @@ def create_app(
             name="resetbot",
             listener_executor=InlineExecutor(),
         )
-    except BoltError as error:
+    except (BoltError, SlackApiError, ValueError) as error:
+        said = error.response.get("error") if isinstance(error, SlackApiError) else error
         raise ConfigError(
             f"SLACK_BOT_TOKEN was not accepted by the Slack API at {settings.slack_api_url} "
-            f"({error}): check it at api.slack.com/apps → your app → OAuth & Permissions"
+            f"({said}): check it at api.slack.com/apps → your app → OAuth & Permissions"
         ) from None
     except OSError as error:
         raise ConfigError(
             f"Cannot reach the Slack API at {settings.slack_api_url} to check SLACK_BOT_TOKEN "
             f"({type(error).__name__}): check SLACK_API_URL and the network"
         ) from None
+    app.use(only_this_workspace(workspace))  # first: nothing of resetbot runs for others
     app.use(provide(deps))
     register_all(app)
     return app

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -81,7 +81,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def run_command(cli: Cli, argv: Sequence[str] | None) -> int:
     """Parse and run; every error meant for people becomes one line and an exit code."""
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except ShowVersion:
+            return show_version(cli)
         handler: Handler = args.handler
         return handler(cli, args)
     except UsageError as error:
@@ -207,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         argparse.ArgumentParser, prog="resetbot", description=MAIN_DESCRIPTION,
         epilog=MAIN_EPILOG,
     )
+    parser.add_argument("--version", action=VersionAction,
+                        help="resetbot's version, and which Redis it uses (REDIS_URL, or the "
+                             "embedded one's redis-server and its version)")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", title="commands"
     )
@@ -234,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = _command(commands, "serve", "run the Slack app (HTTP, or Socket Mode)")
     serve.add_argument("--port", type=_port, default=3000, help="HTTP port (default 3000)")
-    serve.add_argument("--host", default="0.0.0.0",  # noqa: S104 - Slack must reach it
-                       help="address to listen on (default 0.0.0.0: every interface)")
+    # bot.server.LOOPBACK, not imported here: the command line starts without waitress.
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this host only, behind "
+                            "the HTTPS reverse proxy; 0.0.0.0: every interface)")
     serve.add_argument("--with-worker", action="store_true",
                        help="also run a worker (everything on one host)")
     serve.set_defaults(handler=cmd_serve)
@@ -265,6 +273,32 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
             for line in text.splitlines()
         )
+
+
+class ShowVersion(Exception):
+    """`--version` was given: shown instead of running a command."""
+
+
+class VersionAction(argparse.Action):
+    """`--version` alone, no command needed (argparse's own version action cannot read the
+    settings, which say which Redis is used)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        raise ShowVersion
+
+
+def show_version(cli: Cli) -> int:
+    from importlib.metadata import version
+
+    from jobs.connection import redis_in_use
+
+    cli.say(f"resetbot {version('resetbot')}")
+    cli.say(f"Redis: {redis_in_use(cli.settings())}")
+    return EXIT_OK
 
 
 def _parser(factory: Callable[..., argparse.ArgumentParser], *args: object,
@@ -363,6 +397,9 @@ def _add_reset(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                             "or set (see below)")
     reset.add_argument("--no-require-change", action="store_true",
                        help="do not make users change the password at their next sign-in")
+    reset.add_argument("--skip-locked", action=argparse.BooleanOptionalAction, default=None,
+                       help="leave out accounts locked on purpose (Koha: login_attempts -1); "
+                            "the default with e-mailed passwords, not with a default password")
     reset.add_argument("--dry-run", action="store_true",
                        help="show the preview and stop; nothing changes")
     reset.add_argument("--csv", type=Path, metavar="FILE",
@@ -485,7 +522,10 @@ def _since(value: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a date (YYYY-MM-DD) or ISO time"
         ) from None
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:  # 9999-12-31T23:59-14:00 is in the year 10000 in UTC
+        raise argparse.ArgumentTypeError(f"{value!r} is past the year 9999 in UTC") from None
 
 
 def _start_time(value: str) -> datetime:
@@ -808,6 +848,7 @@ def cmd_reset(cli: Cli, args: argparse.Namespace) -> int:
         detach=args.detach,
         start_at=args.at,
         csv=args.csv,
+        skip_locked=args.skip_locked,
     )
     settings = cli.settings(with_secret_key=True)
     with cli.database(settings) as sessions:

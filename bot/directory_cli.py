@@ -147,7 +147,7 @@ class LdapReport:
             "users": self.counts.users,
             "staff": self.counts.staff,
             "without_email": self.counts.without_email,
-            "locked_on_purpose": self.counts.locked_on_purpose,
+            "locked_on_purpose": self.counts.locked,
             "password_rules": {"source": self.rules.source,
                                "min_length": self.rules.min_length,
                                "complexity": self.rules.complexity},
@@ -166,7 +166,7 @@ class LdapReport:
             f"Users:            {self.counts.users:,}",
             f"Staff:            {self.counts.staff:,}",
             f"Without e-mail:   {self.counts.without_email:,}",
-            f"Locked on purpose: {self.counts.locked_on_purpose:,}",
+            f"Locked on purpose: {self.counts.locked:,}",
             f"Password rules:   {', '.join(said) or 'none read'} ({rules.source})",
             "A reset writes:   the password, over TLS; the server hashes it",
         ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.terminal import shown
 from jobs.mail_templates import MailTemplates, Recipient
 
 #: Shown where the password goes: a preview never holds a real one.
@@ -33,9 +34,10 @@ def preview_text(
     rendered = templates.render(
         Recipient(full_name, username, MASK, require_change, language)
     )
-    address = email or "(no e-mail address: this user would not be mailed)"
+    # The directory's text as every terminal line shows it: control characters as escapes.
+    address = shown(email) or "(no e-mail address: this user would not be mailed)"
     lines = [
-        f"To: {full_name or username} <{address}>" if email else f"To: {address}",
+        f"To: {shown(full_name or username)} <{address}>" if email else f"To: {address}",
         f"Subject: {rendered.subject}",
         "",
         "----- text part -----",

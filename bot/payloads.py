@@ -21,6 +21,8 @@ from blocks.ids import (
     REQUIRE_CHANGE,
     REQUIRE_CHANGE_YES,
     SCOPE,
+    SKIP_LOCKED,
+    SKIP_LOCKED_YES,
     START_AT,
     USERS,
     USERS_FILE,
@@ -325,6 +327,8 @@ class FormInput:
     start_at: datetime | None = None
     #: A file of users instead of picked ones (its users become the selection once read).
     file: GivenFile | None = None
+    #: Leave out accounts locked on purpose; None: a form without the box (the mode decides).
+    skip_locked: bool | None = None
 
     def request(
         self, requester: str, name: str, channel: str | None,
@@ -341,6 +345,7 @@ class FormInput:
             no_email=self.no_email,
             no_email_password=self.no_email_password,
             start_at=self.start_at,
+            skip_locked=self.skip_locked,
         )
 
 
@@ -363,10 +368,11 @@ def read_reset_form(view: Mapping[str, Any]) -> FormInput:
         problems.setdefault(USERS_FILE, []).append(FILE_NEEDS_SELECTED_SCOPE)
     elif given is not None and selection:
         problems.setdefault(USERS_FILE, []).append(FILE_OR_PICKED)
+    skip_locked = _read_skip_locked(_element(values, SKIP_LOCKED))
     if problems or scope is None:
         raise RequestInvalid(problems or {SCOPE: [CHOOSE_SCOPE]})
     return FormInput(scope, selection, password, require_change, no_email, no_email_password,
-                     start_at, given)
+                     start_at, given, skip_locked)
 
 
 def _element(values: Mapping[str, Any], block_id: str) -> Mapping[str, Any]:
@@ -469,6 +475,13 @@ def _read_no_email(element: Mapping[str, Any]) -> NoEmailChoice:
         return NoEmailChoice(value)
     # Missing (a form opened before this choice existed) or unreadable: the form's default.
     return NoEmailChoice.RESET
+
+
+def _read_skip_locked(element: Mapping[str, Any]) -> bool | None:
+    options = element.get("selected_options")
+    if not isinstance(options, list):
+        return None  # a form opened before the box existed: the mode's default
+    return any(isinstance(o, dict) and o.get("value") == SKIP_LOCKED_YES for o in options)
 
 
 def _read_require_change(element: Mapping[str, Any]) -> bool:

@@ -79,6 +79,8 @@ class ResetChoices:
     start_at: datetime | None = None
     #: --dry-run --csv FILE: where to write the exact list of who it would reset.
     csv: Path | None = None
+    #: --skip-locked / --no-skip-locked; None: the mode's default.
+    skip_locked: bool | None = None
 
 
 def run_reset(
@@ -121,6 +123,7 @@ def _run_reset(
         no_email=choices.without_email,
         no_email_password=handout,
         start_at=choices.start_at,
+        skip_locked=choices.skip_locked,
     )
     preview = validate_or_refuse(cli, sessions, settings, directory, request)
     cli.say(describe_preview(request, preview))
@@ -168,25 +171,28 @@ def _run_reset(
 def resolve_usernames(
     directory: Directory, usernames: Sequence[str]
 ) -> tuple[tuple[str, ...], list[str]]:
-    """The users' ids, and a note for each name matched only when case is ignored.
+    """The users' ids, and a note for each name found under another spelling.
 
-    A name is matched exactly first; otherwise ignoring case, when exactly one username in the
-    directory matches that way. Several matches are refused, naming them: the directory holds
-    usernames that differ only in case, and only the exact spelling can say which one is meant.
+    resetbot's own table matches a name exactly first; a library system's table as its
+    database compares (its collation: MariaDB's Koha ignores case and accents, as Koha's
+    sign-in does), after Unicode NFC, the same spelling winning among several. Otherwise a name
+    is matched ignoring case, when exactly one username in the directory matches that way.
+    Several matches are refused, naming them: only the exact spelling can say which is meant.
     """
     from core.userio import match_usernames
 
     match = match_usernames(directory, usernames)
     ids = set(match.ids.values())
-    notes = [f"Note: {shown(name)} is {shown(found)} in the directory "
-             "(matched ignoring case)." for name, found in match.case_notes.items()]
+    notes = [f"Note: {shown(name)} is {shown(found)} in the directory ({how})."
+             for name, (found, how) in match.case_notes.items()]
     unknown = [shown(name) for name in match.unknown]
     clashes = [f"{shown(name)} (could be {', '.join(shown(found) for found in spelled)})"
                for name, spelled in match.ambiguous.items()]
     if clashes:
         raise Refused(
-            "these names match several usernames that differ only in case; type them exactly "
-            "as in the directory: " + "; ".join(clashes[:20]) + " (nothing was changed)"
+            "these names match several usernames that differ only in case or accents; type "
+            "them exactly as in the directory: " + "; ".join(clashes[:20])
+            + " (nothing was changed)"
         )
     if unknown:
         raise Refused(
@@ -263,12 +269,16 @@ def write_reset_list(path: Path, directory: Directory, request: ResetRequest) ->
 
 
 def describe_preview(request: ResetRequest, preview: Preview) -> str:
+    from blocks.text import locked_preview, unusable_addresses
+
+    unusable = ""
     if request.mode is Mode.DEFAULT:
         mode = "one default password for everyone; nobody is e-mailed"
         mailed = 0
     else:
         mode = "a new random password for each user, e-mailed"
         mailed = preview.emailable
+        unusable = unusable_addresses(preview.unusable)
     tally = preview_tally(preview, request.mode, request.no_email_choice)
     lines = [
         f"Scope: {request.scope.value}" + _scope_note(request),
@@ -278,14 +288,15 @@ def describe_preview(request: ResetRequest, preview: Preview) -> str:
         f"  Without e-mail:        {preview.without_email:>8,}"
         + (f"   ({NO_EMAIL_WORDS[request.no_email_choice]})"
            if request.mode is Mode.GENERATED and preview.without_email else ""),
+        *([f"    ({unusable})"] if unusable else []),
         f"  Staff included:        {preview.staff:>8,}",
-        *([f"  Locked on purpose:     {preview.locked_on_purpose:>8,}   ("
-           + ("left out: they stay locked and nobody is e-mailed"
-              if request.mode is Mode.GENERATED else "they get the password and stay locked")
-           + ")"] if preview.locked_on_purpose else []),
+        *([f"  Locked on purpose:     {preview.locked:>8,}   ("
+           + locked_preview(preview.locked, request.leaves_locked).partition(": ")[2] + ")"]
+          if preview.locked else []),
         f"  Mode: {mode}",
         "  Must change the password at next sign-in: "
         + ("yes" if request.require_change else "no"),
+        *(f"  Note: {note}" for note in preview.notes),
     ]
     return "\n".join(lines)
 

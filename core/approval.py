@@ -77,8 +77,7 @@ def preview_of(counts: dict[str, Any] | None) -> Preview | None:
         return None
     try:
         return Preview(users=int(counts["users"]), emailable=int(counts["emailable"]),
-                       without_email=int(counts["without_email"]), staff=int(counts["staff"]),
-                       locked_on_purpose=int(counts.get("locked_on_purpose", 0)))
+                       without_email=int(counts["without_email"]), staff=int(counts["staff"]))
     except (KeyError, TypeError, ValueError):
         return None
 

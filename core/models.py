@@ -125,6 +125,7 @@ class ItemState(enum.StrEnum):
     HANDED_OUT = "handed_out"  # no address: set to the password staff typed, to tell (final)
     # The directory's policy said no (its reason in `last_error`): not changed, not mailed.
     REFUSED = "refused"
+    LOCKED = "locked"  # locked on purpose, and the task leaves such accounts out (final)
 
     @property
     def is_final(self) -> bool:
@@ -141,6 +142,7 @@ FINAL_ITEM_STATES = frozenset(
         ItemState.SKIPPED,
         ItemState.HANDED_OUT,
         ItemState.REFUSED,
+        ItemState.LOCKED,
     }
 )
 #: Outcomes whose users staff must contact by hand.
@@ -179,6 +181,8 @@ class ResetTask(Base):
     # password staff typed for them, cleared when the task ends.
     no_email: Mapped[str] = mapped_column(String(8), default=NoEmailChoice.RESET)
     no_email_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    # Accounts locked on purpose (the profile's `locked` rule) are left out: never changed.
+    skip_locked: Mapped[bool] = mapped_column(Boolean, default=False)
     retry_of: Mapped[int | None] = mapped_column(ForeignKey("reset_tasks.id"), default=None)
     # The task that retried this one's failed notifications: set once, by a conditional UPDATE,
     # so two retries asked at the same moment (CLI, Slack button) make one task.
@@ -302,6 +306,7 @@ class PendingRequest(Base):
     default_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
     no_email: Mapped[str] = mapped_column(String(8), default=NoEmailChoice.RESET)
     no_email_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    skip_locked: Mapped[bool] = mapped_column(Boolean, default=False)
     slack_channel: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()

@@ -41,6 +41,12 @@ def normalised(password: str) -> str:
     return unicodedata.normalize("NFC", password)
 
 
+def contains_username(password: str, username: str) -> bool:
+    """Whether `password` holds `username`, case and Unicode form aside (an empty one never)."""
+    wanted = normalised(username).lower()
+    return bool(wanted) and wanted in normalised(password).lower()
+
+
 def character_classes(password: str) -> int:
     found = {
         name
@@ -70,7 +76,7 @@ def policy_violations(
             f"It must mix at least {policy.min_classes} of: lowercase letters, "
             "uppercase letters, digits, symbols."
         )
-    if policy.forbid_username and username and username.lower() in password.lower():
+    if policy.forbid_username and username and contains_username(password, username):
         reasons.append("It must not contain the username.")
     if policy.forbid_common and _is_common(password):
         reasons.append("It is too common: pick something people would not guess.")
@@ -126,9 +132,13 @@ class _RandomPicks:
                 return byte % n
 
 
-def generate_password(policy: PasswordPolicy, username: str | None = None) -> str:
-    """A random password from `secrets` that passes `policy`, without look-alike characters."""
-    length = max(policy.generated_length, policy.min_length)
+def generate_password(
+    policy: PasswordPolicy, username: str | None = None, *, at_least: int = 0
+) -> str:
+    """A random password from `secrets` that passes `policy`, without look-alike characters:
+    one of each class (ASCII lower and upper case, digit, symbol), no space, at least
+    `at_least` long (the library system's own minimum)."""
+    length = max(policy.generated_length, policy.min_length, at_least)
     picks = _RandomPicks()
     while True:
         chars = [alphabet[picks.below(len(alphabet))] for alphabet in _GENERATED_ALPHABETS]

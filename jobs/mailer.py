@@ -14,11 +14,11 @@ import smtplib
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from types import TracebackType
 
+from core.addresses import UnusableAddress, parse_address
 from core.controls import has_unsafe, single_line
 from core.settings import Settings
 from jobs.mail_templates import MAX_NAME, MailTemplates, Recipient, encoded_subject
@@ -101,20 +101,21 @@ def clean_display_name(name: str) -> str:
 
 
 def _checked_address(address: str) -> Address:
-    """A mailable address; ValueError for anything that could inject or cannot be sent."""
-    # Control characters refuse the address wherever they are, even at the ends (never stripped).
-    address = address if has_unsafe(address) else address.strip()
-    if not address or has_unsafe(address) or any(ch.isspace() for ch in address):
-        raise ValueError("the e-mail address contains spaces or control characters")
-    if not address.isascii():
-        raise ValueError("the e-mail address is not plain ASCII")
+    """A mailable address (core.addresses' one rule); ValueError saying why it is not."""
     try:
-        parsed = Address(addr_spec=address)
-    except (ValueError, IndexError, HeaderParseError):
-        raise ValueError("the e-mail address is not valid") from None
-    if not parsed.username or not parsed.domain or parsed.addr_spec != address:
-        raise ValueError("the e-mail address is not valid")
-    return parsed
+        return parse_address(address)
+    except UnusableAddress as unusable:
+        raise ValueError(_ADDRESS_WORDS[unusable.problem]) from None
+
+
+_ADDRESS_WORDS = {
+    "missing": "there is no e-mail address",
+    "blank": "the e-mail address is blank",
+    "no_at": "the e-mail address has no @",
+    "spaces_or_controls": "the e-mail address contains spaces or control characters",
+    "not_ascii": "the e-mail address is not plain ASCII",
+    "not_an_address": "the e-mail address is not valid",
+}
 
 
 def _header_address(name: str, address: Address) -> str:

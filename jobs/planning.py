@@ -23,7 +23,6 @@ from core.directory.protocol import User
 from core.errors import InputError, QueueUnavailable
 from core.models import (
     ItemState,
-    Mode,
     ResetItem,
     ResetTask,
     Scope,
@@ -228,8 +227,7 @@ class _Plan:
     #: The last user id planned (None: from the start).
     cursor: str | None
     count: int
-    #: Leave out users locked on purpose (a generated-password task: nobody could use the
-    #: password mailed to them, and the library locked them for a reason).
+    #: Accounts locked on purpose get an item already ended `locked`: never changed.
     skip_locked: bool = False
 
 
@@ -250,7 +248,7 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         if resuming and not _take_plan_lease(context, session, task_id):
             return
         plan = _Plan(Scope(task.scope), list(user_ids(task.selection)), task.plan_cursor,
-                     task.total, skip_locked=task.mode == Mode.GENERATED)
+                     task.total, bool(task.skip_locked))
     if resuming:
         # Chunks written before an interruption may never have reached the queue.
         for chunk in _chunks_with_pending(context, task_id):
@@ -308,8 +306,6 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         )
         done = len(users) < PLAN_BATCH
         cursor = users[-1].id if users else plan.cursor
-        if plan.skip_locked:
-            users = [user for user in users if not user.locked_on_purpose]
         count = plan.count + len(users)
         # The cursor guard makes two planners never interleave: the second one changes no row.
         moved = rowcount(
@@ -334,7 +330,8 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         if users:
             session.execute(
                 insert(items_table),
-                _item_rows(task_id, plan.count, users, settings.chunk_size, now),
+                _item_rows(task_id, plan.count, users, settings.chunk_size, now,
+                           plan.skip_locked),
             )
         session.commit()
     plan.cursor, plan.count = cursor, count
@@ -342,9 +339,11 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
 
 
 def _item_rows(
-    task_id: int, first: int, users: list[User], chunk_size: int, now: datetime
+    task_id: int, first: int, users: list[User], chunk_size: int, now: datetime,
+    skip_locked: bool = False,
 ) -> list[dict[str, Any]]:
-    """One pending item per user; `first` is how many items the task had before these."""
+    """One pending item per user; `first` is how many items the task had before these. An
+    account locked on purpose, when the task leaves them out, is ended `locked` at once."""
     return [
         {
             "task_id": task_id,
@@ -354,7 +353,8 @@ def _item_rows(
             "full_name": user.full_name,
             "email": user.email,
             "is_staff": user.is_staff,
-            "state": ItemState.PENDING.value,
+            "state": (ItemState.LOCKED if skip_locked and user.locked_on_purpose
+                      else ItemState.PENDING).value,
             "attempts": 0,
             "updated_at": now,
         }

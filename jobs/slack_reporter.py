@@ -51,8 +51,8 @@ from core.models import (
 )
 from core.progress import TaskSnapshot, snapshot
 from core.settings import Settings
-from jobs.context import WorkerContext, current_context
 from jobs.queueing import FAILURE_TTL, delivery_job_id, delivery_of_job, job_ids_in_redis
+from jobs.running import JobContext, running_context
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class SlackReporter:
     """
 
     def __init__(
-        self, context: WorkerContext, *, retry_intervals: Sequence[int] = RETRY_INTERVALS
+        self, context: JobContext, *, retry_intervals: Sequence[int] = RETRY_INTERVALS
     ) -> None:
         self.context = context
         self.retry_intervals = tuple(retry_intervals)
@@ -228,7 +228,7 @@ def enqueue_delivery(
     )
 
 
-def resend_lost_ends(context: WorkerContext) -> int:
+def resend_lost_ends(context: JobContext) -> int:
     """Re-report the end of tasks whose end delivery Redis lost; returns how many.
 
     Deliveries live only in Redis; if it restarts empty (or a delivery gave up after hours of
@@ -268,7 +268,7 @@ def announce(queue: Queue, task_id: int) -> None:
         raise QueueUnavailable(f"Redis cannot be reached: {type(error).__name__}") from error
 
 
-def resend_lost_announcements(context: WorkerContext) -> int:
+def resend_lost_announcements(context: JobContext) -> int:
     """Post the parent message of tasks waiting before their start (awaiting approval, or
     scheduled) whose first delivery Redis lost.
 
@@ -303,7 +303,7 @@ def resend_lost_announcements(context: WorkerContext) -> int:
 
 
 def _resend(
-    context: WorkerContext, reporter: SlackReporter, task_ids: list[int], event: Event, *,
+    context: JobContext, reporter: SlackReporter, task_ids: list[int], event: Event, *,
     throttle: str,
 ) -> int:
     """Queue `event` again for each task, at most once per RESEND_EVERY_SECONDS per task (every
@@ -318,7 +318,7 @@ def _resend(
     return resent
 
 
-def tasks_with_end_delivery(context: WorkerContext) -> set[int]:
+def tasks_with_end_delivery(context: JobContext) -> set[int]:
     """Tasks with an end delivery queued, running or scheduled in Redis."""
     found: set[int] = set()
     for entry in job_ids_in_redis(context.redis, context.queue):
@@ -337,7 +337,7 @@ def deliver(task_id: int, event: str, *args: int) -> None:
     Raises (so RQ retries later) when Slack is unreachable, rate-limits for long, or another
     delivery is still posting the parent message.
     """
-    context = current_context()
+    context = running_context()
     Delivery(context, web_client(context.settings), task_id).run(Event(event), args)
 
 
@@ -453,7 +453,7 @@ class FollowUpDestination:
 class Delivery:
     """One delivery job's work for one task: every Slack call goes through here."""
 
-    def __init__(self, context: WorkerContext, client: WebClient, task_id: int) -> None:
+    def __init__(self, context: JobContext, client: WebClient, task_id: int) -> None:
         self.context = context
         self.client = client
         self.task_id = task_id

@@ -125,6 +125,10 @@ class ResetWorker(SimpleWorker):
         if process is not None and process.is_alive():
             self.stop_scheduler()
         if scheduler._connection is not None:
+            # Its pool is its own but not closed by `close()` (RQ hands the client a pool's
+            # settings, not a pool): disconnected here, or a burst worker's scheduler client
+            # stays connected and the embedded redis-server outlives the last worker.
+            scheduler._connection.connection_pool.disconnect()
             scheduler._connection.close()
             scheduler._connection = None
 

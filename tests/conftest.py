@@ -25,7 +25,9 @@ from core.directory import Directory
 from core.schema import create_schema
 from core.settings import Settings
 from tests.support.databases import mariadb_database, postgres_database
+from tests.support.services import REDIS_URL
 from tests.support.slack_standin import slack_standin as slack_standin
+from tests.support.tempdir import RunTemp
 
 # CI (`.ci/run` sets HYPOTHESIS_PROFILE=ci) tries the same examples on every run, so a red build
 # means a change broke something; local runs go on exploring fresh examples (and keep in
@@ -33,7 +35,40 @@ from tests.support.slack_standin import slack_standin as slack_standin
 hypothesis_settings.register_profile("ci", derandomize=True, database=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# Where Redis (REDIS_URL: a logical database of each xdist worker's own), PostgreSQL and MariaDB
+# are comes from the environment: tests/support/services.py.
+
+
+RUN_TEMP = pytest.StashKey[RunTemp]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """The run's own temporary folder (TMPDIR), made before xdist starts its workers, which
+    inherit it: what a test leaves there fails the run (tests/support/tempdir.py)."""
+    if not hasattr(config, "workerinput"):  # the pytest process, or xdist's controller
+        config.stash[RUN_TEMP] = RunTemp.start()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    """After the workers are gone: nothing may be left in the run's temporary folder."""
+    yield
+    run = session.config.stash.get(RUN_TEMP, None)
+    if run is None:
+        return
+    left = run.finish(session)
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None:
+        return
+    terminal.ensure_newline()
+    if left:
+        terminal.write_line(
+            "tests left these in the system's temporary folder (the run fails; removed): "
+            + ", ".join(path.name for path in left), red=True,
+        )
+    if run.path.exists():
+        terminal.write_line(f"the run failed: its temporary folder is kept, {run.path}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from blocks.ids import (
     CALLBACK_CONFIRM,
@@ -26,7 +28,13 @@ from blocks.ids import (
     USERS,
     USERS_FILE,
 )
-from blocks.text import CANNOT_KEEP_DEFAULT, FILE_UNREADABLE_SHAPE, file_matches_nobody, truncate
+from blocks.text import (
+    CANNOT_KEEP_DEFAULT,
+    DIRECTORY_UNREACHABLE,
+    FILE_UNREADABLE_SHAPE,
+    file_matches_nobody,
+    truncate,
+)
 from blocks.views import (
     awaiting_approval_modal,
     file_refused_modal,
@@ -48,11 +56,13 @@ from bot.payloads import (
     view_id_of,
 )
 from bot.slack_files import download_file
+from core.directory import Preview
 from core.errors import ConfigError, ConflictError, InputError, QueueUnavailable
 from core.models import TaskStatus, utcnow
 from core.schedule import is_future
 from core.tasks import (
     RequestInvalid,
+    ResetRequest,
     consume_pending,
     create_pending,
     gate_new_task,
@@ -182,9 +192,12 @@ def preview_or_errors(
     request = form.request(user, name, channel, selection)
     with deps.sessions() as session:
         try:
-            preview = validate_request(deps.settings, deps.directory, request)
+            preview = directory_preview(deps, request)
             pending = create_pending(session, deps.settings, request, preview, file_report)
             session.commit()
+        except DirectoryUnreachable:
+            session.rollback()
+            return {"response_action": "errors", "errors": {SCOPE: DIRECTORY_UNREACHABLE}}
         except RequestInvalid as invalid:
             session.rollback()
             refuse_invalid(deps, user, invalid.problems)
@@ -202,12 +215,27 @@ def preview_or_errors(
         view = preview_modal(
             pending.id, preview, scope=form.scope, selected=len(request.selection),
             mode=request.mode, require_change=form.require_change,
-            no_email=request.no_email_choice,
+            no_email=request.no_email_choice, skip_locked=request.leaves_locked,
             # A time within the grace of "now" starts at once: the preview says no time.
             start_at=request.start_at if is_future(request.start_at, utcnow()) else None,
             file_report=file_report,
         )
     return {"response_action": "update", "view": view}
+
+
+class DirectoryUnreachable(Exception):
+    """The directory's database did not answer the preview's reads (down, cut, timed out)."""
+
+
+def directory_preview(deps: AppDeps, request: ResetRequest) -> Preview:
+    """The request checked and counted against the directory; DirectoryUnreachable when its
+    database cannot be used, so the person gets a field error instead of Slack an HTTP 500."""
+    try:
+        return validate_request(deps.settings, deps.directory, request)
+    except (DBAPIError, PoolTimeout) as error:
+        # DBAPIError: the driver's own (connection refused or reset, server gone, timeout).
+        log.error("the directory cannot be reached for a preview: %s", type(error).__name__)
+        raise DirectoryUnreachable from None
 
 
 def refuse_invalid(deps: AppDeps, user: str, problems: dict[str, list[str]]) -> None:

@@ -29,6 +29,10 @@ MustChangeKind = Literal["flag", "expiry"]
 STAFF_RULES: tuple[StaffRuleKind, ...] = ("nonzero", "not_empty", "in")
 MUST_CHANGE_KINDS: tuple[MustChangeKind, ...] = ("flag", "expiry")
 BCRYPT_IDENTS = ("2a", "2b", "2y")
+#: Library systems whose own password rules resetbot knows how to read.
+PASSWORD_RULES = ("koha",)
+#: Library systems whose own log of password changes resetbot knows how to write.
+CHANGE_LOGS = ("koha",)
 #: Values an extra reset may `set` that are not literals: the moment of the reset, or NULL.
 SPECIAL_VALUES = ("now", "today", "null")
 Literal_ = str | int | float | bool
@@ -50,13 +54,16 @@ class HashFormat:
     scheme: str | None = None
     ident: str | None = None
     rounds: int | None = None
+    #: The cost is the one the library system itself writes, below resetbot's minimum if need
+    #: be: for shipped profiles only (koha: 8). A profile file meets PASSWORD_ROUNDS' floor.
+    system_cost: bool = False
 
 
 @dataclass(frozen=True)
 class MustChange:
     """`flag`: a boolean column set to the task's choice. `expiry`: a date column set to today
-    when a change is required; otherwise a date already past is cleared (a new password is not
-    born expired) and a future one is kept."""
+    when a change is required; otherwise a date of today or earlier is cleared (a new password
+    is not born expired) and a later one is kept."""
 
     column: str
     kind: MustChangeKind
@@ -71,6 +78,15 @@ class ExtraReset:
     value: Literal_ | None = None
     special: str | None = None
     unless: tuple[Literal_, ...] = ()
+
+
+@dataclass(frozen=True)
+class LockedRule:
+    """Accounts locked on purpose (by staff, not by failed sign-ins): `column` holds one of
+    `values`. A new password does not open them, so a reset may leave them out."""
+
+    column: str
+    values: tuple[Literal_, ...]
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,11 @@ class Profile:
     hash: HashFormat = field(default_factory=HashFormat)
     must_change: MustChange | None = None
     on_reset: tuple[ExtraReset, ...] = ()
+    locked: LockedRule | None = None
+    #: The library system's own password rules resetbot also checks (`koha`), when readable.
+    password_rules: str | None = None
+    #: The library system's own log of password changes resetbot also writes (`koha`).
+    change_log: str | None = None
     #: resetbot's own table: its own search index, `users import` and `export`.
     owned: bool = False
 
@@ -105,6 +126,8 @@ class Profile:
         if self.must_change:
             named["must_change.column"] = self.must_change.column
         named |= {f"on_reset[{i}].column": r.column for i, r in enumerate(self.on_reset)}
+        if self.locked:
+            named["locked.column"] = self.locked.column
         return named
 
     @property
@@ -150,7 +173,8 @@ def load_profile(name: str, names: DirectoryNames | None = None) -> Profile:
         return resetbot_profile(names or DirectoryNames())
     if name in shipped_profiles():
         resource = resources.files("core.directory").joinpath(f"profiles/{name}.toml")
-        return parse_profile(resource.read_text("utf-8"), name=name, source=f"{name}.toml")
+        return parse_profile(resource.read_text("utf-8"), name=name, source=f"{name}.toml",
+                             shipped=True)
     path = Path(name)
     if not path.is_file():
         raise ConfigError(
@@ -164,23 +188,25 @@ def load_profile(name: str, names: DirectoryNames | None = None) -> Profile:
     return parse_profile(text, name=str(path), source=str(path))
 
 
-def parse_profile(text: str, *, name: str, source: str) -> Profile:
+def parse_profile(text: str, *, name: str, source: str, shipped: bool = False) -> Profile:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not a TOML file ({error})") from None
-    return _Reader(data, source).profile(name)
+    return _Reader(data, source, shipped=shipped).profile(name)
 
 
 class _Reader:
     """Reads one profile's keys, each refusal naming `source` and the key."""
 
     KNOWN = frozenset({"table", "id", "username", "name", "email", "staff", "password",
-                       "must_change", "on_reset", "description"})
+                       "must_change", "on_reset", "locked", "password_rules",
+                       "change_log", "description"})
 
-    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+    def __init__(self, data: Mapping[str, Any], source: str, *, shipped: bool = False) -> None:
         self.data = data
         self.source = source
+        self.shipped = shipped
 
     def refuse(self, key: str, reason: str) -> ConfigError:
         return ConfigError(f"{self.source}: {key}: {reason}")
@@ -204,6 +230,9 @@ class _Reader:
             hash=self.hash_format(),
             must_change=self.must_change(),
             on_reset=self.on_reset(),
+            locked=self.locked(),
+            password_rules=self.password_rules(),
+            change_log=self.known_system("change_log", CHANGE_LOGS),
         )
 
     def section(self, key: str, *, required: bool = False) -> Mapping[str, Any]:
@@ -261,11 +290,12 @@ class _Reader:
         if rounds is not None:
             if not isinstance(rounds, int) or isinstance(rounds, bool):
                 raise self.refuse("password.rounds", "expected a whole number")
-            # The library system's own cost: checked against what the scheme can do only.
+            # What the scheme can do; resetbot's floor is applied with the settings
+            # (core.directory.table.hasher_for).
             problem = rounds_problem(scheme, rounds, allow_weak=True)
             if problem:
                 raise self.refuse("password.rounds", problem)
-        return HashFormat(scheme, ident, rounds)
+        return HashFormat(scheme, ident, rounds, system_cost=self.shipped)
 
     def must_change(self) -> MustChange | None:
         section = self.section("must_change")
@@ -277,6 +307,29 @@ class _Reader:
             raise self.refuse("must_change.kind", f"unknown kind {kind!r} (expected "
                               + ", ".join(MUST_CHANGE_KINDS) + ")")
         return MustChange(column, kind)
+
+    def password_rules(self) -> str | None:
+        return self.known_system("password_rules", PASSWORD_RULES)
+
+    def known_system(self, key: str, known: tuple[str, ...]) -> str | None:
+        value = self.data.get(key)
+        if value is not None and value not in known:
+            raise self.refuse(key, f"unknown value {value!r} (expected " + ", ".join(known)
+                              + ")")
+        return value if isinstance(value, str) else None
+
+    def locked(self) -> LockedRule | None:
+        section = self.section("locked")
+        if not section:
+            return None
+        column = self.identifier(section, "column", "locked.")
+        values = section.get("values")
+        if not isinstance(values, list) or not values or not all(
+            isinstance(item, str | int | float | bool) for item in values
+        ):
+            raise self.refuse("locked.values", "expected a list of the values that mean "
+                              "locked on purpose")
+        return LockedRule(column, tuple(values))
 
     def on_reset(self) -> tuple[ExtraReset, ...]:
         entries = self.data.get("on_reset", [])

@@ -66,7 +66,7 @@ class User:
 
 
 #: What a scope would do, counted before anything changes (users, emailable, without_email,
-#: staff, locked_on_purpose): one record for every directory.
+#: staff, locked: the users locked on purpose, ...): one record for every directory.
 Counts = Preview
 
 
@@ -209,9 +209,11 @@ class Directory(Protocol):
         directory's stable order; fewer than `limit` means the scope is done."""
 
     def usernames_in_password(
-        self, password: str, scope: Scope, selection: Sequence[UserId]
+        self, password: str, scope: Scope, selection: Sequence[UserId], *,
+        without_email_only: bool = False,
     ) -> int:
-        """How many users of the scope have a username the password contains."""
+        """How many users of the scope have a username the password contains (with
+        `without_email_only`, of those without a usable address)."""
 
     # -- the picker ----------------------------------------------------------------------------
 

@@ -5,11 +5,13 @@ resetbot's state, so nothing here ever shares a transaction with the task tables
 opens, uses and ends its own connection.
 
 On a table resetbot does not own, only SELECTs and the UPDATE of `write_hashes` are ever run:
-no DDL, no INSERT, no DELETE.
+no DDL, no INSERT, no DELETE (beside, with Koha's BorrowersLog on and the grant, the INSERT of
+Koha's own log rows into `action_logs`, in the same transaction as the hashes).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -42,7 +44,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 from sqlalchemy.types import NullType
 
+from core.addresses import (
+    PLAIN_ADDRESS_SQL,
+    AddressProblem,
+    address_problem,
+    usable_address,
+)
 from core.db import make_engine, shown_url, url_secrets
+from core.directory.koha_log import KOHA, KohaChangeLog
 from core.directory.profile import (
     ExtraReset,
     Profile,
@@ -53,7 +62,7 @@ from core.directory.profile import (
 from core.directory.users import SEARCH_LIMIT, DirectoryUser, Preview
 from core.errors import ConfigError, InputError
 from core.models import Scope, users_table
-from core.passwords import PasswordHasher
+from core.passwords import PasswordHasher, contains_username, normalised
 from core.schemes import rounds_problem
 from core.settings import DirectoryNames, Settings
 
@@ -62,6 +71,10 @@ MIN_TRIGRAM_TERM = 3
 SEARCH_SEPARATOR = "\t"
 #: The LIKE escape on a foreign directory: not a backslash, which MySQL strings treat apart.
 FOREIGN_ESCAPE = "!"
+#: Names the directory compares per query when users are picked by name.
+COMPARED_PER_QUERY = 50
+#: Rows fetched per round trip when a query's rows are streamed (addresses, usernames).
+STREAM_BATCH = 10_000
 
 
 class UserSearch(Protocol):
@@ -94,6 +107,8 @@ class Directory:
         #: The setting whose URL `engine` was made from, named when the database refuses.
         self.setting = setting
         self.search_source: UserSearch | None = None
+        #: The library system's own log of password changes (Koha's action_logs), if any.
+        self.change_log = KohaChangeLog(engine) if profile.change_log == KOHA else None
         self._table: Table | None = users_table(self.names) if profile.owned else None
 
     @classmethod
@@ -299,11 +314,13 @@ class Directory:
             return column != ""
         return column.in_(list(staff.values))
 
-    def _has_email(self) -> ColumnElement[bool]:
-        if not self.profile.email:
+    def locked_condition(self) -> ColumnElement[bool]:
+        """Locked on purpose, as the profile's `locked` rule says; never without one."""
+        locked = self.profile.locked
+        if locked is None:
             return false()
-        column = self._c(self.profile.email)
-        return and_(column.is_not(None), column != "")
+        column = self._c(locked.column)
+        return and_(column.is_not(None), or_(*[column == literal(v) for v in locked.values]))
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -320,17 +337,19 @@ class Directory:
             *[self._c(name) for name in profile.name_columns],
             email.label("email"),
             role.label("role"),
+            case((self.locked_condition(), 1), else_=0).label("locked"),
         )
 
     def _user(self, row: Sequence[Any]) -> DirectoryUser:
         names = row[2 : 2 + len(self.profile.name_columns)]
-        email, role = row[-2], row[-1]
+        email, role, locked = row[-3], row[-2], row[-1]
         return DirectoryUser(
             id=int(row[0]),
             username="" if row[1] is None else str(row[1]),
             full_name=" ".join(str(part).strip() for part in names if part and str(part).strip()),
-            email=str(email) if email else None,
+            email=usable_address(None if email is None else str(email)),
             role=None if role is None else str(role),
+            locked=bool(locked),
         )
 
     def _users(self, query: Select[Any]) -> list[DirectoryUser]:
@@ -411,6 +430,30 @@ class Directory:
         if not wanted:
             return []
         return self._users(self._select_users().where(self.username_expression().in_(wanted)))
+
+    def usernames_as_compared(self, names: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
+        """Each name (in NFC) -> the (username, id) pairs the directory's database finds equal
+        to it: its own comparison, so its collation decides (MariaDB's utf8mb4_unicode_ci
+        ignores case and accents, as the library system's own sign-in does).
+
+        The database is asked which name each username equals, a few names per query; the
+        username columns' own indexes narrow the rows first.
+        """
+        wanted = list(dict.fromkeys(normalised(name) for name in names if name))
+        found: dict[str, list[tuple[str, int]]] = {}
+        username = self.username_expression()
+        columns = [self._c(name) for name in self.profile.username]
+        with self.engine.connect() as connection:
+            for start in range(0, len(wanted), COMPARED_PER_QUERY):
+                group = wanted[start : start + COMPARED_PER_QUERY]
+                query = select(
+                    username, self._id, *[(username == name) for name in group]
+                ).where(or_(*[column.in_(group) for column in columns]), username.in_(group))
+                for row in connection.execute(query):
+                    for name, equal in zip(group, row[2:], strict=True):
+                        if equal:
+                            found.setdefault(name, []).append((str(row[0]), int(row[1])))
+        return found
 
     def usernames_ignoring_case(self, names: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
         """Lower-cased name -> the (username, id) pairs it matches when case is ignored.
@@ -495,19 +538,57 @@ class Directory:
                                       unique=True))
 
     def preview(self, scope: Scope, selection: Sequence[int]) -> Preview:
+        condition = self.scope_condition(scope, selection)
+        plain = self._plain_address()
         query = select(
             func.count(),
-            func.coalesce(func.sum(case((self._has_email(), 1), else_=0)), 0),
             func.coalesce(func.sum(case((self.staff_condition(), 1), else_=0)), 0),
-        ).select_from(self.table).where(self.scope_condition(scope, selection))
+            func.coalesce(func.sum(case((self.locked_condition(), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((plain, 1), else_=0)), 0),
+        ).select_from(self.table).where(condition)
         with self.engine.connect() as connection:
-            total, emailable, staff = connection.execute(query).one()
+            total, staff, locked, plain_count = connection.execute(query).one()
+            problems = self._address_problems(connection, condition, plain)
+        usable = int(plain_count) + problems.pop(None, 0)
         return Preview(
             users=int(total),
-            emailable=int(emailable),
-            without_email=int(total) - int(emailable),
+            emailable=usable,
+            without_email=int(total) - usable,
             staff=int(staff),
+            unusable={str(problem): count for problem, count in problems.items()
+                      if problem != "missing"},
+            locked=int(locked),
         )
+
+    def _plain_address(self) -> ColumnElement[bool]:
+        """A plain dot-atom address, which the one rule (core.addresses) always takes: counted
+        by the database itself. Compared byte by byte on MariaDB/MySQL, whose REGEXP would
+        otherwise follow the column's case-insensitive collation beyond ASCII."""
+        if not self.profile.email:
+            return false()
+        column: ColumnElement[Any] = self._c(self.profile.email)
+        compared = func.binary(column) if self.engine.dialect.name == "mysql" else column
+        # `$` also matches before a last newline in PCRE and Python: such a value is not plain.
+        return and_(compared.regexp_match(PLAIN_ADDRESS_SQL), not_(column.like("%\n")))
+
+    def _address_problems(
+        self, connection: Connection, condition: ColumnElement[bool],
+        plain: ColumnElement[bool],
+    ) -> Counter[AddressProblem | None]:
+        """The scope's other addresses by what is wrong with them (None: usable), judged by
+        the one rule in Python: SQL cannot say what a mailable address is (and MariaDB's
+        `'   ' = ''` would hide blanks), so the values not plain are streamed and looked at
+        here."""
+        problems: Counter[AddressProblem | None] = Counter()
+        if not self.profile.email:
+            return problems
+        column = self._c(self.profile.email)
+        rows = connection.execution_options(stream_results=True, yield_per=STREAM_BATCH).execute(
+            select(column).where(condition, column.is_not(None), not_(plain))
+        )
+        for (value,) in rows:
+            problems[address_problem(str(value))] += 1
+        return problems
 
     def scope_batch(
         self, scope: Scope, selection: Sequence[int], after_id: int, limit: int
@@ -545,21 +626,33 @@ class Directory:
         return users[:limit]
 
     def usernames_in_password(
-        self, password: str, scope: Scope, selection: Sequence[int]
+        self, password: str, scope: Scope, selection: Sequence[int], *,
+        without_email_only: bool = False,
     ) -> int:
-        """How many users of the scope have a username the password contains."""
-        username = self.username_expression()
-        query = (
-            select(func.count())
-            .select_from(self.table)
-            .where(
-                self.scope_condition(scope, selection),
-                func.length(username) > 0,
-                literal(password.lower()).contains(func.lower(username)),
-            )
-        )
+        """How many users of the scope have a username the password contains (with
+        `without_email_only`, of those without a usable address: who a `set` password is for).
+
+        Judged here, over the scope's usernames streamed from the directory: the password never
+        goes to the directory's database (its logs, its process list, the wire), and a `_` or
+        `%` in a username is a character like any other.
+        """
+        email = self._c(self.profile.email) if self.profile.email else null()
+        query = select(self.username_expression(), email if without_email_only else null())
+        query = query.where(self.scope_condition(scope, selection))
+        folded = normalised(password).lower()
+        clashes = 0
         with self.engine.connect() as connection:
-            return int(connection.execute(query).scalar_one())
+            rows = connection.execution_options(
+                stream_results=True, yield_per=STREAM_BATCH
+            ).execute(query)
+            for username, address in rows:
+                if without_email_only and usable_address(
+                    None if address is None else str(address)
+                ):
+                    continue
+                if username is not None and contains_username(folded, str(username)):
+                    clashes += 1
+        return clashes
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -594,11 +687,14 @@ class Directory:
             if one_statement:
                 ids = [user_id for user_id, _ in hashes]
                 connection.execute(update(self.table).where(self._id.in_(ids)).values(values))
-                return
-            statement = update(self.table).where(self._id == bindparam("rb_user_id"))
-            connection.execute(statement.values(values), [
-                {"rb_user_id": user_id, "rb_new_hash": new_hash} for user_id, new_hash in hashes
-            ])
+            else:
+                statement = update(self.table).where(self._id == bindparam("rb_user_id"))
+                connection.execute(statement.values(values), [
+                    {"rb_user_id": user_id, "rb_new_hash": new_hash}
+                    for user_id, new_hash in hashes
+                ])
+            if self.change_log is not None:  # in the same transaction: both, or neither
+                self.change_log.write(connection, [user_id for user_id, _ in hashes])
 
     def _must_change_values(self, require_change: bool, changed_at: datetime) -> dict[Any, Any]:
         rule = self.profile.must_change
@@ -610,8 +706,9 @@ class Directory:
         today = _local_date(changed_at)
         if require_change:
             return {column: today}  # the library system asks for a new password from today
-        # A new password is not born expired; a date still to come is the library's choice.
-        return {column: case((column < today, None), else_=column)}
+        # A new password is not born expired (the library system asks for a new one on the
+        # date itself, so today counts as expired); a date still to come is the library's choice.
+        return {column: case((column <= today, None), else_=column)}
 
     @staticmethod
     def _extra_value(
@@ -646,6 +743,12 @@ def hasher_for(profile: Profile, settings: Settings) -> PasswordHasher:
         )
         if problem:
             raise ConfigError(f"PASSWORD_ROUNDS: {problem} (profile {profile.name})")
+    elif not fmt.system_cost:  # a profile file's cost meets the same floor as PASSWORD_ROUNDS
+        problem = rounds_problem(
+            fmt.scheme, fmt.rounds, allow_weak=settings.password_allow_weak_rounds
+        )
+        if problem:
+            raise ConfigError(f"{profile.source}: password.rounds: {problem}")
     return PasswordHasher((fmt.scheme,), rounds, ident=fmt.ident)
 
 

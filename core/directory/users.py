@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Options Slack shows at most, and so the most one picker search returns.
 SEARCH_LIMIT = 100
@@ -13,9 +13,12 @@ class DirectoryUser:
     id: int
     username: str
     full_name: str
+    #: A usable address (core.addresses), else None: a value that cannot be mailed is no address.
     email: str | None
     #: What makes them staff (the role, or the profile's staff column), None for a patron.
     role: str | None
+    #: Locked on purpose (the profile's `locked` rule): a new password does not open it.
+    locked: bool = False
 
     @property
     def is_staff(self) -> bool:
@@ -32,8 +35,12 @@ class Preview:
 
     users: int
     emailable: int
+    #: Users without a usable address: none at all, or one that cannot be mailed.
     without_email: int
     staff: int
-    #: Users locked on purpose among `users` (kept locked by a reset; left out of
-    #: generated-password tasks).
-    locked_on_purpose: int = 0
+    #: Of `without_email`, the values that are there but unusable, by reason (core.addresses).
+    unusable: dict[str, int] = field(default_factory=dict)
+    #: Accounts locked on purpose (the profile's `locked` rule), staff or not.
+    locked: int = 0
+    #: What the requester should know besides the counts (the library system's rules unread).
+    notes: tuple[str, ...] = ()

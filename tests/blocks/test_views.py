@@ -68,25 +68,28 @@ def test_the_reset_modal_keeps_its_interface_ids() -> None:
     assert [(b["block_id"], b["element"]["action_id"], b["element"]["type"]) for b in blocks] == [
         ("scope", "scope", "radio_buttons"),
         ("users", "users", "multi_external_select"),
+        ("users_file", "users_file", "file_input"),
         ("password", "password", "plain_text_input"),
         ("require_change", "require_change", "checkboxes"),
         ("no_email", "no_email", "radio_buttons"),
         ("no_email_password", "no_email_password", "plain_text_input"),
+        ("skip_locked", "skip_locked", "checkboxes"),
         ("start_at", "start_at", "datetimepicker"),
     ]
     assert [o["value"] for o in blocks[0]["element"]["options"]] == [s.value for s in Scope]
     assert all(o.get("description") for o in blocks[0]["element"]["options"])
-    assert [b.get("optional", False) for b in blocks] == [False, True, True, True, False, True,
-                                                          True]
-    assert [o["value"] for o in blocks[4]["element"]["options"]] == ["reset", "skip", "set"]
-    assert blocks[4]["element"]["initial_option"]["value"] == "reset"
-    assert "Slack cannot hide what you type here" in blocks[5]["hint"]["text"]
-    assert blocks[3]["element"]["initial_options"] == blocks[3]["element"]["options"]
-    assert blocks[3]["element"]["options"][0]["value"] == "yes"
+    assert [b.get("optional", False) for b in blocks] == [False, True, True, True, True, False,
+                                                          True, True, True]
+    assert [o["value"] for o in blocks[5]["element"]["options"]] == ["reset", "skip", "set"]
+    assert blocks[5]["element"]["initial_option"]["value"] == "reset"
+    assert "Slack cannot hide what you type here" in blocks[6]["hint"]["text"]
+    assert blocks[4]["element"]["initial_options"] == blocks[4]["element"]["options"]
+    assert blocks[4]["element"]["options"][0]["value"] == "yes"
 
 
 def test_the_password_hint_says_what_blank_and_filled_do_and_that_it_shows() -> None:
-    hint = reset_modal()["blocks"][2]["hint"]["text"]
+    blocks = {block["block_id"]: block for block in reset_modal()["blocks"]}
+    hint = blocks["password"]["hint"]["text"]
     assert "Leave blank to e-mail each user a new random password" in hint
     assert "set this password for all of them and send no e-mail" in hint
     assert "Slack shows what you type" in hint

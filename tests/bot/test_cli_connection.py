@@ -13,6 +13,7 @@ import pytest
 
 from core.settings import Settings
 from jobs.connection import child_environment, close_redis, connect_redis, redis_url, state_dir
+from tests.support.services import REDIS_URL
 
 
 @pytest.fixture
@@ -35,11 +36,11 @@ def test_state_dir_sits_beside_the_sqlite_file(local_settings: Settings, tmp_pat
 
 @pytest.mark.services
 def test_configured_url_is_used_as_is(local_settings: Settings) -> None:
-    settings = replace(local_settings, redis_url="redis://127.0.0.1:6379/0")
+    settings = replace(local_settings, redis_url=REDIS_URL)
     redis = connect_redis(settings)
     try:
         assert redis.ping()
-        assert redis_url(settings, redis) == "redis://127.0.0.1:6379/0"
+        assert redis_url(settings, redis) == REDIS_URL
     finally:
         close_redis(redis)
 

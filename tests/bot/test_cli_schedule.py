@@ -96,6 +96,9 @@ def test_an_offset_is_taken_as_given(
     ("PAST", "This time has passed"),
     ("FAR", "at most 90 days ahead"),
     ("next tuesday", "is not a time"),
+    # UTC of the last moment of year 9999 at -14:00 is past datetime's range (was a traceback).
+    ("9999-12-31T23:59:59-14:00", "at most 90 days ahead"),
+    ("0001-01-01T00:00:00+14:00", "This time has passed"),
 ])
 def test_times_in_the_past_too_far_ahead_or_unreadable_are_refused(
     run: Any, sessions: sessionmaker[Session], sample_users: Any, at: str, said: str,

@@ -177,6 +177,7 @@ def test_usernames_match_ignoring_case_unless_the_directory_has_them_twice(
     (["tasks", "cancel", "0"], "'0' is not a task number"),
     (["tasks", "show", "1", "--json", "--csv"], "not allowed with argument"),
     (["audit", "--since", "yesterday"], "is not a date"),
+    (["audit", "--since", "9999-12-31T23:59:59-14:00"], "is past the year 9999 in UTC"),
     (["serve", "--port", "70000"], "'70000' is not a port number"),
     (["frobnicate"], "invalid choice"),
 ])

@@ -77,7 +77,10 @@ def _database(kind: str, tmp_path: Path) -> AbstractContextManager[str]:
 
 def _env(engine: Engine, profile: str, **more: str) -> dict[str, str]:
     url = engine.url.render_as_string(hide_password=False)
-    return {"DIRECTORY_URL": url, "DIRECTORY_PROFILE": profile, **more}
+    # A copy of koha.toml is a profile file of the library's own: its cost 8 is below
+    # resetbot's floor, allowed by name (the shipped `koha` keeps 8 without it).
+    weak = {} if profile == "koha" else {"PASSWORD_ALLOW_WEAK_ROUNDS": "true"}
+    return {"DIRECTORY_URL": url, "DIRECTORY_PROFILE": profile, **weak, **more}
 
 
 # ---- directory check ------------------------------------------------------------------------
@@ -274,7 +277,8 @@ def test_an_unusable_directory_stops_every_command_with_one_line(
     start = start.replace("PROFILE", str(missing_column_profile))
     env = {"DATABASE_URL": state, "DIRECTORY_URL": url, "DIRECTORY_PROFILE": profile,
            "SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "not-used",
-           "PASSWORD_SCHEMES": "bcrypt"}
+           # The file is a copy of koha.toml: its cost 8 is allowed by name (see _env).
+           "PASSWORD_SCHEMES": "bcrypt", "PASSWORD_ALLOW_WEAK_ROUNDS": "true"}
     commands = [("directory", "check"), ("worker", "--burst"), ("serve", "--port", "0"),
                 ("reset", "--scope", "all", "--dry-run"), ("mail", "preview", "--user", "ada")]
     if case != "mariadb refuses":

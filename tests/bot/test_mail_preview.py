@@ -7,9 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, insert
 
 from bot.cli import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, main
 from bot.mail_preview import MASK
+from core.directory import Directory
 from core.settings import Settings
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -89,3 +91,25 @@ def test_a_worker_with_a_broken_template_stops_at_start(
     assert code == EXIT_CONFIG
     assert err.strip().endswith("the body never says {password}: the mail would not tell the "
                                 "user their new password")
+
+
+@sqlite_only
+def test_a_directory_name_with_control_characters_is_shown_escaped(
+    settings: Settings, engine: Engine, directory: Directory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A name that clears the screen or starts a new header line is printed as escapes on the
+    `To:` line, as every other terminal line shows directory text (bot.terminal.shown)."""
+    with engine.begin() as connection:
+        connection.execute(insert(directory.table), [{
+            "id": 1, "username": "mallory", "full_name": "Mal\x1b[2J\x1b[H\r\nBcc: x@evil.test",
+            "email": "mallory@example.org", "role": None, "password_hash": "old-hash",
+            "must_change_password": False,
+        }])
+
+    code, out, _err = resetbot(settings, "mail", "preview", "--user", "mallory", capsys=capsys)
+
+    assert code == EXIT_OK
+    to_line = next(line for line in out.splitlines() if line.startswith("To: "))
+    assert to_line == "To: Mal\\x1b[2J\\x1b[H\\r\\nBcc: x@evil.test <mallory@example.org>"
+    assert "\x1b" not in out and "\r" not in out
+    assert not any(line.startswith("Bcc:") for line in out.splitlines())

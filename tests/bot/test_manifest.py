@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-# CI checks the shared directory out beside the repository.
-SCHEMA = REPO.parent / "shared" / "schemas" / "slack-app-manifest.schema.json"
+# Slack's app manifest schema, kept in the repository: its source is in tests/data/README.md.
+SCHEMA = REPO / "tests" / "data" / "slack-app-manifest.schema.json"
 
 
 @pytest.fixture(scope="module")

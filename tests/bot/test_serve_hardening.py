@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from bot.server import CONNECTION_LIMIT, IDLE_CHECK_SECONDS, IDLE_TIMEOUT_SECONDS
@@ -33,10 +34,19 @@ IDLE_CLIENTS = 200
 def serving(settings: Settings, sample_users: list[Any], slack_standin: SlackStandIn,
             tmp_path: Path) -> Iterator[tuple[SignedSlack, int]]:
     """`resetbot serve` (no worker) on a free loopback port."""
+    for slack, port, _listening in serve_on(settings, slack_standin, tmp_path,
+                                            "--host", "127.0.0.1"):
+        yield slack, port
+
+
+def serve_on(settings: Settings, slack_standin: SlackStandIn, tmp_path: Path,
+             *options: str) -> Iterator[tuple[SignedSlack, int, list[tuple[str, int]]]]:
+    """`resetbot serve OPTIONS --port FREE` once /healthz answers on loopback, with the
+    addresses it listens on; stopped after."""
     port = free_port()
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "bot.cli", "serve", *options, "--port", str(port)],
         cwd=tmp_path, env=serve_environment(settings, slack_standin), stdout=log, stderr=log,
     )
     slack = SignedSlack(f"http://127.0.0.1:{port}")
@@ -51,7 +61,10 @@ def serving(settings: Settings, sample_users: list[Any], slack_standin: SlackSta
                 pass
             assert time.monotonic() < deadline, "resetbot serve did not answer /healthz"
             time.sleep(0.05)
-        yield slack, port
+        listening = [(c.laddr.ip, c.laddr.port) for c in
+                     psutil.Process(process.pid).net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN]
+        yield slack, port, listening
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -75,6 +88,19 @@ def get_within(url: str, seconds: float) -> int:
     """The status of a GET that must be answered within `seconds` (else an error is raised)."""
     with urllib.request.urlopen(url, timeout=seconds) as answer:
         return int(answer.status)
+
+
+@sqlite_only
+@pytest.mark.services
+def test_serve_listens_on_loopback_only_unless_told(
+    settings: Settings, sample_users: list[Any], slack_standin: SlackStandIn, tmp_path: Path
+) -> None:
+    """Behind the reverse proxy the README asks for, nothing else needs to reach the port:
+    `/healthz` (database, Redis, directory state) is not open on every interface."""
+    for _slack, port, listening in serve_on(settings, slack_standin, tmp_path):
+        assert listening == [("127.0.0.1", port)]
+    log = (tmp_path / "serve.log").read_text()
+    assert "serving Slack requests on http://127.0.0.1:" in log
 
 
 def test_the_limits_are_above_what_locked_slack_out() -> None:

@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from bot.cli import EXIT_CONFIG
 from core.errors import ConfigError
 from core.schemes import ACCEPTED, SAFE_MINIMUMS
 from core.sealing import seal, unseal
-from core.settings import Settings
+from core.settings import Settings, key_strength_bits
 
 SCRIPT = Path(sys.executable).parent / "resetbot"
 KEY = "4384154792593121a7a2067034090bd95ba9990bd9951c8b1bb60ac7332ddf88"
@@ -28,6 +29,10 @@ KEY_EXPECTED = (
     "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 )
 DASH = "\N{EN DASH}"
+KEY_PREDICTABLE = (
+    "too predictable for a key: repeated or patterned text (fewer than 128 bits by resetbot's "
+    f"estimate) ({KEY_EXPECTED})"
+)
 
 
 def resetbot(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -64,6 +69,10 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
     ({"RESET_SECRET_KEY": "00" * 32}, f"RESET_SECRET_KEY: not a usable key ({KEY_EXPECTED})"),
     ({"RESET_SECRET_KEY": secrets.token_hex(16)},
      f"RESET_SECRET_KEY: not a usable key ({KEY_EXPECTED})"),
+    # Patterns that pass as base64 or hex of 32 bytes with many distinct byte values.
+    ({"RESET_SECRET_KEY": "Library2026" * 4}, f"RESET_SECRET_KEY: {KEY_PREDICTABLE}"),
+    ({"RESET_SECRET_KEY": "Library2026" * 6}, f"RESET_SECRET_KEY: {KEY_PREDICTABLE}"),
+    ({"RESET_SECRET_KEY": KEY[:32] * 2}, f"RESET_SECRET_KEY: {KEY_PREDICTABLE}"),
     ({"RESET_SECRET_KEY": KEY, "RESET_SECRET_KEY_OLD": f"{OLD_KEY},old-password"},
      f"RESET_SECRET_KEY_OLD: key 2 is not a usable key ({KEY_EXPECTED})"),
     ({"PASSWORD_SCHEMES": "plaintext"},
@@ -116,6 +125,10 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
      "SMTP_USERNAME is set with SMTP_SECURITY=none: the login and every password mail would "
      "cross the network in clear (expected SMTP_SECURITY=starttls or ssl, or "
      "SMTP_ALLOW_PLAINTEXT_AUTH=true for a relay on this host)"),
+    ({"SMTP_HOST": "mail.library.example", "SMTP_SECURITY": "none"},
+     "SMTP_SECURITY=none with SMTP_HOST=mail.library.example, which is not a loopback "
+     "address: every password mail would cross the network in clear (expected "
+     "SMTP_SECURITY=starttls or ssl, or SMTP_ALLOW_PLAINTEXT=true to send in clear on purpose)"),
     ({"REDIS_URL": "http://:hunter2@127.0.0.1:6379"},
      "REDIS_URL: http://... is not a Redis URL (expected redis://HOST:6379/0, "
      "rediss://HOST:6380/0 or unix:///PATH/redis.sock)"),
@@ -187,7 +200,7 @@ def test_the_key_file_is_checked_like_the_variable(tmp_path: Path) -> None:
     secrets.token_hex(32),
     secrets.token_urlsafe(32),  # what resetbot writes to .resetbot/secret.key
     base64.b64encode(os.urandom(48)).decode(),
-])
+], ids=["fernet", "hex", "urlsafe", "base64"])  # fixed ids: every xdist worker collects the same
 def test_keys_in_every_documented_form_are_accepted(key: str) -> None:
     settings = Settings.from_env({"RESET_SECRET_KEY": key, "RESET_SECRET_KEY_OLD": KEY},
                                  env_file=None)
@@ -230,12 +243,56 @@ def test_a_relay_on_this_host_may_take_a_login_without_tls_when_said_so() -> Non
     assert tls.smtp_port == 587
 
 
+@pytest.mark.parametrize("host", ["mail.library.example", "192.0.2.25", "[2001:db8::25]",
+                                  "localhost.library.example"])
+def test_a_mail_server_elsewhere_gets_starttls_with_a_verified_certificate_by_default(
+    host: str,
+) -> None:
+    settings = Settings.from_env({"SMTP_HOST": host}, env_file=None)
+    assert (settings.smtp_security, settings.smtp_port) == ("starttls", 587)
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST.", "127.0.0.1", "127.5.6.7", "::1",
+                                  "[::1]", "::ffff:127.0.0.1"])
+def test_a_mail_server_on_this_host_keeps_plain_smtp_by_default(host: str) -> None:
+    settings = Settings.from_env({"SMTP_HOST": host}, env_file=None)
+    assert (settings.smtp_security, settings.smtp_port) == ("none", 25)
+
+
+def test_plain_smtp_to_a_server_elsewhere_only_when_said_so() -> None:
+    settings = Settings.from_env(
+        {"SMTP_HOST": "192.0.2.25", "SMTP_SECURITY": "none", "SMTP_ALLOW_PLAINTEXT": "true"},
+        env_file=None,
+    )
+    assert (settings.smtp_security, settings.smtp_port) == ("none", 25)
+    assert Settings.from_env(settings.to_env(), env_file=None) == settings
+
+
 @pytest.mark.parametrize("value", [
     "resetbot@library.example.org", "Library <resetbot@library.example.org>",
     '"Library, Main" <resetbot@library.example.org>', "resetbot@localhost",
 ])
 def test_sender_addresses_are_accepted(value: str) -> None:
     assert Settings.from_env({"MAIL_FROM": value}, env_file=None).mail_from == value
+
+
+@pytest.mark.parametrize("make", [
+    lambda: secrets.token_hex(32), lambda: secrets.token_urlsafe(32),
+    lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+    lambda: Fernet.generate_key().decode(),
+], ids=["token_hex", "token_urlsafe", "base64", "fernet"])
+def test_random_keys_pass_the_entropy_estimate_every_time(make: Callable[[], str]) -> None:
+    for _ in range(2000):
+        key = make()
+        assert key_strength_bits(key) >= 128, key
+    for fixture_key in (KEY, OLD_KEY):
+        assert Settings.from_env({"RESET_SECRET_KEY": fixture_key}, env_file=None)
+
+
+def test_the_entropy_estimate_counts_a_repeated_pattern_once() -> None:
+    pattern = secrets.token_hex(16)  # 32 hex characters: at most 128 bits
+    assert key_strength_bits(pattern * 4) < key_strength_bits(pattern) + 4 * 8
+    assert key_strength_bits("Library2026" * 4) < 64
 
 
 # ---- key rotation -------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def test_a_full_flow_per_scope(
     assert opened["callback_id"] == "bulk_reset"
     blocks = {block["block_id"]: block for block in opened["blocks"]}
     assert list(blocks) == ["scope", "users", "users_file", "password", "require_change",
-                           "no_email", "no_email_password", "start_at"]
+                           "no_email", "no_email_password", "skip_locked", "start_at"]
     assert {o["value"] for o in blocks["scope"]["element"]["options"]} == set(SCOPE_CASES)
     assert blocks["users"]["element"]["type"] == "multi_external_select"
     assert blocks["password"]["element"]["type"] == "plain_text_input"

@@ -30,6 +30,7 @@ from tests.support.signing import (
     OUTSIDER,
     SIGNING_SECRET,
     RunningApp,
+    SignedSlack,
     app_settings,
     form_state,
     sign,
@@ -94,7 +95,8 @@ def test_requests_without_a_valid_signature_get_401(
     answer = slack_app.slack.post(body, **kwargs)
     assert answer.status == 401
     assert answer.json() == {"error": "invalid request"}
-    assert slack_standin.count_by_method() == {"auth.test": 1}  # at start, nothing since
+    # At start: resetbot reads the workspace, Bolt checks the token; nothing since.
+    assert slack_standin.count_by_method() == {"auth.test": 2}
 
 
 @sqlite_only
@@ -502,3 +504,84 @@ def test_the_audit_records_known_subcommands_only(slack_app: RunningApp) -> None
         everything = json.dumps([(e.actor, e.action, e.detail)
                                  for e in session.scalars(select(AuditEntry))])
     assert "sesame" not in everything.lower()
+
+
+# ---- another workspace ------------------------------------------------------------------------
+
+
+def from_elsewhere(payload: dict[str, Any], where: str) -> dict[str, Any]:
+    """`payload` as another install of the app would send it: another team, another Enterprise
+    Grid org, or another app."""
+    if where == "team":
+        other = {"id": "T0ELSEWHERE", "domain": "elsewhere"}
+        user = dict(payload["user"], team_id=other["id"])
+        return dict(payload, team=other, user=user)
+    if where == "enterprise":
+        return dict(payload, team=dict(payload["team"], enterprise_id="E0ELSEWHERE"),
+                    enterprise={"id": "E0ELSEWHERE", "name": "Elsewhere"})
+    return dict(payload, api_app_id="A0ELSEWHERE")
+
+
+def captured_payload(slack: SignedSlack, send: Any) -> dict[str, Any]:
+    """The payload a SignedSlack helper would post (posted nowhere)."""
+    sent: list[dict[str, Any]] = []
+    original = slack.payload
+    slack.payload = lambda payload, **kwargs: sent.append(payload)  # type: ignore[method-assign]
+    try:
+        send()
+    finally:
+        slack.payload = original  # type: ignore[method-assign]
+    return sent[0]
+
+
+@sqlite_only
+@pytest.mark.parametrize("where", ["team", "enterprise", "app"])
+def test_requests_from_another_workspace_are_refused_and_read_nothing(
+    settings: Settings, sessions: sessionmaker[Session], directory: Directory,
+    redis_conn: Redis, slack_standin: SlackStandIn, sample_users: list[Any],
+    caplog: pytest.LogCaptureFixture, where: str,
+) -> None:
+    slack_standin.app_id = "ARESETBOT"  # auth.test names the app: its id is checked too
+    running, thread = start_app(app_settings(settings, slack_standin), sessions, directory,
+                                redis_conn, slack_standin)
+    try:
+        slack = running.slack
+        opened = running.open_modal()  # from this workspace: served
+        calls_before = len(slack_standin.calls())
+        with sessions() as session:
+            audit_before = session.scalar(select(func.count()).select_from(AuditEntry))
+        team_field = {"team": {"team_id": "T0ELSEWHERE"}, "enterprise": {
+            "enterprise_id": "E0ELSEWHERE"}, "app": {"api_app_id": "A0ELSEWHERE"}}[where]
+        requests = {
+            "command": lambda: slack.post(urlencode({
+                "command": "/reset-passwords", "text": "", "user_id": ADMIN,
+                "channel_id": CHANNEL, "trigger_id": "1.2.3", "team_id": "T0LIBRARY",
+                "api_app_id": "ARESETBOT", **team_field}).encode()),
+            "options": lambda: slack.payload(from_elsewhere(
+                captured_payload(slack, lambda: slack.options("alice")), where)),
+            "action": lambda: slack.payload(from_elsewhere(
+                captured_payload(slack, lambda: slack.click("cancel_task", "1")), where)),
+            "home": lambda: slack.payload(from_elsewhere(
+                captured_payload(slack, lambda: slack.click_in_home("open_reset_modal")),
+                where)),
+            "submission": lambda: slack.payload(from_elsewhere(captured_payload(
+                slack, lambda: slack.submit(submitted_view(opened, form_state("all")))),
+                where)),
+        }
+        with caplog.at_level(logging.WARNING, logger="resetbot.slack"):
+            answers = {name: send() for name, send in requests.items()}
+
+        for name, answer in answers.items():
+            assert answer.status == 403, (name, answer.body)
+            assert answer.json() == {"error": "this app does not serve your workspace"}
+            assert "alice" not in answer.body.decode() and "Alice" not in answer.body.decode()
+        assert caplog.text.count("refused a request from another workspace or app") == 5
+        # Nothing read or done: no call to Slack, no pending request, nothing in the audit.
+        assert len(slack_standin.calls()) == calls_before
+        with sessions() as session:
+            assert session.scalar(select(func.count()).select_from(PendingRequest)) == 0
+            assert session.scalar(select(func.count()).select_from(AuditEntry)) == audit_before
+        # This workspace is still served.
+        assert slack.options("alice").json()["options"][0]["text"]["text"].startswith("Alice")
+    finally:
+        running.stop(thread)

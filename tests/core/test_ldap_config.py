@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from core.directory.ldap import LdapConfig, is_ldap_url, load_ldap_profile, parse_ldap_url
+from core.directory.ldap.directory import rules_for
 from core.directory.ldap.profile import parse_ldap_profile
-from core.directory.ldap.server import rules_for
 from core.errors import ConfigError
 
 SECRET = "Bind-secret-31"

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.every_database
 
 RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log",
                    "task_start_lock"}
-HEAD = "0009"
+HEAD = "0010"
 
 
 @pytest.fixture
@@ -230,7 +230,7 @@ def test_0005_drops_the_running_slot_and_adds_the_start_lock(
     assert _schema_differences(fresh_engine, settings.directory) == []
 
 
-def test_0009_keeps_integer_user_ids_as_their_text_and_resumes_plans(
+def test_0010_keeps_integer_user_ids_as_their_text_and_resumes_plans(
     settings: Settings, fresh_engine: Engine
 ) -> None:
     """Ids become opaque text (issue 19): a task planned before the upgrade goes on, its items'

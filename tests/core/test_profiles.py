@@ -72,8 +72,8 @@ def _with(text: str, old: str, new: str) -> str:
     (_with(KOHA, 'table = "borrowers"', 'table = "borrowers; DROP TABLE x"'),
      "table: expected a column or table name (letters, digits, _)"),
     (_with(KOHA, 'email = "email"', 'e_mail = "email"'),
-     "e_mail: unknown key (expected one of description, email, id, must_change, name, "
-     "on_reset, password, staff, table, username)"),
+     "e_mail: unknown key (expected one of change_log, description, email, id, locked, "
+     "must_change, name, on_reset, password, password_rules, staff, table, username)"),
     ("table = [", "not a TOML file"),
 ])
 def test_a_profile_file_with_an_unknown_rule_or_key_is_refused_naming_it(
@@ -137,6 +137,31 @@ def test_the_hash_is_the_one_the_profile_system_reads(settings: Settings) -> Non
     assert own.hash("Quiet-Harbour-73!").startswith("$pbkdf2-sha256$1000$")
     with pytest.raises(ConfigError, match=r"^PASSWORD_ROUNDS: 9 is below the safe minimum"):
         hasher_for(koha, replace(defaults, password_rounds=9))
+
+
+@state_on_sqlite
+def test_a_profile_file_cost_below_the_minimum_is_refused_unless_weak_rounds_are_allowed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`rounds = 4` in a library's own profile would write `$2b$04$` hashes: the floor of
+    PASSWORD_ROUNDS applies. Only the shipped koha profile keeps its 8 (what Koha writes)."""
+    path = tmp_path / "library.toml"
+    path.write_text(_with(KOHA, "rounds = 8", "rounds = 4"), encoding="utf-8")
+    strict = replace(settings, password_rounds=None, password_allow_weak_rounds=False)
+
+    with pytest.raises(ConfigError) as refused:
+        hasher_for(load_profile(str(path)), strict)
+    assert str(refused.value) == (
+        f"{path}: password.rounds: 4 is below the safe minimum for bcrypt (10\N{EN DASH}31); "
+        "PASSWORD_ALLOW_WEAK_ROUNDS=true allows less, for tests and demos only"
+    )
+    weak = replace(strict, password_allow_weak_rounds=True)
+    assert hasher_for(load_profile(str(path)), weak).hash("Quiet-Harbour-73!").startswith(
+        "$2a$04$")
+    path.write_text(KOHA, encoding="utf-8")  # a copy of koha's is the library's own: 8 < 10
+    with pytest.raises(ConfigError, match=r"password\.rounds: 8 is below the safe minimum"):
+        hasher_for(load_profile(str(path)), strict)
+    assert hasher_for(load_profile("koha"), strict).hash("x").startswith("$2a$08$")
 
 
 def test_mysql_and_mariadb_urls_use_the_shipped_driver() -> None:

@@ -41,7 +41,7 @@ def test_the_readme_table_is_exactly_the_declared_settings() -> None:
 def test_help_rows_name_each_variable_once_with_a_default_and_a_meaning() -> None:
     rows = settings_help()
     names = [name for name, _, _ in rows]
-    assert len(names) == len(set(names)) == 58
+    assert len(names) == len(set(names)) == 59
     assert all(name.isupper() and default and meaning for name, default, meaning in rows)
     assert ("SMTP_TIMEOUT", "`30`", "seconds per SMTP operation") in rows
     assert rows[names.index("REDIS_URL")][:2] == ("REDIS_URL", "unset")
@@ -65,6 +65,7 @@ def every_field_changed() -> Settings:
         smtp_port=2525,
         smtp_username="relay",
         smtp_password="pw with spaces # and = signs",
+        smtp_allow_plaintext=True,
         smtp_allow_plaintext_auth=True,
         smtp_security="ssl",
         smtp_timeout=0.1,

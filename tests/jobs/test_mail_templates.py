@@ -231,6 +231,54 @@ def test_a_template_that_cannot_work_is_refused_with_file_and_line(
     assert said in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("html", "said"),
+    [
+        ("<p title={name}>{password}</p>\n", "reset.html:1: {name} stands in an HTML tag"),
+        ("<p>{password}</p><a href={portal_url}>x</a>\n",
+         "reset.html:1: {portal_url} stands in an HTML tag"),
+        ("<p>{password}</p>\n<a class=big href=x{portal_url}>x</a>\n",
+         "reset.html:2: {portal_url} stands in an HTML tag"),
+        ("<p>{password}</p>\n<td {username}>x</td>\n",
+         "reset.html:2: {username} stands in an HTML tag"),
+        ("<p>{password}</p>\n<a\n  href =\n {portal_url}>x</a>\n",
+         "reset.html:4: {portal_url} stands in an HTML tag"),
+        ('<p>{password}</p><img alt="x" {name}="y">\n',
+         "reset.html:1: {name} stands in an HTML tag"),
+        ("Must-Change: <b class={name}>Change it</b>\n\n<p>{password}</p>\n",
+         "reset.html:1: {name} stands in an HTML tag"),
+    ],
+)
+def test_a_placeholder_in_an_unquoted_html_attribute_is_refused(
+    tmp_path: Path, html: str, said: str
+) -> None:
+    """An escaped value holds no quote or `>`, but a space: unquoted, `x onmouseover=alert(1)`
+    would add an attribute to the tag."""
+    folder = write(tmp_path, {"reset.txt": MINIMAL, "reset.html": html})
+
+    with pytest.raises(ConfigError) as refused:
+        MailTemplates.load(replace(SETTINGS, mail_templates=str(folder)))
+
+    assert said in str(refused.value)
+    assert 'write name="{' in str(refused.value)
+
+
+def test_placeholders_in_quoted_attributes_text_and_comments_are_accepted(
+    tmp_path: Path,
+) -> None:
+    html = (
+        "<!DOCTYPE html><p title=\"{name}\" data-x='{username}' class = \"a {helpdesk}\">\n"
+        "Hello {name}, 1 < 2 > 0 {username}</p><!-- <a href={name}> -->\n"
+        "<a\n href=\n\"{portal_url}\">{{literal}} {password}</a>\n"
+    )
+    folder = write(tmp_path, {"reset.txt": MINIMAL, "reset.html": html})
+
+    templates = MailTemplates.load(replace(SETTINGS, mail_templates=str(folder)))
+
+    rendered = templates.render(Recipient("x onmouseover=alert(1)", "ada", "pw", True))
+    assert rendered.html is not None and 'title="x onmouseover=alert(1)"' in rendered.html
+
+
 def test_mail_language_without_its_template_is_refused(tmp_path: Path) -> None:
     folder = write(tmp_path, {"reset.txt": MINIMAL, "reset.fr.txt": MINIMAL})
 

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ def run_demo(tmp_path: Path) -> subprocess.CompletedProcess[str]:
         [str(SCRIPT), "demo"],
         # Nothing configured: no DATABASE_URL, REDIS_URL, SMTP or Slack settings, no .env; and
         # resetbot is not on PATH, as for someone who ran `.venv/bin/resetbot demo`.
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        # TMPDIR: the run's own temporary folder, where a folder left behind is seen.
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": tempfile.gettempdir()},
         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )
 

@@ -251,7 +251,7 @@ def test_the_preview_approval_recount_and_the_worker_use_the_same_ldap_directory
     with sessions() as session:
         task = session.get(ResetTask, 1)
         assert task is not None and task.preview is not None
-        assert (task.preview["users"], task.preview["locked_on_purpose"]) == (
+        assert (task.preview["users"], task.preview["locked"]) == (
             len(SEEDED) - len(STAFF), 1)
     code, out = cli(strict, monkeypatch, capsys, "tasks", "approve", "1", "--as", "USECOND",
                     RESET_ADMINS="UADMIN,USECOND")

@@ -129,12 +129,12 @@ def test_a_formula_in_a_name_stays_text_in_the_list(
     with engine.begin() as connection:
         connection.execute(insert(directory.table), [{
             "id": 50, "username": "=cmd|' /C calc'!A0", "full_name": "+SUM(A1:A9)\nEvil",
-            "email": "@evil.example", "role": None, "password_hash": "x",
+            "email": "=1@evil.example", "role": None, "password_hash": "x",
             "must_change_password": False}])
     rows = rows_of(reset_list_csv(reset_list(
         directory, Scope.SELECTED_ONLY, (50,), Mode.GENERATED, NoEmailChoice.RESET)))
     assert [(r["username"], r["full_name"], r["email"]) for r in rows] == [
-        ("'=cmd|' /C calc'!A0", "'+SUM(A1:A9) Evil", "'@evil.example")]
+        ("'=cmd|' /C calc'!A0", "'+SUM(A1:A9) Evil", "'=1@evil.example")]
 
 
 def test_dry_run_csv_needs_dry_run(run: RunCli, tmp_path: Path) -> None:

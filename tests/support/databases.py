@@ -13,13 +13,19 @@ from contextlib import contextmanager
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-POSTGRES_ADMIN_URL = f"{POSTGRES_SERVER}/test"
+from tests.support.services import MARIADB_ADMIN_URL, POSTGRES_ADMIN_URL, server_of
+
+#: The servers, from RESETBOT_TEST_POSTGRES_URL and RESETBOT_TEST_MARIADB_URL
+#: (tests/support/services.py): a database's name is appended to them.
+POSTGRES_SERVER = server_of(POSTGRES_ADMIN_URL)
 
 
 @contextmanager
 def postgres_database(prefix: str = "resetbot") -> Iterator[str]:
-    """The URL of a new database on the local PostgreSQL, dropped on leaving."""
+    """The URL of a new database on the test PostgreSQL, dropped on leaving.
+
+    Its name is random (48 bits), so tests running in parallel, in several xdist workers or
+    several runs at once, never make the same database."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -32,15 +38,14 @@ def postgres_database(prefix: str = "resetbot") -> Iterator[str]:
         admin.dispose()
 
 
-MARIADB_SERVER = "mysql+pymysql://root@127.0.0.1:3306"
-MARIADB_ADMIN_URL = f"{MARIADB_SERVER}/test"
+MARIADB_SERVER = server_of(MARIADB_ADMIN_URL)
 #: MariaDB's error for KILL of a connection that is gone already.
 UNKNOWN_THREAD = 1094
 
 
 @contextmanager
 def mariadb_database(prefix: str = "resetbot_t") -> Iterator[str]:
-    """The URL of a new database on the local MariaDB (root, no password), dropped on leaving.
+    """The URL of a new database on the test MariaDB (as an administrator), dropped on leaving.
 
     MariaDB has no DROP DATABASE ... WITH (FORCE): the connections still open on it are
     killed first, so a test that failed halfway leaves nothing behind.

@@ -166,6 +166,8 @@ class TcpProxy:
         self._closed = False
         self.connections = 0
         self.refused = 0
+        #: Every byte that went through, both ways: what a test looks into for secrets.
+        self.traffic = bytearray()
         self._thread = threading.Thread(target=self._accept_loop, name="tcp-proxy", daemon=True)
 
     def start(self) -> TcpProxy:
@@ -234,6 +236,8 @@ class TcpProxy:
                 data = source.recv(65536)
                 if not data:
                     break
+                with self._lock:
+                    self.traffic += data
                 sink.sendall(data)
         except OSError:
             pass

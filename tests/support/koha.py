@@ -449,3 +449,110 @@ def koha_accepts(pairs: Sequence[tuple[str, str]]) -> list[bool]:
         timeout=60,
     )
     return [line == "yes" for line in done.stdout.splitlines()]
+
+
+def add_borrowers(engine: Engine, borrowers: Sequence[Borrower], category: str = "PT") -> None:
+    """More patrons beside the usual ones (the columns every Koha `borrowers` has), each with
+    the hash Koha wrote before; `category` is their categorycode."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO borrowers (borrowernumber, cardnumber, userid, firstname, surname, "
+                "email, flags, login_attempts, password_expiration_date, password, branchcode, "
+                "categorycode) VALUES (:n, :card, :userid, :first, :sur, :email, :flags, "
+                ":attempts, :expires, :hash, 'MAIN', :category)"
+            ),
+            [
+                {"n": b.number, "card": b.cardnumber, "userid": b.userid, "first": b.firstname,
+                 "sur": b.surname, "email": b.email, "flags": b.flags,
+                 "attempts": b.login_attempts, "expires": b.expires, "hash": OLD_HASH,
+                 "category": category}
+                for b in borrowers
+            ],
+        )
+
+
+#: Koha's `categories` (the columns of its password rules, with Koha's types and defaults) and
+#: `systempreferences`, as kohastructure.sql has them (Koha 23.11), for MariaDB. IF NOT EXISTS:
+#: a fixture with Koha's whole `categories` keeps its own.
+_RULES_DDL = [
+    """
+    CREATE TABLE IF NOT EXISTS categories (
+        categorycode VARCHAR(10) NOT NULL DEFAULT '',
+        description LONGTEXT DEFAULT NULL,
+        category_type VARCHAR(1) NOT NULL DEFAULT 'A',
+        min_password_length SMALLINT(6) DEFAULT NULL,
+        require_strong_password TINYINT(1) DEFAULT NULL,
+        PRIMARY KEY (categorycode)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS systempreferences (
+        variable VARCHAR(50) NOT NULL DEFAULT '',
+        value MEDIUMTEXT DEFAULT NULL,
+        options LONGTEXT DEFAULT NULL,
+        explanation MEDIUMTEXT DEFAULT NULL,
+        type VARCHAR(20) DEFAULT NULL,
+        PRIMARY KEY (variable)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci
+    """,
+]
+#: Koha's `action_logs` (Koha 23.11), where Koha's staff read who changed what.
+_ACTION_LOGS_DDL = """
+    CREATE TABLE IF NOT EXISTS action_logs (
+        action_id INT(11) NOT NULL AUTO_INCREMENT,
+        timestamp TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        user INT(11) NOT NULL DEFAULT 0,
+        module MEDIUMTEXT DEFAULT NULL,
+        action MEDIUMTEXT DEFAULT NULL,
+        object INT(11) DEFAULT NULL,
+        info MEDIUMTEXT DEFAULT NULL,
+        interface VARCHAR(30) DEFAULT NULL,
+        script VARCHAR(255) DEFAULT NULL,
+        trace TEXT DEFAULT NULL,
+        diff LONGTEXT DEFAULT NULL,
+        PRIMARY KEY (action_id),
+        KEY timestamp_idx (timestamp),
+        KEY user_idx (user),
+        KEY module_idx (module(191)),
+        KEY action_idx (action(191)),
+        KEY object_idx (object),
+        KEY info_idx (info(191)),
+        KEY interface (interface)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci
+"""
+
+
+def create_password_rules(
+    engine: Engine,
+    categories: dict[str, tuple[int | None, int | None]],
+    preferences: dict[str, str],
+) -> None:
+    """Koha's password rules on MariaDB: categories (code -> (min_password_length,
+    require_strong_password), NULL meaning "as the preference") and system preferences."""
+    with engine.begin() as connection:
+        for ddl in _RULES_DDL:
+            connection.execute(text(ddl))
+        for code, (length, strong) in categories.items():
+            connection.execute(text(
+                "INSERT INTO categories (categorycode, description, min_password_length, "
+                "require_strong_password) VALUES (:code, :code, :length, :strong) "
+                "ON DUPLICATE KEY UPDATE min_password_length = :length, "
+                "require_strong_password = :strong"
+            ), {"code": code, "length": length, "strong": strong})
+        for name, value in preferences.items():
+            connection.execute(text(
+                "INSERT INTO systempreferences (variable, value, type) VALUES (:n, :v, 'Free') "
+                "ON DUPLICATE KEY UPDATE value = :v"
+            ), {"n": name, "v": value})
+
+
+def create_action_logs(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(text(_ACTION_LOGS_DDL))
+
+
+def action_logs(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT * FROM action_logs ORDER BY action_id"))
+        return [dict(found) for found in rows.mappings()]

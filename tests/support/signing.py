@@ -242,8 +242,10 @@ def form_state(
     require_change: bool = True,
     no_email: str | None = None,
     no_email_password: str | None = None,
+    skip_locked: bool | None = None,
 ) -> Json:
-    """`view.state.values` for the reset modal (`no_email` None: as a form older than it)."""
+    """`view.state.values` for the reset modal (`no_email`, `skip_locked` None: as a form
+    older than them)."""
     scope_state: Json = {"type": "radio_buttons", "selected_option": None}
     if scope is not None:
         scope_state["selected_option"] = {"text": {"type": "plain_text", "text": scope},
@@ -263,6 +265,10 @@ def form_state(
             "no_email_password": {"no_email_password": {
                 "type": "plain_text_input", "value": no_email_password}},
         }),
+        **({} if skip_locked is None else {"skip_locked": {"skip_locked": {
+            "type": "checkboxes", "selected_options": [
+                {"text": {"type": "plain_text", "text": "Leave out"}, "value": "yes"}
+            ] if skip_locked else []}}}),
     }
 
 

@@ -166,6 +166,10 @@ class SlackStandIn:
         self.bot_user_id = bot_user_id
         self.bot_id = "BRESETBOT"
         self.team_id = team_id
+        #: Set: auth.test names the workspace's Enterprise Grid org, as Slack does inside one.
+        self.enterprise_id: str | None = None
+        #: Set: auth.test names the app too (Slack's answer for a bot token may leave it out).
+        self.app_id: str | None = None
         #: Unregistered C/G channel ids count as channels the bot is in (else channel_not_found).
         self.join_unknown_channels = join_unknown_channels
         self._cond = threading.Condition(threading.RLock())
@@ -959,11 +963,16 @@ def _require(params: Json, *names: str) -> None:
 
 
 def _auth_test(s: SlackStandIn, params: Json) -> Json:
-    return {
+    answer: Json = {
         "url": "https://library.slack.com/", "team": "Library", "user": "resetbot",
         "team_id": s.team_id, "user_id": s.bot_user_id, "bot_id": s.bot_id,
         "is_enterprise_install": False,
     }
+    if s.enterprise_id is not None:
+        answer["enterprise_id"] = s.enterprise_id
+    if s.app_id is not None:
+        answer["app_id"] = s.app_id
+    return answer
 
 
 def _chat_post_message(s: SlackStandIn, params: Json) -> Json:

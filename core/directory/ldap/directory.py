@@ -34,8 +34,12 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.log import PROTOCOL, log_enabled
 
+from core.addresses import usable_address
+from core.directory.ldap.active_directory import ActiveDirectoryRules
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.connection import close_quietly, connect, unavailable
+from core.directory.ldap.openldap import OpenLdapRules
+from core.directory.ldap.profile import LdapProfile
 from core.directory.ldap.server import (
     INSUFFICIENT_ACCESS,
     NO_SUCH_OBJECT,
@@ -43,9 +47,9 @@ from core.directory.ldap.server import (
     Attributes,
     ServerRules,
     attributes_of,
+    check_family,
     first_text,
     normal_dn,
-    rules_for,
 )
 from core.directory.protocol import (
     Counts,
@@ -316,7 +320,7 @@ class LdapDirectory:
             emailable=emailable,
             without_email=len(users) - emailable,
             staff=sum(1 for user in users if user.is_staff),
-            locked_on_purpose=sum(1 for user in users if user.locked_on_purpose),
+            locked=sum(1 for user in users if user.locked_on_purpose),
         )
 
     def scope_batch(
@@ -333,12 +337,14 @@ class LdapDirectory:
         return users[start : start + limit]
 
     def usernames_in_password(
-        self, password: str, scope: Scope, selection: Sequence[UserId]
+        self, password: str, scope: Scope, selection: Sequence[UserId], *,
+        without_email_only: bool = False,
     ) -> int:
         lowered = password.lower()
         return sum(
             1 for user in self.scope_users(scope, selection)
             if user.username and user.username.lower() in lowered
+            and not (without_email_only and usable_address(user.email))
         )
 
     # -- the picker ----------------------------------------------------------------------------
@@ -458,3 +464,11 @@ def _said(result: Mapping[str, Any] | None) -> str:
 def _clean(text: str, password: str) -> str:
     """A server's reason, never holding the password (a server might quote it)."""
     return text[:300].replace(password, "***") if password else text[:300]
+
+
+def rules_for(profile: LdapProfile) -> ServerRules:
+    """The server family the profile's password method names (OpenLDAP or Active Directory)."""
+    check_family(profile)
+    if profile.set_by == "password-modify":
+        return OpenLdapRules(profile)
+    return ActiveDirectoryRules(profile)

@@ -3,7 +3,7 @@
 A profile's rule kinds come in families: OpenLDAP's (Password Modify, pwdReset,
 pwdAccountLockedTime, a group's member values, the ppolicy entries) in `openldap.py`, Active
 Directory's (unicodePwd, pwdLastSet, lockoutTime, nested membership, the domain's rules) in
-`active_directory.py`. `rules_for(profile)` gives the family the profile's password method
+`active_directory.py`. `directory.rules_for(profile)` gives the family the profile's password method
 names; `check_family` refuses (at load) a profile whose other kinds belong to another family.
 
 Everything a rule reads or writes goes through the one connection the directory holds; a rule
@@ -120,15 +120,3 @@ def check_family(profile: LdapProfile) -> None:
                 f"{profile.source}: ldap.{key}: {getattr(profile, key)!r} does not go with "
                 f"password = {profile.set_by!r} (expected {kind!r})"
             )
-
-
-def rules_for(profile: LdapProfile) -> ServerRules:
-    check_family(profile)
-    if profile.set_by == "password-modify":
-        from core.directory.ldap.openldap import OpenLdapRules
-
-        return OpenLdapRules(profile)
-    from core.directory.ldap.active_directory import ActiveDirectoryRules  # type: ignore[import-not-found,unused-ignore]
-
-    rules: ServerRules = ActiveDirectoryRules(profile)
-    return rules

@@ -60,7 +60,7 @@ def as_protocol(directory: TableDirectory | Directory) -> Directory:
 
 def user_of(user: DirectoryUser) -> User:
     return User(id=str(user.id), username=user.username, full_name=user.full_name,
-                email=user.email, role=user.role)
+                email=user.email, role=user.role, locked_on_purpose=user.locked)
 
 
 def counts_of(preview: Preview) -> Counts:
@@ -183,9 +183,11 @@ class SqlDirectory:
                 self.sql.scope_batch(scope, sql_ids(selection), after_id, limit)]
 
     def usernames_in_password(
-        self, password: str, scope: Scope, selection: Sequence[UserId]
+        self, password: str, scope: Scope, selection: Sequence[UserId], *,
+        without_email_only: bool = False,
     ) -> int:
-        return self.sql.usernames_in_password(password, scope, sql_ids(selection))
+        return self.sql.usernames_in_password(password, scope, sql_ids(selection),
+                                              without_email_only=without_email_only)
 
     def search(self, term: str, limit: int = SEARCH_LIMIT) -> list[User]:
         return [user_of(user) for user in self.sql.search(term, limit)]

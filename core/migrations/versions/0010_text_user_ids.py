@@ -1,8 +1,8 @@
 """User ids as text: a directory's ids are opaque strings (an entryUUID, an objectGUID, or an
 integer written as text), issue 19.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-07
 
 `reset_items.user_id` becomes VARCHAR(255); `reset_tasks.plan_cursor` (the last user id
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | Sequence[str] | None = "0008"
+revision: str = "0010"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
