@@ -171,7 +171,7 @@ def test_e_mailed_passwords_bind_and_users_without_mail_are_told_to_staff(
 
     patrons = set(SEEDED) - STAFF - {"frozen"}  # locked on purpose: left out, nobody mailed
     assert final.status is TaskStatus.COMPLETED, final
-    assert final.total == len(patrons)
+    assert (final.total, final.counts[ItemState.LOCKED]) == (len(patrons) + 1, 1)
     assert final.counts[ItemState.NOTIFIED] == len(patrons - NO_MAIL)
     assert final.counts[ItemState.NO_EMAIL] == len(NO_MAIL)
     for uid in sorted(patrons - NO_MAIL):
@@ -182,7 +182,9 @@ def test_e_mailed_passwords_bind_and_users_without_mail_are_told_to_staff(
     for uid in sorted(NO_MAIL):  # reset to a password nobody was told
         assert bind(slapd, uid, old(slapd, uid))[0] == 49, uid
     assert smtp_server.to("frozen@example.org") == []
-    assert "frozen" not in items(sessions, 1)
+    assert items(sessions, 1)["frozen"].state == ItemState.LOCKED
+    assert slapd.operational("frozen", "pwdAccountLockedTime")["pwdAccountLockedTime"] == [
+        PERMANENT_LOCK]
     assert_untouched(slapd, STAFF)
 
 
@@ -243,6 +245,7 @@ def test_the_preview_approval_recount_and_the_worker_use_the_same_ldap_directory
             request = ResetRequest(requester="UADMIN", scope=Scope.ALL_WITHOUT_ROLE,
                                    default_password=DEFAULT)
             preview = validate_request(strict, directory, request)
+            assert (preview.users, preview.locked) == (len(SEEDED) - len(STAFF), 1)
             task = create_task(session, strict, request, preview)
             assert gate_new_task(session, strict, task) is TaskStatus.AWAITING_APPROVAL
             session.commit()
@@ -251,8 +254,7 @@ def test_the_preview_approval_recount_and_the_worker_use_the_same_ldap_directory
     with sessions() as session:
         task = session.get(ResetTask, 1)
         assert task is not None and task.preview is not None
-        assert (task.preview["users"], task.preview["locked"]) == (
-            len(SEEDED) - len(STAFF), 1)
+        assert task.preview["users"] == len(SEEDED) - len(STAFF)
     code, out = cli(strict, monkeypatch, capsys, "tasks", "approve", "1", "--as", "USECOND",
                     RESET_ADMINS="UADMIN,USECOND")
     assert code == 0, out
@@ -441,7 +443,8 @@ def test_slack_picks_ldap_users_by_name_and_their_mailed_passwords_bind(
         preview = answer.json()["view"]
         assert "*Users to reset*\\n2" in str(preview)  # (the repr of a text with its newline)
         everyone = running.slack.submit(submitted_view(opened, form_state("all_without_role")))
-        assert "1 user locked on purpose by the library: left out" in str(everyone.json())
+        assert "*Locked on purpose*\\n1: left out, their password does not change" in str(
+            everyone.json())
         assert running.slack.submit(preview).json() == {"response_action": "clear"}
         context = WorkerContext.build(running.settings, running.redis)
         try:

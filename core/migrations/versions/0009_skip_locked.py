@@ -28,12 +28,16 @@ def upgrade() -> None:
     for table_name in TABLES:
         existing = {c["name"] for c in inspector.get_columns(table_name)}
         if "skip_locked" not in existing:
-            with op.batch_alter_table(table_name) as table:
-                table.add_column(sa.Column("skip_locked", sa.Boolean(), nullable=False,
-                                           server_default=sa.false()))
+            # In place, never batch mode: on SQLite batch mode copies `reset_tasks` into a new
+            # table and drops the old one, and dropping it deletes every task's items (ON
+            # DELETE CASCADE, foreign keys on). ADD COLUMN with a default works everywhere.
+            op.add_column(table_name, sa.Column("skip_locked", sa.Boolean(), nullable=False,
+                                                server_default=sa.false()))
 
 
 def downgrade() -> None:
     for table_name in TABLES:
-        with op.batch_alter_table(table_name) as table:
-            table.drop_column("skip_locked")
+        if op.get_bind().dialect.name == "sqlite":  # in place, for the reason above
+            op.execute(f"ALTER TABLE {table_name} DROP COLUMN skip_locked")
+        else:
+            op.drop_column(table_name, "skip_locked")
