@@ -25,7 +25,8 @@ from core.directory.koha_rules import (
     read_koha_rules,
 )
 from core.directory.protocol import Directory
-from core.directory.sql import SqlDirectory, sql_ids
+from core.directory.sql import SqlDirectory, as_protocol, sql_ids
+from core.directory.table import Directory as TableDirectory
 from core.errors import ConflictError, InputError
 from core.models import (
     FOLLOW_UP_STATES,
@@ -94,11 +95,15 @@ def parse_scope(value: str | None) -> Scope:
         raise InputError("Choose who to reset.", field="scope") from None
 
 
-def validate_request(settings: Settings, directory: Directory, request: ResetRequest) -> Preview:
+def validate_request(
+    settings: Settings, directory: Directory | TableDirectory, request: ResetRequest
+) -> Preview:
     """Check everything a person typed; raise InputError naming the field, or return the preview.
 
-    Problems are collected per field so one answer can show every reason at once.
+    Problems are collected per field so one answer can show every reason at once. (A table
+    directory is taken as the protocol's SqlDirectory.)
     """
+    directory = as_protocol(directory)
     problems: dict[str, list[str]] = {}
     selection = request.selection
     library = LibraryRules(directory, request.scope, selection)

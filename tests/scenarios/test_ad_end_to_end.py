@@ -141,7 +141,7 @@ def test_e_mailed_passwords_sign_in_and_the_disabled_account_is_left_out(
 
     assert final.status is TaskStatus.COMPLETED, final
     assert {name: state for name, (state, _) in states(sessions, 1).items()} == {
-        "ann": "notified", "ben": "notified", "cy": "skipped"}
+        "ann": "notified", "ben": "notified", "cy": "skipped", "dis": "locked"}
     for name in ("ann", "ben"):
         mailed = smtp_server.last_password(f"{name}@example.org")
         assert domain.sign_in(seed_user(name).dn, mailed) == "ok", name
