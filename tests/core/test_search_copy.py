@@ -66,7 +66,8 @@ class FakeDirectory:
 
 
 def ids(rows: list[SearchRow]) -> list[int]:
-    return [row.id for row in rows]
+    """The rows' ids as numbers (every directory in these tests numbers its users)."""
+    return [int(row.id) for row in rows]
 
 
 def down(secret: str = "hunter2-in-the-url") -> OperationalError:
@@ -419,12 +420,13 @@ def test_load_rows_reads_a_koha_borrowers_table(kind: str, tmp_path: Path) -> No
             tables_before = sorted(inspect(engine).get_table_names())
             query = search_select(table)
             rows = sorted(load_rows(engine, query, batch=2), key=lambda r: r.id)
-            assert rows == [
-                SearchRow(1, "amueller", "Anna Müller", "23019000000001", "anna@example.org",
+            assert rows == [  # ids as resetbot keeps them: text
+                SearchRow("1", "amueller", "Anna Müller", "23019000000001", "anna@example.org",
                           False),
-                SearchRow(2, "23019000000002", "Zoë Ñúñez", "23019000000002", None, False),
-                SearchRow(3, "23019000000003", "Okafor", "23019000000003", None, True),
-                SearchRow(4, "library.admin", "Lib Admin", None, "admin@library.example", True),
+                SearchRow("2", "23019000000002", "Zoë Ñúñez", "23019000000002", None, False),
+                SearchRow("3", "23019000000003", "Okafor", "23019000000003", None, True),
+                SearchRow("4", "library.admin", "Lib Admin", None, "admin@library.example",
+                          True),
             ]
 
             clock = Clock()
