@@ -31,6 +31,7 @@ from core.directory.protocol import PasswordSet, SetResult
 from core.models import ItemState, ResetItem, ResetTask, Scope, TaskStatus, utcnow
 from core.settings import Settings
 from core.tasks import ResetRequest, create_task, gate_new_task, validate_request
+from core.undo import preview_note, undo_unavailable
 from jobs.context import WorkerContext
 from jobs.reaper import reap
 from tests.support.engine import build_context, run_until_final, task_snapshot, work
@@ -326,6 +327,12 @@ def test_the_factory_makes_the_ldap_directory_from_settings(
         assert isinstance(directory, LdapDirectory)
         assert not directory.owns_users
         assert directory.preview(Scope.ALL, ()).users == len(SEEDED)
+        # Undo puts back what a SQL table held; an LDAP server never gives old passwords back,
+        # so nothing is kept and Undo is not offered (the preview says why when Undo is on).
+        assert configured.reset_undo_window > 0
+        reason = undo_unavailable(directory)
+        assert reason is not None and "LDAP" in reason
+        assert preview_note(configured, directory) == f"This reset cannot be undone. {reason}."
     finally:
         directory.dispose()
     assert configured.directory_bind_password
