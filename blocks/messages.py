@@ -71,6 +71,7 @@ SUMMARY_ORDER = (
     ItemState.SKIPPED,
     ItemState.LOCKED,
     ItemState.NOTIFY_FAILED,
+    ItemState.REFUSED,
     ItemState.CANCELLED,
     ItemState.RESTORED,
     ItemState.CHANGED_SINCE,
@@ -486,14 +487,22 @@ def paused_note(task: TaskSnapshot) -> str:
     retry = f" Trying again {slack_date(task.paused_until)}." if task.paused_until else ""
     since = f" since {slack_date(task.paused_since)}" if task.paused_since else ""
     return (f":double_vertical_bar: *Paused{since}*: {safe(task.pause_reason or '', 300)} "
-            f"Nobody else's password changes until the mail server answers.{retry}")
+            f"Nobody else's password changes until {_paused_on(task)} answers.{retry}")
+
+
+def _paused_on(task: TaskSnapshot) -> str:
+    """What a paused task waits for: the directory (an LDAP server that stopped answering),
+    else the mail server."""
+    if (task.pause_reason or "").lower().startswith("the directory"):
+        return "the directory"
+    return "the mail server"
 
 
 def paused_reply(task: TaskSnapshot) -> SlackMessage:
     text = (
         f":double_vertical_bar: Paused: {safe(task.pause_reason or '', 300)} Nobody else's "
-        "password changes until the mail server answers; resetbot keeps trying and goes on by "
-        "itself. *Cancel* above still works."
+        f"password changes until {_paused_on(task)} answers; resetbot keeps trying and goes on "
+        "by itself. *Cancel* above still works."
     )
     return SlackMessage(text, [section(text)])
 
@@ -638,6 +647,12 @@ def _summary_notes(task: TaskSnapshot, follow_up_where: str | None) -> list[str]
             f":e-mail: {plural(failed, 'mail')} never got through. *Retry failed "
             "notifications* above sends those users a fresh password."
         )
+    refused = task.counts.get(ItemState.REFUSED, 0)
+    if refused:
+        notes.append(
+            f":no_entry: The directory refused the new password of {plural(refused, 'user')} "
+            "(its reason is in the list): their password did not change and nobody was mailed."
+        )
     told_by_hand = task.counts.get(ItemState.RESET, 0)
     if task.mode == Mode.DEFAULT and told_by_hand:
         notes.append(
@@ -712,6 +727,9 @@ def follow_up_reason(row: FollowUp) -> str:
         return ("No e-mail address on file: tell them what you typed for them; they must "
                 "change it at next sign-in")
     detail = one_line(row.last_error or "")
+    if row.outcome is ItemState.REFUSED:
+        return truncate(f"Refused by the directory: {detail}" if detail
+                        else "Refused by the directory", 300)
     return truncate(f"Mail failed: {detail}" if detail else "Mail failed", 300)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from core.controls import blank_unsafe
 from core.directory import DirectoryUser
+from core.directory.protocol import User
 from core.models import ItemState, Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot, pace_words
 from core.tally import Tally
@@ -67,6 +68,7 @@ OUTCOME_LABELS: dict[ItemState, str] = {
     ItemState.CANCELLED: "cancelled",
     ItemState.SKIPPED: "not reset (no e-mail)",
     ItemState.HANDED_OUT: "your password (no e-mail)",
+    ItemState.REFUSED: "refused by the directory",
     ItemState.LOCKED: "locked on purpose: left alone",
     ItemState.RESTORED: "previous password back",
     ItemState.CHANGED_SINCE: "changed since: left alone",
@@ -326,7 +328,7 @@ def starts_once_approved(start_at: datetime) -> str:
 SEARCH_UNAVAILABLE_OPTION = "Search is not available, try again in a moment"
 
 
-def user_option_label(user: DirectoryUser) -> str:
+def user_option_label(user: User | DirectoryUser) -> str:
     """"Full Name (username)", staff marked, within Slack's 75 characters for an option."""
     username = truncate(one_line(user.username), 40)
     suffix = f" ({username})" + (STAFF_MARK if user.is_staff else "")

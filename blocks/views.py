@@ -93,6 +93,7 @@ from blocks.text import (
     user_option_label,
 )
 from core.directory import DirectoryUser, Preview
+from core.directory.protocol import User
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.progress import TaskSnapshot
 from core.schedule import MAX_AHEAD
@@ -400,7 +401,7 @@ def unknown_form_modal() -> View:
 # ---- options ------------------------------------------------------------------------------------
 
 
-def user_options(users: Sequence[DirectoryUser]) -> list[dict[str, Any]]:
+def user_options(users: Sequence[User | DirectoryUser]) -> list[dict[str, Any]]:
     """Options for the user picker: value is the directory id, at most Slack's 100."""
     return [
         {"text": plain(user_option_label(user), 75), "value": str(user.id)}

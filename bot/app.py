@@ -18,8 +18,8 @@ from bot.auth import Admins, Approvers
 from bot.deps import AppDeps, provide
 from bot.listeners import register_all
 from bot.workspace import Workspace, only_this_workspace
-from core.directory import Directory
 from core.directory.picker import attach_search_copy
+from core.directory.protocol import Directory
 from core.errors import ConfigError
 from core.settings import Settings
 from jobs.queueing import enqueue_task

@@ -46,7 +46,9 @@ from bot.terminal import (
     shown_csv,
 )
 from core.db import make_engine, make_sessionmaker
-from core.directory import Directory, DirectoryUser
+from core.directory import Directory as TableDirectory
+from core.directory.factory import open_directory
+from core.directory.protocol import Directory, User
 from core.errors import ConfigError, ResetbotError
 from core.models import NoEmailChoice, Scope
 from core.settings import Settings, ensure_secret_key
@@ -677,7 +679,7 @@ def cmd_users_import(cli: Cli, args: argparse.Namespace) -> int:
     require_own_users_table(settings, "import")
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     with cli.database(settings) as sessions, sessions.begin() as session, \
-            _directory(settings, sessions) as directory:
+            _table_directory(settings, sessions) as directory:
         result = import_users(session, directory, data, actor=requester())
     cli.say(
         f"Imported {plural(result.total, 'user')}: {result.created:,} new, "
@@ -691,7 +693,8 @@ def cmd_users_export(cli: Cli, args: argparse.Namespace) -> int:
 
     settings = cli.settings()
     require_own_users_table(settings, "export")
-    with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
+    with cli.database(settings) as sessions, \
+            _table_directory(settings, sessions) as directory:
         content = export_users(directory)
     if args.file == "-":
         # On a terminal, people read it: a name holding an escape sequence must not act on
@@ -710,7 +713,14 @@ def require_own_users_table(settings: Settings, action: str) -> None:
     """`users import` and `export` are for resetbot's own table: a library system's users are
     that system's to add and change (and its table has no role column to export)."""
     from core.directory import load_profile
+    from core.settings import uses_ldap
 
+    if uses_ldap(settings):
+        raise ConfigError(
+            f"users {action} is for resetbot's own users table; with DIRECTORY_URL=ldap… the "
+            "users are in the LDAP directory, which resetbot does not own: manage them there "
+            "(nothing was changed; `resetbot directory check` shows what resetbot sees)"
+        )
     profile = load_profile(settings.directory_profile, settings.directory)
     if not profile.owned:
         raise ConfigError(
@@ -732,7 +742,22 @@ def cmd_directory_check(cli: Cli, args: argparse.Namespace) -> int:
 def _directory(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Directory]:
     """The directory, sharing the state database's engine when the users live there too."""
     engine = sessions.kw.get("bind")
-    directory = Directory.from_settings(settings, engine if isinstance(engine, Engine) else None)
+    directory = open_directory(settings, engine if isinstance(engine, Engine) else None)
+    try:
+        yield directory
+    finally:
+        directory.dispose()
+
+
+@contextmanager
+def _table_directory(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> Iterator[TableDirectory]:
+    """resetbot's own users table (import, export): never an LDAP directory."""
+    engine = sessions.kw.get("bind")
+    directory = TableDirectory.from_settings(
+        settings, engine if isinstance(engine, Engine) else None
+    )
     try:
         yield directory
     finally:
@@ -745,7 +770,7 @@ def cmd_mail_preview(cli: Cli, args: argparse.Namespace) -> int:
 
     settings = cli.settings()
     templates = MailTemplates.load(settings)
-    user: SampleUser | DirectoryUser = SampleUser()
+    user: SampleUser | User = SampleUser()
     if args.user is not None:
         with cli.database(settings) as sessions, _directory(settings, sessions) as directory:
             found = directory.by_username([args.user])
@@ -768,7 +793,7 @@ def cmd_worker(cli: Cli, args: argparse.Namespace) -> int:
     tune_worker_process()
     open_engine(settings).dispose()
     # A directory that refuses, or a profile that does not fit it: said now, in one line.
-    Directory.from_settings(settings).dispose()
+    open_directory(settings).dispose()
     with cli.redis(settings) as redis:
         run_worker(settings, redis, burst=args.burst, with_scheduler=True)
     return EXIT_OK

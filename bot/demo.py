@@ -37,6 +37,7 @@ from bot.reset_flow import (
 from bot.terminal import SECRET_KEY_FILE, Output, login_name, requester
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
+from core.directory.factory import open_directory
 from core.models import Scope
 from core.progress import TaskSnapshot
 from core.settings import Settings, ensure_secret_key
@@ -243,7 +244,7 @@ def _reset_everyone_without_a_role(
 ) -> TaskSnapshot:
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    directory = Directory.from_settings(settings, engine)
+    directory = open_directory(settings, engine)
     request = ResetRequest(
         requester=requester(),
         requester_name=login_name(),

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.auth import Admins, Approvers, Refusal
 from core import audit
-from core.directory import Directory
+from core.directory.protocol import Directory
 from core.search_copy import SearchCopy
 from core.settings import Settings
 

@@ -15,8 +15,10 @@ from sqlalchemy import inspect
 from bot.terminal import Output, Refused
 from core.directory import Directory
 from core.directory.capabilities import OptionalFeature, available, optional_features
+from core.directory.factory import open_directory
+from core.directory.protocol import Counts, PasswordRules
 from core.directory.survey import Survey, survey
-from core.settings import Settings
+from core.settings import Settings, uses_ldap
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,72 @@ def _require_own_table(directory: Directory) -> None:
         )
 
 
+@dataclass(frozen=True)
+class LdapReport:
+    """What `directory check` shows of an LDAP directory: the server hashes, so no formats."""
+
+    profile: str
+    server: str
+    staff_group: str | None
+    counts: Counts
+    rules: PasswordRules
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "server": self.server,
+            "staff_group": self.staff_group,
+            "users": self.counts.users,
+            "staff": self.counts.staff,
+            "without_email": self.counts.without_email,
+            "locked_on_purpose": self.counts.locked,
+            "password_rules": {"source": self.rules.source,
+                               "min_length": self.rules.min_length,
+                               "complexity": self.rules.complexity},
+            "writes": "passwords, hashed by the server",
+        }
+
+    def lines(self) -> list[str]:
+        rules = self.rules
+        said = [f"at least {rules.min_length} characters"] if rules.min_length else []
+        said += ["three kinds of characters"] if rules.complexity else []
+        return [
+            "Directory check (read-only: nothing was changed)",
+            f"Profile:          {self.profile}",
+            f"Server:           {self.server}",
+            f"Staff group:      {self.staff_group or 'none (nobody is staff)'}",
+            f"Users:            {self.counts.users:,}",
+            f"Staff:            {self.counts.staff:,}",
+            f"Without e-mail:   {self.counts.without_email:,}",
+            f"Locked on purpose: {self.counts.locked:,}",
+            f"Password rules:   {', '.join(said) or 'none read'} ({rules.source})",
+            "A reset writes:   the password, over TLS; the server hashes it",
+        ]
+
+
+def ldap_report(settings: Settings) -> LdapReport:
+    """Sign in as the service account, count and read the rules (the same refusals as a
+    reset), and close."""
+    from core.directory.ldap.directory import LdapDirectory
+
+    directory = open_directory(settings)
+    try:
+        assert isinstance(directory, LdapDirectory)
+        return LdapReport(
+            profile=directory.profile.name,
+            server=directory.config.url.shown,
+            staff_group=directory.config.staff_group,
+            counts=directory.survey(),
+            rules=directory.password_rules(),
+        )
+    finally:
+        directory.dispose()
+
+
 def check_directory(cli: Output, settings: Settings, *, as_json: bool) -> None:
-    report = directory_report(settings)
+    report: DirectoryReport | LdapReport = (
+        ldap_report(settings) if uses_ldap(settings) else directory_report(settings)
+    )
     if as_json:
         cli.say(json.dumps(report.as_json(), indent=2, ensure_ascii=True))
         return

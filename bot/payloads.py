@@ -42,6 +42,7 @@ from blocks.text import (
     too_many_picked,
 )
 from blocks.views import PASSWORD_MAX_LENGTH
+from core.directory.ids import is_user_id
 from core.errors import InputError
 from core.models import NoEmailChoice, Scope
 from core.passwords import normalised
@@ -49,7 +50,6 @@ from core.tasks import MAX_SELECTION, RequestInvalid, ResetRequest
 
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,30}$")
-_DIRECTORY_ID = re.compile(r"^[0-9]{1,12}$")
 _TASK_ID = re.compile(r"^[0-9]{1,12}$")
 _FILE_ID = re.compile(r"^F[A-Z0-9]{2,30}$")
 _VIEW_ID = re.compile(r"^V[A-Z0-9]{2,30}$")
@@ -318,7 +318,7 @@ class FormInput:
     """The reset modal's values, checked for shape (not yet against the directory)."""
 
     scope: Scope
-    selection: tuple[int, ...]
+    selection: tuple[str, ...]
     default_password: str | None
     require_change: bool
     no_email: NoEmailChoice = NoEmailChoice.RESET
@@ -332,7 +332,7 @@ class FormInput:
 
     def request(
         self, requester: str, name: str, channel: str | None,
-        selection: tuple[int, ...] | None = None,
+        selection: tuple[str, ...] | None = None,
     ) -> ResetRequest:
         return ResetRequest(
             requester=requester,
@@ -390,7 +390,7 @@ def _read_scope(element: Mapping[str, Any], problems: dict[str, list[str]]) -> S
     return None
 
 
-def _read_selection(element: Mapping[str, Any], problems: dict[str, list[str]]) -> tuple[int, ...]:
+def _read_selection(element: Mapping[str, Any], problems: dict[str, list[str]]) -> tuple[str, ...]:
     options = element.get("selected_options")
     if options is None:
         return ()
@@ -400,12 +400,12 @@ def _read_selection(element: Mapping[str, Any], problems: dict[str, list[str]]) 
     if len(options) > MAX_SELECTION:
         problems.setdefault(USERS, []).append(too_many_picked(MAX_SELECTION))
         return ()
-    ids: set[int] = set()
+    ids: set[str] = set()
     unreadable = 0
     for option in options:
         value = option.get("value") if isinstance(option, dict) else None
-        if isinstance(value, str) and _DIRECTORY_ID.match(value) and int(value) <= MAX_ID:
-            ids.add(int(value))
+        if is_user_id(value):
+            ids.add(str(value))
         else:
             unreadable += 1
     if unreadable:

@@ -34,7 +34,9 @@ from bot.terminal import (
     shown,
 )
 from core import audit, undo
-from core.directory import Directory, Preview
+from core.directory import Preview
+from core.directory.factory import open_directory
+from core.directory.protocol import Directory
 from core.models import Mode, NoEmailChoice, Scope, TaskStatus
 from core.passwords import normalised
 from core.progress import TaskSnapshot, snapshot
@@ -89,7 +91,7 @@ def run_reset(
     choices: ResetChoices,
 ) -> int:
     """Preview, confirm, queue and follow one reset; Redis is only opened once confirmed."""
-    directory = Directory.from_settings(settings)
+    directory = open_directory(settings)
     try:
         return _run_reset(cli, settings, sessions, open_redis, choices, directory)
     finally:
@@ -172,7 +174,7 @@ def _run_reset(
 
 def resolve_usernames(
     directory: Directory, usernames: Sequence[str]
-) -> tuple[tuple[int, ...], list[str]]:
+) -> tuple[tuple[str, ...], list[str]]:
     """The users' ids, and a note for each name found under another spelling.
 
     resetbot's own table matches a name exactly first; a library system's table as its

@@ -38,7 +38,8 @@ from bot.wsgi import (
     redis_probe,
 )
 from core.db import make_engine, make_sessionmaker
-from core.directory import Directory
+from core.directory.factory import open_directory
+from core.directory.protocol import Directory
 from core.errors import ConfigError
 from core.settings import Settings
 from jobs.connection import close_redis, connect_redis, redis_url
@@ -89,7 +90,7 @@ def build_runtime(settings: Settings) -> Runtime:
     check_slack_settings(settings)
     engine = make_engine(settings.database_url)
     try:
-        directory = Directory.from_settings(settings, engine)  # a bad profile: refused now
+        directory = open_directory(settings, engine)  # a bad profile: refused now
     except BaseException:
         engine.dispose()
         raise

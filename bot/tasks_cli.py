@@ -36,7 +36,7 @@ from bot.terminal import (
 )
 from core import approval, audit, undo
 from core.csvsafe import to_csv
-from core.directory import Directory
+from core.directory.protocol import Directory
 from core.errors import ConflictError, QueueUnavailable
 from core.models import ItemState, ResetTask, TaskStatus, utcnow
 from core.progress import TaskSnapshot, pace_words, snapshot

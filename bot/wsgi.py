@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.payloads import payload_problem
 from bot.replay import Seen, SeenRequests
-from core.directory import Directory
+from core.directory.protocol import Directory, DirectoryUnavailable
+from core.directory.sql import SqlDirectory
 from core.errors import ConfigError
 from core.migrate import VERSION_TABLE, current_revision, head_revision
 from core.models import Base
@@ -77,11 +78,14 @@ class HealthCheck:
 
     @staticmethod
     def _directory(directory: Directory) -> str:
-        """Its users table can be read (no row is: `LIMIT 0`)."""
+        """Its users table can be read (no row is: `LIMIT 0`); an LDAP server answers."""
         try:
-            with directory.engine.connect() as connection:
-                connection.execute(select(literal(1)).select_from(directory.table).limit(0))
-        except (SQLAlchemyError, ConfigError) as error:  # ConfigError: reflected only now
+            if isinstance(directory, SqlDirectory):
+                with directory.engine.connect() as connection:
+                    connection.execute(select(literal(1)).select_from(directory.table).limit(0))
+            else:
+                directory.password_rules()  # signs in (again, if it must) and reads one entry
+        except (SQLAlchemyError, ConfigError, DirectoryUnavailable) as error:
             log.warning("health: directory unavailable: %s", type(error).__name__)
             return "unavailable"
         return "ok"

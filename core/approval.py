@@ -34,7 +34,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core import audit
-from core.directory import Directory, Preview
+from core.directory import Preview
+from core.directory.ids import user_ids
+from core.directory.protocol import Directory
 from core.errors import ConflictError
 from core.models import ResetTask, Scope, TaskStatus, utcnow
 from core.schedule import as_utc
@@ -138,7 +140,7 @@ def approve(
         raise SelfApproval(f"You asked for reset #{task_id}: another admin must approve it.")
     actor = acting(approver, typed_by)
     before = preview_of(task.preview)
-    now = directory.preview(Scope(task.scope), tuple(task.selection or ()))
+    now = directory.preview(Scope(task.scope), user_ids(task.selection))
     if grew_too_much(before, now):
         return _keep_recount(session, task, before, now, actor)
     moment = utcnow()

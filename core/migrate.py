@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from core.db import MYSQL_BACKENDS, make_engine, with_shipped_driver
 from core.errors import ConfigError
 from core.models import Base, users_table
-from core.settings import DirectoryNames, Settings
+from core.settings import DirectoryNames, Settings, uses_ldap
 
 SCRIPT_LOCATION = "core:migrations"
 VERSION_TABLE = "resetbot_alembic_version"
@@ -57,14 +57,16 @@ def refuse_library_database(settings: Settings, engine: Engine) -> None:
     from core.directory.profile import load_profile, shipped_profiles
 
     shown = shown_url(engine.url)
-    if settings.directory_url and same_database(settings.directory_url, settings.database_url):
+    ldap = uses_ldap(settings)  # the users are on an LDAP server: no table profile applies
+    if settings.directory_url and not ldap and same_database(settings.directory_url,
+                                                             settings.database_url):
         raise ConfigError(
             f"DATABASE_URL: {shown} is the database of DIRECTORY_URL, the library system's: "
             "resetbot keeps its tables in a database of its own; set DATABASE_URL to another "
             "database (nothing was created)"
         )
-    configured = load_profile(settings.directory_profile, settings.directory)
-    foreign = [configured] if not configured.owned else []
+    configured = None if ldap else load_profile(settings.directory_profile, settings.directory)
+    foreign = [configured] if configured is not None and not configured.owned else []
     foreign += [load_profile(name) for name in shipped_profiles()]
     with engine.connect() as connection:
         held = next((p for p in foreign if inspect(connection).has_table(p.table)), None)

@@ -123,6 +123,8 @@ class ItemState(enum.StrEnum):
     CANCELLED = "cancelled"  # never touched: the task was cancelled first (final)
     SKIPPED = "skipped"  # no address, and staff chose to leave them alone (final)
     HANDED_OUT = "handed_out"  # no address: set to the password staff typed, to tell (final)
+    # The directory's policy said no (its reason in `last_error`): not changed, not mailed.
+    REFUSED = "refused"
     LOCKED = "locked"  # locked on purpose, and the task leaves such accounts out (final)
     # An Undo task's items (core/undo.py):
     RESTORED = "restored"  # the password before the task is back (final)
@@ -142,6 +144,7 @@ FINAL_ITEM_STATES = frozenset(
         ItemState.CANCELLED,
         ItemState.SKIPPED,
         ItemState.HANDED_OUT,
+        ItemState.REFUSED,
         ItemState.LOCKED,
         ItemState.RESTORED,
         ItemState.CHANGED_SINCE,
@@ -149,7 +152,8 @@ FINAL_ITEM_STATES = frozenset(
 )
 #: Outcomes whose users staff must contact by hand.
 FOLLOW_UP_STATES = frozenset(
-    {ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED, ItemState.SKIPPED, ItemState.HANDED_OUT}
+    {ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED, ItemState.SKIPPED, ItemState.HANDED_OUT,
+     ItemState.REFUSED}
 )
 
 
@@ -170,7 +174,9 @@ class ResetTask(Base):
     requester: Mapped[str] = mapped_column(String(64))  # Slack user id, or "cli:<login>"
     requester_name: Mapped[str] = mapped_column(String(255), default="")
     scope: Mapped[str] = mapped_column(String(32))
-    selection: Mapped[list[int]] = mapped_column(JSON, default=list)
+    # The picked user ids (text; rows written before ids were text hold integers: read them
+    # through `core.directory.ids.user_ids`).
+    selection: Mapped[list[str]] = mapped_column(JSON, default=list)
     mode: Mapped[str] = mapped_column(String(16))
     require_change: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[str] = mapped_column(String(32), default=TaskStatus.QUEUED, index=True)
@@ -190,8 +196,9 @@ class ResetTask(Base):
     slack_thread_ts: Mapped[str | None] = mapped_column(String(32), default=None)
     total: Mapped[int] = mapped_column(Integer, default=0)
     planned: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Highest user id written to reset_items so far, so an interrupted plan resumes.
-    plan_cursor: Mapped[int] = mapped_column(Integer, default=0)
+    # The last user id (in the directory's stable order) written to reset_items so far, so an
+    # interrupted plan resumes; None before the first batch.
+    plan_cursor: Mapped[str | None] = mapped_column(String(255), default=None)
     reported_step: Mapped[int] = mapped_column(Integer, default=0)
     # Throttles for the reporter: waiting is said once, each mail retry round once.
     reported_waiting: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -277,7 +284,8 @@ class ResetItem(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("reset_tasks.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(Integer)
+    # The directory's id of the user, as text (an integer id is one kind of string).
+    user_id: Mapped[str] = mapped_column(String(255))
     chunk: Mapped[int] = mapped_column(Integer)
     # Snapshot of who this was at plan time, for mails and the follow-up list.
     username: Mapped[str] = mapped_column(String(255))
@@ -302,7 +310,7 @@ class PendingRequest(Base):
     requester: Mapped[str] = mapped_column(String(64))
     requester_name: Mapped[str] = mapped_column(String(255), default="")
     scope: Mapped[str] = mapped_column(String(32))
-    selection: Mapped[list[int]] = mapped_column(JSON, default=list)
+    selection: Mapped[list[str]] = mapped_column(JSON, default=list)
     require_change: Mapped[bool] = mapped_column(Boolean, default=True)
     default_password_sealed: Mapped[str | None] = mapped_column(Text, default=None)
     no_email: Mapped[str] = mapped_column(String(8), default=NoEmailChoice.RESET)
@@ -335,7 +343,8 @@ class UndoSnapshot(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("reset_tasks.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(Integer)
+    # The directory's id of the user, as text (as reset_items.user_id).
+    user_id: Mapped[str] = mapped_column(String(255))
     previous_sealed: Mapped[str] = mapped_column(Text)
     written_sealed: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,9 +1,9 @@
 """The exact list of a reset before it runs: everyone a confirm would reset, and what happens to
 each, as a spreadsheet-safe CSV (never a password).
 
-Made from the scope's stream the planner reads (`Directory.scope_batch`, keyset pages in id
-order), so what it lists is what the task's items will be. Sent privately in Slack ("Send me
-the list") and written by `resetbot reset … --dry-run --csv FILE`.
+Made from the scope's stream the planner reads (`Directory.scope_batch`, pages in the
+directory's stable order), so what it lists is what the task's items will be. Sent privately
+in Slack ("Send me the list") and written by `resetbot reset … --dry-run --csv FILE`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from sqlalchemy import ColumnElement, or_, select
 
 from core.controls import blank_unsafe
 from core.csvsafe import to_csv
-from core.directory import Directory, DirectoryUser
+from core.directory import Directory as TableDirectory
+from core.directory.ids import user_ids
+from core.directory.protocol import Directory, User
+from core.directory.sql import SqlDirectory, as_protocol, sql_ids
 from core.models import ItemState, Mode, NoEmailChoice, Scope
 from core.tally import planned_outcome
 
@@ -35,21 +38,21 @@ WHAT_HAPPENS = {
 }
 
 #: Which of these users are locked: the hook `locked_among` is the default of.
-LockedAmong = Callable[[Directory, Sequence[int]], set[int]]
+LockedAmong = Callable[[Directory, Sequence[str]], set[str]]
 
 
 @dataclass(frozen=True)
 class ListedUser:
-    user: DirectoryUser
+    user: User
     locked: bool
     outcome: ItemState
 
 
 def scope_stream(
-    directory: Directory, scope: Scope, selection: Sequence[int], batch: int = LIST_BATCH
-) -> Iterator[list[DirectoryUser]]:
-    """The scope's users in id order, a batch at a time: the planner's pages."""
-    cursor = 0
+    directory: Directory, scope: Scope, selection: Sequence[str], batch: int = LIST_BATCH
+) -> Iterator[list[User]]:
+    """The scope's users in the directory's order, a batch at a time: the planner's pages."""
+    cursor: str | None = None
     while True:
         users = directory.scope_batch(scope, selection, cursor, batch)
         if users:
@@ -59,24 +62,28 @@ def scope_stream(
         cursor = users[-1].id
 
 
-def locked_among(directory: Directory, ids: Sequence[int]) -> set[int]:
-    """Users locked on purpose, whom a reset leaves locked.
+def locked_among(directory: Directory, ids: Sequence[str]) -> set[str]:
+    """Users locked on purpose, whom a reset leaves locked, among a SQL table's users.
 
     Read from the profile: a column a reset sets except where it holds one of its `unless`
     values (Koha: `login_attempts = -1`, an account staff locked). A profile with a notion of
-    its own of "locked on purpose" points this hook at it.
+    its own of "locked on purpose" points this hook at it. (An LDAP directory says it of each
+    user it reads: `User.locked_on_purpose`.)
     """
-    condition = _locked_condition(directory)
+    if not isinstance(directory, SqlDirectory):
+        return set()
+    table_directory = directory.sql
+    condition = _locked_condition(table_directory)
     if condition is None or not ids:
         return set()
-    table = directory.table
-    key = _column(directory, directory.profile.id)
-    query = select(key).select_from(table).where(key.in_(list(ids)), condition)
-    with directory.engine.connect() as connection:
-        return {int(user_id) for user_id in connection.scalars(query)}
+    table = table_directory.table
+    key = _column(table_directory, table_directory.profile.id)
+    query = select(key).select_from(table).where(key.in_(sql_ids(ids)), condition)
+    with table_directory.engine.connect() as connection:
+        return {str(user_id) for user_id in connection.scalars(query)}
 
 
-def _locked_condition(directory: Directory) -> ColumnElement[bool] | None:
+def _locked_condition(directory: TableDirectory) -> ColumnElement[bool] | None:
     kept = [
         _column(directory, extra.column) == value
         for extra in directory.profile.on_reset
@@ -85,7 +92,7 @@ def _locked_condition(directory: Directory) -> ColumnElement[bool] | None:
     return or_(*kept) if kept else None
 
 
-def _column(directory: Directory, name: str) -> ColumnElement[Any]:
+def _column(directory: TableDirectory, name: str) -> ColumnElement[Any]:
     for column in directory.table.columns:
         if column.name == name:
             return column
@@ -93,13 +100,16 @@ def _column(directory: Directory, name: str) -> ColumnElement[Any]:
 
 
 def reset_list(
-    directory: Directory, scope: Scope, selection: Sequence[int], mode: Mode,
-    no_email: NoEmailChoice, *, locked: LockedAmong = locked_among, skip_locked: bool = False,
+    directory: Directory | TableDirectory, scope: Scope, selection: Sequence[object],
+    mode: Mode, no_email: NoEmailChoice, *, locked: LockedAmong = locked_among,
+    skip_locked: bool = False,
 ) -> Iterator[ListedUser]:
     """Everyone a confirm would reset, in the planner's order, with their outcome to come
     (`skip_locked`: the task leaves accounts locked on purpose out, as the planner does)."""
-    for users in scope_stream(directory, scope, selection):
-        locked_ids = locked(directory, [user.id for user in users])
+    directory = as_protocol(directory)
+    for users in scope_stream(directory, scope, user_ids(selection)):
+        locked_ids = locked(directory, [user.id for user in users]) | {
+            user.id for user in users if user.locked_on_purpose}
         for user in users:
             is_locked = user.id in locked_ids
             outcome = (ItemState.LOCKED if skip_locked and is_locked

@@ -75,7 +75,7 @@ RETRY_AFTER = 5.0
 class SearchRow(NamedTuple):
     """One user as the picker shows and searches it."""
 
-    id: int
+    id: str
     username: str
     display_name: str
     card_number: str | None
@@ -265,7 +265,7 @@ class Snapshot:
     is searching the characters.
     """
 
-    ids: array[int]
+    ids: tuple[str, ...]  # the users' directory ids (text)
     staff: bytes  # 1 for staff, per user
     shown: bytes  # each user's fields as read
     shown_starts: array[int]  # where each user begins in `shown`, then where it ends
@@ -278,7 +278,7 @@ class Snapshot:
         cls, rows: Iterable[SearchRow], loaded_at: float, pause: Callable[[], None] = _no_pause
     ) -> Snapshot:
         """`pause()` is called every few hundred rows or items (see `Turns`)."""
-        ids: array[int] = array("q")
+        ids: list[str] = []
         staff = bytearray()
         shown: list[bytes] = []
         texts: list[bytes] = []
@@ -294,7 +294,7 @@ class Snapshot:
         text, starts = _joined((texts[index] for index in order), pause)
         del texts
         return cls(
-            ids=array("q", [ids[index] for index in _paced(order, pause)]),
+            ids=tuple([ids[index] for index in _paced(order, pause)]),
             staff=bytes([staff[index] for index in _paced(order, pause)]),
             shown=shown_text, shown_starts=shown_starts,
             text=text, starts=starts,
@@ -525,7 +525,7 @@ def load_rows(engine: Engine, query: Select[Any], batch: int = FETCH_BATCH) -> I
         )
         for user_id, username, display_name, card_number, email, staff in result:
             yield SearchRow(
-                int(user_id),
+                str(user_id),
                 _text(username),
                 _text(display_name).strip(),
                 _text(card_number) or None,

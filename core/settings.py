@@ -334,12 +334,55 @@ def _database_url(name: str, raw: str) -> str:
     return raw
 
 
+def _directory_url(name: str, raw: str) -> str:
+    """A database URL, or an LDAP server's (ldaps:// or ldap://, with its base DN)."""
+    from core.directory.ldap.config import is_ldap_url, parse_ldap_url  # ldap3 only when used
+
+    if is_ldap_url(raw):
+        parse_ldap_url(raw, name)
+        return raw
+    return _database_url(name, raw)
+
+
+def ldap_environment(settings: Settings) -> dict[str, str]:
+    """The DIRECTORY_* values an LdapConfig is read from (core/directory/ldap/config.py)."""
+    values = {
+        "DIRECTORY_URL": settings.directory_url,
+        "DIRECTORY_TLS_CA_FILE": settings.directory_tls_ca_file,
+        "DIRECTORY_BIND_DN": settings.directory_bind_dn,
+        "DIRECTORY_BIND_PASSWORD": settings.directory_bind_password,
+        "DIRECTORY_BIND_PASSWORD_FILE": settings.directory_bind_password_file,
+        "DIRECTORY_STAFF_GROUP": settings.directory_staff_group,
+        # `resetbot` (the default) names a table profile: on an LDAP server, openldap's.
+        "DIRECTORY_PROFILE": None if settings.directory_profile == "resetbot"
+        else settings.directory_profile,
+    }
+    return {name: value for name, value in values.items() if value}
+
+
+def uses_ldap(settings: Settings) -> bool:
+    from core.directory.ldap.config import is_ldap_url
+
+    return is_ldap_url(settings.directory_url)
+
+
+def _check_ldap(settings: Settings) -> None:
+    """An LDAP directory's settings are read whole at start (ConfigError naming the variable:
+    a missing bind DN, an unreadable password file, a CA file that is not there, a profile
+    key). Without an LDAP DIRECTORY_URL they are not used."""
+    if uses_ldap(settings):
+        from core.directory.ldap.config import LdapConfig
+
+        LdapConfig.from_env(ldap_environment(settings))
+
+
 def _profile_name(name: str, raw: str) -> str:
     """A profile's name (letters, digits, _) or a file's path; its contents are read later."""
-    if _is_identifier(raw) or raw.endswith(".toml"):
+    if _is_identifier(raw.replace("-", "_")) or raw.endswith(".toml"):
         return raw
     raise ConfigError(
-        f"{name}: {raw!r} is neither a profile name (resetbot, koha) nor a .toml file's path"
+        f"{name}: {raw!r} is neither a profile name (resetbot, koha, openldap, "
+        "active-directory) nor a .toml file's path"
     )
 
 
@@ -495,15 +538,47 @@ class Settings:
         "SQLAlchemy URL of the database that holds the users, when it is not `DATABASE_URL`'s "
         "(a library system's own: `mysql+pymysql://user:pass@host/koha`). resetbot never "
         "creates, alters, inserts or deletes anything there: it updates only the password "
-        "columns of the users a task resets. Unset: the users live in `DATABASE_URL`",
-        parse=_database_url,
+        "columns of the users a task resets. Or an LDAP server: `ldaps://host[:port]/BASE_DN` "
+        "or `ldap://host[:port]/BASE_DN` (always upgraded with StartTLS), see \"Using resetbot "
+        "with OpenLDAP\". Unset: the users live in `DATABASE_URL`",
+        parse=_directory_url,
     )
     directory_profile: str = setting(
         "DIRECTORY_PROFILE", "resetbot",
-        "how the users table is read and written: `resetbot` (its own table, named by "
+        "how the users are read and written: `resetbot` (its own table, named by "
         "`USERS_TABLE` and `USERS_COLUMNS`), `koha` (Koha's `borrowers`), or the path of a "
-        "profile file (`.toml`)",
+        "profile file (`.toml`); on an LDAP server `openldap` (the default there), "
+        "`active-directory`, or a `.toml` file with an `[ldap]` section",
         parse=_profile_name,
+    )
+    directory_tls_ca_file: str | None = setting(
+        "DIRECTORY_TLS_CA_FILE", None,
+        "LDAP: the CA bundle the server's certificate is verified with (unset: the system's); "
+        "verification is never off",
+        parse=text,
+    )
+    directory_bind_dn: str | None = setting(
+        "DIRECTORY_BIND_DN", None,
+        "LDAP: the service account resetbot signs in as (a DN; Active Directory: also "
+        "`name@domain`)",
+        parse=text,
+    )
+    directory_bind_password: str | None = setting(
+        "DIRECTORY_BIND_PASSWORD", None,
+        "LDAP: the service account's password (never shown, logged or stored)",
+        parse=text, secret=True,
+    )
+    directory_bind_password_file: str | None = setting(
+        "DIRECTORY_BIND_PASSWORD_FILE", None,
+        "LDAP: a file holding the service account's password, instead of "
+        "`DIRECTORY_BIND_PASSWORD`",
+        parse=text,
+    )
+    directory_staff_group: str | None = setting(
+        "DIRECTORY_STAFF_GROUP", None,
+        "LDAP: DN of the group whose members are staff (`all_without_role` leaves them alone; "
+        "Active Directory: nested groups count)",
+        parse=text,
     )
     redis_url: str | None = setting(
         "REDIS_URL", None,
@@ -770,6 +845,7 @@ class Settings:
         _check_smtp_login(settings)
         _check_smtp_plaintext(settings)
         _check_hashing_cost(settings)
+        _check_ldap(settings)
         return settings
 
     def to_env(self) -> dict[str, str]:

@@ -15,7 +15,8 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from core import audit
-from core.directory import Directory, Preview
+from core.directory import Preview
+from core.directory.ids import user_ids
 from core.directory.koha_rules import (
     KOHA,
     RULES_NOT_READ,
@@ -23,6 +24,9 @@ from core.directory.koha_rules import (
     categories_in_scope,
     read_koha_rules,
 )
+from core.directory.protocol import Directory
+from core.directory.sql import SqlDirectory, as_protocol, sql_ids
+from core.directory.table import Directory as TableDirectory
 from core.errors import ConflictError, InputError
 from core.models import (
     FOLLOW_UP_STATES,
@@ -54,7 +58,8 @@ class ResetRequest:
 
     requester: str
     scope: Scope
-    selection: tuple[int, ...] = ()
+    #: The picked users' directory ids (text).
+    selection: tuple[str, ...] = ()
     default_password: str | None = field(default=None, repr=False)
     require_change: bool = True
     requester_name: str = ""
@@ -90,11 +95,15 @@ def parse_scope(value: str | None) -> Scope:
         raise InputError("Choose who to reset.", field="scope") from None
 
 
-def validate_request(settings: Settings, directory: Directory, request: ResetRequest) -> Preview:
+def validate_request(
+    settings: Settings, directory: Directory | TableDirectory, request: ResetRequest
+) -> Preview:
     """Check everything a person typed; raise InputError naming the field, or return the preview.
 
-    Problems are collected per field so one answer can show every reason at once.
+    Problems are collected per field so one answer can show every reason at once. (A table
+    directory is taken as the protocol's SqlDirectory.)
     """
+    directory = as_protocol(directory)
     problems: dict[str, list[str]] = {}
     selection = request.selection
     library = LibraryRules(directory, request.scope, selection)
@@ -112,9 +121,7 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
             )
     if request.default_password:
         # The bcrypt length limit follows the hash the directory writes (its profile's).
-        reasons = policy_violations(
-            request.default_password, settings.policy, schemes=directory.hasher.schemes
-        )
+        reasons = password_problems(directory, request.default_password, settings)
         if not reasons and settings.policy.forbid_username and "users" not in problems:
             clashes = directory.usernames_in_password(
                 request.default_password, request.scope, request.selection
@@ -151,17 +158,19 @@ def validate_request(settings: Settings, directory: Directory, request: ResetReq
 class LibraryRules:
     """The library system's own password rules (Koha's) for a scope, read once when needed."""
 
-    def __init__(self, directory: Directory, scope: Scope, selection: Sequence[int]) -> None:
-        self.directory = directory
+    def __init__(self, directory: Directory, scope: Scope, selection: Sequence[str]) -> None:
+        # Koha's rules are in its tables: only a SQL table directory has them.
+        self.directory = directory.sql if isinstance(directory, SqlDirectory) else None
         self.scope = scope
-        self.selection = selection
-        self.applies = directory.profile.password_rules == KOHA
+        self.selection = sql_ids(selection)
+        self.applies = (self.directory is not None
+                        and self.directory.profile.password_rules == KOHA)
         self._rules: KohaRules | None = None
         self._categories: list[str] | None = None
         self._read = False
 
     def _load(self) -> KohaRules | None:
-        if self.applies and not self._read:
+        if self.applies and not self._read and self.directory is not None:
             self._read = True
             self._rules = read_koha_rules(self.directory)
             if self._rules is not None:
@@ -196,7 +205,7 @@ def _no_email_problems(
                 "password: clear it, or choose that."]
     if not typed:
         return ["Type the password to give the users without an e-mail address."]
-    reasons = policy_violations(typed, settings.policy, schemes=directory.hasher.schemes)
+    reasons = password_problems(directory, typed, settings)
     if not reasons and settings.policy.forbid_username and not (
         request.scope.needs_selection and not request.selection
     ):
@@ -206,6 +215,19 @@ def _no_email_problems(
         if clashes:
             reasons.append(f"It contains the username of {clashes} of the users without an "
                            "e-mail address it would be set for.")
+    return reasons
+
+
+def password_problems(directory: Directory, password: str, settings: Settings) -> list[str]:
+    """Why resetbot's policy, or the directory's own rules, would refuse this password.
+
+    A SQL table's hash sets a length limit (bcrypt's 72 bytes); an LDAP server hashes for
+    itself, and its own rules (read from it now) are said in its terms.
+    """
+    schemes = directory.hasher.schemes if isinstance(directory, SqlDirectory) else ()
+    reasons = policy_violations(password, settings.policy, schemes=schemes)
+    if not isinstance(directory, SqlDirectory):
+        reasons += directory.password_rules().violations(password)
     return reasons
 
 
@@ -599,7 +621,7 @@ def confirm_held_start(
     held = (ResetTask.status == TaskStatus.SCHEDULED, ResetTask.start_held_at.is_not(None))
     counts = None
     if task.status == TaskStatus.SCHEDULED and task.start_held_at is not None:
-        counts = directory.preview(Scope(task.scope), tuple(task.selection or ()))
+        counts = directory.preview(Scope(task.scope), user_ids(task.selection))
     if counts is not None and approval_needed(settings, task, counts.users):
         if ask_approval_again(session, settings, task_id, counts, actor, utcnow(), *held):
             session.refresh(task)

@@ -10,7 +10,12 @@ the task wrote, and leaves anyone who changed it alone, counted. The reaper eras
 values when the window closes, or once the Undo has ended (`erase_expired`).
 
 A directory whose password column resetbot may not read (a least-privilege Koha account) cannot
-give the old value back: nothing is kept and Undo is not offered (`undo_unavailable`).
+give the old value back: nothing is kept and Undo is not offered (`undo_unavailable`). Nor can
+an LDAP directory (OpenLDAP, Active Directory): it sets passwords itself and never hands their
+old values back, so Undo is not offered there either.
+
+Snapshots and items name users by their text id (as every task does); the table directory is
+asked in its own integer keys.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from core import audit
 from core.directory import Directory
+from core.directory.protocol import Directory as AnyDirectory
+from core.directory.sql import SqlDirectory, sql_id, sql_ids
 from core.directory.table import BeforeWrite
 from core.errors import ConflictError
 from core.models import ItemState, Mode, ResetItem, ResetTask, TaskStatus, UndoSnapshot, utcnow
@@ -57,8 +64,20 @@ snapshots_table = cast(Table, UndoSnapshot.__table__)
 _readable: weakref.WeakKeyDictionary[Directory, bool] = weakref.WeakKeyDictionary()
 
 
-def undo_unavailable(directory: Directory) -> str | None:
+def table_of(directory: AnyDirectory | Directory) -> Directory | None:
+    """The SQL table behind `directory`; None for a directory that is not a table (LDAP)."""
+    if isinstance(directory, SqlDirectory):
+        return directory.sql
+    return directory if isinstance(directory, Directory) else None
+
+
+def undo_unavailable(directory: AnyDirectory | Directory) -> str | None:
     """Why this directory cannot give a user's previous password back; None when it can."""
+    table = table_of(directory)
+    if table is None:
+        return ("Undo is not possible with this directory: an LDAP directory sets passwords "
+                "itself and never gives resetbot their previous values")
+    directory = table
     if directory.profile.owned:
         return None
     if directory not in _readable:
@@ -73,7 +92,7 @@ def undo_unavailable(directory: Directory) -> str | None:
             f"(GRANT SELECT ({columns}) ON {directory.profile.table})")
 
 
-def preview_note(settings: Settings, directory: Directory) -> str | None:
+def preview_note(settings: Settings, directory: AnyDirectory | Directory) -> str | None:
     """What a reset's preview says when Undo is on but this directory cannot give a user's
     previous password back (so the reset could not be undone); None otherwise."""
     if settings.reset_undo_window <= 0:
@@ -90,13 +109,15 @@ UNDO_FEATURE = "undo"
 
 
 def keeper(
-    settings: Settings, directory: Directory, state_engine: Engine,
+    settings: Settings, any_directory: AnyDirectory | Directory, state_engine: Engine,
     sessions: sessionmaker[Session], task_id: int,
 ) -> BeforeWrite | None:
     """What to run in the directory's transaction before task `task_id` writes hashes (None:
     Undo is off, or this directory cannot give old values back). `state_engine` and
     `sessions` are resetbot's own database."""
-    if settings.reset_undo_window <= 0 or undo_unavailable(directory) is not None:
+    directory = table_of(any_directory)
+    if (settings.reset_undo_window <= 0 or directory is None
+            or undo_unavailable(directory) is not None):
         return None
 
     def keep(connection: Connection, hashes: Sequence[tuple[int, str]]) -> None:
@@ -120,8 +141,10 @@ def _store(
     hashes: Sequence[tuple[int, str]],
 ) -> None:
     """One row per user: the values before the task (the first ones kept, as a re-done or
-    retried write replaces the task's own hash) and the hash written last."""
-    written = {user_id: new_hash for user_id, new_hash in hashes if user_id in previous}
+    retried write replaces the task's own hash) and the hash written last. The table's integer
+    ids are kept as their text, as the task's items name them."""
+    before = {str(user_id): values for user_id, values in previous.items()}
+    written = {str(user_id): new_hash for user_id, new_hash in hashes if user_id in previous}
     if not written:
         return
     kept = set(connection.scalars(
@@ -131,7 +154,7 @@ def _store(
     now = utcnow()
     fresh = [
         {"task_id": task_id, "user_id": user_id, "created_at": now,
-         "previous_sealed": seal(key, _encoded(previous[user_id])),
+         "previous_sealed": seal(key, _encoded(before[user_id])),
          "written_sealed": seal(key, new_hash)}
         for user_id, new_hash in written.items() if user_id not in kept
     ]
@@ -187,20 +210,20 @@ class Kept:
     """One user's snapshot, opened (in memory only, for one batch). Its hashes stay out of its
     repr, so no log line or traceback that shows one carries them."""
 
-    user_id: int
+    user_id: str
     previous: dict[str, Any] = field(repr=False)
     written: str = field(repr=False)
 
 
-def opened(settings: Settings, rows: Sequence[tuple[int, str, str]]) -> list[Kept]:
+def opened(settings: Settings, rows: Sequence[tuple[str, str, str]]) -> list[Kept]:
     key, old = settings.reset_secret_key, settings.reset_secret_key_old
-    return [Kept(int(user_id), decoded(unseal(key, previous, old)), unseal(key, written, old))
+    return [Kept(str(user_id), decoded(unseal(key, previous, old)), unseal(key, written, old))
             for user_id, previous, written in rows]
 
 
 def kept_batch(
-    session: Session, task_id: int, after: int, limit: int, only: Sequence[int] | None = None
-) -> list[tuple[int, str, str]]:
+    session: Session, task_id: int, after: str, limit: int, only: Sequence[str] | None = None
+) -> list[tuple[str, str, str]]:
     """The next `limit` snapshots of task `task_id` by user id after `after` (still sealed)."""
     query = (
         select(UndoSnapshot.user_id, UndoSnapshot.previous_sealed, UndoSnapshot.written_sealed)
@@ -209,11 +232,11 @@ def kept_batch(
     )
     if only is not None:
         query = query.where(UndoSnapshot.user_id.in_(list(only)))
-    return [(int(row[0]), str(row[1]), str(row[2])) for row in session.execute(query)]
+    return [(str(row[0]), str(row[1]), str(row[2])) for row in session.execute(query)]
 
 
 def _all_kept(session: Session, settings: Settings, task_id: int) -> Iterator[list[Kept]]:
-    after = 0
+    after = ""
     while True:
         rows = kept_batch(session, task_id, after, UNDO_BATCH)
         if not rows:
@@ -261,7 +284,7 @@ def offered(settings: Settings, task: ResetTask, now: datetime | None = None) ->
 
 
 def undo_offered_until(
-    session: Session, settings: Settings, directory: Directory, task: ResetTask,
+    session: Session, settings: Settings, directory: AnyDirectory | Directory, task: ResetTask,
     now: datetime | None = None,
 ) -> datetime | None:
     """Until when task `task`'s thread shows Undo: its window is open, the directory can give
@@ -277,7 +300,7 @@ def _changed_any(task: ResetTask) -> bool:
 
 
 def refusal(
-    session: Session, settings: Settings, directory: Directory, task_id: int,
+    session: Session, settings: Settings, directory: AnyDirectory | Directory, task_id: int,
     now: datetime | None = None,
 ) -> str | None:
     """Why task `task_id` cannot be undone now; None when it can."""
@@ -305,21 +328,23 @@ def refusal(
 
 
 def counts(
-    session: Session, settings: Settings, directory: Directory, task_id: int
+    session: Session, settings: Settings, any_directory: AnyDirectory | Directory, task_id: int
 ) -> UndoCounts:
     """What an Undo would do now: each kept user's current hash compared with the task's."""
     task = session.get(ResetTask, task_id)
-    assert task is not None and task.finished_at is not None
+    directory = table_of(any_directory)
+    assert task is not None and task.finished_at is not None and directory is not None
     users = unchanged = 0
-    unchanged_ids: list[int] = []
+    unchanged_ids: list[str] = []
     password = directory.profile.password
     for batch in _all_kept(session, settings, task_id):
         with directory.engine.connect() as connection:
-            now = directory.written_values(connection, [kept.user_id for kept in batch],
-                                           lock=False)
+            now = directory.written_values(
+                connection, sql_ids([kept.user_id for kept in batch]), lock=False)
         users += len(batch)
         for kept in batch:
-            if kept.user_id in now and now[kept.user_id][password] == kept.written:
+            number = sql_id(kept.user_id)
+            if number in now and now[number][password] == kept.written:
                 unchanged += 1
                 unchanged_ids.append(kept.user_id)
     mailed = _mailed_among(session, task_id, unchanged_ids)
@@ -327,7 +352,7 @@ def counts(
                       task.finished_at + timedelta(seconds=settings.reset_undo_window))
 
 
-def _mailed_among(session: Session, task_id: int, user_ids: list[int]) -> int:
+def _mailed_among(session: Session, task_id: int, user_ids: list[str]) -> int:
     total = 0
     for start in range(0, len(user_ids), UNDO_BATCH):
         total += int(session.scalar(
@@ -345,8 +370,8 @@ def _has_snapshots(session: Session, task_id: int) -> bool:
 
 
 def create_undo_task(
-    session: Session, settings: Settings, directory: Directory, task_id: int, actor: str,
-    name: str = "",
+    session: Session, settings: Settings, directory: AnyDirectory | Directory, task_id: int,
+    actor: str, name: str = "",
 ) -> tuple[ResetTask, UndoCounts]:
     """The Undo task of task `task_id`, `queued` (the caller commits, then enqueues its plan),
     and the counts it was made with; audited. Once per task, whichever edge asks: a second

@@ -41,6 +41,8 @@ from core import audit
 from core.controls import has_unsafe
 from core.csvsafe import to_csv
 from core.directory import Directory
+from core.directory.protocol import Directory as AnyDirectory
+from core.directory.sql import SqlDirectory, as_protocol
 from core.errors import InputError
 from core.passwords import normalised
 
@@ -470,8 +472,8 @@ LOOKUP_BATCH = 5000
 class NameMatch:
     """What a list of usernames found in the directory."""
 
-    #: Each name that found exactly one user -> that user's id.
-    ids: dict[str, int]
+    #: Each name that found exactly one user -> that user's id (text).
+    ids: dict[str, str]
     #: Names found under another spelling -> (the spelling in the directory, how it matched:
     #: COMPARED or IGNORING_CASE).
     case_notes: dict[str, tuple[str, str]]
@@ -485,7 +487,7 @@ COMPARED = "as the directory compares names"
 IGNORING_CASE = "matched ignoring case"
 
 
-def match_usernames(directory: Directory, names: Sequence[str]) -> NameMatch:
+def match_usernames(directory: AnyDirectory | Directory, names: Sequence[str]) -> NameMatch:
     """The users these names stand for, as the directory compares usernames.
 
     resetbot's own table matches a name exactly first; a library system's table as its
@@ -494,20 +496,27 @@ def match_usernames(directory: Directory, names: Sequence[str]) -> NameMatch:
     is matched ignoring case, when exactly one username in the directory matches that way.
     Several matches are ambiguous: only the exact spelling can say which one is meant.
     """
+    users = as_protocol(directory)
     wanted = list(dict.fromkeys(names))
-    compared: dict[str, list[tuple[str, int]]] = {}
-    if directory.profile.owned:  # resetbot's own table keeps names as they were imported
-        exact: dict[str, int] = {}
+    # resetbot's own table keeps names as they were imported (and an LDAP server's matching
+    # rule decides for it); a library system's table compares as its database does.
+    table = users.sql if isinstance(users, SqlDirectory) else None
+    as_compared = table is not None and not users.owns_users
+    compared: dict[str, list[tuple[str, str]]] = {}
+    if not as_compared:
+        exact: dict[str, str] = {}
         for batch in _batches_of(wanted, LOOKUP_BATCH):
-            exact.update((user.username, user.id) for user in directory.by_username(batch))
+            exact.update((user.username, user.id) for user in users.by_username(batch))
         compared = {name: [(name, exact[name])] for name in wanted if name in exact}
     else:
+        assert table is not None
         for batch in _batches_of([normalised(name) for name in wanted], LOOKUP_BATCH):
-            compared.update(directory.usernames_as_compared(batch))
+            for key, found_ids in table.usernames_as_compared(batch).items():
+                compared[key] = [(found, str(number)) for found, number in found_ids]
     match = NameMatch(ids={}, case_notes={}, ambiguous={}, unknown=[])
     others: list[str] = []
     for name in wanted:
-        key = name if directory.profile.owned else normalised(name)
+        key = normalised(name) if as_compared else name
         matches = _same_spelling_first(name, compared.get(key, []))
         if len(matches) == 1:
             _take(match, name, matches[0], COMPARED)
@@ -515,9 +524,9 @@ def match_usernames(directory: Directory, names: Sequence[str]) -> NameMatch:
             match.ambiguous[name] = sorted(found for found, _ in matches)
         else:
             others.append(name)
-    folded: dict[str, list[tuple[str, int]]] = {}
+    folded: dict[str, list[tuple[str, str]]] = {}
     for batch in _batches_of(others, LOOKUP_BATCH):
-        for lowered, pairs in directory.usernames_ignoring_case(batch).items():
+        for lowered, pairs in users.usernames_ignoring_case(batch).items():
             folded.setdefault(lowered, []).extend(pairs)
     for name in others:
         matches = folded.get(name.lower(), [])
@@ -531,14 +540,14 @@ def match_usernames(directory: Directory, names: Sequence[str]) -> NameMatch:
 
 
 def _same_spelling_first(
-    name: str, matches: list[tuple[str, int]]
-) -> list[tuple[str, int]]:
+    name: str, matches: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
     """One match spelled exactly as typed wins over the others the comparison finds."""
     same = [found for found in matches if normalised(found[0]) == normalised(name)]
     return same if len(same) == 1 else matches
 
 
-def _take(match: NameMatch, name: str, found: tuple[str, int], how: str) -> None:
+def _take(match: NameMatch, name: str, found: tuple[str, str], how: str) -> None:
     spelling, user_id = found
     match.ids[name] = user_id
     if normalised(spelling) != normalised(name):
@@ -582,7 +591,7 @@ class FileMatch:
     """A file's entries against the directory: who it names, and the lines that name nobody."""
 
     entries: int
-    ids: tuple[int, ...]
+    ids: tuple[str, ...]
     #: Lines naming a user already named on an earlier line (counted once).
     repeated: int
     #: Lines naming nobody, or several users, in line order.
@@ -706,10 +715,13 @@ def _take_entry(
         entries.append(ListedEntry(line, unicodedata.normalize("NFC", value), kind))
 
 
-def match_entries(directory: Directory, entries: Sequence[ListedEntry]) -> FileMatch:
+def match_entries(
+    directory: AnyDirectory | Directory, entries: Sequence[ListedEntry]
+) -> FileMatch:
     """Who a file's entries name: names by the directory's username comparison (as
     `--users-file`, through `match_usernames`), e-mail addresses ignoring case; a line that is
     no username but looks like an address is tried as one. Repeated entries count once."""
+    directory = as_protocol(directory)
     first_of: dict[tuple[str, str], int] = {}
     unique: list[ListedEntry] = []
     repeated = 0
@@ -724,11 +736,11 @@ def match_entries(directory: Directory, entries: Sequence[ListedEntry]) -> FileM
     unknown = set(names.unknown)
     addresses = [e.value for e in unique
                  if e.kind == "email" or ("@" in e.value and e.value in unknown)]
-    by_address: dict[str, list[tuple[str, int]]] = {}
+    by_address: dict[str, list[tuple[str, str]]] = {}
     for batch in _batches_of(addresses, LOOKUP_BATCH):
         for lowered, pairs in directory.emails_ignoring_case(batch).items():
             by_address.setdefault(lowered, []).extend(pairs)
-    ids: set[int] = set()
+    ids: set[str] = set()
     unmatched: list[Unmatched] = []
     for entry in unique:
         if entry.kind == "name" and entry.value in names.ids:

@@ -55,7 +55,7 @@ class TaskView:
 @dataclass(frozen=True)
 class Claimed:
     id: int
-    user_id: int
+    user_id: str
     chunk: int
     username: str
     full_name: str

@@ -15,6 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from core.addresses import usable_address
 from core.directory.koha_rules import KOHA, read_koha_rules
+from core.directory.protocol import PasswordSet
+from core.directory.sql import SqlDirectory
 from core.errors import ConfigError
 from core.models import Mode, NoEmailChoice, ResetTask, TaskStatus
 from core.passwords import generate_password
@@ -27,7 +29,7 @@ from jobs.mailer import Mailer, MailSetupError
 from jobs.outage import pause_for_mail, resume_after_mail_outage
 from jobs.progress import ProgressWatch, report_progress
 from jobs.retries import schedule_retries
-from jobs.settling import HashedBatch, fail_for_mail_setup, settle_batch
+from jobs.settling import HashedBatch, PlannedSet, fail_for_mail_setup, settle_batch
 
 
 def work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> None:
@@ -87,9 +89,10 @@ def _known_passwords(context: WorkerContext, task: TaskView) -> KnownPasswords:
 def _library_minimum(context: WorkerContext) -> int:
     """The longest minimum of the library system's own rules (Koha's, when readable): every
     generated password meets it, whoever's category (and has every class Koha calls strong)."""
-    if context.directory.profile.password_rules != KOHA:
-        return 0
-    rules = read_koha_rules(context.directory)
+    directory = context.directory
+    if not isinstance(directory, SqlDirectory) or directory.profile.password_rules != KOHA:
+        return 0  # (an LDAP directory's rules are its server's: it refuses, per user)
+    rules = read_koha_rules(directory.sql)
     return 0 if rules is None else rules.longest_minimum
 
 
@@ -129,7 +132,7 @@ class Pipeline:
             if not claimed or not self.mailer_ready(claimed):
                 break
             next_claim = self.claim_next()
-            batch = hash_batch(self.context, current, known, self.task.no_email)
+            batch = hash_batch(self.context, current, known, self.task)
             if not self.collect():
                 release(self.context, [*claimed, *next_claim.result().items])
                 break
@@ -194,32 +197,40 @@ class Pipeline:
 
 
 def hash_batch(
-    context: WorkerContext, claim: Claim, known: KnownPasswords, no_email: NoEmailChoice
+    context: WorkerContext, claim: Claim, known: KnownPasswords, task: TaskView
 ) -> HashedBatch:
-    """The cost of a reset: one salted hash per user (a new password each in generated mode).
+    """Each user's new password (a new one each in generated mode), and where the directory's
+    system reads hashes (a SQL table), its hash: the cost of a reset, on the job's thread.
 
     In generated mode a user without an address gets a random password nobody is told
-    (`reset`), none (`skip`), or the one staff typed (`set`).
+    (`reset`), none (`skip`), or the one staff typed (`set`, always to be changed at the next
+    sign-in). A directory that hashes for itself (LDAP) gets the passwords as they are, in the
+    settling stage, over TLS.
     """
     policy = context.settings.policy
+    hashing = context.directory if isinstance(context.directory, SqlDirectory) else None
     lease = Lease(context, (item.id for item in claim.items), claim.taken)
     lease.renew_if_due()
     passwords: dict[int, str] = {}
-    hashes: list[tuple[Claimed, str]] = []
+    sets: list[PlannedSet] = []
     for item in claim.items:
+        must_change = task.require_change
         if known.default is not None:
             password = known.default
         elif usable_address(item.email):  # planned items hold usable ones; older ones may not
             password = passwords[item.id] = generate_password(
                 policy, item.username, at_least=known.generated_at_least
             )
-        elif no_email is NoEmailChoice.SKIP:
+        elif task.no_email is NoEmailChoice.SKIP:
             continue
-        elif no_email is NoEmailChoice.SET and known.handout is not None:
+        elif task.no_email is NoEmailChoice.SET and known.handout is not None:
             password = known.handout
+            must_change = True  # a password staff hand out is changed at the next sign-in
         else:
             password = generate_password(policy, item.username,
                                          at_least=known.generated_at_least)
-        hashes.append((item, context.hasher.hash(password)))
+        wanted = PasswordSet(item.user_id, password, must_change)
+        new_hash = context.hasher.hash(password) if hashing is not None else None
+        sets.append(PlannedSet(item, wanted, new_hash))
         lease.renew_if_due()
-    return HashedBatch(claim.items, hashes, passwords, lease)
+    return HashedBatch(claim.items, sets, passwords, lease)

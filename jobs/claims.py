@@ -73,7 +73,7 @@ def claim_items(context: WorkerContext, task_id: int, conditions: Conditions) ->
             limit=context.settings.claim_batch,
         )
         session.commit()
-    return [Claimed(r[0], r[1], r[2], r[3], r[4] or "", r[5] or None, r[6]) for r in rows]
+    return [Claimed(r[0], str(r[1]), r[2], r[3], r[4] or "", r[5] or None, r[6]) for r in rows]
 
 
 class Lease:

@@ -19,7 +19,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import make_engine, make_sessionmaker
-from core.directory import Directory
+from core.directory.factory import open_directory
+from core.directory.protocol import Directory
+from core.directory.sql import SqlDirectory
 from core.passwords import PasswordHasher
 from core.settings import Settings
 from jobs.mail_templates import MailTemplates
@@ -67,7 +69,7 @@ class WorkerContext:
         owns_engine = engine is None
         engine = engine if engine is not None else make_engine(settings.database_url)
         try:
-            directory = Directory.from_settings(settings, engine)
+            directory = open_directory(settings, engine)
         except BaseException:
             if owns_engine:
                 engine.dispose()
@@ -77,8 +79,9 @@ class WorkerContext:
             engine=engine,
             sessions=make_sessionmaker(engine),
             directory=directory,
-            # The hash the directory's system reads (Koha: bcrypt $2a$), unless a test gives one.
-            hasher=hasher if hasher is not None else directory.hasher,
+            # The hash the directory's system reads (Koha: bcrypt $2a$), unless a test gives one;
+            # a directory that hashes for itself (LDAP) is handed passwords, never hashes.
+            hasher=hasher if hasher is not None else _hasher_of(directory, settings),
             redis=redis,
             queue=make_queue(settings, redis),
             reporter=NullReporter(),
@@ -93,6 +96,12 @@ class WorkerContext:
         self.directory.dispose()
         if self.owns_engine:
             self.engine.dispose()
+
+
+def _hasher_of(directory: Directory, settings: Settings) -> PasswordHasher:
+    if isinstance(directory, SqlDirectory):
+        return directory.hasher
+    return PasswordHasher.from_settings(settings)
 
 
 def _default_reporter(context: WorkerContext) -> Reporter:

@@ -72,7 +72,7 @@ def final_status(
         return TaskStatus.FAILED
     if cancel_requested:
         return TaskStatus.CANCELLED
-    if counts.get(ItemState.NOTIFY_FAILED):
+    if counts.get(ItemState.NOTIFY_FAILED) or counts.get(ItemState.REFUSED):
         return TaskStatus.COMPLETED_WITH_ERRORS
     return TaskStatus.COMPLETED
 

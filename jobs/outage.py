@@ -39,8 +39,11 @@ def pause_delay(first: float, pauses: int) -> float:
     return float(min(first * 2.0 ** min(pauses, 20), MAX_PAUSE_SECONDS))
 
 
-def pause_for_mail(context: WorkerContext, task_id: int, reason: str) -> None:
-    """Pause the task until the mail server may answer; fail it if it has been down too long."""
+def pause_for_mail(
+    context: WorkerContext, task_id: int, reason: str, *, what: str = "The mail server"
+) -> None:
+    """Pause the task until the mail server (or `what`: the directory) may answer; fail it if
+    it has been down too long."""
     now = utcnow()
     with context.sessions() as session:
         row = session.execute(
@@ -52,7 +55,7 @@ def pause_for_mail(context: WorkerContext, task_id: int, reason: str) -> None:
         since, pauses = row.paused_since or now, row.pauses
         if now - since >= timedelta(seconds=context.settings.mail_outage_give_up):
             session.rollback()
-            fail_task(context, task_id, f"The mail server could not be used for "
+            fail_task(context, task_id, f"{what} could not be used for "
                       f"{_duration(now - since)}: {reason}")
             return
         until = now + timedelta(seconds=pause_delay(context.settings.mail_outage_retry, pauses))

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from core.directory.ids import user_ids
 from core.models import Scope
 
 #: Whether every one of these user ids has a role (staff) in the directory now.
-AllStaff = Callable[[frozenset[int]], bool]
+AllStaff = Callable[[frozenset[str]], bool]
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,11 @@ class Reach:
     """Who a task resets, as far as telling overlap needs: its scope and its picked users."""
 
     scope: Scope
-    selection: frozenset[int]
+    selection: frozenset[str]
 
     @classmethod
-    def of(cls, scope: str, selection: Iterable[int]) -> Reach:
-        return cls(Scope(scope), frozenset(selection))
+    def of(cls, scope: str, selection: Iterable[object]) -> Reach:
+        return cls(Scope(scope), frozenset(user_ids(selection)))
 
 
 def overlaps(one: Reach, other: Reach, all_staff: AllStaff) -> bool:

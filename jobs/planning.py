@@ -21,9 +21,18 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
 from core import audit
-from core.directory import DirectoryUser
+from core.directory.ids import id_order, user_ids
+from core.directory.protocol import User
 from core.errors import InputError, QueueUnavailable
-from core.models import ItemState, ResetItem, ResetTask, Scope, StartLock, TaskStatus, utcnow
+from core.models import (
+    ItemState,
+    ResetItem,
+    ResetTask,
+    Scope,
+    StartLock,
+    TaskStatus,
+    utcnow,
+)
 from core.tasks import approval_needed, ask_approval_again
 from jobs.context import WorkerContext
 from jobs.finishing import cancel_unstarted, fail_task, finish_if_done
@@ -86,7 +95,7 @@ def _hold_for_approval(context: WorkerContext, session: Session, task: ResetTask
     queues a task, so this never fires unless one forgot to (or a task was queued before the
     rule was set); then the task is not started but waits for another admin's approval, with
     the counts taken now."""
-    task_id, scope, selection = task.id, Scope(task.scope), tuple(task.selection or ())
+    task_id, scope, selection = task.id, Scope(task.scope), user_ids(task.selection)
     channel = task.slack_channel
     counts = context.directory.preview(scope, selection)
     session.rollback()
@@ -185,8 +194,8 @@ def _running_overlap(
         .order_by(ResetTask.id)
     ).all()
 
-    def all_staff(user_ids: frozenset[int]) -> bool:
-        return not context.directory.patrons_among(user_ids)
+    def all_staff(ids: frozenset[str]) -> bool:
+        return not context.directory.patrons_among(sorted(ids))
 
     for other_id, scope, selection in running:
         if overlaps(reach, Reach.of(scope, selection or ()), all_staff):
@@ -218,8 +227,9 @@ def _take_plan_lease(context: WorkerContext, session: Session, task_id: int) -> 
 @dataclass
 class _Plan:
     scope: Scope
-    selection: list[int]
-    cursor: int
+    selection: list[str]
+    #: The last user id planned (None: from the start).
+    cursor: str | None
     count: int
     #: Accounts locked on purpose get an item already ended `locked`: never changed.
     skip_locked: bool = False
@@ -228,7 +238,7 @@ class _Plan:
 
 
 def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
-    """Stream the scope's users in id order into items, a batch per transaction.
+    """Stream the scope's users in the directory's stable order into items, a batch per transaction.
 
     Chunks are enqueued as soon as they are complete, so workers start while planning goes on;
     an interrupted plan resumes from `plan_cursor` (set with each batch, in the same commit).
@@ -243,8 +253,8 @@ def plan_items(context: WorkerContext, task_id: int, *, resuming: bool) -> None:
         # The starter holds the planning lease; anyone else (a reaper's re-plan) must take it.
         if resuming and not _take_plan_lease(context, session, task_id):
             return
-        plan = _Plan(Scope(task.scope), sorted(task.selection), task.plan_cursor, task.total,
-                     bool(task.skip_locked), task.undo_of)
+        plan = _Plan(Scope(task.scope), sorted(set(user_ids(task.selection)), key=id_order),
+                     task.plan_cursor, task.total, bool(task.skip_locked), task.undo_of)
     if resuming:
         # Chunks written before an interruption may never have reached the queue.
         for chunk in _chunks_with_pending(context, task_id):
@@ -329,7 +339,8 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
         moved = rowcount(
             session.execute(
                 update(ResetTask)
-                .where(ResetTask.id == task_id, ResetTask.plan_cursor == plan.cursor,
+                .where(ResetTask.id == task_id,
+                       ResetTask.plan_cursor.is_not_distinct_from(plan.cursor),
                        ResetTask.total == plan.count, ResetTask.planned.is_(False))
                 .values(
                     plan_cursor=cursor,
@@ -355,24 +366,29 @@ def _plan_batch(context: WorkerContext, task_id: int, plan: _Plan) -> bool | Non
     return done
 
 
-def _next_users(context: WorkerContext, plan: _Plan) -> tuple[list[DirectoryUser], int, bool]:
+def _next_users(
+    context: WorkerContext, plan: _Plan
+) -> tuple[list[User], str | None, bool]:
     """The next batch of the scope's users after the cursor, the cursor after them, and
     whether that was the last batch. A selected-only scope asks for the next page of its
-    (sorted) selection: ids no longer in the directory are passed over with their page."""
+    selection (sorted by `id_order`): ids no longer in the directory are passed over with
+    their page. The page itself bounds what the directory returns, so any directory's own
+    order of ids serves (no cursor is sent with a page)."""
     if plan.scope is not Scope.SELECTED_ONLY:
         users = context.directory.scope_batch(plan.scope, plan.selection, plan.cursor,
                                               PLAN_BATCH)
         return users, users[-1].id if users else plan.cursor, len(users) < PLAN_BATCH
-    start = bisect_right(plan.selection, plan.cursor)
+    start = 0 if plan.cursor is None else bisect_right(plan.selection, id_order(plan.cursor),
+                                                       key=id_order)
     page = plan.selection[start:start + PLAN_BATCH]
     if not page:
         return [], plan.cursor, True
-    users = context.directory.scope_batch(plan.scope, page, plan.cursor, PLAN_BATCH)
+    users = context.directory.scope_batch(plan.scope, page, None, PLAN_BATCH)
     return users, page[-1], start + PLAN_BATCH >= len(plan.selection)
 
 
 def _item_rows(
-    task_id: int, first: int, users: list[DirectoryUser], chunk_size: int, now: datetime,
+    task_id: int, first: int, users: list[User], chunk_size: int, now: datetime,
     skip_locked: bool = False,
 ) -> list[dict[str, Any]]:
     """One pending item per user; `first` is how many items the task had before these. An
@@ -386,7 +402,7 @@ def _item_rows(
             "full_name": user.full_name,
             "email": user.email,
             "is_staff": user.is_staff,
-            "state": (ItemState.LOCKED if skip_locked and user.locked
+            "state": (ItemState.LOCKED if skip_locked and user.locked_on_purpose
                       else ItemState.PENDING).value,
             "attempts": 0,
             "updated_at": now,

@@ -16,7 +16,7 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.directory import Directory
+from core.directory.protocol import Directory
 from core.settings import Settings
 from jobs.reporting import Reporter
 

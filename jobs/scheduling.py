@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from core import audit
+from core.directory.ids import user_ids
 from core.models import ResetTask, Scope, TaskStatus
 from core.schedule import as_utc, counts_drifted, is_late, lateness
 from core.tasks import approval_needed, ask_approval_again
@@ -87,7 +88,7 @@ def start_scheduled(context: WorkerContext, task_id: int, now: datetime) -> Task
             return None
         # The count it was asked for: the requester's preview, or what approvers last saw.
         start_at, scheduled_users = task.start_at, task.preview_users
-        counts = context.directory.preview(Scope(task.scope), tuple(task.selection or ()))
+        counts = context.directory.preview(Scope(task.scope), user_ids(task.selection))
         users = counts.users
         to_approve = approval_needed(context.settings, task, users)
         session.rollback()  # the count is read; the decision is a transaction of its own

@@ -7,20 +7,35 @@ its mail being accepted; a retry makes a new one.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from core.models import ItemState, utcnow
+from core.directory.protocol import DirectoryUnavailable, PasswordSet, SetOutcome, SetResult
+from core.directory.sql import SqlDirectory
+from core.models import ItemState, Mode, utcnow
 from core.undo import keeper
 from jobs.batches import Claimed, ItemOutcome, Settled, TaskView
-from jobs.claims import Lease, end_unmailed, record_outcomes, renew
+from jobs.claims import Lease, end_unmailed, record_outcomes, release, renew
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task
 from jobs.mailer import Delivery, Mailer, MailSetupError, Outcome, PasswordMail
-from jobs.outage import OUTAGE_STREAK, pause_for_mail
+from jobs.outage import OUTAGE_STREAK, pause_for_mail, resume_after_mail_outage
 from jobs.retries import mail_outcome
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlannedSet:
+    """One user's new password, and its hash when the directory's system reads hashes."""
+
+    item: Claimed
+    wanted: PasswordSet
+    new_hash: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -28,7 +43,7 @@ class HashedBatch:
     """A claimed batch after hashing: what the settling stage writes and mails."""
 
     claimed: list[Claimed]
-    hashes: list[tuple[Claimed, str]]
+    sets: list[PlannedSet] = field(repr=False)
     #: Generated passwords of the users to mail, by item id: in memory only, dropped once sent.
     passwords: dict[int, str] = field(repr=False)
     lease: Lease
@@ -37,9 +52,11 @@ class HashedBatch:
 def settle_batch(
     context: WorkerContext, task: TaskView, batch: HashedBatch, mailer: Mailer
 ) -> Settled:
-    """Write a hashed batch (hashes and states in one transaction), then mail it."""
+    """Set a batch's passwords and write its states, then mail it (those whose password the
+    directory took; after an outage mid-batch too, then the job stops)."""
     settled = Settled(retries=defaultdict(list))
-    held = _write_batch(context, task, batch)
+    held, directory_down = _write_batch(context, task, batch)
+    settled.stop = directory_down
     to_mail = [item for item in batch.claimed if item.id in batch.passwords and item.id in held]
     if not to_mail:
         batch.passwords.clear()
@@ -78,51 +95,103 @@ def fail_for_mail_setup(
     fail_task(context, task_id, error)
 
 
-def _write_batch(context: WorkerContext, task: TaskView, batch: HashedBatch) -> set[int]:
-    """Write the hashes and end the users not to be mailed; the ids this worker still holds.
+def _write_batch(
+    context: WorkerContext, task: TaskView, batch: HashedBatch
+) -> tuple[set[int], bool]:
+    """Set the passwords and end the users not to be mailed; the ids this worker still holds
+    and may mail, and whether the directory stopped answering (the job then stops).
 
-    The hashes live in the directory's database, the items' states in resetbot's: two
+    The passwords live in the directory, the items' states in resetbot's database: two
     transactions, in this order, so that a crash anywhere never leaves a user with a password
     nobody will be told:
       1. renew the lease (state): the check that this worker still holds each item; an item
-         whose lease was lost is someone else's now, and its hash is not written here;
-      2. write the hashes (directory), one transaction;
-      3. end the items not to be mailed (state); the others are ended once mailed.
+         whose lease was lost is someone else's now, and its password is not set here;
+      2. set the passwords (directory): a SQL table's hashes in one transaction, an LDAP
+         server's passwords one by one;
+      3. end the items not to be mailed, and those the directory refused (state); the others
+         are ended once mailed.
     A crash after 2 leaves the items claimed: their lease expires, the reaper hands them back,
-    and the re-do makes a fresh password, writes it again and mails it, so the last mail a user
+    and the re-do makes a fresh password, sets it again and mails it, so the last mail a user
     gets still holds the password that works. Were the states written first, a crash before the
-    hashes would record users as reset whose password never changed.
+    passwords would record users as reset whose password never changed.
+
+    A directory that stops answering mid-batch (DirectoryUnavailable) has set the passwords of
+    the users it names as done: they go on (mailed, or ended) as any others; the rest of the
+    batch goes back to pending untouched, and the task pauses until the directory may answer.
     """
     now = utcnow()
-    unmailed = [item.id for item in batch.claimed if item.id not in batch.passwords]
     with context.sessions() as session:
         held = renew(context, session, [item.id for item in batch.claimed])
         session.commit()
-    written = [(item.user_id, new_hash) for item, new_hash in batch.hashes if item.id in held]
-    handed_out = _handed_out(task, batch)
-    keep = keeper(context.settings, context.directory, context.engine, context.sessions, task.id)
-    # A password staff hand out must be changed at the next sign-in, whatever the task says.
-    for must_change, group in (
-        (True, [pair for pair in written if pair[0] in handed_out]),
-        (task.require_change, [pair for pair in written if pair[0] not in handed_out]),
-    ):
-        if group:
-            context.directory.write_hashes(group, require_change=must_change, changed_at=now,
-                                           before_write=keep)
+    wanted = [planned for planned in batch.sets if planned.item.id in held]
+    outcomes, outage = _set_passwords(context, task.id, wanted, now)
+    batch.sets.clear()  # the passwords (and hashes) are not needed any more
+    by_user = {outcome.user_id: outcome for outcome in outcomes}
+    not_done = [planned.item for planned in wanted if planned.item.user_id not in by_user]
+    refused = {
+        planned.item.id: by_user[planned.item.user_id] for planned in wanted
+        if planned.item.user_id in by_user
+        and by_user[planned.item.user_id].result is not SetResult.SET
+    }
+    for item_id in [*refused, *(item.id for item in not_done)]:
+        batch.passwords.pop(item_id, None)
+    not_done_ids = {item.id for item in not_done}
+    unmailed = [
+        item.id for item in batch.claimed
+        if item.id not in batch.passwords and item.id not in refused
+        and item.id not in not_done_ids
+    ]
     with context.sessions() as session:
         ended = end_unmailed(
             context, session, [i for i in unmailed if i in held], task.unmailed_state, now
         )
+        record_outcomes(context, session, [
+            ItemOutcome(item.id, ItemState.REFUSED, item.attempts, None,
+                        _refusal_words(refused[item.id]))
+            for item in batch.claimed if item.id in refused
+        ], now)
         session.commit()
+    if not_done:
+        release(context, not_done)
+    if outage is not None:
+        pause_for_mail(context, task.id, outage, what="The directory")
+    elif task.paused and task.mode is not Mode.GENERATED and outcomes:
+        resume_after_mail_outage(context, task.id)
     batch.lease.renewed = time.monotonic()
-    return held - (set(unmailed) - ended)
+    return held - (set(unmailed) - ended) - set(refused) - not_done_ids, outage is not None
 
 
-def _handed_out(task: TaskView, batch: HashedBatch) -> set[int]:
-    """User ids that get the password staff typed (users without an address, choice `set`)."""
-    if task.unmailed_state is not ItemState.HANDED_OUT:
-        return set()
-    return {item.user_id for item in batch.claimed if item.id not in batch.passwords}
+def _set_passwords(
+    context: WorkerContext, task_id: int, wanted: Sequence[PlannedSet], now: datetime
+) -> tuple[list[SetOutcome], str | None]:
+    """The directory's outcome per user set, and why it stopped answering (None if it did not).
+
+    A SQL table gets the hashes made on the job's thread, and keeps what they replace for Undo
+    (core/undo.py) in the same transaction; any other directory the passwords (no Undo).
+    """
+    if not wanted:
+        return [], None
+    directory = context.directory
+    try:
+        if isinstance(directory, SqlDirectory):
+            keep = keeper(context.settings, directory, context.engine, context.sessions,
+                          task_id)
+            return directory.write_hashes(
+                [(planned.wanted, planned.new_hash or "") for planned in wanted], now,
+                before_write=keep,
+            ), None
+        return directory.set_passwords([planned.wanted for planned in wanted]), None
+    except DirectoryUnavailable as error:
+        logger.warning("the directory stopped answering mid-batch (%s of %s set): %s",
+                       len(error.done), len(wanted), error)
+        said = str(error)
+        return list(error.done), said[:1].upper() + said[1:]
+
+
+def _refusal_words(outcome: SetOutcome) -> str:
+    if outcome.result is SetResult.NOT_FOUND:
+        return "The user is no longer in the directory."
+    return (outcome.reason or "The directory refused the new password.")[:2000]
 
 
 def _mail_each(

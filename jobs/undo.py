@@ -17,9 +17,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
-from core.directory import DirectoryUser
+from core.directory.protocol import User
+from core.directory.sql import sql_id
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, UndoSnapshot, utcnow
-from core.undo import Kept, kept_batch, opened
+from core.undo import Kept, kept_batch, opened, table_of
 from jobs.batches import Claimed, Conditions, ItemOutcome
 from jobs.claims import claim_items, record_outcomes, renew
 from jobs.context import WorkerContext
@@ -34,7 +35,9 @@ def undo_of(context: WorkerContext, task_id: int) -> int | None:
         return session.scalar(select(ResetTask.undo_of).where(ResetTask.id == task_id))
 
 
-def undo_users(session: Session, original: int, after: int, limit: int) -> list[DirectoryUser]:
+def undo_users(
+    session: Session, original: int, after: str | None, limit: int
+) -> list[User]:
     """The next `limit` users whose values task `original` kept, by id after `after`, as the
     planner writes them into items: who they were then, and the address to tell (only if the
     task e-mailed them)."""
@@ -42,12 +45,12 @@ def undo_users(session: Session, original: int, after: int, limit: int) -> list[
     rows = session.execute(
         select(UndoSnapshot.user_id, item.username, item.full_name, item.email, item.state)
         .join(item, (item.task_id == UndoSnapshot.task_id) & (item.user_id == UndoSnapshot.user_id))
-        .where(UndoSnapshot.task_id == original, UndoSnapshot.user_id > after)
+        .where(UndoSnapshot.task_id == original, UndoSnapshot.user_id > (after or ""))
         .order_by(UndoSnapshot.user_id).limit(limit)
     ).all()
     return [
-        DirectoryUser(int(user_id), username, full_name or "",
-                      email if state == ItemState.NOTIFIED else None, None)
+        User(str(user_id), username, full_name or "",
+             email if state == ItemState.NOTIFIED else None, None)
         for user_id, username, full_name, email, state in rows
     ]
 
@@ -74,7 +77,7 @@ def _undo_batch(
     context: WorkerContext, original: int, claimed: list[Claimed], mailer: Mailer
 ) -> None:
     with context.sessions() as session:
-        rows = kept_batch(session, original, 0, len(claimed),
+        rows = kept_batch(session, original, "", len(claimed),
                           only=[item.user_id for item in claimed])
         held = renew(context, session, [item.id for item in claimed])
         session.commit()
@@ -94,13 +97,18 @@ def _undo_batch(
         session.commit()
 
 
-def _put_back(context: WorkerContext, kept: list[Kept]) -> tuple[set[int], set[int]]:
-    if not kept:
+def _put_back(context: WorkerContext, kept: list[Kept]) -> tuple[set[str], set[str]]:
+    """Who got their previous values back, and who already had them (a re-done batch), by
+    text id. Only a SQL table keeps snapshots (core/undo.py), so only one is asked."""
+    table = table_of(context.directory)
+    numbered = {number: entry for entry in kept if (number := sql_id(entry.user_id)) is not None}
+    if table is None or not numbered:
         return set(), set()
-    return context.directory.put_back(
-        {entry.user_id: entry.written for entry in kept},
-        {entry.user_id: entry.previous for entry in kept},
+    restored, already = table.put_back(
+        {number: entry.written for number, entry in numbered.items()},
+        {number: entry.previous for number, entry in numbered.items()},
     )
+    return {str(number) for number in restored}, {str(number) for number in already}
 
 
 def _tell(mailer: Mailer, item: Claimed) -> str | None:

@@ -31,6 +31,7 @@ from bot.listeners.guard import admin_only, admitted_user
 from bot.listeners.replies import tell_where_possible
 from bot.payloads import channel_of, first_action, pending_id, task_id
 from core import audit
+from core.directory.ids import user_ids
 from core.errors import ConflictError, InputError
 from core.models import Mode, NoEmailChoice, PendingRequest, ResetTask, Scope, TaskStatus, utcnow
 from core.reset_list import (
@@ -60,7 +61,7 @@ class WantedList:
     label: str
     task_id: int | None
     scope: Scope
-    selection: tuple[int, ...]
+    selection: tuple[str, ...]
     mode: Mode
     no_email: NoEmailChoice
     skip_locked: bool = False
@@ -102,7 +103,7 @@ def _preview_list(deps: AppDeps, user: str, waiting: str | None) -> WantedList:
             raise ConflictError(LIST_NOT_YOURS)
         return WantedList(
             label="preview", task_id=None, scope=Scope(pending.scope),
-            selection=tuple(pending.selection or ()),
+            selection=user_ids(pending.selection),
             mode=Mode.DEFAULT if pending.default_password_sealed else Mode.GENERATED,
             no_email=NoEmailChoice(pending.no_email),
             skip_locked=bool(pending.skip_locked),
@@ -122,7 +123,7 @@ def _task_list(deps: AppDeps, user: str, wanted: int) -> WantedList:
                                 .where(PendingRequest.task_id == task.id))
         found = WantedList(
             label=str(task.id), task_id=task.id, scope=Scope(task.scope),
-            selection=tuple(task.selection or ()), mode=Mode(task.mode),
+            selection=user_ids(task.selection), mode=Mode(task.mode),
             no_email=NoEmailChoice(task.no_email), skip_locked=bool(task.skip_locked),
             unused_lines=tuple((report or {}).get("unmatched") or ()),
         )

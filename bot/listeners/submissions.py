@@ -183,7 +183,7 @@ def unknown_view(ack: Ack, view: dict[str, Any]) -> None:
 
 def preview_or_errors(
     deps: AppDeps, form: FormInput, user: str, name: str, channel: str | None,
-    *, selection: tuple[int, ...] | None = None, file_report: dict[str, Any] | None = None,
+    *, selection: tuple[str, ...] | None = None, file_report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ack for a readable form: field errors, or the preview of a request parked for confirm.
 

@@ -15,9 +15,13 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, String, case, cast, func, literal, null, select
 
+from core.directory.ldap.directory import LdapDirectory
+from core.directory.protocol import Directory as AnyDirectory
+from core.directory.protocol import DirectoryUnavailable, User
+from core.directory.sql import SqlDirectory
 from core.directory.table import Directory
 from core.directory.users import DirectoryUser
-from core.search_copy import SearchCopy, SearchRow, load_rows
+from core.search_copy import LOAD_ERRORS, SearchCopy, SearchRow, load_rows
 from core.settings import Settings
 
 #: Where resetbot's own table has its search index (core/directory/search_index.py).
@@ -83,9 +87,24 @@ class CopySearch:
         return [_user(row) for row in self.copy.search(term, limit)]
 
 
+class CopySearchUsers:
+    """The protocol's search (text ids) answered from the search copy, for an LDAP directory."""
+
+    def __init__(self, copy: SearchCopy) -> None:
+        self.copy = copy
+
+    def search(self, term: str, limit: int) -> list[User]:
+        return [
+            User(id=str(row.id), username=row.username,
+                 full_name=" ".join(row.display_name.split()), email=row.email,
+                 role=STAFF_ROLE if row.is_staff else None)
+            for row in self.copy.search(term, limit)
+        ]
+
+
 def _user(row: SearchRow) -> DirectoryUser:
     return DirectoryUser(
-        id=row.id,
+        id=int(row.id),
         username=row.username,
         full_name=" ".join(row.display_name.split()),
         email=row.email,
@@ -93,10 +112,32 @@ def _user(row: SearchRow) -> DirectoryUser:
     )
 
 
-def attach_search_copy(settings: Settings, directory: Directory) -> SearchCopy | None:
+def attach_search_copy(
+    settings: Settings, directory: AnyDirectory | Directory
+) -> SearchCopy | None:
     """Give `directory` a search copy when it needs one (None when it does not), and plug it
-    in as the directory's picker search. The copy is
-    not read yet: `reload()` it at start."""
+    in as the directory's picker search. The copy is not read yet: `reload()` it at start.
+
+    An LDAP directory's copy is read from its paged `picker_rows`; a SQL table's from the
+    profile's columns."""
+    if isinstance(directory, SqlDirectory):
+        return _attach_to_table(settings, directory.sql)
+    if isinstance(directory, Directory):
+        return _attach_to_table(settings, directory)
+    if not isinstance(directory, LdapDirectory):
+        return None
+    ldap = directory
+
+    def ldap_rows() -> Iterator[SearchRow]:
+        return (SearchRow(*row) for row in ldap.picker_rows())
+
+    copy = SearchCopy(ldap_rows, settings.directory_search_refresh,
+                      errors=(*LOAD_ERRORS, DirectoryUnavailable))
+    ldap.use_search(CopySearchUsers(copy))
+    return copy
+
+
+def _attach_to_table(settings: Settings, directory: Directory) -> SearchCopy | None:
     if not needs_search_copy(settings, directory):
         return None
     query = search_select(directory)

@@ -16,18 +16,16 @@ Password Modify, Active Directory's `unicodePwd`) can sit behind the same seam:
 - the directory's own password rules (`password_rules`) are read from it, so a default or typed
   password it would refuse is refused where it was typed, with its reason.
 
-Groundwork, not yet the engine's seam (issue 19). What is left for the session that rewires:
-- the SQL `Directory` does not implement this protocol yet: its ids are `int`, it returns
-  `DirectoryUser`/`Preview` (users.py) rather than `User`/`Counts`, and it has
-  `write_hashes` where this has `set_passwords`; moving it under `core/directory/sql/` and
-  adapting it (hashing inside `set_passwords`, `str(id)` out, `int(id)` in) is that session's;
-- resetbot's state keeps integer user ids (`reset_items.user_id`, selections): a migration to
-  text ids on SQLite, PostgreSQL and MariaDB, and the planner's cursor as text;
-- the worker (jobs/settling.py) writes hashes and knows no "refused" outcome; the planner, the
-  preview, the approval and schedule re-counts and the CLI import `Directory` from table.py;
-- the picker's search copy (core/search_copy.py) keeps ids in an `array('q')`: `PickerRow.id`
-  is text here;
-- `users import/export` must be refused when `owns_users` is False (as for Koha).
+The seam (issue 19): `core/directory/factory.py` makes the directory of Settings, either
+`core/directory/sql.SqlDirectory` (the table directories of table.py: text ids in and out,
+hashing in the worker) or `core/directory/ldap.LdapDirectory`; the planner, the worker, the
+preview, the approval and schedule re-counts, the CLI and the Slack app use only this protocol
+(plus, for a SQL table, the hashing fast path of jobs/settling.py). Left to do:
+- table.py stays where it is (other work edits it); moving it under `core/directory/sql/` is a
+  pure move;
+- an LDAP preview reads every entry of the scope (LDAP has no COUNT), and `scope_batch` keeps
+  the scope's users in memory while a planner walks it;
+- Koha's `login_attempts=-1` is not yet counted as locked on purpose by the SQL directory.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from core.directory.users import Preview
 from core.errors import ResetbotError
 from core.models import Scope
 
@@ -66,16 +65,9 @@ class User:
         return bool(self.email and self.email.strip())
 
 
-@dataclass(frozen=True)
-class Counts:
-    """What a scope would do, counted before anything changes."""
-
-    users: int
-    emailable: int
-    without_email: int
-    staff: int
-    #: Users locked on purpose among `users` (kept locked by a reset).
-    locked_on_purpose: int = 0
+#: What a scope would do, counted before anything changes (users, emailable, without_email,
+#: staff, locked: the users locked on purpose, ...): one record for every directory.
+Counts = Preview
 
 
 class PickerRow(NamedTuple):
@@ -197,6 +189,11 @@ class Directory(Protocol):
     ) -> dict[str, list[tuple[str, UserId]]]:
         """Lower-cased name -> the (username, id) pairs it matches when case is ignored."""
 
+    def emails_ignoring_case(
+        self, emails: Sequence[str]
+    ) -> dict[str, list[tuple[str, UserId]]]:
+        """Lower-cased address -> the (username, id) of each user who has it, case ignored."""
+
     def patrons_among(self, ids: Sequence[UserId]) -> int:
         """How many of these users are not staff."""
 
@@ -212,9 +209,11 @@ class Directory(Protocol):
         directory's stable order; fewer than `limit` means the scope is done."""
 
     def usernames_in_password(
-        self, password: str, scope: Scope, selection: Sequence[UserId]
+        self, password: str, scope: Scope, selection: Sequence[UserId], *,
+        without_email_only: bool = False,
     ) -> int:
-        """How many users of the scope have a username the password contains."""
+        """How many users of the scope have a username the password contains (with
+        `without_email_only`, of those without a usable address)."""
 
     # -- the picker ----------------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ def test_retry_from_the_terminal_mails_the_failed_users_once_and_is_audited(
             "task #1.") in retried.out
     original, retry = tasks(sessions)
     operator = f"cli:{login_name()}"
-    assert (retry.retry_of, retry.selection, retry.requester) == (1, [2], operator)
+    assert (retry.retry_of, retry.selection, retry.requester) == (1, ["2"], operator)
     assert original.retried_by == retry.id == 2
     [entry] = audit_entries(sessions, "retry")
     assert (entry.actor, entry.task_id, entry.detail) == (operator, 2, {"retry_of": 1, "users": 1})

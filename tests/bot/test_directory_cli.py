@@ -21,6 +21,7 @@ from bot.cli import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED
 from bot.wsgi import make_wsgi_app
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
+from core.directory.sql import SqlDirectory
 from core.directory.survey import hash_format
 from core.migrate import upgrade
 from core.settings import Settings
@@ -299,7 +300,8 @@ def test_an_unusable_directory_stops_every_command_with_one_line(
 def _health(sessions: sessionmaker[Session], redis: Redis,
             directory: Directory | None) -> tuple[str, Any]:
     wsgi = make_wsgi_app(None, signing_secret=None, sessions=sessions, redis=redis,
-                         namespace="unused", directory=directory)
+                         namespace="unused",
+                         directory=None if directory is None else SqlDirectory(directory))
     statuses: list[str] = []
     body = b"".join(wsgi({"PATH_INFO": "/healthz", "REQUEST_METHOD": "GET"},
                          lambda status, headers: statuses.append(status)))  # type: ignore[arg-type,return-value]

@@ -38,6 +38,7 @@ from bot.listeners.command import reset_passwords
 from bot.listeners.guard import admin_only
 from bot.listeners.submissions import confirm, submit_form
 from core.directory import Directory
+from core.directory.sql import SqlDirectory
 from core.models import AuditEntry, PendingRequest, ResetTask
 from core.settings import Settings
 from jobs.queueing import enqueue_task, make_queue, task_of_job
@@ -83,7 +84,7 @@ def deps(
     return AppDeps(
         settings=with_slack,
         sessions=sessions,
-        directory=directory,
+        directory=SqlDirectory(directory),
         admins=Admins(with_slack, client),
         enqueue=partial(enqueue_task, queue),
         background=InlineExecutor(),

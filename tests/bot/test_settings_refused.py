@@ -144,8 +144,18 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
      "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB); if its password "
      "holds @, #, / or :, URL-encode the password (`@` is `%40`)"),
     ({"DIRECTORY_PROFILE": "no such profile"},
-     "DIRECTORY_PROFILE: 'no such profile' is neither a profile name (resetbot, koha) nor a "
-     ".toml file's path"),
+     "DIRECTORY_PROFILE: 'no such profile' is neither a profile name (resetbot, koha, "
+     "openldap, active-directory) nor a .toml file's path"),
+    # An LDAP directory's settings are read whole at start; its password is never shown.
+    ({"DIRECTORY_URL": "ldaps://ldap.example.org/dc=example,dc=org",
+      "DIRECTORY_BIND_PASSWORD": "hunter2"},
+     "DIRECTORY_BIND_DN: not set (resetbot signs in as a service account; it never binds "
+     "anonymously)"),
+    ({"DIRECTORY_URL": "ldaps://ldap.example.org/dc=example,dc=org",
+      "DIRECTORY_BIND_DN": "cn=resetbot,dc=example,dc=org", "DIRECTORY_BIND_PASSWORD": "hunter2",
+      "DIRECTORY_PROFILE": "koha"},
+     "DIRECTORY_PROFILE: 'koha' is neither an LDAP profile resetbot ships (openldap, "
+     "active-directory) nor a file"),
 ], ids=lambda value: "-".join(value) if isinstance(value, dict) else None)
 def test_a_bad_setting_stops_the_command_with_one_line(
     tmp_path: Path, env: dict[str, str], line: str

@@ -413,7 +413,7 @@ def test_retry_failed_starts_a_task_for_just_those_users(
     answer = mail_app.slack.click("retry_failed", str(task_id))
     assert answer.status == 200
     retry = tasks(mail_app.sessions)[-1]
-    assert (retry.retry_of, retry.selection, retry.requester) == (task_id, [2], ADMIN)
+    assert (retry.retry_of, retry.selection, retry.requester) == (task_id, ["2"], ADMIN)
     assert retry.slack_channel == CHANNEL
     said = slack_standin.wait_for_call("chat.postEphemeral")
     assert f"Started reset #{retry.id}" in said.params["text"]

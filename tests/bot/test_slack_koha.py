@@ -208,8 +208,8 @@ def test_undo_from_the_thread_gives_koha_borrowers_their_previous_password(
     assert koha_accepts([(before(n), str(after[n][password])) for n in restored]) == [
         True] * len(restored)
     with app.sessions() as session:
-        states = dict(session.execute(select(ResetItem.user_id, ResetItem.state)
-                                      .where(ResetItem.task_id == undo.id)).all())
+        states = {int(user_id): state for user_id, state in session.execute(
+            select(ResetItem.user_id, ResetItem.state).where(ResetItem.task_id == undo.id))}
     assert states.pop(3) == ItemState.CHANGED_SINCE
     assert states == dict.fromkeys(restored, ItemState.RESTORED)
     emails = {b.number: b.email for b in BORROWERS}

@@ -278,7 +278,7 @@ def check_a_listed_file_end_to_end(app: RunningApp) -> None:
     with app.sessions() as session:
         pending = session.get(PendingRequest, preview["private_metadata"])
         assert pending is not None
-        assert sorted(pending.selection) == sorted(listed.expected_ids)
+        assert sorted(map(int, pending.selection)) == sorted(listed.expected_ids)  # ids as text
         report = pending.file_report
         assert report is not None
     unmatched = {item["line"]: item for item in report["unmatched"]}
@@ -321,7 +321,7 @@ def test_a_csv_with_its_columns_in_another_order_and_excel_utf16(file_app: Runni
     with file_app.sessions() as session:
         pending = session.get(PendingRequest, preview["private_metadata"])
         assert pending is not None
-        assert sorted(pending.selection) == [100, 101, 102]
+        assert sorted(map(int, pending.selection)) == [100, 101, 102]
 
 
 @sqlite_only
@@ -332,7 +332,7 @@ def test_excel_unicode_text_with_tabs(file_app: RunningApp) -> None:
     preview = after_ack(file_app, submit_file(file_app, file_id, password=GOOD_PASSWORD))
     with file_app.sessions() as session:
         pending = session.get(PendingRequest, preview["private_metadata"])
-        assert pending is not None and sorted(pending.selection) == [104, 105]
+        assert pending is not None and sorted(map(int, pending.selection)) == [104, 105]
 
 
 @sqlite_only
@@ -341,7 +341,7 @@ def test_utf8_with_bom_is_read(file_app: RunningApp) -> None:
     preview = after_ack(file_app, submit_file(file_app, file_id, password=GOOD_PASSWORD))
     with file_app.sessions() as session:
         pending = session.get(PendingRequest, preview["private_metadata"])
-        assert pending is not None and sorted(pending.selection) == [100, 103]
+        assert pending is not None and sorted(map(int, pending.selection)) == [100, 103]
 
 
 # ---- refusals ------------------------------------------------------------------------------------
@@ -452,7 +452,7 @@ def test_everyone_except_a_file_of_users(file_app: RunningApp) -> None:
                                               password=GOOD_PASSWORD))
     with file_app.sessions() as session:
         pending = session.get(PendingRequest, preview["private_metadata"])
-        assert pending is not None and sorted(pending.selection) == [100, 101]
+        assert pending is not None and sorted(map(int, pending.selection)) == [100, 101]
     total = LISTED - 100 + 4
     assert f"*Users to reset*\n{total - 2:,}" in view_text(preview)
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import tasks
 from core.directory import Directory
+from core.directory.sql import SqlDirectory
 from core.errors import ConfigError, ConflictError
 from core.models import Scope
 from core.passwords import (
@@ -136,7 +137,7 @@ def test_confirm_consumes_a_pending_request_once(
     request = tasks.ResetRequest(requester="U1", scope=Scope.SELECTED_ONLY, selection=(1, 2),
                                  default_password="Tr4vel-Lantern-Quill")
     with sessions() as session:
-        tasks.validate_request(settings, directory, request)
+        tasks.validate_request(settings, SqlDirectory(directory), request)
         pending = tasks.create_pending(session, settings, request)
         session.commit()
         assert "Tr4vel" not in (pending.default_password_sealed or "")
@@ -160,11 +161,11 @@ def test_the_bcrypt_length_limit_follows_the_hash_the_directory_writes(
     as_koha = Directory.own_table(engine, settings.directory,
                                   PasswordHasher(("bcrypt",), ident="2a"))
     with pytest.raises(tasks.RequestInvalid) as refused:
-        tasks.validate_request(pbkdf2_settings, as_koha, request)
+        tasks.validate_request(pbkdf2_settings, SqlDirectory(as_koha), request)
     assert any("72 bytes" in reason for reason in refused.value.problems["password"])
     as_pbkdf2 = Directory.own_table(engine, settings.directory,
                                     PasswordHasher(("pbkdf2_sha256",)))
-    assert tasks.validate_request(pbkdf2_settings, as_pbkdf2, request).users > 0
+    assert tasks.validate_request(pbkdf2_settings, SqlDirectory(as_pbkdf2), request).users > 0
 
 
 def test_database_errors_never_show_statement_parameters(engine: object) -> None:

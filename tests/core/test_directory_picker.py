@@ -42,11 +42,12 @@ def test_a_profile_file_on_sqlite_gives_the_copy_koha_s_columns(
     directory = Directory.from_settings(configured)
     try:
         assert needs_search_copy(configured, directory)
-        rows = {row.id: row for row in load_rows(directory.engine, search_select(directory))}
+        rows = {int(row.id): row
+                for row in load_rows(directory.engine, search_select(directory))}
         assert len(rows) == len(BORROWERS)
         for b in BORROWERS:
             assert rows[b.number] == SearchRow(
-                b.number, b.username, f"{b.firstname} {b.surname}", b.cardnumber,
+                str(b.number), b.username, f"{b.firstname} {b.surname}", b.cardnumber,
                 b.email or None, b.is_staff,
             )
         copy = attach_search_copy(configured, directory)

@@ -224,7 +224,7 @@ def test_the_four_scopes_are_counted_as_the_preview_shows_them(directory: LdapDi
     assert directory.preview(Scope.ALL, ()).users == total
     counted = directory.preview(Scope.ALL, ())
     # nomail and blank have no usable address; sam and sue are staff; frozen is locked.
-    assert (counted.without_email, counted.staff, counted.locked_on_purpose) == (2, 2, 1)
+    assert (counted.without_email, counted.staff, counted.locked) == (2, 2, 1)
     assert counted.emailable == total - 2
     patrons = directory.preview(Scope.ALL_WITHOUT_ROLE, ())
     assert (patrons.users, patrons.staff) == (total - 2, 0)

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.every_database
 
 RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log",
                    "task_start_lock", "undo_snapshots"}
-HEAD = "0010"
+HEAD = "0011"
 
 
 @pytest.fixture
@@ -225,3 +225,43 @@ def test_0005_drops_the_running_slot_and_adds_the_start_lock(
         assert connection.execute(text("SELECT status FROM reset_tasks")).all() == [("running",)]
         assert connection.execute(text("SELECT id FROM task_start_lock")).all() == [(1,)]
     assert _schema_differences(fresh_engine, settings.directory) == []
+
+
+def test_0011_keeps_integer_user_ids_as_their_text_and_resumes_plans(
+    settings: Settings, fresh_engine: Engine
+) -> None:
+    """Ids become opaque text (issue 19): a task planned before the upgrade goes on, its items'
+    ids read back as their decimal text, a plan not yet begun has no cursor (NULL), one under
+    way keeps its last id; a text id (an entryUUID) is then stored as it is."""
+    assert upgrade(settings, "0007") == "0007"
+    task_columns = (
+        "requester, requester_name, scope, selection, mode, require_change, status, total, "
+        "planned, plan_cursor, reported_step, reported_waiting, reported_retry_round, "
+        "summary_posted, slack_started_posted, slack_milestone, slack_error_posted, "
+        "slack_csv_posted, cancel_requested, no_email, pauses, created_at"
+    )
+    values = ("'cli:x', '', 'all', '[]', 'default', true, 'running', 0, false, {cursor}, 0, "
+              "false, 0, false, false, 0, false, false, false, 'reset', 0, CURRENT_TIMESTAMP")
+    with fresh_engine.begin() as connection:
+        for cursor in (0, 1234):
+            connection.execute(text(f"INSERT INTO reset_tasks ({task_columns}) VALUES "
+                                    f"({values.format(cursor=cursor)})"))
+        connection.execute(text(
+            "INSERT INTO reset_items (task_id, user_id, chunk, username, full_name, is_staff, "
+            "state, attempts, updated_at) VALUES (2, 1234, 0, 'ann', '', false, 'pending', 0, "
+            "CURRENT_TIMESTAMP)"
+        ))
+    assert upgrade(settings) == HEAD
+    assert _schema_differences(fresh_engine, settings.directory) == []
+    uuid = "9b2f6c1e-5a1d-4c3e-8f0a-0c1d2e3f4a5b"
+    with fresh_engine.begin() as connection:
+        cursors = connection.execute(text("SELECT plan_cursor FROM reset_tasks ORDER BY id"))
+        assert cursors.all() == [(None,), ("1234",)]
+        assert connection.execute(text("SELECT user_id FROM reset_items")).all() == [("1234",)]
+        connection.execute(text(
+            "INSERT INTO reset_items (task_id, user_id, chunk, username, full_name, is_staff, "
+            "state, attempts, updated_at) VALUES (2, :uuid, 0, 'bob', '', false, 'pending', 0, "
+            "CURRENT_TIMESTAMP)"
+        ), {"uuid": uuid})
+        ids = connection.execute(text("SELECT user_id FROM reset_items ORDER BY id")).all()
+        assert ids == [("1234",), (uuid,)]

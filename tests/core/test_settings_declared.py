@@ -41,7 +41,7 @@ def test_the_readme_table_is_exactly_the_declared_settings() -> None:
 def test_help_rows_name_each_variable_once_with_a_default_and_a_meaning() -> None:
     rows = settings_help()
     names = [name for name, _, _ in rows]
-    assert len(names) == len(set(names)) == 55
+    assert len(names) == len(set(names)) == 60
     assert all(name.isupper() and default and meaning for name, default, meaning in rows)
     assert ("SMTP_TIMEOUT", "`30`", "seconds per SMTP operation") in rows
     assert rows[names.index("REDIS_URL")][:2] == ("REDIS_URL", "unset")
@@ -54,6 +54,11 @@ def every_field_changed() -> Settings:
         database_url="postgresql+psycopg://u@db/resetbot",
         directory_url="mysql+pymysql://koha@db/koha",
         directory_profile="/etc/resetbot/library.toml",
+        directory_tls_ca_file="/etc/ssl/library-ca.pem",
+        directory_bind_dn="cn=resetbot,ou=services,dc=library,dc=example",
+        directory_bind_password="bind secret",
+        directory_bind_password_file="/run/secrets/bind",
+        directory_staff_group="cn=staff,ou=groups,dc=library,dc=example",
         redis_url="redis://r:6379/2",
         reset_queue="other-queue",
         smtp_host="mail.example.org",

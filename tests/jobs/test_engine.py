@@ -460,7 +460,7 @@ def test_the_reaper_returns_expired_leases_and_the_task_completes(
     with sessions() as session:
         session.execute(
             update(ResetItem)
-            .where(ResetItem.task_id == task_id, ResetItem.user_id.in_([1, 2, 3]))
+            .where(ResetItem.task_id == task_id, ResetItem.user_id.in_(["1", "2", "3"]))
             .values(state=ItemState.CLAIMED, leased_by="dead-worker", lease_until=past)
         )
         session.commit()

@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.directory import Directory
+from core.directory.sql import SqlDirectory
 from core.models import ItemState, NoEmailChoice, ResetTask, Scope, TaskStatus
 from core.passwords import PasswordHasher
 from core.settings import Settings
@@ -101,7 +102,7 @@ def test_a_choice_that_cannot_work_is_refused_on_its_field(
                            no_email_password=handout, default_password=default)
 
     with pytest.raises(RequestInvalid) as refused:
-        validate_request(settings, directory, request)
+        validate_request(settings, SqlDirectory(directory), request)
 
     assert list(refused.value.problems) == ["no_email_password"]
     assert any(said in reason for reason in refused.value.problems["no_email_password"])

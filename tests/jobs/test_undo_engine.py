@@ -27,7 +27,7 @@ from core.models import (
 )
 from core.passwords import PasswordHasher
 from core.settings import Settings
-from core.undo import create_undo_task, kept_batch, opened, refusal
+from core.undo import create_undo_task, kept_batch, opened, refusal, table_of
 from jobs.claims import chunk_items, claim_items
 from jobs.context import WorkerContext
 from jobs.queueing import enqueue_task
@@ -85,11 +85,13 @@ def test_a_worker_dying_after_putting_users_back_harms_nobody(context: WorkerCon
     claimed = claim_items(dying, undo_id, chunk_items(undo_id, 0))
     assert claimed, "the dying worker held a batch"
     with context.sessions() as session:
-        rows = kept_batch(session, reset_id, 0, 100, only=[item.user_id for item in claimed])
+        rows = kept_batch(session, reset_id, "", 100, only=[item.user_id for item in claimed])
     batch = opened(context.settings, rows)
-    restored, _ = context.directory.put_back({k.user_id: k.written for k in batch},
-                                             {k.user_id: k.previous for k in batch})
-    assert restored == {item.user_id for item in claimed}
+    table = table_of(context.directory)
+    assert table is not None
+    restored, _ = table.put_back({int(k.user_id): k.written for k in batch},
+                                 {int(k.user_id): k.previous for k in batch})
+    assert {str(number) for number in restored} == {item.user_id for item in claimed}
     report = reap(context, now=utcnow() + timedelta(seconds=context.settings.lease_seconds + 1))
     assert report.leases_returned == len(claimed)
 

@@ -691,7 +691,7 @@ def test_a_retry_over_the_minimum_waits_for_another_admins_approval(
 
     said = ephemeral_for(slack_standin, ADMIN)
     retry = the_task(approval_app)
-    assert retry.retry_of == original and retry.selection == [1, 2, 3, 7]
+    assert retry.retry_of == original and retry.selection == ["1", "2", "3", "7"]
     assert retry.status == TaskStatus.AWAITING_APPROVAL, said
     assert "another admin" in said and f"#{retry.id}" in said
     assert retry.preview == {"users": 4, "emailable": 4, "without_email": 0, "staff": 0}

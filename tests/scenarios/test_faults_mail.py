@@ -116,7 +116,7 @@ def _has_follow_ups(context: WorkerContext, task_id: int) -> bool:
 def items(sessions: sessionmaker[Session], task_id: int) -> dict[int, ResetItem]:
     with sessions() as session:
         found = session.scalars(select(ResetItem).where(ResetItem.task_id == task_id))
-        return {item.user_id: item for item in found}
+        return {int(item.user_id): item for item in found}  # the test table's integer ids
 
 
 def add_mailable_users(engine: Engine, directory: Directory, count: int) -> None:

@@ -191,7 +191,7 @@ def test_a_task_over_hostile_users_injects_no_header_pings_nobody_and_keeps_csv_
 
     with sessions() as session:
         task = session.get(ResetTask, task_id)
-        outcome = {i.user_id: i for i in session.scalars(
+        outcome = {int(i.user_id): i for i in session.scalars(
             select(ResetItem).where(ResetItem.task_id == task_id))}
     assert task is not None and task.status == TaskStatus.COMPLETED  # no mail failed
     # Mail: the injecting address (and one with a tab) is no usable address (core.addresses):

@@ -93,8 +93,8 @@ def mailed_numbers(cli_settings: Settings, task_id: int) -> set[int]:
     engine = make_engine(cli_settings.database_url)
     try:
         with Session(engine) as session:
-            return set(session.scalars(select(ResetItem.user_id).where(
-                ResetItem.task_id == task_id, ResetItem.state == ItemState.NOTIFIED)))
+            return {int(user_id) for user_id in session.scalars(select(ResetItem.user_id).where(
+                ResetItem.task_id == task_id, ResetItem.state == ItemState.NOTIFIED))}
     finally:
         engine.dispose()
 

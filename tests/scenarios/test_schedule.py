@@ -25,6 +25,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.directory import Directory
+from core.directory.sql import SqlDirectory
 from core.models import AuditEntry, ResetTask, Scope, TaskStatus, utcnow
 from core.passwords import PasswordHasher
 from core.settings import Settings
@@ -251,7 +252,8 @@ def test_a_count_changed_by_more_than_ten_percent_holds_the_task_until_confirmed
     assert [e.action for e in audit_actions(sessions, task_id)][-1] == "schedule_held"
 
     with sessions() as session:
-        confirm_held_start(session, context.settings, directory, task_id, "cli:approver")
+        confirm_held_start(session, context.settings, SqlDirectory(directory), task_id,
+                           "cli:approver")
         session.commit()
     reap(context)  # the queued task is woken (as if its enqueue had been lost)
     final = run_until_final(context, task_id)
@@ -312,9 +314,9 @@ def test_a_count_that_crosses_the_approval_minimum_at_its_start_waits_for_approv
     # Later passes leave it; the requester cannot approve it; another admin can.
     assert reap(context, now=start_at + timedelta(minutes=5)).schedules_started == 0
     with sessions() as session, pytest.raises(approval.SelfApproval):
-        approval.approve(session, directory, task_id, "cli:tester")
+        approval.approve(session, SqlDirectory(directory), task_id, "cli:tester")
     with sessions() as session:
-        outcome = approval.approve(session, directory, task_id, "UAPPROVER")
+        outcome = approval.approve(session, SqlDirectory(directory), task_id, "UAPPROVER")
         session.commit()
     assert isinstance(outcome, approval.Approved)
     # Approved, it starts at its time (come already; this test's clock is injected).
@@ -340,7 +342,7 @@ def test_start_now_of_a_held_task_that_the_approval_rule_covers_asks_for_approva
     strict = replace(settings, reset_approval_min_users=6)
 
     with sessions() as session:
-        task = confirm_held_start(session, strict, directory, task_id, "cli:tester")
+        task = confirm_held_start(session, strict, SqlDirectory(directory), task_id, "cli:tester")
         session.commit()
         assert task.status == TaskStatus.AWAITING_APPROVAL
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from sqlalchemy import Engine, select
@@ -140,7 +141,13 @@ def user_rows(sessions: sessionmaker[Session], directory: Directory) -> dict[int
     return {row[0]: UserRow(row[0], row[1], row[2], bool(row[3])) for row in rows}
 
 
-def items_by_user(sessions: sessionmaker[Session], task_id: int) -> dict[int, ResetItem]:
+def items_by_user(sessions: sessionmaker[Session], task_id: int) -> dict[Any, ResetItem]:
+    """A task's items by user id: the SQL test tables' integer ids as integers (resetbot keeps
+    every id as text), any other id (an entryUUID) as its text."""
     with sessions() as session:
         found = session.scalars(select(ResetItem).where(ResetItem.task_id == task_id))
-        return {item.user_id: item for item in found}
+        return {as_test_id(item.user_id): item for item in found}
+
+
+def as_test_id(user_id: str) -> int | str:
+    return int(user_id) if user_id.isdigit() else user_id

@@ -36,6 +36,8 @@ from bot.app import create_app
 from bot.wsgi import EVENTS_PATH, make_wsgi_app
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
+from core.directory.protocol import Directory as AnyDirectory
+from core.directory.sql import SqlDirectory
 from core.migrate import upgrade
 from core.settings import Settings
 from jobs.queueing import make_queue
@@ -346,13 +348,15 @@ class QuietHandler(WSGIRequestHandler):
 def start_app(
     settings: Settings,
     sessions: sessionmaker[Session],
-    directory: Directory,
+    directory: Directory | AnyDirectory,
     redis: Redis,
     standin: SlackStandIn,
     **create_kwargs: Any,
 ) -> tuple[RunningApp, threading.Thread]:
     queue = make_queue(settings, redis)
-    app = create_app(settings, sessions=sessions, directory=directory, queue=queue,
+    # The tests' table directory (conftest), behind the protocol as `serve` makes it.
+    served = SqlDirectory(directory) if isinstance(directory, Directory) else directory
+    app = create_app(settings, sessions=sessions, directory=served, queue=queue,
                      **create_kwargs)
     wsgi = make_wsgi_app(app, signing_secret=settings.slack_signing_secret, sessions=sessions,
                          redis=redis, namespace=settings.reset_queue)

@@ -18,7 +18,7 @@ Password Modify or unicodePwd), then the must-change and unlock modifications. A
 words, and the batch goes on; a connection that breaks raises DirectoryUnavailable carrying the
 outcomes so far (nothing names a password).
 
-Not wired to the engine yet (issue 19 groundwork): see protocol.py.
+Made from Settings by core/directory/factory.py (an `ldaps://` or `ldap://` DIRECTORY_URL).
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import threading
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ldap3 import BASE, SUBTREE, Connection
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.log import PROTOCOL, log_enabled
 
+from core.addresses import usable_address
 from core.directory.ldap.active_directory import ActiveDirectoryRules
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.connection import close_quietly, connect, unavailable
@@ -72,6 +73,12 @@ IDS_PER_FILTER = 200
 STAFF_ROLE = "staff"
 
 
+class UserSearch(Protocol):
+    """Where the picker's matches come from, when not from the server itself."""
+
+    def search(self, term: str, limit: int) -> list[User]: ...
+
+
 @dataclass(frozen=True)
 class _Entry:
     dn: str
@@ -91,6 +98,8 @@ class LdapDirectory:
         self._connection: Connection | None = None
         self._lock = threading.RLock()
         self._walk: tuple[tuple[Scope, tuple[UserId, ...]], list[User]] | None = None
+        #: The picker's search copy (core/directory/picker.py), when the app keeps one.
+        self.search_source: UserSearch | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LdapDirectory:
@@ -251,6 +260,25 @@ class LdapDirectory:
                 found.setdefault(user.username.lower(), []).append((user.username, user.id))
         return found
 
+    def emails_ignoring_case(
+        self, emails: Sequence[str]
+    ) -> dict[str, list[tuple[str, UserId]]]:
+        """Lower-cased address -> (username, id) of its users (`mail` ignores case on the
+        server; Python decides)."""
+        attribute = self.profile.email
+        wanted = sorted({email.lower() for email in emails})
+        found: dict[str, list[tuple[str, UserId]]] = {}
+        if not attribute or not wanted:
+            return found
+        for start in range(0, len(wanted), IDS_PER_FILTER):
+            terms = "".join(f"({attribute}={escape_filter_chars(email)})"
+                            for email in wanted[start : start + IDS_PER_FILTER])
+            for user in self._read_users(self._users_filter(f"(|{terms})")):
+                key = (user.email or "").lower()
+                if key in wanted:
+                    found.setdefault(key, []).append((user.username, user.id))
+        return found
+
     def _named(self, names: Sequence[str]) -> list[User]:
         """Users any of whose username attributes is one of `names` (the server's matching
         rule decides case: uid and sAMAccountName ignore it)."""
@@ -292,7 +320,7 @@ class LdapDirectory:
             emailable=emailable,
             without_email=len(users) - emailable,
             staff=sum(1 for user in users if user.is_staff),
-            locked_on_purpose=sum(1 for user in users if user.locked_on_purpose),
+            locked=sum(1 for user in users if user.locked_on_purpose),
         )
 
     def scope_batch(
@@ -309,18 +337,26 @@ class LdapDirectory:
         return users[start : start + limit]
 
     def usernames_in_password(
-        self, password: str, scope: Scope, selection: Sequence[UserId]
+        self, password: str, scope: Scope, selection: Sequence[UserId], *,
+        without_email_only: bool = False,
     ) -> int:
         lowered = password.lower()
         return sum(
             1 for user in self.scope_users(scope, selection)
             if user.username and user.username.lower() in lowered
+            and not (without_email_only and usable_address(user.email))
         )
 
     # -- the picker ----------------------------------------------------------------------------
 
+    def use_search(self, source: UserSearch | None) -> None:
+        """Answer the picker from `source` (the app's search copy) instead of the server."""
+        self.search_source = source
+
     def search(self, term: str, limit: int) -> list[User]:
         """A substring search on the server (the picker normally searches its copy instead)."""
+        if self.search_source is not None:
+            return self.search_source.search(term, limit)
         needle = escape_filter_chars(term.strip()[:100])
         attributes = [*self.profile.username, *self.profile.name_attributes]
         if self.profile.email:

@@ -16,8 +16,8 @@
   several policies, the strictest is taken, so a password resetbot lets through the form is
   one every policy accepts.
 
-Using resetbot with OpenLDAP (a draft for the README; GROUNDWORK of issue 19: this directory is
-not wired to resetbot's commands yet, and `DIRECTORY_URL` still takes database URLs only)
+Using resetbot with OpenLDAP (the README's section of that name says it for operators, and
+tests/scenarios/test_readme_ldap.py runs it as written)
 -----------------------------------------------------------------------------------------------
 
     DIRECTORY_URL=ldaps://ldap.example.org/dc=example,dc=org      # or ldap://… (StartTLS)
