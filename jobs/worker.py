@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 REDIS_RECHECK_SECONDS = 1.0
 #: The GIL switch interval of a worker process (Python's default is 5 ms).
 GIL_SWITCH_SECONDS = 0.0005
+#: Seconds an idle worker asked to stop may take to leave its loop before it is asked again.
+STOP_CHECK_SECONDS = 2.0
 
 
 def tune_worker_process() -> None:
@@ -65,10 +67,35 @@ class ResetWorker(SimpleWorker):
         self._reaper: ReaperThread | None = None
         #: Set by SIGINT/SIGTERM (RQ's warm shutdown); any other end of `work` is an accident.
         self.stop_requested = False
+        #: Set when RQ's loop has ended (its teardown begins).
+        self._loop_left = threading.Event()
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stop_requested:
+            threading.Thread(target=self._insist_on_stopping, args=(signum,),
+                             name="resetbot-stop-check", daemon=True).start()
         self.stop_requested = True
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    def _insist_on_stopping(self, signum: int) -> None:
+        """Signal the main thread again while an idle worker that was asked to stop goes on.
+
+        RQ stops an idle worker by raising StopRequested from its signal handler, wherever the
+        main thread is: landing inside an `except Exception` (logging's `emit` is one, which a
+        loaded machine makes slow), it is swallowed, and the worker waits for jobs again (up to
+        RQ's dequeue timeout, minutes) without a word. The second signal is RQ's cold shutdown,
+        which ends the loop with SystemExit (idle: no job is cut short). A busy worker
+        (`_stop_requested`) is left to finish its job: that is the warm shutdown.
+        """
+        while not self._loop_left.wait(STOP_CHECK_SECONDS):
+            if not self._stop_requested:
+                logger.warning("the worker did not stop on signal %s; signalling it again",
+                               signum)
+                signal.pthread_kill(threading.main_thread().ident or 0, signum)
+
+    def teardown(self) -> None:
+        self._loop_left.set()
+        super().teardown()  # type: ignore[no-untyped-call]
 
     def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
         with use_context(self.context):
@@ -102,6 +129,7 @@ class ResetWorker(SimpleWorker):
                 dequeue_strategy=dequeue_strategy,
             )
         finally:
+            self._loop_left.set()
             self._release_scheduler()
             for sig, handler in handlers.items():  # RQ leaves its handlers, bound to this worker
                 if handler is not None:
