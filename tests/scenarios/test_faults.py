@@ -33,6 +33,7 @@ from core.progress import TaskSnapshot, snapshot
 from core.settings import Settings
 from core.tasks import ResetRequest, create_task
 from jobs.queueing import enqueue_task, make_queue
+from tests.support.engine import as_test_id
 from tests.support.faults import (
     PrivateRedis,
     TcpProxy,
@@ -276,8 +277,9 @@ def test_a_worker_killed_mid_chunk_costs_one_lease_and_nobody_keeps_a_stale_mail
         assert final.status is TaskStatus.COMPLETED_WITH_ERRORS  # user9's mail is refused
         assert recovered_in < 30, f"took {recovered_in:.1f} s after the kill"
         done = items(sessions, task_id)
-        assert [item.user_id for item in done] == list(range(1, 25))  # one row per user
-        outcomes = {item.user_id: item.state for item in done}
+        # One row per user.
+        assert sorted(as_test_id(item.user_id) for item in done) == list(range(1, 25))
+        outcomes = {as_test_id(item.user_id): item.state for item in done}
         assert {u for u, s in outcomes.items() if s == ItemState.NO_EMAIL} == no_email
         assert {u for u, s in outcomes.items() if s == ItemState.NOTIFY_FAILED} == {9}
         assert {u for u, s in outcomes.items() if s == ItemState.NOTIFIED} == (

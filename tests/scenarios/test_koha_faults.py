@@ -34,6 +34,7 @@ from tests.scenarios.test_faults import (
     wait_final,
 )
 from tests.support.databases import mariadb_database
+from tests.support.engine import as_test_id
 from tests.support.faults import Workers, tcp_proxy, wait_until
 from tests.support.faults import workers as workers
 from tests.support.koha import BORROWERS, OLD_HASH, create_borrowers, koha_accepts
@@ -120,8 +121,8 @@ def assert_everyone_told_their_password(
 
 def one_final_outcome_each(sessions: sessionmaker[Session], task_id: int) -> dict[int, ItemState]:
     done = items(sessions, task_id)
-    assert sorted(item.user_id for item in done) == sorted(EVERYONE)  # one row per user
-    states = {item.user_id: ItemState(item.state) for item in done}
+    assert sorted(as_test_id(item.user_id) for item in done) == sorted(EVERYONE)  # one row per user
+    states = {as_test_id(item.user_id): ItemState(item.state) for item in done}
     assert all(state.is_final for state in states.values()), Counter(states.values())
     return states
 

@@ -26,7 +26,7 @@ from core.progress import snapshot
 from core.settings import Settings
 from core.tasks import ResetRequest, create_task
 from jobs.queueing import enqueue_task, make_queue
-from tests.support.engine import user_rows
+from tests.support.engine import as_test_id, user_rows
 from tests.support.faults import WorkerProcess, Workers, wait_until
 from tests.support.faults import workers as workers
 from tests.support.smtp import SmtpServer
@@ -140,15 +140,17 @@ def test_worker_processes_share_a_task_and_settle_every_user_once(
     assert ended.total == USERS
 
     # Every user exactly once, in the one final outcome its data calls for.
-    assert sorted(item.user_id for item in items) == sorted(directory_users)
+    assert sorted(as_test_id(item.user_id) for item in items) == sorted(directory_users)
     expected = {
         user_id: ItemState.RESET if mode == "default"
         else (ItemState.NOTIFIED if email else ItemState.NO_EMAIL)
         for user_id, email in directory_users.items()
     }
-    assert {item.user_id: ItemState(item.state) for item in items} == expected
-    assert all(item.attempts == (1 if expected[item.user_id] is ItemState.NOTIFIED else 0)
-               for item in items)
+    assert {as_test_id(item.user_id): ItemState(item.state) for item in items} == expected
+    assert all(
+        item.attempts == (1 if expected[as_test_id(item.user_id)] is ItemState.NOTIFIED else 0)
+        for item in items
+    )
 
     # Nobody was hashed or mailed twice: one mail per address, and the hash the user has now
     # is the one for the password in that mail (or the default password).
