@@ -381,7 +381,7 @@ class Confirmer:
 
 
 def bench_request(
-    mode: str, scope: Scope = Scope.ALL, selection: tuple[int, ...] = ()
+    mode: str, scope: Scope = Scope.ALL, selection: tuple[str, ...] = ()
 ) -> ResetRequest:
     return ResetRequest(
         requester=BENCH_ADMIN,
@@ -552,7 +552,7 @@ def one_user_reset(
     assert stack.smtp is not None
     before = stack.smtp.messages
     task_id, started_wall, confirm_seconds = confirmer.confirm(
-        db, bench_request("generated", Scope.SELECTED_ONLY, (user_id,))
+        db, bench_request("generated", Scope.SELECTED_ONLY, (str(user_id),))
     )
     sink = stack.smtp
     wait_until(lambda: sink.messages > before, timeout, interval=0.002,

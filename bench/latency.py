@@ -69,9 +69,9 @@ def preview_requests() -> list[ResetRequest]:
     return [
         ResetRequest("UBENCH", Scope.ALL),
         ResetRequest("UBENCH", Scope.ALL_WITHOUT_ROLE, default_password="Quiet-Harbour-7419"),
-        ResetRequest("UBENCH", Scope.ALL_EXCEPT_SELECTED, (1, 2, 3, 50, 99)),
+        ResetRequest("UBENCH", Scope.ALL_EXCEPT_SELECTED, ("1", "2", "3", "50", "99")),
         ResetRequest(
-            "UBENCH", Scope.SELECTED_ONLY, (10, 20, 30), default_password="Quiet-Harbour-7419"
+            "UBENCH", Scope.SELECTED_ONLY, ("10", "20", "30"), default_password="Quiet-Harbour-7419"
         ),
     ]
 

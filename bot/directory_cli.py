@@ -17,7 +17,7 @@ from core.directory import Directory
 from core.directory.capabilities import OptionalFeature, available, optional_features
 from core.directory.factory import open_directory
 from core.directory.protocol import Counts, PasswordRules
-from core.directory.survey import Survey, survey
+from core.directory.sql.survey import Survey, survey
 from core.settings import Settings, uses_ldap
 
 

@@ -54,7 +54,7 @@ def refuse_library_database(settings: Settings, engine: Engine) -> None:
     not be DIRECTORY_URL's database, nor hold the users table of a library system's profile
     (the one DIRECTORY_PROFILE names, or one resetbot ships: Koha's `borrowers`)."""
     from core.db import shown_url
-    from core.directory.profile import load_profile, shipped_profiles
+    from core.directory.sql.profile import load_profile, shipped_profiles
 
     shown = shown_url(engine.url)
     ldap = uses_ldap(settings)  # the users are on an LDAP server: no table profile applies

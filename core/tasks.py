@@ -17,16 +17,16 @@ from sqlalchemy.orm import Session
 from core import audit
 from core.directory import Preview
 from core.directory.ids import user_ids
-from core.directory.koha_rules import (
+from core.directory.protocol import Directory
+from core.directory.sql import SqlDirectory, as_protocol, sql_ids
+from core.directory.sql.koha_rules import (
     KOHA,
     RULES_NOT_READ,
     KohaRules,
     categories_in_scope,
     read_koha_rules,
 )
-from core.directory.protocol import Directory
-from core.directory.sql import SqlDirectory, as_protocol, sql_ids
-from core.directory.table import Directory as TableDirectory
+from core.directory.sql.table import Directory as TableDirectory
 from core.errors import ConflictError, InputError
 from core.models import (
     FOLLOW_UP_STATES,

@@ -48,7 +48,7 @@ from core import audit
 from core.directory import Directory
 from core.directory.protocol import Directory as AnyDirectory
 from core.directory.sql import SqlDirectory, sql_id, sql_ids
-from core.directory.table import BeforeWrite
+from core.directory.sql.table import BeforeWrite
 from core.errors import ConflictError
 from core.models import ItemState, Mode, ResetItem, ResetTask, TaskStatus, UndoSnapshot, utcnow
 from core.sealing import seal, unseal

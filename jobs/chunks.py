@@ -14,9 +14,9 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from core.addresses import usable_address
-from core.directory.koha_rules import KOHA, read_koha_rules
 from core.directory.protocol import PasswordSet
 from core.directory.sql import SqlDirectory
+from core.directory.sql.koha_rules import KOHA, read_koha_rules
 from core.errors import ConfigError
 from core.models import Mode, NoEmailChoice, ResetTask, TaskStatus
 from core.passwords import generate_password

@@ -4,9 +4,9 @@
 DATABASE_URL's) under DIRECTORY_PROFILE (`resetbot`, `koha`, or a .toml file).
 """
 
-from core.directory.profile import Profile, load_profile, resetbot_profile
 from core.directory.search_index import create_search_index
-from core.directory.table import Directory, UserSearch, hasher_for
+from core.directory.sql.profile import Profile, load_profile, resetbot_profile
+from core.directory.sql.table import Directory, UserSearch, hasher_for
 from core.directory.users import SEARCH_LIMIT, DirectoryUser, Preview
 
 __all__ = [

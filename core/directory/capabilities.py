@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Executable, false, select
 from sqlalchemy.exc import DBAPIError
 
-from core.directory.table import Directory
+from core.directory.sql.table import Directory
 
 
 @dataclass(frozen=True)

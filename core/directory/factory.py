@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from core.directory.protocol import Directory
 from core.directory.sql import SqlDirectory
-from core.directory.table import Directory as TableDirectory
+from core.directory.sql.table import Directory as TableDirectory
 from core.errors import ConfigError
 from core.settings import Settings, ldap_environment, uses_ldap
 

@@ -19,7 +19,7 @@ from core.directory.ldap.directory import LdapDirectory
 from core.directory.protocol import Directory as AnyDirectory
 from core.directory.protocol import DirectoryUnavailable, User
 from core.directory.sql import SqlDirectory
-from core.directory.table import Directory
+from core.directory.sql.table import Directory
 from core.directory.users import DirectoryUser
 from core.search_copy import LOAD_ERRORS, SearchCopy, SearchRow, load_rows
 from core.settings import Settings

@@ -1,6 +1,6 @@
 """What the engine needs of a directory, whatever holds the users: a SQL table or an LDAP server.
 
-`Directory` below is derived from the methods of today's SQL directory (core/directory/table.py)
+`Directory` below is derived from the methods of today's SQL directory (core/directory/sql/table.py)
 that jobs/, bot/ and core/ call, restated so that a directory which hashes for itself (OpenLDAP's
 Password Modify, Active Directory's `unicodePwd`) can sit behind the same seam:
 

@@ -22,7 +22,7 @@ from bot.wsgi import make_wsgi_app
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.directory.sql import SqlDirectory
-from core.directory.survey import hash_format
+from core.directory.sql.survey import hash_format
 from core.migrate import upgrade
 from core.settings import Settings
 from tests.support.cli import RunCli

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from core.db import make_engine
 from core.directory import Directory, hasher_for, load_profile
-from core.directory.profile import parse_profile, shipped_profiles
+from core.directory.sql.profile import parse_profile, shipped_profiles
 from core.errors import ConfigError
 from core.migrate import own_users_names, upgrade
 from core.models import Scope

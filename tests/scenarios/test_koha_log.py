@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from core.db import make_engine
-from core.directory.koha_log import koha_log_status
+from core.directory.sql.koha_log import koha_log_status
 from core.models import ItemState, Scope
 from core.settings import Settings
 from tests.support.databases import MARIADB_ADMIN_URL, mariadb_database

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
-from core.directory.koha_rules import koha_rules_readable
+from core.directory.sql.koha_rules import koha_rules_readable
 from core.models import Scope
 from core.settings import Settings
 from core.tasks import RequestInvalid, ResetRequest, validate_request

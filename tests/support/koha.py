@@ -19,7 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import Engine, inspect, text
 
 from core.db import make_engine
-from core.directory.profile import shipped_profiles
+from core.directory.sql.profile import shipped_profiles
 from core.migrate import upgrade
 from core.settings import Settings
 from tests.support.databases import mariadb_database
@@ -429,7 +429,7 @@ def koha_profile_text() -> str:
     from importlib import resources
 
     assert "koha" in shipped_profiles()
-    return resources.files("core.directory").joinpath("profiles/koha.toml").read_text("utf-8")
+    return resources.files("core.directory.sql").joinpath("profiles/koha.toml").read_text("utf-8")
 
 
 #: Reads "password\nhash\n" pairs on stdin; prints yes/no per pair, as Koha checks a sign-in:

@@ -240,7 +240,7 @@ def _send(request: urllib.request.Request) -> Response:
 
 def form_state(
     scope: str | None = "selected_only",
-    users: Sequence[int] = (),
+    users: Sequence[int | str] = (),
     password: str | None = None,
     require_change: bool = True,
     no_email: str | None = None,
@@ -306,7 +306,7 @@ def view_text(view: Json) -> str:
 class RunningApp:
     settings: Settings
     sessions: sessionmaker[Session]
-    directory: Directory
+    directory: Directory | AnyDirectory
     redis: Redis
     queue: Queue
     standin: SlackStandIn

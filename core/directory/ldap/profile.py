@@ -22,7 +22,7 @@ or the path of a TOML file whose `[ldap]` section holds these keys:
                                     # "none"
 
 Each refusal is one line naming the file, the key and the reason, as for the SQL profiles
-(core/directory/profile.py).
+(core/directory/sql/profile.py).
 """
 
 from __future__ import annotations

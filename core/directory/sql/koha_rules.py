@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from core.models import Scope
 
 if TYPE_CHECKING:
-    from core.directory.table import Directory
+    from core.directory.sql.table import Directory
 
 KOHA = "koha"
 #: Koha's own floor: a shorter minimum counts as 3.

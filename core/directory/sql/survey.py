@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from core.directory.table import Directory
+from core.directory.sql.table import Directory
 from core.models import Scope
 
 EMPTY = "empty"

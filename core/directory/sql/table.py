@@ -51,8 +51,8 @@ from core.addresses import (
     usable_address,
 )
 from core.db import make_engine, shown_url, url_secrets
-from core.directory.koha_log import KOHA, KohaChangeLog
-from core.directory.profile import (
+from core.directory.sql.koha_log import KOHA, KohaChangeLog
+from core.directory.sql.profile import (
     ExtraReset,
     Profile,
     load_profile,

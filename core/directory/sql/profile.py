@@ -1,6 +1,6 @@
 """Directory profiles: how a library system's users table is read and written, as data.
 
-A profile is a TOML file (the shipped ones live in `core/directory/profiles/`), or `resetbot`:
+A profile is a TOML file (the shipped ones live in `core/directory/sql/profiles/`), or `resetbot`:
 resetbot's own users table under the names of USERS_TABLE and USERS_COLUMNS. The code knows a
 handful of rule kinds (staff: non-zero, not empty, in a list; must-change: a flag or an expiry
 date; resets of other columns), not a handful of library systems.
@@ -157,7 +157,7 @@ def resetbot_profile(names: DirectoryNames) -> Profile:
 
 
 def shipped_profiles() -> list[str]:
-    folder = resources.files("core.directory").joinpath("profiles")
+    folder = resources.files("core.directory.sql").joinpath("profiles")
     return sorted(
         item.name.removesuffix(".toml") for item in folder.iterdir()
         if item.name.endswith(".toml")
@@ -172,7 +172,7 @@ def load_profile(name: str, names: DirectoryNames | None = None) -> Profile:
     if name == RESETBOT:
         return resetbot_profile(names or DirectoryNames())
     if name in shipped_profiles():
-        resource = resources.files("core.directory").joinpath(f"profiles/{name}.toml")
+        resource = resources.files("core.directory.sql").joinpath(f"profiles/{name}.toml")
         return parse_profile(resource.read_text("utf-8"), name=name, source=f"{name}.toml",
                              shipped=True)
     path = Path(name)
@@ -291,7 +291,7 @@ class _Reader:
             if not isinstance(rounds, int) or isinstance(rounds, bool):
                 raise self.refuse("password.rounds", "expected a whole number")
             # What the scheme can do; resetbot's floor is applied with the settings
-            # (core.directory.table.hasher_for).
+            # (core.directory.sql.table.hasher_for).
             problem = rounds_problem(scheme, rounds, allow_weak=True)
             if problem:
                 raise self.refuse("password.rounds", problem)
