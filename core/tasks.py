@@ -18,14 +18,7 @@ from core import audit
 from core.directory import Preview
 from core.directory.ids import user_ids
 from core.directory.protocol import Directory
-from core.directory.sql import SqlDirectory, as_protocol, sql_ids
-from core.directory.sql.koha_rules import (
-    KOHA,
-    RULES_NOT_READ,
-    KohaRules,
-    categories_in_scope,
-    read_koha_rules,
-)
+from core.directory.sql import as_protocol
 from core.directory.sql.table import Directory as TableDirectory
 from core.errors import ConflictError, InputError
 from core.models import (
@@ -106,7 +99,7 @@ def validate_request(
     directory = as_protocol(directory)
     problems: dict[str, list[str]] = {}
     selection = request.selection
-    library = LibraryRules(directory, request.scope, selection)
+    library = directory.rules_for_scope(request.scope, selection)
     if len(selection) > MAX_NAMED:
         problems.setdefault("users", []).append(
             f"Name at most {MAX_NAMED:,} users; for more, use a broader scope."
@@ -131,14 +124,14 @@ def validate_request(
                     f"It contains the username of {clashes} of the users it would be set for."
                 )
         if not reasons and "users" not in problems:
-            reasons += library.refusals(request.default_password)
+            reasons += library.violations(request.default_password)
         if reasons:
             problems["password"] = reasons
     no_email_problems = _no_email_problems(settings, directory, request)
     if not no_email_problems and request.no_email_choice is NoEmailChoice.SET and (
         request.no_email_password and "users" not in problems
     ):
-        no_email_problems = library.refusals(request.no_email_password)
+        no_email_problems = library.violations(request.no_email_password)
     if no_email_problems:
         problems["no_email_password"] = no_email_problems
     if request.start_at is not None:
@@ -151,43 +144,8 @@ def validate_request(
     if preview.users == 0:
         raise RequestInvalid({"scope": ["Nobody matches this scope: there is no one to reset."]})
     if library.unread:
-        preview = replace(preview, notes=(*preview.notes, RULES_NOT_READ))
+        preview = replace(preview, notes=(*preview.notes, library.unread))
     return preview
-
-
-class LibraryRules:
-    """The library system's own password rules (Koha's) for a scope, read once when needed."""
-
-    def __init__(self, directory: Directory, scope: Scope, selection: Sequence[str]) -> None:
-        # Koha's rules are in its tables: only a SQL table directory has them.
-        self.directory = directory.sql if isinstance(directory, SqlDirectory) else None
-        self.scope = scope
-        self.selection = sql_ids(selection)
-        self.applies = (self.directory is not None
-                        and self.directory.profile.password_rules == KOHA)
-        self._rules: KohaRules | None = None
-        self._categories: list[str] | None = None
-        self._read = False
-
-    def _load(self) -> KohaRules | None:
-        if self.applies and not self._read and self.directory is not None:
-            self._read = True
-            self._rules = read_koha_rules(self.directory)
-            if self._rules is not None:
-                self._categories = categories_in_scope(
-                    self.directory, self.scope, self.selection
-                )
-        return self._rules
-
-    @property
-    def unread(self) -> bool:
-        """The profile has rules, and resetbot may not read them."""
-        return self.applies and self._load() is None
-
-    def refusals(self, password: str) -> list[str]:
-        """Koha's reasons to refuse `password` for a patron in scope (none when unread)."""
-        rules = self._load()
-        return [] if rules is None else rules.refusals(password, self._categories)
 
 
 def _no_email_problems(
@@ -219,16 +177,9 @@ def _no_email_problems(
 
 
 def password_problems(directory: Directory, password: str, settings: Settings) -> list[str]:
-    """Why resetbot's policy, or the directory's own rules, would refuse this password.
-
-    A SQL table's hash sets a length limit (bcrypt's 72 bytes); an LDAP server hashes for
-    itself, and its own rules (read from it now) are said in its terms.
-    """
-    schemes = directory.hasher.schemes if isinstance(directory, SqlDirectory) else ()
-    reasons = policy_violations(password, settings.policy, schemes=schemes)
-    if not isinstance(directory, SqlDirectory):
-        reasons += directory.password_rules().violations(password)
-    return reasons
+    """Why resetbot's policy would refuse this password (a SQL table's hash adds its length
+    limit, bcrypt's 72 bytes; the directory's own rules are `Directory.rules_for_scope`)."""
+    return policy_violations(password, settings.policy, schemes=directory.hash_schemes)
 
 
 class RequestInvalid(InputError):

@@ -13,25 +13,23 @@ Password Modify, Active Directory's `unicodePwd`) can sit behind the same seam:
   that user is not mailed and the batch goes on;
 - "locked on purpose" is the directory's own notion (Koha's -1, ppolicy's permanent lock, AD's
   disabled flag): counted in the preview, kept locked, left out of generated-password tasks;
-- the directory's own password rules (`password_rules`) are read from it, so a default or typed
-  password it would refuse is refused where it was typed, with its reason.
+- the directory's own password rules (`password_rules`; for one scope's users
+  `rules_for_scope`, as Koha's differ by patron category) are read from it, so a default or
+  typed password it would refuse is refused where it was typed, with its reason.
 
 The seam (issue 19): `core/directory/factory.py` makes the directory of Settings, either
 `core/directory/sql.SqlDirectory` (the table directories of table.py: text ids in and out,
 hashing in the worker) or `core/directory/ldap.LdapDirectory`; the planner, the worker, the
 preview, the approval and schedule re-counts, the CLI and the Slack app use only this protocol
 (plus, for a SQL table, the hashing fast path of jobs/settling.py). Left to do:
-- table.py stays where it is (other work edits it); moving it under `core/directory/sql/` is a
-  pure move;
 - an LDAP preview reads every entry of the scope (LDAP has no COUNT), and `scope_batch` keeps
   the scope's users in memory while a planner walks it;
-- Koha's `login_attempts=-1` is not yet counted as locked on purpose by the SQL directory.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -114,6 +112,8 @@ class PasswordRules:
     min_length: int | None = None
     #: Whether the directory asks for a mix of character kinds (AD's complexity).
     complexity: bool = False
+    #: Rules read whole: nothing to say in the preview (see ScopeRules).
+    unread: None = None
 
     def violations(self, password: str) -> list[str]:
         """Every reason the directory would refuse `password`, in its terms; empty if none."""
@@ -129,6 +129,36 @@ class PasswordRules:
                 f"letters, digits, other characters ({self.source})."
             )
         return reasons
+
+
+class ScopeRules(Protocol):
+    """The directory's own rules for a new password of one scope's users (Koha's differ by
+    patron category, a server's are the same for everyone)."""
+
+    def violations(self, password: str) -> list[str]:
+        """Every reason the directory would refuse `password` for a user in scope, its words."""
+        ...
+
+    @property
+    def unread(self) -> str | None:
+        """Why the rules were not checked (said in the preview), None when they were."""
+        ...
+
+
+class RulesWhenAsked:
+    """A directory's rules, read from it the first time a password is checked: a preview with
+    no password typed asks the directory nothing."""
+
+    unread = None
+
+    def __init__(self, read: Callable[[], PasswordRules]) -> None:
+        self._read = read
+        self._rules: PasswordRules | None = None
+
+    def violations(self, password: str) -> list[str]:
+        if self._rules is None:
+            self._rules = self._read()
+        return self._rules.violations(password)
 
 
 #: Active Directory's complexity: three of the four kinds (the name rule is the server's).
@@ -232,6 +262,14 @@ class Directory(Protocol):
 
     def password_rules(self) -> PasswordRules:
         """The directory's own rules for a new password, read from it now."""
+
+    def rules_for_scope(self, scope: Scope, selection: Sequence[UserId]) -> ScopeRules:
+        """The directory's own rules for the users of this scope (read when first used)."""
+
+    #: The hashes a SQL table writes, whose limits (bcrypt's 72 bytes) bound a new password;
+    #: empty where the server hashes for itself.
+    @property
+    def hash_schemes(self) -> tuple[str, ...]: ...
 
     def survey(self) -> Counts:
         """Every user counted (what `resetbot directory check` shows); reads only."""

@@ -57,6 +57,8 @@ from core.directory.protocol import (
     PasswordRules,
     PasswordSet,
     PickerRow,
+    RulesWhenAsked,
+    ScopeRules,
     SetOutcome,
     SetResult,
     User,
@@ -431,6 +433,13 @@ class LdapDirectory:
                 return self.rules.password_rules(self._bound(), self.config)
             except (LDAPException, OSError) as error:
                 raise self._broken(error) from None
+
+    def rules_for_scope(self, scope: Scope, selection: Sequence[UserId]) -> ScopeRules:
+        """The server's rules are everyone's: read when a password is first checked."""
+        return RulesWhenAsked(self.password_rules)
+
+    #: The server hashes for itself: no hash of resetbot's bounds a password.
+    hash_schemes: tuple[str, ...] = ()
 
     def survey(self) -> Counts:
         return self.preview(Scope.ALL, ())

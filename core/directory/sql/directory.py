@@ -21,11 +21,13 @@ from core.directory.protocol import (
     PasswordRules,
     PasswordSet,
     PickerRow,
+    ScopeRules,
     SetOutcome,
     SetResult,
     User,
     UserId,
 )
+from core.directory.sql.koha_rules import KOHA, KohaScopeRules
 from core.directory.sql.profile import Profile
 from core.directory.sql.table import BeforeWrite, UserSearch
 from core.directory.sql.table import Directory as TableDirectory
@@ -212,6 +214,16 @@ class SqlDirectory:
     def password_rules(self) -> PasswordRules:
         """A table has no rules of its own: resetbot's policy (PASSWORD_*) is the only one."""
         return PasswordRules(source=f"the {self.sql.profile.name} profile")
+
+    def rules_for_scope(self, scope: Scope, selection: Sequence[UserId]) -> ScopeRules:
+        """Koha's per-category rules for a Koha table (core/directory/sql/koha_rules.py)."""
+        if self.sql.profile.password_rules == KOHA:
+            return KohaScopeRules(self.sql, scope, sql_ids(selection))
+        return self.password_rules()
+
+    @property
+    def hash_schemes(self) -> tuple[str, ...]:
+        return tuple(self.sql.hasher.schemes)
 
     def survey(self) -> Counts:
         return self.preview(Scope.ALL, ())

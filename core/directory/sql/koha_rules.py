@@ -136,6 +136,39 @@ def categories_in_scope(
         return None
 
 
+class KohaScopeRules:
+    """Koha's rules for the patrons of a scope: their categories' rules, read once when needed
+    (a ScopeRules of core/directory/protocol.py)."""
+
+    def __init__(self, directory: Directory, scope: Scope, selection: Sequence[int]) -> None:
+        self.directory = directory
+        self.scope = scope
+        self.selection = selection
+        self._rules: KohaRules | None = None
+        self._categories: list[str] | None = None
+        self._read = False
+
+    def _load(self) -> KohaRules | None:
+        if not self._read:
+            self._read = True
+            self._rules = read_koha_rules(self.directory)
+            if self._rules is not None:
+                self._categories = categories_in_scope(
+                    self.directory, self.scope, self.selection
+                )
+        return self._rules
+
+    @property
+    def unread(self) -> str | None:
+        """RULES_NOT_READ when resetbot may not read Koha's rules."""
+        return RULES_NOT_READ if self._load() is None else None
+
+    def violations(self, password: str) -> list[str]:
+        """Koha's reasons to refuse `password` for a patron in scope (none when unread)."""
+        rules = self._load()
+        return [] if rules is None else rules.refusals(password, self._categories)
+
+
 def _whole(value: Any, default: int) -> int:
     if value is None:
         return default
