@@ -8,18 +8,16 @@ in Slack ("Send me the list") and written by `resetbot reset … --dry-run --csv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy import ColumnElement, or_, select
 
 from core.controls import blank_unsafe
 from core.csvsafe import to_csv
 from core.directory import Directory as TableDirectory
 from core.directory.ids import user_ids
 from core.directory.protocol import Directory, User
-from core.directory.sql import SqlDirectory, as_protocol, sql_ids
+from core.directory.sql import as_protocol
 from core.models import ItemState, Mode, NoEmailChoice, Scope
 from core.tally import planned_outcome
 
@@ -36,10 +34,6 @@ WHAT_HAPPENS = {
     ItemState.HANDED_OUT: "gets the password you typed; you tell them",
     ItemState.LOCKED: "left alone: locked on purpose, password unchanged",
 }
-
-#: Which of these users are locked: the hook `locked_among` is the default of.
-LockedAmong = Callable[[Directory, Sequence[str]], set[str]]
-
 
 @dataclass(frozen=True)
 class ListedUser:
@@ -62,59 +56,20 @@ def scope_stream(
         cursor = users[-1].id
 
 
-def locked_among(directory: Directory, ids: Sequence[str]) -> set[str]:
-    """Users locked on purpose, whom a reset leaves locked, among a SQL table's users.
-
-    Read from the profile: a column a reset sets except where it holds one of its `unless`
-    values (Koha: `login_attempts = -1`, an account staff locked). A profile with a notion of
-    its own of "locked on purpose" points this hook at it. (An LDAP directory says it of each
-    user it reads: `User.locked_on_purpose`.)
-    """
-    if not isinstance(directory, SqlDirectory):
-        return set()
-    table_directory = directory.sql
-    condition = _locked_condition(table_directory)
-    if condition is None or not ids:
-        return set()
-    table = table_directory.table
-    key = _column(table_directory, table_directory.profile.id)
-    query = select(key).select_from(table).where(key.in_(sql_ids(ids)), condition)
-    with table_directory.engine.connect() as connection:
-        return {str(user_id) for user_id in connection.scalars(query)}
-
-
-def _locked_condition(directory: TableDirectory) -> ColumnElement[bool] | None:
-    kept = [
-        _column(directory, extra.column) == value
-        for extra in directory.profile.on_reset
-        for value in extra.unless
-    ]
-    return or_(*kept) if kept else None
-
-
-def _column(directory: TableDirectory, name: str) -> ColumnElement[Any]:
-    for column in directory.table.columns:
-        if column.name == name:
-            return column
-    raise LookupError(f"no column {name!r} in the directory table")
-
-
 def reset_list(
     directory: Directory | TableDirectory, scope: Scope, selection: Sequence[object],
-    mode: Mode, no_email: NoEmailChoice, *, locked: LockedAmong = locked_among,
-    skip_locked: bool = False,
+    mode: Mode, no_email: NoEmailChoice, *, skip_locked: bool = False,
 ) -> Iterator[ListedUser]:
     """Everyone a confirm would reset, in the planner's order, with their outcome to come
     (`skip_locked`: the task leaves accounts locked on purpose out, as the planner does)."""
     directory = as_protocol(directory)
     for users in scope_stream(directory, scope, user_ids(selection)):
-        locked_ids = locked(directory, [user.id for user in users]) | {
-            user.id for user in users if user.locked_on_purpose}
         for user in users:
-            is_locked = user.id in locked_ids
-            outcome = (ItemState.LOCKED if skip_locked and is_locked
+            # Locked on purpose is the directory's to say (Koha's `login_attempts = -1`, a
+            # ppolicy permanent lock, AD's disabled flag), as the planner reads it.
+            outcome = (ItemState.LOCKED if skip_locked and user.locked_on_purpose
                        else planned_outcome(mode, no_email, user.has_email))
-            yield ListedUser(user, is_locked, outcome)
+            yield ListedUser(user, user.locked_on_purpose, outcome)
 
 
 def reset_list_csv(rows: Iterator[ListedUser]) -> str:
