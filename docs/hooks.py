@@ -40,7 +40,7 @@ def demote_headings(markdown: str, levels: int) -> str:
     """Every ATX heading outside a fenced block, `levels` deeper."""
     out, in_fence = [], False
     for line in markdown.splitlines():
-        if line.startswith(FENCE):
+        if line.lstrip().startswith(FENCE):
             in_fence = not in_fence
         elif not in_fence and re.match(r"#{1,6} ", line):
             line = "#" * levels + line

@@ -42,20 +42,23 @@ def read(page: str) -> str:
 
 
 def blocks_of(text: str, page: str = "") -> list[Block]:
-    """Every fenced block of a Markdown text, in order, with the heading above it."""
+    """Every fenced block of a Markdown text, in order, with the heading above it. A block
+    indented under a list item loses that indentation."""
     found: list[Block] = []
-    heading, language, body = "", None, list[str]()
+    heading, language, indent, body = "", None, 0, list[str]()
     for line in text.splitlines():
+        fence = line.lstrip().startswith(FENCE)
         if language is None:
-            if line.startswith(FENCE):
-                language, body = line[len(FENCE):].strip(), []
+            if fence:
+                indent = len(line) - len(line.lstrip())
+                language, body = line.strip()[len(FENCE):].strip(), []
             elif match := HEADING.fullmatch(line):
                 heading = match["title"]
-        elif line.startswith(FENCE):
+        elif fence:
             found.append(Block(page, heading, language, "".join(x + "\n" for x in body)))
             language = None
         else:
-            body.append(line)
+            body.append(line[indent:] if line[:indent].isspace() else line.lstrip())
     return found
 
 
@@ -65,7 +68,7 @@ def section(page: str, title: str) -> str:
     lines = read(page).splitlines(keepends=True)
     start, level, in_fence = None, 0, False
     for number, line in enumerate(lines):
-        if line.startswith(FENCE):
+        if line.lstrip().startswith(FENCE):
             in_fence = not in_fence
             continue
         match = None if in_fence else HEADING.fullmatch(line.rstrip("\n"))
