@@ -7,6 +7,8 @@
   time so it is never copied. Its headings go N levels down, and its links are made to work
   from the site: `docs/PAGE.md` becomes `PAGE.md`; a link to a file the site does not hold
   keeps its text only.
+- A page's links to `../README.md` (which work where the repository is read, on GitHub say) go
+  to the site's home page, which is the README.
 
 The functions take and return text, so the tests use them without MkDocs installed.
 """
@@ -78,6 +80,7 @@ def included(path: str, demote: int) -> str:
 
 def render(markdown: str) -> str:
     """A page's Markdown as the site shows it."""
+    markdown = markdown.replace("](../README.md", "](index.md")
     markdown = SETTINGS_MARKER.sub(lambda _: settings_table(), markdown)
     return INCLUDE_MARKER.sub(
         lambda match: included(match["path"], int(match["demote"] or 0)), markdown)
