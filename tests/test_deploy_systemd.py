@@ -1,6 +1,6 @@
 """deploy/systemd/: the app's unit and the workers' template unit pass `systemd-analyze verify`
 (no warning either), are hardened (`systemd-analyze security` rates them), and run what the
-README says.
+docs/deployment.md says.
 
 systemd need not be running (CI runs in a container): the units are verified under a root folder
 of the test's own, holding the host's shipped units (the targets they name), the units under

@@ -95,7 +95,7 @@ def get_within(url: str, seconds: float) -> int:
 def test_serve_listens_on_loopback_only_unless_told(
     settings: Settings, sample_users: list[Any], slack_standin: SlackStandIn, tmp_path: Path
 ) -> None:
-    """Behind the reverse proxy the README asks for, nothing else needs to reach the port:
+    """Behind the reverse proxy docs/deployment.md asks for, nothing else needs to reach the port:
     `/healthz` (database, Redis, directory state) is not open on every interface."""
     for _slack, port, listening in serve_on(settings, slack_standin, tmp_path):
         assert listening == [("127.0.0.1", port)]

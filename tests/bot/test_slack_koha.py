@@ -1,5 +1,5 @@
 """Issue 20 on Koha's real schema (MariaDB), over signed HTTP to the running app with the Slack
-stand-in, as a library runs it: resetbot signs in with the README's grants plus its optional
+stand-in, as a library runs it: resetbot signs in with docs/koha.md's grants plus its optional
 SELECT (password) that Undo needs.
 
 - "Send me the list" equals the task's items for each scope (accounts locked on purpose, Koha's
@@ -72,7 +72,7 @@ class KohaApp:
 def koha_app(settings: Settings, redis_conn: Redis, slack_standin: SlackStandIn,
              smtp_server: SmtpServer) -> Iterator[KohaApp]:
     """Koha's tables, every borrower signing in with `before(number)` (Koha's bcrypt); the app
-    on them as a MariaDB user with the README's grants and its optional ones."""
+    on them as a MariaDB user with docs/koha.md's grants and its optional ones."""
     with mariadb_database() as root_url:
         koha = make_engine(root_url)
         create_borrowers(koha)

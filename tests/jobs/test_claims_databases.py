@@ -185,7 +185,7 @@ def test_rows_whose_condition_changed_in_between_are_neither_changed_nor_returne
 def test_mariadb_usernames_compare_without_case(
     engine: Engine, directory: Directory
 ) -> None:
-    """The collation caveat the README names: MariaDB's default collation takes `Alice` for
+    """The collation caveat docs/deployment.md names: MariaDB's default collation takes `Alice` for
     `alice`, so the users table's unique index refuses the second."""
     from sqlalchemy.exc import IntegrityError
 

@@ -237,7 +237,7 @@ def test_a_worker_killed_mid_chunk_costs_one_lease_and_nobody_keeps_a_stale_mail
     fast_hasher_settings: Settings, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory, redis_conn: Redis, workers: Workers, slack_standin: SlackStandIn,
 ) -> None:
-    # With the README's defaults (RESET_LEASE_SECONDS=30, RESET_REAPER_INTERVAL=5) the dead
+    # With the documented defaults (RESET_LEASE_SECONDS=30, RESET_REAPER_INTERVAL=5) the dead
     # worker's claimed users come back at most lease + interval = 30 + 5 = 35 s after the kill
     # (a lease is renewed every lease/3 while a batch runs, so it never reaches further ahead
     # than 30 s); re-running one chunk is then chunk_size hashes (100 x ~0.25 s bcrypt = 25 s

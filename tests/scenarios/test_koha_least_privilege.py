@@ -1,4 +1,4 @@
-"""Every query resetbot makes of Koha's `borrowers` runs with only the README's column grants,
+"""Every query resetbot makes of Koha's `borrowers` runs with only docs/koha.md's column grants,
 on Koha's own tables, with the tables its foreign keys name unreadable: the checks, the
 previews, the picker's copy, lookups by name, the hash write. Without the optional grant the
 hash survey is reported missing, not failed."""
@@ -31,7 +31,7 @@ state_on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=T
 
 @pytest.fixture
 def least_privilege() -> Iterator[tuple[Engine, str]]:
-    """(Koha's database as root, its URL as a MariaDB user made by the README's SQL block)."""
+    """(Koha's database as root, its URL as a MariaDB user made by docs/koha.md's SQL)."""
     with mariadb_database() as url, postgres_database() as state_url:
         engine = make_engine(url)
         create_borrowers(engine, [*BORROWERS, *KOHA_CASES])

@@ -3,7 +3,7 @@
 After a reset e-mailed new passwords, `tasks undo` gives every borrower who has not changed
 theirs since their previous password back, as Koha checks a sign-in (Perl's
 Crypt::Eksblowfish), with the expiry date and lock as they were; one who changed it is left
-alone. With only the README's required grants (no SELECT on `password`), nothing is kept and
+alone. With only docs/koha.md's required grants (no SELECT on `password`), nothing is kept and
 Undo is refused before anything changes, as `directory check` says.
 """
 
@@ -57,7 +57,7 @@ def koha() -> Iterator[tuple[Engine, str]]:
     with mariadb_database() as url:
         engine = make_engine(url)
         create_borrowers(engine)
-        # The tables the README's optional grants name (Koha's rules and log, BorrowersLog off).
+        # The tables docs/koha.md's optional grants name (Koha's rules and log, BorrowersLog off).
         create_password_rules(engine, {}, {"BorrowersLog": "0"})
         create_action_logs(engine)
         hasher = PasswordHasher(("bcrypt",), 4, ident="2a")
@@ -151,7 +151,7 @@ def test_with_the_optional_grant_undo_works_with_column_grants_only(
     run: Any, koha: tuple[Engine, str], cli_settings: Settings, redis_conn: Redis,
     smtp_server: SmtpServer,
 ) -> None:
-    """The README's grants plus its optional SELECT (password): every Undo query (the locked
+    """The grants of docs/koha.md plus its optional SELECT (password): every Undo query (the locked
     read in the reset's write, the put-back) runs with column privileges only."""
     engine, root_url = koha
     names = Names(root_url, cli_settings.database_url)
@@ -232,7 +232,7 @@ def test_without_select_on_password_nothing_is_kept_and_undo_is_refused_first(
 ) -> None:
     engine, root_url = koha
     names = Names(root_url, cli_settings.database_url)
-    _grant(names)  # the README's required grants only
+    _grant(names)  # docs/koha.md's required grants only
     try:
         url = (f"mysql+pymysql://{names.user}:{names.password}@{engine.url.host}:"
                f"{engine.url.port}/{engine.url.database}?charset=utf8mb4")

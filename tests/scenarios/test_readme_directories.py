@@ -1,16 +1,16 @@
-"""README's "Using resetbot with Koha" and "Describing your own users table", run as written.
+"""docs/koha.md ("Using resetbot with Koha") and docs/sql-tables.md ("Describing your own users
+table"), run as written.
 
 The profile file example is used as it stands against a matching table on SQLite, PostgreSQL and
 MariaDB. The Koha settings, the GRANT statements and the shell lines run for real, with only the
 names a reader would change replaced (database, MariaDB user, its password), on Koha's own
-tables: every step goes through a MariaDB user with the README's column grants and nothing
+tables: every step goes through a MariaDB user with the page's column grants and nothing
 more, so it shows resetbot needs no others.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import subprocess
 import sys
@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from core.addresses import usable_address
 from core.db import make_engine
+from tests.support import docs
 from tests.support.databases import MARIADB_ADMIN_URL, mariadb_database, postgres_database
 from tests.support.koha import (
     BORROWERS,
@@ -42,7 +43,6 @@ from tests.support.services import REDIS_URL
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 SCRIPT = Path(sys.executable).parent / "resetbot"
 FIRST_PASSWORD = "Quiet-Harbour-73!"
 #: What a reset may change in the row it resets (MariaDB moves updated_on by itself).
@@ -71,15 +71,17 @@ PATRONS = [
 ]
 
 
+#: The page each section is on.
+PAGES = {"Using resetbot with Koha": "docs/koha.md",
+         "Describing your own users table": "docs/sql-tables.md"}
+
+
 def section(title: str) -> str:
-    text_ = README.read_text("utf-8")
-    start = text_.index(f"\n## {title}\n")
-    end = text_.find("\n## ", start + 1)
-    return text_[start:end]
+    return docs.section(PAGES[title], title)
 
 
 def blocks(title: str, language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", section(title), flags=re.S)
+    return docs.blocks(PAGES[title], title, language)
 
 
 def resetbot(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -147,7 +149,7 @@ def test_the_profile_file_example_names_a_missing_column_in_one_line(tmp_path: P
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr == (f"resetbot: {path}: email: there is no column 'email_address' in "
                            "table 'patrons'\n")
-    # The README quotes the same refusal for a file named library.toml.
+    # The page quotes the same refusal for a file named library.toml.
     assert "`library.toml: email: there is no column 'email_address' in table 'patrons'`" in (
         section("Describing your own users table").replace("\n", " "))
 
@@ -156,7 +158,7 @@ def test_the_profile_file_example_names_a_missing_column_in_one_line(tmp_path: P
 
 
 class Names:
-    """The names a reader replaces in the README's lines: Koha's database, the MariaDB user
+    """The names a reader replaces in the page's lines: Koha's database, the MariaDB user
     and its password, resetbot's own database."""
 
     def __init__(self, koha_url: str, state_url: str) -> None:
@@ -228,7 +230,7 @@ DESK_PASSWORD = "Lantern-Quarry-58?"
 
 
 def _steps(cwd: Path, env: dict[str, str], *lines: str) -> subprocess.CompletedProcess[str]:
-    """README lines run by bash as written, with a worker in the background (started by the
+    """The page's lines run by bash as written, with a worker in the background (started by the
     lines themselves, or here: "a worker (or serve --with-worker)" is running), stopped after."""
     body = "".join(line + "\n" for line in lines)
     if "resetbot worker &" not in body:
@@ -251,7 +253,7 @@ def _changed(before: dict[int, tuple[Any, ...]], after: dict[int, tuple[Any, ...
 def test_using_resetbot_with_koha_as_written(
     koha: Engine, tmp_path: Path, queue_name: str, redis_conn: Any, smtp_server: SmtpServer
 ) -> None:
-    """With only the README's column grants, on Koha's own tables (foreign keys to tables the
+    """With only the page's column grants, on Koha's own tables (foreign keys to tables the
     user cannot read): check, a default password, a preview, an e-mailed reset that leaves
     patrons without an address alone, and a typed password for them without "must change"."""
     first, everyone = blocks("Using resetbot with Koha", "sh")[1:3]

@@ -1,4 +1,5 @@
-"""README's "Using resetbot with OpenLDAP" and "with Active Directory", run as written.
+"""docs/openldap.md ("Using resetbot with OpenLDAP") and docs/active-directory.md ("Using resetbot
+with Active Directory"), run as written.
 
 The settings blocks are used as they stand, with only what a reader would change replaced
 (host and port, the CA file, the password file, the domain's names), against a real slapd and a
@@ -9,7 +10,6 @@ Directory access control entries are the ones the test domain's service account 
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from bot.cli import main
 from core.directory.ldap import attempt_bind
 from core.settings import Settings
 from tests.core.test_active_directory_samba import _samba_available
+from tests.support import docs
 from tests.support.engine import build_context, run_until_final
 from tests.support.openldap import OpenLdap, OpenLdapTemplate, resetbot_rules, seeded_users
 from tests.support.samba_ad import (
@@ -36,19 +37,15 @@ from tests.support.samba_ad import (
     SambaDomain,
 )
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+#: The page each section is on.
+PAGES = {"Using resetbot with OpenLDAP": "docs/openldap.md",
+         "Using resetbot with Active Directory": "docs/active-directory.md"}
 DEFAULT = "Harbour-Lantern-26"
 
 
-def section(title: str) -> str:
-    text = README.read_text("utf-8")
-    start = text.index(f"\n## {title}\n")
-    return text[start:text.find("\n## ", start + 1)]
-
-
 def block(title: str, language: str) -> str:
-    [found] = re.findall(rf"```{language}\n(.*?)```", section(title), flags=re.S)
-    return str(found)
+    [found] = docs.blocks(PAGES[title], title, language)
+    return found
 
 
 def settings_of(title: str, replacements: dict[str, str]) -> dict[str, str]:
