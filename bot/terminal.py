@@ -1,7 +1,8 @@
 """What the terminal commands share: exit codes, the refusal they end with, how they write.
 
-`bot/cli.py` parses and dispatches; the flows (`bot/reset_flow.py`, `bot/tasks_cli.py`) and the
-demo write through an `Output` (the CLI's context satisfies it) and end with these exit codes.
+`bot/cli.py` and the command groups in `bot/commands/` parse and dispatch; the flows
+(`bot/reset_flow.py`, `bot/tasks_cli.py`) and the demo write through an `Output` (the commands'
+`Cli` context satisfies it) and end with these exit codes.
 """
 
 from __future__ import annotations

@@ -395,7 +395,7 @@ def test_an_unreachable_redis_is_one_clear_line(
 def test_since_dates_and_times_are_read_as_utc() -> None:
     from datetime import UTC, datetime
 
-    from bot.cli import _since
+    from bot.commands.audit import _since
 
     assert _since("2026-01-01") == datetime(2026, 1, 1, tzinfo=UTC)
     assert _since("2026-01-01T02:30+02:00") == datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
