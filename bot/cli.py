@@ -117,7 +117,7 @@ examples:
   resetbot reset --scope selected_only --user alice,bob
   resetbot tasks show 12 --csv > to-contact.csv
 
-Settings come from the environment or a .env file in this folder (see README.md). \
+Settings come from the environment or a .env file in this folder (see docs/configuration.md). \
 `resetbot COMMAND --help` explains each command.
 
 exit codes: 0 done; 1 refused or a service unreachable (nothing changed); 2 bad settings or \

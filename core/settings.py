@@ -1,10 +1,10 @@
 """One typed settings object, read from the environment (and `.env`) at the edge and passed down.
 
 Each setting is declared once, on its dataclass field (`setting(...)`): environment variable,
-default, parser (which also validates), and the line the README's Configuration table shows.
+default, parser (which also validates), and the line the Configuration page's table shows.
 That one declaration drives reading (`Settings.from_env`), writing back for child processes
-(`Settings.to_env`), the help rows (`settings_help`) and the test that keeps the README
-table equal to it.
+(`Settings.to_env`), the help rows (`settings_help`) and the Configuration page itself
+(docs/configuration.md's table is generated from it by docs/hooks.py).
 
 Why a declaration of our own and not pydantic-settings (measured 2026-11-30 on this shared 2-core
 VM: a fresh interpreter building Settings from an empty environment, median of 15 interleaved
@@ -118,7 +118,7 @@ def _as_text(value: object) -> str:
 
 
 def _shown(default: object) -> str:
-    """A default as the README shows it: unset, or the value as code (30.0 as 30)."""
+    """A default as the Configuration page shows it: unset, or the value as code (30.0 as 30)."""
     if default is None or default == "" or default == frozenset() or default == ():
         return "unset"
     if isinstance(default, float):

@@ -16,7 +16,7 @@
   several policies, the strictest is taken, so a password resetbot lets through the form is
   one every policy accepts.
 
-Using resetbot with OpenLDAP (the README's section of that name says it for operators, and
+Using resetbot with OpenLDAP (docs/openldap.md says it for operators, and
 tests/scenarios/test_readme_ldap.py runs it as written)
 -----------------------------------------------------------------------------------------------
 

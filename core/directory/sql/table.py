@@ -235,7 +235,8 @@ class Directory:
         one the user may not use."""
         if self.engine.dialect.name != "mysql":
             return ""
-        return f" (or the database user has no right on that {what}; see the GRANTs in the README)"
+        return (f" (or the database user has no right on that {what}; "
+                "see the GRANTs in docs/koha.md)")
 
     def _no_table(self, connection: Connection) -> str:
         """There is no such table: said with the setting that is wrong. When the profile is the
