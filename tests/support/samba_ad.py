@@ -63,15 +63,21 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ldap3
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from ldap3.protocol.formatters.formatters import format_sid
+from ldap3.protocol.microsoft import security_descriptor_control
+from ldap3.utils.conv import escape_filter_chars
+
+from core.directory.ldap.config import LdapConfig
+from core.settings import Settings
 
 REALM = "RESETBOT.TEST"
 NETBIOS_DOMAIN = "RESETBOT"
@@ -593,6 +599,31 @@ class SambaDomain:
         return ldap3.Connection(self.server(), name, password, auto_bind=True,
                                 raise_exceptions=True)
 
+    def config(self, bind_dn: str = SERVICE_NAME, password: str = SERVICE_PASSWORD) -> LdapConfig:
+        """resetbot's LDAP settings for this domain: the service account, the CA file, the
+        staff group."""
+        return LdapConfig.from_env({
+            "DIRECTORY_URL": self.url,
+            "DIRECTORY_TLS_CA_FILE": str(self.ca_file),
+            "DIRECTORY_BIND_DN": bind_dn,
+            "DIRECTORY_BIND_PASSWORD": password,
+            "DIRECTORY_PROFILE": "active-directory",
+            "DIRECTORY_STAFF_GROUP": STAFF_GROUP,
+        })
+
+    def settings(self, settings: Settings) -> Settings:
+        """`settings` (resetbot's state) with the users in this domain, as an operator sets
+        them."""
+        return replace(
+            settings,
+            directory_url=self.url,
+            directory_profile="active-directory",
+            directory_tls_ca_file=str(self.ca_file),
+            directory_bind_dn=SERVICE_NAME,
+            directory_bind_password=SERVICE_PASSWORD,
+            directory_staff_group=STAFF_GROUP,
+        )
+
     def admin(self) -> ldap3.Connection:
         return self.connect(ADMIN_NAME, ADMIN_PASSWORD)
 
@@ -613,6 +644,54 @@ class SambaDomain:
             return message
         return message.split(marker, 1)[1].split(",", 1)[0]
 
+    def signs_in(self, username: str, password: str) -> str:
+        """`sign_in` as a seeded user, by their username."""
+        return self.sign_in(seed_user(username).dn, password)
+
+    def old_passwords_sign_in(self, usernames: set[str]) -> dict[str, str]:
+        """Each seeded user's sign-in with their seeded password (all "ok": nobody touched
+        them)."""
+        return {name: self.signs_in(name, seed_user(name).password) for name in sorted(usernames)}
+
+    def sid_of(self, dn: str) -> str:
+        [sid] = self.read(dn, "objectSid")["objectSid"]
+        assert isinstance(sid, bytes)
+        return str(format_sid(sid))
+
+    def aces_on(self, dn: str) -> list[Ace]:
+        """The access-allowed object entries on `dn` (its DACL, read by the administrator)."""
+        connection = self.admin()
+        try:
+            connection.search(dn, "(objectClass=*)", ldap3.BASE,
+                              attributes=["nTSecurityDescriptor"],
+                              controls=security_descriptor_control(sdflags=0x04))  # DACL
+            [descriptor] = connection.response[0]["raw_attributes"]["nTSecurityDescriptor"]
+        finally:
+            connection.unbind()
+        return allowed_object_aces(descriptor)
+
+    def schema_guid(self, name: str) -> str:
+        """The schemaIDGUID of the attribute or class named `name` (lDAPDisplayName), or the
+        rightsGuid of the extended right displayed as `name`, as this domain's schema and
+        configuration say."""
+        configuration = f"CN=Configuration,{BASE_DN}"
+        connection = self.admin()
+        try:
+            connection.search(f"CN=Schema,{configuration}",
+                              f"(lDAPDisplayName={escape_filter_chars(name)})",
+                              ldap3.LEVEL, attributes=["schemaIDGUID"])
+            if connection.response and connection.response[0].get("raw_attributes"):
+                [raw] = connection.response[0]["raw_attributes"]["schemaIDGUID"]
+                return str(uuid.UUID(bytes_le=bytes(raw)))
+            connection.search(f"CN=Extended-Rights,{configuration}",
+                              f"(displayName={escape_filter_chars(name)})",
+                              ldap3.LEVEL, attributes=["rightsGuid"])
+            [found] = [entry for entry in connection.response
+                       if entry.get("type") == "searchResEntry"]
+            return str(found["raw_attributes"]["rightsGuid"][0].decode())
+        finally:
+            connection.unbind()
+
     def read(self, dn: str, *attributes: str) -> dict[str, list[object]]:
         """An entry's attributes as the administrator reads them (raw values)."""
         connection = self.admin()
@@ -622,3 +701,93 @@ class SambaDomain:
             return raw
         finally:
             connection.unbind()
+
+
+# --- access control entries ------------------------------------------------------------------
+
+
+#: SDDL's names for the access mask bits a delegation uses (MS-DTYP 2.4.3, 2.5.1.1).
+_MASK_RIGHTS = {0x100: "CR", 0x20: "WP", 0x10: "RP", 0x08: "SW", 0x01: "CC", 0x02: "DC",
+                0x04: "LC", 0x40: "DT", 0x80: "LO", 0x10000: "SD", 0x20000: "RC",
+                0x40000: "WD", 0x80000: "WO"}
+#: ACE flags (MS-DTYP 2.4.4.1): CONTAINER_INHERIT, NO_PROPAGATE, INHERIT_ONLY, INHERITED.
+_ACE_FLAGS = {0x02: "CI", 0x04: "NP", 0x08: "IO", 0x10: "ID"}
+_ACCESS_ALLOWED_OBJECT = 0x05
+
+
+@dataclass(frozen=True)
+class Ace:
+    """One access-allowed object entry of a security descriptor, as SDDL names its parts."""
+
+    flags: str
+    rights: str
+    object_type: str
+    inherited_object_type: str
+    sid: str
+
+
+def allowed_object_aces(descriptor: bytes) -> list[Ace]:
+    """The access-allowed object entries of a self-relative security descriptor's DACL
+    (MS-DTYP 2.4.6): what a delegation on an OU gives. Other entries are left out."""
+    dacl_at = int.from_bytes(descriptor[16:20], "little")
+    if not dacl_at:
+        return []
+    count = int.from_bytes(descriptor[dacl_at + 4:dacl_at + 6], "little")
+    at, found = dacl_at + 8, []
+    for _ in range(count):
+        kind, flags = descriptor[at], descriptor[at + 1]
+        size = int.from_bytes(descriptor[at + 2:at + 4], "little")
+        if kind == _ACCESS_ALLOWED_OBJECT:
+            found.append(_object_ace(descriptor[at:at + size], flags))
+        at += size
+    return found
+
+
+def _object_ace(ace: bytes, flags: int) -> Ace:
+    mask = int.from_bytes(ace[4:8], "little")
+    present = int.from_bytes(ace[8:12], "little")
+    at, guids = 12, []
+    for bit in (1, 2):  # ACE_OBJECT_TYPE_PRESENT, ACE_INHERITED_OBJECT_TYPE_PRESENT
+        if present & bit:
+            guids.append(str(uuid.UUID(bytes_le=bytes(ace[at:at + 16]))))
+            at += 16
+        else:
+            guids.append("")
+    return Ace(
+        flags="".join(name for bit, name in _ACE_FLAGS.items() if flags & bit),
+        rights="".join(name for bit, name in _MASK_RIGHTS.items() if mask & bit),
+        object_type=guids[0], inherited_object_type=guids[1],
+        sid=str(format_sid(bytes(ace[at:]))),
+    )
+
+
+# --- pytest ------------------------------------------------------------------------------------
+
+
+def samba_available() -> None:
+    """Skip where Samba cannot run (not installed, not root); in CI that is a failure."""
+    problem = None
+    if shutil.which("samba") is None or shutil.which("samba-tool") is None:
+        problem = "Samba AD is not installed (apt-get install samba-ad-dc samba-ad-provision)"
+    elif os.geteuid() != 0:
+        problem = "a Samba AD DC runs as root only"
+    if problem and os.environ.get("CI"):
+        pytest.fail(f"{problem}: CI must run these tests (.ci/run installs Samba)")
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def samba_template() -> Iterator[DomainTemplate]:
+    """The run's provisioned domain (made once per run, shared by the xdist workers)."""
+    samba_available()
+    template = DomainTemplate.acquire()
+    yield template
+    template.release()
+
+
+@pytest.fixture
+def domain(samba_template: DomainTemplate) -> Iterator[SambaDomain]:
+    """A running copy of the template, for one test."""
+    with samba_template.domain() as running:
+        yield running
