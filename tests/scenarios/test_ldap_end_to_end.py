@@ -456,10 +456,11 @@ def test_a_scheduled_reset_is_counted_again_on_the_server_at_its_time(
 
 
 @ON_BOTH
-def test_directory_check_and_users_import_on_ldap(
+def test_directory_check_the_factory_and_users_import_on_ldap(
     configured: Settings, live: LiveServer, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """(One test: nothing here writes, and each server start counts.)"""
     code, out = cli(configured, monkeypatch, capsys, "db", "upgrade")
     assert code == 0, out  # resetbot's tables only: the users are on the LDAP server
     code, out = cli(configured, monkeypatch, capsys, "directory", "check")
@@ -474,11 +475,6 @@ def test_directory_check_and_users_import_on_ldap(
         assert code != 0
         assert f"users {action} is for resetbot's own users table" in out
 
-
-@ON_BOTH
-def test_the_factory_makes_the_ldap_directory_from_settings(
-    configured: Settings, live: LiveServer
-) -> None:
     directory = open_directory(configured)
     try:
         assert isinstance(directory, LdapDirectory)

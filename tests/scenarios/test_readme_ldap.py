@@ -150,6 +150,9 @@ def test_the_active_directory_settings_as_written_check(
 
 #: dsacls's permission names as SDDL writes them (CA, control access, is SDDL's CR).
 DSACLS_RIGHTS = {"CA": "CR", "WP": "WP", "RP": "RP"}
+#: dsacls names an extended right by its display name on Windows; Samba displays this one as
+#: "User Force Change Password". Its name (cn) is the same on both (MS-ADTS 5.1.3.2.1).
+WINDOWS_RIGHTS = {"Reset Password": "User-Force-Change-Password"}
 
 
 @dataclass(frozen=True)
@@ -162,12 +165,11 @@ class Dsacls:
 
 
 def dsacls_said(section_text: str) -> Dsacls:
-    """What the section's `dsacls` paragraph grants: each quoted `"DOMAIN\\account:PERM;OBJECT;
+    """What the section grants from its `dsacls` on: each quoted `"DOMAIN\\account:PERM;OBJECT;
     TYPE"` grant, and grants in words (`` `WP` on `a` and `b` for `user` `` on the same
     account), with the /I: inheritance."""
-    [paragraph] = [part for part in section_text.split("\n\n") if "`dsacls`" in part]
-    text = " ".join(paragraph.split())
-    [inheritance] = re.findall(r"/I:([TSP])", text)
+    text = " ".join(section_text[section_text.index("`dsacls`"):].split())
+    [inheritance] = set(re.findall(r"/I:([TSP])", text))
     quoted = re.findall(r'"([^"\\]+\\[^":]+):([A-Z]+);([^;"]+);([^";]+)"', text)
     accounts = {account for account, _, _, _ in quoted}
     grants = {(perm, obj, kind) for _, perm, obj, kind in quoted}
@@ -193,8 +195,8 @@ def test_the_dsacls_line_grants_exactly_what_the_test_domain_gives_and_a_reset_w
     objects below the OU. With those alone the account resets (must change: 773) and unlocks."""
     said = dsacls_said(section("Using resetbot with Active Directory"))
     assert said.account == "EXAMPLE\\resetbot-svc"  # the example domain's service account
-    documented = {(DSACLS_RIGHTS[perm], domain.schema_guid(obj), domain.schema_guid(kind))
-                  for perm, obj, kind in said.grants}
+    documented = {(DSACLS_RIGHTS[perm], domain.schema_guid(WINDOWS_RIGHTS.get(obj, obj)),
+                   domain.schema_guid(kind)) for perm, obj, kind in said.grants}
     assert documented == {("CR", RESET_PASSWORD_RIGHT, USER_CLASS),
                           ("WP", PWD_LAST_SET_ATTRIBUTE, USER_CLASS),
                           ("WP", LOCKOUT_TIME_ATTRIBUTE, USER_CLASS)}

@@ -672,7 +672,7 @@ class SambaDomain:
 
     def schema_guid(self, name: str) -> str:
         """The schemaIDGUID of the attribute or class named `name` (lDAPDisplayName), or the
-        rightsGuid of the extended right displayed as `name`, as this domain's schema and
+        rightsGuid of the extended right named `name` (its cn), as this domain's schema and
         configuration say."""
         configuration = f"CN=Configuration,{BASE_DN}"
         connection = self.admin()
@@ -684,7 +684,7 @@ class SambaDomain:
                 [raw] = connection.response[0]["raw_attributes"]["schemaIDGUID"]
                 return str(uuid.UUID(bytes_le=bytes(raw)))
             connection.search(f"CN=Extended-Rights,{configuration}",
-                              f"(displayName={escape_filter_chars(name)})",
+                              f"(cn={escape_filter_chars(name)})",
                               ldap3.LEVEL, attributes=["rightsGuid"])
             [found] = [entry for entry in connection.response
                        if entry.get("type") == "searchResEntry"]
