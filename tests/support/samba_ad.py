@@ -326,13 +326,47 @@ def _start_samba(folder: Path, address: str) -> subprocess.Popen[bytes]:
         if process.poll() is not None:
             output = (folder / "log" / "stdout").read_text(errors="replace")
             raise RuntimeError(f"samba exited with {process.returncode}:\n{output[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection((address, 636), 0.2):
-            return process
+        if _listening(address):
+            if _answers_with_our_certificate(address, folder / "tls" / "ca.pem"):
+                return process
+            _stop_samba(process)
+            raise AddressTaken(f"another Samba (another test run's) answers on {address}:636")
         if time.monotonic() > deadline:
             _stop_samba(process)
             raise RuntimeError(f"samba did not listen on {address}:636 in {_START_TIMEOUT} s")
         # Samba says nothing when it listens: the port accepting is the event, polled briefly.
         time.sleep(0.01)
+
+
+class AddressTaken(RuntimeError):
+    """A server of another test run took the address between our check and our start."""
+
+
+def _listening(address: str) -> bool:
+    try:
+        socket.create_connection((address, 636), 0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _answers_with_our_certificate(address: str, ca_file: Path) -> bool:
+    """Whether the server on `address` is this domain's: its certificate is signed by our CA
+    (each template has its own CA; another run's Samba on the same address has another)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = False
+    deadline = time.monotonic() + _START_TIMEOUT
+    while True:
+        try:
+            with socket.create_connection((address, 636), 1) as raw, \
+                    context.wrap_socket(raw, server_hostname=address):
+                return True
+        except ssl.SSLCertVerificationError:
+            return False
+        except OSError:  # the listener is up, its TLS not yet: try again shortly
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _stop_samba(process: subprocess.Popen[bytes]) -> None:
@@ -494,17 +528,26 @@ class DomainTemplate:
 
     @contextlib.contextmanager
     def domain(self, address: str | None = None) -> Iterator[SambaDomain]:
-        """A running copy of the template on `address` (default: this worker's), then gone."""
-        address = address or free_worker_address()
+        """A running copy of the template on `address` (default: this worker's, or its next
+        free one should another test run's Samba take it meanwhile), then gone."""
         folder = Path(tempfile.mkdtemp(prefix=f"resetbot-samba-copy-{os.getpid()}-"))
         running: SambaDomain | None = None
         try:
             shutil.copytree(self.folder, folder, symlinks=True, dirs_exist_ok=True,
                             ignore=_sockets)
-            (folder / "etc" / "smb.conf").write_text(_smb_conf(folder, address))
-            _issue_server_certificate(folder / "tls", address)
-            running = SambaDomain(folder=folder, address=address)
-            running.start()
+            for attempt in range(_ADDRESS_TRIES):
+                chosen = address or free_worker_address()
+                (folder / "etc" / "smb.conf").write_text(_smb_conf(folder, chosen))
+                _issue_server_certificate(folder / "tls", chosen)
+                try:
+                    running = SambaDomain(folder=folder, address=chosen)
+                    running.start()
+                    break
+                except AddressTaken:
+                    running = None
+                    if address is not None or attempt == _ADDRESS_TRIES - 1:
+                        raise
+            assert running is not None
             yield running
         finally:
             if running is not None:
