@@ -14,7 +14,7 @@ server's own sign-in, told in one vocabulary:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from core.settings import Settings
@@ -96,7 +96,7 @@ class OpenLdapServer:
     def __init__(self, slapd: OpenLdap) -> None:
         self.slapd = slapd
         everyone = frozenset(user.uid for user in slapd.template.users)
-        self.cast = Cast(**{**OPENLDAP_CAST.__dict__, "everyone": everyone})
+        self.cast = replace(OPENLDAP_CAST, everyone=everyone)
 
     def settings(self, settings: Settings) -> Settings:
         return self.slapd.settings(settings)
