@@ -710,7 +710,7 @@ OUTAGE_WAITS_FOR = {Outage.MAIL: "the mail server", Outage.DIRECTORY: "the direc
 
 
 def waits_for(pause_reason: str | None) -> str:
-    """"the mail server" or "the directory": what a task paused for `pause_reason` waits for."""
+    """What a task paused for `pause_reason` waits for: "the mail server" or "the directory"."""
     return OUTAGE_WAITS_FOR[outage_of(pause_reason)]
 
 
