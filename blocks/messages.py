@@ -50,6 +50,7 @@ from blocks.text import (
     undo_button_text,
     undo_how,
     until_words,
+    waits_for,
 )
 from core.csvsafe import to_csv
 from core.models import ItemState, Mode, NoEmailChoice, TaskStatus
@@ -487,28 +488,20 @@ def paused_note(task: TaskSnapshot) -> str:
     retry = f" Trying again {slack_date(task.paused_until)}." if task.paused_until else ""
     since = f" since {slack_date(task.paused_since)}" if task.paused_since else ""
     return (f":double_vertical_bar: *Paused{since}*: {safe(task.pause_reason or '', 300)} "
-            f"Nobody else's password changes until {_paused_on(task)} answers.{retry}")
-
-
-def _paused_on(task: TaskSnapshot) -> str:
-    """What a paused task waits for: the directory (an LDAP server that stopped answering),
-    else the mail server."""
-    if (task.pause_reason or "").lower().startswith("the directory"):
-        return "the directory"
-    return "the mail server"
+            f"Nobody else's password changes until {waits_for(task.pause_reason)} answers.{retry}")
 
 
 def paused_reply(task: TaskSnapshot) -> SlackMessage:
     text = (
         f":double_vertical_bar: Paused: {safe(task.pause_reason or '', 300)} Nobody else's "
-        f"password changes until {_paused_on(task)} answers; resetbot keeps trying and goes on "
-        "by itself. *Cancel* above still works."
+        f"password changes until {waits_for(task.pause_reason)} answers; resetbot keeps trying "
+        "and goes on by itself. *Cancel* above still works."
     )
     return SlackMessage(text, [section(text)])
 
 
 def resumed_reply(task: TaskSnapshot) -> SlackMessage:
-    text = ":arrow_forward: Resumed: the mail server answers again."
+    text = f":arrow_forward: Resumed: {waits_for(task.pause_reason)} answers again."
     return SlackMessage(text, [section(text)])
 
 

@@ -11,6 +11,7 @@ from core.controls import blank_unsafe
 from core.directory import DirectoryUser
 from core.directory.protocol import User
 from core.models import ItemState, Mode, NoEmailChoice, Scope, TaskStatus
+from core.outage import Outage, outage_of
 from core.progress import TaskSnapshot, pace_words
 from core.tally import Tally
 
@@ -702,3 +703,26 @@ def unmatched_lines(report: dict[str, Any]) -> list[str]:
     more = len(unmatched) - len(lines)
     return (["*Lines that name nobody, or several users (not used):*", *lines]
             + ([f"… and {more:,} more."] if more else []))
+
+
+#: What a paused task waits for, by the outage that paused it (core/outage.py).
+OUTAGE_WAITS_FOR = {Outage.MAIL: "the mail server", Outage.DIRECTORY: "the directory"}
+
+
+def waits_for(pause_reason: str | None) -> str:
+    """What a task paused for `pause_reason` waits for: "the mail server" or "the directory"."""
+    return OUTAGE_WAITS_FOR[outage_of(pause_reason)]
+
+
+def outage_failure_words(pause_reason: str, elapsed_seconds: float) -> str:
+    """Why a task paused too long failed: what stayed down, for how long, and its words."""
+    what = waits_for(pause_reason)
+    return f"{what[:1].upper()}{what[1:]} could not be used for {_minutes(elapsed_seconds)}: " \
+        f"{pause_reason}"
+
+
+def _minutes(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{max(minutes, 0)} min"
+    return f"{minutes // 60} h {minutes % 60} min"

@@ -21,7 +21,7 @@ from typing import Any
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from blocks.text import done_words, ended_words
+from blocks.text import done_words, ended_words, waits_for
 from bot.terminal import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -190,8 +190,8 @@ def print_task(cli: Output, session: Session, task: TaskSnapshot) -> None:
                 f"count: resetbot tasks start {task.id}; or: resetbot tasks cancel {task.id}")
     if task.paused:
         cli.say(f"  Paused since {_when(task.paused_since)} (UTC): "
-                f"{shown(task.pause_reason or '')} Nobody else's password changes until the "
-                f"mail server answers; next try {_when(task.paused_until)}.")
+                f"{shown(task.pause_reason or '')} Nobody else's password changes until "
+                f"{waits_for(task.pause_reason)} answers; next try {_when(task.paused_until)}.")
     pace = pace_words(task.pace)
     tally = task.tally
     ended = ended_words(tally) if task.status.is_final else ""

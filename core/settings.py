@@ -655,6 +655,18 @@ class Settings:
         "listed as not reset)",
         parse=seconds(30 * 86400),
     )
+    directory_outage_retry: float = setting(
+        "DIRECTORY_OUTAGE_RETRY", 60.0,
+        "seconds a task pauses when its directory (an LDAP server or Active Directory) stops "
+        "answering mid-task, before trying again; doubled at each try, up to 15 minutes",
+        parse=seconds(900),
+    )
+    directory_outage_give_up: float = setting(
+        "DIRECTORY_OUTAGE_GIVE_UP", 86400.0,
+        "seconds of directory outage after which a paused task fails (its untouched users are "
+        "listed as not reset)",
+        parse=seconds(30 * 86400),
+    )
     mail_templates: str | None = setting(
         "MAIL_TEMPLATES", None,
         "a folder of mail templates (`reset.txt`, optional `reset.html`, `reset.<lang>.txt`, "

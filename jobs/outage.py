@@ -1,4 +1,5 @@
-"""Mail outages pause a task: nobody's password changes while nobody could be told.
+"""Mail and directory outages pause a task: nobody's password changes while nobody could be
+told, or while the directory cannot take it.
 
 In e-mailed mode a batch is hashed only once the mail server has taken a connection (and our
 login). When it will not, the batch goes back untouched and the task *pauses*: claims of pending
@@ -6,6 +7,10 @@ users stop until `paused_until`, when the reaper puts the task's chunks back on 
 first batch tries the server again. Each try waits twice as long as the last, up to
 `MAX_PAUSE_SECONDS`; an outage longer than MAIL_OUTAGE_GIVE_UP fails the task, and its untouched
 users are listed as not reset. The pause is in the database, so it outlives Redis and workers.
+
+A directory (an LDAP server) that stops answering mid-batch pauses the task the same way, with
+DIRECTORY_OUTAGE_RETRY and DIRECTORY_OUTAGE_GIVE_UP; only the directory setting passwords again
+ends that pause (a mail server that answers does not: it was never the cause).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, or_, select, update
 
+from blocks.text import outage_failure_words
 from core.models import ResetTask, TaskStatus, utcnow
+from core.outage import DIRECTORY_REASON_START, Outage, directory_reason
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task
 from jobs.reporting import SafeReporter
@@ -39,11 +46,24 @@ def pause_delay(first: float, pauses: int) -> float:
     return float(min(first * 2.0 ** min(pauses, 20), MAX_PAUSE_SECONDS))
 
 
-def pause_for_mail(
-    context: WorkerContext, task_id: int, reason: str, *, what: str = "The mail server"
+def pause_for_mail(context: WorkerContext, task_id: int, reason: str) -> None:
+    """Pause the task until the mail server may answer; fail it if it has been down longer
+    than MAIL_OUTAGE_GIVE_UP."""
+    settings = context.settings
+    _pause(context, task_id, reason, settings.mail_outage_retry, settings.mail_outage_give_up)
+
+
+def pause_for_directory(context: WorkerContext, task_id: int, said: str) -> None:
+    """Pause the task until its directory may answer (`said`: the directory's own words); fail
+    it if it has been down longer than DIRECTORY_OUTAGE_GIVE_UP."""
+    settings = context.settings
+    _pause(context, task_id, directory_reason(said), settings.directory_outage_retry,
+           settings.directory_outage_give_up)
+
+
+def _pause(
+    context: WorkerContext, task_id: int, reason: str, first_wait: float, give_up: float
 ) -> None:
-    """Pause the task until the mail server (or `what`: the directory) may answer; fail it if
-    it has been down too long."""
     now = utcnow()
     with context.sessions() as session:
         row = session.execute(
@@ -53,12 +73,12 @@ def pause_for_mail(
         if row is None:
             return
         since, pauses = row.paused_since or now, row.pauses
-        if now - since >= timedelta(seconds=context.settings.mail_outage_give_up):
+        if now - since >= timedelta(seconds=give_up):
             session.rollback()
-            fail_task(context, task_id, f"{what} could not be used for "
-                      f"{_duration(now - since)}: {reason}")
+            fail_task(context, task_id, outage_failure_words(
+                reason, (now - since).total_seconds()))
             return
-        until = now + timedelta(seconds=pause_delay(context.settings.mail_outage_retry, pauses))
+        until = now + timedelta(seconds=pause_delay(first_wait, pauses))
         first = rowcount(session.execute(
             update(ResetTask)
             .where(ResetTask.id == task_id, ResetTask.status == TaskStatus.RUNNING)
@@ -73,21 +93,35 @@ def pause_for_mail(
 
 
 def resume_after_mail_outage(context: WorkerContext, task_id: int) -> None:
-    """The mail server answers again: clear the pause (said once, by whoever clears it)."""
+    """The mail server answers again: end a pause the mail server caused (not one of the
+    directory's, which the directory's own answer ends)."""
+    _resume(context, task_id, Outage.MAIL)
+
+
+def resume_after_directory_outage(context: WorkerContext, task_id: int) -> None:
+    """The directory set passwords again: end a pause it caused."""
+    _resume(context, task_id, Outage.DIRECTORY)
+
+
+def _resume(context: WorkerContext, task_id: int, outage: Outage) -> None:
+    """Clear the pause (said once, by whoever clears it). The reason stays, so that the
+    "resumed" line can say what answers again."""
     with context.sessions() as session:
         cleared = rowcount(session.execute(
             update(ResetTask)
-            .where(ResetTask.id == task_id, ResetTask.paused_since.is_not(None))
-            .values(paused_until=None, paused_since=None, pauses=0, pause_reason=None)
+            .where(ResetTask.id == task_id, ResetTask.paused_since.is_not(None),
+                   _paused_by(outage))
+            .values(paused_until=None, paused_since=None, pauses=0)
         ))
         session.commit()
     if cleared:
-        logger.info("task %s resumed: the mail server answers", task_id)
+        logger.info("task %s resumed: the %s answers", task_id,
+                    "directory" if outage is Outage.DIRECTORY else "mail server")
         SafeReporter(context.reporter).task_resumed(task_id)
 
 
-def _duration(elapsed: timedelta) -> str:
-    minutes = int(elapsed.total_seconds() // 60)
-    if minutes < 60:
-        return f"{max(minutes, 0)} min"
-    return f"{minutes // 60} h {minutes % 60} min"
+def _paused_by(outage: Outage) -> ColumnElement[bool]:
+    by_directory = ResetTask.pause_reason.startswith(DIRECTORY_REASON_START)
+    if outage is Outage.DIRECTORY:
+        return by_directory
+    return or_(ResetTask.pause_reason.is_(None), ~by_directory)

@@ -16,14 +16,19 @@ from datetime import datetime
 
 from core.directory.protocol import DirectoryUnavailable, PasswordSet, SetOutcome, SetResult
 from core.directory.sql import SqlDirectory
-from core.models import ItemState, Mode, utcnow
+from core.models import ItemState, utcnow
 from core.undo import keeper
 from jobs.batches import Claimed, ItemOutcome, Settled, TaskView
 from jobs.claims import Lease, end_unmailed, record_outcomes, release, renew
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task
 from jobs.mailer import Delivery, Mailer, MailSetupError, Outcome, PasswordMail
-from jobs.outage import OUTAGE_STREAK, pause_for_mail, resume_after_mail_outage
+from jobs.outage import (
+    OUTAGE_STREAK,
+    pause_for_directory,
+    pause_for_mail,
+    resume_after_directory_outage,
+)
 from jobs.retries import mail_outcome
 
 logger = logging.getLogger(__name__)
@@ -154,9 +159,9 @@ def _write_batch(
     if not_done:
         release(context, not_done)
     if outage is not None:
-        pause_for_mail(context, task.id, outage, what="The directory")
-    elif task.paused and task.mode is not Mode.GENERATED and outcomes:
-        resume_after_mail_outage(context, task.id)
+        pause_for_directory(context, task.id, outage)
+    elif task.paused and outcomes:
+        resume_after_directory_outage(context, task.id)
     batch.lease.renewed = time.monotonic()
     return held - (set(unmailed) - ended) - set(refused) - not_done_ids, outage is not None
 
@@ -184,8 +189,7 @@ def _set_passwords(
     except DirectoryUnavailable as error:
         logger.warning("the directory stopped answering mid-batch (%s of %s set): %s",
                        len(error.done), len(wanted), error)
-        said = str(error)
-        return list(error.done), said[:1].upper() + said[1:]
+        return list(error.done), str(error)
 
 
 def _refusal_words(outcome: SetOutcome) -> str:

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blocks import messages
+from blocks.text import outage_failure_words, waits_for
 from core.models import ItemState, Mode, Scope, TaskStatus
+from core.outage import directory_reason
 from core.progress import TaskSnapshot
 from tests.support.slack_standin import block_kit_problems
 
@@ -229,3 +231,30 @@ def test_any_text_any_size_gives_valid_messages(
             for text in texts:
                 # Only our own markup may open an angle bracket: mentions and channel links.
                 assert "<!" not in text
+
+
+def test_a_pause_names_what_it_waits_for_the_mail_server_or_the_directory() -> None:
+    """A directory that stops answering is not a mail outage: every line of a pause and of its
+    end names the directory, and a task that waited too long says which one stayed down."""
+    since = datetime(2026, 1, 1, 9, tzinfo=UTC)
+    mail = snap(paused_since=since, paused_until=since,
+                pause_reason="Could not reach the mail server mail.example.org:587 (refused).")
+    ldap = snap(paused_since=since, paused_until=since,
+                pause_reason="The directory ldaps://ldap.example.org/dc=example,dc=org cannot "
+                             "be reached: timed out (resetbot tries again)")
+    for task, waited, other in ((mail, "the mail server", "the directory"),
+                                (ldap, "the directory", "the mail server")):
+        for shown in (everything(messages.paused_reply(task)), messages.paused_note(task),
+                      everything(messages.parent_message(task))):
+            assert f"until {waited} answers" in shown and other not in shown
+        resumed = replace(task, paused_since=None, paused_until=None)  # the reason stays
+        assert messages.resumed_reply(resumed).text == (
+            f":arrow_forward: Resumed: {waited} answers again.")
+    assert outage_failure_words(ldap.pause_reason or "", 2 * 3600 + 5 * 60) == (
+        "The directory could not be used for 2 h 5 min: " + (ldap.pause_reason or ""))
+    assert outage_failure_words(mail.pause_reason or "", 59).startswith(
+        "The mail server could not be used for 0 min: Could not reach")
+    # A directory whose own words do not begin with it is still told apart.
+    assert directory_reason("connection refused") == (
+        "The directory cannot be used: connection refused")
+    assert waits_for(directory_reason("connection refused")) == "the directory"

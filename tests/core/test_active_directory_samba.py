@@ -5,8 +5,6 @@ password is the directory's own sign-in: a simple bind as the user."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -48,58 +46,21 @@ from tests.support.samba_ad import (
     SERVICE_PASSWORD,
     STAFF_GROUP,
     STRICT_POLICY_LENGTH,
-    DomainTemplate,
     SambaDomain,
     SeedUser,
     seed_user,
 )
+from tests.support.samba_ad import domain as domain
+from tests.support.samba_ad import samba_template as samba_template
 
 pytestmark = pytest.mark.services
 
 NEW_PASSWORD = "Fresh-Start-2026"
 
 
-def _samba_available() -> None:
-    problem = None
-    if shutil.which("samba") is None or shutil.which("samba-tool") is None:
-        problem = "Samba AD is not installed (apt-get install samba-ad-dc samba-ad-provision)"
-    elif os.geteuid() != 0:
-        problem = "a Samba AD DC runs as root only"
-    if problem and os.environ.get("CI"):
-        pytest.fail(f"{problem}: CI must run these tests (.ci/run installs Samba)")
-    if problem:
-        pytest.skip(problem)
-
-
-@pytest.fixture(scope="session")
-def samba_template() -> Iterator[DomainTemplate]:
-    _samba_available()
-    template = DomainTemplate.acquire()
-    yield template
-    template.release()
-
-
-@pytest.fixture
-def domain(samba_template: DomainTemplate) -> Iterator[SambaDomain]:
-    with samba_template.domain() as running:
-        yield running
-
-
-def _config(domain: SambaDomain, bind_dn: str = SERVICE_NAME,
-            password: str = SERVICE_PASSWORD) -> LdapConfig:
-    return LdapConfig.from_env({
-        "DIRECTORY_URL": domain.url,
-        "DIRECTORY_TLS_CA_FILE": str(domain.ca_file),
-        "DIRECTORY_BIND_DN": bind_dn,
-        "DIRECTORY_BIND_PASSWORD": password,
-        "DIRECTORY_PROFILE": "active-directory",
-        "DIRECTORY_STAFF_GROUP": STAFF_GROUP,
-    })
-
-
 @pytest.fixture
 def config(domain: SambaDomain) -> LdapConfig:
-    return _config(domain)
+    return domain.config()
 
 
 @pytest.fixture
@@ -332,13 +293,13 @@ def test_a_fine_grained_policy_resetbot_cannot_read_refuses_one_user_only(
 
 def test_the_service_account_signs_in_by_dn_or_by_name_at_domain(domain: SambaDomain) -> None:
     for name in (SERVICE_DN, SERVICE_NAME):
-        connection = connect(_config(domain, bind_dn=name))
+        connection = connect(domain.config(bind_dn=name))
         assert connection.bound
         connection.unbind()
 
     wrong = "Not-The-Service-Pass1"
     with pytest.raises(ConfigError) as refused:
-        connect(_config(domain, password=wrong))
+        connect(domain.config(password=wrong))
     assert "refused the service account's sign-in" in str(refused.value)
     assert wrong not in str(refused.value)
 

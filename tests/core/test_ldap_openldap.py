@@ -19,7 +19,7 @@ from ldap3.utils.log import (
     set_library_log_detail_level,
 )
 
-from core.directory.ldap import DirectoryTlsError, LdapConfig, attempt_bind, connect
+from core.directory.ldap import DirectoryTlsError, LdapConfig, connect
 from core.directory.ldap import openldap as openldap_module
 from core.directory.ldap.directory import LdapDirectory
 from core.directory.ldap.openldap import OpenLdapRules
@@ -46,20 +46,10 @@ from tests.support.openldap import (
     seeded_users,
     self_signed,
 )
+from tests.support.openldap import openldap_template as openldap_template
+from tests.support.openldap import slapd as slapd
 
 NEW = "Fresh-pass-42"
-
-
-@pytest.fixture(scope="module")
-def template() -> Iterator[OpenLdapTemplate]:
-    with OpenLdapTemplate.build() as built:
-        yield built
-
-
-@pytest.fixture
-def slapd(template: OpenLdapTemplate) -> Iterator[OpenLdap]:
-    with template.start() as server:
-        yield server
 
 
 @pytest.fixture
@@ -75,15 +65,6 @@ def users(directory: LdapDirectory) -> dict[str, User]:
     return {user.username: user for user in directory.scope_users(Scope.ALL, ())}
 
 
-def binds(slapd: OpenLdap, uid: str, password: str) -> tuple[int, str | None]:
-    attempt = attempt_bind(slapd.config(), slapd.user_dn(uid), password)
-    return attempt.result, attempt.ppolicy_error
-
-
-def old(slapd: OpenLdap, uid: str) -> str:
-    return slapd.seeded(uid).password
-
-
 # -- writing, proven by signing in ---------------------------------------------------------------
 
 
@@ -93,8 +74,8 @@ def test_must_change_the_new_password_binds_with_change_after_reset_the_old_gets
     ann = users(directory)["ann"]
     outcomes = directory.set_passwords([PasswordSet(ann.id, NEW, must_change=True)])
     assert [(o.user_id, o.result) for o in outcomes] == [(ann.id, SetResult.SET)]
-    assert binds(slapd, "ann", NEW) == (0, "changeAfterReset")
-    assert binds(slapd, "ann", old(slapd, "ann"))[0] == 49
+    assert slapd.binds("ann", NEW) == (0, "changeAfterReset")
+    assert slapd.binds("ann", slapd.old("ann"))[0] == 49
     assert slapd.operational("ann", "pwdReset")["pwdReset"] == ["TRUE"]
 
 
@@ -103,8 +84,8 @@ def test_without_must_change_pwd_reset_is_removed_and_the_new_password_binds_pla
 ) -> None:
     bob = users(directory)["bob"]
     directory.set_passwords([PasswordSet(bob.id, NEW, must_change=False)])
-    assert binds(slapd, "bob", NEW) == (0, None)
-    assert binds(slapd, "bob", old(slapd, "bob"))[0] == 49
+    assert slapd.binds("bob", NEW) == (0, None)
+    assert slapd.binds("bob", slapd.old("bob"))[0] == 49
     assert slapd.operational("bob", "pwdReset")["pwdReset"] == []
 
 
@@ -118,11 +99,11 @@ def test_a_scope_without_role_leaves_staff_and_the_unselected_with_their_old_pas
     assert sorted(user.username for user in batch) == ["ann", "bob"]
     outcomes = directory.set_passwords([PasswordSet(user.id, NEW, False) for user in batch])
     assert {outcome.result for outcome in outcomes} == {SetResult.SET}, outcomes
-    assert binds(slapd, "ann", NEW)[0] == 0
-    assert binds(slapd, "bob", NEW)[0] == 0
+    assert slapd.binds("ann", NEW)[0] == 0
+    assert slapd.binds("bob", NEW)[0] == 0
     for untouched in ("sam", "sue", "p03", "nomail"):
-        assert binds(slapd, untouched, old(slapd, untouched)) == (0, None)
-        assert binds(slapd, untouched, NEW)[0] == 49
+        assert slapd.binds(untouched, slapd.old(untouched)) == (0, None)
+        assert slapd.binds(untouched, NEW)[0] == 49
 
 
 def test_a_lock_on_purpose_is_kept_a_lock_by_failures_is_lifted(
@@ -130,13 +111,13 @@ def test_a_lock_on_purpose_is_kept_a_lock_by_failures_is_lifted(
 ) -> None:
     everyone = users(directory)
     assert everyone["frozen"].locked_on_purpose and not everyone["tripped"].locked_on_purpose
-    assert binds(slapd, "tripped", old(slapd, "tripped")) == (49, "accountLocked")
+    assert slapd.binds("tripped", slapd.old("tripped")) == (49, "accountLocked")
     directory.set_passwords([
         PasswordSet(everyone["frozen"].id, NEW, False),
         PasswordSet(everyone["tripped"].id, NEW, False),
     ])
-    assert binds(slapd, "tripped", NEW) == (0, None)
-    assert binds(slapd, "frozen", NEW) == (49, "accountLocked")
+    assert slapd.binds("tripped", NEW) == (0, None)
+    assert slapd.binds("frozen", NEW) == (49, "accountLocked")
     assert slapd.operational("frozen", "pwdAccountLockedTime")["pwdAccountLockedTime"] == [
         PERMANENT_LOCK
     ]
@@ -161,8 +142,8 @@ def test_a_password_the_policy_refuses_is_that_users_outcome_and_the_batch_goes_
     assert "history" in (outcomes[1].reason or "")
     assert all("Short1!" not in (o.reason or "") and NEW not in (o.reason or "")
                for o in outcomes)
-    assert binds(slapd, "ann", old(slapd, "ann")) == (0, None)
-    assert binds(slapd, "bob", NEW)[0] == 0
+    assert slapd.binds("ann", slapd.old("ann")) == (0, None)
+    assert slapd.binds("bob", NEW)[0] == 0
 
 
 def test_an_id_that_names_nobody_is_not_found_and_the_batch_goes_on(
@@ -207,9 +188,9 @@ def test_the_server_stopped_mid_batch_raises_a_retryable_error_saying_what_was_d
     assert slapd.template.service_password not in str(error)
     slapd.start()  # the same data, running again: who has which password is known
     for n in names[:2]:
-        assert binds(slapd, n, f"{NEW}-{n}")[0] == 0
+        assert slapd.binds(n, f"{NEW}-{n}")[0] == 0
     for n in names[2:]:
-        assert binds(slapd, n, old(slapd, n))[0] == 0
+        assert slapd.binds(n, slapd.old(n))[0] == 0
     # The directory reconnects by itself on its next call.
     assert directory.set_passwords([PasswordSet(everyone["p07"].id, NEW, False)])[0].result \
         is SetResult.SET
@@ -380,7 +361,7 @@ def test_no_password_is_set_while_ldap3s_protocol_log_would_write_it(
     finally:
         set_library_log_detail_level(before)
     assert NEW not in caplog.text
-    assert binds(slapd, "ann", old(slapd, "ann")) == (0, None)
+    assert slapd.binds("ann", slapd.old("ann")) == (0, None)
 
 
 def test_an_unreachable_server_is_a_retryable_error(slapd: OpenLdap) -> None:

@@ -45,7 +45,7 @@ def test_the_configuration_page_shows_exactly_the_declared_settings() -> None:
 def test_help_rows_name_each_variable_once_with_a_default_and_a_meaning() -> None:
     rows = settings_help()
     names = [name for name, _, _ in rows]
-    assert len(names) == len(set(names)) == 60
+    assert len(names) == len(set(names)) == 62
     assert all(name.isupper() and default and meaning for name, default, meaning in rows)
     assert ("SMTP_TIMEOUT", "`30`", "seconds per SMTP operation") in rows
     assert rows[names.index("REDIS_URL")][:2] == ("REDIS_URL", "unset")
@@ -78,6 +78,8 @@ def every_field_changed() -> Settings:
         mail_retry_delays=(0, 7),
         mail_outage_retry=0.5,
         mail_outage_give_up=600.0,
+        directory_outage_retry=2.5,
+        directory_outage_give_up=1200.0,
         mail_templates="/srv/library/mail",
         mail_language="fr",
         library_name="Springfield Library",

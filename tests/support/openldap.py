@@ -1,6 +1,6 @@
 """A real OpenLDAP server for tests: Debian's slapd as this test run's own process.
 
-    with OpenLdapTemplate.build() as template:     # once per session: config + seeded data
+    with OpenLdapTemplate.build() as template:     # once per module: config + seeded data
         with template.start() as server:           # per test: a fresh copy, started (~0.3 s)
             server.config()                        # an LdapConfig for the service account
             server.user_dn("ann")                  # a seeded user's DN
@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from ldap3 import NONE, SIMPLE, Connection, Server, Tls
 
+from core.directory.ldap import attempt_bind
 from core.directory.ldap.config import LdapConfig, LdapUrl
+from core.settings import Settings
 
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
@@ -457,12 +459,36 @@ class OpenLdap:
         env.update({key: str(value) for key, value in changes.items()})
         return LdapConfig.from_env(env)
 
+    def settings(self, settings: Settings, scheme: str = "ldaps") -> Settings:
+        """`settings` (resetbot's state) with the users on this server, as an operator sets
+        them: the service account, the CA file, the staff group."""
+        env = self.env(scheme)
+        return replace(
+            settings,
+            directory_url=env["DIRECTORY_URL"],
+            directory_profile="openldap",
+            directory_tls_ca_file=env["DIRECTORY_TLS_CA_FILE"],
+            directory_bind_dn=env["DIRECTORY_BIND_DN"],
+            directory_bind_password=env["DIRECTORY_BIND_PASSWORD"],
+            directory_staff_group=STAFF_GROUP,
+        )
+
     @staticmethod
     def user_dn(uid: str) -> str:
         return f"uid={uid},{PEOPLE}"
 
     def seeded(self, uid: str) -> Seeded:
         return next(user for user in self.template.users if user.uid == uid)
+
+    def old(self, uid: str) -> str:
+        """The seeded user's password, before any test changed it."""
+        return self.seeded(uid).password
+
+    def binds(self, uid: str, password: str) -> tuple[int, str | None]:
+        """The directory's own sign-in as the user: the bind's result code (0, or 49) and the
+        password policy's word on it (`changeAfterReset`, `accountLocked`, or None)."""
+        attempt = attempt_bind(self.config(), self.user_dn(uid), password)
+        return attempt.result, attempt.ppolicy_error
 
     @contextmanager
     def admin(self) -> Iterator[Connection]:
@@ -485,6 +511,20 @@ class OpenLdap:
             connection.search(self.user_dn(uid), "(objectClass=*)", "BASE", attributes=list(names))
             raw = connection.response[0]["raw_attributes"]
         return {key: [value.decode() for value in values] for key, values in raw.items()}
+
+
+@pytest.fixture(scope="module")
+def openldap_template() -> Iterator[OpenLdapTemplate]:
+    """The seeded template, built once per test module (about 0.1 s)."""
+    with OpenLdapTemplate.build() as built:
+        yield built
+
+
+@pytest.fixture
+def slapd(openldap_template: OpenLdapTemplate) -> Iterator[OpenLdap]:
+    """A fresh copy of the template, running, for one test."""
+    with openldap_template.start() as server:
+        yield server
 
 
 def _end_with_parent() -> None:

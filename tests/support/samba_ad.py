@@ -63,15 +63,21 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ldap3
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from ldap3.protocol.formatters.formatters import format_sid
+from ldap3.protocol.microsoft import security_descriptor_control
+from ldap3.utils.conv import escape_filter_chars
+
+from core.directory.ldap.config import LdapConfig
+from core.settings import Settings
 
 REALM = "RESETBOT.TEST"
 NETBIOS_DOMAIN = "RESETBOT"
@@ -320,13 +326,47 @@ def _start_samba(folder: Path, address: str) -> subprocess.Popen[bytes]:
         if process.poll() is not None:
             output = (folder / "log" / "stdout").read_text(errors="replace")
             raise RuntimeError(f"samba exited with {process.returncode}:\n{output[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection((address, 636), 0.2):
-            return process
+        if _listening(address):
+            if _answers_with_our_certificate(address, folder / "tls" / "ca.pem"):
+                return process
+            _stop_samba(process)
+            raise AddressTaken(f"another Samba (another test run's) answers on {address}:636")
         if time.monotonic() > deadline:
             _stop_samba(process)
             raise RuntimeError(f"samba did not listen on {address}:636 in {_START_TIMEOUT} s")
         # Samba says nothing when it listens: the port accepting is the event, polled briefly.
         time.sleep(0.01)
+
+
+class AddressTaken(RuntimeError):
+    """A server of another test run took the address between our check and our start."""
+
+
+def _listening(address: str) -> bool:
+    try:
+        socket.create_connection((address, 636), 0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _answers_with_our_certificate(address: str, ca_file: Path) -> bool:
+    """Whether the server on `address` is this domain's: its certificate is signed by our CA
+    (each template has its own CA; another run's Samba on the same address has another)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = False
+    deadline = time.monotonic() + _START_TIMEOUT
+    while True:
+        try:
+            with socket.create_connection((address, 636), 1) as raw, \
+                    context.wrap_socket(raw, server_hostname=address):
+                return True
+        except ssl.SSLCertVerificationError:
+            return False
+        except OSError:  # the listener is up, its TLS not yet: try again shortly
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _stop_samba(process: subprocess.Popen[bytes]) -> None:
@@ -488,17 +528,26 @@ class DomainTemplate:
 
     @contextlib.contextmanager
     def domain(self, address: str | None = None) -> Iterator[SambaDomain]:
-        """A running copy of the template on `address` (default: this worker's), then gone."""
-        address = address or free_worker_address()
+        """A running copy of the template on `address` (default: this worker's, or its next
+        free one should another test run's Samba take it meanwhile), then gone."""
         folder = Path(tempfile.mkdtemp(prefix=f"resetbot-samba-copy-{os.getpid()}-"))
         running: SambaDomain | None = None
         try:
             shutil.copytree(self.folder, folder, symlinks=True, dirs_exist_ok=True,
                             ignore=_sockets)
-            (folder / "etc" / "smb.conf").write_text(_smb_conf(folder, address))
-            _issue_server_certificate(folder / "tls", address)
-            running = SambaDomain(folder=folder, address=address)
-            running.start()
+            for attempt in range(_ADDRESS_TRIES):
+                chosen = address or free_worker_address()
+                (folder / "etc" / "smb.conf").write_text(_smb_conf(folder, chosen))
+                _issue_server_certificate(folder / "tls", chosen)
+                try:
+                    running = SambaDomain(folder=folder, address=chosen)
+                    running.start()
+                    break
+                except AddressTaken:
+                    running = None
+                    if address is not None or attempt == _ADDRESS_TRIES - 1:
+                        raise
+            assert running is not None
             yield running
         finally:
             if running is not None:
@@ -593,6 +642,31 @@ class SambaDomain:
         return ldap3.Connection(self.server(), name, password, auto_bind=True,
                                 raise_exceptions=True)
 
+    def config(self, bind_dn: str = SERVICE_NAME, password: str = SERVICE_PASSWORD) -> LdapConfig:
+        """resetbot's LDAP settings for this domain: the service account, the CA file, the
+        staff group."""
+        return LdapConfig.from_env({
+            "DIRECTORY_URL": self.url,
+            "DIRECTORY_TLS_CA_FILE": str(self.ca_file),
+            "DIRECTORY_BIND_DN": bind_dn,
+            "DIRECTORY_BIND_PASSWORD": password,
+            "DIRECTORY_PROFILE": "active-directory",
+            "DIRECTORY_STAFF_GROUP": STAFF_GROUP,
+        })
+
+    def settings(self, settings: Settings) -> Settings:
+        """`settings` (resetbot's state) with the users in this domain, as an operator sets
+        them."""
+        return replace(
+            settings,
+            directory_url=self.url,
+            directory_profile="active-directory",
+            directory_tls_ca_file=str(self.ca_file),
+            directory_bind_dn=SERVICE_NAME,
+            directory_bind_password=SERVICE_PASSWORD,
+            directory_staff_group=STAFF_GROUP,
+        )
+
     def admin(self) -> ldap3.Connection:
         return self.connect(ADMIN_NAME, ADMIN_PASSWORD)
 
@@ -613,6 +687,54 @@ class SambaDomain:
             return message
         return message.split(marker, 1)[1].split(",", 1)[0]
 
+    def signs_in(self, username: str, password: str) -> str:
+        """`sign_in` as a seeded user, by their username."""
+        return self.sign_in(seed_user(username).dn, password)
+
+    def old_passwords_sign_in(self, usernames: set[str]) -> dict[str, str]:
+        """Each seeded user's sign-in with their seeded password (all "ok": nobody touched
+        them)."""
+        return {name: self.signs_in(name, seed_user(name).password) for name in sorted(usernames)}
+
+    def sid_of(self, dn: str) -> str:
+        [sid] = self.read(dn, "objectSid")["objectSid"]
+        assert isinstance(sid, bytes)
+        return str(format_sid(sid))
+
+    def aces_on(self, dn: str) -> list[Ace]:
+        """The access-allowed object entries on `dn` (its DACL, read by the administrator)."""
+        connection = self.admin()
+        try:
+            connection.search(dn, "(objectClass=*)", ldap3.BASE,
+                              attributes=["nTSecurityDescriptor"],
+                              controls=security_descriptor_control(sdflags=0x04))  # DACL
+            [descriptor] = connection.response[0]["raw_attributes"]["nTSecurityDescriptor"]
+        finally:
+            connection.unbind()
+        return allowed_object_aces(descriptor)
+
+    def schema_guid(self, name: str) -> str:
+        """The schemaIDGUID of the attribute or class named `name` (lDAPDisplayName), or the
+        rightsGuid of the extended right named `name` (its cn), as this domain's schema and
+        configuration say."""
+        configuration = f"CN=Configuration,{BASE_DN}"
+        connection = self.admin()
+        try:
+            connection.search(f"CN=Schema,{configuration}",
+                              f"(lDAPDisplayName={escape_filter_chars(name)})",
+                              ldap3.LEVEL, attributes=["schemaIDGUID"])
+            if connection.response and connection.response[0].get("raw_attributes"):
+                [raw] = connection.response[0]["raw_attributes"]["schemaIDGUID"]
+                return str(uuid.UUID(bytes_le=bytes(raw)))
+            connection.search(f"CN=Extended-Rights,{configuration}",
+                              f"(cn={escape_filter_chars(name)})",
+                              ldap3.LEVEL, attributes=["rightsGuid"])
+            [found] = [entry for entry in connection.response
+                       if entry.get("type") == "searchResEntry"]
+            return str(found["raw_attributes"]["rightsGuid"][0].decode())
+        finally:
+            connection.unbind()
+
     def read(self, dn: str, *attributes: str) -> dict[str, list[object]]:
         """An entry's attributes as the administrator reads them (raw values)."""
         connection = self.admin()
@@ -622,3 +744,93 @@ class SambaDomain:
             return raw
         finally:
             connection.unbind()
+
+
+# --- access control entries ------------------------------------------------------------------
+
+
+#: SDDL's names for the access mask bits a delegation uses (MS-DTYP 2.4.3, 2.5.1.1).
+_MASK_RIGHTS = {0x100: "CR", 0x20: "WP", 0x10: "RP", 0x08: "SW", 0x01: "CC", 0x02: "DC",
+                0x04: "LC", 0x40: "DT", 0x80: "LO", 0x10000: "SD", 0x20000: "RC",
+                0x40000: "WD", 0x80000: "WO"}
+#: ACE flags (MS-DTYP 2.4.4.1): CONTAINER_INHERIT, NO_PROPAGATE, INHERIT_ONLY, INHERITED.
+_ACE_FLAGS = {0x02: "CI", 0x04: "NP", 0x08: "IO", 0x10: "ID"}
+_ACCESS_ALLOWED_OBJECT = 0x05
+
+
+@dataclass(frozen=True)
+class Ace:
+    """One access-allowed object entry of a security descriptor, as SDDL names its parts."""
+
+    flags: str
+    rights: str
+    object_type: str
+    inherited_object_type: str
+    sid: str
+
+
+def allowed_object_aces(descriptor: bytes) -> list[Ace]:
+    """The access-allowed object entries of a self-relative security descriptor's DACL
+    (MS-DTYP 2.4.6): what a delegation on an OU gives. Other entries are left out."""
+    dacl_at = int.from_bytes(descriptor[16:20], "little")
+    if not dacl_at:
+        return []
+    count = int.from_bytes(descriptor[dacl_at + 4:dacl_at + 6], "little")
+    at, found = dacl_at + 8, []
+    for _ in range(count):
+        kind, flags = descriptor[at], descriptor[at + 1]
+        size = int.from_bytes(descriptor[at + 2:at + 4], "little")
+        if kind == _ACCESS_ALLOWED_OBJECT:
+            found.append(_object_ace(descriptor[at:at + size], flags))
+        at += size
+    return found
+
+
+def _object_ace(ace: bytes, flags: int) -> Ace:
+    mask = int.from_bytes(ace[4:8], "little")
+    present = int.from_bytes(ace[8:12], "little")
+    at, guids = 12, []
+    for bit in (1, 2):  # ACE_OBJECT_TYPE_PRESENT, ACE_INHERITED_OBJECT_TYPE_PRESENT
+        if present & bit:
+            guids.append(str(uuid.UUID(bytes_le=bytes(ace[at:at + 16]))))
+            at += 16
+        else:
+            guids.append("")
+    return Ace(
+        flags="".join(name for bit, name in _ACE_FLAGS.items() if flags & bit),
+        rights="".join(name for bit, name in _MASK_RIGHTS.items() if mask & bit),
+        object_type=guids[0], inherited_object_type=guids[1],
+        sid=str(format_sid(bytes(ace[at:]))),
+    )
+
+
+# --- pytest ------------------------------------------------------------------------------------
+
+
+def samba_available() -> None:
+    """Skip where Samba cannot run (not installed, not root); in CI that is a failure."""
+    problem = None
+    if shutil.which("samba") is None or shutil.which("samba-tool") is None:
+        problem = "Samba AD is not installed (apt-get install samba-ad-dc samba-ad-provision)"
+    elif os.geteuid() != 0:
+        problem = "a Samba AD DC runs as root only"
+    if problem and os.environ.get("CI"):
+        pytest.fail(f"{problem}: CI must run these tests (.ci/run installs Samba)")
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def samba_template() -> Iterator[DomainTemplate]:
+    """The run's provisioned domain (made once per run, shared by the xdist workers)."""
+    samba_available()
+    template = DomainTemplate.acquire()
+    yield template
+    template.release()
+
+
+@pytest.fixture
+def domain(samba_template: DomainTemplate) -> Iterator[SambaDomain]:
+    """A running copy of the template, for one test."""
+    with samba_template.domain() as running:
+        yield running
