@@ -13,6 +13,7 @@ from redis import Redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from bot.directory_cli import directory_report
 from core.db import make_engine
 from core.directory.sql.koha_log import koha_log_status
 from core.models import ItemState, Scope
@@ -65,7 +66,8 @@ def test_each_changed_password_gets_kohas_change_pass_row_when_borrowerslog_is_o
 ) -> None:
     settings, engine = koha
     create_password_rules(engine, {}, {"BorrowersLog": "1"})
-    assert koha_log_status(engine) == (True, True)  # what `directory check` can say
+    assert koha_log_status(engine) == (True, True)
+    assert "  Koha's log: granted" in directory_report(settings).lines()
     _reset(settings, redis_conn, (1, 7))
     logged = action_logs(engine)
     assert [(r["user"], r["module"], r["action"], r["object"], r["info"], r["interface"])
@@ -79,6 +81,8 @@ def test_with_borrowerslog_off_nothing_is_logged(
 ) -> None:
     settings, engine = koha
     create_password_rules(engine, {}, {"BorrowersLog": "0"})
+    assert ("  Koha's log: granted (Koha's BorrowersLog preference is off: nothing is "
+            "written)") in directory_report(settings).lines()
     _reset(settings, redis_conn, (1, 7))
     assert action_logs(engine) == []
     assert row(engine, 1)["password"] != OLD_HASH
@@ -101,6 +105,9 @@ def test_without_the_insert_grant_nothing_is_logged_and_the_reset_still_happens(
         limited_engine = make_engine(limited)
         assert koha_log_status(limited_engine) == (True, False)
         limited_engine.dispose()
+        assert ("  Koha's log: not granted (INSERT ON action_logs); without it no CHANGE PASS "
+                "entry is written to Koha's action_logs; resets work as before") in (
+            directory_report(replace(settings, directory_url=limited)).lines())
         _reset(replace(settings, directory_url=limited), redis_conn, (1, 7))
     finally:
         with admin.connect() as connection:
