@@ -297,6 +297,9 @@ def test_using_resetbot_with_koha_as_written(
             preview, mailed, typed = everyone.splitlines()
             done = _steps(tmp_path, env, preview)
             assert done.returncode == 0, done.stdout + done.stderr
+            # Blanks and values without @ are no e-mail, said with why (KOHA_CASES 101-103).
+            assert ("    (3 addresses cannot be used and count as no e-mail: 1 only spaces, "
+                    "2 no @ (such as n/a or none))\n") in done.stdout
             assert dump(koha) == after_first  # a dry run changes nothing
 
             done = _steps(tmp_path, env, mailed)
