@@ -17,10 +17,17 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.directory.factory import open_directory
-from core.models import ItemState, TaskStatus
+from core.models import ItemState, Scope, TaskStatus
 from core.settings import Settings
 from jobs.reaper import reap
-from tests.scenarios.test_ldap_end_to_end import DEFAULT, assert_untouched, bind, cli, old
+from tests.scenarios.test_ldap_end_to_end import (
+    DEFAULT,
+    assert_untouched,
+    bind,
+    cli,
+    items,
+    old,
+)
 from tests.scenarios.test_ldap_end_to_end import configured as configured
 from tests.scenarios.test_ldap_end_to_end import slapd as slapd
 from tests.scenarios.test_ldap_end_to_end import template as template
@@ -140,3 +147,34 @@ def test_the_follow_up_list_and_the_audit_of_an_ldap_task(
     for said in (listed, trail):
         assert ann not in said
         assert (configured.directory_bind_password or "?") not in said
+
+
+def test_a_mail_value_that_is_no_address_is_no_e_mail_on_ldap_too(
+    configured: Settings, redis_conn: Redis, engine: Engine, slapd: OpenLdap,
+    smtp_server: SmtpServer, sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 17's one rule for an address holds for an LDAP `mail` as for a Koha column: `n/a`
+    counts as no e-mail in the preview, and `--without-email skip` leaves that user alone."""
+    with slapd.admin() as admin:
+        admin.modify(slapd.user_dn("bob"), {"mail": [("MODIFY_REPLACE", ["n/a"])]})
+    directory = open_directory(configured)
+    try:
+        counted = directory.preview(Scope.SELECTED_ONLY, [
+            user.id for user in directory.by_username(["ann", "bob"])])
+    finally:
+        directory.dispose()
+    assert (counted.emailable, counted.without_email) == (1, 1)
+    code, out = cli(configured, monkeypatch, capsys, "reset", "--scope", "selected_only",
+                    "--user", "ann,bob", "--without-email", "skip", "--yes", "--detach")
+    assert code == 0, out
+    context = build_context(configured, redis_conn, engine)
+    try:
+        final = run_until_final(context, 1)
+    finally:
+        context.close()
+    assert final.status is TaskStatus.COMPLETED, final
+    states = {name: item.state for name, item in items(sessions, 1).items()}
+    assert states == {"ann": "notified", "bob": "skipped"}
+    assert_untouched(slapd, {"bob"})
+    assert [mail.to for mail in smtp_server.messages] == ["ann@example.org"]
