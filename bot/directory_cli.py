@@ -91,7 +91,8 @@ class DirectoryReport:
         lines = ["Optional grants:"]
         for feature in self.optional:
             if feature.available:
-                lines.append(f"  {feature.name}: granted")
+                note = f" ({feature.note})" if feature.note else ""
+                lines.append(f"  {feature.name}: granted{note}")
             else:
                 lines.append(f"  {feature.name}: not granted ({feature.grant}); "
                              f"without it {feature.without}")

@@ -46,6 +46,12 @@ def parse_url(raw: str, setting: str) -> URL:
     if "@" in (url.host or ""):
         raise ConfigError(f"{setting}: the host holds an `@`, so the password holds one: "
                           "URL-encode the password (`@` is `%40`)")
+    # One `@` ends the user part; another (say `rb:Se@kr/3t@host/db`) is a password's, whose
+    # rest became a host and a database or a query that a message would show. (A SQLite
+    # file's path may hold one.)
+    if url.get_backend_name() != "sqlite" and raw.partition("://")[2].count("@") > 1:
+        raise ConfigError(f"{setting}: the URL holds more than one `@`, so the password "
+                          "holds one: URL-encode the password (`@` is `%40`)")
     return url
 
 

@@ -54,7 +54,7 @@ RUN_BY = {
         "tests/scenarios/test_readme_ldap.py::test_the_openldap_settings_as_written_check_and_reset",
     ("docs/active-directory.md", "DIRECTORY_URL=ldaps://dc1.example.org/OU=People,DC=example,"
                                  "DC=org"):
-        "tests/scenarios/test_readme_ldap.py::test_the_active_directory_settings_as_written_check",
+        "tests/scenarios/test_readme_ldap.py::test_the_active_directory_settings_as_written_check_and_reset",
     ("docs/operating.md", "resetbot audit                      # everything, oldest first"):
         f"{THIS}::test_the_audit_lines_run_as_written",
     ("docs/architecture.md", "RESETBOT_TEST_REDIS_URL=redis://127.0.0.1:6379/0"):

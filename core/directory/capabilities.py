@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Executable, false, select
 from sqlalchemy.exc import DBAPIError
 
+from core.directory.sql import koha_log, koha_rules
 from core.directory.sql.table import Directory
 
 
@@ -30,10 +31,12 @@ class OptionalFeature:
     grant: str
     #: What resetbot does without it.
     without: str
+    #: Said beside "granted" when the grant alone does not decide (Koha's log switched off).
+    note: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {"name": self.name, "available": self.available, "grant": self.grant,
-                "without": self.without}
+                "without": self.without, "note": self.note}
 
 
 Probe = Callable[[Directory, Connection], "OptionalFeature | None"]
@@ -70,8 +73,47 @@ def undo(directory: Directory, connection: Connection) -> OptionalFeature | None
     )
 
 
+def koha_password_rules(directory: Directory, connection: Connection) -> OptionalFeature | None:
+    """Reading Koha's password rules (categories, system preferences), to refuse a password
+    Koha would refuse where it is typed (core/directory/sql/koha_rules.py)."""
+    if directory.profile.password_rules != koha_rules.KOHA:
+        return None
+    readable = koha_rules.koha_rules_readable(directory)
+    by_category = readable and koha_rules.categories_readable(directory)
+    return OptionalFeature(
+        name="Koha's password rules",
+        available=readable,
+        grant=("SELECT (categorycode, min_password_length, require_strong_password) ON "
+               "categories and SELECT (variable, value) ON systempreferences"),
+        without=("a default or typed password is checked against resetbot's own policy only "
+                 "(the preview says Koha's rules were not read); resets work as before"),
+        note=None if by_category or not readable else (
+            f"without SELECT (categorycode) ON {directory.profile.table} every category's "
+            "rules are checked, not only those of the patrons in scope"),
+    )
+
+
+def koha_change_log(directory: Directory, connection: Connection) -> OptionalFeature | None:
+    """Writing Koha's CHANGE PASS entry to action_logs when Koha's BorrowersLog is on
+    (core/directory/sql/koha_log.py)."""
+    if directory.profile.change_log != koha_log.KOHA:
+        return None
+    logging, may_insert = koha_log.koha_log_status(directory.engine)
+    missing = [*(["SELECT (variable, value) ON systempreferences"] if logging is None else []),
+               *([] if may_insert else ["INSERT ON action_logs"])]
+    return OptionalFeature(
+        name="Koha's log",
+        available=not missing,
+        grant=" and ".join(missing or ["INSERT ON action_logs"]),
+        without=("no CHANGE PASS entry is written to Koha's action_logs; resets work as "
+                 "before"),
+        note=None if logging or missing else (
+            "Koha's BorrowersLog preference is off: nothing is written"),
+    )
+
+
 #: Every optional feature, in the order `directory check` lists them.
-PROBES: list[Probe] = [hash_survey, undo]
+PROBES: list[Probe] = [hash_survey, undo, koha_password_rules, koha_change_log]
 
 
 def optional_features(directory: Directory) -> list[OptionalFeature]:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from core.addresses import usable_address
 from core.directory.users import Preview
 from core.errors import ResetbotError
 from core.models import Scope
@@ -60,7 +61,8 @@ class User:
 
     @property
     def has_email(self) -> bool:
-        return bool(self.email and self.email.strip())
+        """A usable address by the one rule (core/addresses.py), whatever the directory."""
+        return usable_address(self.email) is not None
 
 
 #: What a scope would do, counted before anything changes (users, emailable, without_email,

@@ -165,6 +165,22 @@ def test_a_default_password_preview_says_nobody_is_emailed() -> None:
     assert view["submit"]["text"] == "Set for 7 users"
 
 
+def test_the_preview_says_how_many_addresses_cannot_be_used_and_why() -> None:
+    """Issue 17: the values counted as no e-mail that were there but are not addresses, by
+    reason; only where passwords are e-mailed."""
+    unusable = Preview(users=7, emailable=4, without_email=3, staff=0,
+                       unusable={"blank": 2, "no_at": 1})
+    said = ("3 addresses cannot be used and count as no e-mail: 2 only spaces, 1 no @ (such "
+            "as n/a or none).")
+    mailed = preview_modal("p", unusable, scope=Scope.ALL, selected=0, mode=Mode.GENERATED,
+                           require_change=True)
+    valid(mailed, "modal")
+    assert said in json.dumps(mailed)
+    default = preview_modal("p", unusable, scope=Scope.ALL, selected=0, mode=Mode.DEFAULT,
+                            require_change=True)
+    assert "cannot be used" not in json.dumps(default)
+
+
 @pytest.mark.parametrize("mode", list(Mode))
 @pytest.mark.parametrize("users", [1, 7, 100_000, 9_999_999])
 def test_the_confirm_button_fits_slacks_24_characters(mode: Mode, users: int) -> None:

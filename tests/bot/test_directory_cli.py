@@ -113,7 +113,16 @@ def test_directory_check_reports_what_resetbot_sees_and_changes_nothing(
         "Optional grants:",
         "  hash survey: granted",
         "  undo: granted",
+        "  Koha's password rules: not granted (SELECT (categorycode, min_password_length, "
+        "require_strong_password) ON categories and SELECT (variable, value) ON "
+        "systempreferences); without it a default or typed password is checked against "
+        "resetbot's own policy only (the preview says Koha's rules were not read); resets "
+        "work as before",
+        lines[-1],
     ]
+    # No systempreferences here: whether Koha logs cannot be read (nor, on SQLite, the grant).
+    assert lines[-1].startswith("  Koha's log: not granted (SELECT (variable, value) ON "
+                                "systempreferences")
     for secret in (OLD_HASH, OTHER_HASH, CLEAR, OLD_HASH[7:], OTHER_HASH[7:]):
         assert secret not in done.out
     assert dump(engine) == rows and schema_objects(engine) == schema
@@ -134,21 +143,25 @@ def test_directory_check_warns_when_a_reset_would_write_another_format(
                                       "other/unknown": 1}
     assert (report["users"], report["staff"], report["without_email"]) == (8, 2, 3)
     assert report["writes"] == "$2a$10$"
-    assert report["optional"] == [{
+    assert report["optional"][:2] == [{
         "name": "hash survey", "available": True, "grant": "SELECT (password) ON borrowers",
         "without": "the password formats the table holds are not counted, and no warning is "
                    "given should they differ from what a reset writes; resets work as before",
+        "note": None,
     }, {
         "name": "undo", "available": True,
         "grant": "SELECT (password, password_expiration_date, login_attempts) ON borrowers",
         "without": "Undo is not offered: resetbot cannot keep the password a reset replaces, "
                    "so it could not put it back; resets work as before",
+        "note": None,
     }]
+    assert [(feature["name"], feature["available"]) for feature in report["optional"][2:]] == [
+        ("Koha's password rules", False), ("Koha's log", False)]
     assert report["warning"].startswith(
         "warning: resetbot writes $2a$10$ hashes, but most passwords in borrowers are $2a$08$ "
         "(4 of 8 users)")
     plain = run("directory", "check", **_env(engine, profile, PASSWORD_ROUNDS="10"))
-    assert plain.out.splitlines()[-4] == report["warning"]  # before the optional grants
+    assert plain.out.splitlines()[-6] == report["warning"]  # before the optional grants
     unchanged = run("directory", "check", "--json", **_env(engine, profile))
     assert json.loads(unchanged.out)["warning"] is None
 

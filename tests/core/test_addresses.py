@@ -16,6 +16,7 @@ from core.addresses import (
     parse_address,
     usable_address,
 )
+from core.directory.protocol import User
 
 
 @pytest.mark.parametrize(("value", "problem"), [
@@ -80,3 +81,14 @@ def test_the_fast_path_takes_only_what_address_reads_back_unchanged(address: str
     assert Address(addr_spec=address).addr_spec == address
     assert usable_address(address) == address
     assert parse_address(address).addr_spec == address
+
+
+@pytest.mark.parametrize(("email", "has"), [
+    ("ada@example.org", True), (" ada@example.org ", True), (None, False), ("", False),
+    ("   ", False), ("n/a", False), ("none", False), ("a@@b", False),
+])
+def test_a_directory_user_has_an_address_by_the_one_rule(email: str | None, has: bool) -> None:
+    """The protocol's User (any directory: a table, LDAP) has an e-mail exactly when the
+    rule above finds a usable address in it, so a directory cannot count it otherwise."""
+    user = User(id="1", username="ada", full_name="Ada", email=email, role=None)
+    assert user.has_email is has

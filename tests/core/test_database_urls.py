@@ -30,6 +30,10 @@ BROKEN = [
     (f"mysql+pymysql://rb:Li@20:26@{CLOSED}/koha", ["Li@", "20:26", "26@"]),
     (f"postgresql+psycopg://rb:p@ss:w0rd@{CLOSED}/koha", ["p@ss", "ss:w0rd", "w0rd"]),
     ("mysql+pymysql://rb:Lib", ["Lib"]),  # a `#` in a .env line cut the rest off
+    # An `@` then a `/` or `?` in the password: the rest parses as a host and a database or a
+    # query, which a message would show.
+    (f"mysql+pymysql://rb:Se@kr/3t@{CLOSED}/koha", ["kr/", "3t"]),
+    (f"postgresql+psycopg://rb:Se@kr?x=3t@{CLOSED}/koha", ["kr", "3t"]),
 ]
 
 

@@ -329,6 +329,27 @@ def test_a_certificate_from_another_ca_is_refused(
     assert slapd.template.service_password not in str(raised.value)
 
 
+
+@pytest.mark.parametrize("scheme", ["ldaps", "ldap"])
+def test_without_a_ca_file_the_systems_cas_verify_the_server(
+    slapd: OpenLdap, scheme: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No DIRECTORY_TLS_CA_FILE is no switch to turn verification off: the system's CAs are
+    used (OpenSSL's default paths, which SSL_CERT_FILE names here), so the test server's own
+    CA is refused until the system trusts it."""
+    config = slapd.config(scheme, DIRECTORY_TLS_CA_FILE="")
+    assert config.ca_file is None
+    empty = tmp_path / "no-cas.pem"
+    empty.write_text("", encoding="ascii")
+    monkeypatch.setenv("SSL_CERT_FILE", str(empty))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-folder"))
+    with pytest.raises(DirectoryTlsError):
+        connect(config)
+    monkeypatch.setenv("SSL_CERT_FILE", str(slapd.ca_file))
+    connection = connect(config)
+    assert connection.bound
+    connection.unbind()
+
 def test_the_bind_password_is_never_shown(
     slapd: OpenLdap, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,13 +7,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 from redis import Redis
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from bot.directory_cli import directory_report
 from core.db import make_engine
+from core.directory import Directory
 from core.directory.sql.koha_log import koha_log_status
 from core.models import ItemState, Scope
 from core.settings import Settings
@@ -65,7 +68,8 @@ def test_each_changed_password_gets_kohas_change_pass_row_when_borrowerslog_is_o
 ) -> None:
     settings, engine = koha
     create_password_rules(engine, {}, {"BorrowersLog": "1"})
-    assert koha_log_status(engine) == (True, True)  # what `directory check` can say
+    assert koha_log_status(engine) == (True, True)
+    assert "  Koha's log: granted" in directory_report(settings).lines()
     _reset(settings, redis_conn, (1, 7))
     logged = action_logs(engine)
     assert [(r["user"], r["module"], r["action"], r["object"], r["info"], r["interface"])
@@ -79,6 +83,8 @@ def test_with_borrowerslog_off_nothing_is_logged(
 ) -> None:
     settings, engine = koha
     create_password_rules(engine, {}, {"BorrowersLog": "0"})
+    assert ("  Koha's log: granted (Koha's BorrowersLog preference is off: nothing is "
+            "written)") in directory_report(settings).lines()
     _reset(settings, redis_conn, (1, 7))
     assert action_logs(engine) == []
     assert row(engine, 1)["password"] != OLD_HASH
@@ -101,6 +107,9 @@ def test_without_the_insert_grant_nothing_is_logged_and_the_reset_still_happens(
         limited_engine = make_engine(limited)
         assert koha_log_status(limited_engine) == (True, False)
         limited_engine.dispose()
+        assert ("  Koha's log: not granted (INSERT ON action_logs); without it no CHANGE PASS "
+                "entry is written to Koha's action_logs; resets work as before") in (
+            directory_report(replace(settings, directory_url=limited)).lines())
         _reset(replace(settings, directory_url=limited), redis_conn, (1, 7))
     finally:
         with admin.connect() as connection:
@@ -109,3 +118,46 @@ def test_without_the_insert_grant_nothing_is_logged_and_the_reset_still_happens(
     assert action_logs(engine) == []
     assert row(engine, 7)["password"] != OLD_HASH
     assert "Koha's action_logs is not written: resetbot may not INSERT there" in caplog.text
+
+
+class CommitRefused(Exception):
+    """The fault: the directory's database refuses a commit (a lost connection, a deadlock)."""
+
+
+def test_a_commit_that_fails_leaves_neither_the_hash_nor_the_log_row(
+    koha: tuple[Settings, Engine],
+) -> None:
+    """Koha's row goes in the hash's own transaction: when that transaction does not commit,
+    neither is there; when it does, both are."""
+    settings, engine = koha
+    create_password_rules(engine, {}, {"BorrowersLog": "1"})
+    directory = Directory.from_settings(settings)
+    refusing = [True]
+
+    def marks_hash_writes(connection: Connection, _cursor: object, statement: str,
+                          *_: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            connection.info["writes hashes"] = True
+
+    def refuses_their_commit(connection: Connection) -> None:
+        # Only the commit of the transaction that wrote the hashes: a log row committed
+        # anywhere else would stay.
+        if connection.info.pop("writes hashes", False) and refusing[0]:
+            raise CommitRefused
+
+    event.listen(directory.engine, "before_cursor_execute", marks_hash_writes)
+    event.listen(directory.engine, "commit", refuses_their_commit)
+    at = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    try:
+        with pytest.raises(CommitRefused):
+            directory.write_hashes([(1, "$2a$04$refused")], require_change=True, changed_at=at)
+        assert row(engine, 1)["password"] == OLD_HASH
+        assert action_logs(engine) == []
+        refusing[0] = False
+        directory.write_hashes([(1, "$2a$04$committed")], require_change=True, changed_at=at)
+    finally:
+        event.remove(directory.engine, "before_cursor_execute", marks_hash_writes)
+        event.remove(directory.engine, "commit", refuses_their_commit)
+        directory.dispose()
+    assert row(engine, 1)["password"] == "$2a$04$committed"
+    assert [r["object"] for r in action_logs(engine)] == [1]

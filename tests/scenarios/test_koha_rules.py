@@ -142,3 +142,17 @@ def test_without_kohas_rules_resetbot_does_without_and_says_so(
               stdin=io.StringIO(WEAK_FOR_KOHA + "\n"), **koha_env(settings))
     assert dry.code == 0, dry.err
     assert "Note: Koha's own password rules were not read" in dry.out
+    check = run("directory", "check", **koha_env(settings))
+    assert check.code == 0, check.err
+    assert ("  Koha's password rules: not granted (SELECT (categorycode, min_password_length, "
+            "require_strong_password) ON categories and SELECT (variable, value) ON "
+            "systempreferences); without it a default or typed password is checked against "
+            "resetbot's own policy only") in check.out
+
+
+def test_directory_check_says_kohas_rules_are_read(
+    rules: tuple[Settings, Engine], run: Any
+) -> None:
+    check = run("directory", "check", **koha_env(rules[0]))
+    assert check.code == 0, check.err
+    assert "  Koha's password rules: granted\n" in check.out

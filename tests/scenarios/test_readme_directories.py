@@ -282,6 +282,9 @@ def test_using_resetbot_with_koha_as_written(
                     "the password formats") in done.stdout
             assert ("  undo: not granted (SELECT (password, password_expiration_date, "
                     "login_attempts) ON borrowers); without it Undo is not offered") in done.stdout
+            assert "  Koha's password rules: not granted (SELECT (categorycode, " in done.stdout
+            assert ("  Koha's log: not granted (SELECT (variable, value) ON systempreferences "
+                    "and INSERT ON action_logs); ") in done.stdout
             assert FIRST_PASSWORD not in output and names.password not in output
             after_first = dump(koha)
             ada = next(b.number for b in BORROWERS if b.userid == "ada")
@@ -294,6 +297,9 @@ def test_using_resetbot_with_koha_as_written(
             preview, mailed, typed = everyone.splitlines()
             done = _steps(tmp_path, env, preview)
             assert done.returncode == 0, done.stdout + done.stderr
+            # Blanks and values without @ are no e-mail, said with why (KOHA_CASES 101-103).
+            assert ("    (3 addresses cannot be used and count as no e-mail: 1 only spaces, "
+                    "2 no @ (such as n/a or none))\n") in done.stdout
             assert dump(koha) == after_first  # a dry run changes nothing
 
             done = _steps(tmp_path, env, mailed)
@@ -338,6 +344,9 @@ def test_using_resetbot_with_koha_as_written(
             done = _steps(tmp_path, env, "resetbot directory check")
             assert "  $2a$08$" in done.stdout and "  hash survey: granted" in done.stdout
             assert "  undo: granted" in done.stdout
+            assert "  Koha's password rules: granted\n" in done.stdout
+            assert ("  Koha's log: granted (Koha's BorrowersLog preference is off: nothing is "
+                    "written)") in done.stdout
         finally:
             _drop_user(names)
     assert dump_tables(koha) | {"borrowers": []} == tables | {"borrowers": []}

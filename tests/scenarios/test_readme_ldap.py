@@ -126,10 +126,12 @@ def test_the_active_directory_entries_are_the_ones_the_test_domain_gives() -> No
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_the_active_directory_settings_as_written_check(
-    settings: Settings, engine: Engine, domain: SambaDomain, tmp_path: Path,
+def test_the_active_directory_settings_as_written_check_and_reset(
+    settings: Settings, engine: Engine, redis_conn: Redis, domain: SambaDomain, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Through the page's settings (and the service account's three entries): a check, then
+    a default password for two users, proven by the domain's own sign-in."""
     password_file = tmp_path / "ad-bind-password"
     password_file.write_text(SERVICE_PASSWORD, encoding="utf-8")
     env = settings_of("Using resetbot with Active Directory", {
@@ -144,6 +146,21 @@ def test_the_active_directory_settings_as_written_check(
     in_scope = [user for user in SEED_USERS if user.in_scope]
     assert f"Users:            {len(in_scope)}" in out and "Staff:            2" in out
     assert "Locked on purpose: 1" in out
+    code, out = cli(settings, env, monkeypatch, capsys, "reset", "--scope", "selected_only",
+                    "--user", "ann,ben", "--default-password-stdin", "--yes", "--detach",
+                    stdin=DEFAULT + "\n")
+    assert code == 0, out
+    configured = Settings.from_env({**settings.to_env(), **env}, env_file=None)
+    context = build_context(configured, redis_conn, engine)
+    try:
+        assert run_until_final(context, 1).counts
+    finally:
+        context.close()
+    for user in map(seed_user, ("ann", "ben")):
+        assert domain.sign_in(user.dn, DEFAULT) == "773", user.username  # must change
+        assert domain.sign_in(user.dn, user.password) == "52e", user.username
+    for user in map(seed_user, ("dana", "pat", "olga")):  # staff, not picked, out of the base
+        assert domain.sign_in(user.dn, user.password) == "ok", user.username
 
 
 #: dsacls's permission names as SDDL writes them (CA, control access, is SDDL's CR).

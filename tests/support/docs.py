@@ -58,7 +58,8 @@ def blocks_of(text: str, page: str = "") -> list[Block]:
             found.append(Block(page, heading, language, "".join(x + "\n" for x in body)))
             language = None
         else:
-            body.append(line[indent:] if line[:indent].isspace() else line.lstrip())
+            # The list item's indentation goes; a line's own (an LDIF fold) stays.
+            body.append(line[indent:] if not line[:indent].strip() else line.lstrip())
     return found
 
 

@@ -217,7 +217,7 @@ class LdapDirectory:
             id=self.rules.id_text(raw_id),
             username=_first_of(attributes, self.profile.username),
             full_name=" ".join(_first_of(attributes, self.profile.name_attributes).split()),
-            email=email.strip() if email and email.strip() else None,
+            email=usable_address(email),  # the one rule: `n/a` or a blank is no address
             role=STAFF_ROLE if normal_dn(entry.dn) in staff else None,
             locked_on_purpose=self.rules.is_locked_on_purpose(attributes),
         )

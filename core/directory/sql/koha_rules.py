@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, column, literal_column, select, table
+from sqlalchemy import ColumnElement, column, false, literal_column, select, table
 from sqlalchemy.exc import DBAPIError
 
 from core.models import Scope
@@ -117,18 +117,34 @@ def koha_rules_readable(directory: Directory) -> bool:
     return read_koha_rules(directory) is not None
 
 
+def _category(directory: Directory) -> ColumnElement[Any]:
+    """`borrowers.categorycode`. The directory's table holds only the profile's columns
+    (nothing else is reflected, see Directory): the category is named beside them."""
+    code: ColumnElement[Any] | None = directory.table.c.get(_BORROWERS_CATEGORY)
+    if code is None:
+        table_name = directory.engine.dialect.identifier_preparer.format_table(directory.table)
+        code = literal_column(f"{table_name}.{_BORROWERS_CATEGORY}")
+    return code
+
+
+def categories_readable(directory: Directory) -> bool:
+    """Whether resetbot may read the patrons' categories (for `directory check`)."""
+    try:
+        with directory.engine.connect() as connection:
+            connection.execute(select(_category(directory)).select_from(directory.table)
+                               .where(false()))
+    except DBAPIError:
+        return False
+    return True
+
+
 def categories_in_scope(
     directory: Directory, scope: Scope, selection: Sequence[int]
 ) -> list[str] | None:
     """The category codes of the scope's patrons; None when `borrowers.categorycode` may not
     be read (then every category is checked)."""
-    # The directory's table holds only the profile's columns (nothing else is reflected, see
-    # Directory): the category is named beside them, from the same table.
-    code: ColumnElement[Any] | None = directory.table.c.get(_BORROWERS_CATEGORY)
-    if code is None:
-        table_name = directory.engine.dialect.identifier_preparer.format_table(directory.table)
-        code = literal_column(f"{table_name}.{_BORROWERS_CATEGORY}")
-    query = select(code).where(directory.scope_condition(scope, selection)).distinct()
+    query = select(_category(directory)).where(
+        directory.scope_condition(scope, selection)).distinct()
     try:
         with directory.engine.connect() as connection:
             return [str(value) for (value,) in connection.execute(query)]
