@@ -178,14 +178,13 @@ def _no_sockets(folder: str, names: list[str]) -> set[str]:
     return {name for name in names if stat.S_ISSOCK(os.lstat(os.path.join(folder, name)).st_mode)}
 
 
-def _samba_pid(folder: Path) -> int:
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if "samba" in process.name() and str(folder) in " ".join(process.cmdline()):
-                return int(process.pid)
-        except psutil.NoSuchProcess:
-            continue
-    raise RuntimeError(f"no samba process serving {folder}")
+def _samba_pid() -> int:
+    """The bench's one running Samba (its title is rewritten: "samba: root process")."""
+    found = [process for process in psutil.Process().children(recursive=True)
+             if process.name() == "samba"]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one samba process of the bench's, found {len(found)}")
+    return int(found[0].pid)
 
 
 @contextmanager
@@ -226,7 +225,7 @@ def samba_source(size: int) -> Iterator[tuple[Fresh, float]]:
                      "bind_dn": samba_ad.SERVICE_NAME,
                      "bind_password": samba_ad.SERVICE_PASSWORD},
                     [_ad_dn(person, bench_ou) for person in everyone],
-                    _samba_pid(running.folder),
+                    _samba_pid(),
                 )
 
         yield fresh, loaded

@@ -174,7 +174,7 @@ def _role(cmdline: list[str]) -> str:
         return "smtp"
     if "slapd" in text:
         return "slapd"
-    if text.startswith("samba ") or "/samba " in text:
+    if text.startswith("samba") or "/samba " in text:
         return "samba"
     if "bench.ldapfloor" in text:
         return "floor"

@@ -24,7 +24,7 @@ from core.directory.ldap import directory as directory_module
 from core.directory.ldap import openldap as openldap_module
 from core.directory.ldap.directory import LdapDirectory
 from core.directory.ldap.openldap import OpenLdapRules
-from core.directory.ldap.server import Refusal
+from core.directory.ldap.server import Changes, Refusal
 from core.directory.protocol import (
     Directory,
     DirectoryUnavailable,
@@ -188,11 +188,12 @@ def test_the_server_stopped_mid_batch_raises_a_retryable_error_saying_what_was_d
 
         sets = 0
 
-        def set_password(self, connection: Connection, dn: str, password: str) -> Refusal | None:
+        def set_password(self, connection: Connection, dn: str, password: str,
+                         changes: Changes | None = None) -> Refusal | None:
             if self.sets == 2:
                 slapd.stop()
             self.sets += 1
-            return super().set_password(connection, dn, password)
+            return super().set_password(connection, dn, password, changes)
 
     directory.rules = StopAfterTwo(directory.profile)
     with pytest.raises(DirectoryUnavailable) as raised:

@@ -26,7 +26,7 @@ from core.directory.factory import open_directory
 from core.directory.ldap import attempt_bind
 from core.directory.ldap.directory import LdapDirectory
 from core.directory.ldap.openldap import OpenLdapRules
-from core.directory.ldap.server import Refusal
+from core.directory.ldap.server import Changes, Refusal
 from core.directory.protocol import PasswordSet, SetResult
 from core.models import ItemState, ResetItem, ResetTask, Scope, TaskStatus, utcnow
 from core.settings import Settings
@@ -391,11 +391,12 @@ def test_slapd_stopped_mid_batch_pauses_the_task_and_every_last_mail_binds(
     class StopAfterTwo(OpenLdapRules):
         sets = 0
 
-        def set_password(self, connection: Connection, dn: str, password: str) -> Refusal | None:
+        def set_password(self, connection: Connection, dn: str, password: str,
+                         changes: Changes | None = None) -> Refusal | None:
             if self.sets == 2:
                 slapd.stop()
             self.sets += 1
-            return super().set_password(connection, dn, password)
+            return super().set_password(connection, dn, password, changes)
 
     directory.rules = StopAfterTwo(directory.profile)
     code, out = cli(configured, monkeypatch, capsys, "reset", "--scope", "selected_only",

@@ -59,15 +59,32 @@ class ServerRules(Protocol):
     def is_locked_on_purpose(self, attributes: Attributes) -> bool:
         """Whether the library locked this user on purpose (kept locked, counted)."""
 
+    #: Whether the server takes the follow-up modifications in the password's own request
+    #: (AD: one modify), so that each user costs one write.
+    joins_after_set: bool
+
     def set_password(
-        self, connection: Connection, dn: str, password: str
+        self, connection: Connection, dn: str, password: str, changes: Changes | None = None
     ) -> Refusal | None:
-        """Hand the server the new password; a Refusal when its policy says no. Raises ldap3's
-        LDAPException (or OSError) when the connection breaks."""
+        """Hand the server the new password (with `changes` in the same request, where
+        `joins_after_set`); a Refusal when its policy says no. Raises ldap3's LDAPException (or
+        OSError) when the connection breaks."""
 
     def after_set(self, attributes: Attributes, must_change: bool) -> Changes:
         """The modifications that follow a password set: must-change, unlock (never the lock
         on purpose). Empty when nothing is to change."""
+
+    def settles_later(self, attributes: Attributes) -> bool:
+        """Whether this user's follow-up may wait for the batch's read-back (`still_to_change`)
+        rather than go at once, right after the password."""
+
+    def state_attributes(self) -> list[str]:
+        """What the read-back after a batch reads (must-change and lock state)."""
+
+    def still_to_change(self, attributes: Attributes, must_change: bool) -> Changes:
+        """Of the follow-up, what the entry read after its password was set still lacks (the
+        server's own policy may have done it: ppolicy sets pwdReset on an administrator's
+        reset where pwdMustChange is on, and lifts a lockout). Empty when nothing."""
 
     def password_rules(self, connection: Connection, config: LdapConfig) -> PasswordRules:
         """The server's own rules for a new password, read now."""
