@@ -193,6 +193,11 @@ def samba_source(size: int) -> Iterator[tuple[Fresh, float]]:
     (where the service account's rights are inherited), copied fresh for each run."""
     from tests.support import samba_ad
 
+    # The template is provisioned on the address of a pytest-xdist worker the test runs on
+    # this machine do not use (-n 2: gw0 and gw1 on 127.0.0.2 and .3): a test run starting its
+    # domain at the same moment would otherwise take the same address (seen: certificate
+    # signature failure, the other domain answering).
+    os.environ["PYTEST_XDIST_WORKER"] = "gw9"
     address = free_address()
     template = samba_ad.DomainTemplate.acquire()
     loaded_folder = Path(tempfile.mkdtemp(prefix="resetbot-bench-samba-"))

@@ -395,14 +395,5 @@ class ActiveDirectoryRules:
     def after_set(self, attributes: Attributes, must_change: bool) -> Changes:
         return after_set_changes(must_change)
 
-    def settles_later(self, attributes: Attributes) -> bool:
-        return False  # joined to the password's own modify
-
-    def state_attributes(self) -> list[str]:
-        return []
-
-    def still_to_change(self, attributes: Attributes, must_change: bool) -> Changes:
-        return {}
-
     def password_rules(self, connection: Connection, config: LdapConfig) -> PasswordRules:
         return read_password_rules(connection)

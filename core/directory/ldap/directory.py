@@ -21,10 +21,8 @@ How it reads:
 How it writes (`set_passwords`): per user, the server's own password operation (ServerRules:
 Password Modify or unicodePwd) and the must-change and unlock modifications, in as few writes
 as the server allows (each costs it a synced transaction): AD takes them in the password's own
-modify; after OpenLDAP's Password Modify, ppolicy has most often done them itself (pwdReset on
-an administrator's reset where pwdMustChange is on; the lockout lifted), so the batch's users
-are read back once and only what an entry still lacks is written (a lock on purpose is written
-back at once). One request at a time on the worker's one connection (synchronous: never more
+modify (one write a user); OpenLDAP's Password Modify carries nothing else, so they follow in a
+modify of their own. One request at a time on the worker's one connection (synchronous: never more
 than one password set in flight per worker, so nothing needs bounding). A policy refusal
 (constraintViolation, unwillingToPerform) is that user's "refused" outcome with the server's
 words, and the batch goes on; a connection that breaks raises DirectoryUnavailable carrying the
@@ -538,23 +536,18 @@ class LdapDirectory:
             [item.user_id for item in batch], needed
         )}
         done: list[SetOutcome] = []
-        later: list[tuple[UserId, bool]] = []
         with self._lock:
             for item in batch:
                 entry = entries.get(item.user_id)
                 if entry is None:
                     done.append(SetOutcome(item.user_id, SetResult.NOT_FOUND))
                     continue
-                done.append(self._set_one(entry, item, done, later))
-            self._settle(later, done)
+                done.append(self._set_one(entry, item, done))
         return done
 
-    def _set_one(
-        self, entry: _Entry, item: PasswordSet, done: list[SetOutcome],
-        later: list[tuple[UserId, bool]],
-    ) -> SetOutcome:
-        """One user's password, and its follow-up: in the same request (AD), at once (a lock on
-        purpose), or left to the batch's read-back (`later`)."""
+    def _set_one(self, entry: _Entry, item: PasswordSet, done: list[SetOutcome]) -> SetOutcome:
+        """One user's password and its follow-up: in the same request where the server takes
+        them together (AD), else right after it (OpenLDAP)."""
         changes = self.rules.after_set(entry.attributes, item.must_change)
         joined = self.rules.joins_after_set and bool(changes)
         try:
@@ -572,9 +565,7 @@ class LdapDirectory:
                     f"{refusal.code}: {_clean(refusal.reason, item.password)}; resetbot tries "
                     "again)", done,
                 )
-            if changes and not joined and self.rules.settles_later(entry.attributes):
-                later.append((item.user_id, item.must_change))
-            elif changes and not joined:
+            if changes and not joined:
                 self._follow_up(connection, entry.dn, changes,
                                 [*done, SetOutcome(item.user_id, SetResult.SET)])
         except (LDAPException, OSError) as error:
@@ -591,27 +582,6 @@ class LdapDirectory:
                 f"its must-change and unlock attributes ({_said(connection.result)}); "
                 "resetbot tries again", done,
             )
-
-    def _settle(self, later: list[tuple[UserId, bool]], done: list[SetOutcome]) -> None:
-        """The batch's read-back: the users whose follow-up waited are read once (one paged
-        search), and only what their entries still lack is written (ppolicy most often did it
-        all: a write a user saved)."""
-        if not later:
-            return
-        wanted = dict(later)
-        attributes = list(dict.fromkeys([self.profile.id, *self.rules.state_attributes()]))
-        try:
-            entries = self._by_ids(list(wanted), attributes)
-            connection = self._bound()
-            for entry in entries:
-                user_id = self._id_of(entry)
-                changes = self.rules.still_to_change(entry.attributes, wanted[user_id])
-                if changes:
-                    self._follow_up(connection, entry.dn, changes, done)
-        except DirectoryUnavailable as error:
-            raise DirectoryUnavailable(str(error), done) from None
-        except (LDAPException, OSError) as error:
-            raise self._broken(error, done) from None
 
     def _id_of(self, entry: _Entry) -> UserId:
         return self.rules.id_text((entry.attributes.get(self.profile.id.lower()) or [b""])[0])

@@ -103,7 +103,9 @@ MEMBER_ATTRIBUTES = ("member", "uniqueMember")
 
 
 class OpenLdapRules:
-    #: Password Modify carries no other change: the follow-up is a modify of its own.
+    #: Password Modify carries no other change: the follow-up is a modify of its own. (Measured
+    #: on slapd 2.5 with pwdMustChange: ppolicy does not set pwdReset on the service account's
+    #: Password Modify, so the follow-up is needed whenever a change is required.)
     joins_after_set = False
 
     def __init__(self, profile: LdapProfile) -> None:
@@ -143,25 +145,6 @@ class OpenLdapRules:
             raise ValueError("Password Modify carries no other modification")
         connection.extend.standard.modify_password(user=dn, new_password=password)
         return _refusal(connection.result)
-
-    def settles_later(self, attributes: Attributes) -> bool:
-        # A lock on purpose is written back at once (see after_set); the others can wait for
-        # the batch's read-back, which most often finds ppolicy did it all.
-        return not self.is_locked_on_purpose(attributes)
-
-    def state_attributes(self) -> list[str]:
-        return ["pwdReset", "pwdAccountLockedTime"]
-
-    def still_to_change(self, attributes: Attributes, must_change: bool) -> Changes:
-        changes: Changes = {}
-        reset = first_text(attributes, "pwdReset")
-        if must_change and (reset or "").upper() != "TRUE":
-            changes["pwdReset"] = [(MODIFY_REPLACE, ["TRUE"])]
-        elif not must_change and reset is not None:
-            changes["pwdReset"] = [(MODIFY_REPLACE, [])]
-        if first_text(attributes, "pwdAccountLockedTime") is not None:
-            changes["pwdAccountLockedTime"] = [(MODIFY_REPLACE, [])]
-        return changes
 
     def after_set(self, attributes: Attributes, must_change: bool) -> Changes:
         changes: Changes = {"pwdReset": [(MODIFY_REPLACE, ["TRUE"] if must_change else [])]}

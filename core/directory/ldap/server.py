@@ -74,18 +74,6 @@ class ServerRules(Protocol):
         """The modifications that follow a password set: must-change, unlock (never the lock
         on purpose). Empty when nothing is to change."""
 
-    def settles_later(self, attributes: Attributes) -> bool:
-        """Whether this user's follow-up may wait for the batch's read-back (`still_to_change`)
-        rather than go at once, right after the password."""
-
-    def state_attributes(self) -> list[str]:
-        """What the read-back after a batch reads (must-change and lock state)."""
-
-    def still_to_change(self, attributes: Attributes, must_change: bool) -> Changes:
-        """Of the follow-up, what the entry read after its password was set still lacks (the
-        server's own policy may have done it: ppolicy sets pwdReset on an administrator's
-        reset where pwdMustChange is on, and lifts a lockout). Empty when nothing."""
-
     def password_rules(self, connection: Connection, config: LdapConfig) -> PasswordRules:
         """The server's own rules for a new password, read now."""
 
