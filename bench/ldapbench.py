@@ -376,6 +376,19 @@ def ldap_summary(rows: list[Row]) -> list[Row]:
                 entry[f"ratios_{writes}"] = [
                     round(r["resetbot"]["wall_s"] / r["floors"][writes]["wall_s"], 3)
                     for r in measured]
+        # CPU seconds of the workers and the server against the floor's client and server: what
+        # resetbot costs whatever else the machine runs (the wall time waits for a core too).
+        for writes in FLOOR_WRITES:
+            measured = [r for r in runs if writes in r["floors"]]
+            if measured:
+                entry[f"cpu_ratio_{writes}"] = round(statistics.median(
+                    (r["resetbot"]["worker_cpu_s"] + r["resetbot"]["server_cpu_s"])
+                    / (r["floors"][writes]["client_cpu_s"] + r["floors"][writes]["server_cpu_s"])
+                    for r in measured), 3)
+        entry["server_cpu_s"] = round(statistics.median(
+            r["resetbot"]["server_cpu_s"] for r in runs), 2)
+        entry["worker_cpu_s"] = round(statistics.median(
+            r["resetbot"]["worker_cpu_s"] for r in runs), 2)
         entry["foreign_max"] = max(max(r["resetbot"]["foreign_load"],
                                        *(f["foreign_load"] for f in r["floors"].values()))
                                    for r in runs)

@@ -316,14 +316,17 @@ class Report:
                          " worker); median of runs")
             lines.append("  floor[password]: the password operation only; floor[all]: with the"
                          " must-change/unlock modify resetbot sends too")
+            lines.append("  cpu[..]: (workers' + server's CPU) / (floor clients' + server's CPU)")
             lines.append(_row(["server", "users", "mode", "workers", "runs", "wall s",
                                "floor[pw] s", "ratio[pw]", "floor[all] s", "ratio[all]",
-                               "foreign"]))
+                               "cpu[pw]", "cpu[all]", "server cpu", "worker cpu", "foreign"]))
             for r in ldap:
                 lines.append(_row([r["server"], f"{r['size']:,}", r["mode"], r["workers"],
                                    r["runs"], r["wall_s"], r.get("floor_password_s", "-"),
                                    r.get("ratio_password", "-"), r.get("floor_all_s", "-"),
-                                   r.get("ratio_all", "-"), f"{r['foreign_max']:.0%}"]))
+                                   r.get("ratio_all", "-"), r.get("cpu_ratio_password", "-"),
+                                   r.get("cpu_ratio_all", "-"), r["server_cpu_s"],
+                                   r["worker_cpu_s"], f"{r['foreign_max']:.0%}"]))
         for r in self.ldap_picker:
             lines.append(f"  picker at {r['size']:,} OpenLDAP users: p50 {r['search']['p50_ms']}"
                          f" / p99 {r['search']['p99_ms']} ms; copy built in {r['build_s']} s, "
