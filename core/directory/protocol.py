@@ -23,8 +23,9 @@ preview, the approval and schedule re-counts, the CLI and the Slack app use only
 (plus, for a SQL table, the hashing fast path of jobs/settling.py). Left to do:
 - table.py stays where it is (other work edits it); moving it under `core/directory/sql/` is a
   pure move;
-- an LDAP preview reads every entry of the scope (LDAP has no COUNT), and `scope_batch` keeps
-  the scope's users in memory while a planner walks it;
+- an LDAP preview reads every entry of the scope (LDAP has no COUNT), page by page (one page in
+  memory, as `scope_batch`'s walk: core/directory/ldap/directory.py), so its time grows with
+  the scope;
 - Koha's `login_attempts=-1` is not yet counted as locked on purpose by the SQL directory.
 """
 
