@@ -172,6 +172,12 @@ def _role(cmdline: list[str]) -> str:
         return "redis"
     if "bench.smtp_sink" in text:
         return "smtp"
+    if "slapd" in text:
+        return "slapd"
+    if text.startswith("samba") or "/samba " in text:
+        return "samba"
+    if "bench.ldapfloor" in text:
+        return "floor"
     if "bench.worker_main" in text or "worker" in cmdline:
         return "worker"
     if "serve" in cmdline or "bench.app_main" in text:

@@ -41,6 +41,10 @@ class Report:
     koha: list[Row] = field(default_factory=list)
     #: The preview (validate + park the request) at many Koha users, through core.
     koha_preview: list[Row] = field(default_factory=list)
+    #: Whole tasks on OpenLDAP / Samba AD against the ldap3 floor beside them (`ldap` phase).
+    ldap: list[Row] = field(default_factory=list)
+    #: The search copy of a large OpenLDAP directory (`ldappicker` phase).
+    ldap_picker: list[Row] = field(default_factory=list)
     search_copy: list[Row] = field(default_factory=list)
     confirm: list[Row] = field(default_factory=list)
     memory: list[Row] = field(default_factory=list)
@@ -175,6 +179,20 @@ class Report:
                     f"{r['workers']} worker(s)", "<= 1.10x floor", f"{r['ratio']:.3f}x",
                     r["ratio"] <= 1.10, f"median of {r['runs']}: {r['ratios']}",
                 ))
+        for r in _ldap_summary(self.ldap):
+            if "ratio_password" in r:
+                targets.append(Target(
+                    f"{r['size']:,}-user task on {r['server']}, {r['mode']}, {r['workers']} "
+                    "worker(s)", "<= 1.15x ldap3 floor", f"{r['ratio_password']:.3f}x",
+                    r["ratio_password"] <= 1.15, f"median of {r['runs']}: "
+                    f"{r['ratios_password']}; foreign up to {r['foreign_max']:.0%}",
+                ))
+        for row in self.ldap_picker:
+            targets.append(Target(
+                f"options search p99, {row['size']:,} OpenLDAP users (search copy)", "<= 50 ms",
+                f"{row['search']['p99_ms']} ms", row["search"]["p99_ms"] <= 50,
+                f"copy built in {row['build_s']} s, {row['memory_mb']} MB",
+            ))
         for row in self.koha_preview:
             limit = 1000 if row["size"] >= 1_000_000 else 300  # issue 21: <= 1 s at a million
             targets.append(Target(
@@ -237,6 +255,9 @@ class Report:
             "koha": self.koha,
             "koha_summary": _koha_summary(self.koha),
             "koha_preview": self.koha_preview,
+            "ldap": self.ldap,
+            "ldap_summary": _ldap_summary(self.ldap),
+            "ldap_picker": self.ldap_picker,
             "search_copy": self.search_copy,
             "confirm": self.confirm,
             "memory": self.memory,
@@ -288,6 +309,28 @@ class Report:
                                    r["runs"], r["hash_ms"], r["floor_s"], r["wall_s"],
                                    f"{r['ratio']:.3f}", r["users_per_s"], r["cpu_ratio"],
                                    f"{r['foreign_max']:.0%}", r["ratios"]]))
+        ldap = _ldap_summary(self.ldap)
+        if ldap:
+            lines.append("")
+            lines.append("Tasks on LDAP directories against the ldap3 floor (one connection per"
+                         " worker); median of runs")
+            lines.append("  floor[password]: the password operation only; floor[all]: with the"
+                         " must-change/unlock modify resetbot sends too")
+            lines.append("  cpu[..]: (workers' + server's CPU) / (floor clients' + server's CPU)")
+            lines.append(_row(["server", "users", "mode", "workers", "runs", "wall s",
+                               "floor[pw] s", "ratio[pw]", "floor[all] s", "ratio[all]",
+                               "cpu[pw]", "cpu[all]", "server cpu", "worker cpu", "foreign"]))
+            for r in ldap:
+                lines.append(_row([r["server"], f"{r['size']:,}", r["mode"], r["workers"],
+                                   r["runs"], r["wall_s"], r.get("floor_password_s", "-"),
+                                   r.get("ratio_password", "-"), r.get("floor_all_s", "-"),
+                                   r.get("ratio_all", "-"), r.get("cpu_ratio_password", "-"),
+                                   r.get("cpu_ratio_all", "-"), r["server_cpu_s"],
+                                   r["worker_cpu_s"], f"{r['foreign_max']:.0%}"]))
+        for r in self.ldap_picker:
+            lines.append(f"  picker at {r['size']:,} OpenLDAP users: p50 {r['search']['p50_ms']}"
+                         f" / p99 {r['search']['p99_ms']} ms; copy built in {r['build_s']} s, "
+                         f"{r['memory_mb']} MB held")
         for r in self.koha_preview:
             lines.append(f"  preview at {r['size']:,} Koha users ({r['via']}): p50 "
                          f"{r['preview']['p50_ms']} ms, max {r['preview']['max_ms']} ms")
@@ -426,6 +469,12 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "loadavg_at_end": [round(x, 2) for x in load],
     }
+
+
+def _ldap_summary(rows: list[Row]) -> list[Row]:
+    from bench.ldapbench import ldap_summary
+
+    return ldap_summary(rows)
 
 
 def _koha_summary(rows: list[Row]) -> list[Row]:

@@ -15,6 +15,12 @@ sink, the Slack Web API stand-in, workers as separate processes):
               MariaDB, the `koha` profile; state on PostgreSQL), bcrypt $2a$ cost 8, both
               modes, against the hash floor measured in the same workers; and the preview's
               latency at --koha-preview-users (default 100,000) Koha users
+  ldap        whole tasks on OpenLDAP (--ldap-users, default 10,000) and Samba AD (--ad-users,
+              default 2,000), both modes, 1 and N workers, against the floor measured beside
+              them: the same password sets straight through ldap3, one connection per worker;
+              the servers' CPU beside the workers' (see bench/ldapbench.py)
+  ldappicker  the picker's search copy of --ldap-picker-users (default 100,000) OpenLDAP
+              users, read by paged search: build time, memory, search p50/p99
   small       a one-user e-mailed reset, confirm to mail accepted, with a worker already idle
   eta         the time left shown once 10 % of a task is done, against the real time it took
   file        a file of --file-lines users (default 100,000) given in Slack, on SQLite and
@@ -111,6 +117,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--koha-preview-users", type=int, default=None,
                         help="Koha users for the koha phase's preview latency (default 100000;"
                              " --quick 20000; 0 skips it)")
+    parser.add_argument("--ldap-servers", default="openldap,ad",
+                        help="servers for the ldap phase (default openldap,ad)")
+    parser.add_argument("--ldap-users", type=int, default=None,
+                        help="OpenLDAP users in the ldap phase (default 10000; --quick 2000)")
+    parser.add_argument("--ad-users", type=int, default=None,
+                        help="Samba AD users in the ldap phase (default 2000; --quick 500)")
+    parser.add_argument("--ldap-floor-writes", default="password,all",
+                        help="floors measured: password (the password operation only), all "
+                             "(with the must-change/unlock modify too); default both")
+    parser.add_argument("--ldap-repeat", type=int, default=1,
+                        help="repeats of each ldap configuration (default 1)")
+    parser.add_argument("--ldap-picker-users", type=int, default=None,
+                        help="OpenLDAP users for the ldappicker phase (default 100000)")
     parser.add_argument("--small-repeat", type=int, default=10,
                         help="one-user resets timed in the small phase (default 10)")
     parser.add_argument("--eta-users", type=int, default=None,
@@ -150,6 +169,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.koha_users = 2000 if quick else 10000
     if args.koha_preview_users is None:
         args.koha_preview_users = 20000 if quick else 100000
+    args.ldap_users = args.ldap_users or (2000 if quick else 10000)
+    args.ad_users = args.ad_users or (500 if quick else 2000)
+    args.ldap_picker_users = args.ldap_picker_users or (20000 if quick else 100000)
     args.phases = set(args.phases.split(","))
     args.modes = [mode for mode in args.modes.split(",") if mode]
     unknown = set(args.modes) - set(MODES)
@@ -449,6 +471,27 @@ class Bench:
         if size:
             self._koha_preview(size)
 
+    def ldap(self) -> None:
+        """Whole tasks on OpenLDAP and Samba AD against the ldap3 floor beside them."""
+        from bench.ldapbench import FLOOR_WRITES, ldap_phase
+
+        args = self.args
+        writes = [w for w in args.ldap_floor_writes.split(",") if w in FLOOR_WRITES]
+        self.report.notes.append("ldap phase: tasks confirmed through core (create + consume); "
+                                 "every run and floor on a fresh copy of the loaded server")
+        self.report.ldap.extend(ldap_phase(
+            self.stack, self.base, self.workdir, self.command,
+            servers=args.ldap_servers.split(","),
+            sizes={"openldap": args.ldap_users, "ad": args.ad_users}, modes=args.modes,
+            workers=args.workers, repeat=args.ldap_repeat, floor_writes=writes, log=self.log,
+        ))
+
+    def ldappicker(self) -> None:
+        from bench.ldapbench import ldap_picker_phase
+
+        self.report.ldap_picker.append(ldap_picker_phase(
+            self.args.ldap_picker_users, self.args.queries, self.base, self.log))
+
     def _koha_tasks(self, hashing: HashConfig,
                     front: tuple[ConfirmsTasks, AppProcess | None]) -> None:
         from bench.kohatask import koha_database
@@ -582,8 +625,8 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(args, stack, workdir)
             bench.log(f"bench: sizes {args.sizes}, workers {args.workers}, repeat {args.repeat};"
                       f" logs in {workdir}")
-            for phase in ("schemes", "throughput", "koha", "slack", "bcrypt", "large", "picker",
-                          "small", "eta", "file"):
+            for phase in ("schemes", "throughput", "koha", "ldap", "ldappicker", "slack",
+                          "bcrypt", "large", "picker", "small", "eta", "file"):
                 if phase in args.phases:
                     getattr(bench, phase)()
             bench.report.seconds = time.monotonic() - started

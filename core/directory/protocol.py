@@ -22,8 +22,9 @@ The seam (issue 19): `core/directory/factory.py` makes the directory of Settings
 hashing in the worker) or `core/directory/ldap.LdapDirectory`; the planner, the worker, the
 preview, the approval and schedule re-counts, the CLI and the Slack app use only this protocol
 (plus, for a SQL table, the hashing fast path of jobs/settling.py). Left to do:
-- an LDAP preview reads every entry of the scope (LDAP has no COUNT), and `scope_batch` keeps
-  the scope's users in memory while a planner walks it;
+- an LDAP preview reads every entry of the scope (LDAP has no COUNT), page by page (one page in
+  memory, as `scope_batch`'s walk: core/directory/ldap/directory.py), so its time grows with
+  the scope.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from core.directory.ldap.directory import LdapDirectory
 from core.directory.ldap.server import (
     INSUFFICIENT_ACCESS,
     POLICY_REFUSALS,
+    Changes,
     Refusal,
     attributes_of,
 )
@@ -472,11 +473,12 @@ class _StopsTheServerBeforeTheSecondSet(ActiveDirectoryRules):
         self.domain = domain
         self.sets = 0
 
-    def set_password(self, connection: Connection, dn: str, password: str) -> Refusal | None:
+    def set_password(self, connection: Connection, dn: str, password: str,
+                     changes: Changes | None = None) -> Refusal | None:
         self.sets += 1
         if self.sets == 2:
             self.domain.stop()
-        return super().set_password(connection, dn, password)
+        return super().set_password(connection, dn, password, changes)
 
 
 def test_the_server_stopped_mid_batch_leaves_nobody_with_an_unknown_password(

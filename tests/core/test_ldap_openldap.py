@@ -20,10 +20,11 @@ from ldap3.utils.log import (
 )
 
 from core.directory.ldap import DirectoryTlsError, LdapConfig, connect
+from core.directory.ldap import directory as directory_module
 from core.directory.ldap import openldap as openldap_module
 from core.directory.ldap.directory import LdapDirectory
 from core.directory.ldap.openldap import OpenLdapRules
-from core.directory.ldap.server import Refusal
+from core.directory.ldap.server import Changes, Refusal
 from core.directory.protocol import (
     Directory,
     DirectoryUnavailable,
@@ -31,7 +32,7 @@ from core.directory.protocol import (
     SetResult,
     User,
 )
-from core.errors import ConfigError
+from core.errors import ConfigError, InputError
 from core.models import Scope
 from tests.support.openldap import (
     BASE_DN,
@@ -168,11 +169,12 @@ def test_the_server_stopped_mid_batch_raises_a_retryable_error_saying_what_was_d
 
         sets = 0
 
-        def set_password(self, connection: Connection, dn: str, password: str) -> Refusal | None:
+        def set_password(self, connection: Connection, dn: str, password: str,
+                         changes: Changes | None = None) -> Refusal | None:
             if self.sets == 2:
                 slapd.stop()
             self.sets += 1
-            return super().set_password(connection, dn, password)
+            return super().set_password(connection, dn, password, changes)
 
     directory.rules = StopAfterTwo(directory.profile)
     with pytest.raises(DirectoryUnavailable) as raised:
@@ -253,17 +255,71 @@ def test_searches_are_paged_past_the_servers_size_limit(slapd: OpenLdap) -> None
     paged.dispose()
 
 
-def test_a_scope_is_streamed_in_batches_in_a_stable_id_order(directory: LdapDirectory) -> None:
-    streamed: list[User] = []
-    after: str | None = None
+def walk(directory: LdapDirectory, scope: Scope, selection: list[str], limit: int,
+         after: str | None = None) -> list[list[User]]:
+    """The batches a planner gets, as it asks for them (the next after the last one)."""
+    batches: list[list[User]] = []
     while True:
-        batch = directory.scope_batch(Scope.ALL, (), after, 7)
-        streamed += batch
-        if len(batch) < 7:
-            break
+        batch = directory.scope_batch(scope, selection, after, limit)
+        batches.append(batch)
+        if len(batch) < limit:
+            return batches
         after = batch[-1].id
-    ids = [user.id for user in streamed]
-    assert ids == sorted(ids) and len(ids) == len(set(ids)) == len(seeded_users())
+
+
+def test_a_scope_is_streamed_in_pages_and_batches_in_a_stable_order(slapd: OpenLdap) -> None:
+    # Pages of 4 (the service account's size limit is PAGE_LIMIT), batches of 7: 25 users in
+    # 4 batches, every one once, the same order on a second walk.
+    paged = LdapDirectory(slapd.config(), page_size=4)
+    batches = walk(paged, Scope.ALL, [], 7)
+    ids = [user.id for batch in batches for user in batch]
+    assert [len(batch) for batch in batches] == [7, 7, 7, 4]
+    assert len(ids) == len(set(ids)) == len(seeded_users()) > PAGE_LIMIT
+    assert paged.pages_read == 7  # ceil(25 / 4): the walk read page by page
+    assert [user.id for batch in walk(paged, Scope.ALL, [], 7) for user in batch] == ids
+    patrons = [user for batch in walk(paged, Scope.ALL_WITHOUT_ROLE, [], 5) for user in batch]
+    assert len(patrons) == len(seeded_users()) - 2 and not any(u.is_staff for u in patrons)
+    paged.dispose()
+
+
+def test_a_planner_resumed_elsewhere_goes_on_after_the_last_user_planned(
+    slapd: OpenLdap,
+) -> None:
+    first = LdapDirectory(slapd.config(), page_size=4)
+    everyone = [user.id for batch in walk(first, Scope.ALL, [], 7) for user in batch]
+    first.dispose()
+    # Another worker (a new directory object, no walk of its own) resumes after the 10th.
+    second = LdapDirectory(slapd.config(), page_size=4)
+    rest = [user.id for batch in walk(second, Scope.ALL, [], 7, after=everyone[9])
+            for user in batch]
+    assert rest == everyone[10:]
+    with pytest.raises(InputError, match="changed while the task was being planned"):
+        second.scope_batch(Scope.ALL, [], "00000000-0000-0000-0000-000000000000", 7)
+    second.dispose()
+
+
+def test_the_preview_counts_page_by_page_whatever_the_page_size(
+    slapd: OpenLdap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = LdapDirectory(slapd.config())
+    expected = {scope: whole.preview(scope, []) for scope in (Scope.ALL, Scope.ALL_WITHOUT_ROLE)}
+    everyone = users(whole)
+    whole.dispose()
+    paged = LdapDirectory(slapd.config(), page_size=3)
+    for scope, counts in expected.items():
+        before = paged.pages_read
+        assert paged.preview(scope, []) == counts
+        assert paged.pages_read - before == 9  # ceil(25 / 3)
+    # A selection to leave out longer than one filter holds is left out as the pages come.
+    monkeypatch.setattr(directory_module, "IDS_PER_FILTER", 3)
+    picked = [everyone[uid].id for uid in ("sam", "nomail", "ann", "bob", "frozen")]
+    others = paged.preview(Scope.ALL_EXCEPT_SELECTED, picked)
+    assert (others.users, others.staff, others.without_email, others.locked) == (
+        len(seeded_users()) - 5, 1, 1, 0)
+    chosen = paged.preview(Scope.SELECTED_ONLY, picked)
+    assert (chosen.users, chosen.staff, chosen.locked) == (5, 1, 1)
+    assert paged.usernames_in_password("x-bob-ann-1", Scope.ALL_EXCEPT_SELECTED, picked) == 0
+    paged.dispose()
 
 
 def test_the_directory_password_rules_are_read_from_the_ppolicy(directory: LdapDirectory) -> None:

@@ -29,7 +29,7 @@ from blocks import messages
 from bot.cli import main
 from core.directory.factory import open_directory
 from core.directory.ldap.directory import LdapDirectory
-from core.directory.ldap.server import Refusal
+from core.directory.ldap.server import Changes, Refusal
 from core.directory.protocol import PasswordSet, SetResult
 from core.models import ItemState, ResetItem, ResetTask, Scope, TaskStatus, utcnow
 from core.settings import Settings
@@ -268,11 +268,13 @@ def stop_midway(directory: LdapDirectory, live: LiveServer, after: int) -> None:
     class StopMidway(type(rules)):  # type: ignore[misc]
         sets = 0
 
-        def set_password(self, connection: Connection, dn: str, password: str) -> Refusal | None:
+        def set_password(self, connection: Connection, dn: str, password: str,
+                         changes: Changes | None = None) -> Refusal | None:
             if self.sets == after:
                 live.stop()
             self.sets += 1
-            return super().set_password(connection, dn, password)  # type: ignore[no-any-return]
+            return super().set_password(  # type: ignore[no-any-return]
+                connection, dn, password, changes)
 
     directory.rules = StopMidway(directory.profile)
 

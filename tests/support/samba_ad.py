@@ -65,6 +65,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import EllipsisType
 
 import ldap3
 import pytest
@@ -126,14 +127,19 @@ class SeedUser:
     in_scope: bool = True
 
 
-def _person(username: str, name: str, ou: str = PEOPLE_OU, **rest: object) -> SeedUser:
-    return SeedUser(  # type: ignore[arg-type]
+def _person(
+    username: str, name: str, ou: str = PEOPLE_OU, *,
+    display_name: str | EllipsisType | None = ..., mail: str | EllipsisType | None = ...,
+    **flags: bool,
+) -> SeedUser:
+    """`...`: the usual display name (the name) and address (username@example.org)."""
+    return SeedUser(
         username=username,
         dn=f"CN={name},{ou}",
         password=f"Old-{username.capitalize()}-Pass1",
-        display_name=rest.pop("display_name", name),
-        mail=rest.pop("mail", f"{username}@example.org"),
-        **rest,
+        display_name=name if display_name is ... else display_name,
+        mail=f"{username}@example.org" if mail is ... else mail,
+        **flags,
     )
 
 

@@ -126,9 +126,12 @@ def after_set_changes(must_change: bool) -> Changes:
     }
 
 
-def set_unicode_pwd(connection: Connection, dn: str, password: str) -> Refusal | None:
-    """Replace the user's password; None when the server took it, else its Refusal (the caller
-    raises for what is not the user's policy: see server.POLICY_REFUSALS)."""
+def set_unicode_pwd(
+    connection: Connection, dn: str, password: str, changes: Changes | None = None
+) -> Refusal | None:
+    """Replace the user's password (and make `changes` in the same modify: one write); None
+    when the server took it, else its Refusal (the caller raises for what is not the user's
+    policy: see server.POLICY_REFUSALS)."""
     if not (connection.server.ssl or connection.tls_started):
         # AD would refuse too (unwillingToPerform): never let a password leave without TLS.
         raise ConfigError("DIRECTORY_URL: a password is never sent without TLS")
@@ -137,7 +140,7 @@ def set_unicode_pwd(connection: Connection, dn: str, password: str) -> Refusal |
         raise ConfigError("ldap3's own log is at PROTOCOL detail or more and would write the "
                           "password: lower it (ldap3.utils.log.set_library_log_detail_level)")
     try:
-        connection.modify(dn, password_changes(password))
+        connection.modify(dn, {**password_changes(password), **(changes or {})})
     finally:
         # ldap3 keeps the last request, values included, on the connection.
         connection.request = None
@@ -345,6 +348,9 @@ def _number(text: str | None) -> int | None:
 
 
 class ActiveDirectoryRules:
+    #: unicodePwd, pwdLastSet and lockoutTime go in one modify (AD applies them together).
+    joins_after_set = True
+
     def __init__(self, profile: LdapProfile) -> None:
         self.profile = profile
 
@@ -381,8 +387,10 @@ class ActiveDirectoryRules:
     def is_locked_on_purpose(self, attributes: Attributes) -> bool:
         return is_disabled(attributes)
 
-    def set_password(self, connection: Connection, dn: str, password: str) -> Refusal | None:
-        return set_unicode_pwd(connection, dn, password)
+    def set_password(
+        self, connection: Connection, dn: str, password: str, changes: Changes | None = None
+    ) -> Refusal | None:
+        return set_unicode_pwd(connection, dn, password, changes)
 
     def after_set(self, attributes: Attributes, must_change: bool) -> Changes:
         return after_set_changes(must_change)

@@ -7,13 +7,23 @@ How it reads:
 - a scope is the profile's object filter under the base DN, with the selection's ids as an OR
   of equality filters; `all_without_role` leaves out the staff group's members, whose DNs are
   read once per scope read (ServerRules.staff_dns);
-- LDAP has no COUNT: a preview reads the scope's entries (their named attributes only) and
-  counts them here;
-- `scope_batch` streams in id order: the scope's users are read once (paged) into a sorted list
-  kept while a planner walks it, so each batch is a slice, not a new search.
+- LDAP has no COUNT: a preview reads the scope's entries page by page and counts them as they
+  come, so it holds one page (`page_size` entries) whatever the directory's size;
+- `scope_batch` streams in the server's own order (stable while a task is planned: OpenLDAP's
+  and AD's paged results come in the order the entries were stored): a walk reads the scope
+  page by page on a connection of its own, and a planner asking for the batch after the last
+  one it was given goes on with the same walk (one page in memory). Asked for a batch after
+  any other user (a planner resumed by another worker), the walk starts again and passes over
+  the users up to that one;
+- the picker's copy (`picker_rows`) is read the same way, on a connection of its own, so a
+  slow reload in the app never holds the connection the preview uses.
 
 How it writes (`set_passwords`): per user, the server's own password operation (ServerRules:
-Password Modify or unicodePwd), then the must-change and unlock modifications. A policy refusal
+Password Modify or unicodePwd) and the must-change and unlock modifications, in as few writes
+as the server allows (each costs it a synced transaction): AD takes them in the password's own
+modify (one write a user); OpenLDAP's Password Modify carries nothing else, so they follow in a
+modify of their own. One request at a time on the worker's one connection (synchronous: never more
+than one password set in flight per worker, so nothing needs bounding). A policy refusal
 (constraintViolation, unwillingToPerform) is that user's "refused" outcome with the server's
 words, and the batch goes on; a connection that breaks raises DirectoryUnavailable carrying the
 outcomes so far (nothing names a password).
@@ -25,7 +35,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,6 +55,7 @@ from core.directory.ldap.server import (
     NO_SUCH_OBJECT,
     POLICY_REFUSALS,
     Attributes,
+    Changes,
     ServerRules,
     attributes_of,
     check_family,
@@ -87,6 +98,20 @@ class _Entry:
     attributes: dict[str, list[bytes]]
 
 
+@dataclass
+class _Walk:
+    """A scope being streamed to a planner: its own connection, the users still to come (read
+    a page at a time), and the last user handed out (where the next batch follows)."""
+
+    key: tuple[Scope, tuple[UserId, ...]]
+    connection: Connection
+    users: Iterator[User]
+    last: UserId | None = None
+
+    def close(self) -> None:
+        close_quietly(self.connection)
+
+
 class LdapDirectory:
     """The users of an LDAP directory under its profile, over one connection (thread-safe)."""
 
@@ -97,9 +122,11 @@ class LdapDirectory:
         self.profile = config.profile
         self.rules: ServerRules = rules_for(config.profile)
         self.page_size = page_size
+        #: Pages read so far (every search is paged): what a test or the bench can look at.
+        self.pages_read = 0
         self._connection: Connection | None = None
         self._lock = threading.RLock()
-        self._walk: tuple[tuple[Scope, tuple[UserId, ...]], list[User]] | None = None
+        self._walk: _Walk | None = None
         #: The picker's search copy (core/directory/picker.py), when the app keeps one.
         self.search_source: UserSearch | None = None
 
@@ -122,7 +149,7 @@ class LdapDirectory:
             if self._connection is not None:
                 close_quietly(self._connection)
             self._connection = None
-            self._walk = None
+            self._end_walk()
 
     def _broken(
         self, error: BaseException, done: Sequence[SetOutcome] = ()
@@ -157,29 +184,45 @@ class LdapDirectory:
         return list(dict.fromkeys([*self.profile.attributes(), *self.rules.extra_attributes()]))
 
     def _search(self, search_filter: str, attributes: list[str] | None = None) -> list[_Entry]:
-        """Every entry under the base DN matching the filter, read page by page."""
-        wanted = self._attributes() if attributes is None else attributes
-        entries: list[_Entry] = []
-        cookie: bytes | None = None
+        """Every entry under the base DN matching the filter, read page by page (for searches
+        whose answer is small: a batch's ids, names, addresses)."""
+        return list(self._stream(search_filter, attributes))
+
+    def _stream(
+        self, search_filter: str, attributes: list[str] | None = None
+    ) -> Iterator[_Entry]:
+        """The entries matching the filter as they come, one page held at a time, on the
+        directory's connection (held for the whole read: consume it at once)."""
         with self._lock:
             try:
-                connection = self._bound()
-                while True:
-                    connection.search(
-                        self.config.base_dn, search_filter, SUBTREE, attributes=wanted,
-                        paged_size=self.page_size, paged_cookie=cookie,
-                    )
-                    self._require_success(connection.result)
-                    entries.extend(
-                        _Entry(str(entry["dn"]), attributes_of(entry))
-                        for entry in connection.response or []
-                        if entry.get("type") == "searchResEntry"
-                    )
-                    cookie = _next_cookie(connection.result)
-                    if not cookie:
-                        return entries
+                yield from self._paged(self._bound(), search_filter, attributes)
             except (LDAPException, OSError) as error:
                 raise self._broken(error) from None
+
+    def _paged(
+        self, connection: Connection, search_filter: str, attributes: list[str] | None = None
+    ) -> Iterator[_Entry]:
+        """RFC 2696: `page_size` entries a request, the server's cookie sent back for the next
+        page, until it sends none. Raises ldap3's errors as they come."""
+        wanted = self._attributes() if attributes is None else attributes
+        cookie: bytes | None = None
+        while True:
+            connection.search(
+                self.config.base_dn, search_filter, SUBTREE, attributes=wanted,
+                paged_size=self.page_size, paged_cookie=cookie,
+            )
+            self._require_success(connection.result)
+            page = [
+                _Entry(str(entry["dn"]), attributes_of(entry))
+                for entry in connection.response or []
+                if entry.get("type") == "searchResEntry"
+            ]
+            self.pages_read += 1
+            cookie = _next_cookie(connection.result)
+            connection.response = None  # the page is ours now: ldap3 need not keep it
+            yield from page
+            if not cookie:
+                return
 
     def _require_success(self, result: Mapping[str, Any] | None) -> None:
         result = result or {}
@@ -226,13 +269,49 @@ class LdapDirectory:
         staff = self._staff()
         return [self._user(entry, staff) for entry in self._search(search_filter)]
 
-    def _by_ids(self, ids: Sequence[UserId]) -> list[_Entry]:
+    def _scope_filter(self, scope: Scope, selection: Sequence[UserId]) -> str:
+        """The server's filter for a whole-directory scope; a long selection to leave out is
+        left out here instead (`_left_out`), not in a filter of thousands of terms."""
+        if scope is Scope.ALL_EXCEPT_SELECTED and len(set(selection)) <= IDS_PER_FILTER:
+            return self._users_filter(f"(!{self._ids_filter(sorted(set(selection)))})")
+        return self.profile.object_filter
+
+    def _in_scope(
+        self, scope: Scope, selection: Sequence[UserId], entries: Iterable[_Entry],
+        staff: frozenset[str],
+    ) -> Iterator[User]:
+        """The users of a whole-directory scope among the entries read with `_scope_filter`."""
+        left_out = (frozenset(selection) if scope is Scope.ALL_EXCEPT_SELECTED
+                    and len(set(selection)) > IDS_PER_FILTER else frozenset())
+        for entry in entries:
+            user = self._user(entry, staff)
+            if user.id in left_out or (scope is Scope.ALL_WITHOUT_ROLE and user.is_staff):
+                continue
+            yield user
+
+    def _scope_stream(self, scope: Scope, selection: Sequence[UserId]) -> Iterator[User]:
+        """Every user of the scope, page by page on the directory's connection, in the server's
+        order (a selected-only scope: in id order, a page of ids at a time)."""
+        if scope.needs_selection and not selection:
+            raise InputError("Pick at least one user for this scope.", field="users")
+        if scope is Scope.SELECTED_ONLY:
+            wanted = sorted(set(selection))
+            for start in range(0, len(wanted), IDS_PER_FILTER):
+                yield from self.users_by_id(wanted[start : start + IDS_PER_FILTER])
+            return
+        staff = self._staff()
+        yield from self._in_scope(scope, selection,
+                                  self._stream(self._scope_filter(scope, selection)), staff)
+
+    def _by_ids(
+        self, ids: Sequence[UserId], attributes: list[str] | None = None
+    ) -> list[_Entry]:
         wanted = sorted(set(ids))
         found: list[_Entry] = []
         for start in range(0, len(wanted), IDS_PER_FILTER):
             found += self._search(self._users_filter(self._ids_filter(
                 wanted[start : start + IDS_PER_FILTER]
-            )))
+            )), attributes)
         return found
 
     # -- reading -------------------------------------------------------------------------------
@@ -301,42 +380,99 @@ class LdapDirectory:
     # -- scopes --------------------------------------------------------------------------------
 
     def scope_users(self, scope: Scope, selection: Sequence[UserId]) -> list[User]:
-        """Every user of the scope, in id order."""
-        if scope.needs_selection and not selection:
-            raise InputError("Pick at least one user for this scope.", field="users")
-        if scope is Scope.SELECTED_ONLY:
-            return self.users_by_id(selection)
-        search_filter = self.profile.object_filter
-        if scope is Scope.ALL_EXCEPT_SELECTED:
-            search_filter = self._users_filter(f"(!{self._ids_filter(sorted(set(selection)))})")
-        users = self._read_users(search_filter)
-        if scope is Scope.ALL_WITHOUT_ROLE:
-            users = [user for user in users if not user.is_staff]
-        return sorted(users, key=lambda user: user.id)
+        """Every user of the scope, in id order (all in memory: for tests and small scopes;
+        the engine streams with `preview` and `scope_batch`)."""
+        return sorted(self._scope_stream(scope, selection), key=lambda user: user.id)
 
     def preview(self, scope: Scope, selection: Sequence[UserId]) -> Counts:
-        users = self.scope_users(scope, selection)
-        emailable = sum(1 for user in users if user.has_email)
-        return Counts(
-            users=len(users),
-            emailable=emailable,
-            without_email=len(users) - emailable,
-            staff=sum(1 for user in users if user.is_staff),
-            locked=sum(1 for user in users if user.locked_on_purpose),
-        )
+        """The scope counted as its pages come (one page in memory)."""
+        users = emailable = staff = locked = 0
+        for user in self._scope_stream(scope, selection):
+            users += 1
+            emailable += user.has_email
+            staff += user.is_staff
+            locked += user.locked_on_purpose
+        return Counts(users=users, emailable=emailable, without_email=users - emailable,
+                      staff=staff, locked=locked)
 
     def scope_batch(
         self, scope: Scope, selection: Sequence[UserId], after: UserId | None, limit: int
     ) -> list[User]:
+        """The next `limit` users after `after` in the server's order. A selected-only scope
+        is the selection's users in id order (the planner gives a page of ids at a time)."""
+        if scope is Scope.SELECTED_ONLY:
+            return self._selected_batch(selection, after, limit)
         key = (scope, tuple(selection))
         with self._lock:
-            if after is None or self._walk is None or self._walk[0] != key:
-                self._walk = (key, self.scope_users(scope, selection))
-            users = self._walk[1]
-        start = 0
+            walk = self._walk
+            if walk is None or walk.key != key or after is None or walk.last != after:
+                walk = self._start_walk(key, after)
+            return self._next_batch(walk, limit)
+
+    def _selected_batch(
+        self, selection: Sequence[UserId], after: UserId | None, limit: int
+    ) -> list[User]:
+        if not selection:
+            raise InputError("Pick at least one user for this scope.", field="users")
+        wanted = sorted(set(selection))
+        start = 0 if after is None else bisect_right(wanted, after)
+        return self.users_by_id(wanted[start : start + limit])
+
+    def _start_walk(self, key: tuple[Scope, tuple[UserId, ...]], after: UserId | None) -> _Walk:
+        """A new walk of the scope on a connection of its own; passed over up to `after`
+        when a planner resumes where another one stopped."""
+        self._end_walk()
+        scope, selection = key
+        try:
+            connection = connect(self.config)
+        except (LDAPException, OSError) as error:
+            raise unavailable(self.config, error) from None
+        staff = self._staff()
+        entries = self._paged(connection, self._scope_filter(scope, selection))
+        walk = _Walk(key, connection, self._in_scope(scope, selection, entries, staff))
+        self._walk = walk
         if after is not None:
-            start = _first_after(users, after)
-        return users[start : start + limit]
+            self._pass_over(walk, after)
+        return walk
+
+    def _pass_over(self, walk: _Walk, after: UserId) -> None:
+        while (user := self._step(walk)) is not None:
+            if user.id == after:
+                walk.last = after
+                return
+        raise InputError(
+            "The directory changed while the task was being planned: the user planning was to "
+            "go on after is no longer in the scope. Start the task again (users already reset "
+            "are not reset twice within it)."
+        )
+
+    def _step(self, walk: _Walk) -> User | None:
+        """The walk's next user, None at its end (then the walk and its connection go). One
+        user at a time, never a generator around the walk's: closing that would end the walk."""
+        try:
+            return next(walk.users)
+        except StopIteration:
+            self._end_walk()
+            return None
+        except (LDAPException, OSError) as error:
+            self._end_walk()
+            raise unavailable(self.config, error) from None
+        except (DirectoryUnavailable, ConfigError):
+            self._end_walk()
+            raise
+
+    def _next_batch(self, walk: _Walk, limit: int) -> list[User]:
+        batch: list[User] = []
+        while len(batch) < limit and (user := self._step(walk)) is not None:
+            batch.append(user)
+        if batch:
+            walk.last = batch[-1].id
+        return batch
+
+    def _end_walk(self) -> None:
+        if self._walk is not None:
+            self._walk.close()
+            self._walk = None
 
     def usernames_in_password(
         self, password: str, scope: Scope, selection: Sequence[UserId], *,
@@ -344,7 +480,7 @@ class LdapDirectory:
     ) -> int:
         lowered = password.lower()
         return sum(
-            1 for user in self.scope_users(scope, selection)
+            1 for user in self._scope_stream(scope, selection)
             if user.username and user.username.lower() in lowered
             and not (without_email_only and usable_address(user.email))
         )
@@ -369,9 +505,22 @@ class LdapDirectory:
         return sorted(users, key=lambda user: (user.username, user.id))[:limit]
 
     def picker_rows(self) -> Iterator[PickerRow]:
-        for user in self._read_users(self.profile.object_filter):
-            yield PickerRow(user.id, user.username, user.full_name, None, user.email,
-                            user.is_staff)
+        """Every user, page by page on a connection of its own (the search copy reads slowly,
+        taking turns with searches: it must not hold the connection the preview uses)."""
+        staff = self._staff()
+        try:
+            connection = connect(self.config)
+        except (LDAPException, OSError) as error:
+            raise unavailable(self.config, error) from None
+        try:
+            for entry in self._paged(connection, self.profile.object_filter):
+                user = self._user(entry, staff)
+                yield PickerRow(user.id, user.username, user.full_name, None, user.email,
+                                user.is_staff)
+        except (LDAPException, OSError) as error:
+            raise unavailable(self.config, error) from None
+        finally:
+            close_quietly(connection)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -383,8 +532,10 @@ class LdapDirectory:
                 "ldap3's own log is at PROTOCOL detail or more and would write the new "
                 "passwords: lower it (ldap3.utils.log.set_library_log_detail_level)"
             )
+        # Only what the write needs: the DN, the id, and what the rules read (a lock on purpose).
+        needed = list(dict.fromkeys([self.profile.id, *self.rules.extra_attributes()]))
         entries = {self._id_of(entry): entry for entry in self._by_ids(
-            [item.user_id for item in batch]
+            [item.user_id for item in batch], needed
         )}
         done: list[SetOutcome] = []
         with self._lock:
@@ -397,9 +548,14 @@ class LdapDirectory:
         return done
 
     def _set_one(self, entry: _Entry, item: PasswordSet, done: list[SetOutcome]) -> SetOutcome:
+        """One user's password and its follow-up: in the same request where the server takes
+        them together (AD), else right after it (OpenLDAP)."""
+        changes = self.rules.after_set(entry.attributes, item.must_change)
+        joined = self.rules.joins_after_set and bool(changes)
         try:
             connection = self._bound()
-            refusal = self.rules.set_password(connection, entry.dn, item.password)
+            refusal = self.rules.set_password(connection, entry.dn, item.password,
+                                              changes if joined else None)
             if refusal is not None:
                 if refusal.code in POLICY_REFUSALS:
                     return SetOutcome(item.user_id, SetResult.REFUSED,
@@ -411,18 +567,23 @@ class LdapDirectory:
                     f"{refusal.code}: {_clean(refusal.reason, item.password)}; resetbot tries "
                     "again)", done,
                 )
-            changes = self.rules.after_set(entry.attributes, item.must_change)
-            if changes:
-                connection.modify(entry.dn, changes)
-                if connection.result.get("result") != 0:
-                    raise DirectoryUnavailable(
-                        f"the directory {self.config.url.shown} took a new password but not "
-                        f"its must-change and unlock attributes ({_said(connection.result)}); "
-                        "resetbot tries again", [*done, SetOutcome(item.user_id, SetResult.SET)],
-                    )
+            if changes and not joined:
+                self._follow_up(connection, entry.dn, changes,
+                                [*done, SetOutcome(item.user_id, SetResult.SET)])
         except (LDAPException, OSError) as error:
             raise self._broken(error, done) from None
         return SetOutcome(item.user_id, SetResult.SET)
+
+    def _follow_up(
+        self, connection: Connection, dn: str, changes: Changes, done: Sequence[SetOutcome]
+    ) -> None:
+        connection.modify(dn, changes)
+        if connection.result.get("result") != 0:
+            raise DirectoryUnavailable(
+                f"the directory {self.config.url.shown} took a new password but not "
+                f"its must-change and unlock attributes ({_said(connection.result)}); "
+                "resetbot tries again", done,
+            )
 
     def _id_of(self, entry: _Entry) -> UserId:
         return self.rules.id_text((entry.attributes.get(self.profile.id.lower()) or [b""])[0])
@@ -451,10 +612,6 @@ def _first_of(attributes: Attributes, names: Sequence[str]) -> str:
         if value and value.strip():
             return value.strip()
     return ""
-
-
-def _first_after(users: list[User], after: UserId) -> int:
-    return bisect_right([user.id for user in users], after)
 
 
 def _next_cookie(result: Mapping[str, Any] | None) -> bytes | None:

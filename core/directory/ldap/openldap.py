@@ -103,6 +103,11 @@ MEMBER_ATTRIBUTES = ("member", "uniqueMember")
 
 
 class OpenLdapRules:
+    #: Password Modify carries no other change: the follow-up is a modify of its own. (Measured
+    #: on slapd 2.5 with pwdMustChange: ppolicy does not set pwdReset on the service account's
+    #: Password Modify, so the follow-up is needed whenever a change is required.)
+    joins_after_set = False
+
     def __init__(self, profile: LdapProfile) -> None:
         self.profile = profile
 
@@ -133,7 +138,11 @@ class OpenLdapRules:
     def is_locked_on_purpose(self, attributes: Attributes) -> bool:
         return first_text(attributes, "pwdAccountLockedTime") == PERMANENT_LOCK
 
-    def set_password(self, connection: Connection, dn: str, password: str) -> Refusal | None:
+    def set_password(
+        self, connection: Connection, dn: str, password: str, changes: Changes | None = None
+    ) -> Refusal | None:
+        if changes:
+            raise ValueError("Password Modify carries no other modification")
         connection.extend.standard.modify_password(user=dn, new_password=password)
         return _refusal(connection.result)
 

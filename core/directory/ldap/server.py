@@ -59,11 +59,16 @@ class ServerRules(Protocol):
     def is_locked_on_purpose(self, attributes: Attributes) -> bool:
         """Whether the library locked this user on purpose (kept locked, counted)."""
 
+    #: Whether the server takes the follow-up modifications in the password's own request
+    #: (AD: one modify), so that each user costs one write.
+    joins_after_set: bool
+
     def set_password(
-        self, connection: Connection, dn: str, password: str
+        self, connection: Connection, dn: str, password: str, changes: Changes | None = None
     ) -> Refusal | None:
-        """Hand the server the new password; a Refusal when its policy says no. Raises ldap3's
-        LDAPException (or OSError) when the connection breaks."""
+        """Hand the server the new password (with `changes` in the same request, where
+        `joins_after_set`); a Refusal when its policy says no. Raises ldap3's LDAPException (or
+        OSError) when the connection breaks."""
 
     def after_set(self, attributes: Attributes, must_change: bool) -> Changes:
         """The modifications that follow a password set: must-change, unlock (never the lock
