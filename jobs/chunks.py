@@ -16,7 +16,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from core.addresses import usable_address
 from core.directory.protocol import PasswordSet
 from core.directory.sql import SqlDirectory
-from core.directory.sql.koha_rules import KOHA, read_koha_rules
 from core.errors import ConfigError
 from core.models import Mode, NoEmailChoice, ResetTask, TaskStatus
 from core.passwords import generate_password
@@ -77,23 +76,15 @@ def _known_passwords(context: WorkerContext, task: TaskView) -> KnownPasswords:
         if task.sealed is None:
             raise ConfigError("The task's default password is missing.")
         return KnownPasswords(default=unseal(key, task.sealed, old_keys))
-    at_least = _library_minimum(context)
+    # Every generated password meets the directory's own longest minimum (Koha's categories,
+    # an LDAP server's policy), whoever it is for.
+    at_least = context.directory.generated_minimum()
     if task.no_email is NoEmailChoice.SET:
         if task.no_email_sealed is None:
             raise ConfigError("The password for users without an e-mail address is missing.")
         return KnownPasswords(handout=unseal(key, task.no_email_sealed, old_keys),
                               generated_at_least=at_least)
     return KnownPasswords(generated_at_least=at_least)
-
-
-def _library_minimum(context: WorkerContext) -> int:
-    """The longest minimum of the library system's own rules (Koha's, when readable): every
-    generated password meets it, whoever's category (and has every class Koha calls strong)."""
-    directory = context.directory
-    if not isinstance(directory, SqlDirectory) or directory.profile.password_rules != KOHA:
-        return 0  # (an LDAP directory's rules are its server's: it refuses, per user)
-    rules = read_koha_rules(directory.sql)
-    return 0 if rules is None else rules.longest_minimum
 
 
 class Pipeline:

@@ -269,6 +269,10 @@ class Directory(Protocol):
     def rules_for_scope(self, scope: Scope, selection: Sequence[UserId]) -> ScopeRules:
         """The directory's own rules for the users of this scope (read when first used)."""
 
+    def generated_minimum(self) -> int:
+        """The longest minimum length the directory's own rules ask of anyone's password (0:
+        none known), which every generated password meets."""
+
     #: The hashes a SQL table writes, whose limits (bcrypt's 72 bytes) bound a new password;
     #: empty where the server hashes for itself.
     @property

@@ -328,6 +328,20 @@ def test_the_directory_password_rules_are_read_from_the_ppolicy(directory: LdapD
     assert rules.violations("Fresh-pass-42") == []
     [reason] = rules.violations("Ab1!")
     assert f"shorter than {MIN_LENGTH}" in reason and "cn=default,ou=policies" in reason
+    # Generated passwords are made at least that long, whatever PASSWORD_GENERATED_LENGTH says.
+    assert directory.generated_minimum() == MIN_LENGTH
+
+
+def test_a_directory_that_does_not_answer_asks_generated_passwords_for_no_minimum(
+    slapd: OpenLdap,
+) -> None:
+    """The task's first set meets the outage and pauses it; the minimum is not what fails."""
+    directory = LdapDirectory(slapd.config())
+    slapd.stop()
+    try:
+        assert directory.generated_minimum() == 0
+    finally:
+        directory.dispose()
 
 
 # -- TLS and the service account's secret ---------------------------------------------------------

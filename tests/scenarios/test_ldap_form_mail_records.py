@@ -20,20 +20,14 @@ from core.directory.factory import open_directory
 from core.models import ItemState, Scope, TaskStatus
 from core.settings import Settings
 from jobs.reaper import reap
-from tests.scenarios.test_ldap_end_to_end import (
-    DEFAULT,
-    assert_untouched,
-    bind,
-    cli,
-    items,
-    old,
-)
+from tests.scenarios.test_ldap_end_to_end import DEFAULT, cli, items
 from tests.scenarios.test_ldap_end_to_end import configured as configured
-from tests.scenarios.test_ldap_end_to_end import slapd as slapd
-from tests.scenarios.test_ldap_end_to_end import template as template
+from tests.scenarios.test_ldap_end_to_end import live as live
 from tests.support.engine import build_context, run_until_final, task_snapshot, work
 from tests.support.faults import tcp_proxy
 from tests.support.openldap import OpenLdap
+from tests.support.openldap import openldap_template as openldap_template
+from tests.support.openldap import slapd as slapd
 from tests.support.signing import app_settings, form_state, start_app, submitted_view
 from tests.support.slack_standin import SlackStandIn
 from tests.support.slack_standin import slack_standin as slack_standin
@@ -43,6 +37,12 @@ from tests.support.smtp import smtp_server as smtp_server
 #: The state database does not matter here: SQLite only (the LDAP end-to-end file runs both).
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 SHORTER_THAN_30 = "The directory refuses passwords shorter than 30 characters"
+
+
+def assert_untouched(slapd: OpenLdap, uids: set[str]) -> None:
+    """Each still signs in with the password they had (the locked ones sign in with none)."""
+    for uid in sorted(uids - {"frozen", "tripped"}):
+        assert slapd.binds(uid, slapd.old(uid)) == (0, None), uid
 
 
 def test_the_form_refuses_a_password_the_directory_would_refuse(
@@ -108,8 +108,8 @@ def test_a_mail_outage_pauses_an_ldap_task_before_any_password_changes(
     for uid in names:
         assert len(smtp_server.to(f"{uid}@example.org")) == 1, uid
         mailed = smtp_server.last_password(f"{uid}@example.org")
-        assert bind(slapd, uid, mailed) == (0, "changeAfterReset"), uid
-        assert bind(slapd, uid, old(slapd, uid))[0] == 49, uid
+        assert slapd.binds(uid, mailed) == (0, "changeAfterReset"), uid
+        assert slapd.binds(uid, slapd.old(uid))[0] == 49, uid
 
 
 def test_the_follow_up_list_and_the_audit_of_an_ldap_task(
@@ -136,7 +136,7 @@ def test_the_follow_up_list_and_the_audit_of_an_ldap_task(
     assert {rows[uid]["outcome"] for uid in ("nomail", "blank")} == {"no e-mail"}
     assert rows["bob"]["email"] == "bob@example.org"
     ann = smtp_server.last_password("ann@example.org")
-    assert bind(slapd, "ann", ann) == (0, "changeAfterReset")
+    assert slapd.binds("ann", ann) == (0, "changeAfterReset")
 
     code, trail = cli(configured, monkeypatch, capsys, "audit", "--csv")
     assert code == 0, trail

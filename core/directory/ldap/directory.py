@@ -599,6 +599,14 @@ class LdapDirectory:
         """The server's rules are everyone's: read when a password is first checked."""
         return RulesWhenAsked(self.password_rules)
 
+    def generated_minimum(self) -> int:
+        """The server's minimum length; 0 while it does not answer (its first password set
+        then pauses the task, and it refuses a short password per user with its reason)."""
+        try:
+            return self.password_rules().min_length or 0
+        except DirectoryUnavailable:
+            return 0
+
     #: The server hashes for itself: no hash of resetbot's bounds a password.
     hash_schemes: tuple[str, ...] = ()
 

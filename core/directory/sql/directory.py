@@ -27,7 +27,7 @@ from core.directory.protocol import (
     User,
     UserId,
 )
-from core.directory.sql.koha_rules import KOHA, KohaScopeRules
+from core.directory.sql.koha_rules import KOHA, KohaScopeRules, read_koha_rules
 from core.directory.sql.profile import Profile
 from core.directory.sql.table import BeforeWrite, UserSearch
 from core.directory.sql.table import Directory as TableDirectory
@@ -220,6 +220,13 @@ class SqlDirectory:
         if self.sql.profile.password_rules == KOHA:
             return KohaScopeRules(self.sql, scope, sql_ids(selection))
         return self.password_rules()
+
+    def generated_minimum(self) -> int:
+        """Koha's longest category minimum, when its rules may be read."""
+        if self.sql.profile.password_rules != KOHA:
+            return 0
+        rules = read_koha_rules(self.sql)
+        return 0 if rules is None else rules.longest_minimum
 
     @property
     def hash_schemes(self) -> tuple[str, ...]:
