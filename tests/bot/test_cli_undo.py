@@ -21,6 +21,7 @@ from core.directory import Directory
 from core.models import ItemState, ResetItem, TaskStatus, UndoSnapshot
 from core.passwords import PasswordHasher
 from core.settings import Settings
+from tests.bot.test_cli_approval import plan_jobs
 from tests.bot.test_cli_tasks import audit_entries, tasks, work
 from tests.support.cli import FakeTerminal
 from tests.support.cli import cli_settings as cli_settings
@@ -197,6 +198,7 @@ def test_undo_is_refused_after_its_window_and_nothing_stays_sealed(
 def test_an_undo_waits_for_approval_as_a_reset_would_and_a_rejected_one_can_be_asked_again(
     run: Any, sessions: sessionmaker[Session], directory: Directory, redis_conn: Redis,
     smtp_server: SmtpServer, known_passwords: PasswordHasher, monkeypatch: pytest.MonkeyPatch,
+    cli_settings: Settings,
 ) -> None:
     """RESET_APPROVAL_MIN_USERS judges an Undo like any reset (`core.tasks.approval_needed`):
     it waits for another admin and changes nothing before; rejected, its task may be undone
@@ -209,7 +211,7 @@ def test_an_undo_waits_for_approval_as_a_reset_would_and_a_rejected_one_can_be_a
     asked = run("tasks", "undo", "1", "--yes", **approval)
     assert asked.code == 0, asked.err
     assert "Task #2 awaits approval by another admin: nothing changes before that." in asked.out
-    work(run)
+    assert plan_jobs(cli_settings, redis_conn) == [], "nothing queued for a worker"
     assert hashes(sessions, directory) == after_reset
     assert [(t.id, t.mode, t.status) for t in tasks(sessions)] == [
         (1, "generated", TaskStatus.COMPLETED), (2, "undo", TaskStatus.AWAITING_APPROVAL)]
