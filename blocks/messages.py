@@ -273,10 +273,16 @@ def approval_details(task: TaskSnapshot) -> list[str]:
         tally = preview_tally(counts, Mode(task.mode), NoEmailChoice(task.no_email),
                               skip_locked=task.skip_locked)
         left_alone = f" · left alone {tally.left_alone:,}" if tally.left_alone else ""
-        lines.append(
-            f"*Users to reset* {tally.changed:,} · with e-mail {counts.emailable:,} · "
-            f"without e-mail {counts.without_email:,}{left_alone} · staff {counts.staff:,}"
-        )
+        if task.undo_of is not None:
+            lines.append(
+                f"*Users to put back* {counts.users:,} at most (anyone who changed their "
+                f"password since is left alone) · told to ignore the mail {counts.emailable:,}"
+            )
+        else:
+            lines.append(
+                f"*Users to reset* {tally.changed:,} · with e-mail {counts.emailable:,} · "
+                f"without e-mail {counts.without_email:,}{left_alone} · staff {counts.staff:,}"
+            )
     if approval.approved_by:
         lines.append(f"*Approved by* {requester_mention(approval.approved_by)}")
     if approval.rejected_by:
@@ -601,6 +607,8 @@ def summary_reply(task: TaskSnapshot, follow_up_where: str | None = None) -> Sla
 def _expected_outcomes(task: TaskSnapshot) -> tuple[ItemState, ...]:
     if task.mode == Mode.DEFAULT:
         return (ItemState.RESET,)
+    if task.mode == Mode.UNDO:
+        return (ItemState.RESTORED,)
     return (ItemState.NOTIFIED, ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED)
 
 

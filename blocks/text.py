@@ -238,6 +238,8 @@ def scope_summary(scope: str, selected: int) -> str:
 def mode_label(mode: str) -> str:
     if mode == Mode.DEFAULT:
         return "One default password for all; nobody is e-mailed"
+    if mode == Mode.UNDO:
+        return "Undo: each user's previous password put back"
     return "A new random password for each user, e-mailed"
 
 
@@ -588,6 +590,13 @@ def undo_counts_text(task_id: int, unchanged: int, changed: int, mailed: int,
 def undo_started(task_id: int, original_id: int, unchanged: int) -> str:
     return (f"Started task #{task_id}: it undoes reset #{original_id}, giving "
             f"{plural(unchanged, 'user')} their previous password back.")
+
+
+def undo_awaits_approval(task_id: int, original_id: int, unchanged: int) -> str:
+    return (f"Task #{task_id} (undoing reset #{original_id}: "
+            f"{plural(unchanged, 'user')} would get their previous password back) waits for "
+            "another admin's approval: nothing changes before that. *Approve* and *Reject* are "
+            "in its thread.")
 
 
 # ---- Send me the list ---------------------------------------------------------------------------

@@ -473,7 +473,8 @@ def _not_started(task: TaskSnapshot) -> str:
 
 
 def _mode_word(mode: str) -> str:
-    return "default password" if mode == Mode.DEFAULT else "e-mailed"
+    words: dict[str, str] = {Mode.DEFAULT: "default password", Mode.UNDO: "undo"}
+    return words.get(mode, "e-mailed")
 
 
 def _home_counts(task: TaskSnapshot) -> str:

@@ -335,8 +335,9 @@ def undo_task(
 ) -> int:
     """As Slack's Undo button: the counts first, a typed yes (or --yes), then an Undo task
     puts back each user's previous password where they have not changed it since."""
-    from bot.reset_flow import confirm, exit_code, follow, print_summary
+    from bot.reset_flow import confirm, exit_code, follow, print_summary, say_awaiting_approval
     from jobs.queueing import enqueue_task, make_queue
+    from jobs.slack_reporter import announce
 
     actor = requester()
     with sessions() as session:
@@ -355,7 +356,12 @@ def undo_task(
             task, _ = undo.create_undo_task(session, settings, directory, task_id, actor,
                                             login_name())
             session.commit()
-            undo_id = task.id
+            undo_id, status = task.id, TaskStatus(task.status)
+        if status is TaskStatus.AWAITING_APPROVAL:
+            if settings.slack_bot_token:
+                announce(make_queue(settings, redis), undo_id)
+            say_awaiting_approval(cli, settings, undo_id)
+            return EXIT_OK
         enqueue_task(make_queue(settings, redis), undo_id)
     cli.say(f"Task #{undo_id} queued: it undoes task #{task_id}.")
     if detach:

@@ -41,6 +41,7 @@ from core.errors import ConflictError
 from core.models import ResetTask, Scope, TaskStatus, utcnow
 from core.schedule import as_utc
 from core.tasks import exceeds_approved, preview_counts, record_schedule, released_status
+from core.undo import release_undone
 
 #: The actor of the reaper's expiries in the audit trail.
 EXPIRY_ACTOR = "resetbot"
@@ -140,7 +141,10 @@ def approve(
         raise SelfApproval(f"You asked for reset #{task_id}: another admin must approve it.")
     actor = acting(approver, typed_by)
     before = preview_of(task.preview)
-    now = directory.preview(Scope(task.scope), user_ids(task.selection))
+    if task.undo_of is not None and before is not None:
+        now = before  # an Undo's users are the ones its task kept: they never grow
+    else:
+        now = directory.preview(Scope(task.scope), user_ids(task.selection))
     if grew_too_much(before, now):
         return _keep_recount(session, task, before, now, actor)
     moment = utcnow()
@@ -177,6 +181,7 @@ def reject(session: Session, task_id: int, actor: str, *, typed_by: str | None =
     moment = utcnow()
     _decide(session, task_id, status=TaskStatus.REJECTED, rejected_by=actor, decided_at=moment,
             finished_at=moment, default_password_sealed=None, no_email_password_sealed=None)
+    release_undone(session, [task_id])
     audit.record(session, acting(actor, typed_by), "reject", task_id)
 
 
@@ -207,6 +212,7 @@ def expire_overdue(session: Session, now: datetime | None = None) -> list[int]:
             audit.record(session, EXPIRY_ACTOR, "expire", int(task_id),
                          start_passed=start_at is not None and as_utc(start_at) <= moment)
             expired.append(int(task_id))
+    release_undone(session, expired)
     return expired
 
 

@@ -77,6 +77,7 @@ class Scope(enum.StrEnum):
 class Mode(enum.StrEnum):
     GENERATED = "generated"  # a new random password per user, e-mailed
     DEFAULT = "default"  # one password set for all, nobody e-mailed
+    UNDO = "undo"  # an Undo task (core/undo.py): each user's previous password put back
 
 
 class NoEmailChoice(enum.StrEnum):

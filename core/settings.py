@@ -595,7 +595,8 @@ class Settings:
     smtp_security: SmtpSecurity = setting(  # noqa: RUF009 (a str, immutable)
         "SMTP_SECURITY", "none",
         "`starttls` (required, the server's certificate verified), `ssl` or `none`. Unset: "
-        "`starttls`, or `none` when `SMTP_HOST` is this host (`localhost`, 127.0.0.1, ::1). "
+        "`starttls`, or `none` when `SMTP_HOST` is this host (`localhost` or a name ending in "
+        "`.localhost`, 127.0.0.0/8, ::1, ::ffff:127.0.0.0/104; names are not resolved). "
         "`none` towards another host is refused without `SMTP_ALLOW_PLAINTEXT=true`",
         parse=_smtp_security, default_for=_smtp_security_for,
         shown="`starttls`; `none` when `SMTP_HOST` is a loopback address",

@@ -51,6 +51,8 @@ def planned_outcome(mode: Mode, no_email: NoEmailChoice, has_email: bool) -> Ite
     """The outcome a reset gives a user when all goes well: the task's rule, said once."""
     if mode is Mode.DEFAULT:
         return ItemState.RESET
+    if mode is Mode.UNDO:
+        return ItemState.RESTORED
     if has_email:
         return ItemState.NOTIFIED
     return {

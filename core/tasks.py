@@ -420,10 +420,10 @@ def approval_needed(settings: Settings, task: ResetTask, users: int | None) -> b
 
     True when resetting `users` users of the task's scope needs a second admin
     (`approval_required`) and no approval covers them: the task was never approved, or was
-    approved for a count they exceed by more than GROWTH_TO_RECONFIRM.
+    approved for a count they exceed by more than GROWTH_TO_RECONFIRM. An Undo is judged the
+    same way (its task's scope, the users it would put back): it changes as many passwords as
+    a reset, and a second admin may know why the first reset was wanted.
     """
-    if task.undo_of is not None:
-        return False  # an Undo puts back what was there before a task that was let through
     if not approval_required(settings, task.scope, users):
         return False
     return task.approved_by is None or exceeds_approved(task.preview_users, users)

@@ -53,6 +53,7 @@ from core.errors import ConflictError
 from core.models import ItemState, Mode, ResetItem, ResetTask, TaskStatus, UndoSnapshot, utcnow
 from core.sealing import seal, unseal
 from core.settings import Settings
+from core.tasks import gate_new_task
 
 #: Users read, compared and put back per round trip.
 UNDO_BATCH = 500
@@ -373,9 +374,11 @@ def create_undo_task(
     session: Session, settings: Settings, directory: AnyDirectory | Directory, task_id: int,
     actor: str, name: str = "",
 ) -> tuple[ResetTask, UndoCounts]:
-    """The Undo task of task `task_id`, `queued` (the caller commits, then enqueues its plan),
-    and the counts it was made with; audited. Once per task, whichever edge asks: a second
-    Undo is refused, naming the first (a conditional UPDATE decides between two at once).
+    """The Undo task of task `task_id` and the counts it was made with; audited. Through the
+    gate every new task passes (`core.tasks.gate_new_task`, the approval rule): `queued` (the
+    caller commits, then enqueues its plan) or `awaiting_approval` (the caller commits and
+    announces it; an approval enqueues it). Once per task, whichever edge asks: a second Undo
+    is refused, naming the first (a conditional UPDATE decides between two at once).
     """
     reason = refusal(session, settings, directory, task_id)
     if reason is not None:
@@ -388,7 +391,7 @@ def create_undo_task(
     assert original is not None
     task = ResetTask(
         requester=actor, requester_name=name, scope=original.scope,
-        selection=list(original.selection or ()), mode=Mode.DEFAULT.value, require_change=False,
+        selection=list(original.selection or ()), mode=Mode.UNDO.value, require_change=False,
         slack_channel=original.slack_channel, undo_of=task_id, status=TaskStatus.QUEUED,
         preview={"users": found.users, "emailable": found.mailed,
                  "without_email": found.users - found.mailed, "staff": 0,
@@ -408,7 +411,19 @@ def create_undo_task(
         raise ConflictError(f"Task #{task_id} was already undone by task #{winner}.")
     audit.record(session, actor, "undo", task.id, undo_of=task_id, users=found.users,
                  unchanged=found.unchanged, changed=found.changed)
+    gate_new_task(session, settings, task)
     return task, found
+
+
+def release_undone(session: Session, undo_ids: Sequence[int]) -> None:
+    """Undo tasks that never ran (rejected, expired) no longer hold the tasks they would have
+    undone: Undo may be asked again while the window is open, and the reaper erases the kept
+    values when it closes. The caller commits."""
+    if undo_ids:
+        session.execute(
+            update(ResetTask).where(ResetTask.undone_by.in_(list(undo_ids)))
+            .values(undone_by=None).execution_options(synchronize_session=False)
+        )
 
 
 # ---- erasing ---------------------------------------------------------------------------------

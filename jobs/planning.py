@@ -21,6 +21,7 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
 from core import audit
+from core.approval import preview_of
 from core.directory.ids import id_order, user_ids
 from core.directory.protocol import User
 from core.errors import InputError, QueueUnavailable
@@ -97,7 +98,9 @@ def _hold_for_approval(context: WorkerContext, session: Session, task: ResetTask
     the counts taken now."""
     task_id, scope, selection = task.id, Scope(task.scope), user_ids(task.selection)
     channel = task.slack_channel
-    counts = context.directory.preview(scope, selection)
+    # An Undo's users are those its task kept (counted when it was asked), not its scope's.
+    kept = preview_of(task.preview) if task.undo_of is not None else None
+    counts = kept if kept is not None else context.directory.preview(scope, selection)
     session.rollback()
     asked = ask_approval_again(session, context.settings, task_id, counts, ACTOR, utcnow(),
                                ResetTask.status == TaskStatus.QUEUED)

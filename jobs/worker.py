@@ -7,9 +7,13 @@ context is set around each job so job functions need only JSON ids as arguments.
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import signal
 import sys
 import threading
+import time
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
@@ -17,7 +21,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
-from rq.worker import DequeueStrategy
+from rq.exceptions import StopRequested
+from rq.utils import now as rq_now
+from rq.worker import DequeueStrategy, WorkerStatus
 
 from core.settings import Settings
 from jobs.connection import plain_client
@@ -32,6 +38,19 @@ REDIS_RECHECK_SECONDS = 1.0
 GIL_SWITCH_SECONDS = 0.0005
 #: Seconds an idle worker asked to stop may take to leave its loop before it is asked again.
 STOP_CHECK_SECONDS = 2.0
+#: Seconds before a stop that was put off (the signal landed inside logging) is asked again.
+DEFERRED_STOP_SECONDS = 0.05
+#: Where logging's code is: a signal handler raises nowhere inside it.
+_LOGGING_DIR = os.path.dirname(logging.__file__) + os.sep
+
+
+def _inside_logging(frame: FrameType | None) -> bool:
+    """Whether the interrupted main thread is inside logging (any frame of its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_LOGGING_DIR):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def tune_worker_process() -> None:
@@ -69,29 +88,104 @@ class ResetWorker(SimpleWorker):
         self.stop_requested = False
         #: Set when RQ's loop has ended (its teardown begins).
         self._loop_left = threading.Event()
+        #: What the signal handlers would have logged (a SimpleQueue may be put to from one).
+        self._heard: queue.SimpleQueue[str] = queue.SimpleQueue()
+        #: A stop a handler put off (the signal landed inside logging): asked again shortly.
+        self._deferred = threading.Event()
+
+    # ---- stopping ----------------------------------------------------------------------------
+    #
+    # RQ's own handlers log, touch Redis and raise wherever the main thread happens to be. A
+    # signal lands between any two bytecodes: inside logging's `emit` a StopRequested is
+    # swallowed (StreamHandler catches Exception), and raised between a handler lock's acquire
+    # and its `try` it leaves the lock held, so the next line any other thread logs (the
+    # reaper) waits for ever; a Redis command from the handler can wait on the connection
+    # pool's lock that the interrupted code holds. So the handlers here only set flags and
+    # raise where that is safe; the stop thread (an ordinary thread) logs, talks to Redis and
+    # signals again.
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        if not self.stop_requested:
-            threading.Thread(target=self._insist_on_stopping, args=(signum,),
-                             name="resetbot-stop-check", daemon=True).start()
+        """SIGINT/SIGTERM: RQ's warm shutdown, done the way a signal handler may."""
+        first = not self.stop_requested
         self.stop_requested = True
-        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+        self._shutdown_requested_date = rq_now()
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        if first:
+            self._heard.put(f"warm shut down requested (signal {signum})")
+            threading.Thread(target=self._see_stop_through, args=(signum,),
+                             name="resetbot-stop-check", daemon=True).start()
+        self._stop_unless_busy(frame)
 
-    def _insist_on_stopping(self, signum: int) -> None:
-        """Signal the main thread again while an idle worker that was asked to stop goes on.
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """A signal after the first. Busy: RQ's cold shutdown (the job in hand is cut short),
+        unless it follows the first within a second (RQ's guard against one press sent
+        twice). Idle: nothing to cut short, the stop goes on as the first one asked."""
+        if not self._stop_requested:
+            self._stop_unless_busy(frame)
+            return
+        asked = self._shutdown_requested_date
+        if asked is not None and rq_now() - asked < timedelta(seconds=1):
+            return
+        if _inside_logging(frame):
+            self._deferred.set()
+            return
+        self._heard.put("cold shut down: the job in hand is cut short")
+        raise SystemExit()
 
-        RQ stops an idle worker by raising StopRequested from its signal handler, wherever the
-        main thread is: landing inside an `except Exception` (logging's `emit` is one, which a
-        loaded machine makes slow), it is swallowed, and the worker waits for jobs again (up to
-        RQ's dequeue timeout, minutes) without a word. The second signal is RQ's cold shutdown,
-        which ends the loop with SystemExit (idle: no job is cut short). A busy worker
-        (`_stop_requested`) is left to finish its job: that is the warm shutdown.
+    def _stop_unless_busy(self, frame: FrameType | None) -> None:
+        """Idle: leave RQ's loop now (StopRequested), unless the main thread is inside logging,
+        where the stop thread asks again a moment later. Busy: after the job in hand."""
+        if self.get_state() == WorkerStatus.BUSY:
+            self._stop_requested = True  # RQ's loop ends after the job; the rest is the thread's
+            return
+        if _inside_logging(frame):
+            self._deferred.set()
+            return
+        raise StopRequested()
+
+    def _see_stop_through(self, signum: int) -> None:
+        """Until RQ's loop has ended: say what the handlers heard, do the Redis part of a busy
+        worker's warm shutdown, and signal the main thread again when a stop was put off
+        (it landed inside logging) or went missing.
+
+        Missing: RQ stops an idle worker by raising StopRequested, wherever the main thread is;
+        landing inside an `except Exception` it is swallowed, and the worker would wait for
+        jobs again (up to RQ's dequeue timeout, minutes). The next signal ends the loop. A busy
+        worker (`_stop_requested`) is left to finish its job: that is the warm shutdown.
         """
-        while not self._loop_left.wait(STOP_CHECK_SECONDS):
-            if not self._stop_requested:
+        busy_done = False
+        last_signal = time.monotonic()
+        while not self._loop_left.wait(DEFERRED_STOP_SECONDS):
+            self._say_what_was_heard()
+            if self._stop_requested and not busy_done:
+                busy_done = True
+                self._stop_after_the_job()
+            if self._deferred.is_set():
+                self._deferred.clear()
+                last_signal = time.monotonic()
+                signal.pthread_kill(threading.main_thread().ident or 0, signum)
+            elif not self._stop_requested and time.monotonic() - last_signal >= STOP_CHECK_SECONDS:
                 logger.warning("the worker did not stop on signal %s; signalling it again",
                                signum)
+                last_signal = time.monotonic()
                 signal.pthread_kill(threading.main_thread().ident or 0, signum)
+        self._say_what_was_heard()
+
+    def _stop_after_the_job(self) -> None:
+        """What RQ's handler does for a busy worker, from this thread: the stop is recorded
+        in Redis and the scheduler stopped; the job in hand finishes."""
+        logger.info("stopping after the job in hand; signal again for a cold shut down")
+        try:
+            self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
+        except RedisError as error:
+            logger.warning("could not record the stop in Redis: %s", type(error).__name__)
+        if self.scheduler:
+            self.stop_scheduler()  # type: ignore[no-untyped-call]
+
+    def _say_what_was_heard(self) -> None:
+        while not self._heard.empty():
+            logger.info("worker %s: %s", self.name, self._heard.get_nowait())
 
     def teardown(self) -> None:
         self._loop_left.set()

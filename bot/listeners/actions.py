@@ -39,6 +39,7 @@ from blocks.text import (
     scheduled_cancelled,
     start_confirmed,
     start_needs_approval,
+    undo_awaits_approval,
     undo_started,
 )
 from blocks.views import decision_notice, notice_modal, undo_modal
@@ -145,14 +146,18 @@ def undo_confirmed(ack: Ack, body: dict[str, Any], view: dict[str, Any], client:
             task, found = undo.create_undo_task(session, deps.settings, deps.directory, wanted,
                                                 user, user_name_of(body))
             session.commit()
-            new_id = task.id
+            new_id, status = task.id, TaskStatus(task.status)
     except (ConflictError, InputError) as refused:
         deps.refuse(user, CALLBACK_UNDO, str(refused), task_id=wanted)
         ack(response_action="update", view=notice_modal(UNDO_TITLE, str(refused)))
         return
     ack()
     announce_waiting(deps, wanted)  # its parent no longer offers Undo
-    answer = _start(deps, new_id, undo_started(new_id, wanted, found.unchanged))
+    if status is TaskStatus.AWAITING_APPROVAL:
+        announce_waiting(deps, new_id)  # its own thread, with Approve and Reject
+        answer = undo_awaits_approval(new_id, wanted, found.unchanged)
+    else:
+        answer = _start(deps, new_id, undo_started(new_id, wanted, found.unchanged))
     deps.later(tell_where_possible, client, channel, user, answer)
 
 

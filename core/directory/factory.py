@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from core.directory.protocol import Directory
+from core.directory.protocol import Directory, checked
 from core.directory.sql import SqlDirectory
 from core.directory.sql.table import Directory as TableDirectory
-from core.errors import ConfigError
 from core.settings import Settings, ldap_environment, uses_ldap
 
 
@@ -31,11 +30,5 @@ def open_directory(
         from core.directory.ldap.directory import LdapDirectory
 
         directory = LdapDirectory(LdapConfig.from_env(ldap_environment(settings)))
-        if check:
-            try:
-                directory.check()
-            except ConfigError:
-                directory.dispose()
-                raise
-        return directory
+        return checked(directory) if check else directory
     return SqlDirectory(TableDirectory.from_settings(settings, state_engine, check=check))

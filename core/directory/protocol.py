@@ -32,11 +32,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from core.addresses import usable_address
 from core.directory.users import Preview
-from core.errors import ResetbotError
+from core.errors import ConfigError, ResetbotError
 from core.models import Scope
 
 #: A user's id in the directory, as resetbot keeps it: opaque text.
@@ -280,3 +280,23 @@ class Directory(Protocol):
 
     def survey(self) -> Counts:
         """Every user counted (what `resetbot directory check` shows); reads only."""
+
+
+class _Checkable(Protocol):
+    def check(self) -> None: ...
+
+    def dispose(self) -> None: ...
+
+
+_D = TypeVar("_D", bound=_Checkable)
+
+
+def checked(directory: _D) -> _D:
+    """`directory`, once its `check` passed. A refused one (ConfigError) is disposed before the
+    error goes on: a wrong setting leaves no pool or connection behind."""
+    try:
+        directory.check()
+    except ConfigError:
+        directory.dispose()
+        raise
+    return directory

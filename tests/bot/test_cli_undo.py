@@ -21,6 +21,7 @@ from core.directory import Directory
 from core.models import ItemState, ResetItem, TaskStatus, UndoSnapshot
 from core.passwords import PasswordHasher
 from core.settings import Settings
+from tests.bot.test_cli_approval import plan_jobs
 from tests.bot.test_cli_tasks import audit_entries, tasks, work
 from tests.support.cli import FakeTerminal
 from tests.support.cli import cli_settings as cli_settings
@@ -191,3 +192,42 @@ def test_undo_is_refused_after_its_window_and_nothing_stays_sealed(
     assert len(tasks(sessions)) == 1
     stdin_not_a_terminal = run("tasks", "undo", "1", stdin=io.StringIO(""))
     assert stdin_not_a_terminal.code == 2 and "add --yes" in stdin_not_a_terminal.err
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_undo_waits_for_approval_as_a_reset_would_and_a_rejected_one_can_be_asked_again(
+    run: Any, sessions: sessionmaker[Session], directory: Directory, redis_conn: Redis,
+    smtp_server: SmtpServer, known_passwords: PasswordHasher, monkeypatch: pytest.MonkeyPatch,
+    cli_settings: Settings,
+) -> None:
+    """RESET_APPROVAL_MIN_USERS judges an Undo like any reset (`core.tasks.approval_needed`):
+    it waits for another admin and changes nothing before; rejected, its task may be undone
+    again; approved, it runs. It is listed with the mode `undo`."""
+    approval = {"RESET_ADMINS": "UADMIN,USECOND", "RESET_APPROVAL_MIN_USERS": "5"}
+    assert run("reset", "--scope", "all", "--yes", "--detach").code == 0
+    work(run)
+    after_reset = hashes(sessions, directory)
+
+    asked = run("tasks", "undo", "1", "--yes", **approval)
+    assert asked.code == 0, asked.err
+    assert "Task #2 awaits approval by another admin: nothing changes before that." in asked.out
+    assert plan_jobs(cli_settings, redis_conn) == [], "nothing queued for a worker"
+    assert hashes(sessions, directory) == after_reset
+    assert [(t.id, t.mode, t.status) for t in tasks(sessions)] == [
+        (1, "generated", TaskStatus.COMPLETED), (2, "undo", TaskStatus.AWAITING_APPROVAL)]
+    [listed] = [line for line in run("tasks", **approval).out.splitlines()
+                if line.split()[:1] == ["2"]]
+    assert listed.split()[1:4] == ["awaiting", "approval", "all"] and " undo " in listed
+
+    assert run("tasks", "reject", "2", "--as", "USECOND", **approval).code == 0
+    assert tasks(sessions)[0].undone_by is None, "a rejected Undo no longer holds its task"
+    assert run("tasks", "undo", "1", "--yes", **approval).code == 0
+    monkeypatch.setenv("LOGNAME", "second-operator")  # not whoever asked for the Undo
+    approved = run("tasks", "approve", "3", "--as", "USECOND", **approval)
+    assert approved.code == 0, approved.err
+    work(run)
+    original, rejected, undo = tasks(sessions)
+    assert (rejected.status, undo.status, original.undone_by) == (
+        TaskStatus.REJECTED, TaskStatus.COMPLETED, 3)
+    for username, (stored, _) in hashes(sessions, directory).items():
+        assert known_passwords.verify(old_password(username), stored), username

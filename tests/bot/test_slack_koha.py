@@ -34,15 +34,16 @@ from tests.bot.test_slack_app import confirm_task, run_worker, tasks, view_text
 from tests.bot.test_slack_undo import parent_offers_undo
 from tests.scenarios.test_readme_directories import Names, _drop_user, _grant
 from tests.scenarios.test_task_centre import SCOPES, click_in_view, list_file, preview_of
-from tests.support.databases import mariadb_database
 from tests.support.engine import work
 from tests.support.koha import (
     BORROWERS,
-    create_action_logs,
-    create_borrowers,
-    create_password_rules,
+    before,
+    but_moving,
+    column_names,
     dump,
     koha_accepts,
+    koha_with_passwords,
+    url_as,
 )
 from tests.support.signing import RunningApp, app_settings, form_state, start_app
 from tests.support.slack_standin import SlackStandIn
@@ -52,14 +53,8 @@ from tests.support.smtp import smtp_server as smtp_server
 
 pytestmark = [pytest.mark.mariadb,
               pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
-#: Koha's `updated_on` is the server's ON UPDATE CURRENT_TIMESTAMP: any write moves it.
-MOVES_BY_ITSELF = "updated_on"
 OUTCOME = {words: state.value for state, words in WHAT_HAPPENS.items()}
 LOCKED_ON_PURPOSE = {b.number for b in BORROWERS if b.login_attempts == -1}
-
-
-def before(number: int) -> str:
-    return f"Koha-slack-before-{number}-x"
 
 
 @dataclass
@@ -73,23 +68,12 @@ def koha_app(settings: Settings, redis_conn: Redis, slack_standin: SlackStandIn,
              smtp_server: SmtpServer) -> Iterator[KohaApp]:
     """Koha's tables, every borrower signing in with `before(number)` (Koha's bcrypt); the app
     on them as a MariaDB user with docs/koha.md's grants and its optional ones."""
-    with mariadb_database() as root_url:
-        koha = make_engine(root_url)
-        create_borrowers(koha)
-        create_password_rules(koha, {}, {"BorrowersLog": "0"})
-        create_action_logs(koha)
-        hasher = PasswordHasher(("bcrypt",), 4, ident="2a")
-        with koha.begin() as connection:
-            for borrower in BORROWERS:
-                connection.execute(
-                    text("UPDATE borrowers SET password = :hash WHERE borrowernumber = :n"),
-                    {"hash": hasher.hash(before(borrower.number)), "n": borrower.number})
+    with koha_with_passwords() as (koha, root_url):
         names = Names(root_url, settings.database_url)
         _grant(names)
         _grant(names, 1)
         try:
-            url = (f"mysql+pymysql://{names.user}:{names.password}@{koha.url.host}:"
-                   f"{koha.url.port}/{koha.url.database}?charset=utf8mb4")
+            url = url_as(koha, names.user, names.password)
             configured = app_settings(
                 replace(smtp_server.settings(settings), directory_url=url,
                         directory_profile="koha", password_rounds=4,
@@ -109,12 +93,6 @@ def koha_app(settings: Settings, redis_conn: Redis, slack_standin: SlackStandIn,
                 state.dispose()
         finally:
             _drop_user(names)
-            koha.dispose()
-
-
-def columns(engine: Engine) -> list[str]:
-    with engine.connect() as connection:
-        return list(connection.execute(text("SELECT * FROM borrowers LIMIT 0")).keys())
 
 
 def items(app: RunningApp, task_id: int) -> list[tuple[str, str]]:
@@ -197,12 +175,11 @@ def test_undo_from_the_thread_gives_koha_borrowers_their_previous_password(
 
     after = dump(koha)
     assert after[3] == carols
-    names = columns(koha)
-    moved = names.index(MOVES_BY_ITSELF)
+    names = column_names(koha)
     for number, row in original.items():
         if number != 3:
-            assert after[number][:moved] + after[number][moved + 1:] == (
-                row[:moved] + row[moved + 1:]), f"borrower {number} is not as before the reset"
+            assert but_moving(after[number], names) == but_moving(row, names), (
+                f"borrower {number} is not as before the reset")
     restored = sorted(reset - {3})
     password = names.index("password")
     assert koha_accepts([(before(n), str(after[n][password])) for n in restored]) == [

@@ -20,7 +20,7 @@ from core.directory import Directory
 from core.models import AuditEntry, ItemState, ResetItem, ResetTask, TaskStatus, UndoSnapshot
 from core.passwords import PasswordHasher
 from core.settings import Settings
-from tests.bot.test_slack_app import confirm_task, run_worker, tasks, view_text
+from tests.bot.test_slack_app import confirm_task, preview_through, run_worker, tasks, view_text
 from tests.support.signing import ADMIN, OUTSIDER, RunningApp, app_settings, form_state, start_app
 from tests.support.slack_standin import SlackStandIn
 from tests.support.slack_standin import slack_standin as slack_standin
@@ -210,3 +210,59 @@ def test_when_the_window_closes_the_thread_drops_undo_and_a_late_click_is_refuse
     said = slack_standin.wait_for_call("chat.postEphemeral", count=ephemeral_before + 1)
     assert f"Task #{task_id} changed no password that could be put back." in said.params["text"]
     assert len(tasks(app.sessions)) == 1
+
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_undo_in_slack_waits_for_another_admins_approval_like_its_reset(
+    settings: Settings, sessions: sessionmaker[Session], directory: Directory,
+    redis_conn: Redis, slack_standin: SlackStandIn, smtp_server: SmtpServer,
+    sample_users: list[Any],
+) -> None:
+    """With RESET_APPROVAL_MIN_USERS reached, the Undo's confirm asks for approval (the rule
+    its reset met, `core.tasks.approval_needed`): nothing changes until another admin
+    approves it in its own thread; then it runs."""
+    second = "USECOND"
+    configured = replace(app_settings(smtp_server.settings(settings), slack_standin),
+                         reset_admins=frozenset({ADMIN, second}), reset_approval_min_users=5)
+    hasher = PasswordHasher.from_settings(configured)
+    table = directory.table
+    with sessions() as session:
+        for user_id, username, *_ in sample_users:
+            session.execute(update(table).where(table.c.id == user_id)
+                            .values(password_hash=hasher.hash(before(username))))
+        session.commit()
+    app, thread = start_app(configured, sessions, directory, redis_conn, slack_standin)
+    try:
+        asked = app.slack.submit(preview_through(app, form_state("all"))).json()
+        assert "waits for another admin's approval" in view_text(asked["view"])
+        [reset] = tasks(app.sessions)
+        task_id = reset.id
+        assert app.slack.click("approve_task", str(task_id), user=second).status == 200
+        assert run_worker(app, task_id).status is TaskStatus.COMPLETED
+        after_reset = {row.username: row.password_hash for row in app_rows(app)}
+
+        opened_before = slack_standin.count("views.open")
+        assert app.slack.click("undo_task", str(task_id)).status == 200
+        modal = slack_standin.wait_for_call("views.open", count=opened_before + 1).params["view"]
+        ephemeral_before = slack_standin.count("chat.postEphemeral")
+        assert app.slack.submit(modal).status == 200
+        told = slack_standin.wait_for_call("chat.postEphemeral", count=ephemeral_before + 1)
+        _, undo = tasks(app.sessions)
+        assert (undo.undo_of, undo.mode, undo.status) == (
+            task_id, "undo", TaskStatus.AWAITING_APPROVAL)
+        assert "waits for another admin's approval" in told.params["text"]
+        assert {row.username: row.password_hash for row in app_rows(app)} == after_reset
+
+        assert app.slack.click("approve_task", str(undo.id), user=second).status == 200
+        assert run_worker(app, undo.id).status is TaskStatus.COMPLETED
+        for row in app_rows(app):
+            assert hasher.verify(before(row.username), row.password_hash), row.username
+    finally:
+        app.stop(thread)
+
+
+def app_rows(app: RunningApp) -> list[Any]:
+    table = app.directory.table  # type: ignore[union-attr]
+    with app.sessions() as session:
+        return list(session.execute(select(table.c.username, table.c.password_hash)))

@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 
 from core.db import make_engine
 from core.directory import Directory
-from core.migrate import VERSION_TABLE, head_revision, schema_metadata, upgrade, upgrade_engine
+from core.migrate import (
+    VERSION_TABLE,
+    downgrade_engine,
+    head_revision,
+    schema_metadata,
+    upgrade,
+    upgrade_engine,
+)
 from core.models import AuditEntry, Base, users_table
 from core.schema import create_schema
 from core.settings import DirectoryNames, Settings
@@ -25,7 +32,7 @@ pytestmark = pytest.mark.every_database
 
 RESETBOT_TABLES = {"reset_tasks", "reset_items", "pending_requests", "audit_log",
                    "task_start_lock", "undo_snapshots"}
-HEAD = "0011"
+HEAD = "0012"
 
 
 @pytest.fixture
@@ -227,12 +234,16 @@ def test_0005_drops_the_running_slot_and_adds_the_start_lock(
     assert _schema_differences(fresh_engine, settings.directory) == []
 
 
-def test_0011_keeps_integer_user_ids_as_their_text_and_resumes_plans(
+def test_0011_keeps_integer_user_ids_as_their_text_and_resumes_plans_0012_names_undo(
     settings: Settings, fresh_engine: Engine
 ) -> None:
     """Ids become opaque text (issue 19): a task planned before the upgrade goes on, its items'
     ids read back as their decimal text, a plan not yet begun has no cursor (NULL), one under
-    way keeps its last id; a text id (an entryUUID) is then stored as it is."""
+    way keeps its last id; a text id (an entryUUID) is then stored as it is.
+
+    0012 (in the same test: each revision step costs seconds on MariaDB): an Undo task stored
+    as `default` is `undo` after the upgrade, a reset keeps its mode, and the downgrade gives
+    the Undo back `default`."""
     assert upgrade(settings, "0007") == "0007"
     task_columns = (
         "requester, requester_name, scope, selection, mode, require_change, status, total, "
@@ -251,12 +262,16 @@ def test_0011_keeps_integer_user_ids_as_their_text_and_resumes_plans(
             "state, attempts, updated_at) VALUES (2, 1234, 0, 'ann', '', false, 'pending', 0, "
             "CURRENT_TIMESTAMP)"
         ))
+    assert upgrade(settings, "0011") == "0011"
+    with fresh_engine.begin() as connection:  # an Undo of task 1, as 0010's code stored it
+        connection.execute(text(f"INSERT INTO reset_tasks ({task_columns}, undo_of) VALUES "
+                                f"({values.format(cursor='NULL')}, 1)"))
     assert upgrade(settings) == HEAD
     assert _schema_differences(fresh_engine, settings.directory) == []
     uuid = "9b2f6c1e-5a1d-4c3e-8f0a-0c1d2e3f4a5b"
     with fresh_engine.begin() as connection:
         cursors = connection.execute(text("SELECT plan_cursor FROM reset_tasks ORDER BY id"))
-        assert cursors.all() == [(None,), ("1234",)]
+        assert cursors.all() == [(None,), ("1234",), (None,)]
         assert connection.execute(text("SELECT user_id FROM reset_items")).all() == [("1234",)]
         connection.execute(text(
             "INSERT INTO reset_items (task_id, user_id, chunk, username, full_name, is_staff, "
@@ -265,3 +280,11 @@ def test_0011_keeps_integer_user_ids_as_their_text_and_resumes_plans(
         ), {"uuid": uuid})
         ids = connection.execute(text("SELECT user_id FROM reset_items ORDER BY id")).all()
         assert ids == [("1234",), (uuid,)]
+    modes = text("SELECT id, mode FROM reset_tasks ORDER BY id")
+    with fresh_engine.connect() as connection:
+        assert connection.execute(modes).all() == [(1, "default"), (2, "default"), (3, "undo")]
+    assert downgrade_engine(fresh_engine, settings.directory, "0011") == "0011"
+    with fresh_engine.connect() as connection:
+        assert connection.execute(modes).all() == [(1, "default"), (2, "default"),
+                                                   (3, "default")]
+

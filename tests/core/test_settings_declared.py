@@ -178,3 +178,19 @@ def test_secrets_stay_out_of_the_repr() -> None:
                    "signing"):
         assert secret not in shown
     assert "mail.example.org" in shown
+
+
+@pytest.mark.parametrize(("host", "security"), [
+    # What SMTP_SECURITY's help calls "this host": each form it names.
+    ("localhost", "none"), ("mail.localhost", "none"), ("127.0.0.1", "none"),
+    ("127.1.2.3", "none"), ("::1", "none"), ("[::1]", "none"), ("::ffff:127.0.0.9", "none"),
+    # Elsewhere, and names that are not resolved (even if they point here).
+    ("128.0.0.1", "starttls"), ("mail.library.example", "starttls"), ("::2", "starttls"),
+    ("localhost.example", "starttls"),
+])
+def test_smtp_security_defaults_to_none_for_exactly_the_hosts_its_help_names(
+    host: str, security: str
+) -> None:
+    help_text = dict((name, meaning) for name, _, meaning in settings_help())["SMTP_SECURITY"]
+    assert "127.0.0.0/8, ::1, ::ffff:127.0.0.0/104" in help_text
+    assert Settings.from_env({"SMTP_HOST": host}, env_file=None).smtp_security == security

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from typing import Any
 
 from redis import Redis
@@ -23,10 +24,17 @@ from tests.support.engine import build_context, items_by_user, run_until_final, 
 USERS = 2_600
 
 
+def whole_task_settings(settings: Settings) -> Settings:
+    """The shipped chunk and claim sizes: what is checked here is the plan, and the test
+    settings' tiny chunks (10 users) would make running its thousands of users minutes long."""
+    return replace(settings, chunk_size=100, claim_batch=25)
+
+
 def test_a_selection_of_thousands_is_planned_a_page_at_a_time(
     settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory,
 ) -> None:
+    settings = whole_task_settings(settings)
     populate(engine, directory, USERS)
     present = [user_id for user_id in range(1, USERS + 1) if user_id % 13]
     gone = list(range(USERS + 500, USERS + 1_000))  # no longer in the directory
@@ -70,6 +78,7 @@ def test_planning_has_postgresql_look_at_the_items_it_wrote(
     """Without statistics on the items (autovacuum off, or last run on a far smaller table)
     PostgreSQL claimed a chunk by walking the task's pending items (0.4 s a claim at 1,000,000
     users): the planner has the table analysed once the first batch and the last are in."""
+    settings = whole_task_settings(settings)
     populate(engine, directory, 1_500)
     context = build_context(settings, redis_conn, engine)
     task_id = submit(context, Scope.ALL, default_password="Quiet-Harbour-73!")

@@ -9,7 +9,6 @@ password, and nobody mails them.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -19,26 +18,29 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.addresses import usable_address
-from core.db import make_engine
 from core.directory import Directory
-from core.migrate import upgrade
 from core.models import ItemState, NoEmailChoice, Scope, TaskStatus
 from core.passwords import PasswordHasher
 from core.settings import Settings
 from core.tasks import ResetRequest, create_task, validate_request
 from jobs.context import WorkerContext
 from jobs.queueing import enqueue_task
-from tests.support.databases import mariadb_database
 from tests.support.engine import build_context, items_by_user, run_until_final
 from tests.support.koha import (
+    BORROWERS,
+    ON_MARIADB,
+    ON_SQLITE,
     Borrower,
+    KohaDirectory,
     add_borrowers,
-    create_borrowers,
     dump,
     koha_accepts,
-    koha_profile_text,
+    koha_directory_in,
     row,
 )
+from tests.support.koha import koha_engine as koha_engine
+from tests.support.koha import koha_settings as koha_settings
+from tests.support.koha import state_engine as state_engine
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
@@ -59,44 +61,10 @@ PICKED = (1, *sorted(UNUSABLE_IDS), PADDED.number)
 state_on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-@pytest.fixture(params=[pytest.param("mariadb", marks=pytest.mark.mariadb), "sqlite"])
-def koha_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    if request.param == "mariadb":
-        with mariadb_database() as url:
-            yield url, "koha"
-    else:
-        profile_file = tmp_path / "library-profile.toml"
-        profile_file.write_text(koha_profile_text(), encoding="utf-8")
-        yield f"sqlite:///{tmp_path / 'koha.db'}", str(profile_file)
-
-
-@pytest.fixture
-def koha_engine(koha_database: tuple[str, str]) -> Iterator[Engine]:
-    engine = make_engine(koha_database[0])
-    create_borrowers(engine)
-    add_borrowers(engine, [*UNUSABLE, PADDED])
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def koha_settings(
-    settings: Settings, koha_database: tuple[str, str], koha_engine: Engine,
-    smtp_server: SmtpServer,
-) -> Settings:
-    url, profile = koha_database
-    return replace(
-        smtp_server.settings(settings), directory_url=url, directory_profile=profile,
-        password_rounds=4, password_allow_weak_rounds=True,
-    )
-
-
-@pytest.fixture
-def state_engine(koha_settings: Settings) -> Iterator[Engine]:
-    upgrade(koha_settings)
-    engine = make_engine(koha_settings.database_url)
-    yield engine
-    engine.dispose()
+@pytest.fixture(params=[ON_MARIADB, ON_SQLITE])
+def koha_directory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KohaDirectory]:
+    with koha_directory_in(request.param, tmp_path, [*BORROWERS, *UNUSABLE, PADDED]) as made:
+        yield made
 
 
 def _run(

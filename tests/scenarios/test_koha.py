@@ -10,7 +10,6 @@ Crypt::Eksblowfish::Bcrypt.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,26 +18,30 @@ import pytest
 from redis import Redis
 from sqlalchemy import Engine, inspect
 
-from core.db import make_engine
 from core.directory import Directory
 from core.migrate import upgrade
 from core.models import ItemState, Scope, TaskStatus
 from core.settings import Settings
-from tests.support.databases import mariadb_database, postgres_database
 from tests.support.engine import build_context, items_by_user, run_until_final, submit
 from tests.support.koha import (
     BORROWERS,
     EVERYONE,
     FUTURE,
+    ON_MARIADB,
+    ON_POSTGRES,
+    ON_SQLITE,
     PATRONS,
     STAFF,
-    create_borrowers,
+    KohaDirectory,
     dump,
     koha_accepts,
-    koha_profile_text,
+    koha_directory_in,
     row,
     schema_objects,
 )
+from tests.support.koha import koha_engine as koha_engine
+from tests.support.koha import koha_settings as koha_settings
+from tests.support.koha import state_engine as state_engine
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
@@ -51,53 +54,10 @@ BY_NUMBER = {b.number: b for b in BORROWERS}
 state_on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-@pytest.fixture(params=[
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgres", marks=pytest.mark.postgres),
-    "sqlite",
-])
-def koha_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(directory URL, DIRECTORY_PROFILE): Koha's own profile on MariaDB; elsewhere a library's
-    profile file with the same words."""
-    profile_file = tmp_path / "library-profile.toml"
-    profile_file.write_text(koha_profile_text(), encoding="utf-8")
-    if request.param == "mariadb":
-        with mariadb_database() as url:
-            yield url, "koha"
-    elif request.param == "postgres":
-        with postgres_database() as url:
-            yield url, str(profile_file)
-    else:
-        yield f"sqlite:///{tmp_path / 'koha.db'}", str(profile_file)
-
-
-@pytest.fixture
-def koha_engine(koha_database: tuple[str, str]) -> Iterator[Engine]:
-    engine = make_engine(koha_database[0])
-    create_borrowers(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def koha_settings(
-    settings: Settings, koha_database: tuple[str, str], koha_engine: Engine,
-    smtp_server: SmtpServer,
-) -> Settings:
-    url, profile = koha_database
-    return replace(
-        smtp_server.settings(settings), directory_url=url, directory_profile=profile,
-        password_rounds=4, password_allow_weak_rounds=True,  # bcrypt's least cost: quick tests
-    )
-
-
-@pytest.fixture
-def state_engine(koha_settings: Settings) -> Iterator[Engine]:
-    """resetbot's own database, made by `db upgrade` exactly as in production."""
-    upgrade(koha_settings)
-    engine = make_engine(koha_settings.database_url)
-    yield engine
-    engine.dispose()
+@pytest.fixture(params=[ON_MARIADB, ON_POSTGRES, ON_SQLITE])
+def koha_directory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KohaDirectory]:
+    with koha_directory_in(request.param, tmp_path) as made:
+        yield made
 
 
 def _same_except_password_columns(before: dict[str, Any], after: dict[str, Any]) -> None:

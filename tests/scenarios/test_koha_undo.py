@@ -27,47 +27,31 @@ from core.undo import undo_offered_until
 from tests.scenarios.test_readme_directories import Names, _drop_user, _grant
 from tests.support.cli import cli_settings as cli_settings
 from tests.support.cli import run as run
-from tests.support.databases import mariadb_database
 from tests.support.engine import build_context
 from tests.support.engine import work as engine_work
 from tests.support.koha import (
     BORROWERS,
-    create_action_logs,
-    create_borrowers,
-    create_password_rules,
+    MOVES_BY_ITSELF,
+    before,
+    but_moving,
+    column_names,
     dump,
     koha_accepts,
+    koha_with_passwords,
+    url_as,
 )
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
 pytestmark = [pytest.mark.mariadb,
               pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
-#: Koha's `updated_on` is the server's ON UPDATE CURRENT_TIMESTAMP: any write moves it.
-MOVES_BY_ITSELF = "updated_on"
-
-
-def before(number: int) -> str:
-    return f"Koha-before-{number}-x"
 
 
 @pytest.fixture
 def koha() -> Iterator[tuple[Engine, str]]:
     """Koha's tables, each borrower signing in with `before(number)` (Koha's bcrypt)."""
-    with mariadb_database() as url:
-        engine = make_engine(url)
-        create_borrowers(engine)
-        # The tables docs/koha.md's optional grants name (Koha's rules and log, BorrowersLog off).
-        create_password_rules(engine, {}, {"BorrowersLog": "0"})
-        create_action_logs(engine)
-        hasher = PasswordHasher(("bcrypt",), 4, ident="2a")
-        with engine.begin() as connection:
-            for borrower in BORROWERS:
-                connection.execute(
-                    text("UPDATE borrowers SET password = :hash WHERE borrowernumber = :n"),
-                    {"hash": hasher.hash(before(borrower.number)), "n": borrower.number})
-        yield engine, url
-        engine.dispose()
+    with koha_with_passwords() as made:
+        yield made
 
 
 def env(url: str) -> dict[str, str]:
@@ -129,7 +113,7 @@ def test_undo_gives_koha_borrowers_their_previous_password_expiry_and_lock(
 
     after = dump(engine)
     assert after[3] == changed_by_carol
-    columns = list(text_columns(engine))
+    columns = column_names(engine)
     for borrower in BORROWERS:
         if borrower.number == 3:
             continue
@@ -158,8 +142,7 @@ def test_with_the_optional_grant_undo_works_with_column_grants_only(
     _grant(names)
     _grant(names, 1)
     try:
-        url = (f"mysql+pymysql://{names.user}:{names.password}@{engine.url.host}:"
-               f"{engine.url.port}/{engine.url.database}?charset=utf8mb4")
+        url = url_as(engine, names.user, names.password)
         assert "  undo: granted" in run("directory", "check", **env(url)).out
         assert run("db", "upgrade", **env(url)).code == 0
         original = dump(engine)
@@ -172,11 +155,9 @@ def test_with_the_optional_grant_undo_works_with_column_grants_only(
         assert undone.code == 0, undone.err
         burst(run, url)
         after = dump(engine)
-        columns = text_columns(engine)
-        moved = columns.index(MOVES_BY_ITSELF)
+        columns = column_names(engine)
         for number in (1, 5):
-            assert after[number][:moved] + after[number][moved + 1:] == (
-                original[number][:moved] + original[number][moved + 1:])
+            assert but_moving(after[number], columns) == but_moving(original[number], columns)
         assert koha_accepts([(before(1), str(after[1][columns.index("password")]))]) == [True]
     finally:
         _drop_user(names)
@@ -212,18 +193,12 @@ def test_undo_after_a_cancel_on_koha_puts_back_the_borrowers_reset_before_it(
     assert "2 users still have the password it set" in undone.out
     burst(run, url)
     after = dump(engine)
-    columns = text_columns(engine)
-    moved = columns.index(MOVES_BY_ITSELF)
+    columns = column_names(engine)
     for number, row in original.items():
-        assert after[number][:moved] + after[number][moved + 1:] == (
-            row[:moved] + row[moved + 1:]), f"borrower {number} is not as before the reset"
+        assert but_moving(after[number], columns) == but_moving(row, columns), (
+            f"borrower {number} is not as before the reset")
     assert koha_accepts([(before(n), str(after[n][columns.index("password")]))
                          for n in sorted(reset)]) == [True, True]
-
-
-def text_columns(engine: Engine) -> list[str]:
-    with engine.connect() as connection:
-        return list(connection.execute(text("SELECT * FROM borrowers LIMIT 0")).keys())
 
 
 def test_without_select_on_password_nothing_is_kept_and_undo_is_refused_first(
@@ -234,8 +209,7 @@ def test_without_select_on_password_nothing_is_kept_and_undo_is_refused_first(
     names = Names(root_url, cli_settings.database_url)
     _grant(names)  # docs/koha.md's required grants only
     try:
-        url = (f"mysql+pymysql://{names.user}:{names.password}@{engine.url.host}:"
-               f"{engine.url.port}/{engine.url.database}?charset=utf8mb4")
+        url = url_as(engine, names.user, names.password)
         checked = run("directory", "check", **env(url))
         assert checked.code == 0, checked.err
         assert ("  undo: not granted (SELECT (password, password_expiration_date, "

@@ -18,26 +18,16 @@ from core.models import Mode, NoEmailChoice, ResetItem, ResetTask, Scope, TaskSt
 from core.reset_list import WHAT_HAPPENS, reset_list, reset_list_csv
 from core.settings import Settings
 from jobs.context import WorkerContext
-from tests.scenarios.test_koha import (
-    DEFAULT_PASSWORD,
-)
-from tests.scenarios.test_koha import (
-    koha_database as koha_database,
-)
-from tests.scenarios.test_koha import (
-    koha_engine as koha_engine,
-)
-from tests.scenarios.test_koha import (
-    koha_settings as koha_settings,
-)
-from tests.scenarios.test_koha import (
-    state_engine as state_engine,
-)
+from tests.scenarios.test_koha import DEFAULT_PASSWORD
+from tests.scenarios.test_koha import koha_directory as koha_directory
 from tests.support.cli import RunCli
 from tests.support.cli import cli_settings as cli_settings
 from tests.support.cli import run as run
 from tests.support.engine import build_context, run_until_final, submit
 from tests.support.koha import BORROWERS
+from tests.support.koha import koha_engine as koha_engine
+from tests.support.koha import koha_settings as koha_settings
+from tests.support.koha import state_engine as state_engine
 from tests.support.smtp import smtp_server as smtp_server
 
 SCOPES = [

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
+import pytest
 from sqlalchemy import Engine, inspect, text
 
 from core.db import make_engine
 from core.directory.sql.profile import shipped_profiles
 from core.migrate import upgrade
 from core.settings import Settings
-from tests.support.databases import mariadb_database
+from tests.support.databases import mariadb_database, postgres_database
+from tests.support.smtp import SmtpServer
 
 TABLE = "borrowers"
 
@@ -579,6 +582,128 @@ def koha_on_mariadb(settings: Settings) -> Iterator[tuple[Settings, Engine]]:
             yield configured, engine
         finally:
             engine.dispose()
+
+
+#: Koha's `updated_on` is the server's ON UPDATE CURRENT_TIMESTAMP: any write moves it.
+MOVES_BY_ITSELF = "updated_on"
+
+
+def before(number: int) -> str:
+    """The password borrower `number` signs in with in `koha_with_passwords`."""
+    return f"Koha-before-{number}-x"
+
+
+@contextmanager
+def koha_with_passwords(
+    borrowers: Sequence[Borrower] = BORROWERS,
+) -> Iterator[tuple[Engine, str]]:
+    """Koha's tables on a throw-away MariaDB database ((root's engine, its URL)), each borrower
+    signing in with `before(number)` (Koha's bcrypt), and the tables docs/koha.md's optional
+    grants name (Koha's password rules and log, BorrowersLog off)."""
+    from core.passwords import PasswordHasher
+
+    with mariadb_database() as url:
+        engine = make_engine(url)
+        try:
+            create_borrowers(engine, borrowers)
+            create_password_rules(engine, {}, {"BorrowersLog": "0"})
+            create_action_logs(engine)
+            hasher = PasswordHasher(("bcrypt",), 4, ident="2a")
+            with engine.begin() as connection:
+                connection.execute(
+                    text("UPDATE borrowers SET password = :hash WHERE borrowernumber = :n"),
+                    [{"hash": hasher.hash(before(b.number)), "n": b.number} for b in borrowers])
+            yield engine, url
+        finally:
+            engine.dispose()
+
+
+def url_as(engine: Engine, user: str, password: str) -> str:
+    """The URL of `engine`'s database, signing in as `user` instead."""
+    return (f"mysql+pymysql://{user}:{password}@{engine.url.host}:{engine.url.port}/"
+            f"{engine.url.database}?charset=utf8mb4")
+
+
+def column_names(engine: Engine) -> list[str]:
+    """`borrowers`' columns, in the order `dump` gives a row's values."""
+    with engine.connect() as connection:
+        return list(connection.execute(text("SELECT * FROM borrowers LIMIT 0")).keys())
+
+
+def but_moving(row: tuple[Any, ...], names: Sequence[str]) -> tuple[Any, ...]:
+    """A `dump` row without the column the server moves on any write (`MOVES_BY_ITSELF`)."""
+    moved = list(names).index(MOVES_BY_ITSELF)
+    return row[:moved] + row[moved + 1:]
+
+
+#: Where a test's Koha directory can live (`koha_directory_in`), as pytest params: Koha's own
+#: tables on MariaDB, the stand-in on PostgreSQL and SQLite.
+ON_MARIADB = pytest.param("mariadb", marks=pytest.mark.mariadb)
+ON_POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
+ON_SQLITE = "sqlite"
+
+
+@dataclass(frozen=True)
+class KohaDirectory:
+    """A Koha `borrowers` holding a test's rows: its URL, the DIRECTORY_PROFILE that reads it,
+    and an engine (as its owner) to look at it."""
+
+    url: str
+    profile: str
+    engine: Engine
+
+
+@contextmanager
+def koha_directory_in(
+    kind: str, folder: Path, borrowers: Sequence[Borrower] = BORROWERS,
+) -> Iterator[KohaDirectory]:
+    """`borrowers` in a Koha table on `kind` (`ON_MARIADB`, `ON_POSTGRES`, `ON_SQLITE`): Koha's
+    own profile on MariaDB; elsewhere a library's profile file with the same words, in
+    `folder`. Made before the test's settings point at it."""
+    profile_file = folder / "library-profile.toml"
+    profile_file.write_text(koha_profile_text(), encoding="utf-8")
+    with ExitStack() as stack:
+        if kind == "mariadb":
+            url, profile = stack.enter_context(mariadb_database()), "koha"
+        elif kind == "postgres":
+            url, profile = stack.enter_context(postgres_database()), str(profile_file)
+        else:
+            url, profile = f"sqlite:///{folder / 'koha.db'}", str(profile_file)
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        create_borrowers(engine, borrowers)
+        yield KohaDirectory(url, profile, engine)
+
+
+# Fixtures for a module that defines `koha_directory` (a KohaDirectory, usually with
+# `koha_directory_in` and its own rows) and imports these (`koha_engine as koha_engine` ...).
+
+
+@pytest.fixture
+def koha_engine(koha_directory: KohaDirectory) -> Engine:
+    return koha_directory.engine
+
+
+@pytest.fixture
+def koha_settings(
+    settings: Settings, koha_directory: KohaDirectory, smtp_server: SmtpServer
+) -> Settings:
+    """The test's settings on the Koha directory, mailing to the test's SMTP server; bcrypt at
+    its least cost (quick tests)."""
+    return replace(
+        smtp_server.settings(settings), directory_url=koha_directory.url,
+        directory_profile=koha_directory.profile, password_rounds=4,
+        password_allow_weak_rounds=True,
+    )
+
+
+@pytest.fixture
+def state_engine(koha_settings: Settings) -> Iterator[Engine]:
+    """resetbot's own database, made by `db upgrade` exactly as in production."""
+    upgrade(koha_settings)
+    engine = make_engine(koha_settings.database_url)
+    yield engine
+    engine.dispose()
 
 
 def koha_env(settings: Settings) -> dict[str, str]:

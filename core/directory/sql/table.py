@@ -51,6 +51,7 @@ from core.addresses import (
     usable_address,
 )
 from core.db import make_engine, shown_url, url_secrets
+from core.directory.protocol import checked
 from core.directory.sql.koha_log import KOHA, KohaChangeLog
 from core.directory.sql.profile import (
     ExtraReset,
@@ -139,13 +140,7 @@ class Directory:
             engine = make_engine(settings.database_url)
             directory = cls(profile, engine, hasher=hasher, owns_engine=True,
                             own_index=profile.owned, names=settings.directory)
-        if check:
-            try:
-                directory.check()
-            except ConfigError:
-                directory.dispose()
-                raise
-        return directory
+        return checked(directory) if check else directory
 
     @classmethod
     def own_table(
