@@ -38,6 +38,8 @@ BUILD_BLOCKS = 256
 MOST_GRAMS = 4
 CLASSES = 40
 GRAMS = CLASSES**3
+#: The byte that ends each field in the text (core.search_copy.SEPARATOR).
+SEPARATOR_BYTE = 0x1F
 SEPARATOR_CLASS = 0
 
 IntArray = npt.NDArray[np.intp]
@@ -47,7 +49,7 @@ BlockArray = npt.NDArray[Any]
 
 def _byte_classes() -> npt.NDArray[np.uint16]:
     classes = np.full(256, CLASSES - 1, dtype=np.uint16)
-    classes[0] = SEPARATOR_CLASS
+    classes[SEPARATOR_BYTE] = SEPARATOR_CLASS
     for offset, byte in enumerate(b"abcdefghijklmnopqrstuvwxyz0123456789@."):
         classes[byte] = 1 + offset
     return classes
