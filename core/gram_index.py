@@ -89,9 +89,10 @@ class GramIndex:
 
     @classmethod
     def build(cls, text: bytes, pause: Callable[[], None] = _no_pause,
-              block: int = BLOCK) -> GramIndex:
+              block: int = 0) -> GramIndex:
         """Two passes over steps of BUILD_BLOCKS blocks: each step's (trigram, block) pairs,
-        then every pair put in its trigram's place."""
+        then every pair put in its trigram's place. `block`: bytes a block (0: BLOCK)."""
+        block = block or BLOCK
         block_count = max(1, -(-len(text) // block))
         presence = np.zeros(GRAMS * BUILD_BLOCKS, dtype=np.bool_)
         steps: list[npt.NDArray[Any]] = []

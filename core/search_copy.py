@@ -37,19 +37,21 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Engine, Integer, Select, String, cast, func, literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import ResetbotError
-from core.gram_index import BLOCK, SEPARATOR_BYTE, GramIndex
+
+if TYPE_CHECKING:  # numpy is imported only by an app that keeps a copy
+    from core.gram_index import GramIndex
 
 logger = logging.getLogger(__name__)
 
 #: Ends each field and each user in the searched text; removed from terms and from the fields.
 #: The ASCII unit separator, not NUL, which PostgreSQL's text cannot hold (see line_select).
-SEPARATOR = chr(SEPARATOR_BYTE)
+SEPARATOR = "\x1f"  # core.gram_index.SEPARATOR_BYTE
 #: What a failed read of the directory may raise and still leave the old copy in use.
 LOAD_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
 #: Rows fetched per round trip while the copy is read (a driver decoding a batch in C holds the
@@ -260,11 +262,12 @@ class Snapshot:
     @classmethod
     def build(
         cls, rows: Iterable[SearchRow | str], loaded_at: float,
-        pause: Callable[[], None] = _no_pause, block: int = BLOCK,
+        pause: Callable[[], None] = _no_pause, block: int = 0,
     ) -> Snapshot:
         """From SearchRows, or lines as `load_lines` reads them. `pause()` is called every few
-        hundred rows or steps (see `Turns`); `block`: the index's block size (tests make it
-        tiny)."""
+        hundred rows or steps (see `Turns`); `block`: the index's block size (0: its own; tests
+        make it tiny)."""
+        from core.gram_index import GramIndex
         staff = bytearray()
         shown = _Joiner()
         texts = _Joiner()

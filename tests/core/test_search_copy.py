@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from bench.koha import borrowers_table, populate_borrowers, search_select
 from core.errors import ResetbotError
-from core.gram_index import BLOCK
+from core.gram_index import BLOCK, SEPARATOR_BYTE
 from core.search_copy import (
     SEPARATOR,
     SearchCopy,
@@ -577,6 +577,10 @@ def test_a_rare_term_is_looked_for_in_few_blocks_and_a_miss_in_none() -> None:
     assert list(snapshot.index.spans(b"zqxw") or ["scan"]) == []
     assert snapshot.search("zqxw", 10) == []
     assert snapshot.index.spans(b"an") is None  # shorter than a trigram: everywhere
+
+
+def test_the_index_leaves_out_the_copys_separator() -> None:
+    assert ord(SEPARATOR) == SEPARATOR_BYTE
 
 
 def test_an_empty_directory_gives_an_empty_copy(clock: Clock) -> None:
