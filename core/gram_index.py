@@ -94,18 +94,19 @@ class GramIndex:
         then every pair put in its trigram's place. `block`: bytes a block (0: BLOCK)."""
         block = block or BLOCK
         block_count = max(1, -(-len(text) // block))
-        presence = np.zeros(GRAMS * BUILD_BLOCKS, dtype=np.bool_)
+        width = min(BUILD_BLOCKS, block_count)  # blocks a step (a small copy: a small table)
+        presence = np.zeros(GRAMS * width, dtype=np.bool_)
         steps: list[npt.NDArray[Any]] = []
         counts = np.zeros(GRAMS, dtype=np.int64)
-        for first_block in range(0, block_count, BUILD_BLOCKS):
+        for first_block in range(0, block_count, width):
             pause()
             start = first_block * block
-            grams, positions = _grams_of(text, start, start + BUILD_BLOCKS * block)
-            presence[grams * BUILD_BLOCKS + (positions - start) // block] = True
+            grams, positions = _grams_of(text, start, start + width * block)
+            presence[grams * width + (positions - start) // block] = True
             present = np.flatnonzero(presence)  # trigram-major, then block
             presence[present] = False
             steps.append(present.astype(np.uint32))
-            counts += np.bincount(present // BUILD_BLOCKS, minlength=GRAMS)
+            counts += np.bincount(present // width, minlength=GRAMS)
         del presence
         offsets = np.zeros(GRAMS + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
@@ -114,11 +115,11 @@ class GramIndex:
         cursor = offsets[:-1].copy()
         for step, pairs in enumerate(steps):
             pause()
-            grams = (pairs // BUILD_BLOCKS).astype(np.intp)
+            grams = (pairs // width).astype(np.intp)
             step_counts = np.bincount(grams, minlength=GRAMS)
             step_starts = np.concatenate(([0], np.cumsum(step_counts)[:-1]))
             places = cursor[grams] + (np.arange(len(pairs)) - step_starts[grams])
-            blocks[places] = pairs % BUILD_BLOCKS + step * BUILD_BLOCKS
+            blocks[places] = pairs % width + step * width
             cursor += step_counts
             steps[step] = pairs[:0]  # let each step's pairs go once placed
         return cls(blocks=blocks, offsets=offsets, block_count=block_count,
