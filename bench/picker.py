@@ -35,7 +35,7 @@ from bench.measure import MB
 from bench.services import mariadb_database, postgres_database, sqlite_database
 from bench.synth import SearchTerm
 from core.directory.picker import CopySearch, attach_search_copy
-from core.search_copy import SearchCopy, load_rows
+from core.search_copy import SearchCopy, load_lines
 from core.settings import Settings
 from tests.support.databases import MARIADB_SERVER
 
@@ -130,7 +130,7 @@ def copy_memory_mb(engine: Engine, table: Table) -> tuple[float, float]:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        copy = SearchCopy(lambda: load_rows(engine, search_select(table)), 30.0)
+        copy = SearchCopy(lambda: load_lines(engine, search_select(table)), 30.0)
         assert copy.reload()
         held, peak = tracemalloc.get_traced_memory()
     finally:
@@ -163,7 +163,7 @@ def measure_koha(kind: str, size: int, terms: list[PickerTerm], direct_queries: 
     with koha_engine(kind, size) as (engine, table, populated):
         log(f"picker: {size:,} Koha borrowers on {kind} (populated in {populated:.1f}s)")
         clock = Clock()
-        copy = SearchCopy(lambda: load_rows(engine, search_select(table)), max_age, clock)
+        copy = SearchCopy(lambda: load_lines(engine, search_select(table)), max_age, clock)
         started, cpu_started = time.perf_counter(), time.process_time()
         assert copy.reload() and len(copy) == size
         build_s = time.perf_counter() - started

@@ -8,10 +8,13 @@ for matching, and reads the table again in the background once the copy is older
 against the directory itself when the preview is made.
 
 How a search runs: every user's folded text (username, name, card number, e-mail) sits in one
-string, in username order, each field and each user ended by a separator no search term holds.
-`str.find` walks that string at C speed; the offset of a hit names its user (a binary search
-over where each user's text starts), and the walk goes on from the next user. The first
-`limit` hits are therefore the first `limit` matches by username, and a miss costs one pass.
+string, in the order the directory gave them, each field and each user ended by a separator no
+search term holds. An index (core.gram_index) names the blocks of that string that hold every
+trigram of the term; `bytes.find` walks just those at C speed (the whole string for a term of
+one or two letters, which matches early); the offset of a hit names its user (a binary search
+over where each user's text starts), and the walk goes on from the next user. The first `limit`
+hits are shown by username. At a million users a miss or a rare username costs well under a
+millisecond, where one pass over the 70 MB string took 30-60 ms.
 
 How a read again shares the process with searches: both need the interpreter, and a search is
 one long call into C (`bytes.find`) that does not give it back, while the read gives it back at
@@ -24,7 +27,6 @@ and a little), and between slices every search that waited goes first.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import threading
@@ -35,18 +37,21 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Engine, Select
+from sqlalchemy import ColumnElement, Engine, Integer, Select, String, cast, func, literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import ResetbotError
 
+if TYPE_CHECKING:  # numpy is imported only by an app that keeps a copy
+    from core.gram_index import GramIndex
+
 logger = logging.getLogger(__name__)
 
 #: Ends each field and each user in the searched text; removed from terms and from the fields.
-SEPARATOR = "\x00"
-SEPARATOR_BYTE = SEPARATOR.encode()
+#: The ASCII unit separator, not NUL, which PostgreSQL's text cannot hold (see line_select).
+SEPARATOR = "\x1f"  # core.gram_index.SEPARATOR_BYTE
 #: What a failed read of the directory may raise and still leave the old copy in use.
 LOAD_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
 #: Rows fetched per round trip while the copy is read (a driver decoding a batch in C holds the
@@ -199,139 +204,154 @@ class Turns:
         self._blocked_until = self._slice_ends + TURN_GRACE
 
 
-def _paced(items: Iterable[Any], pause: Callable[[], None]) -> Iterator[Any]:
-    """The items, with `pause()` called every PACE of them."""
-    for count, item in enumerate(items):
-        if not count % PACE:
-            pause()
-        yield item
-
-
 def _no_pause() -> None:
     return None
 
 
-def _username_order(texts: list[bytes], pause: Callable[[], None] = _no_pause) -> list[int]:
-    """Row indexes in username order, sorted in short runs merged in Python so that the reload
-    thread gives the interpreter back to searches every few milliseconds (one `sorted` of
-    100,000 strings holds it for ~40 ms).
+class _Joiner:
+    """Byte strings appended one by one, joined every STEP of them (a list of a million small
+    bytes objects would hold ~100 MB more than their text), with where each one begins."""
 
-    A text begins with the folded username and its separator, which sorts before any
-    character: ordering the texts orders the users by username ("ann" before "anna"); UTF-8
-    bytes sort as their characters do.
-    """
-    key = texts.__getitem__
-    runs = []
-    for start in range(0, len(texts), STEP):
-        pause()
-        runs.append(sorted(range(start, min(start + STEP, len(texts))), key=key))
-    if len(runs) <= 1:
-        return runs[0] if runs else []
-    return list(_paced(heapq.merge(*runs, key=key), pause))
+    def __init__(self) -> None:
+        self.starts = array("q")
+        self._position = 0
+        self._step: list[bytes] = []
+        self._pieces: list[bytes] = []
 
+    def append(self, part: bytes) -> None:
+        self.starts.append(self._position)
+        self._position += len(part)
+        self._step.append(part)
+        if len(self._step) == STEP:
+            self._pieces.append(b"".join(self._step))
+            self._step = []
 
-def _joined(
-    parts: Iterable[bytes], pause: Callable[[], None] = _no_pause
-) -> tuple[bytes, array[int]]:
-    """The parts in one bytes object, and where each begins (plus where the last one ends)."""
-    starts = array("q")
-    position = 0
-    pieces: list[bytes] = []
-    step: list[bytes] = []
-    for part in _paced(parts, pause):
-        starts.append(position)
-        position += len(part)
-        step.append(part)
-        if len(step) == STEP:
-            pieces.append(b"".join(step))
-            step = []
-    starts.append(position)
-    pieces.append(b"".join(step))
-    del step
-    return b"".join(pieces), starts
+    def joined(self) -> tuple[bytes, array[int]]:
+        """The whole text, and where each part begins (plus where the last one ends)."""
+        self.starts.append(self._position)
+        self._pieces.append(b"".join(self._step))
+        self._step = []
+        text = b"".join(self._pieces)
+        self._pieces = []
+        return text, self.starts
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """One complete, immutable copy: searched by many threads, replaced whole, never changed.
 
-    No object per user: the users' fields as read and as folded sit in two UTF-8 byte strings
-    (one byte per character of a Latin name, where a str holding one emoji would take four),
-    with arrays of where each user begins, of ids and of staff flags, all in username order.
-    About 16 MB for 100,000 users, where a tuple of four strings per user took 44 MB, and
-    nothing for the garbage collector to walk: 100,000 tracked tuples made each full
-    collection (which a reload sets off) stop every thread for ~150 ms.
-    A UTF-8 needle can only match a UTF-8 text at a character's start, so searching the bytes
-    is searching the characters.
+    No object per user: the users' fields as read (their id first) and as folded sit in two
+    UTF-8 byte strings (one byte per character of a Latin name, where a str holding one emoji
+    would take four), with arrays of where each user begins and a byte of staff flag each, in
+    the order the directory gave them; and an index of which blocks of the folded text hold
+    which trigrams (core.gram_index), so that a rare term or a miss is looked for in a few
+    blocks rather than the whole text. Nothing for the garbage collector to walk: 100,000
+    tracked tuples made each full collection (which a reload sets off) stop every thread for
+    ~150 ms. A UTF-8 needle can only match a UTF-8 text at a character's start, so searching
+    the bytes is searching the characters.
     """
 
-    ids: tuple[str, ...]  # the users' directory ids (text)
     staff: bytes  # 1 for staff, per user
-    shown: bytes  # each user's fields as read
+    shown: bytes  # each user's id and fields as read
     shown_starts: array[int]  # where each user begins in `shown`, then where it ends
-    text: bytes  # each user's fields folded
+    text: bytes  # each user's fields folded (not the id)
     starts: array[int]  # where each user begins in `text`, then where it ends
+    index: GramIndex  # which blocks of `text` hold which trigrams
     loaded_at: float  # the clock when the read that made it began
 
     @classmethod
     def build(
-        cls, rows: Iterable[SearchRow], loaded_at: float, pause: Callable[[], None] = _no_pause
+        cls, rows: Iterable[SearchRow | str], loaded_at: float,
+        pause: Callable[[], None] = _no_pause, block: int = 0,
     ) -> Snapshot:
-        """`pause()` is called every few hundred rows or items (see `Turns`)."""
-        ids: list[str] = []
+        """From SearchRows, or lines as `load_lines` reads them. `pause()` is called every few
+        hundred rows or steps (see `Turns`); `block`: the index's block size (0: its own; tests
+        make it tiny)."""
+        from core.gram_index import GramIndex
         staff = bytearray()
-        shown: list[bytes] = []
-        texts: list[bytes] = []
-        for user_id, username, name, card, email, is_staff in _paced(rows, pause):
+        shown = _Joiner()
+        texts = _Joiner()
+        for count, row in enumerate(rows):
+            if not count % PACE:
+                pause()
+            if isinstance(row, str):  # a line: see line_select
+                flag, _, line = row.partition(SEPARATOR)
+                staff.append(0 if flag == "0" else 1)
+                shown.append(line.encode())
+                texts.append(fold(line[line.index(SEPARATOR) + 1:]).encode())
+                continue
+            user_id, username, name, card, email, is_staff = row
             fields = _shown_text(username, name, card, email)
-            ids.append(user_id)
             staff.append(1 if is_staff else 0)
-            shown.append(fields.encode())
+            shown.append(f"{_text(user_id).replace(SEPARATOR, '')}{SEPARATOR}{fields}".encode())
             texts.append(fold(fields).encode())
-        order = _username_order(texts, pause)
-        shown_text, shown_starts = _joined((shown[index] for index in order), pause)
-        del shown  # the parts, now joined: at 100,000 users each list holds ~10 MB
-        text, starts = _joined((texts[index] for index in order), pause)
-        del texts
+        shown_text, shown_starts = shown.joined()
+        text, starts = texts.joined()
         return cls(
-            ids=tuple([ids[index] for index in _paced(order, pause)]),
-            staff=bytes([staff[index] for index in _paced(order, pause)]),
+            staff=bytes(staff),
             shown=shown_text, shown_starts=shown_starts,
             text=text, starts=starts,
+            index=GramIndex.build(text, pause, block),
             loaded_at=loaded_at,
         )
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.staff)
+
+    @property
+    def nbytes(self) -> int:
+        """What the copy's arrays and strings hold, roughly."""
+        return (len(self.staff) + len(self.shown) + len(self.text) + self.index.nbytes
+                + self.starts.itemsize * (len(self.starts) + len(self.shown_starts)))
 
     def row(self, index: int) -> SearchRow:
         start, end = self.shown_starts[index], self.shown_starts[index + 1]
-        username, name, card, email, _end = self.shown[start:end].decode().split(SEPARATOR)
-        return SearchRow(self.ids[index], username, name, card or None, email or None,
+        user_id, username, name, card, email, _end = (
+            self.shown[start:end].decode().split(SEPARATOR)
+        )
+        return SearchRow(user_id, username, name, card or None, email or None,
                          self.staff[index] == 1)
 
     def search(self, term: str, limit: int) -> list[SearchRow]:
+        """The first `limit` users holding `term`, in the directory's order, shown by
+        username."""
         if limit <= 0:
             return []
         needle = fold(term.replace(SEPARATOR, "").strip()).encode()
         if not needle:
-            return [self.row(index) for index in range(min(limit, len(self)))]
+            found = list(range(min(limit, len(self))))
+        else:
+            spans = self.index.spans(needle)
+            found = self._found(needle, limit, [(0, len(self.text))] if spans is None
+                                else spans)
+        rows = [self.row(index) for index in found]
+        rows.sort(key=lambda row: (fold(row.username), row.username))
+        return rows
+
+    def _found(self, needle: bytes, limit: int, spans: Iterable[tuple[int, int]]) -> list[int]:
+        """Users holding `needle` in the spans of the text (in order), at most `limit`: after
+        a hit, the search goes on at the next user's start."""
         text, starts = self.text, self.starts
         found: list[int] = []
-        at = text.find(needle)
-        while at >= 0:
-            index = bisect_right(starts, at) - 1
-            found.append(index)
-            if len(found) == limit:
-                break
-            at = text.find(needle, starts[index + 1])
-        return [self.row(index) for index in found]
+        resume = 0
+        for start, end in spans:
+            at = text.find(needle, max(start, resume), end)
+            while at >= 0:
+                index = bisect_right(starts, at) - 1
+                found.append(index)
+                if len(found) == limit:
+                    return found
+                resume = starts[index + 1]
+                at = text.find(needle, resume, end)
+        return found
+
 
 
 class SearchCopy:
     """An in-memory copy of a directory for the user picker, refreshed in the background.
 
-    `load_rows` reads the whole directory (any iterable of SearchRow; see `load_rows` below).
+    `load_rows` reads the whole directory (any iterable of SearchRow, or of lines as
+    `load_lines` below reads them from a table).
     Only the very first read may keep a search waiting (unless `reload()` or
     `refresh_if_stale()` made it at start); after that no search waits: a copy older than
     `max_age` seconds is read again in a background thread while searches go on with the old
@@ -341,7 +361,7 @@ class SearchCopy:
 
     def __init__(
         self,
-        load_rows: Callable[[], Iterable[SearchRow]],
+        load_rows: Callable[[], Iterable[SearchRow | str]],
         max_age: float,
         clock: Callable[[], float] = time.monotonic,
         *,
@@ -369,7 +389,8 @@ class SearchCopy:
 
     def search(self, term: str, limit: int = DEFAULT_LIMIT) -> list[SearchRow]:
         """Users whose username, name, card number or e-mail holds `term` (case and accents
-        aside): at most `limit`, the first by username. An empty term: the first `limit`.
+        aside): the first `limit` in the directory's order, shown by username. An empty term:
+        the first `limit`.
 
         Raises SearchUnavailable while no copy could be read yet.
         """
@@ -512,26 +533,52 @@ def _error_name(error: BaseException) -> str:
     return f"{name} from {type(original).__name__}" if original is not None else name
 
 
-def load_rows(engine: Engine, query: Select[Any], batch: int = FETCH_BATCH) -> Iterator[SearchRow]:
-    """Stream a directory's users as SearchRows from `query`, whose six columns are, in order:
-    id, username, display name, card number, e-mail, staff (anything true for staff).
+def load_lines(engine: Engine, query: Select[Any], batch: int = FETCH_BATCH) -> Iterator[str]:
+    """Stream a directory's users as lines (see `line_select`) from `query`, whose six columns
+    are, in order: id, username, display name, card number, e-mail, staff (anything true for
+    staff, false or NULL otherwise).
 
-    Rows come in batches on a server-side cursor where the driver has one (no ORM objects, no
-    100,000-row buffer); empty names become "", empty card numbers and e-mails None.
+    The database joins each user's fields into one string and the driver's own cursor hands
+    them over in batches on a server-side cursor where the driver has one: no row objects, and
+    one value per user to decode rather than six. At a million Koha borrowers on MariaDB,
+    PyMySQL decoding six values a row was most of the read (1.2 s of CPU per 200,000 through
+    SQLAlchemy's rows, 0.4 s as one joined value straight from the cursor).
     """
     with engine.connect() as connection:
         result = connection.execution_options(stream_results=True, yield_per=batch).execute(
-            query
+            line_select(query)
         )
-        for user_id, username, display_name, card_number, email, staff in result:
-            yield SearchRow(
-                str(user_id),
-                _text(username),
-                _text(display_name).strip(),
-                _text(card_number) or None,
-                _text(email) or None,
-                bool(staff),
-            )
+        yield from result.scalars()
+
+
+def line_select(query: Select[Any]) -> Select[Any]:
+    """`query` (six columns, as `load_lines` takes) as one column: staff ("0" or not), id,
+    username, display name (trimmed), card number, e-mail, each ended by the separator, which
+    is taken out of the fields; a NULL is an empty field."""
+    user_id, username, name, card, email, staff = query.selected_columns
+    separator = literal(SEPARATOR, String)
+
+    def field(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.replace(func.coalesce(cast(column, String), ""), separator, "")
+
+    parts: list[ColumnElement[Any]] = [
+        func.coalesce(cast(cast(staff, Integer), String), "0"),
+        field(user_id), field(username), func.trim(field(name)), field(card), field(email),
+    ]
+    line = parts[0]
+    for part in parts[1:]:
+        line = line + separator + part
+    return query.with_only_columns((line + separator).label("line"))
+
+
+def load_rows(engine: Engine, query: Select[Any], batch: int = FETCH_BATCH) -> Iterator[SearchRow]:
+    """The same as `load_lines`, as SearchRows: empty card numbers and e-mails None."""
+    return (_row_of_line(line) for line in load_lines(engine, query, batch))
+
+
+def _row_of_line(line: str) -> SearchRow:
+    staff, user_id, username, name, card, email, _end = line.split(SEPARATOR)
+    return SearchRow(user_id, username, name, card or None, email or None, staff != "0")
 
 
 def _text(value: object) -> str:

@@ -26,7 +26,7 @@ from jobs.context import WorkerContext
 from jobs.finishing import fail_task, finish_if_done
 from jobs.mailer import Mailer, MailSetupError
 from jobs.outage import pause_for_mail, resume_after_mail_outage
-from jobs.progress import ProgressWatch, report_progress
+from jobs.progress import ProgressWatch
 from jobs.retries import schedule_retries
 from jobs.settling import HashedBatch, PlannedSet, fail_for_mail_setup, settle_batch
 
@@ -49,7 +49,7 @@ def work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> 
         pipeline.run(known)
     del known
     schedule_retries(context, task_id, pipeline.retries)
-    report_progress(context, task_id)
+    pipeline.progress.job_ended()
     finish_if_done(context, task_id)
 
 

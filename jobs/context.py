@@ -38,6 +38,19 @@ def _lease_owner() -> str:
 
 
 @dataclass
+class ProgressPace:
+    """When this worker last checked a task's progress, how long until its next clock-driven
+    check, and how many users it settled since: kept across its jobs (a job is one chunk of
+    100 users, a fraction of a second), so that the checks of a big task's COUNT, which walks
+    all its settled items, stay a small share of the worker's time (see jobs.progress)."""
+
+    checked_at: float
+    every: float
+    unchecked: int = 0
+    cost: float = 0.0  # how long the last check took
+
+
+@dataclass
 class WorkerContext:
     settings: Settings
     engine: Engine
@@ -54,6 +67,8 @@ class WorkerContext:
     #: Written into `ResetItem.leased_by` for the items this process claims.
     owner: str = field(default_factory=_lease_owner)
     owns_engine: bool = False
+    #: This worker's progress checks per task, kept across its jobs (see jobs.progress).
+    progress_paces: dict[int, ProgressPace] = field(default_factory=dict)
 
     @classmethod
     def build(

@@ -17,6 +17,7 @@ from core import audit
 from core.models import ItemState, Mode, ResetItem, ResetTask, TaskStatus, utcnow
 from core.tasks import state_counts
 from jobs.context import WorkerContext
+from jobs.progress import report_progress
 from jobs.queueing import enqueue_task
 from jobs.reporting import SafeReporter
 from jobs.rows import ACTIVE_ITEM_STATES, ACTOR, rowcount
@@ -97,6 +98,8 @@ def finish_if_done(context: WorkerContext, task_id: int) -> bool:
             return False
         session.commit()
     logger.info("task %s ended: %s", task_id, status.value)
+    # Its last progress step, unless a check already told it: jobs no longer count at each end.
+    report_progress(context, task_id)
     SafeReporter(context.reporter).task_finished(task_id)
     start_next_queued(context)
     return True

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from sqlalchemy import func, select, update
 
 from core.models import FINAL_ITEM_STATES, ResetItem, ResetTask
-from jobs.context import WorkerContext
+from jobs.context import ProgressPace, WorkerContext
 from jobs.reporting import SafeReporter
 from jobs.rows import rowcount
 
@@ -26,6 +26,8 @@ CHECK_EVERY_SECONDS = 1.0
 #: COUNT walks the task's settled items (a million at the end of the largest tasks, ~0.1 s),
 #: so a big task's clock-driven checks come further apart as it goes.
 CHECK_COST_SHARE = 50
+#: Tasks whose pace a worker keeps (a few run at once; the oldest is let go).
+KEPT_PACES = 16
 
 
 def report_progress(context: WorkerContext, task_id: int) -> int:
@@ -65,13 +67,17 @@ def report_progress(context: WorkerContext, task_id: int) -> int:
 
 
 class ProgressWatch:
-    """When one job checks its task's progress: after a settled batch, once the users it has
-    settled since its last check make a progress step's worth, or CHECK_EVERY_SECONDS passed.
+    """When one job checks its task's progress: after a settled batch, once the users this
+    worker has settled since its last check make a progress step's worth, or its clock-driven
+    check is due (CHECK_EVERY_SECONDS, or CHECK_COST_SHARE times as long as the last check
+    took); and when the job ends (see `job_ended`).
 
-    A check is one COUNT on the task's items, so a job makes about one per step and one per
+    A check is one COUNT on the task's items, so a worker makes about one per step and one per
     second however small its batches; Slack still hears at most once per step (see
-    `report_progress`). Called on the helper thread that settles batches, never on the
-    hashing one.
+    `report_progress`). The pace is the worker's, kept across its jobs
+    (`WorkerContext.progress_paces`): checked at every job's end, a million-user task's
+    10,000 jobs each counted up to a million items. Called on the helper thread that settles
+    batches, never on the hashing one.
     """
 
     def __init__(
@@ -85,22 +91,51 @@ class ProgressWatch:
         self.task_id = task_id
         self.clock = clock
         self.per_step = self._per_step(total)
-        self.unchecked = 0
-        self.checked_at = clock()
-        self.every = CHECK_EVERY_SECONDS
+        self.pace = self._pace_of(context, task_id)
+
+    def _pace_of(self, context: WorkerContext, task_id: int) -> ProgressPace:
+        paces = context.progress_paces
+        pace = paces.get(task_id)
+        if pace is None:
+            if len(paces) >= KEPT_PACES:  # the oldest task's: long ended, most likely
+                del paces[next(iter(paces))]
+            pace = paces[task_id] = ProgressPace(self.clock(), CHECK_EVERY_SECONDS)
+        return pace
+
+    @property
+    def unchecked(self) -> int:
+        return self.pace.unchecked
+
+    @property
+    def checked_at(self) -> float:
+        return self.pace.checked_at
 
     def _per_step(self, total: int) -> float:
         # Unknown total (planning goes on): only the clock prompts a check.
         return math.ceil(total / self.context.settings.progress_steps) if total else math.inf
 
     def settled(self, users: int) -> None:
-        self.unchecked += users
+        pace = self.pace
+        pace.unchecked += users
         now = self.clock()
-        if self.unchecked < self.per_step and now - self.checked_at < self.every:
+        if pace.unchecked < self.per_step and now - pace.checked_at < pace.every:
             return
-        self.unchecked = 0
+        self._check(now)
+
+    def job_ended(self) -> None:
+        """A check, unless the last one was less than CHECK_COST_SHARE times its own length
+        ago: a small task's jobs each end with one (its last step told before its summary),
+        a million-user task's ~every 25 s rather than at each of its 10,000 jobs."""
+        now = self.clock()
+        if now - self.pace.checked_at >= self.pace.cost * CHECK_COST_SHARE:
+            self._check(now)
+
+    def _check(self, now: float) -> None:
+        pace = self.pace
+        pace.unchecked = 0
         total = report_progress(self.context, self.task_id)
-        self.checked_at = self.clock()
-        self.every = max(CHECK_EVERY_SECONDS, (self.checked_at - now) * CHECK_COST_SHARE)
+        pace.checked_at = self.clock()
+        pace.cost = pace.checked_at - now
+        pace.every = max(CHECK_EVERY_SECONDS, pace.cost * CHECK_COST_SHARE)
         if total:
             self.per_step = self._per_step(total)

@@ -21,7 +21,7 @@ from core.directory.protocol import DirectoryUnavailable, User
 from core.directory.sql import SqlDirectory
 from core.directory.sql.table import Directory
 from core.directory.users import DirectoryUser
-from core.search_copy import LOAD_ERRORS, SearchCopy, SearchRow, load_rows
+from core.search_copy import LOAD_ERRORS, SearchCopy, SearchRow, load_lines
 from core.settings import Settings
 
 #: Where resetbot's own table has its search index (core/directory/search_index.py).
@@ -142,8 +142,8 @@ def _attach_to_table(settings: Settings, directory: Directory) -> SearchCopy | N
         return None
     query = search_select(directory)
 
-    def rows() -> Iterator[SearchRow]:
-        return load_rows(directory.engine, query)
+    def rows() -> Iterator[str]:
+        return load_lines(directory.engine, query)
 
     copy = SearchCopy(rows, settings.directory_search_refresh)
     directory.use_search(CopySearch(copy))

@@ -18,22 +18,25 @@ from sqlalchemy.exc import OperationalError
 
 from bench.koha import borrowers_table, populate_borrowers, search_select
 from core.errors import ResetbotError
+from core.gram_index import BLOCK, SEPARATOR_BYTE
 from core.search_copy import (
+    SEPARATOR,
     SearchCopy,
     SearchRow,
     SearchUnavailable,
     Snapshot,
     fold,
+    load_lines,
     load_rows,
 )
 from tests.support.databases import mariadb_database, postgres_database
 
 ROWS = [
-    SearchRow(1, "amueller", "Anna Müller", "23019000000001", "anna.mueller@example.org", False),
-    SearchRow(2, "bsmith", "Ben Smith", "23019000000002", None, True),
-    SearchRow(3, "cdubois", "Chloé Dubois", None, "chloe@library.example.net", False),
-    SearchRow(4, "23019000000004", "Dario Straße", "23019000000004", "", False),
-    SearchRow(5, "Eve", "Eve Ångström", "5550004", "EVE@Students.Example.edu", True),
+    SearchRow("1", "amueller", "Anna Müller", "23019000000001", "anna.mueller@example.org", False),
+    SearchRow("2", "bsmith", "Ben Smith", "23019000000002", None, True),
+    SearchRow("3", "cdubois", "Chloé Dubois", None, "chloe@library.example.net", False),
+    SearchRow("4", "23019000000004", "Dario Straße", "23019000000004", "", False),
+    SearchRow("5", "Eve", "Eve Ångström", "5550004", "EVE@Students.Example.edu", True),
 ]
 
 
@@ -122,7 +125,7 @@ def test_case_and_accents_do_not_matter(copy: SearchCopy, term: str, expected: l
 def test_stored_text_in_decomposed_form_is_found_by_a_composed_term(clock: Clock) -> None:
     decomposed = unicodedata.normalize("NFD", "Zoë Ñúñez")
     copy = SearchCopy(
-        lambda: [SearchRow(7, "znunez", decomposed, None, None, False)], 30.0, clock
+        lambda: [SearchRow("7", "znunez", decomposed, None, None, False)], 30.0, clock
     )
     assert ids(copy.search("zoë ñú", 10)) == [7]
     assert ids(copy.search("ZOE NUN", 10)) == [7]
@@ -133,7 +136,7 @@ def test_a_term_never_matches_across_two_fields_or_two_users(copy: SearchCopy) -
     assert copy.search("smithben", 100) == []
     # the last field of user 1 and the first of user 2
     assert copy.search("example.orgbsmith", 100) == []
-    assert copy.search("smith\x00ben", 100) == []  # the separator itself is no way across
+    assert copy.search(f"smith{SEPARATOR}ben", 100) == []  # the separator is no way across
 
 
 def test_surrounding_blanks_are_ignored_and_inner_ones_kept(copy: SearchCopy) -> None:
@@ -141,25 +144,32 @@ def test_surrounding_blanks_are_ignored_and_inner_ones_kept(copy: SearchCopy) ->
     assert copy.search("Ben  Smith", 100) == []
 
 
-def test_at_most_limit_results_the_first_by_username(clock: Clock) -> None:
-    rows = [SearchRow(i, f"user{i:03d}", f"Maria {i}", None, None, False)
+def test_at_most_limit_results_the_first_in_the_directory_shown_by_username(
+    clock: Clock,
+) -> None:
+    rows = [SearchRow(str(i), f"user{i:03d}", f"Maria {i}", None, None, False)
             for i in range(300, 0, -1)]
     copy = SearchCopy(lambda: rows, 30.0, clock)
     found = copy.search("maria", 5)
-    assert [r.username for r in found] == ["user001", "user002", "user003", "user004", "user005"]
+    assert [r.username for r in found] == ["user296", "user297", "user298", "user299", "user300"]
     assert len(copy.search("maria", 100)) == 100
     assert copy.search("maria", 0) == []
 
 
-def test_an_empty_term_gives_the_first_by_username_ignoring_case(copy: SearchCopy) -> None:
-    assert [r.username for r in copy.search("", 3)] == ["23019000000004", "amueller", "bsmith"]
+def test_an_empty_term_gives_the_first_users_by_username_ignoring_case(
+    copy: SearchCopy,
+) -> None:
+    assert [r.username for r in copy.search("", 3)] == ["amueller", "bsmith", "cdubois"]
     assert [r.username for r in copy.search("   ", 100)][-1] == "Eve"
     assert [r.username for r in copy.search("", 100)][-2:] == ["cdubois", "Eve"]
+    assert copy.search("", 100)[0].username == "23019000000004"
 
 
 def test_a_username_sorts_before_the_longer_ones_it_begins(clock: Clock) -> None:
-    rows = [SearchRow(1, "anna", "", None, None, False), SearchRow(2, "ann", "", None, None, False),
-            SearchRow(3, "Anne", "", None, None, False), SearchRow(4, "an", "", None, None, False)]
+    rows = [SearchRow("1", "anna", "", None, None, False),
+            SearchRow("2", "ann", "", None, None, False),
+            SearchRow("3", "Anne", "", None, None, False),
+            SearchRow("4", "an", "", None, None, False)]
     copy = SearchCopy(lambda: rows, 30.0, clock)
     assert [r.username for r in copy.search("an", 10)] == ["an", "ann", "anna", "Anne"]
 
@@ -172,20 +182,22 @@ texts = st.text(alphabet="abAB éÉeßsS@.1", max_size=8)
 @given(
     people=st.lists(st.tuples(usernames, texts, st.none() | texts, st.none() | texts),
                     max_size=25, unique_by=lambda p: fold(p[0])),
-    term=st.text(alphabet="abAB éÉeßsS@.1", max_size=4),
+    term=st.text(alphabet="abAB éÉeßsS@.1", max_size=6),
     limit=st.integers(min_value=1, max_value=30),
+    block=st.sampled_from([3, 5, 8, 16, 4096]),
 )
 def test_search_equals_a_plain_filter_over_every_field(
-    people: list[tuple[str, str, str | None, str | None]], term: str, limit: int
+    people: list[tuple[str, str, str | None, str | None]], term: str, limit: int, block: int
 ) -> None:
-    rows = [SearchRow(i, username, name, card or None, email or None, i % 3 == 0)
+    """Whatever the index's block size (tiny ones put every term across blocks)."""
+    rows = [SearchRow(str(i), username, name, card or None, email or None, i % 3 == 0)
             for i, (username, name, card, email) in enumerate(people)]
-    snapshot = Snapshot.build(rows, loaded_at=0.0)
+    snapshot = Snapshot.build(rows, loaded_at=0.0, block=block)
     needle = fold(term.strip())
     expected = [
-        row for row in sorted(rows, key=lambda r: fold(r.username))
-        if any(needle in fold(field or "") for field in row[1:5])
+        row for row in rows if any(needle in fold(field or "") for field in row[1:5])
     ][:limit]
+    expected.sort(key=lambda r: (fold(r.username), r.username))
     assert snapshot.search(term, limit) == expected
 
 
@@ -269,7 +281,7 @@ def test_a_failed_read_keeps_the_old_copy_and_is_logged_once_per_streak(
     assert "hunter2" not in caplog.text
 
     directory.failing = None
-    directory.rows.append(SearchRow(6, "fnew", "Fay New", None, None, False))
+    directory.rows.append(SearchRow("6", "fnew", "Fay New", None, None, False))
     clock.now += 5  # past the pause after a failed read
     assert ids(copy.search("fay", 100)) == []  # still stale: this one starts the read
     assert copy.wait_idle(10)
@@ -430,10 +442,10 @@ def test_load_rows_reads_a_koha_borrowers_table(kind: str, tmp_path: Path) -> No
             ]
 
             clock = Clock()
-            copy = SearchCopy(lambda: load_rows(engine, query), 30.0, clock)
+            copy = SearchCopy(lambda: load_lines(engine, query), 30.0, clock)
             assert copy.reload()
             assert ids(copy.search("nunez", 10)) == [2]
-            assert ids(copy.search("23019", 10)) == [2, 3, 1]  # by username
+            assert ids(copy.search("23019", 10)) == [2, 3, 1]  # shown by username
             assert ids(copy.search("MULLER", 10)) == [1]
             with engine.begin() as connection:
                 connection.execute(update(table).where(table.c.borrowernumber == 1)
@@ -488,7 +500,7 @@ def test_a_read_again_completes_while_searches_run_back_to_back(tmp_path: Path) 
         table, _seconds = populate_borrowers(engine, 20_000)
         query = search_select(table)
         clock = Clock()
-        copy = SearchCopy(lambda: load_rows(engine, query), 30.0, clock)
+        copy = SearchCopy(lambda: load_lines(engine, query), 30.0, clock)
         assert copy.reload() and len(copy) == 20_000
         [first] = copy.search("", 1)
         first_id = int(first.id)
@@ -549,3 +561,29 @@ def test_a_copy_slow_to_read_is_read_again_at_most_a_tenth_of_the_time(clock: Cl
     clock.now = loaded_at + 100
     assert ids(copy.search("bsmith")) == [2]
     assert copy.wait_idle(10) and reads == [2]
+
+
+# -- the index ----------------------------------------------------------------------------------
+
+
+def test_a_rare_term_is_looked_for_in_few_blocks_and_a_miss_in_none() -> None:
+    rows = [SearchRow(str(i), f"reader{i:05d}", f"Ann Lee {i}", f"2301900{i:07d}",
+                      f"reader{i}@example.org", False) for i in range(3000)]
+    snapshot = Snapshot.build(rows, loaded_at=0.0)
+    assert snapshot.index.block_count > 50
+    spans = list(snapshot.index.spans(b"reader01234") or [])
+    assert 1 <= len(spans) <= 2 and sum(end - start for start, end in spans) <= 3 * BLOCK
+    assert [row.id for row in snapshot.search("READER01234", 10)] == ["1234"]
+    assert list(snapshot.index.spans(b"zqxw") or ["scan"]) == []
+    assert snapshot.search("zqxw", 10) == []
+    assert snapshot.index.spans(b"an") is None  # shorter than a trigram: everywhere
+
+
+def test_the_index_leaves_out_the_copys_separator() -> None:
+    assert ord(SEPARATOR) == SEPARATOR_BYTE
+
+
+def test_an_empty_directory_gives_an_empty_copy(clock: Clock) -> None:
+    copy = SearchCopy(lambda: [], 30.0, clock)
+    assert copy.search("anything", 10) == [] and copy.search("", 10) == []
+    assert len(copy) == 0

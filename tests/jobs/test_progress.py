@@ -121,3 +121,31 @@ def test_a_slow_count_spaces_the_clock_driven_checks_out(
             checked.append(watch.checked_at)
     gaps = [later - earlier for earlier, later in itertools.pairwise(checked)]
     assert checked and gaps and all(gap >= 5 for gap in gaps)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_workers_jobs_share_one_pace_and_a_job_end_checks_only_when_due(
+    settings: Settings, redis_conn: Redis, engine: Engine,
+) -> None:
+    """A million-user task is 10,000 jobs of 100 users: each job's end counted the task's
+    settled items (up to a million). Now a job's end checks only once the last check is
+    CHECK_COST_SHARE times its own length ago (here each check takes 0.05 s: the clock moves
+    0.05 s at each look), and the pace is the worker's, across its jobs."""
+    context = build_context(replace(settings, progress_steps=10), redis_conn, engine)
+    clock = [0.0]
+
+    def slow_clock() -> float:
+        clock[0] += 0.05
+        return clock[0]
+
+    checks = 0
+    for _job in range(30):  # 30 short jobs of 100 users each
+        watch = ProgressWatch(context, 1, 1_000_000, clock=slow_clock)
+        before = watch.checked_at
+        watch.settled(100)
+        watch.job_ended()
+        checks += watch.checked_at != before
+    assert 1 <= checks <= 3  # ~3 s of the worker's time, a check at most every 2.5 s
+    assert watch.unchecked > 100  # what it settled since its last check, across jobs
+    other = ProgressWatch(context, 2, 1_000_000, clock=slow_clock)
+    assert other.unchecked == 0  # another task: its own pace
