@@ -74,6 +74,23 @@ def cli(settings: Settings, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
     return code, captured.out + captured.err
 
 
+
+def reset_as_written(
+    settings: Settings, env: dict[str, str], redis_conn: Redis, engine: Engine,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], users: str,
+) -> None:
+    """A default password for `users`, through the page's settings, run to its end."""
+    code, out = cli(settings, env, monkeypatch, capsys, "reset", "--scope", "selected_only",
+                    "--user", users, "--default-password-stdin", "--yes", "--detach",
+                    stdin=DEFAULT + "\n")
+    assert code == 0, out
+    configured = Settings.from_env({**settings.to_env(), **env}, env_file=None)
+    context = build_context(configured, redis_conn, engine)
+    try:
+        assert run_until_final(context, 1).counts
+    finally:
+        context.close()
+
 # ---- OpenLDAP -------------------------------------------------------------------------------
 
 
@@ -101,16 +118,7 @@ def test_the_openldap_settings_as_written_check_and_reset(
     code, out = cli(settings, env, monkeypatch, capsys, "directory", "check")
     assert code == 0, out
     assert f"Users:            {len(seeded_users())}" in out and "Staff:            2" in out
-    code, out = cli(settings, env, monkeypatch, capsys, "reset", "--scope", "selected_only",
-                    "--user", "ann,sam", "--default-password-stdin", "--yes", "--detach",
-                    stdin=DEFAULT + "\n")
-    assert code == 0, out
-    configured = Settings.from_env({**settings.to_env(), **env}, env_file=None)
-    context = build_context(configured, redis_conn, engine)
-    try:
-        assert run_until_final(context, 1).counts
-    finally:
-        context.close()
+    reset_as_written(settings, env, redis_conn, engine, monkeypatch, capsys, "ann,sam")
     for uid in ("ann", "sam"):
         assert slapd.binds(uid, DEFAULT) == (0, "changeAfterReset"), uid
 
@@ -146,16 +154,7 @@ def test_the_active_directory_settings_as_written_check_and_reset(
     in_scope = [user for user in SEED_USERS if user.in_scope]
     assert f"Users:            {len(in_scope)}" in out and "Staff:            2" in out
     assert "Locked on purpose: 1" in out
-    code, out = cli(settings, env, monkeypatch, capsys, "reset", "--scope", "selected_only",
-                    "--user", "ann,ben", "--default-password-stdin", "--yes", "--detach",
-                    stdin=DEFAULT + "\n")
-    assert code == 0, out
-    configured = Settings.from_env({**settings.to_env(), **env}, env_file=None)
-    context = build_context(configured, redis_conn, engine)
-    try:
-        assert run_until_final(context, 1).counts
-    finally:
-        context.close()
+    reset_as_written(settings, env, redis_conn, engine, monkeypatch, capsys, "ann,ben")
     for user in map(seed_user, ("ann", "ben")):
         assert domain.sign_in(user.dn, DEFAULT) == "773", user.username  # must change
         assert domain.sign_in(user.dn, user.password) == "52e", user.username
