@@ -55,6 +55,9 @@ class User:
     role: str | None
     #: Locked on purpose by the library (kept locked; left out of generated-password tasks).
     locked_on_purpose: bool = False
+    #: Why the directory's value for the address is not one (`n/a`, a blank: the preview says
+    #: so, by reason); None when it is one or when there is none.
+    address_problem: str | None = None
 
     @property
     def is_staff(self) -> bool:

@@ -155,7 +155,8 @@ def test_a_mail_value_that_is_no_address_is_no_e_mail_on_ldap_too(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Issue 17's one rule for an address holds for an LDAP `mail` as for a Koha column: `n/a`
-    counts as no e-mail in the preview, and `--without-email skip` leaves that user alone."""
+    counts as no e-mail in the preview (which says why), and `--without-email skip` leaves that
+    user alone."""
     with slapd.admin() as admin:
         admin.modify(slapd.user_dn("bob"), {"mail": [("MODIFY_REPLACE", ["n/a"])]})
     directory = open_directory(configured)
@@ -165,9 +166,11 @@ def test_a_mail_value_that_is_no_address_is_no_e_mail_on_ldap_too(
     finally:
         directory.dispose()
     assert (counted.emailable, counted.without_email) == (1, 1)
+    assert counted.unusable == {"no_at": 1}  # the preview says why, as for a SQL table
     code, out = cli(configured, monkeypatch, capsys, "reset", "--scope", "selected_only",
                     "--user", "ann,bob", "--without-email", "skip", "--yes", "--detach")
     assert code == 0, out
+    assert "1 address cannot be used and count as no e-mail" in out, out
     context = build_context(configured, redis_conn, engine)
     try:
         final = run_until_final(context, 1)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -44,7 +45,7 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.log import PROTOCOL, log_enabled
 
-from core.addresses import usable_address
+from core.addresses import address_problem, usable_address
 from core.directory.ldap.active_directory import ActiveDirectoryRules
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.connection import close_quietly, connect, unavailable
@@ -263,6 +264,7 @@ class LdapDirectory:
             email=usable_address(email),  # the one rule: `n/a` or a blank is no address
             role=STAFF_ROLE if normal_dn(entry.dn) in staff else None,
             locked_on_purpose=self.rules.is_locked_on_purpose(attributes),
+            address_problem=None if email is None else address_problem(email),
         )
 
     def _read_users(self, search_filter: str) -> list[User]:
@@ -387,13 +389,16 @@ class LdapDirectory:
     def preview(self, scope: Scope, selection: Sequence[UserId]) -> Counts:
         """The scope counted as its pages come (one page in memory)."""
         users = emailable = staff = locked = 0
+        unusable: Counter[str] = Counter()
         for user in self._scope_stream(scope, selection):
             users += 1
             emailable += user.has_email
             staff += user.is_staff
             locked += user.locked_on_purpose
+            if user.address_problem:
+                unusable[user.address_problem] += 1
         return Counts(users=users, emailable=emailable, without_email=users - emailable,
-                      staff=staff, locked=locked)
+                      staff=staff, locked=locked, unusable=dict(unusable))
 
     def scope_batch(
         self, scope: Scope, selection: Sequence[UserId], after: UserId | None, limit: int
