@@ -24,14 +24,13 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.request.internals import parse_body
 from slack_sdk.signature import Clock, SignatureVerifier
-from sqlalchemy import Connection, inspect, literal, select, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.payloads import payload_problem
 from bot.replay import Seen, SeenRequests
 from core.directory.protocol import Directory, DirectoryUnavailable
-from core.directory.sql import SqlDirectory
 from core.errors import ConfigError
 from core.migrate import VERSION_TABLE, current_revision, head_revision
 from core.models import Base
@@ -78,13 +77,10 @@ class HealthCheck:
 
     @staticmethod
     def _directory(directory: Directory) -> str:
-        """Its users table can be read (no row is: `LIMIT 0`); an LDAP server answers."""
+        """The directory answers (`Directory.ping`: a SQL table read with `LIMIT 0`, an LDAP
+        server signed in to)."""
         try:
-            if isinstance(directory, SqlDirectory):
-                with directory.engine.connect() as connection:
-                    connection.execute(select(literal(1)).select_from(directory.table).limit(0))
-            else:
-                directory.password_rules()  # signs in (again, if it must) and reads one entry
+            directory.ping()
         except (SQLAlchemyError, ConfigError, DirectoryUnavailable) as error:
             log.warning("health: directory unavailable: %s", type(error).__name__)
             return "unavailable"

@@ -209,6 +209,10 @@ class Directory(Protocol):
     def dispose(self) -> None:
         """Close connections; the directory may be used again after (it reopens)."""
 
+    def ping(self) -> None:
+        """Prove cheaply that the directory answers (for /healthz): raises when it does not
+        (DirectoryUnavailable, or the SQL driver's error), reads no user."""
+
     # -- reading -------------------------------------------------------------------------------
 
     def users_by_id(self, ids: Sequence[UserId]) -> list[User]:

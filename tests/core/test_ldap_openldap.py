@@ -332,6 +332,18 @@ def test_the_directory_password_rules_are_read_from_the_ppolicy(directory: LdapD
     assert directory.generated_minimum() == MIN_LENGTH
 
 
+def test_ping_proves_the_server_answers_and_says_when_it_does_not(slapd: OpenLdap) -> None:
+    """What /healthz asks of the directory."""
+    directory = LdapDirectory(slapd.config())
+    try:
+        directory.ping()
+        slapd.stop()
+        with pytest.raises(DirectoryUnavailable):
+            directory.ping()
+    finally:
+        directory.dispose()
+
+
 def test_a_directory_that_does_not_answer_asks_generated_passwords_for_no_minimum(
     slapd: OpenLdap,
 ) -> None:

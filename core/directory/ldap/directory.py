@@ -600,6 +600,10 @@ class LdapDirectory:
             except (LDAPException, OSError) as error:
                 raise self._broken(error) from None
 
+    def ping(self) -> None:
+        """Signs in (again, if it must) and reads one entry: the password policy's."""
+        self.password_rules()
+
     def rules_for_scope(self, scope: Scope, selection: Sequence[UserId]) -> ScopeRules:
         """The server's rules are everyone's: read when a password is first checked."""
         return RulesWhenAsked(self.password_rules)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
-from sqlalchemy import Engine, Table
+from sqlalchemy import Engine, Table, literal, select
 
 from core.directory.protocol import (
     Counts,
@@ -145,6 +145,11 @@ class SqlDirectory:
 
     def dispose(self) -> None:
         self.sql.dispose()
+
+    def ping(self) -> None:
+        """Its users table can be read: `LIMIT 0`, so no row is."""
+        with self.sql.engine.connect() as connection:
+            connection.execute(select(literal(1)).select_from(self.sql.table).limit(0))
 
     def users_by_id(self, ids: Sequence[UserId]) -> list[User]:
         return [user_of(user) for user in self.sql.get_many(sql_ids(ids))]
