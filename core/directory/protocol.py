@@ -20,8 +20,11 @@ Password Modify, Active Directory's `unicodePwd`) can sit behind the same seam:
 The seam (issue 19): `core/directory/factory.py` makes the directory of Settings, either
 `core/directory/sql.SqlDirectory` (the table directories of table.py: text ids in and out,
 hashing in the worker) or `core/directory/ldap.LdapDirectory`; the planner, the worker, the
-preview, the approval and schedule re-counts, the CLI and the Slack app use only this protocol
-(plus, for a SQL table, the hashing fast path of jobs/settling.py). Left to do:
+preview, the approval and schedule re-counts, the CLI and the Slack app use only this protocol.
+Two things exist for a SQL table alone and say so where they are: the worker's hashing pipeline
+(jobs/chunks.py, jobs/settling.py: hashes made on the job's thread while the previous batch is
+written, so the hash floor is what it was) and Undo (core/undo.py: only a table gives its
+previous hashes back). Left to do:
 - an LDAP preview reads every entry of the scope (LDAP has no COUNT), page by page (one page in
   memory, as `scope_batch`'s walk: core/directory/ldap/directory.py), so its time grows with
   the scope.
