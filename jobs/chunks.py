@@ -141,10 +141,12 @@ class Pipeline:
 
     def run(self, known: KnownPasswords) -> None:
         """Hash batch after batch until none is left or the job must stop."""
-        self.in_flight = self.helper.submit(self._claim)
+        # The first batch and the one hashed while it is settled, in one transaction.
+        self.in_flight = self.helper.submit(self._claim_two)
         self.collect()
-        self.in_flight = self.helper.submit(self._claim)
-        current = self.take_upcoming()
+        both, batch = self.take_upcoming(), self.context.settings.claim_batch
+        current = Claim(both.items[:batch], both.taken)
+        self.upcoming = both.items[batch:]
         while current.items and self.mailer_ready(current.items):
             batch = hash_batch(self.context, current, known, self.task)
             if not self.collect():
@@ -154,10 +156,10 @@ class Pipeline:
             self.settle(batch)
         self.finish()
 
-    def _claim(self) -> Settled:
+    def _claim_two(self) -> Settled:
         taken = time.monotonic()
-        return Settled(claimed=Claim(claim_items(self.context, self.task.id, self.conditions),
-                                     taken))
+        claimed = claim_items(self.context, self.task.id, self.conditions, batches=2)
+        return Settled(claimed=Claim(claimed, taken))
 
     def take_upcoming(self) -> Claim:
         claim = Claim(self.upcoming, self.upcoming_taken)

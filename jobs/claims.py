@@ -37,19 +37,23 @@ def chunk_items(task_id: int, chunk: int) -> Conditions:
     return conditions
 
 
-def claim_items(context: WorkerContext, task_id: int, conditions: Conditions) -> list[Claimed]:
-    """Lease up to claim_batch matching items in a transaction of their own (see `claim_in`)."""
+def claim_items(
+    context: WorkerContext, task_id: int, conditions: Conditions, *, batches: int = 1
+) -> list[Claimed]:
+    """Lease up to `batches` times claim_batch matching items in a transaction of their own (see
+    `claim_in`)."""
     with context.sessions() as session:
-        claimed = claim_in(context, session, task_id, conditions)
+        claimed = claim_in(context, session, task_id, conditions, batches=batches)
         session.commit()
     return claimed
 
 
 def claim_in(
-    context: WorkerContext, session: Session, task_id: int, conditions: Conditions
+    context: WorkerContext, session: Session, task_id: int, conditions: Conditions, *,
+    batches: int = 1,
 ) -> list[Claimed]:
-    """Lease up to claim_batch matching items in `session`'s transaction (the caller commits),
-    safe with many workers.
+    """Lease up to `batches` times claim_batch matching items in `session`'s transaction (the
+    caller commits), safe with many workers.
 
     Only while the task runs uncancelled and without error: the same statement is the check
     between batches. PostgreSQL and MariaDB/MySQL skip rows another worker is claiming right
@@ -80,7 +84,7 @@ def claim_in(
             ResetItem.id, ResetItem.user_id, ResetItem.chunk, ResetItem.username,
             ResetItem.full_name, ResetItem.email, ResetItem.attempts,
         ],
-        limit=context.settings.claim_batch,
+        limit=context.settings.claim_batch * batches,
     )
     return [Claimed(r[0], str(r[1]), r[2], r[3], r[4] or "", r[5] or None, r[6]) for r in rows]
 

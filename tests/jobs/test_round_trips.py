@@ -41,9 +41,9 @@ USERS = 20
 BATCH = 5
 BATCHES = USERS // BATCH
 DEFAULT_PASSWORD = "Quiet-Harbour-73!"
-#: The two claims a job makes before its first batch is settled (the first batch, and the one
+#: The claim a job makes before its first batch is settled (of the first batch and the one
 #: hashed while it is settled); every later claim rides in a batch's own transaction.
-CLAIMS_AHEAD = 2
+CLAIMS_AHEAD = 1
 
 
 @dataclass
@@ -131,11 +131,11 @@ def test_a_batch_on_resetbots_own_table_is_one_transaction(
     # ... and the task's one progress step, reached by the last batch.
     assert tally.commits["state"] == CLAIMS_AHEAD + BATCHES + 1
     # Per batch: the lease, Undo's read and its snapshot, the hashes, the states; MariaDB,
-    # without UPDATE ... RETURNING, reads the rows of the lease and of a claim first. Six
-    # claims: four find a batch, the last two (made with the last two batches) none.
+    # without UPDATE ... RETURNING, reads the rows of the lease and of a claim first. Five
+    # claims: three find users (the first two batches, then one each), the last two none.
     mysql = engine.dialect.name == "mysql"
     per_batch = 6 if mysql else 5
-    claims = 4 * (2 if mysql else 1) + 2
+    claims = 3 * (2 if mysql else 1) + 2
     progress = 3  # read the task, count its settled items, take the step
     assert tally.statements["state"] == BATCHES * per_batch + claims + progress
 
