@@ -144,9 +144,9 @@ class Pipeline:
         # The first batch and the one hashed while it is settled, in one transaction.
         self.in_flight = self.helper.submit(self._claim_two)
         self.collect()
-        both, batch = self.take_upcoming(), self.context.settings.claim_batch
-        current = Claim(both.items[:batch], both.taken)
-        self.upcoming = both.items[batch:]
+        both, size = self.take_upcoming(), self.context.settings.claim_batch
+        current = Claim(both.items[:size], both.taken)
+        self.upcoming = both.items[size:]
         while current.items and self.mailer_ready(current.items):
             batch = hash_batch(self.context, current, known, self.task)
             if not self.collect():
