@@ -1,9 +1,12 @@
 """The work on a job's items: claim a batch, hash it, hand it to be settled, repeat.
 
 The stages overlap: while the job's thread hashes one batch, a helper thread writes the previous
-batch's hashes and states, sends its mails (waiting on the database and the mail server), then
-claims the next batch (see `Pipeline`). Hashing releases the GIL, so the database and mail
-latency hides behind the hashing that dominates a reset, and the job's thread does little else.
+batch's hashes and states, claiming the batch after it in the same transaction, and sends its
+mails (waiting on the database and the mail server; see `Pipeline`). Hashing releases the GIL,
+so the database and mail latency hides behind the hashing that dominates a reset, and the job's
+thread does little else. A batch costs as few round trips as its guarantees allow: one
+transaction on resetbot's own table, one in each database on a library system's
+(`jobs.settling`), plus its mail outcomes once mailed.
 """
 
 from __future__ import annotations

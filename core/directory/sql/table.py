@@ -2,7 +2,9 @@
 
 The directory's engine is its own: with DIRECTORY_URL set it is another database than
 resetbot's state, so nothing here ever shares a transaction with the task tables. Every method
-opens, uses and ends its own connection.
+opens, uses and ends its own connection, except `write_hash_groups`, which writes in the
+transaction it is handed: on resetbot's own table (no DIRECTORY_URL) the worker writes a batch's
+hashes in the transaction of its items' lease and states.
 
 On a table resetbot does not own, only SELECTs and the UPDATE of `write_hashes` are ever run:
 no DDL, no INSERT, no DELETE (beside, with Koha's BorrowersLog on and the grant, the INSERT of
