@@ -83,10 +83,13 @@ def counted(engines: dict[str, Engine]) -> Iterator[Tally]:
 
 
 def planned(context: WorkerContext, task_id: int) -> None:
-    """The task started and its items planned (one chunk), by the worker's own planning job."""
-    assert work(context, max_jobs=1)
-    with context.sessions() as session:
-        chunks = set(session.scalars(select(ResetItem.chunk).where(ResetItem.task_id == task_id)))
+    """The task started and its items planned (one chunk), by the worker's own planning job
+    (after whatever an earlier round left queued: its chunk's job, worked here already)."""
+    chunks: set[int] = set()
+    while not chunks and work(context, max_jobs=1):
+        with context.sessions() as session:
+            chunks = set(session.scalars(
+                select(ResetItem.chunk).where(ResetItem.task_id == task_id)))
     assert chunks == {0}
 
 
@@ -159,47 +162,54 @@ def test_an_emailed_batch_on_the_own_table_adds_only_its_mail_outcomes(
 
 @pytest.mark.mariadb
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-@pytest.mark.parametrize("undo", [True, False], ids=["undo", "no-undo"])
 def test_a_batch_on_koha_is_one_transaction_in_each_database(
-    round_settings: Settings, redis_conn: Redis, engine: Engine, undo: bool,
+    round_settings: Settings, redis_conn: Redis, engine: Engine,
 ) -> None:
-    settings = round_settings if undo else replace(round_settings, reset_undo_window=0)
-    with koha_on_mariadb(settings) as (koha_settings, koha):
-        add_borrowers(koha, [
-            Borrower(200 + n, f"R{n:04d}", f"round{n}", "Round", f"Trip{n}",
-                     f"round{n}@example.org", None, 0, None)
-            for n in range(USERS)
-        ])
-        context = WorkerContext.build(koha_settings, redis_conn, engine=engine)
-        try:
-            task_id = submit(context, Scope.SELECTED_ONLY, tuple(range(200, 200 + USERS)),
-                             default_password=DEFAULT_PASSWORD)
-            planned(context, task_id)
-            directory_engine = context.directory.engine  # type: ignore[attr-defined]
-
-            tally = one_chunk(context, task_id, {"state": engine, "koha": directory_engine})
-
-            assert task_snapshot(context, task_id).status is TaskStatus.COMPLETED
-            with koha.connect() as connection:
-                hashes = connection.execute(text(
-                    "SELECT password FROM borrowers WHERE borrowernumber >= 200")).scalars().all()
-            assert koha_accepts([(DEFAULT_PASSWORD, value) for value in hashes]) == \
-                [True] * USERS
-            with context.sessions() as session:
-                states = set(session.scalars(
-                    select(ResetItem.state).where(ResetItem.task_id == task_id)))
-            assert states == {ItemState.RESET.value}
-        finally:
-            context.close()
+    with koha_on_mariadb(round_settings) as (koha_settings, koha):
+        with_undo = koha_round(koha_settings, redis_conn, engine, koha, first=200)
+        without = koha_round(replace(koha_settings, reset_undo_window=0), redis_conn, engine,
+                             koha, first=300)
     # Each batch: its lease (with the states the batch before left, and a claim) in
     # resetbot's database, its hashes in Koha's; Undo's snapshot is committed before the
     # hashes are, in a transaction of its own. (The last batch's states are written as the job
     # ends, on its own thread.)
-    snapshots = BATCHES if undo else 0
-    assert tally.commits["koha"] == BATCHES
-    assert tally.commits["state"] == CLAIMS_AHEAD + BATCHES + snapshots
+    for tally, snapshots in ((with_undo, BATCHES), (without, 0)):
+        assert tally.commits["koha"] == BATCHES
+        assert tally.commits["state"] == CLAIMS_AHEAD + BATCHES + snapshots
     # Koha, per batch: Undo's locking read, then one UPDATE (no SELECT of who is still there);
     # once per process, whether Undo may read the password columns (2), and once a minute
     # whether Koha logs password changes (BorrowersLog).
-    per_batch, once = (2, 3) if undo else (1, 1)
-    assert tally.statements["koha"] == BATCHES * per_batch + once
+    assert with_undo.statements["koha"] == BATCHES * 2 + 3
+    assert without.statements["koha"] == BATCHES * 1 + 1
+
+
+def koha_round(
+    settings: Settings, redis: Redis, engine: Engine, koha: Engine, first: int
+) -> Tally:
+    """A default-password task over USERS new borrowers from number `first`, its one chunk
+    counted; every borrower then signs in as Koha checks it."""
+    numbers = range(first, first + USERS)
+    add_borrowers(koha, [Borrower(n, f"R{n:04d}", f"round{n}", "Round", f"Trip{n}",
+                                  f"round{n}@example.org", None, 0, None) for n in numbers])
+    context = WorkerContext.build(settings, redis, engine=engine)
+    try:
+        task_id = submit(context, Scope.SELECTED_ONLY, tuple(numbers),
+                         default_password=DEFAULT_PASSWORD)
+        planned(context, task_id)
+        directory_engine = context.directory.engine  # type: ignore[attr-defined]
+
+        tally = one_chunk(context, task_id, {"state": engine, "koha": directory_engine})
+
+        assert task_snapshot(context, task_id).status is TaskStatus.COMPLETED
+        with context.sessions() as session:
+            states = set(session.scalars(
+                select(ResetItem.state).where(ResetItem.task_id == task_id)))
+        assert states == {ItemState.RESET.value}
+    finally:
+        context.close()
+    with koha.connect() as connection:
+        hashes = connection.execute(text(
+            "SELECT password FROM borrowers WHERE borrowernumber BETWEEN :a AND :b"),
+            {"a": first, "b": first + USERS - 1}).scalars().all()
+    assert koha_accepts([(DEFAULT_PASSWORD, value) for value in hashes]) == [True] * USERS
+    return tally
