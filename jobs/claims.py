@@ -133,20 +133,6 @@ def renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> 
     return update_held(context, session, item_ids, lease_until=until)
 
 
-def end_unmailed(
-    context: WorkerContext,
-    session: Session,
-    item_ids: Sequence[int],
-    state: ItemState,
-    now: datetime,
-) -> set[int]:
-    """Give the items this worker still holds and will not mail their final state; their ids."""
-    return update_held(
-        context, session, item_ids, state=state, next_attempt_at=None, last_error=None,
-        leased_by=None, lease_until=None, updated_at=now,
-    )
-
-
 def record_outcomes(
     context: WorkerContext, session: Session, outcomes: Sequence[ItemOutcome], now: datetime
 ) -> None:
