@@ -34,6 +34,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 
 from bench.synth import DOMAINS, FIRST_NAMES, LAST_NAMES, synth_users
@@ -107,12 +108,25 @@ def synth_borrowers(count: int, seed: int = 4) -> Iterator[Borrower]:
         yield Borrower(user.id, card_number(user.id), userid, first, last, user.email, flags)
 
 
-def populate_borrowers(engine: Engine, count: int, seed: int = 4) -> tuple[Table, float]:
-    """Create `borrowers` and fill it with `count` patrons; returns the table and the seconds."""
+def populate_borrowers(
+    engine: Engine, count: int, seed: int = 4, *, koha_ddl: bool = False
+) -> tuple[Table, float]:
+    """Create `borrowers` and fill it with `count` patrons; returns the table and the seconds.
+
+    `koha_ddl` (MariaDB only): Koha's own tables instead of the Koha-shaped one, as
+    `installer/data/mysql/kohastructure.sql` creates them (tests/support/koha.py: `borrowers`'
+    82 columns, its keys, and its foreign keys to `categories`, `branches` and `sms_providers`,
+    with their rows); staff in category `S`, patrons in `PT`.
+    """
     started = time.perf_counter()
-    metadata = MetaData()
-    table = borrowers_table(metadata)
-    metadata.create_all(engine)
+    if koha_ddl:
+        table = _koha_tables(engine)
+        categories = ("S", "PT")
+    else:
+        metadata = MetaData()
+        table = borrowers_table(metadata)
+        metadata.create_all(engine)
+        categories = ("STAFF", "PATRON")
     batch: list[dict[str, object]] = []
     with engine.begin() as connection:
         for b in synth_borrowers(count, seed):
@@ -121,7 +135,7 @@ def populate_borrowers(engine: Engine, count: int, seed: int = 4) -> tuple[Table
                 "surname": b.surname, "firstname": b.firstname, "othernames": None,
                 "address": f"{b.borrowernumber} Library Street", "city": "Springfield",
                 "zipcode": "12345", "email": b.email, "phone": "555-0100",
-                "branchcode": "MAIN", "categorycode": "STAFF" if b.flags else "PATRON",
+                "branchcode": "MAIN", "categorycode": categories[0 if b.flags else 1],
                 "dateexpiry": None, "borrowernotes": "", "password": "!synthetic-old-hash",
                 "flags": b.flags, "userid": b.userid, "login_attempts": 0,
                 "password_expiration_date": None, "lastseen": None,
@@ -132,6 +146,18 @@ def populate_borrowers(engine: Engine, count: int, seed: int = 4) -> tuple[Table
         if batch:
             connection.execute(insert(table), batch)
     return table, time.perf_counter() - started
+
+
+def _koha_tables(engine: Engine) -> Table:
+    """Koha's `borrowers` and the tables its foreign keys name, as Koha creates them."""
+    from tests.support.koha import KOHA_DDL, KOHA_REFERENCE_ROWS  # Koha's DDL, kept once
+
+    if engine.dialect.name != "mysql":
+        raise ValueError("Koha's own tables are MariaDB's (its DDL is MariaDB's)")
+    with engine.begin() as connection:
+        for statement in (*KOHA_DDL, *KOHA_REFERENCE_ROWS):
+            connection.execute(text(statement))
+    return Table("borrowers", MetaData(), autoload_with=engine)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def koha_database(size: int, settings: Settings) -> Iterator[KohaDatabase]:
     with postgres_database() as state_url, mariadb_database() as koha_url:
         populate_engine = make_engine(koha_url)
         try:
-            _table, seconds = populate_borrowers(populate_engine, size)
+            _table, seconds = populate_borrowers(populate_engine, size, koha_ddl=True)
         finally:
             populate_engine.dispose()
         configured = replace(settings, database_url=state_url, directory_url=koha_url,

@@ -322,12 +322,13 @@ class Bench:
     def hash_scaling(self, db: Database, hashing: HashConfig) -> None:
         """Hashing alone in 1 and in N processes at once: the machine's own parallel speed-up."""
         env = self.stack.environment(db.url, hashing)
+        rows = []
         for workers in self.args.workers:
             median = measure_parallel_hash(env, workers, 100)
-            self.report.hash_scaling.append({
+            rows.append({
                 "scheme": hashing.label, "processes": workers, "hash_ms": round(median * 1000, 3),
             })
-        rows = self.report.hash_scaling
+        self.report.hash_scaling += rows
         self.log("  hashing alone: " + ", ".join(
             f"{r['processes']} at once {r['hash_ms']} ms" for r in rows))
 
@@ -500,6 +501,8 @@ class Bench:
         with koha_database(args.koha_users, self.base) as db:
             self.log(f"koha: {db.size:,} borrowers on MariaDB, state on PostgreSQL "
                      f"(populated in {db.populate_seconds:.1f}s)")
+            # The machine's own parallel hashing speed with Koha's hash, beside its ratios.
+            self.hash_scaling(db, hashing)
             for repeat in range(args.repeat):
                 for mode in args.modes:
                     for workers in args.workers:

@@ -33,18 +33,19 @@ from sqlalchemy import (
     Engine,
     Table,
     and_,
-    bindparam,
     delete,
     exists,
     func,
-    insert,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from core import audit
+from core.db import MYSQL_BACKENDS
 from core.directory import Directory
 from core.directory.protocol import Directory as AnyDirectory
 from core.directory.sql import SqlDirectory, sql_id, sql_ids
@@ -142,34 +143,36 @@ def _store(
     hashes: Sequence[tuple[int, str]],
 ) -> None:
     """One row per user: the values before the task (the first ones kept, as a re-done or
-    retried write replaces the task's own hash) and the hash written last. The table's integer
-    ids are kept as their text, as the task's items name them."""
+    retried write replaces the task's own hash) and the hash written last; one statement (an
+    upsert: a user kept already gets only the hash written last). The table's integer ids are
+    kept as their text, as the task's items name them."""
     before = {str(user_id): values for user_id, values in previous.items()}
     written = {str(user_id): new_hash for user_id, new_hash in hashes if user_id in previous}
     if not written:
         return
-    kept = set(connection.scalars(
-        select(UndoSnapshot.user_id)
-        .where(UndoSnapshot.task_id == task_id, UndoSnapshot.user_id.in_(list(written)))
-    ))
     now = utcnow()
-    fresh = [
+    rows = [
         {"task_id": task_id, "user_id": user_id, "created_at": now,
          "previous_sealed": seal(key, _encoded(before[user_id])),
          "written_sealed": seal(key, new_hash)}
-        for user_id, new_hash in written.items() if user_id not in kept
+        for user_id, new_hash in written.items()
     ]
-    if fresh:
-        connection.execute(insert(snapshots_table), fresh)
-    again = [{"b_user": user_id, "b_written": seal(key, written[user_id])} for user_id in kept]
-    if again:
-        connection.execute(
-            update(snapshots_table)
-            .where(snapshots_table.c.task_id == task_id,
-                   snapshots_table.c.user_id == bindparam("b_user"))
-            .values(written_sealed=bindparam("b_written")),
-            again,
-        )
+    connection.execute(_kept_once(connection.dialect.name), rows)
+
+
+def _kept_once(dialect: str) -> Any:
+    """INSERT a snapshot; on a user kept already, only its written hash is replaced."""
+    if dialect in MYSQL_BACKENDS:
+        from sqlalchemy.dialects.mysql import insert as mysql_insert  # loaded only on MySQL
+
+        statement: Any = mysql_insert(snapshots_table)
+        return statement.on_duplicate_key_update(written_sealed=statement.inserted.written_sealed)
+    upsert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    statement = upsert(snapshots_table)
+    return statement.on_conflict_do_update(
+        index_elements=[snapshots_table.c.task_id, snapshots_table.c.user_id],
+        set_={"written_sealed": statement.excluded.written_sealed},
+    )
 
 
 def _encoded(values: dict[str, Any]) -> str:

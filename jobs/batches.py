@@ -83,6 +83,13 @@ class ItemOutcome:
 
 @dataclass
 class Settled:
+    """What a settled batch hands back to the job's thread."""
+
     #: Item ids waiting for a mail retry, by the number of the attempt coming up.
-    retries: dict[int, list[int]]
+    retries: dict[int, list[int]] = field(default_factory=dict)
     stop: bool = False
+    #: The batch claimed in the same transaction, to hash after the one being hashed now.
+    claimed: Claim | None = None
+    #: States not written yet (a batch nobody is mailed, its hashes in another database): they
+    #: go with the next batch's lease, in its transaction.
+    carried: list[ItemOutcome] = field(default_factory=list)

@@ -1,9 +1,12 @@
 """The work on a job's items: claim a batch, hash it, hand it to be settled, repeat.
 
 The stages overlap: while the job's thread hashes one batch, a helper thread writes the previous
-batch's hashes and states, sends its mails (waiting on the database and the mail server), then
-claims the next batch (see `Pipeline`). Hashing releases the GIL, so the database and mail
-latency hides behind the hashing that dominates a reset, and the job's thread does little else.
+batch's hashes and states, claiming the batch after it in the same transaction, and sends its
+mails (waiting on the database and the mail server; see `Pipeline`). Hashing releases the GIL,
+so the database and mail latency hides behind the hashing that dominates a reset, and the job's
+thread does little else. A batch costs as few round trips as its guarantees allow: one
+transaction on resetbot's own table, one in each database on a library system's
+(`jobs.settling`), plus its mail outcomes once mailed.
 """
 
 from __future__ import annotations
@@ -17,11 +20,19 @@ from core.addresses import usable_address
 from core.directory.protocol import PasswordSet
 from core.directory.sql import SqlDirectory
 from core.errors import ConfigError
-from core.models import Mode, NoEmailChoice, ResetTask, TaskStatus
+from core.models import Mode, NoEmailChoice, ResetTask, TaskStatus, utcnow
 from core.passwords import generate_password
 from core.sealing import unseal
-from jobs.batches import Claim, Claimed, Conditions, KnownPasswords, Settled, TaskView
-from jobs.claims import Lease, claim_items, release
+from jobs.batches import (
+    Claim,
+    Claimed,
+    Conditions,
+    ItemOutcome,
+    KnownPasswords,
+    Settled,
+    TaskView,
+)
+from jobs.claims import Lease, claim_items, give_back, record_outcomes, release
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task, finish_if_done
 from jobs.mailer import Mailer, MailSetupError
@@ -90,8 +101,11 @@ def _known_passwords(context: WorkerContext, task: TaskView) -> KnownPasswords:
 class Pipeline:
     """One job's batches: hashed on the job's thread, claimed and settled on one helper thread.
 
-    The helper runs one thing at a time, first in first out: a claim runs after the settling
-    submitted before it, so it sees a task that settling has just failed (the claim checks the
+    The helper runs one thing at a time, first in first out. Settling batch N begins with one
+    transaction in resetbot's database that writes what batch N-1 left (its states, when
+    nobody was mailed), renews batch N's lease and claims batch N+2; the job's thread hashes
+    batch N+1 meanwhile, claimed when batch N-1 was settled. A claim thus runs after the
+    settling before it, so it sees a task that settling has just failed (the claim checks the
     task still runs). At most one batch is being settled while the next one is hashed.
     """
 
@@ -111,32 +125,40 @@ class Pipeline:
         #: Item ids waiting for a mail retry, by the number of the attempt coming up.
         self.retries: dict[int, list[int]] = defaultdict(list)
         self.in_flight: Future[Settled] | None = None
+        #: Claimed by the last step collected, to be hashed after the batch being hashed.
+        self.upcoming: list[Claimed] = []
+        self.upcoming_taken = 0.0
+        #: States the last settled batch left for the next one's first transaction.
+        self.carried: list[ItemOutcome] = []
         # Used on the helper thread only, after each settled batch: never while hashing.
         self.progress = ProgressWatch(context, task.id, task.total)
 
     def run(self, known: KnownPasswords) -> None:
         """Hash batch after batch until none is left or the job must stop."""
-        next_claim = self.claim_next()
-        while True:
-            current = next_claim.result()
-            claimed = current.items
-            if not claimed or not self.mailer_ready(claimed):
-                break
-            next_claim = self.claim_next()
+        # The first batch and the one hashed while it is settled, in one transaction.
+        self.in_flight = self.helper.submit(self._claim_two)
+        self.collect()
+        both, size = self.take_upcoming(), self.context.settings.claim_batch
+        current = Claim(both.items[:size], both.taken)
+        self.upcoming = both.items[size:]
+        while current.items and self.mailer_ready(current.items):
             batch = hash_batch(self.context, current, known, self.task)
             if not self.collect():
-                release(self.context, [*claimed, *next_claim.result().items])
+                self.upcoming.extend(current.items)  # given back untouched, with the next
                 break
+            current = self.take_upcoming()
             self.settle(batch)
-        self.collect()
+        self.finish()
 
-    def claim_next(self) -> Future[Claim]:
-        """Claim the next batch on the helper thread, after whatever was submitted before."""
-        return self.helper.submit(self._claim)
-
-    def _claim(self) -> Claim:
+    def _claim_two(self) -> Settled:
         taken = time.monotonic()
-        return Claim(claim_items(self.context, self.task.id, self.conditions), taken)
+        claimed = claim_items(self.context, self.task.id, self.conditions, batches=2)
+        return Settled(claimed=Claim(claimed, taken))
+
+    def take_upcoming(self) -> Claim:
+        claim = Claim(self.upcoming, self.upcoming_taken)
+        self.upcoming = []
+        return claim
 
     def mailer_ready(self, claimed: list[Claimed]) -> bool:
         """The mail server takes a connection before a batch with users to mail is hashed.
@@ -167,24 +189,47 @@ class Pipeline:
         return True
 
     def settle(self, batch: HashedBatch) -> None:
-        """Write and mail a hashed batch on the helper thread, then maybe report progress."""
+        """Write and mail a hashed batch on the helper thread (claiming the one after next),
+        then maybe report progress."""
+        carried, self.carried = self.carried, []
         # The settling thread sees this job's context too (reporters may ask for it).
-        self.in_flight = self.helper.submit(contextvars.copy_context().run, self._settle, batch)
+        self.in_flight = self.helper.submit(
+            contextvars.copy_context().run, self._settle, batch, carried
+        )
 
-    def _settle(self, batch: HashedBatch) -> Settled:
-        settled = settle_batch(self.context, self.task, batch, self.mailer)
+    def _settle(self, batch: HashedBatch, carried: list[ItemOutcome]) -> Settled:
+        settled = settle_batch(self.context, self.task, batch, self.mailer, carried,
+                               self.conditions)
         self.progress.settled(len(batch.claimed))
         return settled
 
     def collect(self) -> bool:
-        """Wait for the batch being settled; False when the job must stop."""
+        """Wait for the step in flight (keeping what it claimed and what it left to write);
+        False when the job must stop."""
         if self.in_flight is None:
             return True
         settled = self.in_flight.result()  # re-raises the settling stage's error here
         self.in_flight = None
         for attempt, item_ids in settled.retries.items():
             self.retries[attempt].extend(item_ids)
+        if settled.claimed is not None:
+            self.upcoming.extend(settled.claimed.items)
+            self.upcoming_taken = settled.claimed.taken
+        self.carried.extend(settled.carried)
         return not settled.stop
+
+    def finish(self) -> None:
+        """Once the last step is in: write what it left and give back what it claimed, in one
+        transaction."""
+        self.collect()
+        left, self.carried = self.carried, []
+        claimed = self.take_upcoming().items
+        if not left and not claimed:
+            return
+        with self.context.sessions() as session:
+            record_outcomes(self.context, session, left, utcnow())
+            give_back(self.context, session, [item.id for item in claimed])
+            session.commit()
 
 
 def hash_batch(
@@ -200,6 +245,7 @@ def hash_batch(
     """
     policy = context.settings.policy
     hashing = context.directory if isinstance(context.directory, SqlDirectory) else None
+    started = time.monotonic()
     lease = Lease(context, (item.id for item in claim.items), claim.taken)
     lease.renew_if_due()
     passwords: dict[int, str] = {}
@@ -224,4 +270,4 @@ def hash_batch(
         new_hash = context.hasher.hash(password) if hashing is not None else None
         sets.append(PlannedSet(item, wanted, new_hash))
         lease.renew_if_due()
-    return HashedBatch(claim.items, sets, passwords, lease)
+    return HashedBatch(claim.items, sets, passwords, lease, time.monotonic() - started)

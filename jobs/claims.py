@@ -37,8 +37,23 @@ def chunk_items(task_id: int, chunk: int) -> Conditions:
     return conditions
 
 
-def claim_items(context: WorkerContext, task_id: int, conditions: Conditions) -> list[Claimed]:
-    """Lease up to claim_batch matching items in one transaction, safe with many workers.
+def claim_items(
+    context: WorkerContext, task_id: int, conditions: Conditions, *, batches: int = 1
+) -> list[Claimed]:
+    """Lease up to `batches` times claim_batch matching items in a transaction of their own (see
+    `claim_in`)."""
+    with context.sessions() as session:
+        claimed = claim_in(context, session, task_id, conditions, batches=batches)
+        session.commit()
+    return claimed
+
+
+def claim_in(
+    context: WorkerContext, session: Session, task_id: int, conditions: Conditions, *,
+    batches: int = 1,
+) -> list[Claimed]:
+    """Lease up to `batches` times claim_batch matching items in `session`'s transaction (the
+    caller commits), safe with many workers.
 
     Only while the task runs uncancelled and without error: the same statement is the check
     between batches. PostgreSQL and MariaDB/MySQL skip rows another worker is claiming right
@@ -56,23 +71,21 @@ def claim_items(context: WorkerContext, task_id: int, conditions: Conditions) ->
         )
         .exists(),
     ]
-    with context.sessions() as session:
-        rows = update_returning(
-            session,
-            where,
-            {
-                "state": ItemState.CLAIMED,
-                "leased_by": context.owner,
-                "lease_until": now + timedelta(seconds=context.settings.lease_seconds),
-                "updated_at": now,
-            },
-            [
-                ResetItem.id, ResetItem.user_id, ResetItem.chunk, ResetItem.username,
-                ResetItem.full_name, ResetItem.email, ResetItem.attempts,
-            ],
-            limit=context.settings.claim_batch,
-        )
-        session.commit()
+    rows = update_returning(
+        session,
+        where,
+        {
+            "state": ItemState.CLAIMED,
+            "leased_by": context.owner,
+            "lease_until": now + timedelta(seconds=context.settings.lease_seconds),
+            "updated_at": now,
+        },
+        [
+            ResetItem.id, ResetItem.user_id, ResetItem.chunk, ResetItem.username,
+            ResetItem.full_name, ResetItem.email, ResetItem.attempts,
+        ],
+        limit=context.settings.claim_batch * batches,
+    )
     return [Claimed(r[0], str(r[1]), r[2], r[3], r[4] or "", r[5] or None, r[6]) for r in rows]
 
 
@@ -120,20 +133,6 @@ def renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> 
     return update_held(context, session, item_ids, lease_until=until)
 
 
-def end_unmailed(
-    context: WorkerContext,
-    session: Session,
-    item_ids: Sequence[int],
-    state: ItemState,
-    now: datetime,
-) -> set[int]:
-    """Give the items this worker still holds and will not mail their final state; their ids."""
-    return update_held(
-        context, session, item_ids, state=state, next_attempt_at=None, last_error=None,
-        leased_by=None, lease_until=None, updated_at=now,
-    )
-
-
 def record_outcomes(
     context: WorkerContext, session: Session, outcomes: Sequence[ItemOutcome], now: datetime
 ) -> None:
@@ -177,6 +176,11 @@ def release(context: WorkerContext, claimed: Sequence[Claimed]) -> None:
     if not claimed:
         return
     with context.sessions() as session:
-        update_held(context, session, [item.id for item in claimed],
-                    state=ItemState.PENDING, leased_by=None, lease_until=None)
+        give_back(context, session, [item.id for item in claimed])
         session.commit()
+
+
+def give_back(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> None:
+    """Give back the items this worker still holds, untouched, in `session`'s transaction."""
+    update_held(context, session, item_ids,
+                state=ItemState.PENDING, leased_by=None, lease_until=None)

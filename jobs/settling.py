@@ -14,12 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy import Connection
+
 from core.directory.protocol import DirectoryUnavailable, PasswordSet, SetOutcome, SetResult
 from core.directory.sql import SqlDirectory
 from core.models import ItemState, utcnow
 from core.undo import keeper
-from jobs.batches import Claimed, ItemOutcome, Settled, TaskView
-from jobs.claims import Lease, end_unmailed, record_outcomes, release, renew
+from jobs.batches import Claim, Claimed, Conditions, ItemOutcome, Settled, TaskView
+from jobs.claims import Lease, claim_in, record_outcomes, release, renew
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task
 from jobs.mailer import Delivery, Mailer, MailSetupError, Outcome, PasswordMail
@@ -52,24 +54,54 @@ class HashedBatch:
     #: Generated passwords of the users to mail, by item id: in memory only, dropped once sent.
     passwords: dict[int, str] = field(repr=False)
     lease: Lease
+    #: Seconds the batch took to hash: about how long until the next batch is settled.
+    took: float = 0.0
+
+
+@dataclass
+class Written:
+    """A batch after its passwords were set: what is left to write, mail and hand back."""
+
+    #: Ids still held whose users are to be mailed (their generated password was set).
+    held: set[int]
+    #: The states of the users not to be mailed, when not written yet (a foreign directory).
+    states: list[ItemOutcome]
+    #: The batch claimed in the same transaction as the lease (None: none was asked for).
+    claimed: Claim | None
+    directory_down: bool
 
 
 def settle_batch(
-    context: WorkerContext, task: TaskView, batch: HashedBatch, mailer: Mailer
+    context: WorkerContext,
+    task: TaskView,
+    batch: HashedBatch,
+    mailer: Mailer,
+    carried: Sequence[ItemOutcome] = (),
+    claim_next: Conditions | None = None,
 ) -> Settled:
     """Set a batch's passwords and write its states, then mail it (those whose password the
-    directory took; after an outage mid-batch too, then the job stops)."""
-    settled = Settled(retries=defaultdict(list))
-    held, directory_down = _write_batch(context, task, batch)
-    settled.stop = directory_down
-    to_mail = [item for item in batch.claimed if item.id in batch.passwords and item.id in held]
+    directory took; after an outage mid-batch too, then the job stops).
+
+    `carried`: the states left by the batch before (written in this batch's first
+    transaction); `claim_next`: which items to claim in that transaction, for the job's thread
+    to hash next but one (the returned `Settled.claimed`).
+    """
+    written = _write_batch(context, task, batch, carried, claim_next)
+    settled = Settled(retries=defaultdict(list), stop=written.directory_down,
+                      claimed=written.claimed)
+    to_mail = [item for item in batch.claimed
+               if item.id in batch.passwords and item.id in written.held]
     if not to_mail:
         batch.passwords.clear()
+        if settled.stop or batch.took >= context.settings.lease_seconds / 3:
+            # Not to be carried: the job stops, or the lease might run out before the next
+            # batch is settled.
+            _record_now(context, written.states)
+        else:
+            settled.carried = written.states
         return settled
     outcomes, setup_error = _mail_each(context, task, batch, mailer, to_mail)
-    with context.sessions() as session:
-        record_outcomes(context, session, outcomes, utcnow())
-        session.commit()
+    _record_now(context, [*written.states, *outcomes])
     for outcome in outcomes:
         if outcome.state is ItemState.RETRY_WAIT:
             settled.retries[outcome.attempts + 1].append(outcome.item_id)
@@ -84,95 +116,133 @@ def settle_batch(
     return settled
 
 
+def _record_now(context: WorkerContext, outcomes: Sequence[ItemOutcome]) -> None:
+    if not outcomes:
+        return
+    with context.sessions() as session:
+        record_outcomes(context, session, outcomes, utcnow())
+        session.commit()
+
+
 def fail_for_mail_setup(
     context: WorkerContext, task_id: int, claimed: Sequence[Claimed], error: str
 ) -> None:
     """Wrong SMTP credentials fail the task once, not each user thousands of times."""
     reason = f"Not reset: {error}"
-    with context.sessions() as session:
-        record_outcomes(
-            context, session,
-            [ItemOutcome(item.id, ItemState.NOTIFY_FAILED, item.attempts, None, reason)
-             for item in claimed],
-            utcnow(),
-        )
-        session.commit()
+    _record_now(context, [ItemOutcome(item.id, ItemState.NOTIFY_FAILED, item.attempts, None,
+                                      reason) for item in claimed])
     fail_task(context, task_id, error)
 
 
-def _write_batch(
-    context: WorkerContext, task: TaskView, batch: HashedBatch
-) -> tuple[set[int], bool]:
-    """Set the passwords and end the users not to be mailed; the ids this worker still holds
-    and may mail, and whether the directory stopped answering (the job then stops).
+def shares_state(context: WorkerContext) -> bool:
+    """The directory is a table in resetbot's own database (no DIRECTORY_URL): its hashes and
+    the items' states can be written in one transaction."""
+    directory = context.directory
+    return isinstance(directory, SqlDirectory) and directory.engine is context.engine
 
-    The passwords live in the directory, the items' states in resetbot's database: two
-    transactions, in this order, so that a crash anywhere never leaves a user with a password
-    nobody will be told:
+
+def _write_batch(
+    context: WorkerContext,
+    task: TaskView,
+    batch: HashedBatch,
+    carried: Sequence[ItemOutcome],
+    claim_next: Conditions | None,
+) -> Written:
+    """Set the passwords and state how it went; the states still to write (a foreign
+    directory), the next claim, and whether the directory stopped answering.
+
+    The order is what keeps a crash anywhere from leaving a user with a password nobody will
+    be told:
       1. renew the lease (state): the check that this worker still holds each item; an item
          whose lease was lost is someone else's now, and its password is not set here;
       2. set the passwords (directory): a SQL table's hashes in one transaction, an LDAP
          server's passwords one by one;
       3. end the items not to be mailed, and those the directory refused (state); the others
          are ended once mailed.
-    A crash after 2 leaves the items claimed: their lease expires, the reaper hands them back,
-    and the re-do makes a fresh password, sets it again and mails it, so the last mail a user
-    gets still holds the password that works. Were the states written first, a crash before the
-    passwords would record users as reset whose password never changed.
+    Where the users live beside resetbot's state (its own table), 1 to 3 are one transaction,
+    with the states carried from the batch before and the claim of the batch after next:
+    they all happen, or none. Otherwise 1 is one transaction in resetbot's database (also
+    writing the states carried from the batch before, and claiming), 2 one in the directory's,
+    and 3 goes with this batch's mail outcomes, or, nobody being mailed, with the next batch's
+    step 1. A crash after 2 leaves the items claimed: their lease expires, the reaper hands
+    them back, and the re-do makes a fresh password, sets it again and mails it, so the last
+    mail a user gets still holds the password that works. Were the states written first, a
+    crash before the passwords would record users as reset whose password never changed.
 
     A directory that stops answering mid-batch (DirectoryUnavailable) has set the passwords of
     the users it names as done: they go on (mailed, or ended) as any others; the rest of the
     batch goes back to pending untouched, and the task pauses until the directory may answer.
     """
     now = utcnow()
+    taken = time.monotonic()
+    together = shares_state(context)
+    states: list[ItemOutcome] = []
+    claimed: Claim | None = None
     with context.sessions() as session:
+        record_outcomes(context, session, carried, now)
         held = renew(context, session, [item.id for item in batch.claimed])
+        wanted = [planned for planned in batch.sets if planned.item.id in held]
+        if together:
+            outcomes, outage = _set_passwords(context, task.id, wanted, now,
+                                              session.connection())
+            states, not_done = _states_of(task, batch, held, wanted, outcomes)
+            record_outcomes(context, session, states, now)
+            states = []
+        if claim_next is not None:
+            claimed = Claim(claim_in(context, session, task.id, claim_next), taken)
         session.commit()
-    wanted = [planned for planned in batch.sets if planned.item.id in held]
-    outcomes, outage = _set_passwords(context, task.id, wanted, now)
+    if not together:
+        outcomes, outage = _set_passwords(context, task.id, wanted, now)
+        states, not_done = _states_of(task, batch, held, wanted, outcomes)
     batch.sets.clear()  # the passwords (and hashes) are not needed any more
-    by_user = {outcome.user_id: outcome for outcome in outcomes}
-    not_done = [planned.item for planned in wanted if planned.item.user_id not in by_user]
-    refused = {
-        planned.item.id: by_user[planned.item.user_id] for planned in wanted
-        if planned.item.user_id in by_user
-        and by_user[planned.item.user_id].result is not SetResult.SET
-    }
-    for item_id in [*refused, *(item.id for item in not_done)]:
-        batch.passwords.pop(item_id, None)
-    not_done_ids = {item.id for item in not_done}
-    unmailed = [
-        item.id for item in batch.claimed
-        if item.id not in batch.passwords and item.id not in refused
-        and item.id not in not_done_ids
-    ]
-    with context.sessions() as session:
-        ended = end_unmailed(
-            context, session, [i for i in unmailed if i in held], task.unmailed_state, now
-        )
-        record_outcomes(context, session, [
-            ItemOutcome(item.id, ItemState.REFUSED, item.attempts, None,
-                        _refusal_words(refused[item.id]))
-            for item in batch.claimed if item.id in refused
-        ], now)
-        session.commit()
     if not_done:
         release(context, not_done)
     if outage is not None:
         pause_for_directory(context, task.id, outage)
     elif task.paused and outcomes:
         resume_after_directory_outage(context, task.id)
-    batch.lease.renewed = time.monotonic()
-    return held - (set(unmailed) - ended) - set(refused) - not_done_ids, outage is not None
+    batch.lease.renewed = taken
+    not_mailed = {outcome.item_id for outcome in states} | {item.id for item in not_done}
+    return Written(held - not_mailed, states, claimed, outage is not None)
+
+
+def _states_of(
+    task: TaskView,
+    batch: HashedBatch,
+    held: set[int],
+    wanted: Sequence[PlannedSet],
+    outcomes: Sequence[SetOutcome],
+) -> tuple[list[ItemOutcome], list[Claimed]]:
+    """The final states of the held items not to be mailed (no address, or refused by the
+    directory), and the items the directory did not get to (it stopped answering). Drops the
+    generated passwords of all but the users to mail."""
+    by_user = {outcome.user_id: outcome for outcome in outcomes}
+    not_done = [planned.item for planned in wanted if planned.item.user_id not in by_user]
+    not_done_ids = {item.id for item in not_done}
+    states: list[ItemOutcome] = []
+    for item in batch.claimed:
+        if item.id not in held or item.id in not_done_ids:
+            batch.passwords.pop(item.id, None)
+            continue
+        outcome = by_user.get(item.user_id)
+        if outcome is not None and outcome.result is not SetResult.SET:
+            batch.passwords.pop(item.id, None)
+            states.append(ItemOutcome(item.id, ItemState.REFUSED, item.attempts, None,
+                                      _refusal_words(outcome)))
+        elif item.id not in batch.passwords:
+            states.append(ItemOutcome(item.id, task.unmailed_state, item.attempts))
+    return states, not_done
 
 
 def _set_passwords(
-    context: WorkerContext, task_id: int, wanted: Sequence[PlannedSet], now: datetime
+    context: WorkerContext, task_id: int, wanted: Sequence[PlannedSet], now: datetime,
+    connection: Connection | None = None,
 ) -> tuple[list[SetOutcome], str | None]:
     """The directory's outcome per user set, and why it stopped answering (None if it did not).
 
     A SQL table gets the hashes made on the job's thread, and keeps what they replace for Undo
-    (core/undo.py) in the same transaction; any other directory the passwords (no Undo).
+    (core/undo.py) in the same transaction (`connection`'s, when given: resetbot's own table);
+    any other directory the passwords (no Undo).
     """
     if not wanted:
         return [], None
@@ -183,7 +253,7 @@ def _set_passwords(
                           task_id)
             return directory.write_hashes(
                 [(planned.wanted, planned.new_hash or "") for planned in wanted], now,
-                before_write=keep,
+                before_write=keep, connection=connection,
             ), None
         return directory.set_passwords([planned.wanted for planned in wanted]), None
     except DirectoryUnavailable as error:

@@ -157,6 +157,8 @@ def test_the_koha_phase_runs_whole_tasks_on_mariadb_at_a_tiny_size(tmp_path: Pat
     assert generated["mails"] == generated["counts"].get("notified") > 0
     assert [r["size"] for r in result["koha_summary"]] == [40, 40]
     assert all(r["cpu_ratio"] >= 1 for r in result["koha_summary"])
+    # Beside the ratios, the machine's own speed hashing Koha's bcrypt in 1 process at once.
+    assert [(r["scheme"], r["processes"]) for r in result["hash_scaling"]] == [("bcrypt/8", 1)]
     previews = {row["via"]: row for row in result["koha_preview"]}
     assert set(previews) == {"core, counted by the table", "core, as the app (search copy)"}
     for preview in previews.values():

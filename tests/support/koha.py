@@ -210,7 +210,7 @@ KOHA_DDL = (
 
 #: What Koha's foreign keys need before a patron can be added: categories, a branch, an SMS
 #: provider (none of it is ever read by resetbot).
-_KOHA_REFERENCE_ROWS = (
+KOHA_REFERENCE_ROWS = (
     "INSERT INTO categories (categorycode, description, category_type, min_password_length, "
     "require_strong_password) VALUES ('PT', 'Patron', 'A', NULL, NULL), "
     "('S', 'Staff', 'S', 8, 1), ('KID', 'Children', 'C', 3, 0)",
@@ -343,7 +343,7 @@ def create_borrowers(engine: Engine, borrowers: Sequence[Borrower] = BORROWERS) 
     own tables (`KOHA_DDL`, with the rows their foreign keys need), elsewhere the stand-in."""
     with engine.begin() as connection:
         if engine.dialect.name == "mysql":
-            for statement in (*KOHA_DDL, *_KOHA_REFERENCE_ROWS):
+            for statement in (*KOHA_DDL, *KOHA_REFERENCE_ROWS):
                 connection.execute(text(statement))
         else:
             connection.execute(text(_DDL[engine.dialect.name]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
-from sqlalchemy import Engine, Table, literal, select
+from sqlalchemy import Connection, Engine, Table, literal, select
 
 from core.directory.protocol import (
     Counts,
@@ -114,24 +114,26 @@ class SqlDirectory:
 
     def write_hashes(
         self, hashed: Sequence[tuple[PasswordSet, str]], changed_at: datetime, *,
-        before_write: BeforeWrite | None = None,
+        before_write: BeforeWrite | None = None, connection: Connection | None = None,
     ) -> list[SetOutcome]:
-        """Write hashed passwords (one transaction per must-change value); one outcome each.
-        `before_write` runs in each transaction before its hashes are written (Undo's keeper).
+        """Write hashed passwords in one transaction; one outcome each. `before_write` runs in
+        it before the hashes are written (Undo's keeper). With `connection` (resetbot's own
+        table: the worker's transaction on its items), in that transaction, the caller
+        committing; else in the directory's own, committed here.
 
         A user whose row is gone is NOT_FOUND (the UPDATE changed nothing for them)."""
-        present = {user.id for user in self.sql.get_many(
-            sql_ids([item.user_id for item, _hash in hashed])
-        )}
-        for must_change in (True, False):
-            group = [
-                (number, new_hash) for item, new_hash in hashed
-                if item.must_change is must_change
-                and (number := sql_id(item.user_id)) is not None and number in present
-            ]
-            if group:
-                self.sql.write_hashes(group, require_change=must_change, changed_at=changed_at,
-                                      before_write=before_write)
+        groups: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
+        for item, new_hash in hashed:
+            number = sql_id(item.user_id)
+            if number is not None:
+                groups[item.must_change].append((number, new_hash))
+        if connection is not None:
+            present = self.sql.write_hash_groups(connection, groups, changed_at=changed_at,
+                                                 before_write=before_write)
+        else:
+            with self.sql.engine.begin() as own:
+                present = self.sql.write_hash_groups(own, groups, changed_at=changed_at,
+                                                     before_write=before_write)
         return [
             SetOutcome(item.user_id, SetResult.SET if sql_id(item.user_id) in present
                        else SetResult.NOT_FOUND)

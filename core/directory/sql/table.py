@@ -2,7 +2,9 @@
 
 The directory's engine is its own: with DIRECTORY_URL set it is another database than
 resetbot's state, so nothing here ever shares a transaction with the task tables. Every method
-opens, uses and ends its own connection.
+opens, uses and ends its own connection, except `write_hash_groups`, which writes in the
+transaction it is handed: on resetbot's own table (no DIRECTORY_URL) the worker writes a batch's
+hashes in the transaction of its items' lease and states.
 
 On a table resetbot does not own, only SELECTs and the UPDATE of `write_hashes` are ever run:
 no DDL, no INSERT, no DELETE (beside, with Koha's BorrowersLog on and the grant, the INSERT of
@@ -12,7 +14,7 @@ Koha's own log rows into `action_logs`, in the same transaction as the hashes).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -663,18 +665,56 @@ class Directory:
         require_change: bool,
         changed_at: datetime,
         before_write: BeforeWrite | None = None,
-    ) -> None:
-        """Store many new hashes in one executemany (on MariaDB one UPDATE), in the directory's
-        own transaction.
+    ) -> set[int]:
+        """Store many new hashes, all with the same must-change value, in the directory's own
+        transaction; the ids whose rows were there (see `write_hash_groups`)."""
+        with self.engine.begin() as connection:
+            return self.write_hash_groups(connection, {require_change: hashes},
+                                          changed_at=changed_at, before_write=before_write)
+
+    def write_hash_groups(
+        self,
+        connection: Connection,
+        groups: Mapping[bool, Sequence[tuple[int, str]]],
+        *,
+        changed_at: datetime,
+        before_write: BeforeWrite | None = None,
+    ) -> set[int]:
+        """Store new hashes by must-change value, each group in one executemany (on MariaDB one
+        UPDATE), in `connection`'s transaction (the caller commits); the ids whose rows were
+        there to write.
 
         Only the password column, the must-change column and the profile's extra resets are
         written, and only in the rows of these users. `before_write` runs first in the same
-        transaction (Undo keeps what is about to be replaced: core/undo.py).
+        transaction (Undo keeps what is about to be replaced: core/undo.py). The UPDATEs' row
+        counts tell whether every user was there: only when some are missing does one SELECT
+        ask which (a user deleted since the task was planned).
         """
-        if not hashes:
-            return
+        everyone = [pair for group in groups.values() for pair in group]
+        if not everyone:
+            return set()
+        if before_write is not None:
+            before_write(connection, everyone)
+        written = sum(self._update_hashes(connection, list(hashes), require_change, changed_at)
+                      for require_change, hashes in groups.items() if hashes)
+        ids = [user_id for user_id, _ in everyone]
+        present = set(ids) if written >= len(ids) else set(connection.scalars(
+            select(self._id).where(self._id.in_(sorted(set(ids))))
+        ))
+        if self.change_log is not None:  # in the same transaction: both, or neither
+            self.change_log.write(connection, [user_id for user_id in ids if user_id in present])
+        return present
+
+    def _update_hashes(
+        self,
+        connection: Connection,
+        hashes: list[tuple[int, str]],
+        require_change: bool,
+        changed_at: datetime,
+    ) -> int:
+        """One must-change group's UPDATE; how many rows it matched."""
         password = self._c(self.profile.password)
-        one_statement = self.engine.dialect.name == "mysql"
+        one_statement = connection.dialect.name == "mysql"
         values: dict[Any, Any] = {
             # PyMySQL sends an executemany of UPDATE as one statement (one round trip) a row:
             # on MariaDB the batch is one UPDATE, each row's hash picked by its id.
@@ -685,20 +725,16 @@ class Directory:
         for extra in self.profile.on_reset:
             column = self._c(extra.column)
             values[column] = self._extra_value(extra, column, changed_at)
-        with self.engine.begin() as connection:
-            if before_write is not None:
-                before_write(connection, hashes)
-            if one_statement:
-                ids = [user_id for user_id, _ in hashes]
-                connection.execute(update(self.table).where(self._id.in_(ids)).values(values))
-            else:
-                statement = update(self.table).where(self._id == bindparam("rb_user_id"))
-                connection.execute(statement.values(values), [
-                    {"rb_user_id": user_id, "rb_new_hash": new_hash}
-                    for user_id, new_hash in hashes
-                ])
-            if self.change_log is not None:  # in the same transaction: both, or neither
-                self.change_log.write(connection, [user_id for user_id, _ in hashes])
+        if one_statement:
+            # SQLAlchemy connects to MariaDB with CLIENT_FOUND_ROWS: the count is of the rows
+            # matched, also those whose values were already these.
+            ids = [user_id for user_id, _ in hashes]
+            return rowcount(connection.execute(
+                update(self.table).where(self._id.in_(ids)).values(values)))
+        statement = update(self.table).where(self._id == bindparam("rb_user_id"))
+        return rowcount(connection.execute(statement.values(values), [
+            {"rb_user_id": user_id, "rb_new_hash": new_hash} for user_id, new_hash in hashes
+        ]))
 
     # -- Undo (core/undo.py) ---------------------------------------------------------------------
 
@@ -790,6 +826,11 @@ class Directory:
         # Each value compared on its own: an IN list cannot be bound in an executemany.
         kept = or_(*[column == literal(item) for item in extra.unless])
         return case((kept, column), else_=value)
+
+
+def rowcount(result: Any) -> int:
+    """How many rows an UPDATE (or an executemany of it: the sum) matched."""
+    return int(result.rowcount)
 
 
 def hasher_for(profile: Profile, settings: Settings) -> PasswordHasher:
