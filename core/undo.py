@@ -83,9 +83,9 @@ def undo_unavailable(directory: AnyDirectory | Directory) -> str | None:
     if directory.profile.owned:
         return None
     if directory not in _readable:
-        from core.directory.capabilities import available, optional_features
+        from core.directory.capabilities import feature_available, undo
 
-        _readable[directory] = available(optional_features(directory), UNDO_FEATURE)
+        _readable[directory] = feature_available(directory, undo)
     if _readable[directory]:
         return None
     columns = ", ".join(directory.written_columns)
@@ -101,10 +101,6 @@ def preview_note(settings: Settings, directory: AnyDirectory | Directory) -> str
         return None
     reason = undo_unavailable(directory)
     return None if reason is None else f"This reset cannot be undone. {reason}."
-
-
-#: The name `directory check` gives the optional grant Undo needs (core/directory/capabilities).
-UNDO_FEATURE = "undo"
 
 
 # ---- keeping: in the worker's write path -----------------------------------------------------

@@ -124,6 +124,13 @@ def optional_features(directory: Directory) -> list[OptionalFeature]:
     return [feature for feature in found if feature is not None]
 
 
+def feature_available(directory: Directory, probe: Probe) -> bool:
+    """Whether the database user may use one optional feature (only its own probe runs)."""
+    with directory.engine.connect() as connection:
+        feature = probe(directory, connection)
+    return feature is not None and feature.available
+
+
 def available(features: list[OptionalFeature], name: str) -> bool:
     return any(feature.name == name and feature.available for feature in features)
 
