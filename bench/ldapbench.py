@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import stat
 import statistics
 import subprocess
@@ -157,21 +156,13 @@ def openldap_source(size: int) -> Iterator[tuple[Fresh, float]]:
 def free_address() -> str:
     """A loopback address whose LDAP ports are free (AD's are fixed), away from the tests'
     (127.0.0.2 onwards, see tests/support/samba_ad.py)."""
+    from tests.support import samba_ad
+
     for last in range(2, 250):
         address = f"127.0.91.{last}"
-        if all(_port_free(address, port) for port in (389, 636, 3268, 3269)):
+        if samba_ad.ports_free(address):
             return address
     raise RuntimeError("no free loopback address for the bench's Samba domain")
-
-
-def _port_free(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((address, port))
-        except OSError:
-            return False
-    return True
 
 
 def _no_sockets(folder: str, names: list[str]) -> set[str]:

@@ -177,12 +177,12 @@ def free_worker_address() -> str:
     first = ipaddress.IPv4Address(worker_address())
     for step in range(_ADDRESS_TRIES):
         address = str(first + _ADDRESS_STRIDE * step)
-        if _ports_free(address):
+        if ports_free(address):
             return address
     raise RuntimeError(f"no free loopback address for a Samba domain from {first}")
 
 
-def _ports_free(address: str) -> bool:
+def ports_free(address: str) -> bool:
     for port in _LDAP_PORTS:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             # As Samba binds: connections of an earlier domain in TIME_WAIT do not count.
