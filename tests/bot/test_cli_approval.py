@@ -23,7 +23,7 @@ from jobs.queueing import make_queue
 from tests.support.cli import RunCli
 from tests.support.cli import cli_settings as cli_settings
 from tests.support.cli import run as run
-from tests.support.engine import build_context, run_until_final, user_rows
+from tests.support.engine import build_context, run_task, user_rows
 from tests.support.smtp import SmtpServer
 from tests.support.smtp import smtp_server as smtp_server
 
@@ -131,11 +131,7 @@ def test_approve_needs_as_an_admin_other_than_the_requester_then_the_task_runs(
     again = run("tasks", "approve", str(task_id), "--as", SECOND, **APPROVAL)
     assert again.code == EXIT_REFUSED and "already approved" in again.err
 
-    context = build_context(cli_settings, redis_conn, engine)
-    try:
-        final = run_until_final(context, task_id)
-    finally:
-        context.close()
+    final = run_task(build_context(cli_settings, redis_conn, engine), task_id)
     assert final.status is TaskStatus.COMPLETED_WITH_ERRORS or final.status is \
         TaskStatus.COMPLETED
     after = user_rows(sessions, directory)

@@ -34,10 +34,10 @@ def before(username: str) -> str:
     return f"Slack-before-{username}-9"
 
 
-def start(settings: Settings, sessions: sessionmaker[Session], directory: Directory,
-          redis_conn: Redis, slack_standin: SlackStandIn, smtp_server: SmtpServer,
-          sample_users: list[Any]) -> Iterator[RunningApp]:
-    configured = app_settings(smtp_server.settings(settings), slack_standin)
+def sign_in_with_before(configured: Settings, sessions: sessionmaker[Session],
+                        directory: Directory, sample_users: list[Any]) -> PasswordHasher:
+    """Every sample user's password is `before(username)`, hashed as the app would (by the
+    hasher returned)."""
     hasher = PasswordHasher.from_settings(configured)
     table = directory.table
     with sessions() as session:
@@ -45,6 +45,14 @@ def start(settings: Settings, sessions: sessionmaker[Session], directory: Direct
             session.execute(update(table).where(table.c.id == user_id)
                             .values(password_hash=hasher.hash(before(username))))
         session.commit()
+    return hasher
+
+
+def start(settings: Settings, sessions: sessionmaker[Session], directory: Directory,
+          redis_conn: Redis, slack_standin: SlackStandIn, smtp_server: SmtpServer,
+          sample_users: list[Any]) -> Iterator[RunningApp]:
+    configured = app_settings(smtp_server.settings(settings), slack_standin)
+    sign_in_with_before(configured, sessions, directory, sample_users)
     running, thread = start_app(configured, sessions, directory, redis_conn, slack_standin)
     try:
         yield running
@@ -225,13 +233,7 @@ def test_an_undo_in_slack_waits_for_another_admins_approval_like_its_reset(
     second = "USECOND"
     configured = replace(app_settings(smtp_server.settings(settings), slack_standin),
                          reset_admins=frozenset({ADMIN, second}), reset_approval_min_users=5)
-    hasher = PasswordHasher.from_settings(configured)
-    table = directory.table
-    with sessions() as session:
-        for user_id, username, *_ in sample_users:
-            session.execute(update(table).where(table.c.id == user_id)
-                            .values(password_hash=hasher.hash(before(username))))
-        session.commit()
+    hasher = sign_in_with_before(configured, sessions, directory, sample_users)
     app, thread = start_app(configured, sessions, directory, redis_conn, slack_standin)
     try:
         asked = app.slack.submit(preview_through(app, form_state("all"))).json()

@@ -40,6 +40,7 @@ from jobs.reaper import reap
 from tests.support.engine import (
     RecordingReporter,
     build_context,
+    run_task,
     run_until_final,
     task_snapshot,
     work,
@@ -199,11 +200,7 @@ def test_the_preview_approval_recount_and_the_worker_use_the_same_ldap_directory
     code, out = cli(strict, monkeypatch, capsys, "tasks", "approve", "1", "--as", "USECOND",
                     RESET_ADMINS="UADMIN,USECOND")
     assert code == 0, out
-    context = build_context(strict, redis_conn, engine)
-    try:
-        final = run_until_final(context, 1)
-    finally:
-        context.close()
+    final = run_task(build_context(strict, redis_conn, engine), 1)
     assert final.status is TaskStatus.COMPLETED, final
     assert final.counts[ItemState.RESET] == len(cast.patrons)
     for name in sorted(cast.patrons - cast.cannot_sign_in - {cast.locked_on_purpose}):

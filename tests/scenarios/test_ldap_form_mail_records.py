@@ -23,7 +23,7 @@ from jobs.reaper import reap
 from tests.scenarios.test_ldap_end_to_end import DEFAULT, cli, items
 from tests.scenarios.test_ldap_end_to_end import configured as configured
 from tests.scenarios.test_ldap_end_to_end import live as live
-from tests.support.engine import build_context, run_until_final, task_snapshot, work
+from tests.support.engine import build_context, run_task, run_until_final, task_snapshot, work
 from tests.support.faults import tcp_proxy
 from tests.support.openldap import OpenLdap
 from tests.support.openldap import openldap_template as openldap_template
@@ -123,11 +123,7 @@ def test_the_follow_up_list_and_the_audit_of_an_ldap_task(
     code, out = cli(configured, monkeypatch, capsys, "reset", "--scope", "selected_only",
                     "--user", "ann,bob,nomail,blank", "--yes", "--detach")
     assert code == 0, out
-    context = build_context(configured, redis_conn, engine)
-    try:
-        final = run_until_final(context, 1)
-    finally:
-        context.close()
+    final = run_task(build_context(configured, redis_conn, engine), 1)
     assert final.status is TaskStatus.COMPLETED_WITH_ERRORS, final
     code, listed = cli(configured, monkeypatch, capsys, "tasks", "show", "1", "--csv")
     assert code == 0, listed
@@ -171,11 +167,7 @@ def test_a_mail_value_that_is_no_address_is_no_e_mail_on_ldap_too(
                     "--user", "ann,bob", "--without-email", "skip", "--yes", "--detach")
     assert code == 0, out
     assert "1 address cannot be used and count as no e-mail" in out, out
-    context = build_context(configured, redis_conn, engine)
-    try:
-        final = run_until_final(context, 1)
-    finally:
-        context.close()
+    final = run_task(build_context(configured, redis_conn, engine), 1)
     assert final.status is TaskStatus.COMPLETED, final
     states = {name: item.state for name, item in items(sessions, 1).items()}
     assert states == {"ann": "notified", "bob": "skipped"}

@@ -23,7 +23,7 @@ from core.directory.ldap.directory import LdapDirectory
 from core.directory.protocol import PasswordSet, SetResult
 from core.settings import Settings
 from tests.support import docs
-from tests.support.engine import build_context, run_until_final
+from tests.support.engine import build_context, run_task
 from tests.support.openldap import OpenLdap, resetbot_rules, seeded_users
 from tests.support.openldap import openldap_template as openldap_template
 from tests.support.openldap import slapd as slapd
@@ -85,11 +85,7 @@ def reset_as_written(
                     stdin=DEFAULT + "\n")
     assert code == 0, out
     configured = Settings.from_env({**settings.to_env(), **env}, env_file=None)
-    context = build_context(configured, redis_conn, engine)
-    try:
-        assert run_until_final(context, 1).counts
-    finally:
-        context.close()
+    assert run_task(build_context(configured, redis_conn, engine), 1).counts
 
 # ---- OpenLDAP -------------------------------------------------------------------------------
 

@@ -103,6 +103,14 @@ def work(context: WorkerContext, *, max_jobs: int | None = None) -> bool:
     return worker.work(burst=True, with_scheduler=True, max_jobs=max_jobs)
 
 
+def run_task(context: WorkerContext, task_id: int) -> TaskSnapshot:
+    """`run_until_final` with a context of its own, closed once the task has ended."""
+    try:
+        return run_until_final(context, task_id)
+    finally:
+        context.close()
+
+
 def run_until_final(context: WorkerContext, task_id: int, timeout: float = 30) -> TaskSnapshot:
     """Burst workers until the task ends; polls (scheduled retries become due) with a deadline."""
     deadline = time.monotonic() + timeout
