@@ -18,7 +18,7 @@ from bot.auth import Admins, Approvers
 from bot.deps import AppDeps, provide
 from bot.listeners import register_all
 from bot.workspace import Workspace, only_this_workspace
-from core.directory.picker import attach_search_copy
+from core.directory.picker import CopyCounts, attach_search_copy
 from core.directory.protocol import Directory
 from core.errors import ConfigError
 from core.settings import Settings
@@ -114,6 +114,7 @@ def create_app(
         # A worker posts or updates the thread, as for every other report of a task.
         announce=lambda task_id: announce(queue, task_id),
         search_copy=search_copy,
+        counts=None if search_copy is None else CopyCounts(search_copy),
     )
     try:
         # The workspace the token belongs to: every request must come from it.

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.auth import Admins, Approvers, Refusal
 from core import audit
-from core.directory.protocol import Directory
+from core.directory.protocol import CountsElsewhere, Directory
 from core.search_copy import SearchCopy
 from core.settings import Settings
 
@@ -48,6 +48,9 @@ class AppDeps:
     #: The picker's in-memory copy of a directory resetbot does not own (None: it searches
     #: the directory table itself).
     search_copy: SearchCopy | None = None
+    #: Where a preview is counted when it can be (the search copy of a SQL table), else by
+    #: the directory itself.
+    counts: CountsElsewhere | None = None
 
     def freshen_search(self) -> None:
         """The picker's form is opening: have an old search copy read again in the

@@ -39,12 +39,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Engine, Integer, Select, String, cast, func, literal
+from sqlalchemy import ColumnElement, Engine, Integer, Select, String, case, cast, func, literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import ResetbotError
 
 if TYPE_CHECKING:  # numpy is imported only by an app that keeps a copy
+    from core.copy_counts import UserFacts
     from core.gram_index import GramIndex
 
 logger = logging.getLogger(__name__)
@@ -258,6 +259,8 @@ class Snapshot:
     starts: array[int]  # where each user begins in `text`, then where it ends
     index: GramIndex  # which blocks of `text` hold which trigrams
     loaded_at: float  # the clock when the read that made it began
+    #: What the preview counts, per user (read from a table only: core.copy_counts).
+    facts: UserFacts | None = None
 
     @classmethod
     def build(
@@ -267,7 +270,9 @@ class Snapshot:
         """From SearchRows, or lines as `load_lines` reads them. `pause()` is called every few
         hundred rows or steps (see `Turns`); `block`: the index's block size (0: its own; tests
         make it tiny)."""
+        from core.copy_counts import FactsBuilder
         from core.gram_index import GramIndex
+        facts: FactsBuilder | None = FactsBuilder()
         staff = bytearray()
         shown = _Joiner()
         texts = _Joiner()
@@ -275,11 +280,18 @@ class Snapshot:
             if not count % PACE:
                 pause()
             if isinstance(row, str):  # a line: see line_select
-                flag, _, line = row.partition(SEPARATOR)
-                staff.append(0 if flag == "0" else 1)
+                marks, _, line = row.partition(SEPARATOR)
+                staff.append(0 if marks[:1] == "0" else 1)
                 shown.append(line.encode())
                 texts.append(fold(line[line.index(SEPARATOR) + 1:]).encode())
+                if facts is not None:
+                    fields_read = line.split(SEPARATOR)
+                    try:
+                        facts.add(marks, fields_read[0], fields_read[1], fields_read[4])
+                    except ValueError:  # an id that is not a number: no counts in the copy
+                        facts = None
                 continue
+            facts = None  # rows of an LDAP directory: the preview asks the directory
             user_id, username, name, card, email, is_staff = row
             fields = _shown_text(username, name, card, email)
             staff.append(1 if is_staff else 0)
@@ -293,6 +305,7 @@ class Snapshot:
             text=text, starts=starts,
             index=GramIndex.build(text, pause, block),
             loaded_at=loaded_at,
+            facts=None if facts is None or not len(staff) else facts.build(),
         )
 
     def __len__(self) -> int:
@@ -302,7 +315,13 @@ class Snapshot:
     def nbytes(self) -> int:
         """What the copy's arrays and strings hold, roughly."""
         return (len(self.staff) + len(self.shown) + len(self.text) + self.index.nbytes
-                + self.starts.itemsize * (len(self.starts) + len(self.shown_starts)))
+                + self.starts.itemsize * (len(self.starts) + len(self.shown_starts))
+                + (0 if self.facts is None else self.facts.nbytes))
+
+    def username(self, index: int) -> str:
+        """The username of the user at `index` (in the directory's order)."""
+        start = self.shown_starts[index]
+        return self.shown[start:self.shown_starts[index + 1]].decode().split(SEPARATOR)[1]
 
     def row(self, index: int) -> SearchRow:
         start, end = self.shown_starts[index], self.shown_starts[index + 1]
@@ -409,6 +428,19 @@ class SearchCopy:
         if snapshot is not None and self._is_stale(snapshot):
             self._reload_in_background()
         return snapshot
+
+    def fresh(self) -> Snapshot | None:
+        """The copy if it is not old (see `_is_stale`: what a search would use without a read
+        first), else None and a read starts in the background. Never waits."""
+        snapshot = self._snapshot
+        if snapshot is None or self._is_stale(snapshot):
+            self._reload_in_background()
+            return None
+        return snapshot
+
+    def age(self, snapshot: Snapshot) -> float:
+        """Seconds since the read that made `snapshot` began."""
+        return max(0.0, self._clock() - snapshot.loaded_at)
 
     def refresh_if_stale(self) -> None:
         """Start a background read if the copy is old (e.g. when the picker's form opens, so
@@ -534,9 +566,9 @@ def _error_name(error: BaseException) -> str:
 
 
 def load_lines(engine: Engine, query: Select[Any], batch: int = FETCH_BATCH) -> Iterator[str]:
-    """Stream a directory's users as lines (see `line_select`) from `query`, whose six columns
-    are, in order: id, username, display name, card number, e-mail, staff (anything true for
-    staff, false or NULL otherwise).
+    """Stream a directory's users as lines (see `line_select`) from `query`, whose six or seven
+    columns are, in order: id, username, display name, card number, e-mail, staff (anything
+    true for staff, false or NULL otherwise) and, if there, locked on purpose (the same).
 
     The database joins each user's fields into one string and the driver's own cursor hands
     them over in batches on a server-side cursor where the driver has one: no row objects, and
@@ -552,17 +584,28 @@ def load_lines(engine: Engine, query: Select[Any], batch: int = FETCH_BATCH) -> 
 
 
 def line_select(query: Select[Any]) -> Select[Any]:
-    """`query` (six columns, as `load_lines` takes) as one column: staff ("0" or not), id,
+    """`query` (six or seven columns, as `load_lines` takes) as one column: the marks, id,
     username, display name (trimmed), card number, e-mail, each ended by the separator, which
-    is taken out of the fields; a NULL is an empty field."""
-    user_id, username, name, card, email, staff = query.selected_columns
+    is taken out of the fields; a NULL is an empty field.
+
+    The marks are three digits: staff, locked on purpose, and whether the username or the
+    e-mail held the separator (the copy's counts then leave such a user to the table:
+    core.copy_counts)."""
+    user_id, username, name, card, email, staff, *rest = query.selected_columns
     separator = literal(SEPARATOR, String)
 
     def field(column: ColumnElement[Any]) -> ColumnElement[Any]:
         return func.replace(func.coalesce(cast(column, String), ""), separator, "")
 
+    def digit(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.coalesce(cast(cast(column, Integer), String), "0")
+
+    def holds_separator(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return case((cast(column, String).contains(SEPARATOR), "1"), else_="0")
+
+    marks = digit(staff) + (digit(rest[0]) if rest else literal("0", String))
     parts: list[ColumnElement[Any]] = [
-        func.coalesce(cast(cast(staff, Integer), String), "0"),
+        marks + holds_separator(username) + holds_separator(email),
         field(user_id), field(username), func.trim(field(name)), field(card), field(email),
     ]
     line = parts[0]
@@ -577,8 +620,8 @@ def load_rows(engine: Engine, query: Select[Any], batch: int = FETCH_BATCH) -> I
 
 
 def _row_of_line(line: str) -> SearchRow:
-    staff, user_id, username, name, card, email, _end = line.split(SEPARATOR)
-    return SearchRow(user_id, username, name, card or None, email or None, staff != "0")
+    marks, user_id, username, name, card, email, _end = line.split(SEPARATOR)
+    return SearchRow(user_id, username, name, card or None, email or None, marks[:1] != "0")
 
 
 def _text(value: object) -> str:

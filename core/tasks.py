@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from core import audit
 from core.directory import Preview
 from core.directory.ids import user_ids
-from core.directory.protocol import Directory
+from core.directory.protocol import CountsElsewhere, Directory
 from core.directory.sql import as_protocol
 from core.directory.sql.table import Directory as TableDirectory
 from core.errors import ConflictError, InputError
@@ -89,14 +89,17 @@ def parse_scope(value: str | None) -> Scope:
 
 
 def validate_request(
-    settings: Settings, directory: Directory | TableDirectory, request: ResetRequest
+    settings: Settings, directory: Directory | TableDirectory, request: ResetRequest,
+    counts: CountsElsewhere | None = None,
 ) -> Preview:
     """Check everything a person typed; raise InputError naming the field, or return the preview.
 
     Problems are collected per field so one answer can show every reason at once. (A table
-    directory is taken as the protocol's SqlDirectory.)
+    directory is taken as the protocol's SqlDirectory.) `counts`: where the preview is counted
+    when it can be (the app's search copy), else by the directory.
     """
     directory = as_protocol(directory)
+    counted = _Counted(directory, counts)
     problems: dict[str, list[str]] = {}
     selection = request.selection
     library = directory.rules_for_scope(request.scope, selection)
@@ -116,7 +119,7 @@ def validate_request(
         # The bcrypt length limit follows the hash the directory writes (its profile's).
         reasons = password_problems(directory, request.default_password, settings)
         if not reasons and settings.policy.forbid_username and "users" not in problems:
-            clashes = directory.usernames_in_password(
+            clashes = counted.usernames_in_password(
                 request.default_password, request.scope, request.selection
             )
             if clashes:
@@ -127,7 +130,7 @@ def validate_request(
             reasons += library.violations(request.default_password)
         if reasons:
             problems["password"] = reasons
-    no_email_problems = _no_email_problems(settings, directory, request)
+    no_email_problems = _no_email_problems(settings, directory, counted, request)
     if not no_email_problems and request.no_email_choice is NoEmailChoice.SET and (
         request.no_email_password and "users" not in problems
     ):
@@ -140,7 +143,7 @@ def validate_request(
             problems["start_at"] = [late]
     if problems:
         raise RequestInvalid(problems)
-    preview = directory.preview(request.scope, selection)
+    preview = counted.preview(request.scope, selection)
     if preview.users == 0:
         raise RequestInvalid({"scope": ["Nobody matches this scope: there is no one to reset."]})
     if library.unread:
@@ -148,8 +151,31 @@ def validate_request(
     return preview
 
 
+class _Counted:
+    """A preview's counts: from `counts` when it has them, else from the directory."""
+
+    def __init__(self, directory: Directory, counts: CountsElsewhere | None) -> None:
+        self.directory = directory
+        self.counts = counts
+
+    def preview(self, scope: Scope, selection: Sequence[str]) -> Preview:
+        found = None if self.counts is None else self.counts.preview(scope, selection)
+        return self.directory.preview(scope, selection) if found is None else found
+
+    def usernames_in_password(
+        self, password: str, scope: Scope, selection: Sequence[str], *,
+        without_email_only: bool = False,
+    ) -> int:
+        found = None if self.counts is None else self.counts.usernames_in_password(
+            password, scope, selection, without_email_only=without_email_only)
+        if found is not None:
+            return found
+        return self.directory.usernames_in_password(
+            password, scope, selection, without_email_only=without_email_only)
+
+
 def _no_email_problems(
-    settings: Settings, directory: Directory, request: ResetRequest
+    settings: Settings, directory: Directory, counted: _Counted, request: ResetRequest
 ) -> list[str]:
     typed = request.no_email_password
     if request.no_email_choice is not NoEmailChoice.SET:
@@ -167,7 +193,7 @@ def _no_email_problems(
     if not reasons and settings.policy.forbid_username and not (
         request.scope.needs_selection and not request.selection
     ):
-        clashes = directory.usernames_in_password(
+        clashes = counted.usernames_in_password(
             typed, request.scope, request.selection, without_email_only=True
         )
         if clashes:

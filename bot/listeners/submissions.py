@@ -233,7 +233,7 @@ def directory_preview(deps: AppDeps, request: ResetRequest) -> Preview:
     """The request checked and counted against the directory; DirectoryUnreachable when its
     database cannot be used, so the person gets a field error instead of Slack an HTTP 500."""
     try:
-        return validate_request(deps.settings, deps.directory, request)
+        return validate_request(deps.settings, deps.directory, request, deps.counts)
     except (DBAPIError, PoolTimeout) as error:
         # DBAPIError: the driver's own (connection refused or reset, server gone, timeout).
         log.error("the directory cannot be reached for a preview: %s", type(error).__name__)

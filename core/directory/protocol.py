@@ -292,6 +292,18 @@ class Directory(Protocol):
         """Every user counted (what `resetbot directory check` shows); reads only."""
 
 
+class CountsElsewhere(Protocol):
+    """Where a preview may be counted instead of the directory itself (the app's search copy
+    of a SQL table: core.directory.picker.CopyCounts). None: not there, the directory counts."""
+
+    def preview(self, scope: Scope, selection: Sequence[UserId]) -> Counts | None: ...
+
+    def usernames_in_password(
+        self, password: str, scope: Scope, selection: Sequence[UserId], *,
+        without_email_only: bool = False,
+    ) -> int | None: ...
+
+
 class _Checkable(Protocol):
     def check(self) -> None: ...
 
