@@ -15,6 +15,7 @@ from bench.measure import median, percentile
 from bench.synth import SearchTerm
 from core import tasks
 from core.directory import Directory
+from core.directory.protocol import CountsElsewhere
 from core.models import Scope
 from core.settings import Settings
 from core.tasks import ResetRequest
@@ -77,17 +78,23 @@ def preview_requests() -> list[ResetRequest]:
 
 
 def preview_latency_core(
-    sessions: sessionmaker[Session], settings: Settings, directory: Directory, rounds: int = 5
+    sessions: sessionmaker[Session], settings: Settings, directory: Directory, rounds: int = 5,
+    counts: CountsElsewhere | None = None, cpu: Latencies | None = None,
 ) -> Latencies:
     """What a submit does before it answers: validate (policy, selection, preview counts) and
-    park the request; one session and commit each, as the app does."""
+    park the request; one session and commit each, as the app does. `counts`: where the app
+    counts a preview when it can (its search copy: AppDeps.counts). `cpu`, when given, gets
+    each preview's CPU time in this thread (the database's is not in it)."""
     result = Latencies()
     for _ in range(rounds):
         for request in preview_requests():
             started = time.perf_counter()
+            thread_started = time.thread_time()
             with sessions() as session:
-                tasks.validate_request(settings, directory, request)
+                tasks.validate_request(settings, directory, request, counts)
                 tasks.create_pending(session, settings, request)
                 session.commit()
             result.add(time.perf_counter() - started, request.scope.value)
+            if cpu is not None:
+                cpu.add(time.thread_time() - thread_started, request.scope.value)
     return result

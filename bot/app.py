@@ -20,6 +20,7 @@ from bot.listeners import register_all
 from bot.workspace import Workspace, only_this_workspace
 from core.directory.picker import CopyCounts, attach_search_copy
 from core.directory.protocol import Directory
+from core.directory.sql import SqlDirectory
 from core.errors import ConfigError
 from core.settings import Settings
 from jobs.queueing import enqueue_task
@@ -114,7 +115,8 @@ def create_app(
         # A worker posts or updates the thread, as for every other report of a task.
         announce=lambda task_id: announce(queue, task_id),
         search_copy=search_copy,
-        counts=None if search_copy is None else CopyCounts(search_copy),
+        counts=None if search_copy is None else CopyCounts(
+            search_copy, directory.sql if isinstance(directory, SqlDirectory) else None),
     )
     try:
         # The workspace the token belongs to: every request must come from it.

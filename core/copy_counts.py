@@ -83,6 +83,8 @@ class FactsBuilder:
         self.ids = array("q")
         self.names = array("q")
         self.longest_name = 0
+        self.categories = array("H")
+        self._codes: dict[str, int] = {}
 
     def add(self, marks: str, user_id: str, username: str, email: str) -> None:
         """One user, from a line of the copy (`marks`: staff, locked, then whether the
@@ -92,9 +94,10 @@ class FactsBuilder:
             flags |= STAFF
         if marks[1:2] not in ("", "0"):
             flags |= LOCKED
-        if marks[2:].strip("0"):
+        if marks[2:4].strip("0"):
             flags |= TAINTED
         self.flags.append(flags)
+        self.categories.append(self._codes.setdefault(marks[4:], len(self._codes)))
         self.ids.append(int(user_id))
         key = username_key(username)
         self.names.append(hash(key))
@@ -107,14 +110,20 @@ class FactsBuilder:
         names = np.frombuffer(self.names, dtype=np.int64)
         id_order = np.argsort(ids, kind="stable").astype(np.int32)
         name_order = np.argsort(names, kind="stable").astype(np.int32)
+        categories = np.frombuffer(self.categories, dtype=np.uint16)
+        by_category = np.zeros((max(1, len(self._codes)), 2), dtype=np.int64)
+        np.add.at(by_category, (categories, ((flags & STAFF) != 0).astype(np.intp)), 1)
         facts = UserFacts(
             flags=flags,
+            categories=categories, category_names=tuple(self._codes),
+            by_category=by_category,
             sorted_ids=ids[id_order], id_order=id_order,
             sorted_names=names[name_order], name_order=name_order,
             longest_name=self.longest_name,
             kinds=np.bincount(flags, minlength=KINDS).astype(np.int64),
         )
         self.flags, self.ids, self.names = bytearray(), array("q"), array("q")
+        self.categories = array("H")
         return facts
 
 
@@ -129,12 +138,15 @@ class UserFacts:
     name_order: npt.NDArray[np.int32]
     longest_name: int
     kinds: IntArray  # how many users have each flags byte
+    categories: npt.NDArray[np.uint16]  # per user: their category's place in category_names
+    category_names: tuple[str, ...]
+    by_category: IntArray  # users per category (rows), patrons then staff (columns)
 
     @property
     def nbytes(self) -> int:
         return sum(int(part.nbytes) for part in (
             self.flags, self.sorted_ids, self.id_order, self.sorted_names, self.name_order,
-            self.kinds))
+            self.kinds, self.categories, self.by_category))
 
     def users_of(self, ids: Sequence[int]) -> npt.NDArray[np.int32] | None:
         """Where these ids' users are in the copy; None when one of them is not in it."""
@@ -176,6 +188,19 @@ class UserFacts:
             locked=_total(kinds, LOCKED),
             problems={problem: count for problem, count in problems.items() if count},
         )
+
+    def categories_in(self, scope: Scope, picked: npt.NDArray[np.int32] | None) -> list[str]:
+        """The categories the scope's users are in (Koha's password rules are by category)."""
+        if scope is Scope.ALL:
+            held = self.by_category.sum(axis=1)
+        elif scope is Scope.ALL_WITHOUT_ROLE:
+            held = self.by_category[:, 0]
+        else:
+            chosen = np.bincount(self.categories[np.asarray(picked)],
+                                 minlength=len(self.by_category))
+            held = chosen if scope is Scope.SELECTED_ONLY else (
+                self.by_category.sum(axis=1) - chosen)
+        return [self.category_names[code] for code in np.flatnonzero(held).tolist()]
 
     def usernames_in(
         self, password: str, scope: Scope, picked: npt.NDArray[np.int32] | None,

@@ -566,9 +566,10 @@ def _error_name(error: BaseException) -> str:
 
 
 def load_lines(engine: Engine, query: Select[Any], batch: int = FETCH_BATCH) -> Iterator[str]:
-    """Stream a directory's users as lines (see `line_select`) from `query`, whose six or seven
+    """Stream a directory's users as lines (see `line_select`) from `query`, whose six to eight
     columns are, in order: id, username, display name, card number, e-mail, staff (anything
-    true for staff, false or NULL otherwise) and, if there, locked on purpose (the same).
+    true for staff, false or NULL otherwise) and, if there, locked on purpose (the same) and
+    the user's category (Koha's patron category).
 
     The database joins each user's fields into one string and the driver's own cursor hands
     them over in batches on a server-side cursor where the driver has one: no row objects, and
@@ -588,9 +589,9 @@ def line_select(query: Select[Any]) -> Select[Any]:
     username, display name (trimmed), card number, e-mail, each ended by the separator, which
     is taken out of the fields; a NULL is an empty field.
 
-    The marks are three digits: staff, locked on purpose, and whether the username or the
+    The marks are four digits: staff, locked on purpose, and whether the username and the
     e-mail held the separator (the copy's counts then leave such a user to the table:
-    core.copy_counts)."""
+    core.copy_counts); then, with an eighth column, the user's category."""
     user_id, username, name, card, email, staff, *rest = query.selected_columns
     separator = literal(SEPARATOR, String)
 
@@ -604,8 +605,11 @@ def line_select(query: Select[Any]) -> Select[Any]:
         return case((cast(column, String).contains(SEPARATOR), "1"), else_="0")
 
     marks = digit(staff) + (digit(rest[0]) if rest else literal("0", String))
+    marks = marks + holds_separator(username) + holds_separator(email)
+    if len(rest) > 1:  # the user's category (Koha's, whose password rules differ by it)
+        marks = marks + field(rest[1])
     parts: list[ColumnElement[Any]] = [
-        marks + holds_separator(username) + holds_separator(email),
+        marks,
         field(user_id), field(username), func.trim(field(name)), field(card), field(email),
     ]
     line = parts[0]

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from core import audit
 from core.directory import Preview
 from core.directory.ids import user_ids
-from core.directory.protocol import CountsElsewhere, Directory
+from core.directory.protocol import CountsElsewhere, Directory, ScopeRules
 from core.directory.sql import as_protocol
 from core.directory.sql.table import Directory as TableDirectory
 from core.errors import ConflictError, InputError
@@ -102,7 +102,7 @@ def validate_request(
     counted = _Counted(directory, counts)
     problems: dict[str, list[str]] = {}
     selection = request.selection
-    library = directory.rules_for_scope(request.scope, selection)
+    library = counted.rules_for_scope(request.scope, selection)
     if len(selection) > MAX_NAMED:
         problems.setdefault("users", []).append(
             f"Name at most {MAX_NAMED:,} users; for more, use a broader scope."
@@ -161,6 +161,10 @@ class _Counted:
     def preview(self, scope: Scope, selection: Sequence[str]) -> Preview:
         found = None if self.counts is None else self.counts.preview(scope, selection)
         return self.directory.preview(scope, selection) if found is None else found
+
+    def rules_for_scope(self, scope: Scope, selection: Sequence[str]) -> ScopeRules:
+        found = None if self.counts is None else self.counts.rules_for_scope(scope, selection)
+        return self.directory.rules_for_scope(scope, selection) if found is None else found
 
     def usernames_in_password(
         self, password: str, scope: Scope, selection: Sequence[str], *,

@@ -17,9 +17,15 @@ from sqlalchemy import ColumnElement, Select, String, case, cast, func, literal,
 
 from core.directory.ldap.directory import LdapDirectory
 from core.directory.protocol import Directory as AnyDirectory
-from core.directory.protocol import DirectoryUnavailable, User
+from core.directory.protocol import DirectoryUnavailable, ScopeRules, User
 from core.directory.sql import SqlDirectory
 from core.directory.sql.directory import sql_ids
+from core.directory.sql.koha_rules import (
+    KOHA,
+    KohaScopeRules,
+    categories_readable,
+    category_column,
+)
 from core.directory.sql.table import Directory
 from core.directory.users import DirectoryUser, Preview
 from core.models import Scope
@@ -48,8 +54,8 @@ def needs_search_copy(settings: Settings, directory: Directory) -> bool:
 
 
 def search_select(directory: Directory) -> Select[Any]:
-    """The seven columns the copy reads, from the profile: id, username (with its fallback),
-    display name, card number, e-mail, staff, locked on purpose."""
+    """The columns the copy reads, from the profile: id, username (with its fallback),
+    display name, card number, e-mail, staff, locked on purpose, and Koha's category."""
     profile = directory.profile
     return select(
         directory.table.c[profile.id],
@@ -59,7 +65,14 @@ def search_select(directory: Directory) -> Select[Any]:
         directory.table.c[profile.email] if profile.email else null(),
         case((directory.staff_condition(), 1), else_=0),
         case((directory.locked_condition(), 1), else_=0),
+        *([category_column(directory)] if reads_categories(directory) else []),
     )
+
+
+def reads_categories(directory: Directory) -> bool:
+    """Whether the copy keeps each user's category: Koha's, whose password rules differ by
+    category (a preview with a typed password reads the scope's), when it may be read."""
+    return directory.profile.password_rules == KOHA and categories_readable(directory)
 
 
 def _display_name(directory: Directory) -> ColumnElement[Any]:
@@ -118,8 +131,11 @@ class CopyCounts:
     is; the task itself (its confirm, approval and planning) is counted by the directory.
     """
 
-    def __init__(self, copy: SearchCopy) -> None:
+    def __init__(self, copy: SearchCopy, table: Directory | None = None) -> None:
+        """`table`: the SQL table the copy is read from (Koha's rules by category)."""
         self.copy = copy
+        self.table = table
+        self._categories = table is not None and reads_categories(table)
 
     def _scope(
         self, scope: Scope, selection: Sequence[str]
@@ -160,6 +176,22 @@ class CopyCounts:
         snapshot, facts, picked = found
         return facts.usernames_in(password, scope, picked, snapshot.username,
                                   without_email_only=without_email_only)
+
+
+    def categories(self, scope: Scope, selection: Sequence[str]) -> list[str] | None:
+        """The (Koha) categories of the scope's users; None: not known here."""
+        found = self._scope(scope, selection) if self._categories else None
+        if found is None:
+            return None
+        _snapshot, facts, picked = found
+        return facts.categories_in(scope, picked)
+
+    def rules_for_scope(self, scope: Scope, selection: Sequence[str]) -> ScopeRules | None:
+        """Koha's rules for the scope, its categories found in the copy."""
+        categories = self.categories(scope, selection)
+        if self.table is None or categories is None:
+            return None
+        return KohaScopeRules(self.table, scope, sql_ids(selection), categories)
 
 
 def copy_note(age: float) -> str:

@@ -303,6 +303,10 @@ class CountsElsewhere(Protocol):
         without_email_only: bool = False,
     ) -> int | None: ...
 
+    def rules_for_scope(self, scope: Scope, selection: Sequence[UserId]) -> ScopeRules | None:
+        """The directory's rules for the scope's users, what they depend on counted here."""
+        ...
+
 
 class _Checkable(Protocol):
     def check(self) -> None: ...

@@ -15,7 +15,8 @@ from sqlalchemy import Engine, text
 from core.db import make_engine
 from core.directory.picker import CopyCounts, attach_search_copy, search_select
 from core.directory.protocol import Counts
-from core.directory.sql import SqlDirectory
+from core.directory.sql import SqlDirectory, sql_ids
+from core.directory.sql.koha_rules import categories_in_scope
 from core.directory.sql.table import Directory
 from core.models import Scope
 from core.search_copy import SearchCopy, fold, load_lines
@@ -62,6 +63,7 @@ def random_borrowers(
         found.append(Borrower(
             number, f"C{number:04d}", userid, "Rand", f"Om{number}", rng.choice(ADDRESSES),
             rng.choice([None, 0, 0, 0, 1, 4]), rng.choice([0, 0, 3, -1]), None,
+            rng.choice([None, None, "KID"]),
         ))
     return found
 
@@ -91,7 +93,7 @@ def with_copy(settings: Settings) -> tuple[SqlDirectory, CopyCounts]:
     directory = SqlDirectory(Directory.from_settings(settings))
     copy = attach_search_copy(settings, directory)
     assert copy is not None and copy.reload()
-    return directory, CopyCounts(copy)
+    return directory, CopyCounts(copy, directory.sql)
 
 
 def without_notes(counts: Counts | None) -> Counts | None:
@@ -105,6 +107,10 @@ def assert_same_counts(directory: SqlDirectory, counts: CopyCounts, ids: Sequenc
         for picked in selections(ids, 7) if scope.needs_selection else [[]]:
             table = directory.preview(scope, picked)
             assert without_notes(counts.preview(scope, picked)) == table, (scope, picked)
+            categories = counts.categories(scope, picked)
+            read = categories_in_scope(directory.sql, scope, sql_ids(picked))
+            assert categories is not None and read is not None
+            assert sorted(categories) == sorted(read), (scope, picked)
             for password in PASSWORDS:
                 for no_email in (False, True):
                     assert counts.usernames_in_password(
@@ -189,7 +195,7 @@ def test_the_table_counts_when_the_copy_cannot(
     now = [0.0]
     query = search_select(directory.sql)
     copy = SearchCopy(lambda: load_lines(directory.engine, query), 30.0, clock=lambda: now[0])
-    counts = CopyCounts(copy)
+    counts = CopyCounts(copy, directory.sql)
     try:
         assert counts.preview(Scope.ALL, []) is None  # not read yet (a read starts)
         assert copy.wait_idle(10)

@@ -117,7 +117,7 @@ def koha_rules_readable(directory: Directory) -> bool:
     return read_koha_rules(directory) is not None
 
 
-def _category(directory: Directory) -> ColumnElement[Any]:
+def category_column(directory: Directory) -> ColumnElement[Any]:
     """`borrowers.categorycode`. The directory's table holds only the profile's columns
     (nothing else is reflected, see Directory): the category is named beside them."""
     code: ColumnElement[Any] | None = directory.table.c.get(_BORROWERS_CATEGORY)
@@ -131,7 +131,7 @@ def categories_readable(directory: Directory) -> bool:
     """Whether resetbot may read the patrons' categories (for `directory check`)."""
     try:
         with directory.engine.connect() as connection:
-            connection.execute(select(_category(directory)).select_from(directory.table)
+            connection.execute(select(category_column(directory)).select_from(directory.table)
                                .where(false()))
     except DBAPIError:
         return False
@@ -143,7 +143,9 @@ def categories_in_scope(
 ) -> list[str] | None:
     """The category codes of the scope's patrons; None when `borrowers.categorycode` may not
     be read (then every category is checked)."""
-    query = select(_category(directory)).where(
+    # FROM named: for "everyone" the condition names no column, and the category is a
+    # literal column (not the table's), so the query would have no table to read.
+    query = select(category_column(directory)).select_from(directory.table).where(
         directory.scope_condition(scope, selection)).distinct()
     try:
         with directory.engine.connect() as connection:
@@ -156,11 +158,17 @@ class KohaScopeRules:
     """Koha's rules for the patrons of a scope: their categories' rules, read once when needed
     (a ScopeRules of core/directory/protocol.py)."""
 
-    def __init__(self, directory: Directory, scope: Scope, selection: Sequence[int]) -> None:
+    def __init__(
+        self, directory: Directory, scope: Scope, selection: Sequence[int],
+        categories: Sequence[str] | None = None,
+    ) -> None:
+        """`categories`: the scope's categories when known already (counted in the app's
+        search copy), else read from `borrowers` when needed."""
         self.directory = directory
         self.scope = scope
         self.selection = selection
         self._rules: KohaRules | None = None
+        self._known = None if categories is None else list(categories)
         self._categories: list[str] | None = None
         self._read = False
 
@@ -168,7 +176,9 @@ class KohaScopeRules:
         if not self._read:
             self._read = True
             self._rules = read_koha_rules(self.directory)
-            if self._rules is not None:
+            if self._rules is not None and self._known is not None:
+                self._categories = self._known
+            elif self._rules is not None:
                 self._categories = categories_in_scope(
                     self.directory, self.scope, self.selection
                 )
