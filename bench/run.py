@@ -544,7 +544,7 @@ class Bench:
             built, built_cpu = time.perf_counter() - started, time.process_time() - cpu_started
             snapshot = copy.current()
             assert snapshot is not None and snapshot.facts is not None
-            counts = CopyCounts(copy)
+            counts = CopyCounts(copy, directory)
             preview_latency_core(db.sessions, settings, directory, 1, counts)  # warm
             app_cpu = Latencies()
             preview = preview_latency_core(db.sessions, settings, directory, rounds, counts,

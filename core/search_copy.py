@@ -387,6 +387,11 @@ class SearchCopy:
         retry_after: float = RETRY_AFTER,
         errors: tuple[type[BaseException], ...] = LOAD_ERRORS,
     ) -> None:
+        # What a build needs (numpy) is imported now, not timed as part of the first read,
+        # whose duration sets how soon the copy is read again (READ_SHARE).
+        import core.copy_counts
+        import core.gram_index  # noqa: F401
+
         self._load_rows = load_rows
         self._max_age = max_age
         self._clock = clock

@@ -14,15 +14,17 @@ from typing import Any
 
 import pytest
 from redis import Redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from blocks.text import SEARCH_UNAVAILABLE_OPTION
 from bot.listeners.options import SEARCH_UNAVAILABLE_VALUE
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.migrate import upgrade
+from core.models import PendingRequest, Scope
 from core.search_copy import SearchCopy
 from core.settings import Settings
+from core.tasks import preview_counts
 from tests.support.databases import mariadb_database
 from tests.support.koha import create_borrowers
 from tests.support.signing import (
@@ -168,3 +170,27 @@ def test_search_says_it_is_not_available_while_the_directory_cannot_be_read(
         with koha_engine.begin() as connection:
             connection.execute(text("RENAME TABLE borrowers_gone TO borrowers"))
 
+
+
+def test_a_preview_is_counted_in_the_copy_and_says_so(
+    settings: Settings, koha_url: str, redis_conn: Redis, slack_standin: SlackStandIn
+) -> None:
+    """A copy that is not old counts the preview (core.directory.picker.CopyCounts); the
+    modal says how old it is and shows what the table would count."""
+    configured = app_settings(
+        replace(settings, directory_url=koha_url, directory_profile="koha",
+                directory_search_refresh=3600, password_rounds=4,
+                password_allow_weak_rounds=True),
+        slack_standin,
+    )
+    with app_on_its_own_state(configured, redis_conn, slack_standin) as app:
+        opened = app.open_modal()
+        answer = app.slack.submit(submitted_view(opened, form_state(scope="all_without_role")))
+        body: dict[str, Any] = answer.json()
+        assert body["response_action"] == "update", body
+        shown = str(body["view"])
+        assert "Counted in resetbot's copy of the directory, read " in shown
+        table = app.directory.preview(Scope.ALL_WITHOUT_ROLE, ())
+        with app.sessions() as session:
+            [kept] = session.scalars(select(PendingRequest.preview)).all()
+        assert kept == preview_counts(table)
