@@ -48,6 +48,7 @@ _CODE: dict[AddressProblem | None, int] = {
     None: 0, **{problem: index + 1 for index, problem in enumerate(ADDRESS_PROBLEMS)}
 }
 _PLAIN = PLAIN_ADDRESS.fullmatch
+MISSING = _CODE["missing"]
 
 IntArray = npt.NDArray[np.int64]
 
@@ -64,15 +65,9 @@ class ScopeCounts(NamedTuple):
 
 
 def username_key(username: str) -> str:
-    """A username as the username check compares it (core.passwords.contains_username)."""
+    """A username as the username check compares it (core.passwords.contains_username; so
+    does FactsBuilder.add, inline)."""
     return username.lower() if username.isascii() else normalised(username).lower()
-
-
-def address_code(value: str) -> int:
-    """The address's reason as the flags hold it; the empty string is a NULL read as text."""
-    if _PLAIN(value):  # a plain dot-atom address, nothing around it: usable (the common case)
-        return 0
-    return _CODE[address_problem(value)]
 
 
 class FactsBuilder:
@@ -85,24 +80,37 @@ class FactsBuilder:
         self.longest_name = 0
         self.categories = array("H")
         self._codes: dict[str, int] = {}
+        self._marks: dict[str, tuple[int, int]] = {}
 
     def add(self, marks: str, user_id: str, username: str, email: str) -> None:
         """One user, from a line of the copy (`marks`: staff, locked, then whether the
-        username and the address held the separator, as digits: see line_select)."""
-        flags = address_code(email)
+        username and the address held the separator, as digits, then the category: see
+        line_select). Called a million times for a million users: kept lean."""
+        known = self._marks.get(marks)
+        if known is None:
+            known = self._marks[marks] = self._read_marks(marks)
+        flags, category = known
+        if not email:  # NULL or empty
+            flags |= MISSING
+        elif not _PLAIN(email):  # a plain dot-atom address, nothing around it, is usable
+            flags |= _CODE[address_problem(email)]
+        self.flags.append(flags)
+        self.categories.append(category)
+        self.ids.append(int(user_id))
+        key = username.lower() if username.isascii() else normalised(username).lower()
+        self.names.append(hash(key))
+        if len(key) > self.longest_name:
+            self.longest_name = len(key)
+
+    def _read_marks(self, marks: str) -> tuple[int, int]:
+        flags = 0
         if marks[:1] != "0":
             flags |= STAFF
         if marks[1:2] not in ("", "0"):
             flags |= LOCKED
         if marks[2:4].strip("0"):
             flags |= TAINTED
-        self.flags.append(flags)
-        self.categories.append(self._codes.setdefault(marks[4:], len(self._codes)))
-        self.ids.append(int(user_id))
-        key = username_key(username)
-        self.names.append(hash(key))
-        if len(key) > self.longest_name:
-            self.longest_name = len(key)
+        return flags, self._codes.setdefault(marks[4:], len(self._codes))
 
     def build(self) -> UserFacts:
         flags = np.frombuffer(bytes(self.flags), dtype=np.uint8)
@@ -111,8 +119,10 @@ class FactsBuilder:
         id_order = np.argsort(ids, kind="stable").astype(np.int32)
         name_order = np.argsort(names, kind="stable").astype(np.int32)
         categories = np.frombuffer(self.categories, dtype=np.uint16)
-        by_category = np.zeros((max(1, len(self._codes)), 2), dtype=np.int64)
-        np.add.at(by_category, (categories, ((flags & STAFF) != 0).astype(np.intp)), 1)
+        rows = max(1, len(self._codes))
+        by_category = np.bincount(
+            categories.astype(np.intp) * 2 + ((flags & STAFF) != 0), minlength=rows * 2
+        ).reshape(rows, 2).astype(np.int64)
         facts = UserFacts(
             flags=flags,
             categories=categories, category_names=tuple(self._codes),
