@@ -288,7 +288,9 @@ class Snapshot:
                     fields_read = line.split(SEPARATOR)
                     try:
                         facts.add(marks, fields_read[0], fields_read[1], fields_read[4])
-                    except ValueError:  # an id that is not a number: no counts in the copy
+                    except (ValueError, OverflowError):
+                        # An id that is not a number (or past 64 bits), over 65,535
+                        # categories: no counts in the copy, the table counts.
                         facts = None
                 continue
             facts = None  # rows of an LDAP directory: the preview asks the directory

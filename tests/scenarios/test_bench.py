@@ -163,4 +163,5 @@ def test_the_koha_phase_runs_whole_tasks_on_mariadb_at_a_tiny_size(tmp_path: Pat
     assert set(previews) == {"core, counted by the table", "core, as the app (search copy)"}
     for preview in previews.values():
         assert preview["size"] == 200 and preview["preview"]["max_ms"] > 0
+        assert preview["app_cpu"]["n"] == preview["preview"]["n"] > 0
     assert any(t["name"].startswith("40-user task on Koha") for t in result["targets"])
