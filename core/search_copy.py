@@ -437,13 +437,23 @@ class SearchCopy:
         return snapshot
 
     def fresh(self) -> Snapshot | None:
-        """The copy if it is not old (see `_is_stale`: what a search would use without a read
-        first), else None and a read starts in the background. Never waits."""
+        """The copy if it is not old, else None. Never waits.
+
+        Not old: younger than a search would take it as it is (`_is_stale`), or than that and
+        twice as long as a read takes. Opening the form starts a read of an old copy; a
+        preview submitted before that read ends (seconds, at a million users) still counts in
+        the copy it replaces, a read's time older, rather than in the table. An older copy
+        (the reads fail) is None, and a read starts in the background."""
         snapshot = self._snapshot
-        if snapshot is None or self._is_stale(snapshot):
+        if snapshot is None:
             self._reload_in_background()
             return None
-        return snapshot
+        age = self._clock() - snapshot.loaded_at
+        stale_after = self._stale_after()
+        if age < stale_after:
+            return snapshot
+        self._reload_in_background()
+        return snapshot if age < stale_after + 2 * self._last_read_seconds else None
 
     def age(self, snapshot: Snapshot) -> float:
         """Seconds since the read that made `snapshot` began."""
@@ -478,10 +488,11 @@ class SearchCopy:
         snapshot = self._snapshot
         return 0 if snapshot is None else len(snapshot)
 
+    def _stale_after(self) -> float:
+        return max(self._max_age, self._last_read_seconds * READ_SHARE)
+
     def _is_stale(self, snapshot: Snapshot) -> bool:
-        return self._clock() - snapshot.loaded_at >= max(
-            self._max_age, self._last_read_seconds * READ_SHARE
-        )
+        return self._clock() - snapshot.loaded_at >= self._stale_after()
 
     def _first_snapshot(self) -> Snapshot:
         """The very first copy, read while the request waits (requests arriving meanwhile wait

@@ -237,3 +237,27 @@ def test_a_copy_without_number_ids_or_from_rows_keeps_no_counts() -> None:
     assert Snapshot.build([line(str(2**70))], 0.0).facts is None
     rows = [SearchRow("1", "ada", "Ada L", None, "ada@example.org", False)]
     assert Snapshot.build(rows, 0.0).facts is None
+
+
+def test_a_copy_being_read_again_still_counts_for_as_long_as_two_reads() -> None:
+    """Opening the form starts a read of an old copy; a preview made meanwhile counts in the
+    copy it replaces (up to two reads' time older), not in the table; past that, the table."""
+    now = [0.0]
+    sep = SEPARATOR
+    lines = [f"0000PT{sep}{n}{sep}u{n}{sep}U{sep}C{n}{sep}u{n}@example.org{sep}"
+             for n in range(1, 4)]
+    reads: list[float] = []
+
+    def read() -> Iterator[str]:
+        reads.append(now[0])
+        now[0] += 5.0  # a read takes 5 s: the copy is old after 50 s (READ_SHARE)
+        yield from lines
+
+    copy = SearchCopy(read, 30.0, clock=lambda: now[0])
+    assert copy.reload() and reads == [0.0]
+    now[0] = 55.0  # past 50 s: old, but within two reads of it
+    assert copy.fresh() is not None
+    assert copy.wait_idle(10) and reads == [0.0, 55.0]
+    now[0] = 55.0 + 61.0  # the new copy (read at 55 s) is past 50 + 2 x 5 s old
+    assert copy.fresh() is None
+    assert copy.wait_idle(10) and len(reads) == 3
