@@ -5,7 +5,9 @@ resetbot, and a `LIKE '%term%'` over four columns of 100,000 rows takes far long
 options request may. So the app keeps a copy of just what the picker shows and searches, folded
 for matching, and reads the table again in the background once the copy is older than
 `DIRECTORY_SEARCH_REFRESH`. The copy only ever suggests ids: whatever a reset acts on is checked
-against the directory itself when the preview is made.
+against the directory itself when the preview is made. It also keeps what a preview counts per
+user (core/copy_counts.py), so that the Slack app's preview of a copy that is not old is counted
+here, and says so; the task itself is counted from the directory.
 
 How a search runs: every user's folded text (username, name, card number, e-mail) sits in one
 string, in the order the directory gave them, each field and each user ended by a separator no
