@@ -338,27 +338,38 @@ class Mailer:
         del mails  # the rendered messages are all that holds the passwords now
         #: The envelope of the mail about to go out was sent along with the previous message.
         carried = False
-        for index, current in enumerate(rendered):
-            if before is not None:
-                before()
-            if not isinstance(current, tuple):  # an address that cannot be mailed
-                assert current is not None, "each mail is sent once"
-                yield current
-                continue
-            rendered[index] = None  # the message holds a password: keep it no longer
-            self.open()
-            client = self._client
-            if client is None:
-                delivery, carried = Delivery(Outcome.TRANSIENT, self.unreachable), False
-            elif client.has_extn("pipelining"):
-                upcoming = rendered[index + 1] if index + 1 < len(rendered) else None
-                delivery, carried = self._pipelined(
-                    client, sender, current, carried,
-                    upcoming if isinstance(upcoming, tuple) else None,
-                )
-            else:
-                delivery, carried = self._sendmail(client, sender, current), False
-            yield self._counted(delivery)
+        #: A mail's conversation is under way (its replies may still be unread).
+        talking = False
+        try:
+            for index, current in enumerate(rendered):
+                if before is not None:
+                    before()
+                if not isinstance(current, tuple):  # an address that cannot be mailed
+                    assert current is not None, "each mail is sent once"
+                    yield current
+                    continue
+                rendered[index] = None  # the message holds a password: keep it no longer
+                self.open()
+                client = self._client
+                talking = True
+                if client is None:
+                    delivery, carried = Delivery(Outcome.TRANSIENT, self.unreachable), False
+                elif client.has_extn("pipelining"):
+                    upcoming = rendered[index + 1] if index + 1 < len(rendered) else None
+                    delivery, carried = self._pipelined(
+                        client, sender, current, carried,
+                        upcoming if isinstance(upcoming, tuple) else None,
+                    )
+                else:
+                    delivery, carried = self._sendmail(client, sender, current), False
+                talking = False
+                yield self._counted(delivery)
+        finally:
+            if carried or talking:
+                # Stopped (an error, or the caller gave up) with a transaction open on the
+                # server: whatever this connection sent next would be read as its message,
+                # to that recipient. Only a new connection is safe.
+                self.close()
 
     def _render(self, sender: Sender, mail: PasswordMail) -> tuple[str, bytes] | Delivery:
         try:

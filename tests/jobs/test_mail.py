@@ -243,3 +243,22 @@ def test_a_line_starting_with_a_dot_arrives_whole(smtp_server: SmtpServer, tmp_p
         assert mailer.send(mail()).outcome is Outcome.SENT
     (received,) = smtp_server.messages
     assert received.text.splitlines() == [".Alice Archer", ".", "Password: Tq7#kWm!xz9Rp4Ae"]
+
+
+def test_a_batch_given_up_halfway_leaves_no_transaction_open(smtp_server: SmtpServer) -> None:
+    """Pipelining sends the next mail's envelope with each message: a batch stopped after a
+    mail (a lease lost, an error) must not leave it open, or the next message sent on that
+    connection would go to that envelope's recipient."""
+    with Mailer(smtp_server.settings(SETTINGS), connect_smtp) as mailer:
+        deliveries = mailer.send_each([
+            mail(address="alice@example.org", password="Aa3#first"),
+            mail(address="bob@example.org", password="Bb4#second"),
+        ])
+        assert next(deliveries).outcome is Outcome.SENT
+        deliveries.close()
+        assert mailer.send(mail(address="carol@example.org", password="Cc5#third")).outcome \
+            is Outcome.SENT
+
+    assert [(m.to, m.password) for m in smtp_server.messages] == [
+        ("alice@example.org", "Aa3#first"), ("carol@example.org", "Cc5#third"),
+    ]
