@@ -110,7 +110,6 @@ class Compiled:
 
     def __init__(self, template: Template, *, drop_empty_lines: bool = False) -> None:
         self.template = template
-        self.drop_empty_lines = drop_empty_lines
         #: A line holding nothing but a placeholder may vanish (text bodies): render by line.
         self.by_line = drop_empty_lines and any(
             len(pieces) == 1 and isinstance(pieces[0], Placeholder) for pieces in template.lines

@@ -314,6 +314,12 @@ class Mailer:
             _close_quietly(self._client)
             self._client = None
 
+    def drop(self) -> None:
+        """Close the connection without a word (a QUIT could be read as a message's text)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     def send(self, mail: PasswordMail) -> Delivery:
         """Send one mail; every failure is classified, only MailSetupError escapes."""
         return next(self.send_each([mail]))
@@ -368,8 +374,9 @@ class Mailer:
             if carried or talking:
                 # Stopped (an error, or the caller gave up) with a transaction open on the
                 # server: whatever this connection sent next would be read as its message,
-                # to that recipient. Only a new connection is safe.
-                self.close()
+                # to that recipient (even a QUIT). Cut it: the server drops an unfinished
+                # message; only a new connection is safe.
+                self.drop()
 
     def _render(self, sender: Sender, mail: PasswordMail) -> tuple[str, bytes] | Delivery:
         try:
@@ -425,14 +432,15 @@ class Mailer:
                 payload += _envelope(client, sender, upcoming)
             client.send(payload)
             code, reply = client.getreply()
+        # Cut without a QUIT: mid-conversation, the server might read it as a message's text.
         except smtplib.SMTPServerDisconnected:
-            self.close()
+            self.drop()
             return Delivery(Outcome.TRANSIENT, "The mail server closed the connection."), False
         except smtplib.SMTPResponseException as error:  # a reply line too long
-            self.close()
+            self.drop()
             return self._refused(error.smtp_code, error.smtp_error), False
         except (smtplib.SMTPException, OSError) as error:
-            self.close()
+            self.drop()
             return Delivery(Outcome.TRANSIENT, _connection_reason(self.settings, error)), False
         if code == 250:
             return Delivery(Outcome.SENT), upcoming is not None
