@@ -90,7 +90,8 @@ def sqlite_database() -> Iterator[str]:
 
 
 class SmtpSink:
-    """An aiosmtpd server on a free loopback port, in its own process, counting mail."""
+    """The bare SMTP sink (bench/smtp_sink.py) on a free loopback port, in its own process,
+    counting mail."""
 
     def __init__(self) -> None:
         self.port = free_port()

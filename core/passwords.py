@@ -48,15 +48,14 @@ def contains_username(password: str, username: str) -> bool:
 
 
 def character_classes(password: str) -> int:
-    found = {
-        name
-        for name, chars in _CLASSES.items()
-        if any(ch in chars for ch in password)
-    }
+    present = set(password)
+    found = sum(not present.isdisjoint(chars) for chars in _CLASS_SETS[:3])
     # Anything outside ASCII letters and digits counts as a symbol (spaces, accents, emoji).
-    if any(not ch.isascii() or not ch.isalnum() for ch in password):
-        found.add("symbol")
-    return len(found)
+    return found + (not present <= _ASCII_ALNUM)
+
+
+_CLASS_SETS = tuple(frozenset(chars) for chars in _CLASSES.values())
+_ASCII_ALNUM = frozenset(string.ascii_letters + string.digits)
 
 
 def policy_violations(
@@ -83,7 +82,10 @@ def policy_violations(
     size = len(password.encode("utf-8", "surrogatepass"))  # never raises, whatever the text
     if schemes and schemes[0] in ("bcrypt", "ldap_bcrypt") and size > BCRYPT_MAX_BYTES:
         reasons.append(f"It must be at most {BCRYPT_MAX_BYTES} bytes long (a bcrypt limit).")
-    if any(_untypeable(ch) for ch in password):
+    # Printable ASCII holds none (the common case, and every generated password).
+    if not (password.isascii() and password.isprintable()) and any(
+        _untypeable(ch) for ch in password
+    ):
         reasons.append("It must not contain tabs, line breaks or control characters.")
     if password != password.strip():
         reasons.append("It must not start or end with a space.")
@@ -112,45 +114,40 @@ _GENERATED_ALPHABETS = tuple(
 _GENERATED_EVERY = "".join(_GENERATED_ALPHABETS)
 
 
-class _RandomPicks:
-    """Uniform random indices from the OS's CSPRNG, 64 bytes per read rather than one system
-    call per character (a reset generates one password per user while a core hashes)."""
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._next = 0
-
-    def below(self, n: int) -> int:
-        """Uniform in range(n), n <= 256: bytes that would bias the modulo are rejected."""
-        limit = 256 - 256 % n
-        while True:
-            if self._next == len(self._pool):
-                self._pool, self._next = secrets.token_bytes(64), 0
-            byte = self._pool[self._next]
-            self._next += 1
-            if byte < limit:
-                return byte % n
+_EVERY_SIZE = len(_GENERATED_EVERY)
+#: Random bytes become characters of _GENERATED_EVERY by one `bytes.translate`: each byte below
+#: the largest multiple of its size maps to one character, as many bytes to each (uniform);
+#: the bytes above are dropped (none when the alphabet's size divides 256: it has 64).
+_USED_BYTES = 256 - 256 % _EVERY_SIZE
+_TO_CHARACTER = bytes.maketrans(
+    bytes(range(_USED_BYTES)),
+    bytes(ord(_GENERATED_EVERY[byte % _EVERY_SIZE]) for byte in range(_USED_BYTES)),
+)
+_UNUSED_BYTES = bytes(range(_USED_BYTES, 256))
+_GENERATED_CLASSES = tuple(frozenset(alphabet) for alphabet in _GENERATED_ALPHABETS)
 
 
 def generate_password(
     policy: PasswordPolicy, username: str | None = None, *, at_least: int = 0
 ) -> str:
     """A random password from `secrets` that passes `policy`, without look-alike characters:
-    one of each class (ASCII lower and upper case, digit, symbol), no space, at least
-    `at_least` long (the library system's own minimum)."""
+    one of each class at least (ASCII lower and upper case, digit, symbol), no space, at least
+    `at_least` long (the library system's own minimum).
+
+    Each character is drawn uniformly from every class's characters at once, and a draw that
+    misses a class or fails the policy is drawn again: every password that qualifies is as
+    likely as any other. One read of the OS's CSPRNG and one C-level mapping per draw, not a
+    call per character (a reset generates one password per user while a core hashes).
+    """
     length = max(policy.generated_length, policy.min_length, at_least)
-    picks = _RandomPicks()
     while True:
-        chars = [alphabet[picks.below(len(alphabet))] for alphabet in _GENERATED_ALPHABETS]
-        chars += [
-            _GENERATED_EVERY[picks.below(len(_GENERATED_EVERY))]
-            for _ in range(length - len(chars))
-        ]
-        for i in range(len(chars) - 1, 0, -1):  # Fisher-Yates: one of each class anywhere
-            j = picks.below(i + 1)
-            chars[i], chars[j] = chars[j], chars[i]
-        candidate = "".join(chars)
-        if not policy_violations(candidate, policy, username=username):
+        drawn = b""
+        while len(drawn) < length:
+            drawn += secrets.token_bytes(length).translate(_TO_CHARACTER, _UNUSED_BYTES)
+        candidate = drawn[:length].decode("ascii")
+        if all(not chars.isdisjoint(candidate) for chars in _GENERATED_CLASSES) and not (
+            policy_violations(candidate, policy, username=username)
+        ):
             return candidate
 
 

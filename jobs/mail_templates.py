@@ -51,6 +51,8 @@ UNDONE_NAME = "undone"
 PLACEHOLDERS = frozenset(
     {"name", "username", "password", "portal_url", "library_name", "helpdesk", "must_change"}
 )
+#: What differs from one user to the next; every other value is the same for a whole task.
+PER_USER = frozenset({"name", "username", "password"})
 KNOWN_HEADERS = frozenset({"subject", "must-change", "library-name", "helpdesk"})
 MAX_NAME = 120
 _PIECE = re.compile(r"\{\{|\}\}|\{([^{}\n]*)\}|[{}]")
@@ -86,6 +88,50 @@ class Template:
     def names(self) -> set[str]:
         return {p.name for pieces in self.lines for p in pieces if isinstance(p, Placeholder)}
 
+    def bind(self, values: Mapping[str, str], *, drop_empty_lines: bool = False) -> Template:
+        """The template with the placeholders in `values` written in (as `render` would), the
+        others left for later: the same text once these are rendered too."""
+        lines: list[tuple[Piece, ...]] = []
+        for pieces in self.lines:
+            first = pieces[0] if len(pieces) == 1 else None
+            if (drop_empty_lines and isinstance(first, Placeholder)
+                    and first.name in values and not values[first.name]):
+                continue
+            lines.append(tuple(_merged([
+                values[p.name] if isinstance(p, Placeholder) and p.name in values else p
+                for p in pieces
+            ])))
+        return Template(tuple(lines))
+
+
+class Compiled:
+    """A template with every value known for the whole task written in, ready to render a
+    user's copy with one join (the hot path: a task renders one mail per user)."""
+
+    def __init__(self, template: Template, *, drop_empty_lines: bool = False) -> None:
+        self.template = template
+        #: A line holding nothing but a placeholder may vanish (text bodies): render by line.
+        self.by_line = drop_empty_lines and any(
+            len(pieces) == 1 and isinstance(pieces[0], Placeholder) for pieces in template.lines
+        )
+        flat: list[Piece] = []
+        for number, pieces in enumerate(template.lines):
+            if number:
+                flat.append("\n")
+            flat.extend(pieces)
+        merged = _merged(flat)
+        self.pieces = [piece if isinstance(piece, str) else "" for piece in merged]
+        self.slots = [(index, piece.name) for index, piece in enumerate(merged)
+                      if isinstance(piece, Placeholder)]
+
+    def render(self, values: Mapping[str, str]) -> str:
+        if self.by_line:
+            return self.template.render(values, drop_empty_lines=True)
+        pieces = self.pieces.copy()
+        for index, name in self.slots:
+            pieces[index] = values[name]
+        return "".join(pieces)
+
 
 @dataclass(frozen=True)
 class LanguageTemplates:
@@ -98,6 +144,15 @@ class LanguageTemplates:
     must_change_html: Template | None
     library_name: str
     helpdesk: str
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One language's mail for one task setting (must change or not), task values written in."""
+
+    subject: Compiled
+    text: Compiled
+    html: Compiled | None
 
 
 @dataclass(frozen=True)
@@ -136,6 +191,9 @@ class MailTemplates:
         self.portal_url = settings.portal_url
         self.library_name = settings.library_name
         self.helpdesk = settings.helpdesk
+        #: Each language's mail with the task's values written in, by (its templates' id,
+        #: must change): built at its first mail. None: rendered whole (see `_prepare`).
+        self._prepared: dict[tuple[int, bool], _Prepared | None] = {}
 
     @classmethod
     def load(cls, settings: Settings) -> MailTemplates:
@@ -174,8 +232,60 @@ class MailTemplates:
 
     def render(self, recipient: Recipient) -> RenderedMail:
         chosen = self.for_language(recipient.language, recipient.kind)
+        key = (id(chosen), recipient.require_change)
+        if key not in self._prepared:
+            self._prepared[key] = self._prepare(chosen, recipient.require_change)
+        prepared = self._prepared[key]
+        if prepared is None:
+            return self._render_whole(chosen, recipient)
+        name = single_line(recipient.full_name, MAX_NAME) or recipient.username
+        values = {"name": name, "username": recipient.username, "password": recipient.password}
+        text_values = {key: _one_line(value) for key, value in values.items()}
+        subject = _one_line(prepared.subject.render(text_values))
+        text = prepared.text.render(text_values)
+        if prepared.html is None:
+            return RenderedMail(subject, text + "\n", None)
+        html_values = {key: _escaped(value) for key, value in values.items()}
+        return RenderedMail(subject, text + "\n", prepared.html.render(html_values))
+
+    def _prepare(self, chosen: LanguageTemplates, require_change: bool) -> _Prepared | None:
+        """`chosen` with what is the same for every user written in; None when the
+        must-change line names the user (then each mail is rendered whole)."""
+        must_change = (chosen.must_change_text, chosen.must_change_html)
+        if require_change and any(template is not None and template.names & PER_USER
+                                  for template in must_change):
+            return None
+        text_values = self._task_values(chosen, _one_line)
+        text_values["must_change"] = _must_change(chosen.must_change_text, text_values,
+                                                  require_change)
+        subject = Compiled(chosen.subject.bind(text_values))
+        text = Compiled(chosen.text.bind(text_values, drop_empty_lines=True),
+                        drop_empty_lines=True)
+        if chosen.html is None:
+            return _Prepared(subject, text, None)
+        html_values = self._task_values(chosen, _escaped)
+        if chosen.must_change_html is not None:
+            html_values["must_change"] = _must_change(chosen.must_change_html, html_values,
+                                                      require_change)
+        else:
+            html_values["must_change"] = _escaped(text_values["must_change"])
+        return _Prepared(subject, text, Compiled(chosen.html.bind(html_values)))
+
+    def _task_values(
+        self, chosen: LanguageTemplates, clean: Callable[[str], str]
+    ) -> dict[str, str]:
+        return {
+            "portal_url": clean(self.portal_url),
+            "library_name": clean(self.library_name or chosen.library_name),
+            "helpdesk": clean(self.helpdesk or chosen.helpdesk),
+        }
+
+    def _render_whole(self, chosen: LanguageTemplates, recipient: Recipient) -> RenderedMail:
+        """A user's mail with every value written in at once (a must-change line that names
+        the user)."""
         text_values = self._values(chosen, recipient, _one_line)
-        text_values["must_change"] = _must_change(chosen.must_change_text, text_values, recipient)
+        text_values["must_change"] = _must_change(chosen.must_change_text, text_values,
+                                                  recipient.require_change)
         subject = _one_line(chosen.subject.render(text_values))
         text = chosen.text.render(text_values, drop_empty_lines=True)
         if chosen.html is None:
@@ -183,7 +293,7 @@ class MailTemplates:
         html_values = self._values(chosen, recipient, _escaped)
         if chosen.must_change_html is not None:
             html_values["must_change"] = _must_change(
-                chosen.must_change_html, html_values, recipient
+                chosen.must_change_html, html_values, recipient.require_change
             )
         else:
             html_values["must_change"] = _escaped(text_values["must_change"])
@@ -219,9 +329,9 @@ def _candidates(language: str | None) -> list[str]:
 
 
 def _must_change(
-    template: Template | None, values: Mapping[str, str], recipient: Recipient
+    template: Template | None, values: Mapping[str, str], require_change: bool
 ) -> str:
-    if not recipient.require_change or template is None:
+    if not require_change or template is None:
         return ""
     return template.render({**values, "must_change": ""})
 

@@ -6,6 +6,7 @@ import smtplib
 from dataclasses import replace
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
@@ -192,3 +193,72 @@ def test_wrong_credentials_are_a_setup_error_not_a_per_user_failure() -> None:
         assert server.logins == [("resetbot", False)]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+def test_a_batch_goes_over_one_connection_each_mail_classified(pipelining: bool) -> None:
+    """Pipelined (RFC 2920) or not, a batch's refusals stay with their own mail and the mails
+    after them are sent, each with its own password."""
+    server = SmtpServer(pipelining=pipelining).start()
+    connections, renewals = [], []
+
+    def counting_factory(settings: Settings) -> smtplib.SMTP:
+        connections.append(1)
+        return connect_smtp(settings)
+
+    try:
+        server.refuse("busy@example.org", code=452, times=1, text="4.2.2 Mailbox full")
+        server.refuse("gone@example.org", code=550, times=1, text="5.1.1 User unknown")
+        mails = [
+            mail(address="busy@example.org"),
+            mail(address="no address"),
+            mail(address="gone@example.org"),
+            mail(address="alice@example.org", password="Aa3#first"),
+            mail(address="bob@example.org", username="bob", password="Bb4#second"),
+        ]
+        with Mailer(server.settings(SETTINGS), counting_factory) as mailer:
+            deliveries = list(mailer.send_each(mails, before=lambda: renewals.append(1)))
+            assert mailer.transient_streak == 0
+        assert [(d.outcome, d.reason) for d in deliveries] == [
+            (Outcome.TRANSIENT, "452 4.2.2 Mailbox full"),
+            (Outcome.PERMANENT, "Not sent: the e-mail address has no @."),
+            (Outcome.PERMANENT, "550 5.1.1 User unknown"),
+            (Outcome.SENT, None),
+            (Outcome.SENT, None),
+        ]
+        assert [(m.to, m.password) for m in server.messages] == [
+            ("alice@example.org", "Aa3#first"), ("bob@example.org", "Bb4#second"),
+        ]
+        assert len(connections) == 1 and len(renewals) == 5
+    finally:
+        server.stop()
+
+
+def test_a_line_starting_with_a_dot_arrives_whole(smtp_server: SmtpServer, tmp_path: Path) -> None:
+    """DATA ends at a line holding only "."; a line starting with one is sent doubled (RFC 5321
+    4.5.2) and arrives as written. Quoted-printable leaves such a line as it is."""
+    (tmp_path / "reset.txt").write_text("Subject: Reset\n\n.{name}\n.\nPassword: {password}\n")
+    settings = replace(smtp_server.settings(SETTINGS), mail_templates=str(tmp_path))
+    with Mailer(settings, connect_smtp) as mailer:
+        assert mailer.send(mail()).outcome is Outcome.SENT
+    (received,) = smtp_server.messages
+    assert received.text.splitlines() == [".Alice Archer", ".", "Password: Tq7#kWm!xz9Rp4Ae"]
+
+
+def test_a_batch_given_up_halfway_leaves_no_transaction_open(smtp_server: SmtpServer) -> None:
+    """Pipelining sends the next mail's envelope with each message: a batch stopped after a
+    mail (a lease lost, an error) must not leave it open, or the next message sent on that
+    connection would go to that envelope's recipient."""
+    with Mailer(smtp_server.settings(SETTINGS), connect_smtp) as mailer:
+        deliveries = mailer.send_each([
+            mail(address="alice@example.org", password="Aa3#first"),
+            mail(address="bob@example.org", password="Bb4#second"),
+        ])
+        assert next(deliveries).outcome is Outcome.SENT
+        deliveries.close()
+        assert mailer.send(mail(address="carol@example.org", password="Cc5#third")).outcome \
+            is Outcome.SENT
+
+    assert [(m.to, m.password) for m in smtp_server.messages] == [
+        ("alice@example.org", "Aa3#first"), ("carol@example.org", "Cc5#third"),
+    ]

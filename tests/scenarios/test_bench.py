@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from bench.run import main
+from bench.services import SmtpSink
 from bench.synth import search_terms, synth_users
+from core.settings import Settings
+from jobs.mailer import Mailer, Outcome, PasswordMail, connect_smtp
 
 
 def test_synthetic_directory_has_the_promised_mix() -> None:
@@ -27,6 +30,29 @@ def test_synthetic_directory_has_the_promised_mix() -> None:
     terms = search_terms(2000)
     assert len(terms) == 200
     assert {t.kind for t in terms} == {"rare", "common"}
+
+
+def test_the_smtp_sink_counts_what_it_accepts_pipelined_or_not() -> None:
+    """The bench's own bare SMTP server: one count per message accepted, whether the client
+    pipelines (resetbot) or waits for each reply (smtplib), empty and dot-led messages too;
+    commands out of order are refused and count nothing."""
+    with SmtpSink() as sink:
+        settings = Settings(smtp_host="127.0.0.1", smtp_port=sink.port, smtp_timeout=5,
+                            mail_from="Library <resetbot@library.example>")
+        mails = [PasswordMail("Ada", f"u{n}@example.org", f"u{n}", "Aa3#pw") for n in range(5)]
+        with Mailer(settings, connect_smtp) as mailer:
+            assert [d.outcome for d in mailer.send_each(mails)] == [Outcome.SENT] * 5
+        with connect_smtp(settings) as client:
+            assert client.has_extn("pipelining")
+            assert client.rcpt("x@example.org")[0] == 503  # no MAIL yet
+            assert client.sendmail("a@example.org", ["b@example.org"], b"") == {}
+            assert client.sendmail("a@example.org", ["b@example.org"], b".hi\r\n.\r\n") == {}
+            assert client.mail("a@example.org")[0] == 250
+            assert client.docmd("DATA")[0] == 503  # no recipient
+        assert sink.messages == 7
+        assert sink.last_accepted is not None
+        sink.reset()
+        assert sink.messages == 0
 
 
 @pytest.mark.postgres

@@ -1,5 +1,7 @@
 """A real SMTP server on loopback (aiosmtpd) for tests: records mail, refuses on request.
 
+It offers PIPELINING as real servers do (`SmtpServer(pipelining=False)`: a server without it).
+
     server.refuse("bob@example.org", code=450, times=2)   # the first two RCPTs get 450
     server.require_auth("resetbot", "s3cret")             # AUTH before MAIL, 535 otherwise
 
@@ -68,6 +70,16 @@ class _Handler:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
 
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # aiosmtpd reads commands one by one from a stream, so pipelined ones work; it just
+        # does not say so. Every real server does, and resetbot pipelines when told.
+        session.host_name = hostname
+        if not self.server.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
@@ -87,8 +99,16 @@ def free_port() -> int:
 
 
 class SmtpServer:
-    def __init__(self, *, username: str | None = None, password: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        pipelining: bool = True,
+    ) -> None:
         self.host = "127.0.0.1"
+        #: Whether EHLO offers PIPELINING (RFC 2920); without it resetbot uses smtplib's sendmail.
+        self.pipelining = pipelining
         self.port = free_port()
         self._lock = threading.Lock()
         self._messages: list[ReceivedMail] = []
