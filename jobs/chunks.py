@@ -41,6 +41,25 @@ from jobs.progress import ProgressWatch
 from jobs.retries import schedule_retries
 from jobs.settling import HashedBatch, PlannedSet, fail_for_mail_setup, settle_batch
 
+#: A batch takes at most this share of the lease to hash (measured on the batches before), so
+#: the lease comfortably outlasts a batch however slow the hash: RESET_CLAIM_BATCH users, or
+#: fewer where hashing is slow (bcrypt at a high cost).
+LEASE_SHARE = 6
+
+
+def batch_size(context: WorkerContext) -> int:
+    """How many users the next claim takes per batch: RESET_CLAIM_BATCH, or as many as this
+    worker hashes in a LEASE_SHARE-th of the lease, whichever is fewer.
+
+    Each batch costs a few statements and a transaction whatever its size (claim, lease, Undo's
+    snapshot, hashes, states): bigger batches spread them over more users.
+    """
+    most = context.settings.claim_batch
+    per_user = context.seconds_per_user
+    if per_user <= 0:
+        return most
+    return max(1, min(most, int(context.settings.lease_seconds / LEASE_SHARE / per_user)))
+
 
 def work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> None:
     """Claim, hash, write and mail batch after batch, then schedule retries and maybe finish."""
@@ -136,13 +155,16 @@ class Pipeline:
     def run(self, known: KnownPasswords) -> None:
         """Hash batch after batch until none is left or the job must stop."""
         # The first batch and the one hashed while it is settled, in one transaction.
-        self.in_flight = self.helper.submit(self._claim_two)
+        size = batch_size(self.context)
+        self.in_flight = self.helper.submit(self._claim_two, size)
         self.collect()
-        both, size = self.take_upcoming(), self.context.settings.claim_batch
+        both = self.take_upcoming()
         current = Claim(both.items[:size], both.taken)
         self.upcoming = both.items[size:]
         while current.items and self.mailer_ready(current.items):
             batch = hash_batch(self.context, current, known, self.task)
+            if batch.sets:
+                self.context.seconds_per_user = batch.took / len(batch.sets)
             if not self.collect():
                 self.upcoming.extend(current.items)  # given back untouched, with the next
                 break
@@ -150,9 +172,9 @@ class Pipeline:
             self.settle(batch)
         self.finish()
 
-    def _claim_two(self) -> Settled:
+    def _claim_two(self, size: int) -> Settled:
         taken = time.monotonic()
-        claimed = claim_items(self.context, self.task.id, self.conditions, batches=2)
+        claimed = claim_items(self.context, self.task.id, self.conditions, batches=2, size=size)
         return Settled(claimed=Claim(claimed, taken))
 
     def take_upcoming(self) -> Claim:
@@ -194,12 +216,13 @@ class Pipeline:
         carried, self.carried = self.carried, []
         # The settling thread sees this job's context too (reporters may ask for it).
         self.in_flight = self.helper.submit(
-            contextvars.copy_context().run, self._settle, batch, carried
+            contextvars.copy_context().run, self._settle, batch, carried,
+            batch_size(self.context),
         )
 
-    def _settle(self, batch: HashedBatch, carried: list[ItemOutcome]) -> Settled:
+    def _settle(self, batch: HashedBatch, carried: list[ItemOutcome], size: int) -> Settled:
         settled = settle_batch(self.context, self.task, batch, self.mailer, carried,
-                               self.conditions)
+                               self.conditions, size)
         self.progress.settled(len(batch.claimed))
         return settled
 

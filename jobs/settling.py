@@ -78,15 +78,16 @@ def settle_batch(
     mailer: Mailer,
     carried: Sequence[ItemOutcome] = (),
     claim_next: Conditions | None = None,
+    claim_size: int | None = None,
 ) -> Settled:
     """Set a batch's passwords and write its states, then mail it (those whose password the
     directory took; after an outage mid-batch too, then the job stops).
 
     `carried`: the states left by the batch before (written in this batch's first
     transaction); `claim_next`: which items to claim in that transaction, for the job's thread
-    to hash next but one (the returned `Settled.claimed`).
+    to hash next but one (the returned `Settled.claimed`), `claim_size` of them (claim_batch).
     """
-    written = _write_batch(context, task, batch, carried, claim_next)
+    written = _write_batch(context, task, batch, carried, claim_next, claim_size)
     settled = Settled(retries=defaultdict(list), stop=written.directory_down,
                       claimed=written.claimed)
     to_mail = [item for item in batch.claimed
@@ -147,6 +148,7 @@ def _write_batch(
     batch: HashedBatch,
     carried: Sequence[ItemOutcome],
     claim_next: Conditions | None,
+    claim_size: int | None = None,
 ) -> Written:
     """Set the passwords and state how it went; the states still to write (a foreign
     directory), the next claim, and whether the directory stopped answering.
@@ -189,7 +191,8 @@ def _write_batch(
             record_outcomes(context, session, states, now)
             states = []
         if claim_next is not None:
-            claimed = Claim(claim_in(context, session, task.id, claim_next), taken)
+            claimed = Claim(claim_in(context, session, task.id, claim_next, size=claim_size),
+                            taken)
         session.commit()
     if not together:
         outcomes, outage = _set_passwords(context, task.id, wanted, now)
