@@ -129,6 +129,28 @@ def update_held(
     return {int(row[0]) for row in rows}
 
 
+def hold(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> set[int]:
+    """Those of `item_ids` this worker still holds, locked until `session`'s transaction ends:
+    the check `renew` makes, without writing, for a transaction that ends the items itself
+    (their final states, or a renewed lease for those still to be mailed).
+
+    A locked row cannot be taken by the reaper or another worker before the commit, so what
+    is held now is still held when the states are written. SQLite locks no rows: there the
+    lease is renewed, which takes the database's one write lock at once.
+    """
+    if not item_ids:
+        return set()
+    if session.get_bind().dialect.name == "sqlite":
+        return renew(context, session, item_ids)
+    items = items_table.c
+    return {int(item_id) for item_id in session.connection().scalars(
+        select(items.id)
+        .where(items.id.in_(list(item_ids)), items.state == ItemState.CLAIMED.value,
+               items.leased_by == context.owner)
+        .with_for_update()
+    )}
+
+
 def renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> set[int]:
     """Extend the lease on the items this worker still holds; returns their ids."""
     until = utcnow() + timedelta(seconds=context.settings.lease_seconds)
