@@ -16,6 +16,8 @@ import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from sqlalchemy import select
+
 from core.addresses import usable_address
 from core.directory.protocol import PasswordSet
 from core.directory.sql import SqlDirectory
@@ -86,14 +88,21 @@ def work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> 
 def load_task(context: WorkerContext, task_id: int) -> TaskView | None:
     """The task if it is running; None when there is nothing to work on."""
     with context.sessions() as session:
-        task = session.get(ResetTask, task_id)
-        if task is None or task.status != TaskStatus.RUNNING:
-            return None
-        return TaskView(task.id, Mode(task.mode), task.require_change,
-                        task.default_password_sealed, paused=task.paused_since is not None,
-                        no_email=NoEmailChoice(task.no_email),
-                        no_email_sealed=task.no_email_password_sealed,
-                        total=task.total if task.planned else 0)
+        # The columns a job needs, not the whole task (its selection may hold 100,000 ids).
+        task = session.execute(
+            select(ResetTask.status, ResetTask.mode, ResetTask.require_change,
+                   ResetTask.default_password_sealed, ResetTask.paused_since,
+                   ResetTask.no_email, ResetTask.no_email_password_sealed, ResetTask.total,
+                   ResetTask.planned)
+            .where(ResetTask.id == task_id)
+        ).one_or_none()
+    if task is None or task.status != TaskStatus.RUNNING:
+        return None
+    return TaskView(task_id, Mode(task.mode), task.require_change,
+                    task.default_password_sealed, paused=task.paused_since is not None,
+                    no_email=NoEmailChoice(task.no_email),
+                    no_email_sealed=task.no_email_password_sealed,
+                    total=task.total if task.planned else 0)
 
 
 def _known_passwords(context: WorkerContext, task: TaskView) -> KnownPasswords:
