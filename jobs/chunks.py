@@ -43,21 +43,23 @@ from jobs.progress import ProgressWatch
 from jobs.retries import schedule_retries
 from jobs.settling import HashedBatch, PlannedSet, fail_for_mail_setup, settle_batch
 
-#: A batch takes at most this share of the lease to hash (measured on the batches before), so
-#: the lease comfortably outlasts a batch however slow the hash: RESET_CLAIM_BATCH users, or
-#: fewer where hashing is slow (bcrypt at a high cost).
+#: A batch takes at most this share of the lease to hash, or to settle (measured on the
+#: batches before): RESET_CLAIM_BATCH users, or fewer where hashing is slow (bcrypt at a high
+#: cost) or the directory is (an LDAP server sets each password itself, one by one). A batch
+#: claimed while an earlier one settles waits about two batches' time for its lease to be
+#: renewed: a third of the lease at most, so the lease comfortably outlasts it.
 LEASE_SHARE = 6
 
 
 def batch_size(context: WorkerContext) -> int:
     """How many users the next claim takes per batch: RESET_CLAIM_BATCH, or as many as this
-    worker hashes in a LEASE_SHARE-th of the lease, whichever is fewer.
+    worker hashes, or settles, in a LEASE_SHARE-th of the lease, whichever is fewest.
 
     Each batch costs a few statements and a transaction whatever its size (claim, lease, Undo's
     snapshot, hashes, states): bigger batches spread them over more users.
     """
     most = context.settings.claim_batch
-    per_user = context.seconds_per_user
+    per_user = max(context.hash_seconds_per_user, context.settle_seconds_per_user)
     if per_user <= 0:
         return most
     return max(1, min(most, int(context.settings.lease_seconds / LEASE_SHARE / per_user)))
@@ -173,7 +175,7 @@ class Pipeline:
         while current.items and self.mailer_ready(current.items):
             batch = hash_batch(self.context, current, known, self.task)
             if batch.sets:
-                self.context.seconds_per_user = batch.took / len(batch.sets)
+                self.context.hash_seconds_per_user = batch.took / len(batch.sets)
             if not self.collect():
                 self.upcoming.extend(current.items)  # given back untouched, with the next
                 break
@@ -230,8 +232,11 @@ class Pipeline:
         )
 
     def _settle(self, batch: HashedBatch, carried: list[ItemOutcome], size: int) -> Settled:
+        started, users = time.monotonic(), len(batch.claimed)
         settled = settle_batch(self.context, self.task, batch, self.mailer, carried,
                                self.conditions, size)
+        if users:
+            self.context.settle_seconds_per_user = (time.monotonic() - started) / users
         self.progress.settled(len(batch.claimed))
         return settled
 
