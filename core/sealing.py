@@ -7,6 +7,7 @@ changed while a task still holds a password sealed with the previous one.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -15,7 +16,9 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from core.errors import ConfigError
 
 
+@functools.lru_cache(maxsize=8)
 def _fernet(secret_key: str) -> Fernet:
+    """The key's Fernet, made once per key and process (Undo seals two values a user)."""
     if not secret_key:
         raise ConfigError("RESET_SECRET_KEY is not set: it is needed to keep a default password")
     # Derived from the key's text, as before key rotation existed: tasks sealed by an older

@@ -733,7 +733,9 @@ class Settings:
         "RESET_CHUNK_SIZE", 100, "users per job", parse=integer(1, 10_000),
     )
     claim_batch: int = setting(
-        "RESET_CLAIM_BATCH", 25, "users a worker claims (leases) at a time inside a chunk",
+        "RESET_CLAIM_BATCH", 50,
+        "users a worker claims (leases) at a time inside a chunk, at most (fewer when a batch "
+        "would take more than a sixth of `RESET_LEASE_SECONDS` to hash)",
         parse=integer(1, 10_000),
     )
     lease_seconds: int = setting(

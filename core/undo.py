@@ -20,6 +20,7 @@ asked in its own integer keys.
 
 from __future__ import annotations
 
+import functools
 import json
 import weakref
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,7 @@ from sqlalchemy import (
     Engine,
     Table,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -40,6 +42,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -147,13 +150,24 @@ def _store(
     if not written:
         return
     now = utcnow()
-    rows = [
+    users = list(written)
+    previous_sealed = [seal(key, _encoded(before[user_id])) for user_id in users]
+    written_sealed = [seal(key, written[user_id]) for user_id in users]
+    if connection.dialect.name == "postgresql":
+        # The whole batch as three arrays: one statement of the same text every batch (planned
+        # once, one execution) however many users it holds.
+        connection.execute(_kept_once_unnested(), {
+            "task_id": task_id, "created_at": now, "users": users,
+            "previous": previous_sealed, "written": written_sealed,
+        })
+        return
+    # An executemany: PyMySQL sends it as one multi-row INSERT; SQLite runs it in process.
+    connection.execute(_kept_once(connection.dialect.name), [
         {"task_id": task_id, "user_id": user_id, "created_at": now,
-         "previous_sealed": seal(key, _encoded(before[user_id])),
-         "written_sealed": seal(key, new_hash)}
-        for user_id, new_hash in written.items()
-    ]
-    connection.execute(_kept_once(connection.dialect.name), rows)
+         "previous_sealed": previous, "written_sealed": written_hash}
+        for user_id, previous, written_hash in zip(users, previous_sealed, written_sealed,
+                                                   strict=True)
+    ])
 
 
 def _kept_once(dialect: str) -> Any:
@@ -167,6 +181,25 @@ def _kept_once(dialect: str) -> Any:
     statement = upsert(snapshots_table)
     return statement.on_conflict_do_update(
         index_elements=[snapshots_table.c.task_id, snapshots_table.c.user_id],
+        set_={"written_sealed": statement.excluded.written_sealed},
+    )
+
+
+@functools.cache
+def _kept_once_unnested() -> Any:
+    """PostgreSQL: `_kept_once` for a whole batch, its users and sealed values as arrays."""
+    c = snapshots_table.c
+    rows = select(
+        bindparam("task_id", type_=c.task_id.type),
+        func.unnest(bindparam("users", type_=postgresql.ARRAY(c.user_id.type))),
+        bindparam("created_at", type_=c.created_at.type),
+        func.unnest(bindparam("previous", type_=postgresql.ARRAY(c.previous_sealed.type))),
+        func.unnest(bindparam("written", type_=postgresql.ARRAY(c.written_sealed.type))),
+    )
+    statement = postgresql_insert(snapshots_table).from_select(
+        ["task_id", "user_id", "created_at", "previous_sealed", "written_sealed"], rows)
+    return statement.on_conflict_do_update(
+        index_elements=[c.task_id, c.user_id],
         set_={"written_sealed": statement.excluded.written_sealed},
     )
 

@@ -16,6 +16,8 @@ import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from sqlalchemy import select
+
 from core.addresses import usable_address
 from core.directory.protocol import PasswordSet
 from core.directory.sql import SqlDirectory
@@ -40,6 +42,27 @@ from jobs.outage import pause_for_mail, resume_after_mail_outage
 from jobs.progress import ProgressWatch
 from jobs.retries import schedule_retries
 from jobs.settling import HashedBatch, PlannedSet, fail_for_mail_setup, settle_batch
+
+#: A batch takes at most this share of the lease to hash, or to settle (measured on the
+#: batches before): RESET_CLAIM_BATCH users, or fewer where hashing is slow (bcrypt at a high
+#: cost) or the directory is (an LDAP server sets each password itself, one by one). A batch
+#: claimed while an earlier one settles waits about two batches' time for its lease to be
+#: renewed: a third of the lease at most, so the lease comfortably outlasts it.
+LEASE_SHARE = 6
+
+
+def batch_size(context: WorkerContext) -> int:
+    """How many users the next claim takes per batch: RESET_CLAIM_BATCH, or as many as this
+    worker hashes, or settles, in a LEASE_SHARE-th of the lease, whichever is fewest.
+
+    Each batch costs a few statements and a transaction whatever its size (claim, lease, Undo's
+    snapshot, hashes, states): bigger batches spread them over more users.
+    """
+    most = context.settings.claim_batch
+    per_user = max(context.hash_seconds_per_user, context.settle_seconds_per_user)
+    if per_user <= 0:
+        return most
+    return max(1, min(most, int(context.settings.lease_seconds / LEASE_SHARE / per_user)))
 
 
 def work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> None:
@@ -67,14 +90,21 @@ def work_items(context: WorkerContext, task_id: int, conditions: Conditions) -> 
 def load_task(context: WorkerContext, task_id: int) -> TaskView | None:
     """The task if it is running; None when there is nothing to work on."""
     with context.sessions() as session:
-        task = session.get(ResetTask, task_id)
-        if task is None or task.status != TaskStatus.RUNNING:
-            return None
-        return TaskView(task.id, Mode(task.mode), task.require_change,
-                        task.default_password_sealed, paused=task.paused_since is not None,
-                        no_email=NoEmailChoice(task.no_email),
-                        no_email_sealed=task.no_email_password_sealed,
-                        total=task.total if task.planned else 0)
+        # The columns a job needs, not the whole task (its selection may hold 100,000 ids).
+        task = session.execute(
+            select(ResetTask.status, ResetTask.mode, ResetTask.require_change,
+                   ResetTask.default_password_sealed, ResetTask.paused_since,
+                   ResetTask.no_email, ResetTask.no_email_password_sealed, ResetTask.total,
+                   ResetTask.planned)
+            .where(ResetTask.id == task_id)
+        ).one_or_none()
+    if task is None or task.status != TaskStatus.RUNNING:
+        return None
+    return TaskView(task_id, Mode(task.mode), task.require_change,
+                    task.default_password_sealed, paused=task.paused_since is not None,
+                    no_email=NoEmailChoice(task.no_email),
+                    no_email_sealed=task.no_email_password_sealed,
+                    total=task.total if task.planned else 0)
 
 
 def _known_passwords(context: WorkerContext, task: TaskView) -> KnownPasswords:
@@ -136,13 +166,16 @@ class Pipeline:
     def run(self, known: KnownPasswords) -> None:
         """Hash batch after batch until none is left or the job must stop."""
         # The first batch and the one hashed while it is settled, in one transaction.
-        self.in_flight = self.helper.submit(self._claim_two)
+        size = batch_size(self.context)
+        self.in_flight = self.helper.submit(self._claim_two, size)
         self.collect()
-        both, size = self.take_upcoming(), self.context.settings.claim_batch
+        both = self.take_upcoming()
         current = Claim(both.items[:size], both.taken)
         self.upcoming = both.items[size:]
         while current.items and self.mailer_ready(current.items):
             batch = hash_batch(self.context, current, known, self.task)
+            if batch.sets:
+                self.context.hash_seconds_per_user = batch.took / len(batch.sets)
             if not self.collect():
                 self.upcoming.extend(current.items)  # given back untouched, with the next
                 break
@@ -150,9 +183,9 @@ class Pipeline:
             self.settle(batch)
         self.finish()
 
-    def _claim_two(self) -> Settled:
+    def _claim_two(self, size: int) -> Settled:
         taken = time.monotonic()
-        claimed = claim_items(self.context, self.task.id, self.conditions, batches=2)
+        claimed = claim_items(self.context, self.task.id, self.conditions, batches=2, size=size)
         return Settled(claimed=Claim(claimed, taken))
 
     def take_upcoming(self) -> Claim:
@@ -194,12 +227,16 @@ class Pipeline:
         carried, self.carried = self.carried, []
         # The settling thread sees this job's context too (reporters may ask for it).
         self.in_flight = self.helper.submit(
-            contextvars.copy_context().run, self._settle, batch, carried
+            contextvars.copy_context().run, self._settle, batch, carried,
+            batch_size(self.context),
         )
 
-    def _settle(self, batch: HashedBatch, carried: list[ItemOutcome]) -> Settled:
+    def _settle(self, batch: HashedBatch, carried: list[ItemOutcome], size: int) -> Settled:
+        started, users = time.monotonic(), len(batch.claimed)
         settled = settle_batch(self.context, self.task, batch, self.mailer, carried,
-                               self.conditions)
+                               self.conditions, size)
+        if users:
+            self.context.settle_seconds_per_user = (time.monotonic() - started) / users
         self.progress.settled(len(batch.claimed))
         return settled
 

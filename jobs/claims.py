@@ -9,11 +9,12 @@ another worker is never written twice.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from core.models import ItemState, ResetItem, ResetTask, TaskStatus, utcnow
@@ -38,22 +39,23 @@ def chunk_items(task_id: int, chunk: int) -> Conditions:
 
 
 def claim_items(
-    context: WorkerContext, task_id: int, conditions: Conditions, *, batches: int = 1
+    context: WorkerContext, task_id: int, conditions: Conditions, *, batches: int = 1,
+    size: int | None = None,
 ) -> list[Claimed]:
-    """Lease up to `batches` times claim_batch matching items in a transaction of their own (see
-    `claim_in`)."""
+    """Lease up to `batches` times `size` (claim_batch) matching items in a transaction of their
+    own (see `claim_in`)."""
     with context.sessions() as session:
-        claimed = claim_in(context, session, task_id, conditions, batches=batches)
+        claimed = claim_in(context, session, task_id, conditions, batches=batches, size=size)
         session.commit()
     return claimed
 
 
 def claim_in(
     context: WorkerContext, session: Session, task_id: int, conditions: Conditions, *,
-    batches: int = 1,
+    batches: int = 1, size: int | None = None,
 ) -> list[Claimed]:
-    """Lease up to `batches` times claim_batch matching items in `session`'s transaction (the
-    caller commits), safe with many workers.
+    """Lease up to `batches` times `size` (claim_batch) matching items in `session`'s
+    transaction (the caller commits), safe with many workers.
 
     Only while the task runs uncancelled and without error: the same statement is the check
     between batches. PostgreSQL and MariaDB/MySQL skip rows another worker is claiming right
@@ -84,7 +86,7 @@ def claim_in(
             ResetItem.id, ResetItem.user_id, ResetItem.chunk, ResetItem.username,
             ResetItem.full_name, ResetItem.email, ResetItem.attempts,
         ],
-        limit=context.settings.claim_batch * batches,
+        limit=(size or context.settings.claim_batch) * batches,
     )
     return [Claimed(r[0], str(r[1]), r[2], r[3], r[4] or "", r[5] or None, r[6]) for r in rows]
 
@@ -127,6 +129,28 @@ def update_held(
     return {int(row[0]) for row in rows}
 
 
+def hold(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> set[int]:
+    """Those of `item_ids` this worker still holds, locked until `session`'s transaction ends:
+    the check `renew` makes, without writing, for a transaction that ends the items itself
+    (their final states, or a renewed lease for those still to be mailed).
+
+    A locked row cannot be taken by the reaper or another worker before the commit, so what
+    is held now is still held when the states are written. SQLite locks no rows: there the
+    lease is renewed, which takes the database's one write lock at once.
+    """
+    if not item_ids:
+        return set()
+    if session.get_bind().dialect.name == "sqlite":
+        return renew(context, session, item_ids)
+    items = items_table.c
+    return {int(item_id) for item_id in session.connection().scalars(
+        select(items.id)
+        .where(items.id.in_(list(item_ids)), items.state == ItemState.CLAIMED.value,
+               items.leased_by == context.owner)
+        .with_for_update()
+    )}
+
+
 def renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> set[int]:
     """Extend the lease on the items this worker still holds; returns their ids."""
     until = utcnow() + timedelta(seconds=context.settings.lease_seconds)
@@ -136,39 +160,37 @@ def renew(context: WorkerContext, session: Session, item_ids: Sequence[int]) -> 
 def record_outcomes(
     context: WorkerContext, session: Session, outcomes: Sequence[ItemOutcome], now: datetime
 ) -> None:
-    """Every outcome of a batch in one executemany, each only if this worker still holds it."""
+    """Every outcome of a batch, each only if this worker still holds it: one UPDATE per
+    distinct outcome (state, attempts, retry time, error), on all its items at once.
+
+    A batch's outcomes are mostly alike (a default password: every user `reset`), so a batch
+    costs the database one or a few statements rather than one a user.
+    """
     if not outcomes:
         return
-    statement = (
-        update(items_table)
-        .where(
-            items_table.c.id == bindparam("b_id"),
-            items_table.c.state == ItemState.CLAIMED.value,
-            items_table.c.leased_by == context.owner,
+    alike: dict[tuple[str, int, datetime | None, str | None], list[int]] = defaultdict(list)
+    for outcome in outcomes:
+        key = (outcome.state.value, outcome.attempts, outcome.next_attempt_at, outcome.error)
+        alike[key].append(outcome.item_id)
+    connection = session.connection()
+    for (state, attempts, next_attempt_at, error), item_ids in alike.items():
+        connection.execute(
+            update(items_table)
+            .where(
+                items_table.c.id.in_(item_ids),
+                items_table.c.state == ItemState.CLAIMED.value,
+                items_table.c.leased_by == context.owner,
+            )
+            .values(
+                state=state,
+                attempts=attempts,
+                next_attempt_at=next_attempt_at,
+                last_error=error,
+                leased_by=None,
+                lease_until=None,
+                updated_at=now,
+            )
         )
-        .values(
-            state=bindparam("b_state"),
-            attempts=bindparam("b_attempts"),
-            next_attempt_at=bindparam("b_next"),
-            last_error=bindparam("b_error"),
-            leased_by=None,
-            lease_until=None,
-            updated_at=now,
-        )
-    )
-    session.connection().execute(
-        statement,
-        [
-            {
-                "b_id": outcome.item_id,
-                "b_state": outcome.state.value,
-                "b_attempts": outcome.attempts,
-                "b_next": outcome.next_attempt_at,
-                "b_error": outcome.error,
-            }
-            for outcome in outcomes
-        ],
-    )
 
 
 def release(context: WorkerContext, claimed: Sequence[Claimed]) -> None:

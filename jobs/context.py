@@ -69,6 +69,10 @@ class WorkerContext:
     owns_engine: bool = False
     #: This worker's progress checks per task, kept across its jobs (see jobs.progress).
     progress_paces: dict[int, ProgressPace] = field(default_factory=dict)
+    #: Seconds this worker took to hash, and to settle, one user of its last batch: they size
+    #: its claims, kept across its jobs (see jobs.chunks.batch_size); 0 until measured.
+    hash_seconds_per_user: float = 0.0
+    settle_seconds_per_user: float = 0.0
 
     @classmethod
     def build(

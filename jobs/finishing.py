@@ -83,6 +83,8 @@ def finish_if_done(context: WorkerContext, task_id: int) -> bool:
 
     A cancelled or failed task first settles what had not started (see `_settle_untouched`).
     """
+    if _not_to_end(context, task_id):
+        return False
     now = utcnow()
     with context.sessions() as session:
         task = session.get(ResetTask, task_id)
@@ -103,6 +105,31 @@ def finish_if_done(context: WorkerContext, task_id: int) -> bool:
     SafeReporter(context.reporter).task_finished(task_id)
     start_next_queued(context)
     return True
+
+
+def _not_to_end(context: WorkerContext, task_id: int) -> bool:
+    """Plainly not a task to end or settle now, told by one read: not running, not planned
+    yet, or running as asked (no error, no cancel) with users left to work on. The usual case
+    at the end of a chunk's job, so it costs neither a task loaded nor a transaction that
+    writes."""
+    active = (
+        select(ResetItem.id)
+        .where(ResetItem.task_id == task_id,
+               ResetItem.state.in_([state.value for state in ACTIVE_ITEM_STATES]))
+        .exists()
+    )
+    with context.sessions() as session:
+        row = session.execute(
+            select(ResetTask.status, ResetTask.planned, ResetTask.error,
+                   ResetTask.cancel_requested, active)
+            .where(ResetTask.id == task_id)
+        ).one_or_none()
+    if row is None:
+        return True
+    status, planned, error, cancel_requested, unfinished = row
+    if status != TaskStatus.RUNNING or not planned:
+        return True
+    return not error and not cancel_requested and bool(unfinished)
 
 
 def start_next_queued(context: WorkerContext) -> list[int]:

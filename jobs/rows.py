@@ -54,24 +54,27 @@ def update_returning(
       conditional UPDATE runs on exactly those ids. A locked row cannot change in between, so
       it still matches, and no other worker can take it meanwhile.
     """
-    order = ResetItem.id
-    if session.get_bind().dialect.update_returning:
-        statement = update(ResetItem)
+    # Core statements on the items' table, run on the session's connection: the ORM's own
+    # UPDATE path (bulk persistence) would cost a batch more Python than the statement itself.
+    connection = session.connection()
+    dialect = connection.dialect
+    if dialect.update_returning:
+        items = items_table.c
+        statement = update(items_table)
         if limit is not None:
-            candidates = select(ResetItem.id).where(*where).order_by(order).limit(limit)
-            if session.get_bind().dialect.name == "postgresql":
+            candidates = select(items.id).where(*where).order_by(items.id).limit(limit)
+            if dialect.name == "postgresql":
                 # In a CTE, run once: as a subquery PostgreSQL may run it again for each row,
                 # each time skipping the rows this UPDATE just changed, taking far more than
                 # `limit` rows (a whole chunk in one claim).
-                locked = candidates.with_for_update(of=ResetItem, skip_locked=True).cte()
-                statement = statement.where(ResetItem.id.in_(select(locked.c.id)))
+                locked = candidates.with_for_update(of=items_table, skip_locked=True).cte()
+                statement = statement.where(items.id.in_(select(locked.c.id)))
             else:
-                statement = statement.where(ResetItem.id.in_(candidates.scalar_subquery()))
-        rows = session.execute(
+                statement = statement.where(items.id.in_(candidates.scalar_subquery()))
+        rows = connection.execute(
             statement.where(*where)
             .values(**values)
-            .returning(ResetItem.id, *columns)
-            .execution_options(synchronize_session=False)
+            .returning(items.id, *[items[column.key] for column in columns])
         ).all()
         return [tuple(row[1:]) for row in sorted(rows, key=lambda row: int(row[0]))]
     return _lock_then_update(session, where, values, columns, limit)

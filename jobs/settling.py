@@ -21,7 +21,7 @@ from core.directory.sql import SqlDirectory
 from core.models import ItemState, utcnow
 from core.undo import keeper
 from jobs.batches import Claim, Claimed, Conditions, ItemOutcome, Settled, TaskView
-from jobs.claims import Lease, claim_in, record_outcomes, release, renew
+from jobs.claims import Lease, claim_in, hold, record_outcomes, release, renew
 from jobs.context import WorkerContext
 from jobs.finishing import fail_task
 from jobs.mailer import Delivery, Mailer, MailSetupError, Outcome, PasswordMail
@@ -78,15 +78,16 @@ def settle_batch(
     mailer: Mailer,
     carried: Sequence[ItemOutcome] = (),
     claim_next: Conditions | None = None,
+    claim_size: int | None = None,
 ) -> Settled:
     """Set a batch's passwords and write its states, then mail it (those whose password the
     directory took; after an outage mid-batch too, then the job stops).
 
     `carried`: the states left by the batch before (written in this batch's first
     transaction); `claim_next`: which items to claim in that transaction, for the job's thread
-    to hash next but one (the returned `Settled.claimed`).
+    to hash next but one (the returned `Settled.claimed`), `claim_size` of them (claim_batch).
     """
-    written = _write_batch(context, task, batch, carried, claim_next)
+    written = _write_batch(context, task, batch, carried, claim_next, claim_size)
     settled = Settled(retries=defaultdict(list), stop=written.directory_down,
                       claimed=written.claimed)
     to_mail = [item for item in batch.claimed
@@ -147,6 +148,7 @@ def _write_batch(
     batch: HashedBatch,
     carried: Sequence[ItemOutcome],
     claim_next: Conditions | None,
+    claim_size: int | None = None,
 ) -> Written:
     """Set the passwords and state how it went; the states still to write (a foreign
     directory), the next claim, and whether the directory stopped answering.
@@ -154,7 +156,9 @@ def _write_batch(
     The order is what keeps a crash anywhere from leaving a user with a password nobody will
     be told:
       1. renew the lease (state): the check that this worker still holds each item; an item
-         whose lease was lost is someone else's now, and its password is not set here;
+         whose lease was lost is someone else's now, and its password is not set here (on
+         its own table, where 3 follows in the same transaction, the items are locked
+         instead, and only those to be mailed have their lease renewed, after 3);
       2. set the passwords (directory): a SQL table's hashes in one transaction, an LDAP
          server's passwords one by one;
       3. end the items not to be mailed, and those the directory refused (state); the others
@@ -180,16 +184,23 @@ def _write_batch(
     claimed: Claim | None = None
     with context.sessions() as session:
         record_outcomes(context, session, carried, now)
-        held = renew(context, session, [item.id for item in batch.claimed])
+        ids = [item.id for item in batch.claimed]
+        # Together, every item held is ended or has its lease renewed further down in this
+        # same transaction: locking them is check enough, and each is written once, not twice.
+        held = hold(context, session, ids) if together else renew(context, session, ids)
         wanted = [planned for planned in batch.sets if planned.item.id in held]
         if together:
             outcomes, outage = _set_passwords(context, task.id, wanted, now,
                                               session.connection())
             states, not_done = _states_of(task, batch, held, wanted, outcomes)
             record_outcomes(context, session, states, now)
+            ended = {outcome.item_id for outcome in states} | {item.id for item in not_done}
+            if to_mail := sorted(held - ended):
+                renew(context, session, to_mail)
             states = []
         if claim_next is not None:
-            claimed = Claim(claim_in(context, session, task.id, claim_next), taken)
+            claimed = Claim(claim_in(context, session, task.id, claim_next, size=claim_size),
+                            taken)
         session.commit()
     if not together:
         outcomes, outage = _set_passwords(context, task.id, wanted, now)

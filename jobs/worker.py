@@ -40,6 +40,9 @@ GIL_SWITCH_SECONDS = 0.0005
 STOP_CHECK_SECONDS = 2.0
 #: Seconds before a stop that was put off (the signal landed inside logging) is asked again.
 DEFERRED_STOP_SECONDS = 0.05
+#: The share of the reaper's interval one worker's pass holds the turn for (jobs.worker
+#: ReaperThread._my_turn): a little less than the interval, so the next pass is never missed.
+REAPER_TURN = 0.9
 #: Where logging's code is: a signal handler raises nowhere inside it.
 _LOGGING_DIR = os.path.dirname(logging.__file__) + os.sep
 
@@ -269,6 +272,8 @@ class ReaperThread(threading.Thread):
             self.reap_once()
 
     def reap_once(self) -> None:
+        if not self._my_turn():
+            return
         try:
             report = reap(self.context)
         except Exception:  # a DB or Redis hiccup must not kill the thread: logged, tried again
@@ -278,6 +283,23 @@ class ReaperThread(threading.Thread):
             return
         if report.changed:
             logger.info("reaper: %s", report)
+
+    def _my_turn(self) -> bool:
+        """Whether this worker's pass is the one due: of all the workers on the queue, the
+        first to ask within REAPER_TURN of an interval reaps; the others skip that pass.
+
+        Each pass reads every running task and lists the queue's jobs: with one pass per
+        interval per worker, N workers would spend N times the database's and Redis's time
+        (on the cores they hash on) for the same outcome. A worker that dies holding the turn
+        holds it less than an interval. Without Redis, each worker reaps as before.
+        """
+        interval = self.context.settings.reaper_interval
+        key = f"resetbot:{self.context.settings.reset_queue}:reaper-turn"
+        try:
+            return bool(self.context.redis.set(
+                key, self.context.owner, nx=True, px=max(1, int(interval * REAPER_TURN * 1000))))
+        except RedisError:
+            return True
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -42,6 +42,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 from sqlalchemy.types import NullType
@@ -78,6 +79,8 @@ FOREIGN_ESCAPE = "!"
 COMPARED_PER_QUERY = 50
 #: Rows fetched per round trip when a query's rows are streamed (addresses, usernames).
 STREAM_BATCH = 10_000
+#: Users one UPDATE of hashes names at most (three bound values each: SQLite takes 32,766).
+ROWS_PER_STATEMENT = 1_000
 
 
 #: Runs in the directory's transaction just before a batch of hashes is written (user id, hash).
@@ -712,29 +715,42 @@ class Directory:
         require_change: bool,
         changed_at: datetime,
     ) -> int:
-        """One must-change group's UPDATE; how many rows it matched."""
+        """One must-change group's UPDATE; how many rows it matched.
+
+        One statement for the whole group (on PostgreSQL the hashes as an array joined by id,
+        elsewhere each row's hash picked by its id in a CASE): one round trip, and one
+        execution for the server to plan and run rather than one a user (an executemany).
+        """
         password = self._c(self.profile.password)
-        one_statement = connection.dialect.name == "mysql"
-        values: dict[Any, Any] = {
-            # PyMySQL sends an executemany of UPDATE as one statement (one round trip) a row:
-            # on MariaDB the batch is one UPDATE, each row's hash picked by its id.
-            password: case(dict(hashes), value=self._id) if one_statement
-            else bindparam("rb_new_hash"),
-        }
-        values |= self._must_change_values(require_change, changed_at)
+        others: dict[Any, Any] = self._must_change_values(require_change, changed_at)
         for extra in self.profile.on_reset:
             column = self._c(extra.column)
-            values[column] = self._extra_value(extra, column, changed_at)
-        if one_statement:
-            # SQLAlchemy connects to MariaDB with CLIENT_FOUND_ROWS: the count is of the rows
-            # matched, also those whose values were already these.
-            ids = [user_id for user_id, _ in hashes]
+            others[column] = self._extra_value(extra, column, changed_at)
+        if connection.dialect.name == "postgresql":
+            # The batch as two arrays joined to the table: the same text whatever the number
+            # of users, so planned once and cached by SQLAlchemy and psycopg alike.
+            given = select(
+                func.unnest(bindparam("rb_ids", type_=postgresql.ARRAY(self._id.type)))
+                .label("id"),
+                func.unnest(bindparam("rb_hashes", type_=postgresql.ARRAY(password.type)))
+                .label("hash"),
+            ).subquery("rb_given")
             return rowcount(connection.execute(
-                update(self.table).where(self._id.in_(ids)).values(values)))
-        statement = update(self.table).where(self._id == bindparam("rb_user_id"))
-        return rowcount(connection.execute(statement.values(values), [
-            {"rb_user_id": user_id, "rb_new_hash": new_hash} for user_id, new_hash in hashes
-        ]))
+                update(self.table).where(self._id == given.c.id)
+                .values({password: given.c.hash} | others),
+                {"rb_ids": [user_id for user_id, _ in hashes],
+                 "rb_hashes": [new_hash for _, new_hash in hashes]},
+            ))
+        # The count is of the rows matched, also those whose values were already these
+        # (SQLAlchemy connects to MariaDB with CLIENT_FOUND_ROWS).
+        matched = 0
+        for start in range(0, len(hashes), ROWS_PER_STATEMENT):
+            some = hashes[start : start + ROWS_PER_STATEMENT]
+            values = {password: case(dict(some), value=self._id)} | others
+            matched += rowcount(connection.execute(
+                update(self.table).where(self._id.in_([user_id for user_id, _ in some]))
+                .values(values)))
+        return matched
 
     # -- Undo (core/undo.py) ---------------------------------------------------------------------
 
