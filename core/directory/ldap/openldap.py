@@ -83,6 +83,7 @@ from typing import Any
 from ldap3 import BASE, MODIFY_REPLACE, SUBTREE, Connection
 from ldap3.utils.conv import escape_filter_chars
 
+from core.directory.ldap import wire
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.profile import LdapProfile
 from core.directory.ldap.server import (
@@ -93,6 +94,7 @@ from core.directory.ldap.server import (
     attributes_of,
     first_text,
     normal_dn,
+    result_name,
 )
 from core.directory.protocol import PasswordRules
 from core.errors import ConfigError
@@ -105,7 +107,9 @@ MEMBER_ATTRIBUTES = ("member", "uniqueMember")
 class OpenLdapRules:
     #: Password Modify carries no other change: the follow-up is a modify of its own. (Measured
     #: on slapd 2.5 with pwdMustChange: ppolicy does not set pwdReset on the service account's
-    #: Password Modify, so the follow-up is needed whenever a change is required.)
+    #: Password Modify, so the follow-up is needed whenever a change is required. ppolicy sets
+    #: it only for its "password administrator", an account with `manage` on userPassword,
+    #: whose sets it also exempts from its quality and history checks: not resetbot's.)
     joins_after_set = False
 
     def __init__(self, profile: LdapProfile) -> None:
@@ -145,6 +149,16 @@ class OpenLdapRules:
             raise ValueError("Password Modify carries no other modification")
         connection.extend.standard.modify_password(user=dn, new_password=password)
         return _refusal(connection.result)
+
+    def password_request(self, dn: str, password: str, changes: Changes | None = None) -> bytes:
+        if changes:
+            raise ValueError("Password Modify carries no other modification")
+        return wire.password_modify_request(dn, password)
+
+    def refusal_of(self, code: int, diagnostic: str, password: str) -> Refusal | None:
+        if code == 0:
+            return None
+        return Refusal(code, diagnostic or result_name(code))
 
     def after_set(self, attributes: Attributes, must_change: bool) -> Changes:
         changes: Changes = {"pwdReset": [(MODIFY_REPLACE, ["TRUE"] if must_change else [])]}
