@@ -84,7 +84,12 @@ def test_must_change_the_new_password_binds_with_change_after_reset_the_old_gets
 def test_without_must_change_pwd_reset_is_removed_and_the_new_password_binds_plainly(
     slapd: OpenLdap, directory: LdapDirectory
 ) -> None:
+    """ppolicy removes pwdReset itself on the service account's Password Modify: resetbot
+    sends nothing after it (one write) when no change is required and no lock is kept."""
     bob = users(directory)["bob"]
+    directory.set_passwords([PasswordSet(bob.id, "Between-pass-7", must_change=True)])
+    assert slapd.operational("bob", "pwdReset")["pwdReset"] == ["TRUE"]
+    assert directory.rules.after_set({}, must_change=False) == {}
     directory.set_passwords([PasswordSet(bob.id, NEW, must_change=False)])
     assert slapd.binds("bob", NEW) == (0, None)
     assert slapd.binds("bob", slapd.old("bob"))[0] == 49
