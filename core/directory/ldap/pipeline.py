@@ -2,12 +2,12 @@
 answers read back by message id (RFC 4511 4.1.1.1: a client may send requests without waiting
 for earlier answers, and the server may answer them in any order).
 
-Used between ldap3's own operations only: `Pipeline` writes what it was given when asked for
-an answer (one TLS record for all the requests queued since: fewer records and system calls on
-both sides), reads whole LDAPMessages (wire.py) and hands them back one at a time. Its caller
-reads every answer it asked for before ldap3 uses the connection again; whatever goes wrong on
-the socket (an OSError, a timeout after the connection's receive timeout, bytes that are no
-answer) is raised for the caller to drop the connection, never to read on after.
+Used between ldap3's own operations only: `Pipeline` writes what it was given when it must
+wait for an answer (one TLS record for all the requests queued since: fewer records and system
+calls on both sides), reads whole LDAPMessages (wire.py) and hands them back one at a time.
+Its caller reads every answer it asked for before ldap3 uses the connection again; whatever
+goes wrong on the socket (an OSError, a timeout after the connection's receive timeout, bytes
+that are no answer) is raised for the caller to drop the connection, never to read on after.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ class Pipeline:
             self._socket.sendall(data)
 
     def answer(self) -> wire.Answer:
-        """The next answer to one of the requests sent (sending those queued first)."""
-        self.flush()
+        """The next answer to one of the requests sent. Answers already read are handed out
+        first; the requests queued meanwhile go out together just before the socket is read
+        (one TLS record for the follow-ups of several answers that came at once)."""
         while True:
             size = wire.message_size(self._buffer)
             if size is not None and len(self._buffer) >= size:
@@ -69,6 +70,7 @@ class Pipeline:
                                          f"(message {answer.message_id})")
                 self.waiting.discard(answer.message_id)
                 return answer
+            self.flush()
             chunk = self._socket.recv(READ_SIZE)
             if not chunk:
                 raise ServerClosed("the server closed the connection")
