@@ -449,6 +449,9 @@ def test_ldap_urls_upgrade_with_starttls_before_the_bind(slapd: OpenLdap) -> Non
     connection.unbind()
     directory = LdapDirectory(slapd.config("ldap"))
     assert directory.preview(Scope.ALL, ()).users == len(seeded_users())
+    ann = users(directory)["ann"]  # the pipelined writes go over the upgraded socket too
+    assert directory.set_passwords([PasswordSet(ann.id, NEW, True)])[0].result is SetResult.SET
+    assert slapd.binds("ann", NEW) == (0, "changeAfterReset")
     directory.dispose()
 
 
