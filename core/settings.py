@@ -582,7 +582,7 @@ class Settings:
         parse=text,
     )
     directory_ldap_window: int = setting(
-        "DIRECTORY_LDAP_WINDOW", 16,
+        "DIRECTORY_LDAP_WINDOW", 8,
         "LDAP: how many password writes each worker keeps in flight on its one connection to "
         "the server (1\N{EN DASH}256; 1: each answer awaited before the next is sent). Each "
         "user's own writes stay in order and each gets its own outcome; should the server "

@@ -66,7 +66,7 @@ def test_the_config_reads_every_setting_and_never_shows_the_password(tmp_path: P
         DIRECTORY_PROFILE="openldap",
         DIRECTORY_LDAP_WINDOW="4",
     ))
-    assert config.window == 4 and LdapConfig.from_env(env()).window == 16
+    assert config.window == 4 and LdapConfig.from_env(env()).window == 8
     assert config.bind_password == SECRET and config.ca_file == ca
     assert config.staff_group == f"cn=staff,ou=groups,{BASE}"
     assert config.profile.name == "openldap" and config.base_dn == BASE

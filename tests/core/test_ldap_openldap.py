@@ -261,8 +261,9 @@ def test_a_server_stopped_with_writes_in_flight_names_only_the_answered_and_a_re
 def test_a_pipelined_batch_reports_each_users_outcome_in_order_and_sets_each_as_asked(
     slapd: OpenLdap, directory: LdapDirectory
 ) -> None:
-    """Seventeen users in flight at once (window 16): a refusal, a user gone and a lock on
-    purpose among them change nobody else's outcome; must-change is each user's own."""
+    """Seventeen users, sixteen in flight at once: a refusal, a user gone and a lock on purpose
+    among them change nobody else's outcome; must-change is each user's own."""
+    directory.config = replace(directory.config, window=16)
     everyone = users(directory)
     names = ["frozen", "tripped", *[f"p{n:02d}" for n in range(1, 16)]]
     gone = "00000000-0000-0000-0000-000000000000"
