@@ -183,7 +183,8 @@ class Report:
             if "ratio_password" in r:
                 targets.append(Target(
                     f"{r['size']:,}-user task on {r['server']}, {r['mode']}, {r['workers']} "
-                    "worker(s)", "<= 1.15x ldap3 floor", f"{r['ratio_password']:.3f}x",
+                    f"worker(s), window {r['window']}", "<= 1.15x ldap3 floor",
+                    f"{r['ratio_password']:.3f}x",
                     r["ratio_password"] <= 1.15, f"median of {r['runs']}: "
                     f"{r['ratios_password']}; foreign up to {r['foreign_max']:.0%}",
                 ))
@@ -317,12 +318,13 @@ class Report:
             lines.append("  floor[password]: the password operation only; floor[all]: with the"
                          " must-change/unlock modify resetbot sends too")
             lines.append("  cpu[..]: (workers' + server's CPU) / (floor clients' + server's CPU)")
-            lines.append(_row(["server", "users", "mode", "workers", "runs", "wall s",
+            lines.append(_row(["server", "users", "mode", "workers", "window", "runs", "wall s",
                                "floor[pw] s", "ratio[pw]", "floor[all] s", "ratio[all]",
                                "cpu[pw]", "cpu[all]", "server cpu", "worker cpu", "foreign"]))
             for r in ldap:
                 lines.append(_row([r["server"], f"{r['size']:,}", r["mode"], r["workers"],
-                                   r["runs"], r["wall_s"], r.get("floor_password_s", "-"),
+                                   r["window"], r["runs"], r["wall_s"],
+                                   r.get("floor_password_s", "-"),
                                    r.get("ratio_password", "-"), r.get("floor_all_s", "-"),
                                    r.get("ratio_all", "-"), r.get("cpu_ratio_password", "-"),
                                    r.get("cpu_ratio_all", "-"), r["server_cpu_s"],

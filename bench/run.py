@@ -131,6 +131,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ldap-floor-writes", default="password,all",
                         help="floors measured: password (the password operation only), all "
                              "(with the must-change/unlock modify too); default both")
+    parser.add_argument("--ldap-window", default=None,
+                        help="DIRECTORY_LDAP_WINDOW for the ldap phase's workers; several "
+                             "(1,16) run a task per window beside the same floors (default: "
+                             "the setting's default)")
     parser.add_argument("--ldap-repeat", type=int, default=1,
                         help="repeats of each ldap configuration (default 1)")
     parser.add_argument("--ldap-picker-users", type=int, default=None,
@@ -490,6 +494,8 @@ class Bench:
             servers=args.ldap_servers.split(","),
             sizes={"openldap": args.ldap_users, "ad": args.ad_users}, modes=args.modes,
             workers=args.workers, repeat=args.ldap_repeat, floor_writes=writes, log=self.log,
+            windows=_ints(args.ldap_window) if args.ldap_window
+            else [self.base.directory_ldap_window],
         ))
 
     def ldappicker(self) -> None:

@@ -353,6 +353,7 @@ def ldap_environment(settings: Settings) -> dict[str, str]:
         "DIRECTORY_BIND_PASSWORD": settings.directory_bind_password,
         "DIRECTORY_BIND_PASSWORD_FILE": settings.directory_bind_password_file,
         "DIRECTORY_STAFF_GROUP": settings.directory_staff_group,
+        "DIRECTORY_LDAP_WINDOW": str(settings.directory_ldap_window),
         # `resetbot` (the default) names a table profile: on an LDAP server, openldap's.
         "DIRECTORY_PROFILE": None if settings.directory_profile == "resetbot"
         else settings.directory_profile,
@@ -579,6 +580,15 @@ class Settings:
         "LDAP: DN of the group whose members are staff (`all_without_role` leaves them alone; "
         "Active Directory: nested groups count)",
         parse=text,
+    )
+    directory_ldap_window: int = setting(
+        "DIRECTORY_LDAP_WINDOW", 8,
+        "LDAP: how many password writes each worker keeps in flight on its one connection to "
+        "the server (1\N{EN DASH}256; 1: each answer awaited before the next is sent). Each "
+        "user's own writes stay in order and each gets its own outcome; should the server "
+        "stop answering, the users whose writes were in flight are set again with a new "
+        "password when the task resumes",
+        parse=integer(1, 256),
     )
     redis_url: str | None = setting(
         "REDIS_URL", None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import ldap3
 import pytest
@@ -27,7 +28,6 @@ from core.directory.ldap.server import (
     INSUFFICIENT_ACCESS,
     POLICY_REFUSALS,
     Changes,
-    Refusal,
     attributes_of,
 )
 from core.directory.protocol import (
@@ -474,12 +474,11 @@ class _StopsTheServerBeforeTheSecondSet(ActiveDirectoryRules):
         self.domain = domain
         self.sets = 0
 
-    def set_password(self, connection: Connection, dn: str, password: str,
-                     changes: Changes | None = None) -> Refusal | None:
+    def password_request(self, dn: str, password: str, changes: Changes | None = None) -> bytes:
         self.sets += 1
         if self.sets == 2:
             self.domain.stop()
-        return super().set_password(connection, dn, password, changes)
+        return super().password_request(dn, password, changes)
 
 
 def test_the_server_stopped_mid_batch_leaves_nobody_with_an_unknown_password(
@@ -488,6 +487,7 @@ def test_the_server_stopped_mid_batch_leaves_nobody_with_an_unknown_password(
     patrons = [user for user in directory.scope_users(Scope.ALL_WITHOUT_ROLE, ())
                if user.username in ("ann", "ben", "cy")]
     directory.rules = _StopsTheServerBeforeTheSecondSet(rules, domain)
+    directory.config = replace(directory.config, window=1)  # the stop exactly after the first
 
     with pytest.raises(DirectoryUnavailable) as stopped:
         directory.set_passwords([PasswordSet(user.id, NEW_PASSWORD, True) for user in patrons])

@@ -64,7 +64,9 @@ def test_the_config_reads_every_setting_and_never_shows_the_password(tmp_path: P
         DIRECTORY_TLS_CA_FILE=str(ca),
         DIRECTORY_STAFF_GROUP=f"cn=staff,ou=groups,{BASE}",
         DIRECTORY_PROFILE="openldap",
+        DIRECTORY_LDAP_WINDOW="4",
     ))
+    assert config.window == 4 and LdapConfig.from_env(env()).window == 8
     assert config.bind_password == SECRET and config.ca_file == ca
     assert config.staff_group == f"cn=staff,ou=groups,{BASE}"
     assert config.profile.name == "openldap" and config.base_dn == BASE
@@ -94,6 +96,8 @@ def test_the_bind_password_may_come_from_a_file_never_from_both(tmp_path: Path) 
     ({"DIRECTORY_TLS_CA_FILE": "/nonexistent/ca.pem"}, "DIRECTORY_TLS_CA_FILE: there is no file"),
     ({"DIRECTORY_STAFF_GROUP": "staff"}, "DIRECTORY_STAFF_GROUP: 'staff' is not"),
     ({"DIRECTORY_PROFILE": "koha-ldap"}, "DIRECTORY_PROFILE: 'koha-ldap' is neither"),
+    ({"DIRECTORY_LDAP_WINDOW": "0"}, "DIRECTORY_LDAP_WINDOW: expected a whole number"),
+    ({"DIRECTORY_LDAP_WINDOW": "eight"}, "DIRECTORY_LDAP_WINDOW: expected a whole number"),
 ])
 def test_each_setting_is_refused_by_name(changes: dict[str, str], words: str) -> None:
     with pytest.raises(ConfigError, match=words):

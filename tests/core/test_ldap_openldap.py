@@ -9,10 +9,11 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from ldap3 import MODIFY_REPLACE, SUBTREE, Connection
+from ldap3 import MODIFY_REPLACE, SUBTREE
 from ldap3.utils.log import (
     PROTOCOL,
     get_library_log_detail_level,
@@ -24,7 +25,7 @@ from core.directory.ldap import directory as directory_module
 from core.directory.ldap import openldap as openldap_module
 from core.directory.ldap.directory import LdapDirectory
 from core.directory.ldap.openldap import OpenLdapRules
-from core.directory.ldap.server import Changes, Refusal
+from core.directory.ldap.server import Changes
 from core.directory.protocol import (
     Directory,
     DirectoryUnavailable,
@@ -83,7 +84,12 @@ def test_must_change_the_new_password_binds_with_change_after_reset_the_old_gets
 def test_without_must_change_pwd_reset_is_removed_and_the_new_password_binds_plainly(
     slapd: OpenLdap, directory: LdapDirectory
 ) -> None:
+    """ppolicy removes pwdReset itself on the service account's Password Modify: resetbot
+    sends nothing after it (one write) when no change is required and no lock is kept."""
     bob = users(directory)["bob"]
+    directory.set_passwords([PasswordSet(bob.id, "Between-pass-7", must_change=True)])
+    assert slapd.operational("bob", "pwdReset")["pwdReset"] == ["TRUE"]
+    assert directory.rules.after_set({}, must_change=False) == {}
     directory.set_passwords([PasswordSet(bob.id, NEW, must_change=False)])
     assert slapd.binds("bob", NEW) == (0, None)
     assert slapd.binds("bob", slapd.old("bob"))[0] == 49
@@ -169,14 +175,17 @@ def test_the_server_stopped_mid_batch_raises_a_retryable_error_saying_what_was_d
 
         sets = 0
 
-        def set_password(self, connection: Connection, dn: str, password: str,
-                         changes: Changes | None = None) -> Refusal | None:
+        def password_request(self, dn: str, password: str,
+                             changes: Changes | None = None) -> bytes:
             if self.sets == 2:
                 slapd.stop()
             self.sets += 1
-            return super().set_password(connection, dn, password, changes)
+            return super().password_request(dn, password, changes)
 
     directory.rules = StopAfterTwo(directory.profile)
+    # One write in flight: the stop falls exactly between the second user and the third (the
+    # pipelined case is test_a_server_stopped_with_writes_in_flight_...).
+    directory.config = replace(directory.config, window=1)
     with pytest.raises(DirectoryUnavailable) as raised:
         directory.set_passwords([PasswordSet(everyone[n].id, f"{NEW}-{n}", False)
                                  for n in names])
@@ -199,6 +208,82 @@ def test_the_server_stopped_mid_batch_raises_a_retryable_error_saying_what_was_d
 
 
 # -- reading -------------------------------------------------------------------------------------
+
+
+def test_a_server_stopped_with_writes_in_flight_names_only_the_answered_and_a_redo_sets_the_rest(
+    slapd: OpenLdap, directory: LdapDirectory
+) -> None:
+    """Four writes in flight: the server stops as the sixth user's is made, two users done
+    (password and must-change each). The users answered are `done` and have their new password;
+    those in flight may or may not (the engine does not mail them and sets them again on
+    resuming: here, a second call with fresh passwords); the users never sent keep their old
+    password. The server may answer in any order: the sixth is sent once two users are done."""
+    everyone = users(directory)
+    names = [f"p{n:02d}" for n in range(10, 18)]
+    sent: list[str] = []
+
+    class StopAtTheSixth(OpenLdapRules):
+        def password_request(self, dn: str, password: str,
+                             changes: Changes | None = None) -> bytes:
+            if len(sent) == 5:
+                slapd.stop()
+            sent.append(dn)
+            return super().password_request(dn, password, changes)
+
+    directory.rules = StopAtTheSixth(directory.profile)
+    directory.config = replace(directory.config, window=4)
+    with pytest.raises(DirectoryUnavailable) as raised:
+        directory.set_passwords([PasswordSet(everyone[n].id, f"{NEW}-{n}", True)
+                                 for n in names])
+    done = {outcome.user_id: outcome.result for outcome in raised.value.done}
+    assert set(done.values()) == {SetResult.SET}
+    assert len(done) >= 2 and set(done) <= {everyone[n].id for n in names[:5]}, done
+    slapd.start()
+    in_flight = []
+    for n in names:
+        if everyone[n].id in done:
+            assert slapd.binds(n, f"{NEW}-{n}") == (0, "changeAfterReset"), n
+        elif n in names[:6]:
+            assert slapd.binds(n, f"{NEW}-{n}")[0] == 0 or slapd.binds(n, slapd.old(n))[0] == 0
+            in_flight.append(n)
+        else:
+            assert slapd.binds(n, slapd.old(n)) == (0, None), n
+    directory.rules = OpenLdapRules(directory.profile)
+    redo = [n for n in names if everyone[n].id not in done]
+    assert {n for n in redo if n not in in_flight} == set(names[6:])
+    outcomes = directory.set_passwords([PasswordSet(everyone[n].id, f"Redo-pass-{n}", True)
+                                        for n in redo])
+    assert [o.result for o in outcomes] == [SetResult.SET] * len(redo)
+    for n in redo:
+        assert slapd.binds(n, f"Redo-pass-{n}") == (0, "changeAfterReset"), n
+
+
+def test_a_pipelined_batch_reports_each_users_outcome_in_order_and_sets_each_as_asked(
+    slapd: OpenLdap, directory: LdapDirectory
+) -> None:
+    """Seventeen users, sixteen in flight at once: a refusal, a user gone and a lock on purpose
+    among them change nobody else's outcome; must-change is each user's own."""
+    directory.config = replace(directory.config, window=16)
+    everyone = users(directory)
+    names = ["frozen", "tripped", *[f"p{n:02d}" for n in range(1, 16)]]
+    gone = "00000000-0000-0000-0000-000000000000"
+    batch = [PasswordSet(everyone[n].id, "Short1!" if n == "p05" else f"{NEW}-{n}",
+                         must_change=index % 2 == 0)
+             for index, n in enumerate(names)]
+    batch.insert(3, PasswordSet(gone, NEW, False))
+    outcomes = directory.set_passwords(batch)
+    assert [o.user_id for o in outcomes] == [item.user_id for item in batch]
+    expected = {everyone["p05"].id: SetResult.REFUSED, gone: SetResult.NOT_FOUND}
+    assert [o.result for o in outcomes] == [expected.get(i.user_id, SetResult.SET)
+                                            for i in batch]
+    for index, n in enumerate(names):
+        if n == "p05":
+            assert slapd.binds(n, slapd.old(n)) == (0, None)
+        elif n == "frozen":
+            assert slapd.binds(n, f"{NEW}-{n}") == (49, "accountLocked")
+        else:
+            assert slapd.binds(n, f"{NEW}-{n}") == (
+                0, "changeAfterReset" if index % 2 == 0 else None), n
 
 
 def test_the_four_scopes_are_counted_as_the_preview_shows_them(directory: LdapDirectory) -> None:
@@ -365,6 +450,9 @@ def test_ldap_urls_upgrade_with_starttls_before_the_bind(slapd: OpenLdap) -> Non
     connection.unbind()
     directory = LdapDirectory(slapd.config("ldap"))
     assert directory.preview(Scope.ALL, ()).users == len(seeded_users())
+    ann = users(directory)["ann"]  # the pipelined writes go over the upgraded socket too
+    assert directory.set_passwords([PasswordSet(ann.id, NEW, True)])[0].result is SetResult.SET
+    assert slapd.binds("ann", NEW) == (0, "changeAfterReset")
     directory.dispose()
 
 

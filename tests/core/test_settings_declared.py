@@ -45,7 +45,7 @@ def test_the_configuration_page_shows_exactly_the_declared_settings() -> None:
 def test_help_rows_name_each_variable_once_with_a_default_and_a_meaning() -> None:
     rows = settings_help()
     names = [name for name, _, _ in rows]
-    assert len(names) == len(set(names)) == 62
+    assert len(names) == len(set(names)) == 63
     assert all(name.isupper() and default and meaning for name, default, meaning in rows)
     assert ("SMTP_TIMEOUT", "`30`", "seconds per SMTP operation") in rows
     assert rows[names.index("REDIS_URL")][:2] == ("REDIS_URL", "unset")
@@ -63,6 +63,7 @@ def every_field_changed() -> Settings:
         directory_bind_password="bind secret",
         directory_bind_password_file="/run/secrets/bind",
         directory_staff_group="cn=staff,ou=groups,dc=library,dc=example",
+        directory_ldap_window=4,
         redis_url="redis://r:6379/2",
         reset_queue="other-queue",
         smtp_host="mail.example.org",

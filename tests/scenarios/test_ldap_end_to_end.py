@@ -20,7 +20,6 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from ldap3 import Connection
 from redis import Redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,7 +28,7 @@ from blocks import messages
 from bot.cli import main
 from core.directory.factory import open_directory
 from core.directory.ldap.directory import LdapDirectory
-from core.directory.ldap.server import Changes, Refusal
+from core.directory.ldap.server import Changes
 from core.directory.protocol import PasswordSet, SetResult
 from core.models import ItemState, ResetItem, ResetTask, Scope, TaskStatus, utcnow
 from core.settings import Settings
@@ -265,15 +264,18 @@ def stop_midway(directory: LdapDirectory, live: LiveServer, after: int) -> None:
     class StopMidway(type(rules)):  # type: ignore[misc]
         sets = 0
 
-        def set_password(self, connection: Connection, dn: str, password: str,
-                         changes: Changes | None = None) -> Refusal | None:
+        def password_request(self, dn: str, password: str,
+                             changes: Changes | None = None) -> bytes:
             if self.sets == after:
                 live.stop()
             self.sets += 1
-            return super().set_password(  # type: ignore[no-any-return]
-                connection, dn, password, changes)
+            return super().password_request(  # type: ignore[no-any-return]
+                dn, password, changes)
 
     directory.rules = StopMidway(directory.profile)
+    # One write in flight, so that the stop falls exactly after `after` users (with more, the
+    # users in flight may or may not be set: tests/core/test_ldap_openldap.py proves that case).
+    directory.config = replace(directory.config, window=1)
 
 
 def reset_with_the_server_stopped_midway(

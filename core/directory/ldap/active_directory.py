@@ -38,6 +38,7 @@ from ldap3 import BASE, MODIFY_REPLACE, SUBTREE, Connection
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.log import PROTOCOL, log_enabled
 
+from core.directory.ldap import wire
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.profile import LdapProfile
 from core.directory.ldap.server import (
@@ -47,7 +48,9 @@ from core.directory.ldap.server import (
     Refusal,
     attributes_of,
     first_text,
+    flat_changes,
     normal_dn,
+    result_name,
 )
 from core.directory.protocol import PasswordRules
 from core.errors import ConfigError
@@ -391,6 +394,15 @@ class ActiveDirectoryRules:
         self, connection: Connection, dn: str, password: str, changes: Changes | None = None
     ) -> Refusal | None:
         return set_unicode_pwd(connection, dn, password, changes)
+
+    def password_request(self, dn: str, password: str, changes: Changes | None = None) -> bytes:
+        return wire.modify_request(dn, flat_changes({**password_changes(password),
+                                                     **(changes or {})}))
+
+    def refusal_of(self, code: int, diagnostic: str, password: str) -> Refusal | None:
+        if code == 0:
+            return None
+        return Refusal(code, refusal_reason(code, diagnostic, result_name(code), password))
 
     def after_set(self, attributes: Attributes, must_change: bool) -> Changes:
         return after_set_changes(must_change)

@@ -3,11 +3,13 @@
 - The password: the RFC 3062 Password Modify extended operation, so the server hashes it by its
   own `olcPasswordHash` (and, with `ppolicy_hash_cleartext`, checks it against its policy
   first). resetbot never sees or writes `userPassword` itself.
-- Must change: ppolicy's `pwdReset: TRUE`; not required: `pwdReset` removed (a replace with no
-  value: no error when it is not there).
-- Unlock: `pwdAccountLockedTime` removed (ppolicy also drops it, and `pwdFailureTime`, on a
-  password change), except on a user locked on purpose: ppolicy's permanent lock
-  `000001010000Z` is written back.
+- Must change: ppolicy's `pwdReset: TRUE`, written after the password (its own modify: the
+  Password Modify removes pwdReset); not required: nothing to write, the Password Modify
+  removed it.
+- Unlock: nothing to write: ppolicy drops `pwdAccountLockedTime` (and `pwdFailureTime`) on a
+  password change, except that a user locked on purpose gets ppolicy's permanent lock
+  `000001010000Z` written back. A user set without must-change and not locked on purpose
+  costs the server one write; the others two.
 - Staff: the `member` and `uniqueMember` values of DIRECTORY_STAFF_GROUP (a groupOfNames or a
   groupOfUniqueNames), read once per scope read; no memberOf overlay needed.
 - The password rules: the `pwdMinLength` of the `pwdPolicy` entries the service account can
@@ -83,6 +85,7 @@ from typing import Any
 from ldap3 import BASE, MODIFY_REPLACE, SUBTREE, Connection
 from ldap3.utils.conv import escape_filter_chars
 
+from core.directory.ldap import wire
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.profile import LdapProfile
 from core.directory.ldap.server import (
@@ -93,6 +96,7 @@ from core.directory.ldap.server import (
     attributes_of,
     first_text,
     normal_dn,
+    result_name,
 )
 from core.directory.protocol import PasswordRules
 from core.errors import ConfigError
@@ -105,7 +109,9 @@ MEMBER_ATTRIBUTES = ("member", "uniqueMember")
 class OpenLdapRules:
     #: Password Modify carries no other change: the follow-up is a modify of its own. (Measured
     #: on slapd 2.5 with pwdMustChange: ppolicy does not set pwdReset on the service account's
-    #: Password Modify, so the follow-up is needed whenever a change is required.)
+    #: Password Modify, so the follow-up is needed whenever a change is required. ppolicy sets
+    #: it only for its "password administrator", an account with `manage` on userPassword,
+    #: whose sets it also exempts from its quality and history checks: not resetbot's.)
     joins_after_set = False
 
     def __init__(self, profile: LdapProfile) -> None:
@@ -146,13 +152,30 @@ class OpenLdapRules:
         connection.extend.standard.modify_password(user=dn, new_password=password)
         return _refusal(connection.result)
 
+    def password_request(self, dn: str, password: str, changes: Changes | None = None) -> bytes:
+        if changes:
+            raise ValueError("Password Modify carries no other modification")
+        return wire.password_modify_request(dn, password)
+
+    def refusal_of(self, code: int, diagnostic: str, password: str) -> Refusal | None:
+        if code == 0:
+            return None
+        return Refusal(code, diagnostic or result_name(code))
+
     def after_set(self, attributes: Attributes, must_change: bool) -> Changes:
-        changes: Changes = {"pwdReset": [(MODIFY_REPLACE, ["TRUE"] if must_change else [])]}
-        # ppolicy itself removes pwdAccountLockedTime when a password is changed, the
-        # permanent lock included: a lock on purpose is written back at once (the new password,
-        # which nobody has been told yet, is usable for that one round trip).
-        locked = self.is_locked_on_purpose(attributes)
-        changes["pwdAccountLockedTime"] = [(MODIFY_REPLACE, [PERMANENT_LOCK] if locked else [])]
+        """Only what the Password Modify left otherwise. ppolicy, on a password change by an
+        account that is not its password administrator (the service account's `=w` on
+        userPassword is no `manage`), removes pwdReset and pwdAccountLockedTime itself
+        (ppolicy.c, `zapReset` and the lock's delete; the tests read both back): so a set
+        without must-change on a user not locked on purpose needs no second write."""
+        changes: Changes = {}
+        if must_change:
+            changes["pwdReset"] = [(MODIFY_REPLACE, ["TRUE"])]
+        # ppolicy's removal takes the permanent lock too: a lock on purpose is written back at
+        # once (the new password, which nobody has been told yet, is usable for that one
+        # round trip).
+        if self.is_locked_on_purpose(attributes):
+            changes["pwdAccountLockedTime"] = [(MODIFY_REPLACE, [PERMANENT_LOCK])]
         return changes
 
     def password_rules(self, connection: Connection, config: LdapConfig) -> PasswordRules:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ldap3 import Connection
+from ldap3.core.results import RESULT_CODES
 
 from core.directory.ldap.config import LdapConfig
 from core.directory.ldap.profile import LdapProfile
@@ -70,6 +71,13 @@ class ServerRules(Protocol):
         `joins_after_set`); a Refusal when its policy says no. Raises ldap3's LDAPException (or
         OSError) when the connection breaks."""
 
+    def password_request(self, dn: str, password: str, changes: Changes | None = None) -> bytes:
+        """The request `set_password` sends, encoded (wire.py) for the pipelined writes."""
+
+    def refusal_of(self, code: int, diagnostic: str, password: str) -> Refusal | None:
+        """A password request's result as `set_password` reads it: None for success, else the
+        Refusal with the server's words (never holding `password`)."""
+
     def after_set(self, attributes: Attributes, must_change: bool) -> Changes:
         """The modifications that follow a password set: must-change, unlock (never the lock
         on purpose). Empty when nothing is to change."""
@@ -83,6 +91,17 @@ class ServerRules(Protocol):
 POLICY_REFUSALS = frozenset({19, 53})  # constraintViolation, unwillingToPerform
 NO_SUCH_OBJECT = 32
 INSUFFICIENT_ACCESS = 50
+
+
+def result_name(code: int) -> str:
+    """An LDAP result code's name (RFC 4511: `constraintViolation`), or its number."""
+    return str(RESULT_CODES.get(code, code))
+
+
+def flat_changes(changes: Changes) -> list[tuple[str, str, list[Any]]]:
+    """ldap3's changes as wire.modify_request takes them: (attribute, operation, values)."""
+    return [(name, operation, values) for name, each in changes.items()
+            for operation, values in each]
 
 
 def attributes_of(entry: Mapping[str, Any]) -> dict[str, list[bytes]]:
