@@ -160,7 +160,7 @@ def _write_batch(
          its own table, where 3 follows in the same transaction, the items are locked
          instead, and only those to be mailed have their lease renewed, after 3);
       2. set the passwords (directory): a SQL table's hashes in one transaction, an LDAP
-         server's passwords one by one;
+         server's passwords pipelined (DIRECTORY_LDAP_WINDOW writes in flight);
       3. end the items not to be mailed, and those the directory refused (state); the others
          are ended once mailed.
     Where the users live beside resetbot's state (its own table), 1 to 3 are one transaction,
