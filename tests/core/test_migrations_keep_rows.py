@@ -182,6 +182,7 @@ def test_upgrading_keeps_the_items_of_a_task_no_row_names(
         assert sorted(connection.execute(select(items.c.id)).scalars()) == [10, 11, 12]
 
 
+@pytest.mark.slow
 def test_downgrading_step_by_step_keeps_every_row_until_its_table_goes(
     settings: Settings, engine: Engine
 ) -> None:

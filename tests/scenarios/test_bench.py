@@ -29,6 +29,7 @@ def test_synthetic_directory_has_the_promised_mix() -> None:
     assert {t.kind for t in terms} == {"rare", "common"}
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_the_benchmark_runs_end_to_end_at_a_tiny_size(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -69,6 +70,7 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(
     assert result["targets"]
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_the_small_task_and_eta_phases_run_at_a_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -104,6 +106,7 @@ def test_picker_terms_cover_what_people_type() -> None:
         assert (hits == 0) == (term.kind == "miss"), term
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_the_picker_phase_runs_on_every_database_at_a_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -134,6 +137,7 @@ def test_the_picker_phase_runs_on_every_database_at_a_tiny_size(tmp_path: Path) 
     assert any(t["name"].startswith("options search p99") for t in result["targets"])
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.mariadb
 def test_the_koha_phase_runs_whole_tasks_on_mariadb_at_a_tiny_size(tmp_path: Path) -> None:
