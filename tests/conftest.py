@@ -76,8 +76,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     leaves them out, so the rest runs anywhere in seconds.
 
     The tests marked `slow` run first: xdist hands tests out in this order, so the long ones
-    are shared out at the start and the workers end together on short ones (in file order a
-    30-second test handed out last kept one worker busy while the other had finished)."""
+    are shared out at the start and none is among the last handed out, where one worker would
+    go on alone while the other has finished (the workers then end together on short ones)."""
     for item in items:
         if (
             item.get_closest_marker("postgres") or item.get_closest_marker("mariadb")
