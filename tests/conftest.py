@@ -73,13 +73,18 @@ def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on PostgreSQL, MariaDB or the shared Redis need live servers: `-m "not services"`
-    leaves them out, so the rest runs anywhere in seconds."""
+    leaves them out, so the rest runs anywhere in seconds.
+
+    The tests marked `slow` run first: xdist hands tests out in this order, so the long ones
+    are shared out at the start and none is among the last handed out, where one worker would
+    go on alone while the other has finished (the workers then end together on short ones)."""
     for item in items:
         if (
             item.get_closest_marker("postgres") or item.get_closest_marker("mariadb")
             or "redis_conn" in getattr(item, "fixturenames", ())
         ):
             item.add_marker(pytest.mark.services)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order
 
 
 #: The databases every test taking `database_url` runs on.

@@ -45,6 +45,7 @@ def test_configured_url_is_used_as_is(local_settings: Settings) -> None:
         close_redis(redis)
 
 
+@pytest.mark.slow
 def test_embedded_redis_is_shared_with_children_and_stops_with_the_last_client(
     local_settings: Settings,
 ) -> None:

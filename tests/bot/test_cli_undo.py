@@ -174,6 +174,7 @@ def test_undo_after_a_cancel_puts_back_only_the_users_reset_before_it(
         "alice@example.org"]
 
 
+@pytest.mark.slow
 def test_undo_is_refused_after_its_window_and_nothing_stays_sealed(
     run: Any, sessions: sessionmaker[Session], directory: Directory, redis_conn: Redis,
     smtp_server: SmtpServer, known_passwords: PasswordHasher,

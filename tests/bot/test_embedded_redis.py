@@ -72,6 +72,7 @@ def test_version_names_the_hosts_redis_server_before_the_bundled_one(
 @sqlite_only
 @with_host_server
 @pytest.mark.parametrize("path", [WITH_HOST, VENV_ONLY], ids=["host", "bundled"])
+@pytest.mark.slow
 def test_the_embedded_server_runs_the_hosts_binary_when_there_is_one(
     settings: Settings, engine: object, tmp_path: Path, path: str
 ) -> None:
@@ -96,6 +97,7 @@ def test_the_embedded_server_runs_the_hosts_binary_when_there_is_one(
 
 @sqlite_only
 @with_host_server
+@pytest.mark.slow
 def test_healthz_says_which_redis_server_is_in_use(
     settings: Settings, engine: object, tmp_path: Path, slack_standin: SlackStandIn,
 ) -> None:

@@ -26,6 +26,8 @@ from tests.support.slack_standin import SlackStandIn
 from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.smtp import free_port
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(sys.executable).parent / "resetbot"
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 STOPPING = [signal.SIGTERM, signal.SIGINT]

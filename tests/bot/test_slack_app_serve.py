@@ -97,6 +97,7 @@ def served(
         log.close()
 
 
+@pytest.mark.slow
 @sqlite_only
 @pytest.mark.services
 def test_serve_runs_the_app_and_a_worker_with_one_command(

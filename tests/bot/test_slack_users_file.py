@@ -295,12 +295,14 @@ def check_a_listed_file_end_to_end(app: RunningApp) -> None:
     assert changed == listed.expected_ids
 
 
+@pytest.mark.slow
 def test_a_listed_file_previews_and_resets_exactly_its_users(file_app: RunningApp) -> None:
     check_a_listed_file_end_to_end(file_app)
 
 
 @pytest.mark.mariadb
 @sqlite_only
+@pytest.mark.slow
 def test_a_listed_file_on_koha(koha_file_app: RunningApp) -> None:
     check_a_listed_file_end_to_end(koha_file_app)
 

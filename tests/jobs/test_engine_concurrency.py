@@ -128,6 +128,7 @@ def wait_for(condition: object, timeout: float, what: str) -> float:
 # tests/scenarios/test_faults.py kills a worker mid-chunk on both databases; here the plain
 # property.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.slow
 def test_a_task_survives_a_sigkilled_worker_within_seconds(
     settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory, tmp_path: Path,

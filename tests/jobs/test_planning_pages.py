@@ -9,6 +9,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from redis import Redis
 from sqlalchemy import Engine, event, text, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +31,7 @@ def whole_task_settings(settings: Settings) -> Settings:
     return replace(settings, chunk_size=100, claim_batch=25)
 
 
+@pytest.mark.slow
 def test_a_selection_of_thousands_is_planned_a_page_at_a_time(
     settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory,
@@ -71,6 +73,7 @@ def test_a_selection_of_thousands_is_planned_a_page_at_a_time(
     assert 0 < largest[0] <= PLAN_BATCH + 10  # at most a page of ids, never the selection
 
 
+@pytest.mark.slow
 def test_planning_has_postgresql_look_at_the_items_it_wrote(
     settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory,

@@ -521,6 +521,7 @@ def add_users(engine: Engine, directory: Directory, count: int, first_id: int) -
 
 # The count does not depend on the database; one is enough for this slower test.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.slow
 def test_slack_calls_per_task_are_few_and_the_same_at_100_and_1000_users(
     slack_settings: Settings, redis_conn: Redis, engine: Engine, slack_standin: SlackStandIn,
     smtp_server: SmtpServer,

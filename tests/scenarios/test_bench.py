@@ -55,6 +55,7 @@ def test_the_smtp_sink_counts_what_it_accepts_pipelined_or_not() -> None:
         assert sink.messages == 0
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_the_benchmark_runs_end_to_end_at_a_tiny_size(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -95,6 +96,7 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(
     assert result["targets"]
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_the_small_task_and_eta_phases_run_at_a_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -130,6 +132,7 @@ def test_picker_terms_cover_what_people_type() -> None:
         assert (hits == 0) == (term.kind == "miss"), term
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_the_picker_phase_runs_on_every_database_at_a_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -160,6 +163,7 @@ def test_the_picker_phase_runs_on_every_database_at_a_tiny_size(tmp_path: Path) 
     assert any(t["name"].startswith("options search p99") for t in result["targets"])
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.mariadb
 def test_the_koha_phase_runs_whole_tasks_on_mariadb_at_a_tiny_size(tmp_path: Path) -> None:

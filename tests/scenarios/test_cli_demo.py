@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 SCRIPT = Path(sys.executable).parent / "resetbot"
 
@@ -34,6 +35,7 @@ def pasted(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_demo_runs_a_real_bulk_reset_end_to_end(tmp_path: Path) -> None:
     started = time.monotonic()
     result = run_demo(tmp_path)

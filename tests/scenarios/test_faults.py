@@ -325,6 +325,7 @@ def _csv_posted(sessions: sessionmaker[Session], task_id: int) -> bool:
      pytest.param("postgres", Mode.GENERATED, marks=pytest.mark.postgres)],
     indirect=["database_url"],
 )
+@pytest.mark.slow
 def test_redis_restarted_empty_mid_task_resumes_from_the_database(
     settings: Settings, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory, private_redis: PrivateRedis, workers: Workers,
@@ -372,6 +373,7 @@ def test_redis_restarted_empty_mid_task_resumes_from_the_database(
 
 
 @sqlite_only
+@pytest.mark.slow
 def test_a_worker_waiting_for_redis_to_come_back_still_stops_when_asked(
     settings: Settings, engine: Engine, sessions: sessionmaker[Session], directory: Directory,
     private_redis: PrivateRedis, workers: Workers,
@@ -406,6 +408,7 @@ def through_proxy(database_url: str, proxy: TcpProxy) -> str:
 
 
 @servers_only
+@pytest.mark.slow
 def test_the_database_unreachable_for_a_moment_the_task_finishes_once_it_is_back(
     settings: Settings, database_url: str, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory, redis_conn: Redis, workers: Workers, smtp_server: SmtpServer,
@@ -463,6 +466,7 @@ def test_the_database_unreachable_for_a_moment_the_task_finishes_once_it_is_back
 # ---- two tasks over the same users at once -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_tasks_over_the_same_users_never_reset_anyone_at_the_same_time(
     settings: Settings, engine: Engine, sessions: sessionmaker[Session], directory: Directory,
     redis_conn: Redis, workers: Workers, slack_standin: SlackStandIn,

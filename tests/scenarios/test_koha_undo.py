@@ -163,6 +163,7 @@ def test_with_the_optional_grant_undo_works_with_column_grants_only(
         _drop_user(names)
 
 
+@pytest.mark.slow
 def test_undo_after_a_cancel_on_koha_puts_back_the_borrowers_reset_before_it(
     run: Any, koha: tuple[Engine, str], cli_settings: Settings, redis_conn: Redis,
     smtp_server: SmtpServer,

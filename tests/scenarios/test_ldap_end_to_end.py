@@ -168,6 +168,7 @@ def test_users_without_mail_are_reset_left_alone_or_handed_the_typed_password(
 
 
 @ON_BOTH
+@pytest.mark.slow
 def test_the_preview_approval_recount_and_the_worker_use_the_same_ldap_directory(
     configured: Settings, redis_conn: Redis, engine: Engine, live: LiveServer,
     sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch,
@@ -215,6 +216,7 @@ def test_the_preview_approval_recount_and_the_worker_use_the_same_ldap_directory
 
 
 @ON_BOTH
+@pytest.mark.slow
 def test_cancel_retry_and_the_audit_on_ldap(
     configured: Settings, context: WorkerContext, live: LiveServer, smtp_server: SmtpServer,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -292,6 +294,7 @@ def reset_with_the_server_stopped_midway(
 
 
 @ON_BOTH
+@pytest.mark.slow
 def test_the_server_stopped_mid_batch_pauses_the_task_and_every_last_mail_signs_in(
     configured: Settings, redis_conn: Redis, engine: Engine, live: LiveServer,
     smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,

@@ -118,6 +118,7 @@ def patrons_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         yield url
 
 
+@pytest.mark.slow
 def test_the_profile_file_example_works_as_written(patrons_url: str, tmp_path: Path) -> None:
     (profile,) = blocks("Describing your own users table", "toml")
     path = tmp_path / "library.toml"
@@ -248,6 +249,7 @@ def _changed(before: dict[int, tuple[Any, ...]], after: dict[int, tuple[Any, ...
     return {number for number in before if after[number] != before[number]}
 
 
+@pytest.mark.slow
 @pytest.mark.mariadb
 @pytest.mark.postgres
 def test_using_resetbot_with_koha_as_written(

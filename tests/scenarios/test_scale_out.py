@@ -99,6 +99,7 @@ def start_workers(workers: Workers, settings: Settings, redis: Redis) -> list[Wo
     return started
 
 
+@pytest.mark.slow
 @servers_only
 @pytest.mark.parametrize("mode", ["generated", "default"])
 def test_worker_processes_share_a_task_and_settle_every_user_once(

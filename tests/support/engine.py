@@ -85,7 +85,8 @@ def submit(
             ResetRequest(
                 requester="cli:tester",
                 scope=scope,
-                selection=selection,
+                # User ids are text, as Slack gives them: the tests name them by number.
+                selection=tuple(str(user_id) for user_id in selection),
                 default_password=default_password,
                 require_change=require_change,
             ),

@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import pytest
 from redis import Redis
@@ -392,6 +392,12 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
 # ---- looking everywhere for a secret -------------------------------------------------------------
 
 
+def _raw(value: object) -> bytes:
+    """A value as the client returns it: bytes (its connections do not decode responses)."""
+    assert isinstance(value, bytes), value
+    return value
+
+
 def redis_dump(redis: Redis, match: str | None = None) -> bytes:
     """Every key and every value of every type in this Redis (or the keys matching `match`),
     as one blob to search. RQ compresses a job's arguments and traceback with zlib (and results
@@ -405,19 +411,21 @@ def redis_dump(redis: Redis, match: str | None = None) -> bytes:
 
 
 def _values(redis: Redis, key: bytes) -> list[bytes]:
-    kind = redis.type(key)  # type: ignore[no-untyped-call]
+    kind = redis.type(key)
     if kind == b"string":
-        return [redis.get(key) or b""]
+        return [_raw(redis.get(key) or b"")]
     if kind == b"hash":
-        return [part for pair in redis.hgetall(key).items() for part in pair]
+        return [_raw(part) for pair in redis.hgetall(key).items() for part in pair]
     if kind == b"list":
-        return list(redis.lrange(key, 0, -1))
+        return [_raw(value) for value in redis.lrange(key, 0, -1)]
     if kind == b"set":
-        return list(redis.smembers(key))
+        return [_raw(value) for value in redis.smembers(key)]
     if kind == b"zset":
-        return [member for member, _score in redis.zrange(key, 0, -1, withscores=True)]
+        members = cast("list[tuple[bytes, float]]", redis.zrange(key, 0, -1, withscores=True))
+        return [_raw(member) for member, _score in members]
     if kind == b"stream":
-        return [part for entry_id, fields in redis.xrange(key)
+        entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", redis.xrange(key))
+        return [_raw(part) for entry_id, fields in entries
                 for part in (entry_id, *(b for pair in fields.items() for b in pair))]
     if kind == b"none":  # a key that expired between SCAN and TYPE
         return []
