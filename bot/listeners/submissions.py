@@ -194,6 +194,7 @@ def preview_or_errors(
     with deps.sessions() as session:
         try:
             preview = directory_preview(deps, request)
+            no_undo = undo_note(deps)
             pending = create_pending(session, deps.settings, request, preview, file_report)
             session.commit()
         except DirectoryUnreachable:
@@ -220,9 +221,21 @@ def preview_or_errors(
             # A time within the grace of "now" starts at once: the preview says no time.
             start_at=request.start_at if is_future(request.start_at, utcnow()) else None,
             file_report=file_report,
-            no_undo=undo.preview_note(deps.settings, deps.directory),
+            no_undo=no_undo,
         )
     return {"response_action": "update", "view": view}
+
+
+def undo_note(deps: AppDeps) -> str | None:
+    """Whether the preview must say the reset cannot be undone. On a library system's table
+    that asks the directory's database once (may the user read what a reset replaces?): the
+    preview's counts may have come from the app's copy, so this can be the first read that
+    finds the database down."""
+    try:
+        return undo.preview_note(deps.settings, deps.directory)
+    except (DBAPIError, PoolTimeout) as error:
+        log.error("the directory cannot be reached for a preview: %s", type(error).__name__)
+        raise DirectoryUnreachable from None
 
 
 class DirectoryUnreachable(Exception):
