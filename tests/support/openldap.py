@@ -51,6 +51,7 @@ from ldap3 import NONE, SIMPLE, Connection, Server, Tls
 
 from core.directory.ldap import attempt_bind
 from core.directory.ldap.config import LdapConfig, LdapUrl
+from core.directory.ldap.connection import send_at_once
 from core.settings import Settings
 
 SLAPD = "/usr/sbin/slapd"
@@ -510,6 +511,7 @@ class OpenLdap:
         connection = Connection(server, ADMIN_DN, self.template.admin_password,
                                 authentication=SIMPLE, raise_exceptions=True)
         connection.open()
+        send_at_once(connection)
         connection.start_tls()
         connection.bind()
         try:

@@ -78,6 +78,7 @@ from ldap3.protocol.microsoft import security_descriptor_control
 from ldap3.utils.conv import escape_filter_chars
 
 from core.directory.ldap.config import LdapConfig
+from core.directory.ldap.connection import send_at_once
 from core.settings import Settings
 
 REALM = "RESETBOT.TEST"
@@ -645,8 +646,11 @@ class SambaDomain:
 
     def connect(self, name: str, password: str) -> ldap3.Connection:
         """A bound connection (raising on refusals) as `name` (a DN or name@domain)."""
-        return ldap3.Connection(self.server(), name, password, auto_bind=True,
-                                raise_exceptions=True)
+        connection = ldap3.Connection(self.server(), name, password, raise_exceptions=True)
+        connection.open()
+        send_at_once(connection)
+        connection.bind()
+        return connection
 
     def config(self, bind_dn: str = SERVICE_NAME, password: str = SERVICE_PASSWORD) -> LdapConfig:
         """resetbot's LDAP settings for this domain: the service account, the CA file, the
@@ -683,6 +687,8 @@ class SambaDomain:
         """The directory's own answer to a user signing in: "ok", or AD's `data` code."""
         connection = ldap3.Connection(self.server(), name, password)
         try:
+            connection.open()
+            send_at_once(connection)
             if connection.bind():
                 return "ok"
             message = str(connection.result.get("message", ""))
