@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
@@ -226,31 +228,36 @@ def preview_or_errors(
     return {"response_action": "update", "view": view}
 
 
+class DirectoryUnreachable(Exception):
+    """The directory's database did not answer the preview's reads (down, cut, timed out)."""
+
+
+@contextmanager
+def directory_reads() -> Iterator[None]:
+    """The preview's reads of the directory's database: the driver's own errors (connection
+    refused or reset, server gone, timeout) become DirectoryUnreachable, so the person gets a
+    field error instead of Slack an HTTP 500."""
+    try:
+        yield
+    except (DBAPIError, PoolTimeout) as error:
+        log.error("the directory cannot be reached for a preview: %s", type(error).__name__)
+        raise DirectoryUnreachable from None
+
+
 def undo_note(deps: AppDeps) -> str | None:
     """Whether the preview must say the reset cannot be undone. On a library system's table
     that asks the directory's database once (may the user read what a reset replaces?): the
     preview's counts may have come from the app's copy, so this can be the first read that
     finds the database down."""
-    try:
+    with directory_reads():
         return undo.preview_note(deps.settings, deps.directory)
-    except (DBAPIError, PoolTimeout) as error:
-        log.error("the directory cannot be reached for a preview: %s", type(error).__name__)
-        raise DirectoryUnreachable from None
-
-
-class DirectoryUnreachable(Exception):
-    """The directory's database did not answer the preview's reads (down, cut, timed out)."""
 
 
 def directory_preview(deps: AppDeps, request: ResetRequest) -> Preview:
     """The request checked and counted against the directory; DirectoryUnreachable when its
-    database cannot be used, so the person gets a field error instead of Slack an HTTP 500."""
-    try:
+    database cannot be used."""
+    with directory_reads():
         return validate_request(deps.settings, deps.directory, request, deps.counts)
-    except (DBAPIError, PoolTimeout) as error:
-        # DBAPIError: the driver's own (connection refused or reset, server gone, timeout).
-        log.error("the directory cannot be reached for a preview: %s", type(error).__name__)
-        raise DirectoryUnreachable from None
 
 
 def refuse_invalid(deps: AppDeps, user: str, problems: dict[str, list[str]]) -> None:
