@@ -264,7 +264,7 @@ def start_worker_process(settings: Settings) -> BaseProcess:
 def run_worker_process(settings: Settings, parent_pid: int | None = None) -> None:
     from jobs.worker import run_worker, tune_worker_process
 
-    tune_worker_process()  # SIGTERM from `stop_worker_process` stops it cleanly at any moment
+    startup_stop = tune_worker_process()  # `stop_worker_process`'s SIGTERM: a clean stop, any time
     if parent_pid is not None:
         stop_with_parent(parent_pid)
     if not logging.getLogger().handlers:
@@ -273,7 +273,8 @@ def run_worker_process(settings: Settings, parent_pid: int | None = None) -> Non
     try:
         redis = connect_redis(settings)
         try:
-            run_worker(settings, redis, burst=False, with_scheduler=True)
+            run_worker(settings, redis, burst=False, with_scheduler=True,
+                       startup_stop=startup_stop)
         finally:
             close_redis(redis)
     except KeyboardInterrupt:  # stopped before RQ took over the signals: nothing to report

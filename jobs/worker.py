@@ -6,6 +6,7 @@ context is set around each job so job functions need only JSON ids as arguments.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -15,7 +16,7 @@ import threading
 import time
 from datetime import timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -43,6 +44,8 @@ DEFERRED_STOP_SECONDS = 0.05
 #: The share of the reaper's interval one worker's pass holds the turn for (jobs.worker
 #: ReaperThread._my_turn): a little less than the interval, so the next pass is never missed.
 REAPER_TURN = 0.9
+#: Seconds RQ's scheduler process has to stop after SIGTERM before it is killed.
+SCHEDULER_STOP_SECONDS = 10.0
 #: Where logging's code is: a signal handler raises nowhere inside it.
 _LOGGING_DIR = os.path.dirname(logging.__file__) + os.sep
 
@@ -56,36 +59,76 @@ def _inside_logging(frame: FrameType | None) -> bool:
     return False
 
 
-def tune_worker_process() -> None:
-    """Make this process a worker: SIGTERM stops it cleanly; the GIL goes back to hashing fast.
+def tune_worker_process() -> StartupStop:
+    """Make this process a worker: SIGINT/SIGTERM stop it cleanly at any moment, and the GIL
+    goes back to hashing fast. Returns what the signals heard before RQ took them over: hand
+    it to `run_worker`.
 
     A hash releases the GIL; when it returns, the hashing thread needs the GIL back while the
     helper thread may be busy rendering mails. With the default 5 ms interval the hashing
     thread can sit idle that long after every hash; at 0.5 ms the core keeps hashing.
     """
-    stop_on_sigterm()
+    stop = StartupStop()
+    stop.install()
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    return stop
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM (`kill`, systemd, a parent stopping its worker) ends the process as Ctrl-C does.
+class StartupStop:
+    """SIGINT/SIGTERM while a worker starts, before RQ takes the signals over.
 
     Python's default for SIGTERM is to die on the spot: no `finally`, so neither the embedded
-    Redis (when this process is its last client) nor anything else would be stopped. While RQ
-    works it installs its own handler (a warm shutdown); before and after, this one applies.
+    Redis (when this process is its last client) nor anything else would be stopped. So the
+    handler raises KeyboardInterrupt, as Ctrl-C does, and a worker stuck starting (a directory
+    that does not answer) stops at once. But an exception raised in a weakref callback or a
+    `__del__` (SQLAlchemy's, as the garbage collector runs) is printed and dropped
+    ("Exception ignored in ..."), and inside logging the handler must not raise at all (see
+    ResetWorker): so the signal is also remembered, and the worker stops before its first job.
     """
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def __init__(self) -> None:
+        self._heard = threading.Event()
+        self._pid = os.getpid()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            _end_forked_scheduler()
+        self._heard.set()
+        if not _inside_logging(frame):
+            raise KeyboardInterrupt
+
+    @property
+    def heard(self) -> bool:
+        return self._heard.is_set()
+
+
+def _end_forked_scheduler() -> NoReturn:
+    """A signal in RQ's scheduler process before it put its own handlers in place: the
+    handler is one it inherited from the worker that forked it. Nothing there is worth
+    finishing yet, and raising could be swallowed (a SIGTERM from the worker's
+    `stop_scheduler` landing in the scheduler's first log line), leaving the worker waiting
+    for it for ever: it ends now; the worker releases the scheduler's locks."""
+    os._exit(0)
 
 
 class ResetWorker(SimpleWorker):
     """A worker on the reset queue; `reaper=True` also runs the periodic reaper in a thread."""
 
-    def __init__(self, context: WorkerContext, *, reaper: bool = True, **kwargs: Any) -> None:
+    #: Seconds `stop_scheduler` waits for the scheduler process after SIGTERM before SIGKILL.
+    scheduler_stop_seconds = SCHEDULER_STOP_SECONDS
+
+    def __init__(self, context: WorkerContext, *, reaper: bool = True,
+                 startup_stop: StartupStop | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("connection", context.redis)
         kwargs.setdefault("serializer", context.queue.serializer)
         super().__init__([context.queue], **kwargs)
         self.context = context
         self.run_reaper = reaper
+        self.startup_stop = startup_stop
         self._reaper: ReaperThread | None = None
         #: Set by SIGINT/SIGTERM (RQ's warm shutdown); any other end of `work` is an accident.
         self.stop_requested = False
@@ -109,6 +152,8 @@ class ResetWorker(SimpleWorker):
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """SIGINT/SIGTERM: RQ's warm shutdown, done the way a signal handler may."""
+        if os.getpid() != self.pid:  # RQ's scheduler process, restarted after RQ's handlers
+            _end_forked_scheduler()
         first = not self.stop_requested
         self.stop_requested = True
         self._shutdown_requested_date = rq_now()
@@ -124,6 +169,8 @@ class ResetWorker(SimpleWorker):
         """A signal after the first. Busy: RQ's cold shutdown (the job in hand is cut short),
         unless it follows the first within a second (RQ's guard against one press sent
         twice). Idle: nothing to cut short, the stop goes on as the first one asked."""
+        if os.getpid() != self.pid:
+            _end_forked_scheduler()
         if not self._stop_requested:
             self._stop_unless_busy(frame)
             return
@@ -184,7 +231,36 @@ class ResetWorker(SimpleWorker):
         except RedisError as error:
             logger.warning("could not record the stop in Redis: %s", type(error).__name__)
         if self.scheduler:
-            self.stop_scheduler()  # type: ignore[no-untyped-call]
+            self.stop_scheduler()
+
+    def _install_signal_handlers(self) -> None:
+        """RQ's handlers, in place just before its loop; a stop heard while the worker was
+        starting (and perhaps swallowed, see StartupStop) ends the loop before its first job."""
+        super()._install_signal_handlers()  # type: ignore[no-untyped-call]
+        if self.startup_stop is not None and self.startup_stop.heard:
+            logger.info("worker %s: stopping, as asked while it started", self.name)
+            self.stop_requested = True
+            self._stop_requested = True
+
+    def stop_scheduler(self) -> None:
+        """As RQ's (SIGTERM, then wait for the process), but a scheduler that does not stop in
+        `scheduler_stop_seconds` is killed instead of waited for without end, and its locks
+        are released here (a scheduler that stopped released them itself: this is a no-op)."""
+        process = self.scheduler._process if self.scheduler else None
+        if process is None or process.pid is None:
+            return
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, signal.SIGTERM)
+        process.join(self.scheduler_stop_seconds)
+        if process.is_alive():
+            logger.warning("RQ's scheduler (pid %s) did not stop in %s s; killing it",
+                           process.pid, self.scheduler_stop_seconds)
+            process.kill()
+            process.join()
+        try:
+            self.scheduler.release_locks()
+        except RedisError as error:
+            logger.warning("could not release the scheduler's locks: %s", type(error).__name__)
 
     def _say_what_was_heard(self) -> None:
         while not self._heard.empty():
@@ -210,6 +286,9 @@ class ResetWorker(SimpleWorker):
         dequeue_strategy: DequeueStrategy = DequeueStrategy.DEFAULT,
     ) -> bool:
         """As RQ's `work`; a long-running (not burst) worker also reaps every reaper_interval."""
+        if self.startup_stop is not None and self.startup_stop.heard:
+            self.stop_requested = True
+            return False
         if self.run_reaper and not burst:
             self._reaper = ReaperThread(self.context)
             self._reaper.start()
@@ -313,8 +392,10 @@ def run_worker(
     burst: bool = False,
     with_scheduler: bool = True,
     context: WorkerContext | None = None,
+    startup_stop: StartupStop | None = None,
 ) -> bool:
-    """What `resetbot worker` runs: a ResetWorker with RQ's scheduler (for mail retries)."""
+    """What `resetbot worker` runs: a ResetWorker with RQ's scheduler (for mail retries).
+    `startup_stop` is what `tune_worker_process` returned, in a process it tuned."""
     own_context = context is None
     client = plain_client(redis) if own_context else redis
     context = context if context is not None else WorkerContext.build(settings, client)
@@ -325,7 +406,7 @@ def run_worker(
             reap(context)
         worked = False
         while True:
-            worker = ResetWorker(context)
+            worker = ResetWorker(context, startup_stop=startup_stop)
             try:
                 worked = worker.work(burst=burst, with_scheduler=with_scheduler) or worked
             except RedisError:

@@ -24,10 +24,11 @@ def cmd_worker(cli: Cli, args: argparse.Namespace) -> int:
 
     settings = cli.settings(with_secret_key=True)
     log_to_stderr()
-    tune_worker_process()
+    startup_stop = tune_worker_process()
     open_engine(settings).dispose()
     # A directory that refuses, or a profile that does not fit it: said now, in one line.
     open_directory(settings).dispose()
     with cli.redis(settings) as redis:
-        run_worker(settings, redis, burst=args.burst, with_scheduler=True)
+        run_worker(settings, redis, burst=args.burst, with_scheduler=True,
+                   startup_stop=startup_stop)
     return EXIT_OK

@@ -1,26 +1,35 @@
-"""A worker asked to stop while idle stops, even when RQ's StopRequested gets lost on its way."""
+"""A worker asked to stop stops: while idle, even when RQ's StopRequested gets lost on its way;
+while starting, even when the KeyboardInterrupt is dropped; and its scheduler with it."""
 
 from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import signal
+import sys
 import threading
 import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from redis import Redis
 from rq.exceptions import StopRequested
+from rq.scheduler import RQScheduler
 from sqlalchemy import Engine
 
 from core.settings import Settings
-from jobs.worker import STOP_CHECK_SECONDS, ResetWorker
+from jobs.worker import STOP_CHECK_SECONDS, ResetWorker, StartupStop, tune_worker_process
 from tests.support.engine import build_context
 
 #: Stopping does not depend on the database: one is enough.
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
+@on_sqlite
 def test_an_idle_worker_whose_stop_was_swallowed_is_signalled_again(
     settings: Settings, redis_conn: Redis, engine: Engine
 ) -> None:
@@ -65,6 +74,7 @@ class SignalInLogging(logging.StreamHandler[io.StringIO]):
             signal.raise_signal(signal.SIGTERM)  # its handler runs here, inside logging
 
 
+@on_sqlite
 def test_a_stop_signal_landing_inside_logging_stops_the_idle_worker_at_once_and_cleanly(
     settings: Settings, redis_conn: Redis, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -107,3 +117,121 @@ def test_a_stop_signal_landing_inside_logging_stops_the_idle_worker_at_once_and_
     other.start()
     other.join()
     assert taken.is_set(), "the log handler's lock is free"
+
+
+@contextmanager
+def signals_kept() -> Iterator[None]:
+    """The handlers the code under test installs (StartupStop's, RQ's) do not outlive it."""
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
+
+
+@on_sqlite
+def test_a_stop_swallowed_while_the_worker_starts_stops_it_before_its_first_job(
+    settings: Settings, redis_conn: Redis, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM landing in a weakref callback as the garbage collector runs (SQLAlchemy's, in
+    the CI run that hung): Python prints "Exception ignored" and drops the KeyboardInterrupt.
+    The worker remembers it and takes no job."""
+    context = build_context(settings, redis_conn, engine)
+    context.queue.enqueue("os.getpid")
+    dropped: list[type[BaseException]] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda raised: dropped.append(raised.exc_type))
+    with signals_kept():
+        stop = tune_worker_process()
+
+        class Collected:
+            pass
+
+        collected = Collected()
+        ref = weakref.ref(collected, lambda _: signal.raise_signal(signal.SIGTERM))
+        del collected  # the callback runs; what the handler raises is printed and dropped
+        assert ref() is None
+        assert dropped == [KeyboardInterrupt]
+        worker = ResetWorker(context, reaper=False, startup_stop=stop)
+        assert worker.work(burst=True) is False
+    assert worker.stop_requested, "a stop, not a worker that ran out of work"
+    assert context.queue.count == 1, "the job is left for the next worker"
+
+
+class SignalAtStart(logging.Handler):
+    """SIGTERM inside RQ's first log line ("Worker ... started"), as the worker starts and
+    before RQ's handlers are in place: StartupStop's handler must not raise there."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "started with PID" in record.getMessage():
+            signal.raise_signal(signal.SIGTERM)
+
+
+@on_sqlite
+def test_a_stop_heard_inside_logging_as_rq_starts_ends_its_loop_before_the_first_job(
+    settings: Settings, redis_conn: Redis, engine: Engine
+) -> None:
+    context = build_context(settings, redis_conn, engine)
+    context.queue.enqueue("os.getpid")
+    rq_log = logging.getLogger("rq.worker")
+    handler = SignalAtStart()
+    rq_log.addHandler(handler)
+    try:
+        with signals_kept():
+            stop = tune_worker_process()
+            worker = ResetWorker(context, reaper=False, startup_stop=stop)
+            assert worker.work(burst=True) is False
+    finally:
+        rq_log.removeHandler(handler)
+    assert stop.heard
+    assert worker.stop_requested
+    assert context.queue.count == 1
+
+
+def _handle_stop_signal_in_a_fork(stop: StartupStop) -> None:
+    stop.handle(signal.SIGTERM, None)
+    sys.exit(3)  # not reached: the handler ends a forked process at once
+
+
+def test_a_forked_scheduler_ends_on_a_signal_it_gets_before_its_own_handlers() -> None:
+    """RQ forks its scheduler, which inherits the worker's handler until it installs its own:
+    a stop meant for the scheduler ends it, it does not raise into RQ's code (or get lost)."""
+    with signals_kept():
+        stop = tune_worker_process()
+    child = multiprocessing.get_context("fork").Process(
+        target=_handle_stop_signal_in_a_fork, args=(stop,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert not stop.heard, "the worker's own record is untouched"
+
+
+def _ignore_sigterm_and_wait(ready: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    time.sleep(60)
+
+
+@on_sqlite
+def test_a_scheduler_that_does_not_stop_is_killed_and_its_locks_released(
+    settings: Settings, redis_conn: Redis, engine: Engine
+) -> None:
+    """RQ's `stop_scheduler` waits for the process without end: a worker asked to stop hung
+    for ever when its scheduler missed the SIGTERM."""
+    context = build_context(settings, redis_conn, engine)
+    worker = ResetWorker(context, reaper=False)
+    worker.scheduler_stop_seconds = 0.2
+    scheduler = RQScheduler([context.queue], connection=redis_conn)
+    assert scheduler.acquire_locks() == {context.queue.name}
+    lock = scheduler.get_locking_key(context.queue.name)
+    fork = multiprocessing.get_context("fork")
+    ready = fork.Event()
+    process = fork.Process(target=_ignore_sigterm_and_wait, args=(ready,))
+    process.start()
+    assert ready.wait(30)
+    scheduler._process = process  # as RQ's `start` leaves it, after the fork
+    worker.scheduler = scheduler
+    worker.stop_scheduler()
+    assert not process.is_alive()
+    assert process.exitcode == -signal.SIGKILL
+    assert not redis_conn.exists(lock), "the next worker's scheduler can take over"
