@@ -12,7 +12,7 @@ from typing import Protocol, TextIO
 
 from core.controls import visible
 from core.errors import ResetbotError
-from core.models import ItemState
+from core.states import ItemState
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  # bad input, nothing changed; or a service could not be reached

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +25,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
 from core.settings import DirectoryNames
+
+# Defined apart (core/states.py) so that the command line names them without SQLAlchemy.
+from core.states import FINAL_ITEM_STATES as FINAL_ITEM_STATES
+from core.states import FOLLOW_UP_STATES as FOLLOW_UP_STATES
+from core.states import ItemState as ItemState
+from core.states import Mode as Mode
+from core.states import NoEmailChoice as NoEmailChoice
+from core.states import Scope as Scope
+from core.states import TaskStatus as TaskStatus
 
 
 def utcnow() -> datetime:
@@ -61,101 +69,6 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
-
-
-class Scope(enum.StrEnum):
-    ALL = "all"
-    ALL_EXCEPT_SELECTED = "all_except_selected"
-    ALL_WITHOUT_ROLE = "all_without_role"
-    SELECTED_ONLY = "selected_only"
-
-    @property
-    def needs_selection(self) -> bool:
-        return self in (Scope.ALL_EXCEPT_SELECTED, Scope.SELECTED_ONLY)
-
-
-class Mode(enum.StrEnum):
-    GENERATED = "generated"  # a new random password per user, e-mailed
-    DEFAULT = "default"  # one password set for all, nobody e-mailed
-    UNDO = "undo"  # an Undo task (core/undo.py): each user's previous password put back
-
-
-class NoEmailChoice(enum.StrEnum):
-    """What an e-mailed reset does to users without an address (nobody can mail them)."""
-
-    RESET = "reset"  # a random password nobody is told: they use "forgot password", or staff help
-    SKIP = "skip"  # left alone: their password does not change
-    SET = "set"  # a password staff typed, which staff tell them; changed at next sign-in
-
-
-class TaskStatus(enum.StrEnum):
-    #: Waits for its `start_at`; the reaper starts it (core/schedule.py, jobs/scheduling.py).
-    SCHEDULED = "scheduled"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    COMPLETED_WITH_ERRORS = "completed_with_errors"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-    # Four-eyes approval (core/approval.py): waiting for a second admin, then one of these ends.
-    AWAITING_APPROVAL = "awaiting_approval"
-    REJECTED = "rejected"  # an approver (or the requester) said no: nothing changed
-    EXPIRED = "expired"  # nobody approved within RESET_APPROVAL_TTL: nothing changed
-
-    @property
-    def is_final(self) -> bool:
-        return self not in (TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.RUNNING,
-                            TaskStatus.AWAITING_APPROVAL)
-
-    @property
-    def words(self) -> str:
-        """The status as people read it: "completed with errors"."""
-        return self.value.replace("_", " ")
-
-
-class ItemState(enum.StrEnum):
-    PENDING = "pending"  # waiting to be claimed
-    CLAIMED = "claimed"  # leased by a worker: hashing, writing, mailing
-    RETRY_WAIT = "retry_wait"  # hash written, mail failed transiently, next attempt scheduled
-    RESET = "reset"  # default password set (final)
-    NOTIFIED = "notified"  # generated password e-mailed (final)
-    NO_EMAIL = "no_email"  # generated password set, no address: staff must tell them (final)
-    NOTIFY_FAILED = "notify_failed"  # password set, mail failed for good (final)
-    CANCELLED = "cancelled"  # never touched: the task was cancelled first (final)
-    SKIPPED = "skipped"  # no address, and staff chose to leave them alone (final)
-    HANDED_OUT = "handed_out"  # no address: set to the password staff typed, to tell (final)
-    # The directory's policy said no (its reason in `last_error`): not changed, not mailed.
-    REFUSED = "refused"
-    LOCKED = "locked"  # locked on purpose, and the task leaves such accounts out (final)
-    # An Undo task's items (core/undo.py):
-    RESTORED = "restored"  # the password before the task is back (final)
-    CHANGED_SINCE = "changed_since"  # changed after the task: left alone (final)
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_ITEM_STATES
-
-
-FINAL_ITEM_STATES = frozenset(
-    {
-        ItemState.RESET,
-        ItemState.NOTIFIED,
-        ItemState.NO_EMAIL,
-        ItemState.NOTIFY_FAILED,
-        ItemState.CANCELLED,
-        ItemState.SKIPPED,
-        ItemState.HANDED_OUT,
-        ItemState.REFUSED,
-        ItemState.LOCKED,
-        ItemState.RESTORED,
-        ItemState.CHANGED_SINCE,
-    }
-)
-#: Outcomes whose users staff must contact by hand.
-FOLLOW_UP_STATES = frozenset(
-    {ItemState.NO_EMAIL, ItemState.NOTIFY_FAILED, ItemState.SKIPPED, ItemState.HANDED_OUT,
-     ItemState.REFUSED}
-)
 
 
 def preview_users_of(counts: dict[str, Any] | None) -> int | None:

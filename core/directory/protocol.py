@@ -40,7 +40,7 @@ from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 from core.addresses import usable_address
 from core.directory.users import Preview
 from core.errors import ConfigError, ResetbotError
-from core.models import Scope
+from core.states import Scope
 
 #: A user's id in the directory, as resetbot keeps it: opaque text.
 UserId = str
