@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from core.controls import has_unsafe
 from core.errors import ConfigError
+from core.ldap_urls import is_ldap_url
 from core.schemes import ACCEPTED, is_accepted, minimums_text, rounds_problem
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
@@ -336,9 +337,9 @@ def _database_url(name: str, raw: str) -> str:
 
 def _directory_url(name: str, raw: str) -> str:
     """A database URL, or an LDAP server's (ldaps:// or ldap://, with its base DN)."""
-    from core.directory.ldap.config import is_ldap_url, parse_ldap_url  # ldap3 only when used
-
     if is_ldap_url(raw):
+        from core.directory.ldap.config import parse_ldap_url  # ldap3 only when used
+
         parse_ldap_url(raw, name)
         return raw
     return _database_url(name, raw)
@@ -362,8 +363,6 @@ def ldap_environment(settings: Settings) -> dict[str, str]:
 
 
 def uses_ldap(settings: Settings) -> bool:
-    from core.directory.ldap.config import is_ldap_url
-
     return is_ldap_url(settings.directory_url)
 
 

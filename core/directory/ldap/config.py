@@ -22,7 +22,6 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from ldap3.core.exceptions import LDAPInvalidDnError
@@ -30,9 +29,9 @@ from ldap3.utils.dn import parse_dn
 
 from core.directory.ldap.profile import LdapProfile, load_ldap_profile
 from core.errors import ConfigError
+from core.ldap_urls import SCHEMES, LdapScheme
+from core.ldap_urls import is_ldap_url as is_ldap_url
 
-LdapScheme = Literal["ldaps", "ldap"]
-SCHEMES: tuple[LdapScheme, ...] = ("ldaps", "ldap")
 DEFAULT_PORTS: dict[LdapScheme, int] = {"ldaps": 636, "ldap": 389}
 #: Seconds to wait for the server to answer a connection, then an operation.
 DEFAULT_TIMEOUT = 10.0
@@ -42,11 +41,6 @@ DEFAULT_TIMEOUT = 10.0
 #: many users in flight should the server go away mid-batch.
 DEFAULT_WINDOW = 8
 MAX_WINDOW = 256
-
-
-def is_ldap_url(url: str | None) -> bool:
-    """Whether DIRECTORY_URL names an LDAP server rather than a database."""
-    return bool(url) and urlsplit(str(url).strip()).scheme.lower() in SCHEMES
 
 
 @dataclass(frozen=True)
