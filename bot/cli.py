@@ -13,10 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from redis.exceptions import RedisError
-from sqlalchemy.exc import OperationalError
+from typing import TYPE_CHECKING, Any
 
 from bot.commands import audit, db, demo, directory, mail, reset, serve, tasks, users, worker
 from bot.commands.context import Cli, first_line
@@ -33,6 +30,10 @@ from bot.terminal import (
     UsageError,
 )
 from core.errors import ConfigError, ResetbotError
+
+if TYPE_CHECKING:
+    from redis.exceptions import RedisError
+    from sqlalchemy.exc import OperationalError
 
 __all__ = [  # the exit codes are part of the command's interface; tests and scripts import them
     "EXIT_CONFIG", "EXIT_INTERRUPTED", "EXIT_NOT_COMPLETED", "EXIT_OK", "EXIT_PIPE_CLOSED",
@@ -75,10 +76,10 @@ def run_command(cli: Cli, argv: Sequence[str] | None) -> int:
     except ResetbotError as error:
         cli.fail(str(error))
         return EXIT_REFUSED
-    except OperationalError as error:
+    except _database_errors() as error:
         cli.fail(f"the database cannot be reached or used: {first_line(error.orig)}")
         return EXIT_REFUSED
-    except RedisError as error:
+    except _redis_errors() as error:
         cli.fail(f"Redis cannot be reached: {first_line(error)}")
         return EXIT_REFUSED
     except BrokenPipeError:
@@ -89,6 +90,27 @@ def run_command(cli: Cli, argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         cli.fail("interrupted")
         return EXIT_INTERRUPTED
+
+
+# SQLAlchemy and Redis are imported by the commands that use them, not at start (`--help`
+# would wait for them): an `except` clause is evaluated only when an error passes it, and by
+# then whatever could raise one of theirs has loaded its library.
+
+
+def _database_errors() -> tuple[type[OperationalError], ...]:
+    if "sqlalchemy" not in sys.modules:
+        return ()
+    from sqlalchemy.exc import OperationalError
+
+    return (OperationalError,)
+
+
+def _redis_errors() -> tuple[type[RedisError], ...]:
+    if "redis" not in sys.modules:
+        return ()
+    from redis.exceptions import RedisError
+
+    return (RedisError,)
 
 
 def _discard_stdout() -> None:

@@ -14,9 +14,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from blocks.text import ended_words
@@ -51,6 +50,9 @@ from core.tasks import (
     gate_new_task,
 )
 from core.tasks import validate_request as check_request
+
+if TYPE_CHECKING:  # opened (cli.redis) only once a reset is confirmed: a dry run loads no Redis
+    from redis import Redis
 
 POLL_SECONDS = 0.25
 #: What the preview says happens to users without an e-mail address, by --without-email.

@@ -16,9 +16,8 @@ import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from blocks.text import done_words, ended_words, waits_for
@@ -49,6 +48,9 @@ from core.tasks import (
     request_cancel,
     scheduled_first,
 )
+
+if TYPE_CHECKING:  # a client is handed in by the commands that need one: the rest load no Redis
+    from redis import Redis
 
 AuditRow = tuple[str | None, str, str, int | str, str]
 #: The control characters of core.controls that json.dumps(ensure_ascii=False) does not escape.

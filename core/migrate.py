@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, MetaData, inspect
 from sqlalchemy.engine import make_url
 
@@ -20,6 +18,9 @@ from core.db import MYSQL_BACKENDS, make_engine, with_shipped_driver
 from core.errors import ConfigError
 from core.models import Base, users_table
 from core.settings import DirectoryNames, Settings, uses_ldap
+
+if TYPE_CHECKING:  # Alembic is imported where it runs: each command reads own_users_names
+    from alembic.config import Config
 
 SCRIPT_LOCATION = "core:migrations"
 VERSION_TABLE = "resetbot_alembic_version"
@@ -29,6 +30,8 @@ DIRECTORY_NAMES_KEY = "resetbot_directory_names"
 def alembic_config(connection: Connection, names: DirectoryNames | None) -> Config:
     """An Alembic configuration in code, carrying the open connection and the users' names
     (None: the users are not resetbot's own table in this database; no users table here)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.attributes["connection"] = connection
@@ -112,6 +115,8 @@ def own_users_names(settings: Settings) -> DirectoryNames | None:
 def upgrade_engine(
     engine: Engine, names: DirectoryNames | None, revision: str = "head"
 ) -> str | None:
+    from alembic import command
+
     with migration_connection(engine) as connection:
         command.upgrade(alembic_config(connection, names), revision)
         return current_revision(connection)
@@ -119,6 +124,8 @@ def upgrade_engine(
 
 def downgrade_engine(engine: Engine, names: DirectoryNames | None, revision: str) -> str | None:
     """Take the database back to `revision` ("base": no table of resetbot's left)."""
+    from alembic import command
+
     with migration_connection(engine) as connection:
         command.downgrade(alembic_config(connection, names), revision)
         return current_revision(connection)
@@ -164,11 +171,14 @@ def sqlite_foreign_keys_on(connection: Connection) -> bool:
 
 
 def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
 
 
 def head_revision() -> str | None:
+    from alembic.config import Config
     from alembic.script import ScriptDirectory
 
     config = Config()

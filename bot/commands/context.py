@@ -1,26 +1,28 @@
 """What every `resetbot` command shares: where it writes, its settings (read once per command,
-from the environment and `.env`), and the database, directory and Redis it opens with them."""
+from the environment and `.env`), and the database, directory and Redis it opens with them.
+
+SQLAlchemy, Redis and the directory drivers are imported by the functions that open them, not
+here: every command imports this module, and `resetbot --help` or a mistyped option should not
+load them (tests/bot/test_cli_startup.py).
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TextIO
-
-from redis import Redis
-from sqlalchemy import Engine, inspect
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, ProgrammingError
-from sqlalchemy.orm import Session, sessionmaker
+from typing import TYPE_CHECKING, TextIO
 
 from bot.terminal import SECRET_KEY_FILE, Refused
-from core.db import make_engine, make_sessionmaker
-from core.directory.factory import open_directory
-from core.directory.protocol import Directory
 from core.errors import ConfigError
 from core.settings import Settings, ensure_secret_key
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from core.directory.protocol import Directory
 
 
 @dataclass
@@ -51,6 +53,8 @@ class Cli:
 
     @contextmanager
     def database(self, settings: Settings) -> Iterator[sessionmaker[Session]]:
+        from core.db import make_sessionmaker
+
         engine = open_engine(settings)
         try:
             require_schema(engine, settings)
@@ -71,6 +75,10 @@ class Cli:
 
 
 def open_engine(settings: Settings) -> Engine:
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from core.db import make_engine
+
     try:
         return make_engine(settings.database_url)
     except (ArgumentError, NoSuchModuleError, ValueError) as error:
@@ -79,6 +87,9 @@ def open_engine(settings: Settings) -> Engine:
 
 def require_schema(engine: Engine, settings: Settings) -> None:
     """A clear word instead of 'no such table' when the database was never set up."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import ProgrammingError
+
     try:
         tables = set(inspect(engine).get_table_names())
     except ProgrammingError as error:
@@ -96,6 +107,9 @@ def require_schema(engine: Engine, settings: Settings) -> None:
 
 def shown_url(url: str) -> str:
     """A database URL with any password hidden, for messages."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     from core.db import shown_url as shown
 
     try:
@@ -111,6 +125,10 @@ def first_line(error: object) -> str:
 @contextmanager
 def users_directory(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Directory]:
     """The directory, sharing the state database's engine when the users live there too."""
+    from sqlalchemy import Engine
+
+    from core.directory.factory import open_directory
+
     engine = sessions.kw.get("bind")
     directory = open_directory(settings, engine if isinstance(engine, Engine) else None)
     try:
@@ -120,6 +138,8 @@ def users_directory(settings: Settings, sessions: sessionmaker[Session]) -> Iter
 
 
 def log_to_stderr() -> None:
+    import logging
+
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from bot.commands.context import Cli, users_directory
 from bot.commands.parsing import Subparsers, add_command
 from bot.terminal import EXIT_OK, Refused
-from core.directory.protocol import User
+
+if TYPE_CHECKING:
+    from core.directory.protocol import User
 
 
 def add_parser(commands: Subparsers) -> None:

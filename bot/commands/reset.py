@@ -13,7 +13,7 @@ from pathlib import Path
 from bot.commands.context import Cli
 from bot.commands.parsing import Subparsers, add_command
 from bot.terminal import UsageError
-from core.models import NoEmailChoice, Scope
+from core.states import NoEmailChoice, Scope
 
 RESET_DESCRIPTION = (
     "Reset the passwords of the users in one scope. resetbot first shows a preview (how many "

@@ -7,16 +7,18 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from typing import TYPE_CHECKING
 
 from bot.commands.context import Cli
 from bot.commands.parsing import Subparsers, add_command
 from bot.terminal import EXIT_OK, plural, requester, shown_csv
-from core.directory import Directory as TableDirectory
 from core.errors import ConfigError
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from core.directory import Directory as TableDirectory
 
 USERS_EPILOG = """\
 The CSV has the columns username, full_name, email and (if you like) role, in any order.
@@ -115,6 +117,10 @@ def _table_directory(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> Iterator[TableDirectory]:
     """resetbot's own users table (import, export): never an LDAP directory."""
+    from sqlalchemy import Engine
+
+    from core.directory import Directory as TableDirectory
+
     engine = sessions.kw.get("bind")
     directory = TableDirectory.from_settings(
         settings, engine if isinstance(engine, Engine) else None

@@ -7,7 +7,6 @@ import argparse
 from bot.commands.context import Cli, log_to_stderr, open_engine
 from bot.commands.parsing import Subparsers, add_command
 from bot.terminal import EXIT_OK
-from core.directory.factory import open_directory
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -20,6 +19,7 @@ def add_parser(commands: Subparsers) -> None:
 
 
 def cmd_worker(cli: Cli, args: argparse.Namespace) -> int:
+    from core.directory.factory import open_directory
     from jobs.worker import run_worker, tune_worker_process
 
     settings = cli.settings(with_secret_key=True)
