@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import ConfigError
+
+if TYPE_CHECKING:  # the ORM is loaded by whoever opens sessions, not by reading DATABASE_URL
+    from sqlalchemy.orm import Session, sessionmaker
 
 #: SQLAlchemy's backend names for MariaDB and MySQL (`mariadb://` URLs get their own).
 MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
@@ -142,4 +144,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    from sqlalchemy.orm import sessionmaker
+
     return sessionmaker(engine, expire_on_commit=False)
