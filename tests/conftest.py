@@ -24,7 +24,7 @@ from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
 from core.schema import create_schema
 from core.settings import Settings
-from tests.support.databases import mariadb_database, postgres_database
+from tests.support.databases import PostgresSchemas, mariadb_database, postgres_schemas
 from tests.support.services import REDIS_URL
 from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.tempdir import RunTemp
@@ -114,9 +114,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
 
 
+@pytest.fixture(scope="session")
+def postgres_test_schemas() -> Iterator[PostgresSchemas]:
+    """This process's own PostgreSQL database (each xdist worker's), made at its first test on
+    PostgreSQL and dropped at the end of the run: each test gets a schema in it."""
+    with postgres_schemas(f"resetbot_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}") as made:
+        yield made
+
+
 @pytest.fixture(params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL or MariaDB database dropped
+    """A fresh, empty database: a SQLite file, a new MariaDB database, or on PostgreSQL a new
+    schema (the only one on the URL's search_path) in the worker's own database; dropped
     afterwards."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'resetbot.db'}"
@@ -125,7 +134,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with mariadb_database() as url:
             yield url
         return
-    with postgres_database() as url:
+    schemas: PostgresSchemas = request.getfixturevalue("postgres_test_schemas")
+    with schemas.schema() as url:
         yield url
 
 
