@@ -6,10 +6,12 @@ accounts without disturbing the next one.
 
 Measured on the 2-core machine (Samba 4.17.12, Debian 12), quiet / loaded by other work
 (load average 6):
-- the template: `samba-tool domain provision` 3.4 s / 8.6-9 s; with the seeding through LDAP
-  and the offline `samba-tool` steps (ACL, fine-grained policy) 9.1-14.6 s in all, loaded;
+- the template: `samba-tool domain provision` 3.4 s / 8.6-9 s (3.3-4.1 s of CPU); then a
+  start, the seeding through LDAP (the fine-grained policy too) and the offline ACL step
+  (`samba-tool dsacl`) 1.5 s (2.7 s when the policy took two more `samba-tool` runs);
 - a copy (33 MB) and its certificate about 0.03 s; `samba -i -M single` from a copy to LDAPS
-  accepting 0.30 s / 0.2-1.2 s (medians 0.43 and 0.8 s over 5 starts at load 4.6 and 6).
+  accepting 0.13-0.15 s quiet (0.25-0.65 s before `tls dh params file`, below); 0.2-0.3 s
+  at load 4-5.
   tests/core/test_active_directory_samba.py (21 tests) takes about 34 s at load 4.6 in one
   process, 20 s with two xdist workers.
   The first start of a domain without a certificate would spend 5-6 s making Samba's own
@@ -115,6 +117,8 @@ USER_CLASS = "bf967aba-0de6-11d0-a285-00aa003049e2"
 
 _UF_NORMAL_ACCOUNT = 0x200
 _UF_ACCOUNTDISABLE = 0x2
+#: pwdProperties' bit for passwords kept with reversible encryption (MS-ADTS 3.1.1.5.3.1).
+_DOMAIN_PASSWORD_STORE_CLEARTEXT = 0x10
 _START_TIMEOUT = 20.0
 _PR_SET_PDEATHSIG = 1
 _LDAP_PORTS = (389, 636, 3268, 3269)
@@ -455,7 +459,8 @@ def _provision(folder: Path, address: str) -> None:
     finally:
         _stop_samba(process)
     # Offline (the server stopped): Samba's own tool writes the security descriptor, which
-    # Samba does not take as SDDL over LDAP.
+    # Samba does not take as SDDL over LDAP. (The fine-grained policy went over LDAP in
+    # `_seed`: two `samba-tool` runs fewer, ~0.8 s of the template's making.)
     aces = "".join(
         f"(OA;CI;{right};{guid};{USER_CLASS};{service_sid})"
         for right, guid in (
@@ -465,9 +470,6 @@ def _provision(folder: Path, address: str) -> None:
         )
     )
     _samba_tool(folder, "dsacl", "set", f"--objectdn={PEOPLE_OU}", f"--sddl={aces}")
-    _samba_tool(folder, "domain", "passwordsettings", "pso", "create", "strict", "1",
-                f"--min-pwd-length={STRICT_POLICY_LENGTH}", "--complexity=on")
-    _samba_tool(folder, "domain", "passwordsettings", "pso", "apply", "strict", "pat")
 
 
 def _seed(address: str, ca_file: Path) -> str:
@@ -505,6 +507,7 @@ def _seed(address: str, ca_file: Path) -> str:
                                             "member": [seed_user("sam").dn]})
         admin.add(STAFF_GROUP, ["group"], {"sAMAccountName": "library-staff",
                                            "member": [seed_user("dana").dn, NESTED_GROUP]})
+        _add_strict_policy(admin, seed_user("pat").dn)
     finally:
         admin.unbind()
     locked = seed_user("lou")
@@ -513,6 +516,32 @@ def _seed(address: str, ca_file: Path) -> str:
         assert not wrong.bind()
         wrong.unbind()
     return service_sid
+
+
+def _add_strict_policy(admin: ldap3.Connection, applies_to: str) -> None:
+    """The fine-grained password policy `strict` on `applies_to`, as `samba-tool domain
+    passwordsettings pso create strict 1 --min-pwd-length=N --complexity=on` and `pso apply`
+    make it: the domain's own settings for everything else."""
+    admin.search(BASE_DN, "(objectClass=*)", ldap3.BASE, attributes=[
+        "pwdProperties", "pwdHistoryLength", "minPwdAge", "maxPwdAge", "lockoutDuration",
+        "lockoutThreshold", "lockOutObservationWindow"])
+    domain = {name: values[0].decode()
+              for name, values in admin.response[0]["raw_attributes"].items()}
+    reversible = int(domain["pwdProperties"]) & _DOMAIN_PASSWORD_STORE_CLEARTEXT
+    admin.add(f"CN=strict,CN=Password Settings Container,CN=System,{BASE_DN}",
+              ["msDS-PasswordSettings"], {
+                  "msDS-PasswordSettingsPrecedence": "1",
+                  "msDS-PasswordComplexityEnabled": "TRUE",
+                  "msDS-PasswordReversibleEncryptionEnabled": "TRUE" if reversible else "FALSE",
+                  "msDS-PasswordHistoryLength": domain["pwdHistoryLength"],
+                  "msDS-MinimumPasswordLength": str(STRICT_POLICY_LENGTH),
+                  "msDS-MinimumPasswordAge": domain["minPwdAge"],
+                  "msDS-MaximumPasswordAge": domain["maxPwdAge"],
+                  "msDS-LockoutDuration": domain["lockoutDuration"],
+                  "msDS-LockoutThreshold": domain["lockoutThreshold"],
+                  "msDS-LockoutObservationWindow": domain["lockOutObservationWindow"],
+                  "msDS-PSOAppliesTo": applies_to,
+              })
 
 
 @dataclass
