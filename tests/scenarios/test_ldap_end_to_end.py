@@ -7,7 +7,7 @@ the slow part); tests/support/ldap_servers.py gives both one face and one sign-i
 Every password that should work is bound with as the user ("must change": OpenLDAP's ppolicy
 says `changeAfterReset`, AD answers 773); every one that should not is refused (49, 52e); staff
 and users out of scope still sign in with their old ones. Each test has a fresh copy of its
-server's seed (slapd about 0.1 s, a Samba domain about 0.3-0.8 s).
+server's seed (slapd about 0.05 s, a Samba domain about 0.15-0.3 s).
 """
 
 from __future__ import annotations

@@ -6,10 +6,12 @@ accounts without disturbing the next one.
 
 Measured on the 2-core machine (Samba 4.17.12, Debian 12), quiet / loaded by other work
 (load average 6):
-- the template: `samba-tool domain provision` 3.4 s / 8.6-9 s; with the seeding through LDAP
-  and the offline `samba-tool` steps (ACL, fine-grained policy) 9.1-14.6 s in all, loaded;
+- the template: `samba-tool domain provision` 3.4 s / 8.6-9 s (3.3-4.1 s of CPU); then a
+  start, the seeding through LDAP (the fine-grained policy too) and the offline ACL step
+  (`samba-tool dsacl`) 1.5 s (2.7 s when the policy took two more `samba-tool` runs);
 - a copy (33 MB) and its certificate about 0.03 s; `samba -i -M single` from a copy to LDAPS
-  accepting 0.30 s / 0.2-1.2 s (medians 0.43 and 0.8 s over 5 starts at load 4.6 and 6).
+  accepting 0.13-0.15 s quiet (0.25-0.65 s before `tls dh params file`, below); 0.2-0.3 s
+  at load 4-5.
   tests/core/test_active_directory_samba.py (21 tests) takes about 34 s at load 4.6 in one
   process, 20 s with two xdist workers.
   The first start of a domain without a certificate would spend 5-6 s making Samba's own
@@ -21,6 +23,13 @@ How it runs:
 - `server services = ldap`: no KDC, DNS, SMB or RPC; simple binds (the user's own sign-in),
   unicodePwd replaces and lockouts work with the LDAP server alone;
 - `old password allowed period = 0`, so an old password stops binding at once;
+- `tls dh params file`: RFC 7919's ffdhe2048 group; without one Samba searches for new DH
+  parameters each time it starts (0.1-0.5 s of CPU, over half of a start: perf showed libgmp's
+  prime tests); with it a start from a copy takes 0.13-0.15 s, measured quiet;
+- `ldb:nosync = true` (Samba's own test setting): a write is answered before it is flushed to
+  the disk. A password set took ~100 ms with the flushes, ~75 ms without (loaded machine; ~38
+  ms of it is Samba's CPU, the Kerberos keys' PBKDF2). What the server and a restarted server
+  read is the same either way; only a crash of the machine could lose a write;
 - ports 389/636/3268/3269 are fixed, so each domain has its own loopback address: one per
   pytest-xdist worker (gw0 → 127.0.0.2, gw1 → 127.0.0.3, …; 127.0.0.2 without xdist); a test
   needing a second domain at once passes another address to `DomainTemplate.domain`; when
@@ -108,11 +117,25 @@ USER_CLASS = "bf967aba-0de6-11d0-a285-00aa003049e2"
 
 _UF_NORMAL_ACCOUNT = 0x200
 _UF_ACCOUNTDISABLE = 0x2
+#: pwdProperties' bit for passwords kept with reversible encryption (MS-ADTS 3.1.1.5.3.1).
+_DOMAIN_PASSWORD_STORE_CLEARTEXT = 0x10
 _START_TIMEOUT = 20.0
 _PR_SET_PDEATHSIG = 1
 _LDAP_PORTS = (389, 636, 3268, 3269)
 _ADDRESS_STRIDE = 32
 _ADDRESS_TRIES = 7
+#: RFC 7919's ffdhe2048 group (public, well known), for Samba's DHE ciphers. Without a `tls dh
+#: params file` Samba makes new DH parameters (a search for a 2048-bit safe prime) each time it
+#: starts: measured, 0.1-0.5 s of CPU of a 0.25-0.65 s start, now 0.13-0.15 s in all.
+_FFDHE2048 = """-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
 
 
 @dataclass(frozen=True)
@@ -225,6 +248,8 @@ def _smb_conf(folder: Path, address: str) -> str:
 \ttls keyfile = {folder}/tls/key.pem
 \ttls certfile = {folder}/tls/cert.pem
 \ttls cafile = {folder}/tls/ca.pem
+\ttls dh params file = {folder}/tls/dh.pem
+\tldb:nosync = true
 
 [sysvol]
 \tpath = {folder}/state/sysvol
@@ -259,6 +284,7 @@ def _make_ca(folder: Path) -> None:
         .sign(key, hashes.SHA256())
     )
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dh.pem").write_text(_FFDHE2048)
     (folder / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (folder / "ca-key.pem").write_bytes(
         key.private_bytes(
@@ -433,7 +459,8 @@ def _provision(folder: Path, address: str) -> None:
     finally:
         _stop_samba(process)
     # Offline (the server stopped): Samba's own tool writes the security descriptor, which
-    # Samba does not take as SDDL over LDAP.
+    # Samba does not take as SDDL over LDAP. (The fine-grained policy went over LDAP in
+    # `_seed`: two `samba-tool` runs fewer, ~0.8 s of the template's making.)
     aces = "".join(
         f"(OA;CI;{right};{guid};{USER_CLASS};{service_sid})"
         for right, guid in (
@@ -443,9 +470,6 @@ def _provision(folder: Path, address: str) -> None:
         )
     )
     _samba_tool(folder, "dsacl", "set", f"--objectdn={PEOPLE_OU}", f"--sddl={aces}")
-    _samba_tool(folder, "domain", "passwordsettings", "pso", "create", "strict", "1",
-                f"--min-pwd-length={STRICT_POLICY_LENGTH}", "--complexity=on")
-    _samba_tool(folder, "domain", "passwordsettings", "pso", "apply", "strict", "pat")
 
 
 def _seed(address: str, ca_file: Path) -> str:
@@ -483,6 +507,7 @@ def _seed(address: str, ca_file: Path) -> str:
                                             "member": [seed_user("sam").dn]})
         admin.add(STAFF_GROUP, ["group"], {"sAMAccountName": "library-staff",
                                            "member": [seed_user("dana").dn, NESTED_GROUP]})
+        _add_strict_policy(admin, seed_user("pat").dn)
     finally:
         admin.unbind()
     locked = seed_user("lou")
@@ -491,6 +516,32 @@ def _seed(address: str, ca_file: Path) -> str:
         assert not wrong.bind()
         wrong.unbind()
     return service_sid
+
+
+def _add_strict_policy(admin: ldap3.Connection, applies_to: str) -> None:
+    """The fine-grained password policy `strict` on `applies_to`, as `samba-tool domain
+    passwordsettings pso create strict 1 --min-pwd-length=N --complexity=on` and `pso apply`
+    make it: the domain's own settings for everything else."""
+    admin.search(BASE_DN, "(objectClass=*)", ldap3.BASE, attributes=[
+        "pwdProperties", "pwdHistoryLength", "minPwdAge", "maxPwdAge", "lockoutDuration",
+        "lockoutThreshold", "lockOutObservationWindow"])
+    domain = {name: values[0].decode()
+              for name, values in admin.response[0]["raw_attributes"].items()}
+    reversible = int(domain["pwdProperties"]) & _DOMAIN_PASSWORD_STORE_CLEARTEXT
+    admin.add(f"CN=strict,CN=Password Settings Container,CN=System,{BASE_DN}",
+              ["msDS-PasswordSettings"], {
+                  "msDS-PasswordSettingsPrecedence": "1",
+                  "msDS-PasswordComplexityEnabled": "TRUE",
+                  "msDS-PasswordReversibleEncryptionEnabled": "TRUE" if reversible else "FALSE",
+                  "msDS-PasswordHistoryLength": domain["pwdHistoryLength"],
+                  "msDS-MinimumPasswordLength": str(STRICT_POLICY_LENGTH),
+                  "msDS-MinimumPasswordAge": domain["minPwdAge"],
+                  "msDS-MaximumPasswordAge": domain["maxPwdAge"],
+                  "msDS-LockoutDuration": domain["lockoutDuration"],
+                  "msDS-LockoutThreshold": domain["lockoutThreshold"],
+                  "msDS-LockoutObservationWindow": domain["lockOutObservationWindow"],
+                  "msDS-PSOAppliesTo": applies_to,
+              })
 
 
 @dataclass

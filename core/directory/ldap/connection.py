@@ -99,6 +99,10 @@ def open_connection(
     try:
         _start_tls(config, connection)
         connection.bind(controls=list(controls) if controls else None)
+    except DirectoryTlsError:
+        # The server would not start TLS: hang up now, not when the socket is collected.
+        close_quietly(connection)
+        raise
     except LDAPCertificateError as error:
         close_quietly(connection)
         raise DirectoryTlsError(
