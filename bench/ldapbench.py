@@ -131,7 +131,8 @@ def openldap_source(size: int) -> Iterator[tuple[Fresh, float]]:
     everyone = [Seeded(person.uid, f"Old-pass-{person.uid}", person.name, person.mail,
                        staff=person.staff) for person in people(size)]
     started = time.perf_counter()
-    with OpenLdapTemplate.build(everyone, max_size=64 * MB + size * 8192) as template:
+    with OpenLdapTemplate.build(everyone, max_size=64 * MB + size * 8192,
+                                durable=True) as template:
         loaded = time.perf_counter() - started
 
         @contextmanager
@@ -206,7 +207,7 @@ def samba_source(size: int) -> Iterator[tuple[Fresh, float]]:
 
         @contextmanager
         def fresh() -> Iterator[LdapServer]:
-            with source.domain(address) as running:
+            with source.domain(address, durable=True) as running:
                 env = {
                     "DIRECTORY_URL": f"ldaps://{address}/{bench_ou}",
                     "DIRECTORY_TLS_CA_FILE": str(running.ca_file),

@@ -220,7 +220,9 @@ def access_rules() -> list[str]:
 DB_MAX_SIZE = 64 * 1024 * 1024
 
 
-def config_ldif(folder: Path, admin_password: str, max_size: int = DB_MAX_SIZE) -> str:
+def config_ldif(
+    folder: Path, admin_password: str, max_size: int = DB_MAX_SIZE, *, durable: bool = False
+) -> str:
     """cn=config: the modules, the schema, the mdb database with its ACL and the ppolicy
     overlay. The rootdn password is a throw-away one of this template. `folder` may be
     relative (Path("."): the files are then found from slapd's working directory).
@@ -228,7 +230,9 @@ def config_ldif(folder: Path, admin_password: str, max_size: int = DB_MAX_SIZE) 
     `olcDbNoSync`: a write is not flushed to the disk before it is answered (3.2 ms a
     password change with the flush, 0.7-1.9 ms without, measured here). What a test reads,
     and what a restarted slapd finds, is the same either way: only a crash of the machine
-    itself could lose it, and the copy is thrown away after the test."""
+    itself could lose it, and the copy is thrown away after the test. The bench asks for a
+    `durable` database, as a real directory's."""
+    no_sync = "FALSE" if durable else "TRUE"
     data = folder / "data"
     acl = "\n".join(f"olcAccess: {{{n}}}{rule}" for n, rule in enumerate(access_rules()))
     return f"""dn: cn=config
@@ -267,7 +271,7 @@ olcDatabase: {{1}}mdb
 olcSuffix: {BASE_DN}
 olcDbDirectory: {data}
 olcDbMaxSize: {max_size}
-olcDbNoSync: TRUE
+olcDbNoSync: {no_sync}
 olcRootDN: {ADMIN_DN}
 olcRootPW: {ssha(admin_password)}
 olcSecurity: tls=1
@@ -334,20 +338,23 @@ class OpenLdapTemplate:
     service_password: str = field(repr=False)
     admin_password: str = field(repr=False)
     max_size: int = DB_MAX_SIZE
+    durable: bool = False
 
     @classmethod
     @contextmanager
     def build(
-        cls, users: list[Seeded] | None = None, *, max_size: int = DB_MAX_SIZE
+        cls, users: list[Seeded] | None = None, *, max_size: int = DB_MAX_SIZE,
+        durable: bool = False,
     ) -> Iterator[OpenLdapTemplate]:
         """`max_size`: the database's largest size in bytes (about 4 KB an entry with its
-        indexes: the bench's 100,000 users need ~400 MB)."""
+        indexes: the bench's 100,000 users need ~400 MB). `durable`: writes are flushed to the
+        disk before they are answered, as a real directory's (the bench's floors)."""
         require_slapd()
         users = seeded_users() if users is None else users
         folder = Path(tempfile.mkdtemp(prefix="resetbot-slapd-template-"))
         try:
             template = cls(folder, users, secrets.token_urlsafe(12), secrets.token_urlsafe(12),
-                           max_size)
+                           max_size, durable)
             template._prepare()
             yield template
         finally:
@@ -360,7 +367,7 @@ class OpenLdapTemplate:
         # Relative paths: the same cn=config serves every copy (measured: a `slapadd -n0` per
         # copy was 0.03 s of a 0.2 s start).
         (self.folder / "config.ldif").write_text(
-            config_ldif(Path("."), self.admin_password, self.max_size)
+            config_ldif(Path("."), self.admin_password, self.max_size, durable=self.durable)
         )
         (self.folder / "data.ldif").write_text(data_ldif(self.users, self.service_password))
         _run([SLAPADD, "-n0", "-F", "slapd.d", "-l", "config.ldif"], self.folder)

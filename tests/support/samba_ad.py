@@ -29,7 +29,8 @@ How it runs:
 - `ldb:nosync = true` (Samba's own test setting): a write is answered before it is flushed to
   the disk. A password set took ~100 ms with the flushes, ~75 ms without (loaded machine; ~38
   ms of it is Samba's CPU, the Kerberos keys' PBKDF2). What the server and a restarted server
-  read is the same either way; only a crash of the machine could lose a write;
+  read is the same either way; only a crash of the machine could lose a write. The bench asks
+  for a durable copy (`domain(durable=True)`): a real DC flushes its writes;
 - ports 389/636/3268/3269 are fixed, so each domain has its own loopback address: one per
   pytest-xdist worker (gw0 → 127.0.0.2, gw1 → 127.0.0.3, …; 127.0.0.2 without xdist); a test
   needing a second domain at once passes another address to `DomainTemplate.domain`; when
@@ -223,7 +224,8 @@ def _run_id() -> str:
     return os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
 
 
-def _smb_conf(folder: Path, address: str) -> str:
+def _smb_conf(folder: Path, address: str, *, durable: bool = False) -> str:
+    nosync = "false" if durable else "true"
     return f"""[global]
 \tnetbios name = {HOST_NAME.upper()}
 \trealm = {REALM}
@@ -249,7 +251,7 @@ def _smb_conf(folder: Path, address: str) -> str:
 \ttls certfile = {folder}/tls/cert.pem
 \ttls cafile = {folder}/tls/ca.pem
 \ttls dh params file = {folder}/tls/dh.pem
-\tldb:nosync = true
+\tldb:nosync = {nosync}
 
 [sysvol]
 \tpath = {folder}/state/sysvol
@@ -585,9 +587,12 @@ class DomainTemplate:
         return float((self.folder / "ready").read_text().split()[0])
 
     @contextlib.contextmanager
-    def domain(self, address: str | None = None) -> Iterator[SambaDomain]:
+    def domain(
+        self, address: str | None = None, *, durable: bool = False
+    ) -> Iterator[SambaDomain]:
         """A running copy of the template on `address` (default: this worker's, or its next
-        free one should another test run's Samba take it meanwhile), then gone."""
+        free one should another test run's Samba take it meanwhile), then gone. `durable`:
+        its writes are flushed before they are answered, as a real DC's (the bench)."""
         folder = Path(tempfile.mkdtemp(prefix=f"resetbot-samba-copy-{os.getpid()}-"))
         running: SambaDomain | None = None
         try:
@@ -595,7 +600,8 @@ class DomainTemplate:
                             ignore=_sockets)
             for attempt in range(_ADDRESS_TRIES):
                 chosen = address or free_worker_address()
-                (folder / "etc" / "smb.conf").write_text(_smb_conf(folder, chosen))
+                (folder / "etc" / "smb.conf").write_text(
+                    _smb_conf(folder, chosen, durable=durable))
                 _issue_server_certificate(folder / "tls", chosen)
                 try:
                     running = SambaDomain(folder=folder, address=chosen)
