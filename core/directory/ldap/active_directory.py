@@ -164,6 +164,10 @@ def refusal(result: dict[str, Any] | None, password: str = "") -> Refusal | None
 def refusal_reason(code: int, message: str, description: str = "", password: str = "") -> str:
     """A server refusal in words: AD's `constraintViolation … 0000052D` becomes "the domain's
     password policy refused it" with the rule when the server names it (Samba does)."""
+    if password:
+        # Masked in the server's text before any of it is trimmed, capitalised or cut: each
+        # would leave a part of the password the mask no longer matches.
+        message = message.replace(password, "***")
     if code == CONSTRAINT_VIOLATION and PASSWORD_RESTRICTION in message.upper():
         detail = _policy_detail(message)
         reason = ("The directory refused the password: "
@@ -173,8 +177,7 @@ def refusal_reason(code: int, message: str, description: str = "", password: str
     else:
         first_line = message.strip().splitlines()[0] if message.strip() else ""
         reason = f"The directory refused the password ({description or code}: {first_line})"
-    reason = reason[:300]
-    return reason.replace(password, "***") if password else reason
+    return reason[:300]
 
 
 def _policy_detail(message: str) -> str | None:
