@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import queue
-import select
 import signal
 import sys
 import threading
@@ -24,7 +23,6 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import StopRequested
-from rq.scheduler import RQScheduler
 from rq.utils import now as rq_now
 from rq.worker import DequeueStrategy, WorkerStatus
 
@@ -115,56 +113,6 @@ def _end_forked_scheduler() -> NoReturn:
     `stop_scheduler` landing in the scheduler's first log line), leaving the worker waiting
     for it for ever: it ends now; the worker releases the scheduler's locks."""
     os._exit(0)
-
-
-class ResetScheduler(RQScheduler):
-    """RQ's scheduler, whose wait between passes ends as soon as a stop signal arrives.
-
-    RQ's handler only sets a flag, read after `time.sleep(interval)` (a second), which a signal
-    does not cut short: every worker's stop waited up to that second for its scheduler. Here
-    the wait is on a pipe that Python writes a byte to as each signal arrives
-    (`signal.set_wakeup_fd`), so a signal before or during the wait ends it at once.
-    """
-
-    def work(self) -> None:
-        """RQ's loop (`RQScheduler.work`), with that wait."""
-        self._install_signal_handlers()  # type: ignore[no-untyped-call]
-        self.register_birth()
-        with _SignalWakeup() as wakeup:
-            while not self._stop_requested:
-                if self.should_reacquire_locks:
-                    self.acquire_locks()  # type: ignore[no-untyped-call]
-                self.heartbeat()  # type: ignore[no-untyped-call]
-                self.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
-                wakeup.wait(self.interval)
-        self.stop()  # type: ignore[no-untyped-call]
-
-
-class _SignalWakeup:
-    """A pipe Python writes to as a signal arrives (in the main thread of this process)."""
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
-        self._previous = -1
-
-    def __enter__(self) -> _SignalWakeup:
-        self._previous = signal.set_wakeup_fd(self._write)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.set_wakeup_fd(self._previous)
-        os.close(self._read)
-        os.close(self._write)
-
-    def wait(self, seconds: float) -> None:
-        """Up to `seconds`, less if a signal arrived since the last wait."""
-        ready, _, _ = select.select([self._read], [], [], seconds)
-        if ready:
-            with contextlib.suppress(BlockingIOError):
-                while os.read(self._read, 512):
-                    pass
 
 
 class ResetWorker(SimpleWorker):
@@ -328,35 +276,6 @@ class ResetWorker(SimpleWorker):
         self.pubsub.unsubscribe()
         thread.join(timeout=1)
         self.pubsub.close()
-
-    def _start_scheduler(
-        self,
-        burst: bool = False,
-        logging_level: str | None = "INFO",
-        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
-        log_format: str = DEFAULT_LOGGING_FORMAT,
-    ) -> None:
-        """RQ's (`BaseWorker._start_scheduler`), with a ResetScheduler: it stops at once."""
-        self.scheduler = ResetScheduler(
-            self.queues,
-            connection=self.connection,
-            logging_level=logging_level if logging_level is not None else self.log.level,
-            date_format=date_format,
-            log_format=log_format,
-            serializer=self.serializer,
-        )
-        self.scheduler.acquire_locks()  # type: ignore[no-untyped-call]
-        if not self.scheduler.acquired_locks:
-            return
-        if burst:
-            try:
-                self.scheduler.register_birth()
-                self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
-            finally:
-                self.scheduler.release_locks()  # type: ignore[no-untyped-call]
-                self.scheduler.register_death()
-        else:
-            self.scheduler.start()  # type: ignore[no-untyped-call]
 
     def _say_what_was_heard(self) -> None:
         while not self._heard.empty():

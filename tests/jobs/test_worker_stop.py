@@ -22,15 +22,8 @@ from rq.scheduler import RQScheduler
 from sqlalchemy import Engine
 
 from core.settings import Settings
-from jobs.worker import (
-    STOP_CHECK_SECONDS,
-    ResetScheduler,
-    ResetWorker,
-    StartupStop,
-    tune_worker_process,
-)
+from jobs.worker import STOP_CHECK_SECONDS, ResetWorker, StartupStop, tune_worker_process
 from tests.support.engine import build_context
-from tests.support.faults import wait_until
 
 #: Stopping does not depend on the database: one is enough.
 on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -242,34 +235,3 @@ def test_a_scheduler_that_does_not_stop_is_killed_and_its_locks_released(
     assert not process.is_alive()
     assert process.exitcode == -signal.SIGKILL
     assert not redis_conn.exists(lock), "the next worker's scheduler can take over"
-
-
-@on_sqlite
-def test_a_scheduler_stops_on_sigterm_without_waiting_out_its_interval(
-    settings: Settings, redis_conn: Redis, engine: Engine
-) -> None:
-    """RQ's scheduler reads its stop flag only after sleeping its interval (a second), which a
-    signal does not cut short: each worker's stop waited for it. Here a 30 s interval shows
-    the wait ends at the signal (else the process is killed after `scheduler_stop_seconds`)."""
-    context = build_context(settings, redis_conn, engine)
-    worker = ResetWorker(context, reaper=False)
-    worker.scheduler_stop_seconds = 20
-    scheduler = ResetScheduler([context.queue], connection=redis_conn)
-    scheduler.interval = 30
-    assert scheduler.acquire_locks() == {context.queue.name}
-    worker.scheduler = scheduler
-    process = scheduler.start()
-    try:
-        # Born (its stop handlers are in place) and through its first pass: now it waits.
-        wait_until(lambda: redis_conn.hget(scheduler.key, "last_heartbeat"), 30,
-                   "the scheduler's first pass")
-        started = time.monotonic()
-        worker.stop_scheduler()
-        took = time.monotonic() - started
-    finally:
-        if process.is_alive():
-            process.kill()
-        process.join()
-    assert process.exitcode == 0, "it stopped by itself, it was not killed"
-    assert took < 10
-    assert not redis_conn.exists(scheduler.get_locking_key(context.queue.name))
