@@ -262,21 +262,6 @@ class ResetWorker(SimpleWorker):
         except RedisError as error:
             logger.warning("could not release the scheduler's locks: %s", type(error).__name__)
 
-    def unsubscribe(self) -> None:
-        """As RQ's, with the pub/sub thread told to stop before the UNSUBSCRIBE it wakes on.
-
-        In RQ's order the thread can read the reply first, find itself still running, and wait
-        for a new subscription (up to 60 s): every worker's end then waited out RQ's 1 s join,
-        a second per burst worker (each test's burst run, each `resetbot worker --burst`).
-        """
-        thread = self.pubsub_thread
-        if thread is None:
-            return
-        thread.stop()
-        self.pubsub.unsubscribe()
-        thread.join(timeout=1)
-        self.pubsub.close()
-
     def _say_what_was_heard(self) -> None:
         while not self._heard.empty():
             logger.info("worker %s: %s", self.name, self._heard.get_nowait())
