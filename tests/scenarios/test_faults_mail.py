@@ -144,8 +144,11 @@ def test_smtp_down_for_the_whole_task_pauses_it_then_fails_it_with_nobody_reset(
     sample_users: list[Any], slack_standin: SlackStandIn, settings: Settings,
 ) -> None:
     closed_port = free_port()  # nothing listens there: every connection is refused
+    # A short reaper interval: the reaper rescues a task at most once per two intervals (at
+    # least a second), and the task fails on the try after MAIL_OUTAGE_GIVE_UP.
     configured = replace(settings, smtp_host="127.0.0.1", smtp_port=closed_port,
-                         smtp_timeout=2.0, mail_outage_retry=0.01, mail_outage_give_up=0.3)
+                         smtp_timeout=2.0, mail_outage_retry=0.01, mail_outage_give_up=0.3,
+                         reaper_interval=0.25)
     context = context_for(configured)
     task_id = start(context)
 
