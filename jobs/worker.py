@@ -245,9 +245,11 @@ class ResetWorker(SimpleWorker):
     def stop_scheduler(self) -> None:
         """As RQ's (SIGTERM, then wait for the process), but a scheduler that does not stop in
         `scheduler_stop_seconds` is killed instead of waited for without end, and its locks
-        are released here (a scheduler that stopped released them itself: this is a no-op)."""
-        process = self.scheduler._process if self.scheduler else None
-        if process is None or process.pid is None:
+        released here. One that stopped released them itself: no Redis call here, whose
+        server may be going away with this worker (the embedded one)."""
+        scheduler = self.scheduler
+        process = scheduler._process if scheduler else None
+        if scheduler is None or process is None or process.pid is None:
             return
         with contextlib.suppress(OSError):
             os.kill(process.pid, signal.SIGTERM)
@@ -257,10 +259,11 @@ class ResetWorker(SimpleWorker):
                            process.pid, self.scheduler_stop_seconds)
             process.kill()
             process.join()
-        try:
-            self.scheduler.release_locks()
-        except RedisError as error:
-            logger.warning("could not release the scheduler's locks: %s", type(error).__name__)
+            try:
+                scheduler.release_locks()
+            except RedisError as error:
+                logger.warning("could not release the killed scheduler's locks: %s",
+                               type(error).__name__)
 
     def _say_what_was_heard(self) -> None:
         while not self._heard.empty():
