@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import make_engine, make_sessionmaker
 from core.directory import Directory
-from core.schema import create_schema
 from core.settings import Settings
 from tests.support.databases import PostgresSchemas, mariadb_database, postgres_schemas
+from tests.support.schema_copies import SqliteSchemas
 from tests.support.services import REDIS_URL
 from tests.support.slack_standin import slack_standin as slack_standin
 from tests.support.tempdir import RunTemp
@@ -208,10 +208,19 @@ def directory(settings: Settings) -> Iterator[Directory]:
     directory.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_schemas(tmp_path_factory: pytest.TempPathFactory) -> SqliteSchemas:
+    """create_schema's SQLite files, made once in this process and copied per test."""
+    return SqliteSchemas(tmp_path_factory.mktemp("schemas"))
+
+
 @pytest.fixture
-def engine(settings: Settings, directory: Directory) -> Iterator[Engine]:
+def engine(
+    settings: Settings, directory: Directory, sqlite_schemas: SqliteSchemas
+) -> Iterator[Engine]:
+    """The test database with resetbot's schema (create_schema; on SQLite, its copied file)."""
     engine = make_engine(settings.database_url)
-    create_schema(engine, directory)
+    sqlite_schemas.create(engine, directory)
     yield engine
     engine.dispose()
 

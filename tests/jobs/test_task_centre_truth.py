@@ -35,6 +35,7 @@ from core.models import (
 from core.progress import TaskSnapshot, snapshot
 from core.tally import Tally, preview_tally
 from core.tasks import ResetRequest
+from jobs import slack_reporter
 from jobs.context import WorkerContext
 from jobs.finishing import finish_if_done
 from tests.jobs.test_slack_reporter import (
@@ -115,8 +116,10 @@ def test_a_list_that_cannot_go_privately_is_said_so_and_the_summary_is_posted(
 
 def test_a_list_slack_cannot_take_for_now_follows_its_summary(
     context: WorkerContext, slack_standin: SlackStandIn, smtp_server: SmtpServer,
-    sample_users: list[Any],
+    sample_users: list[Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The in-process retry still happens, without its half-second pause.
+    monkeypatch.setattr(slack_reporter, "INLINE_RETRY_PAUSE", 0.01)
     slack_standin.server_error_next("conversations.open", times=2)  # the in-process retry too
     task_id = start_task(context)
     work(context)

@@ -25,6 +25,7 @@ from core.directory.sql.profile import shipped_profiles
 from core.migrate import upgrade
 from core.settings import Settings
 from tests.support.databases import mariadb_database, postgres_database
+from tests.support.schema_copies import SqliteSchemas
 from tests.support.smtp import SmtpServer
 
 TABLE = "borrowers"
@@ -698,9 +699,10 @@ def koha_settings(
 
 
 @pytest.fixture
-def state_engine(koha_settings: Settings) -> Iterator[Engine]:
-    """resetbot's own database, made by `db upgrade` exactly as in production."""
-    upgrade(koha_settings)
+def state_engine(koha_settings: Settings, sqlite_schemas: SqliteSchemas) -> Iterator[Engine]:
+    """resetbot's own database, made by `db upgrade` exactly as in production (on SQLite, a
+    copy of the file it made once: tests/support/schema_copies.py)."""
+    sqlite_schemas.upgrade(koha_settings)
     engine = make_engine(koha_settings.database_url)
     yield engine
     engine.dispose()

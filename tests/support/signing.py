@@ -41,6 +41,7 @@ from core.directory.sql import SqlDirectory
 from core.migrate import upgrade
 from core.settings import Settings
 from jobs.queueing import make_queue
+from tests.support.servers import stop_serving
 from tests.support.slack_standin import SlackStandIn
 
 SIGNING_SECRET = "test-signing-secret-8f2c"
@@ -315,9 +316,7 @@ class RunningApp:
 
     def stop(self, thread: threading.Thread) -> None:
         assert thread.is_alive(), "the HTTP server stopped before the test ended"
-        self.server.shutdown()
-        self.server.server_close()
-        thread.join(timeout=5)
+        stop_serving(self.server, thread)
         assert not thread.is_alive()
 
     def open_modal(self, *, user: str = ADMIN, channel: str = CHANNEL) -> Json:

@@ -25,6 +25,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from tests.support.servers import stop_serving
+
 if TYPE_CHECKING:
     from core.settings import Settings
 
@@ -210,10 +212,7 @@ class SlackStandIn:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            stop_serving(self._server, self._thread)
         self._server = None
         self._thread = None
 
