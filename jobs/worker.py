@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import timedelta
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -95,8 +95,7 @@ class StartupStop:
             signal.signal(sig, self.handle)
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != self._pid:
-            _end_forked_scheduler()
+        _end_if_forked_from(self._pid)
         self._heard.set()
         if not _inside_logging(frame):
             raise KeyboardInterrupt
@@ -106,13 +105,14 @@ class StartupStop:
         return self._heard.is_set()
 
 
-def _end_forked_scheduler() -> NoReturn:
-    """A signal in RQ's scheduler process before it put its own handlers in place: the
-    handler is one it inherited from the worker that forked it. Nothing there is worth
-    finishing yet, and raising could be swallowed (a SIGTERM from the worker's
-    `stop_scheduler` landing in the scheduler's first log line), leaving the worker waiting
-    for it for ever: it ends now; the worker releases the scheduler's locks."""
-    os._exit(0)
+def _end_if_forked_from(worker_pid: int) -> None:
+    """In a signal handler of the worker `worker_pid`: when this process is not that worker
+    but RQ's scheduler, forked from it before the scheduler put its own handlers in place, end
+    it now. Nothing there is worth finishing yet, and raising could be swallowed (a SIGTERM
+    from the worker's `stop_scheduler` landing in the scheduler's first log line), leaving the
+    worker waiting for it for ever; the worker releases the scheduler's locks."""
+    if os.getpid() != worker_pid:
+        os._exit(0)
 
 
 class ResetWorker(SimpleWorker):
@@ -129,6 +129,8 @@ class ResetWorker(SimpleWorker):
         self.context = context
         self.run_reaper = reaper
         self.startup_stop = startup_stop
+        #: Not RQ's `pid`, which is None for a worker not prepared for work.
+        self._own_pid = os.getpid()
         self._reaper: ReaperThread | None = None
         #: Set by SIGINT/SIGTERM (RQ's warm shutdown); any other end of `work` is an accident.
         self.stop_requested = False
@@ -152,8 +154,7 @@ class ResetWorker(SimpleWorker):
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """SIGINT/SIGTERM: RQ's warm shutdown, done the way a signal handler may."""
-        if os.getpid() != self.pid:  # RQ's scheduler process, restarted after RQ's handlers
-            _end_forked_scheduler()
+        _end_if_forked_from(self._own_pid)  # RQ's scheduler, restarted after RQ's handlers
         first = not self.stop_requested
         self.stop_requested = True
         self._shutdown_requested_date = rq_now()
@@ -169,8 +170,7 @@ class ResetWorker(SimpleWorker):
         """A signal after the first. Busy: RQ's cold shutdown (the job in hand is cut short),
         unless it follows the first within a second (RQ's guard against one press sent
         twice). Idle: nothing to cut short, the stop goes on as the first one asked."""
-        if os.getpid() != self.pid:
-            _end_forked_scheduler()
+        _end_if_forked_from(self._own_pid)
         if not self._stop_requested:
             self._stop_unless_busy(frame)
             return
@@ -237,10 +237,14 @@ class ResetWorker(SimpleWorker):
         """RQ's handlers, in place just before its loop; a stop heard while the worker was
         starting (and perhaps swallowed, see StartupStop) ends the loop before its first job."""
         super()._install_signal_handlers()  # type: ignore[no-untyped-call]
-        if self.startup_stop is not None and self.startup_stop.heard:
+        if self._stopped_while_starting:
             logger.info("worker %s: stopping, as asked while it started", self.name)
             self.stop_requested = True
             self._stop_requested = True
+
+    @property
+    def _stopped_while_starting(self) -> bool:
+        return self.startup_stop is not None and self.startup_stop.heard
 
     def stop_scheduler(self) -> None:
         """As RQ's (SIGTERM, then wait for the process), but a scheduler that does not stop in
@@ -289,7 +293,7 @@ class ResetWorker(SimpleWorker):
         dequeue_strategy: DequeueStrategy = DequeueStrategy.DEFAULT,
     ) -> bool:
         """As RQ's `work`; a long-running (not burst) worker also reaps every reaper_interval."""
-        if self.startup_stop is not None and self.startup_stop.heard:
+        if self._stopped_while_starting:
             self.stop_requested = True
             return False
         if self.run_reaper and not burst:

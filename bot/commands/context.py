@@ -125,16 +125,21 @@ def first_line(error: object) -> str:
 @contextmanager
 def users_directory(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Directory]:
     """The directory, sharing the state database's engine when the users live there too."""
-    from sqlalchemy import Engine
-
     from core.directory.factory import open_directory
 
-    engine = sessions.kw.get("bind")
-    directory = open_directory(settings, engine if isinstance(engine, Engine) else None)
+    directory = open_directory(settings, bound_engine(sessions))
     try:
         yield directory
     finally:
         directory.dispose()
+
+
+def bound_engine(sessions: sessionmaker[Session]) -> Engine | None:
+    """The state database's engine the sessions are bound to, for a directory to share."""
+    from sqlalchemy import Engine
+
+    engine = sessions.kw.get("bind")
+    return engine if isinstance(engine, Engine) else None
 
 
 def log_to_stderr() -> None:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.commands.context import Cli
+from bot.commands.context import Cli, bound_engine
 from bot.commands.parsing import Subparsers, add_command
 from bot.terminal import EXIT_OK, plural, requester, shown_csv
 from core.errors import ConfigError
@@ -117,14 +117,9 @@ def _table_directory(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> Iterator[TableDirectory]:
     """resetbot's own users table (import, export): never an LDAP directory."""
-    from sqlalchemy import Engine
-
     from core.directory import Directory as TableDirectory
 
-    engine = sessions.kw.get("bind")
-    directory = TableDirectory.from_settings(
-        settings, engine if isinstance(engine, Engine) else None
-    )
+    directory = TableDirectory.from_settings(settings, bound_engine(sessions))
     try:
         yield directory
     finally:

@@ -8,9 +8,9 @@ copies template1 through the WAL, and with DROP DATABASE it took about 0.7 s a t
 suite running on two cores; CREATE and DROP SCHEMA take about 65 ms. Each pytest process (each
 xdist worker) makes one database of its own, and each test a new schema in it, named in the
 URL's search_path, so whatever the test hands the URL to (engines, the `resetbot` CLI in a
-subprocess) works in that schema alone. A
-test that needs a whole database of its own (a library system's, read with its tables in
-`public`, or one more besides DATABASE_URL's) takes `postgres_database()`; so does the bench.
+subprocess) works in that schema alone. A test that needs a whole database of its own (a
+library system's, read with its tables in `public`, or one more besides DATABASE_URL's) takes
+`postgres_database()`; so does the bench.
 """
 
 from __future__ import annotations
