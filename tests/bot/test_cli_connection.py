@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
+from redis import Redis
 
 from core.settings import Settings
 from jobs.connection import child_environment, close_redis, connect_redis, redis_url, state_dir
@@ -84,3 +88,46 @@ def _stopped(process: psutil.Process, deadline: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+@pytest.mark.slow
+def test_a_stop_signal_heard_while_letting_go_waits_until_the_server_and_its_folder_are_gone(
+    local_settings: Settings,
+) -> None:
+    """A second SIGTERM (serve's watcher, a supervisor) once landed while a stopping worker was
+    letting go of the embedded Redis: RQ's handler raised, and the stopped server's folder was
+    left behind. Here it lands while close_redis waits for another client to leave."""
+    embedded = connect_redis(local_settings)
+    server = psutil.Process(embedded.pid)
+    socket_path = redis_url(local_settings, embedded).removeprefix("unix://")
+    folder = Path(socket_path).parent
+    own_connection = str(embedded.client_id())
+    other = Redis(unix_socket_path=socket_path)
+    other.ping()  # connected: close_redis waits for it to leave
+    heard: list[bool] = []
+
+    def force_stop(signum: int, frame: object) -> None:  # as RQ's second-signal handler does
+        heard.append(folder.exists())
+        raise SystemExit(0)
+
+    def signal_then_leave() -> None:
+        deadline = time.monotonic() + 30
+        while own_connection in {c["id"] for c in other.client_list()}:  # not letting go yet
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        other.close()
+
+    previous = signal.signal(signal.SIGTERM, force_stop)
+    try:
+        sender = threading.Thread(target=signal_then_leave)
+        sender.start()
+        with pytest.raises(SystemExit):
+            close_redis(embedded)
+        sender.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    assert heard == [False], "the signal was acted on once, after the folder had gone"
+    assert _stopped(server, deadline=time.monotonic() + 10)
+    assert not (state_dir(local_settings) / "redis.db.settings").exists()
