@@ -741,6 +741,14 @@ class Settings:
     chunk_size: int = setting(
         "RESET_CHUNK_SIZE", 100, "users per job", parse=integer(1, 10_000),
     )
+    chunk_sweep: int = setting(
+        "RESET_CHUNK_SWEEP", 20,
+        "chunks after its own that a job goes on into while their users wait (their own jobs "
+        "then end at once): a worker's hashing pauses once per run of chunks rather than at "
+        "every chunk's end, and at a task's end every worker shares the last chunks; 0: a job "
+        "does its own chunk only",
+        parse=integer(0, 10_000),
+    )
     claim_batch: int = setting(
         "RESET_CLAIM_BATCH", 50,
         "users a worker claims (leases) at a time inside a chunk, at most (fewer when a batch "

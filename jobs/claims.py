@@ -24,18 +24,39 @@ from jobs.outage import not_paused
 from jobs.rows import items_table, update_returning
 
 
-def chunk_items(task_id: int, chunk: int) -> Conditions:
-    """The pending items of one chunk, unless a mail outage pauses the task."""
+def chunk_items(task_id: int, chunk: int, sweep: int = 0) -> Conditions:
+    """The pending items of one chunk and of the `sweep` chunks after it (RESET_CHUNK_SWEEP),
+    unless a mail outage pauses the task.
+
+    A job that goes on into the next chunks takes their items while they wait; their own jobs,
+    run later, find nothing left and end at once. A worker's hashing thus pauses once per run
+    of chunks, not at every chunk's end, where a job waits for its last batch to be written
+    (~40 ms: 3 % of a 100-user chunk of pbkdf2). At a task's end every worker takes batches of
+    the last chunks, so none is left hashing a chunk alone. Bounded, so that a job lasts some
+    chunks' time, not a whole task's.
+    """
 
     def conditions(now: datetime) -> list[ColumnElement[bool]]:
         return [
             ResetItem.task_id == task_id,
-            ResetItem.chunk == chunk,
+            ResetItem.chunk.between(chunk, chunk + sweep),
             ResetItem.state == ItemState.PENDING,
             select(ResetTask.id).where(ResetTask.id == task_id, not_paused(now)).exists(),
         ]
 
     return conditions
+
+
+def chunk_has_pending(context: WorkerContext, task_id: int, chunk: int) -> bool:
+    """Whether a chunk's own items still wait: not when a job before it has taken them all."""
+    with context.sessions() as session:
+        return session.scalar(
+            select(ResetItem.id).where(
+                ResetItem.task_id == task_id,
+                ResetItem.chunk == chunk,
+                ResetItem.state == ItemState.PENDING,
+            ).limit(1)
+        ) is not None
 
 
 def claim_items(

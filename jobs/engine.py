@@ -18,8 +18,9 @@ end a task).
 from __future__ import annotations
 
 from jobs.chunks import work_items
-from jobs.claims import chunk_items
+from jobs.claims import chunk_has_pending, chunk_items
 from jobs.context import current_context
+from jobs.finishing import finish_if_done
 from jobs.planning import plan_items, start_task
 from jobs.retries import due_retries
 from jobs.undo import undo_of, work_undo_items
@@ -34,13 +35,19 @@ def plan_task(task_id: int) -> None:
 
 
 def run_chunk(task_id: int, chunk: int) -> None:
-    """Reset the pending users of one chunk, a claim batch at a time (an Undo task's: put
-    their previous passwords back, jobs/undo.py)."""
+    """Reset the pending users of one chunk, and of the next ones while they wait, a claim
+    batch at a time (an Undo task's: put their previous passwords back, jobs/undo.py)."""
     context = current_context()
-    if undo_of(context, task_id) is not None:
-        work_undo_items(context, task_id, chunk_items(task_id, chunk))
+    if not chunk_has_pending(context, task_id, chunk):
+        # A job before it took them (RESET_CHUNK_SWEEP), or the task was cancelled: any job
+        # may be the one to end it.
+        finish_if_done(context, task_id)
         return
-    work_items(context, task_id, chunk_items(task_id, chunk))
+    items = chunk_items(task_id, chunk, context.settings.chunk_sweep)
+    if undo_of(context, task_id) is not None:
+        work_undo_items(context, task_id, items)
+        return
+    work_items(context, task_id, items)
 
 
 def retry_mails(task_id: int, item_ids: list[int]) -> None:

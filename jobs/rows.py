@@ -44,9 +44,12 @@ def update_returning(
 ) -> list[tuple[Any, ...]]:
     """UPDATE the items matching `where`; `columns` of each row it changed, in id order.
 
-    With a `limit`, only the first `limit` matching rows by id that no other transaction is
-    changing right now (a claim: the rows another worker is claiming are skipped, not waited
-    for). `columns` must be ones the UPDATE does not set. Safe with many workers everywhere:
+    With a `limit`, only the first `limit` matching rows by chunk and id that no other
+    transaction is changing right now (a claim: the rows another worker is claiming are skipped,
+    not waited for). That order is the (task, chunk) index's: a claim over several chunks
+    reads the first pending rows in it and stops (MariaDB's entries hold the id after the
+    chunk; PostgreSQL sorts each chunk's few rows). `columns` must be ones the UPDATE does not
+    set. Safe with many workers everywhere:
     - PostgreSQL and SQLite: one UPDATE ... RETURNING (PostgreSQL picks the `limit` rows with
       FOR UPDATE SKIP LOCKED; SQLite has one writer at a time).
     - MariaDB/MySQL have no UPDATE ... RETURNING: the rows are read with SELECT ... FOR UPDATE
@@ -62,7 +65,8 @@ def update_returning(
         items = items_table.c
         statement = update(items_table)
         if limit is not None:
-            candidates = select(items.id).where(*where).order_by(items.id).limit(limit)
+            candidates = (select(items.id).where(*where).order_by(items.chunk, items.id)
+                          .limit(limit))
             if dialect.name == "postgresql":
                 # In a CTE, run once: as a subquery PostgreSQL may run it again for each row,
                 # each time skipping the rows this UPDATE just changed, taking far more than
@@ -90,7 +94,7 @@ def _lock_then_update(
     locked = session.execute(
         select(ResetItem.id, *columns)
         .where(*where)
-        .order_by(ResetItem.id)
+        .order_by(ResetItem.chunk, ResetItem.id)
         .limit(limit)
         .with_for_update(skip_locked=limit is not None)
     ).all()

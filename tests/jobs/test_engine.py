@@ -383,7 +383,8 @@ def test_cancel_stops_the_remaining_work(
     settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
     directory: Directory, sample_users: list[object],
 ) -> None:
-    settings = replace(settings, chunk_size=2, claim_batch=1)
+    # A job for each chunk of two, none going on into the next (RESET_CHUNK_SWEEP=0).
+    settings = replace(settings, chunk_size=2, claim_batch=1, chunk_sweep=0)
     reporter = RecordingReporter()
     context = build_context(settings, redis_conn, engine, reporter)
     task_id = submit(context, Scope.ALL, default_password=DEFAULT_PASSWORD)
@@ -401,6 +402,35 @@ def test_cancel_stops_the_remaining_work(
     assert rows[1].password_hash != "old-hash" and rows[2].password_hash != "old-hash"
     assert_untouched(rows, {3, 4, 5, 6, 7})  # type: ignore[arg-type]
     assert reporter.named("task_finished") == [(task_id,)]
+
+
+def test_a_chunk_job_goes_on_into_the_chunks_after_it_while_their_users_wait(
+    settings: Settings, redis_conn: Redis, engine: Engine, sessions: sessionmaker[Session],
+    directory: Directory, sample_users: list[object],
+) -> None:
+    """RESET_CHUNK_SWEEP=1, chunks of two: the first chunk's job resets the second chunk's
+    users too, whose own job then finds nothing to do; the third chunk's job takes the rest."""
+    settings = replace(settings, chunk_size=2, claim_batch=1, chunk_sweep=1)
+    context = build_context(settings, redis_conn, engine)
+    task_id = submit(context, Scope.ALL, default_password=DEFAULT_PASSWORD)
+
+    def reset_so_far() -> set[int]:
+        rows = user_rows(sessions, directory)
+        return {user_id for user_id, row in rows.items() if row.password_hash != "old-hash"}
+
+    work(context, max_jobs=2)  # the plan, then chunk 0's job
+    assert reset_so_far() == {1, 2, 3, 4}
+    work(context, max_jobs=1)  # chunk 1's job
+    assert reset_so_far() == {1, 2, 3, 4}
+    assert task_snapshot(context, task_id).counts[ItemState.PENDING] == 3
+    work(context, max_jobs=1)  # chunk 2's job
+    assert reset_so_far() == EVERYONE
+
+    final = run_until_final(context, task_id)  # chunk 3's job: nothing left, the task ends
+    assert final.status is TaskStatus.COMPLETED
+    assert final.counts[ItemState.RESET] == 7
+    items = items_by_user(sessions, task_id)
+    assert sorted(item.chunk for item in items.values()) == [0, 0, 1, 1, 2, 2, 3]
 
 
 @sqlite_only
@@ -543,7 +573,9 @@ def test_slack_traffic_stays_flat_whatever_the_size(
     mail_settings: Settings, redis_conn: Redis, engine: Engine, sample_users: list[object],
     smtp_server: SmtpServer,
 ) -> None:
-    settings = replace(mail_settings, chunk_size=1, claim_batch=1, progress_steps=4)
+    # Seven jobs of one user each (RESET_CHUNK_SWEEP=0), each scheduling its retry.
+    settings = replace(mail_settings, chunk_size=1, claim_batch=1, progress_steps=4,
+                       chunk_sweep=0)
     for address in WITH_EMAIL.values():
         smtp_server.refuse(address, code=450, times=1)
     reporter = RecordingReporter()
