@@ -144,7 +144,9 @@ def test_undo_after_a_cancel_puts_back_only_the_users_reset_before_it(
     hasher = known_passwords
     assert run("reset", "--scope", "all", "--yes", "--detach").code == 0
     # Planned in chunks of two; only the first chunk (alice, bob) is reset before the cancel.
-    context = build_context(replace(cli_settings, chunk_size=2), redis_conn, engine)
+    # A job for each chunk of two (RESET_CHUNK_SWEEP=0), so the cancel falls between them.
+    context = build_context(replace(cli_settings, chunk_size=2, chunk_sweep=0), redis_conn,
+                            engine)
     try:
         engine_work(context, max_jobs=2)
     finally:

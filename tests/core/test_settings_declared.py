@@ -45,7 +45,7 @@ def test_the_configuration_page_shows_exactly_the_declared_settings() -> None:
 def test_help_rows_name_each_variable_once_with_a_default_and_a_meaning() -> None:
     rows = settings_help()
     names = [name for name, _, _ in rows]
-    assert len(names) == len(set(names)) == 63
+    assert len(names) == len(set(names)) == 64
     assert all(name.isupper() and default and meaning for name, default, meaning in rows)
     assert ("SMTP_TIMEOUT", "`30`", "seconds per SMTP operation") in rows
     assert rows[names.index("REDIS_URL")][:2] == ("REDIS_URL", "unset")
@@ -95,6 +95,7 @@ def every_field_changed() -> Settings:
         directory=DirectoryNames(table="people", columns={
             **DirectoryNames().columns, "username": "login", "email": "mail_address"}),
         chunk_size=7,
+        chunk_sweep=3,
         claim_batch=3,
         lease_seconds=3600,
         reaper_interval=0.25,

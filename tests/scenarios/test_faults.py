@@ -335,7 +335,8 @@ def test_redis_restarted_empty_mid_task_resumes_from_the_database(
     add_users(engine, directory, len(users))
     configured = replace(
         smtp_server.settings(settings), redis_url=private_redis.url, password_rounds=20_000,
-        chunk_size=5, claim_batch=5, reaper_interval=0.5,
+        # A job for each chunk (RESET_CHUNK_SWEEP=0): the jobs of the chunks left are in Redis.
+        chunk_size=5, chunk_sweep=0, claim_batch=5, reaper_interval=0.5,
     )
     redis = private_redis.client()
     password = "Lantern-Quay-4821!" if mode is Mode.DEFAULT else None
