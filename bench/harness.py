@@ -338,8 +338,6 @@ class TaskRun:
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     foreign_load: float = 0.0
     cpu_by_role: dict[str, float] = field(default_factory=dict)
-    #: Seconds from the confirm: each worker's first and last settled item (by its lease).
-    settled_by_worker: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def slack_total(self) -> int:
@@ -482,12 +480,6 @@ def run_task(
                 .group_by(ResetItem.leased_by)
             ).all()
         )
-        spans = session.execute(
-            select(ResetItem.leased_by, func.min(ResetItem.updated_at),
-                   func.max(ResetItem.updated_at))
-            .where(ResetItem.task_id == task_id, ResetItem.leased_by.is_not(None))
-            .group_by(ResetItem.leased_by)
-        ).all()
     return TaskRun(
         task_id=task_id,
         users=int(total),
@@ -505,11 +497,6 @@ def run_task(
         peak_rss_mb=rss.peak_mb() if rss is not None else {},
         foreign_load=foreign_share,
         cpu_by_role=cpu_by_role,
-        settled_by_worker={
-            str(owner): (round((_epoch(first) or 0.0) - started_wall, 3),
-                         round((_epoch(last) or 0.0) - started_wall, 3))
-            for owner, first, last in spans
-        },
         hashes=hashes_after[0] - hashes_before[0],
         hash_wall_seconds=hashes_after[1] - hashes_before[1],
         hash_cpu_seconds=hashes_after[2] - hashes_before[2],

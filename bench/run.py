@@ -296,14 +296,11 @@ class Bench:
             "worker_cpu_s": round(run.worker_cpu_seconds, 2),
             "jobs_per_worker": jobs, "peak_rss_mb": run.peak_rss_mb,
             "foreign_load": round(run.foreign_load, 3),
-            "settled_by_worker_s": sorted(run.settled_by_worker.values()),
         }
-        spans = " ".join(f"{first:.2f}-{last:.2f}" for first, last in
-                         row["settled_by_worker_s"])
         self.log(f"  {db.size:,} {hashing.label} {mode} {workers}w: wall {run.wall_seconds:.2f}s"
                  f" floor {floor:.2f}s ratio {row['ratio']:.3f} slack {run.slack_total}"
                  f" foreign {run.foreign_load:.0%} cpu {run.cpu_by_role}"
-                 f" hashing {run.hash_cpu_seconds:.1f} settled by worker [{spans}] s")
+                 f" hashing {run.hash_cpu_seconds:.1f}")
         return row
 
     def _check(self, run: TaskRun, size: int) -> None:
