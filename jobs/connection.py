@@ -292,9 +292,10 @@ def _stop_embedded_server(pid: int, socket_path: str) -> None:
                            "without", error)
             client.shutdown(nosave=True)
     except RedisError as error:
-        logger.warning("the embedded Redis did not take SHUTDOWN (%s); stopping it with "
-                       "SIGTERM", error)
-        _signal_server(pid, signal.SIGTERM)
+        if not _ended(pid, timeout=0.5):  # not stopped meanwhile by a client leaving with us
+            logger.warning("the embedded Redis did not take SHUTDOWN (%s); stopping it with "
+                           "SIGTERM", error)
+            _signal_server(pid, signal.SIGTERM)
     finally:
         client.close()
     if not _ended(pid, SERVER_STOP_SECONDS):
